@@ -21,6 +21,7 @@
 
 pub mod checkin;
 pub mod command;
+pub mod discovery;
 pub mod error;
 pub mod identity;
 pub mod secret;
@@ -32,6 +33,7 @@ pub use command::{
     decode_command, decode_command_report, encode_command, encode_command_report, Command,
     CommandReport, CommandStatus,
 };
+pub use discovery::{ModelFamily, ServiceDiscovery, UserIdentifier, UserIdentifierError};
 pub use error::ProtoError;
 pub use identity::{EnrollmentIdentity, EnrollmentKind, EnrollmentRef};
 pub use secret::{SecretBytes, SecretString};
