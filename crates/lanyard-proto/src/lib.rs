@@ -24,6 +24,7 @@ pub mod command;
 pub mod discovery;
 pub mod error;
 pub mod identity;
+pub mod machineinfo;
 pub mod secret;
 
 mod plistutil;
@@ -36,4 +37,5 @@ pub use command::{
 pub use discovery::{ModelFamily, ServiceDiscovery, UserIdentifier, UserIdentifierError};
 pub use error::ProtoError;
 pub use identity::{EnrollmentIdentity, EnrollmentKind, EnrollmentRef};
+pub use machineinfo::{decode_machine_info, MachineInfo, OsVersion, OsVersionError};
 pub use secret::{SecretBytes, SecretString};
