@@ -251,7 +251,7 @@ pub(crate) fn pem_string(pem: Vec<u8>) -> Result<String> {
     String::from_utf8(pem).map_err(|_| PkiError::InvalidInput("PEM is not UTF-8".into()))
 }
 
-fn issued(cert: &X509, key: &PKey<Private>) -> Result<IssuedCert> {
+pub(crate) fn issued(cert: &X509, key: &PKey<Private>) -> Result<IssuedCert> {
     Ok(IssuedCert {
         cert_pem: pem_string(cert.to_pem()?)?,
         key_pem: pem_string(key.private_key_to_pem_pkcs8()?)?,
@@ -262,7 +262,7 @@ fn issued(cert: &X509, key: &PKey<Private>) -> Result<IssuedCert> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use openssl::stack::Stack;
     use openssl::x509::store::X509StoreBuilder;

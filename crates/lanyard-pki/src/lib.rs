@@ -16,16 +16,24 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod asn1;
 mod ca;
 mod certinfo;
 mod error;
+mod issue;
 mod secretbox;
+mod signing;
 mod time;
 
 pub use ca::{Ca, IssuedCert, CA_VALIDITY_DAYS, TLS_SERVER_VALIDITY_DAYS};
 pub use certinfo::{name_to_string, parse_cert, sha256_fingerprint, CertInfo};
 pub use error::{PkiError, Result};
+pub use issue::{build_csr, CertificateIssuer, Csr, MAX_IDENTITY_VALIDITY_DAYS};
 pub use secretbox::SecretBox;
+pub use signing::{
+    decode_signature, sign_cms, sign_detached, verify_cms_attached, verify_cms_attached_untrusted,
+    verify_detached,
+};
 
 /// Re-export of the `openssl` crate so callers name the same types (`X509`, `PKey`).
 pub use openssl;
