@@ -68,8 +68,8 @@ pub enum ProtoError {
     /// A command report whose `Status` is not one Apple defines.
     #[error("unknown command Status {0:?}")]
     UnknownStatus(String),
-    /// A command that cannot be written as an XML property list.
-    #[error("cannot encode command: {0}")]
+    /// A value that cannot be written as an XML property list.
+    #[error("cannot write XML property list: {0}")]
     Encode(String),
 }
 

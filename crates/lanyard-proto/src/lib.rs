@@ -25,9 +25,13 @@ pub mod discovery;
 pub mod error;
 pub mod identity;
 pub mod machineinfo;
+pub mod profile;
 pub mod secret;
+pub mod user_enrollment;
 
 mod plistutil;
+#[rustfmt::skip]
+mod ue_table;
 
 pub use checkin::{decode_checkin, encode_checkin, CheckinMessage};
 pub use command::{
@@ -38,4 +42,9 @@ pub use discovery::{ModelFamily, ServiceDiscovery, UserIdentifier, UserIdentifie
 pub use error::ProtoError;
 pub use identity::{EnrollmentIdentity, EnrollmentKind, EnrollmentRef};
 pub use machineinfo::{decode_machine_info, MachineInfo, OsVersion, OsVersionError};
+pub use profile::{
+    build_enrollment_profile, AccessRights, EnrollmentProfileInput, ProfileError, ProfileUuids,
+    ScepSettings, ServerCapability,
+};
 pub use secret::{SecretBytes, SecretString};
+pub use user_enrollment::{ue_command_policy, ue_payload_policy, Policy};
