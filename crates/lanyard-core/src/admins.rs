@@ -160,6 +160,28 @@ impl Lanyard {
         admin_view(a)
     }
 
+    /// Sets an administrator's password and clears any lockout.
+    pub async fn set_admin_password(
+        &self,
+        actor: &Actor,
+        username: &str,
+        password: &str,
+    ) -> Result<AdminView> {
+        actor.require_write()?;
+        let username = check_username(username)?;
+        let admin = self
+            .store
+            .admin_by_username(&username)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("administrator {username}")))?;
+        let hash = hash_password(password)?;
+        let audit = Audit::new(&actor.name, "admin.set_password", &username, json!({}));
+        self.store
+            .set_admin_password(admin.id, &hash, &audit)
+            .await?;
+        admin_view(admin)
+    }
+
     pub async fn list_admins(&self) -> Result<Vec<AdminView>> {
         self.store
             .list_admins()
