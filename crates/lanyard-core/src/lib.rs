@@ -1,1 +1,76 @@
-//! placeholder
+//! Lanyard's domain: the rules of enrollment and administration, independent of HTTP and of the
+//! database engine.
+//!
+//! Owns: enrollment settings and their validation, users and their managed Apple IDs, custom
+//! attribute definitions and value validation, administrators (sign-in, lockout, roles, API
+//! tokens), the audit trail of every admin change, and bootstrapping the server's PKI (the CA kept
+//! in the database, sealed with the server's secret key).
+//!
+//! Depends on the storage *traits* (never on a concrete backend), the PKI and protocol crates.
+//! Must not depend on axum/HTTP, on a concrete database, or on the binary's configuration.
+
+pub mod admins;
+pub mod attributes;
+mod error;
+pub mod pki;
+pub mod settings;
+pub mod users;
+
+use std::sync::Arc;
+
+pub use error::{CoreError, Result};
+pub use lanyard_store as store;
+use lanyard_store::Store;
+
+/// Who performs an action; recorded in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// `admin:<username>`, `token:<name>`, `cli@<host user>` or `system`.
+    pub name: String,
+    pub role: admins::Role,
+}
+
+impl Actor {
+    /// The local operator running an admin sub-command on the server host.
+    pub fn cli() -> Self {
+        let who = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+        Actor {
+            name: format!("cli:{who}"),
+            role: admins::Role::Administrator,
+        }
+    }
+
+    /// Lanyard itself (first-start bootstrap, jobs).
+    pub fn system() -> Self {
+        Actor {
+            name: "system".into(),
+            role: admins::Role::Administrator,
+        }
+    }
+
+    /// Refuses the change unless the actor may make changes.
+    pub fn require_write(&self) -> Result<()> {
+        match self.role {
+            admins::Role::Administrator => Ok(()),
+            admins::Role::ReadOnly => Err(CoreError::Forbidden(
+                "read-only administrators cannot change anything".into(),
+            )),
+        }
+    }
+}
+
+/// The domain services over one store. Cheap to clone.
+#[derive(Clone)]
+pub struct Lanyard {
+    store: Arc<dyn Store>,
+}
+
+impl Lanyard {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}

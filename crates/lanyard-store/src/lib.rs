@@ -1,1 +1,233 @@
-//! placeholder
+//! Lanyard's storage: narrow traits for each kind of record, composed into [`Store`], and two
+//! backends that implement all of them — SQLite (the embedded default) and PostgreSQL (for several
+//! stateless server processes on one database).
+//!
+//! Owns: the record types, the traits, the SQL, the paired migrations (`migrations/sqlite` and
+//! `migrations/postgres`, identical file names) and the conformance suite that runs every storage
+//! test against both backends.
+//!
+//! Must not depend on: HTTP, the domain services (`lanyard-core`), PKI, or anything that does I/O
+//! other than the database. Policy (what is valid, who may change what) belongs to `lanyard-core`;
+//! every mutating call takes an [`Audit`] line and writes it in the same transaction as the change.
+
+mod backend;
+pub mod model;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use backend::{PostgresStore, SqliteStore};
+pub use model::*;
+
+/// Storage errors. `Conflict` and `NotFound` are expected outcomes a caller maps to 409/404.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    Conflict(String),
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(db.message().to_string())
+            }
+            sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The current time at the precision both backends keep (microseconds), so values read back
+/// compare equal to values written.
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    let micros = t.timestamp_micros();
+    DateTime::from_timestamp_micros(micros).unwrap_or(t)
+}
+
+/// Paging and search for lists.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Case-insensitive substring of email or display name.
+    pub search: Option<String>,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self {
+            search: None,
+            offset: 0,
+            limit: 100,
+        }
+    }
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates a user; an existing email is a [`StoreError::Conflict`].
+    async fn create_user(&self, user: &NewUser, audit: &Audit) -> Result<User>;
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>>;
+    /// Looks a user up by normalised email.
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>>;
+    async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>>;
+    async fn count_users(&self) -> Result<i64>;
+    /// Applies a change; an unknown id is [`StoreError::NotFound`] and writes nothing.
+    async fn update_user(&self, id: i64, change: &UserChange, audit: &Audit) -> Result<User>;
+}
+
+#[async_trait]
+pub trait SettingsStore: Send + Sync {
+    /// A named settings document (JSON text), if one was ever saved.
+    async fn get_setting(&self, name: &str) -> Result<Option<String>>;
+    async fn put_setting(&self, name: &str, value: &str, audit: &Audit) -> Result<()>;
+}
+
+#[async_trait]
+pub trait AttributeStore: Send + Sync {
+    async fn create_attribute(
+        &self,
+        name: &str,
+        kind: &str,
+        required: bool,
+        choices_json: &str,
+        audit: &Audit,
+    ) -> Result<CustomAttributeRow>;
+    async fn list_attributes(&self) -> Result<Vec<CustomAttributeRow>>;
+    async fn attribute_by_name(&self, name: &str) -> Result<Option<CustomAttributeRow>>;
+    /// Deletes by name; an unknown name is [`StoreError::NotFound`].
+    async fn delete_attribute(&self, name: &str, audit: &Audit) -> Result<()>;
+}
+
+#[async_trait]
+pub trait AdminStore: Send + Sync {
+    async fn create_admin(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+        audit: &Audit,
+    ) -> Result<Admin>;
+    async fn admin_by_username(&self, username: &str) -> Result<Option<Admin>>;
+    async fn admin_by_id(&self, id: i64) -> Result<Option<Admin>>;
+    async fn list_admins(&self) -> Result<Vec<Admin>>;
+    async fn count_admins(&self) -> Result<i64>;
+    async fn set_admin_password(&self, id: i64, password_hash: &str, audit: &Audit) -> Result<()>;
+    /// Counts a failed sign-in; sets `locked_until` when given. Returns the new failure count.
+    async fn record_admin_login_failure(
+        &self,
+        id: i64,
+        locked_until: Option<DateTime<Utc>>,
+    ) -> Result<i64>;
+    async fn record_admin_login_success(&self, id: i64) -> Result<()>;
+
+    async fn create_api_token(
+        &self,
+        admin_id: i64,
+        name: &str,
+        token_hash: &str,
+        expires_at: Option<DateTime<Utc>>,
+        audit: &Audit,
+    ) -> Result<ApiToken>;
+    async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>>;
+    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>>;
+    async fn touch_api_token(&self, id: i64, at: DateTime<Utc>) -> Result<()>;
+    async fn revoke_api_token(&self, id: i64, audit: &Audit) -> Result<()>;
+
+    async fn create_session(&self, session: &AdminSession) -> Result<()>;
+    async fn session_by_hash(&self, token_hash: &str) -> Result<Option<AdminSession>>;
+    async fn delete_session(&self, token_hash: &str) -> Result<()>;
+    /// Removes sessions that expired before `now`; returns how many.
+    async fn purge_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64>;
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Audit lines, newest first, matching the filter.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
+}
+
+#[async_trait]
+pub trait PkiStore: Send + Sync {
+    async fn get_pki(&self, name: &str) -> Result<Option<PkiMaterial>>;
+    /// Inserts unless a row of that name exists (another process won the race); returns whether
+    /// this call inserted it. Callers re-read afterwards so every process uses the same material.
+    async fn insert_pki_if_absent(&self, material: &PkiMaterial) -> Result<bool>;
+}
+
+/// Everything Lanyard stores, as one object the domain services hold.
+#[async_trait]
+pub trait Store:
+    UserStore + SettingsStore + AttributeStore + AdminStore + AuditStore + PkiStore
+{
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+    /// A cheap round trip to the database, for health checks.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Which backend a database URL names; anything else is a clear error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Result<Backend> {
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
+        match scheme {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            "" => Err(StoreError::InvalidUrl(
+                "a database URL must start with sqlite:// or postgres://".into(),
+            )),
+            other => Err(StoreError::InvalidUrl(format!(
+                "unsupported scheme `{other}:`; use sqlite:// or postgres://"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_from_url() {
+        assert_eq!(
+            Backend::from_url("sqlite:///var/lib/lanyard/lanyard.db").ok(),
+            Some(Backend::Sqlite)
+        );
+        assert_eq!(
+            Backend::from_url("postgres://u@h/db").ok(),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::from_url("postgresql://u@h/db").ok(),
+            Some(Backend::Postgres)
+        );
+        let err = Backend::from_url("mysql://h/db")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("invalid database URL: unsupported scheme `mysql:`; use sqlite:// or postgres://")
+        );
+        assert!(Backend::from_url("lanyard.db").is_err());
+    }
+}

@@ -1,1 +1,95 @@
-fn main() {}
+//! `lanyard`: the server binary and its admin sub-commands. The composition root — the only
+//! place that names concrete storage backends and wires configuration, PKI, storage, the domain
+//! and HTTP together.
+
+mod commands;
+mod config;
+mod serve;
+mod setup;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use config::{DataConfig, FileConfig, GlobalArgs, ServeArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lanyard",
+    version,
+    about = "Lanyard: an Apple MDM server for account-driven User Enrollment"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (creates the data directory, CA and keys on first start).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Users who enroll their Macs.
+    #[command(subcommand)]
+    User(commands::UserCmd),
+    /// Enrollment settings.
+    #[command(subcommand)]
+    Settings(commands::SettingsCmd),
+    /// Custom attribute definitions.
+    #[command(subcommand)]
+    Attribute(commands::AttributeCmd),
+    /// Administrators and API tokens.
+    #[command(subcommand)]
+    Admin(commands::AdminCmd),
+    /// The audit log.
+    Audit(commands::AuditArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let file = FileConfig::load(cli.global.config.as_deref())?;
+    let data = DataConfig::resolve(&cli.global, &file)?;
+    match cli.command {
+        Command::Serve(args) => {
+            let serve = config::ServeConfig::resolve(&args, &file)?;
+            setup::init_tracing(data.log_format);
+            serve::run(data, serve).await
+        }
+        Command::Migrate => {
+            let store = setup::open_store(&data).await?;
+            println!(
+                "migrations applied ({} backend): {}",
+                store.backend_name,
+                store.migrations.join(", ")
+            );
+            Ok(())
+        }
+        Command::User(c) => commands::user(&setup::open_store(&data).await?, c).await,
+        Command::Settings(c) => commands::settings(&setup::open_store(&data).await?, c).await,
+        Command::Attribute(c) => commands::attribute(&setup::open_store(&data).await?, c).await,
+        Command::Admin(c) => commands::admin(&setup::open_store(&data).await?, c).await,
+        Command::Audit(a) => commands::audit(&setup::open_store(&data).await?, a).await,
+    }
+}

@@ -1,0 +1,419 @@
+//! Administrators: sign-in with lockout, sessions, API tokens and roles.
+//!
+//! Session secrets and API tokens are random 256-bit values shown once; only their SHA-256 is
+//! stored, so a database dump cannot be replayed.
+
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::users::{hash_password, verify_password};
+use crate::{Actor, CoreError, Lanyard, Result};
+use lanyard_store::{AdminSession, ApiToken, Audit};
+
+/// Failed sign-ins before an administrator is locked out, and for how long.
+pub const LOCKOUT_AFTER: i64 = 5;
+pub const LOCKOUT_MINUTES: i64 = 15;
+pub const SESSION_HOURS: i64 = 12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Sees and changes everything.
+    Administrator,
+    /// Sees everything, changes nothing.
+    ReadOnly,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Administrator => "administrator",
+            Role::ReadOnly => "read_only",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "administrator" | "admin" => Ok(Role::Administrator),
+            "read_only" | "readonly" => Ok(Role::ReadOnly),
+            _ => Err(CoreError::Invalid(format!(
+                "unknown role `{s}`; use administrator or read-only"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AdminView {
+    pub id: i64,
+    pub username: String,
+    pub role: Role,
+    pub enabled: bool,
+    pub locked: bool,
+}
+
+/// A freshly made secret, shown to its owner once.
+#[derive(Clone)]
+pub struct NewSecret {
+    pub secret: String,
+    pub hash: String,
+}
+
+impl std::fmt::Debug for NewSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewSecret(<redacted>)")
+    }
+}
+
+/// 32 random bytes, URL-safe base64, with a prefix that says what it is (`lyt_` for API tokens).
+pub fn new_secret(prefix: &str) -> NewSecret {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let secret = format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = hash_secret(&secret);
+    NewSecret { secret, hash }
+}
+
+/// SHA-256 (hex) of a high-entropy secret; what the database keeps.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A random password for the first administrator (printed once).
+pub fn random_password() -> String {
+    let mut bytes = [0u8; 18];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn check_username(name: &str) -> Result<String> {
+    let n = name.trim().to_lowercase();
+    if n.is_empty()
+        || n.len() > 64
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+    {
+        return Err(CoreError::Invalid(format!(
+            "administrator name `{name}` must be 1 to 64 letters, digits or . _ - @"
+        )));
+    }
+    Ok(n)
+}
+
+/// A signed-in session: the secret goes into the cookie, the CSRF token into forms.
+#[derive(Clone)]
+pub struct SessionGrant {
+    pub secret: String,
+    pub csrf_token: String,
+    pub expires_at: DateTime<Utc>,
+    pub admin: AdminView,
+}
+
+impl std::fmt::Debug for SessionGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionGrant")
+            .field("admin", &self.admin.username)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lanyard {
+    pub async fn create_admin(
+        &self,
+        actor: &Actor,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<AdminView> {
+        actor.require_write()?;
+        let username = check_username(username)?;
+        let hash = hash_password(password)?;
+        let audit = Audit::new(
+            &actor.name,
+            "admin.create",
+            &username,
+            json!({"role": role}),
+        );
+        let a = self
+            .store
+            .create_admin(&username, &hash, role.as_str(), &audit)
+            .await
+            .map_err(|e| match e {
+                lanyard_store::StoreError::Conflict(_) => {
+                    CoreError::Conflict(format!("administrator `{username}` already exists"))
+                }
+                other => other.into(),
+            })?;
+        admin_view(a)
+    }
+
+    /// Sets an administrator's password and clears any lockout.
+    pub async fn set_admin_password(
+        &self,
+        actor: &Actor,
+        username: &str,
+        password: &str,
+    ) -> Result<AdminView> {
+        actor.require_write()?;
+        let username = check_username(username)?;
+        let admin = self
+            .store
+            .admin_by_username(&username)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("administrator {username}")))?;
+        let hash = hash_password(password)?;
+        let audit = Audit::new(&actor.name, "admin.set_password", &username, json!({}));
+        self.store
+            .set_admin_password(admin.id, &hash, &audit)
+            .await?;
+        admin_view(admin)
+    }
+
+    pub async fn list_admins(&self) -> Result<Vec<AdminView>> {
+        self.store
+            .list_admins()
+            .await?
+            .into_iter()
+            .map(admin_view)
+            .collect()
+    }
+
+    /// On a server with no administrator, creates `admin` with a random password and returns the
+    /// password (to print once). Returns `None` when an administrator exists.
+    pub async fn bootstrap_first_admin(&self) -> Result<Option<(String, String)>> {
+        if self.store.count_admins().await? > 0 {
+            return Ok(None);
+        }
+        let password = random_password();
+        match self
+            .create_admin(&Actor::system(), "admin", &password, Role::Administrator)
+            .await
+        {
+            Ok(a) => Ok(Some((a.username, password))),
+            // Another server process created it first.
+            Err(CoreError::Conflict(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Signs an administrator in; five failures lock the account for fifteen minutes.
+    pub async fn admin_sign_in(&self, username: &str, password: &str) -> Result<SessionGrant> {
+        let denied = || CoreError::Unauthorized("wrong name or password".into());
+        let Ok(username) = check_username(username) else {
+            return Err(denied());
+        };
+        let Some(admin) = self.store.admin_by_username(&username).await? else {
+            return Err(denied());
+        };
+        let now = lanyard_store::now();
+        if let Some(until) = admin.locked_until {
+            if until > now {
+                return Err(CoreError::RateLimited(format!(
+                    "too many failed sign-ins; try again after {}",
+                    until.format("%H:%M UTC")
+                )));
+            }
+        }
+        if !verify_password(password, &admin.password_hash) {
+            let next = admin.failed_logins + 1;
+            let lock = (next >= LOCKOUT_AFTER).then(|| now + Duration::minutes(LOCKOUT_MINUTES));
+            self.store
+                .record_admin_login_failure(admin.id, lock)
+                .await?;
+            return Err(denied());
+        }
+        if !admin.enabled {
+            return Err(CoreError::Forbidden(
+                "this administrator is disabled".into(),
+            ));
+        }
+        self.store.record_admin_login_success(admin.id).await?;
+        let s = new_secret("lys_");
+        let csrf = new_secret("");
+        let expires_at = now + Duration::hours(SESSION_HOURS);
+        self.store
+            .create_session(&AdminSession {
+                token_hash: s.hash,
+                admin_id: admin.id,
+                csrf_token: csrf.secret.clone(),
+                created_at: now,
+                expires_at,
+            })
+            .await?;
+        Ok(SessionGrant {
+            secret: s.secret,
+            csrf_token: csrf.secret,
+            expires_at,
+            admin: admin_view(admin)?,
+        })
+    }
+
+    pub async fn admin_sign_out(&self, session_secret: &str) -> Result<()> {
+        self.store
+            .delete_session(&hash_secret(session_secret))
+            .await?;
+        Ok(())
+    }
+
+    /// Resolves a session cookie to the acting administrator and the session's CSRF token.
+    pub async fn actor_for_session(&self, session_secret: &str) -> Result<(Actor, String)> {
+        let expired = || CoreError::Unauthorized("session expired; sign in again".into());
+        let Some(s) = self
+            .store
+            .session_by_hash(&hash_secret(session_secret))
+            .await?
+        else {
+            return Err(expired());
+        };
+        if s.expires_at <= lanyard_store::now() {
+            self.store.delete_session(&s.token_hash).await?;
+            return Err(expired());
+        }
+        let admin = self
+            .store
+            .admin_by_id(s.admin_id)
+            .await?
+            .ok_or_else(expired)?;
+        if !admin.enabled {
+            return Err(CoreError::Forbidden(
+                "this administrator is disabled".into(),
+            ));
+        }
+        let role: Role = admin.role.parse()?;
+        Ok((
+            Actor {
+                name: format!("admin:{}", admin.username),
+                role,
+            },
+            s.csrf_token,
+        ))
+    }
+
+    /// Creates an API token for an administrator; the secret is returned once.
+    pub async fn create_api_token(
+        &self,
+        actor: &Actor,
+        admin_username: &str,
+        name: &str,
+        valid_days: Option<i64>,
+    ) -> Result<(ApiToken, String)> {
+        actor.require_write()?;
+        let username = check_username(admin_username)?;
+        let admin = self
+            .store
+            .admin_by_username(&username)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("administrator {username}")))?;
+        let name = name.trim();
+        if name.is_empty() || name.len() > 100 {
+            return Err(CoreError::Invalid(
+                "token names are 1 to 100 characters".into(),
+            ));
+        }
+        let expires_at = match valid_days {
+            Some(d) if d <= 0 || d > 3650 => {
+                return Err(CoreError::Invalid(
+                    "token validity is 1 to 3650 days".into(),
+                ))
+            }
+            Some(d) => Some(lanyard_store::now() + Duration::days(d)),
+            None => None,
+        };
+        let s = new_secret("lyt_");
+        let audit = Audit::new(
+            &actor.name,
+            "api_token.create",
+            name,
+            json!({"admin": username, "expires_at": expires_at}),
+        );
+        let t = self
+            .store
+            .create_api_token(admin.id, name, &s.hash, expires_at, &audit)
+            .await?;
+        Ok((t, s.secret))
+    }
+
+    pub async fn revoke_api_token(&self, actor: &Actor, id: i64) -> Result<()> {
+        actor.require_write()?;
+        let audit = Audit::new(&actor.name, "api_token.revoke", id.to_string(), json!({}));
+        self.store.revoke_api_token(id, &audit).await?;
+        Ok(())
+    }
+
+    /// Resolves an API bearer token to the acting administrator.
+    pub async fn actor_for_api_token(&self, token: &str) -> Result<Actor> {
+        let denied = || CoreError::Unauthorized("invalid or revoked API token".into());
+        let Some(t) = self.store.api_token_by_hash(&hash_secret(token)).await? else {
+            return Err(denied());
+        };
+        let now = lanyard_store::now();
+        if t.revoked || t.expires_at.is_some_and(|e| e <= now) {
+            return Err(denied());
+        }
+        let admin = self
+            .store
+            .admin_by_id(t.admin_id)
+            .await?
+            .ok_or_else(denied)?;
+        if !admin.enabled {
+            return Err(denied());
+        }
+        // Recording use is best effort: a failed touch must not refuse the request.
+        if let Err(e) = self.store.touch_api_token(t.id, now).await {
+            tracing::warn!(error = %e, token_id = t.id, "could not record API token use");
+        }
+        Ok(Actor {
+            name: format!("token:{}", t.name),
+            role: admin.role.parse()?,
+        })
+    }
+}
+
+fn admin_view(a: lanyard_store::Admin) -> Result<AdminView> {
+    Ok(AdminView {
+        id: a.id,
+        role: a.role.parse()?,
+        enabled: a.enabled,
+        locked: a.locked_until.is_some_and(|u| u > lanyard_store::now()),
+        username: a.username,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_random_and_hashed() {
+        let a = new_secret("lyt_");
+        let b = new_secret("lyt_");
+        assert_ne!(a.secret, b.secret);
+        assert!(a.secret.starts_with("lyt_"));
+        assert_eq!(a.hash, hash_secret(&a.secret));
+        assert_eq!(a.hash.len(), 64);
+        assert!(!format!("{a:?}").contains(&a.secret));
+    }
+
+    #[test]
+    fn roles() {
+        assert_eq!("read-only".parse::<Role>().unwrap(), Role::ReadOnly);
+        assert_eq!(
+            "Administrator".parse::<Role>().unwrap(),
+            Role::Administrator
+        );
+        assert!("root".parse::<Role>().is_err());
+    }
+}

@@ -1,0 +1,45 @@
+use lanyard_store::StoreError;
+
+/// Domain errors. Each variant maps to one HTTP status and one CLI exit message; the message is
+/// safe to show to the caller (never a secret).
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The input is malformed or breaks a rule (400/422).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Missing or wrong credentials (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated but not allowed (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many attempts (429).
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("storage: {0}")]
+    Store(StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => CoreError::NotFound(what),
+            StoreError::Conflict(what) => CoreError::Conflict(format!("already exists ({what})")),
+            other => CoreError::Store(other),
+        }
+    }
+}
+
+impl From<lanyard_pki::PkiError> for CoreError {
+    fn from(e: lanyard_pki::PkiError) -> Self {
+        CoreError::Internal(format!("PKI: {e}"))
+    }
+}
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;

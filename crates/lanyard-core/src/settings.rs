@@ -1,0 +1,362 @@
+//! Enrollment settings: the runtime switches an administrator edits from the portal, API or CLI.
+//! Stored as one JSON document named `enrollment`; missing fields take their defaults, so older
+//! documents keep working when a setting is added.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::{Actor, CoreError, Lanyard, Result};
+use lanyard_store::Audit;
+
+const SETTINGS_NAME: &str = "enrollment";
+
+/// How the device's ownership is decided during account-driven enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnershipMode {
+    /// Ask the person (Employee / Corporate / Shared); only Employee may enroll a personal Mac.
+    Prompt,
+    /// Every enrollment is Employee-owned without asking.
+    Employee,
+}
+
+impl std::str::FromStr for OwnershipMode {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "prompt" => Ok(OwnershipMode::Prompt),
+            "employee" => Ok(OwnershipMode::Employee),
+            "corporate" | "shared" => Err(CoreError::Invalid(format!(
+                "ownership `{s}` cannot be fixed: account-driven User Enrollment is for \
+                 personal (Employee) devices; use `prompt` or `employee`"
+            ))),
+            _ => Err(CoreError::Invalid(format!(
+                "unknown ownership mode `{s}`; use `prompt` or `employee`"
+            ))),
+        }
+    }
+}
+
+/// A macOS version such as `15.2` or `15.2.1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MacosVersion {
+    pub major: u16,
+    pub minor: u16,
+    pub patch: u16,
+}
+
+impl std::str::FromStr for MacosVersion {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            CoreError::Invalid(format!(
+                "`{s}` is not a macOS version; use MAJOR.MINOR[.PATCH], e.g. 15.2"
+            ))
+        };
+        let parts: Vec<&str> = s.trim().split('.').collect();
+        if parts.is_empty() || parts.len() > 3 {
+            return Err(bad());
+        }
+        let mut nums = [0u16; 3];
+        for (i, p) in parts.iter().enumerate() {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            nums[i] = p.parse().map_err(|_| bad())?;
+        }
+        if nums[0] < 10 {
+            return Err(CoreError::Invalid(format!(
+                "macOS version `{s}` is too old to mean anything here (account-driven enrollment \
+                 needs macOS 14 or later)"
+            )));
+        }
+        Ok(MacosVersion {
+            major: nums[0],
+            minor: nums[1],
+            patch: nums[2],
+        })
+    }
+}
+
+impl std::fmt::Display for MacosVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.patch == 0 {
+            write!(f, "{}.{}", self.major, self.minor)
+        } else {
+            write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+        }
+    }
+}
+
+impl Serialize for MacosVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacosVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The enrollment settings (MaaS360's model).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrollmentSettings {
+    /// Default ownership mode: `prompt` (the default) asks the person; `employee` fixes it.
+    pub ownership_mode: OwnershipMode,
+    /// User enrollment mode "manage only corporate resources" (on by default).
+    pub manage_only_corporate_resources: bool,
+    /// Use the user's email address as their managed Apple ID (on by default).
+    pub use_email_as_managed_apple_id: bool,
+    /// Minimum macOS version for account-driven enrollment (default 15.2).
+    #[schema(value_type = String, example = "15.2")]
+    pub min_macos_version: MacosVersion,
+    /// Verified managed domains: only users of these domains may enroll.
+    pub managed_domains: Vec<String>,
+}
+
+impl Default for EnrollmentSettings {
+    fn default() -> Self {
+        Self {
+            ownership_mode: OwnershipMode::Prompt,
+            manage_only_corporate_resources: true,
+            use_email_as_managed_apple_id: true,
+            min_macos_version: MacosVersion {
+                major: 15,
+                minor: 2,
+                patch: 0,
+            },
+            managed_domains: Vec::new(),
+        }
+    }
+}
+
+/// A partial update: absent fields stay as they are.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    pub ownership_mode: Option<OwnershipMode>,
+    pub manage_only_corporate_resources: Option<bool>,
+    pub use_email_as_managed_apple_id: Option<bool>,
+    #[schema(value_type = Option<String>)]
+    pub min_macos_version: Option<MacosVersion>,
+    pub managed_domains: Option<Vec<String>>,
+}
+
+/// The keys `lanyard settings set KEY VALUE` understands, in display order.
+pub const SETTING_KEYS: &[&str] = &[
+    "ownership-mode",
+    "manage-only-corporate-resources",
+    "use-email-as-managed-apple-id",
+    "min-macos-version",
+    "managed-domains",
+];
+
+impl SettingsPatch {
+    /// Builds a patch from a CLI `KEY VALUE` pair.
+    pub fn from_key_value(key: &str, value: &str) -> Result<Self> {
+        let mut p = SettingsPatch::default();
+        match key {
+            "ownership-mode" => p.ownership_mode = Some(value.parse()?),
+            "manage-only-corporate-resources" => {
+                p.manage_only_corporate_resources = Some(parse_bool(key, value)?)
+            }
+            "use-email-as-managed-apple-id" => {
+                p.use_email_as_managed_apple_id = Some(parse_bool(key, value)?)
+            }
+            "min-macos-version" => p.min_macos_version = Some(value.parse()?),
+            "managed-domains" => {
+                p.managed_domains = Some(
+                    value
+                        .split([',', ' '])
+                        .filter(|d| !d.trim().is_empty())
+                        .map(|d| d.trim().to_string())
+                        .collect(),
+                )
+            }
+            _ => {
+                return Err(CoreError::Invalid(format!(
+                    "unknown setting `{key}`; known settings: {}",
+                    SETTING_KEYS.join(", ")
+                )))
+            }
+        }
+        Ok(p)
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" => Ok(true),
+        "false" | "off" | "no" | "0" => Ok(false),
+        _ => Err(CoreError::Invalid(format!(
+            "`{key}` takes true or false, not `{v}`"
+        ))),
+    }
+}
+
+/// Normalises and checks a DNS domain name (lowercase, no trailing dot, at least two labels).
+pub fn normalize_domain(raw: &str) -> Result<String> {
+    let d = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+    let bad = |why: &str| CoreError::Invalid(format!("`{raw}` is not a valid domain: {why}"));
+    if d.is_empty() || d.len() > 253 {
+        return Err(bad("length must be 1 to 253 characters"));
+    }
+    let labels: Vec<&str> = d.split('.').collect();
+    if labels.len() < 2 {
+        return Err(bad("it needs at least two labels, e.g. example.com"));
+    }
+    for l in &labels {
+        if l.is_empty() || l.len() > 63 {
+            return Err(bad("each label must be 1 to 63 characters"));
+        }
+        if !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || l.starts_with('-')
+            || l.ends_with('-')
+        {
+            return Err(bad(
+                "labels may hold only letters, digits and inner hyphens",
+            ));
+        }
+    }
+    Ok(d)
+}
+
+impl EnrollmentSettings {
+    fn apply(&mut self, patch: SettingsPatch) -> Result<()> {
+        if let Some(v) = patch.ownership_mode {
+            self.ownership_mode = v;
+        }
+        if let Some(v) = patch.manage_only_corporate_resources {
+            self.manage_only_corporate_resources = v;
+        }
+        if let Some(v) = patch.use_email_as_managed_apple_id {
+            self.use_email_as_managed_apple_id = v;
+        }
+        if let Some(v) = patch.min_macos_version {
+            self.min_macos_version = v;
+        }
+        if let Some(domains) = patch.managed_domains {
+            let mut out: Vec<String> = Vec::new();
+            for d in domains {
+                let d = normalize_domain(&d)?;
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+            out.sort();
+            self.managed_domains = out;
+        }
+        Ok(())
+    }
+
+    /// Whether an email's domain is one of the verified managed domains.
+    pub fn is_managed_email(&self, email: &str) -> bool {
+        email
+            .rsplit_once('@')
+            .map(|(_, d)| {
+                let d = d.to_ascii_lowercase();
+                self.managed_domains.iter().any(|m| *m == d)
+            })
+            .unwrap_or(false)
+    }
+}
+
+impl Lanyard {
+    /// The current enrollment settings (defaults when never saved).
+    pub async fn enrollment_settings(&self) -> Result<EnrollmentSettings> {
+        match self.store.get_setting(SETTINGS_NAME).await? {
+            None => Ok(EnrollmentSettings::default()),
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                CoreError::Internal(format!("stored enrollment settings are unreadable: {e}"))
+            }),
+        }
+    }
+
+    /// Validates and applies a partial update; nothing is written when any field is invalid.
+    pub async fn update_enrollment_settings(
+        &self,
+        actor: &Actor,
+        patch: SettingsPatch,
+    ) -> Result<EnrollmentSettings> {
+        actor.require_write()?;
+        let before = self.enrollment_settings().await?;
+        let mut after = before.clone();
+        after.apply(patch)?;
+        let text = serde_json::to_string(&after)
+            .map_err(|e| CoreError::Internal(format!("serialising settings: {e}")))?;
+        let audit = Audit::new(
+            &actor.name,
+            "settings.update",
+            SETTINGS_NAME,
+            json!({"before": before, "after": after}),
+        );
+        self.store.put_setting(SETTINGS_NAME, &text, &audit).await?;
+        Ok(after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_and_order() {
+        let v: MacosVersion = "15.2".parse().unwrap();
+        assert_eq!(v.to_string(), "15.2");
+        assert!("15.1.9".parse::<MacosVersion>().unwrap() < v);
+        assert!("15.2.1".parse::<MacosVersion>().unwrap() > v);
+        assert!("26".parse::<MacosVersion>().unwrap() > v);
+        for bad in ["", "15.", "x", "15.2.1.1", "-1", "9.0", "15 .2"] {
+            assert!(bad.parse::<MacosVersion>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(normalize_domain(" Example.COM. ").unwrap(), "example.com");
+        for bad in ["example", "exa mple.com", "-a.com", "a..com", "@x.com", ""] {
+            assert!(normalize_domain(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn patch_from_cli_and_unknown_fields() {
+        let p = SettingsPatch::from_key_value("managed-domains", "a.com, b.org").unwrap();
+        assert_eq!(p.managed_domains.unwrap(), ["a.com", "b.org"]);
+        assert!(SettingsPatch::from_key_value("colour", "blue").is_err());
+        assert!(SettingsPatch::from_key_value("ownership-mode", "corporate").is_err());
+        assert!(SettingsPatch::from_key_value("use-email-as-managed-apple-id", "maybe").is_err());
+        let err = serde_json::from_str::<SettingsPatch>(r#"{"colour":"blue"}"#);
+        assert!(err.is_err());
+        let s = EnrollmentSettings::default();
+        assert_eq!(s.ownership_mode, OwnershipMode::Prompt);
+        assert!(s.manage_only_corporate_resources && s.use_email_as_managed_apple_id);
+        assert_eq!(s.min_macos_version.to_string(), "15.2");
+    }
+
+    #[test]
+    fn apply_rejects_whole_patch_on_bad_domain() {
+        let mut s = EnrollmentSettings::default();
+        let r = s.apply(SettingsPatch {
+            manage_only_corporate_resources: Some(false),
+            managed_domains: Some(vec!["ok.com".into(), "bad domain".into()]),
+            ..Default::default()
+        });
+        assert!(r.is_err());
+        // apply mutates a copy in update_enrollment_settings; the stored value is untouched there.
+        let mut s = EnrollmentSettings::default();
+        s.apply(SettingsPatch {
+            managed_domains: Some(vec!["B.com".into(), "a.com".into(), "b.com".into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.managed_domains, ["a.com", "b.com"]);
+        assert!(s.is_managed_email("ann@A.com"));
+        assert!(!s.is_managed_email("ann@c.com"));
+    }
+}

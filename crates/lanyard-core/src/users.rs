@@ -1,0 +1,308 @@
+//! Users: the people who enroll their Macs. The email is the sign-in name and, when "use email
+//! address as managed Apple ID" is on, also the managed Apple ID.
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordVerifier};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::{Actor, CoreError, Lanyard, Result};
+use lanyard_store::{Audit, ListQuery, NewUser, User, UserChange};
+
+/// A user as the API and CLI show it (never the password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub email: String,
+    pub display_name: String,
+    /// The managed Apple ID the user's Mac must be signed in with.
+    pub managed_apple_id: Option<String>,
+    pub enabled: bool,
+    pub has_password: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            display_name: u.display_name,
+            managed_apple_id: u.managed_apple_id,
+            enabled: u.enabled,
+            has_password: u.password_hash.is_some(),
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
+/// Input for creating a user.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub email: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Optional: users may also sign in through the organisation's identity provider later.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Defaults to the email when "use email address as managed Apple ID" is on.
+    #[serde(default)]
+    pub managed_apple_id: Option<String>,
+}
+
+/// Input for changing a user; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    pub display_name: Option<String>,
+    pub password: Option<String>,
+    pub managed_apple_id: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+pub const MIN_PASSWORD_LEN: usize = 10;
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
+/// Lowercases and checks an email address (one `@`, a plausible domain, no spaces).
+pub fn normalize_email(raw: &str) -> Result<String> {
+    let e = raw.trim().to_lowercase();
+    let bad = || CoreError::Invalid(format!("`{raw}` is not a valid email address"));
+    if e.len() > 254 || e.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (local, domain) = e.split_once('@').ok_or_else(bad)?;
+    if local.is_empty() || local.len() > 64 || domain.contains('@') {
+        return Err(bad());
+    }
+    crate::settings::normalize_domain(domain).map_err(|_| bad())?;
+    Ok(e)
+}
+
+/// Hashes a password with argon2id (the crate's default parameters).
+pub fn hash_password(password: &str) -> Result<String> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(CoreError::Invalid(format!(
+            "passwords must have at least {MIN_PASSWORD_LEN} characters"
+        )));
+    }
+    if password.len() > MAX_PASSWORD_LEN {
+        return Err(CoreError::Invalid(format!(
+            "passwords may have at most {MAX_PASSWORD_LEN} bytes"
+        )));
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| CoreError::Internal(format!("hashing password: {e}")))
+}
+
+/// Checks a password against a stored argon2 hash; a malformed hash never matches.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    if password.len() > MAX_PASSWORD_LEN {
+        return false;
+    }
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn clean_display_name(name: &str) -> Result<String> {
+    let n = name.trim();
+    if n.chars().count() > 200 || n.chars().any(|c| c.is_control()) {
+        return Err(CoreError::Invalid(
+            "display names are at most 200 printable characters".into(),
+        ));
+    }
+    Ok(n.to_string())
+}
+
+impl Lanyard {
+    pub async fn create_user(&self, actor: &Actor, input: CreateUser) -> Result<UserView> {
+        actor.require_write()?;
+        let settings = self.enrollment_settings().await?;
+        let email = normalize_email(&input.email)?;
+        let managed_apple_id = match input.managed_apple_id.as_deref() {
+            Some(id) if !id.trim().is_empty() => Some(normalize_email(id)?),
+            _ if settings.use_email_as_managed_apple_id => Some(email.clone()),
+            _ => None,
+        };
+        let display_name = match input.display_name.as_deref() {
+            Some(n) if !n.trim().is_empty() => clean_display_name(n)?,
+            _ => email.split('@').next().unwrap_or_default().to_string(),
+        };
+        let password_hash = match input.password.as_deref() {
+            Some(p) => Some(hash_password(p)?),
+            None => None,
+        };
+        if self.store.user_by_email(&email).await?.is_some() {
+            return Err(CoreError::Conflict(format!(
+                "a user with email {email} already exists"
+            )));
+        }
+        let audit = Audit::new(
+            &actor.name,
+            "user.create",
+            &email,
+            json!({"display_name": display_name, "managed_apple_id": managed_apple_id,
+                   "password_set": password_hash.is_some()}),
+        );
+        let user = self
+            .store
+            .create_user(
+                &NewUser {
+                    email: email.clone(),
+                    display_name,
+                    password_hash,
+                    managed_apple_id,
+                },
+                &audit,
+            )
+            .await
+            .map_err(|e| match e {
+                lanyard_store::StoreError::Conflict(_) => {
+                    CoreError::Conflict(format!("a user with email {email} already exists"))
+                }
+                other => other.into(),
+            })?;
+        Ok(user.into())
+    }
+
+    pub async fn list_users(&self, query: &ListQuery) -> Result<Vec<UserView>> {
+        Ok(self
+            .store
+            .list_users(query)
+            .await?
+            .into_iter()
+            .map(UserView::from)
+            .collect())
+    }
+
+    /// Finds a user by id or email.
+    pub async fn find_user(&self, key: &str) -> Result<User> {
+        let found = match key.parse::<i64>() {
+            Ok(id) => self.store.user_by_id(id).await?,
+            Err(_) => self.store.user_by_email(&normalize_email(key)?).await?,
+        };
+        found.ok_or_else(|| CoreError::NotFound(format!("user {key}")))
+    }
+
+    pub async fn update_user(
+        &self,
+        actor: &Actor,
+        key: &str,
+        input: UpdateUser,
+    ) -> Result<UserView> {
+        actor.require_write()?;
+        let user = self.find_user(key).await?;
+        let mut change = UserChange::default();
+        let mut detail = serde_json::Map::new();
+        if let Some(n) = input.display_name.as_deref() {
+            change.display_name = Some(clean_display_name(n)?);
+            detail.insert("display_name".into(), json!(change.display_name));
+        }
+        if let Some(p) = input.password.as_deref() {
+            change.password_hash = Some(hash_password(p)?);
+            detail.insert("password_set".into(), json!(true));
+        }
+        if let Some(id) = input.managed_apple_id.as_deref() {
+            change.managed_apple_id = Some(if id.trim().is_empty() {
+                None
+            } else {
+                Some(normalize_email(id)?)
+            });
+            detail.insert("managed_apple_id".into(), json!(change.managed_apple_id));
+        }
+        if let Some(e) = input.enabled {
+            change.enabled = Some(e);
+            detail.insert("enabled".into(), json!(e));
+        }
+        if detail.is_empty() {
+            return Err(CoreError::Invalid("nothing to change".into()));
+        }
+        let action = match input.enabled {
+            Some(false) => "user.disable",
+            Some(true) => "user.enable",
+            None => "user.update",
+        };
+        let audit = Audit::new(&actor.name, action, &user.email, detail.into());
+        Ok(self
+            .store
+            .update_user(user.id, &change, &audit)
+            .await?
+            .into())
+    }
+
+    /// Checks a user's email and password for the enrollment sign-in. Every failure reads the
+    /// same to the caller, so the page cannot be used to discover who exists.
+    pub async fn authenticate_user(&self, email: &str, password: &str) -> Result<User> {
+        let denied = || CoreError::Unauthorized("wrong email or password".into());
+        let Ok(email) = normalize_email(email) else {
+            return Err(denied());
+        };
+        let user = self.store.user_by_email(&email).await?;
+        let Some(user) = user else {
+            // Spend the same effort as a real check.
+            let _ = verify_password(password, DUMMY_HASH);
+            return Err(denied());
+        };
+        let ok = user
+            .password_hash
+            .as_deref()
+            .map(|h| verify_password(password, h))
+            .unwrap_or(false);
+        if !ok {
+            return Err(denied());
+        }
+        if !user.enabled {
+            return Err(CoreError::Forbidden(
+                "this account is disabled; ask your IT administrator".into(),
+            ));
+        }
+        Ok(user)
+    }
+}
+
+/// An argon2id hash of a random string, used to keep the timing of unknown-user sign-ins honest.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Jv5eKzvVbVj9tE8n3m0r5vQ9oW7pQx2nLr6tYc8mZk0";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            normalize_email(" Ann@Example.COM ").unwrap(),
+            "ann@example.com"
+        );
+        for bad in [
+            "ann",
+            "@example.com",
+            "ann@",
+            "a b@example.com",
+            "ann@@example.com",
+            "ann@localhost",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords() {
+        assert!(hash_password("short").is_err());
+        let h = hash_password("correct horse battery").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse battery", &h));
+        assert!(!verify_password("wrong horse battery", &h));
+        assert!(!verify_password("x", "not a hash"));
+    }
+}

@@ -1,0 +1,471 @@
+//! The admin JSON API under `/api/v1`: thin handlers (JSON → domain call → JSON), described by
+//! the OpenAPI document served at `/api/v1/openapi.json`.
+
+use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use lanyard_core::admins::{AdminView, Role};
+use lanyard_core::attributes::{CustomAttribute, DefineAttribute};
+use lanyard_core::settings::{EnrollmentSettings, SettingsPatch};
+use lanyard_core::users::{CreateUser, UpdateUser, UserView};
+use lanyard_store::{AuditEntry, AuditFilter, ListQuery};
+
+use crate::auth::{Authed, SESSION_COOKIE};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::AppState;
+
+/// JSON body extractor whose rejections use the API's error shape.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Query extractor whose rejections use the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Path extractor whose rejections use the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/sessions", post(sign_in))
+        .route("/sessions/current", delete(sign_out))
+        .route("/users", get(list_users).post(create_user))
+        .route("/users/{key}", get(get_user).patch(update_user))
+        .route(
+            "/settings/enrollment",
+            get(get_settings).patch(patch_settings),
+        )
+        .route("/attributes", get(list_attributes).post(define_attribute))
+        .route("/attributes/{name}", delete(delete_attribute))
+        .route("/admins", get(list_admins).post(create_admin))
+        .route("/api-tokens", get(list_api_tokens).post(create_api_token))
+        .route("/api-tokens/{id}", delete(revoke_api_token))
+        .route("/audit", get(audit_log))
+        .route("/openapi.json", get(openapi))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Lanyard admin API", description = "Administer a Lanyard MDM server."),
+    paths(
+        sign_in, sign_out, list_users, create_user, get_user, update_user, get_settings,
+        patch_settings, list_attributes, define_attribute, delete_attribute, list_admins,
+        create_admin, list_api_tokens, create_api_token, revoke_api_token, audit_log
+    ),
+    components(schemas(ErrorBody, UserView, CreateUser, UpdateUser, EnrollmentSettings,
+        SettingsPatch, CustomAttribute, DefineAttribute, AdminView, Role, SignIn, SessionCreated,
+        NewAdmin, NewApiToken, ApiTokenCreated, ApiTokenView, AuditView)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionCreated {
+    /// Send as `Authorization: Bearer …` (API clients) — browsers get the same as a cookie.
+    pub session_token: String,
+    /// Send as `X-CSRF-Token` on changes made with the cookie.
+    pub csrf_token: String,
+    pub expires_at: DateTime<Utc>,
+    pub admin: AdminView,
+}
+
+/// Sign an administrator in.
+#[utoipa::path(post, path = "/api/v1/sessions", request_body = SignIn, security(()),
+    responses((status = 201, body = SessionCreated), (status = 401, body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
+async fn sign_in(State(s): State<AppState>, ApiJson(b): ApiJson<SignIn>) -> ApiResult<Response> {
+    let grant = s.lanyard.admin_sign_in(&b.username, &b.password).await?;
+    let max_age = (grant.expires_at - Utc::now()).num_seconds().max(0);
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict",
+        grant.secret
+    );
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        headers.insert(header::SET_COOKIE, v);
+    }
+    let body = SessionCreated {
+        session_token: grant.secret,
+        csrf_token: grant.csrf_token,
+        expires_at: grant.expires_at,
+        admin: grant.admin,
+    };
+    Ok((StatusCode::CREATED, headers, Json(body)).into_response())
+}
+
+/// Sign the current session out.
+#[utoipa::path(delete, path = "/api/v1/sessions/current",
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+async fn sign_out(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let from_bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| t.starts_with("lys_"))
+        .map(str::to_string);
+    let from_cookie = crate::auth::cookie(&headers, SESSION_COOKIE).map(str::to_string);
+    match from_bearer.or(from_cookie) {
+        Some(secret) => s.lanyard.admin_sign_out(&secret).await?,
+        None => return Err(ApiError::invalid("this request is not a session")),
+    }
+    let clear = format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict");
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        h.insert(header::SET_COOKIE, v);
+    }
+    Ok((StatusCode::NO_CONTENT, h).into_response())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// Case-insensitive substring of email or display name.
+    search: Option<String>,
+    #[serde(default)]
+    offset: i64,
+    limit: Option<i64>,
+}
+
+/// List users.
+#[utoipa::path(get, path = "/api/v1/users", params(Page),
+    responses((status = 200, body = [UserView])))]
+async fn list_users(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+    ApiQuery(p): ApiQuery<Page>,
+) -> ApiResult<Json<Vec<UserView>>> {
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) || p.offset < 0 {
+        return Err(ApiError::invalid(
+            "limit is 1 to 1000 and offset is not negative",
+        ));
+    }
+    Ok(Json(
+        s.lanyard
+            .list_users(&ListQuery {
+                search: p.search,
+                offset: p.offset,
+                limit,
+            })
+            .await?,
+    ))
+}
+
+/// Create a user.
+#[utoipa::path(post, path = "/api/v1/users", request_body = CreateUser,
+    responses((status = 201, body = UserView), (status = 409, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+async fn create_user(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiJson(b): ApiJson<CreateUser>,
+) -> ApiResult<(StatusCode, Json<UserView>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.lanyard.create_user(&actor, b).await?),
+    ))
+}
+
+/// Show one user, by id or email.
+#[utoipa::path(get, path = "/api/v1/users/{key}", params(("key" = String, Path)),
+    responses((status = 200, body = UserView), (status = 404, body = ErrorBody)))]
+async fn get_user(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+    ApiPath(key): ApiPath<String>,
+) -> ApiResult<Json<UserView>> {
+    Ok(Json(s.lanyard.find_user(&key).await?.into()))
+}
+
+/// Change a user (display name, password, managed Apple ID, enabled).
+#[utoipa::path(patch, path = "/api/v1/users/{key}", params(("key" = String, Path)),
+    request_body = UpdateUser,
+    responses((status = 200, body = UserView), (status = 404, body = ErrorBody)))]
+async fn update_user(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiPath(key): ApiPath<String>,
+    ApiJson(b): ApiJson<UpdateUser>,
+) -> ApiResult<Json<UserView>> {
+    Ok(Json(s.lanyard.update_user(&actor, &key, b).await?))
+}
+
+/// The enrollment settings.
+#[utoipa::path(get, path = "/api/v1/settings/enrollment",
+    responses((status = 200, body = EnrollmentSettings)))]
+async fn get_settings(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+) -> ApiResult<Json<EnrollmentSettings>> {
+    Ok(Json(s.lanyard.enrollment_settings().await?))
+}
+
+/// Change some enrollment settings; absent fields stay as they are.
+#[utoipa::path(patch, path = "/api/v1/settings/enrollment", request_body = SettingsPatch,
+    responses((status = 200, body = EnrollmentSettings), (status = 422, body = ErrorBody)))]
+async fn patch_settings(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiJson(b): ApiJson<SettingsPatch>,
+) -> ApiResult<Json<EnrollmentSettings>> {
+    Ok(Json(s.lanyard.update_enrollment_settings(&actor, b).await?))
+}
+
+/// Custom attribute definitions.
+#[utoipa::path(get, path = "/api/v1/attributes",
+    responses((status = 200, body = [CustomAttribute])))]
+async fn list_attributes(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+) -> ApiResult<Json<Vec<CustomAttribute>>> {
+    Ok(Json(s.lanyard.list_attributes().await?))
+}
+
+/// Define a custom attribute.
+#[utoipa::path(post, path = "/api/v1/attributes", request_body = DefineAttribute,
+    responses((status = 201, body = CustomAttribute), (status = 409, body = ErrorBody)))]
+async fn define_attribute(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiJson(b): ApiJson<DefineAttribute>,
+) -> ApiResult<(StatusCode, Json<CustomAttribute>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.lanyard.define_attribute(&actor, b).await?),
+    ))
+}
+
+/// Delete a custom attribute definition.
+#[utoipa::path(delete, path = "/api/v1/attributes/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_attribute(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    s.lanyard.delete_attribute(&actor, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Administrators.
+#[utoipa::path(get, path = "/api/v1/admins", responses((status = 200, body = [AdminView])))]
+async fn list_admins(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+) -> ApiResult<Json<Vec<AdminView>>> {
+    Ok(Json(s.lanyard.list_admins().await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAdmin {
+    pub username: String,
+    pub password: String,
+    pub role: Role,
+}
+
+/// Create an administrator (administrator or read-only).
+#[utoipa::path(post, path = "/api/v1/admins", request_body = NewAdmin,
+    responses((status = 201, body = AdminView), (status = 409, body = ErrorBody)))]
+async fn create_admin(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiJson(b): ApiJson<NewAdmin>,
+) -> ApiResult<(StatusCode, Json<AdminView>)> {
+    let a = s
+        .lanyard
+        .create_admin(&actor, &b.username, &b.password, b.role)
+        .await?;
+    Ok((StatusCode::CREATED, Json(a)))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiTokenView {
+    pub id: i64,
+    pub admin_id: i64,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked: bool,
+}
+
+impl From<lanyard_store::ApiToken> for ApiTokenView {
+    fn from(t: lanyard_store::ApiToken) -> Self {
+        Self {
+            id: t.id,
+            admin_id: t.admin_id,
+            name: t.name,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            last_used_at: t.last_used_at,
+            revoked: t.revoked,
+        }
+    }
+}
+
+/// API tokens (never their secrets).
+#[utoipa::path(get, path = "/api/v1/api-tokens", responses((status = 200, body = [ApiTokenView])))]
+async fn list_api_tokens(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+) -> ApiResult<Json<Vec<ApiTokenView>>> {
+    let tokens = s
+        .lanyard
+        .store()
+        .list_api_tokens()
+        .await
+        .map_err(lanyard_core::CoreError::from)?;
+    Ok(Json(tokens.into_iter().map(Into::into).collect()))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiToken {
+    /// The administrator the token acts as (its role applies).
+    pub admin: String,
+    pub name: String,
+    pub valid_days: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiTokenCreated {
+    /// Shown once; store it now.
+    pub token: String,
+    pub details: ApiTokenView,
+}
+
+/// Create an API token; the secret is in this answer only.
+#[utoipa::path(post, path = "/api/v1/api-tokens", request_body = NewApiToken,
+    responses((status = 201, body = ApiTokenCreated)))]
+async fn create_api_token(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiJson(b): ApiJson<NewApiToken>,
+) -> ApiResult<(StatusCode, Json<ApiTokenCreated>)> {
+    let (t, secret) = s
+        .lanyard
+        .create_api_token(&actor, &b.admin, &b.name, b.valid_days)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ApiTokenCreated {
+            token: secret,
+            details: t.into(),
+        }),
+    ))
+}
+
+/// Revoke an API token.
+#[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", params(("id" = i64, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn revoke_api_token(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    s.lanyard.revoke_api_token(&actor, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    target: Option<String>,
+    /// Return entries older than this id (paging).
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditView {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+impl From<AuditEntry> for AuditView {
+    fn from(e: AuditEntry) -> Self {
+        Self {
+            detail: serde_json::from_str(&e.detail).unwrap_or(serde_json::Value::Null),
+            id: e.id,
+            at: e.at,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+        }
+    }
+}
+
+/// The audit log, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", params(AuditQuery),
+    responses((status = 200, body = [AuditView])))]
+async fn audit_log(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> ApiResult<Json<Vec<AuditView>>> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit is 1 to 1000"));
+    }
+    let entries = s
+        .lanyard
+        .audit_log(&AuditFilter {
+            actor: q.actor,
+            action: q.action,
+            target: q.target,
+            before_id: q.before,
+            limit,
+        })
+        .await?;
+    Ok(Json(entries.into_iter().map(Into::into).collect()))
+}

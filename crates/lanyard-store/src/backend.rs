@@ -1,0 +1,614 @@
+//! The SQLite and PostgreSQL backends.
+//!
+//! Both speak the same SQL for almost everything (numbered `$n` parameters, `RETURNING`,
+//! `ON CONFLICT`), so the trait implementations are written once, in `impl_store!`, and expanded
+//! for each backend with its own pool and connection types. Where the dialects differ, the
+//! backend-specific piece is passed into the macro, never hidden behind a runtime branch.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::*;
+
+/// The embedded default: one SQLite file in WAL mode with a busy timeout and foreign keys on.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// PostgreSQL, for scale-out: any number of `lanyard serve` processes may share one database.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at a `sqlite://` URL. Does not migrate.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if Backend::from_url(url)? != Backend::Sqlite {
+            return Err(StoreError::InvalidUrl("expected a sqlite:// URL".into()));
+        }
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Applies the SQLite migrations that are not applied yet.
+    pub async fn migrate(&self) -> Result<()> {
+        SQLITE_MIGRATIONS.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Names of the embedded migrations, in order (for `lanyard migrate` output and tests).
+    pub fn migration_names() -> Vec<String> {
+        SQLITE_MIGRATIONS
+            .iter()
+            .map(|m| format!("{:04}_{}", m.version, m.description.replace(' ', "_")))
+            .collect()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl PostgresStore {
+    /// Connects to a `postgres://` URL. Does not migrate.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if Backend::from_url(url)? != Backend::Postgres {
+            return Err(StoreError::InvalidUrl("expected a postgres:// URL".into()));
+        }
+        let opts =
+            PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Applies the PostgreSQL migrations that are not applied yet (safe to race: sqlx takes an
+    /// advisory lock).
+    pub async fn migrate(&self) -> Result<()> {
+        POSTGRES_MIGRATIONS.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn migration_names() -> Vec<String> {
+        POSTGRES_MIGRATIONS
+            .iter()
+            .map(|m| format!("{:04}_{}", m.version, m.description.replace(' ', "_")))
+            .collect()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+const USER_COLUMNS: &str =
+    "id, email, display_name, password_hash, managed_apple_id, enabled, created_at, updated_at";
+
+macro_rules! impl_store {
+    ($store:ty, $conn:ty, $name:literal) => {
+        impl $store {
+            async fn write_audit(conn: &mut $conn, audit: &Audit) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO audit_log (at, actor, action, target, detail) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(now())
+                .bind(&audit.actor)
+                .bind(&audit.action)
+                .bind(&audit.target)
+                .bind(audit.detail.to_string())
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl UserStore for $store {
+            async fn create_user(&self, user: &NewUser, audit: &Audit) -> Result<User> {
+                let mut tx = self.pool.begin().await?;
+                let at = now();
+                let row: User = sqlx::query_as(&format!(
+                    "INSERT INTO users (email, display_name, password_hash, managed_apple_id, \
+                     enabled, created_at, updated_at) VALUES ($1, $2, $3, $4, TRUE, $5, $5) \
+                     RETURNING {USER_COLUMNS}"
+                ))
+                .bind(&user.email)
+                .bind(&user.display_name)
+                .bind(&user.password_hash)
+                .bind(&user.managed_apple_id)
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
+                Ok(
+                    sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?,
+                )
+            }
+
+            async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
+                ))
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>> {
+                let pattern = query
+                    .search
+                    .as_deref()
+                    .map(|s| format!("%{}%", s.to_lowercase()))
+                    .unwrap_or_else(|| "%".into());
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {USER_COLUMNS} FROM users \
+                     WHERE LOWER(email) LIKE $1 OR LOWER(display_name) LIKE $1 \
+                     ORDER BY email LIMIT $2 OFFSET $3"
+                ))
+                .bind(pattern)
+                .bind(query.limit)
+                .bind(query.offset)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn count_users(&self) -> Result<i64> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            async fn update_user(
+                &self,
+                id: i64,
+                change: &UserChange,
+                audit: &Audit,
+            ) -> Result<User> {
+                let mut tx = self.pool.begin().await?;
+                let (set_apple_id, apple_id) = match &change.managed_apple_id {
+                    Some(v) => (true, v.clone()),
+                    None => (false, None),
+                };
+                let row: Option<User> = sqlx::query_as(&format!(
+                    "UPDATE users SET \
+                     display_name = COALESCE($2, display_name), \
+                     password_hash = COALESCE($3, password_hash), \
+                     managed_apple_id = CASE WHEN $4 THEN $5 ELSE managed_apple_id END, \
+                     enabled = COALESCE($6, enabled), \
+                     updated_at = $7 \
+                     WHERE id = $1 RETURNING {USER_COLUMNS}"
+                ))
+                .bind(id)
+                .bind(&change.display_name)
+                .bind(&change.password_hash)
+                .bind(set_apple_id)
+                .bind(apple_id)
+                .bind(change.enabled)
+                .bind(now())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::NotFound(format!("user {id}")));
+                };
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+        }
+
+        #[async_trait]
+        impl SettingsStore for $store {
+            async fn get_setting(&self, name: &str) -> Result<Option<String>> {
+                Ok(
+                    sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+                        .bind(name)
+                        .fetch_optional(&self.pool)
+                        .await?,
+                )
+            }
+
+            async fn put_setting(&self, name: &str, value: &str, audit: &Audit) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(name)
+                .bind(value)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl AttributeStore for $store {
+            async fn create_attribute(
+                &self,
+                name: &str,
+                kind: &str,
+                required: bool,
+                choices_json: &str,
+                audit: &Audit,
+            ) -> Result<CustomAttributeRow> {
+                let mut tx = self.pool.begin().await?;
+                let row: CustomAttributeRow = sqlx::query_as(
+                    "INSERT INTO custom_attributes (name, kind, required, choices, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     RETURNING id, name, kind, required, choices, created_at",
+                )
+                .bind(name)
+                .bind(kind)
+                .bind(required)
+                .bind(choices_json)
+                .bind(now())
+                .fetch_one(&mut *tx)
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            async fn list_attributes(&self) -> Result<Vec<CustomAttributeRow>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, name, kind, required, choices, created_at \
+                     FROM custom_attributes ORDER BY name",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn attribute_by_name(&self, name: &str) -> Result<Option<CustomAttributeRow>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, name, kind, required, choices, created_at \
+                     FROM custom_attributes WHERE name = $1",
+                )
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn delete_attribute(&self, name: &str, audit: &Audit) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query("DELETE FROM custom_attributes WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("custom attribute {name}")));
+                }
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl AdminStore for $store {
+            async fn create_admin(
+                &self,
+                username: &str,
+                password_hash: &str,
+                role: &str,
+                audit: &Audit,
+            ) -> Result<Admin> {
+                let mut tx = self.pool.begin().await?;
+                let row: Admin = sqlx::query_as(
+                    "INSERT INTO admins (username, password_hash, role, enabled, failed_logins, \
+                     created_at) VALUES ($1, $2, $3, TRUE, 0, $4) \
+                     RETURNING id, username, password_hash, role, enabled, failed_logins, \
+                     locked_until, created_at",
+                )
+                .bind(username)
+                .bind(password_hash)
+                .bind(role)
+                .bind(now())
+                .fetch_one(&mut *tx)
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            async fn admin_by_username(&self, username: &str) -> Result<Option<Admin>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, username, password_hash, role, enabled, failed_logins, \
+                     locked_until, created_at FROM admins WHERE username = $1",
+                )
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn admin_by_id(&self, id: i64) -> Result<Option<Admin>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, username, password_hash, role, enabled, failed_logins, \
+                     locked_until, created_at FROM admins WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn list_admins(&self) -> Result<Vec<Admin>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, username, password_hash, role, enabled, failed_logins, \
+                     locked_until, created_at FROM admins ORDER BY username",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn count_admins(&self) -> Result<i64> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM admins")
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            async fn set_admin_password(
+                &self,
+                id: i64,
+                password_hash: &str,
+                audit: &Audit,
+            ) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE admins SET password_hash = $2, failed_logins = 0, \
+                     locked_until = NULL WHERE id = $1",
+                )
+                .bind(id)
+                .bind(password_hash)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("administrator {id}")));
+                }
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn record_admin_login_failure(
+                &self,
+                id: i64,
+                locked_until: Option<DateTime<Utc>>,
+            ) -> Result<i64> {
+                Ok(sqlx::query_scalar(
+                    "UPDATE admins SET failed_logins = failed_logins + 1, \
+                     locked_until = COALESCE($2, locked_until) WHERE id = $1 \
+                     RETURNING failed_logins",
+                )
+                .bind(id)
+                .bind(locked_until)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn record_admin_login_success(&self, id: i64) -> Result<()> {
+                sqlx::query(
+                    "UPDATE admins SET failed_logins = 0, locked_until = NULL WHERE id = $1",
+                )
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn create_api_token(
+                &self,
+                admin_id: i64,
+                name: &str,
+                token_hash: &str,
+                expires_at: Option<DateTime<Utc>>,
+                audit: &Audit,
+            ) -> Result<ApiToken> {
+                let mut tx = self.pool.begin().await?;
+                let row: ApiToken = sqlx::query_as(
+                    "INSERT INTO api_tokens (admin_id, name, token_hash, created_at, expires_at, \
+                     revoked) VALUES ($1, $2, $3, $4, $5, FALSE) \
+                     RETURNING id, admin_id, name, token_hash, created_at, expires_at, \
+                     last_used_at, revoked",
+                )
+                .bind(admin_id)
+                .bind(name)
+                .bind(token_hash)
+                .bind(now())
+                .bind(expires_at)
+                .fetch_one(&mut *tx)
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, admin_id, name, token_hash, created_at, expires_at, \
+                     last_used_at, revoked FROM api_tokens WHERE token_hash = $1",
+                )
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn list_api_tokens(&self) -> Result<Vec<ApiToken>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, admin_id, name, token_hash, created_at, expires_at, \
+                     last_used_at, revoked FROM api_tokens ORDER BY id",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn touch_api_token(&self, id: i64, at: DateTime<Utc>) -> Result<()> {
+                sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn revoke_api_token(&self, id: i64, audit: &Audit) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query("UPDATE api_tokens SET revoked = TRUE WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("API token {id}")));
+                }
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn create_session(&self, session: &AdminSession) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO admin_sessions (token_hash, admin_id, csrf_token, created_at, \
+                     expires_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&session.token_hash)
+                .bind(session.admin_id)
+                .bind(&session.csrf_token)
+                .bind(session.created_at)
+                .bind(session.expires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn session_by_hash(&self, token_hash: &str) -> Result<Option<AdminSession>> {
+                Ok(sqlx::query_as(
+                    "SELECT token_hash, admin_id, csrf_token, created_at, expires_at \
+                     FROM admin_sessions WHERE token_hash = $1",
+                )
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn delete_session(&self, token_hash: &str) -> Result<()> {
+                sqlx::query("DELETE FROM admin_sessions WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn purge_expired_sessions(&self, at: DateTime<Utc>) -> Result<u64> {
+                Ok(
+                    sqlx::query("DELETE FROM admin_sessions WHERE expires_at < $1")
+                        .bind(at)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected(),
+                )
+            }
+        }
+
+        #[async_trait]
+        impl AuditStore for $store {
+            async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+                let limit = if filter.limit <= 0 {
+                    100
+                } else {
+                    filter.limit.min(1000)
+                };
+                Ok(sqlx::query_as(
+                    "SELECT id, at, actor, action, target, detail FROM audit_log \
+                     WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR action = $2) \
+                     AND ($3 IS NULL OR target = $3) AND ($4 IS NULL OR id < $4) \
+                     ORDER BY id DESC LIMIT $5",
+                )
+                .bind(&filter.actor)
+                .bind(&filter.action)
+                .bind(&filter.target)
+                .bind(filter.before_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+
+        #[async_trait]
+        impl PkiStore for $store {
+            async fn get_pki(&self, name: &str) -> Result<Option<PkiMaterial>> {
+                Ok(sqlx::query_as(
+                    "SELECT name, cert_pem, key_sealed, created_at FROM pki_material \
+                     WHERE name = $1",
+                )
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn insert_pki_if_absent(&self, m: &PkiMaterial) -> Result<bool> {
+                let done = sqlx::query(
+                    "INSERT INTO pki_material (name, cert_pem, key_sealed, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(&m.name)
+                .bind(&m.cert_pem)
+                .bind(&m.key_sealed)
+                .bind(m.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $name
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+impl_store!(SqliteStore, sqlx::SqliteConnection, "sqlite");
+impl_store!(PostgresStore, sqlx::PgConnection, "postgres");

@@ -1,0 +1,511 @@
+//! The storage conformance suite: every test here runs against SQLite and PostgreSQL.
+//!
+//! PostgreSQL comes from `LANYARD_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
+//! each test creates its own database and drops it afterwards, so tests run in parallel. When
+//! PostgreSQL cannot be reached the PostgreSQL half is skipped with a loud message — and under
+//! `CI=true` that is a failure.
+
+use chrono::Duration;
+use lanyard_store::*;
+use serde_json::json;
+
+mod support {
+    use super::*;
+    use rand::Rng;
+    use sqlx::Connection;
+
+    pub struct Harness {
+        pub store: Box<dyn Store>,
+        cleanup: Option<(String, String)>,
+        _dir: Option<tempdir::TempDirGuard>,
+    }
+
+    mod tempdir {
+        pub struct TempDirGuard(pub std::path::PathBuf);
+        impl Drop for TempDirGuard {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    pub async fn sqlite() -> Harness {
+        let n: u64 = rand::thread_rng().gen();
+        let dir = std::env::temp_dir().join(format!("lanyard-conformance-{n:016x}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/lanyard.db", dir.display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        Harness {
+            store: Box::new(store),
+            cleanup: None,
+            _dir: Some(tempdir::TempDirGuard(dir)),
+        }
+    }
+
+    pub fn admin_url() -> String {
+        std::env::var("LANYARD_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    /// A fresh PostgreSQL database, or `None` (loudly) when PostgreSQL is unavailable outside CI.
+    pub async fn postgres() -> Option<Harness> {
+        let admin = admin_url();
+        let mut conn = match sqlx::PgConnection::connect(&admin).await {
+            Ok(c) => c,
+            Err(e) => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!("PostgreSQL is required under CI=true but unreachable at {admin}: {e}");
+                }
+                eprintln!(
+                    "\n!!!!! SKIPPED: PostgreSQL unreachable at {admin} ({e}); the PostgreSQL half \
+                     of the storage conformance suite did NOT run !!!!!\n"
+                );
+                return None;
+            }
+        };
+        let n: u64 = rand::thread_rng().gen();
+        let db = format!("lanyard_conf_{n:016x}");
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let url = match admin.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{db}"),
+            None => panic!("bad admin URL {admin}"),
+        };
+        let store = PostgresStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        Some(Harness {
+            store: Box::new(store),
+            cleanup: Some((admin, db)),
+            _dir: None,
+        })
+    }
+
+    impl Harness {
+        pub async fn finish(self) {
+            drop(self.store);
+            if let Some((admin, db)) = self.cleanup {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Expands each listed async test body into one `#[tokio::test]` per backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let h = super::support::sqlite().await;
+                    super::$name(h.store.as_ref()).await;
+                    h.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(h) = super::support::postgres().await else { return };
+                    super::$name(h.store.as_ref()).await;
+                    h.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    users_round_trip,
+    duplicate_email_is_conflict_and_writes_nothing,
+    update_unknown_user_is_not_found_and_audits_nothing,
+    user_search_and_paging,
+    settings_upsert,
+    custom_attributes,
+    admins_and_lockout,
+    api_tokens,
+    sessions_expire,
+    audit_filters_newest_first,
+    pki_insert_is_first_writer_wins,
+);
+
+fn audit(action: &str, target: &str) -> Audit {
+    Audit::new("tester", action, target, json!({"k": "v"}))
+}
+
+fn new_user(email: &str) -> NewUser {
+    NewUser {
+        email: email.into(),
+        display_name: format!("Name of {email}"),
+        password_hash: Some("$argon2id$fake".into()),
+        managed_apple_id: Some(email.into()),
+    }
+}
+
+async fn users_round_trip(s: &dyn Store) {
+    let u = s
+        .create_user(&new_user("ann@example.com"), &audit("user.create", "ann"))
+        .await
+        .unwrap();
+    assert!(u.enabled);
+    assert_eq!(u.managed_apple_id.as_deref(), Some("ann@example.com"));
+    let by_email = s.user_by_email("ann@example.com").await.unwrap().unwrap();
+    assert_eq!(by_email, u);
+    let by_id = s.user_by_id(u.id).await.unwrap().unwrap();
+    assert_eq!(by_id, u);
+    assert!(s.user_by_email("bob@example.com").await.unwrap().is_none());
+
+    let changed = s
+        .update_user(
+            u.id,
+            &UserChange {
+                enabled: Some(false),
+                managed_apple_id: Some(None),
+                ..Default::default()
+            },
+            &audit("user.disable", "ann"),
+        )
+        .await
+        .unwrap();
+    assert!(!changed.enabled);
+    assert_eq!(changed.managed_apple_id, None);
+    assert_eq!(changed.display_name, u.display_name, "untouched field kept");
+    assert_eq!(changed.password_hash, u.password_hash);
+
+    let changed = s
+        .update_user(
+            u.id,
+            &UserChange {
+                display_name: Some("Ann A.".into()),
+                managed_apple_id: Some(Some("ann@corp.example.com".into())),
+                ..Default::default()
+            },
+            &audit("user.update", "ann"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.display_name, "Ann A.");
+    assert!(!changed.enabled, "enabled untouched");
+    assert_eq!(
+        changed.managed_apple_id.as_deref(),
+        Some("ann@corp.example.com")
+    );
+    assert_eq!(s.count_users().await.unwrap(), 1);
+    let log = s.list_audit(&AuditFilter::default()).await.unwrap();
+    let actions: Vec<_> = log.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["user.update", "user.disable", "user.create"]);
+}
+
+async fn duplicate_email_is_conflict_and_writes_nothing(s: &dyn Store) {
+    s.create_user(&new_user("ann@example.com"), &audit("user.create", "ann"))
+        .await
+        .unwrap();
+    let err = s
+        .create_user(&new_user("ann@example.com"), &audit("user.create", "ann2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(s.count_users().await.unwrap(), 1);
+    let log = s.list_audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(log.len(), 1, "the failed create left no audit line");
+}
+
+async fn update_unknown_user_is_not_found_and_audits_nothing(s: &dyn Store) {
+    let err = s
+        .update_user(
+            4242,
+            &UserChange {
+                enabled: Some(false),
+                ..Default::default()
+            },
+            &audit("user.disable", "nobody"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(s
+        .list_audit(&AuditFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn user_search_and_paging(s: &dyn Store) {
+    for i in 0..25 {
+        s.create_user(
+            &new_user(&format!("user{i:02}@example.com")),
+            &audit("user.create", "x"),
+        )
+        .await
+        .unwrap();
+    }
+    s.create_user(&new_user("zed@other.org"), &audit("user.create", "z"))
+        .await
+        .unwrap();
+    let page = s
+        .list_users(&ListQuery {
+            search: None,
+            offset: 10,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 10);
+    assert_eq!(page[0].email, "user10@example.com");
+    let found = s
+        .list_users(&ListQuery {
+            search: Some("OTHER.ORG".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].email, "zed@other.org");
+    let by_name = s
+        .list_users(&ListQuery {
+            search: Some("name of user2".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_name.len(), 5, "user20..user24");
+}
+
+async fn settings_upsert(s: &dyn Store) {
+    assert_eq!(s.get_setting("enrollment").await.unwrap(), None);
+    s.put_setting(
+        "enrollment",
+        r#"{"a":1}"#,
+        &audit("settings.update", "enrollment"),
+    )
+    .await
+    .unwrap();
+    s.put_setting(
+        "enrollment",
+        r#"{"a":2}"#,
+        &audit("settings.update", "enrollment"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_setting("enrollment").await.unwrap().as_deref(),
+        Some(r#"{"a":2}"#)
+    );
+    let log = s
+        .list_audit(&AuditFilter {
+            target: Some("enrollment".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 2);
+}
+
+async fn custom_attributes(s: &dyn Store) {
+    let a = s
+        .create_attribute(
+            "department",
+            "choice",
+            true,
+            r#"["Sales","R&D"]"#,
+            &audit("attribute.create", "department"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.kind, "choice");
+    assert!(a.required);
+    s.create_attribute("cost_center", "number", false, "[]", &audit("c", "cc"))
+        .await
+        .unwrap();
+    let err = s
+        .create_attribute("department", "text", false, "[]", &audit("c", "d"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)));
+    let names: Vec<_> = s
+        .list_attributes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["cost_center", "department"]);
+    assert_eq!(s.attribute_by_name("department").await.unwrap().unwrap(), a);
+    s.delete_attribute("department", &audit("attribute.delete", "department"))
+        .await
+        .unwrap();
+    let err = s
+        .delete_attribute("department", &audit("attribute.delete", "department"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)));
+    assert!(s.attribute_by_name("department").await.unwrap().is_none());
+}
+
+async fn admins_and_lockout(s: &dyn Store) {
+    let a = s
+        .create_admin(
+            "root",
+            "hash1",
+            "administrator",
+            &audit("admin.create", "root"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.failed_logins, 0);
+    assert!(s
+        .create_admin("root", "h", "read_only", &audit("admin.create", "root"))
+        .await
+        .is_err());
+    assert_eq!(s.count_admins().await.unwrap(), 1);
+    assert_eq!(s.record_admin_login_failure(a.id, None).await.unwrap(), 1);
+    let until = now() + Duration::minutes(15);
+    assert_eq!(
+        s.record_admin_login_failure(a.id, Some(until))
+            .await
+            .unwrap(),
+        2
+    );
+    let locked = s.admin_by_username("root").await.unwrap().unwrap();
+    assert_eq!(locked.locked_until, Some(until));
+    s.record_admin_login_success(a.id).await.unwrap();
+    let ok = s.admin_by_id(a.id).await.unwrap().unwrap();
+    assert_eq!((ok.failed_logins, ok.locked_until), (0, None));
+    s.set_admin_password(a.id, "hash2", &audit("admin.password", "root"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.admin_by_id(a.id).await.unwrap().unwrap().password_hash,
+        "hash2"
+    );
+    assert!(matches!(
+        s.set_admin_password(999, "x", &audit("admin.password", "nobody"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn api_tokens(s: &dyn Store) {
+    let a = s
+        .create_admin("ops", "h", "administrator", &audit("admin.create", "ops"))
+        .await
+        .unwrap();
+    let t = s
+        .create_api_token(a.id, "ci", "deadbeef", None, &audit("token.create", "ci"))
+        .await
+        .unwrap();
+    assert!(!t.revoked);
+    let found = s.api_token_by_hash("deadbeef").await.unwrap().unwrap();
+    assert_eq!(found, t);
+    let at = now();
+    s.touch_api_token(t.id, at).await.unwrap();
+    assert_eq!(
+        s.api_token_by_hash("deadbeef")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(at)
+    );
+    s.revoke_api_token(t.id, &audit("token.revoke", "ci"))
+        .await
+        .unwrap();
+    assert!(
+        s.api_token_by_hash("deadbeef")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    assert_eq!(s.list_api_tokens().await.unwrap().len(), 1);
+    assert!(s.api_token_by_hash("other").await.unwrap().is_none());
+}
+
+async fn sessions_expire(s: &dyn Store) {
+    let a = s
+        .create_admin("ops", "h", "administrator", &audit("admin.create", "ops"))
+        .await
+        .unwrap();
+    let t0 = now();
+    for (hash, mins) in [("old", -5), ("new", 30)] {
+        s.create_session(&AdminSession {
+            token_hash: hash.into(),
+            admin_id: a.id,
+            csrf_token: format!("csrf-{hash}"),
+            created_at: t0,
+            expires_at: t0 + Duration::minutes(mins),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.purge_expired_sessions(t0).await.unwrap(), 1);
+    assert!(s.session_by_hash("old").await.unwrap().is_none());
+    let live = s.session_by_hash("new").await.unwrap().unwrap();
+    assert_eq!(live.csrf_token, "csrf-new");
+    s.delete_session("new").await.unwrap();
+    assert!(s.session_by_hash("new").await.unwrap().is_none());
+}
+
+async fn audit_filters_newest_first(s: &dyn Store) {
+    for i in 0..5 {
+        s.put_setting(
+            &format!("s{i}"),
+            "{}",
+            &Audit::new(
+                if i % 2 == 0 { "alice" } else { "bob" },
+                "settings.update",
+                format!("s{i}"),
+                json!({"i": i}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let all = s.list_audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0].target, "s4");
+    assert_eq!(all[0].detail, r#"{"i":4}"#);
+    let alice = s
+        .list_audit(&AuditFilter {
+            actor: Some("alice".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(alice.len(), 3);
+    let older = s
+        .list_audit(&AuditFilter {
+            before_id: Some(all[1].id),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let targets: Vec<_> = older.iter().map(|e| e.target.as_str()).collect();
+    assert_eq!(targets, ["s2", "s1"]);
+}
+
+async fn pki_insert_is_first_writer_wins(s: &dyn Store) {
+    let first = PkiMaterial {
+        name: "ca".into(),
+        cert_pem: "CERT-1".into(),
+        key_sealed: vec![1, 2, 3],
+        created_at: now(),
+    };
+    assert!(s.insert_pki_if_absent(&first).await.unwrap());
+    let second = PkiMaterial {
+        cert_pem: "CERT-2".into(),
+        ..first.clone()
+    };
+    assert!(!s.insert_pki_if_absent(&second).await.unwrap());
+    assert_eq!(s.get_pki("ca").await.unwrap().unwrap(), first);
+    assert!(s.get_pki("tls").await.unwrap().is_none());
+}

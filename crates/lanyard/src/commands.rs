@@ -1,0 +1,557 @@
+//! Admin sub-commands. They act on the same data directory and database as `serve`, through the
+//! same domain services, so every change is validated and audited exactly as from the API.
+
+use std::io::{BufRead, IsTerminal};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use lanyard_core::admins::Role;
+use lanyard_core::attributes::{AttributeKind, DefineAttribute};
+use lanyard_core::settings::{SettingsPatch, SETTING_KEYS};
+use lanyard_core::users::{CreateUser, UpdateUser};
+use lanyard_core::Actor;
+use lanyard_store::{AuditFilter, ListQuery};
+
+use crate::setup::Opened;
+
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Prints rows as an aligned text table.
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_uppercase()).collect());
+    let count = rows.len();
+    for r in rows {
+        line(r);
+    }
+    if count == 0 {
+        println!("(none)");
+    }
+}
+
+/// A password from the flag, or read from standard input (one line) when the flag is `-` or
+/// absent and input is piped, or prompted for on a terminal.
+fn read_password(flag: Option<String>, what: &str) -> Result<String> {
+    match flag.as_deref() {
+        Some("-") | None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprint!("{what}: ");
+            }
+            let mut line = String::new();
+            stdin
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            let p = line.trim_end_matches(['\r', '\n']).to_string();
+            if p.is_empty() {
+                bail!("no password given (use --password or pipe it on standard input)");
+            }
+            Ok(p)
+        }
+        Some(p) => Ok(p.to_string()),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Add a user.
+    Add {
+        email: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The sign-in password (`-` reads it from standard input). Omit for users who will
+        /// sign in through the identity provider only.
+        #[arg(long)]
+        password: Option<String>,
+        /// Managed Apple ID, when it differs from the email.
+        #[arg(long)]
+        managed_apple_id: Option<String>,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        search: Option<String>,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Show one user.
+    Show {
+        email: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Disable a user: they can no longer sign in to enroll.
+    Disable { email: String },
+    /// Enable a disabled user.
+    Enable { email: String },
+    /// Set a user's password (`--password -` or no flag reads it from standard input).
+    SetPassword {
+        email: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Set or clear (with "") a user's managed Apple ID.
+    SetManagedAppleId {
+        email: String,
+        managed_apple_id: String,
+    },
+}
+
+pub async fn user(o: &Opened, cmd: UserCmd) -> Result<()> {
+    let l = &o.lanyard;
+    let actor = Actor::cli();
+    match cmd {
+        UserCmd::Add {
+            email,
+            name,
+            password,
+            managed_apple_id,
+        } => {
+            let password = match password {
+                Some(p) => Some(read_password(Some(p), "password")?),
+                None => None,
+            };
+            let u = l
+                .create_user(
+                    &actor,
+                    CreateUser {
+                        email,
+                        display_name: name,
+                        password,
+                        managed_apple_id,
+                    },
+                )
+                .await?;
+            println!(
+                "added user {} (managed Apple ID: {})",
+                u.email,
+                u.managed_apple_id.as_deref().unwrap_or("none")
+            );
+        }
+        UserCmd::List { search, out } => {
+            let users = l
+                .list_users(&ListQuery {
+                    search,
+                    offset: 0,
+                    limit: 10_000,
+                })
+                .await?;
+            if out.json {
+                return print_json(&users);
+            }
+            print_table(
+                &["email", "name", "managed apple id", "enabled", "password"],
+                users
+                    .into_iter()
+                    .map(|u| {
+                        vec![
+                            u.email,
+                            u.display_name,
+                            u.managed_apple_id.unwrap_or_else(|| "-".into()),
+                            if u.enabled { "yes" } else { "no" }.into(),
+                            if u.has_password { "set" } else { "-" }.into(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        UserCmd::Show { email, out } => {
+            let u: lanyard_core::users::UserView = l.find_user(&email).await?.into();
+            if out.json {
+                return print_json(&u);
+            }
+            println!("email:            {}", u.email);
+            println!("name:             {}", u.display_name);
+            println!(
+                "managed Apple ID: {}",
+                u.managed_apple_id.as_deref().unwrap_or("-")
+            );
+            println!("enabled:          {}", u.enabled);
+            println!("created:          {}", u.created_at);
+        }
+        UserCmd::Disable { email } => {
+            set_enabled(o, &actor, &email, false).await?;
+            println!("disabled {email}");
+        }
+        UserCmd::Enable { email } => {
+            set_enabled(o, &actor, &email, true).await?;
+            println!("enabled {email}");
+        }
+        UserCmd::SetPassword { email, password } => {
+            let password = read_password(password, "new password")?;
+            l.update_user(
+                &actor,
+                &email,
+                UpdateUser {
+                    password: Some(password),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            println!("password set for {email}");
+        }
+        UserCmd::SetManagedAppleId {
+            email,
+            managed_apple_id,
+        } => {
+            let u = l
+                .update_user(
+                    &actor,
+                    &email,
+                    UpdateUser {
+                        managed_apple_id: Some(managed_apple_id),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            println!(
+                "managed Apple ID of {} is now {}",
+                u.email,
+                u.managed_apple_id.as_deref().unwrap_or("none")
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn set_enabled(o: &Opened, actor: &Actor, email: &str, enabled: bool) -> Result<()> {
+    o.lanyard
+        .update_user(
+            actor,
+            email,
+            UpdateUser {
+                enabled: Some(enabled),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SettingsCmd {
+    /// Show the enrollment settings.
+    Show {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Change one setting: ownership-mode (prompt|employee), manage-only-corporate-resources,
+    /// use-email-as-managed-apple-id (true|false), min-macos-version (e.g. 15.2),
+    /// managed-domains (comma-separated).
+    Set { key: String, value: String },
+}
+
+pub async fn settings(o: &Opened, cmd: SettingsCmd) -> Result<()> {
+    let l = &o.lanyard;
+    match cmd {
+        SettingsCmd::Show { out } => {
+            let s = l.enrollment_settings().await?;
+            if out.json {
+                return print_json(&s);
+            }
+            let ownership = serde_json::to_value(s.ownership_mode)?;
+            let rows = [
+                (
+                    "ownership-mode",
+                    ownership.as_str().unwrap_or("?").to_string(),
+                ),
+                (
+                    "manage-only-corporate-resources",
+                    s.manage_only_corporate_resources.to_string(),
+                ),
+                (
+                    "use-email-as-managed-apple-id",
+                    s.use_email_as_managed_apple_id.to_string(),
+                ),
+                ("min-macos-version", s.min_macos_version.to_string()),
+                ("managed-domains", s.managed_domains.join(",")),
+            ];
+            debug_assert_eq!(rows.len(), SETTING_KEYS.len());
+            print_table(
+                &["setting", "value"],
+                rows.into_iter()
+                    .map(|(k, v)| vec![k.to_string(), if v.is_empty() { "-".into() } else { v }])
+                    .collect(),
+            );
+        }
+        SettingsCmd::Set { key, value } => {
+            let patch = SettingsPatch::from_key_value(&key, &value)?;
+            l.update_enrollment_settings(&Actor::cli(), patch).await?;
+            println!("{key} updated");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AttributeCmd {
+    /// Define a custom attribute asked for during enrollment.
+    Add {
+        name: String,
+        /// text, number, boolean or choice
+        #[arg(long = "type")]
+        kind: String,
+        #[arg(long)]
+        required: bool,
+        /// An allowed value of a choice attribute (repeat the flag).
+        #[arg(long = "choice")]
+        choices: Vec<String>,
+    },
+    /// List custom attribute definitions.
+    List {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Remove a custom attribute definition.
+    Remove { name: String },
+}
+
+pub async fn attribute(o: &Opened, cmd: AttributeCmd) -> Result<()> {
+    let l = &o.lanyard;
+    match cmd {
+        AttributeCmd::Add {
+            name,
+            kind,
+            required,
+            choices,
+        } => {
+            let kind: AttributeKind = kind.parse()?;
+            let a = l
+                .define_attribute(
+                    &Actor::cli(),
+                    DefineAttribute {
+                        name,
+                        kind,
+                        required,
+                        choices,
+                    },
+                )
+                .await?;
+            println!("defined attribute {} ({})", a.name, a.kind.as_str());
+        }
+        AttributeCmd::List { out } => {
+            let attrs = l.list_attributes().await?;
+            if out.json {
+                return print_json(&attrs);
+            }
+            print_table(
+                &["name", "type", "required", "choices"],
+                attrs
+                    .into_iter()
+                    .map(|a| {
+                        vec![
+                            a.name,
+                            a.kind.as_str().into(),
+                            if a.required { "yes" } else { "no" }.into(),
+                            a.choices.join(", "),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        AttributeCmd::Remove { name } => {
+            l.delete_attribute(&Actor::cli(), &name).await?;
+            println!("removed attribute {name}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Create an administrator (`--password -` or no flag reads it from standard input).
+    Create {
+        username: String,
+        /// administrator or read-only
+        #[arg(long, default_value = "administrator")]
+        role: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// List administrators.
+    List {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Set an administrator's password and clear any lockout.
+    SetPassword {
+        username: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Create an API token acting as an administrator; the token is printed once.
+    CreateToken {
+        /// The administrator the token acts as.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+        /// A name to recognise the token by.
+        #[arg(long)]
+        name: String,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        days: Option<i64>,
+    },
+    /// Revoke an API token by id.
+    RevokeToken { id: i64 },
+    /// List API tokens (never their secrets).
+    ListTokens {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+}
+
+pub async fn admin(o: &Opened, cmd: AdminCmd) -> Result<()> {
+    let l = &o.lanyard;
+    let actor = Actor::cli();
+    match cmd {
+        AdminCmd::Create {
+            username,
+            role,
+            password,
+        } => {
+            let role: Role = role.parse()?;
+            let password = read_password(password, "password")?;
+            let a = l.create_admin(&actor, &username, &password, role).await?;
+            println!("created administrator {} ({})", a.username, a.role.as_str());
+        }
+        AdminCmd::List { out } => {
+            let admins = l.list_admins().await?;
+            if out.json {
+                return print_json(&admins);
+            }
+            print_table(
+                &["name", "role", "enabled", "locked"],
+                admins
+                    .into_iter()
+                    .map(|a| {
+                        vec![
+                            a.username,
+                            a.role.as_str().into(),
+                            a.enabled.to_string(),
+                            a.locked.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        AdminCmd::SetPassword { username, password } => {
+            let password = read_password(password, "new password")?;
+            let admin = l.set_admin_password(&actor, &username, &password).await?;
+            println!("password set for administrator {}", admin.username);
+        }
+        AdminCmd::CreateToken { admin, name, days } => {
+            let (t, secret) = l.create_api_token(&actor, &admin, &name, days).await?;
+            eprintln!(
+                "created API token {} (id {}); it is shown only now:",
+                t.name, t.id
+            );
+            println!("{secret}");
+        }
+        AdminCmd::RevokeToken { id } => {
+            l.revoke_api_token(&actor, id).await?;
+            println!("revoked API token {id}");
+        }
+        AdminCmd::ListTokens { out } => {
+            let tokens = l.store().list_api_tokens().await?;
+            if out.json {
+                return print_json(&tokens);
+            }
+            print_table(
+                &["id", "name", "created", "expires", "last used", "revoked"],
+                tokens
+                    .into_iter()
+                    .map(|t| {
+                        vec![
+                            t.id.to_string(),
+                            t.name,
+                            t.created_at.format("%Y-%m-%d %H:%M").to_string(),
+                            t.expires_at
+                                .map(|e| e.format("%Y-%m-%d").to_string())
+                                .unwrap_or_else(|| "never".into()),
+                            t.last_used_at
+                                .map(|e| e.format("%Y-%m-%d %H:%M").to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            t.revoked.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[arg(long)]
+    actor: Option<String>,
+    #[arg(long)]
+    action: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+pub async fn audit(o: &Opened, a: AuditArgs) -> Result<()> {
+    if !(1..=1000).contains(&a.limit) {
+        bail!("--limit is 1 to 1000");
+    }
+    let entries = o
+        .lanyard
+        .audit_log(&AuditFilter {
+            actor: a.actor,
+            action: a.action,
+            target: a.target,
+            before_id: None,
+            limit: a.limit,
+        })
+        .await?;
+    if a.out.json {
+        return print_json(&entries);
+    }
+    print_table(
+        &["when", "actor", "action", "target", "detail"],
+        entries
+            .into_iter()
+            .map(|e| {
+                vec![
+                    e.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    e.actor,
+                    e.action,
+                    e.target,
+                    e.detail,
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! Configuration: command-line flags, each with a `LANYARD_…` environment twin, over an optional
+//! TOML file (`--config`), over defaults. Runtime settings (enrollment policy and so on) are not
+//! here: they live in the database and are edited from the portal, API or CLI.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+/// Flags shared by every sub-command: where the data is.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// A TOML file with any of the settings below (flags and environment win over it).
+    #[arg(long, env = "LANYARD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// The data directory (database, keys, exported CA certificate). Default: ./data
+    #[arg(long, env = "LANYARD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// sqlite://PATH (default: sqlite://<data-dir>/lanyard.db) or postgres://…
+    #[arg(long, env = "LANYARD_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Base64 of the 32-byte key that seals private keys at rest. Default: <data-dir>/secret.key,
+    /// created on first start. Every server process on one database must use the same key.
+    #[arg(
+        long,
+        env = "LANYARD_SECRET_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub secret_key: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "LANYARD_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+/// Flags of `lanyard serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Default: 127.0.0.1:8443
+    #[arg(long, env = "LANYARD_LISTEN")]
+    pub listen: Option<String>,
+    /// The public base URL devices and people use, e.g. https://mdm.example.com
+    /// Default: https://<listen address>
+    #[arg(long, env = "LANYARD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// PEM certificate chain to serve instead of the self-issued one (e.g. publicly trusted).
+    #[arg(long, env = "LANYARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "LANYARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP, for running behind a TLS-terminating reverse proxy.
+    #[arg(long, env = "LANYARD_BEHIND_PROXY")]
+    pub behind_proxy: bool,
+    /// Organisation name shown on pages and in certificates. Default: Lanyard
+    #[arg(long, env = "LANYARD_ORGANIZATION")]
+    pub organization: Option<String>,
+}
+
+/// The optional TOML file: the same settings, snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub secret_key: Option<String>,
+    pub log_format: Option<String>,
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub behind_proxy: Option<bool>,
+    pub organization: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: Option<&Path>) -> Result<FileConfig> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the data is, resolved.
+#[derive(Debug, Clone)]
+pub struct DataConfig {
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub secret_key: Option<String>,
+    pub log_format: LogFormat,
+}
+
+/// How to serve, resolved.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub public_url: Option<url::Url>,
+    pub tls: TlsMode,
+    pub organization: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum TlsMode {
+    /// A certificate issued by Lanyard's own CA for the public host.
+    SelfIssued,
+    /// The operator's own certificate and key.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Plain HTTP behind a TLS-terminating proxy.
+    BehindProxy,
+}
+
+impl DataConfig {
+    pub fn resolve(g: &GlobalArgs, file: &FileConfig) -> Result<DataConfig> {
+        let data_dir = g
+            .data_dir
+            .clone()
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let database_url = match g.database_url.clone().or_else(|| file.database_url.clone()) {
+            Some(u) => u,
+            None => format!("sqlite://{}", data_dir.join("lanyard.db").display()),
+        };
+        let log_format = match g
+            .log_format
+            .clone()
+            .or_else(|| file.log_format.clone())
+            .as_deref()
+        {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("unknown log format `{other}`; use text or json"),
+        };
+        Ok(DataConfig {
+            data_dir,
+            database_url,
+            secret_key: g.secret_key.clone().or_else(|| file.secret_key.clone()),
+            log_format,
+        })
+    }
+}
+
+impl ServeConfig {
+    pub fn resolve(s: &ServeArgs, file: &FileConfig) -> Result<ServeConfig> {
+        let listen_text = s
+            .listen
+            .clone()
+            .or_else(|| file.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:8443".into());
+        let listen: SocketAddr = listen_text.parse().with_context(|| {
+            format!("--listen `{listen_text}` is not an address like 127.0.0.1:8443")
+        })?;
+        let public_url = match s.public_url.clone().or_else(|| file.public_url.clone()) {
+            None => None,
+            Some(u) => {
+                let url = url::Url::parse(&u)
+                    .with_context(|| format!("--public-url `{u}` is not a URL"))?;
+                if url.scheme() != "https" && url.scheme() != "http" {
+                    bail!("--public-url must be an https:// URL");
+                }
+                if url.host_str().is_none() {
+                    bail!("--public-url needs a host name");
+                }
+                Some(url)
+            }
+        };
+        let behind_proxy = s.behind_proxy || file.behind_proxy.unwrap_or(false);
+        let cert = s.tls_cert.clone().or_else(|| file.tls_cert.clone());
+        let key = s.tls_key.clone().or_else(|| file.tls_key.clone());
+        let tls = match (behind_proxy, cert, key) {
+            (true, None, None) => TlsMode::BehindProxy,
+            (true, _, _) => bail!("--behind-proxy serves plain HTTP; drop --tls-cert/--tls-key"),
+            (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
+            (false, None, None) => TlsMode::SelfIssued,
+            (false, _, _) => bail!("--tls-cert and --tls-key go together"),
+        };
+        Ok(ServeConfig {
+            listen,
+            public_url,
+            tls,
+            organization: s
+                .organization
+                .clone()
+                .or_else(|| file.organization.clone())
+                .unwrap_or_else(|| "Lanyard".into()),
+        })
+    }
+}

@@ -1,0 +1,203 @@
+//! `lanyard serve`: first-start set-up (data directory, secret key, CA, TLS certificate, first
+//! administrator), then the HTTP server over rustls with graceful shutdown.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum_server::tls_rustls::RustlsConfig;
+use lanyard_core::Lanyard;
+use lanyard_pki::{Ca, SecretBox};
+use lanyard_store::PkiMaterial;
+
+use crate::config::{DataConfig, ServeConfig, TlsMode};
+use crate::setup;
+
+pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
+    let opened = setup::open_store(&data).await?;
+    let lanyard = opened.lanyard;
+    let secrets = setup::secret_box(&data)?;
+    let ca = lanyard
+        .load_or_create_ca(&secrets, &serve.organization)
+        .await?;
+    export_ca(&data, &ca)?;
+
+    if let Some((name, password)) = lanyard.bootstrap_first_admin().await? {
+        // Printed once, to the terminal, never to the log.
+        println!(
+            "\n  First start: created administrator `{name}` with one-time password:\n\n      \
+             {password}\n\n  Sign in and change it (lanyard admin set-password {name}).\n"
+        );
+    }
+
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let app = lanyard_http::router(lanyard_http::AppState {
+        lanyard: lanyard.clone(),
+        metrics: Some(metrics),
+    });
+
+    let handle = axum_server::Handle::new();
+    tokio::spawn(shutdown_on_signal(handle.clone()));
+    let listener = std::net::TcpListener::bind(serve.listen)
+        .with_context(|| format!("cannot listen on {}", serve.listen))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let scheme = match serve.tls {
+        TlsMode::BehindProxy => "http",
+        _ => "https",
+    };
+    let public = serve
+        .public_url
+        .as_ref()
+        .map(|u| u.to_string())
+        .unwrap_or_else(|| format!("https://{bound}"));
+    println!(
+        "lanyard listening on {scheme}://{bound} (public URL {public}; database {})",
+        opened.backend_name
+    );
+    tracing::info!(%bound, %public, database = opened.backend_name, "listening");
+
+    let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match &serve.tls {
+        TlsMode::BehindProxy => {
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
+        mode => {
+            let tls = tls_config(&lanyard, &secrets, &ca, &serve, mode, bound.ip()).await?;
+            axum_server::from_tcp_rustls(listener, tls)
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Writes the CA certificate (public) to the data directory for clients such as `curl --cacert`.
+fn export_ca(data: &DataConfig, ca: &Ca) -> Result<()> {
+    let path = data.data_dir.join("ca.pem");
+    std::fs::write(&path, ca.cert_pem()?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+async fn tls_config(
+    lanyard: &Lanyard,
+    secrets: &SecretBox,
+    ca: &Ca,
+    serve: &ServeConfig,
+    mode: &TlsMode,
+    bound_ip: IpAddr,
+) -> Result<RustlsConfig> {
+    let (cert_pem, key_pem) = match mode {
+        TlsMode::Files { cert, key } => (
+            std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
+            std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?,
+        ),
+        _ => self_issued(lanyard, secrets, ca, serve, bound_ip).await?,
+    };
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .context("the TLS certificate file is not PEM")?;
+    if certs.is_empty() {
+        anyhow::bail!("the TLS certificate file holds no certificate");
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .context("the TLS key file is not PEM")?
+        .context("the TLS key file holds no private key")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(RustlsConfig::from_config(Arc::new(config)))
+}
+
+/// The TLS certificate for the public host, issued by our CA once and kept (sealed) in the
+/// database so every server process serves the same one.
+async fn self_issued(
+    lanyard: &Lanyard,
+    secrets: &SecretBox,
+    ca: &Ca,
+    serve: &ServeConfig,
+    bound_ip: IpAddr,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let mut dns = vec!["localhost".to_string()];
+    let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse()?, "::1".parse()?];
+    if let Some(host) = serve.public_url.as_ref().and_then(|u| u.host()) {
+        match host {
+            url::Host::Domain(d) => dns.push(d.to_string()),
+            url::Host::Ipv4(a) => ips.push(IpAddr::V4(a)),
+            url::Host::Ipv6(a) => ips.push(IpAddr::V6(a)),
+        }
+    }
+    if !bound_ip.is_unspecified() {
+        ips.push(bound_ip);
+    }
+    dns.sort();
+    dns.dedup();
+    ips.sort();
+    ips.dedup();
+    let ip_text: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+    let name = format!("tls:{}|{}", dns.join(","), ip_text.join(","));
+    let context = format!("lanyard:pki:{name}");
+    let store = lanyard.store();
+    if store.get_pki(&name).await?.is_none() {
+        let issued = ca.issue_tls_server(&dns, &ips)?;
+        let sealed = secrets.seal(issued.key_pem.as_bytes(), context.as_bytes())?;
+        store
+            .insert_pki_if_absent(&PkiMaterial {
+                name: name.clone(),
+                cert_pem: format!("{}{}", issued.cert_pem, ca.cert_pem()?),
+                key_sealed: sealed,
+                created_at: lanyard_store::now(),
+            })
+            .await?;
+        tracing::info!(dns = ?dns, ips = ?ip_text, "issued a TLS server certificate from the Lanyard CA");
+    }
+    let m = store
+        .get_pki(&name)
+        .await?
+        .context("the TLS certificate vanished from the database")?;
+    let key = secrets
+        .open(&m.key_sealed, context.as_bytes())
+        .map_err(|_| anyhow::anyhow!("the stored TLS key cannot be opened with this secret key"))?;
+    if let Ok(info) = lanyard_pki::CertInfo::parse(m.cert_pem.as_bytes()) {
+        let days_left = (info.not_after - chrono::Utc::now().timestamp()) / 86_400;
+        if days_left < 30 {
+            tracing::warn!(days_left, "the self-issued TLS certificate expires soon");
+        }
+    }
+    Ok((m.cert_pem.into_bytes(), key))
+}
+
+async fn shutdown_on_signal(handle: axum_server::Handle) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight (up to 10 s)");
+    handle.graceful_shutdown(Some(Duration::from_secs(10)));
+}
