@@ -260,7 +260,7 @@ impl EnrollmentSettings {
             .rsplit_once('@')
             .map(|(_, d)| {
                 let d = d.to_ascii_lowercase();
-                self.managed_domains.iter().any(|m| *m == d)
+                self.managed_domains.contains(&d)
             })
             .unwrap_or(false)
     }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 //! Domain rules over a real (SQLite) store: the storage behaviour itself is covered on both
 //! backends by the store's conformance suite; these tests cover what the domain adds.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 //! The storage conformance suite: every test here runs against SQLite and PostgreSQL.
 //!
 //! PostgreSQL comes from `LANYARD_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);

@@ -1,0 +1,399 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! End to end, on both databases: `lanyard serve` over TLS with its own CA, the admin API and the
+//! admin sub-commands on the same data, and bad input answered clearly without changing anything.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::{Db, Server};
+
+async fn sign_in(s: &Server, c: &reqwest::Client) -> String {
+    let r = c
+        .post(format!("{}/api/v1/sessions", s.url))
+        .json(&json!({"username": "admin", "password": s.admin_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("Secure"));
+    let body: Value = r.json().await.unwrap();
+    body["session_token"].as_str().unwrap().to_string()
+}
+
+async fn api_round_trip(db: Db) {
+    let Some(s) = Server::start(db).await else {
+        return;
+    };
+    let c = s.client();
+
+    // TLS validated against the data directory's CA; health names the backend.
+    let health: Value = c
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let backend = if db == Db::Sqlite {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    assert_eq!(health, json!({"status": "ok", "database": backend}));
+
+    // No credentials: the JSON error shape.
+    let r = c
+        .get(format!("{}/api/v1/users", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "unauthorized");
+
+    let token = sign_in(&s, &c).await;
+    let api = |path: &str| format!("{}/api/v1{path}", s.url);
+
+    // Users.
+    let r = c
+        .post(api("/users"))
+        .bearer_auth(&token)
+        .json(&json!({"email": "Ann@Example.com", "password": "a long password", "display_name": "Ann"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let ann: Value = r.json().await.unwrap();
+    assert_eq!(ann["email"], "ann@example.com");
+    assert_eq!(ann["managed_apple_id"], "ann@example.com");
+    assert!(ann.get("password_hash").is_none());
+
+    let dup = c
+        .post(api("/users"))
+        .bearer_auth(&token)
+        .json(&json!({"email": "ann@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dup.status(), 409);
+
+    // Bad input: malformed JSON, unknown field, wrong content type, oversized, invalid values.
+    let bad = [
+        (
+            c.post(api("/users"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body("{\"email\": "),
+            400,
+        ),
+        (
+            c.post(api("/users"))
+                .bearer_auth(&token)
+                .json(&json!({"email": "bob@example.com", "colour": "blue"})),
+            422,
+        ),
+        (
+            c.post(api("/users")).bearer_auth(&token).body("email=bob"),
+            415,
+        ),
+        (
+            c.post(api("/users"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(format!("{{\"email\": \"{}\"}}", "x".repeat(300 * 1024))),
+            413,
+        ),
+        (
+            c.post(api("/users"))
+                .bearer_auth(&token)
+                .json(&json!({"email": "not-an-email"})),
+            422,
+        ),
+        (
+            c.patch(api("/settings/enrollment"))
+                .bearer_auth(&token)
+                .json(&json!({"min_macos_version": "fifteen"})),
+            422,
+        ),
+        (
+            c.patch(api("/settings/enrollment"))
+                .bearer_auth(&token)
+                .json(&json!({"managed_domains": ["example.com", "bad domain"]})),
+            422,
+        ),
+    ];
+    for (req, status) in bad {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), status);
+        let e: Value = r.json().await.unwrap();
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{e}"
+        );
+    }
+    let users: Value = c
+        .get(api("/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        users.as_array().unwrap().len(),
+        1,
+        "bad input created nothing"
+    );
+
+    // Settings: the three MaaS360 switches plus version and domains.
+    let r = c
+        .patch(api("/settings/enrollment"))
+        .bearer_auth(&token)
+        .json(
+            &json!({"ownership_mode": "employee", "manage_only_corporate_resources": false,
+                      "use_email_as_managed_apple_id": false, "min_macos_version": "15.3",
+                      "managed_domains": ["Example.com"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let settings: Value = r.json().await.unwrap();
+    assert_eq!(
+        settings,
+        json!({"ownership_mode": "employee", "manage_only_corporate_resources": false,
+               "use_email_as_managed_apple_id": false, "min_macos_version": "15.3",
+               "managed_domains": ["example.com"]})
+    );
+
+    // Custom attributes.
+    let r = c
+        .post(api("/attributes"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "department", "kind": "choice", "required": true, "choices": ["Sales", "R&D"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // The same data through the CLI while the server runs.
+    let (ok, out, err) = s.cli(&["user", "list", "--json"]);
+    assert!(ok, "{err}");
+    let cli_users: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cli_users[0]["email"], "ann@example.com");
+    let (ok, out, _) = s.cli(&["settings", "show", "--json"]);
+    assert!(ok);
+    let cli_settings: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cli_settings, settings);
+    let (ok, out, _) = s.cli(&["attribute", "list", "--json"]);
+    assert!(ok);
+    assert!(out.contains("R&D"));
+
+    // CLI changes are visible through the API.
+    let (ok, _, err) = s.cli_stdin(
+        &["user", "add", "bob@example.com", "--password", "-"],
+        "another long password\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = s.cli(&[
+        "settings",
+        "set",
+        "managed-domains",
+        "example.com,corp.example.org",
+    ]);
+    assert!(ok, "{err}");
+    let bob: Value = c
+        .get(api("/users/bob@example.com"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        bob["managed_apple_id"],
+        Value::Null,
+        "use-email setting was off"
+    );
+    let settings: Value = c
+        .get(api("/settings/enrollment"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        settings["managed_domains"],
+        json!(["corp.example.org", "example.com"])
+    );
+
+    // CLI bad input: clear message, non-zero exit, nothing changed.
+    let (ok, _, err) = s.cli(&["user", "add", "bob@example.com"]);
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
+    let (ok, _, err) = s.cli(&["settings", "set", "min-macos-version", "x.y"]);
+    assert!(!ok);
+    assert!(err.contains("not a macOS version"), "{err}");
+    let (ok, _, err) = s.cli(&["settings", "set", "colour", "blue"]);
+    assert!(!ok);
+    assert!(err.contains("unknown setting"), "{err}");
+
+    // Audit: every change, by whom.
+    let audit: Value = c
+        .get(api("/audit?limit=50"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lines: Vec<(String, String)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(lines.contains(&("admin:admin".into(), "user.create".into())));
+    assert!(lines.contains(&("admin:admin".into(), "attribute.create".into())));
+    assert!(lines
+        .iter()
+        .any(|(a, act)| a.starts_with("cli:") && act == "user.create"));
+    assert!(lines
+        .iter()
+        .any(|(a, act)| a.starts_with("cli:") && act == "settings.update"));
+    assert!(lines.contains(&("system".into(), "admin.create".into())));
+
+    // OpenAPI and metrics.
+    let doc: Value = c
+        .get(api("/openapi.json"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/api/v1/users"]["post"].is_object());
+    let metrics = c
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("lanyard_http_requests_total"), "{metrics}");
+
+    // Read-only administrators see but cannot change.
+    let (ok, _, err) = s.cli_stdin(
+        &["admin", "create", "viewer", "--role", "read-only"],
+        "viewer password 123\n",
+    );
+    assert!(ok, "{err}");
+    let r = c
+        .post(api("/sessions"))
+        .json(&json!({"username": "viewer", "password": "viewer password 123"}))
+        .send()
+        .await
+        .unwrap();
+    let viewer: Value = r.json().await.unwrap();
+    let vt = viewer["session_token"].as_str().unwrap();
+    assert_eq!(
+        c.get(api("/users"))
+            .bearer_auth(vt)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = c
+        .patch(api("/settings/enrollment"))
+        .bearer_auth(vt)
+        .json(&json!({"ownership_mode": "prompt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn api_and_cli_round_trip_sqlite() {
+    api_round_trip(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn api_and_cli_round_trip_postgres() {
+    api_round_trip(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn bad_configuration_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = support::cli_with(dir.path(), "mysql://localhost/x", &["migrate"], None);
+    assert!(!ok);
+    assert!(err.contains("unsupported scheme `mysql:`"), "{err}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let url = format!("sqlite://{}/lanyard.db", file.display());
+    let (ok, _, err) = support::cli_with(&file, &url, &["user", "list"], None);
+    assert!(!ok);
+    assert!(err.contains("data directory"), "{err}");
+
+    let (ok, _, err) = support::cli_with(
+        dir.path(),
+        &format!("sqlite://{}/l.db", dir.path().display()),
+        &["serve", "--listen", "not-an-address"],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("--listen"), "{err}");
+}
+
+#[tokio::test]
+async fn admin_lockout_over_http() {
+    let Some(s) = Server::start(Db::Sqlite).await else {
+        return;
+    };
+    let c = s.client();
+    for _ in 0..5 {
+        let r = c
+            .post(format!("{}/api/v1/sessions", s.url))
+            .json(&json!({"username": "admin", "password": "wrong password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = c
+        .post(format!("{}/api/v1/sessions", s.url))
+        .json(&json!({"username": "admin", "password": s.admin_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    s.stop().await;
+}
