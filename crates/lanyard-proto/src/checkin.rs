@@ -240,49 +240,57 @@ pub fn decode_checkin(bytes: &[u8]) -> Result<CheckinMessage, ProtoError> {
             })
         }
     };
-    let context = CheckinMessage::MESSAGE_TYPES
-        .iter()
-        .copied()
-        .find(|t| *t == message_type)
-        .ok_or_else(|| ProtoError::UnknownMessageType(quote(message_type)))?;
-    let f = Fields::new(&dict, context);
-    let identity = EnrollmentIdentity::from_fields(&f)?;
-    let enrollment = identity.resolve_in(context)?;
-
-    Ok(match context {
-        "Authenticate" => CheckinMessage::Authenticate(Authenticate {
-            topic: f.req_string("Topic")?,
-            os_version: f.opt_string("OSVersion")?,
-            build_version: f.opt_string("BuildVersion")?,
-            product_name: f.opt_string("ProductName")?,
-            serial_number: f.opt_string("SerialNumber")?,
-            imei: f.opt_string("IMEI")?,
-            meid: f.opt_string("MEID")?,
-            device_name: f.opt_string("DeviceName")?,
-            model: f.opt_string("Model")?,
-            model_name: f.opt_string("ModelName")?,
-            identity,
-            enrollment,
-        }),
-        "TokenUpdate" => CheckinMessage::TokenUpdate(TokenUpdate {
-            topic: f.req_string("Topic")?,
-            token: SecretBytes::new(f.req_data("Token")?),
-            push_magic: SecretString::new(f.req_string("PushMagic")?),
-            unlock_token: f.opt_data("UnlockToken")?.map(SecretBytes::new),
-            awaiting_configuration: f.opt_bool("AwaitingConfiguration")?,
-            not_on_console: f.opt_bool("NotOnConsole")?,
-            identity,
-            enrollment,
-        }),
-        "CheckOut" => CheckinMessage::CheckOut(CheckOut {
-            topic: f.req_string("Topic")?,
-            identity,
-            enrollment,
-        }),
+    // Each arm names its MessageType once; the context string doubles as the error context.
+    let start = |context: &'static str| -> Result<_, ProtoError> {
+        let f = Fields::new(&dict, context);
+        let identity = EnrollmentIdentity::from_fields(&f)?;
+        let enrollment = identity.resolve_in(context)?;
+        Ok((f, identity, enrollment))
+    };
+    Ok(match message_type {
+        "Authenticate" => {
+            let (f, identity, enrollment) = start("Authenticate")?;
+            CheckinMessage::Authenticate(Authenticate {
+                topic: f.req_string("Topic")?,
+                os_version: f.opt_string("OSVersion")?,
+                build_version: f.opt_string("BuildVersion")?,
+                product_name: f.opt_string("ProductName")?,
+                serial_number: f.opt_string("SerialNumber")?,
+                imei: f.opt_string("IMEI")?,
+                meid: f.opt_string("MEID")?,
+                device_name: f.opt_string("DeviceName")?,
+                model: f.opt_string("Model")?,
+                model_name: f.opt_string("ModelName")?,
+                identity,
+                enrollment,
+            })
+        }
+        "TokenUpdate" => {
+            let (f, identity, enrollment) = start("TokenUpdate")?;
+            CheckinMessage::TokenUpdate(TokenUpdate {
+                topic: f.req_string("Topic")?,
+                token: SecretBytes::new(f.req_data("Token")?),
+                push_magic: SecretString::new(f.req_string("PushMagic")?),
+                unlock_token: f.opt_data("UnlockToken")?.map(SecretBytes::new),
+                awaiting_configuration: f.opt_bool("AwaitingConfiguration")?,
+                not_on_console: f.opt_bool("NotOnConsole")?,
+                identity,
+                enrollment,
+            })
+        }
+        "CheckOut" => {
+            let (f, identity, enrollment) = start("CheckOut")?;
+            CheckinMessage::CheckOut(CheckOut {
+                topic: f.req_string("Topic")?,
+                identity,
+                enrollment,
+            })
+        }
         "UserAuthenticate" => {
+            let (f, identity, enrollment) = start("UserAuthenticate")?;
             if identity.user_id.is_none() {
                 return Err(ProtoError::MissingKey {
-                    context,
+                    context: "UserAuthenticate",
                     key: "UserID",
                 });
             }
@@ -292,29 +300,42 @@ pub fn decode_checkin(bytes: &[u8]) -> Result<CheckinMessage, ProtoError> {
                 enrollment,
             })
         }
-        "GetBootstrapToken" => CheckinMessage::GetBootstrapToken(GetBootstrapToken {
-            awaiting_configuration: f.opt_bool("AwaitingConfiguration")?,
-            identity,
-            enrollment,
-        }),
-        "SetBootstrapToken" => CheckinMessage::SetBootstrapToken(SetBootstrapToken {
-            bootstrap_token: f.opt_data("BootstrapToken")?.map(SecretBytes::new),
-            awaiting_configuration: f.opt_bool("AwaitingConfiguration")?,
-            identity,
-            enrollment,
-        }),
-        "DeclarativeManagement" => CheckinMessage::DeclarativeManagement(DeclarativeManagement {
-            endpoint: f.req_string("Endpoint")?,
-            data: f.opt_data("Data")?,
-            identity,
-            enrollment,
-        }),
-        _ => CheckinMessage::GetToken(GetToken {
-            token_service_type: f.req_string("TokenServiceType")?,
-            token_parameters: f.opt_dict("TokenParameters")?,
-            identity,
-            enrollment,
-        }),
+        "GetBootstrapToken" => {
+            let (f, identity, enrollment) = start("GetBootstrapToken")?;
+            CheckinMessage::GetBootstrapToken(GetBootstrapToken {
+                awaiting_configuration: f.opt_bool("AwaitingConfiguration")?,
+                identity,
+                enrollment,
+            })
+        }
+        "SetBootstrapToken" => {
+            let (f, identity, enrollment) = start("SetBootstrapToken")?;
+            CheckinMessage::SetBootstrapToken(SetBootstrapToken {
+                bootstrap_token: f.opt_data("BootstrapToken")?.map(SecretBytes::new),
+                awaiting_configuration: f.opt_bool("AwaitingConfiguration")?,
+                identity,
+                enrollment,
+            })
+        }
+        "DeclarativeManagement" => {
+            let (f, identity, enrollment) = start("DeclarativeManagement")?;
+            CheckinMessage::DeclarativeManagement(DeclarativeManagement {
+                endpoint: f.req_string("Endpoint")?,
+                data: f.opt_data("Data")?,
+                identity,
+                enrollment,
+            })
+        }
+        "GetToken" => {
+            let (f, identity, enrollment) = start("GetToken")?;
+            CheckinMessage::GetToken(GetToken {
+                token_service_type: f.req_string("TokenServiceType")?,
+                token_parameters: f.opt_dict("TokenParameters")?,
+                identity,
+                enrollment,
+            })
+        }
+        other => return Err(ProtoError::UnknownMessageType(quote(other))),
     })
 }
 

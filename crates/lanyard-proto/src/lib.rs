@@ -47,4 +47,6 @@ pub use profile::{
     ScepSettings, ServerCapability,
 };
 pub use secret::{SecretBytes, SecretString};
-pub use user_enrollment::{ue_command_policy, ue_payload_policy, Policy};
+pub use user_enrollment::{
+    ue_command_policy, ue_device_information_query_policy, ue_payload_policy, Policy,
+};

@@ -1,15 +1,28 @@
 //! Small helpers for reading typed keys out of a property-list dictionary with clear errors.
 
-use std::io::Cursor;
-
 use plist::{Dictionary, Value};
 
 use crate::error::ProtoError;
 
-/// Parses `bytes` (XML or binary plist) and requires a dictionary at the top level.
+/// Deepest nesting of `<array>`/`<dict>` accepted in a device body. Real MDM messages nest a
+/// handful of levels; the limit exists because the plist parser recurses per level, so a body of
+/// a few hundred kilobytes of `<array>` would otherwise overflow the stack and abort the process.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// Parses an XML plist and requires a dictionary at the top level.
+///
+/// Apple devices send XML property lists on every MDM endpoint; binary (`bplist00`) and
+/// OpenStep bodies are refused, which keeps one parser, whose nesting [`check_xml_nesting`] can
+/// bound before it runs.
 pub(crate) fn parse_dictionary(bytes: &[u8]) -> Result<Dictionary, ProtoError> {
-    let value = Value::from_reader(Cursor::new(bytes))
-        .map_err(|e| ProtoError::MalformedPlist(e.to_string()))?;
+    if bytes.starts_with(b"bplist") {
+        return Err(ProtoError::MalformedPlist(
+            "binary property lists are not accepted (devices send XML)".to_owned(),
+        ));
+    }
+    check_xml_nesting(bytes)?;
+    let value =
+        Value::from_reader_xml(bytes).map_err(|e| ProtoError::MalformedPlist(e.to_string()))?;
     match value {
         Value::Dictionary(d) => Ok(d),
         other => Err(ProtoError::NotADictionary {
@@ -18,11 +31,101 @@ pub(crate) fn parse_dictionary(bytes: &[u8]) -> Result<Dictionary, ProtoError> {
     }
 }
 
+/// Refuses XML whose `<array>`/`<dict>` elements nest deeper than [`MAX_DEPTH`].
+///
+/// A lexical scan, before and independent of the parser, that tokenises markup the way XML
+/// does: comments, CDATA sections, processing instructions and declarations (with an internal
+/// subset) are skipped whole, and every tag is skipped to its real end with quoted attribute
+/// values respected, so neither a `</array>` inside a value or comment nor a `/>` inside a
+/// value can fool the count. Only an element start tag can make it deeper, only a closing tag
+/// shallower.
+fn check_xml_nesting(bytes: &[u8]) -> Result<(), ProtoError> {
+    let find = |from: usize, pat: &[u8]| {
+        bytes
+            .get(from..)
+            .and_then(|rest| rest.windows(pat.len()).position(|w| w == pat))
+            .map_or(bytes.len(), |p| from + p + pat.len())
+    };
+    let mut depth = 0usize;
+    let mut i = 0usize;
+    while let Some(lt) = bytes
+        .get(i..)
+        .and_then(|r| r.iter().position(|&b| b == b'<'))
+    {
+        let start = i + lt + 1;
+        let rest = &bytes[start..];
+        if rest.starts_with(b"!--") {
+            i = find(start + 3, b"-->");
+            continue;
+        }
+        if rest.starts_with(b"![CDATA[") {
+            i = find(start + 8, b"]]>");
+            continue;
+        }
+        if rest.starts_with(b"?") {
+            i = find(start + 1, b"?>");
+            continue;
+        }
+        let end = tag_end(rest, rest.starts_with(b"!"));
+        i = end.map_or(bytes.len(), |e| start + e + 1);
+        if rest.starts_with(b"!") {
+            continue;
+        }
+        let (closing, name) = match rest.strip_prefix(b"/") {
+            Some(n) => (true, n),
+            None => (false, rest),
+        };
+        let named = |tag: &[u8]| {
+            name.starts_with(tag)
+                && name
+                    .get(tag.len())
+                    .is_none_or(|c| matches!(c, b'>' | b'/') || c.is_ascii_whitespace())
+        };
+        if !(named(b"array") || named(b"dict")) {
+            continue;
+        }
+        if closing {
+            depth = depth.saturating_sub(1);
+            continue;
+        }
+        let self_closing = end.is_some_and(|e| e > 0 && rest[e - 1] == b'/');
+        if !self_closing {
+            depth += 1;
+            if depth > MAX_DEPTH {
+                return Err(ProtoError::MalformedPlist(format!(
+                    "arrays and dictionaries nest deeper than {MAX_DEPTH} levels"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Offset of the `>` that ends the markup starting at `rest` (just after its `<`), skipping
+/// quoted values and, for declarations, a `[...]` internal subset.
+fn tag_end(rest: &[u8], declaration: bool) -> Option<usize> {
+    let mut quote: Option<u8> = None;
+    let mut brackets = 0usize;
+    for (off, &b) in rest.iter().enumerate() {
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(b),
+            (None, b'[') if declaration => brackets += 1,
+            (None, b']') if declaration => brackets = brackets.saturating_sub(1),
+            (None, b'>') if brackets == 0 => return Some(off),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Writes `value` as an XML plist, after checking that XML can carry it: no `Uid` values (binary
-/// plists only), no non-finite reals, and no characters XML 1.0 cannot represent in keys or
-/// strings (control characters other than tab, line feed and carriage return).
+/// plists only), no non-finite reals, no characters XML 1.0 cannot represent in keys or
+/// strings (control characters other than tab, line feed and carriage return), and no nesting
+/// deeper than [`MAX_DEPTH`] (which the decoders would refuse).
 pub(crate) fn to_xml_plist(value: &Value) -> Result<Vec<u8>, ProtoError> {
-    check_xml_safe(value)?;
+    check_xml_safe(value, 0)?;
     let mut out = Vec::new();
     value
         .to_writer_xml(&mut out)
@@ -43,12 +146,18 @@ fn check_xml_text(s: &str) -> Result<(), ProtoError> {
     }
 }
 
-fn check_xml_safe(value: &Value) -> Result<(), ProtoError> {
+/// `depth` is the number of collections around `value`.
+fn check_xml_safe(value: &Value, depth: usize) -> Result<(), ProtoError> {
+    if depth >= MAX_DEPTH && matches!(value, Value::Array(_) | Value::Dictionary(_)) {
+        return Err(ProtoError::Encode(format!(
+            "arrays and dictionaries nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
     match value {
-        Value::Array(a) => a.iter().try_for_each(check_xml_safe),
+        Value::Array(a) => a.iter().try_for_each(|v| check_xml_safe(v, depth + 1)),
         Value::Dictionary(d) => d.iter().try_for_each(|(k, v)| {
             check_xml_text(k)?;
-            check_xml_safe(v)
+            check_xml_safe(v, depth + 1)
         }),
         Value::String(s) => check_xml_text(s),
         Value::Real(r) if !r.is_finite() => Err(ProtoError::Encode(
@@ -200,6 +309,85 @@ mod tests {
         assert!(matches!(
             parse_dictionary(b""),
             Err(ProtoError::MalformedPlist(_))
+        ));
+        assert!(matches!(
+            parse_dictionary(b"bplist00\xd0\x08\x00\x00"),
+            Err(ProtoError::MalformedPlist(_))
+        ));
+    }
+
+    fn nested(n: usize, open: &str, close: &str) -> Vec<u8> {
+        format!(
+            "<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>K</key>{}{}</dict></plist>",
+            open.repeat(n),
+            close.repeat(n)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn nesting_is_bounded_before_parsing() {
+        // Within the limit (plus the outer dict): parses.
+        assert!(parse_dictionary(&nested(MAX_DEPTH - 1, "<array>", "</array>")).is_ok());
+        let too_deep = Err(ProtoError::MalformedPlist(format!(
+            "arrays and dictionaries nest deeper than {MAX_DEPTH} levels"
+        )));
+        assert_eq!(
+            parse_dictionary(&nested(MAX_DEPTH, "<array>", "</array>")),
+            too_deep
+        );
+        // Deep enough to overflow the parser's stack if it ran: refused, no crash.
+        assert_eq!(
+            parse_dictionary(&nested(200_000, "<array>", "</array>")),
+            too_deep
+        );
+        assert_eq!(
+            parse_dictionary(&nested(200_000, "<array x=\"/>\">", "</array>")),
+            too_deep
+        );
+        assert_eq!(
+            parse_dictionary(&nested(200_000, "<dict><key>a</key>", "</dict>")),
+            too_deep
+        );
+        // Closing tags hidden where XML does not see them do not make it shallower.
+        for hidden in [
+            "<array><?pi </array>?>",
+            "<array><key a=\"</array>\"/>",
+            "<array><!-- </array> -->",
+            "<array><![CDATA[</array>]]>",
+        ] {
+            assert!(
+                check_xml_nesting(&nested(MAX_DEPTH + 1, hidden, "</array>")).is_err(),
+                "{hidden}"
+            );
+        }
+        // Empty collections and look-alikes do not count.
+        let flat = format!(
+            "<plist><dict><key>K</key><array>{}</array><key>L</key><string>&lt;array&gt;</string>\
+             <!-- <array><array> --><key>M</key><arrayish/></dict></plist>",
+            "<array/><dict/><array />".repeat(1000)
+        );
+        assert!(check_xml_nesting(flat.as_bytes()).is_ok());
+    }
+
+    /// `levels` nested collections: a top dictionary, arrays, and a non-empty innermost array.
+    fn levels(levels: usize) -> Value {
+        let mut v = Value::Array(vec![Value::Boolean(true)]);
+        for _ in 0..levels - 2 {
+            v = Value::Array(vec![v]);
+        }
+        let mut top = Dictionary::new();
+        top.insert("K".into(), v);
+        Value::Dictionary(top)
+    }
+
+    #[test]
+    fn encoding_bounds_nesting_as_decoding_does() {
+        let bytes = to_xml_plist(&levels(MAX_DEPTH)).unwrap();
+        assert!(parse_dictionary(&bytes).is_ok());
+        assert!(matches!(
+            to_xml_plist(&levels(MAX_DEPTH + 1)),
+            Err(ProtoError::Encode(_))
         ));
     }
 

@@ -23,8 +23,13 @@ pub fn shared_path(rel: &str) -> Option<PathBuf> {
         !in_ci,
         "../shared missing ({rel} not found) and CI=true: the shared reference material is required in CI"
     );
-    eprintln!("SKIPPED: ../shared missing ({rel} not found); test did not run");
-    println!("SKIPPED: ../shared missing ({rel} not found); test did not run");
+    // Written to the process's stderr directly, past the test harness's output capture, so
+    // the skip shows in a normal `cargo test` run.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: ../shared missing ({rel} not found); test did not run"
+    );
     None
 }
 
