@@ -21,6 +21,7 @@ mod ca;
 mod certinfo;
 mod error;
 mod issue;
+pub mod scep;
 mod secretbox;
 mod signing;
 mod time;
