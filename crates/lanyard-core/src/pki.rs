@@ -8,6 +8,10 @@ use crate::{CoreError, Lanyard, Result};
 
 /// The name of the CA row in the PKI table.
 pub const CA_NAME: &str = "ca";
+/// The profile-signing certificate's row.
+pub const PROFILE_SIGNER_NAME: &str = "profile-signer";
+/// The settings document holding the APNs topic.
+pub const PUSH_TOPIC_SETTING: &str = "push_topic";
 
 fn seal_context(name: &str) -> Vec<u8> {
     format!("lanyard:pki:{name}").into_bytes()
@@ -39,6 +43,80 @@ impl Lanyard {
             .await?
             .ok_or_else(|| CoreError::Internal("CA vanished after a racing insert".into()))?;
         open_ca(secrets, &m)
+    }
+
+    /// The CA plus the certificate that signs enrollment profiles (issued by the CA once, kept
+    /// sealed in the database like the CA).
+    pub async fn load_device_pki(
+        &self,
+        secrets: &SecretBox,
+        organization: &str,
+    ) -> Result<crate::enrollment::DevicePki> {
+        let ca = self.load_or_create_ca(secrets, organization).await?;
+        if self.store.get_pki(PROFILE_SIGNER_NAME).await?.is_none() {
+            let issued = ca.issue_cms_signer(
+                &format!("{organization} Lanyard Profile Signing"),
+                lanyard_pki::CA_VALIDITY_DAYS / 2,
+            )?;
+            let sealed = secrets.seal(
+                issued.key_pem.as_bytes(),
+                &seal_context(PROFILE_SIGNER_NAME),
+            )?;
+            self.store
+                .insert_pki_if_absent(&PkiMaterial {
+                    name: PROFILE_SIGNER_NAME.into(),
+                    cert_pem: issued.cert_pem,
+                    key_sealed: sealed,
+                    created_at: lanyard_store::now(),
+                })
+                .await?;
+        }
+        let m = self
+            .store
+            .get_pki(PROFILE_SIGNER_NAME)
+            .await?
+            .ok_or_else(|| CoreError::Internal("profile signer vanished".into()))?;
+        let key = secrets
+            .open(&m.key_sealed, &seal_context(PROFILE_SIGNER_NAME))
+            .map_err(|_| CoreError::Internal("the profile signing key cannot be opened".into()))?;
+        Ok(crate::enrollment::DevicePki {
+            profile_signer_cert: lanyard_pki::openssl::x509::X509::from_pem(m.cert_pem.as_bytes())
+                .map_err(lanyard_pki::PkiError::from)?,
+            profile_signer_key: lanyard_pki::openssl::pkey::PKey::private_key_from_pem(&key)
+                .map_err(lanyard_pki::PkiError::from)?,
+            ca,
+            secrets: secrets.clone(),
+        })
+    }
+
+    /// The APNs MDM topic enrollment profiles name. Until an MDM push certificate is uploaded
+    /// (which fixes the topic), Lanyard keeps a generated `com.apple.mgmt.External.<uuid>` so
+    /// enrollments work; devices enrolled under it cannot be woken by a real APNs.
+    pub async fn push_topic(&self) -> Result<String> {
+        if let Some(t) = self.store.get_setting(PUSH_TOPIC_SETTING).await? {
+            if let Ok(topic) = serde_json::from_str::<String>(&t) {
+                return Ok(topic);
+            }
+        }
+        let topic = format!("com.apple.mgmt.External.{}", uuid::Uuid::new_v4());
+        let value = serde_json::Value::String(topic.clone()).to_string();
+        self.store
+            .put_setting(
+                PUSH_TOPIC_SETTING,
+                &value,
+                &lanyard_store::Audit::new(
+                    "system",
+                    "push_topic.generate",
+                    PUSH_TOPIC_SETTING,
+                    serde_json::json!({"topic": topic}),
+                ),
+            )
+            .await?;
+        // Re-read so racing processes converge on the last writer's value.
+        match self.store.get_setting(PUSH_TOPIC_SETTING).await? {
+            Some(t) => serde_json::from_str(&t).map_err(|e| CoreError::Internal(e.to_string())),
+            None => Ok(topic),
+        }
     }
 
     /// The audit log, newest first.
