@@ -1,18 +1,17 @@
-#![allow(dead_code)] // some helpers serve the SCEP codec
-
 //! Small ASN.1 helpers on RustCrypto's `der`/`cms`/`x509-cert` types, used where OpenSSL's
 //! safe API has no equivalent (signed attributes, signer lookup, certs-only SignedData,
 //! PKCS#10 attributes). No cryptography happens here.
 
 use cms::cert::CertificateChoices;
 use cms::content_info::{CmsVersion, ContentInfo};
+use cms::enveloped_data::EnvelopedData;
 use cms::revocation::RevocationInfoChoices;
-use cms::signed_data::{
-    CertificateSet, EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos,
-};
+use cms::signed_data::{CertificateSet, EncapsulatedContentInfo, SignedData, SignerInfos};
 use der::asn1::{ObjectIdentifier, SetOfVec};
-use der::{Any, Decode, Encode, Tag, Tagged};
+use der::{Any, Decode, Encode, Reader, SliceReader, Tag, Tagged};
 use openssl::x509::X509;
+use x509_cert::attr::Attribute;
+use x509_cert::spki::AlgorithmIdentifierOwned;
 use x509_cert::Certificate;
 
 use crate::error::{PkiError, Result};
@@ -26,7 +25,6 @@ pub(crate) mod oid {
     pub const ID_ENVELOPED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.3");
     pub const CONTENT_TYPE: Oid = Oid::new_unwrap("1.2.840.113549.1.9.3");
     pub const MESSAGE_DIGEST: Oid = Oid::new_unwrap("1.2.840.113549.1.9.4");
-    pub const SIGNING_TIME: Oid = Oid::new_unwrap("1.2.840.113549.1.9.5");
     pub const CHALLENGE_PASSWORD: Oid = Oid::new_unwrap("1.2.840.113549.1.9.7");
     pub const RSA_ENCRYPTION: Oid = Oid::new_unwrap("1.2.840.113549.1.1.1");
     pub const SHA1: Oid = Oid::new_unwrap("1.3.14.3.2.26");
@@ -51,8 +49,134 @@ pub(crate) fn der_err(e: der::Error) -> PkiError {
     PkiError::Der(e.to_string())
 }
 
-/// Parse a DER ContentInfo that must hold SignedData.
-pub(crate) fn parse_signed_data(der_bytes: &[u8]) -> Result<SignedData> {
+/// Decode a CMS ContentInfo with `decode`, strictly as DER; when that fails (BER from Go's
+/// pkcs7 or Apple's encoders: indefinite lengths, unsorted SET OF), let OpenSSL parse it and
+/// re-encode it as DER, then decode that. Only *reading* uses the re-encoded form:
+/// signatures are always checked by OpenSSL on the original bytes.
+fn decode_lenient<T>(der_bytes: &[u8], decode: impl Fn(&[u8]) -> Result<T>) -> Result<T> {
+    match decode(der_bytes) {
+        Ok(v) => Ok(v),
+        Err(strict) => {
+            let canonical = openssl::cms::CmsContentInfo::from_der(der_bytes)
+                .and_then(|c| c.to_der())
+                .map_err(|_| strict)?;
+            decode(&canonical)
+        }
+    }
+}
+
+/// Parse a ContentInfo that must hold EnvelopedData (see [`decode_lenient`]).
+pub(crate) fn parse_enveloped_data(der_bytes: &[u8]) -> Result<EnvelopedData> {
+    decode_lenient(der_bytes, |b| {
+        let ci = ContentInfo::from_der(b).map_err(der_err)?;
+        if ci.content_type != oid::ID_ENVELOPED_DATA {
+            return Err(PkiError::InvalidInput(format!(
+                "expected CMS EnvelopedData, found content type {}",
+                ci.content_type
+            )));
+        }
+        ci.content.decode_as::<EnvelopedData>().map_err(der_err)
+    })
+}
+
+/// How a SignerInfo names its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Sid {
+    /// issuer Name (DER) and serial INTEGER content octets.
+    IssuerSerial { issuer: Vec<u8>, serial: Vec<u8> },
+    /// subjectKeyIdentifier octets.
+    Ski(Vec<u8>),
+}
+
+/// The parts of a SignerInfo we read.
+#[derive(Debug, Clone)]
+pub(crate) struct SignerSummary {
+    pub sid: Sid,
+    pub digest_oid: ObjectIdentifier,
+    #[cfg_attr(not(test), allow(dead_code))] // asserted by the interop tests
+    pub signature_oid: ObjectIdentifier,
+    pub signed_attrs: Option<Vec<Attribute>>,
+}
+
+/// A SignedData read leniently: certificates go to OpenSSL as raw DER (so a certificate
+/// x509-cert would refuse, e.g. certmonger's 33-byte serial numbers, still works) and the
+/// SignerInfos are walked element by element.
+#[derive(Debug)]
+pub(crate) struct SignedMessage {
+    pub econtent: Option<Vec<u8>>,
+    pub certificates: Vec<X509>,
+    pub signers: Vec<SignerSummary>,
+}
+
+fn tlvs(value: &[u8]) -> Result<Vec<Any>> {
+    let mut reader = SliceReader::new(value).map_err(der_err)?;
+    let mut out = Vec::new();
+    while !reader.is_finished() {
+        out.push(Any::decode(&mut reader).map_err(der_err)?);
+    }
+    Ok(out)
+}
+
+fn is_context(any: &Any, number: u8) -> bool {
+    matches!(any.tag(), Tag::ContextSpecific { number: n, .. } if n.value() == number)
+}
+
+fn algorithm_oid(any: &Any) -> Result<ObjectIdentifier> {
+    Ok(
+        AlgorithmIdentifierOwned::from_der(&any.to_der().map_err(der_err)?)
+            .map_err(der_err)?
+            .oid,
+    )
+}
+
+fn parse_signer_info(any: &Any) -> Result<SignerSummary> {
+    if any.tag() != Tag::Sequence {
+        return Err(PkiError::Der("SignerInfo is not a SEQUENCE".into()));
+    }
+    let parts = tlvs(any.value())?;
+    let mut it = parts.iter().skip(1); // version
+    let sid_any = it
+        .next()
+        .ok_or_else(|| PkiError::Der("SignerInfo without sid".into()))?;
+    let sid = if sid_any.tag() == Tag::Sequence {
+        let ias = tlvs(sid_any.value())?;
+        match (ias.first(), ias.get(1)) {
+            (Some(issuer), Some(serial)) if serial.tag() == Tag::Integer => Sid::IssuerSerial {
+                issuer: issuer.to_der().map_err(der_err)?,
+                serial: serial.value().to_vec(),
+            },
+            _ => return Err(PkiError::Der("bad IssuerAndSerialNumber".into())),
+        }
+    } else if is_context(sid_any, 0) {
+        Sid::Ski(sid_any.value().to_vec())
+    } else {
+        return Err(PkiError::Der("unknown SignerIdentifier".into()));
+    };
+    let digest = it
+        .next()
+        .ok_or_else(|| PkiError::Der("SignerInfo without digestAlgorithm".into()))?;
+    let digest_oid = algorithm_oid(digest)?;
+    let mut next = it.next();
+    let mut signed_attrs = None;
+    if let Some(a) = next.filter(|a| is_context(a, 0)) {
+        let mut attrs = Vec::new();
+        for attr in tlvs(a.value())? {
+            attrs.push(Attribute::from_der(&attr.to_der().map_err(der_err)?).map_err(der_err)?);
+        }
+        signed_attrs = Some(attrs);
+        next = it.next();
+    }
+    let sig_alg =
+        next.ok_or_else(|| PkiError::Der("SignerInfo without signatureAlgorithm".into()))?;
+    Ok(SignerSummary {
+        sid,
+        digest_oid,
+        signature_oid: algorithm_oid(sig_alg)?,
+        signed_attrs,
+    })
+}
+
+fn parse_signed_message_strict(der_bytes: &[u8]) -> Result<SignedMessage> {
     let ci = ContentInfo::from_der(der_bytes).map_err(der_err)?;
     if ci.content_type != oid::ID_SIGNED_DATA {
         return Err(PkiError::InvalidInput(format!(
@@ -60,56 +184,91 @@ pub(crate) fn parse_signed_data(der_bytes: &[u8]) -> Result<SignedData> {
             ci.content_type
         )));
     }
-    ci.content.decode_as::<SignedData>().map_err(der_err)
-}
-
-/// The only SignerInfo of a SignedData (we never accept several signers).
-pub(crate) fn single_signer(sd: &SignedData) -> Result<&SignerInfo> {
-    let mut it = sd.signer_infos.0.iter();
-    match (it.next(), it.next()) {
-        (Some(si), None) => Ok(si),
-        (None, _) => Err(PkiError::InvalidInput("SignedData has no signer".into())),
-        (Some(_), Some(_)) => Err(PkiError::InvalidInput(
-            "SignedData has more than one signer".into(),
-        )),
+    if ci.content.tag() != Tag::Sequence {
+        return Err(PkiError::Der("SignedData is not a SEQUENCE".into()));
     }
-}
-
-fn ski_of(cert: &Certificate) -> Option<Vec<u8>> {
-    let skid = der::asn1::ObjectIdentifier::new_unwrap("2.5.29.14");
-    let exts = cert.tbs_certificate.extensions.as_ref()?;
-    let ext = exts.iter().find(|e| e.extn_id == skid)?;
-    let inner = der::asn1::OctetString::from_der(ext.extn_value.as_bytes()).ok()?;
-    Some(inner.as_bytes().to_vec())
-}
-
-/// The certificate named by `sid` among the SignedData's certificates, as OpenSSL X509.
-pub(crate) fn find_signer_cert(sd: &SignedData, sid: &SignerIdentifier) -> Result<X509> {
-    let certs = sd
-        .certificates
-        .as_ref()
-        .ok_or_else(|| PkiError::Verify("SignedData carries no certificates".into()))?;
-    for choice in certs.0.iter() {
-        let CertificateChoices::Certificate(cert) = choice else {
-            continue;
-        };
-        let matches = match sid {
-            SignerIdentifier::IssuerAndSerialNumber(ias) => {
-                ias.issuer == cert.tbs_certificate.issuer
-                    && ias.serial_number == cert.tbs_certificate.serial_number
+    // version, digestAlgorithms, encapContentInfo, [0] certificates, [1] crls, signerInfos
+    let parts = tlvs(ci.content.value())?;
+    let encap = parts
+        .get(2)
+        .ok_or_else(|| PkiError::Der("SignedData too short".into()))?;
+    let encap =
+        EncapsulatedContentInfo::from_der(&encap.to_der().map_err(der_err)?).map_err(der_err)?;
+    let econtent = match &encap.econtent {
+        None => None,
+        Some(any) if any.tag() == Tag::OctetString => Some(any.value().to_vec()),
+        Some(any) => {
+            return Err(PkiError::InvalidInput(format!(
+                "eContent is {} rather than an OCTET STRING",
+                any.tag()
+            )))
+        }
+    };
+    let mut certificates = Vec::new();
+    let mut signers = Vec::new();
+    for part in parts.iter().skip(3) {
+        if is_context(part, 0) {
+            for c in tlvs(part.value())? {
+                if c.tag() == Tag::Sequence {
+                    certificates.push(X509::from_der(&c.to_der().map_err(der_err)?)?);
+                }
             }
-            SignerIdentifier::SubjectKeyIdentifier(ski) => {
-                ski_of(cert).as_deref() == Some(ski.0.as_bytes())
+        } else if part.tag() == Tag::Set {
+            for si in tlvs(part.value())? {
+                signers.push(parse_signer_info(&si)?);
             }
-        };
-        if matches {
-            let der_bytes = cert.to_der().map_err(der_err)?;
-            return Ok(X509::from_der(&der_bytes)?);
         }
     }
-    Err(PkiError::Verify(
-        "signer certificate is not included in the SignedData".into(),
-    ))
+    Ok(SignedMessage {
+        econtent,
+        certificates,
+        signers,
+    })
+}
+
+/// Read a CMS/PKCS#7 SignedData (DER or BER; see [`decode_lenient`]).
+pub(crate) fn parse_signed_message(der_bytes: &[u8]) -> Result<SignedMessage> {
+    decode_lenient(der_bytes, parse_signed_message_strict)
+}
+
+fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|&&x| x == 0).count();
+    &b[n..]
+}
+
+impl SignedMessage {
+    /// The only SignerInfo (we never accept several signers).
+    pub(crate) fn single_signer(&self) -> Result<&SignerSummary> {
+        match self.signers.as_slice() {
+            [one] => Ok(one),
+            [] => Err(PkiError::InvalidInput("SignedData has no signer".into())),
+            _ => Err(PkiError::InvalidInput(
+                "SignedData has more than one signer".into(),
+            )),
+        }
+    }
+
+    /// The included certificate that `signer` names.
+    pub(crate) fn signer_cert(&self, signer: &SignerSummary) -> Result<X509> {
+        for cert in &self.certificates {
+            let matches = match &signer.sid {
+                Sid::IssuerSerial { issuer, serial } => {
+                    cert.serial_number().to_bn()?.to_vec() == strip_leading_zeros(serial)
+                        && cert.issuer_name().to_der()? == *issuer
+                }
+                Sid::Ski(ski) => cert
+                    .subject_key_id()
+                    .map(|k| k.as_slice() == ski.as_slice())
+                    .unwrap_or(false),
+            };
+            if matches {
+                return Ok(cert.clone());
+            }
+        }
+        Err(PkiError::Verify(
+            "signer certificate is not included in the SignedData".into(),
+        ))
+    }
 }
 
 /// A degenerate ("certs-only") SignedData ContentInfo holding `certs`, DER.
@@ -143,31 +302,6 @@ pub(crate) fn content_info(content_type: ObjectIdentifier, content: &[u8]) -> Re
     ci.to_der().map_err(der_err)
 }
 
-/// The certificates of a certs-only (or any) SignedData, in encoded order, as OpenSSL X509.
-pub(crate) fn signed_data_certs(sd: &SignedData) -> Result<Vec<X509>> {
-    let mut out = Vec::new();
-    if let Some(certs) = &sd.certificates {
-        for choice in certs.0.iter() {
-            if let CertificateChoices::Certificate(cert) = choice {
-                out.push(X509::from_der(&cert.to_der().map_err(der_err)?)?);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The value bytes of the eContent of a SignedData, which must be ONE OCTET STRING.
-pub(crate) fn econtent_octets(sd: &SignedData) -> Result<Option<Vec<u8>>> {
-    match &sd.encap_content_info.econtent {
-        None => Ok(None),
-        Some(any) if any.tag() == Tag::OctetString => Ok(Some(any.value().to_vec())),
-        Some(any) => Err(PkiError::InvalidInput(format!(
-            "eContent is {} rather than an OCTET STRING",
-            any.tag()
-        ))),
-    }
-}
-
 /// Decode a DirectoryString-like attribute value (PrintableString, UTF8String, IA5String,
 /// TeletexString treated as Latin-1 ASCII subset) to text.
 pub(crate) fn any_to_string(any: &Any) -> Result<String> {
@@ -195,7 +329,7 @@ pub(crate) fn any_to_string(any: &Any) -> Result<String> {
 
 /// The single value of the attribute `oid` in `attrs`, if present.
 pub(crate) fn attr_value<'a>(
-    attrs: &'a x509_cert::attr::Attributes,
+    attrs: &'a [Attribute],
     id: &ObjectIdentifier,
 ) -> Result<Option<&'a Any>> {
     let Some(attr) = attrs.iter().find(|a| &a.oid == id) else {

@@ -56,7 +56,7 @@ impl Csr {
         }
         let parsed = CertReq::from_der(der).map_err(asn1::der_err)?;
         let challenge_password =
-            asn1::attr_value(&parsed.info.attributes, &oid::CHALLENGE_PASSWORD)?
+            asn1::attr_value(parsed.info.attributes.as_slice(), &oid::CHALLENGE_PASSWORD)?
                 .map(asn1::any_to_string)
                 .transpose()?;
         Ok(Csr {

@@ -21,8 +21,10 @@ mod ca;
 mod certinfo;
 mod error;
 mod issue;
+pub mod scep;
 mod secretbox;
 mod signing;
+mod smime;
 mod time;
 
 pub use ca::{Ca, IssuedCert, CA_VALIDITY_DAYS, TLS_SERVER_VALIDITY_DAYS};
@@ -34,6 +36,7 @@ pub use signing::{
     decode_signature, sign_cms, sign_detached, verify_cms_attached, verify_cms_attached_untrusted,
     verify_detached,
 };
+pub use smime::{decrypt_smime, self_signed_rsa, smime_message_text};
 
 /// Re-export of the `openssl` crate so callers name the same types (`X509`, `PKey`).
 pub use openssl;

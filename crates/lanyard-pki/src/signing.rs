@@ -75,9 +75,9 @@ pub fn verify_cms_attached(der: &[u8], trust: &[X509]) -> Result<(Vec<u8>, X509)
     if trust.is_empty() {
         return Err(PkiError::InvalidInput("no trust anchors given".into()));
     }
-    let sd = asn1::parse_signed_data(der)?;
-    let signer = asn1::find_signer_cert(&sd, &asn1::single_signer(&sd)?.sid)?;
-    if asn1::econtent_octets(&sd)?.is_none() {
+    let sd = asn1::parse_signed_message(der)?;
+    let signer = sd.signer_cert(sd.single_signer()?)?;
+    if sd.econtent.is_none() {
         return Err(PkiError::InvalidInput(
             "CMS SignedData has no attached content".into(),
         ));
@@ -94,9 +94,9 @@ pub fn verify_cms_attached(der: &[u8], trust: &[X509]) -> Result<(Vec<u8>, X509)
 /// checking that certificate's chain (for inputs signed by CAs we cannot hold, e.g. the
 /// Apple device CA behind MachineInfo). Returns the content and the signer certificate.
 pub fn verify_cms_attached_untrusted(der: &[u8]) -> Result<(Vec<u8>, X509)> {
-    let sd = asn1::parse_signed_data(der)?;
-    let signer = asn1::find_signer_cert(&sd, &asn1::single_signer(&sd)?.sid)?;
-    if asn1::econtent_octets(&sd)?.is_none() {
+    let sd = asn1::parse_signed_message(der)?;
+    let signer = sd.signer_cert(sd.single_signer()?)?;
+    if sd.econtent.is_none() {
         return Err(PkiError::InvalidInput(
             "CMS SignedData has no attached content".into(),
         ));
@@ -132,13 +132,13 @@ pub fn decode_signature(sig_b64_or_der: &[u8]) -> Result<Vec<u8>> {
 /// certificate, which the caller must still match to the enrollment's bound identity.
 pub fn verify_detached(sig_b64_or_der: &[u8], body: &[u8], trust_ca: &X509) -> Result<X509> {
     let der = decode_signature(sig_b64_or_der)?;
-    let sd = asn1::parse_signed_data(&der)?;
-    if sd.encap_content_info.econtent.is_some() {
+    let sd = asn1::parse_signed_message(&der)?;
+    if sd.econtent.is_some() {
         return Err(PkiError::InvalidInput(
             "expected a detached signature, found attached content".into(),
         ));
     }
-    let signer = asn1::find_signer_cert(&sd, &asn1::single_signer(&sd)?.sid)?;
+    let signer = sd.signer_cert(sd.single_signer()?)?;
     let store = trust_store(std::slice::from_ref(trust_ca))?;
     let mut cms = CmsContentInfo::from_der(&der)?;
     cms.verify(None, Some(&store), Some(body), None, CMSOptions::BINARY)
@@ -167,14 +167,14 @@ mod tests {
         let ca = Ca::generate("CMS CA", "Lanyard").unwrap();
         let content = b"<?xml version=\"1.0\"?><plist><dict/></plist>\r\n\n";
         let der = sign_cms(ca.certificate(), ca.private_key(), &[], content).unwrap();
-        let sd = asn1::parse_signed_data(&der).unwrap();
-        assert_eq!(asn1::econtent_octets(&sd).unwrap().unwrap(), content);
+        let sd = asn1::parse_signed_message(&der).unwrap();
+        assert_eq!(sd.econtent.as_deref().unwrap(), content);
         let (out, signer) = verify_cms_attached(&der, &[ca.certificate().clone()]).unwrap();
         assert_eq!(out, content);
         assert_eq!(signer.to_der().unwrap(), ca.cert_der().unwrap());
-        let si = asn1::single_signer(&sd).unwrap();
-        assert_eq!(si.signature_algorithm.oid, asn1::oid::RSA_ENCRYPTION);
-        assert_eq!(si.digest_alg.oid, asn1::oid::SHA256);
+        let si = sd.single_signer().unwrap();
+        assert_eq!(si.signature_oid, asn1::oid::RSA_ENCRYPTION);
+        assert_eq!(si.digest_oid, asn1::oid::SHA256);
 
         // EC leaf signer with the CA in the chain
         let (cert, key) = leaf(&ca);

@@ -175,3 +175,52 @@ fn detached_signatures_interoperate_with_openssl_cli() {
     assert!(text.contains("challengePassword"), "{text}");
     assert!(text.contains("chal"), "{text}");
 }
+
+/// An ABM-style server token: S/MIME made by `openssl smime -encrypt` (and `openssl cms
+/// -encrypt`) to our self-signed recipient certificate, opened by `decrypt_smime`.
+#[test]
+fn decrypts_smime_token_from_openssl_cli() {
+    if !common::require_tool("openssl", "decrypts_smime_token_from_openssl_cli") {
+        return;
+    }
+    let recipient = lanyard_pki::self_signed_rsa("Lanyard ABM token", 365).unwrap();
+    let cert = X509::from_der(&recipient.cert_der).unwrap();
+    let key = PKey::private_key_from_pem(recipient.key_pem.as_bytes()).unwrap();
+    let dir = common::tempdir();
+    let cert_pem = common::write(dir.path(), "token-cert.pem", recipient.cert_pem.as_bytes());
+    let message = "Content-Type: text/plain;charset=UTF-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\n-----BEGIN MESSAGE-----\n{\"consumer_key\":\"CK_test\",\"consumer_secret\":\"CS_test\",\"access_token\":\"AT_test\",\"access_secret\":\"AS_test\",\"access_token_expiry\":\"2030-01-01T00:00:00Z\"}\n-----END MESSAGE-----\n";
+    let input = common::write(dir.path(), "token.txt", message.as_bytes());
+
+    for (tool, cipher) in [("smime", "-aes256"), ("cms", "-aes128")] {
+        let out = dir.path().join(format!("token-{tool}.p7m"));
+        let (ok, stdout, stderr) = common::run(
+            Command::new("openssl")
+                .args([tool, "-encrypt", "-binary", cipher, "-in"])
+                .arg(&input)
+                .arg("-out")
+                .arg(&out)
+                .arg(&cert_pem),
+        );
+        assert!(ok, "openssl {tool} -encrypt: {stdout} {stderr}");
+        let p7m = std::fs::read(&out).unwrap();
+        assert!(
+            String::from_utf8_lossy(&p7m).contains("application/"),
+            "expected S/MIME text from openssl {tool}"
+        );
+        let plain = lanyard_pki::decrypt_smime(&p7m, &cert, &key).unwrap();
+        assert_eq!(plain, message.as_bytes(), "openssl {tool}");
+        let json = lanyard_pki::smime_message_text(&plain).unwrap();
+        assert!(json.contains("\"consumer_key\":\"CK_test\""), "{json}");
+        eprintln!(
+            "openssl {tool} -encrypt {cipher}: decrypted {} bytes, JSON {} bytes",
+            plain.len(),
+            json.len()
+        );
+
+        // another key cannot open it
+        let other = lanyard_pki::self_signed_rsa("Other", 1).unwrap();
+        let other_cert = X509::from_der(&other.cert_der).unwrap();
+        let other_key = PKey::private_key_from_pem(other.key_pem.as_bytes()).unwrap();
+        assert!(lanyard_pki::decrypt_smime(&p7m, &other_cert, &other_key).is_err());
+    }
+}

@@ -1,1 +1,34 @@
-//! placeholder
+//! `lanyard-testkit`: Lanyard's test doubles. **Development and testing only** — nothing here
+//! belongs in a production deployment, and no production crate depends on it (only tests and
+//! developer tools do).
+//!
+//! What this crate owns:
+//! - the **simulated Mac** ([`SimMac`], CLI `lanyard-sim`): a macOS 15.2 Mac doing an
+//!   account-driven User Enrollment (BYOD) against a Lanyard server over real HTTP(S) —
+//!   service discovery, the signed MachineInfo, the web sign-in pages (read as HTML forms),
+//!   the signed enrollment profile, SCEP for its identity, check-in (`Authenticate`,
+//!   `TokenUpdate` on both channels) and the command channel with a small built-in
+//!   responder;
+//! - later: a fake APNs, a fake Apple Business Manager, and a test app catalogue.
+//!
+//! The simulated Mac is written as an independent client: it builds its property lists
+//! itself ([`device`]) from Apple's schema and only *checks* them against `lanyard-proto` in
+//! its tests, so a codec bug on the server side fails a test instead of cancelling out.
+//! Cryptography (CMS, SCEP message codec, CSRs) is `lanyard-pki`'s, through its client-side
+//! helpers.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod commands;
+pub mod device;
+pub mod error;
+pub mod profile;
+pub mod scep_client;
+pub mod sim;
+pub mod webauth;
+
+pub use commands::{Channel, ServerCommand};
+pub use error::{SimError, Step};
+pub use sim::{
+    EnrollmentReport, HandledCommand, IdentityCertificateReport, Ownership, SimMac, SimOptions,
+};

@@ -1,0 +1,493 @@
+//! The command channel as the simulated Mac sees it: reading the command the server sends
+//! back, and a small built-in responder that answers the common queries with plausible
+//! values (and refuses, as a User Enrollment does, what it may not run).
+
+use plist::{Dictionary, Value};
+use serde::Serialize;
+
+use lanyard_pki::openssl::hash::{hash, MessageDigest};
+use lanyard_proto::user_enrollment::{ue_command_policy, ue_device_information_query_policy};
+use lanyard_proto::CommandStatus;
+
+use crate::device::DeviceFacts;
+
+/// Which channel a request speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// `EnrollmentID` alone.
+    Device,
+    /// `EnrollmentID` + `EnrollmentUserID`.
+    User,
+}
+
+/// A command the server sent: `{CommandUUID, Command: {RequestType, …}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerCommand {
+    /// `CommandUUID`.
+    pub uuid: String,
+    /// `Command.RequestType`.
+    pub request_type: String,
+    /// The whole `Command` dictionary (with `RequestType`).
+    pub command: Dictionary,
+}
+
+/// Read a command body. Written independently of `lanyard-proto` on purpose (see
+/// [`crate::device`]).
+pub fn parse_command(bytes: &[u8]) -> Result<ServerCommand, String> {
+    let v = plist::from_bytes::<Value>(bytes)
+        .map_err(|e| format!("the command is not a property list: {e}"))?;
+    let Value::Dictionary(outer) = v else {
+        return Err("the command is not a dictionary".into());
+    };
+    let uuid = outer
+        .get("CommandUUID")
+        .and_then(Value::as_string)
+        .filter(|s| !s.is_empty())
+        .ok_or("the command has no CommandUUID")?
+        .to_owned();
+    let command = outer
+        .get("Command")
+        .and_then(Value::as_dictionary)
+        .ok_or("the command has no Command dictionary")?
+        .clone();
+    let request_type = command
+        .get("RequestType")
+        .and_then(Value::as_string)
+        .filter(|s| !s.is_empty())
+        .ok_or("the command has no RequestType")?
+        .to_owned();
+    Ok(ServerCommand {
+        uuid,
+        request_type,
+        command,
+    })
+}
+
+/// The simulated Mac's answer to one command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// `Status`.
+    pub status: CommandStatus,
+    /// Result keys (and `ErrorChain` for errors).
+    pub result: Dictionary,
+}
+
+impl Reply {
+    /// `Acknowledged` with these result keys.
+    pub fn acknowledged(result: Dictionary) -> Self {
+        Reply {
+            status: CommandStatus::Acknowledged,
+            result,
+        }
+    }
+
+    /// `Error` with a one-entry `ErrorChain`.
+    pub fn error(domain: &str, code: i64, description: &str) -> Self {
+        let mut item = Dictionary::new();
+        item.insert("ErrorDomain".into(), Value::String(domain.into()));
+        item.insert("ErrorCode".into(), Value::Integer(code.into()));
+        item.insert(
+            "LocalizedDescription".into(),
+            Value::String(description.into()),
+        );
+        item.insert(
+            "USEnglishDescription".into(),
+            Value::String(description.into()),
+        );
+        let mut result = Dictionary::new();
+        result.insert(
+            "ErrorChain".into(),
+            Value::Array(vec![Value::Dictionary(item)]),
+        );
+        Reply {
+            status: CommandStatus::Error,
+            result,
+        }
+    }
+}
+
+/// A profile the simulated Mac holds (the enrollment profile, and any installed by command).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstalledProfile {
+    /// The profile's top-level dictionary.
+    pub profile: Dictionary,
+}
+
+impl InstalledProfile {
+    /// `PayloadIdentifier`.
+    pub fn identifier(&self) -> Option<&str> {
+        self.profile
+            .get("PayloadIdentifier")
+            .and_then(Value::as_string)
+    }
+
+    /// The entry of a `ProfileList` answer.
+    pub fn list_entry(&self) -> Dictionary {
+        let mut d = Dictionary::new();
+        for key in [
+            "PayloadIdentifier",
+            "PayloadUUID",
+            "PayloadDisplayName",
+            "PayloadOrganization",
+            "PayloadDescription",
+            "PayloadVersion",
+            "PayloadRemovalDisallowed",
+        ] {
+            if let Some(v) = self.profile.get(key) {
+                d.insert(key.into(), v.clone());
+            }
+        }
+        d.insert("IsManaged".into(), Value::Boolean(true));
+        d.insert("IsEncrypted".into(), Value::Boolean(false));
+        d.insert("HasRemovalPasscode".into(), Value::Boolean(false));
+        let content: Vec<Value> = self
+            .profile
+            .get("PayloadContent")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_dictionary)
+                    .map(|p| {
+                        let mut e = Dictionary::new();
+                        for key in [
+                            "PayloadType",
+                            "PayloadIdentifier",
+                            "PayloadUUID",
+                            "PayloadDisplayName",
+                            "PayloadOrganization",
+                            "PayloadVersion",
+                        ] {
+                            if let Some(v) = p.get(key) {
+                                e.insert(key.into(), v.clone());
+                            }
+                        }
+                        Value::Dictionary(e)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        d.insert("PayloadContent".into(), Value::Array(content));
+        d
+    }
+}
+
+/// What the built-in responder knows about the Mac.
+#[derive(Debug, Clone)]
+pub struct ResponderContext<'a> {
+    /// Model, OS, build.
+    pub facts: &'a DeviceFacts,
+    /// The channel the command came on.
+    pub channel: Channel,
+    /// The managed Apple Account.
+    pub managed_apple_id: &'a str,
+    /// The `EnrollmentID` (seeds stable fake values).
+    pub enrollment_id: &'a str,
+}
+
+/// Domain and code the simulated Mac uses for refusals (plausible, not Apple's exact codes).
+const ERROR_DOMAIN: &str = "MCMDMErrorDomain";
+
+fn s(v: &str) -> Value {
+    Value::String(v.to_owned())
+}
+
+/// A stable fake MAC address derived from `seed`.
+fn fake_mac(seed: &str, salt: &str) -> String {
+    let d = hash(MessageDigest::sha256(), format!("{seed}/{salt}").as_bytes())
+        .map(|d| d.to_vec())
+        .unwrap_or_else(|_| vec![0; 6]);
+    // locally administered, unicast
+    let first = (d.first().copied().unwrap_or(0) | 0x02) & 0xfe;
+    let mut parts = vec![format!("{first:02x}")];
+    parts.extend(d.iter().skip(1).take(5).map(|b| format!("{b:02x}")));
+    parts.join(":")
+}
+
+/// The value of one `DeviceInformation` query, when the simulated Mac has one.
+fn query_value(q: &str, ctx: &ResponderContext<'_>) -> Option<Value> {
+    let f = ctx.facts;
+    Some(match q {
+        "OSVersion" => s(&f.os_version),
+        "BuildVersion" => s(&f.build_version),
+        "ProductName" | "Model" => s(&f.product),
+        "ModelName" => s(&f.model_name),
+        "DeviceName" => s(&format!("Simulated {}", f.model_name)),
+        "HostName" | "LocalHostName" => s("Simulated-Mac"),
+        "EASDeviceIdentifier" => {
+            let id: String = ctx
+                .enrollment_id
+                .chars()
+                .filter(|c| *c != '-')
+                .take(16)
+                .collect();
+            s(&id)
+        }
+        "IsSupervised"
+        | "IsActivationLockEnabled"
+        | "IsDeviceLocatorServiceEnabled"
+        | "IsDoNotDisturbInEffect"
+        | "IsCloudBackupEnabled"
+        | "IsMDMLostModeEnabled" => Value::Boolean(false),
+        "IsAppleSilicon" => Value::Boolean(true),
+        "SupportsLOMDevice" => Value::Boolean(false),
+        "WiFiMAC" => s(&fake_mac(ctx.enrollment_id, "wifi")),
+        "BluetoothMAC" => s(&fake_mac(ctx.enrollment_id, "bt")),
+        "EthernetMAC" => s(&fake_mac(ctx.enrollment_id, "en")),
+        "DeviceCapacity" => Value::Real(460.43),
+        "AvailableDeviceCapacity" => Value::Real(212.07),
+        "BatteryLevel" => Value::Real(0.82),
+        "SoftwareUpdateDeviceID" => s(&f.software_update_device_id),
+        "OSUpdateSettings" => {
+            let mut d = Dictionary::new();
+            d.insert("AutoCheckEnabled".into(), Value::Boolean(true));
+            d.insert("BackgroundDownloadEnabled".into(), Value::Boolean(true));
+            d.insert(
+                "AutomaticOSInstallationEnabled".into(),
+                Value::Boolean(false),
+            );
+            Value::Dictionary(d)
+        }
+        "ManagedAppleID" => s(ctx.managed_apple_id),
+        _ => return None,
+    })
+}
+
+fn device_information(cmd: &ServerCommand, ctx: &ResponderContext<'_>) -> Reply {
+    let queries: Vec<&str> = cmd
+        .command
+        .get("Queries")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_string).collect())
+        .unwrap_or_default();
+    let mut responses = Dictionary::new();
+    for q in queries {
+        // A User Enrollment silently leaves out what it may not reveal (UDID, serial…).
+        if !ue_device_information_query_policy(q).is_allowed() {
+            continue;
+        }
+        if let Some(v) = query_value(q, ctx) {
+            responses.insert(q.to_owned(), v);
+        }
+    }
+    let mut result = Dictionary::new();
+    result.insert("QueryResponses".into(), Value::Dictionary(responses));
+    Reply::acknowledged(result)
+}
+
+fn security_info() -> Reply {
+    let mut fw = Dictionary::new();
+    fw.insert("FirewallEnabled".into(), Value::Boolean(true));
+    fw.insert("BlockAllIncoming".into(), Value::Boolean(false));
+    fw.insert("StealthMode".into(), Value::Boolean(false));
+    let mut info = Dictionary::new();
+    info.insert("FDE_Enabled".into(), Value::Boolean(true));
+    info.insert("FDE_HasPersonalRecoveryKey".into(), Value::Boolean(true));
+    info.insert(
+        "FDE_HasInstitutionalRecoveryKey".into(),
+        Value::Boolean(false),
+    );
+    info.insert(
+        "SystemIntegrityProtectionEnabled".into(),
+        Value::Boolean(true),
+    );
+    info.insert("FirewallSettings".into(), Value::Dictionary(fw));
+    info.insert("PasscodePresent".into(), Value::Boolean(true));
+    info.insert("PasscodeCompliant".into(), Value::Boolean(true));
+    info.insert("PasscodeCompliantWithProfiles".into(), Value::Boolean(true));
+    let mut result = Dictionary::new();
+    result.insert("SecurityInfo".into(), Value::Dictionary(info));
+    Reply::acknowledged(result)
+}
+
+/// Answer `cmd` the way a Mac under User Enrollment plausibly would:
+///
+/// - commands the schema forbids under User Enrollment → `Error`;
+/// - `DeviceInformation` → the allowed queries it knows, in `QueryResponses`;
+/// - `SecurityInfo` → FileVault, SIP, firewall, passcode state;
+/// - `ProfileList` → `profiles`;
+/// - `InstallProfile` / `RemoveProfile` → change `profiles`;
+/// - anything else → `Error` ("not supported by the simulated Mac").
+pub fn builtin_reply(
+    cmd: &ServerCommand,
+    ctx: &ResponderContext<'_>,
+    profiles: &mut Vec<InstalledProfile>,
+) -> Reply {
+    let policy = ue_command_policy(&cmd.request_type);
+    if !policy.is_allowed() {
+        return Reply::error(
+            ERROR_DOMAIN,
+            12021,
+            &format!(
+                "{} is not allowed on this enrollment: {}",
+                cmd.request_type,
+                policy.reason().unwrap_or("refused")
+            ),
+        );
+    }
+    match cmd.request_type.as_str() {
+        "DeviceInformation" => device_information(cmd, ctx),
+        "SecurityInfo" => security_info(),
+        "ProfileList" => {
+            let mut result = Dictionary::new();
+            result.insert(
+                "ProfileList".into(),
+                Value::Array(
+                    profiles
+                        .iter()
+                        .map(|p| Value::Dictionary(p.list_entry()))
+                        .collect(),
+                ),
+            );
+            Reply::acknowledged(result)
+        }
+        "InstallProfile" => {
+            let Some(payload) = cmd.command.get("Payload").and_then(Value::as_data) else {
+                return Reply::error(ERROR_DOMAIN, 12000, "InstallProfile without Payload");
+            };
+            let content = match lanyard_pki::verify_cms_attached_untrusted(payload) {
+                Ok((c, _)) => c,
+                Err(_) => payload.to_vec(),
+            };
+            match plist::from_bytes::<Value>(&content) {
+                Ok(Value::Dictionary(d)) => {
+                    let p = InstalledProfile { profile: d };
+                    let id = p.identifier().map(str::to_owned);
+                    profiles.retain(|q| q.identifier().map(str::to_owned) != id || id.is_none());
+                    profiles.push(p);
+                    Reply::acknowledged(Dictionary::new())
+                }
+                _ => Reply::error("MCProfileErrorDomain", 1000, "The profile is malformed."),
+            }
+        }
+        "RemoveProfile" => {
+            let Some(id) = cmd.command.get("Identifier").and_then(Value::as_string) else {
+                return Reply::error(ERROR_DOMAIN, 12000, "RemoveProfile without Identifier");
+            };
+            let before = profiles.len();
+            profiles.retain(|p| p.identifier() != Some(id));
+            if profiles.len() == before {
+                Reply::error(
+                    ERROR_DOMAIN,
+                    12011,
+                    &format!("The profile \u{201c}{id}\u{201d} is not installed."),
+                )
+            } else {
+                Reply::acknowledged(Dictionary::new())
+            }
+        }
+        other => Reply::error(
+            ERROR_DOMAIN,
+            12004,
+            &format!("{other} is not supported by the simulated Mac"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_proto::command::{encode_command, Command};
+
+    fn ctx(facts: &DeviceFacts) -> ResponderContext<'_> {
+        ResponderContext {
+            facts,
+            channel: Channel::Device,
+            managed_apple_id: "ann@example.com",
+            enrollment_id: "2C1B5D6E-0F5A-4C39-9D3F-6E2B1A0C9D11",
+        }
+    }
+
+    fn cmd(request_type: &str, payload: Dictionary) -> ServerCommand {
+        let bytes = encode_command(&Command::new("C-1", request_type, payload)).unwrap();
+        parse_command(&bytes).unwrap()
+    }
+
+    #[test]
+    fn reads_commands_lanyard_writes() {
+        let c = cmd("ProfileList", Dictionary::new());
+        assert_eq!(c.uuid, "C-1");
+        assert_eq!(c.request_type, "ProfileList");
+        assert!(parse_command(b"<plist><dict/></plist>").is_err());
+    }
+
+    #[test]
+    fn device_information_leaves_out_forbidden_queries() {
+        let facts = DeviceFacts::new("Mac14,2", "15.2");
+        let mut p = Dictionary::new();
+        p.insert(
+            "Queries".into(),
+            Value::Array(
+                [
+                    "OSVersion",
+                    "UDID",
+                    "SerialNumber",
+                    "ModelName",
+                    "BuildVersion",
+                ]
+                .iter()
+                .map(|q| s(q))
+                .collect(),
+            ),
+        );
+        let r = builtin_reply(&cmd("DeviceInformation", p), &ctx(&facts), &mut Vec::new());
+        assert_eq!(r.status, CommandStatus::Acknowledged);
+        let qr = r.result["QueryResponses"].as_dictionary().unwrap();
+        assert_eq!(qr["OSVersion"].as_string(), Some("15.2"));
+        assert_eq!(qr["BuildVersion"].as_string(), Some("24C101"));
+        assert!(!qr.contains_key("UDID"));
+        assert!(!qr.contains_key("SerialNumber"));
+    }
+
+    #[test]
+    fn profiles_install_list_remove_and_forbidden_commands() {
+        let facts = DeviceFacts::new("Mac14,2", "15.2");
+        let mut profiles = Vec::new();
+        let mut prof = Dictionary::new();
+        prof.insert("PayloadIdentifier".into(), s("com.example.wifi"));
+        prof.insert("PayloadUUID".into(), s("U-1"));
+        prof.insert("PayloadType".into(), s("Configuration"));
+        prof.insert("PayloadContent".into(), Value::Array(vec![]));
+        let mut bytes = Vec::new();
+        plist::to_writer_xml(&mut bytes, &Value::Dictionary(prof)).unwrap();
+        let mut p = Dictionary::new();
+        p.insert("Payload".into(), Value::Data(bytes));
+        let r = builtin_reply(&cmd("InstallProfile", p), &ctx(&facts), &mut profiles);
+        assert_eq!(r.status, CommandStatus::Acknowledged);
+        let r = builtin_reply(
+            &cmd("ProfileList", Dictionary::new()),
+            &ctx(&facts),
+            &mut profiles,
+        );
+        let list = r.result["ProfileList"].as_array().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            list[0].as_dictionary().unwrap()["PayloadIdentifier"].as_string(),
+            Some("com.example.wifi")
+        );
+        let mut p = Dictionary::new();
+        p.insert("Identifier".into(), s("com.example.wifi"));
+        let r = builtin_reply(
+            &cmd("RemoveProfile", p.clone()),
+            &ctx(&facts),
+            &mut profiles,
+        );
+        assert_eq!(r.status, CommandStatus::Acknowledged);
+        let r = builtin_reply(&cmd("RemoveProfile", p), &ctx(&facts), &mut profiles);
+        assert_eq!(r.status, CommandStatus::Error);
+
+        let r = builtin_reply(
+            &cmd("EraseDevice", Dictionary::new()),
+            &ctx(&facts),
+            &mut profiles,
+        );
+        assert_eq!(r.status, CommandStatus::Error);
+        let r = builtin_reply(
+            &cmd("SecurityInfo", Dictionary::new()),
+            &ctx(&facts),
+            &mut profiles,
+        );
+        assert_eq!(r.status, CommandStatus::Acknowledged);
+        assert!(r.result.contains_key("SecurityInfo"));
+    }
+}
