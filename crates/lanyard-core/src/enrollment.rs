@@ -83,6 +83,8 @@ pub struct DevicePki {
     pub ca: Ca,
     pub profile_signer_cert: X509,
     pub profile_signer_key: PKey<Private>,
+    pub scep_ra_cert: X509,
+    pub scep_ra_key: PKey<Private>,
     pub secrets: SecretBox,
 }
 
@@ -572,20 +574,29 @@ impl EnrollmentService {
 
     /// SCEP `GetCACaps`.
     pub fn scep_caps(&self) -> ScepResponse {
-        scep::ScepResponder::with_ca(&self.pki.ca).ca_caps()
+        ScepResponse {
+            content_type: scep::CA_CAPS_CONTENT_TYPE,
+            body: scep::ca_caps().into_bytes(),
+        }
     }
 
-    /// SCEP `GetCACert`.
+    /// SCEP `GetCACert`: the CA and the RA that signs our replies.
     pub fn scep_ca_cert(&self) -> Result<ScepResponse> {
-        Ok(scep::ScepResponder::with_ca(&self.pki.ca).ca_cert()?)
+        Ok(scep::get_ca_cert(
+            self.pki.ca.certificate(),
+            Some(&self.pki.scep_ra_cert),
+        )?)
     }
 
     /// SCEP `PKIOperation`: a PKCSReq whose challenge is a live, unused enrollment challenge
     /// gets an identity certificate bound to that enrollment; anything else a FAILURE CertRep.
     /// Undecodable messages are `Invalid` (HTTP 400).
     pub async fn scep_pki_operation(&self, body: &[u8]) -> Result<ScepResponse> {
-        let ca = &self.pki.ca;
-        let recipients = [(ca.certificate(), ca.private_key().as_ref())];
+        let (ca, pki) = (&self.pki.ca, &self.pki);
+        let recipients = [
+            (&pki.scep_ra_cert, pki.scep_ra_key.as_ref()),
+            (ca.certificate(), ca.private_key().as_ref()),
+        ];
         let req = scep::decode_pki_message(body, &recipients)
             .map_err(|e| CoreError::Invalid(format!("not a SCEP message: {e}")))?;
         let reply = |status: CertRepStatus<'_>| -> Result<ScepResponse> {

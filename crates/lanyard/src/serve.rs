@@ -16,6 +16,10 @@ use crate::config::{DataConfig, ServeConfig, TlsMode};
 use crate::setup;
 
 pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
+    if serve.scep_allow_des {
+        lanyard_pki::scep::allow_legacy_des().context("cannot enable single-DES SCEP")?;
+        tracing::warn!("SCEP accepts single-DES request envelopes (--scep-allow-des)");
+    }
     let opened = setup::open_store(&data).await?;
     let lanyard = opened.lanyard;
     let secrets = setup::secret_box(&data)?;
