@@ -43,3 +43,9 @@ impl From<lanyard_pki::PkiError> for CoreError {
 }
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+impl From<lanyard_pki::openssl::error::ErrorStack> for CoreError {
+    fn from(e: lanyard_pki::openssl::error::ErrorStack) -> Self {
+        CoreError::Internal(format!("OpenSSL: {e}"))
+    }
+}

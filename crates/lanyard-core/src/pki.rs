@@ -1,6 +1,8 @@
 //! The server's own PKI material kept in the database, so every server process on one database
 //! uses the same CA. Private keys are sealed with the server's secret key before they are stored.
 
+use lanyard_pki::openssl::pkey::{PKey, Private};
+use lanyard_pki::openssl::x509::X509;
 use lanyard_pki::{Ca, SecretBox};
 use lanyard_store::{AuditEntry, AuditFilter, PkiMaterial};
 
@@ -8,6 +10,13 @@ use crate::{CoreError, Lanyard, Result};
 
 /// The name of the CA row in the PKI table.
 pub const CA_NAME: &str = "ca";
+/// The profile-signing certificate's row.
+pub const PROFILE_SIGNER_NAME: &str = "profile-signer";
+/// The SCEP registration authority's row: it signs CertReps and receives request envelopes
+/// (certmonger refuses CertReps signed by the CA alone).
+pub const SCEP_RA_NAME: &str = "scep-ra";
+/// The settings document holding the APNs topic.
+pub const PUSH_TOPIC_SETTING: &str = "push_topic";
 
 fn seal_context(name: &str) -> Vec<u8> {
     format!("lanyard:pki:{name}").into_bytes()
@@ -20,7 +29,7 @@ impl Lanyard {
         if let Some(m) = self.store.get_pki(CA_NAME).await? {
             return open_ca(secrets, &m);
         }
-        let ca = Ca::generate(&format!("{organization} Lanyard CA"), organization)?;
+        let ca = Ca::generate(&format!("{organization} Enrollment CA"), organization)?;
         let key_pem = ca.key_pem_pkcs8()?;
         let sealed = secrets.seal(key_pem.as_bytes(), &seal_context(CA_NAME))?;
         let material = PkiMaterial {
@@ -39,6 +48,104 @@ impl Lanyard {
             .await?
             .ok_or_else(|| CoreError::Internal("CA vanished after a racing insert".into()))?;
         open_ca(secrets, &m)
+    }
+
+    /// The CA plus the certificate that signs enrollment profiles (issued by the CA once, kept
+    /// sealed in the database like the CA).
+    pub async fn load_device_pki(
+        &self,
+        secrets: &SecretBox,
+        organization: &str,
+    ) -> Result<crate::enrollment::DevicePki> {
+        let ca = self.load_or_create_ca(secrets, organization).await?;
+        let (profile_signer_cert, profile_signer_key) = self
+            .load_or_issue(secrets, PROFILE_SIGNER_NAME, || {
+                ca.issue_cms_signer(
+                    &format!("{organization} Profile Signing"),
+                    lanyard_pki::CA_VALIDITY_DAYS / 2,
+                )
+            })
+            .await?;
+        let (scep_ra_cert, scep_ra_key) = self
+            .load_or_issue(secrets, SCEP_RA_NAME, || {
+                ca.issue_scep_ra(
+                    &format!("{organization} SCEP RA"),
+                    lanyard_pki::CA_VALIDITY_DAYS / 2,
+                )
+            })
+            .await?;
+        Ok(crate::enrollment::DevicePki {
+            profile_signer_cert,
+            profile_signer_key,
+            scep_ra_cert,
+            scep_ra_key,
+            ca,
+            secrets: secrets.clone(),
+        })
+    }
+
+    /// A certificate issued by the CA for one of the server's own jobs, issued once and kept
+    /// sealed in the database; racing processes converge on the first one stored.
+    async fn load_or_issue(
+        &self,
+        secrets: &SecretBox,
+        name: &str,
+        issue: impl FnOnce() -> lanyard_pki::Result<lanyard_pki::IssuedCert>,
+    ) -> Result<(X509, PKey<Private>)> {
+        if self.store.get_pki(name).await?.is_none() {
+            let issued = issue()?;
+            let sealed = secrets.seal(issued.key_pem.as_bytes(), &seal_context(name))?;
+            self.store
+                .insert_pki_if_absent(&PkiMaterial {
+                    name: name.into(),
+                    cert_pem: issued.cert_pem,
+                    key_sealed: sealed,
+                    created_at: lanyard_store::now(),
+                })
+                .await?;
+        }
+        let m = self
+            .store
+            .get_pki(name)
+            .await?
+            .ok_or_else(|| CoreError::Internal(format!("{name} vanished from the database")))?;
+        let key = secrets
+            .open(&m.key_sealed, &seal_context(name))
+            .map_err(|_| CoreError::Internal(format!("the {name} key cannot be opened")))?;
+        Ok((
+            X509::from_pem(m.cert_pem.as_bytes())?,
+            PKey::private_key_from_pem(&key)?,
+        ))
+    }
+
+    /// The APNs MDM topic enrollment profiles name. Until an MDM push certificate is uploaded
+    /// (which fixes the topic), Lanyard keeps a generated `com.apple.mgmt.External.<uuid>` so
+    /// enrollments work; devices enrolled under it cannot be woken by a real APNs.
+    pub async fn push_topic(&self) -> Result<String> {
+        if let Some(t) = self.store.get_setting(PUSH_TOPIC_SETTING).await? {
+            if let Ok(topic) = serde_json::from_str::<String>(&t) {
+                return Ok(topic);
+            }
+        }
+        let topic = format!("com.apple.mgmt.External.{}", uuid::Uuid::new_v4());
+        let value = serde_json::Value::String(topic.clone()).to_string();
+        self.store
+            .put_setting(
+                PUSH_TOPIC_SETTING,
+                &value,
+                &lanyard_store::Audit::new(
+                    "system",
+                    "push_topic.generate",
+                    PUSH_TOPIC_SETTING,
+                    serde_json::json!({"topic": topic}),
+                ),
+            )
+            .await?;
+        // Re-read so racing processes converge on the last writer's value.
+        match self.store.get_setting(PUSH_TOPIC_SETTING).await? {
+            Some(t) => serde_json::from_str(&t).map_err(|e| CoreError::Internal(e.to_string())),
+            None => Ok(topic),
+        }
     }
 
     /// The audit log, newest first.

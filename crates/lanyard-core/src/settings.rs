@@ -38,68 +38,27 @@ impl std::str::FromStr for OwnershipMode {
     }
 }
 
-/// A macOS version such as `15.2` or `15.2.1`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MacosVersion {
-    pub major: u16,
-    pub minor: u16,
-    pub patch: u16,
+/// The macOS version type is the protocol crate's; this checks it makes sense as a minimum.
+pub use lanyard_proto::OsVersion as MacosVersion;
+
+/// Parses a minimum macOS version such as `15.2`, refusing nonsense like `9.0`.
+pub fn parse_min_version(s: &str) -> Result<MacosVersion> {
+    let v = MacosVersion::parse(s).map_err(|_| {
+        CoreError::Invalid(format!(
+            "`{s}` is not a macOS version; use MAJOR.MINOR[.PATCH], e.g. 15.2"
+        ))
+    })?;
+    check_min_version(&v)?;
+    Ok(v)
 }
 
-impl std::str::FromStr for MacosVersion {
-    type Err = CoreError;
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            CoreError::Invalid(format!(
-                "`{s}` is not a macOS version; use MAJOR.MINOR[.PATCH], e.g. 15.2"
-            ))
-        };
-        let parts: Vec<&str> = s.trim().split('.').collect();
-        if parts.is_empty() || parts.len() > 3 {
-            return Err(bad());
-        }
-        let mut nums = [0u16; 3];
-        for (i, p) in parts.iter().enumerate() {
-            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad());
-            }
-            nums[i] = p.parse().map_err(|_| bad())?;
-        }
-        if nums[0] < 10 {
-            return Err(CoreError::Invalid(format!(
-                "macOS version `{s}` is too old to mean anything here (account-driven enrollment \
-                 needs macOS 14 or later)"
-            )));
-        }
-        Ok(MacosVersion {
-            major: nums[0],
-            minor: nums[1],
-            patch: nums[2],
-        })
+fn check_min_version(v: &MacosVersion) -> Result<()> {
+    if v.major() < 14 {
+        return Err(CoreError::Invalid(format!(
+            "macOS {v} is below what account-driven User Enrollment supports (macOS 14 or later)"
+        )));
     }
-}
-
-impl std::fmt::Display for MacosVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.patch == 0 {
-            write!(f, "{}.{}", self.major, self.minor)
-        } else {
-            write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
-        }
-    }
-}
-
-impl Serialize for MacosVersion {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacosVersion {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
+    Ok(())
 }
 
 /// The enrollment settings (MaaS360's model).
@@ -125,11 +84,7 @@ impl Default for EnrollmentSettings {
             ownership_mode: OwnershipMode::Prompt,
             manage_only_corporate_resources: true,
             use_email_as_managed_apple_id: true,
-            min_macos_version: MacosVersion {
-                major: 15,
-                minor: 2,
-                patch: 0,
-            },
+            min_macos_version: MacosVersion::DEFAULT_MACOS_MINIMUM,
             managed_domains: Vec::new(),
         }
     }
@@ -168,7 +123,7 @@ impl SettingsPatch {
             "use-email-as-managed-apple-id" => {
                 p.use_email_as_managed_apple_id = Some(parse_bool(key, value)?)
             }
-            "min-macos-version" => p.min_macos_version = Some(value.parse()?),
+            "min-macos-version" => p.min_macos_version = Some(parse_min_version(value)?),
             "managed-domains" => {
                 p.managed_domains = Some(
                     value
@@ -238,6 +193,7 @@ impl EnrollmentSettings {
             self.use_email_as_managed_apple_id = v;
         }
         if let Some(v) = patch.min_macos_version {
+            check_min_version(&v)?;
             self.min_macos_version = v;
         }
         if let Some(domains) = patch.managed_domains {
@@ -305,14 +261,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_parse_and_order() {
-        let v: MacosVersion = "15.2".parse().unwrap();
+    fn minimum_versions() {
+        let v = parse_min_version("15.2").unwrap();
         assert_eq!(v.to_string(), "15.2");
-        assert!("15.1.9".parse::<MacosVersion>().unwrap() < v);
-        assert!("15.2.1".parse::<MacosVersion>().unwrap() > v);
-        assert!("26".parse::<MacosVersion>().unwrap() > v);
-        for bad in ["", "15.", "x", "15.2.1.1", "-1", "9.0", "15 .2"] {
-            assert!(bad.parse::<MacosVersion>().is_err(), "{bad}");
+        assert!(parse_min_version("15.2.1").unwrap() > v);
+        assert!(parse_min_version("26").unwrap() > v);
+        for bad in ["", "15.", "x", "15.2.1.1", "-1", "9.0", "13.6", "15 .2"] {
+            assert!(parse_min_version(bad).is_err(), "{bad}");
         }
     }
 

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use lanyard_core::admins::{AdminView, Role};
 use lanyard_core::attributes::{CustomAttribute, DefineAttribute};
+use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
 use lanyard_core::settings::{EnrollmentSettings, SettingsPatch};
 use lanyard_core::users::{CreateUser, UpdateUser, UserView};
 use lanyard_store::{AuditEntry, AuditFilter, ListQuery};
@@ -50,6 +51,8 @@ pub fn routes() -> Router<AppState> {
         .route("/admins", get(list_admins).post(create_admin))
         .route("/api-tokens", get(list_api_tokens).post(create_api_token))
         .route("/api-tokens/{id}", delete(revoke_api_token))
+        .route("/devices", get(list_devices))
+        .route("/devices/{id}", get(get_device))
         .route("/audit", get(audit_log))
         .route("/openapi.json", get(openapi))
 }
@@ -60,11 +63,11 @@ pub fn routes() -> Router<AppState> {
     paths(
         sign_in, sign_out, list_users, create_user, get_user, update_user, get_settings,
         patch_settings, list_attributes, define_attribute, delete_attribute, list_admins,
-        create_admin, list_api_tokens, create_api_token, revoke_api_token, audit_log
+        create_admin, list_api_tokens, create_api_token, revoke_api_token, audit_log, list_devices, get_device
     ),
     components(schemas(ErrorBody, UserView, CreateUser, UpdateUser, EnrollmentSettings,
         SettingsPatch, CustomAttribute, DefineAttribute, AdminView, Role, SignIn, SessionCreated,
-        NewAdmin, NewApiToken, ApiTokenCreated, ApiTokenView, AuditView)),
+        NewAdmin, NewApiToken, ApiTokenCreated, ApiTokenView, AuditView, EnrollmentView)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -468,4 +471,67 @@ async fn audit_log(
         })
         .await?;
     Ok(Json(entries.into_iter().map(Into::into).collect()))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceQuery {
+    /// pending, authenticated, enrolled (default) or checked_out; `all` for every status.
+    status: Option<String>,
+    /// Substring of the managed Apple ID.
+    search: Option<String>,
+    #[serde(default)]
+    offset: i64,
+    limit: Option<i64>,
+}
+
+/// Enrolled devices with their enrollment mode, newest first.
+#[utoipa::path(get, path = "/api/v1/devices", params(DeviceQuery),
+    responses((status = 200, body = [EnrollmentView])))]
+async fn list_devices(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+    ApiQuery(q): ApiQuery<DeviceQuery>,
+) -> ApiResult<Json<Vec<EnrollmentView>>> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) || q.offset < 0 {
+        return Err(ApiError::invalid(
+            "limit is 1 to 1000 and offset is not negative",
+        ));
+    }
+    let status = match q.status.as_deref() {
+        None => Some("enrolled".to_string()),
+        Some("all") => None,
+        Some(st @ ("pending" | "authenticated" | "enrolled" | "checked_out")) => Some(st.into()),
+        Some(other) => return Err(ApiError::invalid(format!("unknown status `{other}`"))),
+    };
+    let list = list_enrollments(
+        &s.lanyard,
+        &lanyard_store::EnrollmentQuery {
+            status,
+            search: q.search,
+            offset: q.offset,
+            limit,
+        },
+    )
+    .await?;
+    Ok(Json(list))
+}
+
+/// One enrollment.
+#[utoipa::path(get, path = "/api/v1/devices/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = EnrollmentView), (status = 404, body = ErrorBody)))]
+async fn get_device(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<EnrollmentView>> {
+    let e = s
+        .lanyard
+        .store()
+        .enrollment(&id)
+        .await
+        .map_err(lanyard_core::CoreError::from)?
+        .ok_or_else(|| ApiError::not_found(format!("enrollment {id} not found")))?;
+    Ok(Json(e.into()))
 }

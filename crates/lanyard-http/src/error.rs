@@ -134,3 +134,23 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The same mapping for device-facing endpoints, which answer plain text (devices show or log
+/// it) and use 400 for malformed protocol messages.
+pub fn device_error(e: CoreError) -> Response {
+    let api = ApiError::from(e);
+    let status = if api.status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        api.status
+    };
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        api.message,
+    )
+        .into_response()
+}

@@ -9,7 +9,9 @@
 
 pub mod admin_api;
 pub mod auth;
+pub mod device;
 pub mod error;
+pub mod pages;
 
 use std::time::Instant;
 
@@ -22,6 +24,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+use lanyard_core::enrollment::EnrollmentService;
 use lanyard_core::Lanyard;
 
 pub use error::{ApiError, ApiResult};
@@ -33,6 +36,8 @@ pub const ADMIN_BODY_LIMIT: usize = 256 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub lanyard: Lanyard,
+    pub enrollment: EnrollmentService,
+    pub sign_in_limiter: pages::SignInLimiter,
     /// Renders `/metrics`; `None` disables the endpoint (e.g. in unit tests).
     pub metrics: Option<PrometheusHandle>,
 }
@@ -42,6 +47,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .merge(device::routes())
+        .merge(pages::routes())
         .nest(
             "/api/v1",
             admin_api::routes().layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT)),

@@ -19,13 +19,13 @@ use crate::*;
 /// The embedded default: one SQLite file in WAL mode with a busy timeout and foreign keys on.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 /// PostgreSQL, for scale-out: any number of `lanyard serve` processes may share one database.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

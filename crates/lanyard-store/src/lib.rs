@@ -11,6 +11,7 @@
 //! every mutating call takes an [`Audit`] line and writes it in the same transaction as the change.
 
 mod backend;
+mod enrollment_backend;
 pub mod model;
 
 use async_trait::async_trait;
@@ -169,10 +170,72 @@ pub trait PkiStore: Send + Sync {
     async fn insert_pki_if_absent(&self, material: &PkiMaterial) -> Result<bool>;
 }
 
+/// Account-driven enrollment: sign-in flows, access tokens, enrollments and check-in state.
+/// Single-use secrets are claimed atomically (`UPDATE … WHERE unused … RETURNING`), so two
+/// racing requests cannot both use one.
+#[async_trait]
+pub trait EnrollmentStore: Send + Sync {
+    async fn create_flow(&self, flow: &EnrollmentFlow) -> Result<()>;
+    /// A live (unexpired) flow.
+    async fn flow(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<EnrollmentFlow>>;
+    async fn update_flow(&self, id_hash: &str, step: &str, ownership: Option<&str>) -> Result<()>;
+    async fn delete_flow(&self, id_hash: &str) -> Result<()>;
+
+    async fn create_access_token(&self, token: &AccessTokenRow) -> Result<()>;
+    /// Marks an unused, unexpired token used and returns it; `None` when it is unknown, used or
+    /// expired.
+    async fn consume_access_token(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AccessTokenRow>>;
+    /// Reads a token whatever its state (for ongoing authorisation of a bound device).
+    async fn access_token(&self, token_hash: &str) -> Result<Option<AccessTokenRow>>;
+
+    async fn create_enrollment(&self, e: &NewEnrollment) -> Result<Enrollment>;
+    /// Claims an unused, unexpired SCEP challenge; returns its enrollment.
+    async fn claim_scep_challenge(
+        &self,
+        challenge_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Enrollment>>;
+    /// Binds the issued identity certificate to the enrollment.
+    async fn set_identity(
+        &self,
+        id: &str,
+        serial: &str,
+        sha256: &str,
+        not_after: DateTime<Utc>,
+    ) -> Result<()>;
+    async fn enrollment(&self, id: &str) -> Result<Option<Enrollment>>;
+    async fn enrollment_by_identity(&self, sha256: &str) -> Result<Option<Enrollment>>;
+    async fn list_enrollments(&self, q: &EnrollmentQuery) -> Result<Vec<Enrollment>>;
+    async fn count_enrollments_by_status(&self) -> Result<Vec<(String, i64)>>;
+    async fn record_authenticate(
+        &self,
+        id: &str,
+        rec: &AuthenticateRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Enrollment>;
+    async fn record_token_update(
+        &self,
+        id: &str,
+        rec: &TokenUpdateRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Enrollment>;
+    async fn record_checkout(&self, id: &str, now: DateTime<Utc>) -> Result<Enrollment>;
+    async fn set_bootstrap_token(&self, id: &str, sealed: Option<&[u8]>) -> Result<()>;
+    async fn record_declarative(&self, id: &str, endpoint: &str, data: &[u8]) -> Result<()>;
+    async fn touch_enrollment(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
+    /// Removes expired flows and tokens, and pending enrollments whose challenge expired
+    /// unused; returns how many rows went.
+    async fn prune_enrollment_leftovers(&self, now: DateTime<Utc>) -> Result<u64>;
+}
+
 /// Everything Lanyard stores, as one object the domain services hold.
 #[async_trait]
 pub trait Store:
-    UserStore + SettingsStore + AttributeStore + AdminStore + AuditStore + PkiStore
+    UserStore + SettingsStore + AttributeStore + AdminStore + AuditStore + PkiStore + EnrollmentStore
 {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;

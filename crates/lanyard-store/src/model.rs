@@ -140,3 +140,150 @@ pub struct PkiMaterial {
     pub key_sealed: Vec<u8>,
     pub created_at: DateTime<Utc>,
 }
+
+/// The state of one person's walk through the enrollment sign-in pages.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EnrollmentFlow {
+    /// SHA-256 of the flow cookie's secret.
+    pub id_hash: String,
+    pub user_id: i64,
+    /// The managed Apple Account the Mac is signed in with, when the Mac told us.
+    pub user_identifier: Option<String>,
+    /// `privacy`, `ownership` or `attributes`: the next page.
+    pub step: String,
+    pub ownership: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An access token handed to the Mac after sign-in; single use for profile issuance.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AccessTokenRow {
+    pub token_hash: String,
+    pub user_id: i64,
+    pub ownership: String,
+    /// JSON object of custom attribute values.
+    pub attributes: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+/// One enrollment of a device: from profile issuance (`pending`) through check-in
+/// (`authenticated`, `enrolled`) to `checked_out`.
+#[derive(Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Enrollment {
+    pub id: String,
+    pub user_id: i64,
+    pub managed_apple_id: String,
+    pub ownership: String,
+    /// JSON object of custom attribute values.
+    pub attributes: String,
+    /// `user_enrollment` for account-driven User Enrollment.
+    pub mode: String,
+    pub status: String,
+    pub os_version: Option<String>,
+    pub build_version: Option<String>,
+    pub product: Option<String>,
+    pub model_family: Option<String>,
+    #[serde(skip)]
+    pub scep_challenge_hash: Option<String>,
+    pub challenge_expires_at: Option<DateTime<Utc>>,
+    pub challenge_used_at: Option<DateTime<Utc>>,
+    pub identity_serial: Option<String>,
+    pub identity_sha256: Option<String>,
+    pub identity_not_after: Option<DateTime<Utc>>,
+    /// `EnrollmentID` of a User Enrollment (the device channel).
+    pub device_channel_id: Option<String>,
+    /// `EnrollmentUserID` of a User Enrollment (the user channel).
+    pub user_channel_id: Option<String>,
+    pub push_topic: Option<String>,
+    #[serde(skip)]
+    pub device_push_token: Option<Vec<u8>>,
+    #[serde(skip)]
+    pub device_push_magic: Option<String>,
+    #[serde(skip)]
+    pub user_push_token: Option<Vec<u8>>,
+    #[serde(skip)]
+    pub user_push_magic: Option<String>,
+    #[serde(skip)]
+    pub unlock_token_sealed: Option<Vec<u8>>,
+    #[serde(skip)]
+    pub bootstrap_token_sealed: Option<Vec<u8>>,
+    pub created_at: DateTime<Utc>,
+    pub authenticated_at: Option<DateTime<Utc>>,
+    pub enrolled_at: Option<DateTime<Utc>>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub checked_out_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Push tokens, PushMagic and sealed tokens are secrets: never printed.
+        f.debug_struct("Enrollment")
+            .field("id", &self.id)
+            .field("managed_apple_id", &self.managed_apple_id)
+            .field("mode", &self.mode)
+            .field("status", &self.status)
+            .field("device_channel_id", &self.device_channel_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What profile issuance records.
+#[derive(Debug, Clone)]
+pub struct NewEnrollment {
+    pub id: String,
+    pub user_id: i64,
+    pub managed_apple_id: String,
+    pub ownership: String,
+    pub attributes: String,
+    pub mode: String,
+    pub os_version: Option<String>,
+    pub build_version: Option<String>,
+    pub product: Option<String>,
+    pub model_family: Option<String>,
+    pub scep_challenge_hash: String,
+    pub challenge_expires_at: DateTime<Utc>,
+    pub push_topic: String,
+}
+
+/// What an `Authenticate` check-in records.
+#[derive(Debug, Clone)]
+pub struct AuthenticateRecord {
+    pub device_channel_id: String,
+    pub os_version: Option<String>,
+    pub build_version: Option<String>,
+    pub product: Option<String>,
+}
+
+/// What a `TokenUpdate` records, per channel.
+#[derive(Clone)]
+pub struct TokenUpdateRecord {
+    /// `None` for the device channel, `Some(EnrollmentUserID)` for the user channel.
+    pub user_channel_id: Option<String>,
+    pub topic: String,
+    pub push_token: Vec<u8>,
+    pub push_magic: String,
+    pub unlock_token_sealed: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TokenUpdateRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenUpdateRecord")
+            .field("user_channel_id", &self.user_channel_id)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which enrollments to list.
+#[derive(Debug, Clone, Default)]
+pub struct EnrollmentQuery {
+    /// Only this status (`enrolled`, `pending`, `checked_out`…); `None` = all.
+    pub status: Option<String>,
+    /// Case-insensitive substring of the managed Apple ID.
+    pub search: Option<String>,
+    pub offset: i64,
+    pub limit: i64,
+}

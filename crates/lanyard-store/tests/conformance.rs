@@ -136,6 +136,10 @@ conformance!(
     sessions_expire,
     audit_filters_newest_first,
     pki_insert_is_first_writer_wins,
+    access_tokens_are_single_use,
+    enrollment_lifecycle,
+    scep_challenge_claimed_once,
+    prune_leftovers,
 );
 
 fn audit(action: &str, target: &str) -> Audit {
@@ -509,4 +513,243 @@ async fn pki_insert_is_first_writer_wins(s: &dyn Store) {
     assert!(!s.insert_pki_if_absent(&second).await.unwrap());
     assert_eq!(s.get_pki("ca").await.unwrap().unwrap(), first);
     assert!(s.get_pki("tls").await.unwrap().is_none());
+}
+
+async fn a_user(s: &dyn Store) -> User {
+    s.create_user(&new_user("ann@example.com"), &audit("user.create", "ann"))
+        .await
+        .unwrap()
+}
+
+fn new_enrollment(user: &User, id: &str, challenge: &str, mins: i64) -> NewEnrollment {
+    NewEnrollment {
+        id: id.into(),
+        user_id: user.id,
+        managed_apple_id: user.email.clone(),
+        ownership: "employee".into(),
+        attributes: r#"{"team":"blue"}"#.into(),
+        mode: "user_enrollment".into(),
+        os_version: Some("15.2".into()),
+        build_version: None,
+        product: Some("Mac14,2".into()),
+        model_family: Some("Mac".into()),
+        scep_challenge_hash: challenge.into(),
+        challenge_expires_at: now() + Duration::minutes(mins),
+        push_topic: "com.apple.mgmt.External.test".into(),
+    }
+}
+
+async fn access_tokens_are_single_use(s: &dyn Store) {
+    let u = a_user(s).await;
+    let t0 = now();
+    for (hash, mins) in [("live", 10), ("stale", -1)] {
+        s.create_access_token(&AccessTokenRow {
+            token_hash: hash.into(),
+            user_id: u.id,
+            ownership: "employee".into(),
+            attributes: "{}".into(),
+            created_at: t0,
+            expires_at: t0 + Duration::minutes(mins),
+            used_at: None,
+        })
+        .await
+        .unwrap();
+    }
+    let got = s.consume_access_token("live", t0).await.unwrap().unwrap();
+    assert_eq!(got.used_at, Some(t0));
+    assert!(
+        s.consume_access_token("live", t0).await.unwrap().is_none(),
+        "replay"
+    );
+    assert!(
+        s.consume_access_token("stale", t0).await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(s.consume_access_token("nope", t0).await.unwrap().is_none());
+    assert!(s
+        .access_token("live")
+        .await
+        .unwrap()
+        .unwrap()
+        .used_at
+        .is_some());
+
+    let flow = EnrollmentFlow {
+        id_hash: "f1".into(),
+        user_id: u.id,
+        user_identifier: Some("ann@example.com".into()),
+        step: "privacy".into(),
+        ownership: None,
+        created_at: t0,
+        expires_at: t0 + Duration::minutes(30),
+    };
+    s.create_flow(&flow).await.unwrap();
+    s.update_flow("f1", "attributes", Some("employee"))
+        .await
+        .unwrap();
+    let f = s.flow("f1", t0).await.unwrap().unwrap();
+    assert_eq!(
+        (f.step.as_str(), f.ownership.as_deref()),
+        ("attributes", Some("employee"))
+    );
+    assert!(
+        s.flow("f1", t0 + Duration::hours(1))
+            .await
+            .unwrap()
+            .is_none(),
+        "expired"
+    );
+    s.delete_flow("f1").await.unwrap();
+    assert!(s.flow("f1", t0).await.unwrap().is_none());
+    assert!(matches!(
+        s.update_flow("f1", "x", None).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn enrollment_lifecycle(s: &dyn Store) {
+    let u = a_user(s).await;
+    let e = s
+        .create_enrollment(&new_enrollment(&u, "e1", "c1", 60))
+        .await
+        .unwrap();
+    assert_eq!(e.status, "pending");
+    let t = now();
+    s.set_identity("e1", "0a1b", "sha-1", t + Duration::days(365))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.enrollment_by_identity("sha-1").await.unwrap().unwrap().id,
+        "e1"
+    );
+
+    // TokenUpdate before Authenticate is refused.
+    let tu = TokenUpdateRecord {
+        user_channel_id: None,
+        topic: "com.apple.mgmt.External.test".into(),
+        push_token: vec![1; 32],
+        push_magic: "magic".into(),
+        unlock_token_sealed: None,
+    };
+    assert!(matches!(
+        s.record_token_update("e1", &tu, t).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let auth = AuthenticateRecord {
+        device_channel_id: "EID-1".into(),
+        os_version: Some("15.3".into()),
+        build_version: Some("24D60".into()),
+        product: None,
+    };
+    let a = s.record_authenticate("e1", &auth, t).await.unwrap();
+    assert_eq!(a.status, "authenticated");
+    assert_eq!(a.os_version.as_deref(), Some("15.3"));
+    assert_eq!(a.product.as_deref(), Some("Mac14,2"), "kept when not sent");
+    // Another device id for the same enrollment is refused.
+    let other = AuthenticateRecord {
+        device_channel_id: "EID-2".into(),
+        ..auth.clone()
+    };
+    assert!(matches!(
+        s.record_authenticate("e1", &other, t).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let d = s.record_token_update("e1", &tu, t).await.unwrap();
+    assert_eq!(d.status, "enrolled");
+    assert_eq!(d.enrolled_at, Some(t));
+    assert_eq!(d.device_push_token.as_deref(), Some(&[1u8; 32][..]));
+    let user_tu = TokenUpdateRecord {
+        user_channel_id: Some("EUID-1".into()),
+        push_token: vec![2; 32],
+        push_magic: "umagic".into(),
+        ..tu.clone()
+    };
+    let d = s.record_token_update("e1", &user_tu, t).await.unwrap();
+    assert_eq!(d.user_channel_id.as_deref(), Some("EUID-1"));
+    assert_eq!(
+        d.device_push_magic.as_deref(),
+        Some("magic"),
+        "device channel untouched"
+    );
+    assert!(!format!("{d:?}").contains("magic"), "Debug hides PushMagic");
+
+    s.record_declarative("e1", "tokens", b"{}").await.unwrap();
+    s.set_bootstrap_token("e1", Some(b"sealed")).await.unwrap();
+    let listed = s
+        .list_enrollments(&EnrollmentQuery {
+            status: Some("enrolled".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].bootstrap_token_sealed.as_deref(),
+        Some(&b"sealed"[..])
+    );
+    assert_eq!(
+        s.count_enrollments_by_status().await.unwrap(),
+        [("enrolled".to_string(), 1)]
+    );
+
+    let c = s.record_checkout("e1", t).await.unwrap();
+    assert_eq!(c.status, "checked_out");
+    assert_eq!(
+        c.device_push_token, None,
+        "push secrets dropped at checkout"
+    );
+    assert!(
+        s.record_authenticate("e1", &auth, t).await.is_err(),
+        "no way back"
+    );
+    assert!(matches!(
+        s.record_checkout("nope", t).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn scep_challenge_claimed_once(s: &dyn Store) {
+    let u = a_user(s).await;
+    s.create_enrollment(&new_enrollment(&u, "e1", "c1", 60))
+        .await
+        .unwrap();
+    s.create_enrollment(&new_enrollment(&u, "e2", "c2", -1))
+        .await
+        .unwrap();
+    let t = now();
+    assert_eq!(
+        s.claim_scep_challenge("c1", t).await.unwrap().unwrap().id,
+        "e1"
+    );
+    assert!(
+        s.claim_scep_challenge("c1", t).await.unwrap().is_none(),
+        "reuse"
+    );
+    assert!(
+        s.claim_scep_challenge("c2", t).await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(
+        s.claim_scep_challenge("zz", t).await.unwrap().is_none(),
+        "unknown"
+    );
+    let dup = s
+        .create_enrollment(&new_enrollment(&u, "e3", "c1", 60))
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))));
+}
+
+async fn prune_leftovers(s: &dyn Store) {
+    let u = a_user(s).await;
+    s.create_enrollment(&new_enrollment(&u, "stale", "c1", -5))
+        .await
+        .unwrap();
+    s.create_enrollment(&new_enrollment(&u, "live", "c2", 60))
+        .await
+        .unwrap();
+    assert_eq!(s.prune_enrollment_leftovers(now()).await.unwrap(), 1);
+    assert!(s.enrollment("stale").await.unwrap().is_none());
+    assert!(s.enrollment("live").await.unwrap().is_some());
 }

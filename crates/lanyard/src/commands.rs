@@ -555,3 +555,112 @@ pub async fn audit(o: &Opened, a: AuditArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCmd {
+    /// List enrolled devices (use --status or --all for others).
+    List {
+        /// Only this status: pending, authenticated, enrolled or checked_out.
+        #[arg(long, conflicts_with = "all")]
+        status: Option<String>,
+        /// Every enrollment, whatever its status.
+        #[arg(long)]
+        all: bool,
+        /// Substring of the managed Apple ID.
+        #[arg(long)]
+        search: Option<String>,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Show one enrollment by id.
+    Show {
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+}
+
+pub async fn device(o: &Opened, cmd: DeviceCmd) -> Result<()> {
+    use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
+    match cmd {
+        DeviceCmd::List {
+            status,
+            all,
+            search,
+            out,
+        } => {
+            const STATUSES: [&str; 4] = ["pending", "authenticated", "enrolled", "checked_out"];
+            if let Some(s) = &status {
+                if !STATUSES.contains(&s.as_str()) {
+                    bail!("unknown status `{s}`; use one of {}", STATUSES.join(", "));
+                }
+            }
+            let status = match (all, status) {
+                (true, _) => None,
+                (false, Some(s)) => Some(s),
+                (false, None) => Some("enrolled".to_string()),
+            };
+            let list = list_enrollments(
+                &o.lanyard,
+                &lanyard_store::EnrollmentQuery {
+                    status,
+                    search,
+                    offset: 0,
+                    limit: 100_000,
+                },
+            )
+            .await?;
+            if out.json {
+                return print_json(&list);
+            }
+            print_table(
+                &[
+                    "managed apple id",
+                    "enrollment mode",
+                    "ownership",
+                    "status",
+                    "macos",
+                    "model",
+                    "attributes",
+                    "last seen",
+                    "id",
+                ],
+                list.into_iter()
+                    .map(|d: EnrollmentView| {
+                        vec![
+                            d.managed_apple_id,
+                            d.enrollment_mode,
+                            d.ownership,
+                            d.status,
+                            d.os_version.unwrap_or_else(|| "-".into()),
+                            d.product.unwrap_or_else(|| "-".into()),
+                            d.attributes
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            d.last_seen_at
+                                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            d.id,
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        DeviceCmd::Show { id, out } => {
+            let e = o
+                .lanyard
+                .store()
+                .enrollment(&id)
+                .await?
+                .with_context(|| format!("no enrollment {id}"))?;
+            let view = EnrollmentView::from(e);
+            if out.json {
+                return print_json(&view);
+            }
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        }
+    }
+    Ok(())
+}

@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Organisation name shown on pages and in certificates. Default: Lanyard
     #[arg(long, env = "LANYARD_ORGANIZATION")]
     pub organization: Option<String>,
+    /// Accept SCEP requests encrypted with single DES (some older SCEP clients). Apple devices
+    /// never need this; replies are always AES.
+    #[arg(long, env = "LANYARD_SCEP_ALLOW_DES")]
+    pub scep_allow_des: bool,
 }
 
 /// The optional TOML file: the same settings, snake_case.
@@ -73,6 +77,7 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub behind_proxy: Option<bool>,
     pub organization: Option<String>,
+    pub scep_allow_des: Option<bool>,
 }
 
 impl FileConfig {
@@ -108,6 +113,7 @@ pub struct ServeConfig {
     pub public_url: Option<url::Url>,
     pub tls: TlsMode,
     pub organization: String,
+    pub scep_allow_des: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +199,7 @@ impl ServeConfig {
                 .clone()
                 .or_else(|| file.organization.clone())
                 .unwrap_or_else(|| "Lanyard".into()),
+            scep_allow_des: s.scep_allow_des || file.scep_allow_des.unwrap_or(false),
         })
     }
 }

@@ -37,6 +37,9 @@ enum Command {
     /// Enrollment settings.
     #[command(subcommand)]
     Settings(commands::SettingsCmd),
+    /// Enrolled devices.
+    #[command(subcommand)]
+    Device(commands::DeviceCmd),
     /// Custom attribute definitions.
     #[command(subcommand)]
     Attribute(commands::AttributeCmd),
@@ -88,6 +91,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::User(c) => commands::user(&setup::open_store(&data).await?, c).await,
         Command::Settings(c) => commands::settings(&setup::open_store(&data).await?, c).await,
+        Command::Device(c) => commands::device(&setup::open_store(&data).await?, c).await,
         Command::Attribute(c) => commands::attribute(&setup::open_store(&data).await?, c).await,
         Command::Admin(c) => commands::admin(&setup::open_store(&data).await?, c).await,
         Command::Audit(a) => commands::audit(&setup::open_store(&data).await?, a).await,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum_server::tls_rustls::RustlsConfig;
+use lanyard_core::enrollment::{DeviceUrls, EnrollmentService};
 use lanyard_core::Lanyard;
 use lanyard_pki::{Ca, SecretBox};
 use lanyard_store::PkiMaterial;
@@ -15,13 +16,18 @@ use crate::config::{DataConfig, ServeConfig, TlsMode};
 use crate::setup;
 
 pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
+    if serve.scep_allow_des {
+        lanyard_pki::scep::allow_legacy_des().context("cannot enable single-DES SCEP")?;
+        tracing::warn!("SCEP accepts single-DES request envelopes (--scep-allow-des)");
+    }
     let opened = setup::open_store(&data).await?;
     let lanyard = opened.lanyard;
     let secrets = setup::secret_box(&data)?;
-    let ca = lanyard
-        .load_or_create_ca(&secrets, &serve.organization)
+    let device_pki = lanyard
+        .load_device_pki(&secrets, &serve.organization)
         .await?;
-    export_ca(&data, &ca)?;
+    export_ca(&data, &device_pki.ca)?;
+    let push_topic = lanyard.push_topic().await?;
 
     if let Some((name, password)) = lanyard.bootstrap_first_admin().await? {
         // Printed once, to the terminal, never to the log.
@@ -34,10 +40,6 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
-    let app = lanyard_http::router(lanyard_http::AppState {
-        lanyard: lanyard.clone(),
-        metrics: Some(metrics),
-    });
 
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
@@ -53,7 +55,22 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
         .public_url
         .as_ref()
         .map(|u| u.to_string())
-        .unwrap_or_else(|| format!("https://{bound}"));
+        .unwrap_or_else(|| format!("{scheme}://{bound}"));
+    let device_pki = Arc::new(device_pki);
+    let enrollment = EnrollmentService::new(
+        lanyard.clone(),
+        Arc::clone(&device_pki),
+        DeviceUrls::new(&public),
+        serve.organization.clone(),
+        push_topic,
+    );
+    let app = lanyard_http::router(lanyard_http::AppState {
+        lanyard: lanyard.clone(),
+        enrollment,
+        sign_in_limiter: Default::default(),
+        metrics: Some(metrics),
+    });
+    tokio::spawn(prune_leftovers(lanyard.clone()));
     println!(
         "lanyard listening on {scheme}://{bound} (public URL {public}; database {})",
         opened.backend_name
@@ -69,7 +86,8 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
                 .await?
         }
         mode => {
-            let tls = tls_config(&lanyard, &secrets, &ca, &serve, mode, bound.ip()).await?;
+            let tls =
+                tls_config(&lanyard, &secrets, &device_pki.ca, &serve, mode, bound.ip()).await?;
             axum_server::from_tcp_rustls(listener, tls)
                 .handle(handle)
                 .serve(service)
@@ -177,6 +195,23 @@ async fn self_issued(
         }
     }
     Ok((m.cert_pem.into_bytes(), key))
+}
+
+/// Removes expired sign-in flows, access tokens and never-completed enrollments, hourly.
+async fn prune_leftovers(lanyard: Lanyard) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match lanyard
+            .store()
+            .prune_enrollment_leftovers(lanyard_store::now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned expired enrollment leftovers"),
+            Err(e) => tracing::warn!(error = %e, "pruning enrollment leftovers failed"),
+        }
+    }
 }
 
 async fn shutdown_on_signal(handle: axum_server::Handle) {

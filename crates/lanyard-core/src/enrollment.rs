@@ -1,0 +1,872 @@
+//! Account-driven User Enrollment: service discovery, the web sign-in flow that ends in an access
+//! token, profile issuance, SCEP identity issuance bound to one enrollment, and the check-in
+//! messages that bring an enrollment to life.
+//!
+//! The rules here, in order of the flow:
+//! - only users of a verified managed domain are discovered or signed in; disabled users never;
+//! - the Mac must run at least the configured macOS (MachineInfo at profile request, and again
+//!   `OSVersion` at `Authenticate`);
+//! - ownership must be Employee: Corporate and Shared end the flow with a refusal and leave
+//!   nothing behind;
+//! - access tokens and SCEP challenges are random, stored only as hashes, short-lived and
+//!   claimed atomically once;
+//! - every check-in must be signed (`Mdm-Signature`) by the identity certificate issued for that
+//!   enrollment; a foreign, unknown or checked-out identity is refused.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Duration;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use lanyard_pki::openssl::pkey::{PKey, Private};
+use lanyard_pki::openssl::x509::{X509Name, X509};
+use lanyard_pki::scep::{self, CertRepStatus, FailInfo, MessageType, ScepResponse};
+use lanyard_pki::{Ca, CertificateIssuer, SecretBox};
+use lanyard_proto::checkin::CheckinMessage;
+use lanyard_proto::profile::{
+    build_enrollment_profile, EnrollmentProfileInput, ProfileUuids, ScepSettings, ServerCapability,
+};
+use lanyard_proto::{EnrollmentKind, OsVersion, SecretString, ServiceDiscovery, UserIdentifier};
+use lanyard_store::{
+    AccessTokenRow, AuthenticateRecord, Enrollment, EnrollmentFlow, EnrollmentQuery, NewEnrollment,
+    TokenUpdateRecord, User,
+};
+
+use crate::admins::{hash_secret, new_secret};
+use crate::attributes::validate_values;
+use crate::settings::OwnershipMode;
+use crate::{CoreError, Lanyard, Result};
+
+/// How long a sign-in flow, an access token and a SCEP challenge live.
+pub const FLOW_MINUTES: i64 = 30;
+pub const ACCESS_TOKEN_MINUTES: i64 = 15;
+pub const CHALLENGE_MINUTES: i64 = 60;
+/// Identity certificates are valid for a year (renewal comes with a later release).
+pub const IDENTITY_DAYS: u32 = 365;
+
+/// The one enrollment mode Lanyard creates today.
+pub const MODE_USER_ENROLLMENT: &str = "user_enrollment";
+
+/// Where the device-facing endpoints live, under the public base URL.
+#[derive(Debug, Clone)]
+pub struct DeviceUrls {
+    pub base: String,
+}
+
+impl DeviceUrls {
+    pub fn new(public_base: &str) -> Self {
+        Self {
+            base: public_base.trim_end_matches('/').to_string(),
+        }
+    }
+    pub fn enroll(&self) -> String {
+        format!("{}/enroll", self.base)
+    }
+    pub fn sign_in(&self) -> String {
+        format!("{}/enroll/sign-in", self.base)
+    }
+    pub fn scep(&self) -> String {
+        format!("{}/scep", self.base)
+    }
+    pub fn checkin(&self) -> String {
+        format!("{}/mdm/checkin", self.base)
+    }
+    pub fn command(&self) -> String {
+        format!("{}/mdm/command", self.base)
+    }
+}
+
+/// The keys the enrollment service signs and issues with.
+pub struct DevicePki {
+    pub ca: Ca,
+    pub profile_signer_cert: X509,
+    pub profile_signer_key: PKey<Private>,
+    pub scep_ra_cert: X509,
+    pub scep_ra_key: PKey<Private>,
+    pub secrets: SecretBox,
+}
+
+/// The enrollment service.
+#[derive(Clone)]
+pub struct EnrollmentService {
+    lanyard: Lanyard,
+    pki: Arc<DevicePki>,
+    urls: DeviceUrls,
+    organization: String,
+    push_topic: String,
+}
+
+/// Where the person goes next in the sign-in pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowStep {
+    Privacy,
+    Ownership,
+    Attributes,
+}
+
+impl FlowStep {
+    fn as_str(self) -> &'static str {
+        match self {
+            FlowStep::Privacy => "privacy",
+            FlowStep::Ownership => "ownership",
+            FlowStep::Attributes => "attributes",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "privacy" => Ok(FlowStep::Privacy),
+            "ownership" => Ok(FlowStep::Ownership),
+            "attributes" => Ok(FlowStep::Attributes),
+            other => Err(CoreError::Internal(format!("unknown sign-in step {other}"))),
+        }
+    }
+}
+
+/// A live sign-in flow and its user.
+#[derive(Debug, Clone)]
+pub struct FlowState {
+    pub step: FlowStep,
+    pub user: User,
+    pub organization: String,
+}
+
+/// The ownership a person picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    Employee,
+    Corporate,
+    Shared,
+}
+
+impl std::str::FromStr for Ownership {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "employee" => Ok(Ownership::Employee),
+            "corporate" => Ok(Ownership::Corporate),
+            "shared" => Ok(Ownership::Shared),
+            _ => Err(CoreError::Invalid("choose who owns this Mac".into())),
+        }
+    }
+}
+
+/// What the device-facing handler answers to a check-in.
+#[derive(Debug)]
+pub enum CheckinReply {
+    /// 200 with an empty body.
+    Ok,
+    /// 200 with this plist body.
+    Plist(Vec<u8>),
+    /// 410: the server does not need this (e.g. `UserAuthenticate`).
+    Gone,
+}
+
+/// An enrollment as the API, CLI and portal show it (never a secret).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EnrollmentView {
+    pub id: String,
+    pub managed_apple_id: String,
+    pub user_id: i64,
+    /// "User Enrollment" for account-driven BYOD enrollments.
+    pub enrollment_mode: String,
+    /// Employee, the only ownership a User Enrollment accepts.
+    pub ownership: String,
+    pub status: String,
+    pub os_version: Option<String>,
+    pub build_version: Option<String>,
+    pub product: Option<String>,
+    pub model_family: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+    pub enrollment_id: Option<String>,
+    pub enrollment_user_id: Option<String>,
+    pub push_topic: Option<String>,
+    pub reachable: bool,
+    pub identity_certificate_serial: Option<String>,
+    pub identity_certificate_sha256: Option<String>,
+    pub identity_certificate_not_after: Option<chrono::DateTime<chrono::Utc>>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub enrolled_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub checked_out_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn mode_label(mode: &str) -> String {
+    match mode {
+        MODE_USER_ENROLLMENT => "User Enrollment".into(),
+        other => other.to_string(),
+    }
+}
+
+fn ownership_label(o: &str) -> String {
+    let mut c = o.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+impl From<Enrollment> for EnrollmentView {
+    fn from(e: Enrollment) -> Self {
+        Self {
+            attributes: serde_json::from_str(&e.attributes).unwrap_or_default(),
+            enrollment_mode: mode_label(&e.mode),
+            ownership: ownership_label(&e.ownership),
+            reachable: e.device_push_token.is_some() && e.device_push_magic.is_some(),
+            id: e.id,
+            managed_apple_id: e.managed_apple_id,
+            user_id: e.user_id,
+            status: e.status,
+            os_version: e.os_version,
+            build_version: e.build_version,
+            product: e.product,
+            model_family: e.model_family,
+            enrollment_id: e.device_channel_id,
+            enrollment_user_id: e.user_channel_id,
+            push_topic: e.push_topic,
+            identity_certificate_serial: e.identity_serial,
+            identity_certificate_sha256: e.identity_sha256,
+            identity_certificate_not_after: e.identity_not_after,
+            created_at: e.created_at,
+            enrolled_at: e.enrolled_at,
+            last_seen_at: e.last_seen_at,
+            checked_out_at: e.checked_out_at,
+        }
+    }
+}
+
+/// What the Mac told us about itself when asking for the profile.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFacts {
+    pub os_version: Option<String>,
+    pub build_version: Option<String>,
+    pub product: Option<String>,
+}
+
+fn refuse_old_os(found: &OsVersion, minimum: &OsVersion) -> CoreError {
+    CoreError::Forbidden(format!(
+        "This Mac runs macOS {found}; enrolling it needs macOS {minimum} or later. Update \
+         macOS in System Settings, then try again."
+    ))
+}
+
+impl EnrollmentService {
+    pub fn new(
+        lanyard: Lanyard,
+        pki: Arc<DevicePki>,
+        urls: DeviceUrls,
+        organization: String,
+        push_topic: String,
+    ) -> Self {
+        Self {
+            lanyard,
+            pki,
+            urls,
+            organization,
+            push_topic,
+        }
+    }
+
+    pub fn urls(&self) -> &DeviceUrls {
+        &self.urls
+    }
+
+    pub fn organization(&self) -> &str {
+        &self.organization
+    }
+
+    pub fn ca_certificate(&self) -> &X509 {
+        self.pki.ca.certificate()
+    }
+
+    /// Service discovery: the BaseURL for a managed account, `NotFound` for anyone else.
+    pub async fn discover(&self, user_identifier: &str) -> Result<ServiceDiscovery> {
+        let id = UserIdentifier::parse(user_identifier).map_err(|e| {
+            CoreError::Invalid(format!(
+                "user-identifier is not a managed Apple Account: {e}"
+            ))
+        })?;
+        let settings = self.lanyard.enrollment_settings().await?;
+        if !settings.managed_domains.iter().any(|d| d == id.domain()) {
+            return Err(CoreError::NotFound(format!(
+                "enrollment service for {}",
+                id.domain()
+            )));
+        }
+        Ok(ServiceDiscovery::byod(self.urls.enroll()))
+    }
+
+    /// Reads what the Mac sent with its enrollment request (a CMS-signed MachineInfo plist, or
+    /// the bare plist) and applies the macOS version gate.
+    ///
+    /// The signature of a real Mac chains to Apple's device CA, which Lanyard does not hold; it
+    /// is parsed but not chain-verified (simulated Macs sign with their own key). An absent
+    /// `OS_VERSION` passes here and is gated at `Authenticate`, whose `OSVersion` is required.
+    pub async fn device_facts(&self, body: &[u8]) -> Result<DeviceFacts> {
+        if body.is_empty() {
+            return Ok(DeviceFacts::default());
+        }
+        let plist = if body.first() == Some(&0x30) {
+            lanyard_pki::verify_cms_attached_untrusted(body)
+                .map_err(|e| {
+                    CoreError::Invalid(format!("the MachineInfo signature is malformed: {e}"))
+                })?
+                .0
+        } else {
+            body.to_vec()
+        };
+        let info = lanyard_proto::decode_machine_info(&plist)
+            .map_err(|e| CoreError::Invalid(format!("MachineInfo: {e}")))?;
+        let os = info
+            .os_version()
+            .map_err(|e| CoreError::Invalid(format!("MachineInfo OS_VERSION: {e}")))?;
+        if let Some(found) = &os {
+            let min = self.lanyard.enrollment_settings().await?.min_macos_version;
+            if !found.at_least(&min) {
+                return Err(refuse_old_os(found, &min));
+            }
+        }
+        Ok(DeviceFacts {
+            os_version: os.map(|v| v.to_string()),
+            build_version: Some(info.version),
+            product: Some(info.product),
+        })
+    }
+
+    /// Signs a person in; returns the flow cookie secret and the first page.
+    pub async fn start_flow(
+        &self,
+        email: &str,
+        password: &str,
+        user_identifier: Option<&str>,
+    ) -> Result<(String, FlowStep)> {
+        let settings = self.lanyard.enrollment_settings().await?;
+        if !settings.is_managed_email(email.trim()) {
+            return Err(CoreError::Forbidden(
+                "This account does not belong to an organisation that enrolls Macs here. Use \
+                 your work or school account."
+                    .into(),
+            ));
+        }
+        let user = self.lanyard.authenticate_user(email, password).await?;
+        let Some(apple_id) = user.managed_apple_id.clone() else {
+            return Err(CoreError::Forbidden(
+                "Your account has no managed Apple Account yet; ask your IT administrator.".into(),
+            ));
+        };
+        if let Some(presented) = user_identifier.filter(|s| !s.trim().is_empty()) {
+            if !presented.trim().eq_ignore_ascii_case(&apple_id) {
+                return Err(CoreError::Forbidden(format!(
+                    "This Mac is signed in with {presented}, but your managed Apple Account is \
+                     {apple_id}. Sign in on the Mac with {apple_id}."
+                )));
+            }
+        }
+        let secret = new_secret("lyf_");
+        let now = lanyard_store::now();
+        self.lanyard
+            .store()
+            .create_flow(&EnrollmentFlow {
+                id_hash: secret.hash,
+                user_id: user.id,
+                user_identifier: user_identifier.map(|s| s.trim().to_lowercase()),
+                step: FlowStep::Privacy.as_str().into(),
+                ownership: None,
+                created_at: now,
+                expires_at: now + Duration::minutes(FLOW_MINUTES),
+            })
+            .await?;
+        Ok((secret.secret, FlowStep::Privacy))
+    }
+
+    /// The live flow behind a cookie, with its (still enabled) user.
+    pub async fn flow(&self, secret: &str) -> Result<FlowState> {
+        let expired =
+            || CoreError::Unauthorized("Your sign-in has expired. Please start again.".into());
+        let flow = self
+            .lanyard
+            .store()
+            .flow(&hash_secret(secret), lanyard_store::now())
+            .await?
+            .ok_or_else(expired)?;
+        let user = self
+            .lanyard
+            .store()
+            .user_by_id(flow.user_id)
+            .await?
+            .ok_or_else(expired)?;
+        if !user.enabled {
+            return Err(CoreError::Forbidden(
+                "this account is disabled; ask your IT administrator".into(),
+            ));
+        }
+        Ok(FlowState {
+            step: FlowStep::parse(&flow.step)?,
+            user,
+            organization: self.organization.clone(),
+        })
+    }
+
+    fn require_step(state: &FlowState, step: FlowStep) -> Result<()> {
+        if state.step != step {
+            return Err(CoreError::Invalid(
+                "That page is out of order; continue from where you are.".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The person read what the organisation can and cannot see, and continues.
+    pub async fn accept_privacy(&self, secret: &str) -> Result<FlowStep> {
+        let state = self.flow(secret).await?;
+        Self::require_step(&state, FlowStep::Privacy)?;
+        let settings = self.lanyard.enrollment_settings().await?;
+        let (next, ownership) = match settings.ownership_mode {
+            OwnershipMode::Prompt => (FlowStep::Ownership, None),
+            OwnershipMode::Employee => (FlowStep::Attributes, Some("employee")),
+        };
+        self.lanyard
+            .store()
+            .update_flow(&hash_secret(secret), next.as_str(), ownership)
+            .await?;
+        Ok(next)
+    }
+
+    /// The person picked who owns the Mac: Employee continues, anything else ends the flow.
+    pub async fn choose_ownership(&self, secret: &str, choice: &str) -> Result<FlowStep> {
+        let state = self.flow(secret).await?;
+        Self::require_step(&state, FlowStep::Ownership)?;
+        let ownership: Ownership = choice.parse()?;
+        let hash = hash_secret(secret);
+        match ownership {
+            Ownership::Employee => {
+                self.lanyard
+                    .store()
+                    .update_flow(&hash, FlowStep::Attributes.as_str(), Some("employee"))
+                    .await?;
+                Ok(FlowStep::Attributes)
+            }
+            Ownership::Corporate | Ownership::Shared => {
+                self.lanyard.store().delete_flow(&hash).await?;
+                let what = if ownership == Ownership::Corporate {
+                    "Corporate-owned"
+                } else {
+                    "Shared"
+                };
+                Err(CoreError::Forbidden(format!(
+                    "{what} Macs cannot be enrolled with a work or school account here. This \
+                     sign-in is for personal (Employee-owned) Macs; your IT administrator \
+                     enrolls organisation-owned Macs through Automated Device Enrollment."
+                )))
+            }
+        }
+    }
+
+    /// Custom attributes entered; on success returns the access token for the Mac.
+    pub async fn submit_attributes(
+        &self,
+        secret: &str,
+        entered: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        let state = self.flow(secret).await?;
+        Self::require_step(&state, FlowStep::Attributes)?;
+        let defs = self.lanyard.list_attributes().await?;
+        let values = validate_values(&defs, entered)?;
+        let attributes =
+            serde_json::to_string(&values).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let token = new_secret("lya_");
+        let now = lanyard_store::now();
+        self.lanyard
+            .store()
+            .create_access_token(&AccessTokenRow {
+                token_hash: token.hash,
+                user_id: state.user.id,
+                ownership: "employee".into(),
+                attributes,
+                created_at: now,
+                expires_at: now + Duration::minutes(ACCESS_TOKEN_MINUTES),
+                used_at: None,
+            })
+            .await?;
+        self.lanyard
+            .store()
+            .delete_flow(&hash_secret(secret))
+            .await?;
+        Ok(token.secret)
+    }
+
+    /// Issues the signed enrollment profile for a valid, unused access token. Creates the
+    /// `pending` enrollment that the SCEP challenge and the identity certificate bind to.
+    pub async fn issue_profile(&self, access_token: &str, facts: &DeviceFacts) -> Result<Vec<u8>> {
+        let store = self.lanyard.store();
+        let now = lanyard_store::now();
+        let token = store
+            .consume_access_token(&hash_secret(access_token), now)
+            .await?
+            .ok_or_else(|| {
+                CoreError::Unauthorized("the access token is unknown, used or expired".into())
+            })?;
+        let user = store
+            .user_by_id(token.user_id)
+            .await?
+            .filter(|u| u.enabled)
+            .ok_or_else(|| CoreError::Forbidden("this account is disabled".into()))?;
+        let apple_id = user
+            .managed_apple_id
+            .clone()
+            .ok_or_else(|| CoreError::Forbidden("the account has no managed Apple ID".into()))?;
+
+        let challenge = new_secret("");
+        let enrollment_id = uuid::Uuid::new_v4().to_string();
+        store
+            .create_enrollment(&NewEnrollment {
+                id: enrollment_id.clone(),
+                user_id: user.id,
+                managed_apple_id: apple_id.clone(),
+                ownership: token.ownership.clone(),
+                attributes: token.attributes.clone(),
+                mode: MODE_USER_ENROLLMENT.into(),
+                os_version: facts.os_version.clone(),
+                build_version: facts.build_version.clone(),
+                product: facts.product.clone(),
+                model_family: Some("Mac".into()),
+                scep_challenge_hash: challenge.hash,
+                challenge_expires_at: now + Duration::minutes(CHALLENGE_MINUTES),
+                push_topic: self.push_topic.clone(),
+            })
+            .await?;
+
+        let input = EnrollmentProfileInput {
+            organisation: self.organization.clone(),
+            profile_identifier: format!("org.lanyard.enrollment.{enrollment_id}"),
+            checkin_url: self.urls.checkin(),
+            server_url: self.urls.command(),
+            push_topic: self.push_topic.clone(),
+            assigned_managed_apple_id: apple_id,
+            scep: ScepSettings {
+                url: self.urls.scep(),
+                challenge: SecretString::new(challenge.secret),
+                subject: vec![
+                    ("O".into(), self.organization.clone()),
+                    ("CN".into(), format!("Lanyard Identity {enrollment_id}")),
+                ],
+                key_size: 2048,
+                name: None,
+                ca_fingerprint: None,
+            },
+            ca_cert_der: Some(self.pki.ca.cert_der()?),
+            server_capabilities: ServerCapability::ALL.to_vec(),
+            sign_message: true,
+            uuids: ProfileUuids::random(),
+        };
+        let plist = build_enrollment_profile(&input)
+            .map_err(|e| CoreError::Internal(format!("building the profile: {e}")))?;
+        let signed = lanyard_pki::sign_cms(
+            &self.pki.profile_signer_cert,
+            &self.pki.profile_signer_key,
+            std::slice::from_ref(self.pki.ca.certificate()),
+            &plist,
+        )?;
+        tracing::info!(enrollment = %enrollment_id, user = user.id, "issued an enrollment profile");
+        Ok(signed)
+    }
+
+    /// SCEP `GetCACaps`.
+    pub fn scep_caps(&self) -> ScepResponse {
+        ScepResponse {
+            content_type: scep::CA_CAPS_CONTENT_TYPE,
+            body: scep::ca_caps().into_bytes(),
+        }
+    }
+
+    /// SCEP `GetCACert`: the CA and the RA that signs our replies.
+    pub fn scep_ca_cert(&self) -> Result<ScepResponse> {
+        Ok(scep::get_ca_cert(
+            self.pki.ca.certificate(),
+            Some(&self.pki.scep_ra_cert),
+        )?)
+    }
+
+    /// SCEP `PKIOperation`: a PKCSReq whose challenge is a live, unused enrollment challenge
+    /// gets an identity certificate bound to that enrollment; anything else a FAILURE CertRep.
+    /// Undecodable messages are `Invalid` (HTTP 400).
+    pub async fn scep_pki_operation(&self, body: &[u8]) -> Result<ScepResponse> {
+        let (ca, pki) = (&self.pki.ca, &self.pki);
+        let recipients = [
+            (&pki.scep_ra_cert, pki.scep_ra_key.as_ref()),
+            (ca.certificate(), ca.private_key().as_ref()),
+        ];
+        let req = scep::decode_pki_message(body, &recipients)
+            .map_err(|e| CoreError::Invalid(format!("not a SCEP message: {e}")))?;
+        let reply = |status: CertRepStatus<'_>| -> Result<ScepResponse> {
+            Ok(ScepResponse {
+                content_type: scep::PKI_MESSAGE_CONTENT_TYPE,
+                body: scep::encode_cert_rep(&req, status, ca.certificate(), ca.private_key(), &[])?,
+            })
+        };
+        if req.message_type != MessageType::PkcsReq {
+            return reply(CertRepStatus::Failure(FailInfo::BadRequest));
+        }
+        let Ok(csr) = req.csr() else {
+            return reply(CertRepStatus::Failure(FailInfo::BadMessageCheck));
+        };
+        let Some(challenge) = csr.challenge_password() else {
+            tracing::info!("SCEP request without a challenge refused");
+            return reply(CertRepStatus::Failure(FailInfo::BadRequest));
+        };
+        let store = self.lanyard.store();
+        let Some(enrollment) = store
+            .claim_scep_challenge(&hash_secret(challenge), lanyard_store::now())
+            .await?
+        else {
+            tracing::info!("SCEP request with an unknown, used or expired challenge refused");
+            return reply(CertRepStatus::Failure(FailInfo::BadRequest));
+        };
+        let subject = identity_subject(&self.organization, &enrollment.id)?;
+        let issued = match ca.issue_identity(csr.der(), IDENTITY_DAYS, Some(&subject)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(error = %e, "SCEP certificate request refused");
+                return reply(CertRepStatus::Failure(FailInfo::BadRequest));
+            }
+        };
+        let info = lanyard_pki::CertInfo::from_x509(&issued)?;
+        let not_after = chrono::DateTime::from_timestamp(info.not_after, 0)
+            .ok_or_else(|| CoreError::Internal("certificate expiry out of range".into()))?;
+        store
+            .set_identity(&enrollment.id, &info.serial_hex, &info.sha256, not_after)
+            .await?;
+        tracing::info!(enrollment = %enrollment.id, serial = %info.serial_hex, "issued an identity certificate");
+        reply(CertRepStatus::Success {
+            issued: &issued,
+            chain: &[],
+        })
+    }
+
+    /// Finds the enrollment a signed device request belongs to: the `Mdm-Signature` must verify
+    /// over the exact body, chain to our CA, and be the identity issued for a live enrollment.
+    pub async fn identify(&self, signature: Option<&[u8]>, body: &[u8]) -> Result<Enrollment> {
+        let Some(sig) = signature else {
+            return Err(CoreError::Unauthorized(
+                "requests must carry an Mdm-Signature by the device identity".into(),
+            ));
+        };
+        let signer =
+            lanyard_pki::verify_detached(sig, body, self.pki.ca.certificate()).map_err(|_| {
+                CoreError::Unauthorized("the Mdm-Signature does not verify against our CA".into())
+            })?;
+        let der = signer.to_der()?;
+        let fingerprint = lanyard_pki::sha256_fingerprint(&der);
+        let enrollment = self
+            .lanyard
+            .store()
+            .enrollment_by_identity(&fingerprint)
+            .await?
+            .ok_or_else(|| {
+                CoreError::Unauthorized("this identity certificate belongs to no enrollment".into())
+            })?;
+        if enrollment.status == "checked_out" {
+            return Err(CoreError::Unauthorized(
+                "this enrollment has checked out; enroll again".into(),
+            ));
+        }
+        Ok(enrollment)
+    }
+
+    /// Handles one check-in message from a device already identified by [`Self::identify`].
+    pub async fn checkin(&self, enrollment: &Enrollment, body: &[u8]) -> Result<CheckinReply> {
+        let msg = lanyard_proto::decode_checkin(body)
+            .map_err(|e| CoreError::Invalid(format!("check-in: {e}")))?;
+        let r = msg.enrollment();
+        if !r.kind.is_user_enrollment() {
+            return Err(CoreError::Invalid(
+                "this server enrolls Macs by User Enrollment; expected EnrollmentID".into(),
+            ));
+        }
+        let device_id = r.device_id().to_string();
+        if let Some(bound) = &enrollment.device_channel_id {
+            if *bound != device_id {
+                return Err(CoreError::Unauthorized(
+                    "this identity belongs to another device".into(),
+                ));
+            }
+        } else if !matches!(msg, CheckinMessage::Authenticate(_)) {
+            return Err(CoreError::Invalid(
+                "the first check-in must be Authenticate".into(),
+            ));
+        }
+        let user_channel = (r.kind == EnrollmentKind::UserEnrollmentUser)
+            .then(|| msg.identity().enrollment_user_id.clone())
+            .flatten();
+        let store = self.lanyard.store();
+        let now = lanyard_store::now();
+        match msg {
+            CheckinMessage::Authenticate(a) => {
+                if a.topic != self.push_topic {
+                    return Err(CoreError::Invalid(
+                        "the check-in topic is not this server's push topic".into(),
+                    ));
+                }
+                let min = self.lanyard.enrollment_settings().await?.min_macos_version;
+                let os = a
+                    .os_version
+                    .as_deref()
+                    .map(OsVersion::parse)
+                    .transpose()
+                    .map_err(|e| CoreError::Invalid(format!("OSVersion: {e}")))?;
+                match &os {
+                    Some(v) if !v.at_least(&min) => return Err(refuse_old_os(v, &min)),
+                    None => {
+                        return Err(CoreError::Invalid(
+                            "Authenticate must carry OSVersion".into(),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                store
+                    .record_authenticate(
+                        &enrollment.id,
+                        &AuthenticateRecord {
+                            device_channel_id: device_id,
+                            os_version: os.map(|v| v.to_string()),
+                            build_version: a.build_version,
+                            product: a.product_name.or(a.model),
+                        },
+                        now,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        lanyard_store::StoreError::Conflict(m) => CoreError::Unauthorized(m),
+                        other => other.into(),
+                    })?;
+                Ok(CheckinReply::Ok)
+            }
+            CheckinMessage::TokenUpdate(t) => {
+                if t.topic != self.push_topic {
+                    return Err(CoreError::Invalid(
+                        "the check-in topic is not this server's push topic".into(),
+                    ));
+                }
+                let unlock = match &t.unlock_token {
+                    Some(u) => Some(
+                        self.pki
+                            .secrets
+                            .seal(u.expose(), format!("unlock:{}", enrollment.id).as_bytes())?,
+                    ),
+                    None => None,
+                };
+                store
+                    .record_token_update(
+                        &enrollment.id,
+                        &TokenUpdateRecord {
+                            user_channel_id: user_channel,
+                            topic: t.topic,
+                            push_token: t.token.into_inner(),
+                            push_magic: t.push_magic.into_inner(),
+                            unlock_token_sealed: unlock,
+                        },
+                        now,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        lanyard_store::StoreError::Conflict(m) => CoreError::Invalid(m),
+                        other => other.into(),
+                    })?;
+                Ok(CheckinReply::Ok)
+            }
+            CheckinMessage::CheckOut(_) => {
+                store.record_checkout(&enrollment.id, now).await?;
+                tracing::info!(enrollment = %enrollment.id, "enrollment checked out");
+                Ok(CheckinReply::Ok)
+            }
+            // Lanyard asks no extra user authentication on the user channel.
+            CheckinMessage::UserAuthenticate(_) => Ok(CheckinReply::Gone),
+            CheckinMessage::GetBootstrapToken(_) => {
+                let mut dict = plist::Dictionary::new();
+                if let Some(sealed) = &enrollment.bootstrap_token_sealed {
+                    let token = self
+                        .pki
+                        .secrets
+                        .open(sealed, format!("bootstrap:{}", enrollment.id).as_bytes())?;
+                    dict.insert("BootstrapToken".into(), plist::Value::Data(token));
+                }
+                let mut out = Vec::new();
+                plist::to_writer_xml(&mut out, &dict)
+                    .map_err(|e| CoreError::Internal(e.to_string()))?;
+                Ok(CheckinReply::Plist(out))
+            }
+            CheckinMessage::SetBootstrapToken(s) => {
+                let sealed = match &s.bootstrap_token {
+                    Some(t) => Some(self.pki.secrets.seal(
+                        t.expose(),
+                        format!("bootstrap:{}", enrollment.id).as_bytes(),
+                    )?),
+                    None => None,
+                };
+                store
+                    .set_bootstrap_token(&enrollment.id, sealed.as_deref())
+                    .await?;
+                Ok(CheckinReply::Ok)
+            }
+            CheckinMessage::DeclarativeManagement(d) => {
+                // Stored for the declarative management release; answered empty for now.
+                store
+                    .record_declarative(
+                        &enrollment.id,
+                        &d.endpoint,
+                        d.data.as_deref().unwrap_or(&[]),
+                    )
+                    .await?;
+                Ok(CheckinReply::Ok)
+            }
+            CheckinMessage::GetToken(_) => Err(CoreError::Invalid(
+                "GetToken is not supported by this server".into(),
+            )),
+        }
+    }
+
+    /// Reads a command-channel report from an identified device. The command queue arrives with
+    /// the command channel; until then the report is checked and the device marked as seen.
+    pub async fn command_report(&self, enrollment: &Enrollment, body: &[u8]) -> Result<()> {
+        let report = lanyard_proto::decode_command_report(body)
+            .map_err(|e| CoreError::Invalid(format!("command report: {e}")))?;
+        let bound = enrollment.device_channel_id.as_deref();
+        if bound != Some(report.enrollment.device_id()) {
+            return Err(CoreError::Unauthorized(
+                "this identity belongs to another device".into(),
+            ));
+        }
+        self.lanyard
+            .store()
+            .touch_enrollment(&enrollment.id, lanyard_store::now())
+            .await?;
+        Ok(())
+    }
+
+    /// Enrollments, newest first.
+    pub async fn list(&self, q: &EnrollmentQuery) -> Result<Vec<EnrollmentView>> {
+        list_enrollments(&self.lanyard, q).await
+    }
+}
+
+/// Enrollments, newest first (also used by the CLI, which has no device PKI loaded).
+pub async fn list_enrollments(l: &Lanyard, q: &EnrollmentQuery) -> Result<Vec<EnrollmentView>> {
+    Ok(l.store()
+        .list_enrollments(q)
+        .await?
+        .into_iter()
+        .map(EnrollmentView::from)
+        .collect())
+}
+
+fn identity_subject(org: &str, enrollment_id: &str) -> Result<X509Name> {
+    use lanyard_pki::openssl::nid::Nid;
+    let mut b = X509Name::builder()?;
+    b.append_entry_by_nid(Nid::ORGANIZATIONNAME, org)?;
+    b.append_entry_by_nid(
+        Nid::COMMONNAME,
+        &format!("Lanyard Identity {enrollment_id}"),
+    )?;
+    Ok(b.build())
+}

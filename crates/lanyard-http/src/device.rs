@@ -1,0 +1,212 @@
+//! Device-facing routes: service discovery, the enrollment endpoint (`401 apple-as-web`, then
+//! the signed profile), SCEP, check-in and the command endpoint. Handlers are thin: bounded
+//! bytes → the enrollment service → bytes. Bodies are never logged (they hold push tokens,
+//! PushMagic and challenges).
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::Deserialize;
+
+use lanyard_core::enrollment::CheckinReply;
+use lanyard_core::CoreError;
+
+use crate::error::device_error;
+use crate::AppState;
+
+/// Largest MachineInfo body accepted at the enrollment endpoint.
+pub const ENROLL_BODY_LIMIT: usize = 64 * 1024;
+/// Largest SCEP message.
+pub const SCEP_BODY_LIMIT: usize = 64 * 1024;
+/// Largest check-in or command report (declarative status reports can be sizeable).
+pub const MDM_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/.well-known/com.apple.remotemanagement", get(discovery))
+        .route(
+            "/enroll",
+            post(enroll)
+                .get(enroll)
+                .layer(DefaultBodyLimit::max(ENROLL_BODY_LIMIT)),
+        )
+        .route(
+            "/scep",
+            get(scep_get)
+                .post(scep_post)
+                .layer(DefaultBodyLimit::max(SCEP_BODY_LIMIT)),
+        )
+        .route(
+            "/mdm/checkin",
+            put(checkin).layer(DefaultBodyLimit::max(MDM_BODY_LIMIT)),
+        )
+        .route(
+            "/mdm/command",
+            put(command).layer(DefaultBodyLimit::max(MDM_BODY_LIMIT)),
+        )
+}
+
+#[derive(Deserialize)]
+struct DiscoveryQuery {
+    #[serde(rename = "user-identifier")]
+    user_identifier: Option<String>,
+    #[serde(rename = "model-family")]
+    #[allow(dead_code)]
+    model_family: Option<String>,
+}
+
+async fn discovery(
+    State(s): State<AppState>,
+    q: Result<Query<DiscoveryQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return device_error(CoreError::Invalid("malformed query string".into()));
+    };
+    let Some(id) = q.user_identifier.filter(|s| !s.trim().is_empty()) else {
+        return device_error(CoreError::Invalid(
+            "user-identifier (the managed Apple Account) is required".into(),
+        ));
+    };
+    match s.enrollment.discover(&id).await {
+        Ok(doc) => Json(doc).into_response(),
+        Err(e) => device_error(e),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// `401` with the `apple-as-web` challenge naming our sign-in page.
+fn challenge(s: &AppState, message: &str) -> Response {
+    let value = format!(
+        "Bearer method=\"apple-as-web\" url=\"{}\"",
+        s.enrollment.urls().sign_in()
+    );
+    let mut res = (StatusCode::UNAUTHORIZED, message.to_string()).into_response();
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    res
+}
+
+async fn enroll(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let facts = match s.enrollment.device_facts(&body).await {
+        Ok(f) => f,
+        Err(e) => return device_error(e),
+    };
+    let Some(token) = bearer(&headers) else {
+        return challenge(&s, "sign in to enroll this Mac");
+    };
+    match s.enrollment.issue_profile(token, &facts).await {
+        Ok(profile) => (
+            [(header::CONTENT_TYPE, "application/x-apple-aspen-config")],
+            profile,
+        )
+            .into_response(),
+        Err(CoreError::Unauthorized(m)) => challenge(&s, &m),
+        Err(e) => device_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ScepQuery {
+    operation: Option<String>,
+    message: Option<String>,
+}
+
+fn scep_response(r: lanyard_pki::scep::ScepResponse) -> Response {
+    ([(header::CONTENT_TYPE, r.content_type)], r.body).into_response()
+}
+
+async fn scep_get(
+    State(s): State<AppState>,
+    q: Result<Query<ScepQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return device_error(CoreError::Invalid("malformed query string".into()));
+    };
+    match q.operation.as_deref() {
+        Some("GetCACaps") => scep_response(s.enrollment.scep_caps()),
+        Some("GetCACert") => match s.enrollment.scep_ca_cert() {
+            Ok(r) => scep_response(r),
+            Err(e) => device_error(e),
+        },
+        Some("PKIOperation") => {
+            let Some(msg) = q.message else {
+                return device_error(CoreError::Invalid("PKIOperation needs message".into()));
+            };
+            let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(msg.trim()) else {
+                return device_error(CoreError::Invalid("message is not base64".into()));
+            };
+            if bytes.len() > SCEP_BODY_LIMIT {
+                return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+            }
+            match s.enrollment.scep_pki_operation(&bytes).await {
+                Ok(r) => scep_response(r),
+                Err(e) => device_error(e),
+            }
+        }
+        _ => device_error(CoreError::Invalid(
+            "operation must be GetCACaps, GetCACert or PKIOperation".into(),
+        )),
+    }
+}
+
+async fn scep_post(
+    State(s): State<AppState>,
+    q: Result<Query<ScepQuery>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    match q.as_ref().ok().and_then(|q| q.0.operation.as_deref()) {
+        Some("PKIOperation") => match s.enrollment.scep_pki_operation(&body).await {
+            Ok(r) => scep_response(r),
+            Err(e) => device_error(e),
+        },
+        _ => device_error(CoreError::Invalid(
+            "POST is for operation=PKIOperation".into(),
+        )),
+    }
+}
+
+fn mdm_signature(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get("mdm-signature").map(|v| v.as_bytes())
+}
+
+async fn checkin(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let enrollment = match s.enrollment.identify(mdm_signature(&headers), &body).await {
+        Ok(e) => e,
+        Err(e) => return device_error(e),
+    };
+    match s.enrollment.checkin(&enrollment, &body).await {
+        Ok(CheckinReply::Ok) => StatusCode::OK.into_response(),
+        Ok(CheckinReply::Plist(p)) => {
+            ([(header::CONTENT_TYPE, "application/xml")], p).into_response()
+        }
+        Ok(CheckinReply::Gone) => StatusCode::GONE.into_response(),
+        Err(e) => device_error(e),
+    }
+}
+
+/// The command endpoint: identifies the device and reads its report. Until the command queue
+/// lands there is never a command to hand out, so the answer is always an empty 200.
+async fn command(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let enrollment = match s.enrollment.identify(mdm_signature(&headers), &body).await {
+        Ok(e) => e,
+        Err(e) => return device_error(e),
+    };
+    match s.enrollment.command_report(&enrollment, &body).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => device_error(e),
+    }
+}
