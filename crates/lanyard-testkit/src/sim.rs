@@ -499,6 +499,18 @@ impl SimMac {
         &self.user
     }
 
+    /// Start afresh as the same Mac would for a *new* enrollment: new `EnrollmentID`,
+    /// `EnrollmentUserID` and push registrations, and no enrollment. (They are otherwise
+    /// stable for the life of this value, across repeated [`SimMac::enroll`] calls.)
+    pub fn renew_enrollment_ids(&mut self) {
+        self.enrollment_id = upper_uuid();
+        self.user.enrollment_user_id = upper_uuid();
+        self.device_push = PushRegistration::random();
+        self.user_push = PushRegistration::random();
+        self.enrolled = None;
+        self.profiles.clear();
+    }
+
     /// Push token and magic of a channel.
     pub fn push(&self, channel: Channel) -> &PushRegistration {
         match channel {
@@ -652,7 +664,7 @@ impl SimMac {
     }
 
     fn report(&self, profile_signer_subject: String) -> Result<EnrollmentReport> {
-        let e = self.enrolled()?;
+        let e = self.enrolled(Step::Scep)?;
         let info = CertInfo::from_x509(&e.identity_cert).at_doing(Step::Scep, "identity")?;
         let not_after = chrono::DateTime::from_timestamp(info.not_after, 0)
             .map(|t| t.to_rfc3339())
@@ -685,10 +697,10 @@ impl SimMac {
         })
     }
 
-    fn enrolled(&self) -> Result<&Enrolled> {
+    fn enrolled(&self, step: Step) -> Result<&Enrolled> {
         self.enrolled
             .as_ref()
-            .ok_or_else(|| SimError::failed(Step::CheckIn, "the simulated Mac is not enrolled"))
+            .ok_or_else(|| SimError::failed(step, "the simulated Mac is not enrolled"))
     }
 
     // ---------------------------------------------------------------------------------
@@ -1166,7 +1178,7 @@ impl SimMac {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<(StatusCode, String, Vec<u8>)> {
-        let e = self.enrolled()?;
+        let e = self.enrolled(step)?;
         let client = e.mtls.as_ref().unwrap_or(&self.client);
         let mut rb = client.put(url).header(CONTENT_TYPE, content_type);
         if e.profile.mdm.sign_message {
@@ -1189,7 +1201,7 @@ impl SimMac {
 
     /// Send one check-in message (a plist dictionary) and expect `200`.
     pub async fn check_in(&mut self, step: Step, message: Dictionary) -> Result<Vec<u8>> {
-        let url = self.enrolled()?.profile.mdm.checkin_url.clone();
+        let url = self.enrolled(step)?.profile.mdm.checkin_url.clone();
         let kind = message
             .get("MessageType")
             .and_then(plist::Value::as_string)
@@ -1206,20 +1218,29 @@ impl SimMac {
                 webauth::body_message(&ct, &bytes),
             ));
         }
-        self.log(format!("check-in: PUT {url} {kind} → 200"));
+        let label = if step == Step::CheckIn {
+            format!("check-in {kind}")
+        } else {
+            step.to_string()
+        };
+        self.log(format!("{label}: PUT {url} → 200"));
         Ok(bytes)
     }
 
     /// Check-in `Authenticate`.
     pub async fn authenticate(&mut self) -> Result<()> {
-        let topic = self.enrolled()?.profile.mdm.topic.clone();
+        let topic = self.enrolled(Step::Authenticate)?.profile.mdm.topic.clone();
         let msg = device::authenticate(&self.facts, &topic, &self.enrollment_id);
         self.check_in(Step::Authenticate, msg).await.map(|_| ())
     }
 
     /// Check-in `TokenUpdate` on a channel (its push token and magic).
     pub async fn token_update(&mut self, channel: Channel) -> Result<()> {
-        let topic = self.enrolled()?.profile.mdm.topic.clone();
+        let step = match channel {
+            Channel::Device => Step::TokenUpdate,
+            Channel::User => Step::UserTokenUpdate,
+        };
+        let topic = self.enrolled(step)?.profile.mdm.topic.clone();
         let push = self.push(channel).clone();
         let msg = device::token_update(
             &topic,
@@ -1228,16 +1249,12 @@ impl SimMac {
             &push.token,
             &push.push_magic,
         );
-        let step = match channel {
-            Channel::Device => Step::TokenUpdate,
-            Channel::User => Step::UserTokenUpdate,
-        };
         self.check_in(step, msg).await.map(|_| ())
     }
 
     /// Check-in `CheckOut` (the profile was removed); the Mac forgets its enrollment.
     pub async fn check_out(&mut self) -> Result<()> {
-        let topic = self.enrolled()?.profile.mdm.topic.clone();
+        let topic = self.enrolled(Step::CheckIn)?.profile.mdm.topic.clone();
         let msg = device::check_out(&topic, &self.enrollment_id);
         self.check_in(Step::CheckIn, msg).await?;
         self.enrolled = None;
@@ -1289,7 +1306,7 @@ impl SimMac {
         uuid: Option<&str>,
         result: &Dictionary,
     ) -> Result<Option<ServerCommand>> {
-        let url = self.enrolled()?.profile.mdm.server_url.clone();
+        let url = self.enrolled(Step::Command)?.profile.mdm.server_url.clone();
         let msg = device::command_report(
             &self.enrollment_id,
             self.user_for(channel),

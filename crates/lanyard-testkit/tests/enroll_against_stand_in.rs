@@ -540,6 +540,19 @@ async fn enrolls_checks_in_and_answers_commands() {
         .id
         .clone();
     assert_eq!(last, format!("{eid}:{euid}"));
+
+    // removing the profile checks out; a new enrollment of the same Mac gets new ids
+    mac.check_out().await.unwrap();
+    assert!(!mac.is_enrolled());
+    assert_eq!(
+        r.stand.checkins.lock().unwrap().last().unwrap(),
+        &("CheckOut".to_owned(), eid.clone())
+    );
+    assert_eq!(mac.idle().await.unwrap_err().step(), Step::Command);
+    mac.renew_enrollment_ids();
+    assert_ne!(mac.enrollment_id(), eid);
+    let again = mac.enroll().await.unwrap();
+    assert_eq!(again.enrollment_id, mac.enrollment_id());
 }
 
 #[tokio::test]
