@@ -40,6 +40,9 @@ enum Command {
     /// Enrolled devices.
     #[command(subcommand)]
     Device(commands::DeviceCmd),
+    /// MDM commands.
+    #[command(subcommand)]
+    Command(commands::CommandCmd),
     /// Custom attribute definitions.
     #[command(subcommand)]
     Attribute(commands::AttributeCmd),
@@ -92,6 +95,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::User(c) => commands::user(&setup::open_store(&data).await?, c).await,
         Command::Settings(c) => commands::settings(&setup::open_store(&data).await?, c).await,
         Command::Device(c) => commands::device(&setup::open_store(&data).await?, c).await,
+        Command::Command(c) => commands::command(&setup::open_store(&data).await?, c, None).await,
         Command::Attribute(c) => commands::attribute(&setup::open_store(&data).await?, c).await,
         Command::Admin(c) => commands::admin(&setup::open_store(&data).await?, c).await,
         Command::Audit(a) => commands::audit(&setup::open_store(&data).await?, a).await,
