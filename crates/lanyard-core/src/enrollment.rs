@@ -539,7 +539,7 @@ impl EnrollmentService {
 
         let input = EnrollmentProfileInput {
             organisation: self.organization.clone(),
-            profile_identifier: format!("org.lanyard.enrollment.{enrollment_id}"),
+            profile_identifier: profile_identifier(&enrollment_id),
             checkin_url: self.urls.checkin(),
             server_url: self.urls.command(),
             push_topic: self.push_topic.clone(),
@@ -777,6 +777,7 @@ impl EnrollmentService {
             }
             CheckinMessage::CheckOut(_) => {
                 store.record_checkout(&enrollment.id, now).await?;
+                store.clear_queue(&enrollment.id).await?;
                 tracing::info!(enrollment = %enrollment.id, "enrollment checked out");
                 Ok(CheckinReply::Ok)
             }
@@ -826,28 +827,28 @@ impl EnrollmentService {
         }
     }
 
-    /// Reads a command-channel report from an identified device. The command queue arrives with
-    /// the command channel; until then the report is checked and the device marked as seen.
-    pub async fn command_report(&self, enrollment: &Enrollment, body: &[u8]) -> Result<()> {
-        let report = lanyard_proto::decode_command_report(body)
-            .map_err(|e| CoreError::Invalid(format!("command report: {e}")))?;
-        let bound = enrollment.device_channel_id.as_deref();
-        if bound != Some(report.enrollment.device_id()) {
-            return Err(CoreError::Unauthorized(
-                "this identity belongs to another device".into(),
-            ));
-        }
-        self.lanyard
-            .store()
-            .touch_enrollment(&enrollment.id, lanyard_store::now())
-            .await?;
-        Ok(())
+    /// Reads a command-channel report from an identified device and returns the next command.
+    pub async fn command_report(
+        &self,
+        enrollment: &Enrollment,
+        body: &[u8],
+    ) -> Result<Option<lanyard_store::NextCommand>> {
+        self.lanyard.command_report(enrollment, body).await
+    }
+
+    pub fn lanyard(&self) -> &Lanyard {
+        &self.lanyard
     }
 
     /// Enrollments, newest first.
     pub async fn list(&self, q: &EnrollmentQuery) -> Result<Vec<EnrollmentView>> {
         list_enrollments(&self.lanyard, q).await
     }
+}
+
+/// The `PayloadIdentifier` of an enrollment's profile (what `RemoveProfile` names to unenroll).
+pub fn profile_identifier(enrollment_id: &str) -> String {
+    format!("org.lanyard.enrollment.{enrollment_id}")
 }
 
 /// Enrollments, newest first (also used by the CLI, which has no device PKI loaded).

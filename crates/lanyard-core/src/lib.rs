@@ -11,6 +11,7 @@
 
 pub mod admins;
 pub mod attributes;
+pub mod commands;
 pub mod enrollment;
 mod error;
 pub mod pki;

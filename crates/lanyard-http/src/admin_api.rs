@@ -12,6 +12,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use lanyard_core::admins::{AdminView, Role};
 use lanyard_core::attributes::{CustomAttribute, DefineAttribute};
+use lanyard_core::commands::{CommandSpec, CommandTarget, CommandView, Queued};
 use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
 use lanyard_core::settings::{EnrollmentSettings, SettingsPatch};
 use lanyard_core::users::{CreateUser, UpdateUser, UserView};
@@ -53,6 +54,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api-tokens/{id}", delete(revoke_api_token))
         .route("/devices", get(list_devices))
         .route("/devices/{id}", get(get_device))
+        .route("/devices/{id}/commands", get(device_commands))
+        .route("/devices/{id}/inventory", get(device_inventory))
+        .route("/devices/{id}/unenroll", post(unenroll_device))
+        .route("/commands", post(send_command))
+        .route("/commands/{uuid}", get(command_status))
         .route("/audit", get(audit_log))
         .route("/openapi.json", get(openapi))
 }
@@ -63,11 +69,13 @@ pub fn routes() -> Router<AppState> {
     paths(
         sign_in, sign_out, list_users, create_user, get_user, update_user, get_settings,
         patch_settings, list_attributes, define_attribute, delete_attribute, list_admins,
-        create_admin, list_api_tokens, create_api_token, revoke_api_token, audit_log, list_devices, get_device
+        create_admin, list_api_tokens, create_api_token, revoke_api_token, audit_log, list_devices, get_device,
+        device_commands, device_inventory, unenroll_device, send_command, command_status
     ),
     components(schemas(ErrorBody, UserView, CreateUser, UpdateUser, EnrollmentSettings,
         SettingsPatch, CustomAttribute, DefineAttribute, AdminView, Role, SignIn, SessionCreated,
-        NewAdmin, NewApiToken, ApiTokenCreated, ApiTokenView, AuditView, EnrollmentView)),
+        NewAdmin, NewApiToken, ApiTokenCreated, ApiTokenView, AuditView, EnrollmentView, SendCommand, CommandSpec,
+        CommandTarget, Queued, CommandView)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -534,4 +542,82 @@ async fn get_device(
         .map_err(lanyard_core::CoreError::from)?
         .ok_or_else(|| ApiError::not_found(format!("enrollment {id} not found")))?;
     Ok(Json(e.into()))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendCommand {
+    pub target: CommandTarget,
+    pub command: CommandSpec,
+    /// Wake the devices by APNs after queueing (default true).
+    #[serde(default = "yes")]
+    pub push: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Queue a command for one device, a list, or every device matching a filter. Commands that
+/// User Enrollment forbids are refused with the reason (422) and nothing is queued.
+#[utoipa::path(post, path = "/api/v1/commands", request_body = SendCommand,
+    responses((status = 202, body = Queued), (status = 422, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+async fn send_command(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiJson(b): ApiJson<SendCommand>,
+) -> ApiResult<(StatusCode, Json<Queued>)> {
+    let pusher = if b.push { s.pusher.as_deref() } else { None };
+    let q = s
+        .lanyard
+        .enqueue_command(&actor, &b.target, &b.command, pusher)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(q)))
+}
+
+/// A command's state on each of its targets.
+#[utoipa::path(get, path = "/api/v1/commands/{uuid}", params(("uuid" = String, Path)),
+    responses((status = 200, body = [CommandView]), (status = 404, body = ErrorBody)))]
+async fn command_status(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+    ApiPath(uuid): ApiPath<String>,
+) -> ApiResult<Json<Vec<CommandView>>> {
+    Ok(Json(s.lanyard.command_targets(&uuid).await?))
+}
+
+/// A device's command history, newest first, with results.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/commands", params(("id" = String, Path)),
+    responses((status = 200, body = [CommandView])))]
+async fn device_commands(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Vec<CommandView>>> {
+    Ok(Json(s.lanyard.command_history(&id, 200).await?))
+}
+
+/// What the device reported: DeviceInformation, security info, profiles.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/inventory", params(("id" = String, Path)),
+    responses((status = 200, body = Object)))]
+async fn device_inventory(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(s.lanyard.inventory(&id).await?))
+}
+
+/// Unenroll a device: removes the MDM profile (and with it the managed volume).
+#[utoipa::path(post, path = "/api/v1/devices/{id}/unenroll", params(("id" = String, Path)),
+    responses((status = 202, body = Queued), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn unenroll_device(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<Queued>)> {
+    let q = s.lanyard.unenroll(&actor, &id, s.pusher.as_deref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(q)))
 }

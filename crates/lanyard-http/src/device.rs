@@ -198,15 +198,20 @@ async fn checkin(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     }
 }
 
-/// The command endpoint: identifies the device and reads its report. Until the command queue
-/// lands there is never a command to hand out, so the answer is always an empty 200.
+/// The command endpoint: identifies the device, records its report (result, error or NotNow)
+/// and answers the next command for that channel, or an empty 200 when none is due.
 async fn command(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let enrollment = match s.enrollment.identify(mdm_signature(&headers), &body).await {
         Ok(e) => e,
         Err(e) => return device_error(e),
     };
     match s.enrollment.command_report(&enrollment, &body).await {
-        Ok(()) => StatusCode::OK.into_response(),
+        Ok(Some(next)) => (
+            [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+            next.payload,
+        )
+            .into_response(),
+        Ok(None) => StatusCode::OK.into_response(),
         Err(e) => device_error(e),
     }
 }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub lanyard: Lanyard,
     pub enrollment: EnrollmentService,
     pub sign_in_limiter: pages::SignInLimiter,
+    /// Wakes devices after commands are queued; `None` when no push certificate is set.
+    pub pusher: Option<std::sync::Arc<dyn lanyard_core::commands::PushRequester>>,
     /// Renders `/metrics`; `None` disables the endpoint (e.g. in unit tests).
     pub metrics: Option<PrometheusHandle>,
 }

@@ -112,7 +112,7 @@ const USER_COLUMNS: &str =
 macro_rules! impl_store {
     ($store:ty, $conn:ty, $name:literal) => {
         impl $store {
-            async fn write_audit(conn: &mut $conn, audit: &Audit) -> Result<()> {
+            pub(crate) async fn write_audit(conn: &mut $conn, audit: &Audit) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO audit_log (at, actor, action, target, detail) \
                      VALUES ($1, $2, $3, $4, $5)",

@@ -11,6 +11,7 @@
 //! every mutating call takes an [`Audit`] line and writes it in the same transaction as the change.
 
 mod backend;
+mod command_backend;
 mod enrollment_backend;
 pub mod model;
 
@@ -232,10 +233,62 @@ pub trait EnrollmentStore: Send + Sync {
     async fn prune_enrollment_leftovers(&self, now: DateTime<Utc>) -> Result<u64>;
 }
 
+/// The MDM command channel: a live queue per enrollment and channel (indexed for the
+/// next-command lookup), and finished results moved to history in the same transaction.
+#[async_trait]
+pub trait CommandStore: Send + Sync {
+    /// Stores the command once and queues it for every target; all or nothing. Returns how many
+    /// targets were queued.
+    async fn enqueue_command(
+        &self,
+        command: &NewCommand,
+        targets: &[(String, String)],
+        audit: &Audit,
+    ) -> Result<u64>;
+    /// The oldest command due for this enrollment and channel (queued, or sent without an
+    /// answer yet, and not deferred by `NotNow`), marked `sent`.
+    async fn next_command(
+        &self,
+        enrollment_id: &str,
+        channel: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<NextCommand>>;
+    /// Records a device's report. A finished command moves to history; `not_now` stays queued
+    /// until `retry_after`. A report for a command this enrollment was never given is
+    /// [`StoreError::NotFound`] and changes nothing.
+    async fn record_command_outcome(
+        &self,
+        enrollment_id: &str,
+        channel: &str,
+        outcome: &CommandOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<String>;
+    /// Makes commands deferred by `NotNow` due again (called when a push goes out).
+    async fn release_not_now(&self, enrollment_id: &str) -> Result<u64>;
+    /// An enrollment's commands, newest first: live ones, then finished ones.
+    async fn command_history(&self, enrollment_id: &str, limit: i64) -> Result<Vec<CommandRecord>>;
+    /// Every target's state for one command.
+    async fn command_targets(&self, command_uuid: &str) -> Result<Vec<CommandRecord>>;
+    /// Removes finished results older than `before`; returns how many.
+    async fn prune_command_results(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Drops every queued command of an enrollment (at checkout or unenrollment).
+    async fn clear_queue(&self, enrollment_id: &str) -> Result<u64>;
+    /// Replaces the enrollment's inventory document (JSON).
+    async fn set_inventory(&self, enrollment_id: &str, inventory: &str) -> Result<()>;
+    async fn inventory(&self, enrollment_id: &str) -> Result<Option<String>>;
+}
+
 /// Everything Lanyard stores, as one object the domain services hold.
 #[async_trait]
 pub trait Store:
-    UserStore + SettingsStore + AttributeStore + AdminStore + AuditStore + PkiStore + EnrollmentStore
+    UserStore
+    + SettingsStore
+    + AttributeStore
+    + AdminStore
+    + AuditStore
+    + PkiStore
+    + EnrollmentStore
+    + CommandStore
 {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;

@@ -287,3 +287,56 @@ pub struct EnrollmentQuery {
     pub offset: i64,
     pub limit: i64,
 }
+
+/// A command as queued: its full plist (`{CommandUUID, Command: {RequestType, …}}`), shared by
+/// every enrollment it targets.
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    pub uuid: String,
+    pub request_type: String,
+    pub payload: Vec<u8>,
+    pub created_by: String,
+}
+
+/// Which channel of an enrollment a command goes to.
+pub const CHANNEL_DEVICE: &str = "device";
+pub const CHANNEL_USER: &str = "user";
+
+/// The next command for a device, handed out by the command endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct NextCommand {
+    pub command_uuid: String,
+    pub request_type: String,
+    pub payload: Vec<u8>,
+}
+
+/// A device's report on a command it was given.
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    pub command_uuid: String,
+    /// `acknowledged`, `error`, `command_format_error` or `not_now`.
+    pub status: String,
+    /// The whole report plist (results of a query), kept for the admin.
+    pub result: Option<Vec<u8>>,
+    /// JSON of the `ErrorChain`, when the device sent one.
+    pub error_chain: Option<String>,
+    /// For `not_now`: do not hand the command out again before this time (or a push).
+    pub retry_after: Option<DateTime<Utc>>,
+}
+
+/// One line of an enrollment's command history (live or finished).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct CommandRecord {
+    pub command_uuid: String,
+    pub enrollment_id: String,
+    pub channel: String,
+    pub request_type: String,
+    /// `queued`, `sent`, `not_now`, `acknowledged`, `error`, `command_format_error`.
+    pub status: String,
+    pub queued_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub result: Option<Vec<u8>>,
+    pub error_chain: Option<String>,
+}

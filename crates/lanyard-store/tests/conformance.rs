@@ -140,6 +140,9 @@ conformance!(
     enrollment_lifecycle,
     scep_challenge_claimed_once,
     prune_leftovers,
+    command_queue_round_trip,
+    command_not_now_and_unknown_results,
+    command_bulk_enqueue_and_prune,
 );
 
 fn audit(action: &str, target: &str) -> Audit {
@@ -752,4 +755,237 @@ async fn prune_leftovers(s: &dyn Store) {
     assert_eq!(s.prune_enrollment_leftovers(now()).await.unwrap(), 1);
     assert!(s.enrollment("stale").await.unwrap().is_none());
     assert!(s.enrollment("live").await.unwrap().is_some());
+}
+
+async fn enrolled(s: &dyn Store, id: &str) -> Enrollment {
+    let u = match s.user_by_email("ann@example.com").await.unwrap() {
+        Some(u) => u,
+        None => a_user(s).await,
+    };
+    s.create_enrollment(&new_enrollment(&u, id, &format!("ch-{id}"), 60))
+        .await
+        .unwrap()
+}
+
+fn cmd(uuid: &str, request_type: &str) -> NewCommand {
+    NewCommand {
+        uuid: uuid.into(),
+        request_type: request_type.into(),
+        payload: format!("<plist>{uuid}</plist>").into_bytes(),
+        created_by: "tester".into(),
+    }
+}
+
+fn outcome(uuid: &str, status: &str) -> CommandOutcome {
+    CommandOutcome {
+        command_uuid: uuid.into(),
+        status: status.into(),
+        result: Some(b"<dict/>".to_vec()),
+        error_chain: None,
+        retry_after: None,
+    }
+}
+
+async fn command_queue_round_trip(s: &dyn Store) {
+    enrolled(s, "e1").await;
+    let t = now();
+    let targets = [("e1".to_string(), CHANNEL_DEVICE.to_string())];
+    for (u, rt) in [("c1", "DeviceInformation"), ("c2", "ProfileList")] {
+        assert_eq!(
+            s.enqueue_command(&cmd(u, rt), &targets, &audit("command.enqueue", u))
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    assert!(
+        s.next_command("e1", CHANNEL_USER, t)
+            .await
+            .unwrap()
+            .is_none(),
+        "user channel empty"
+    );
+    let n = s
+        .next_command("e1", CHANNEL_DEVICE, t)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (n.command_uuid.as_str(), n.request_type.as_str()),
+        ("c1", "DeviceInformation")
+    );
+    assert_eq!(n.payload, b"<plist>c1</plist>");
+    // Idle again without an answer: the same command again.
+    let again = s
+        .next_command("e1", CHANNEL_DEVICE, t)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.command_uuid, "c1");
+    let rt = s
+        .record_command_outcome("e1", CHANNEL_DEVICE, &outcome("c1", "acknowledged"), t)
+        .await
+        .unwrap();
+    assert_eq!(rt, "DeviceInformation");
+    let n = s
+        .next_command("e1", CHANNEL_DEVICE, t)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.command_uuid, "c2");
+    s.record_command_outcome("e1", CHANNEL_DEVICE, &outcome("c2", "error"), t)
+        .await
+        .unwrap();
+    assert!(s
+        .next_command("e1", CHANNEL_DEVICE, t)
+        .await
+        .unwrap()
+        .is_none());
+    let h = s.command_history("e1", 10).await.unwrap();
+    let seen: Vec<_> = h
+        .iter()
+        .map(|r| (r.command_uuid.as_str(), r.status.as_str()))
+        .collect();
+    assert_eq!(seen, [("c2", "error"), ("c1", "acknowledged")]);
+    assert_eq!(h[1].result.as_deref(), Some(&b"<dict/>"[..]));
+    assert!(h[1].finished_at.is_some() && h[1].sent_at.is_some());
+    // A duplicate result is for a command no longer given: refused, nothing changes.
+    assert!(matches!(
+        s.record_command_outcome("e1", CHANNEL_DEVICE, &outcome("c1", "acknowledged"), t)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.command_history("e1", 10).await.unwrap().len(), 2);
+
+    s.set_inventory("e1", r#"{"OSVersion":"15.3"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.inventory("e1").await.unwrap().as_deref(),
+        Some(r#"{"OSVersion":"15.3"}"#)
+    );
+    assert_eq!(s.inventory("zz").await.unwrap(), None);
+}
+
+async fn command_not_now_and_unknown_results(s: &dyn Store) {
+    enrolled(s, "e1").await;
+    enrolled(s, "e2").await;
+    let t = now();
+    let e1 = [("e1".to_string(), CHANNEL_DEVICE.to_string())];
+    s.enqueue_command(
+        &cmd("c1", "SecurityInfo"),
+        &e1,
+        &audit("command.enqueue", "c1"),
+    )
+    .await
+    .unwrap();
+    // Never sent yet: a result for it is refused.
+    assert!(s
+        .record_command_outcome("e1", CHANNEL_DEVICE, &outcome("c1", "acknowledged"), t)
+        .await
+        .is_err());
+    s.next_command("e1", CHANNEL_DEVICE, t)
+        .await
+        .unwrap()
+        .unwrap();
+    // Another enrollment cannot answer for it.
+    assert!(s
+        .record_command_outcome("e2", CHANNEL_DEVICE, &outcome("c1", "acknowledged"), t)
+        .await
+        .is_err());
+    let mut nn = outcome("c1", "not_now");
+    nn.retry_after = Some(t + Duration::minutes(10));
+    assert_eq!(
+        s.record_command_outcome("e1", CHANNEL_DEVICE, &nn, t)
+            .await
+            .unwrap(),
+        "not_now"
+    );
+    assert!(
+        s.next_command("e1", CHANNEL_DEVICE, t)
+            .await
+            .unwrap()
+            .is_none(),
+        "deferred"
+    );
+    assert_eq!(
+        s.next_command("e1", CHANNEL_DEVICE, t + Duration::minutes(11))
+            .await
+            .unwrap()
+            .unwrap()
+            .command_uuid,
+        "c1",
+        "due again after the back-off"
+    );
+    s.record_command_outcome("e1", CHANNEL_DEVICE, &nn, t)
+        .await
+        .unwrap();
+    assert_eq!(s.release_not_now("e1").await.unwrap(), 1);
+    assert_eq!(
+        s.next_command("e1", CHANNEL_DEVICE, t)
+            .await
+            .unwrap()
+            .unwrap()
+            .command_uuid,
+        "c1",
+        "a push makes it due at once"
+    );
+    assert_eq!(s.clear_queue("e1").await.unwrap(), 1);
+    assert!(s
+        .next_command("e1", CHANNEL_DEVICE, t)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn command_bulk_enqueue_and_prune(s: &dyn Store) {
+    let mut targets = Vec::new();
+    for i in 0..1203 {
+        let id = format!("e{i}");
+        enrolled(s, &id).await;
+        targets.push((id, CHANNEL_DEVICE.to_string()));
+    }
+    let n = s
+        .enqueue_command(
+            &cmd("bulk", "ProfileList"),
+            &targets,
+            &audit("command.enqueue", "bulk"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1203);
+    assert_eq!(s.command_targets("bulk").await.unwrap().len(), 1203);
+    // A target that does not exist fails the whole enqueue: nothing is half-written.
+    let mut bad = targets[..3].to_vec();
+    bad.push(("nope".into(), CHANNEL_DEVICE.into()));
+    assert!(s
+        .enqueue_command(
+            &cmd("bad", "ProfileList"),
+            &bad,
+            &audit("command.enqueue", "bad")
+        )
+        .await
+        .is_err());
+    assert!(s.command_targets("bad").await.unwrap().is_empty());
+    let t = now();
+    s.next_command("e7", CHANNEL_DEVICE, t)
+        .await
+        .unwrap()
+        .unwrap();
+    s.record_command_outcome("e7", CHANNEL_DEVICE, &outcome("bulk", "acknowledged"), t)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.prune_command_results(t - Duration::minutes(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.prune_command_results(t + Duration::minutes(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.command_targets("bulk").await.unwrap().len(), 1202);
 }

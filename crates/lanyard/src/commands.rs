@@ -572,12 +572,20 @@ pub enum DeviceCmd {
         #[command(flatten)]
         out: OutputArgs,
     },
-    /// Show one enrollment by id.
+    /// Show one enrollment by id, with its inventory.
     Show {
         id: String,
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// An enrollment's command history with results.
+    Commands {
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Unenroll: remove the MDM profile (and the managed volume) from the Mac.
+    Unenroll { id: String },
 }
 
 pub async fn device(o: &Opened, cmd: DeviceCmd) -> Result<()> {
@@ -656,10 +664,211 @@ pub async fn device(o: &Opened, cmd: DeviceCmd) -> Result<()> {
                 .await?
                 .with_context(|| format!("no enrollment {id}"))?;
             let view = EnrollmentView::from(e);
+            let inventory = o.lanyard.inventory(&id).await?;
+            let both = serde_json::json!({"enrollment": view, "inventory": inventory});
             if out.json {
-                return print_json(&view);
+                return print_json(&both);
             }
-            println!("{}", serde_json::to_string_pretty(&view)?);
+            println!("{}", serde_json::to_string_pretty(&both)?);
+        }
+        DeviceCmd::Commands { id, out } => {
+            let h = o.lanyard.command_history(&id, 200).await?;
+            if out.json {
+                return print_json(&h);
+            }
+            print_table(
+                &[
+                    "command",
+                    "request type",
+                    "channel",
+                    "status",
+                    "queued",
+                    "finished",
+                ],
+                h.into_iter()
+                    .map(|c| {
+                        vec![
+                            c.command_uuid,
+                            c.request_type,
+                            c.channel,
+                            c.status,
+                            c.queued_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            c.finished_at
+                                .map(|f| f.format("%Y-%m-%d %H:%M:%S").to_string())
+                                .unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        DeviceCmd::Unenroll { id } => {
+            let q = o.lanyard.unenroll(&Actor::cli(), &id, None).await?;
+            println!(
+                "unenroll queued for {id} (RemoveProfile {}); the Mac checks out when it runs it",
+                q.command_uuid
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommandCmd {
+    /// Queue a command. KIND: device-information, security-info, profile-list,
+    /// install-profile, remove-profile, installed-application-list, certificate-list,
+    /// declarative-management, raw.
+    Send {
+        kind: String,
+        /// Target this enrollment (repeat for several).
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// Target every enrolled device (optionally only those whose managed Apple ID contains
+        /// --search).
+        #[arg(long, conflicts_with = "devices")]
+        all: bool,
+        #[arg(long, requires = "all")]
+        search: Option<String>,
+        /// DeviceInformation query (repeat); default: the inventory set User Enrollment allows.
+        #[arg(long = "query")]
+        queries: Vec<String>,
+        /// install-profile: the .mobileconfig file.
+        #[arg(long)]
+        profile: Option<std::path::PathBuf>,
+        /// remove-profile: the profile identifier.
+        #[arg(long)]
+        identifier: Option<String>,
+        /// raw: the RequestType.
+        #[arg(long)]
+        request_type: Option<String>,
+        /// raw: a file with an XML plist dictionary of the command's other keys;
+        /// declarative-management: the Data file.
+        #[arg(long)]
+        plist: Option<std::path::PathBuf>,
+        /// Queue only; do not wake the devices (a later push or check-in picks it up).
+        #[arg(long)]
+        no_push: bool,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Show a command's state on each target.
+    Show {
+        uuid: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+}
+
+pub async fn command(
+    o: &Opened,
+    cmd: CommandCmd,
+    pusher: Option<&dyn lanyard_core::commands::PushRequester>,
+) -> Result<()> {
+    use lanyard_core::commands::{CommandSpec, CommandTarget};
+    match cmd {
+        CommandCmd::Send {
+            kind,
+            devices,
+            all,
+            search,
+            queries,
+            profile,
+            identifier,
+            request_type,
+            plist,
+            no_push,
+            out,
+        } => {
+            let read = |p: &Option<std::path::PathBuf>, what: &str| -> Result<Vec<u8>> {
+                let p = p
+                    .as_ref()
+                    .with_context(|| format!("{kind} needs --{what}"))?;
+                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let spec = match kind.as_str() {
+                "device-information" => CommandSpec::DeviceInformation { queries },
+                "security-info" => CommandSpec::SecurityInfo,
+                "profile-list" => CommandSpec::ProfileList,
+                "install-profile" => CommandSpec::InstallProfile {
+                    profile: read(&profile, "profile")?,
+                },
+                "remove-profile" => CommandSpec::RemoveProfile {
+                    identifier: identifier.context("remove-profile needs --identifier")?,
+                },
+                "installed-application-list" => CommandSpec::InstalledApplicationList {
+                    managed_apps_only: None,
+                },
+                "certificate-list" => CommandSpec::CertificateList { managed_only: None },
+                "declarative-management" => CommandSpec::DeclarativeManagement {
+                    data: read(&plist, "plist")?,
+                },
+                "raw" => CommandSpec::Raw {
+                    raw_request_type: request_type.context("raw needs --request-type")?,
+                    plist: match &plist {
+                        Some(_) => Some(
+                            String::from_utf8(read(&plist, "plist")?)
+                                .context("the plist file is not UTF-8 text")?,
+                        ),
+                        None => None,
+                    },
+                },
+                other => bail!("unknown command kind `{other}`; see lanyard command send --help"),
+            };
+            let target = match (all, devices.is_empty()) {
+                (true, _) => CommandTarget::Filter {
+                    search: search.unwrap_or_default(),
+                },
+                (false, false) => CommandTarget::Enrollments(devices),
+                (false, true) => bail!("name --device ID (repeatable) or --all"),
+            };
+            let pusher = if no_push { None } else { pusher };
+            let q = o
+                .lanyard
+                .enqueue_command(&Actor::cli(), &target, &spec, pusher)
+                .await?;
+            if out.json {
+                return print_json(&q);
+            }
+            println!(
+                "queued {} {} for {} device(s){}",
+                q.request_type,
+                q.command_uuid,
+                q.targets,
+                if q.push_requested {
+                    "; push requested"
+                } else {
+                    "; not pushed"
+                }
+            );
+        }
+        CommandCmd::Show { uuid, out } => {
+            let t = o.lanyard.command_targets(&uuid).await?;
+            if out.json {
+                return print_json(&t);
+            }
+            print_table(
+                &[
+                    "enrollment",
+                    "channel",
+                    "request type",
+                    "status",
+                    "queued",
+                    "finished",
+                ],
+                t.into_iter()
+                    .map(|c| {
+                        vec![
+                            c.enrollment_id,
+                            c.channel,
+                            c.request_type,
+                            c.status,
+                            c.queued_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            c.finished_at
+                                .map(|f| f.format("%Y-%m-%d %H:%M:%S").to_string())
+                                .unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect(),
+            );
         }
     }
     Ok(())

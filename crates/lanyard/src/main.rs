@@ -22,11 +22,11 @@ struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Action,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+enum Action {
     /// Run the server (creates the data directory, CA and keys on first start).
     Serve(ServeArgs),
     /// Apply database migrations and exit.
@@ -40,6 +40,9 @@ enum Command {
     /// Enrolled devices.
     #[command(subcommand)]
     Device(commands::DeviceCmd),
+    /// MDM commands.
+    #[command(subcommand)]
+    Command(commands::CommandCmd),
     /// Custom attribute definitions.
     #[command(subcommand)]
     Attribute(commands::AttributeCmd),
@@ -75,12 +78,12 @@ async fn run(cli: Cli) -> Result<()> {
     let file = FileConfig::load(cli.global.config.as_deref())?;
     let data = DataConfig::resolve(&cli.global, &file)?;
     match cli.command {
-        Command::Serve(args) => {
+        Action::Serve(args) => {
             let serve = config::ServeConfig::resolve(&args, &file)?;
             setup::init_tracing(data.log_format);
             serve::run(data, serve).await
         }
-        Command::Migrate => {
+        Action::Migrate => {
             let store = setup::open_store(&data).await?;
             println!(
                 "migrations applied ({} backend): {}",
@@ -89,11 +92,12 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::User(c) => commands::user(&setup::open_store(&data).await?, c).await,
-        Command::Settings(c) => commands::settings(&setup::open_store(&data).await?, c).await,
-        Command::Device(c) => commands::device(&setup::open_store(&data).await?, c).await,
-        Command::Attribute(c) => commands::attribute(&setup::open_store(&data).await?, c).await,
-        Command::Admin(c) => commands::admin(&setup::open_store(&data).await?, c).await,
-        Command::Audit(a) => commands::audit(&setup::open_store(&data).await?, a).await,
+        Action::User(c) => commands::user(&setup::open_store(&data).await?, c).await,
+        Action::Settings(c) => commands::settings(&setup::open_store(&data).await?, c).await,
+        Action::Device(c) => commands::device(&setup::open_store(&data).await?, c).await,
+        Action::Command(c) => commands::command(&setup::open_store(&data).await?, c, None).await,
+        Action::Attribute(c) => commands::attribute(&setup::open_store(&data).await?, c).await,
+        Action::Admin(c) => commands::admin(&setup::open_store(&data).await?, c).await,
+        Action::Audit(a) => commands::audit(&setup::open_store(&data).await?, a).await,
     }
 }

@@ -68,6 +68,7 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
         lanyard: lanyard.clone(),
         enrollment,
         sign_in_limiter: Default::default(),
+        pusher: None,
         metrics: Some(metrics),
     });
     tokio::spawn(prune_leftovers(lanyard.clone()));

@@ -1,0 +1,715 @@
+//! MDM commands: typed builders for the common ones and a raw escape hatch, the User Enrollment
+//! limits (from Apple's schema, through `lanyard_proto::user_enrollment`) applied when a command
+//! is queued, the command endpoint's report handling, and inventory kept from query results.
+
+use std::collections::BTreeMap;
+
+use chrono::Duration;
+use plist::{Dictionary, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use lanyard_proto::command::{Command, CommandStatus};
+use lanyard_proto::user_enrollment::{
+    ue_command_policy, ue_device_information_query_policy, ue_payload_policy, Policy,
+};
+use lanyard_proto::EnrollmentKind;
+use lanyard_store::{
+    Audit, CommandOutcome, CommandRecord, Enrollment, NewCommand, NextCommand, CHANNEL_DEVICE,
+    CHANNEL_USER,
+};
+
+use crate::enrollment::MODE_USER_ENROLLMENT;
+use crate::{Actor, CoreError, Lanyard, Result};
+
+/// How long a `NotNow` defers a command when no push makes it due sooner.
+pub const NOT_NOW_BACKOFF_MINUTES: i64 = 15;
+/// How long finished command results are kept.
+pub const RESULT_RETENTION_DAYS: i64 = 90;
+/// Largest profile accepted in an `InstallProfile` command.
+pub const MAX_PROFILE_BYTES: usize = 1024 * 1024;
+
+/// A command to queue.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "request_type", deny_unknown_fields)]
+pub enum CommandSpec {
+    /// `DeviceInformation` with the given queries (default: the ones User Enrollment allows
+    /// that Lanyard shows as inventory).
+    DeviceInformation {
+        #[serde(default)]
+        queries: Vec<String>,
+    },
+    SecurityInfo,
+    ProfileList,
+    /// `InstallProfile` with a `.mobileconfig` (plist, signed or not), base64 in JSON.
+    InstallProfile {
+        #[schema(value_type = String, format = Byte)]
+        #[serde(with = "b64")]
+        profile: Vec<u8>,
+    },
+    RemoveProfile {
+        identifier: String,
+    },
+    InstalledApplicationList {
+        #[serde(default)]
+        managed_apps_only: Option<bool>,
+    },
+    CertificateList {
+        #[serde(default)]
+        managed_only: Option<bool>,
+    },
+    /// `DeclarativeManagement` with the synchronisation tokens document (base64).
+    DeclarativeManagement {
+        #[schema(value_type = String, format = Byte)]
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    /// Any command: `RequestType` and the rest of the `Command` dictionary as an XML plist
+    /// fragment (`<dict>…</dict>`), checked against the User Enrollment table like the others.
+    Raw {
+        raw_request_type: String,
+        /// An XML plist dictionary with the command's other keys.
+        #[serde(default)]
+        plist: Option<String>,
+    },
+}
+
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The DeviceInformation queries Lanyard asks for by default; only those Apple's schema allows
+/// for User Enrollment are sent.
+pub const DEFAULT_QUERIES: &[&str] = &[
+    "OSVersion",
+    "BuildVersion",
+    "ProductName",
+    "Model",
+    "ModelName",
+    "DeviceName",
+    "DeviceCapacity",
+    "AvailableDeviceCapacity",
+    "IsSupervised",
+    "IsUserEnrollment",
+];
+
+fn refuse(what: &str, policy: &Policy) -> CoreError {
+    CoreError::Invalid(format!(
+        "{what} is not allowed for User Enrollment on macOS: {}",
+        policy.reason().unwrap_or("refused by Apple's schema")
+    ))
+}
+
+/// Payload types inside a profile (top level and `PayloadContent`).
+fn profile_payload_types(profile: &[u8]) -> Result<Vec<String>> {
+    let bytes = if profile.first() == Some(&0x30) {
+        lanyard_pki::verify_cms_attached_untrusted(profile)
+            .map_err(|e| CoreError::Invalid(format!("the signed profile is malformed: {e}")))?
+            .0
+    } else {
+        profile.to_vec()
+    };
+    let v: Value = plist::from_bytes(&bytes)
+        .map_err(|e| CoreError::Invalid(format!("the profile is not a plist: {e}")))?;
+    let dict = v
+        .as_dictionary()
+        .ok_or_else(|| CoreError::Invalid("the profile is not a dictionary".into()))?;
+    let mut out = Vec::new();
+    if let Some(content) = dict.get("PayloadContent").and_then(Value::as_array) {
+        for p in content {
+            match p
+                .as_dictionary()
+                .and_then(|d| d.get("PayloadType"))
+                .and_then(Value::as_string)
+            {
+                Some(t) => out.push(t.to_string()),
+                None => {
+                    return Err(CoreError::Invalid(
+                        "a profile payload has no PayloadType".into(),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl CommandSpec {
+    /// Builds the command and checks it against the User Enrollment limits.
+    pub fn build(&self, user_enrollment: bool) -> Result<Command> {
+        let (request_type, payload) = self.parts()?;
+        if user_enrollment {
+            let p = ue_command_policy(&request_type);
+            if !p.is_allowed() {
+                return Err(refuse(&request_type, &p));
+            }
+            if let Some(queries) = payload.get("Queries").and_then(Value::as_array) {
+                for q in queries.iter().filter_map(Value::as_string) {
+                    let p = ue_device_information_query_policy(q);
+                    if !p.is_allowed() {
+                        return Err(refuse(&format!("DeviceInformation query {q}"), &p));
+                    }
+                }
+            }
+            if let Some(profile) = payload.get("Payload").and_then(Value::as_data) {
+                for t in profile_payload_types(profile)? {
+                    let p = ue_payload_policy(&t);
+                    if !p.is_allowed() {
+                        return Err(refuse(&format!("profile payload {t}"), &p));
+                    }
+                }
+            }
+        }
+        Ok(Command::with_random_uuid(request_type, payload))
+    }
+
+    fn parts(&self) -> Result<(String, Dictionary)> {
+        let mut d = Dictionary::new();
+        let rt = match self {
+            CommandSpec::DeviceInformation { queries } => {
+                let qs: Vec<Value> = if queries.is_empty() {
+                    DEFAULT_QUERIES
+                        .iter()
+                        .filter(|q| ue_device_information_query_policy(q).is_allowed())
+                        .map(|q| Value::String((*q).into()))
+                        .collect()
+                } else {
+                    queries.iter().map(|q| Value::String(q.clone())).collect()
+                };
+                d.insert("Queries".into(), Value::Array(qs));
+                "DeviceInformation"
+            }
+            CommandSpec::SecurityInfo => "SecurityInfo",
+            CommandSpec::ProfileList => "ProfileList",
+            CommandSpec::InstallProfile { profile } => {
+                if profile.is_empty() || profile.len() > MAX_PROFILE_BYTES {
+                    return Err(CoreError::Invalid(format!(
+                        "profiles are 1 byte to {MAX_PROFILE_BYTES} bytes"
+                    )));
+                }
+                profile_payload_types(profile)?;
+                d.insert("Payload".into(), Value::Data(profile.clone()));
+                "InstallProfile"
+            }
+            CommandSpec::RemoveProfile { identifier } => {
+                if identifier.trim().is_empty() {
+                    return Err(CoreError::Invalid(
+                        "RemoveProfile needs an identifier".into(),
+                    ));
+                }
+                d.insert("Identifier".into(), Value::String(identifier.trim().into()));
+                "RemoveProfile"
+            }
+            CommandSpec::InstalledApplicationList { managed_apps_only } => {
+                if let Some(m) = managed_apps_only {
+                    d.insert("ManagedAppsOnly".into(), Value::Boolean(*m));
+                }
+                "InstalledApplicationList"
+            }
+            CommandSpec::CertificateList { managed_only } => {
+                if let Some(m) = managed_only {
+                    d.insert("ManagedOnly".into(), Value::Boolean(*m));
+                }
+                "CertificateList"
+            }
+            CommandSpec::DeclarativeManagement { data } => {
+                d.insert("Data".into(), Value::Data(data.clone()));
+                "DeclarativeManagement"
+            }
+            CommandSpec::Raw {
+                raw_request_type,
+                plist,
+            } => {
+                let rt = raw_request_type.trim();
+                if rt.is_empty() || !rt.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    return Err(CoreError::Invalid(
+                        "RequestType is letters and digits, e.g. DeviceInformation".into(),
+                    ));
+                }
+                if let Some(text) = plist.as_deref().filter(|t| !t.trim().is_empty()) {
+                    let v: Value = plist::from_bytes(text.as_bytes()).map_err(|e| {
+                        CoreError::Invalid(format!("the command plist is malformed: {e}"))
+                    })?;
+                    let extra = v.into_dictionary().ok_or_else(|| {
+                        CoreError::Invalid("the command plist must be a dictionary".into())
+                    })?;
+                    for (k, v) in extra {
+                        if k != "RequestType" {
+                            d.insert(k, v);
+                        }
+                    }
+                }
+                return Ok((rt.to_string(), d));
+            }
+        };
+        Ok((rt.to_string(), d))
+    }
+}
+
+/// Which enrollments a command goes to.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CommandTarget {
+    /// These enrollments (ids).
+    Enrollments(Vec<String>),
+    /// Every enrolled device whose managed Apple ID contains this text ("" = all).
+    Filter { search: String },
+}
+
+/// What queueing a command did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Queued {
+    pub command_uuid: String,
+    pub request_type: String,
+    pub targets: u64,
+    /// Enrollments the push job was asked to wake.
+    pub push_requested: bool,
+}
+
+/// Who should be woken after a command was queued (the push job listens).
+pub trait PushRequester: Send + Sync {
+    fn request_push(&self, enrollment_ids: Vec<String>);
+}
+
+/// One command's state on one enrollment, for the API and portal.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CommandView {
+    pub command_uuid: String,
+    pub enrollment_id: String,
+    pub channel: String,
+    pub request_type: String,
+    pub status: String,
+    pub queued_at: chrono::DateTime<chrono::Utc>,
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The device's answer as JSON (from its plist), when finished.
+    #[schema(value_type = Object)]
+    pub result: Option<serde_json::Value>,
+    #[schema(value_type = Object)]
+    pub error_chain: Option<serde_json::Value>,
+}
+
+fn plist_to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Array(a) => serde_json::Value::Array(a.iter().map(plist_to_json).collect()),
+        Value::Dictionary(d) => serde_json::Value::Object(
+            d.iter()
+                .map(|(k, v)| (k.clone(), plist_to_json(v)))
+                .collect(),
+        ),
+        Value::Boolean(b) => json!(b),
+        Value::Data(d) => json!(format!("<{} bytes>", d.len())),
+        Value::Date(d) => json!(d.to_xml_format()),
+        Value::Real(r) => json!(r),
+        Value::Integer(i) => i
+            .as_signed()
+            .map(|n| json!(n))
+            .or_else(|| i.as_unsigned().map(|n| json!(n)))
+            .unwrap_or(serde_json::Value::Null),
+        Value::String(s) => json!(s),
+        _ => serde_json::Value::Null,
+    }
+}
+
+impl From<CommandRecord> for CommandView {
+    fn from(r: CommandRecord) -> Self {
+        Self {
+            result: r
+                .result
+                .as_deref()
+                .and_then(|b| plist::from_bytes::<Value>(b).ok())
+                .map(|v| plist_to_json(&v)),
+            error_chain: r
+                .error_chain
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok()),
+            command_uuid: r.command_uuid,
+            enrollment_id: r.enrollment_id,
+            channel: r.channel,
+            request_type: r.request_type,
+            status: r.status,
+            queued_at: r.queued_at,
+            sent_at: r.sent_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+impl Lanyard {
+    /// Queues a command after checking it against each target's enrollment mode; a forbidden
+    /// command is refused with the reason and nothing is queued.
+    pub async fn enqueue_command(
+        &self,
+        actor: &Actor,
+        target: &CommandTarget,
+        spec: &CommandSpec,
+        pusher: Option<&dyn PushRequester>,
+    ) -> Result<Queued> {
+        self.enqueue_audited(actor, target, spec, pusher, "command.enqueue")
+            .await
+    }
+
+    async fn enqueue_audited(
+        &self,
+        actor: &Actor,
+        target: &CommandTarget,
+        spec: &CommandSpec,
+        pusher: Option<&dyn PushRequester>,
+        action: &str,
+    ) -> Result<Queued> {
+        actor.require_write()?;
+        let enrollments: Vec<Enrollment> = match target {
+            CommandTarget::Enrollments(ids) => {
+                if ids.is_empty() || ids.len() > 100_000 {
+                    return Err(CoreError::Invalid("name 1 to 100,000 enrollments".into()));
+                }
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let e = self
+                        .store
+                        .enrollment(id)
+                        .await?
+                        .ok_or_else(|| CoreError::NotFound(format!("enrollment {id}")))?;
+                    if e.status != "enrolled" {
+                        return Err(CoreError::Invalid(format!(
+                            "enrollment {id} is {}, not enrolled",
+                            e.status
+                        )));
+                    }
+                    out.push(e);
+                }
+                out
+            }
+            CommandTarget::Filter { search } => {
+                self.store
+                    .list_enrollments(&lanyard_store::EnrollmentQuery {
+                        status: Some("enrolled".into()),
+                        search: Some(search.clone()).filter(|s| !s.is_empty()),
+                        offset: 0,
+                        limit: 1_000_000,
+                    })
+                    .await?
+            }
+        };
+        if enrollments.is_empty() {
+            return Err(CoreError::Invalid("no enrolled device matches".into()));
+        }
+        let any_ue = enrollments.iter().any(|e| e.mode == MODE_USER_ENROLLMENT);
+        let command = spec.build(any_ue)?;
+        let payload = lanyard_proto::command::encode_command(&command)
+            .map_err(|e| CoreError::Invalid(format!("the command cannot be encoded: {e}")))?;
+        let targets: Vec<(String, String)> = enrollments
+            .iter()
+            .map(|e| (e.id.clone(), CHANNEL_DEVICE.to_string()))
+            .collect();
+        let audit = Audit::new(
+            &actor.name,
+            action,
+            &command.uuid,
+            json!({"request_type": command.request_type, "targets": targets.len(),
+                   "first_target": targets.first().map(|t| &t.0)}),
+        );
+        let n = self
+            .store
+            .enqueue_command(
+                &NewCommand {
+                    uuid: command.uuid.clone(),
+                    request_type: command.request_type.clone(),
+                    payload,
+                    created_by: actor.name.clone(),
+                },
+                &targets,
+                &audit,
+            )
+            .await?;
+        if let Some(p) = pusher {
+            p.request_push(enrollments.into_iter().map(|e| e.id).collect());
+        }
+        Ok(Queued {
+            command_uuid: command.uuid,
+            request_type: command.request_type,
+            targets: n,
+            push_requested: pusher.is_some(),
+        })
+    }
+
+    /// Unenrolls a device: queues `RemoveProfile` for its enrollment profile, which on a User
+    /// Enrollment removes the MDM profile and with it the managed volume. The device answers
+    /// with `CheckOut`, which ends the enrollment.
+    pub async fn unenroll(
+        &self,
+        actor: &Actor,
+        enrollment_id: &str,
+        pusher: Option<&dyn PushRequester>,
+    ) -> Result<Queued> {
+        actor.require_write()?;
+        let e = self
+            .store
+            .enrollment(enrollment_id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("enrollment {enrollment_id}")))?;
+        if e.status == "checked_out" {
+            return Err(CoreError::Conflict(format!(
+                "enrollment {enrollment_id} has already checked out"
+            )));
+        }
+        let queued = self
+            .enqueue_audited(
+                actor,
+                &CommandTarget::Enrollments(vec![e.id.clone()]),
+                &CommandSpec::RemoveProfile {
+                    identifier: crate::enrollment::profile_identifier(&e.id),
+                },
+                pusher,
+                "enrollment.unenroll",
+            )
+            .await?;
+        Ok(queued)
+    }
+
+    pub async fn command_history(
+        &self,
+        enrollment_id: &str,
+        limit: i64,
+    ) -> Result<Vec<CommandView>> {
+        Ok(self
+            .store
+            .command_history(enrollment_id, limit)
+            .await?
+            .into_iter()
+            .map(CommandView::from)
+            .collect())
+    }
+
+    pub async fn command_targets(&self, command_uuid: &str) -> Result<Vec<CommandView>> {
+        let t = self.store.command_targets(command_uuid).await?;
+        if t.is_empty() {
+            return Err(CoreError::NotFound(format!("command {command_uuid}")));
+        }
+        Ok(t.into_iter().map(CommandView::from).collect())
+    }
+
+    /// An enrollment's inventory (what its devices reported), as JSON.
+    pub async fn inventory(&self, enrollment_id: &str) -> Result<serde_json::Value> {
+        Ok(self
+            .store
+            .inventory(enrollment_id)
+            .await?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| json!({})))
+    }
+
+    /// Handles a command-channel report from an identified device and returns the next command
+    /// for that channel, if any.
+    pub async fn command_report(
+        &self,
+        enrollment: &Enrollment,
+        body: &[u8],
+    ) -> Result<Option<NextCommand>> {
+        let report = lanyard_proto::decode_command_report(body)
+            .map_err(|e| CoreError::Invalid(format!("command report: {e}")))?;
+        if enrollment.device_channel_id.as_deref() != Some(report.enrollment.device_id()) {
+            return Err(CoreError::Unauthorized(
+                "this identity belongs to another device".into(),
+            ));
+        }
+        let channel = if report.enrollment.kind == EnrollmentKind::UserEnrollmentUser {
+            CHANNEL_USER
+        } else {
+            CHANNEL_DEVICE
+        };
+        let now = lanyard_store::now();
+        if report.status.is_result() {
+            let uuid = report
+                .command_uuid
+                .clone()
+                .ok_or_else(|| CoreError::Invalid("a result must name its CommandUUID".into()))?;
+            let status = match report.status {
+                CommandStatus::Acknowledged => "acknowledged",
+                CommandStatus::Error => "error",
+                CommandStatus::CommandFormatError => "command_format_error",
+                CommandStatus::NotNow => "not_now",
+                CommandStatus::Idle => "idle",
+            };
+            let error_chain = (!report.error_chain.is_empty())
+                .then(|| serde_json::to_string(&report.error_chain).ok())
+                .flatten();
+            let mut result_bytes = Vec::new();
+            plist::to_writer_xml(&mut result_bytes, &report.result)
+                .map_err(|e| CoreError::Internal(e.to_string()))?;
+            let outcome = CommandOutcome {
+                command_uuid: uuid.clone(),
+                status: status.into(),
+                result: Some(result_bytes),
+                error_chain,
+                retry_after: (report.status == CommandStatus::NotNow)
+                    .then(|| now + Duration::minutes(NOT_NOW_BACKOFF_MINUTES)),
+            };
+            let request_type = self
+                .store
+                .record_command_outcome(&enrollment.id, channel, &outcome, now)
+                .await
+                .map_err(|e| match e {
+                    lanyard_store::StoreError::NotFound(m) => CoreError::Invalid(m),
+                    other => other.into(),
+                })?;
+            if report.status == CommandStatus::Acknowledged {
+                self.update_inventory(&enrollment.id, &request_type, &report.result)
+                    .await?;
+            }
+        }
+        self.store.touch_enrollment(&enrollment.id, now).await?;
+        Ok(self
+            .store
+            .next_command(&enrollment.id, channel, now)
+            .await?)
+    }
+
+    /// Folds a query result into the enrollment's inventory document.
+    async fn update_inventory(
+        &self,
+        enrollment_id: &str,
+        request_type: &str,
+        result: &Dictionary,
+    ) -> Result<()> {
+        let key = match request_type {
+            "DeviceInformation" => "QueryResponses",
+            "SecurityInfo" => "SecurityInfo",
+            "ProfileList" => "ProfileList",
+            "InstalledApplicationList" => "InstalledApplicationList",
+            "CertificateList" => "CertificateList",
+            _ => return Ok(()),
+        };
+        let Some(value) = result.get(key) else {
+            return Ok(());
+        };
+        let mut inv: BTreeMap<String, serde_json::Value> = self
+            .store
+            .inventory(enrollment_id)
+            .await?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let section = match request_type {
+            "DeviceInformation" => "device_information",
+            "SecurityInfo" => "security_info",
+            "ProfileList" => "profiles",
+            "InstalledApplicationList" => "applications",
+            _ => "certificates",
+        };
+        let mut new = plist_to_json(value);
+        if section == "device_information" {
+            // Merge: a query for a few keys must not erase the others.
+            if let (Some(old), Some(fresh)) = (
+                inv.get(section).and_then(|v| v.as_object()).cloned(),
+                new.as_object_mut(),
+            ) {
+                for (k, v) in old {
+                    fresh.entry(k).or_insert(v);
+                }
+            }
+        }
+        inv.insert(section.into(), new);
+        inv.insert("updated_at".into(), json!(lanyard_store::now()));
+        let text = serde_json::to_string(&inv).map_err(|e| CoreError::Internal(e.to_string()))?;
+        self.store.set_inventory(enrollment_id, &text).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_enrollment_limits_come_from_the_schema() {
+        let erase = CommandSpec::Raw {
+            raw_request_type: "EraseDevice".into(),
+            plist: None,
+        };
+        let err = erase.build(true).unwrap_err().to_string();
+        assert!(
+            err.contains("EraseDevice is not allowed for User Enrollment"),
+            "{err}"
+        );
+        assert!(
+            erase.build(false).is_ok(),
+            "allowed outside User Enrollment"
+        );
+        let serial = CommandSpec::DeviceInformation {
+            queries: vec!["SerialNumber".into()],
+        };
+        assert!(serial
+            .build(true)
+            .unwrap_err()
+            .to_string()
+            .contains("SerialNumber"));
+        let ok = CommandSpec::DeviceInformation { queries: vec![] }
+            .build(true)
+            .unwrap();
+        assert_eq!(ok.request_type, "DeviceInformation");
+        let sent = ok.payload.get("Queries").and_then(Value::as_array).unwrap();
+        assert!(sent.iter().any(|q| q.as_string() == Some("OSVersion")));
+        assert!(CommandSpec::ProfileList.build(true).is_ok());
+        assert!(CommandSpec::SecurityInfo.build(true).is_ok());
+    }
+
+    #[test]
+    fn raw_commands_are_checked() {
+        let bad = CommandSpec::Raw {
+            raw_request_type: "Device Information".into(),
+            plist: None,
+        };
+        assert!(bad.build(false).is_err());
+        let bad_plist = CommandSpec::Raw {
+            raw_request_type: "ProfileList".into(),
+            plist: Some("<dict><key>x</key>".into()),
+        };
+        assert!(bad_plist.build(false).is_err());
+        let good = CommandSpec::Raw {
+            raw_request_type: "ProfileList".into(),
+            plist: Some("<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>ManagedOnly</key><true/></dict></plist>".into()),
+        };
+        let c = good.build(true).unwrap();
+        assert_eq!(c.payload.get("ManagedOnly"), Some(&Value::Boolean(true)));
+    }
+
+    #[test]
+    fn profiles_are_checked_payload_by_payload() {
+        let profile = |t: &str| {
+            format!(
+                "<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>PayloadType</key>\
+                 <string>Configuration</string><key>PayloadContent</key><array><dict>\
+                 <key>PayloadType</key><string>{t}</string></dict></array></dict></plist>"
+            )
+            .into_bytes()
+        };
+        let wifi = CommandSpec::InstallProfile {
+            profile: profile("com.apple.wifi.managed"),
+        };
+        assert!(
+            wifi.build(true).is_ok(),
+            "Wi-Fi is allowed under User Enrollment"
+        );
+        let restrictions = CommandSpec::InstallProfile {
+            profile: profile("com.apple.applicationaccess.new"),
+        };
+        let r = restrictions.build(true);
+        // The verdict must match the schema table, whatever it is.
+        assert_eq!(
+            r.is_ok(),
+            ue_payload_policy("com.apple.applicationaccess.new").is_allowed()
+        );
+        let garbage = CommandSpec::InstallProfile {
+            profile: b"not a plist".to_vec(),
+        };
+        assert!(garbage.build(true).is_err());
+    }
+}

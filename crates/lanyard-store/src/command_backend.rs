@@ -1,0 +1,263 @@
+//! `CommandStore` for both backends. The next-command lookup is one indexed `UPDATE … WHERE id =
+//! (SELECT … ORDER BY id LIMIT 1) RETURNING`; PostgreSQL adds `FOR UPDATE SKIP LOCKED` so
+//! several server processes never hand the same row out twice, SQLite has a single writer.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::*;
+
+/// Targets inserted per statement when queueing a command for many enrollments.
+const ENQUEUE_CHUNK: usize = 500;
+
+const RECORD_COLUMNS: &str = "command_uuid, enrollment_id, channel, request_type, status, \
+    queued_at, sent_at, finished_at, result, error_chain";
+
+macro_rules! impl_command_store {
+    ($store:ty, $db:ty, $lock:literal) => {
+        #[async_trait]
+        impl CommandStore for $store {
+            async fn enqueue_command(
+                &self,
+                command: &NewCommand,
+                targets: &[(String, String)],
+                audit: &Audit,
+            ) -> Result<u64> {
+                let mut tx = self.pool.begin().await?;
+                let at = now();
+                sqlx::query(
+                    "INSERT INTO commands (uuid, request_type, payload, created_by, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&command.uuid)
+                .bind(&command.request_type)
+                .bind(&command.payload)
+                .bind(&command.created_by)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                let mut queued = 0;
+                for chunk in targets.chunks(ENQUEUE_CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO command_queue (enrollment_id, channel, command_uuid, status, \
+                         queued_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, (enrollment, channel)| {
+                        b.push_bind(enrollment)
+                            .push_bind(channel)
+                            .push_bind(&command.uuid)
+                            .push_bind("queued")
+                            .push_bind(at);
+                    });
+                    queued += qb.build().execute(&mut *tx).await?.rows_affected();
+                }
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(queued)
+            }
+
+            async fn next_command(
+                &self,
+                enrollment_id: &str,
+                channel: &str,
+                at: DateTime<Utc>,
+            ) -> Result<Option<NextCommand>> {
+                let uuid: Option<String> = sqlx::query_scalar(concat!(
+                    "UPDATE command_queue SET status = 'sent', sent_at = $3 WHERE id = (\
+                     SELECT id FROM command_queue WHERE enrollment_id = $1 AND channel = $2 \
+                     AND (not_now_until IS NULL OR not_now_until <= $3) ORDER BY id LIMIT 1 ",
+                    $lock,
+                    ") RETURNING command_uuid"
+                ))
+                .bind(enrollment_id)
+                .bind(channel)
+                .bind(at)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(uuid) = uuid else {
+                    return Ok(None);
+                };
+                Ok(sqlx::query_as(
+                    "SELECT uuid AS command_uuid, request_type, payload FROM commands \
+                     WHERE uuid = $1",
+                )
+                .bind(uuid)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn record_command_outcome(
+                &self,
+                enrollment_id: &str,
+                channel: &str,
+                o: &CommandOutcome,
+                at: DateTime<Utc>,
+            ) -> Result<String> {
+                let never_given = || {
+                    StoreError::NotFound(format!(
+                        "command {} was never given to this device",
+                        o.command_uuid
+                    ))
+                };
+                if o.status == "not_now" {
+                    let done = sqlx::query(
+                        "UPDATE command_queue SET status = 'not_now', not_now_until = $4, \
+                         not_now_count = not_now_count + 1 WHERE enrollment_id = $1 \
+                         AND channel = $2 AND command_uuid = $3 AND status = 'sent'",
+                    )
+                    .bind(enrollment_id)
+                    .bind(channel)
+                    .bind(&o.command_uuid)
+                    .bind(o.retry_after.unwrap_or(at))
+                    .execute(&self.pool)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(never_given());
+                    }
+                    return Ok("not_now".into());
+                }
+                let mut tx = self.pool.begin().await?;
+                let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+                    "DELETE FROM command_queue WHERE enrollment_id = $1 AND channel = $2 \
+                     AND command_uuid = $3 AND status = 'sent' RETURNING queued_at, sent_at",
+                )
+                .bind(enrollment_id)
+                .bind(channel)
+                .bind(&o.command_uuid)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((queued_at, sent_at)) = row else {
+                    return Err(never_given());
+                };
+                let request_type: String = sqlx::query_scalar(
+                    "INSERT INTO command_results (enrollment_id, channel, command_uuid, \
+                     request_type, status, result, error_chain, queued_at, sent_at, finished_at) \
+                     SELECT $1, $2, $3, request_type, $4, $5, $6, $7, $8, $9 FROM commands \
+                     WHERE uuid = $3 RETURNING request_type",
+                )
+                .bind(enrollment_id)
+                .bind(channel)
+                .bind(&o.command_uuid)
+                .bind(&o.status)
+                .bind(&o.result)
+                .bind(&o.error_chain)
+                .bind(queued_at)
+                .bind(sent_at)
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(request_type)
+            }
+
+            async fn release_not_now(&self, enrollment_id: &str) -> Result<u64> {
+                Ok(sqlx::query(
+                    "UPDATE command_queue SET not_now_until = NULL WHERE enrollment_id = $1 \
+                     AND not_now_until IS NOT NULL",
+                )
+                .bind(enrollment_id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
+            async fn command_history(
+                &self,
+                enrollment_id: &str,
+                limit: i64,
+            ) -> Result<Vec<CommandRecord>> {
+                let limit = limit.clamp(1, 1000);
+                let mut live: Vec<CommandRecord> = sqlx::query_as(
+                    "SELECT q.command_uuid, q.enrollment_id, q.channel, c.request_type, \
+                     q.status, q.queued_at, q.sent_at, NULL AS finished_at, NULL AS result, \
+                     NULL AS error_chain FROM command_queue q \
+                     JOIN commands c ON c.uuid = q.command_uuid \
+                     WHERE q.enrollment_id = $1 ORDER BY q.id DESC LIMIT $2",
+                )
+                .bind(enrollment_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                let done: Vec<CommandRecord> = sqlx::query_as(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM command_results WHERE enrollment_id = $1 \
+                     ORDER BY id DESC LIMIT $2"
+                ))
+                .bind(enrollment_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                live.extend(done);
+                live.truncate(usize::try_from(limit).unwrap_or(1000));
+                Ok(live)
+            }
+
+            async fn command_targets(&self, command_uuid: &str) -> Result<Vec<CommandRecord>> {
+                let mut live: Vec<CommandRecord> = sqlx::query_as(
+                    "SELECT q.command_uuid, q.enrollment_id, q.channel, c.request_type, \
+                     q.status, q.queued_at, q.sent_at, NULL AS finished_at, NULL AS result, \
+                     NULL AS error_chain FROM command_queue q \
+                     JOIN commands c ON c.uuid = q.command_uuid WHERE q.command_uuid = $1",
+                )
+                .bind(command_uuid)
+                .fetch_all(&self.pool)
+                .await?;
+                let done: Vec<CommandRecord> = sqlx::query_as(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM command_results WHERE command_uuid = $1"
+                ))
+                .bind(command_uuid)
+                .fetch_all(&self.pool)
+                .await?;
+                live.extend(done);
+                Ok(live)
+            }
+
+            async fn prune_command_results(&self, before: DateTime<Utc>) -> Result<u64> {
+                let mut n = sqlx::query("DELETE FROM command_results WHERE finished_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                n += sqlx::query(
+                    "DELETE FROM commands WHERE created_at < $1 \
+                     AND NOT EXISTS (SELECT 1 FROM command_queue q WHERE q.command_uuid = uuid) \
+                     AND NOT EXISTS (SELECT 1 FROM command_results r WHERE r.command_uuid = uuid)",
+                )
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n)
+            }
+
+            async fn clear_queue(&self, enrollment_id: &str) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM command_queue WHERE enrollment_id = $1")
+                    .bind(enrollment_id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn set_inventory(&self, enrollment_id: &str, inventory: &str) -> Result<()> {
+                sqlx::query("UPDATE enrollments SET inventory = $2 WHERE id = $1")
+                    .bind(enrollment_id)
+                    .bind(inventory)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn inventory(&self, enrollment_id: &str) -> Result<Option<String>> {
+                Ok(sqlx::query_scalar::<_, Option<String>>(
+                    "SELECT inventory FROM enrollments WHERE id = $1",
+                )
+                .bind(enrollment_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten())
+            }
+        }
+    };
+}
+
+impl_command_store!(SqliteStore, sqlx::Sqlite, "");
+impl_command_store!(PostgresStore, sqlx::Postgres, "FOR UPDATE SKIP LOCKED");

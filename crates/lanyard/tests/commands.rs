@@ -1,0 +1,238 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! The command channel end to end, on both databases: queue through the API and CLI, the
+//! simulated Mac fetches and answers, results and inventory are stored, User Enrollment limits
+//! refuse forbidden commands at enqueue time, `NotNow` is retried, and unenrollment ends in a
+//! checkout after which the same person enrolls again cleanly.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use lanyard_proto::command::CommandStatus;
+use lanyard_testkit::sim::{Ownership, SimMac, SimOptions};
+use serde_json::{json, Value};
+use support::{Db, Server};
+
+async fn admin_token(s: &Server, c: &reqwest::Client) -> String {
+    let r = c
+        .post(format!("{}/api/v1/sessions", s.url))
+        .json(&json!({"username": "admin", "password": s.admin_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["session_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn sim(s: &Server) -> SimMac {
+    SimMac::new(SimOptions {
+        ownership: Ownership::Employee,
+        attrs: BTreeMap::new(),
+        os_version: "15.2".into(),
+        ca_cert_pem: Some(s.ca_pem()),
+        ..SimOptions::new(s.url.clone(), "ann@example.com", "a long password")
+    })
+    .unwrap()
+}
+
+async fn setup(db: Db) -> Option<Server> {
+    let s = Server::start(db).await?;
+    let (ok, _, err) = s.cli_stdin(
+        &["user", "add", "ann@example.com", "--password", "-"],
+        "a long password\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = s.cli(&["settings", "set", "managed-domains", "example.com"]);
+    assert!(ok, "{err}");
+    Some(s)
+}
+
+async fn enrolled_id(s: &Server) -> String {
+    let (ok, out, err) = s.cli(&["device", "list", "--json"]);
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    list[0]["id"].as_str().unwrap().to_string()
+}
+
+async fn round_trip(db: Db) {
+    let Some(s) = setup(db).await else { return };
+    let c = s.client();
+    let token = admin_token(&s, &c).await;
+    let mut mac = sim(&s);
+    mac.enroll().await.unwrap();
+    let id = enrolled_id(&s).await;
+
+    // Nothing queued: Idle gets an empty answer.
+    assert!(mac.idle().await.unwrap().is_none());
+
+    // DeviceInformation through the API; the Mac fetches and answers; inventory shows it.
+    let r = c
+        .post(format!("{}/api/v1/commands", s.url))
+        .bearer_auth(&token)
+        .json(&json!({"target": {"enrollments": [id]},
+                      "command": {"request_type": "DeviceInformation"}, "push": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let queued: Value = r.json().await.unwrap();
+    assert_eq!(queued["targets"], 1);
+    let uuid = queued["command_uuid"].as_str().unwrap().to_string();
+    let cmd = mac.idle().await.unwrap().expect("a command");
+    assert_eq!(cmd.uuid, uuid);
+    assert_eq!(cmd.request_type, "DeviceInformation");
+    let reply = mac.builtin_reply(&cmd, lanyard_testkit::Channel::Device);
+    assert_eq!(reply.status, CommandStatus::Acknowledged);
+    assert!(mac
+        .respond(&cmd.uuid, reply.status, reply.result)
+        .await
+        .unwrap()
+        .is_none());
+    let inv: Value = c
+        .get(format!("{}/api/v1/devices/{id}/inventory", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(inv["device_information"]["OSVersion"], "15.2", "{inv}");
+    let status: Value = c
+        .get(format!("{}/api/v1/commands/{uuid}", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status[0]["status"], "acknowledged");
+    assert_eq!(status[0]["result"]["QueryResponses"]["OSVersion"], "15.2");
+
+    // A result for a command the Mac was never given is refused; nothing changes.
+    let err = mac
+        .respond(
+            "00000000-0000-0000-0000-000000000000",
+            CommandStatus::Acknowledged,
+            Default::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+
+    // Forbidden for User Enrollment: refused at enqueue with the schema's reason.
+    for (command, what) in [
+        (
+            json!({"request_type": "Raw", "raw_request_type": "EraseDevice"}),
+            "EraseDevice",
+        ),
+        (
+            json!({"request_type": "DeviceInformation", "queries": ["SerialNumber"]}),
+            "SerialNumber",
+        ),
+    ] {
+        let r = c
+            .post(format!("{}/api/v1/commands", s.url))
+            .bearer_auth(&token)
+            .json(&json!({"target": {"enrollments": [id]}, "command": command, "push": false}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422);
+        let e: Value = r.json().await.unwrap();
+        let m = e["error"]["message"].as_str().unwrap();
+        assert!(m.contains(what) && m.contains("User Enrollment"), "{m}");
+    }
+    let (ok, _, err) = s.cli(&[
+        "command",
+        "send",
+        "raw",
+        "--request-type",
+        "EraseDevice",
+        "--device",
+        &id,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("not allowed for User Enrollment"), "{err}");
+    assert!(mac.idle().await.unwrap().is_none(), "nothing was queued");
+
+    // NotNow: kept, not handed out again until its back-off (or a push).
+    let (ok, out, err) = s.cli(&[
+        "command",
+        "send",
+        "security-info",
+        "--device",
+        &id,
+        "--no-push",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let q: Value = serde_json::from_str(&out).unwrap();
+    let cmd = mac.idle().await.unwrap().unwrap();
+    assert_eq!(cmd.uuid, q["command_uuid"].as_str().unwrap());
+    assert!(mac
+        .respond(&cmd.uuid, CommandStatus::NotNow, Default::default())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(mac.idle().await.unwrap().is_none(), "deferred after NotNow");
+    let (ok, out, _) = s.cli(&["command", "show", cmd.uuid.as_str(), "--json"]);
+    assert!(ok);
+    assert!(out.contains("not_now"), "{out}");
+
+    // Unenroll: RemoveProfile for the enrollment profile, then the Mac checks out.
+    let (ok, out, err) = s.cli(&["device", "unenroll", &id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("RemoveProfile"), "{out}");
+    let cmd = mac.idle().await.unwrap().expect("RemoveProfile");
+    assert_eq!(cmd.request_type, "RemoveProfile");
+    assert_eq!(
+        cmd.command.get("Identifier").and_then(|v| v.as_string()),
+        Some(format!("org.lanyard.enrollment.{id}").as_str())
+    );
+    mac.respond(&cmd.uuid, CommandStatus::Acknowledged, Default::default())
+        .await
+        .unwrap();
+    mac.check_out().await.unwrap();
+    let (ok, out, _) = s.cli(&["device", "list", "--status", "checked_out", "--json"]);
+    assert!(ok);
+    assert!(out.contains(&id));
+    assert!(
+        mac.idle().await.is_err(),
+        "a checked-out identity is refused"
+    );
+
+    // The same person enrolls again: a clean new enrollment, no leftovers.
+    let mut again = sim(&s);
+    again.enroll().await.unwrap();
+    let new_id = enrolled_id(&s).await;
+    assert_ne!(new_id, id);
+    assert!(
+        again.idle().await.unwrap().is_none(),
+        "no commands carried over"
+    );
+    let (ok, out, _) = s.cli(&["device", "commands", &new_id, "--json"]);
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]));
+
+    // The audit log names who queued and unenrolled.
+    let (ok, out, _) = s.cli(&["audit", "--json", "--action", "enrollment.unenroll"]);
+    assert!(ok);
+    assert!(out.contains(&id), "{out}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn command_round_trip_sqlite() {
+    round_trip(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn command_round_trip_postgres() {
+    round_trip(Db::Postgres).await;
+}
