@@ -923,6 +923,7 @@ impl SimMac {
         let mut pages = 0usize;
         let mut requests = 0usize;
         let mut last_submission: Option<String> = None;
+        let mut fields_seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
             requests += 1;
             if requests > MAX_SIGN_IN_PAGES * 3 {
@@ -966,6 +967,19 @@ impl SimMac {
                         "sign-in: {shown} → {} {RESULT_SCHEME}://authentication-results (access token received)",
                         status.as_u16()
                     ));
+                    let unused: Vec<String> = self
+                        .opts
+                        .attrs
+                        .keys()
+                        .filter(|k| !fields_seen.contains(&format!("attr:{k}")))
+                        .cloned()
+                        .collect();
+                    if !unused.is_empty() {
+                        self.log(format!(
+                            "sign-in: no page asked for attribute(s) {} (not sent)",
+                            unused.join(", ")
+                        ));
+                    }
                     return Ok(token);
                 }
                 let next = req.url.join(&loc).map_err(|e| {
@@ -1031,6 +1045,7 @@ impl SimMac {
             let pairs = form
                 .fill(&answers)
                 .map_err(|m| SimError::failed(Step::SignIn, m))?;
+            fields_seen.extend(form.field_names().into_iter().map(str::to_owned));
             let names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
             self.log(format!(
                 "sign-in: {shown} → {}, form {} {} [{}]",

@@ -446,7 +446,9 @@ fn opts(r: &Running, email: &str) -> SimOptions {
 #[tokio::test]
 async fn enrolls_checks_in_and_answers_commands() {
     let r = start().await;
-    let mut mac = SimMac::new(opts(&r, "Ann@example.com")).unwrap();
+    let mut o = opts(&r, "Ann@example.com");
+    o.attrs.insert("unasked".into(), "x".into());
+    let mut mac = SimMac::new(o).unwrap();
     let report = mac
         .enroll()
         .await
@@ -465,6 +467,10 @@ async fn enrolls_checks_in_and_answers_commands() {
     );
     assert!(report.steps.len() >= 8, "{:#?}", report.steps);
     let text = report.steps.join("\n");
+    assert!(
+        text.contains("no page asked for attribute(s) unasked (not sent)"),
+        "{text}"
+    );
     assert!(!text.contains(PASSWORD) && !text.contains(mac.access_token().unwrap()));
 
     let eid = mac.enrollment_id().to_owned();
