@@ -5,7 +5,6 @@
 use plist::{Dictionary, Value};
 use serde::Serialize;
 
-use lanyard_pki::openssl::hash::{hash, MessageDigest};
 use lanyard_proto::user_enrollment::{ue_command_policy, ue_device_information_query_policy};
 use lanyard_proto::CommandStatus;
 
@@ -172,6 +171,17 @@ impl InstalledProfile {
     }
 }
 
+/// A certificate the Mac holds, for `CertificateList`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCertificate {
+    /// `CommonName`.
+    pub common_name: String,
+    /// `Data` (DER).
+    pub der: Vec<u8>,
+    /// `IsIdentity`: the Mac has its private key.
+    pub is_identity: bool,
+}
+
 /// What the built-in responder knows about the Mac.
 #[derive(Debug, Clone)]
 pub struct ResponderContext<'a> {
@@ -183,6 +193,10 @@ pub struct ResponderContext<'a> {
     pub managed_apple_id: &'a str,
     /// The `EnrollmentID` (seeds stable fake values).
     pub enrollment_id: &'a str,
+    /// The channel's push token (`PushToken` query).
+    pub push_token: &'a [u8],
+    /// Certificates installed by the enrollment (identity, CA).
+    pub certificates: &'a [HeldCertificate],
 }
 
 /// Domain and code the simulated Mac uses for refusals (plausible, not Apple's exact codes).
@@ -192,63 +206,42 @@ fn s(v: &str) -> Value {
     Value::String(v.to_owned())
 }
 
-/// A stable fake MAC address derived from `seed`.
-fn fake_mac(seed: &str, salt: &str) -> String {
-    let d = hash(MessageDigest::sha256(), format!("{seed}/{salt}").as_bytes())
-        .map(|d| d.to_vec())
-        .unwrap_or_else(|_| vec![0; 6]);
-    // locally administered, unicast
-    let first = (d.first().copied().unwrap_or(0) | 0x02) & 0xfe;
-    let mut parts = vec![format!("{first:02x}")];
-    parts.extend(d.iter().skip(1).take(5).map(|b| format!("{b:02x}")));
-    parts.join(":")
+fn b(v: bool) -> Value {
+    Value::Boolean(v)
 }
 
-/// The value of one `DeviceInformation` query, when the simulated Mac has one.
+fn dict(pairs: Vec<(&str, Value)>) -> Value {
+    let mut d = Dictionary::new();
+    for (k, v) in pairs {
+        d.insert(k.to_owned(), v);
+    }
+    Value::Dictionary(d)
+}
+
+/// The value of one `DeviceInformation` query, when the simulated Mac has one. Only queries
+/// Apple's schema allows under macOS User Enrollment are ever asked of this function.
 fn query_value(q: &str, ctx: &ResponderContext<'_>) -> Option<Value> {
     let f = ctx.facts;
+    let laptop = f.model_name.starts_with("MacBook");
     Some(match q {
         "OSVersion" => s(&f.os_version),
         "BuildVersion" => s(&f.build_version),
         "ProductName" | "Model" => s(&f.product),
         "ModelName" => s(&f.model_name),
+        "ModelNumber" => s("Z15S000AB"),
         "DeviceName" => s(&format!("Simulated {}", f.model_name)),
-        "HostName" | "LocalHostName" => s("Simulated-Mac"),
-        "EASDeviceIdentifier" => {
-            let id: String = ctx
-                .enrollment_id
-                .chars()
-                .filter(|c| *c != '-')
-                .take(16)
-                .collect();
-            s(&id)
-        }
-        "IsSupervised"
-        | "IsActivationLockEnabled"
-        | "IsDeviceLocatorServiceEnabled"
-        | "IsDoNotDisturbInEffect"
-        | "IsCloudBackupEnabled"
-        | "IsMDMLostModeEnabled" => Value::Boolean(false),
-        "IsAppleSilicon" => Value::Boolean(true),
-        "SupportsLOMDevice" => Value::Boolean(false),
-        "WiFiMAC" => s(&fake_mac(ctx.enrollment_id, "wifi")),
-        "BluetoothMAC" => s(&fake_mac(ctx.enrollment_id, "bt")),
-        "EthernetMAC" => s(&fake_mac(ctx.enrollment_id, "en")),
+        "HostName" => s("simulated-mac.local"),
+        "LocalHostName" => s("simulated-mac"),
+        "IsSupervised" => b(false),
+        "IsAppleSilicon" => b(true),
+        "SupportsLOMDevice" => b(false),
+        "SupportsiOSAppInstalls" => b(true),
+        "SystemIntegrityProtectionEnabled" => b(true),
+        "HasBattery" => b(laptop),
+        "BatteryLevel" if laptop => Value::Real(0.82),
         "DeviceCapacity" => Value::Real(460.43),
         "AvailableDeviceCapacity" => Value::Real(212.07),
-        "BatteryLevel" => Value::Real(0.82),
-        "SoftwareUpdateDeviceID" => s(&f.software_update_device_id),
-        "OSUpdateSettings" => {
-            let mut d = Dictionary::new();
-            d.insert("AutoCheckEnabled".into(), Value::Boolean(true));
-            d.insert("BackgroundDownloadEnabled".into(), Value::Boolean(true));
-            d.insert(
-                "AutomaticOSInstallationEnabled".into(),
-                Value::Boolean(false),
-            );
-            Value::Dictionary(d)
-        }
-        "ManagedAppleID" => s(ctx.managed_apple_id),
+        "PushToken" => Value::Data(ctx.push_token.to_vec()),
         _ => return None,
     })
 }
@@ -275,28 +268,68 @@ fn device_information(cmd: &ServerCommand, ctx: &ResponderContext<'_>) -> Reply 
     Reply::acknowledged(result)
 }
 
+/// `SecurityInfo` with the keys macOS reports under User Enrollment (the schema forbids the
+/// FileVault recovery-key, remote-desktop, bootstrap-token and recovery-lock keys there).
 fn security_info() -> Reply {
-    let mut fw = Dictionary::new();
-    fw.insert("FirewallEnabled".into(), Value::Boolean(true));
-    fw.insert("BlockAllIncoming".into(), Value::Boolean(false));
-    fw.insert("StealthMode".into(), Value::Boolean(false));
-    let mut info = Dictionary::new();
-    info.insert("FDE_Enabled".into(), Value::Boolean(true));
-    info.insert("FDE_HasPersonalRecoveryKey".into(), Value::Boolean(true));
-    info.insert(
-        "FDE_HasInstitutionalRecoveryKey".into(),
-        Value::Boolean(false),
-    );
-    info.insert(
-        "SystemIntegrityProtectionEnabled".into(),
-        Value::Boolean(true),
-    );
-    info.insert("FirewallSettings".into(), Value::Dictionary(fw));
-    info.insert("PasscodePresent".into(), Value::Boolean(true));
-    info.insert("PasscodeCompliant".into(), Value::Boolean(true));
-    info.insert("PasscodeCompliantWithProfiles".into(), Value::Boolean(true));
+    let info = dict(vec![
+        ("FDE_Enabled", b(true)),
+        ("SystemIntegrityProtectionEnabled", b(true)),
+        ("AuthenticatedRootVolumeEnabled", b(true)),
+        (
+            "FirewallSettings",
+            dict(vec![
+                ("FirewallEnabled", b(true)),
+                ("BlockAllIncoming", b(false)),
+                ("StealthMode", b(false)),
+                ("LoggingEnabled", b(true)),
+                ("LoggingOption", s("throttled")),
+            ]),
+        ),
+        (
+            "FirmwarePasswordStatus",
+            dict(vec![
+                ("PasswordExists", b(false)),
+                ("ChangePending", b(false)),
+                ("AllowOroms", b(true)),
+            ]),
+        ),
+        (
+            "ManagementStatus",
+            dict(vec![
+                ("EnrolledViaDEP", b(false)),
+                ("UserApprovedEnrollment", b(true)),
+                ("IsUserEnrollment", b(true)),
+                ("IsActivationLockManageable", b(false)),
+            ]),
+        ),
+        (
+            "SecureBoot",
+            dict(vec![
+                ("SecureBootLevel", s("full")),
+                ("ExternalBootLevel", s("restricted")),
+                ("ReducedSecurity", Value::Array(Vec::new())),
+            ]),
+        ),
+    ]);
     let mut result = Dictionary::new();
-    result.insert("SecurityInfo".into(), Value::Dictionary(info));
+    result.insert("SecurityInfo".into(), info);
+    Reply::acknowledged(result)
+}
+
+fn certificate_list(ctx: &ResponderContext<'_>) -> Reply {
+    let list = ctx
+        .certificates
+        .iter()
+        .map(|c| {
+            dict(vec![
+                ("CommonName", s(&c.common_name)),
+                ("Data", Value::Data(c.der.clone())),
+                ("IsIdentity", b(c.is_identity)),
+            ])
+        })
+        .collect();
+    let mut result = Dictionary::new();
+    result.insert("CertificateList".into(), Value::Array(list));
     Reply::acknowledged(result)
 }
 
@@ -304,7 +337,9 @@ fn security_info() -> Reply {
 ///
 /// - commands the schema forbids under User Enrollment → `Error`;
 /// - `DeviceInformation` → the allowed queries it knows, in `QueryResponses`;
-/// - `SecurityInfo` → FileVault, SIP, firewall, passcode state;
+/// - `SecurityInfo` → FileVault, SIP, firewall, management status, secure boot;
+/// - `CertificateList` → the certificates the enrollment installed;
+/// - `ProvisioningProfileList`, `ManagedApplicationList` → empty;
 /// - `ProfileList` → `profiles`;
 /// - `InstallProfile` / `RemoveProfile` → change `profiles`;
 /// - anything else → `Error` ("not supported by the simulated Mac").
@@ -328,6 +363,20 @@ pub fn builtin_reply(
     match cmd.request_type.as_str() {
         "DeviceInformation" => device_information(cmd, ctx),
         "SecurityInfo" => security_info(),
+        "CertificateList" => certificate_list(ctx),
+        "ProvisioningProfileList" => {
+            let mut result = Dictionary::new();
+            result.insert("ProvisioningProfileList".into(), Value::Array(Vec::new()));
+            Reply::acknowledged(result)
+        }
+        "ManagedApplicationList" => {
+            let mut result = Dictionary::new();
+            result.insert(
+                "ManagedApplicationList".into(),
+                Value::Dictionary(Dictionary::new()),
+            );
+            Reply::acknowledged(result)
+        }
         "ProfileList" => {
             let mut result = Dictionary::new();
             result.insert(
@@ -389,12 +438,24 @@ mod tests {
     use super::*;
     use lanyard_proto::command::{encode_command, Command};
 
-    fn ctx(facts: &DeviceFacts) -> ResponderContext<'_> {
+    const TOKEN: &[u8] = &[9u8; 32];
+
+    fn certs() -> Vec<HeldCertificate> {
+        vec![HeldCertificate {
+            common_name: "Lanyard Identity".into(),
+            der: vec![0x30, 0x00],
+            is_identity: true,
+        }]
+    }
+
+    fn ctx<'a>(facts: &'a DeviceFacts, certs: &'a [HeldCertificate]) -> ResponderContext<'a> {
         ResponderContext {
             facts,
             channel: Channel::Device,
             managed_apple_id: "ann@example.com",
             enrollment_id: "2C1B5D6E-0F5A-4C39-9D3F-6E2B1A0C9D11",
+            push_token: TOKEN,
+            certificates: certs,
         }
     }
 
@@ -414,6 +475,7 @@ mod tests {
     #[test]
     fn device_information_leaves_out_forbidden_queries() {
         let facts = DeviceFacts::new("Mac14,2", "15.2");
+        let held = certs();
         let mut p = Dictionary::new();
         p.insert(
             "Queries".into(),
@@ -424,24 +486,36 @@ mod tests {
                     "SerialNumber",
                     "ModelName",
                     "BuildVersion",
+                    "PushToken",
+                    "WiFiMAC",
+                    "IsUserEnrollment",
                 ]
                 .iter()
                 .map(|q| s(q))
                 .collect(),
             ),
         );
-        let r = builtin_reply(&cmd("DeviceInformation", p), &ctx(&facts), &mut Vec::new());
+        let r = builtin_reply(
+            &cmd("DeviceInformation", p),
+            &ctx(&facts, &held),
+            &mut Vec::new(),
+        );
         assert_eq!(r.status, CommandStatus::Acknowledged);
         let qr = r.result["QueryResponses"].as_dictionary().unwrap();
         assert_eq!(qr["OSVersion"].as_string(), Some("15.2"));
         assert_eq!(qr["BuildVersion"].as_string(), Some("24C101"));
         assert!(!qr.contains_key("UDID"));
         assert!(!qr.contains_key("SerialNumber"));
+        assert!(!qr.contains_key("WiFiMAC"));
+        assert!(!qr.contains_key("IsUserEnrollment"));
+        assert_eq!(qr["PushToken"].as_data(), Some(TOKEN));
+        assert_eq!(qr.len(), 4);
     }
 
     #[test]
     fn profiles_install_list_remove_and_forbidden_commands() {
         let facts = DeviceFacts::new("Mac14,2", "15.2");
+        let held = certs();
         let mut profiles = Vec::new();
         let mut prof = Dictionary::new();
         prof.insert("PayloadIdentifier".into(), s("com.example.wifi"));
@@ -452,11 +526,15 @@ mod tests {
         plist::to_writer_xml(&mut bytes, &Value::Dictionary(prof)).unwrap();
         let mut p = Dictionary::new();
         p.insert("Payload".into(), Value::Data(bytes));
-        let r = builtin_reply(&cmd("InstallProfile", p), &ctx(&facts), &mut profiles);
+        let r = builtin_reply(
+            &cmd("InstallProfile", p),
+            &ctx(&facts, &held),
+            &mut profiles,
+        );
         assert_eq!(r.status, CommandStatus::Acknowledged);
         let r = builtin_reply(
             &cmd("ProfileList", Dictionary::new()),
-            &ctx(&facts),
+            &ctx(&facts, &held),
             &mut profiles,
         );
         let list = r.result["ProfileList"].as_array().unwrap();
@@ -469,25 +547,38 @@ mod tests {
         p.insert("Identifier".into(), s("com.example.wifi"));
         let r = builtin_reply(
             &cmd("RemoveProfile", p.clone()),
-            &ctx(&facts),
+            &ctx(&facts, &held),
             &mut profiles,
         );
         assert_eq!(r.status, CommandStatus::Acknowledged);
-        let r = builtin_reply(&cmd("RemoveProfile", p), &ctx(&facts), &mut profiles);
+        let r = builtin_reply(&cmd("RemoveProfile", p), &ctx(&facts, &held), &mut profiles);
         assert_eq!(r.status, CommandStatus::Error);
 
         let r = builtin_reply(
             &cmd("EraseDevice", Dictionary::new()),
-            &ctx(&facts),
+            &ctx(&facts, &held),
             &mut profiles,
         );
         assert_eq!(r.status, CommandStatus::Error);
         let r = builtin_reply(
             &cmd("SecurityInfo", Dictionary::new()),
-            &ctx(&facts),
+            &ctx(&facts, &held),
             &mut profiles,
         );
         assert_eq!(r.status, CommandStatus::Acknowledged);
-        assert!(r.result.contains_key("SecurityInfo"));
+        let si = r.result["SecurityInfo"].as_dictionary().unwrap();
+        let ms = si["ManagementStatus"].as_dictionary().unwrap();
+        assert_eq!(ms["IsUserEnrollment"].as_boolean(), Some(true));
+        assert!(!si.contains_key("FDE_HasPersonalRecoveryKey"));
+        let r = builtin_reply(
+            &cmd("CertificateList", Dictionary::new()),
+            &ctx(&facts, &held),
+            &mut profiles,
+        );
+        let list = r.result["CertificateList"].as_array().unwrap();
+        assert_eq!(
+            list[0].as_dictionary().unwrap()["IsIdentity"].as_boolean(),
+            Some(true)
+        );
     }
 }

@@ -37,7 +37,8 @@ use serde::Serialize;
 use url::Url;
 
 use crate::commands::{
-    builtin_reply, parse_command, Channel, InstalledProfile, Reply, ResponderContext, ServerCommand,
+    builtin_reply, parse_command, Channel, HeldCertificate, InstalledProfile, Reply,
+    ResponderContext, ServerCommand,
 };
 use crate::device::{self, DeviceFacts, UserChannel};
 use crate::error::{error_chain, Result, SimError, Step, StepContext as _};
@@ -1354,11 +1355,31 @@ impl SimMac {
             .profile()
             .and_then(|p| p.mdm.assigned_managed_apple_id.clone())
             .unwrap_or_else(|| self.opts.email.clone());
+        let mut held = Vec::new();
+        if let Some(e) = &self.enrolled {
+            held.push(HeldCertificate {
+                common_name: common_name(&e.identity_cert),
+                der: e.identity_cert.to_der().unwrap_or_default(),
+                is_identity: true,
+            });
+            for der in &e.profile.root_certificates {
+                if let Ok(c) = X509::from_der(der) {
+                    held.push(HeldCertificate {
+                        common_name: common_name(&c),
+                        der: der.clone(),
+                        is_identity: false,
+                    });
+                }
+            }
+        }
+        let push_token = self.push(channel).token.clone();
         let ctx = ResponderContext {
             facts: &self.facts,
             channel,
             managed_apple_id: &managed,
             enrollment_id: &self.enrollment_id,
+            push_token: &push_token,
+            certificates: &held,
         };
         builtin_reply(cmd, &ctx, &mut self.profiles)
     }
@@ -1395,6 +1416,14 @@ impl SimMac {
 enum EnrollAnswer {
     Challenge(Url),
     Profile(Vec<u8>),
+}
+
+fn common_name(c: &X509) -> String {
+    c.subject_name()
+        .entries_by_nid(lanyard_pki::openssl::nid::Nid::COMMONNAME)
+        .next()
+        .and_then(|e| e.data().to_string().ok())
+        .unwrap_or_else(|| name_to_string(c.subject_name()))
 }
 
 fn content_type_of(resp: &reqwest::Response) -> String {
