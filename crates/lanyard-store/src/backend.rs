@@ -581,6 +581,25 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn put_pki(&self, m: &PkiMaterial, audit: &Audit) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO pki_material (name, cert_pem, key_sealed, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
+                     cert_pem = excluded.cert_pem, key_sealed = excluded.key_sealed, \
+                     created_at = excluded.created_at",
+                )
+                .bind(&m.name)
+                .bind(&m.cert_pem)
+                .bind(&m.key_sealed)
+                .bind(m.created_at)
+                .execute(&mut *tx)
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn insert_pki_if_absent(&self, m: &PkiMaterial) -> Result<bool> {
                 let done = sqlx::query(
                     "INSERT INTO pki_material (name, cert_pem, key_sealed, created_at) \
