@@ -28,6 +28,7 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
         .await?;
     export_ca(&data, &device_pki.ca)?;
     let push_topic = lanyard.push_topic().await?;
+    tracing::info!(topic = %push_topic, "APNs topic for new enrollments");
 
     if let Some((name, password)) = lanyard.bootstrap_first_admin().await? {
         // Printed once, to the terminal, never to the log.
@@ -62,7 +63,6 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
         Arc::clone(&device_pki),
         DeviceUrls::new(&public),
         serve.organization.clone(),
-        push_topic,
     );
     let app = lanyard_http::router(lanyard_http::AppState {
         lanyard: lanyard.clone(),
