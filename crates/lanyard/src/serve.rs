@@ -198,7 +198,8 @@ async fn self_issued(
     Ok((m.cert_pem.into_bytes(), key))
 }
 
-/// Removes expired sign-in flows, access tokens and never-completed enrollments, hourly.
+/// Hourly hygiene: expired sign-in flows, access tokens, never-completed enrollments, and command
+/// results past their retention.
 async fn prune_leftovers(lanyard: Lanyard) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -211,6 +212,13 @@ async fn prune_leftovers(lanyard: Lanyard) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "pruned expired enrollment leftovers"),
             Err(e) => tracing::warn!(error = %e, "pruning enrollment leftovers failed"),
+        }
+        let before = lanyard_store::now()
+            - chrono::Duration::days(lanyard_core::commands::RESULT_RETENTION_DAYS);
+        match lanyard.store().prune_command_results(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned old command results"),
+            Err(e) => tracing::warn!(error = %e, "pruning command results failed"),
         }
     }
 }
