@@ -735,7 +735,12 @@ impl EnrollmentService {
                     )
                     .await
                     .map_err(|e| match e {
-                        lanyard_store::StoreError::Conflict(m) => CoreError::Unauthorized(m),
+                        lanyard_store::StoreError::Conflict(_) => CoreError::Unauthorized(
+                            "this EnrollmentID belongs to another live enrollment, or this \
+                             enrollment has already checked out; remove the old enrollment \
+                             profile and enroll again"
+                                .into(),
+                        ),
                         other => other.into(),
                     })?;
                 Ok(CheckinReply::Ok)

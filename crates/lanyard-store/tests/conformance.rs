@@ -708,6 +708,26 @@ async fn enrollment_lifecycle(s: &dyn Store) {
         s.record_authenticate("e1", &auth, t).await.is_err(),
         "no way back"
     );
+    // The same EnrollmentID may start a new enrollment once the old one checked out, but two
+    // live enrollments never share one.
+    s.create_enrollment(&new_enrollment(&u, "e2", "c2", 60))
+        .await
+        .unwrap();
+    s.create_enrollment(&new_enrollment(&u, "e3", "c3", 60))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.record_authenticate("e2", &auth, t)
+            .await
+            .unwrap()
+            .device_channel_id
+            .as_deref(),
+        Some("EID-1")
+    );
+    assert!(matches!(
+        s.record_authenticate("e3", &auth, t).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert!(matches!(
         s.record_checkout("nope", t).await,
         Err(StoreError::NotFound(_))
