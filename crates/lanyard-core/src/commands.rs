@@ -98,7 +98,6 @@ pub const DEFAULT_QUERIES: &[&str] = &[
     "DeviceCapacity",
     "AvailableDeviceCapacity",
     "IsSupervised",
-    "IsUserEnrollment",
 ];
 
 fn refuse(what: &str, policy: &Policy) -> CoreError {

@@ -95,7 +95,6 @@ pub struct EnrollmentService {
     pki: Arc<DevicePki>,
     urls: DeviceUrls,
     organization: String,
-    push_topic: String,
 }
 
 /// Where the person goes next in the sign-in pages.
@@ -257,14 +256,12 @@ impl EnrollmentService {
         pki: Arc<DevicePki>,
         urls: DeviceUrls,
         organization: String,
-        push_topic: String,
     ) -> Self {
         Self {
             lanyard,
             pki,
             urls,
             organization,
-            push_topic,
         }
     }
 
@@ -517,6 +514,7 @@ impl EnrollmentService {
             .clone()
             .ok_or_else(|| CoreError::Forbidden("the account has no managed Apple ID".into()))?;
 
+        let push_topic = self.lanyard.push_topic().await?;
         let challenge = new_secret("");
         let enrollment_id = uuid::Uuid::new_v4().to_string();
         store
@@ -533,7 +531,7 @@ impl EnrollmentService {
                 model_family: Some("Mac".into()),
                 scep_challenge_hash: challenge.hash,
                 challenge_expires_at: now + Duration::minutes(CHALLENGE_MINUTES),
-                push_topic: self.push_topic.clone(),
+                push_topic: push_topic.clone(),
             })
             .await?;
 
@@ -542,7 +540,7 @@ impl EnrollmentService {
             profile_identifier: profile_identifier(&enrollment_id),
             checkin_url: self.urls.checkin(),
             server_url: self.urls.command(),
-            push_topic: self.push_topic.clone(),
+            push_topic,
             assigned_managed_apple_id: apple_id,
             scep: ScepSettings {
                 url: self.urls.scep(),
@@ -703,7 +701,7 @@ impl EnrollmentService {
         let now = lanyard_store::now();
         match msg {
             CheckinMessage::Authenticate(a) => {
-                if a.topic != self.push_topic {
+                if Some(&a.topic) != enrollment.push_topic.as_ref() {
                     return Err(CoreError::Invalid(
                         "the check-in topic is not this server's push topic".into(),
                     ));
@@ -737,13 +735,18 @@ impl EnrollmentService {
                     )
                     .await
                     .map_err(|e| match e {
-                        lanyard_store::StoreError::Conflict(m) => CoreError::Unauthorized(m),
+                        lanyard_store::StoreError::Conflict(_) => CoreError::Unauthorized(
+                            "this EnrollmentID belongs to another live enrollment, or this \
+                             enrollment has already checked out; remove the old enrollment \
+                             profile and enroll again"
+                                .into(),
+                        ),
                         other => other.into(),
                     })?;
                 Ok(CheckinReply::Ok)
             }
             CheckinMessage::TokenUpdate(t) => {
-                if t.topic != self.push_topic {
+                if Some(&t.topic) != enrollment.push_topic.as_ref() {
                     return Err(CoreError::Invalid(
                         "the check-in topic is not this server's push topic".into(),
                     ));

@@ -31,6 +31,13 @@ pub struct PostgresStore {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// `0001_foundation`-style names of a migrator's migrations; the two backends' lists are equal.
+fn migration_names(m: &sqlx::migrate::Migrator) -> Vec<String> {
+    m.iter()
+        .map(|m| format!("{:04}_{}", m.version, m.description.replace(' ', "_")))
+        .collect()
+}
+
 impl SqliteStore {
     /// Opens (creating if missing) the database at a `sqlite://` URL. Does not migrate.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -60,10 +67,7 @@ impl SqliteStore {
 
     /// Names of the embedded migrations, in order (for `lanyard migrate` output and tests).
     pub fn migration_names() -> Vec<String> {
-        SQLITE_MIGRATIONS
-            .iter()
-            .map(|m| format!("{:04}_{}", m.version, m.description.replace(' ', "_")))
-            .collect()
+        migration_names(&SQLITE_MIGRATIONS)
     }
 
     pub async fn close(&self) {
@@ -95,10 +99,7 @@ impl PostgresStore {
     }
 
     pub fn migration_names() -> Vec<String> {
-        POSTGRES_MIGRATIONS
-            .iter()
-            .map(|m| format!("{:04}_{}", m.version, m.description.replace(' ', "_")))
-            .collect()
+        migration_names(&POSTGRES_MIGRATIONS)
     }
 
     pub async fn close(&self) {
@@ -581,6 +582,25 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn put_pki(&self, m: &PkiMaterial, audit: &Audit) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO pki_material (name, cert_pem, key_sealed, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
+                     cert_pem = excluded.cert_pem, key_sealed = excluded.key_sealed, \
+                     created_at = excluded.created_at",
+                )
+                .bind(&m.name)
+                .bind(&m.cert_pem)
+                .bind(&m.key_sealed)
+                .bind(m.created_at)
+                .execute(&mut *tx)
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn insert_pki_if_absent(&self, m: &PkiMaterial) -> Result<bool> {
                 let done = sqlx::query(
                     "INSERT INTO pki_material (name, cert_pem, key_sealed, created_at) \
@@ -612,3 +632,15 @@ macro_rules! impl_store {
 
 impl_store!(SqliteStore, sqlx::SqliteConnection, "sqlite");
 impl_store!(PostgresStore, sqlx::PgConnection, "postgres");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_paired() {
+        let names = SqliteStore::migration_names();
+        assert_eq!(names, PostgresStore::migration_names());
+        assert_eq!(names.first().map(String::as_str), Some("0001_foundation"));
+    }
+}

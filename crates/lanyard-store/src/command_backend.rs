@@ -237,6 +237,46 @@ macro_rules! impl_command_store {
                     .rows_affected())
             }
 
+            async fn push_targets(&self, ids: &[String]) -> Result<Vec<PushTargetRow>> {
+                let mut out = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(ENQUEUE_CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT id AS enrollment_id, device_push_token AS push_token, \
+                         device_push_magic AS push_magic FROM enrollments \
+                         WHERE status = 'enrolled' AND device_push_token IS NOT NULL \
+                         AND device_push_magic IS NOT NULL AND id IN (",
+                    );
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id);
+                    }
+                    qb.push(")");
+                    out.extend(qb.build_query_as::<PushTargetRow>().fetch_all(&self.pool).await?);
+                }
+                Ok(out)
+            }
+
+            async fn record_push(
+                &self,
+                enrollment_id: &str,
+                status: &str,
+                drop_token: bool,
+                at: DateTime<Utc>,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE enrollments SET last_push_at = $2, last_push_status = $3, \
+                     device_push_token = CASE WHEN $4 THEN NULL ELSE device_push_token END \
+                     WHERE id = $1",
+                )
+                .bind(enrollment_id)
+                .bind(at)
+                .bind(status)
+                .bind(drop_token)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn set_inventory(&self, enrollment_id: &str, inventory: &str) -> Result<()> {
                 sqlx::query("UPDATE enrollments SET inventory = $2 WHERE id = $1")
                     .bind(enrollment_id)

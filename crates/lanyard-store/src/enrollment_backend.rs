@@ -11,7 +11,7 @@ const ENROLLMENT_COLUMNS: &str = "id, user_id, managed_apple_id, ownership, attr
     identity_not_after, device_channel_id, user_channel_id, push_topic, device_push_token, \
     device_push_magic, user_push_token, user_push_magic, unlock_token_sealed, \
     bootstrap_token_sealed, created_at, authenticated_at, enrolled_at, last_seen_at, \
-    checked_out_at";
+    checked_out_at, last_push_at, last_push_status";
 
 const TOKEN_COLUMNS: &str =
     "token_hash, user_id, ownership, attributes, created_at, expires_at, used_at";

@@ -166,6 +166,8 @@ pub trait AuditStore: Send + Sync {
 #[async_trait]
 pub trait PkiStore: Send + Sync {
     async fn get_pki(&self, name: &str) -> Result<Option<PkiMaterial>>;
+    /// Inserts or replaces (e.g. renewing the APNs certificate), audited in one transaction.
+    async fn put_pki(&self, material: &PkiMaterial, audit: &Audit) -> Result<()>;
     /// Inserts unless a row of that name exists (another process won the race); returns whether
     /// this call inserted it. Callers re-read afterwards so every process uses the same material.
     async fn insert_pki_if_absent(&self, material: &PkiMaterial) -> Result<bool>;
@@ -273,6 +275,16 @@ pub trait CommandStore: Send + Sync {
     async fn prune_command_results(&self, before: DateTime<Utc>) -> Result<u64>;
     /// Drops every queued command of an enrollment (at checkout or unenrollment).
     async fn clear_queue(&self, enrollment_id: &str) -> Result<u64>;
+    /// Device-channel push targets of these enrollments (enrolled, with a push token).
+    async fn push_targets(&self, enrollment_ids: &[String]) -> Result<Vec<PushTargetRow>>;
+    /// Records a push attempt's outcome; `drop_token` forgets a token APNs called unregistered.
+    async fn record_push(
+        &self,
+        enrollment_id: &str,
+        status: &str,
+        drop_token: bool,
+        at: DateTime<Utc>,
+    ) -> Result<()>;
     /// Replaces the enrollment's inventory document (JSON).
     async fn set_inventory(&self, enrollment_id: &str, inventory: &str) -> Result<()>;
     async fn inventory(&self, enrollment_id: &str) -> Result<Option<String>>;

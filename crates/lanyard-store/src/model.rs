@@ -215,6 +215,9 @@ pub struct Enrollment {
     pub enrolled_at: Option<DateTime<Utc>>,
     pub last_seen_at: Option<DateTime<Utc>>,
     pub checked_out_at: Option<DateTime<Utc>>,
+    pub last_push_at: Option<DateTime<Utc>>,
+    /// `delivered`, `unregistered`, `rate_limited`, `failed: …`.
+    pub last_push_status: Option<String>,
 }
 
 impl std::fmt::Debug for Enrollment {
@@ -339,4 +342,20 @@ pub struct CommandRecord {
     #[serde(skip)]
     pub result: Option<Vec<u8>>,
     pub error_chain: Option<String>,
+}
+
+/// Where to push one enrollment (secrets: never logged).
+#[derive(Clone, sqlx::FromRow)]
+pub struct PushTargetRow {
+    pub enrollment_id: String,
+    pub push_token: Vec<u8>,
+    pub push_magic: String,
+}
+
+impl std::fmt::Debug for PushTargetRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushTargetRow")
+            .field("enrollment_id", &self.enrollment_id)
+            .finish_non_exhaustive()
+    }
 }

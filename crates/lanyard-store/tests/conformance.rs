@@ -143,6 +143,7 @@ conformance!(
     command_queue_round_trip,
     command_not_now_and_unknown_results,
     command_bulk_enqueue_and_prune,
+    push_targets_and_pki_replace,
 );
 
 fn audit(action: &str, target: &str) -> Audit {
@@ -707,6 +708,26 @@ async fn enrollment_lifecycle(s: &dyn Store) {
         s.record_authenticate("e1", &auth, t).await.is_err(),
         "no way back"
     );
+    // The same EnrollmentID may start a new enrollment once the old one checked out, but two
+    // live enrollments never share one.
+    s.create_enrollment(&new_enrollment(&u, "e2", "c2", 60))
+        .await
+        .unwrap();
+    s.create_enrollment(&new_enrollment(&u, "e3", "c3", 60))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.record_authenticate("e2", &auth, t)
+            .await
+            .unwrap()
+            .device_channel_id
+            .as_deref(),
+        Some("EID-1")
+    );
+    assert!(matches!(
+        s.record_authenticate("e3", &auth, t).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert!(matches!(
         s.record_checkout("nope", t).await,
         Err(StoreError::NotFound(_))
@@ -988,4 +1009,78 @@ async fn command_bulk_enqueue_and_prune(s: &dyn Store) {
         1
     );
     assert_eq!(s.command_targets("bulk").await.unwrap().len(), 1202);
+}
+
+async fn push_targets_and_pki_replace(s: &dyn Store) {
+    enrolled(s, "e1").await;
+    enrolled(s, "e2").await;
+    let t = now();
+    for id in ["e1", "e2"] {
+        s.record_authenticate(
+            id,
+            &AuthenticateRecord {
+                device_channel_id: format!("EID-{id}"),
+                os_version: None,
+                build_version: None,
+                product: None,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+    }
+    s.record_token_update(
+        "e1",
+        &TokenUpdateRecord {
+            user_channel_id: None,
+            topic: "topic".into(),
+            push_token: vec![7; 32],
+            push_magic: "magic-1".into(),
+            unlock_token_sealed: None,
+        },
+        t,
+    )
+    .await
+    .unwrap();
+    let ids = vec!["e1".to_string(), "e2".to_string(), "nope".to_string()];
+    let targets = s.push_targets(&ids).await.unwrap();
+    assert_eq!(targets.len(), 1, "only e1 is enrolled with a token");
+    assert_eq!(targets[0].push_magic, "magic-1");
+    s.record_push("e1", "delivered", false, t).await.unwrap();
+    let e = s.enrollment("e1").await.unwrap().unwrap();
+    assert_eq!(e.last_push_status.as_deref(), Some("delivered"));
+    assert_eq!(e.last_push_at, Some(t));
+    s.record_push("e1", "unregistered", true, t).await.unwrap();
+    assert!(
+        s.push_targets(&ids).await.unwrap().is_empty(),
+        "dead token forgotten"
+    );
+
+    let m = PkiMaterial {
+        name: "apns".into(),
+        cert_pem: "A".into(),
+        key_sealed: vec![1],
+        created_at: t,
+    };
+    s.put_pki(&m, &audit("push_certificate.upload", "apns"))
+        .await
+        .unwrap();
+    let renewed = PkiMaterial {
+        cert_pem: "B".into(),
+        ..m.clone()
+    };
+    s.put_pki(&renewed, &audit("push_certificate.upload", "apns"))
+        .await
+        .unwrap();
+    assert_eq!(s.get_pki("apns").await.unwrap().unwrap().cert_pem, "B");
+    assert_eq!(
+        s.list_audit(&AuditFilter {
+            action: Some("push_certificate.upload".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        2
+    );
 }

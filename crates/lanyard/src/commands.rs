@@ -676,30 +676,7 @@ pub async fn device(o: &Opened, cmd: DeviceCmd) -> Result<()> {
             if out.json {
                 return print_json(&h);
             }
-            print_table(
-                &[
-                    "command",
-                    "request type",
-                    "channel",
-                    "status",
-                    "queued",
-                    "finished",
-                ],
-                h.into_iter()
-                    .map(|c| {
-                        vec![
-                            c.command_uuid,
-                            c.request_type,
-                            c.channel,
-                            c.status,
-                            c.queued_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                            c.finished_at
-                                .map(|f| f.format("%Y-%m-%d %H:%M:%S").to_string())
-                                .unwrap_or_else(|| "-".into()),
-                        ]
-                    })
-                    .collect(),
-            );
+            print_commands(h);
         }
         DeviceCmd::Unenroll { id } => {
             let q = o.lanyard.unenroll(&Actor::cli(), &id, None).await?;
@@ -845,31 +822,37 @@ pub async fn command(
             if out.json {
                 return print_json(&t);
             }
-            print_table(
-                &[
-                    "enrollment",
-                    "channel",
-                    "request type",
-                    "status",
-                    "queued",
-                    "finished",
-                ],
-                t.into_iter()
-                    .map(|c| {
-                        vec![
-                            c.enrollment_id,
-                            c.channel,
-                            c.request_type,
-                            c.status,
-                            c.queued_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                            c.finished_at
-                                .map(|f| f.format("%Y-%m-%d %H:%M:%S").to_string())
-                                .unwrap_or_else(|| "-".into()),
-                        ]
-                    })
-                    .collect(),
-            );
+            print_commands(t);
         }
     }
     Ok(())
+}
+
+/// Command states as a table (per target, or an enrollment's history).
+fn print_commands(list: Vec<lanyard_core::commands::CommandView>) {
+    let when = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    print_table(
+        &[
+            "command",
+            "enrollment",
+            "request type",
+            "channel",
+            "status",
+            "queued",
+            "finished",
+        ],
+        list.into_iter()
+            .map(|c| {
+                vec![
+                    c.command_uuid,
+                    c.enrollment_id,
+                    c.request_type,
+                    c.channel,
+                    c.status,
+                    when(c.queued_at),
+                    c.finished_at.map(when).unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect(),
+    );
 }

@@ -28,6 +28,7 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
         .await?;
     export_ca(&data, &device_pki.ca)?;
     let push_topic = lanyard.push_topic().await?;
+    tracing::info!(topic = %push_topic, "APNs topic for new enrollments");
 
     if let Some((name, password)) = lanyard.bootstrap_first_admin().await? {
         // Printed once, to the terminal, never to the log.
@@ -62,7 +63,6 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
         Arc::clone(&device_pki),
         DeviceUrls::new(&public),
         serve.organization.clone(),
-        push_topic,
     );
     let app = lanyard_http::router(lanyard_http::AppState {
         lanyard: lanyard.clone(),
@@ -198,7 +198,8 @@ async fn self_issued(
     Ok((m.cert_pem.into_bytes(), key))
 }
 
-/// Removes expired sign-in flows, access tokens and never-completed enrollments, hourly.
+/// Hourly hygiene: expired sign-in flows, access tokens, never-completed enrollments, and command
+/// results past their retention.
 async fn prune_leftovers(lanyard: Lanyard) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -211,6 +212,13 @@ async fn prune_leftovers(lanyard: Lanyard) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "pruned expired enrollment leftovers"),
             Err(e) => tracing::warn!(error = %e, "pruning enrollment leftovers failed"),
+        }
+        let before = lanyard_store::now()
+            - chrono::Duration::days(lanyard_core::commands::RESULT_RETENTION_DAYS);
+        match lanyard.store().prune_command_results(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned old command results"),
+            Err(e) => tracing::warn!(error = %e, "pruning command results failed"),
         }
     }
 }

@@ -40,7 +40,7 @@ CREATE TABLE enrollments (
     identity_serial TEXT,
     identity_sha256 TEXT UNIQUE,
     identity_not_after TIMESTAMPTZ,
-    device_channel_id TEXT UNIQUE,
+    device_channel_id TEXT,
     user_channel_id TEXT,
     push_topic TEXT,
     device_push_token BYTEA,
@@ -57,6 +57,9 @@ CREATE TABLE enrollments (
 );
 CREATE INDEX enrollments_status ON enrollments (status, created_at);
 CREATE INDEX enrollments_user ON enrollments (user_id);
+-- An EnrollmentID belongs to at most one live enrollment; checked-out ones keep theirs as history.
+CREATE UNIQUE INDEX enrollments_device_channel ON enrollments (device_channel_id)
+    WHERE status <> 'checked_out';
 
 CREATE TABLE declarative_messages (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -1,0 +1,357 @@
+//! Waking devices: the MDM push certificate (uploaded by the administrator, kept sealed in the
+//! database; its topic becomes the topic of new enrollment profiles) and the push service that
+//! sends `{"mdm": PushMagic}` through `lanyard_apple::apns`, with retries and back-off for
+//! `429`/`5xx`, dropping tokens APNs calls unregistered, and recording each enrollment's push
+//! state. Queueing never waits for pushing: the push job runs beside it.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{mpsc, Mutex};
+use utoipa::ToSchema;
+
+use lanyard_apple::apns::{ApnsClient, ApnsOptions, PushCertificate, PushOutcome, PushTarget};
+use lanyard_pki::SecretBox;
+use lanyard_store::{Audit, PkiMaterial};
+
+use crate::commands::PushRequester;
+use crate::pki::PUSH_TOPIC_SETTING;
+use crate::{Actor, CoreError, Lanyard, Result};
+
+/// The push certificate's row in the PKI table.
+pub const APNS_CERT_NAME: &str = "apns";
+/// Warn when the push certificate expires within this many days.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+/// Attempts per push before giving up on a retryable failure.
+pub const MAX_ATTEMPTS: u32 = 4;
+
+fn seal_context() -> &'static [u8] {
+    b"lanyard:pki:apns"
+}
+
+/// What the API and CLI show about the push certificate.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PushCertificateInfo {
+    pub topic: String,
+    pub subject: String,
+    pub issuer: String,
+    pub sha256: String,
+    pub not_after: chrono::DateTime<chrono::Utc>,
+    pub days_left: i64,
+    /// Set when the certificate expires within 30 days or has expired.
+    pub warning: Option<String>,
+}
+
+fn info(cert: &PushCertificate) -> PushCertificateInfo {
+    let days_left = cert.days_left();
+    PushCertificateInfo {
+        topic: cert.topic().to_string(),
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        sha256: cert.sha256().to_string(),
+        not_after: chrono::DateTime::from_timestamp(cert.not_after(), 0).unwrap_or_default(),
+        days_left,
+        warning: (days_left < EXPIRY_WARNING_DAYS).then(|| {
+            if days_left < 0 {
+                "the push certificate has expired: devices cannot be woken; renew it with the \
+                 same topic"
+                    .to_string()
+            } else {
+                format!(
+                    "the push certificate expires in {days_left} days; renew it with the same \
+                     topic before then"
+                )
+            }
+        }),
+    }
+}
+
+/// The push certificate as uploaded: PKCS#12 with its password, or PEM certificate and key.
+pub enum PushCertificateUpload<'a> {
+    Pkcs12 { der: &'a [u8], password: &'a str },
+    Pem { cert: &'a [u8], key: &'a [u8] },
+}
+
+fn parse_upload(upload: &PushCertificateUpload<'_>) -> Result<PushCertificate> {
+    let parsed = match upload {
+        PushCertificateUpload::Pkcs12 { der, password } => {
+            PushCertificate::from_pkcs12(der, password)
+        }
+        PushCertificateUpload::Pem { cert, key } => PushCertificate::from_pem(cert, key),
+    };
+    parsed.map_err(|e| CoreError::Invalid(format!("push certificate: {e}")))
+}
+
+impl Lanyard {
+    /// Stores (or renews) the MDM push certificate. Refuses an expired one, and — unless
+    /// `force` — one whose topic differs from the topic live enrollments were issued with
+    /// (those devices would no longer accept pushes).
+    pub async fn set_push_certificate(
+        &self,
+        actor: &Actor,
+        secrets: &SecretBox,
+        upload: &PushCertificateUpload<'_>,
+        force: bool,
+    ) -> Result<PushCertificateInfo> {
+        actor.require_write()?;
+        let cert = parse_upload(upload)?;
+        let current_topic = self.push_topic().await?;
+        if cert.topic() != current_topic && !force {
+            let live = self
+                .store
+                .count_enrollments_by_status()
+                .await?
+                .into_iter()
+                .filter(|(s, _)| s != "checked_out")
+                .map(|(_, n)| n)
+                .sum::<i64>();
+            if live > 0 {
+                return Err(CoreError::Conflict(format!(
+                    "the certificate's topic {} differs from {current_topic}, the topic of {live} \
+                     live enrollment(s); renew the certificate for the same topic (or pass force \
+                     to re-enroll every device)",
+                    cert.topic()
+                )));
+            }
+        }
+        let key_pem = cert
+            .key_pem()
+            .map_err(|e| CoreError::Internal(format!("push key: {e}")))?;
+        let sealed = secrets.seal(key_pem.as_bytes(), seal_context())?;
+        let cert_pem = cert
+            .cert_pem()
+            .map_err(|e| CoreError::Internal(format!("push certificate: {e}")))?;
+        let shown = info(&cert);
+        self.store
+            .put_pki(
+                &PkiMaterial {
+                    name: APNS_CERT_NAME.into(),
+                    cert_pem,
+                    key_sealed: sealed,
+                    created_at: lanyard_store::now(),
+                },
+                &Audit::new(
+                    &actor.name,
+                    "push_certificate.upload",
+                    cert.topic(),
+                    json!({"sha256": shown.sha256, "not_after": shown.not_after}),
+                ),
+            )
+            .await?;
+        self.store
+            .put_setting(
+                PUSH_TOPIC_SETTING,
+                &serde_json::Value::String(cert.topic().to_string()).to_string(),
+                &Audit::new(
+                    &actor.name,
+                    "push_topic.set",
+                    PUSH_TOPIC_SETTING,
+                    json!({"topic": cert.topic()}),
+                ),
+            )
+            .await?;
+        Ok(shown)
+    }
+
+    /// The stored push certificate, if any.
+    pub async fn push_certificate(&self, secrets: &SecretBox) -> Result<Option<PushCertificate>> {
+        let Some(m) = self.store.get_pki(APNS_CERT_NAME).await? else {
+            return Ok(None);
+        };
+        let key = secrets
+            .open(&m.key_sealed, seal_context())
+            .map_err(|_| CoreError::Internal("the push key cannot be opened".into()))?;
+        PushCertificate::from_pem(m.cert_pem.as_bytes(), &key)
+            .map(Some)
+            .map_err(|e| CoreError::Internal(format!("stored push certificate: {e}")))
+    }
+
+    pub async fn push_certificate_info(
+        &self,
+        secrets: &SecretBox,
+    ) -> Result<Option<PushCertificateInfo>> {
+        Ok(self.push_certificate(secrets).await?.as_ref().map(info))
+    }
+}
+
+/// How a batch of pushes went.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct PushReport {
+    pub requested: usize,
+    pub delivered: usize,
+    pub unregistered: usize,
+    pub failed: usize,
+    /// Enrollments without a push token (not enrolled yet, checked out, or token dropped).
+    pub not_reachable: usize,
+}
+
+/// Sends pushes with the stored certificate; rebuilds its client when the certificate changes.
+pub struct PushService {
+    lanyard: Lanyard,
+    secrets: SecretBox,
+    apns_url: String,
+    options: ApnsOptions,
+    client: Mutex<Option<(String, ApnsClient)>>,
+}
+
+fn outcome_label(o: &PushOutcome) -> String {
+    match o {
+        PushOutcome::Delivered { .. } => "delivered".into(),
+        PushOutcome::Unregistered { .. } => "unregistered".into(),
+        PushOutcome::BadToken { reason } => format!("bad token: {reason}"),
+        PushOutcome::RateLimited { .. } => "rate limited".into(),
+        PushOutcome::ServerError { status, reason } => format!("APNs {status}: {reason}"),
+        PushOutcome::Certificate { reason } => format!("certificate refused: {reason}"),
+        PushOutcome::Rejected { status, reason } => format!("rejected {status}: {reason}"),
+        PushOutcome::Transport(e) => format!("transport: {e}"),
+    }
+}
+
+impl PushService {
+    pub fn new(lanyard: Lanyard, secrets: SecretBox, apns_url: String, options: ApnsOptions) -> Self {
+        Self {
+            lanyard,
+            secrets,
+            apns_url,
+            options,
+            client: Mutex::new(None),
+        }
+    }
+
+    async fn client(&self) -> Result<ApnsClient> {
+        let Some(m) = self.lanyard.store().get_pki(APNS_CERT_NAME).await? else {
+            return Err(CoreError::Invalid(
+                "no push certificate: upload one with `lanyard push-cert upload`".into(),
+            ));
+        };
+        let fingerprint = lanyard_pki::sha256_fingerprint(m.cert_pem.as_bytes());
+        let mut slot = self.client.lock().await;
+        if let Some((fp, c)) = slot.as_ref() {
+            if *fp == fingerprint {
+                return Ok(c.clone());
+            }
+        }
+        let cert = self
+            .lanyard
+            .push_certificate(&self.secrets)
+            .await?
+            .ok_or_else(|| CoreError::Internal("push certificate vanished".into()))?;
+        if cert.days_left() < 0 {
+            return Err(CoreError::Invalid(
+                "the push certificate has expired; renew it".into(),
+            ));
+        }
+        let c = ApnsClient::new(&self.apns_url, &cert, self.options.clone())
+            .map_err(|e| CoreError::Invalid(format!("APNs client: {e}")))?;
+        *slot = Some((fingerprint, c.clone()));
+        Ok(c)
+    }
+
+    /// Pushes to these enrollments now, retrying retryable failures with back-off.
+    pub async fn push(&self, enrollment_ids: &[String]) -> Result<PushReport> {
+        let store = self.lanyard.store();
+        let targets = store.push_targets(enrollment_ids).await?;
+        let mut report = PushReport {
+            requested: enrollment_ids.len(),
+            not_reachable: enrollment_ids.len().saturating_sub(targets.len()),
+            ..Default::default()
+        };
+        if targets.is_empty() {
+            return Ok(report);
+        }
+        let client = self.client().await?;
+        let mut pending = targets;
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            attempt += 1;
+            let batch: Vec<PushTarget> = pending
+                .iter()
+                .map(|t| PushTarget::new(t.push_token.clone(), t.push_magic.clone()))
+                .collect();
+            let outcomes = client.push_many(&batch).await;
+            let mut retry = Vec::new();
+            let mut delay = std::time::Duration::ZERO;
+            let now = lanyard_store::now();
+            for (t, o) in pending.into_iter().zip(outcomes) {
+                if o.is_retryable() && attempt < MAX_ATTEMPTS {
+                    if let Some(d) = o.retry_delay(attempt) {
+                        delay = delay.max(d);
+                    }
+                    retry.push(t);
+                    continue;
+                }
+                let label = outcome_label(&o);
+                store
+                    .record_push(&t.enrollment_id, &label, o.token_is_dead(), now)
+                    .await?;
+                match &o {
+                    PushOutcome::Delivered { .. } => {
+                        report.delivered += 1;
+                        store.release_not_now(&t.enrollment_id).await?;
+                    }
+                    PushOutcome::Unregistered { .. } => report.unregistered += 1,
+                    _ => {
+                        report.failed += 1;
+                        tracing::warn!(enrollment = %t.enrollment_id, outcome = %label, "push failed");
+                    }
+                }
+            }
+            if !retry.is_empty() {
+                tokio::time::sleep(delay).await;
+            }
+            pending = retry;
+        }
+        metrics::counter!("lanyard_pushes_total", "outcome" => "delivered")
+            .increment(report.delivered as u64);
+        metrics::counter!("lanyard_pushes_total", "outcome" => "failed")
+            .increment((report.failed + report.unregistered) as u64);
+        Ok(report)
+    }
+}
+
+/// The push job: queueing hands enrollment ids to it and returns at once.
+#[derive(Clone)]
+pub struct PushJob {
+    tx: mpsc::UnboundedSender<Vec<String>>,
+}
+
+impl PushRequester for PushJob {
+    fn request_push(&self, enrollment_ids: Vec<String>) {
+        if self.tx.send(enrollment_ids).is_err() {
+            tracing::warn!("the push job has stopped; devices will pick commands up later");
+        }
+    }
+}
+
+impl PushJob {
+    /// Starts the job on the current runtime. Requests that arrive while a batch is being
+    /// pushed are merged into the next batch.
+    pub fn start(service: Arc<PushService>) -> PushJob {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<String>>();
+        tokio::spawn(async move {
+            while let Some(mut ids) = rx.recv().await {
+                while let Ok(more) = rx.try_recv() {
+                    ids.extend(more);
+                    if ids.len() >= 100_000 {
+                        break;
+                    }
+                }
+                ids.sort();
+                ids.dedup();
+                match service.push(&ids).await {
+                    Ok(r) => tracing::info!(
+                        requested = r.requested,
+                        delivered = r.delivered,
+                        unregistered = r.unregistered,
+                        failed = r.failed,
+                        not_reachable = r.not_reachable,
+                        "push batch done"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "push batch failed"),
+                }
+            }
+        });
+        PushJob { tx }
+    }
+}
