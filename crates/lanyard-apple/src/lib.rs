@@ -1,1 +1,19 @@
-//! placeholder
+//! `lanyard-apple`: Lanyard's clients for Apple's own services.
+//!
+//! What this crate owns:
+//! - [`apns`]: the Apple Push Notification service client that wakes enrolled Macs — the MDM
+//!   push certificate ([`apns::PushCertificate`], PKCS#12 or PEM, topic from its subject UID),
+//!   one long-lived HTTP/2 connection with many concurrent streams ([`apns::ApnsClient`]),
+//!   the mapping of APNs answers to what the caller should do ([`apns::PushOutcome`]) and a
+//!   back-off policy for retries ([`apns::backoff`]);
+//! - later: the Apple Business Manager (Device Assignment) client.
+//!
+//! Every base URL is configurable, so tests aim these clients at fakes (`lanyard-testkit`).
+//! This crate does network I/O to Apple and nothing else: no storage, no HTTP server, no
+//! scheduling. Callers decide what to push, when to retry and what to do with a dead token.
+//! Push tokens and `PushMagic` strings are secrets: nothing here logs them, and no `Debug`
+//! output shows them or any private key.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod apns;

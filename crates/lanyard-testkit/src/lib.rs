@@ -9,7 +9,8 @@
 //!   the signed enrollment profile, SCEP for its identity, check-in (`Authenticate`,
 //!   `TokenUpdate` on both channels) and the command channel with a small built-in
 //!   responder;
-//! - later: a fake APNs, a fake Apple Business Manager, and a test app catalogue.
+//! - a **fake APNs** ([`fake_apns`]) and fake MDM push certificates;
+//! - later: a fake Apple Business Manager, and a test app catalogue.
 //!
 //! The simulated Mac is written as an independent client: it builds its property lists
 //! itself ([`device`]) from Apple's schema and only *checks* them against `lanyard-proto` in
@@ -22,6 +23,7 @@
 pub mod commands;
 pub mod device;
 pub mod error;
+pub mod fake_apns;
 pub mod profile;
 pub mod scep_client;
 pub mod sim;

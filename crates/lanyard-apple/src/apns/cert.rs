@@ -1,0 +1,228 @@
+//! The MDM push certificate: Apple issues it through the Push Certificates Portal, it
+//! authenticates Lanyard to APNs as the TLS client certificate, and its subject's UID names
+//! the APNs topic (`com.apple.mgmt.External.<uuid>`) that enrolled devices listen on.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use lanyard_pki::openssl::nid::Nid;
+use lanyard_pki::openssl::pkcs12::Pkcs12;
+use lanyard_pki::openssl::pkey::{PKey, Private};
+use lanyard_pki::openssl::provider::Provider;
+use lanyard_pki::openssl::x509::X509;
+use lanyard_pki::CertInfo;
+
+use super::error::ApnsError;
+
+/// Every MDM topic starts with this (Apple's MDM payload documentation says so of `Topic`).
+pub const MDM_TOPIC_PREFIX: &str = "com.apple.mgmt.";
+
+/// An MDM push certificate with its private key, checked on load: the key matches, the
+/// subject's UID holds an MDM topic, and the certificate is within its validity.
+///
+/// `Debug` shows the subject, topic and expiry, never the key.
+#[derive(Clone)]
+pub struct PushCertificate {
+    cert: X509,
+    chain: Vec<X509>,
+    key: PKey<Private>,
+    topic: String,
+    info: CertInfo,
+}
+
+impl fmt::Debug for PushCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PushCertificate")
+            .field("topic", &self.topic)
+            .field("subject", &self.info.subject)
+            .field("not_after", &self.info.not_after)
+            .field("sha256", &self.info.sha256)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// OpenSSL 3 reads the RC2-40 and similar encryptions that macOS Keychain has long used for
+/// exported `.p12` files only through its "legacy" provider. It is loaded once, on the first
+/// PKCS#12 file that fails without it, alongside the default provider, and kept loaded.
+fn load_legacy_provider() -> bool {
+    static LEGACY: OnceLock<Option<Provider>> = OnceLock::new();
+    LEGACY
+        .get_or_init(|| Provider::try_load(None, "legacy", true).ok())
+        .is_some()
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl PushCertificate {
+    /// Load from a PKCS#12 (`.p12`) file as exported from Keychain Access, with its password.
+    /// Extra certificates in the file are sent as the chain.
+    pub fn from_pkcs12(der: &[u8], password: &str) -> Result<PushCertificate, ApnsError> {
+        let p12 = Pkcs12::from_der(der).map_err(|e| ApnsError::Pkcs12(e.to_string()))?;
+        let parsed = match p12.parse2(password) {
+            Ok(p) => p,
+            Err(first) => {
+                // Maybe a legacy encryption: retry once with the legacy provider loaded.
+                if load_legacy_provider() {
+                    p12.parse2(password)
+                        .map_err(|_| ApnsError::Pkcs12(first.to_string()))?
+                } else {
+                    return Err(ApnsError::Pkcs12(first.to_string()));
+                }
+            }
+        };
+        let cert = parsed.cert.ok_or(ApnsError::Missing("certificate"))?;
+        let key = parsed.pkey.ok_or(ApnsError::Missing("private key"))?;
+        let chain = parsed
+            .ca
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default();
+        Self::checked(cert, chain, key)
+    }
+
+    /// Load from PEM: the certificate (optionally followed by its chain) and the private key
+    /// (PKCS#8 or traditional, unencrypted). Both arguments may be the same combined PEM
+    /// file holding the certificate and the key.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<PushCertificate, ApnsError> {
+        let mut certs =
+            X509::stack_from_pem(cert_pem).map_err(|e| ApnsError::Pem(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ApnsError::Missing("certificate"));
+        }
+        let cert = certs.remove(0);
+        let key = PKey::private_key_from_pem(key_pem).map_err(|e| ApnsError::Pem(e.to_string()))?;
+        Self::checked(cert, certs, key)
+    }
+
+    fn checked(
+        cert: X509,
+        chain: Vec<X509>,
+        key: PKey<Private>,
+    ) -> Result<PushCertificate, ApnsError> {
+        let public = cert
+            .public_key()
+            .map_err(|e| ApnsError::Pem(e.to_string()))?;
+        if !public.public_eq(&key) {
+            return Err(ApnsError::KeyMismatch);
+        }
+        let info = CertInfo::from_x509(&cert).map_err(|e| ApnsError::Pem(e.to_string()))?;
+        let topic = topic_of(&cert).ok_or_else(|| ApnsError::MissingTopic {
+            subject: info.subject.clone(),
+        })?;
+        if !is_mdm_topic(&topic) {
+            return Err(ApnsError::NotMdmTopic { topic });
+        }
+        let now = now_unix();
+        if info.not_after <= now {
+            return Err(ApnsError::Expired {
+                not_after: info.not_after,
+            });
+        }
+        if info.not_before > now {
+            return Err(ApnsError::NotYetValid {
+                not_before: info.not_before,
+            });
+        }
+        Ok(PushCertificate {
+            cert,
+            chain,
+            key,
+            topic,
+            info,
+        })
+    }
+
+    /// The APNs topic from the subject's UID, e.g. `com.apple.mgmt.External.<uuid>`. The
+    /// enrollment profile's `Topic` must be exactly this.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// End of validity, unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.info.not_after
+    }
+
+    /// Whole days until the certificate expires (negative once it has).
+    pub fn days_left(&self) -> i64 {
+        (self.info.not_after - now_unix()).div_euclid(86_400)
+    }
+
+    /// The subject, as `SHORT=value` pairs (e.g. `UID=com.apple.mgmt.External.…, CN=APSP:…`).
+    pub fn subject(&self) -> &str {
+        &self.info.subject
+    }
+
+    /// The issuer, same format as [`PushCertificate::subject`].
+    pub fn issuer(&self) -> &str {
+        &self.info.issuer
+    }
+
+    /// SHA-256 of the certificate DER, lower-case hex.
+    pub fn sha256(&self) -> &str {
+        &self.info.sha256
+    }
+
+    /// The certificate, PEM (public).
+    pub fn cert_pem(&self) -> Result<String, ApnsError> {
+        let pem = self
+            .cert
+            .to_pem()
+            .map_err(|e| ApnsError::Pem(e.to_string()))?;
+        String::from_utf8(pem).map_err(|e| ApnsError::Pem(e.to_string()))
+    }
+
+    /// The certificate and then its chain, DER, for the TLS handshake.
+    pub(crate) fn chain_der(&self) -> Result<Vec<Vec<u8>>, ApnsError> {
+        std::iter::once(&self.cert)
+            .chain(self.chain.iter())
+            .map(|c| c.to_der().map_err(|e| ApnsError::Pem(e.to_string())))
+            .collect()
+    }
+
+    /// The private key as PKCS#8 DER, for the TLS handshake. Secret.
+    pub(crate) fn key_pkcs8_der(&self) -> Result<Vec<u8>, ApnsError> {
+        self.key
+            .private_key_to_pkcs8()
+            .map_err(|e| ApnsError::Tls(format!("cannot export the push key: {e}")))
+    }
+}
+
+/// The UID (0.9.2342.19200300.100.1.1) of the certificate's subject, if there is one.
+fn topic_of(cert: &X509) -> Option<String> {
+    let entry = cert.subject_name().entries_by_nid(Nid::USERID).next()?;
+    let text = entry.data().to_string().ok()?;
+    let text = text.trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+fn is_mdm_topic(topic: &str) -> bool {
+    topic
+        .strip_prefix(MDM_TOPIC_PREFIX)
+        .is_some_and(|rest| !rest.is_empty())
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b',' && b != b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mdm_topic_shape() {
+        assert!(is_mdm_topic(
+            "com.apple.mgmt.External.5b4b0c4e-49e3-4a4a-8e4e-1f3c0a9b7d21"
+        ));
+        assert!(is_mdm_topic("com.apple.mgmt.XServer.abc"));
+        assert!(!is_mdm_topic("com.apple.mgmt."));
+        assert!(!is_mdm_topic("com.example.app"));
+        assert!(!is_mdm_topic("com.apple.mgmt.External.a b"));
+        assert!(!is_mdm_topic("com.apple.mgmt.External.a\nb"));
+    }
+}

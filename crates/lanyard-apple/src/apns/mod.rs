@@ -1,0 +1,33 @@
+//! Apple Push Notification service (APNs) for MDM.
+//!
+//! An MDM push only wakes the device: `POST /3/device/<hex token>` with the body
+//! `{"mdm":"<PushMagic>"}` over HTTP/2, authenticated by the MDM push certificate as the TLS
+//! client certificate. The device then polls Lanyard's command endpoint.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lanyard_apple::apns::ApnsError> {
+//! use lanyard_apple::apns::{ApnsClient, ApnsOptions, PushCertificate, PushOutcome, PRODUCTION_URL};
+//! let p12 = std::fs::read("push.p12").unwrap_or_default();
+//! let cert = PushCertificate::from_pkcs12(&p12, "password")?;
+//! let client = ApnsClient::new(PRODUCTION_URL, &cert, ApnsOptions::default())?;
+//! match client.push(&[0u8; 32], "push-magic").await {
+//!     PushOutcome::Delivered { .. } => {}
+//!     PushOutcome::Unregistered { .. } => { /* forget the token */ }
+//!     other if other.is_retryable() => { /* try again after other.retry_delay(attempt) */ }
+//!     _ => {}
+//! }
+//! # Ok(()) }
+//! ```
+
+mod backoff;
+mod cert;
+mod client;
+mod error;
+
+pub use backoff::{backoff, backoff_with, BACKOFF_BASE, BACKOFF_CAP};
+pub use cert::{PushCertificate, MDM_TOPIC_PREFIX};
+pub use client::{
+    ApnsClient, ApnsOptions, PushOutcome, PushTarget, DEFAULT_EXPIRATION, PRODUCTION_URL,
+    SANDBOX_URL,
+};
+pub use error::ApnsError;
