@@ -189,6 +189,9 @@ pub struct EnrollmentView {
     pub enrolled_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
     pub checked_out_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_push_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The last push's outcome: delivered, unregistered, rate limited, …
+    pub last_push_status: Option<String>,
 }
 
 fn mode_label(mode: &str) -> String {
@@ -231,6 +234,8 @@ impl From<Enrollment> for EnrollmentView {
             enrolled_at: e.enrolled_at,
             last_seen_at: e.last_seen_at,
             checked_out_at: e.checked_out_at,
+            last_push_at: e.last_push_at,
+            last_push_status: e.last_push_status,
         }
     }
 }

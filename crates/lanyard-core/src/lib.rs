@@ -15,6 +15,7 @@ pub mod commands;
 pub mod enrollment;
 mod error;
 pub mod pki;
+pub mod push;
 pub mod settings;
 pub mod users;
 

@@ -83,6 +83,28 @@ fn parse_upload(upload: &PushCertificateUpload<'_>) -> Result<PushCertificate> {
     parsed.map_err(|e| CoreError::Invalid(format!("push certificate: {e}")))
 }
 
+/// The private key of an upload, as PEM, to keep sealed.
+fn upload_key_pem(upload: &PushCertificateUpload<'_>) -> Result<String> {
+    let bad = |e: lanyard_pki::openssl::error::ErrorStack| {
+        CoreError::Invalid(format!("push certificate key: {e}"))
+    };
+    let key = match upload {
+        PushCertificateUpload::Pem { key, .. } => {
+            lanyard_pki::openssl::pkey::PKey::private_key_from_pem(key).map_err(bad)?
+        }
+        PushCertificateUpload::Pkcs12 { der, password } => {
+            lanyard_pki::openssl::pkcs12::Pkcs12::from_der(der)
+                .map_err(bad)?
+                .parse2(password)
+                .map_err(bad)?
+                .pkey
+                .ok_or_else(|| CoreError::Invalid("the PKCS#12 file holds no key".into()))?
+        }
+    };
+    let pem = key.private_key_to_pem_pkcs8().map_err(bad)?;
+    String::from_utf8(pem).map_err(|e| CoreError::Internal(e.to_string()))
+}
+
 impl Lanyard {
     /// Stores (or renews) the MDM push certificate. Refuses an expired one, and — unless
     /// `force` — one whose topic differs from the topic live enrollments were issued with
@@ -115,9 +137,7 @@ impl Lanyard {
                 )));
             }
         }
-        let key_pem = cert
-            .key_pem()
-            .map_err(|e| CoreError::Internal(format!("push key: {e}")))?;
+        let key_pem = upload_key_pem(upload)?;
         let sealed = secrets.seal(key_pem.as_bytes(), seal_context())?;
         let cert_pem = cert
             .cert_pem()
@@ -209,7 +229,12 @@ fn outcome_label(o: &PushOutcome) -> String {
 }
 
 impl PushService {
-    pub fn new(lanyard: Lanyard, secrets: SecretBox, apns_url: String, options: ApnsOptions) -> Self {
+    pub fn new(
+        lanyard: Lanyard,
+        secrets: SecretBox,
+        apns_url: String,
+        options: ApnsOptions,
+    ) -> Self {
         Self {
             lanyard,
             secrets,

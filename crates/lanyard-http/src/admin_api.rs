@@ -14,6 +14,7 @@ use lanyard_core::admins::{AdminView, Role};
 use lanyard_core::attributes::{CustomAttribute, DefineAttribute};
 use lanyard_core::commands::{CommandSpec, CommandTarget, CommandView, Queued};
 use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
+use lanyard_core::push::{PushCertificateInfo, PushCertificateUpload};
 use lanyard_core::settings::{EnrollmentSettings, SettingsPatch};
 use lanyard_core::users::{CreateUser, UpdateUser, UserView};
 use lanyard_store::{AuditEntry, AuditFilter, ListQuery};
@@ -58,6 +59,10 @@ pub fn routes() -> Router<AppState> {
         .route("/devices/{id}/inventory", get(device_inventory))
         .route("/devices/{id}/unenroll", post(unenroll_device))
         .route("/commands", post(send_command))
+        .route(
+            "/push-certificate",
+            get(get_push_certificate).put(put_push_certificate),
+        )
         .route("/commands/{uuid}", get(command_status))
         .route("/audit", get(audit_log))
         .route("/openapi.json", get(openapi))
@@ -70,12 +75,13 @@ pub fn routes() -> Router<AppState> {
         sign_in, sign_out, list_users, create_user, get_user, update_user, get_settings,
         patch_settings, list_attributes, define_attribute, delete_attribute, list_admins,
         create_admin, list_api_tokens, create_api_token, revoke_api_token, audit_log, list_devices, get_device,
-        device_commands, device_inventory, unenroll_device, send_command, command_status
+        device_commands, device_inventory, unenroll_device, send_command, command_status,
+        get_push_certificate, put_push_certificate
     ),
     components(schemas(ErrorBody, UserView, CreateUser, UpdateUser, EnrollmentSettings,
         SettingsPatch, CustomAttribute, DefineAttribute, AdminView, Role, SignIn, SessionCreated,
         NewAdmin, NewApiToken, ApiTokenCreated, ApiTokenView, AuditView, EnrollmentView, SendCommand, CommandSpec,
-        CommandTarget, Queued, CommandView)),
+        CommandTarget, Queued, CommandView, PushCertificateInfo, PushCertificateBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -620,4 +626,81 @@ async fn unenroll_device(
 ) -> ApiResult<(StatusCode, Json<Queued>)> {
     let q = s.lanyard.unenroll(&actor, &id, s.pusher.as_deref()).await?;
     Ok((StatusCode::ACCEPTED, Json(q)))
+}
+
+/// The MDM push certificate: topic, expiry and any warning.
+#[utoipa::path(get, path = "/api/v1/push-certificate",
+    responses((status = 200, body = PushCertificateInfo), (status = 404, body = ErrorBody)))]
+async fn get_push_certificate(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+) -> ApiResult<Json<PushCertificateInfo>> {
+    s.lanyard
+        .push_certificate_info(&s.secrets)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no push certificate has been uploaded"))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushCertificateBody {
+    /// PKCS#12 file, base64.
+    pub pkcs12_base64: Option<String>,
+    pub password: Option<String>,
+    /// Or PEM certificate and key.
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<String>,
+    /// Accept a topic that differs from the live enrollments' topic.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Upload or renew the MDM push certificate (PKCS#12 or PEM).
+#[utoipa::path(put, path = "/api/v1/push-certificate", request_body = PushCertificateBody,
+    responses((status = 200, body = PushCertificateInfo), (status = 422, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn put_push_certificate(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiJson(b): ApiJson<PushCertificateBody>,
+) -> ApiResult<Json<PushCertificateInfo>> {
+    use base64::Engine;
+    let info = match (&b.pkcs12_base64, &b.cert_pem, &b.key_pem) {
+        (Some(p12), None, None) => {
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(p12.trim())
+                .map_err(|_| ApiError::invalid("pkcs12_base64 is not base64"))?;
+            s.lanyard
+                .set_push_certificate(
+                    &actor,
+                    &s.secrets,
+                    &PushCertificateUpload::Pkcs12 {
+                        der: &der,
+                        password: b.password.as_deref().unwrap_or(""),
+                    },
+                    b.force,
+                )
+                .await?
+        }
+        (None, Some(cert), Some(key)) => {
+            s.lanyard
+                .set_push_certificate(
+                    &actor,
+                    &s.secrets,
+                    &PushCertificateUpload::Pem {
+                        cert: cert.as_bytes(),
+                        key: key.as_bytes(),
+                    },
+                    b.force,
+                )
+                .await?
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "send pkcs12_base64 (+ password), or cert_pem and key_pem",
+            ))
+        }
+    };
+    Ok(Json(info))
 }

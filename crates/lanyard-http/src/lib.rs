@@ -40,6 +40,8 @@ pub struct AppState {
     pub sign_in_limiter: pages::SignInLimiter,
     /// Wakes devices after commands are queued; `None` when no push certificate is set.
     pub pusher: Option<std::sync::Arc<dyn lanyard_core::commands::PushRequester>>,
+    /// Seals uploaded secrets (the push certificate key).
+    pub secrets: lanyard_pki::SecretBox,
     /// Renders `/metrics`; `None` disables the endpoint (e.g. in unit tests).
     pub metrics: Option<PrometheusHandle>,
 }

@@ -588,7 +588,11 @@ pub enum DeviceCmd {
     Unenroll { id: String },
 }
 
-pub async fn device(o: &Opened, cmd: DeviceCmd) -> Result<()> {
+pub async fn device(
+    o: &Opened,
+    cmd: DeviceCmd,
+    push: Option<&lanyard_core::push::PushService>,
+) -> Result<()> {
     use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
     match cmd {
         DeviceCmd::List {
@@ -679,7 +683,12 @@ pub async fn device(o: &Opened, cmd: DeviceCmd) -> Result<()> {
             print_commands(h);
         }
         DeviceCmd::Unenroll { id } => {
-            let q = o.lanyard.unenroll(&Actor::cli(), &id, None).await?;
+            let collect = CollectPushes::default();
+            let q = o
+                .lanyard
+                .unenroll(&Actor::cli(), &id, Some(&collect))
+                .await?;
+            collect.push(push).await;
             println!(
                 "unenroll queued for {id} (RemoveProfile {}); the Mac checks out when it runs it",
                 q.command_uuid
@@ -735,10 +744,40 @@ pub enum CommandCmd {
     },
 }
 
+/// Collects the enrollments a CLI command should wake, to push them before exiting.
+#[derive(Default)]
+struct CollectPushes(std::sync::Mutex<Vec<String>>);
+
+impl lanyard_core::commands::PushRequester for CollectPushes {
+    fn request_push(&self, ids: Vec<String>) {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend(ids);
+        }
+    }
+}
+
+impl CollectPushes {
+    /// Pushes what was collected, printing the outcome (a push failure is reported, not fatal:
+    /// the command stays queued for the device's next check-in).
+    async fn push(self, push: Option<&lanyard_core::push::PushService>) {
+        let ids = self.0.into_inner().unwrap_or_default();
+        let Some(push) = push.filter(|_| !ids.is_empty()) else {
+            return;
+        };
+        match push.push(&ids).await {
+            Ok(r) => eprintln!(
+                "push: {} delivered, {} unregistered, {} failed, {} not reachable",
+                r.delivered, r.unregistered, r.failed, r.not_reachable
+            ),
+            Err(e) => eprintln!("push not sent: {e} (the command stays queued)"),
+        }
+    }
+}
+
 pub async fn command(
     o: &Opened,
     cmd: CommandCmd,
-    pusher: Option<&dyn lanyard_core::commands::PushRequester>,
+    push: Option<&lanyard_core::push::PushService>,
 ) -> Result<()> {
     use lanyard_core::commands::{CommandSpec, CommandTarget};
     match cmd {
@@ -797,11 +836,14 @@ pub async fn command(
                 (false, false) => CommandTarget::Enrollments(devices),
                 (false, true) => bail!("name --device ID (repeatable) or --all"),
             };
-            let pusher = if no_push { None } else { pusher };
+            let collect = CollectPushes::default();
+            let pusher: Option<&dyn lanyard_core::commands::PushRequester> =
+                if no_push { None } else { Some(&collect) };
             let q = o
                 .lanyard
                 .enqueue_command(&Actor::cli(), &target, &spec, pusher)
                 .await?;
+            collect.push(push).await;
             if out.json {
                 return print_json(&q);
             }
@@ -855,4 +897,103 @@ fn print_commands(list: Vec<lanyard_core::commands::CommandView>) {
             })
             .collect(),
     );
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PushCertCmd {
+    /// Upload (or renew) the MDM push certificate: --p12 FILE (password on stdin, or
+    /// --password), or --cert FILE --key FILE (PEM).
+    Upload {
+        #[arg(long, conflicts_with_all = ["cert", "key"])]
+        p12: Option<std::path::PathBuf>,
+        /// The PKCS#12 password (`-` or absent reads it from standard input).
+        #[arg(long, requires = "p12")]
+        password: Option<String>,
+        #[arg(long, requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        #[arg(long, requires = "cert")]
+        key: Option<std::path::PathBuf>,
+        /// Accept a topic that differs from the live enrollments' (they must all re-enroll).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the push certificate: topic, expiry, warnings.
+    Show {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+}
+
+pub async fn push_cert(
+    o: &Opened,
+    secrets: &lanyard_pki::SecretBox,
+    cmd: PushCertCmd,
+) -> Result<()> {
+    use lanyard_core::push::PushCertificateUpload;
+    let show = |i: &lanyard_core::push::PushCertificateInfo| {
+        println!("topic:      {}", i.topic);
+        println!("subject:    {}", i.subject);
+        println!("expires:    {} ({} days left)", i.not_after, i.days_left);
+        println!("sha256:     {}", i.sha256);
+        if let Some(w) = &i.warning {
+            println!("WARNING:    {w}");
+        }
+    };
+    match cmd {
+        PushCertCmd::Upload {
+            p12,
+            password,
+            cert,
+            key,
+            force,
+        } => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let info = match (p12, cert, key) {
+                (Some(p), _, _) => {
+                    let der = read(&p)?;
+                    let password = read_password(password, "PKCS#12 password")?;
+                    o.lanyard
+                        .set_push_certificate(
+                            &Actor::cli(),
+                            secrets,
+                            &PushCertificateUpload::Pkcs12 {
+                                der: &der,
+                                password: &password,
+                            },
+                            force,
+                        )
+                        .await?
+                }
+                (None, Some(c), Some(k)) => {
+                    let (cert, key) = (read(&c)?, read(&k)?);
+                    o.lanyard
+                        .set_push_certificate(
+                            &Actor::cli(),
+                            secrets,
+                            &PushCertificateUpload::Pem {
+                                cert: &cert,
+                                key: &key,
+                            },
+                            force,
+                        )
+                        .await?
+                }
+                _ => bail!("give --p12 FILE, or --cert FILE --key FILE"),
+            };
+            println!("push certificate stored");
+            show(&info);
+        }
+        PushCertCmd::Show { out } => {
+            let Some(info) = o.lanyard.push_certificate_info(secrets).await? else {
+                bail!("no push certificate; upload one with `lanyard push-cert upload`");
+            };
+            if out.json {
+                return print_json(&info);
+            }
+            show(&info);
+        }
+    }
+    Ok(())
 }

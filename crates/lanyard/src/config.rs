@@ -33,6 +33,13 @@ pub struct GlobalArgs {
     /// Log format: text or json.
     #[arg(long, env = "LANYARD_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// APNs base URL. Default: https://api.push.apple.com (use
+    /// https://api.sandbox.push.apple.com for development certificates).
+    #[arg(long, env = "LANYARD_APNS_URL", global = true)]
+    pub apns_url: Option<String>,
+    /// Extra CA certificate (PEM) to trust for the APNs server (for test servers).
+    #[arg(long, env = "LANYARD_APNS_CA_CERT", global = true)]
+    pub apns_ca_cert: Option<PathBuf>,
 }
 
 /// Flags of `lanyard serve`.
@@ -67,6 +74,8 @@ pub struct ServeArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    pub apns_url: Option<String>,
+    pub apns_ca_cert: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub secret_key: Option<String>,
@@ -100,6 +109,8 @@ pub enum LogFormat {
 /// Where the data is, resolved.
 #[derive(Debug, Clone)]
 pub struct DataConfig {
+    pub apns_url: String,
+    pub apns_ca_cert: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub database_url: String,
     pub secret_key: Option<String>,
@@ -148,6 +159,12 @@ impl DataConfig {
             Some(other) => bail!("unknown log format `{other}`; use text or json"),
         };
         Ok(DataConfig {
+            apns_url: g
+                .apns_url
+                .clone()
+                .or_else(|| file.apns_url.clone())
+                .unwrap_or_else(|| "https://api.push.apple.com".into()),
+            apns_ca_cert: g.apns_ca_cert.clone().or_else(|| file.apns_ca_cert.clone()),
             data_dir,
             database_url,
             secret_key: g.secret_key.clone().or_else(|| file.secret_key.clone()),

@@ -43,6 +43,9 @@ enum Action {
     /// MDM commands.
     #[command(subcommand)]
     Command(commands::CommandCmd),
+    /// The APNs MDM push certificate.
+    #[command(subcommand)]
+    PushCert(commands::PushCertCmd),
     /// Custom attribute definitions.
     #[command(subcommand)]
     Attribute(commands::AttributeCmd),
@@ -94,8 +97,22 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Action::User(c) => commands::user(&setup::open_store(&data).await?, c).await,
         Action::Settings(c) => commands::settings(&setup::open_store(&data).await?, c).await,
-        Action::Device(c) => commands::device(&setup::open_store(&data).await?, c).await,
-        Action::Command(c) => commands::command(&setup::open_store(&data).await?, c, None).await,
+        Action::Device(c) => {
+            let o = setup::open_store(&data).await?;
+            let secrets = setup::secret_box(&data)?;
+            let push = setup::push_service(&data, &o.lanyard, &secrets)?;
+            commands::device(&o, c, Some(&push)).await
+        }
+        Action::Command(c) => {
+            let o = setup::open_store(&data).await?;
+            let secrets = setup::secret_box(&data)?;
+            let push = setup::push_service(&data, &o.lanyard, &secrets)?;
+            commands::command(&o, c, Some(&push)).await
+        }
+        Action::PushCert(c) => {
+            let o = setup::open_store(&data).await?;
+            commands::push_cert(&o, &setup::secret_box(&data)?, c).await
+        }
         Action::Attribute(c) => commands::attribute(&setup::open_store(&data).await?, c).await,
         Action::Admin(c) => commands::admin(&setup::open_store(&data).await?, c).await,
         Action::Audit(a) => commands::audit(&setup::open_store(&data).await?, a).await,

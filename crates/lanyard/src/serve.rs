@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use axum_server::tls_rustls::RustlsConfig;
 use lanyard_core::enrollment::{DeviceUrls, EnrollmentService};
+use lanyard_core::push::PushJob;
 use lanyard_core::Lanyard;
 use lanyard_pki::{Ca, SecretBox};
 use lanyard_store::PkiMaterial;
@@ -30,6 +31,19 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
     let push_topic = lanyard.push_topic().await?;
     tracing::info!(topic = %push_topic, "APNs topic for new enrollments");
 
+    match lanyard.push_certificate_info(&secrets).await {
+        Ok(Some(info)) => match &info.warning {
+            Some(w) => tracing::warn!(topic = %info.topic, "{w}"),
+            None => {
+                tracing::info!(topic = %info.topic, days_left = info.days_left, "APNs push certificate")
+            }
+        },
+        Ok(None) => tracing::warn!(
+            "no APNs push certificate: devices enroll but cannot be woken; upload one with \
+             `lanyard push-cert upload`"
+        ),
+        Err(e) => tracing::warn!(error = %e, "the APNs push certificate cannot be read"),
+    }
     if let Some((name, password)) = lanyard.bootstrap_first_admin().await? {
         // Printed once, to the terminal, never to the log.
         println!(
@@ -68,7 +82,10 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
         lanyard: lanyard.clone(),
         enrollment,
         sign_in_limiter: Default::default(),
-        pusher: None,
+        pusher: Some(Arc::new(PushJob::start(Arc::new(setup::push_service(
+            &data, &lanyard, &secrets,
+        )?)))),
+        secrets: secrets.clone(),
         metrics: Some(metrics),
     });
     tokio::spawn(prune_leftovers(lanyard.clone()));

@@ -119,3 +119,27 @@ pub fn init_tracing(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// The push service for this configuration (APNs URL, extra trust for test servers).
+pub fn push_service(
+    data: &DataConfig,
+    lanyard: &Lanyard,
+    secrets: &SecretBox,
+) -> Result<lanyard_core::push::PushService> {
+    let extra_root_ca_pem = match &data.apns_ca_cert {
+        Some(p) => Some(
+            std::fs::read(p)
+                .with_context(|| format!("cannot read --apns-ca-cert {}", p.display()))?,
+        ),
+        None => None,
+    };
+    Ok(lanyard_core::push::PushService::new(
+        lanyard.clone(),
+        secrets.clone(),
+        data.apns_url.clone(),
+        lanyard_apple::apns::ApnsOptions {
+            extra_root_ca_pem,
+            ..Default::default()
+        },
+    ))
+}

@@ -62,6 +62,13 @@ pub fn bin() -> &'static str {
 impl Server {
     /// Starts `lanyard serve`; `None` when the backend is unavailable (PostgreSQL outside CI).
     pub async fn start(db: Db) -> Option<Server> {
+        Server::start_with(db, &[]).await
+    }
+
+    /// [`Server::start`] with extra environment for `lanyard serve`, e.g.
+    /// `("LANYARD_SCEP_ALLOW_DES", "true")` or `("LANYARD_BEHIND_PROXY", "true")` (plain HTTP;
+    /// `url` is then `http://…`).
+    pub async fn start_with(db: Db, env: &[(&str, &str)]) -> Option<Server> {
         let data_dir = tempfile::tempdir().unwrap();
         let (database_url, pg_cleanup) = match db {
             Db::Sqlite => (
@@ -78,6 +85,7 @@ impl Server {
             .env("LANYARD_DATA_DIR", data_dir.path())
             .env("LANYARD_DATABASE_URL", &database_url)
             .env("LANYARD_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -153,6 +161,16 @@ impl Server {
                     .execute(&mut c)
                     .await;
             }
+        }
+    }
+}
+
+/// A server whose test panicked before `stop` is killed rather than left running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
