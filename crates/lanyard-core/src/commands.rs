@@ -263,6 +263,25 @@ pub enum CommandTarget {
     Filter { search: String },
 }
 
+/// The channel a command goes to: the device channel (`EnrollmentID`) or the user channel
+/// (`EnrollmentUserID`) of a User Enrollment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandChannel {
+    #[default]
+    Device,
+    User,
+}
+
+impl CommandChannel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandChannel::Device => CHANNEL_DEVICE,
+            CommandChannel::User => CHANNEL_USER,
+        }
+    }
+}
+
 /// What queueing a command did.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Queued {
@@ -352,7 +371,28 @@ impl Lanyard {
         spec: &CommandSpec,
         pusher: Option<&dyn PushRequester>,
     ) -> Result<Queued> {
-        self.enqueue_audited(actor, target, spec, pusher, "command.enqueue")
+        self.enqueue_audited(
+            actor,
+            target,
+            CommandChannel::Device,
+            spec,
+            pusher,
+            "command.enqueue",
+        )
+        .await
+    }
+
+    /// [`Lanyard::enqueue_command`] for a chosen channel; the user channel needs enrollments
+    /// whose user channel has checked in (`EnrollmentUserID`).
+    pub async fn enqueue_command_on(
+        &self,
+        actor: &Actor,
+        target: &CommandTarget,
+        channel: CommandChannel,
+        spec: &CommandSpec,
+        pusher: Option<&dyn PushRequester>,
+    ) -> Result<Queued> {
+        self.enqueue_audited(actor, target, channel, spec, pusher, "command.enqueue")
             .await
     }
 
@@ -360,6 +400,7 @@ impl Lanyard {
         &self,
         actor: &Actor,
         target: &CommandTarget,
+        channel: CommandChannel,
         spec: &CommandSpec,
         pusher: Option<&dyn PushRequester>,
         action: &str,
@@ -401,13 +442,21 @@ impl Lanyard {
         if enrollments.is_empty() {
             return Err(CoreError::Invalid("no enrolled device matches".into()));
         }
+        if channel == CommandChannel::User {
+            if let Some(e) = enrollments.iter().find(|e| e.user_channel_id.is_none()) {
+                return Err(CoreError::Invalid(format!(
+                    "enrollment {} has no user channel yet (no user TokenUpdate)",
+                    e.id
+                )));
+            }
+        }
         let any_ue = enrollments.iter().any(|e| e.mode == MODE_USER_ENROLLMENT);
         let command = spec.build(any_ue)?;
         let payload = lanyard_proto::command::encode_command(&command)
             .map_err(|e| CoreError::Invalid(format!("the command cannot be encoded: {e}")))?;
         let targets: Vec<(String, String)> = enrollments
             .iter()
-            .map(|e| (e.id.clone(), CHANNEL_DEVICE.to_string()))
+            .map(|e| (e.id.clone(), channel.as_str().to_string()))
             .collect();
         let audit = Audit::new(
             &actor.name,
@@ -464,6 +513,7 @@ impl Lanyard {
             .enqueue_audited(
                 actor,
                 &CommandTarget::Enrollments(vec![e.id.clone()]),
+                CommandChannel::Device,
                 &CommandSpec::RemoveProfile {
                     identifier: crate::enrollment::profile_identifier(&e.id),
                 },

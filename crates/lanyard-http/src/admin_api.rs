@@ -12,7 +12,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use lanyard_core::admins::{AdminView, Role};
 use lanyard_core::attributes::{CustomAttribute, DefineAttribute};
-use lanyard_core::commands::{CommandSpec, CommandTarget, CommandView, Queued};
+use lanyard_core::commands::{CommandChannel, CommandSpec, CommandTarget, CommandView, Queued};
 use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
 use lanyard_core::push::{PushCertificateInfo, PushCertificateUpload};
 use lanyard_core::settings::{EnrollmentSettings, SettingsPatch};
@@ -81,7 +81,7 @@ pub fn routes() -> Router<AppState> {
     components(schemas(ErrorBody, UserView, CreateUser, UpdateUser, EnrollmentSettings,
         SettingsPatch, CustomAttribute, DefineAttribute, AdminView, Role, SignIn, SessionCreated,
         NewAdmin, NewApiToken, ApiTokenCreated, ApiTokenView, AuditView, EnrollmentView, SendCommand, CommandSpec,
-        CommandTarget, Queued, CommandView, PushCertificateInfo, PushCertificateBody)),
+        CommandTarget, CommandChannel, Queued, CommandView, PushCertificateInfo, PushCertificateBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -555,6 +555,9 @@ async fn get_device(
 pub struct SendCommand {
     pub target: CommandTarget,
     pub command: CommandSpec,
+    /// `device` (default) or `user`.
+    #[serde(default)]
+    pub channel: CommandChannel,
     /// Wake the devices by APNs after queueing (default true).
     #[serde(default = "yes")]
     pub push: bool,
@@ -577,7 +580,7 @@ async fn send_command(
     let pusher = if b.push { s.pusher.as_deref() } else { None };
     let q = s
         .lanyard
-        .enqueue_command(&actor, &b.target, &b.command, pusher)
+        .enqueue_command_on(&actor, &b.target, b.channel, &b.command, pusher)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(q)))
 }

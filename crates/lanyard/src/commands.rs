@@ -733,6 +733,9 @@ pub enum CommandCmd {
         /// Queue only; do not wake the devices (a later push or check-in picks it up).
         #[arg(long)]
         no_push: bool,
+        /// Send on the user channel (EnrollmentUserID) instead of the device channel.
+        #[arg(long)]
+        user_channel: bool,
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -792,6 +795,7 @@ pub async fn command(
             request_type,
             plist,
             no_push,
+            user_channel,
             out,
         } => {
             let read = |p: &Option<std::path::PathBuf>, what: &str| -> Result<Vec<u8>> {
@@ -841,7 +845,17 @@ pub async fn command(
                 if no_push { None } else { Some(&collect) };
             let q = o
                 .lanyard
-                .enqueue_command(&Actor::cli(), &target, &spec, pusher)
+                .enqueue_command_on(
+                    &Actor::cli(),
+                    &target,
+                    if user_channel {
+                        lanyard_core::commands::CommandChannel::User
+                    } else {
+                        lanyard_core::commands::CommandChannel::Device
+                    },
+                    &spec,
+                    pusher,
+                )
                 .await?;
             collect.push(push).await;
             if out.json {

@@ -161,6 +161,44 @@ async fn round_trip(db: Db) {
     assert!(err.contains("not allowed for User Enrollment"), "{err}");
     assert!(mac.idle().await.unwrap().is_none(), "nothing was queued");
 
+    // The user channel has its own queue.
+    let (ok, out, err) = s.cli(&[
+        "command",
+        "send",
+        "profile-list",
+        "--device",
+        &id,
+        "--user-channel",
+        "--no-push",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let q: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        mac.idle().await.unwrap().is_none(),
+        "not on the device channel"
+    );
+    let cmd = mac
+        .idle_on(lanyard_testkit::Channel::User)
+        .await
+        .unwrap()
+        .expect("on the user channel");
+    assert_eq!(cmd.uuid, q["command_uuid"].as_str().unwrap());
+    let reply = mac.builtin_reply(&cmd, lanyard_testkit::Channel::User);
+    mac.respond_on(
+        lanyard_testkit::Channel::User,
+        &cmd.uuid,
+        reply.status,
+        reply.result,
+    )
+    .await
+    .unwrap();
+    let (ok, out, _) = s.cli(&["command", "show", cmd.uuid.as_str(), "--json"]);
+    assert!(ok);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown[0]["channel"], "user");
+    assert_eq!(shown[0]["status"], "acknowledged");
+
     // NotNow: kept, not handed out again until its back-off (or a push).
     let (ok, out, err) = s.cli(&[
         "command",
