@@ -107,13 +107,6 @@ async fn api_round_trip(db: Db) {
         (
             c.post(api("/users"))
                 .bearer_auth(&token)
-                .header("content-type", "application/json")
-                .body(format!("{{\"email\": \"{}\"}}", "x".repeat(300 * 1024))),
-            413,
-        ),
-        (
-            c.post(api("/users"))
-                .bearer_auth(&token)
                 .json(&json!({"email": "not-an-email"})),
             422,
         ),
@@ -140,6 +133,19 @@ async fn api_round_trip(db: Db) {
                 .is_some_and(|m| !m.is_empty()),
             "{e}"
         );
+    }
+    // Oversized: the server answers 413 without reading the rest of the body and closes the
+    // connection, so an HTTP/1.1 client still sending may see the connection end instead.
+    match c
+        .post(api("/users"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(format!("{{\"email\": \"{}\"}}", "x".repeat(300 * 1024)))
+        .send()
+        .await
+    {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"),
     }
     let users: Value = c
         .get(api("/users"))
