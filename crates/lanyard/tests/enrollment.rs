@@ -1,0 +1,1133 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! Account-driven User Enrollment end to end, on both databases: the real `lanyard serve` over
+//! TLS, the simulated Mac from `lanyard-testkit` doing discovery, the web sign-in, the signed
+//! profile, SCEP and signed check-ins, and the admin CLI and API reading the result. Then the
+//! refusals (each leaves nothing behind), single-use access tokens and SCEP challenges, check-in
+//! identity, and independent tools (OpenSSL, Python's plistlib, micromdm's `scepclient`,
+//! strongSwan's `pki`) reading what the server produces.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use lanyard_pki::openssl::pkey::{PKey, Private};
+use lanyard_pki::openssl::x509::X509;
+use lanyard_testkit::profile::{parse_enrollment_profile, EnrollmentProfile};
+use lanyard_testkit::scep_client::{self, ScepError};
+use lanyard_testkit::sim::{CHECKIN_CONTENT_TYPE, COMMAND_CONTENT_TYPE, MACHINE_INFO_CONTENT_TYPE};
+use lanyard_testkit::{device, webauth, Ownership, SimError, SimMac, SimOptions, Step};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use serde_json::{json, Value};
+use support::{Db, Server};
+use url::Url;
+
+const ANN: &str = "ann@example.com";
+const PASSWORD: &str = "a long enough password";
+
+// ---------------------------------------------------------------------------------------
+// set-up and helpers
+
+fn cli_ok(s: &Server, args: &[&str]) -> String {
+    let (ok, out, err) = s.cli(args);
+    assert!(ok, "lanyard {} failed: {err}", args.join(" "));
+    out
+}
+
+fn add_user(s: &Server, email: &str) {
+    let (ok, _, err) = s.cli_stdin(
+        &["user", "add", email, "--password", "-"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "user add {email}: {err}");
+}
+
+/// A server with Ann, the managed domain example.com and two custom attributes (a required
+/// choice and an optional number).
+async fn start(db: Db, env: &[(&str, &str)]) -> Option<Server> {
+    let s = Server::start_with(db, env).await?;
+    add_user(&s, ANN);
+    cli_ok(&s, &["settings", "set", "managed-domains", "example.com"]);
+    cli_ok(
+        &s,
+        &[
+            "attribute",
+            "add",
+            "department",
+            "--type",
+            "choice",
+            "--required",
+            "--choice",
+            "Sales",
+            "--choice",
+            "R&D",
+        ],
+    );
+    cli_ok(&s, &["attribute", "add", "cost-center", "--type", "number"]);
+    Some(s)
+}
+
+/// `lanyard device list --json` with extra arguments.
+fn devices(s: &Server, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["device", "list", "--json"];
+    args.extend_from_slice(extra);
+    let out = cli_ok(s, &args);
+    serde_json::from_str::<Value>(&out)
+        .unwrap_or_else(|e| panic!("device list --json is not JSON ({e}): {out}"))
+        .as_array()
+        .expect("device list --json is an array")
+        .clone()
+}
+
+/// A simulated Mac trusting the server's CA, answering department=Sales; `tweak` adjusts it.
+fn mac_for(s: &Server, email: &str, tweak: impl FnOnce(&mut SimOptions)) -> SimMac {
+    let mut o = SimOptions::new(&s.url, email, PASSWORD);
+    o.ca_cert_pem = Some(s.ca_pem());
+    o.attrs.insert("department".into(), "Sales".into());
+    tweak(&mut o);
+    SimMac::new(o).unwrap()
+}
+
+fn assert_refused(e: &SimError, step: Step, status: u16, needle: &str) {
+    assert_eq!(e.step(), step, "{e}");
+    assert_eq!(e.status(), Some(status), "{e}");
+    assert!(
+        e.message().contains(needle),
+        "expected {needle:?} in the message: {e}"
+    );
+}
+
+/// Discovery, the first `POST /enroll` (expecting the `apple-as-web` challenge) and the web
+/// sign-in, as the Mac does them. Returns the BaseURL, the signed MachineInfo and the token.
+async fn sign_in(c: &reqwest::Client, mac: &mut SimMac) -> (Url, Vec<u8>, String) {
+    let base = mac.discover().await.unwrap();
+    let machine_info = mac.signed_machine_info().unwrap();
+    let r = post_enroll(c, &base, &machine_info, None).await;
+    assert_eq!(r.status(), 401);
+    let url = sign_in_url(&base, &r);
+    let token = mac.sign_in(&base, url).await.unwrap();
+    (base, machine_info, token)
+}
+
+async fn post_enroll(
+    c: &reqwest::Client,
+    base: &Url,
+    machine_info: &[u8],
+    token: Option<&str>,
+) -> reqwest::Response {
+    let mut rb = c
+        .post(base.clone())
+        .header(CONTENT_TYPE, MACHINE_INFO_CONTENT_TYPE)
+        .body(machine_info.to_vec());
+    if let Some(t) = token {
+        rb = rb.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
+    rb.send().await.unwrap()
+}
+
+/// The sign-in URL of a `401` answer's `WWW-Authenticate: Bearer method="apple-as-web"`.
+fn sign_in_url(base: &Url, r: &reqwest::Response) -> Url {
+    let header = r
+        .headers()
+        .get(WWW_AUTHENTICATE)
+        .expect("401 without WWW-Authenticate")
+        .to_str()
+        .unwrap();
+    let ch = webauth::parse_www_authenticate(header).expect("unparsable WWW-Authenticate");
+    assert_eq!(ch.scheme, "Bearer", "{header}");
+    assert_eq!(ch.params["method"], "apple-as-web", "{header}");
+    base.join(&ch.params["url"]).unwrap()
+}
+
+/// The profile a freshly signed-in Mac of `email` gets: the DER as served and its content.
+async fn fresh_profile(
+    s: &Server,
+    c: &reqwest::Client,
+    email: &str,
+) -> (Vec<u8>, EnrollmentProfile) {
+    let mut mac = mac_for(s, email, |_| {});
+    let (base, mi, token) = sign_in(c, &mut mac).await;
+    let r = post_enroll(c, &base, &mi, Some(&token)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()[CONTENT_TYPE].to_str().unwrap(),
+        "application/x-apple-aspen-config"
+    );
+    let der = r.bytes().await.unwrap().to_vec();
+    let ca = X509::from_pem(&s.ca_pem()).unwrap();
+    let (content, _) = lanyard_pki::verify_cms_attached(&der, &[ca]).unwrap();
+    (der, parse_enrollment_profile(&content).unwrap())
+}
+
+/// `Mdm-Signature` header value: base64 of a detached CMS signature over `body`.
+fn mdm_signature(cert: &X509, key: &PKey<Private>, body: &[u8]) -> String {
+    let sig = lanyard_pki::sign_detached(cert, key, body).unwrap();
+    lanyard_pki::openssl::base64::encode_block(&sig)
+}
+
+/// `PUT` a device request; returns the status and the body text.
+async fn put_device(
+    c: &reqwest::Client,
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+    signature: Option<String>,
+) -> (u16, String) {
+    let mut rb = c
+        .put(url)
+        .header(CONTENT_TYPE, content_type)
+        .body(body.to_vec());
+    if let Some(sig) = signature {
+        rb = rb.header("Mdm-Signature", sig);
+    }
+    let r = rb.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn admin_session(s: &Server, c: &reqwest::Client) -> String {
+    let r = c
+        .post(format!("{}/api/v1/sessions", s.url))
+        .json(&json!({"username": "admin", "password": s.admin_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    body["session_token"].as_str().unwrap().to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. the happy path
+
+async fn happy_path(db: Db) {
+    let Some(s) = start(db, &[]).await else {
+        return;
+    };
+    let mut mac = mac_for(&s, ANN, |_| {});
+    let report = mac
+        .enroll()
+        .await
+        .unwrap_or_else(|e| panic!("enrollment failed: {e}\n{}", mac.steps().join("\n")));
+    assert_eq!(report.managed_apple_id, ANN);
+    assert_eq!(report.enrollment_id, mac.enrollment_id());
+    assert!(!report.topic.is_empty());
+    assert!(
+        report
+            .identity_certificate
+            .subject
+            .contains("Lanyard Identity"),
+        "{:?}",
+        report.identity_certificate
+    );
+    // The command channel answers (no command queued yet).
+    assert!(mac.idle().await.unwrap().is_none());
+
+    let list = devices(&s, &[]);
+    assert_eq!(list.len(), 1, "{list:#?}");
+    let d = &list[0];
+    assert_eq!(d["enrollment_mode"], "User Enrollment");
+    assert_eq!(d["ownership"], "Employee");
+    assert_eq!(d["status"], "enrolled");
+    assert_eq!(d["managed_apple_id"], ANN);
+    assert_eq!(d["attributes"], json!({"department": "Sales"}));
+    assert_eq!(d["os_version"], "15.2");
+    assert_eq!(d["enrollment_id"], mac.enrollment_id());
+    assert_eq!(d["enrollment_user_id"], mac.enrollment_user_id());
+    assert_eq!(d["push_topic"], report.topic.as_str());
+    assert_eq!(d["reachable"], true);
+    assert_eq!(
+        d["identity_certificate_sha256"],
+        report.identity_certificate.sha256.as_str()
+    );
+    assert_eq!(
+        d["identity_certificate_serial"],
+        report.identity_certificate.serial_hex.as_str()
+    );
+    assert!(d["enrolled_at"].is_string() && d["checked_out_at"].is_null());
+    let text = serde_json::to_string(d).unwrap();
+    for secret in [&report.push_magic, &report.push_token_hex] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "device list shows a secret"
+        );
+    }
+
+    // The admin API shows the same.
+    let c = s.client();
+    let token = admin_session(&s, &c).await;
+    let api: Value = c
+        .get(format!("{}/api/v1/devices", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api, Value::Array(list.clone()));
+    let one: Value = c
+        .get(format!(
+            "{}/api/v1/devices/{}",
+            s.url,
+            d["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&one, d);
+
+    // The table.
+    let table = cli_ok(&s, &["device", "list"]);
+    for needle in [
+        "User Enrollment",
+        ANN,
+        "Employee",
+        "enrolled",
+        "department=Sales",
+    ] {
+        assert!(table.contains(needle), "{needle:?} missing from:\n{table}");
+    }
+
+    drop((c, mac));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn happy_path_sqlite() {
+    happy_path(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn happy_path_postgres() {
+    happy_path(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. refusals leave nothing behind
+
+async fn refusals(db: Db) {
+    let Some(s) = start(db, &[]).await else {
+        return;
+    };
+    let c = s.client();
+
+    let enroll_err = |mut mac: SimMac| async move {
+        let e = mac
+            .enroll()
+            .await
+            .expect_err("the enrollment should be refused");
+        assert!(!mac.is_enrolled());
+        e
+    };
+
+    // Ownership other than Employee ends the flow.
+    let e = enroll_err(mac_for(&s, ANN, |o| o.ownership = Ownership::Corporate)).await;
+    assert_refused(&e, Step::SignIn, 403, "Corporate");
+    let e = enroll_err(mac_for(&s, ANN, |o| o.ownership = Ownership::Shared)).await;
+    assert_refused(&e, Step::SignIn, 403, "Shared");
+
+    // Too old a macOS: refused at the enrollment request, naming the minimum.
+    let e = enroll_err(mac_for(&s, ANN, |o| o.os_version = "15.1".into())).await;
+    assert_refused(&e, Step::Enrollment, 403, "15.2");
+    assert!(e.message().contains("15.1"), "{e}");
+
+    // Wrong password, unknown account.
+    let e = enroll_err(mac_for(&s, ANN, |o| o.password = "not the password".into())).await;
+    assert_refused(&e, Step::SignIn, 401, "wrong email or password");
+    let e = enroll_err(mac_for(&s, "zed@example.com", |_| {})).await;
+    assert_refused(&e, Step::SignIn, 401, "wrong email or password");
+
+    // A disabled account.
+    add_user(&s, "carl@example.com");
+    cli_ok(&s, &["user", "disable", "carl@example.com"]);
+    let e = enroll_err(mac_for(&s, "carl@example.com", |_| {})).await;
+    assert_refused(&e, Step::SignIn, 403, "disabled");
+
+    // An account outside the managed domains: discovery does not know it, and the sign-in
+    // page refuses it when reached directly.
+    add_user(&s, "bob@other.org");
+    let mut bob = mac_for(&s, "bob@other.org", |_| {});
+    let e = bob.discover().await.unwrap_err();
+    assert_eq!(e.step(), Step::Discovery, "{e}");
+    assert_eq!(e.status(), Some(404), "{e}");
+    let base = Url::parse(&format!("{}/enroll", s.url)).unwrap();
+    let r = post_enroll(&c, &base, &bob.signed_machine_info().unwrap(), None).await;
+    assert_eq!(r.status(), 401);
+    let url = sign_in_url(&base, &r);
+    let e = bob.sign_in(&base, url).await.unwrap_err();
+    assert_refused(&e, Step::SignIn, 403, "does not belong");
+
+    // A required attribute left empty, and a choice that is not offered.
+    let e = enroll_err(mac_for(&s, ANN, |o| o.attrs.clear())).await;
+    assert_refused(&e, Step::SignIn, 422, "department");
+    let e = enroll_err(mac_for(&s, ANN, |o| {
+        o.attrs.insert("department".into(), "Marketing".into());
+    }))
+    .await;
+    assert_eq!(e.status(), Some(422), "{e}");
+    let e = enroll_err(mac_for(&s, ANN, |o| {
+        o.attrs.insert("cost-center".into(), "twelve".into());
+    }))
+    .await;
+    assert_eq!(e.status(), Some(422), "{e}");
+
+    // Nothing was left behind.
+    assert_eq!(devices(&s, &["--all"]), Vec::<Value>::new());
+
+    drop(c);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_leave_nothing_behind_sqlite() {
+    refusals(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn refusals_leave_nothing_behind_postgres() {
+    refusals(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. access tokens are single use
+
+async fn access_token_single_use(db: Db) {
+    let Some(s) = start(db, &[]).await else {
+        return;
+    };
+    let c = s.client();
+    let mut mac = mac_for(&s, ANN, |_| {});
+    let (base, mi, token) = sign_in(&c, &mut mac).await;
+
+    let r = post_enroll(&c, &base, &mi, Some(&token)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()[CONTENT_TYPE].to_str().unwrap(),
+        "application/x-apple-aspen-config"
+    );
+    let der = r.bytes().await.unwrap();
+    let ca = X509::from_pem(&s.ca_pem()).unwrap();
+    lanyard_pki::verify_cms_attached(&der, &[ca]).unwrap();
+
+    // The same token again: the Mac is sent back to the sign-in.
+    let r = post_enroll(&c, &base, &mi, Some(&token)).await;
+    assert_eq!(r.status(), 401);
+    let header = r.headers()[WWW_AUTHENTICATE].to_str().unwrap().to_string();
+    assert!(
+        header.starts_with("Bearer method=\"apple-as-web\""),
+        "{header}"
+    );
+    assert_eq!(sign_in_url(&base, &r).path(), "/enroll/sign-in", "{header}");
+
+    // A made-up token, and one with the right prefix.
+    for bogus in [
+        format!("{:032x}", rand::random::<u128>()),
+        format!("lya_{:032x}", rand::random::<u128>()),
+    ] {
+        let r = post_enroll(&c, &base, &mi, Some(&bogus)).await;
+        assert_eq!(r.status(), 401);
+        assert!(r.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer method=\"apple-as-web\""));
+    }
+
+    // One profile, one (pending) enrollment.
+    let all = devices(&s, &["--all"]);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["status"], "pending");
+
+    drop((c, mac));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn access_token_single_use_sqlite() {
+    access_token_single_use(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn access_token_single_use_postgres() {
+    access_token_single_use(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. SCEP challenges are single use
+
+async fn scep_challenge_single_use(db: Db) {
+    let Some(s) = start(db, &[]).await else {
+        return;
+    };
+    let c = s.client();
+    let (_, profile) = fresh_profile(&s, &c, ANN).await;
+    let payload = profile.scep.clone();
+    assert!(payload.challenge.is_some());
+
+    // First use: an identity certificate from our CA, named for the enrollment.
+    let first = scep_client::enroll(&c, &payload).await.unwrap();
+    let ca = X509::from_pem(&s.ca_pem()).unwrap();
+    assert!(scep_client::chains_to(&first.certificate, &ca));
+    let info = lanyard_pki::CertInfo::from_x509(&first.certificate).unwrap();
+    assert!(info.subject.contains("CN=Lanyard Identity "), "{info:?}");
+    let pending = devices(&s, &["--all"]);
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["identity_certificate_serial"], info.serial_hex);
+
+    // Second use of the same challenge, a made-up one and none at all: FAILURE badRequest.
+    let again = scep_client::enroll(&c, &payload).await.err();
+    assert_eq!(again, Some(ScepError::Failure("BadRequest (2)".into())));
+    let mut made_up = payload.clone();
+    made_up.challenge = Some(format!("{:032x}", rand::random::<u128>()));
+    let err = scep_client::enroll(&c, &made_up).await.err();
+    assert_eq!(err, Some(ScepError::Failure("BadRequest (2)".into())));
+    let mut none = payload.clone();
+    none.challenge = None;
+    let err = scep_client::enroll(&c, &none).await.err();
+    assert_eq!(err, Some(ScepError::Failure("BadRequest (2)".into())));
+
+    // Malformed requests: 400.
+    let scep = format!("{}/scep", s.url);
+    let r = c
+        .post(format!("{scep}?operation=PKIOperation"))
+        .header(CONTENT_TYPE, "application/x-pki-message")
+        .body(b"this is not a SCEP message".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    for url in [
+        format!("{scep}?operation=GetCRL"),
+        format!("{scep}?operation=PKIOperation&message=%%%"),
+        format!("{scep}?operation=PKIOperation&message=bm90IFNDRVA="),
+        scep.clone(),
+    ] {
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 400, "GET {url}");
+    }
+    let r = c
+        .post(format!("{scep}?operation=GetCACert"))
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Still exactly one identity, on the one enrollment.
+    let after = devices(&s, &["--all"]);
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0]["identity_certificate_serial"], info.serial_hex);
+
+    drop(c);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn scep_challenge_single_use_sqlite() {
+    scep_challenge_single_use(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn scep_challenge_single_use_postgres() {
+    scep_challenge_single_use(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. check-in identity
+
+async fn checkin_identity(db: Db) {
+    let Some(s) = start(db, &[]).await else {
+        return;
+    };
+    let c = s.client();
+    add_user(&s, "dan@example.com");
+    let mut ann = mac_for(&s, ANN, |_| {});
+    ann.enroll().await.unwrap();
+    let mut dan = mac_for(&s, "dan@example.com", |_| {});
+    dan.enroll().await.unwrap();
+
+    let profile = ann.profile().unwrap().clone();
+    let checkin = profile.mdm.checkin_url.clone();
+    let command = profile.mdm.server_url.clone();
+    let topic = profile.mdm.topic.clone();
+    let ann_cert = ann.identity_certificate().unwrap().clone();
+    let ann_key = ann.identity_key().unwrap().clone();
+    let dan_cert = dan.identity_certificate().unwrap().clone();
+    let dan_key = dan.identity_key().unwrap().clone();
+
+    let authenticate = device::to_xml(device::authenticate(
+        ann.facts(),
+        &topic,
+        ann.enrollment_id(),
+    ))
+    .unwrap();
+    let token_update = device::to_xml(device::token_update(
+        &topic,
+        ann.enrollment_id(),
+        None,
+        &[7u8; 32],
+        "SOME-PUSH-MAGIC",
+    ))
+    .unwrap();
+    let idle = device::to_xml(device::command_report(
+        ann.enrollment_id(),
+        None,
+        "Idle",
+        None,
+        &Default::default(),
+    ))
+    .unwrap();
+
+    // The real identity is accepted (so the refusals below are about the identity alone).
+    let (st, body) = put_device(
+        &c,
+        &checkin,
+        CHECKIN_CONTENT_TYPE,
+        &authenticate,
+        Some(mdm_signature(&ann_cert, &ann_key, &authenticate)),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+
+    // No signature.
+    let (st, body) = put_device(&c, &checkin, CHECKIN_CONTENT_TYPE, &authenticate, None).await;
+    assert_eq!(st, 401, "{body}");
+    let (st, _) = put_device(&c, &command, COMMAND_CONTENT_TYPE, &idle, None).await;
+    assert_eq!(st, 401);
+
+    // A self-signed identity with the same subject, not from our CA.
+    let key = device::rsa_key(2048).unwrap();
+    let forged = device::self_signed_with_name(&key, ann_cert.subject_name(), 30).unwrap();
+    let (st, body) = put_device(
+        &c,
+        &checkin,
+        CHECKIN_CONTENT_TYPE,
+        &authenticate,
+        Some(mdm_signature(&forged, &key, &authenticate)),
+    )
+    .await;
+    assert_eq!(st, 401, "{body}");
+
+    // A signature that does not cover the body sent.
+    let (st, body) = put_device(
+        &c,
+        &checkin,
+        CHECKIN_CONTENT_TYPE,
+        &token_update,
+        Some(mdm_signature(&ann_cert, &ann_key, &authenticate)),
+    )
+    .await;
+    assert_eq!(st, 401, "{body}");
+    let (st, _) = put_device(
+        &c,
+        &checkin,
+        CHECKIN_CONTENT_TYPE,
+        &authenticate,
+        Some("bm90IGEgc2lnbmF0dXJl".into()),
+    )
+    .await;
+    assert_eq!(st, 401);
+
+    // Another enrolled Mac's identity carrying Ann's EnrollmentID, on every endpoint.
+    for (url, ct, body) in [
+        (&checkin, CHECKIN_CONTENT_TYPE, &authenticate),
+        (&checkin, CHECKIN_CONTENT_TYPE, &token_update),
+        (&command, COMMAND_CONTENT_TYPE, &idle),
+    ] {
+        let (st, text) = put_device(
+            &c,
+            url,
+            ct,
+            body,
+            Some(mdm_signature(&dan_cert, &dan_key, body)),
+        )
+        .await;
+        assert_eq!(st, 401, "{url}: {text}");
+    }
+
+    // A fresh identity of a pending enrollment (profile and SCEP done, no Authenticate yet)
+    // claiming Ann's live EnrollmentID: refused, in words of its own (not the database's).
+    let (_, pending) = fresh_profile(&s, &c, "dan@example.com").await;
+    let fresh = scep_client::enroll(&c, &pending.scep).await.unwrap();
+    let (st, text) = put_device(
+        &c,
+        &checkin,
+        CHECKIN_CONTENT_TYPE,
+        &authenticate,
+        Some(mdm_signature(&fresh.certificate, &fresh.key, &authenticate)),
+    )
+    .await;
+    assert_eq!(st, 401, "{text}");
+    let lower = text.to_lowercase();
+    for leak in ["constraint", "unique", "duplicate key", "device_channel_id"] {
+        assert!(
+            !lower.contains(leak),
+            "the refusal leaks database text: {text}"
+        );
+    }
+
+    // A malformed body, validly signed.
+    let junk = b"<?xml version=\"1.0\"?><plist><dict><key>MessageType".to_vec();
+    let (st, body) = put_device(
+        &c,
+        &checkin,
+        CHECKIN_CONTENT_TYPE,
+        &junk,
+        Some(mdm_signature(&ann_cert, &ann_key, &junk)),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+
+    // Neither Mac's record was touched by the other's attempts.
+    let list = devices(&s, &[]);
+    assert_eq!(list.len(), 2, "{list:#?}");
+    for (mac, who) in [(&ann, ANN), (&dan, "dan@example.com")] {
+        let row = list.iter().find(|d| d["managed_apple_id"] == who).unwrap();
+        assert_eq!(row["enrollment_id"], mac.enrollment_id());
+        assert_eq!(row["status"], "enrolled");
+    }
+
+    // CheckOut: the identity is dead afterwards.
+    let old_id = ann.enrollment_id().to_string();
+    ann.check_out().await.unwrap();
+    let (st, body) = put_device(
+        &c,
+        &checkin,
+        CHECKIN_CONTENT_TYPE,
+        &authenticate,
+        Some(mdm_signature(&ann_cert, &ann_key, &authenticate)),
+    )
+    .await;
+    assert_eq!(st, 401, "{body}");
+    let (st, _) = put_device(
+        &c,
+        &command,
+        COMMAND_CONTENT_TYPE,
+        &idle,
+        Some(mdm_signature(&ann_cert, &ann_key, &idle)),
+    )
+    .await;
+    assert_eq!(st, 401);
+    let out = devices(&s, &["--status", "checked_out"]);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0]["enrollment_id"], old_id.as_str());
+    assert_eq!(out[0]["reachable"], false);
+    assert!(out[0]["checked_out_at"].is_string());
+    // Dan is unaffected.
+    assert!(dan.idle().await.unwrap().is_none());
+
+    // The same Mac enrolls again, with the same EnrollmentID: a new, clean enrollment next
+    // to the checked-out one.
+    ann.enroll().await.unwrap();
+    let ann_rows = devices(&s, &["--all", "--search", ANN]);
+    assert_eq!(ann_rows.len(), 2, "{ann_rows:#?}");
+    let enrolled: Vec<&Value> = ann_rows
+        .iter()
+        .filter(|d| d["status"] == "enrolled")
+        .collect();
+    assert_eq!(enrolled.len(), 1, "{ann_rows:#?}");
+    let new = enrolled[0];
+    assert_eq!(new["enrollment_id"], old_id.as_str());
+    assert_eq!(new["attributes"], json!({"department": "Sales"}));
+    assert_eq!(new["reachable"], true);
+    assert!(new["checked_out_at"].is_null());
+    let new_identity = ann.identity_certificate().unwrap().to_der().unwrap();
+    assert_eq!(
+        new["identity_certificate_sha256"].as_str(),
+        Some(lanyard_pki::sha256_fingerprint(&new_identity).as_str())
+    );
+    assert_ne!(
+        new["identity_certificate_sha256"].as_str(),
+        Some(lanyard_pki::sha256_fingerprint(&ann_cert.to_der().unwrap()).as_str())
+    );
+    assert!(ann_rows
+        .iter()
+        .any(|d| d["status"] == "checked_out" && d["id"] != new["id"]));
+    assert!(ann.idle().await.unwrap().is_none());
+    // The old identity stays dead.
+    let (st, _) = put_device(
+        &c,
+        &checkin,
+        CHECKIN_CONTENT_TYPE,
+        &authenticate,
+        Some(mdm_signature(&ann_cert, &ann_key, &authenticate)),
+    )
+    .await;
+    assert_eq!(st, 401);
+
+    drop((c, ann, dan));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn checkin_identity_sqlite() {
+    checkin_identity(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn checkin_identity_postgres() {
+    checkin_identity(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. independent tools (SQLite only: they check formats, not storage)
+
+/// Is `bin` runnable? When not, a loud SKIPPED line, and a failure under `CI=true`.
+fn require_tool(bin: &str, test: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {bin}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        eprintln!(
+            "\n!!!!! SKIPPED: {bin} not installed; the {test} end-to-end test did NOT run !!!!!\n"
+        );
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: `{bin}` is required under CI=true but not installed");
+        }
+    }
+    found
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn openssl_verify(ca: &Path, cert: &Path) {
+    let (ok, out, err) = run(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(ca)
+        .arg(cert));
+    assert!(ok && out.contains(": OK"), "openssl verify: {out} {err}");
+}
+
+/// The serial of a PEM certificate as the device list shows it.
+fn serial_of(pem_file: &Path) -> String {
+    let cert = X509::from_pem(&std::fs::read(pem_file).unwrap()).unwrap();
+    lanyard_pki::CertInfo::from_x509(&cert).unwrap().serial_hex
+}
+
+#[tokio::test]
+async fn profile_reads_with_openssl_and_plistlib_sqlite() {
+    if !require_tool("openssl", "profile_reads_with_openssl_and_plistlib")
+        || !require_tool("python3", "profile_reads_with_openssl_and_plistlib")
+    {
+        return;
+    }
+    let Some(s) = start(Db::Sqlite, &[]).await else {
+        return;
+    };
+    let c = s.client();
+    let (der, _) = fresh_profile(&s, &c, ANN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p_der = dir.path().join("p.der");
+    let p_plist = dir.path().join("p.plist");
+    std::fs::write(&p_der, &der).unwrap();
+    let ca = s.data_dir.path().join("ca.pem");
+
+    let (ok, out, err) = run(Command::new("openssl")
+        .args(["cms", "-verify", "-inform", "DER", "-in"])
+        .arg(&p_der)
+        .arg("-CAfile")
+        .arg(&ca)
+        .arg("-out")
+        .arg(&p_plist));
+    assert!(
+        ok && err.contains("Verification successful"),
+        "openssl cms -verify: {out} {err}"
+    );
+
+    let script = r#"
+import json, plistlib, sys
+d = plistlib.load(open(sys.argv[1], "rb"))
+mdm = [p for p in d["PayloadContent"] if p["PayloadType"] == "com.apple.mdm"]
+print(json.dumps({
+    "type": d["PayloadType"],
+    "types": sorted(p["PayloadType"] for p in d["PayloadContent"]),
+    "mdm": len(mdm),
+    "mode": mdm[0].get("EnrollmentMode"),
+    "apple_id": mdm[0].get("AssignedManagedAppleID"),
+    "access_rights": "AccessRights" in mdm[0],
+}))
+"#;
+    let (ok, out, err) = run(Command::new("python3").arg("-c").arg(script).arg(&p_plist));
+    assert!(ok, "python3 plistlib: {err}");
+    let got: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(got["type"], "Configuration", "{got}");
+    assert_eq!(got["mdm"], 1, "{got}");
+    assert_eq!(got["mode"], "BYOD", "{got}");
+    assert_eq!(got["apple_id"], ANN, "{got}");
+    assert_eq!(got["access_rights"], false, "{got}");
+    assert!(
+        got["types"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("com.apple.security.scep")),
+        "{got}"
+    );
+
+    drop(c);
+    s.stop().await;
+}
+
+/// micromdm's `scepclient` (Go) against `/scep`, with the challenge of a fresh profile. It
+/// envelopes with single DES, hence `LANYARD_SCEP_ALLOW_DES`; Go trusts the server's CA
+/// through `SSL_CERT_FILE`.
+#[tokio::test]
+async fn scepclient_obtains_an_identity_sqlite() {
+    let test = "scepclient_obtains_an_identity";
+    if !require_tool("scepclient", test) || !require_tool("openssl", test) {
+        return;
+    }
+    let Some(s) = start(Db::Sqlite, &[("LANYARD_SCEP_ALLOW_DES", "true")]).await else {
+        return;
+    };
+    let c = s.client();
+    let ca = s.data_dir.path().join("ca.pem");
+    let (_, profile) = fresh_profile(&s, &c, ANN).await;
+    let challenge = profile.scep.challenge.clone().unwrap();
+    // scepclient keeps csr.pem and self.pem next to its key: a directory of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    let cert = dir.path().join("c.pem");
+    let (ok, out, err) = run(Command::new("scepclient")
+        .current_dir(dir.path())
+        .env("SSL_CERT_FILE", &ca)
+        .arg("-server-url")
+        .arg(&profile.scep.url)
+        .args(["-challenge", &challenge, "-cn", "dev1"])
+        .arg("-private-key")
+        .arg(&key)
+        .arg("-certificate")
+        .arg(&cert));
+    assert!(ok && cert.exists(), "scepclient: {out} {err}");
+    openssl_verify(&ca, &cert);
+    let all = devices(&s, &["--all"]);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["identity_certificate_serial"], serial_of(&cert));
+
+    // The challenge is spent: a second run is refused.
+    let dir2 = tempfile::tempdir().unwrap();
+    let cert2 = dir2.path().join("c.pem");
+    let (ok, out, err) = run(Command::new("scepclient")
+        .current_dir(dir2.path())
+        .env("SSL_CERT_FILE", &ca)
+        .arg("-server-url")
+        .arg(&profile.scep.url)
+        .args(["-challenge", &challenge, "-cn", "dev2"])
+        .arg("-private-key")
+        .arg(dir2.path().join("k.pem"))
+        .arg("-certificate")
+        .arg(&cert2));
+    assert!(!ok && !cert2.exists(), "second use issued: {out} {err}");
+
+    drop(c);
+    s.stop().await;
+}
+
+/// The public URL of the servers that run behind a (pretend) TLS-terminating proxy.
+const PROXY_PUBLIC_URL: &str = "https://mdm.example.test";
+
+/// A profile from a server behind a proxy, fetched the way the proxy would forward the Mac's
+/// requests: straight to the plain-HTTP listener (`s.url`), with the public URLs the server
+/// hands out mapped back to it.
+async fn fresh_profile_behind_proxy(s: &Server, c: &reqwest::Client) -> EnrollmentProfile {
+    let mut mac = mac_for(s, ANN, |_| {});
+    let base = Url::parse(&format!("{}/enroll", s.url)).unwrap();
+    let mi = mac.signed_machine_info().unwrap();
+    let r = post_enroll(c, &base, &mi, None).await;
+    assert_eq!(r.status(), 401);
+    let public = sign_in_url(&base, &r);
+    assert_eq!(
+        public.as_str(),
+        format!("{PROXY_PUBLIC_URL}/enroll/sign-in")
+    );
+    let token = mac
+        .sign_in(&base, base.join(public.path()).unwrap())
+        .await
+        .unwrap();
+    let r = post_enroll(c, &base, &mi, Some(&token)).await;
+    assert_eq!(r.status(), 200);
+    let der = r.bytes().await.unwrap();
+    let ca = X509::from_pem(&s.ca_pem()).unwrap();
+    let (content, _) = lanyard_pki::verify_cms_attached(&der, &[ca]).unwrap();
+    let profile = parse_enrollment_profile(&content).unwrap();
+    assert_eq!(profile.scep.url, format!("{PROXY_PUBLIC_URL}/scep"));
+    assert_eq!(
+        profile.mdm.checkin_url,
+        format!("{PROXY_PUBLIC_URL}/mdm/checkin")
+    );
+    profile
+}
+
+/// strongSwan's `pki --scepca` / `pki --scep` (C) against `/scep`. Its curl fetcher has no
+/// way to trust our CA, so this server runs behind a (pretend) TLS-terminating proxy, and
+/// `pki` talks plain HTTP to the listener as the proxy would.
+#[tokio::test]
+async fn strongswan_pki_obtains_an_identity_sqlite() {
+    let test = "strongswan_pki_obtains_an_identity";
+    if !require_tool("pki", test) || !require_tool("openssl", test) {
+        return;
+    }
+    let env = [
+        ("LANYARD_BEHIND_PROXY", "true"),
+        ("LANYARD_PUBLIC_URL", PROXY_PUBLIC_URL),
+    ];
+    let Some(s) = start(Db::Sqlite, &env).await else {
+        return;
+    };
+    assert!(s.url.starts_with("http://"), "{}", s.url);
+    let c = reqwest::Client::new();
+    let profile = fresh_profile_behind_proxy(&s, &c).await;
+    let challenge = profile.scep.challenge.clone().unwrap();
+    let scep_url = format!("{}/scep", s.url);
+    let ca = s.data_dir.path().join("ca.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    let (ok, out, err) = run(Command::new("pki")
+        .args(["--scepca", "--url", &scep_url])
+        .arg("--caout")
+        .arg(d.join("ca"))
+        .arg("--raout")
+        .arg(d.join("ra"))
+        .arg("--force"));
+    assert!(ok, "pki --scepca: {out} {err}");
+    let files: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let pick = |prefix: &str| {
+        d.join(
+            files
+                .iter()
+                .find(|f| f.starts_with(prefix))
+                .unwrap_or_else(|| panic!("pki --scepca wrote no {prefix}*: {files:?}")),
+        )
+    };
+    let (ca_der, ra_der) = (pick("ca"), pick("ra"));
+    let served_ca = X509::from_der(&std::fs::read(&ca_der).unwrap()).unwrap();
+    assert_eq!(
+        served_ca.to_der().unwrap(),
+        X509::from_pem(&s.ca_pem()).unwrap().to_der().unwrap()
+    );
+
+    let (ok, key_pem, err) = run(Command::new("pki").args([
+        "--gen",
+        "--type",
+        "rsa",
+        "--size",
+        "2048",
+        "--outform",
+        "pem",
+    ]));
+    assert!(ok, "pki --gen: {err}");
+    let key = d.join("k.pem");
+    std::fs::write(&key, key_pem).unwrap();
+    let scep = |password: &str| {
+        run(Command::new("pki")
+            .args(["--scep", "--url", &scep_url])
+            .arg("--in")
+            .arg(&key)
+            .args(["--dn", "CN=sswan-dev1", "--password", password])
+            .arg("--cacert-enc")
+            .arg(&ra_der)
+            .arg("--cacert-sig")
+            .arg(&ra_der)
+            .arg("--cacert")
+            .arg(&ca_der)
+            .args(["--outform", "pem"]))
+    };
+    let (ok, cert_pem, err) = scep(&challenge);
+    assert!(ok, "pki --scep: {err}");
+    let cert = d.join("c.pem");
+    std::fs::write(&cert, cert_pem).unwrap();
+    openssl_verify(&ca, &cert);
+    let all = devices(&s, &["--all"]);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["identity_certificate_serial"], serial_of(&cert));
+
+    // The challenge is spent.
+    let (ok, out, _) = scep(&challenge);
+    assert!(
+        !ok && !out.contains("BEGIN CERTIFICATE"),
+        "second use issued"
+    );
+
+    drop(c);
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// server bugs found by these tests (ignored until fixed; see the reasons)
+
+/// `lanyard serve --behind-proxy` without `--public-url` must not hand out `http://` URLs:
+/// it either refuses to start (asking for the public https URL) or serves https URLs.
+#[tokio::test]
+#[ignore = "server bug: --behind-proxy without --public-url hands out http:// URLs; the profile then fails with 500 after spending the access token and leaving a pending enrollment"]
+async fn behind_proxy_without_public_url_hands_out_https_only_sqlite() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/lanyard.db", dir.path().display());
+    let mut child = Command::new(support::bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--behind-proxy"])
+        .env("LANYARD_DATA_DIR", dir.path())
+        .env("LANYARD_DATABASE_URL", &db)
+        .env("LANYARD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain stdout for the server's whole life (it logs there), keeping the listening line.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("lanyard listening on ") {
+                let _ = tx.send(rest.to_owned());
+            }
+        }
+    });
+    let listening = rx.recv_timeout(std::time::Duration::from_secs(60)).ok();
+    let Some(line) = listening else {
+        // Refusing to start is a fix too, if it says why.
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("public"), "{err}");
+        return;
+    };
+    let url = line.split_whitespace().next().unwrap().to_string();
+    let (ok, _, err) = support::cli_with(
+        dir.path(),
+        &db,
+        &["settings", "set", "managed-domains", "example.com"],
+        None,
+    );
+    let doc = async {
+        reqwest::get(format!(
+            "{url}/.well-known/com.apple.remotemanagement?user-identifier={ANN}&model-family=Mac"
+        ))
+        .await?
+        .json::<Value>()
+        .await
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "{err}");
+    let doc = doc.unwrap();
+    let base = doc["Servers"][0]["BaseURL"].as_str().unwrap_or_default();
+    assert!(base.starts_with("https://"), "discovery hands out {doc}");
+}
