@@ -57,6 +57,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -144,6 +145,7 @@ struct State {
     injections: Mutex<VecDeque<Injection>>,
     delay: Mutex<Duration>,
     connections: AtomicU64,
+    open_connections: AtomicU64,
     handshake_failures: AtomicU64,
     requests: AtomicU64,
     kill: watch::Sender<u64>,
@@ -245,6 +247,7 @@ impl FakeApns {
             injections: Mutex::default(),
             delay: Mutex::new(Duration::ZERO),
             connections: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             kill,
@@ -349,6 +352,12 @@ impl FakeApns {
         self.state.connections.load(Ordering::SeqCst)
     }
 
+    /// TLS connections open right now (after [`FakeApns::disconnect_all`] this falls to 0
+    /// once every connection is really closed).
+    pub fn open_connections(&self) -> u64 {
+        self.state.open_connections.load(Ordering::SeqCst)
+    }
+
     /// TLS handshakes that failed (no client certificate, untrusted one, …).
     pub fn handshake_failures(&self) -> u64 {
         self.state.handshake_failures.load(Ordering::SeqCst)
@@ -362,15 +371,30 @@ impl FakeApns {
 
 async fn serve_connection(acceptor: TlsAcceptor, tcp: TcpStream, state: Arc<State>) {
     let mut kill = state.kill.subscribe();
-    let tls = match acceptor.accept(tcp).await {
+    let tls = match acceptor.accept(tcp).into_fallible().await {
         Ok(tls) => tls,
-        Err(_) => {
+        Err((_, mut tcp)) => {
             state.handshake_failures.fetch_add(1, Ordering::SeqCst);
+            // The alert is sent. Close with a FIN and read what the client still sends (with
+            // TLS 1.3 it sends HTTP/2 before it sees the alert): closing with unread data
+            // would make the kernel answer with a reset, which can swallow the alert.
+            let _ = tcp.shutdown().await;
+            let mut sink = [0u8; 4096];
+            let drain = async {
+                while let Ok(n) = tcp.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
             return;
         }
     };
     let cert = Arc::new(client_cert(tls.get_ref().1.peer_certificates()));
     let id = state.connections.fetch_add(1, Ordering::SeqCst) + 1;
+    state.open_connections.fetch_add(1, Ordering::SeqCst);
+    let _open = OpenGuard(Arc::clone(&state));
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(state.options.max_concurrent_streams)
         .handshake::<_, Bytes>(tls);
@@ -391,6 +415,15 @@ async fn serve_connection(acceptor: TlsAcceptor, tcp: TcpStream, state: Arc<Stat
             // Dropping the connection closes the socket with no GOAWAY.
             _ = kill.changed() => break,
         }
+    }
+}
+
+/// Counts a connection as closed when its task ends, however it ends.
+struct OpenGuard(Arc<State>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -123,6 +123,17 @@ async fn send(
     })
 }
 
+/// Wait (up to 5 s) for `cond`, and fail if it never holds.
+async fn wait_until(cond: impl Fn() -> bool) {
+    for _ in 0..250 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not reached within 5 s");
+}
+
 fn mdm_headers<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut h = vec![("apns-topic", TOPIC), ("apns-push-type", "mdm")];
     h.extend_from_slice(extra);
@@ -432,8 +443,8 @@ async fn requires_a_client_certificate_with_a_topic() {
         .is_err(),
     };
     assert!(refused);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(fake.handshake_failures(), 1);
+    // The fake counts the refusal just after sending its alert.
+    wait_until(|| fake.handshake_failures() == 1).await;
     assert_eq!(fake.connections(), 0);
 
     // A certificate without a UID is no push certificate: 403.
@@ -473,8 +484,9 @@ async fn disconnect_all_drops_open_connections() {
     )
     .await
     .is_ok());
+    assert_eq!(fake.open_connections(), 1);
     fake.disconnect_all();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until(|| fake.open_connections() == 0).await;
     assert!(send(
         &client,
         Method::POST,

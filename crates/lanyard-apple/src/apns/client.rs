@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
 use super::backoff::backoff;
@@ -32,6 +32,8 @@ pub const DEFAULT_EXPIRATION: Duration = Duration::from_secs(86_400);
 /// After a failed connection attempt, pushes fail at once with the same error for this long
 /// instead of each trying again (a dead APNs must not cost every queued push a timeout).
 const CONNECT_FAILURE_HOLD: Duration = Duration::from_millis(500);
+/// Streams opened on a new connection before the server states its limit.
+const INITIAL_MAX_STREAMS: usize = 100;
 /// Error bodies are small JSON; more than this is not read.
 const MAX_BODY: usize = 8 * 1024;
 
@@ -197,17 +199,12 @@ struct Slot {
     last_failure: Option<(Instant, ConnectFailure)>,
 }
 
+/// The current connection. Forgetting it does not close it: the pushes still in flight on
+/// it finish, and h2 closes it once the last of them drops its handle.
 struct Conn {
     id: u64,
     send: SendRequest<Bytes>,
     alive: Arc<AtomicBool>,
-    driver: JoinHandle<()>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
 }
 
 /// Why a connection could not be had.
@@ -376,10 +373,9 @@ fn h2_failure(e: &h2::Error, stage: &str) -> Failure {
             retry: false,
         };
     }
-    // A reset of this stream alone (other than "refused, try again") leaves the connection
-    // usable; anything else (I/O, GOAWAY, a dead connection) does not.
-    let stream_only =
-        e.is_reset() && !e.is_go_away() && e.reason() != Some(h2::Reason::REFUSED_STREAM);
+    // The server resetting this one stream (REFUSED_STREAM: "not processed, send it again")
+    // leaves the connection usable; anything else (I/O, GOAWAY, a closed connection) does not.
+    let stream_only = e.is_reset() && e.is_remote() && !e.is_go_away();
     Failure {
         outcome: PushOutcome::Transport(format!("APNs connection: {stage}: {e}")),
         connection_broken: !stream_only,
@@ -641,13 +637,16 @@ impl Inner {
             )));
         }
         let (send, connection) = h2::client::Builder::new()
+            // Until the server's SETTINGS arrive, open no more streams than RFC 9113
+            // recommends every server allow (100), so a burst at connect is not refused.
+            .initial_max_send_streams(INITIAL_MAX_STREAMS)
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(|e| transport("HTTP/2 handshake with", &e))?;
         let id = self.connections_opened.fetch_add(1, Ordering::Relaxed) + 1;
         let alive = Arc::new(AtomicBool::new(true));
         let flag = Arc::clone(&alive);
-        let driver = tokio::spawn(async move {
+        tokio::spawn(async move {
             match connection.await {
                 Ok(()) => tracing::debug!(connection = id, "APNs connection closed"),
                 Err(e) => tracing::debug!(connection = id, error = %e, "APNs connection ended"),
@@ -655,12 +654,7 @@ impl Inner {
             flag.store(false, Ordering::SeqCst);
         });
         tracing::debug!(connection = id, base = %self.base, "APNs connection open");
-        Ok(Conn {
-            id,
-            send,
-            alive,
-            driver,
-        })
+        Ok(Conn { id, send, alive })
     }
 
     async fn send_once(
