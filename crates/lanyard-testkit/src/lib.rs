@@ -9,6 +9,7 @@
 //!   the signed enrollment profile, SCEP for its identity, check-in (`Authenticate`,
 //!   `TokenUpdate` on both channels) and the command channel with a small built-in
 //!   responder;
+//! - the command channel's **load tool** ([`bench`], CLI `lanyard-bench`);
 //! - a **fake APNs** ([`fake_apns`]) and fake MDM push certificates;
 //! - later: a fake Apple Business Manager, and a test app catalogue.
 //!
@@ -20,6 +21,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod bench;
 pub mod commands;
 pub mod device;
 pub mod error;
