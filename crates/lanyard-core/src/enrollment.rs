@@ -502,13 +502,17 @@ impl EnrollmentService {
     /// `pending` enrollment that the SCEP challenge and the identity certificate bind to.
     pub async fn issue_profile(&self, access_token: &str, facts: &DeviceFacts) -> Result<Vec<u8>> {
         let store = self.lanyard.store();
+        let token_hash = hash_secret(access_token);
         let now = lanyard_store::now();
+        let unusable =
+            || CoreError::Unauthorized("the access token is unknown, used or expired".into());
+        // Read first, build and sign, and only then claim the token and record the enrollment:
+        // a failure on the way leaves the token usable and nothing half-made behind.
         let token = store
-            .consume_access_token(&hash_secret(access_token), now)
+            .access_token(&token_hash)
             .await?
-            .ok_or_else(|| {
-                CoreError::Unauthorized("the access token is unknown, used or expired".into())
-            })?;
+            .filter(|t| t.used_at.is_none() && t.expires_at > now)
+            .ok_or_else(unusable)?;
         let user = store
             .user_by_id(token.user_id)
             .await?
@@ -522,31 +526,13 @@ impl EnrollmentService {
         let push_topic = self.lanyard.push_topic().await?;
         let challenge = new_secret("");
         let enrollment_id = uuid::Uuid::new_v4().to_string();
-        store
-            .create_enrollment(&NewEnrollment {
-                id: enrollment_id.clone(),
-                user_id: user.id,
-                managed_apple_id: apple_id.clone(),
-                ownership: token.ownership.clone(),
-                attributes: token.attributes.clone(),
-                mode: MODE_USER_ENROLLMENT.into(),
-                os_version: facts.os_version.clone(),
-                build_version: facts.build_version.clone(),
-                product: facts.product.clone(),
-                model_family: Some("Mac".into()),
-                scep_challenge_hash: challenge.hash,
-                challenge_expires_at: now + Duration::minutes(CHALLENGE_MINUTES),
-                push_topic: push_topic.clone(),
-            })
-            .await?;
-
         let input = EnrollmentProfileInput {
             organisation: self.organization.clone(),
             profile_identifier: profile_identifier(&enrollment_id),
             checkin_url: self.urls.checkin(),
             server_url: self.urls.command(),
-            push_topic,
-            assigned_managed_apple_id: apple_id,
+            push_topic: push_topic.clone(),
+            assigned_managed_apple_id: apple_id.clone(),
             scep: ScepSettings {
                 url: self.urls.scep(),
                 challenge: SecretString::new(challenge.secret),
@@ -571,6 +557,27 @@ impl EnrollmentService {
             std::slice::from_ref(self.pki.ca.certificate()),
             &plist,
         )?;
+        store
+            .consume_access_token(&token_hash, lanyard_store::now())
+            .await?
+            .ok_or_else(unusable)?;
+        store
+            .create_enrollment(&NewEnrollment {
+                id: enrollment_id.clone(),
+                user_id: user.id,
+                managed_apple_id: apple_id,
+                ownership: token.ownership.clone(),
+                attributes: token.attributes.clone(),
+                mode: MODE_USER_ENROLLMENT.into(),
+                os_version: facts.os_version.clone(),
+                build_version: facts.build_version.clone(),
+                product: facts.product.clone(),
+                model_family: Some("Mac".into()),
+                scep_challenge_hash: challenge.hash,
+                challenge_expires_at: now + Duration::minutes(CHALLENGE_MINUTES),
+                push_topic,
+            })
+            .await?;
         tracing::info!(enrollment = %enrollment_id, user = user.id, "issued an enrollment profile");
         Ok(signed)
     }

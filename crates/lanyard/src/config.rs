@@ -188,8 +188,11 @@ impl ServeConfig {
             Some(u) => {
                 let url = url::Url::parse(&u)
                     .with_context(|| format!("--public-url `{u}` is not a URL"))?;
-                if url.scheme() != "https" && url.scheme() != "http" {
-                    bail!("--public-url must be an https:// URL");
+                if url.scheme() != "https" {
+                    bail!(
+                        "--public-url must be an https:// URL: Macs enroll only over HTTPS \
+                         (behind a proxy, give the proxy's https URL)"
+                    );
                 }
                 if url.host_str().is_none() {
                     bail!("--public-url needs a host name");
@@ -201,6 +204,10 @@ impl ServeConfig {
         let cert = s.tls_cert.clone().or_else(|| file.tls_cert.clone());
         let key = s.tls_key.clone().or_else(|| file.tls_key.clone());
         let tls = match (behind_proxy, cert, key) {
+            (true, None, None) if public_url.is_none() => bail!(
+                "--behind-proxy needs --public-url https://… (the address of the TLS-terminating \
+                 proxy that devices use)"
+            ),
             (true, None, None) => TlsMode::BehindProxy,
             (true, _, _) => bail!("--behind-proxy serves plain HTTP; drop --tls-cert/--tls-key"),
             (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },

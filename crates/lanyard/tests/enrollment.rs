@@ -1070,12 +1070,11 @@ async fn strongswan_pki_obtains_an_identity_sqlite() {
 }
 
 // ---------------------------------------------------------------------------------------
-// server bugs found by these tests (ignored until fixed; see the reasons)
+// server bugs found by these tests, kept as regression tests
 
 /// `lanyard serve --behind-proxy` without `--public-url` must not hand out `http://` URLs:
 /// it either refuses to start (asking for the public https URL) or serves https URLs.
 #[tokio::test]
-#[ignore = "server bug: --behind-proxy without --public-url hands out http:// URLs; the profile then fails with 500 after spending the access token and leaving a pending enrollment"]
 async fn behind_proxy_without_public_url_hands_out_https_only_sqlite() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
