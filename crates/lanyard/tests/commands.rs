@@ -13,20 +13,6 @@ use lanyard_testkit::sim::{Ownership, SimMac, SimOptions};
 use serde_json::{json, Value};
 use support::{Db, Server};
 
-async fn admin_token(s: &Server, c: &reqwest::Client) -> String {
-    let r = c
-        .post(format!("{}/api/v1/sessions", s.url))
-        .json(&json!({"username": "admin", "password": s.admin_password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["session_token"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn sim(s: &Server) -> SimMac {
     SimMac::new(SimOptions {
         ownership: Ownership::Employee,
@@ -61,7 +47,7 @@ async fn enrolled_id(s: &Server) -> String {
 async fn round_trip(db: Db) {
     let Some(s) = setup(db).await else { return };
     let c = s.client();
-    let token = admin_token(&s, &c).await;
+    let token = s.admin_session(&c).await;
     let mut mac = sim(&s);
     mac.enroll().await.unwrap();
     let id = enrolled_id(&s).await;

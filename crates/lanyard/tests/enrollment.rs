@@ -184,18 +184,6 @@ async fn put_device(
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn admin_session(s: &Server, c: &reqwest::Client) -> String {
-    let r = c
-        .post(format!("{}/api/v1/sessions", s.url))
-        .json(&json!({"username": "admin", "password": s.admin_password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let body: Value = r.json().await.unwrap();
-    body["session_token"].as_str().unwrap().to_string()
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. the happy path
 
@@ -254,7 +242,7 @@ async fn happy_path(db: Db) {
 
     // The admin API shows the same.
     let c = s.client();
-    let token = admin_session(&s, &c).await;
+    let token = s.admin_session(&c).await;
     let api: Value = c
         .get(format!("{}/api/v1/devices", s.url))
         .bearer_auth(&token)

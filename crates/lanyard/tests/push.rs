@@ -14,19 +14,6 @@ use support::{Db, Server};
 
 const TOPIC: &str = "com.apple.mgmt.External.2b8f5a4e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
 
-async fn token(s: &Server, c: &reqwest::Client) -> String {
-    let r = c
-        .post(format!("{}/api/v1/sessions", s.url))
-        .json(&json!({"username": "admin", "password": s.admin_password}))
-        .send()
-        .await
-        .unwrap();
-    r.json::<Value>().await.unwrap()["session_token"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 async fn wait_for_push(fake: &FakeApns, count: usize) {
     for _ in 0..100 {
         if fake.pushes().len() >= count {
@@ -97,7 +84,7 @@ async fn push_wakes_the_mac(db: Db) {
         fake_push_certificate("com.apple.mgmt.External.00000000-0000-0000-0000-000000000001")
             .unwrap();
     let c = s.client();
-    let t = token(&s, &c).await;
+    let t = s.admin_session(&c).await;
     let r = c
         .put(format!("{}/api/v1/push-certificate", s.url))
         .bearer_auth(&t)

@@ -127,6 +127,20 @@ impl Server {
         })
     }
 
+    /// Signs in as the first administrator (the one-time password `serve` printed) and returns
+    /// the session token for `Authorization: Bearer`.
+    pub async fn admin_session(&self, c: &reqwest::Client) -> String {
+        let r = c
+            .post(format!("{}/api/v1/sessions", self.url))
+            .json(&serde_json::json!({"username": "admin", "password": self.admin_password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let body: serde_json::Value = r.json().await.unwrap();
+        body["session_token"].as_str().unwrap().to_string()
+    }
+
     pub fn ca_pem(&self) -> Vec<u8> {
         std::fs::read(self.data_dir.path().join("ca.pem")).unwrap()
     }
