@@ -379,6 +379,8 @@ pub struct LookupResult {
     pub concurrent_p99_ms: f64,
     /// The database's plan for the lookup.
     pub plan: Vec<String>,
+    /// PostgreSQL `synchronous_commit = off` (the --pg-async-commit experiment).
+    pub async_commit: bool,
 }
 
 /// The `Mdm-Signature` of one request, timed in-process on one core.
@@ -714,6 +716,18 @@ async fn create_pg_database(admin_url: &str, prefix: &str) -> Result<(String, St
     Ok((format!("{base}/{name}"), name))
 }
 
+/// `synchronous_commit = off` for one database (the --pg-async-commit experiment).
+async fn pg_async_commit(admin_url: &str, name: &str) -> Result<()> {
+    use sqlx::Connection as _;
+    let mut c = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&format!(
+        "ALTER DATABASE {name} SET synchronous_commit = off"
+    ))
+    .execute(&mut c)
+    .await?;
+    Ok(())
+}
+
 async fn drop_pg_database(admin_url: &str, name: &str) {
     use sqlx::Connection as _;
     if let Ok(mut c) = sqlx::PgConnection::connect(admin_url).await {
@@ -744,30 +758,35 @@ impl Spawned {
             Some(admin) => {
                 let (url, name) = create_pg_database(admin, "lanyard_bench").await?;
                 if args.pg_async_commit {
-                    use sqlx::Connection as _;
-                    let mut c = sqlx::PgConnection::connect(admin).await?;
-                    sqlx::query(&format!(
-                        "ALTER DATABASE {name} SET synchronous_commit = off"
-                    ))
-                    .execute(&mut c)
-                    .await?;
+                    pg_async_commit(admin, &name).await?;
                 }
                 (url, Some((admin.clone(), name)))
             }
             None => (format!("sqlite://{}/lanyard.db", data_dir.display()), None),
         };
-        let log = std::fs::File::create(data_dir.join("server.log"))?;
-        let mut child = Command::new(&bin)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("LANYARD_DATA_DIR", &data_dir)
-            .env("LANYARD_DATABASE_URL", &database_url)
-            .env("LANYARD_LOG", &args.server_log)
-            .env_remove("LANYARD_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let spawn = || -> Result<Child> {
+            let log = std::fs::File::create(data_dir.join("server.log"))?;
+            Command::new(&bin)
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .env("LANYARD_DATA_DIR", &data_dir)
+                .env("LANYARD_DATABASE_URL", &database_url)
+                .env("LANYARD_LOG", &args.server_log)
+                .env_remove("LANYARD_CONFIG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .with_context(|| format!("cannot start {}", bin.display()))
+        };
+        let mut child = match spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some((admin, name)) = &pg_cleanup {
+                    drop_pg_database(admin, name).await;
+                }
+                return Err(e);
+            }
+        };
         let stdout = child
             .stdout
             .take()
@@ -1974,6 +1993,9 @@ async fn lookup_phase(args: &BenchArgs) -> Result<LookupResult> {
     let (backend, url, pg) = match &args.postgres_url {
         Some(admin) => {
             let (url, name) = create_pg_database(admin, "lanyard_bench_lookup").await?;
+            if args.pg_async_commit {
+                pg_async_commit(admin, &name).await?;
+            }
             (Backend::Postgres, url, Some((admin.clone(), name)))
         }
         None => (
@@ -1982,7 +2004,12 @@ async fn lookup_phase(args: &BenchArgs) -> Result<LookupResult> {
             None,
         ),
     };
-    let r = lookup_on(backend, &url, rows, lookups, args.concurrency).await;
+    let r = lookup_on(backend, &url, rows, lookups, args.concurrency)
+        .await
+        .map(|mut r| {
+            r.async_commit = pg.is_some() && args.pg_async_commit;
+            r
+        });
     if let Some((admin, name)) = pg {
         if args.keep {
             eprintln!("kept the PostgreSQL database {name}");
@@ -2182,6 +2209,7 @@ async fn lookup_on(
         concurrency: concurrency.max(1),
         concurrent_p99_ms: Latency::of(conc_lat).p99_ms,
         plan,
+        async_commit: false,
     })
 }
 
@@ -2581,8 +2609,16 @@ pub fn render_table(r: &Report) -> String {
             p,
             "stored",
             format!(
-                "{} enrollments, {} live queue rows ({} backend, batch insert {:.1} s)",
-                l.enrollments, l.queue_rows, l.backend, l.insert_s
+                "{} enrollments, {} live queue rows ({} backend{}, batch insert {:.1} s)",
+                l.enrollments,
+                l.queue_rows,
+                l.backend,
+                if l.async_commit {
+                    ", synchronous_commit = off"
+                } else {
+                    ""
+                },
+                l.insert_s
             ),
         );
         row(p, "hit (command due)", lat_line(&l.hit));
