@@ -75,6 +75,8 @@ struct State_ {
     faults: VecDeque<AbmFault>,
     log: Vec<(String, String, u16)>,
     oauth_failures: u64,
+    /// Serials handed out so far (never reused, even after a removal).
+    next_serial: usize,
 }
 
 /// The fake. Dropping it stops the server.
@@ -201,7 +203,8 @@ impl FakeAbm {
     /// Assigns `n` more Macs (serials `<prefix>0000…`), recorded as `added` changes.
     pub fn add_devices(&self, prefix: &str, n: usize) {
         let mut s = self.lock();
-        let start = s.devices.len();
+        let start = s.next_serial;
+        s.next_serial += n;
         for i in 0..n {
             let d = fake_device(&format!("{prefix}{:06}", start + i));
             let mut change = d.clone();
