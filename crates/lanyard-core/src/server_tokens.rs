@@ -353,7 +353,7 @@ impl AbmService {
     fn open_secrets(&self, t: &ServerToken) -> Result<OAuthCredentials> {
         let sealed = t.secrets_sealed.as_ref().ok_or_else(|| {
             CoreError::Invalid(format!(
-                "no token file uploaded for `{}` yet: `lanyard token upload {} FILE`",
+                "no token file uploaded for `{}` yet: `lanyard token upload {:?} FILE`",
                 t.name, t.name
             ))
         })?;
