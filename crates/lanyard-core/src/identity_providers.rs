@@ -437,8 +437,13 @@ impl OidcSignIns {
     }
 
     /// Starts a sign-in through `provider` for a Mac that presented `user_identifier`; returns
-    /// the provider's authorization URL to redirect the browser to.
-    pub async fn begin(&self, provider: &str, user_identifier: Option<&str>) -> Result<String> {
+    /// the provider's authorization URL to redirect the browser to, and the `state` (to bind
+    /// to the browser).
+    pub async fn begin(
+        &self,
+        provider: &str,
+        user_identifier: Option<&str>,
+    ) -> Result<(String, String)> {
         let p = self
             .lanyard
             .store()
@@ -472,7 +477,7 @@ impl OidcSignIns {
                 used_at: None,
             })
             .await?;
-        Ok(start.url)
+        Ok((start.url, start.state))
     }
 
     /// The callback: claims the sign-in named by `state` (once), validates the provider's

@@ -4,6 +4,7 @@
 
 mod commands;
 mod config;
+mod idp_cmd;
 mod serve;
 mod setup;
 
@@ -54,6 +55,9 @@ enum Action {
     Admin(commands::AdminCmd),
     /// The audit log.
     Audit(commands::AuditArgs),
+    /// OpenID Connect identity providers for enrollment sign-in.
+    #[command(subcommand)]
+    Idp(idp_cmd::IdpCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -116,5 +120,9 @@ async fn run(cli: Cli) -> Result<()> {
         Action::Attribute(c) => commands::attribute(&setup::open_store(&data).await?, c).await,
         Action::Admin(c) => commands::admin(&setup::open_store(&data).await?, c).await,
         Action::Audit(a) => commands::audit(&setup::open_store(&data).await?, a).await,
+        Action::Idp(c) => {
+            let o = setup::open_store(&data).await?;
+            idp_cmd::idp(&o, &setup::secret_box(&data)?, c).await
+        }
     }
 }
