@@ -313,16 +313,13 @@ impl Oidc {
         let mut found = claim_email(&raw, &cfg.email_claim);
         if found.is_none() {
             let user_info = client
-                .user_info(
-                    token.access_token().clone(),
-                    Some(claims.subject().clone()),
-                )
+                .user_info(token.access_token().clone(), Some(claims.subject().clone()))
                 .ok();
             if let Some(req) = user_info {
-                let info: UserInfoClaims<ExtraClaims, CoreGenderClaim> = req
-                    .request_async(&self.http)
-                    .await
-                    .map_err(|e| OidcError::Unreachable(format!("UserInfo: {}", error_chain(&e))))?;
+                let info: UserInfoClaims<ExtraClaims, CoreGenderClaim> =
+                    req.request_async(&self.http).await.map_err(|e| {
+                        OidcError::Unreachable(format!("UserInfo: {}", error_chain(&e)))
+                    })?;
                 let mut raw = info.additional_claims().0.clone();
                 if let Some(e) = info.email() {
                     raw.insert("email".into(), serde_json::Value::from(e.as_str()));
