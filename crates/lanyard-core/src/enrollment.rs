@@ -106,7 +106,7 @@ pub enum FlowStep {
 }
 
 impl FlowStep {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             FlowStep::Privacy => "privacy",
             FlowStep::Ownership => "ownership",

@@ -11,6 +11,8 @@ pub mod admin_api;
 pub mod auth;
 pub mod device;
 pub mod error;
+pub mod idp_api;
+pub mod oidc_pages;
 pub mod pages;
 pub mod server_tokens;
 
@@ -39,6 +41,8 @@ pub struct AppState {
     pub lanyard: Lanyard,
     pub enrollment: EnrollmentService,
     pub sign_in_limiter: pages::SignInLimiter,
+    /// Enrollment sign-in through OpenID Connect identity providers.
+    pub oidc: lanyard_core::identity_providers::OidcSignIns,
     /// Wakes devices after commands are queued; `None` when no push certificate is set.
     pub pusher: Option<std::sync::Arc<dyn lanyard_core::commands::PushRequester>>,
     /// Seals uploaded secrets (the push certificate key).
@@ -56,9 +60,12 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(device::routes())
         .merge(pages::routes())
+        .merge(oidc_pages::routes())
         .nest(
             "/api/v1",
-            admin_api::routes().layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT)),
+            admin_api::routes()
+                .merge(idp_api::routes())
+                .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT)),
         )
         .fallback(not_found)
         .layer(middleware::from_fn(record_metrics))

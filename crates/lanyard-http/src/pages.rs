@@ -120,7 +120,7 @@ button{margin-top:1.2rem;width:100%;padding:.7rem;border:0;border-radius:8px;bac
 .muted{color:#6e6e73;font-size:.9rem}fieldset{border:0;padding:0;margin:.5rem 0}\
 fieldset label{font-weight:400;display:flex;gap:.5rem;align-items:center}ul{padding-left:1.2rem}";
 
-fn page(status: StatusCode, org: &str, title: &str, body: &str) -> Response {
+pub(crate) fn page(status: StatusCode, org: &str, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
@@ -141,7 +141,7 @@ fn page(status: StatusCode, org: &str, title: &str, body: &str) -> Response {
 }
 
 /// A page that ends the flow with an explanation.
-fn refusal(s: &AppState, status: StatusCode, message: &str) -> Response {
+pub(crate) fn refusal(s: &AppState, status: StatusCode, message: &str) -> Response {
     page(
         status,
         s.enrollment.organization(),
@@ -164,7 +164,7 @@ fn error_block(message: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-fn set_cookie(res: &mut Response, name: &str, value: &str, max_age: i64) {
+pub(crate) fn set_cookie(res: &mut Response, name: &str, value: &str, max_age: i64) {
     let c =
         format!("{name}={value}; Path=/enroll; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax");
     if let Ok(v) = HeaderValue::from_str(&c) {
@@ -172,7 +172,7 @@ fn set_cookie(res: &mut Response, name: &str, value: &str, max_age: i64) {
     }
 }
 
-fn see_other(location: &str) -> Response {
+pub(crate) fn see_other(location: &str) -> Response {
     let mut res = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(location) {
         res.headers_mut().insert(header::LOCATION, v);
@@ -208,7 +208,7 @@ fn forbidden_csrf(s: &AppState) -> Response {
     )
 }
 
-fn step_url(step: FlowStep) -> &'static str {
+pub(crate) fn step_url(step: FlowStep) -> &'static str {
     match step {
         FlowStep::Privacy => "/enroll/privacy",
         FlowStep::Ownership => "/enroll/ownership",
@@ -217,7 +217,7 @@ fn step_url(step: FlowStep) -> &'static str {
 }
 
 /// Maps a domain error on a page to a refusal page with the right status.
-fn refuse(s: &AppState, e: CoreError) -> Response {
+pub(crate) fn refuse(s: &AppState, e: CoreError) -> Response {
     let status = match &e {
         CoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -251,6 +251,7 @@ fn sign_in_form(
     email: &str,
     user_identifier: &str,
     message: Option<&str>,
+    providers: &str,
 ) -> Response {
     let body = format!(
         "<p>Sign in with your work or school account to enroll this Mac. Your organisation will \
@@ -262,7 +263,7 @@ fn sign_in_form(
          <input id=\"email\" type=\"email\" name=\"email\" value=\"{email}\" autocomplete=\"username\" required>\
          <label for=\"password\">Password</label>\
          <input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
-         <button type=\"submit\">Sign in</button></form>",
+         <button type=\"submit\">Sign in</button></form>{providers}",
         err = error_block(message),
         csrf = esc(csrf),
         uid = esc(user_identifier),
@@ -281,8 +282,9 @@ async fn sign_in_page(
         .and_then(|Query(q)| q.user_identifier)
         .unwrap_or_default();
     let (csrf, fresh) = csrf_token(&headers);
+    let providers = crate::oidc_pages::provider_links(&s, &uid).await;
     with_csrf(
-        sign_in_form(&s, StatusCode::OK, &csrf, &uid, &uid, None),
+        sign_in_form(&s, StatusCode::OK, &csrf, &uid, &uid, None, &providers),
         &csrf,
         fresh,
     )
@@ -324,6 +326,7 @@ async fn sign_in_submit(
             &f.email,
             &f.user_identifier,
             Some("Too many failed sign-ins. Wait fifteen minutes, then try again."),
+            &crate::oidc_pages::provider_links(&s, &f.user_identifier).await,
         );
     }
     let uid = Some(f.user_identifier.as_str()).filter(|u| !u.trim().is_empty());
@@ -348,6 +351,7 @@ async fn sign_in_submit(
                 &f.email,
                 &f.user_identifier,
                 Some(&m),
+                &crate::oidc_pages::provider_links(&s, &f.user_identifier).await,
             )
         }
         Err(e) => refuse(&s, e),

@@ -13,6 +13,7 @@
 mod backend;
 mod command_backend;
 mod enrollment_backend;
+mod idp_backend;
 pub mod model;
 mod server_token_backend;
 
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use backend::{PostgresStore, SqliteStore};
+pub use idp_backend::*;
 pub use model::*;
 
 /// Storage errors. `Conflict` and `NotFound` are expected outcomes a caller maps to 409/404.
@@ -375,6 +377,7 @@ pub trait Store:
     + EnrollmentStore
     + CommandStore
     + ServerTokenStore
+    + IdentityProviderStore
 {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;

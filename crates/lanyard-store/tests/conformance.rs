@@ -1330,3 +1330,202 @@ async fn server_token_sync_lease_is_exclusive(s: &dyn Store) {
         .unwrap()
         .is_some());
 }
+
+/// OpenID Connect identity providers and their single-use sign-in state.
+mod identity_providers {
+    use super::*;
+
+    conformance!(
+        idp_create_update_delete_audited,
+        idp_duplicate_name_is_conflict_and_writes_nothing,
+        idp_unknown_name_is_not_found,
+        oidc_sign_in_consumed_once_and_expires,
+    );
+
+    fn provider(name: &str) -> NewIdentityProvider {
+        NewIdentityProvider {
+            name: name.into(),
+            display_name: "Example Corp".into(),
+            issuer: "https://id.example.com".into(),
+            client_id: "lanyard".into(),
+            client_secret_sealed: Some(vec![1, 2, 3]),
+            scopes: "email profile".into(),
+            email_claim: "email".into(),
+            allow_create_users: false,
+            enabled: true,
+        }
+    }
+
+    async fn count(s: &dyn Store, action: &str) -> usize {
+        s.list_audit(&AuditFilter {
+            action: Some(action.to_string()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len()
+    }
+
+    async fn idp_create_update_delete_audited(s: &dyn Store) {
+        let created = s
+            .create_identity_provider(&provider("corp"), &audit("idp.create", "corp"))
+            .await
+            .unwrap();
+        assert_eq!(created.name, "corp");
+        assert_eq!(created.client_secret_sealed, Some(vec![1, 2, 3]));
+        assert!(created.enabled);
+        assert_eq!(
+            s.identity_provider("corp").await.unwrap().as_ref(),
+            Some(&created)
+        );
+        assert_eq!(
+            s.identity_provider_by_id(created.id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(&created)
+        );
+        s.create_identity_provider(&provider("another"), &audit("idp.create", "another"))
+            .await
+            .unwrap();
+        let names: Vec<String> = s
+            .list_identity_providers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["another", "corp"]);
+
+        let updated = s
+            .update_identity_provider(
+                "corp",
+                &IdentityProviderChange {
+                    issuer: Some("https://login.example.com".into()),
+                    enabled: Some(false),
+                    allow_create_users: Some(true),
+                    ..Default::default()
+                },
+                &audit("idp.update", "corp"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(updated.issuer, "https://login.example.com");
+        assert!(!updated.enabled);
+        assert!(updated.allow_create_users);
+        assert_eq!(updated.client_id, "lanyard", "untouched fields stay");
+        assert_eq!(updated.client_secret_sealed, Some(vec![1, 2, 3]));
+        assert_eq!(updated.created_at, created.created_at);
+
+        let secret = s
+            .update_identity_provider(
+                "corp",
+                &IdentityProviderChange {
+                    client_secret_sealed: Some(vec![9]),
+                    ..Default::default()
+                },
+                &audit("idp.update", "corp"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(secret.client_secret_sealed, Some(vec![9]));
+
+        s.delete_identity_provider("corp", &audit("idp.delete", "corp"))
+            .await
+            .unwrap();
+        assert!(s.identity_provider("corp").await.unwrap().is_none());
+        assert_eq!(count(s, "idp.create").await, 2);
+        assert_eq!(count(s, "idp.update").await, 2);
+        assert_eq!(count(s, "idp.delete").await, 1);
+    }
+
+    async fn idp_duplicate_name_is_conflict_and_writes_nothing(s: &dyn Store) {
+        s.create_identity_provider(&provider("corp"), &audit("idp.create", "corp"))
+            .await
+            .unwrap();
+        let again = s
+            .create_identity_provider(&provider("corp"), &audit("idp.create", "corp"))
+            .await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+        assert_eq!(s.list_identity_providers().await.unwrap().len(), 1);
+        assert_eq!(count(s, "idp.create").await, 1);
+    }
+
+    async fn idp_unknown_name_is_not_found(s: &dyn Store) {
+        let upd = s
+            .update_identity_provider(
+                "nope",
+                &IdentityProviderChange {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+                &audit("idp.update", "nope"),
+            )
+            .await;
+        assert!(matches!(upd, Err(StoreError::NotFound(_))), "{upd:?}");
+        let del = s
+            .delete_identity_provider("nope", &audit("idp.delete", "nope"))
+            .await;
+        assert!(matches!(del, Err(StoreError::NotFound(_))), "{del:?}");
+        assert_eq!(count(s, "idp.update").await, 0);
+        assert_eq!(count(s, "idp.delete").await, 0);
+    }
+
+    async fn oidc_sign_in_consumed_once_and_expires(s: &dyn Store) {
+        let p = s
+            .create_identity_provider(&provider("corp"), &audit("idp.create", "corp"))
+            .await
+            .unwrap();
+        let t = now();
+        let sign_in = |hash: &str, mins: i64| OidcSignIn {
+            state_hash: hash.into(),
+            provider_id: p.id,
+            nonce: format!("nonce-{hash}"),
+            pkce_verifier_sealed: vec![7, 7],
+            user_identifier: Some("ann@example.com".into()),
+            created_at: t,
+            expires_at: t + Duration::minutes(mins),
+            used_at: None,
+        };
+        s.create_oidc_sign_in(&sign_in("live", 10)).await.unwrap();
+        s.create_oidc_sign_in(&sign_in("old", 1)).await.unwrap();
+        let dup = s.create_oidc_sign_in(&sign_in("live", 10)).await;
+        assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+
+        assert!(s
+            .consume_oidc_sign_in("unknown", t)
+            .await
+            .unwrap()
+            .is_none());
+        let got = s.consume_oidc_sign_in("live", t).await.unwrap().unwrap();
+        assert_eq!(got.nonce, "nonce-live");
+        assert_eq!(got.pkce_verifier_sealed, vec![7, 7]);
+        assert_eq!(got.user_identifier.as_deref(), Some("ann@example.com"));
+        assert_eq!(got.used_at, Some(t));
+        assert!(
+            s.consume_oidc_sign_in("live", t).await.unwrap().is_none(),
+            "a state is used once"
+        );
+        let later = t + Duration::minutes(2);
+        assert!(
+            s.consume_oidc_sign_in("old", later)
+                .await
+                .unwrap()
+                .is_none(),
+            "an expired state is refused"
+        );
+        assert_eq!(s.prune_oidc_sign_ins(later).await.unwrap(), 1);
+        s.create_oidc_sign_in(&sign_in("gone-with-provider", 10))
+            .await
+            .unwrap();
+        s.delete_identity_provider("corp", &audit("idp.delete", "corp"))
+            .await
+            .unwrap();
+        assert!(s
+            .consume_oidc_sign_in("gone-with-provider", t)
+            .await
+            .unwrap()
+            .is_none());
+    }
+}

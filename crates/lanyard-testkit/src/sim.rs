@@ -126,6 +126,46 @@ pub struct SimOptions {
     pub ca_cert_pem: Option<Vec<u8>>,
     /// Accept any TLS certificate (tests only).
     pub insecure: bool,
+    /// Sign in through this OpenID Connect provider instead of the password form.
+    pub oidc: Option<SimOidc>,
+}
+
+/// Signing in through an identity provider: the "Sign in with …" link of the Lanyard sign-in
+/// page, then the provider's own login form, then back to Lanyard.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SimOidc {
+    /// The provider's name in Lanyard (the link is `#idp-<name>`).
+    pub provider: String,
+    /// What the person types into the provider's email field.
+    pub login: String,
+    /// What the person types into the provider's password field.
+    pub password: String,
+    /// A deliberate fault, for refusal tests.
+    pub tamper: OidcTamper,
+}
+
+impl fmt::Debug for SimOidc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimOidc")
+            .field("provider", &self.provider)
+            .field("login", &self.login)
+            .field("password", &"<redacted>")
+            .field("tamper", &self.tamper)
+            .finish()
+    }
+}
+
+/// Faults a test can inject into the identity provider's redirect back to Lanyard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OidcTamper {
+    #[default]
+    None,
+    /// Alter the `state` parameter.
+    State,
+    /// Wait this long before following the redirect (to let the code expire).
+    DelayCallback(Duration),
+    /// Follow the redirect, then send the very same callback again.
+    Replay,
 }
 
 impl fmt::Debug for SimOptions {
@@ -140,6 +180,7 @@ impl fmt::Debug for SimOptions {
             .field("model", &self.model)
             .field("ca_cert_pem", &self.ca_cert_pem.as_ref().map(|_| "<pem>"))
             .field("insecure", &self.insecure)
+            .field("oidc", &self.oidc)
             .finish()
     }
 }
@@ -156,6 +197,7 @@ impl Default for SimOptions {
             model: "Mac14,2".into(),
             ca_cert_pem: None,
             insecure: false,
+            oidc: None,
         }
     }
 }
@@ -411,6 +453,10 @@ fn build_client(
     }
     b.build().at_doing(Step::Setup, "HTTP client")
 }
+
+/// Lanyard's OpenID Connect sign-in paths.
+const OIDC_START: &str = "/enroll/oidc/start";
+const OIDC_CALLBACK: &str = "/enroll/oidc/callback";
 
 /// A request the sign-in loop is about to make.
 struct PageRequest {
@@ -915,7 +961,40 @@ impl SimMac {
             url.query_pairs_mut()
                 .append_pair("user-identifier", &self.opts.email);
         }
-        let allowed = [origin(&self.server), origin(base_url), origin(&url)];
+        let mut allowed = vec![origin(&self.server), origin(base_url), origin(&url)];
+        let lanyard_origins = allowed.clone();
+        let oidc = self.opts.oidc.clone();
+        if let Some(o) = &oidc {
+            // The person presses "Sign in with …" on the sign-in page.
+            let resp = self
+                .client
+                .get(url.clone())
+                .header(reqwest::header::ACCEPT, "text/html")
+                .send()
+                .await
+                .at(Step::SignIn)?;
+            let status = resp.status();
+            let text = resp.text().await.at(Step::SignIn)?;
+            if !status.is_success() {
+                return Err(SimError::refused(
+                    Step::SignIn,
+                    status.as_u16(),
+                    webauth::page_message(&text),
+                ));
+            }
+            let id = format!("idp-{}", o.provider);
+            url = webauth::link_by_id(&text, &url, &id).ok_or_else(|| {
+                SimError::failed(
+                    Step::SignIn,
+                    format!("the sign-in page offers no link #{id} for the identity provider"),
+                )
+            })?;
+            self.log(format!(
+                "sign-in: the sign-in page offers {}, following it",
+                o.provider
+            ));
+        }
+        let mut replayed = false;
         let mut req = PageRequest {
             method: Method::GET,
             url,
@@ -941,6 +1020,16 @@ impl SimMac {
                 rb = rb.form(pairs);
             }
             let resp = rb.send().await.at(Step::SignIn)?;
+            if oidc
+                .as_ref()
+                .is_some_and(|o| o.tamper == OidcTamper::Replay)
+                && !replayed
+                && req.url.path() == OIDC_CALLBACK
+            {
+                replayed = true;
+                self.log("sign-in: sending the identity provider's callback a second time".into());
+                continue;
+            }
             let status = resp.status();
             let headers = resp.headers().clone();
             let ct = content_type(&headers);
@@ -986,11 +1075,43 @@ impl SimMac {
                 let next = req.url.join(&loc).map_err(|e| {
                     SimError::failed(Step::SignIn, format!("redirect to {loc:?}: {e}"))
                 })?;
+                if oidc.is_some()
+                    && req.url.path() == OIDC_START
+                    && !allowed.contains(&origin(&next))
+                {
+                    // Lanyard sends the person to the identity provider.
+                    allowed.push(origin(&next));
+                }
                 if !allowed.contains(&origin(&next)) {
                     return Err(SimError::failed(
                         Step::SignIn,
                         format!("{shown} redirected outside the server, to {next}"),
                     ));
+                }
+                let mut next = next;
+                if let Some(o) = oidc.as_ref().filter(|_| next.path() == OIDC_CALLBACK) {
+                    match o.tamper {
+                        OidcTamper::State => {
+                            let pairs: Vec<(String, String)> = next
+                                .query_pairs()
+                                .map(|(k, v)| {
+                                    let v = if k == "state" {
+                                        format!("{v}x")
+                                    } else {
+                                        v.into_owned()
+                                    };
+                                    (k.into_owned(), v)
+                                })
+                                .collect();
+                            next.query_pairs_mut().clear().extend_pairs(pairs);
+                            self.log("sign-in: altering the state of the callback".into());
+                        }
+                        OidcTamper::DelayCallback(d) => {
+                            self.log(format!("sign-in: waiting {d:?} before the callback"));
+                            tokio::time::sleep(d).await;
+                        }
+                        OidcTamper::None | OidcTamper::Replay => {}
+                    }
                 }
                 self.log(format!(
                     "sign-in: {shown} → {} {}",
@@ -1037,9 +1158,14 @@ impl SimMac {
                         ),
                     )
                 })?;
+            let at_provider = !lanyard_origins.contains(&origin(&req.url));
+            let (email, password) = match oidc.as_ref().filter(|_| at_provider) {
+                Some(o) => (o.login.as_str(), o.password.as_str()),
+                None => (self.opts.email.as_str(), self.opts.password.as_str()),
+            };
             let answers = FormAnswers {
-                email: &self.opts.email,
-                password: &self.opts.password,
+                email,
+                password,
                 ownership: self.opts.ownership.as_str(),
                 attrs: &self.opts.attrs,
             };

@@ -397,6 +397,17 @@ fn shorten(mut s: String) -> String {
     s
 }
 
+/// The target of the link with this `id` (e.g. a "Sign in with …" button), resolved against
+/// the page's URL.
+pub fn link_by_id(html: &str, page_url: &Url, id: &str) -> Option<Url> {
+    let doc = Html::parse_document(html);
+    let sel = selector("a[id]").ok()?;
+    let el = doc
+        .select(&sel)
+        .find(|e| e.value().attr("id") == Some(id))?;
+    page_url.join(el.value().attr("href")?).ok()
+}
+
 /// The human message of an HTML page: the text of `id="message"`, else of `<main>`, else of
 /// `<body>`, whitespace collapsed. Empty when the page has no text.
 pub fn page_message(html: &str) -> String {

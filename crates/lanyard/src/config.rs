@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// never need this; replies are always AES.
     #[arg(long, env = "LANYARD_SCEP_ALLOW_DES")]
     pub scep_allow_des: bool,
+    /// PEM CA certificate(s) trusted, besides the system roots, when talking to OpenID Connect
+    /// identity providers (a provider with a private CA).
+    #[arg(long, env = "LANYARD_OIDC_CA_CERT")]
+    pub oidc_ca_cert: Option<PathBuf>,
 }
 
 /// The optional TOML file: the same settings, snake_case.
@@ -125,6 +129,7 @@ pub struct ServeConfig {
     pub tls: TlsMode,
     pub organization: String,
     pub scep_allow_des: bool,
+    pub oidc_ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +229,7 @@ impl ServeConfig {
                 .or_else(|| file.organization.clone())
                 .unwrap_or_else(|| "Lanyard".into()),
             scep_allow_des: s.scep_allow_des || file.scep_allow_des.unwrap_or(false),
+            oidc_ca_cert: s.oidc_ca_cert.clone(),
         })
     }
 }

@@ -4,6 +4,7 @@
 
 mod commands;
 mod config;
+mod idp_cmd;
 mod serve;
 mod setup;
 mod token_cmd;
@@ -60,6 +61,9 @@ enum Action {
     /// Apple Business Manager server tokens, discovery registration and device sync.
     #[command(subcommand)]
     Token(token_cmd::TokenCmd),
+    /// OpenID Connect identity providers for enrollment sign-in.
+    #[command(subcommand)]
+    Idp(idp_cmd::IdpCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -123,5 +127,9 @@ async fn run(cli: Cli) -> Result<()> {
         Action::Admin(c) => commands::admin(&setup::open_store(&data).await?, c).await,
         Action::Audit(a) => commands::audit(&setup::open_store(&data).await?, a).await,
         Action::Token(c) => token_cmd::run(&data, &cli.abm, c).await,
+        Action::Idp(c) => {
+            let o = setup::open_store(&data).await?;
+            idp_cmd::idp(&o, &setup::secret_box(&data)?, c).await
+        }
     }
 }

@@ -82,10 +82,12 @@ pub async fn run(
         DeviceUrls::new(&public),
         serve.organization.clone(),
     );
+    let oidc = oidc_sign_ins(&serve, &lanyard, &secrets, &public)?;
     let app = lanyard_http::router(lanyard_http::AppState {
         lanyard: lanyard.clone(),
         enrollment,
         sign_in_limiter: Default::default(),
+        oidc,
         pusher: Some(Arc::new(PushJob::start(Arc::new(setup::push_service(
             &data, &lanyard, &secrets,
         )?)))),
@@ -137,6 +139,29 @@ fn abm_service(
         svc.start_sync_job(std::time::Duration::from_secs(abm.abm_sync_interval * 60));
     }
     Ok(svc)
+}
+
+/// The OpenID Connect relying party, trusting `--oidc-ca-cert` besides the system roots.
+fn oidc_sign_ins(
+    serve: &ServeConfig,
+    lanyard: &Lanyard,
+    secrets: &SecretBox,
+    public: &str,
+) -> Result<lanyard_core::identity_providers::OidcSignIns> {
+    let extra = match &serve.oidc_ca_cert {
+        Some(p) => Some(
+            std::fs::read(p)
+                .with_context(|| format!("cannot read --oidc-ca-cert {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let rp = lanyard_oidc::Oidc::new(extra.as_deref()).context("--oidc-ca-cert")?;
+    Ok(lanyard_core::identity_providers::OidcSignIns::new(
+        lanyard.clone(),
+        Arc::new(rp),
+        secrets.clone(),
+        public,
+    ))
 }
 
 /// Writes the CA certificate (public) to the data directory for clients such as `curl --cacert`.

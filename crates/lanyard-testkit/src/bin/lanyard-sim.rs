@@ -69,6 +69,21 @@ struct EnrollArgs {
     /// Print the step log to stderr when enrollment fails.
     #[arg(long, short)]
     verbose: bool,
+    /// Sign in through this OpenID Connect provider (its name in Lanyard) instead of the
+    /// password form.
+    #[arg(long)]
+    oidc_provider: Option<String>,
+    /// The email typed at the identity provider. Default: --email
+    #[arg(long, requires = "oidc_provider")]
+    oidc_login: Option<String>,
+    /// The password typed at the identity provider. Default: --password
+    #[arg(
+        long,
+        env = "LANYARD_SIM_OIDC_PASSWORD",
+        hide_env_values = true,
+        requires = "oidc_provider"
+    )]
+    oidc_password: Option<String>,
 }
 
 fn parse_ownership(s: &str) -> Result<Ownership, String> {
@@ -88,7 +103,14 @@ async fn enroll(args: EnrollArgs) -> Result<String, String> {
         None => None,
     };
     let attrs: BTreeMap<String, String> = args.attrs.into_iter().collect();
+    let oidc = args.oidc_provider.map(|provider| lanyard_testkit::SimOidc {
+        provider,
+        login: args.oidc_login.unwrap_or_else(|| args.email.clone()),
+        password: args.oidc_password.unwrap_or_else(|| args.password.clone()),
+        tamper: Default::default(),
+    });
     let opts = SimOptions {
+        oidc,
         server: args.server,
         email: args.email,
         password: args.password,

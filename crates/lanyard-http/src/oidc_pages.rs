@@ -1,0 +1,181 @@
+//! Enrollment sign-in through an identity provider (OpenID Connect), beside the local password
+//! form of `pages.rs`:
+//! - `GET /enroll/oidc/start?provider=…&user-identifier=…` starts a sign-in (single-use
+//!   `state`, `nonce`, PKCE S256) and redirects to the provider; the `state` is also bound to
+//!   this browser in the `lanyard_oidc` cookie;
+//! - `GET /enroll/oidc/callback?code=…&state=…` is where the provider sends the person back:
+//!   the state must match the cookie and a live, unused sign-in; the domain validates the
+//!   provider's answer and Lanyard's rules, then the flow continues at the same page as after a
+//!   local sign-in (what the organisation can see → ownership → attributes → token).
+//!
+//! Every refusal is a page that says what went wrong; codes, tokens and states are never
+//! logged or shown.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+
+use crate::auth::{constant_time_eq, cookie};
+use crate::pages::{esc, refusal, refuse, see_other, set_cookie, step_url, FLOW_COOKIE};
+use crate::AppState;
+
+/// Binds a started sign-in to the browser that started it.
+pub const OIDC_COOKIE: &str = "lanyard_oidc";
+/// Longest `code` / `state` / error text accepted from the provider's redirect.
+const MAX_PARAM: usize = 4096;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/enroll/oidc/start", get(start))
+        .route("/enroll/oidc/callback", get(callback))
+}
+
+/// The "Sign in with …" links for the sign-in page (empty when no provider is enabled).
+pub(crate) async fn provider_links(s: &AppState, user_identifier: &str) -> String {
+    let buttons = match s.oidc.buttons().await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "listing identity providers failed");
+            return String::new();
+        }
+    };
+    if buttons.is_empty() {
+        return String::new();
+    }
+    let mut html = String::from("<p class=\"muted\">Or</p>");
+    for b in buttons {
+        let mut href = url::form_urlencoded::Serializer::new(String::new());
+        href.append_pair("provider", &b.name);
+        if !user_identifier.trim().is_empty() {
+            href.append_pair("user-identifier", user_identifier.trim());
+        }
+        html.push_str(&format!(
+            "<p><a class=\"idp\" id=\"idp-{n}\" href=\"/enroll/oidc/start?{q}\" \
+             style=\"display:block;text-align:center;padding:.7rem;border:1px solid #0071e3;\
+             border-radius:8px;color:#0071e3;text-decoration:none;font-weight:600\">\
+             Sign in with {d}</a></p>",
+            n = esc(&b.name),
+            q = esc(&href.finish()),
+            d = esc(&b.display_name),
+        ));
+    }
+    html
+}
+
+#[derive(Deserialize)]
+struct StartQuery {
+    #[serde(default)]
+    provider: String,
+    #[serde(rename = "user-identifier", default)]
+    user_identifier: Option<String>,
+}
+
+async fn start(
+    State(s): State<AppState>,
+    q: Result<Query<StartQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return refusal(
+            &s,
+            StatusCode::BAD_REQUEST,
+            "The sign-in link could not be read.",
+        );
+    };
+    let uid = q
+        .user_identifier
+        .as_deref()
+        .filter(|u| !u.trim().is_empty() && u.len() <= 320);
+    if q.provider.is_empty() || q.provider.len() > 100 {
+        return refusal(&s, StatusCode::BAD_REQUEST, "Choose a sign-in provider.");
+    }
+    match s.oidc.begin(&q.provider, uid).await {
+        Ok((url, state)) => {
+            let mut res = see_other(&url);
+            set_cookie(
+                &mut res,
+                OIDC_COOKIE,
+                &state,
+                lanyard_core::identity_providers::SIGN_IN_MINUTES * 60,
+            );
+            res
+        }
+        Err(e) => refuse(&s, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+async fn callback(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<CallbackQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return refusal(
+            &s,
+            StatusCode::BAD_REQUEST,
+            "The sign-in answer could not be read.",
+        );
+    };
+    if let Some(err) = q.error.as_deref() {
+        let detail = q
+            .error_description
+            .as_deref()
+            .unwrap_or(err)
+            .chars()
+            .take(300)
+            .collect::<String>();
+        return refusal(
+            &s,
+            StatusCode::UNAUTHORIZED,
+            &format!("The identity provider did not sign you in: {detail}"),
+        );
+    }
+    let (Some(code), Some(state)) = (q.code.as_deref(), q.state.as_deref()) else {
+        return refusal(
+            &s,
+            StatusCode::BAD_REQUEST,
+            "The identity provider's answer lacks its code or state. Start again from the Mac.",
+        );
+    };
+    if code.is_empty() || code.len() > MAX_PARAM || state.is_empty() || state.len() > MAX_PARAM {
+        return refusal(
+            &s,
+            StatusCode::BAD_REQUEST,
+            "The sign-in answer is malformed.",
+        );
+    }
+    let bound = cookie(&headers, OIDC_COOKIE)
+        .is_some_and(|c| constant_time_eq(c.as_bytes(), state.as_bytes()));
+    if !bound {
+        return refusal(
+            &s,
+            StatusCode::FORBIDDEN,
+            "This sign-in did not start in this browser, or its state was altered. Start again \
+             from the Mac's sign-in page.",
+        );
+    }
+    match s.oidc.finish(state, code).await {
+        Ok((secret, step)) => {
+            let mut res = see_other(step_url(step));
+            set_cookie(
+                &mut res,
+                FLOW_COOKIE,
+                &secret,
+                lanyard_core::enrollment::FLOW_MINUTES * 60,
+            );
+            res
+        }
+        Err(e) => refuse(&s, e),
+    }
+}
