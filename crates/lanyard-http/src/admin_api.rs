@@ -105,7 +105,9 @@ impl utoipa::Modify for BearerAuth {
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::idp_api::IdpApiDoc::openapi());
+    Json(doc)
 }
 
 #[derive(Deserialize, ToSchema)]

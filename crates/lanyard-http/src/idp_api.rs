@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use utoipa::OpenApi;
 
 use lanyard_core::identity_providers::{
     CreateIdentityProvider, IdentityProviderView, UpdateIdentityProvider,
@@ -12,7 +13,7 @@ use lanyard_core::identity_providers::{
 
 use crate::admin_api::{ApiJson, ApiPath};
 use crate::auth::Authed;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, ErrorBody};
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -24,6 +25,17 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
+/// The identity-provider paths, merged into the API's OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    paths(list, create, show, update, remove),
+    components(schemas(IdentityProviderView, CreateIdentityProvider, UpdateIdentityProvider))
+)]
+pub struct IdpApiDoc;
+
+/// OpenID Connect identity providers for enrollment sign-in (never their secrets).
+#[utoipa::path(get, path = "/api/v1/identity-providers",
+    responses((status = 200, body = [IdentityProviderView])))]
 async fn list(
     State(s): State<AppState>,
     Authed(_viewer): Authed,
@@ -31,6 +43,10 @@ async fn list(
     Ok(Json(s.lanyard.list_identity_providers().await?))
 }
 
+/// Add an identity provider.
+#[utoipa::path(post, path = "/api/v1/identity-providers", request_body = CreateIdentityProvider,
+    responses((status = 201, body = IdentityProviderView), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn create(
     State(s): State<AppState>,
     Authed(actor): Authed,
@@ -46,6 +62,9 @@ async fn create(
     ))
 }
 
+/// One identity provider.
+#[utoipa::path(get, path = "/api/v1/identity-providers/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = IdentityProviderView), (status = 404, body = ErrorBody)))]
 async fn show(
     State(s): State<AppState>,
     Authed(_viewer): Authed,
@@ -54,6 +73,11 @@ async fn show(
     Ok(Json(s.lanyard.identity_provider(&name).await?))
 }
 
+/// Change an identity provider.
+#[utoipa::path(patch, path = "/api/v1/identity-providers/{name}", params(("name" = String, Path)),
+    request_body = UpdateIdentityProvider,
+    responses((status = 200, body = IdentityProviderView), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn update(
     State(s): State<AppState>,
     Authed(actor): Authed,
@@ -67,6 +91,9 @@ async fn update(
     ))
 }
 
+/// Remove an identity provider.
+#[utoipa::path(delete, path = "/api/v1/identity-providers/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn remove(
     State(s): State<AppState>,
     Authed(actor): Authed,

@@ -651,4 +651,15 @@ mod tests {
         .is_err());
         assert!(access_token_from_result("https://x.example/?access-token=a").is_err());
     }
+
+    #[test]
+    fn link_by_id_is_resolved() {
+        let page = Url::parse("https://mdm.example.com/enroll/sign-in").unwrap();
+        let html = "<p><a id=\"idp-corp\" href=\"/enroll/oidc/start?provider=corp&amp;x=1\">Sign in</a></p>";
+        assert_eq!(
+            link_by_id(html, &page, "idp-corp").map(|u| u.to_string()),
+            Some("https://mdm.example.com/enroll/oidc/start?provider=corp&x=1".to_string())
+        );
+        assert!(link_by_id(html, &page, "idp-other").is_none());
+    }
 }

@@ -285,6 +285,13 @@ async fn prune_leftovers(lanyard: Lanyard) {
             Ok(n) => tracing::info!(rows = n, "pruned old command results"),
             Err(e) => tracing::warn!(error = %e, "pruning command results failed"),
         }
+        if let Err(e) = lanyard
+            .store()
+            .prune_oidc_sign_ins(lanyard_store::now())
+            .await
+        {
+            tracing::warn!(error = %e, "pruning OpenID Connect sign-ins failed");
+        }
     }
 }
 

@@ -267,6 +267,20 @@ async fn run(db: Db) {
         .unwrap();
     assert_eq!(r.status(), 404);
 
+    let doc = c
+        .get(api("/openapi.json"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        doc.contains("/api/v1/identity-providers/{name}"),
+        "documented in OpenAPI"
+    );
+
     // --- the CLI: a second client whose codes live one second ---------------------------
     let (ok, out, err) = s.cli_stdin(
         &[
