@@ -5,7 +5,9 @@
 //!   transaction: the identity's binding, the reported command's outcome, the inventory (written
 //!   only when it changed), `last_seen_at` (written at most once a minute) and the next command.
 //!   SQLite opens it with `BEGIN IMMEDIATE` (the writer lock up front, so a read that turns into a
-//!   write never fails on a stale snapshot); PostgreSQL commits once per acknowledgement.
+//!   write never fails on a stale snapshot) behind an in-process async gate, so concurrent
+//!   requests queue as tasks instead of sleeping in SQLite's busy handler; PostgreSQL commits once
+//!   per acknowledgement and lets requests run in parallel (`FOR UPDATE SKIP LOCKED`).
 //! - [`CommandExchangeStore::enrollments_by_ids`]: fan-out reads in chunks of ids.
 //! - [`CommandExchangeStore::record_pushes`]: a push batch's outcomes in one transaction.
 
@@ -81,6 +83,18 @@ pub trait CommandExchangeStore: Send + Sync {
     async fn record_pushes(&self, records: &[PushRecord], at: DateTime<Utc>) -> Result<()>;
 }
 
+impl SqliteStore {
+    fn exchange_gate(&self) -> Option<&tokio::sync::Mutex<()>> {
+        Some(&self.write_gate)
+    }
+}
+
+impl PostgresStore {
+    fn exchange_gate(&self) -> Option<&tokio::sync::Mutex<()>> {
+        None
+    }
+}
+
 type Binding = (
     String,
     String,
@@ -96,6 +110,10 @@ macro_rules! impl_exchange_store {
             async fn command_exchange(&self, x: &CommandExchange<'_>) -> Result<Exchanged> {
                 let want_inventory =
                     x.inventory.is_some() && x.outcome.is_some_and(|o| o.status == "acknowledged");
+                let _gate = match self.exchange_gate() {
+                    Some(g) => Some(g.lock().await),
+                    None => None,
+                };
                 let mut tx = self.pool.begin_with($begin).await?;
                 let binding: Option<Binding> = sqlx::query_as(
                     "SELECT id, status, device_channel_id, last_seen_at, \
@@ -255,6 +273,10 @@ macro_rules! impl_exchange_store {
                     .filter(|r| r.release_not_now)
                     .map(|r| r.enrollment_id.as_str())
                     .collect();
+                let _gate = match self.exchange_gate() {
+                    Some(g) => Some(g.lock().await),
+                    None => None,
+                };
                 let mut tx = self.pool.begin_with($begin).await?;
                 for ((status, drop_token), ids) in &groups {
                     for chunk in ids.chunks(ID_CHUNK) {
