@@ -203,30 +203,23 @@ macro_rules! impl_exchange_store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                let uuid: Option<String> = sqlx::query_scalar(concat!(
+                // The command's text comes back with the claim (subqueries in `RETURNING`):
+                // one statement instead of two.
+                let next: Option<NextCommand> = sqlx::query_as(concat!(
                     "UPDATE command_queue SET status = 'sent', sent_at = $3 WHERE id = (\
                      SELECT id FROM command_queue WHERE enrollment_id = $1 AND channel = $2 \
                      AND (not_now_until IS NULL OR not_now_until <= $3) ORDER BY id LIMIT 1 ",
                     $lock,
-                    ") RETURNING command_uuid"
+                    ") RETURNING command_uuid, \
+                     (SELECT c.request_type FROM commands c WHERE c.uuid = command_uuid) \
+                     AS request_type, \
+                     (SELECT c.payload FROM commands c WHERE c.uuid = command_uuid) AS payload"
                 ))
                 .bind(&id)
                 .bind(x.channel)
                 .bind(x.now)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let next = match uuid {
-                    None => None,
-                    Some(uuid) => {
-                        sqlx::query_as(
-                            "SELECT uuid AS command_uuid, request_type, payload FROM commands \
-                             WHERE uuid = $1",
-                        )
-                        .bind(uuid)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                    }
-                };
                 tx.commit().await?;
                 Ok(Exchanged::Done {
                     enrollment_id: id,
