@@ -411,12 +411,19 @@ impl Lanyard {
                 if ids.is_empty() || ids.len() > 100_000 {
                     return Err(CoreError::Invalid("name 1 to 100,000 enrollments".into()));
                 }
+                // Read in chunks, then checked in the order given.
+                let found: std::collections::HashMap<String, Enrollment> = self
+                    .store
+                    .enrollments_by_ids(ids)
+                    .await?
+                    .into_iter()
+                    .map(|e| (e.id.clone(), e))
+                    .collect();
                 let mut out = Vec::with_capacity(ids.len());
                 for id in ids {
-                    let e = self
-                        .store
-                        .enrollment(id)
-                        .await?
+                    let e = found
+                        .get(id)
+                        .cloned()
                         .ok_or_else(|| CoreError::NotFound(format!("enrollment {id}")))?;
                     if e.status != "enrolled" {
                         return Err(CoreError::Invalid(format!(
@@ -576,32 +583,7 @@ impl Lanyard {
             CHANNEL_DEVICE
         };
         let now = lanyard_store::now();
-        if report.status.is_result() {
-            let uuid = report
-                .command_uuid
-                .clone()
-                .ok_or_else(|| CoreError::Invalid("a result must name its CommandUUID".into()))?;
-            let status = match report.status {
-                CommandStatus::Acknowledged => "acknowledged",
-                CommandStatus::Error => "error",
-                CommandStatus::CommandFormatError => "command_format_error",
-                CommandStatus::NotNow => "not_now",
-                CommandStatus::Idle => "idle",
-            };
-            let error_chain = (!report.error_chain.is_empty())
-                .then(|| serde_json::to_string(&report.error_chain).ok())
-                .flatten();
-            let mut result_bytes = Vec::new();
-            plist::to_writer_xml(&mut result_bytes, &report.result)
-                .map_err(|e| CoreError::Internal(e.to_string()))?;
-            let outcome = CommandOutcome {
-                command_uuid: uuid.clone(),
-                status: status.into(),
-                result: Some(result_bytes),
-                error_chain,
-                retry_after: (report.status == CommandStatus::NotNow)
-                    .then(|| now + Duration::minutes(NOT_NOW_BACKOFF_MINUTES)),
-            };
+        if let Some(outcome) = outcome_of(&report, now)? {
             let request_type = self
                 .store
                 .record_command_outcome(&enrollment.id, channel, &outcome, now)
@@ -629,47 +611,115 @@ impl Lanyard {
         request_type: &str,
         result: &Dictionary,
     ) -> Result<()> {
-        let key = match request_type {
-            "DeviceInformation" => "QueryResponses",
-            "SecurityInfo" => "SecurityInfo",
-            "ProfileList" => "ProfileList",
-            "InstalledApplicationList" => "InstalledApplicationList",
-            "CertificateList" => "CertificateList",
-            _ => return Ok(()),
-        };
-        let Some(value) = result.get(key) else {
+        if inventory_section(request_type).is_none() {
             return Ok(());
-        };
-        let mut inv: BTreeMap<String, serde_json::Value> = self
-            .store
-            .inventory(enrollment_id)
-            .await?
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let section = match request_type {
-            "DeviceInformation" => "device_information",
-            "SecurityInfo" => "security_info",
-            "ProfileList" => "profiles",
-            "InstalledApplicationList" => "applications",
-            _ => "certificates",
-        };
-        let mut new = plist_to_json(value);
-        if section == "device_information" {
-            // Merge: a query for a few keys must not erase the others.
-            if let (Some(old), Some(fresh)) = (
-                inv.get(section).and_then(|v| v.as_object()).cloned(),
-                new.as_object_mut(),
-            ) {
-                for (k, v) in old {
-                    fresh.entry(k).or_insert(v);
-                }
+        }
+        let current = self.store.inventory(enrollment_id).await?;
+        if let Some(text) = merge_inventory(current.as_deref(), request_type, result) {
+            self.store.set_inventory(enrollment_id, &text).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome a result report records (`None` for `Idle`).
+pub(crate) fn outcome_of(
+    report: &lanyard_proto::command::CommandReport,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<CommandOutcome>> {
+    if !report.status.is_result() {
+        return Ok(None);
+    }
+    let uuid = report
+        .command_uuid
+        .clone()
+        .ok_or_else(|| CoreError::Invalid("a result must name its CommandUUID".into()))?;
+    let status = match report.status {
+        CommandStatus::Acknowledged => "acknowledged",
+        CommandStatus::Error => "error",
+        CommandStatus::CommandFormatError => "command_format_error",
+        CommandStatus::NotNow => "not_now",
+        CommandStatus::Idle => "idle",
+    };
+    let error_chain = (!report.error_chain.is_empty())
+        .then(|| serde_json::to_string(&report.error_chain).ok())
+        .flatten();
+    let mut result_bytes = Vec::new();
+    plist::to_writer_xml(&mut result_bytes, &report.result)
+        .map_err(|e| CoreError::Internal(e.to_string()))?;
+    Ok(Some(CommandOutcome {
+        command_uuid: uuid,
+        status: status.into(),
+        result: Some(result_bytes),
+        error_chain,
+        retry_after: (report.status == CommandStatus::NotNow)
+            .then(|| now + Duration::minutes(NOT_NOW_BACKOFF_MINUTES)),
+    }))
+}
+
+/// The result key a request type's answer carries and the inventory section it fills.
+pub(crate) fn inventory_section(request_type: &str) -> Option<(&'static str, &'static str)> {
+    Some(match request_type {
+        "DeviceInformation" => ("QueryResponses", "device_information"),
+        "SecurityInfo" => ("SecurityInfo", "security_info"),
+        "ProfileList" => ("ProfileList", "profiles"),
+        "InstalledApplicationList" => ("InstalledApplicationList", "applications"),
+        "CertificateList" => ("CertificateList", "certificates"),
+        _ => return None,
+    })
+}
+
+/// Whether a result carries anything the inventory keeps (any request type's result key).
+pub(crate) fn carries_inventory(result: &Dictionary) -> bool {
+    [
+        "QueryResponses",
+        "SecurityInfo",
+        "ProfileList",
+        "InstalledApplicationList",
+        "CertificateList",
+    ]
+    .iter()
+    .any(|k| result.contains_key(k))
+}
+
+/// The inventory document with a result of `request_type` folded in, or `None` when the
+/// section would not change (then nothing needs writing; `updated_at` is the last change).
+pub(crate) fn merge_inventory(
+    current: Option<&str>,
+    request_type: &str,
+    result: &Dictionary,
+) -> Option<String> {
+    let (key, section) = inventory_section(request_type)?;
+    let value = result.get(key)?;
+    let mut inv: BTreeMap<String, serde_json::Value> = current
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default();
+    let mut new = plist_to_json(value);
+    if section == "device_information" {
+        // Merge: a query for a few keys must not erase the others.
+        if let (Some(old), Some(fresh)) = (
+            inv.get(section).and_then(|v| v.as_object()).cloned(),
+            new.as_object_mut(),
+        ) {
+            for (k, v) in old {
+                fresh.entry(k).or_insert(v);
             }
         }
-        inv.insert(section.into(), new);
-        inv.insert("updated_at".into(), json!(lanyard_store::now()));
-        let text = serde_json::to_string(&inv).map_err(|e| CoreError::Internal(e.to_string()))?;
-        self.store.set_inventory(enrollment_id, &text).await?;
-        Ok(())
+    }
+    if inv.get(section) == Some(&new) {
+        return None;
+    }
+    inv.insert(section.into(), new);
+    inv.insert("updated_at".into(), json!(lanyard_store::now()));
+    serde_json::to_string(&inv).ok()
+}
+
+/// [`merge_inventory`] for the store's exchange transaction.
+pub(crate) struct ResultInventory<'a>(pub &'a Dictionary);
+
+impl lanyard_store::InventoryMerge for ResultInventory<'_> {
+    fn merge(&self, request_type: &str, current: Option<&str>) -> Option<String> {
+        merge_inventory(current, request_type, self.0)
     }
 }
 

@@ -93,6 +93,8 @@ pub struct DevicePki {
 pub struct EnrollmentService {
     lanyard: Lanyard,
     pki: Arc<DevicePki>,
+    /// `Mdm-Signature` checks; a device certificate's chain is verified once, not per request.
+    signers: Arc<lanyard_pki::SignerCache>,
     urls: DeviceUrls,
     organization: String,
 }
@@ -262,9 +264,14 @@ impl EnrollmentService {
         urls: DeviceUrls,
         organization: String,
     ) -> Self {
+        let signers = Arc::new(lanyard_pki::SignerCache::new(
+            pki.ca.certificate().clone(),
+            lanyard_pki::SIGNER_CACHE_DEFAULT_CAPACITY,
+        ));
         Self {
             lanyard,
             pki,
+            signers,
             urls,
             organization,
         }
@@ -654,6 +661,17 @@ impl EnrollmentService {
         })
     }
 
+    /// Checks an `Mdm-Signature` over `body` (chain to our CA checked once per certificate, the
+    /// signature on every call) and returns the signer certificate's SHA-256 fingerprint.
+    pub fn verify_signature(&self, signature: &[u8], body: &[u8]) -> Result<String> {
+        self.signers
+            .verify(signature, body)
+            .map(|v| v.sha256)
+            .map_err(|_| {
+                CoreError::Unauthorized("the Mdm-Signature does not verify against our CA".into())
+            })
+    }
+
     /// Finds the enrollment a signed device request belongs to: the `Mdm-Signature` must verify
     /// over the exact body, chain to our CA, and be the identity issued for a live enrollment.
     pub async fn identify(&self, signature: Option<&[u8]>, body: &[u8]) -> Result<Enrollment> {
@@ -662,12 +680,7 @@ impl EnrollmentService {
                 "requests must carry an Mdm-Signature by the device identity".into(),
             ));
         };
-        let signer =
-            lanyard_pki::verify_detached(sig, body, self.pki.ca.certificate()).map_err(|_| {
-                CoreError::Unauthorized("the Mdm-Signature does not verify against our CA".into())
-            })?;
-        let der = signer.to_der()?;
-        let fingerprint = lanyard_pki::sha256_fingerprint(&der);
+        let fingerprint = self.verify_signature(sig, body)?;
         let enrollment = self
             .lanyard
             .store()

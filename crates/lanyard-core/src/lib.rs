@@ -15,6 +15,7 @@ pub mod attributes;
 pub mod commands;
 pub mod enrollment;
 mod error;
+mod exchange;
 pub mod identity_providers;
 pub mod pki;
 pub mod push;

@@ -298,6 +298,7 @@ impl PushService {
             let mut retry = Vec::new();
             let mut delay = std::time::Duration::ZERO;
             let now = lanyard_store::now();
+            let mut records = Vec::new();
             for (t, o) in pending.into_iter().zip(outcomes) {
                 if o.is_retryable() && attempt < MAX_ATTEMPTS {
                     if let Some(d) = o.retry_delay(attempt) {
@@ -307,14 +308,15 @@ impl PushService {
                     continue;
                 }
                 let label = outcome_label(&o);
-                store
-                    .record_push(&t.enrollment_id, &label, o.token_is_dead(), now)
-                    .await?;
+                let delivered = matches!(o, PushOutcome::Delivered { .. });
+                records.push(lanyard_store::PushRecord {
+                    enrollment_id: t.enrollment_id.clone(),
+                    status: label.clone(),
+                    drop_token: o.token_is_dead(),
+                    release_not_now: delivered,
+                });
                 match &o {
-                    PushOutcome::Delivered { .. } => {
-                        report.delivered += 1;
-                        store.release_not_now(&t.enrollment_id).await?;
-                    }
+                    PushOutcome::Delivered { .. } => report.delivered += 1,
                     PushOutcome::Unregistered { .. } => report.unregistered += 1,
                     _ => {
                         report.failed += 1;
@@ -322,6 +324,8 @@ impl PushService {
                     }
                 }
             }
+            // One transaction for the whole batch's bookkeeping.
+            store.record_pushes(&records, now).await?;
             if !retry.is_empty() {
                 tokio::time::sleep(delay).await;
             }

@@ -201,11 +201,11 @@ async fn checkin(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
 /// The command endpoint: identifies the device, records its report (result, error or NotNow)
 /// and answers the next command for that channel, or an empty 200 when none is due.
 async fn command(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let enrollment = match s.enrollment.identify(mdm_signature(&headers), &body).await {
-        Ok(e) => e,
-        Err(e) => return device_error(e),
-    };
-    match s.enrollment.command_report(&enrollment, &body).await {
+    match s
+        .enrollment
+        .command_request(mdm_signature(&headers), &body)
+        .await
+    {
         Ok(Some(next)) => (
             [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
             next.payload,

@@ -23,6 +23,7 @@ mod error;
 mod issue;
 pub mod scep;
 mod secretbox;
+mod signer_cache;
 mod signing;
 mod smime;
 mod time;
@@ -32,6 +33,7 @@ pub use certinfo::{name_to_string, parse_cert, sha256_fingerprint, CertInfo};
 pub use error::{PkiError, Result};
 pub use issue::{build_csr, CertificateIssuer, Csr, MAX_IDENTITY_VALIDITY_DAYS};
 pub use secretbox::SecretBox;
+pub use signer_cache::{SignerCache, VerifiedSigner, SIGNER_CACHE_DEFAULT_CAPACITY};
 pub use signing::{
     decode_signature, sign_cms, sign_detached, verify_cms_attached, verify_cms_attached_untrusted,
     verify_detached,

@@ -20,6 +20,10 @@ use crate::*;
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    /// Serialises the command exchange's write transactions in this process (see
+    /// `exchange_backend.rs`): waiting here is a cheap async wait, waiting on SQLite's lock is
+    /// its busy handler's sleep.
+    pub(crate) write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// PostgreSQL, for scale-out: any number of `lanyard serve` processes may share one database.
@@ -56,7 +60,10 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(opts)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            write_gate: Default::default(),
+        })
     }
 
     /// Applies the SQLite migrations that are not applied yet.

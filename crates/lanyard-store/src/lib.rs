@@ -13,6 +13,7 @@
 mod backend;
 mod command_backend;
 mod enrollment_backend;
+mod exchange_backend;
 mod idp_backend;
 pub mod model;
 mod server_token_backend;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use backend::{PostgresStore, SqliteStore};
+pub use exchange_backend::*;
 pub use idp_backend::*;
 pub use model::*;
 
@@ -378,6 +380,7 @@ pub trait Store:
     + CommandStore
     + ServerTokenStore
     + IdentityProviderStore
+    + CommandExchangeStore
 {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;

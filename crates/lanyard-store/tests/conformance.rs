@@ -147,6 +147,9 @@ conformance!(
     server_token_default_moves,
     server_token_pages_and_renewal,
     server_token_sync_lease_is_exclusive,
+    command_exchange_in_one_transaction,
+    command_exchange_refusals_change_nothing,
+    fan_out_reads_and_push_batches,
 );
 
 fn audit(action: &str, target: &str) -> Audit {
@@ -1528,4 +1531,437 @@ mod identity_providers {
             .unwrap()
             .is_none());
     }
+}
+
+/// Enrolled with identity `id-<id>` and device channel `EID-<id>`.
+async fn bound(s: &dyn Store, id: &str) {
+    enrolled(s, id).await;
+    let t = now() - Duration::minutes(10);
+    s.set_identity(id, "01", &format!("id-{id}"), t + Duration::days(365))
+        .await
+        .unwrap();
+    s.record_authenticate(
+        id,
+        &AuthenticateRecord {
+            device_channel_id: format!("EID-{id}"),
+            os_version: None,
+            build_version: None,
+            product: None,
+        },
+        t,
+    )
+    .await
+    .unwrap();
+    s.record_token_update(
+        id,
+        &TokenUpdateRecord {
+            user_channel_id: None,
+            topic: "topic".into(),
+            push_token: vec![7; 32],
+            push_magic: format!("magic-{id}"),
+            unlock_token_sealed: None,
+        },
+        t,
+    )
+    .await
+    .unwrap();
+}
+
+/// Appends the request type to the inventory document, or changes nothing when told so.
+struct TestMerge {
+    change: bool,
+}
+
+impl InventoryMerge for TestMerge {
+    fn merge(&self, request_type: &str, current: Option<&str>) -> Option<String> {
+        self.change
+            .then(|| format!("{}+{request_type}", current.unwrap_or("")))
+    }
+}
+
+fn exchange<'a>(
+    id: &'a str,
+    eid: &'a str,
+    channel: &'a str,
+    outcome: Option<&'a CommandOutcome>,
+    merge: Option<&'a dyn InventoryMerge>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> CommandExchange<'a> {
+    CommandExchange {
+        identity_sha256: id,
+        device_channel_id: eid,
+        channel,
+        outcome,
+        inventory: merge,
+        now: at,
+    }
+}
+
+fn next_uuid(x: Exchanged) -> Option<String> {
+    match x {
+        Exchanged::Done { next, .. } => next.map(|n| n.command_uuid),
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+async fn command_exchange_in_one_transaction(s: &dyn Store) {
+    bound(s, "e1").await;
+    let t = now();
+    let e1 = [("e1".to_string(), CHANNEL_DEVICE.to_string())];
+    for (u, rt) in [("c1", "DeviceInformation"), ("c2", "ProfileList")] {
+        s.enqueue_command(&cmd(u, rt), &e1, &audit("command.enqueue", u))
+            .await
+            .unwrap();
+    }
+    let x = s
+        .command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&x, Exchanged::Done { enrollment_id, next: Some(n) }
+            if enrollment_id == "e1" && n.command_uuid == "c1"
+                && n.request_type == "DeviceInformation" && n.payload == b"<plist>c1</plist>")
+    );
+    assert_eq!(
+        s.enrollment("e1").await.unwrap().unwrap().last_seen_at,
+        Some(t)
+    );
+    // The acknowledgement, the inventory and the next command together.
+    let ack = outcome("c1", "acknowledged");
+    let merge = TestMerge { change: true };
+    let t1 = t + Duration::seconds(30);
+    let x = s
+        .command_exchange(&exchange(
+            "id-e1",
+            "EID-e1",
+            CHANNEL_DEVICE,
+            Some(&ack),
+            Some(&merge),
+            t1,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("c2"));
+    assert_eq!(
+        s.inventory("e1").await.unwrap().as_deref(),
+        Some("+DeviceInformation")
+    );
+    let h = s.command_history("e1", 10).await.unwrap();
+    let c1 = h.iter().find(|r| r.command_uuid == "c1").unwrap();
+    assert_eq!(
+        (c1.status.as_str(), c1.finished_at),
+        ("acknowledged", Some(t1))
+    );
+    assert_eq!(c1.result.as_deref(), Some(&b"<dict/>"[..]));
+    assert_eq!(
+        s.enrollment("e1").await.unwrap().unwrap().last_seen_at,
+        Some(t),
+        "last_seen_at is written at most once a minute"
+    );
+    // An unchanged inventory is not rewritten; an error result never touches it.
+    let ack2 = outcome("c2", "acknowledged");
+    let same = TestMerge { change: false };
+    let t2 = t + Duration::seconds(61);
+    let x = s
+        .command_exchange(&exchange(
+            "id-e1",
+            "EID-e1",
+            CHANNEL_DEVICE,
+            Some(&ack2),
+            Some(&same),
+            t2,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x), None);
+    assert_eq!(
+        s.inventory("e1").await.unwrap().as_deref(),
+        Some("+DeviceInformation")
+    );
+    assert_eq!(
+        s.enrollment("e1").await.unwrap().unwrap().last_seen_at,
+        Some(t2)
+    );
+    // NotNow defers the command until its back-off (or a push).
+    s.enqueue_command(
+        &cmd("c3", "SecurityInfo"),
+        &e1,
+        &audit("command.enqueue", "c3"),
+    )
+    .await
+    .unwrap();
+    let x = s
+        .command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t2))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("c3"));
+    let mut nn = outcome("c3", "not_now");
+    nn.retry_after = Some(t2 + Duration::minutes(10));
+    let x = s
+        .command_exchange(&exchange(
+            "id-e1",
+            "EID-e1",
+            CHANNEL_DEVICE,
+            Some(&nn),
+            Some(&merge),
+            t2,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x), None, "deferred");
+    let later = t2 + Duration::minutes(11);
+    let x = s
+        .command_exchange(&exchange(
+            "id-e1",
+            "EID-e1",
+            CHANNEL_DEVICE,
+            None,
+            None,
+            later,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_uuid(x).as_deref(),
+        Some("c3"),
+        "due after the back-off"
+    );
+    // The user channel has its own queue.
+    s.enqueue_command(
+        &cmd("u1", "ProfileList"),
+        &[("e1".to_string(), CHANNEL_USER.to_string())],
+        &audit("command.enqueue", "u1"),
+    )
+    .await
+    .unwrap();
+    let x = s
+        .command_exchange(&exchange(
+            "id-e1",
+            "EID-e1",
+            CHANNEL_USER,
+            None,
+            None,
+            later,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("u1"));
+    let ack_u = outcome("u1", "acknowledged");
+    let x = s
+        .command_exchange(&exchange(
+            "id-e1",
+            "EID-e1",
+            CHANNEL_USER,
+            Some(&ack_u),
+            None,
+            later,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x), None);
+    let x = s
+        .command_exchange(&exchange(
+            "id-e1",
+            "EID-e1",
+            CHANNEL_DEVICE,
+            None,
+            None,
+            later,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_uuid(x).as_deref(),
+        Some("c3"),
+        "the device channel kept its own"
+    );
+}
+
+async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
+    bound(s, "e1").await;
+    bound(s, "e2").await;
+    let t = now();
+    let e1 = [("e1".to_string(), CHANNEL_DEVICE.to_string())];
+    s.enqueue_command(
+        &cmd("c1", "DeviceInformation"),
+        &e1,
+        &audit("command.enqueue", "c1"),
+    )
+    .await
+    .unwrap();
+    let ack = outcome("c1", "acknowledged");
+    let merge = TestMerge { change: true };
+    // Not given yet: refused, and neither last_seen_at nor the queue changed.
+    assert!(matches!(
+        s.command_exchange(&exchange(
+            "id-e1",
+            "EID-e1",
+            CHANNEL_DEVICE,
+            Some(&ack),
+            Some(&merge),
+            t
+        ))
+        .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let e = s.enrollment("e1").await.unwrap().unwrap();
+    assert!(e.last_seen_at.is_some_and(|l| l < t - Duration::minutes(5)));
+    assert_eq!(s.inventory("e1").await.unwrap(), None);
+    let h = s.command_history("e1", 10).await.unwrap();
+    assert_eq!(
+        (h.len(), h[0].status.as_str(), h[0].sent_at),
+        (1, "queued", None)
+    );
+    let x = s
+        .command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("c1"));
+    // Another enrollment cannot answer for it, nor for a command that does not exist.
+    for (id, eid, uuid) in [("id-e2", "EID-e2", "c1"), ("id-e1", "EID-e1", "nope")] {
+        let o = outcome(uuid, "acknowledged");
+        assert!(matches!(
+            s.command_exchange(&exchange(id, eid, CHANNEL_DEVICE, Some(&o), None, t))
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+        let o = outcome(uuid, "not_now");
+        assert!(matches!(
+            s.command_exchange(&exchange(id, eid, CHANNEL_DEVICE, Some(&o), None, t))
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    assert_eq!(s.command_history("e1", 10).await.unwrap()[0].status, "sent");
+    assert!(s.command_history("e2", 10).await.unwrap().is_empty());
+    // Unknown identity, another device's EnrollmentID, a checked-out enrollment.
+    assert_eq!(
+        s.command_exchange(&exchange(
+            "id-zz",
+            "EID-e1",
+            CHANNEL_DEVICE,
+            Some(&ack),
+            None,
+            t
+        ))
+        .await
+        .unwrap(),
+        Exchanged::UnknownIdentity
+    );
+    assert_eq!(
+        s.command_exchange(&exchange(
+            "id-e1",
+            "EID-e2",
+            CHANNEL_DEVICE,
+            Some(&ack),
+            None,
+            t
+        ))
+        .await
+        .unwrap(),
+        Exchanged::OtherDevice
+    );
+    s.record_checkout("e2", t).await.unwrap();
+    assert_eq!(
+        s.command_exchange(&exchange("id-e2", "EID-e2", CHANNEL_DEVICE, None, None, t))
+            .await
+            .unwrap(),
+        Exchanged::CheckedOut
+    );
+    assert_eq!(s.command_history("e1", 10).await.unwrap()[0].status, "sent");
+    // The real answer still goes through.
+    let x = s
+        .command_exchange(&exchange(
+            "id-e1",
+            "EID-e1",
+            CHANNEL_DEVICE,
+            Some(&ack),
+            Some(&merge),
+            t,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x), None);
+    assert_eq!(
+        s.command_history("e1", 10).await.unwrap()[0].status,
+        "acknowledged"
+    );
+}
+
+async fn fan_out_reads_and_push_batches(s: &dyn Store) {
+    for id in ["e1", "e2", "e3"] {
+        bound(s, id).await;
+    }
+    // More ids than one chunk, most of them unknown.
+    let mut ids: Vec<String> = (0..1200).map(|i| format!("none-{i}")).collect();
+    ids.insert(0, "e3".into());
+    ids.insert(700, "e1".into());
+    ids.push("e2".into());
+    let mut got: Vec<String> = s
+        .enrollments_by_ids(&ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["e1", "e2", "e3"]);
+    assert!(s.enrollments_by_ids(&[]).await.unwrap().is_empty());
+
+    let t = now();
+    let e1 = [("e1".to_string(), CHANNEL_DEVICE.to_string())];
+    s.enqueue_command(
+        &cmd("c1", "SecurityInfo"),
+        &e1,
+        &audit("command.enqueue", "c1"),
+    )
+    .await
+    .unwrap();
+    s.next_command("e1", CHANNEL_DEVICE, t)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut nn = outcome("c1", "not_now");
+    nn.retry_after = Some(t + Duration::minutes(10));
+    s.record_command_outcome("e1", CHANNEL_DEVICE, &nn, t)
+        .await
+        .unwrap();
+    let rec = |id: &str, status: &str, drop_token: bool, release: bool| PushRecord {
+        enrollment_id: id.into(),
+        status: status.into(),
+        drop_token,
+        release_not_now: release,
+    };
+    s.record_pushes(
+        &[
+            rec("e1", "delivered", false, true),
+            rec("e2", "delivered", false, true),
+            rec("e3", "unregistered", true, false),
+        ],
+        t,
+    )
+    .await
+    .unwrap();
+    for (id, status) in [
+        ("e1", "delivered"),
+        ("e2", "delivered"),
+        ("e3", "unregistered"),
+    ] {
+        let e = s.enrollment(id).await.unwrap().unwrap();
+        assert_eq!(
+            (e.last_push_status.as_deref(), e.last_push_at),
+            (Some(status), Some(t))
+        );
+        assert_eq!(e.device_push_token.is_none(), id == "e3", "{id}");
+    }
+    assert_eq!(
+        s.next_command("e1", CHANNEL_DEVICE, t)
+            .await
+            .unwrap()
+            .unwrap()
+            .command_uuid,
+        "c1",
+        "a delivered push makes a deferred command due"
+    );
+    s.record_pushes(&[], t).await.unwrap();
 }
