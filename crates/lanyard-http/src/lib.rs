@@ -12,6 +12,7 @@ pub mod auth;
 pub mod device;
 pub mod error;
 pub mod pages;
+pub mod portal;
 
 use std::time::Instant;
 
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(device::routes())
         .merge(pages::routes())
+        .merge(portal::routes())
         .nest(
             "/api/v1",
             admin_api::routes().layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT)),
