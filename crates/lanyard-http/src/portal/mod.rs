@@ -400,7 +400,7 @@ pub(crate) fn qv(s: &str) -> String {
 
 /// "Previous / Next" links for a list; `more` says whether a next page exists.
 pub(crate) fn pager(base: &str, page: i64, more: bool) -> String {
-    let sep = if base.contains('?') { '&' } else { '?' };
+    let sep = if base.contains('?') { "&amp;" } else { "?" };
     let mut out = String::from("<nav class=\"pager\" aria-label=\"Pages\">");
     if page > 1 {
         out.push_str(&format!(
