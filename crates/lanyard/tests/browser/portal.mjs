@@ -49,6 +49,7 @@ function check(cond, what) {
 
 async function shot(page, name) {
   if (shots) {
+    await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: path.join(shots, `${name}.png`) });
   }
 }
