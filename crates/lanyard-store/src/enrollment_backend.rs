@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 
 use crate::*;
 
-const ENROLLMENT_COLUMNS: &str = "id, user_id, managed_apple_id, ownership, attributes, mode, \
+pub(crate) const ENROLLMENT_COLUMNS: &str =
+    "id, user_id, managed_apple_id, ownership, attributes, mode, \
     status, os_version, build_version, product, model_family, scep_challenge_hash, \
     challenge_expires_at, challenge_used_at, identity_serial, identity_sha256, \
     identity_not_after, device_channel_id, user_channel_id, push_topic, device_push_token, \

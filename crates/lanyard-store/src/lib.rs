@@ -13,12 +13,14 @@
 mod backend;
 mod command_backend;
 mod enrollment_backend;
+mod listing_backend;
 pub mod model;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use backend::{PostgresStore, SqliteStore};
+pub use listing_backend::{AuditSearch, DeviceListQuery, DeviceSort, ListingStore, Paged};
 pub use model::*;
 
 /// Storage errors. `Conflict` and `NotFound` are expected outcomes a caller maps to 409/404.
@@ -301,6 +303,7 @@ pub trait Store:
     + PkiStore
     + EnrollmentStore
     + CommandStore
+    + ListingStore
 {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
