@@ -14,6 +14,7 @@ pub mod attributes;
 pub mod commands;
 pub mod enrollment;
 mod error;
+pub mod listings;
 pub mod pki;
 pub mod push;
 pub mod settings;

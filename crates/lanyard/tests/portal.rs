@@ -274,11 +274,34 @@ async fn portal_walk(db: Db) {
     assert_eq!(st, 400);
     let (st, _) = get(&c, &s, "/portal/devices?status=nonsense").await;
     assert_eq!(st, 400);
+    let (st, page) = get(&c, &s, "/portal/devices?sort=password_hash").await;
+    assert_eq!(st, 400);
+    assert!(page.contains("Unknown sort column"), "{page}");
+    let (st, page) = get(&c, &s, "/portal/devices?sort=os&dir=asc&status=all").await;
+    assert_eq!(st, 200);
+    assert!(page.contains("0 devices"), "{page}");
 
-    // The audit log filters by action.
+    // The audit log filters by action and by date, and pages with its total.
     let (_, page) = get(&c, &s, "/portal/audit?action=settings.update").await;
     assert!(page.contains("settings.update"), "{page}");
     assert!(!page.contains("user.create"), "{page}");
+    assert!(page.contains("1 entry<"), "{page}");
+    // Dates a day either side of now, so the test holds across midnight.
+    let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let before = yesterday - chrono::Duration::days(1);
+    let (_, page) = get(
+        &c,
+        &s,
+        &format!("/portal/audit?action=user.create&from={yesterday}"),
+    )
+    .await;
+    assert!(page.contains("56 entries"), "{page}");
+    assert!(page.contains("rel=\"next\""), "{page}");
+    let (_, page) = get(&c, &s, &format!("/portal/audit?until={before}")).await;
+    assert!(page.contains("0 entries"), "{page}");
+    let (st, page) = get(&c, &s, "/portal/audit?from=03%2F12%2F2026").await;
+    assert_eq!(st, 400);
+    assert!(page.contains("not a date"), "{page}");
 
     // A wrong certificate file is refused with a message; nothing is stored.
     let boundary = "lanyardtestboundary";

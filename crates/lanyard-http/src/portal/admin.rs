@@ -10,12 +10,13 @@ use axum::{Form, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use chrono::{DateTime, NaiveDate, Utc};
 use lanyard_core::attributes::DefineAttribute;
 use lanyard_core::push::PushCertificateUpload;
 use lanyard_core::settings::{parse_min_version, EnrollmentSettings, OwnershipMode, SettingsPatch};
 use lanyard_core::users::{CreateUser, UpdateUser};
 use lanyard_core::CoreError;
-use lanyard_store::{AuditFilter, ListQuery};
+use lanyard_store::{AuditSearch, ListQuery};
 
 use super::{
     describe, error_page, fields, layout, message_page, notice, or_dash, page_number, pager, qv,
@@ -696,7 +697,22 @@ struct AuditQuery {
     actor: Option<String>,
     action: Option<String>,
     target: Option<String>,
-    before: Option<String>,
+    from: Option<String>,
+    until: Option<String>,
+    page: Option<String>,
+}
+
+/// A `YYYY-MM-DD` date from a filter field as the start of that day (UTC); empty is `None`.
+fn day(raw: &str) -> Result<Option<DateTime<Utc>>, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| Some(t.and_utc()))
+        .ok_or_else(|| format!("`{raw}` is not a date; use YYYY-MM-DD."))
 }
 
 async fn audit(
@@ -708,46 +724,43 @@ async fn audit(
         Ok(v) => v,
         Err(r) => return r,
     };
+    let bad = |text: &str| message_page(Some(&sess), StatusCode::BAD_REQUEST, "Audit log", text);
     let Ok(Query(q)) = q else {
-        return message_page(
-            Some(&sess),
-            StatusCode::BAD_REQUEST,
-            "Audit log",
-            "The filter could not be read.",
-        );
+        return bad("The filter could not be read.");
     };
-    let before = match q.before.as_deref().map(str::trim).filter(|b| !b.is_empty()) {
-        None => None,
-        Some(b) => match b.parse::<i64>() {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                return message_page(
-                    Some(&sess),
-                    StatusCode::BAD_REQUEST,
-                    "Audit log",
-                    "`before` must be an entry number.",
-                )
-            }
-        },
+    let page = match page_number(&sess, q.page.as_deref()) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let actor = q.actor.unwrap_or_default();
     let action = q.action.unwrap_or_default();
     let target = q.target.unwrap_or_default();
-    if actor.len() > 200 || action.len() > 200 || target.len() > 200 {
-        return message_page(
-            Some(&sess),
-            StatusCode::BAD_REQUEST,
-            "Audit log",
-            "A filter is too long (200 characters at most).",
-        );
+    let from_raw = q.from.unwrap_or_default();
+    let until_raw = q.until.unwrap_or_default();
+    if [&actor, &action, &target, &from_raw, &until_raw]
+        .iter()
+        .any(|v| v.len() > 200)
+    {
+        return bad("A filter is too long (200 characters at most).");
     }
+    let from = match day(&from_raw) {
+        Ok(v) => v,
+        Err(m) => return bad(&m),
+    };
+    // "Until" is inclusive on the page: entries before the end of that day.
+    let until = match day(&until_raw) {
+        Ok(v) => v.map(|t| t + chrono::Duration::days(1)),
+        Err(m) => return bad(&m),
+    };
     let list = match s
         .lanyard
-        .audit_log(&AuditFilter {
+        .search_audit(&AuditSearch {
             actor: some(&actor),
             action: some(&action),
             target: some(&target),
-            before_id: before,
+            from,
+            until,
+            offset: (page - 1) * PAGE_SIZE,
             limit: PAGE_SIZE,
         })
         .await
@@ -755,7 +768,9 @@ async fn audit(
         Ok(l) => l,
         Err(e) => return error_page(Some(&sess), e),
     };
+    let more = (page - 1) * PAGE_SIZE + (list.items.len() as i64) < list.total;
     let rows: String = list
+        .items
         .iter()
         .map(|e| {
             format!(
@@ -768,18 +783,15 @@ async fn audit(
             )
         })
         .collect();
-    let older = match list.last() {
-        Some(last) if list.len() as i64 == PAGE_SIZE => format!(
-            "<nav class=\"pager\" aria-label=\"Pages\"><a rel=\"next\" \
-             href=\"/portal/audit?actor={}&amp;action={}&amp;target={}&amp;before={}\">Older →</a></nav>",
-            qv(&actor),
-            qv(&action),
-            qv(&target),
-            last.id
-        ),
-        _ => String::new(),
-    };
-    let table = if list.is_empty() {
+    let base = format!(
+        "/portal/audit?actor={}&action={}&target={}&from={}&until={}",
+        qv(&actor),
+        qv(&action),
+        qv(&target),
+        qv(&from_raw),
+        qv(&until_raw)
+    );
+    let table = if list.items.is_empty() {
         "<p class=\"muted\">No entries match.</p>".to_string()
     } else {
         format!(
@@ -793,10 +805,20 @@ async fn audit(
          <label for=\"actor\">Who</label><input id=\"actor\" name=\"actor\" value=\"{a}\" maxlength=\"200\">\
          <label for=\"action\">Action</label><input id=\"action\" name=\"action\" value=\"{ac}\" maxlength=\"200\">\
          <label for=\"target\">Target</label><input id=\"target\" name=\"target\" value=\"{t}\" maxlength=\"200\">\
-         <button type=\"submit\">Filter</button></form>{table}{older}",
+         <label for=\"from\">From</label><input id=\"from\" type=\"date\" name=\"from\" value=\"{f}\">\
+         <label for=\"until\">Until</label><input id=\"until\" type=\"date\" name=\"until\" value=\"{u}\">\
+         <button type=\"submit\">Filter</button></form>\
+         <p class=\"muted\" id=\"total\">{total}</p>{table}{pager}",
         a = esc(&actor),
         ac = esc(&action),
         t = esc(&target),
+        f = esc(&from_raw),
+        u = esc(&until_raw),
+        total = match list.total {
+            1 => "1 entry".to_string(),
+            n => format!("{n} entries"),
+        },
+        pager = pager(&base, page, more),
     );
     layout(&sess, StatusCode::OK, Nav::Audit, "Audit log", &body)
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use lanyard_core::commands::{CommandChannel, CommandSpec, CommandTarget, CommandView};
 use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
 use lanyard_core::CoreError;
-use lanyard_store::EnrollmentQuery;
+use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentQuery};
 
 use super::{
     error_page, fields, layout, message_page, notice, or_dash, page_number, pager, qv, see_other,
@@ -114,26 +114,16 @@ async fn summary(State(s): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn summary_body(s: &AppState) -> Result<String, CoreError> {
-    let store = s.lanyard.store();
-    let counts = store.count_enrollments_by_status().await?;
-    let users = store.count_users().await?;
-    let count = |st: &str| {
-        counts
-            .iter()
-            .find(|(k, _)| k == st)
-            .map(|(_, n)| *n)
-            .unwrap_or(0)
+    let sum = s.lanyard.summary(chrono::Utc::now()).await?;
+    let add = |f: fn(&lanyard_core::listings::ModeCounts) -> i64| -> i64 {
+        sum.by_mode.iter().map(f).sum()
     };
-    let total: i64 = counts.iter().map(|(_, n)| n).sum();
     let mut html = String::from("<section class=\"tiles\" aria-label=\"Counts\">");
     for (label, n) in [
-        ("Enrolled devices", count("enrolled")),
-        (
-            "Enrollments in progress",
-            count("pending") + count("authenticated"),
-        ),
-        ("Checked out", count("checked_out")),
-        ("Users", users),
+        ("Enrolled devices", add(|m| m.enrolled)),
+        ("Enrollments in progress", add(|m| m.in_progress)),
+        ("Checked out", add(|m| m.checked_out)),
+        ("Users", sum.users),
     ] {
         html.push_str(&format!(
             "<div class=\"tile\"><span class=\"num\">{n}</span><span>{label}</span></div>"
@@ -142,19 +132,27 @@ async fn summary_body(s: &AppState) -> Result<String, CoreError> {
     html.push_str("</section>");
 
     html.push_str(
-        "<h2>Enrollments by mode and state</h2><table><thead><tr><th scope=\"col\">Device \
-         Enrollment Mode</th><th scope=\"col\">Enrolled</th><th scope=\"col\">In progress</th>\
-         <th scope=\"col\">Checked out</th><th scope=\"col\">Total</th></tr></thead><tbody>",
+        "<h2>Enrollments by mode and state</h2><table class=\"by-mode\"><thead><tr>\
+         <th scope=\"col\">Device Enrollment Mode</th><th scope=\"col\">Enrolled</th>\
+         <th scope=\"col\">In progress</th><th scope=\"col\">Checked out</th>\
+         <th scope=\"col\">Total</th></tr></thead><tbody>",
     );
-    html.push_str(&format!(
-        "<tr><td>User Enrollment</td><td>{}</td><td>{}</td><td>{}</td><td>{total}</td></tr>\
-         </tbody></table>",
-        count("enrolled"),
-        count("pending") + count("authenticated"),
-        count("checked_out"),
-    ));
+    if sum.by_mode.is_empty() {
+        html.push_str("<tr><td>User Enrollment</td><td>0</td><td>0</td><td>0</td><td>0</td></tr>");
+    }
+    for m in &sum.by_mode {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&m.mode),
+            m.enrolled,
+            m.in_progress,
+            m.checked_out,
+            m.total
+        ));
+    }
+    html.push_str("</tbody></table>");
 
-    html.push_str("<h2>Certificates and tokens</h2><ul class=\"plain\">");
+    html.push_str("<h2>Expiring certificates and tokens</h2><ul class=\"plain\">");
     match s.lanyard.push_certificate_info(&s.secrets).await? {
         Some(info) => {
             let class = if info.warning.is_some() { "warn" } else { "" };
@@ -174,28 +172,13 @@ async fn summary_body(s: &AppState) -> Result<String, CoreError> {
              <a href=\"/portal/apns\">Upload one</a>.</li>",
         ),
     }
-    let recent = list_enrollments(
-        &s.lanyard,
-        &EnrollmentQuery {
-            status: Some("enrolled".into()),
-            search: None,
-            offset: 0,
-            limit: 200,
-        },
-    )
-    .await?;
-    let soon = chrono::Utc::now() + chrono::Duration::days(30);
-    let expiring: Vec<&EnrollmentView> = recent
-        .iter()
-        .filter(|e| e.identity_certificate_not_after.is_some_and(|t| t < soon))
-        .collect();
-    if expiring.is_empty() {
-        html.push_str(
-            "<li>No device identity certificate among the latest enrollments expires within 30 \
-             days.</li>",
-        );
+    if sum.expiring.is_empty() {
+        html.push_str(&format!(
+            "<li>No device identity certificate expires within {} days.</li>",
+            lanyard_core::listings::EXPIRY_WARNING_DAYS
+        ));
     }
-    for e in expiring {
+    for e in &sum.expiring {
         html.push_str(&format!(
             "<li class=\"warn\">Identity certificate of <a href=\"/portal/devices/{id}\">{who}</a> \
              expires {t}</li>",
@@ -217,20 +200,60 @@ async fn summary_body(s: &AppState) -> Result<String, CoreError> {
     )
     .await?;
     html.push_str("<h2>Recent enrollments</h2>");
-    html.push_str(&device_table(&latest));
+    html.push_str(&device_table(&latest, None));
     Ok(html)
 }
 
-fn device_table(list: &[EnrollmentView]) -> String {
+/// Column headers of the device list; with `sort`, each sortable header links to sort by it
+/// (again: the other direction).
+const DEVICE_COLUMNS: &[(&str, Option<DeviceSort>)] = &[
+    ("Managed Apple ID", Some(DeviceSort::ManagedAppleId)),
+    ("Model family", Some(DeviceSort::ModelFamily)),
+    ("OS version", Some(DeviceSort::OsVersion)),
+    ("Device Enrollment Mode", None),
+    ("Ownership", None),
+    ("Status", Some(DeviceSort::Status)),
+    ("Last check-in", Some(DeviceSort::LastSeen)),
+];
+
+/// How the device list is sorted and where its header links point.
+struct SortLinks {
+    base: String,
+    sort: DeviceSort,
+    descending: bool,
+}
+
+fn device_table(list: &[EnrollmentView], sort: Option<&SortLinks>) -> String {
     if list.is_empty() {
-        return "<p class=\"muted\">No devices yet.</p>".into();
+        return "<p class=\"muted\">No devices match.</p>".into();
     }
-    let mut html = String::from(
-        "<table class=\"devices\"><thead><tr><th scope=\"col\">Managed Apple ID</th>\
-         <th scope=\"col\">Model family</th><th scope=\"col\">OS version</th>\
-         <th scope=\"col\">Device Enrollment Mode</th><th scope=\"col\">Ownership</th>\
-         <th scope=\"col\">Status</th><th scope=\"col\">Last check-in</th></tr></thead><tbody>",
-    );
+    let mut html = String::from("<table class=\"devices\"><thead><tr>");
+    for (label, key) in DEVICE_COLUMNS {
+        match (sort, key) {
+            (Some(links), Some(key)) => {
+                let current = links.sort == *key;
+                let descending = current && !links.descending;
+                let aria = match (current, links.descending) {
+                    (true, true) => " aria-sort=\"descending\"",
+                    (true, false) => " aria-sort=\"ascending\"",
+                    _ => "",
+                };
+                let arrow = match (current, links.descending) {
+                    (true, true) => " ↓",
+                    (true, false) => " ↑",
+                    _ => "",
+                };
+                html.push_str(&format!(
+                    "<th scope=\"col\"{aria}><a href=\"{}&amp;sort={}&amp;dir={}\">{label}{arrow}</a></th>",
+                    esc(&links.base),
+                    key.key(),
+                    if descending { "desc" } else { "asc" },
+                ));
+            }
+            _ => html.push_str(&format!("<th scope=\"col\">{label}</th>")),
+        }
+    }
+    html.push_str("</tr></thead><tbody>");
     for e in list {
         html.push_str(&format!(
             "<tr><td><a href=\"/portal/devices/{id}\">{who}</a></td><td>{model}</td><td>{os}</td>\
@@ -260,9 +283,11 @@ fn status_label(s: &str) -> String {
 }
 
 #[derive(Deserialize, Default)]
-struct DeviceListQuery {
+struct DeviceListParams {
     search: Option<String>,
     status: Option<String>,
+    sort: Option<String>,
+    dir: Option<String>,
     page: Option<String>,
     done: Option<String>,
 }
@@ -270,19 +295,15 @@ struct DeviceListQuery {
 async fn devices(
     State(s): State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<DeviceListQuery>, QueryRejection>,
+    q: Result<Query<DeviceListParams>, QueryRejection>,
 ) -> Response {
     let sess = match session(&s, &headers, false).await {
         Ok(v) => v,
         Err(r) => return r,
     };
+    let bad = |text: &str| message_page(Some(&sess), StatusCode::BAD_REQUEST, "Devices", text);
     let Ok(Query(q)) = q else {
-        return message_page(
-            Some(&sess),
-            StatusCode::BAD_REQUEST,
-            "Devices",
-            "The search could not be read.",
-        );
+        return bad("The search could not be read.");
     };
     let page = match page_number(&sess, q.page.as_deref()) {
         Ok(p) => p,
@@ -290,42 +311,43 @@ async fn devices(
     };
     let search = q.search.unwrap_or_default();
     if search.len() > 200 {
-        return message_page(
-            Some(&sess),
-            StatusCode::BAD_REQUEST,
-            "Devices",
-            "The search text is too long (200 characters at most).",
-        );
+        return bad("The search text is too long (200 characters at most).");
     }
     let status_raw = q.status.unwrap_or_else(|| "enrolled".into());
     let status = match status_raw.as_str() {
         "all" => None,
         st @ ("pending" | "authenticated" | "enrolled" | "checked_out") => Some(st.to_string()),
-        _ => {
-            return message_page(
-                Some(&sess),
-                StatusCode::BAD_REQUEST,
-                "Devices",
-                "Unknown status filter; choose one from the list.",
-            )
-        }
+        _ => return bad("Unknown status filter; choose one from the list."),
     };
-    let mut list = match list_enrollments(
-        &s.lanyard,
-        &EnrollmentQuery {
-            status,
-            search: Some(search.clone()).filter(|s| !s.trim().is_empty()),
-            offset: (page - 1) * PAGE_SIZE,
-            limit: PAGE_SIZE + 1,
+    let sort = match q.sort.as_deref().filter(|v| !v.is_empty()) {
+        None => DeviceSort::Created,
+        Some(k) => match DeviceSort::parse(k) {
+            Some(v) => v,
+            None => return bad("Unknown sort column."),
         },
-    )
-    .await
+    };
+    let descending = match q.dir.as_deref() {
+        None | Some("") => sort == DeviceSort::Created || sort == DeviceSort::LastSeen,
+        Some("desc") => true,
+        Some("asc") => false,
+        Some(_) => return bad("The sort direction is asc or desc."),
+    };
+    let list = match s
+        .lanyard
+        .device_list(&DeviceListQuery {
+            search: Some(search.clone()).filter(|s| !s.trim().is_empty()),
+            status,
+            sort,
+            descending,
+            offset: (page - 1) * PAGE_SIZE,
+            limit: PAGE_SIZE,
+        })
+        .await
     {
         Ok(l) => l,
         Err(e) => return error_page(Some(&sess), e),
     };
-    let more = list.len() as i64 > PAGE_SIZE;
-    list.truncate(PAGE_SIZE as usize);
+    let more = (page - 1) * PAGE_SIZE + (list.items.len() as i64) < list.total;
     let statuses: String = [
         ("enrolled", "Enrolled"),
         ("pending", "Pending"),
@@ -345,23 +367,38 @@ async fn devices(
         )),
         _ => None,
     };
-    let base = format!(
+    let filter = format!(
         "/portal/devices?search={}&status={}",
         qv(&search),
         qv(&status_raw)
     );
+    let links = SortLinks {
+        base: filter.clone(),
+        sort,
+        descending,
+    };
+    let paged = format!(
+        "{filter}&sort={}&dir={}",
+        sort.key(),
+        if descending { "desc" } else { "asc" }
+    );
+    let count = match list.total {
+        1 => "1 device".to_string(),
+        n => format!("{n} devices"),
+    };
     let body = format!(
         "{done}<form method=\"get\" action=\"/portal/devices\" class=\"search\" role=\"search\">\
-         <label for=\"search\">Search managed Apple ID</label>\
+         <label for=\"search\">Search managed Apple ID, email or model</label>\
          <input id=\"search\" type=\"search\" name=\"search\" value=\"{search}\" maxlength=\"200\">\
          <label for=\"status\">Status</label><select id=\"status\" name=\"status\">{statuses}</select>\
-         <button type=\"submit\">Search</button></form>{table}{pager}\
-         <details class=\"bulk\"><summary>Send a command to every enrolled device matching the \
-         search</summary>{bulk}</details>",
+         <button type=\"submit\">Search</button></form>\
+         <p class=\"muted\" id=\"total\">{count}</p>{table}{pager}\
+         <details class=\"bulk\"><summary>Send a command to every enrolled device whose managed \
+         Apple ID contains the search</summary>{bulk}</details>",
         done = notice(done),
         search = esc(&search),
-        table = device_table(&list),
-        pager = pager(&base, page, more),
+        table = device_table(&list.items, Some(&links)),
+        pager = pager(&paged, page, more),
         bulk = command_form(
             &sess,
             &format!("/portal/commands?search={}", qv(&search)),

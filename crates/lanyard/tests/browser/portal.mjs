@@ -176,6 +176,13 @@ try {
   await row.waitFor();
   check((await row.textContent()).includes("User Enrollment"), "device row says User Enrollment");
   check((await row.textContent()).includes("Employee"), "device row shows ownership");
+  // Search by the user's email and sort by OS version: still found, the total says one.
+  await page.getByLabel("Search managed Apple ID, email or model").fill("ann@");
+  await page.getByRole("button", { name: "Search" }).click();
+  await page.getByRole("link", { name: "OS version" }).click();
+  await page.waitForURL(/sort=os/);
+  await row.waitFor();
+  check((await page.locator("#total").textContent()) === "1 device", "total after search");
   await accessible(page, "devices");
   await shot(page, "devices");
   console.log("device listed as User Enrollment");
@@ -207,7 +214,7 @@ try {
 
   // A command to every matching device shows its progress, updated by the page's script.
   await page.getByRole("link", { name: "Devices" }).click();
-  await page.getByText("Send a command to every enrolled device matching the search").click();
+  await page.locator("details.bulk summary").click();
   const bulk = page.locator("details.bulk");
   await bulk.getByLabel("Command").selectOption("SecurityInfo");
   await bulk.getByRole("button", { name: "Send to matching devices" }).click();
