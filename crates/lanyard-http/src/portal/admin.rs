@@ -856,4 +856,15 @@ mod tests {
         ]);
         assert!(settings_patch(&bad).is_err());
     }
+
+    #[test]
+    fn audit_dates() {
+        assert_eq!(day("").unwrap(), None);
+        assert_eq!(
+            day("2026-12-03").unwrap().map(|t| t.to_rfc3339()),
+            Some("2026-12-03T00:00:00+00:00".into())
+        );
+        assert!(day("03/12/2026").is_err());
+        assert!(day("2026-02-30").is_err());
+    }
 }
