@@ -6,7 +6,9 @@
 //!   one long-lived HTTP/2 connection with many concurrent streams ([`apns::ApnsClient`]),
 //!   the mapping of APNs answers to what the caller should do ([`apns::PushOutcome`]) and a
 //!   back-off policy for retries ([`apns::backoff`]);
-//! - later: the Apple Business Manager (Device Assignment) client.
+//! - [`abm`]: the Apple Business Manager (Device Assignment) client — OAuth 1.0a sessions,
+//!   account details, device fetch/sync with cursors and the account-driven enrollment
+//!   service-discovery profile.
 //!
 //! Every base URL is configurable, so tests aim these clients at fakes (`lanyard-testkit`).
 //! This crate does network I/O to Apple and nothing else: no storage, no HTTP server, no
@@ -16,4 +18,5 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod abm;
 pub mod apns;

@@ -20,6 +20,9 @@ pub enum CoreError {
     /// Too many attempts (429).
     #[error("{0}")]
     RateLimited(String),
+    /// An upstream service (Apple Business Manager) failed or answered garbage (502).
+    #[error("{0}")]
+    Upstream(String),
     #[error("storage: {0}")]
     Store(StoreError),
     #[error("internal error: {0}")]

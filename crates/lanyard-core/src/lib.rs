@@ -4,7 +4,8 @@
 //! Owns: enrollment settings and their validation, users and their managed Apple IDs, custom
 //! attribute definitions and value validation, administrators (sign-in, lockout, roles, API
 //! tokens), the audit trail of every admin change, and bootstrapping the server's PKI (the CA kept
-//! in the database, sealed with the server's secret key).
+//! in the database, sealed with the server's secret key), and Apple Business Manager server tokens
+//! (`server_tokens`: key pair, token file, account-driven discovery registration, device sync).
 //!
 //! Depends on the storage *traits* (never on a concrete backend), the PKI and protocol crates.
 //! Must not depend on axum/HTTP, on a concrete database, or on the binary's configuration.
@@ -17,6 +18,7 @@ mod error;
 pub mod listings;
 pub mod pki;
 pub mod push;
+pub mod server_tokens;
 pub mod settings;
 pub mod users;
 

@@ -66,6 +66,7 @@ pub fn routes() -> Router<AppState> {
         .route("/commands/{uuid}", get(command_status))
         .route("/audit", get(audit_log))
         .route("/openapi.json", get(openapi))
+        .merge(crate::server_tokens::routes())
 }
 
 #[derive(OpenApi)]

@@ -18,7 +18,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable machine-readable code: invalid, not_found, conflict, unauthorized, forbidden,
-    /// rate_limited, payload_too_large, unsupported_media_type, internal.
+    /// rate_limited, upstream, payload_too_large, unsupported_media_type, internal.
     pub code: &'static str,
     /// A human-readable explanation, safe to show.
     pub message: String,
@@ -67,6 +67,7 @@ impl From<CoreError> for ApiError {
             CoreError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             CoreError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             CoreError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            CoreError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             CoreError::Store(_) | CoreError::Internal(_) => {
                 // The one place a server-side failure is logged.
                 tracing::error!(error = %e, "request failed");

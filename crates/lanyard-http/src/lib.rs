@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod pages;
 pub mod portal;
+pub mod server_tokens;
 
 use std::time::Instant;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub pusher: Option<std::sync::Arc<dyn lanyard_core::commands::PushRequester>>,
     /// Seals uploaded secrets (the push certificate key).
     pub secrets: lanyard_pki::SecretBox,
+    /// Apple Business Manager server tokens, discovery registration and device sync.
+    pub abm: lanyard_core::server_tokens::AbmService,
     /// Renders `/metrics`; `None` disables the endpoint (e.g. in unit tests).
     pub metrics: Option<PrometheusHandle>,
 }

@@ -15,6 +15,7 @@ mod command_backend;
 mod enrollment_backend;
 mod listing_backend;
 pub mod model;
+mod server_token_backend;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -292,6 +293,78 @@ pub trait CommandStore: Send + Sync {
     async fn inventory(&self, enrollment_id: &str) -> Result<Option<String>>;
 }
 
+/// Apple Business Manager server tokens and their synced devices. The default token for
+/// account-driven enrollment moves in one transaction; a sync page (devices and cursor) is
+/// stored in one transaction and only by the process holding the token's sync lease.
+#[async_trait]
+pub trait ServerTokenStore: Send + Sync {
+    /// Creates a token row with Lanyard's certificate and sealed key; a taken name is
+    /// [`StoreError::Conflict`].
+    async fn create_server_token(
+        &self,
+        name: &str,
+        cert_pem: &str,
+        key_sealed: &[u8],
+        audit: &Audit,
+    ) -> Result<ServerToken>;
+    async fn server_token(&self, name: &str) -> Result<Option<ServerToken>>;
+    /// The default token for account-driven enrollment, if one is set.
+    async fn default_server_token(&self) -> Result<Option<ServerToken>>;
+    async fn list_server_tokens(&self) -> Result<Vec<ServerToken>>;
+    /// Stores (or, on renewal, replaces) the token file's sealed secrets; devices are kept.
+    async fn upload_server_token(
+        &self,
+        name: &str,
+        upload: &ServerTokenUpload,
+        audit: &Audit,
+    ) -> Result<ServerToken>;
+    /// Makes this token the one default, clearing it on any other, in one transaction.
+    async fn set_default_server_token(&self, name: &str, audit: &Audit) -> Result<ServerToken>;
+    /// Records the service-discovery URL registered at ABM (`None`: removed).
+    async fn record_discovery(
+        &self,
+        name: &str,
+        url: Option<&str>,
+        audit: &Audit,
+    ) -> Result<ServerToken>;
+    /// Takes the token's sync lease until `until` unless another owner holds a live one;
+    /// returns the token when taken.
+    async fn take_sync_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ServerToken>>;
+    /// Upserts one page of devices (removing `deleted` ones) and saves the cursor after it, in
+    /// one transaction; refused with [`StoreError::Conflict`] when `owner` lost the lease.
+    /// Returns how many rows changed.
+    async fn store_device_page(
+        &self,
+        name: &str,
+        owner: &str,
+        devices: &[AbmDevice],
+        cursor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
+    /// Forgets the cursor (ABM said it expired), so the next sync fetches everything.
+    async fn reset_sync_cursor(&self, name: &str, owner: &str) -> Result<()>;
+    /// Releases the lease and records how the sync ended.
+    async fn finish_sync(
+        &self,
+        name: &str,
+        owner: &str,
+        status: &str,
+        now: DateTime<Utc>,
+        audit: &Audit,
+    ) -> Result<()>;
+    async fn list_abm_devices(&self, name: &str, offset: i64, limit: i64)
+        -> Result<Vec<AbmDevice>>;
+    async fn count_abm_devices(&self, name: &str) -> Result<i64>;
+    /// Removes the token and its devices; an unknown name is [`StoreError::NotFound`].
+    async fn delete_server_token(&self, name: &str, audit: &Audit) -> Result<()>;
+}
+
 /// Everything Lanyard stores, as one object the domain services hold.
 #[async_trait]
 pub trait Store:
@@ -304,6 +377,7 @@ pub trait Store:
     + EnrollmentStore
     + CommandStore
     + ListingStore
+    + ServerTokenStore
 {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;

@@ -146,6 +146,9 @@ conformance!(
     push_targets_and_pki_replace,
     listing_devices_search_sort_page,
     listing_audit_by_date_range,
+    server_token_default_moves,
+    server_token_pages_and_renewal,
+    server_token_sync_lease_is_exclusive,
 );
 
 fn audit(action: &str, target: &str) -> Audit {
@@ -1262,4 +1265,247 @@ async fn listing_audit_by_date_range(s: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(earlier.total, 0);
+}
+
+fn token_upload(secret: &[u8], make_default: bool) -> ServerTokenUpload {
+    ServerTokenUpload {
+        secrets_sealed: secret.to_vec(),
+        token_expires_at: now() + Duration::days(365),
+        org_name: Some("Example Org".into()),
+        org_id: Some("org-1".into()),
+        server_name: Some("Lanyard".into()),
+        server_uuid: Some("uuid-1".into()),
+        make_default,
+    }
+}
+
+fn abm_device(serial: &str, model: &str, op: Option<&str>) -> AbmDevice {
+    AbmDevice {
+        serial_number: serial.into(),
+        model: model.into(),
+        description: format!("{model} desc"),
+        os: "OSX".into(),
+        color: "SPACE GRAY".into(),
+        profile_status: "empty".into(),
+        profile_uuid: None,
+        assigned_by: Some("admin@example.com".into()),
+        assigned_date: Some("2026-01-01T00:00:00Z".into()),
+        op_type: op.map(String::from),
+    }
+}
+
+async fn server_token_default_moves(s: &dyn Store) {
+    for n in ["a", "b"] {
+        s.create_server_token(n, "PEM", b"key", &audit("server_token.create", n))
+            .await
+            .unwrap();
+    }
+    let dup = s
+        .create_server_token("a", "PEM", b"key", &audit("server_token.create", "a"))
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))));
+    assert!(s.default_server_token().await.unwrap().is_none());
+
+    let a = s
+        .upload_server_token(
+            "a",
+            &token_upload(b"s1", true),
+            &audit("server_token.upload", "a"),
+        )
+        .await
+        .unwrap();
+    assert!(a.is_default_account_driven);
+    assert_eq!(a.secrets_sealed.as_deref(), Some(&b"s1"[..]));
+    // Uploading b without the tick leaves a the default.
+    s.upload_server_token(
+        "b",
+        &token_upload(b"s2", false),
+        &audit("server_token.upload", "b"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.default_server_token().await.unwrap().unwrap().name, "a");
+    // Ticking it on b moves it.
+    let b = s
+        .set_default_server_token("b", &audit("server_token.default", "b"))
+        .await
+        .unwrap();
+    assert!(b.is_default_account_driven);
+    let all = s.list_server_tokens().await.unwrap();
+    let defaults: Vec<_> = all
+        .iter()
+        .filter(|t| t.is_default_account_driven)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(defaults, vec!["b"]);
+    // Upload with the tick moves it back.
+    s.upload_server_token(
+        "a",
+        &token_upload(b"s3", true),
+        &audit("server_token.upload", "a"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.default_server_token().await.unwrap().unwrap().name, "a");
+    assert!(
+        !s.server_token("b")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_default_account_driven
+    );
+
+    let unknown = s
+        .set_default_server_token("nope", &audit("server_token.default", "nope"))
+        .await;
+    assert!(matches!(unknown, Err(StoreError::NotFound(_))));
+    let d = s
+        .record_discovery(
+            "a",
+            Some("https://mdm.example.com/d"),
+            &audit("discovery", "a"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        d.discovery_url.as_deref(),
+        Some("https://mdm.example.com/d")
+    );
+    assert!(d.discovery_registered_at.is_some());
+    let d = s
+        .record_discovery("a", None, &audit("discovery", "a"))
+        .await
+        .unwrap();
+    assert!(d.discovery_url.is_none());
+    let lines = s
+        .list_audit(&AuditFilter {
+            action: Some("server_token.default".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 1, "a refused change writes no audit line");
+}
+
+async fn server_token_pages_and_renewal(s: &dyn Store) {
+    s.create_server_token("t", "PEM", b"key", &audit("server_token.create", "t"))
+        .await
+        .unwrap();
+    s.upload_server_token(
+        "t",
+        &token_upload(b"s1", false),
+        &audit("server_token.upload", "t"),
+    )
+    .await
+    .unwrap();
+    let at = now();
+    let held = s
+        .take_sync_lease("t", "p1", at + Duration::minutes(5), at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(held.sync_cursor.is_none());
+    let page1 = [abm_device("S1", "Mac", None), abm_device("S2", "Mac", None)];
+    s.store_device_page("t", "p1", &page1, "c1", at)
+        .await
+        .unwrap();
+    // The same page again (a retry after a lost answer) duplicates nothing.
+    s.store_device_page("t", "p1", &page1, "c1", at)
+        .await
+        .unwrap();
+    let page2 = [
+        abm_device("S3", "Mac", None),
+        abm_device("S1", "MacBook Pro", Some("modified")),
+    ];
+    s.store_device_page("t", "p1", &page2, "c2", at)
+        .await
+        .unwrap();
+    assert_eq!(s.count_abm_devices("t").await.unwrap(), 3);
+    let tok = s.server_token("t").await.unwrap().unwrap();
+    assert_eq!(tok.sync_cursor.as_deref(), Some("c2"));
+    s.store_device_page(
+        "t",
+        "p1",
+        &[abm_device("S2", "Mac", Some("deleted"))],
+        "c3",
+        at,
+    )
+    .await
+    .unwrap();
+    s.finish_sync("t", "p1", "ok", at, &audit("server_token.sync", "t"))
+        .await
+        .unwrap();
+    let devices = s.list_abm_devices("t", 0, 100).await.unwrap();
+    let serials: Vec<_> = devices.iter().map(|d| d.serial_number.as_str()).collect();
+    assert_eq!(serials, vec!["S1", "S3"]);
+    assert_eq!(devices[0].model, "MacBook Pro");
+
+    // Renewal replaces the secrets and keeps the devices and cursor.
+    let renewed = s
+        .upload_server_token(
+            "t",
+            &token_upload(b"s2", false),
+            &audit("server_token.upload", "t"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(renewed.secrets_sealed.as_deref(), Some(&b"s2"[..]));
+    assert_eq!(renewed.sync_cursor.as_deref(), Some("c3"));
+    assert_eq!(renewed.last_sync_status.as_deref(), Some("ok"));
+    assert_eq!(s.count_abm_devices("t").await.unwrap(), 2);
+
+    s.delete_server_token("t", &audit("server_token.delete", "t"))
+        .await
+        .unwrap();
+    assert!(s.server_token("t").await.unwrap().is_none());
+    assert_eq!(s.count_abm_devices("t").await.unwrap(), 0);
+    let again = s
+        .delete_server_token("t", &audit("server_token.delete", "t"))
+        .await;
+    assert!(matches!(again, Err(StoreError::NotFound(_))));
+}
+
+async fn server_token_sync_lease_is_exclusive(s: &dyn Store) {
+    s.create_server_token("t", "PEM", b"key", &audit("server_token.create", "t"))
+        .await
+        .unwrap();
+    let at = now();
+    let until = at + Duration::minutes(5);
+    assert!(s
+        .take_sync_lease("t", "p1", until, at)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(s
+        .take_sync_lease("t", "p2", until, at)
+        .await
+        .unwrap()
+        .is_none());
+    // The loser cannot write pages or finish.
+    let refused = s
+        .store_device_page("t", "p2", &[abm_device("X", "Mac", None)], "c", at)
+        .await;
+    assert!(matches!(refused, Err(StoreError::Conflict(_))));
+    assert_eq!(s.count_abm_devices("t").await.unwrap(), 0);
+    assert!(s
+        .finish_sync("t", "p2", "ok", at, &audit("server_token.sync", "t"))
+        .await
+        .is_err());
+    // An expired lease can be taken over.
+    let later = until + Duration::seconds(1);
+    assert!(s
+        .take_sync_lease("t", "p2", later + Duration::minutes(5), later)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(s.reset_sync_cursor("t", "p1").await.is_err());
+    s.finish_sync("t", "p2", "ok", later, &audit("server_token.sync", "t"))
+        .await
+        .unwrap();
+    assert!(s
+        .take_sync_lease("t", "p1", until, at)
+        .await
+        .unwrap()
+        .is_some());
 }

@@ -11,7 +11,9 @@
 //!   responder;
 //! - the command channel's **load tool** ([`bench`], CLI `lanyard-bench`);
 //! - a **fake APNs** ([`fake_apns`]) and fake MDM push certificates;
-//! - later: a fake Apple Business Manager, and a test app catalogue.
+//! - a **fake Apple Business Manager** ([`fake_abm`], CLI `lanyard-fake-abm`): token files,
+//!   OAuth-checked sessions, devices with cursors, discovery registration, fault injection;
+//! - later: a test app catalogue.
 //!
 //! The simulated Mac is written as an independent client: it builds its property lists
 //! itself ([`device`]) from Apple's schema and only *checks* them against `lanyard-proto` in
@@ -25,6 +27,7 @@ pub mod bench;
 pub mod commands;
 pub mod device;
 pub mod error;
+pub mod fake_abm;
 pub mod fake_apns;
 pub mod profile;
 pub mod scep_client;

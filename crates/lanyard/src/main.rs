@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod serve;
 mod setup;
+mod token_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ use config::{DataConfig, FileConfig, GlobalArgs, ServeArgs};
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
+    #[command(flatten)]
+    abm: token_cmd::AbmArgs,
     #[command(subcommand)]
     command: Action,
 }
@@ -54,6 +57,9 @@ enum Action {
     Admin(commands::AdminCmd),
     /// The audit log.
     Audit(commands::AuditArgs),
+    /// Apple Business Manager server tokens, discovery registration and device sync.
+    #[command(subcommand)]
+    Token(token_cmd::TokenCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -84,7 +90,7 @@ async fn run(cli: Cli) -> Result<()> {
         Action::Serve(args) => {
             let serve = config::ServeConfig::resolve(&args, &file)?;
             setup::init_tracing(data.log_format);
-            serve::run(data, serve).await
+            serve::run(data, serve, cli.abm).await
         }
         Action::Migrate => {
             let store = setup::open_store(&data).await?;
@@ -116,5 +122,6 @@ async fn run(cli: Cli) -> Result<()> {
         Action::Attribute(c) => commands::attribute(&setup::open_store(&data).await?, c).await,
         Action::Admin(c) => commands::admin(&setup::open_store(&data).await?, c).await,
         Action::Audit(a) => commands::audit(&setup::open_store(&data).await?, a).await,
+        Action::Token(c) => token_cmd::run(&data, &cli.abm, c).await,
     }
 }

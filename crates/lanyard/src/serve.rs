@@ -16,7 +16,11 @@ use lanyard_store::PkiMaterial;
 use crate::config::{DataConfig, ServeConfig, TlsMode};
 use crate::setup;
 
-pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
+pub async fn run(
+    data: DataConfig,
+    serve: ServeConfig,
+    abm: crate::token_cmd::AbmArgs,
+) -> Result<()> {
     if serve.scep_allow_des {
         lanyard_pki::scep::allow_legacy_des().context("cannot enable single-DES SCEP")?;
         tracing::warn!("SCEP accepts single-DES request envelopes (--scep-allow-des)");
@@ -86,6 +90,7 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
             &data, &lanyard, &secrets,
         )?)))),
         secrets: secrets.clone(),
+        abm: abm_service(&lanyard, &secrets, &abm, &public)?,
         metrics: Some(metrics),
     });
     tokio::spawn(prune_leftovers(lanyard.clone()));
@@ -114,6 +119,24 @@ pub async fn run(data: DataConfig, serve: ServeConfig) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The ABM service, with its periodic sync job unless `--no-abm-sync`.
+fn abm_service(
+    lanyard: &lanyard_core::Lanyard,
+    secrets: &SecretBox,
+    abm: &crate::token_cmd::AbmArgs,
+    public: &str,
+) -> Result<lanyard_core::server_tokens::AbmService> {
+    let svc = lanyard_core::server_tokens::AbmService::new(
+        lanyard.clone(),
+        secrets.clone(),
+        abm.settings(Some(public))?,
+    );
+    if !abm.no_abm_sync {
+        svc.start_sync_job(std::time::Duration::from_secs(abm.abm_sync_interval * 60));
+    }
+    Ok(svc)
 }
 
 /// Writes the CA certificate (public) to the data directory for clients such as `curl --cacert`.

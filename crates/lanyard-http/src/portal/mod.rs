@@ -210,6 +210,7 @@ pub(crate) fn describe(e: CoreError) -> (StatusCode, String) {
         CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
         CoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
         CoreError::Store(_) | CoreError::Internal(_) => {
             tracing::error!(error = %e, "portal request failed");
             return (
