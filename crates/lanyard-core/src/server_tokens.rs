@@ -725,9 +725,7 @@ impl AbmService {
         };
         for t in tokens {
             let live = t.secrets_sealed.is_some()
-                && !t
-                    .token_expires_at
-                    .is_some_and(|e| e <= lanyard_store::now());
+                && t.token_expires_at.is_none_or(|e| e > lanyard_store::now());
             if !live {
                 continue;
             }
