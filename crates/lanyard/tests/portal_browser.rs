@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 //! The admin portal in a real browser, on both databases: `tests/browser/portal.mjs` drives
 //! Debian's headless Chromium through playwright-core (sign in, add a user, change the enrollment
-//! settings, find the enrolled simulated Mac as a User Enrollment, send commands and see their
+//! settings, add an ABM server token from the fake Apple Business Manager as the default for
+//! account-driven enrollment and sync it, find the enrolled simulated Mac as a User Enrollment, send commands and see their
 //! result and progress, a read-only administrator refused a change, axe-core accessibility
 //! checks). This test starts the server, plays the simulated Mac when the script asks, and fails
 //! when the script fails.
@@ -16,6 +17,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use lanyard_testkit::fake_abm::FakeAbm;
 use lanyard_testkit::sim::{Ownership, SimMac, SimOptions};
 use serde_json::Value;
 use support::{Db, Server};
@@ -63,7 +65,18 @@ async fn walk(db: Db) {
     if !tools_present() {
         return;
     }
-    let Some(s) = Server::start(db).await else {
+    let fake = FakeAbm::start().await.unwrap();
+    fake.add_devices("C02P", 3);
+    let abm = fake.url();
+    let Some(s) = Server::start_with(
+        db,
+        &[
+            ("LANYARD_ABM_URL", abm.as_str()),
+            ("LANYARD_NO_ABM_SYNC", "true"),
+        ],
+    )
+    .await
+    else {
         return;
     };
     let (ok, _, err) = s.cli_stdin(
@@ -107,6 +120,15 @@ async fn walk(db: Db) {
     let mut done = false;
     while let Some(line) = rx.recv().await {
         println!("browser: {line}");
+        if let Some(pem_path) = line.strip_prefix("STEP token ") {
+            // The fake ABM issues a token file encrypted to the downloaded public key.
+            let pem = std::fs::read(pem_path).unwrap();
+            let p7m = Path::new(pem_path).with_extension("p7m");
+            std::fs::write(&p7m, fake.token_file(&pem, 365).unwrap()).unwrap();
+            writeln!(to_node, "OK {}", p7m.display()).unwrap();
+            to_node.flush().unwrap();
+            continue;
+        }
         match line.as_str() {
             "STEP enroll" => {
                 let mut m = SimMac::new(SimOptions {

@@ -172,6 +172,24 @@ async fn summary_body(s: &AppState) -> Result<String, CoreError> {
              <a href=\"/portal/apns\">Upload one</a>.</li>",
         ),
     }
+    for t in s.abm.list().await? {
+        let expiry = match (t.token_expires_at, t.days_left) {
+            (Some(at), Some(days)) => format!("expires {} ({days} days left)", when(Some(at))),
+            _ => "has no token file yet".into(),
+        };
+        let class = if t.warning.is_some() || t.token_expires_at.is_none() {
+            "warn"
+        } else {
+            ""
+        };
+        html.push_str(&format!(
+            "<li class=\"{class}\">ABM server token <a href=\"/portal/tokens\">{}</a> {expiry}{}</li>",
+            esc(&t.name),
+            t.warning
+                .map(|w| format!(" — {}", esc(&w)))
+                .unwrap_or_default()
+        ));
+    }
     if sum.expiring.is_empty() {
         html.push_str(&format!(
             "<li>No device identity certificate expires within {} days.</li>",

@@ -1,5 +1,5 @@
 //! The admin portal under `/portal`: server-rendered HTML pages for administrators (sign-in,
-//! summary, devices, users, settings, the APNs certificate, the audit log).
+//! summary, devices, users, settings, ABM server tokens, the APNs certificate, the audit log).
 //!
 //! Owns: page rendering, the portal's session handling (the same admin sessions as the API:
 //! cookie `lanyard_session`, `Secure; HttpOnly; SameSite=Strict`), the CSRF token in every form
@@ -17,6 +17,7 @@
 
 mod admin;
 mod fleet;
+mod tokens;
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -55,6 +56,7 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/assets/portal.js", get(js))
         .merge(fleet::routes())
         .merge(admin::routes())
+        .merge(tokens::routes())
         .layer(DefaultBodyLimit::max(PORTAL_FORM_LIMIT))
 }
 
@@ -272,6 +274,7 @@ pub(crate) enum Nav {
     Devices,
     Users,
     Settings,
+    Tokens,
     Apns,
     Audit,
     None,
@@ -282,6 +285,7 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Devices, "/portal/devices", "Devices"),
     (Nav::Users, "/portal/users", "Users"),
     (Nav::Settings, "/portal/settings", "Settings"),
+    (Nav::Tokens, "/portal/tokens", "Tokens"),
     (Nav::Apns, "/portal/apns", "APNs certificate"),
     (Nav::Audit, "/portal/audit", "Audit log"),
 ];

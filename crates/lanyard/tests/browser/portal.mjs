@@ -32,8 +32,8 @@ function must(name) {
 const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
 /** Asks the Rust side to do something (enroll the Mac, answer a command); returns its reply. */
-async function step(name) {
-  console.log(`STEP ${name}`);
+async function step(name, arg = "") {
+  console.log(arg ? `STEP ${name} ${arg}` : `STEP ${name}`);
   const { value, done } = await lines.next();
   if (done || !value.startsWith("OK")) {
     throw new Error(`step ${name} failed: ${value}`);
@@ -168,6 +168,38 @@ try {
   await accessible(page, "settings");
   await shot(page, "settings");
   console.log("settings saved");
+
+  // Tokens: a key pair, its public key downloaded, a wrong file refused, the token file from
+  // the (fake) Apple Business Manager uploaded as the default, then a sync with its result.
+  await page.getByRole("link", { name: "Tokens" }).click();
+  await page.getByLabel("Name", { exact: true }).fill("main");
+  await page.getByRole("button", { name: "Create key pair" }).click();
+  check((await message(page)).startsWith("Key pair for main created"), "key pair created");
+  const download = page.waitForEvent("download");
+  await page.getByRole("link", { name: "Download public key" }).click();
+  const pemPath = path.join(userDataDir, "main.pem");
+  await (await download).saveAs(pemPath);
+  check(fs.readFileSync(pemPath, "utf8").includes("BEGIN CERTIFICATE"), "public key downloaded");
+  const junk = path.join(userDataDir, "junk.p7m");
+  fs.writeFileSync(junk, "this is not a token file");
+  await page.getByLabel("Token file (.p7m from Apple Business Manager)").setInputFiles(junk);
+  await page.getByRole("button", { name: "Upload token" }).click();
+  const junkWhy = await message(page);
+  check(junkWhy.includes("Nothing was changed"), `wrong file refused: ${junkWhy}`);
+  const tokenPath = await step("token", pemPath);
+  await page.getByLabel("Token file (.p7m from Apple Business Manager)").setInputFiles(tokenPath);
+  await page.getByLabel("Default token for account driven enrollment").setChecked(true);
+  await page.getByRole("button", { name: "Upload token" }).click();
+  check((await message(page)) === "Token file for main uploaded.", "token uploaded");
+  const tokenRow = page.locator("tr[data-token=main]");
+  check((await tokenRow.locator("td.account-driven").textContent()) === "Default", "Account Driven");
+  check((await tokenRow.textContent()).includes("Example Org"), "organisation shown");
+  await tokenRow.getByRole("button", { name: "Sync now" }).click();
+  const synced = await message(page);
+  check(synced.includes("Sync of main finished") && synced.includes("3 devices"), `sync: ${synced}`);
+  await accessible(page, "tokens");
+  await shot(page, "tokens");
+  console.log("token uploaded as default and synced");
 
   // The simulated Mac enrolls; it is listed as a User Enrollment.
   const enrollmentId = await step("enroll");
