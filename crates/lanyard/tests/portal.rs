@@ -375,6 +375,18 @@ async fn portal_walk(db: Db) {
     )
     .await;
     assert_eq!(st, 403);
+    let (st, page) = post(
+        &v,
+        &s,
+        "/portal/tokens",
+        &[("csrf", &vcsrf), ("name", "ro")],
+    )
+    .await;
+    assert_eq!(st, 403);
+    assert!(page.contains("Read-only administrators"), "{page}");
+    let (st, page) = get(&v, &s, "/portal/tokens").await;
+    assert_eq!(st, 200);
+    assert!(page.contains("No server tokens yet"), "{page}");
 
     // An expired (or unknown) session: a change is refused with a clear message.
     let stale = Client::builder()
