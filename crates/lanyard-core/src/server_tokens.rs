@@ -353,7 +353,7 @@ impl AbmService {
     fn open_secrets(&self, t: &ServerToken) -> Result<OAuthCredentials> {
         let sealed = t.secrets_sealed.as_ref().ok_or_else(|| {
             CoreError::Invalid(format!(
-                "no token file uploaded for `{}` yet: `lanyard token upload {} FILE`",
+                "no token file uploaded for `{}` yet: `lanyard token upload {:?} FILE`",
                 t.name, t.name
             ))
         })?;
@@ -593,10 +593,8 @@ impl AbmService {
         let creds = self.open_secrets(&t)?;
         let client = self.client(creds)?;
         let now = lanyard_store::now();
-        let lease = chrono::Duration::from_std(self.settings.lease)
-            .unwrap_or_else(|_| chrono::Duration::minutes(15));
         let Some(t) = store
-            .take_sync_lease(name, &self.owner, now + lease, now)
+            .take_sync_lease(name, &self.owner, now + self.lease(), now)
             .await?
         else {
             return Err(CoreError::Conflict(format!(
@@ -625,6 +623,11 @@ impl AbmService {
         let mut report = outcome?;
         report.devices_total = store.count_abm_devices(name).await?;
         Ok(report)
+    }
+
+    fn lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.settings.lease)
+            .unwrap_or_else(|_| chrono::Duration::minutes(15))
     }
 
     async fn run_sync(&self, client: &AbmClient, t: &ServerToken) -> Result<SyncReport> {
@@ -698,6 +701,17 @@ impl AbmService {
                 .await?;
             report.pages += 1;
             report.devices_seen += devices.len() as u64;
+            // Keep the lease alive for long syncs (a lost lease is refused by the store).
+            let now = lanyard_store::now();
+            store
+                .take_sync_lease(&t.name, &self.owner, now + self.lease(), now)
+                .await?
+                .ok_or_else(|| {
+                    CoreError::Conflict(format!(
+                        "another process took over the sync of `{}`",
+                        t.name
+                    ))
+                })?;
             state = Some(next);
             if !page.more_to_follow {
                 return Ok(report);

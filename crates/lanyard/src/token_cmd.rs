@@ -199,7 +199,7 @@ pub async fn run(data: &DataConfig, abm: &AbmArgs, cmd: TokenCmd) -> Result<()> 
             let pem = svc.new_token(&actor, &name).await?;
             eprintln!(
                 "token `{name}` created: upload this certificate to Apple Business Manager \
-                 (Preferences > Your MDM Servers), then `lanyard token upload {name} FILE`"
+                 (Preferences > Your MDM Servers), then `lanyard token upload {name:?} FILE`"
             );
             write_or_print(&pem, output)?;
         }

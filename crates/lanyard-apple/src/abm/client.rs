@@ -139,9 +139,16 @@ impl AbmClient {
         let base = opts.base_url.trim_end_matches('/').to_string();
         let parsed = url::Url::parse(&base)
             .map_err(|e| AbmError::Config(format!("ABM URL {base:?}: {e}")))?;
-        if !matches!(parsed.scheme(), "https" | "http") {
+        // Plain HTTP only to this machine (the test kit's fake ABM); Apple is https.
+        let loopback = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        if !(parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback)) {
             return Err(AbmError::Config(format!(
-                "ABM URL {base:?} must be https://"
+                "ABM URL {base:?} must be https:// (plain http only to a loopback address)"
             )));
         }
         let mut builder = reqwest::Client::builder()
@@ -540,6 +547,8 @@ mod tests {
         };
         assert!(AbmClient::new(opts("ftp://x"), creds.clone()).is_err());
         assert!(AbmClient::new(opts("not a url"), creds.clone()).is_err());
+        assert!(AbmClient::new(opts("http://abm.example.com"), creds.clone()).is_err());
+        assert!(AbmClient::new(opts("http://127.0.0.1:9"), creds.clone()).is_ok());
         let mut with_ca = opts("https://x");
         with_ca.extra_ca_pem = Some(b"junk".to_vec());
         assert!(AbmClient::new(with_ca, creds).is_err());
