@@ -257,6 +257,18 @@ try {
   await shot(page, "progress");
   console.log("progress updated to 1 of 1");
 
+  // Unenroll, confirmed: queued, with a message on the device list.
+  await page.getByRole("link", { name: "Devices" }).click();
+  await page
+    .locator("table.devices tbody tr", { hasText: "ann@example.com" })
+    .getByRole("link", { name: "ann@example.com" })
+    .click();
+  await page.getByLabel("Remove the MDM profile and the work data from this Mac").setChecked(true);
+  await page.getByRole("button", { name: "Unenroll" }).click();
+  await page.waitForURL(/done=unenroll/);
+  check((await message(page)).startsWith("Unenrollment queued"), "unenrollment queued");
+  console.log("unenrollment queued");
+
   // A read-only administrator sees the pages and is refused a change.
   await signOut(page);
   await signIn(page, "viewer", viewerPassword);
