@@ -196,7 +196,7 @@ pub struct EnrollmentView {
     pub last_push_status: Option<String>,
 }
 
-fn mode_label(mode: &str) -> String {
+pub(crate) fn mode_label(mode: &str) -> String {
     match mode {
         MODE_USER_ENROLLMENT => "User Enrollment".into(),
         other => other.to_string(),

@@ -17,6 +17,7 @@ pub mod enrollment;
 mod error;
 mod exchange;
 pub mod identity_providers;
+pub mod listings;
 pub mod pki;
 pub mod push;
 pub mod server_tokens;

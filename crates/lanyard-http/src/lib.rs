@@ -14,6 +14,7 @@ pub mod error;
 pub mod idp_api;
 pub mod oidc_pages;
 pub mod pages;
+pub mod portal;
 pub mod server_tokens;
 
 use std::time::Instant;
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .merge(device::routes())
         .merge(pages::routes())
         .merge(oidc_pages::routes())
+        .merge(portal::routes())
         .nest(
             "/api/v1",
             admin_api::routes()

@@ -15,6 +15,7 @@ mod command_backend;
 mod enrollment_backend;
 mod exchange_backend;
 mod idp_backend;
+mod listing_backend;
 pub mod model;
 mod server_token_backend;
 
@@ -24,6 +25,7 @@ use chrono::{DateTime, Utc};
 pub use backend::{PostgresStore, SqliteStore};
 pub use exchange_backend::*;
 pub use idp_backend::*;
+pub use listing_backend::{AuditSearch, DeviceListQuery, DeviceSort, ListingStore, Paged};
 pub use model::*;
 
 /// Storage errors. `Conflict` and `NotFound` are expected outcomes a caller maps to 409/404.
@@ -378,6 +380,7 @@ pub trait Store:
     + PkiStore
     + EnrollmentStore
     + CommandStore
+    + ListingStore
     + ServerTokenStore
     + IdentityProviderStore
     + CommandExchangeStore

@@ -144,6 +144,8 @@ conformance!(
     command_not_now_and_unknown_results,
     command_bulk_enqueue_and_prune,
     push_targets_and_pki_replace,
+    listing_devices_search_sort_page,
+    listing_audit_by_date_range,
     server_token_default_moves,
     server_token_pages_and_renewal,
     server_token_sync_lease_is_exclusive,
@@ -1089,6 +1091,183 @@ async fn push_targets_and_pki_replace(s: &dyn Store) {
         .len(),
         2
     );
+}
+
+/// Enrolls `id` for `email` (creating the user when new) with the given OS and product.
+async fn listed_device(s: &dyn Store, id: &str, email: &str, os: &str, product: &str) {
+    let u = match s.user_by_email(email).await.unwrap() {
+        Some(u) => u,
+        None => s
+            .create_user(&new_user(email), &audit("user.create", email))
+            .await
+            .unwrap(),
+    };
+    let mut e = new_enrollment(&u, id, &format!("ch-{id}"), 60);
+    e.managed_apple_id = format!("{id}-{email}");
+    e.os_version = Some(os.into());
+    e.product = Some(product.into());
+    e.model_family = None;
+    s.create_enrollment(&e).await.unwrap();
+}
+
+async fn listing_devices_search_sort_page(s: &dyn Store) {
+    listed_device(s, "d1", "ann@example.com", "15.2", "Mac14,2").await;
+    listed_device(s, "d2", "bob@example.org", "15.4", "Mac15,3").await;
+    listed_device(s, "d3", "ann@example.com", "15.3", "MacBookPro18,1").await;
+    // d1 becomes enrolled, with an identity certificate expiring soon.
+    let t = now();
+    s.set_identity("d1", "01", "sha-d1", t + Duration::days(10))
+        .await
+        .unwrap();
+    let auth = AuthenticateRecord {
+        device_channel_id: "EID-d1".into(),
+        os_version: None,
+        build_version: None,
+        product: None,
+    };
+    s.record_authenticate("d1", &auth, t).await.unwrap();
+    let tu = TokenUpdateRecord {
+        user_channel_id: None,
+        topic: "com.apple.mgmt.External.test".into(),
+        push_token: vec![1; 32],
+        push_magic: "magic".into(),
+        unlock_token_sealed: None,
+    };
+    s.record_token_update("d1", &tu, t).await.unwrap();
+
+    let ids = |p: &Paged<Enrollment>| p.items.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    let q = |search: Option<&str>, sort, descending| DeviceListQuery {
+        search: search.map(str::to_string),
+        status: None,
+        sort,
+        descending,
+        offset: 0,
+        limit: 10,
+    };
+    // Sorted by OS version either way, with the total.
+    let p = s
+        .list_devices(&q(None, DeviceSort::OsVersion, false))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ids(&p), p.total),
+        (vec!["d1".into(), "d3".into(), "d2".into()], 3)
+    );
+    let p = s
+        .list_devices(&q(None, DeviceSort::OsVersion, true))
+        .await
+        .unwrap();
+    assert_eq!(ids(&p), ["d2", "d3", "d1"]);
+    // Search by the user's email, by product (model), case-insensitively; wildcards are literal.
+    let p = s
+        .list_devices(&q(Some("BOB@"), DeviceSort::Created, true))
+        .await
+        .unwrap();
+    assert_eq!((ids(&p), p.total), (vec!["d2".into()], 1));
+    let p = s
+        .list_devices(&q(Some("macbookpro"), DeviceSort::Created, true))
+        .await
+        .unwrap();
+    assert_eq!(ids(&p), ["d3"]);
+    let p = s
+        .list_devices(&q(Some("%"), DeviceSort::Created, true))
+        .await
+        .unwrap();
+    assert_eq!(p.total, 0, "a % in the search is not a wildcard");
+    // Paging keeps the total; a status filter narrows it.
+    let mut page = q(None, DeviceSort::ManagedAppleId, false);
+    page.limit = 2;
+    page.offset = 2;
+    let p = s.list_devices(&page).await.unwrap();
+    assert_eq!((ids(&p), p.total), (vec!["d3".into()], 3));
+    let mut enrolled = q(None, DeviceSort::LastSeen, true);
+    enrolled.status = Some("enrolled".into());
+    let p = s.list_devices(&enrolled).await.unwrap();
+    assert_eq!((ids(&p), p.total), (vec!["d1".into()], 1));
+
+    // Counts by mode and status; identities expiring within 30 days.
+    let counts = s.count_enrollments_by_mode().await.unwrap();
+    assert_eq!(
+        counts,
+        [
+            ("user_enrollment".to_string(), "enrolled".to_string(), 1),
+            ("user_enrollment".to_string(), "pending".to_string(), 2)
+        ]
+    );
+    let soon = s
+        .expiring_identities(t + Duration::days(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        soon.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["d1"]
+    );
+    assert!(s
+        .expiring_identities(t + Duration::days(5), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn listing_audit_by_date_range(s: &dyn Store) {
+    let before = now();
+    for i in 0..3 {
+        s.put_setting(
+            &format!("k{i}"),
+            "{}",
+            &audit("settings.update", &format!("k{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    let after = now() + Duration::seconds(1);
+    let all = s
+        .search_audit(&AuditSearch {
+            action: Some("settings.update".into()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.total, 3);
+    assert_eq!(all.items.len(), 2);
+    assert_eq!(all.items[0].target, "k2", "newest first");
+    let next = s
+        .search_audit(&AuditSearch {
+            action: Some("settings.update".into()),
+            offset: 2,
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(next.items.len(), 1);
+    assert_eq!(next.items[0].target, "k0");
+    let in_range = s
+        .search_audit(&AuditSearch {
+            from: Some(before - Duration::seconds(1)),
+            until: Some(after),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(in_range.total, 3);
+    let later = s
+        .search_audit(&AuditSearch {
+            from: Some(after),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(later.total, 0);
+    let earlier = s
+        .search_audit(&AuditSearch {
+            until: Some(before - Duration::seconds(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(earlier.total, 0);
 }
 
 fn token_upload(secret: &[u8], make_default: bool) -> ServerTokenUpload {

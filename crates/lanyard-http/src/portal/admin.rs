@@ -1,0 +1,870 @@
+//! Portal pages for administration: users (list, add, disable, reset password), enrollment
+//! settings and custom attribute definitions, the APNs certificate, and the audit log.
+
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use lanyard_core::attributes::DefineAttribute;
+use lanyard_core::push::PushCertificateUpload;
+use lanyard_core::settings::{parse_min_version, EnrollmentSettings, OwnershipMode, SettingsPatch};
+use lanyard_core::users::{CreateUser, UpdateUser};
+use lanyard_core::CoreError;
+use lanyard_store::{AuditSearch, ListQuery};
+
+use super::{
+    describe, error_page, fields, layout, message_page, notice, or_dash, page_number, pager, qv,
+    see_other, session, when, Fields, Nav, Notice, Session, PAGE_SIZE,
+};
+use crate::pages::esc;
+use crate::AppState;
+
+/// The largest APNs certificate upload (PKCS#12 or PEM files are a few KiB).
+pub const UPLOAD_LIMIT: usize = 256 * 1024;
+
+pub fn routes() -> axum::Router<AppState> {
+    Router::new()
+        .route("/portal/users", get(users).post(add_user))
+        .route("/portal/users/{id}/enabled", post(set_enabled))
+        .route("/portal/users/{id}/password", post(reset_password))
+        .route("/portal/settings", get(settings).post(save_settings))
+        .route("/portal/settings/attributes", post(define_attribute))
+        .route("/portal/settings/attributes/delete", post(delete_attribute))
+        .route(
+            "/portal/apns",
+            get(apns)
+                .post(upload_apns)
+                .layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
+        .route("/portal/audit", get(audit))
+}
+
+/// Reads the session and the form of a change, checking its CSRF token.
+async fn change(
+    s: &AppState,
+    headers: &HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<(Session, Fields), Response> {
+    let sess = session(s, headers, true).await?;
+    let f = fields(&sess, form)?;
+    sess.check_csrf(f.get("csrf"))?;
+    Ok((sess, f))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users
+
+#[derive(Deserialize, Default)]
+struct UsersQuery {
+    search: Option<String>,
+    page: Option<String>,
+    done: Option<String>,
+}
+
+async fn users(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<UsersQuery>, QueryRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Ok(Query(q)) = q else {
+        return message_page(
+            Some(&sess),
+            StatusCode::BAD_REQUEST,
+            "Users",
+            "The search could not be read.",
+        );
+    };
+    let page = match page_number(&sess, q.page.as_deref()) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let done = match q.done.as_deref() {
+        Some("added") => Some(Notice::Ok("User added.".into())),
+        Some("disabled") => Some(Notice::Ok("User disabled.".into())),
+        Some("enabled") => Some(Notice::Ok("User enabled.".into())),
+        Some("password") => Some(Notice::Ok("Password reset.".into())),
+        _ => None,
+    };
+    users_page(
+        &s,
+        &sess,
+        StatusCode::OK,
+        q.search.unwrap_or_default(),
+        page,
+        done,
+        &Fields(Vec::new()),
+    )
+    .await
+}
+
+async fn users_page(
+    s: &AppState,
+    sess: &Session,
+    status: StatusCode,
+    search: String,
+    page: i64,
+    message: Option<Notice>,
+    form: &Fields,
+) -> Response {
+    if search.len() > 200 {
+        return message_page(
+            Some(sess),
+            StatusCode::BAD_REQUEST,
+            "Users",
+            "The search text is too long (200 characters at most).",
+        );
+    }
+    let mut list = match s
+        .lanyard
+        .list_users(&ListQuery {
+            search: Some(search.clone()).filter(|s| !s.trim().is_empty()),
+            offset: (page - 1) * PAGE_SIZE,
+            limit: PAGE_SIZE + 1,
+        })
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return error_page(Some(sess), e),
+    };
+    let more = list.len() as i64 > PAGE_SIZE;
+    list.truncate(PAGE_SIZE as usize);
+    let mut rows = String::new();
+    for u in &list {
+        let (toggle_value, toggle_label) = if u.enabled {
+            ("false", "Disable")
+        } else {
+            ("true", "Enable")
+        };
+        rows.push_str(&format!(
+            "<tr><td>{email}</td><td>{maid}</td><td>{name}</td><td>{state}</td><td class=\"row-actions\">\
+             <form method=\"post\" action=\"/portal/users/{id}/enabled\">{csrf}\
+             <input type=\"hidden\" name=\"enabled\" value=\"{toggle_value}\">\
+             <button type=\"submit\" class=\"small\">{toggle_label}</button></form>\
+             <form method=\"post\" action=\"/portal/users/{id}/password\">{csrf}\
+             <label class=\"sr-only\" for=\"pw-{id}\">New password for {email}</label>\
+             <input id=\"pw-{id}\" type=\"password\" name=\"password\" placeholder=\"New password\" \
+             autocomplete=\"new-password\" minlength=\"10\" required>\
+             <button type=\"submit\" class=\"small\">Reset password</button></form></td></tr>",
+            id = u.id,
+            email = esc(&u.email),
+            maid = or_dash(u.managed_apple_id.as_deref()),
+            name = esc(&u.display_name),
+            state = if u.enabled { "Enabled" } else { "Disabled" },
+            csrf = sess.csrf_field(),
+        ));
+    }
+    let table = if list.is_empty() {
+        "<p class=\"muted\">No users match.</p>".to_string()
+    } else {
+        format!(
+            "<table class=\"users\"><thead><tr><th scope=\"col\">Email</th>\
+             <th scope=\"col\">Managed Apple ID</th><th scope=\"col\">Name</th>\
+             <th scope=\"col\">State</th><th scope=\"col\">Actions</th></tr></thead>\
+             <tbody>{rows}</tbody></table>"
+        )
+    };
+    let body = format!(
+        "{msg}<form method=\"get\" action=\"/portal/users\" class=\"search\" role=\"search\">\
+         <label for=\"search\">Search email or name</label>\
+         <input id=\"search\" type=\"search\" name=\"search\" value=\"{search}\" maxlength=\"200\">\
+         <button type=\"submit\">Search</button></form>{table}{pager}\
+         <h2>Add a user</h2><form method=\"post\" action=\"/portal/users\" class=\"grid-form\">{csrf}\
+         <label for=\"email\">Email</label>\
+         <input id=\"email\" type=\"email\" name=\"email\" value=\"{email}\" required>\
+         <label for=\"display_name\">Name</label>\
+         <input id=\"display_name\" name=\"display_name\" value=\"{dn}\">\
+         <label for=\"managed_apple_id\">Managed Apple ID (optional)</label>\
+         <input id=\"managed_apple_id\" type=\"email\" name=\"managed_apple_id\" value=\"{maid}\">\
+         <label for=\"password\">Password (at least 10 characters)</label>\
+         <input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"new-password\">\
+         <button type=\"submit\">Add user</button></form>",
+        msg = notice(message),
+        search = esc(&search),
+        pager = pager(&format!("/portal/users?search={}", qv(&search)), page, more),
+        csrf = sess.csrf_field(),
+        email = esc(form.get("email")),
+        dn = esc(form.get("display_name")),
+        maid = esc(form.get("managed_apple_id")),
+    );
+    layout(sess, status, Nav::Users, "Users", &body)
+}
+
+fn some(v: &str) -> Option<String> {
+    Some(v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+async fn add_user(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let input = CreateUser {
+        email: f.get("email").to_string(),
+        display_name: some(f.get("display_name")),
+        password: Some(f.get("password").to_string()).filter(|p| !p.is_empty()),
+        managed_apple_id: some(f.get("managed_apple_id")),
+    };
+    match s.lanyard.create_user(&sess.actor, input).await {
+        Ok(_) => see_other("/portal/users?done=added"),
+        Err(e) => {
+            let (status, text) = describe(e);
+            users_page(
+                &s,
+                &sess,
+                status,
+                String::new(),
+                1,
+                Some(Notice::Error(text)),
+                &f,
+            )
+            .await
+        }
+    }
+}
+
+async fn user_change(
+    s: &AppState,
+    sess: &Session,
+    id: i64,
+    input: UpdateUser,
+    done: &str,
+) -> Response {
+    match s
+        .lanyard
+        .update_user(&sess.actor, &id.to_string(), input)
+        .await
+    {
+        Ok(_) => see_other(&format!("/portal/users?done={done}")),
+        Err(e) => {
+            let (status, text) = describe(e);
+            users_page(
+                s,
+                sess,
+                status,
+                String::new(),
+                1,
+                Some(Notice::Error(text)),
+                &Fields(Vec::new()),
+            )
+            .await
+        }
+    }
+}
+
+async fn set_enabled(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let enabled = match f.get("enabled") {
+        "true" => true,
+        "false" => false,
+        _ => {
+            return message_page(
+                Some(&sess),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Not done",
+                "Enabled is true or false.",
+            )
+        }
+    };
+    let done = if enabled { "enabled" } else { "disabled" };
+    let input = UpdateUser {
+        enabled: Some(enabled),
+        ..UpdateUser::default()
+    };
+    user_change(&s, &sess, id, input, done).await
+}
+
+async fn reset_password(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let input = UpdateUser {
+        password: Some(f.get("password").to_string()),
+        ..UpdateUser::default()
+    };
+    user_change(&s, &sess, id, input, "password").await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings and custom attributes
+
+async fn settings(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<DoneQuery>, QueryRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
+        Some("saved") => Some(Notice::Ok("Settings saved.".into())),
+        Some("attribute") => Some(Notice::Ok("Custom attribute added.".into())),
+        Some("deleted") => Some(Notice::Ok("Custom attribute deleted.".into())),
+        _ => None,
+    };
+    settings_page(&s, &sess, StatusCode::OK, done, None).await
+}
+
+#[derive(Deserialize, Default)]
+struct DoneQuery {
+    done: Option<String>,
+}
+
+async fn settings_page(
+    s: &AppState,
+    sess: &Session,
+    status: StatusCode,
+    message: Option<Notice>,
+    shown: Option<&Fields>,
+) -> Response {
+    let current: EnrollmentSettings = match s.lanyard.enrollment_settings().await {
+        Ok(v) => v,
+        Err(e) => return error_page(Some(sess), e),
+    };
+    let attrs = match s.lanyard.list_attributes().await {
+        Ok(v) => v,
+        Err(e) => return error_page(Some(sess), e),
+    };
+    // After a refused save, show what was typed so it can be corrected.
+    let min = shown
+        .map(|f| f.get("min_macos_version").to_string())
+        .unwrap_or_else(|| current.min_macos_version.to_string());
+    let domains = shown
+        .map(|f| f.get("managed_domains").to_string())
+        .unwrap_or_else(|| current.managed_domains.join(", "));
+    let prompt = current.ownership_mode == OwnershipMode::Prompt;
+    let checked = |b: bool| if b { " checked" } else { "" };
+    let mut attr_rows = String::new();
+    for a in &attrs {
+        attr_rows.push_str(&format!(
+            "<tr><td>{name}</td><td>{kind}</td><td>{req}</td><td>{choices}</td><td>\
+             <form method=\"post\" action=\"/portal/settings/attributes/delete\">{csrf}\
+             <input type=\"hidden\" name=\"name\" value=\"{name}\">\
+             <button type=\"submit\" class=\"small\">Delete</button></form></td></tr>",
+            name = esc(&a.name),
+            kind = a.kind.as_str(),
+            req = if a.required { "Required" } else { "Optional" },
+            choices = esc(&a.choices.join(", ")),
+            csrf = sess.csrf_field(),
+        ));
+    }
+    let attr_table = if attrs.is_empty() {
+        "<p class=\"muted\">No custom attributes are defined.</p>".to_string()
+    } else {
+        format!(
+            "<table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Type</th>\
+             <th scope=\"col\">Required</th><th scope=\"col\">Choices</th><th scope=\"col\">\
+             Actions</th></tr></thead><tbody>{attr_rows}</tbody></table>"
+        )
+    };
+    let body = format!(
+        "{msg}<form method=\"post\" action=\"/portal/settings\" class=\"settings\">{csrf}\
+         <fieldset><legend>Directory and Enrollment</legend>\
+         <label for=\"ownership_mode\">Default ownership mode</label>\
+         <select id=\"ownership_mode\" name=\"ownership_mode\">\
+         <option value=\"prompt\"{p_sel}>Prompt user for ownership</option>\
+         <option value=\"employee\"{e_sel}>Employee owned (do not ask)</option></select>\
+         <label for=\"min_macos_version\">Minimum macOS version</label>\
+         <input id=\"min_macos_version\" name=\"min_macos_version\" value=\"{min}\" required \
+         maxlength=\"20\">\
+         <label for=\"managed_domains\">Managed domains (comma separated)</label>\
+         <input id=\"managed_domains\" name=\"managed_domains\" value=\"{domains}\" maxlength=\"4000\">\
+         </fieldset><fieldset><legend>Advanced management for Apple devices</legend>\
+         <label class=\"check\"><input type=\"checkbox\" id=\"manage_only_corporate_resources\" \
+         name=\"manage_only_corporate_resources\" value=\"on\"{corp}> User enrollment mode: manage \
+         only corporate resources</label></fieldset>\
+         <fieldset><legend>User settings</legend><label class=\"check\"><input type=\"checkbox\" \
+         id=\"use_email_as_managed_apple_id\" name=\"use_email_as_managed_apple_id\" value=\"on\"{mail}> \
+         Use email address as managed Apple ID</label></fieldset>\
+         <button type=\"submit\">Save settings</button></form>\
+         <h2>Custom attributes</h2>{attr_table}\
+         <form method=\"post\" action=\"/portal/settings/attributes\" class=\"grid-form\">{csrf}\
+         <label for=\"attr_name\">Name</label><input id=\"attr_name\" name=\"name\" required maxlength=\"64\">\
+         <label for=\"attr_kind\">Type</label><select id=\"attr_kind\" name=\"kind\">\
+         <option value=\"text\">Text</option><option value=\"number\">Number</option>\
+         <option value=\"boolean\">Yes / no</option><option value=\"choice\">Choice</option></select>\
+         <label for=\"attr_choices\">Choices (for Choice, comma separated)</label>\
+         <input id=\"attr_choices\" name=\"choices\">\
+         <label class=\"check\"><input type=\"checkbox\" name=\"required\" value=\"on\"> Required</label>\
+         <button type=\"submit\">Add attribute</button></form>",
+        msg = notice(message),
+        csrf = sess.csrf_field(),
+        p_sel = if prompt { " selected" } else { "" },
+        e_sel = if prompt { "" } else { " selected" },
+        min = esc(&min),
+        domains = esc(&domains),
+        corp = checked(current.manage_only_corporate_resources),
+        mail = checked(current.use_email_as_managed_apple_id),
+    );
+    layout(sess, status, Nav::Settings, "Settings", &body)
+}
+
+/// Builds the settings change from the form; any invalid value refuses the whole form.
+fn settings_patch(f: &Fields) -> Result<SettingsPatch, CoreError> {
+    let ownership_mode: OwnershipMode = f.get("ownership_mode").parse()?;
+    let min = parse_min_version(f.get("min_macos_version").trim())?;
+    let domains: Vec<String> = f
+        .get("managed_domains")
+        .split([',', ' ', '\n', '\r', '\t'])
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok(SettingsPatch {
+        ownership_mode: Some(ownership_mode),
+        manage_only_corporate_resources: Some(f.checked("manage_only_corporate_resources")),
+        use_email_as_managed_apple_id: Some(f.checked("use_email_as_managed_apple_id")),
+        min_macos_version: Some(min),
+        managed_domains: Some(domains),
+    })
+}
+
+async fn save_settings(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let result = match settings_patch(&f) {
+        Ok(patch) => s
+            .lanyard
+            .update_enrollment_settings(&sess.actor, patch)
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => see_other("/portal/settings?done=saved"),
+        Err(e) => {
+            let (status, text) = describe(e);
+            let text = format!("Nothing was saved. {text}");
+            settings_page(&s, &sess, status, Some(Notice::Error(text)), Some(&f)).await
+        }
+    }
+}
+
+async fn define_attribute(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let choices: Vec<String> = f
+        .get("choices")
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    let result = match f
+        .get("kind")
+        .parse::<lanyard_core::attributes::AttributeKind>()
+    {
+        Ok(kind) => {
+            let def = serde_json::from_value::<DefineAttribute>(json!({
+                "name": f.get("name"),
+                "kind": kind,
+                "required": f.checked("required"),
+                "choices": choices,
+            }))
+            .map_err(|e| CoreError::Invalid(format!("the attribute could not be read: {e}")));
+            match def {
+                Ok(def) => s
+                    .lanyard
+                    .define_attribute(&sess.actor, def)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => see_other("/portal/settings?done=attribute"),
+        Err(e) => {
+            let (status, text) = describe(e);
+            settings_page(&s, &sess, status, Some(Notice::Error(text)), None).await
+        }
+    }
+}
+
+async fn delete_attribute(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match s.lanyard.delete_attribute(&sess.actor, f.get("name")).await {
+        Ok(()) => see_other("/portal/settings?done=deleted"),
+        Err(e) => {
+            let (status, text) = describe(e);
+            settings_page(&s, &sess, status, Some(Notice::Error(text)), None).await
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// APNs certificate
+
+async fn apns(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<DoneQuery>, QueryRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
+        Some("uploaded") => Some(Notice::Ok("APNs certificate saved.".into())),
+        _ => None,
+    };
+    apns_page(&s, &sess, StatusCode::OK, done).await
+}
+
+async fn apns_page(
+    s: &AppState,
+    sess: &Session,
+    status: StatusCode,
+    message: Option<Notice>,
+) -> Response {
+    let current = match s.lanyard.push_certificate_info(&s.secrets).await {
+        Ok(Some(info)) => format!(
+            "<dl class=\"facts\"><dt>Topic</dt><dd>{topic}</dd><dt>Subject</dt><dd>{subject}</dd>\
+             <dt>Issuer</dt><dd>{issuer}</dd><dt>Expires</dt><dd>{exp} ({days} days left)</dd></dl>{warn}",
+            topic = esc(&info.topic),
+            subject = esc(&info.subject),
+            issuer = esc(&info.issuer),
+            exp = when(Some(info.not_after)),
+            days = info.days_left,
+            warn = info
+                .warning
+                .map(|w| format!("<p class=\"notice warn\" role=\"alert\">{}</p>", esc(&w)))
+                .unwrap_or_default(),
+        ),
+        Ok(None) => "<p class=\"notice warn\">No APNs certificate has been uploaded: Lanyard \
+                     cannot wake devices until one is.</p>"
+            .to_string(),
+        Err(e) => return error_page(Some(sess), e),
+    };
+    let body = format!(
+        "{msg}<h2>Current certificate</h2>{current}\
+         <h2>Upload or renew</h2><form method=\"post\" action=\"/portal/apns\" \
+         enctype=\"multipart/form-data\" class=\"grid-form\">{csrf}\
+         <label for=\"certificate\">Certificate: PKCS#12 (.p12) or PEM (.pem)</label>\
+         <input id=\"certificate\" type=\"file\" name=\"certificate\" required \
+         accept=\".p12,.pfx,.pem,.crt,application/x-pkcs12\">\
+         <label for=\"key\">Private key (PEM, only with a PEM certificate)</label>\
+         <input id=\"key\" type=\"file\" name=\"key\" accept=\".pem,.key\">\
+         <label for=\"password\">PKCS#12 password</label>\
+         <input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"off\">\
+         <label class=\"check\"><input type=\"checkbox\" name=\"force\" value=\"on\"> Accept a \
+         different topic (enrolled devices must then enroll again)</label>\
+         <button type=\"submit\">Upload</button></form>",
+        msg = notice(message),
+        csrf = sess.csrf_field(),
+    );
+    layout(sess, status, Nav::Apns, "APNs certificate", &body)
+}
+
+async fn upload_apns(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, true).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let refuse =
+        |status: StatusCode, text: &str| message_page(Some(&sess), status, "Not uploaded", text);
+    let Ok(mut mp) = multipart else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "The upload could not be read; use the form on the APNs certificate page.",
+        );
+    };
+    let (mut csrf, mut password, mut force) = (String::new(), String::new(), false);
+    let (mut cert, mut key) = (Vec::new(), Vec::new());
+    loop {
+        let field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                let (status, text) = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "The file is too large.")
+                } else {
+                    (StatusCode::BAD_REQUEST, "The upload could not be read.")
+                };
+                return refuse(status, text);
+            }
+        };
+        let name = field.name().unwrap_or("").to_string();
+        let Ok(bytes) = field.bytes().await else {
+            return refuse(StatusCode::BAD_REQUEST, "The upload could not be read.");
+        };
+        match name.as_str() {
+            "csrf" => csrf = String::from_utf8_lossy(&bytes).into_owned(),
+            "password" => password = String::from_utf8_lossy(&bytes).into_owned(),
+            "force" => force = !bytes.is_empty(),
+            "certificate" => cert = bytes.to_vec(),
+            "key" => key = bytes.to_vec(),
+            _ => {}
+        }
+    }
+    if let Err(r) = sess.check_csrf(&csrf) {
+        return r;
+    }
+    if cert.is_empty() {
+        return apns_page(
+            &s,
+            &sess,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(Notice::Error("Choose a certificate file.".into())),
+        )
+        .await;
+    }
+    let is_pem = cert.starts_with(b"-----BEGIN") || cert.windows(10).any(|w| w == b"-----BEGIN");
+    let upload = if is_pem {
+        // A PEM file may hold the key too; otherwise the key comes as its own file.
+        let key_src: &[u8] = if key.is_empty() { &cert } else { &key };
+        PushCertificateUpload::Pem {
+            cert: &cert,
+            key: key_src,
+        }
+    } else {
+        PushCertificateUpload::Pkcs12 {
+            der: &cert,
+            password: &password,
+        }
+    };
+    match s
+        .lanyard
+        .set_push_certificate(&sess.actor, &s.secrets, &upload, force)
+        .await
+    {
+        Ok(_) => see_other("/portal/apns?done=uploaded"),
+        Err(e) => {
+            let (status, text) = describe(e);
+            let text = format!("Nothing was changed. {text}");
+            apns_page(&s, &sess, status, Some(Notice::Error(text))).await
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit log
+
+#[derive(Deserialize, Default)]
+struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    target: Option<String>,
+    from: Option<String>,
+    until: Option<String>,
+    page: Option<String>,
+}
+
+/// A `YYYY-MM-DD` date from a filter field as the start of that day (UTC); empty is `None`.
+fn day(raw: &str) -> Result<Option<DateTime<Utc>>, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| Some(t.and_utc()))
+        .ok_or_else(|| format!("`{raw}` is not a date; use YYYY-MM-DD."))
+}
+
+async fn audit(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let bad = |text: &str| message_page(Some(&sess), StatusCode::BAD_REQUEST, "Audit log", text);
+    let Ok(Query(q)) = q else {
+        return bad("The filter could not be read.");
+    };
+    let page = match page_number(&sess, q.page.as_deref()) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let actor = q.actor.unwrap_or_default();
+    let action = q.action.unwrap_or_default();
+    let target = q.target.unwrap_or_default();
+    let from_raw = q.from.unwrap_or_default();
+    let until_raw = q.until.unwrap_or_default();
+    if [&actor, &action, &target, &from_raw, &until_raw]
+        .iter()
+        .any(|v| v.len() > 200)
+    {
+        return bad("A filter is too long (200 characters at most).");
+    }
+    let from = match day(&from_raw) {
+        Ok(v) => v,
+        Err(m) => return bad(&m),
+    };
+    // "Until" is inclusive on the page: entries before the end of that day.
+    let until = match day(&until_raw) {
+        Ok(v) => v.map(|t| t + chrono::Duration::days(1)),
+        Err(m) => return bad(&m),
+    };
+    let list = match s
+        .lanyard
+        .search_audit(&AuditSearch {
+            actor: some(&actor),
+            action: some(&action),
+            target: some(&target),
+            from,
+            until,
+            offset: (page - 1) * PAGE_SIZE,
+            limit: PAGE_SIZE,
+        })
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return error_page(Some(&sess), e),
+    };
+    let more = (page - 1) * PAGE_SIZE + (list.items.len() as i64) < list.total;
+    let rows: String = list
+        .items
+        .iter()
+        .map(|e| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                when(Some(e.at)),
+                esc(&e.actor),
+                esc(&e.action),
+                esc(&e.target),
+                esc(&e.detail)
+            )
+        })
+        .collect();
+    let base = format!(
+        "/portal/audit?actor={}&action={}&target={}&from={}&until={}",
+        qv(&actor),
+        qv(&action),
+        qv(&target),
+        qv(&from_raw),
+        qv(&until_raw)
+    );
+    let table = if list.items.is_empty() {
+        "<p class=\"muted\">No entries match.</p>".to_string()
+    } else {
+        format!(
+            "<table class=\"audit\"><thead><tr><th scope=\"col\">When</th><th scope=\"col\">Who</th>\
+             <th scope=\"col\">Action</th><th scope=\"col\">Target</th><th scope=\"col\">Detail</th>\
+             </tr></thead><tbody>{rows}</tbody></table>"
+        )
+    };
+    let body = format!(
+        "<form method=\"get\" action=\"/portal/audit\" class=\"search\" role=\"search\">\
+         <label for=\"actor\">Who</label><input id=\"actor\" name=\"actor\" value=\"{a}\" maxlength=\"200\">\
+         <label for=\"action\">Action</label><input id=\"action\" name=\"action\" value=\"{ac}\" maxlength=\"200\">\
+         <label for=\"target\">Target</label><input id=\"target\" name=\"target\" value=\"{t}\" maxlength=\"200\">\
+         <label for=\"from\">From</label><input id=\"from\" type=\"date\" name=\"from\" value=\"{f}\">\
+         <label for=\"until\">Until</label><input id=\"until\" type=\"date\" name=\"until\" value=\"{u}\">\
+         <button type=\"submit\">Filter</button></form>\
+         <p class=\"muted\" id=\"total\">{total}</p>{table}{pager}",
+        a = esc(&actor),
+        ac = esc(&action),
+        t = esc(&target),
+        f = esc(&from_raw),
+        u = esc(&until_raw),
+        total = match list.total {
+            1 => "1 entry".to_string(),
+            n => format!("{n} entries"),
+        },
+        pager = pager(&base, page, more),
+    );
+    layout(&sess, StatusCode::OK, Nav::Audit, "Audit log", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(pairs: &[(&str, &str)]) -> Fields {
+        Fields(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn settings_form_is_checked_whole() {
+        let ok = form(&[
+            ("ownership_mode", "prompt"),
+            ("min_macos_version", "15.2"),
+            ("managed_domains", "example.com, example.org"),
+            ("use_email_as_managed_apple_id", "on"),
+        ]);
+        let p = settings_patch(&ok).unwrap();
+        assert_eq!(p.manage_only_corporate_resources, Some(false));
+        assert_eq!(p.use_email_as_managed_apple_id, Some(true));
+        assert_eq!(p.managed_domains.unwrap().len(), 2);
+        let bad = form(&[("ownership_mode", "prompt"), ("min_macos_version", "9.1")]);
+        assert!(settings_patch(&bad).is_err());
+        let bad = form(&[
+            ("ownership_mode", "corporate"),
+            ("min_macos_version", "15.2"),
+        ]);
+        assert!(settings_patch(&bad).is_err());
+    }
+
+    #[test]
+    fn audit_dates() {
+        assert_eq!(day("").unwrap(), None);
+        assert_eq!(
+            day("2026-12-03").unwrap().map(|t| t.to_rfc3339()),
+            Some("2026-12-03T00:00:00+00:00".into())
+        );
+        assert!(day("03/12/2026").is_err());
+        assert!(day("2026-02-30").is_err());
+    }
+}

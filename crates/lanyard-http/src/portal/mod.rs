@@ -1,0 +1,611 @@
+//! The admin portal under `/portal`: server-rendered HTML pages for administrators (sign-in,
+//! summary, devices, users, settings, ABM server tokens, the APNs certificate, the audit log).
+//!
+//! Owns: page rendering, the portal's session handling (the same admin sessions as the API:
+//! cookie `lanyard_session`, `Secure; HttpOnly; SameSite=Strict`), the CSRF token in every form
+//! (the session's own token; before sign-in a double-submit cookie), and turning domain errors
+//! into a message on the page. Every change goes through the same `Lanyard` methods as the admin
+//! API, so roles (read-only), validation and the audit trail are the domain's.
+//!
+//! Must not hold SQL, name a database backend or make policy decisions. Pages use no inline
+//! script or style (a strict Content-Security-Policy forbids them); the CSS and the small
+//! progress script are served from `/portal/assets/`.
+
+// Page helpers return the page to answer instead as their error: an axum `Response`, answered
+// as is, so its size does not matter here.
+#![allow(clippy::result_large_err)]
+
+mod admin;
+mod fleet;
+mod tokens;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use lanyard_core::admins::Role;
+use lanyard_core::{Actor, CoreError};
+
+use crate::auth::{constant_time_eq, cookie, SESSION_COOKIE};
+use crate::pages::esc;
+use crate::AppState;
+
+/// The pre-sign-in CSRF cookie (double submit on the sign-in form only).
+pub const PORTAL_CSRF_COOKIE: &str = "lanyard_portal_csrf";
+/// The largest form body the portal accepts (file uploads have their own limit).
+pub const PORTAL_FORM_LIMIT: usize = 64 * 1024;
+/// Rows per page in lists.
+pub const PAGE_SIZE: i64 = 50;
+
+const CSS: &str = include_str!("portal.css");
+const JS: &str = include_str!("portal.js");
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { see_other("/portal") }))
+        .route("/portal", get(|| async { see_other("/portal/summary") }))
+        .route("/portal/", get(|| async { see_other("/portal/summary") }))
+        .route("/portal/sign-in", get(sign_in_page).post(sign_in_submit))
+        .route("/portal/sign-out", post(sign_out))
+        .route("/portal/assets/portal.css", get(css))
+        .route("/portal/assets/portal.js", get(js))
+        .merge(fleet::routes())
+        .merge(admin::routes())
+        .merge(tokens::routes())
+        .layer(DefaultBodyLimit::max(PORTAL_FORM_LIMIT))
+}
+
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", CSS)
+}
+
+async fn js() -> Response {
+    asset("text/javascript; charset=utf-8", JS)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub(crate) fn see_other(location: &str) -> Response {
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+/// The signed-in administrator of a portal request.
+pub(crate) struct Session {
+    pub actor: Actor,
+    pub csrf: String,
+}
+
+impl Session {
+    pub fn read_only(&self) -> bool {
+        self.actor.role == Role::ReadOnly
+    }
+
+    pub fn username(&self) -> &str {
+        self.actor
+            .name
+            .strip_prefix("admin:")
+            .unwrap_or(&self.actor.name)
+    }
+
+    /// The hidden CSRF field every form carries.
+    pub fn csrf_field(&self) -> String {
+        format!(
+            "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+            esc(&self.csrf)
+        )
+    }
+
+    /// Refuses a form whose CSRF token is not this session's; nothing is changed.
+    pub fn check_csrf(&self, sent: &str) -> Result<(), Response> {
+        if !sent.is_empty() && constant_time_eq(sent.as_bytes(), self.csrf.as_bytes()) {
+            Ok(())
+        } else {
+            Err(message_page(
+                Some(self),
+                StatusCode::FORBIDDEN,
+                "Form refused",
+                "This form has expired or did not come from this portal, so nothing was \
+                 changed. Reload the page and try again.",
+            ))
+        }
+    }
+}
+
+/// The session behind a request, or the page to answer instead: GET requests without a session
+/// go to the sign-in page; a change with an expired session is refused with a clear message.
+pub(crate) async fn session(
+    s: &AppState,
+    headers: &HeaderMap,
+    change: bool,
+) -> Result<Session, Response> {
+    let Some(secret) = cookie(headers, SESSION_COOKIE) else {
+        return Err(if change {
+            expired_page()
+        } else {
+            see_other("/portal/sign-in")
+        });
+    };
+    match s.lanyard.actor_for_session(secret).await {
+        Ok((actor, csrf)) => Ok(Session { actor, csrf }),
+        Err(CoreError::Unauthorized(_)) if !change => see_other_err("/portal/sign-in?expired=1"),
+        Err(CoreError::Unauthorized(_)) => Err(expired_page()),
+        Err(CoreError::Forbidden(m)) => Err(sign_in_form(StatusCode::FORBIDDEN, "", "", Some(&m))),
+        Err(e) => Err(error_page(None, e)),
+    }
+}
+
+fn see_other_err<T>(location: &str) -> Result<T, Response> {
+    Err(see_other(location))
+}
+
+fn expired_page() -> Response {
+    let (token, _) = new_csrf();
+    let mut res = sign_in_form(
+        StatusCode::UNAUTHORIZED,
+        &token,
+        "",
+        Some("Your session has expired, so nothing was changed. Sign in again."),
+    );
+    set_csrf_cookie(&mut res, &token);
+    res
+}
+
+/// A form body as name/value pairs (so unknown fields never make a form unreadable).
+pub(crate) struct Fields(pub Vec<(String, String)>);
+
+impl Fields {
+    pub fn get(&self, name: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+
+    pub fn checked(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, v)| k == name && !v.is_empty())
+    }
+}
+
+/// Reads a urlencoded form, or answers a clear 400 page.
+pub(crate) fn fields(
+    sess: &Session,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<Fields, Response> {
+    match form {
+        Ok(Form(pairs)) => Ok(Fields(pairs)),
+        Err(r) => {
+            let (status, text) = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                (StatusCode::PAYLOAD_TOO_LARGE, "The form is too large.")
+            } else {
+                (StatusCode::BAD_REQUEST, "The form could not be read.")
+            };
+            Err(message_page(Some(sess), status, "Form refused", text))
+        }
+    }
+}
+
+/// The status and on-page message for a domain error. Server faults are logged once, here.
+pub(crate) fn describe(e: CoreError) -> (StatusCode, String) {
+    let status = match &e {
+        CoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        CoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        CoreError::Conflict(_) => StatusCode::CONFLICT,
+        CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
+        CoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        CoreError::Store(_) | CoreError::Internal(_) => {
+            tracing::error!(error = %e, "portal request failed");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong on the server; the server log has the details.".into(),
+            );
+        }
+    };
+    let text = e.to_string();
+    let mut c = text.chars();
+    let text = match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => text,
+    };
+    (status, text)
+}
+
+pub(crate) fn error_page(sess: Option<&Session>, e: CoreError) -> Response {
+    let (status, text) = describe(e);
+    message_page(sess, status, "Not done", &text)
+}
+
+pub(crate) fn message_page(
+    sess: Option<&Session>,
+    status: StatusCode,
+    title: &str,
+    text: &str,
+) -> Response {
+    let body = notice(Some(Notice::Error(text.to_string())));
+    match sess {
+        Some(sess) => layout(sess, status, Nav::None, title, &body),
+        None => bare(status, title, &body),
+    }
+}
+
+/// A message shown above a page's content.
+pub(crate) enum Notice {
+    Ok(String),
+    Error(String),
+}
+
+pub(crate) fn notice(n: Option<Notice>) -> String {
+    match n {
+        Some(Notice::Ok(t)) => format!(
+            "<p id=\"message\" class=\"notice ok\" role=\"status\">{}</p>",
+            esc(&t)
+        ),
+        Some(Notice::Error(t)) => format!(
+            "<p id=\"message\" class=\"notice error\" role=\"alert\">{}</p>",
+            esc(&t)
+        ),
+        None => String::new(),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nav {
+    Summary,
+    Devices,
+    Users,
+    Settings,
+    Tokens,
+    Apns,
+    Audit,
+    None,
+}
+
+const NAV: &[(Nav, &str, &str)] = &[
+    (Nav::Summary, "/portal/summary", "Summary"),
+    (Nav::Devices, "/portal/devices", "Devices"),
+    (Nav::Users, "/portal/users", "Users"),
+    (Nav::Settings, "/portal/settings", "Settings"),
+    (Nav::Tokens, "/portal/tokens", "Tokens"),
+    (Nav::Apns, "/portal/apns", "APNs certificate"),
+    (Nav::Audit, "/portal/audit", "Audit log"),
+];
+
+fn secure_headers(res: &mut Response) {
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; \
+             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+}
+
+fn head(title: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>{} · Lanyard</title><link rel=\"stylesheet\" href=\"/portal/assets/portal.css\">\
+         <script src=\"/portal/assets/portal.js\" defer></script></head>",
+        esc(title)
+    )
+}
+
+/// A page outside the signed-in layout (sign-in, errors before sign-in).
+pub(crate) fn bare(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "{}<body class=\"bare\"><main class=\"card narrow\"><p class=\"brand\">Lanyard</p>\
+         <h1>{}</h1>{body}</main></body></html>",
+        head(title),
+        esc(title)
+    );
+    let mut res = (status, Html(html)).into_response();
+    secure_headers(&mut res);
+    res
+}
+
+/// A signed-in page: navigation, who is signed in, a read-only banner, then `body`.
+pub(crate) fn layout(
+    sess: &Session,
+    status: StatusCode,
+    active: Nav,
+    title: &str,
+    body: &str,
+) -> Response {
+    let nav: String = NAV
+        .iter()
+        .map(|(n, href, label)| {
+            let current = if *n == active {
+                " aria-current=\"page\""
+            } else {
+                ""
+            };
+            format!("<li><a href=\"{href}\"{current}>{label}</a></li>")
+        })
+        .collect();
+    let role = if sess.read_only() {
+        "read-only"
+    } else {
+        "administrator"
+    };
+    let banner = if sess.read_only() {
+        "<p class=\"notice info\" role=\"note\">You are signed in as a read-only administrator: \
+         you can see everything, and changes are refused.</p>"
+    } else {
+        ""
+    };
+    let html = format!(
+        "{head}<body><header class=\"top\"><a class=\"brand\" href=\"/portal/summary\">Lanyard</a>\
+         <nav aria-label=\"Main\"><ul>{nav}</ul></nav>\
+         <form class=\"who\" method=\"post\" action=\"/portal/sign-out\">{csrf}\
+         <span>{user} <span class=\"muted\">({role})</span></span>\
+         <button type=\"submit\" class=\"link\">Sign out</button></form></header>\
+         <main><h1>{title}</h1>{banner}{body}</main></body></html>",
+        head = head(title),
+        csrf = sess.csrf_field(),
+        user = esc(sess.username()),
+        title = esc(title),
+    );
+    let mut res = (status, Html(html)).into_response();
+    secure_headers(&mut res);
+    res
+}
+
+pub(crate) fn when(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| "—".into())
+}
+
+pub(crate) fn or_dash(s: Option<&str>) -> String {
+    match s {
+        Some(s) if !s.is_empty() => esc(s),
+        _ => "—".into(),
+    }
+}
+
+/// Percent-encodes a query value.
+pub(crate) fn qv(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// "Previous / Next" links for a list; `more` says whether a next page exists.
+pub(crate) fn pager(base: &str, page: i64, more: bool) -> String {
+    let sep = if base.contains('?') { "&amp;" } else { "?" };
+    let mut out = String::from("<nav class=\"pager\" aria-label=\"Pages\">");
+    if page > 1 {
+        out.push_str(&format!(
+            "<a rel=\"prev\" href=\"{}{sep}page={}\">← Previous</a>",
+            esc(base),
+            page - 1
+        ));
+    }
+    out.push_str(&format!("<span>Page {page}</span>"));
+    if more {
+        out.push_str(&format!(
+            "<a rel=\"next\" href=\"{}{sep}page={}\">Next →</a>",
+            esc(base),
+            page + 1
+        ));
+    }
+    out.push_str("</nav>");
+    out
+}
+
+/// A page number from the query (1 when absent); nonsense is a clear 400.
+pub(crate) fn page_number(sess: &Session, raw: Option<&str>) -> Result<i64, Response> {
+    match raw.map(str::trim).filter(|p| !p.is_empty()) {
+        None => Ok(1),
+        Some(p) => match p.parse::<i64>() {
+            Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+            _ => Err(message_page(
+                Some(sess),
+                StatusCode::BAD_REQUEST,
+                "Not found",
+                "The page number must be a whole number from 1.",
+            )),
+        },
+    }
+}
+
+fn new_csrf() -> (String, bool) {
+    (lanyard_core::admins::new_secret("").secret, true)
+}
+
+fn set_csrf_cookie(res: &mut Response, token: &str) {
+    let c = format!(
+        "{PORTAL_CSRF_COOKIE}={token}; Path=/portal; Max-Age=3600; HttpOnly; Secure; SameSite=Strict"
+    );
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+fn sign_in_form(status: StatusCode, csrf: &str, username: &str, message: Option<&str>) -> Response {
+    let body = format!(
+        "{err}<form method=\"post\" action=\"/portal/sign-in\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <label for=\"username\">Administrator name</label>\
+         <input id=\"username\" name=\"username\" value=\"{user}\" autocomplete=\"username\" required>\
+         <label for=\"password\">Password</label>\
+         <input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
+         <button type=\"submit\">Sign in</button></form>",
+        err = notice(message.map(|m| Notice::Error(m.to_string()))),
+        csrf = esc(csrf),
+        user = esc(username),
+    );
+    bare(status, "Sign in to the admin portal", &body)
+}
+
+#[derive(Deserialize, Default)]
+struct SignInQuery {
+    expired: Option<String>,
+}
+
+async fn sign_in_page(
+    headers: HeaderMap,
+    q: Result<Query<SignInQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let (token, fresh) = match cookie(&headers, PORTAL_CSRF_COOKIE).filter(|c| c.len() >= 32) {
+        Some(c) => (c.to_string(), false),
+        None => new_csrf(),
+    };
+    let expired = q.is_ok_and(|Query(q)| q.expired.is_some());
+    let msg = expired.then_some("Your session has expired. Sign in again.");
+    let mut res = sign_in_form(StatusCode::OK, &token, "", msg);
+    if fresh {
+        set_csrf_cookie(&mut res, &token);
+    }
+    res
+}
+
+async fn sign_in_submit(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let Ok(Form(pairs)) = form else {
+        return bare(
+            StatusCode::BAD_REQUEST,
+            "Sign in to the admin portal",
+            &notice(Some(Notice::Error("The form could not be read.".into()))),
+        );
+    };
+    let f = Fields(pairs);
+    let sent = f.get("csrf");
+    let ok = cookie(&headers, PORTAL_CSRF_COOKIE)
+        .is_some_and(|c| !sent.is_empty() && constant_time_eq(c.as_bytes(), sent.as_bytes()));
+    if !ok {
+        // Keep this browser's token when it has one; a forged form must not rotate it.
+        let (token, fresh) = match cookie(&headers, PORTAL_CSRF_COOKIE).filter(|c| c.len() >= 32) {
+            Some(c) => (c.to_string(), false),
+            None => new_csrf(),
+        };
+        let mut res = sign_in_form(
+            StatusCode::FORBIDDEN,
+            &token,
+            f.get("username"),
+            Some("This sign-in form has expired or did not come from this portal. Try again."),
+        );
+        if fresh {
+            set_csrf_cookie(&mut res, &token);
+        }
+        return res;
+    }
+    match s
+        .lanyard
+        .admin_sign_in(f.get("username"), f.get("password"))
+        .await
+    {
+        Ok(grant) => {
+            let max_age = (grant.expires_at - Utc::now()).num_seconds().max(0);
+            let mut res = see_other("/portal/summary");
+            let c = format!(
+                "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict",
+                grant.secret
+            );
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                res.headers_mut().append(header::SET_COOKIE, v);
+            }
+            res
+        }
+        Err(e) => {
+            let (status, text) = match e {
+                CoreError::Unauthorized(_) => (
+                    StatusCode::UNAUTHORIZED,
+                    "Wrong name or password. After five failed attempts the account is locked \
+                     for fifteen minutes."
+                        .to_string(),
+                ),
+                other => describe(other),
+            };
+            sign_in_form(status, sent, f.get("username"), Some(&text))
+        }
+    }
+}
+
+async fn sign_out(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, true).await {
+        Ok(v) => v,
+        Err(_) => return see_other("/portal/sign-in"),
+    };
+    let f = match fields(&sess, form) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = sess.check_csrf(f.get("csrf")) {
+        return r;
+    }
+    if let Some(secret) = cookie(&headers, SESSION_COOKIE) {
+        if let Err(e) = s.lanyard.admin_sign_out(secret).await {
+            return error_page(Some(&sess), e);
+        }
+    }
+    let mut res = see_other("/portal/sign-in");
+    let clear = format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict");
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(qv("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(qv("ann@example.com"), "ann%40example.com");
+    }
+
+    #[test]
+    fn pager_links() {
+        let p = pager("/portal/devices?search=x", 2, true);
+        assert!(
+            p.contains("href=\"/portal/devices?search=x&amp;page=1\""),
+            "{p}"
+        );
+        assert!(p.contains("page=3"), "{p}");
+        let p = pager("/portal/users", 1, false);
+        assert!(!p.contains("href"), "{p}");
+    }
+}

@@ -1,0 +1,374 @@
+//! The portal's Tokens page: Apple Business Manager server tokens (name, organisation, expiry,
+//! last sync, the "Account Driven" column), adding a token (a key pair, its public key to
+//! download for ABM, then the token file ABM gives, optionally as the default token for
+//! account-driven enrollment), making a token the default, and syncing one with its result.
+//! Every change goes through `AbmService`, which checks roles and writes the audit lines.
+
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use lanyard_core::server_tokens::{SyncReport, MAX_TOKEN_FILE};
+
+use super::{
+    describe, error_page, fields, layout, message_page, notice, or_dash, qv, see_other, session,
+    when, Nav, Notice, Session,
+};
+use crate::pages::esc;
+use crate::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/portal/tokens", get(tokens).post(new_key_pair))
+        .route(
+            "/portal/tokens/upload",
+            post(upload).layer(DefaultBodyLimit::max(MAX_TOKEN_FILE + 16 * 1024)),
+        )
+        .route("/portal/tokens/{name}/certificate", get(certificate))
+        .route("/portal/tokens/{name}/default", post(make_default))
+        .route("/portal/tokens/{name}/sync", post(sync))
+}
+
+#[derive(Deserialize, Default)]
+struct DoneQuery {
+    done: Option<String>,
+    name: Option<String>,
+}
+
+async fn tokens(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<DoneQuery>, QueryRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let name = q.name.unwrap_or_default();
+    let done = match q.done.as_deref() {
+        Some("created") => Some(Notice::Ok(format!(
+            "Key pair for {name} created. Download its public key, upload it to your MDM server \
+             in Apple Business Manager, then upload the token file Apple gives you."
+        ))),
+        Some("uploaded") => Some(Notice::Ok(format!("Token file for {name} uploaded."))),
+        Some("default") => Some(Notice::Ok(format!(
+            "{name} is now the default token for account driven enrollment."
+        ))),
+        _ => None,
+    };
+    tokens_page(&s, &sess, StatusCode::OK, done).await
+}
+
+async fn tokens_page(
+    s: &AppState,
+    sess: &Session,
+    status: StatusCode,
+    message: Option<Notice>,
+) -> Response {
+    let list = match s.abm.list().await {
+        Ok(l) => l,
+        Err(e) => return error_page(Some(sess), e),
+    };
+    let mut rows = String::new();
+    for t in &list {
+        let n = qv(&t.name);
+        let expires = match (&t.token_expires_at, t.days_left) {
+            (Some(at), Some(days)) => format!("{} ({days} days left)", when(Some(*at))),
+            _ => "—".into(),
+        };
+        let warn = t
+            .warning
+            .as_deref()
+            .map(|w| format!("<br><span class=\"warn\">{}</span>", esc(w)))
+            .unwrap_or_default();
+        let last_sync = match &t.last_sync_at {
+            Some(at) => format!(
+                "{} {}",
+                when(Some(*at)),
+                or_dash(t.last_sync_status.as_deref())
+            ),
+            None => "Never".into(),
+        };
+        let default_form = if t.default_account_driven || t.state != "active" {
+            String::new()
+        } else {
+            format!(
+                "<form method=\"post\" action=\"/portal/tokens/{n}/default\">{csrf}\
+                 <button type=\"submit\" class=\"small\">Make default</button></form>",
+                csrf = sess.csrf_field()
+            )
+        };
+        let sync_form = if t.state == "active" {
+            format!(
+                "<form method=\"post\" action=\"/portal/tokens/{n}/sync\">{csrf}\
+                 <button type=\"submit\" class=\"small\">Sync now</button></form>",
+                csrf = sess.csrf_field()
+            )
+        } else {
+            String::new()
+        };
+        rows.push_str(&format!(
+            "<tr data-token=\"{name}\"><td>{name}</td><td>{org}</td><td>{state}</td>\
+             <td>{expires}{warn}</td><td>{last_sync}</td><td>{devices}</td>\
+             <td class=\"account-driven\">{ad}</td><td class=\"row-actions\">\
+             <a href=\"/portal/tokens/{n}/certificate\" download>Download public key</a>\
+             {default_form}{sync_form}</td></tr>",
+            name = esc(&t.name),
+            org = or_dash(t.org_name.as_deref()),
+            state = esc(&t.state.replace('_', " ")),
+            devices = t.devices,
+            ad = if t.default_account_driven {
+                "Default"
+            } else {
+                "—"
+            },
+        ));
+    }
+    let table = if list.is_empty() {
+        "<p class=\"muted\">No server tokens yet.</p>".to_string()
+    } else {
+        format!(
+            "<table class=\"tokens\"><thead><tr><th scope=\"col\">Name</th>\
+             <th scope=\"col\">Organisation</th><th scope=\"col\">State</th>\
+             <th scope=\"col\">Expires</th><th scope=\"col\">Last sync</th>\
+             <th scope=\"col\">Devices</th><th scope=\"col\">Account Driven</th>\
+             <th scope=\"col\">Actions</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    };
+    let options: String = list
+        .iter()
+        .map(|t| format!("<option value=\"{n}\">{n}</option>", n = esc(&t.name)))
+        .collect();
+    let upload_form = if list.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<h3>2. Upload the token file</h3>\
+             <form method=\"post\" action=\"/portal/tokens/upload\" enctype=\"multipart/form-data\" \
+             class=\"grid-form\">{csrf}\
+             <label for=\"token_name\">Name</label><select id=\"token_name\" name=\"name\">{options}</select>\
+             <label for=\"token_file\">Token file (.p7m from Apple Business Manager)</label>\
+             <input id=\"token_file\" type=\"file\" name=\"token\" accept=\".p7m\" required>\
+             <label class=\"check\"><input type=\"checkbox\" name=\"default\" value=\"on\"> Default \
+             token for account driven enrollment</label>\
+             <button type=\"submit\">Upload token</button></form>",
+            csrf = sess.csrf_field(),
+        )
+    };
+    let body = format!(
+        "{msg}{table}<h2>Add token</h2>\
+         <h3>1. Create a key pair</h3>\
+         <form method=\"post\" action=\"/portal/tokens\" class=\"grid-form\">{csrf}\
+         <label for=\"new_name\">Name</label>\
+         <input id=\"new_name\" name=\"name\" required maxlength=\"64\" pattern=\"[A-Za-z0-9._-]+\">\
+         <button type=\"submit\">Create key pair</button></form>{upload_form}",
+        msg = notice(message),
+        csrf = sess.csrf_field(),
+    );
+    layout(sess, status, Nav::Tokens, "Tokens", &body)
+}
+
+async fn new_key_pair(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, true).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let f = match fields(&sess, form) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = sess.check_csrf(f.get("csrf")) {
+        return r;
+    }
+    let name = f.get("name").trim().to_string();
+    match s.abm.new_token(&sess.actor, &name).await {
+        Ok(_) => see_other(&format!("/portal/tokens?done=created&name={}", qv(&name))),
+        Err(e) => {
+            let (status, text) = describe(e);
+            tokens_page(&s, &sess, status, Some(Notice::Error(text))).await
+        }
+    }
+}
+
+async fn certificate(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let sess = match session(&s, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match s.abm.certificate_pem(&name).await {
+        Ok(pem) => {
+            let file: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            (
+                [
+                    (header::CONTENT_TYPE, "application/x-pem-file".to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"lanyard-abm-{file}.pem\""),
+                    ),
+                ],
+                pem,
+            )
+                .into_response()
+        }
+        Err(e) => error_page(Some(&sess), e),
+    }
+}
+
+async fn upload(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, true).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let refuse =
+        |status: StatusCode, text: &str| message_page(Some(&sess), status, "Not uploaded", text);
+    let Ok(mut mp) = multipart else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "The upload could not be read; use the form on the Tokens page.",
+        );
+    };
+    let (mut csrf, mut name, mut default, mut file) =
+        (String::new(), String::new(), false, Vec::new());
+    loop {
+        let field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                let (status, text) = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "The file is too large for an ABM token file.",
+                    )
+                } else {
+                    (StatusCode::BAD_REQUEST, "The upload could not be read.")
+                };
+                return refuse(status, text);
+            }
+        };
+        let field_name = field.name().unwrap_or("").to_string();
+        let Ok(bytes) = field.bytes().await else {
+            return refuse(StatusCode::BAD_REQUEST, "The upload could not be read.");
+        };
+        match field_name.as_str() {
+            "csrf" => csrf = String::from_utf8_lossy(&bytes).into_owned(),
+            "name" => name = String::from_utf8_lossy(&bytes).trim().to_string(),
+            "default" => default = !bytes.is_empty(),
+            "token" => file = bytes.to_vec(),
+            _ => {}
+        }
+    }
+    if let Err(r) = sess.check_csrf(&csrf) {
+        return r;
+    }
+    if file.is_empty() {
+        return tokens_page(
+            &s,
+            &sess,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(Notice::Error("Choose the token file.".into())),
+        )
+        .await;
+    }
+    match s.abm.upload(&sess.actor, &name, &file, default).await {
+        Ok(_) => see_other(&format!("/portal/tokens?done=uploaded&name={}", qv(&name))),
+        Err(e) => {
+            let (status, text) = describe(e);
+            let text = format!("Nothing was changed. {text}");
+            tokens_page(&s, &sess, status, Some(Notice::Error(text))).await
+        }
+    }
+}
+
+/// Reads the session and checks the CSRF token of a button form.
+async fn button(
+    s: &AppState,
+    headers: &HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<Session, Response> {
+    let sess = session(s, headers, true).await?;
+    let f = fields(&sess, form)?;
+    sess.check_csrf(f.get("csrf"))?;
+    Ok(sess)
+}
+
+async fn make_default(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let sess = match button(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match s.abm.set_default(&sess.actor, &name).await {
+        Ok(_) => see_other(&format!("/portal/tokens?done=default&name={}", qv(&name))),
+        Err(e) => {
+            let (status, text) = describe(e);
+            tokens_page(&s, &sess, status, Some(Notice::Error(text))).await
+        }
+    }
+}
+
+fn sync_text(r: &SyncReport) -> String {
+    format!(
+        "Sync of {} finished: {} devices seen in {} page{} ({}); {} devices assigned in all.",
+        r.name,
+        r.devices_seen,
+        r.pages,
+        if r.pages == 1 { "" } else { "s" },
+        if r.full_fetch {
+            "full fetch"
+        } else {
+            "changes since the last sync"
+        },
+        r.devices_total
+    )
+}
+
+async fn sync(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let sess = match button(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    // The sync runs within this request (bounded by ABM's paging and back-off) and its result is
+    // the page's message.
+    match s.abm.sync(&sess.actor, &name).await {
+        Ok(r) => tokens_page(&s, &sess, StatusCode::OK, Some(Notice::Ok(sync_text(&r)))).await,
+        Err(e) => {
+            let (status, text) = describe(e);
+            tokens_page(&s, &sess, status, Some(Notice::Error(text))).await
+        }
+    }
+}

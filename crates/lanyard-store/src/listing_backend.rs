@@ -1,0 +1,243 @@
+//! `ListingStore` for both backends: the read-only queries behind the admin portal's lists —
+//! summary counts, a searchable, sortable, paginated device list with its total, and the audit
+//! log filtered by date range with its total. Written once like the rest (see `backend.rs`);
+//! sort columns come from a whitelist enum, never from request text.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::*;
+
+/// Columns the device list can be sorted by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceSort {
+    ManagedAppleId,
+    ModelFamily,
+    OsVersion,
+    Status,
+    LastSeen,
+    /// When the enrollment began (the default, newest first).
+    #[default]
+    Created,
+}
+
+impl DeviceSort {
+    /// Parses a sort key from a request (`managed_apple_id`, `model`, `os`, `status`,
+    /// `last_seen`, `created`); anything else is `None`.
+    pub fn parse(s: &str) -> Option<DeviceSort> {
+        Some(match s {
+            "managed_apple_id" => DeviceSort::ManagedAppleId,
+            "model" => DeviceSort::ModelFamily,
+            "os" => DeviceSort::OsVersion,
+            "status" => DeviceSort::Status,
+            "last_seen" => DeviceSort::LastSeen,
+            "created" => DeviceSort::Created,
+            _ => return None,
+        })
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            DeviceSort::ManagedAppleId => "managed_apple_id",
+            DeviceSort::ModelFamily => "model",
+            DeviceSort::OsVersion => "os",
+            DeviceSort::Status => "status",
+            DeviceSort::LastSeen => "last_seen",
+            DeviceSort::Created => "created",
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            DeviceSort::ManagedAppleId => "LOWER(managed_apple_id)",
+            DeviceSort::ModelFamily => "COALESCE(model_family, product)",
+            DeviceSort::OsVersion => "os_version",
+            DeviceSort::Status => "status",
+            DeviceSort::LastSeen => "last_seen_at",
+            DeviceSort::Created => "created_at",
+        }
+    }
+}
+
+/// A page of the device list.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceListQuery {
+    /// Case-insensitive substring of the managed Apple ID, the user's email, the model family
+    /// or the product name.
+    pub search: Option<String>,
+    /// Only this status; `None` = every status.
+    pub status: Option<String>,
+    pub sort: DeviceSort,
+    pub descending: bool,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// The audit log filtered for the portal: exact actor/action/target, a date range
+/// (`from` inclusive, `until` exclusive), newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditSearch {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// Some rows and how many match in all.
+#[derive(Debug, Clone)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+}
+
+#[async_trait]
+pub trait ListingStore: Send + Sync {
+    /// Enrollments counted by mode and status: `(mode, status, count)`, ordered.
+    async fn count_enrollments_by_mode(&self) -> Result<Vec<(String, String, i64)>>;
+    /// Enrolled devices whose identity certificate expires before `before`, soonest first.
+    async fn expiring_identities(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Enrollment>>;
+    async fn list_devices(&self, q: &DeviceListQuery) -> Result<Paged<Enrollment>>;
+    async fn search_audit(&self, q: &AuditSearch) -> Result<Paged<AuditEntry>>;
+}
+
+/// `%text%` for LIKE, with LIKE's own wildcards in the text taken literally (`ESCAPE '\'`).
+fn like_pattern(s: Option<&str>) -> String {
+    let mut out = String::from("%");
+    for c in s.unwrap_or("").to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+const DEVICE_WHERE: &str = "WHERE ($1 IS NULL OR status = $1) AND (LOWER(managed_apple_id) \
+     LIKE $2 ESCAPE '\\' OR LOWER(COALESCE(model_family, '')) LIKE $2 ESCAPE '\\' \
+     OR LOWER(COALESCE(product, '')) LIKE $2 ESCAPE '\\' \
+     OR user_id IN (SELECT id FROM users WHERE LOWER(email) LIKE $2 ESCAPE '\\'))";
+
+const AUDIT_WHERE: &str = "WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR action = $2) \
+     AND ($3 IS NULL OR target = $3) AND ($4 IS NULL OR at >= $4) AND ($5 IS NULL OR at < $5)";
+
+macro_rules! impl_listing_store {
+    ($store:ty) => {
+        #[async_trait]
+        impl ListingStore for $store {
+            async fn count_enrollments_by_mode(&self) -> Result<Vec<(String, String, i64)>> {
+                Ok(sqlx::query_as(
+                    "SELECT mode, status, COUNT(*) FROM enrollments GROUP BY mode, status \
+                     ORDER BY mode, status",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn expiring_identities(
+                &self,
+                before: DateTime<Utc>,
+                limit: i64,
+            ) -> Result<Vec<Enrollment>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {} FROM enrollments WHERE status = 'enrolled' \
+                     AND identity_not_after IS NOT NULL AND identity_not_after < $1 \
+                     ORDER BY identity_not_after, id LIMIT $2",
+                    crate::enrollment_backend::ENROLLMENT_COLUMNS
+                ))
+                .bind(before)
+                .bind(limit.clamp(1, 1000))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn list_devices(&self, q: &DeviceListQuery) -> Result<Paged<Enrollment>> {
+                let pattern = like_pattern(q.search.as_deref());
+                let limit = if q.limit <= 0 { 100 } else { q.limit.min(1000) };
+                let dir = if q.descending { "DESC" } else { "ASC" };
+                let total: i64 =
+                    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM enrollments {DEVICE_WHERE}"))
+                        .bind(&q.status)
+                        .bind(&pattern)
+                        .fetch_one(&self.pool)
+                        .await?;
+                let items = sqlx::query_as(&format!(
+                    "SELECT {} FROM enrollments {DEVICE_WHERE} \
+                     ORDER BY {col} IS NULL, {col} {dir}, id {dir} LIMIT $3 OFFSET $4",
+                    crate::enrollment_backend::ENROLLMENT_COLUMNS,
+                    col = q.sort.column(),
+                ))
+                .bind(&q.status)
+                .bind(&pattern)
+                .bind(limit)
+                .bind(q.offset.max(0))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(Paged { items, total })
+            }
+
+            async fn search_audit(&self, q: &AuditSearch) -> Result<Paged<AuditEntry>> {
+                let limit = if q.limit <= 0 { 100 } else { q.limit.min(1000) };
+                let total: i64 =
+                    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM audit_log {AUDIT_WHERE}"))
+                        .bind(&q.actor)
+                        .bind(&q.action)
+                        .bind(&q.target)
+                        .bind(q.from)
+                        .bind(q.until)
+                        .fetch_one(&self.pool)
+                        .await?;
+                let items = sqlx::query_as(&format!(
+                    "SELECT id, at, actor, action, target, detail FROM audit_log {AUDIT_WHERE} \
+                     ORDER BY id DESC LIMIT $6 OFFSET $7"
+                ))
+                .bind(&q.actor)
+                .bind(&q.action)
+                .bind(&q.target)
+                .bind(q.from)
+                .bind(q.until)
+                .bind(limit)
+                .bind(q.offset.max(0))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(Paged { items, total })
+            }
+        }
+    };
+}
+
+impl_listing_store!(SqliteStore);
+impl_listing_store!(PostgresStore);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_wildcards_are_literal() {
+        assert_eq!(like_pattern(Some("A_b%c\\")), "%a\\_b\\%c\\\\%");
+        assert_eq!(like_pattern(None), "%%");
+    }
+
+    #[test]
+    fn sort_keys_round_trip() {
+        for s in [
+            DeviceSort::ManagedAppleId,
+            DeviceSort::ModelFamily,
+            DeviceSort::OsVersion,
+            DeviceSort::Status,
+            DeviceSort::LastSeen,
+            DeviceSort::Created,
+        ] {
+            assert_eq!(DeviceSort::parse(s.key()), Some(s));
+        }
+        assert_eq!(DeviceSort::parse("password_hash"), None);
+    }
+}

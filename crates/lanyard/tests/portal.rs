@@ -1,0 +1,461 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! The admin portal over HTTP, on both databases: sign-in with its CSRF cookie and secure
+//! session cookie, wrong passwords and lockout, forged CSRF and expired sessions refused with
+//! nothing changed, invalid settings refused whole, a read-only administrator refused every
+//! change, users added and listed with search and pagination, the audit log filtered, sign-out.
+
+mod support;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use support::{Db, Server};
+
+/// A browser-like client: keeps cookies, does not follow redirects (so they can be checked).
+fn browser(s: &Server) -> Client {
+    Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&s.ca_pem()).unwrap())
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of the first hidden `csrf` field on a page.
+fn csrf_of(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = html.find(marker).expect("a CSRF field") + marker.len();
+    let end = html[start..].find('"').unwrap() + start;
+    html[start..end].to_string()
+}
+
+async fn get(c: &Client, s: &Server, path: &str) -> (StatusCode, String) {
+    let r = c.get(format!("{}{path}", s.url)).send().await.unwrap();
+    let st = r.status();
+    (st, r.text().await.unwrap())
+}
+
+async fn post(c: &Client, s: &Server, path: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
+    let r = c
+        .post(format!("{}{path}", s.url))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status();
+    (st, r.text().await.unwrap())
+}
+
+/// Signs in through the sign-in page; returns the session's CSRF token (from the next page).
+async fn sign_in(c: &Client, s: &Server, user: &str, password: &str) -> String {
+    let (st, page) = get(c, s, "/portal/sign-in").await;
+    assert_eq!(st, 200);
+    let csrf = csrf_of(&page);
+    let r = c
+        .post(format!("{}/portal/sign-in", s.url))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("username", user),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+    assert_eq!(r.headers()["location"], "/portal/summary");
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|v| v.starts_with("lanyard_session="))
+        .expect("a session cookie");
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie} lacks {attr}");
+    }
+    let (st, page) = get(c, s, "/portal/summary").await;
+    assert_eq!(st, 200);
+    csrf_of(&page)
+}
+
+async fn settings_json(s: &Server, api: &Client, token: &str) -> Value {
+    api.get(format!("{}/api/v1/settings/enrollment", s.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn portal_walk(db: Db) {
+    let Some(s) = Server::start(db).await else {
+        return;
+    };
+    let api = s.client();
+    let token = s.admin_session(&api).await;
+    let c = browser(&s);
+
+    // Not signed in: pages lead to the sign-in page; the root leads to the portal.
+    let r = c.get(format!("{}/", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/portal");
+    let r = c
+        .get(format!("{}/portal/devices", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/portal/sign-in");
+
+    // The sign-in form refuses a forged CSRF token and a wrong password, with a clear message.
+    let (_, page) = get(&c, &s, "/portal/sign-in").await;
+    let pre = csrf_of(&page);
+    let (st, page) = post(
+        &c,
+        &s,
+        "/portal/sign-in",
+        &[
+            ("csrf", "forged"),
+            ("username", "admin"),
+            ("password", &s.admin_password),
+        ],
+    )
+    .await;
+    assert_eq!(st, 403);
+    assert!(page.contains("did not come from this portal"), "{page}");
+    let (st, page) = post(
+        &c,
+        &s,
+        "/portal/sign-in",
+        &[
+            ("csrf", &pre),
+            ("username", "admin"),
+            ("password", "not the password"),
+        ],
+    )
+    .await;
+    assert_eq!(st, 401);
+    assert!(page.contains("Wrong name or password"), "{page}");
+
+    let csrf = sign_in(&c, &s, "admin", &s.admin_password).await;
+    let r = c
+        .get(format!("{}/portal/summary", s.url))
+        .send()
+        .await
+        .unwrap();
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Enrolled devices") && page.contains("User Enrollment"));
+    assert!(page.contains("No APNs certificate"), "{page}");
+
+    // Add a user; a forged CSRF token changes nothing.
+    let (st, page) = post(
+        &c,
+        &s,
+        "/portal/users",
+        &[("csrf", "forged"), ("email", "forged@example.com")],
+    )
+    .await;
+    assert_eq!(st, 403);
+    assert!(page.contains("nothing was"), "{page}");
+    let (st, _) = post(
+        &c,
+        &s,
+        "/portal/users",
+        &[
+            ("csrf", &csrf),
+            ("email", "ann@example.com"),
+            ("display_name", "Ann"),
+            ("password", "a long password"),
+        ],
+    )
+    .await;
+    assert_eq!(st, 303);
+    let (_, page) = get(&c, &s, "/portal/users?done=added").await;
+    assert!(page.contains("User added."));
+    assert!(page.contains("ann@example.com"));
+    assert!(!page.contains("forged@example.com"));
+    // An invalid email: a message, the typed values kept, nothing added.
+    let (st, page) = post(
+        &c,
+        &s,
+        "/portal/users",
+        &[
+            ("csrf", &csrf),
+            ("email", "not an email"),
+            ("display_name", "Zed"),
+        ],
+    )
+    .await;
+    assert_eq!(st, 422);
+    assert!(page.contains("role=\"alert\""), "{page}");
+    assert!(page.contains("value=\"Zed\""), "{page}");
+    let users: Value = api
+        .get(format!("{}/api/v1/users", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 1, "{users}");
+
+    // Settings: an invalid value refuses the whole form; a valid one saves all three switches.
+    let before = settings_json(&s, &api, &token).await;
+    let (st, page) = post(
+        &c,
+        &s,
+        "/portal/settings",
+        &[
+            ("csrf", &csrf),
+            ("ownership_mode", "prompt"),
+            ("min_macos_version", "9.0"),
+            ("managed_domains", "example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(st, 422);
+    assert!(page.contains("Nothing was saved"), "{page}");
+    assert!(page.contains("macOS 14"), "{page}");
+    assert_eq!(settings_json(&s, &api, &token).await, before);
+    let (st, _) = post(
+        &c,
+        &s,
+        "/portal/settings",
+        &[
+            ("csrf", &csrf),
+            ("ownership_mode", "prompt"),
+            ("min_macos_version", "15.3"),
+            ("managed_domains", "example.com, example.org"),
+            ("manage_only_corporate_resources", "on"),
+        ],
+    )
+    .await;
+    assert_eq!(st, 303);
+    let after = settings_json(&s, &api, &token).await;
+    assert_eq!(after["min_macos_version"], "15.3");
+    assert_eq!(after["ownership_mode"], "prompt");
+    assert_eq!(after["manage_only_corporate_resources"], true);
+    assert_eq!(after["use_email_as_managed_apple_id"], false);
+    assert_eq!(
+        after["managed_domains"],
+        json!(["example.com", "example.org"])
+    );
+
+    // Pagination and search over users (created through the API, without passwords).
+    for i in 0..55 {
+        let r = api
+            .post(format!("{}/api/v1/users", s.url))
+            .bearer_auth(&token)
+            .json(&json!({"email": format!("user{i:02}@example.com")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let (_, p1) = get(&c, &s, "/portal/users").await;
+    assert!(p1.contains("rel=\"next\""), "page 1 links to page 2");
+    let rows1 = p1.matches("/enabled\"").count();
+    assert_eq!(rows1, 50);
+    let (_, p2) = get(&c, &s, "/portal/users?page=2").await;
+    assert_eq!(p2.matches("/enabled\"").count(), 6);
+    assert!(!p2.contains("rel=\"next\""));
+    let (_, found) = get(&c, &s, "/portal/users?search=user07").await;
+    assert_eq!(found.matches("/enabled\"").count(), 1);
+    assert!(found.contains("user07@example.com"));
+    let (st, _) = get(&c, &s, "/portal/users?page=zero").await;
+    assert_eq!(st, 400);
+    let (st, _) = get(&c, &s, "/portal/devices?status=nonsense").await;
+    assert_eq!(st, 400);
+    let (st, page) = get(&c, &s, "/portal/devices?sort=password_hash").await;
+    assert_eq!(st, 400);
+    assert!(page.contains("Unknown sort column"), "{page}");
+    let (st, page) = get(&c, &s, "/portal/devices?sort=os&dir=asc&status=all").await;
+    assert_eq!(st, 200);
+    assert!(page.contains("0 devices"), "{page}");
+
+    // The audit log filters by action and by date, and pages with its total.
+    let (_, page) = get(&c, &s, "/portal/audit?action=settings.update").await;
+    assert!(page.contains("settings.update"), "{page}");
+    assert!(!page.contains("user.create"), "{page}");
+    assert!(page.contains("1 entry<"), "{page}");
+    // Dates a day either side of now, so the test holds across midnight.
+    let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let before = yesterday - chrono::Duration::days(1);
+    let (_, page) = get(
+        &c,
+        &s,
+        &format!("/portal/audit?action=user.create&from={yesterday}"),
+    )
+    .await;
+    assert!(page.contains("56 entries"), "{page}");
+    assert!(page.contains("rel=\"next\""), "{page}");
+    let (_, page) = get(&c, &s, &format!("/portal/audit?until={before}")).await;
+    assert!(page.contains("0 entries"), "{page}");
+    let (st, page) = get(&c, &s, "/portal/audit?from=03%2F12%2F2026").await;
+    assert_eq!(st, 400);
+    assert!(page.contains("not a date"), "{page}");
+
+    // A wrong certificate file is refused with a message; nothing is stored.
+    let boundary = "lanyardtestboundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"certificate\"; \
+         filename=\"cert.txt\"\r\nContent-Type: text/plain\r\n\r\njust some text\r\n\
+         --{boundary}--\r\n"
+    );
+    let r = c
+        .post(format!("{}/portal/apns", s.url))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("Nothing was changed"));
+    let r = api
+        .get(format!("{}/api/v1/push-certificate", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A read-only administrator sees everything and every change is refused.
+    let (ok, _, err) = s.cli_stdin(
+        &[
+            "admin",
+            "create",
+            "viewer",
+            "--role",
+            "read-only",
+            "--password",
+            "-",
+        ],
+        "viewer password 123\n",
+    );
+    assert!(ok, "{err}");
+    let v = browser(&s);
+    let vcsrf = sign_in(&v, &s, "viewer", "viewer password 123").await;
+    let (st, page) = get(&v, &s, "/portal/settings").await;
+    assert_eq!(st, 200);
+    assert!(page.contains("read-only administrator"), "{page}");
+    let (st, page) = post(
+        &v,
+        &s,
+        "/portal/settings",
+        &[
+            ("csrf", &vcsrf),
+            ("ownership_mode", "employee"),
+            ("min_macos_version", "15.2"),
+        ],
+    )
+    .await;
+    assert_eq!(st, 403);
+    assert!(
+        page.contains("Read-only administrators cannot change anything"),
+        "{page}"
+    );
+    assert_eq!(settings_json(&s, &api, &token).await, after);
+    let (st, _) = post(
+        &v,
+        &s,
+        "/portal/users",
+        &[("csrf", &vcsrf), ("email", "ro@example.com")],
+    )
+    .await;
+    assert_eq!(st, 403);
+    let (st, page) = post(
+        &v,
+        &s,
+        "/portal/tokens",
+        &[("csrf", &vcsrf), ("name", "ro")],
+    )
+    .await;
+    assert_eq!(st, 403);
+    assert!(page.contains("Read-only administrators"), "{page}");
+    let (st, page) = get(&v, &s, "/portal/tokens").await;
+    assert_eq!(st, 200);
+    assert!(page.contains("No server tokens yet"), "{page}");
+
+    // An expired (or unknown) session: a change is refused with a clear message.
+    let stale = Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&s.ca_pem()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = stale
+        .post(format!("{}/portal/users", s.url))
+        .header("cookie", "lanyard_session=lys_not_a_live_session")
+        .form(&[("csrf", csrf.as_str()), ("email", "late@example.com")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("session has expired"));
+
+    // Lockout: after five wrong passwords even the right one is refused for a while.
+    let l = browser(&s);
+    let (_, page) = get(&l, &s, "/portal/sign-in").await;
+    let pre = csrf_of(&page);
+    for _ in 0..5 {
+        let (st, _) = post(
+            &l,
+            &s,
+            "/portal/sign-in",
+            &[
+                ("csrf", &pre),
+                ("username", "viewer"),
+                ("password", "wrong password"),
+            ],
+        )
+        .await;
+        assert_eq!(st, 401);
+    }
+    let (st, page) = post(
+        &l,
+        &s,
+        "/portal/sign-in",
+        &[
+            ("csrf", &pre),
+            ("username", "viewer"),
+            ("password", "viewer password 123"),
+        ],
+    )
+    .await;
+    assert_eq!(st, 429);
+    assert!(page.contains("Too many failed sign-ins"), "{page}");
+
+    // Sign-out ends the session: the next page is the sign-in page again.
+    let (st, _) = post(&c, &s, "/portal/sign-out", &[("csrf", &csrf)]).await;
+    assert_eq!(st, 303);
+    let r = c
+        .get(format!("{}/portal/summary", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn portal_sqlite() {
+    portal_walk(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn portal_postgres() {
+    portal_walk(Db::Postgres).await;
+}

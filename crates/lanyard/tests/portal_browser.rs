@@ -1,0 +1,177 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! The admin portal in a real browser, on both databases: `tests/browser/portal.mjs` drives
+//! Debian's headless Chromium through playwright-core (sign in, add a user, change the enrollment
+//! settings, add an ABM server token from the fake Apple Business Manager as the default for
+//! account-driven enrollment and sync it, find the enrolled simulated Mac as a User Enrollment, send commands and see their
+//! result and progress, a read-only administrator refused a change, axe-core accessibility
+//! checks). This test starts the server, plays the simulated Mac when the script asks, and fails
+//! when the script fails.
+//!
+//! Needs `/usr/bin/chromium`, `node` and `npm ci` run in `tests/browser` (scripts/ensure-test-deps
+//! does both). Without them the test is skipped loudly, or fails under `CI=true`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use lanyard_testkit::fake_abm::FakeAbm;
+use lanyard_testkit::sim::{Ownership, SimMac, SimOptions};
+use serde_json::Value;
+use support::{Db, Server};
+
+const VIEWER_PASSWORD: &str = "viewer password 123";
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Whether the browser, node and the script's packages are here; skips loudly (fails in CI).
+fn tools_present() -> bool {
+    let mut missing = Vec::new();
+    if !Path::new("/usr/bin/chromium").exists() {
+        missing.push("/usr/bin/chromium (apt-get install chromium)");
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        missing.push("node");
+    }
+    if !browser_dir().join("node_modules/playwright-core").exists() {
+        missing.push("playwright-core (npm ci in crates/lanyard/tests/browser)");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let what = missing.join(", ");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("the portal browser test needs {what} under CI=true; run scripts/ensure-test-deps");
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED: the portal browser test needs {what}; run scripts/ensure-test-deps !!!!!\n"
+    );
+    false
+}
+
+fn enrolled_id(s: &Server) -> String {
+    let (ok, out, err) = s.cli(&["device", "list", "--json"]);
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    list[0]["id"].as_str().unwrap().to_string()
+}
+
+async fn walk(db: Db) {
+    if !tools_present() {
+        return;
+    }
+    let fake = FakeAbm::start().await.unwrap();
+    fake.add_devices("C02P", 3);
+    let abm = fake.url();
+    let Some(s) = Server::start_with(
+        db,
+        &[
+            ("LANYARD_ABM_URL", abm.as_str()),
+            ("LANYARD_NO_ABM_SYNC", "true"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let (ok, _, err) = s.cli_stdin(
+        &[
+            "admin",
+            "create",
+            "viewer",
+            "--role",
+            "read-only",
+            "--password",
+            "-",
+        ],
+        &format!("{VIEWER_PASSWORD}\n"),
+    );
+    assert!(ok, "{err}");
+
+    let mut node = Command::new("node")
+        .arg("portal.mjs")
+        .current_dir(browser_dir())
+        .env("LANYARD_URL", &s.url)
+        .env("LANYARD_ADMIN_PASSWORD", &s.admin_password)
+        .env("LANYARD_VIEWER_PASSWORD", VIEWER_PASSWORD)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node starts");
+    let mut to_node = node.stdin.take().unwrap();
+    let from_node = BufReader::new(node.stdout.take().unwrap());
+    // Lines are read on a thread so the async simulated Mac can run between them.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in from_node.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut mac: Option<SimMac> = None;
+    let mut done = false;
+    while let Some(line) = rx.recv().await {
+        println!("browser: {line}");
+        if let Some(pem_path) = line.strip_prefix("STEP token ") {
+            // The fake ABM issues a token file encrypted to the downloaded public key.
+            let pem = std::fs::read(pem_path).unwrap();
+            let p7m = Path::new(pem_path).with_extension("p7m");
+            std::fs::write(&p7m, fake.token_file(&pem, 365).unwrap()).unwrap();
+            writeln!(to_node, "OK {}", p7m.display()).unwrap();
+            to_node.flush().unwrap();
+            continue;
+        }
+        match line.as_str() {
+            "STEP enroll" => {
+                let mut m = SimMac::new(SimOptions {
+                    ownership: Ownership::Employee,
+                    attrs: BTreeMap::new(),
+                    os_version: "15.2".into(),
+                    ca_cert_pem: Some(s.ca_pem()),
+                    ..SimOptions::new(s.url.clone(), "ann@example.com", "a long password")
+                })
+                .unwrap();
+                m.enroll().await.expect("the simulated Mac enrolls");
+                let id = enrolled_id(&s);
+                mac = Some(m);
+                writeln!(to_node, "OK {id}").unwrap();
+            }
+            "STEP answer" => {
+                let m = mac.as_mut().expect("enrolled before answering");
+                let cmd = m.idle().await.unwrap().expect("a queued command");
+                let reply = m.builtin_reply(&cmd, lanyard_testkit::Channel::Device);
+                m.respond(&cmd.uuid, reply.status, reply.result)
+                    .await
+                    .unwrap();
+                writeln!(to_node, "OK {}", cmd.request_type).unwrap();
+            }
+            "DONE" => done = true,
+            _ => {}
+        }
+        to_node.flush().unwrap();
+    }
+    let status = node.wait().unwrap();
+    assert!(
+        status.success() && done,
+        "the browser walk failed ({status}); see its output above"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn portal_in_browser_sqlite() {
+    walk(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn portal_in_browser_postgres() {
+    walk(Db::Postgres).await;
+}
