@@ -313,19 +313,7 @@ async fn api_round_trip(db: Db) {
     assert!(metrics.contains("lanyard_http_requests_total"), "{metrics}");
 
     // Read-only administrators see but cannot change.
-    let (ok, _, err) = s.cli_stdin(
-        &["admin", "create", "viewer", "--role", "read-only"],
-        "viewer password 123\n",
-    );
-    assert!(ok, "{err}");
-    let r = c
-        .post(api("/sessions"))
-        .json(&json!({"username": "viewer", "password": "viewer password 123"}))
-        .send()
-        .await
-        .unwrap();
-    let viewer: Value = r.json().await.unwrap();
-    let vt = viewer["session_token"].as_str().unwrap();
+    let vt = &s.read_only_session(&c).await;
     assert_eq!(
         c.get(api("/users"))
             .bearer_auth(vt)

@@ -20,9 +20,7 @@ use std::process::{Command, Stdio};
 use lanyard_testkit::fake_abm::FakeAbm;
 use lanyard_testkit::sim::{Ownership, SimMac, SimOptions};
 use serde_json::Value;
-use support::{Db, Server};
-
-const VIEWER_PASSWORD: &str = "viewer password 123";
+use support::{Db, Server, VIEWER_PASSWORD};
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")

@@ -274,21 +274,7 @@ async fn token_lifecycle(db: Db) {
         .unwrap();
     assert_eq!(r.status(), 409);
 
-    let (ok, _, err) = s.cli_stdin(
-        &["admin", "create", "viewer", "--role", "read-only"],
-        "viewer password 123\n",
-    );
-    assert!(ok, "{err}");
-    let viewer: Value = c
-        .post(api("/sessions"))
-        .json(&json!({"username": "viewer", "password": "viewer password 123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let vt = viewer["session_token"].as_str().unwrap();
+    let vt = &s.read_only_session(&c).await;
     let r = c
         .get(api("/server-tokens"))
         .bearer_auth(vt)

@@ -15,6 +15,9 @@ pub enum Db {
     Postgres,
 }
 
+/// The password [`Server::read_only_session`] gives the read-only administrator `viewer`.
+pub const VIEWER_PASSWORD: &str = "viewer password 123";
+
 pub struct Server {
     pub url: String,
     pub admin_password: String,
@@ -133,6 +136,25 @@ impl Server {
         let r = c
             .post(format!("{}/api/v1/sessions", self.url))
             .json(&serde_json::json!({"username": "admin", "password": self.admin_password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let body: serde_json::Value = r.json().await.unwrap();
+        body["session_token"].as_str().unwrap().to_string()
+    }
+
+    /// Creates the read-only administrator `viewer` (password [`VIEWER_PASSWORD`]) with the CLI
+    /// and returns a session token for it.
+    pub async fn read_only_session(&self, c: &reqwest::Client) -> String {
+        let (ok, _, err) = self.cli_stdin(
+            &["admin", "create", "viewer", "--role", "read-only"],
+            &format!("{VIEWER_PASSWORD}\n"),
+        );
+        assert!(ok, "{err}");
+        let r = c
+            .post(format!("{}/api/v1/sessions", self.url))
+            .json(&serde_json::json!({"username": "viewer", "password": VIEWER_PASSWORD}))
             .send()
             .await
             .unwrap();
