@@ -3,7 +3,8 @@
 //! Debian's headless Chromium through playwright-core (sign in, add a user, change the enrollment
 //! settings, add an ABM server token from the fake Apple Business Manager as the default for
 //! account-driven enrollment and sync it, find the enrolled simulated Mac as a User Enrollment, send commands and see their
-//! result and progress, a read-only administrator refused a change, axe-core accessibility
+//! result and progress, an OpenID Connect identity provider refused with a bad issuer then added
+//! and listed, a read-only administrator refused a change, axe-core accessibility
 //! checks). This test starts the server, plays the simulated Mac when the script asks, and fails
 //! when the script fails.
 //!

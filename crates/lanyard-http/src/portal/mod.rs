@@ -1,5 +1,5 @@
 //! The admin portal under `/portal`: server-rendered HTML pages for administrators (sign-in,
-//! summary, devices, users, settings, ABM server tokens, the APNs certificate, the audit log).
+//! summary, devices, users, settings, ABM server tokens, identity providers, the APNs certificate, the audit log).
 //!
 //! Owns: page rendering, the portal's session handling (the same admin sessions as the API:
 //! cookie `lanyard_session`, `Secure; HttpOnly; SameSite=Strict`), the CSRF token in every form
@@ -17,6 +17,7 @@
 
 mod admin;
 mod fleet;
+mod idp;
 mod tokens;
 
 use axum::extract::rejection::FormRejection;
@@ -57,6 +58,7 @@ pub fn routes() -> Router<AppState> {
         .merge(fleet::routes())
         .merge(admin::routes())
         .merge(tokens::routes())
+        .merge(idp::routes())
         .layer(DefaultBodyLimit::max(PORTAL_FORM_LIMIT))
 }
 
@@ -275,6 +277,7 @@ pub(crate) enum Nav {
     Users,
     Settings,
     Tokens,
+    IdentityProviders,
     Apns,
     Audit,
     None,
@@ -286,6 +289,11 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Users, "/portal/users", "Users"),
     (Nav::Settings, "/portal/settings", "Settings"),
     (Nav::Tokens, "/portal/tokens", "Tokens"),
+    (
+        Nav::IdentityProviders,
+        "/portal/identity-providers",
+        "Identity providers",
+    ),
     (Nav::Apns, "/portal/apns", "APNs certificate"),
     (Nav::Audit, "/portal/audit", "Audit log"),
 ];

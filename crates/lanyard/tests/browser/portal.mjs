@@ -269,6 +269,29 @@ try {
   check((await message(page)).startsWith("Unenrollment queued"), "unenrollment queued");
   console.log("unenrollment queued");
 
+  // Identity providers: a bad issuer refused with a message, then a provider added and listed
+  // (its client secret never shown).
+  await page.getByRole("link", { name: "Identity providers" }).click();
+  await page.getByLabel("Name (lower-case letters, digits and dashes)").fill("corp");
+  await page.getByLabel("Display name (what the sign-in button says)").fill("Corporate sign-in");
+  await page.getByLabel("Issuer URL").fill("http://login.example.com");
+  await page.getByLabel("Client id").fill("lanyard-client");
+  await page.getByLabel("Client secret (leave blank for a public client)").fill("portal-walk-secret");
+  await page.getByRole("button", { name: "Add identity provider" }).click();
+  const badIssuer = await message(page);
+  check(badIssuer.includes("must use https"), `bad issuer refused: ${badIssuer}`);
+  await page.getByLabel("Issuer URL").fill("https://login.example.com");
+  await page.getByLabel("Client secret (leave blank for a public client)").fill("portal-walk-secret");
+  await page.getByRole("button", { name: "Add identity provider" }).click();
+  check((await message(page)) === "Identity provider corp added.", "identity provider added");
+  const idpRow = page.locator("tr[data-provider=corp]");
+  check((await idpRow.textContent()).includes("https://login.example.com"), "provider listed");
+  check((await idpRow.locator("td.secret-set").textContent()) === "Yes", "secret set shown");
+  check(!(await page.content()).includes("portal-walk-secret"), "secret never in the page");
+  await accessible(page, "identity providers");
+  await shot(page, "identity-providers");
+  console.log("identity provider added and listed");
+
   // A read-only administrator sees the pages and is refused a change.
   await signOut(page);
   await signIn(page, "viewer", viewerPassword);

@@ -1,0 +1,486 @@
+//! The portal's Identity providers page: the OpenID Connect providers people sign in with at
+//! enrollment (name, display name, issuer, client id, scopes, email claim, "create users on first
+//! sign-in", enabled, and whether a client secret is stored — never the secret itself), adding a
+//! provider, editing one (a blank secret field keeps the stored secret), enabling or disabling
+//! one, and removing one after a confirmation. Every change goes through the same `Lanyard`
+//! methods as the admin API, which check roles, validate and write the audit lines.
+
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use lanyard_core::identity_providers::{
+    CreateIdentityProvider, IdentityProviderView, UpdateIdentityProvider, CALLBACK_PATH,
+};
+
+use super::{
+    describe, error_page, fields, layout, notice, qv, see_other, session, Fields, Nav, Notice,
+    Session,
+};
+use crate::pages::esc;
+use crate::AppState;
+
+const LIST: &str = "/portal/identity-providers";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(LIST, get(list).post(create))
+        .route("/portal/identity-providers/{name}", get(edit).post(update))
+        .route(
+            "/portal/identity-providers/{name}/enabled",
+            post(set_enabled),
+        )
+        .route("/portal/identity-providers/{name}/remove", post(remove))
+}
+
+#[derive(Deserialize, Default)]
+struct DoneQuery {
+    done: Option<String>,
+    name: Option<String>,
+}
+
+/// The values typed into the add or edit form, shown again after a refusal (never the secret).
+#[derive(Default)]
+struct Typed {
+    name: String,
+    display_name: String,
+    issuer: String,
+    client_id: String,
+    scopes: String,
+    email_claim: String,
+    allow_create_users: bool,
+    enabled: bool,
+}
+
+impl Typed {
+    fn blank() -> Self {
+        Self {
+            scopes: "email profile".into(),
+            email_claim: "email".into(),
+            enabled: true,
+            ..Self::default()
+        }
+    }
+
+    fn from_form(f: &Fields) -> Self {
+        Self {
+            name: f.get("name").trim().to_string(),
+            display_name: f.get("display_name").to_string(),
+            issuer: f.get("issuer").to_string(),
+            client_id: f.get("client_id").to_string(),
+            scopes: f.get("scopes").to_string(),
+            email_claim: f.get("email_claim").to_string(),
+            allow_create_users: f.checked("allow_create_users"),
+            enabled: f.checked("enabled"),
+        }
+    }
+
+    fn from_view(p: &IdentityProviderView) -> Self {
+        Self {
+            name: p.name.clone(),
+            display_name: p.display_name.clone(),
+            issuer: p.issuer.clone(),
+            client_id: p.client_id.clone(),
+            scopes: p.scopes.join(" "),
+            email_claim: p.email_claim.clone(),
+            allow_create_users: p.allow_create_users,
+            enabled: p.enabled,
+        }
+    }
+}
+
+fn scopes_of(raw: &str) -> Vec<String> {
+    raw.split_whitespace().map(str::to_string).collect()
+}
+
+fn checked(on: bool) -> &'static str {
+    if on {
+        " checked"
+    } else {
+        ""
+    }
+}
+
+fn yes_no(on: bool) -> &'static str {
+    if on {
+        "Yes"
+    } else {
+        "No"
+    }
+}
+
+/// The fields shared by the add and edit forms.
+fn provider_fields(t: &Typed, secret_hint: &str) -> String {
+    format!(
+        "<label for=\"idp_display_name\">Display name (what the sign-in button says)</label>\
+         <input id=\"idp_display_name\" name=\"display_name\" maxlength=\"100\" value=\"{display}\">\
+         <label for=\"idp_issuer\">Issuer URL</label>\
+         <input id=\"idp_issuer\" name=\"issuer\" required maxlength=\"2000\" \
+         placeholder=\"https://login.example.com\" value=\"{issuer}\">\
+         <label for=\"idp_client_id\">Client id</label>\
+         <input id=\"idp_client_id\" name=\"client_id\" required maxlength=\"200\" value=\"{client_id}\">\
+         <label for=\"idp_client_secret\">Client secret ({secret_hint})</label>\
+         <input id=\"idp_client_secret\" type=\"password\" name=\"client_secret\" maxlength=\"1000\" \
+         autocomplete=\"new-password\">\
+         <label for=\"idp_scopes\">Scopes besides openid (separated by spaces)</label>\
+         <input id=\"idp_scopes\" name=\"scopes\" maxlength=\"2000\" value=\"{scopes}\">\
+         <label for=\"idp_email_claim\">Email claim</label>\
+         <input id=\"idp_email_claim\" name=\"email_claim\" required maxlength=\"100\" value=\"{claim}\">\
+         <label class=\"check\"><input type=\"checkbox\" name=\"allow_create_users\" value=\"on\"{create}> \
+         Create users on first sign-in</label>\
+         <label class=\"check\"><input type=\"checkbox\" name=\"enabled\" value=\"on\"{enabled}> \
+         Enabled</label>",
+        display = esc(&t.display_name),
+        issuer = esc(&t.issuer),
+        client_id = esc(&t.client_id),
+        scopes = esc(&t.scopes),
+        claim = esc(&t.email_claim),
+        create = checked(t.allow_create_users),
+        enabled = checked(t.enabled),
+    )
+}
+
+async fn list(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<DoneQuery>, QueryRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let name = q.name.unwrap_or_default();
+    let done = match q.done.as_deref() {
+        Some("added") => Some(Notice::Ok(format!("Identity provider {name} added."))),
+        Some("saved") => Some(Notice::Ok(format!("Identity provider {name} saved."))),
+        Some("enabled") => Some(Notice::Ok(format!("Identity provider {name} enabled."))),
+        Some("disabled") => Some(Notice::Ok(format!("Identity provider {name} disabled."))),
+        Some("removed") => Some(Notice::Ok(format!("Identity provider {name} removed."))),
+        _ => None,
+    };
+    list_page(&s, &sess, StatusCode::OK, done, &Typed::blank()).await
+}
+
+async fn list_page(
+    s: &AppState,
+    sess: &Session,
+    status: StatusCode,
+    message: Option<Notice>,
+    typed: &Typed,
+) -> Response {
+    let providers = match s.lanyard.list_identity_providers().await {
+        Ok(l) => l,
+        Err(e) => return error_page(Some(sess), e),
+    };
+    let mut rows = String::new();
+    for p in &providers {
+        let n = qv(&p.name);
+        let (toggle_value, toggle_label) = if p.enabled {
+            ("off", "Disable")
+        } else {
+            ("on", "Enable")
+        };
+        rows.push_str(&format!(
+            "<tr data-provider=\"{name}\"><td>{name}</td><td>{display}</td><td>{issuer}</td>\
+             <td>{client_id}</td><td>{scopes}</td><td>{claim}</td><td>{create}</td>\
+             <td class=\"enabled\">{enabled}</td><td class=\"secret-set\">{secret}</td>\
+             <td class=\"row-actions\"><a href=\"/portal/identity-providers/{n}\">Edit</a>\
+             <form method=\"post\" action=\"/portal/identity-providers/{n}/enabled\">{csrf}\
+             <input type=\"hidden\" name=\"enabled\" value=\"{toggle_value}\">\
+             <button type=\"submit\" class=\"small\">{toggle_label}</button></form></td></tr>",
+            name = esc(&p.name),
+            display = esc(&p.display_name),
+            issuer = esc(&p.issuer),
+            client_id = esc(&p.client_id),
+            scopes = esc(&p.scopes.join(" ")),
+            claim = esc(&p.email_claim),
+            create = yes_no(p.allow_create_users),
+            enabled = yes_no(p.enabled),
+            secret = yes_no(p.client_secret_set),
+            csrf = sess.csrf_field(),
+        ));
+    }
+    let table = if providers.is_empty() {
+        "<p class=\"muted\">No identity providers yet: people sign in at enrollment with a \
+         Lanyard password.</p>"
+            .to_string()
+    } else {
+        format!(
+            "<table class=\"identity-providers\"><thead><tr><th scope=\"col\">Name</th>\
+             <th scope=\"col\">Display name</th><th scope=\"col\">Issuer</th>\
+             <th scope=\"col\">Client id</th><th scope=\"col\">Scopes</th>\
+             <th scope=\"col\">Email claim</th><th scope=\"col\">Create users on first sign-in</th>\
+             <th scope=\"col\">Enabled</th><th scope=\"col\">Secret set</th>\
+             <th scope=\"col\">Actions</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    };
+    let body = format!(
+        "{msg}<p class=\"muted\">Register <code>{CALLBACK_PATH}</code> under this server's public \
+         address as the redirect URI at the provider.</p>{table}<h2>Add identity provider</h2>\
+         <form method=\"post\" action=\"{LIST}\" class=\"grid-form\">{csrf}\
+         <label for=\"idp_name\">Name (lower-case letters, digits and dashes)</label>\
+         <input id=\"idp_name\" name=\"name\" required maxlength=\"40\" pattern=\"[a-z0-9][a-z0-9-]*\" \
+         value=\"{name}\">{fields}\
+         <button type=\"submit\">Add identity provider</button></form>",
+        msg = notice(message),
+        csrf = sess.csrf_field(),
+        name = esc(&typed.name),
+        fields = provider_fields(typed, "leave blank for a public client"),
+    );
+    layout(
+        sess,
+        status,
+        Nav::IdentityProviders,
+        "Identity providers",
+        &body,
+    )
+}
+
+/// Reads the session, the form and checks its CSRF token.
+async fn change_form(
+    s: &AppState,
+    headers: &HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<(Session, Fields), Response> {
+    let sess = session(s, headers, true).await?;
+    let f = fields(&sess, form)?;
+    sess.check_csrf(f.get("csrf"))?;
+    Ok((sess, f))
+}
+
+async fn create(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change_form(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let typed = Typed::from_form(&f);
+    let input = CreateIdentityProvider {
+        name: typed.name.clone(),
+        display_name: Some(typed.display_name.trim())
+            .filter(|d| !d.is_empty())
+            .map(str::to_string),
+        issuer: typed.issuer.clone(),
+        client_id: typed.client_id.clone(),
+        client_secret: Some(f.get("client_secret"))
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+        scopes: Some(scopes_of(&typed.scopes)),
+        email_claim: Some(typed.email_claim.clone()),
+        allow_create_users: Some(typed.allow_create_users),
+        enabled: Some(typed.enabled),
+    };
+    match s
+        .lanyard
+        .create_identity_provider(&sess.actor, &s.secrets, input)
+        .await
+    {
+        Ok(p) => see_other(&format!("{LIST}?done=added&name={}", qv(&p.name))),
+        Err(e) => {
+            let (status, text) = describe(e);
+            let text = format!("Nothing was added. {text}");
+            list_page(&s, &sess, status, Some(Notice::Error(text)), &typed).await
+        }
+    }
+}
+
+async fn edit(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    let sess = match session(&s, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    edit_page(&s, &sess, &name, StatusCode::OK, None, None).await
+}
+
+async fn edit_page(
+    s: &AppState,
+    sess: &Session,
+    name: &str,
+    status: StatusCode,
+    message: Option<Notice>,
+    typed: Option<Typed>,
+) -> Response {
+    let p = match s.lanyard.identity_provider(name).await {
+        Ok(p) => p,
+        Err(e) => return error_page(Some(sess), e),
+    };
+    let typed = typed.unwrap_or_else(|| Typed::from_view(&p));
+    let n = qv(&p.name);
+    let secret_hint = if p.client_secret_set {
+        "a secret is set; leave blank to keep it"
+    } else {
+        "none is set; leave blank for a public client"
+    };
+    let body = format!(
+        "{msg}<p><a href=\"{LIST}\">← All identity providers</a></p>\
+         <form method=\"post\" action=\"/portal/identity-providers/{n}\" class=\"grid-form\">{csrf}\
+         {fields}<button type=\"submit\">Save</button></form>\
+         <form method=\"post\" action=\"/portal/identity-providers/{n}/remove\" class=\"danger\">{csrf}\
+         <label class=\"check\"><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> \
+         Remove {name}: people can no longer sign in with it at enrollment</label>\
+         <button type=\"submit\" class=\"danger\">Remove</button></form>",
+        msg = notice(message),
+        csrf = sess.csrf_field(),
+        fields = provider_fields(&typed, secret_hint),
+        name = esc(&p.name),
+    );
+    layout(
+        sess,
+        status,
+        Nav::IdentityProviders,
+        &format!("Identity provider {}", p.name),
+        &body,
+    )
+}
+
+async fn update(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change_form(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut typed = Typed::from_form(&f);
+    typed.name = name.clone();
+    let input = UpdateIdentityProvider {
+        display_name: Some(typed.display_name.trim())
+            .filter(|d| !d.is_empty())
+            .map(str::to_string),
+        issuer: Some(typed.issuer.clone()),
+        client_id: Some(typed.client_id.clone()),
+        // A blank secret field keeps the stored secret.
+        client_secret: Some(f.get("client_secret"))
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+        scopes: Some(scopes_of(&typed.scopes)),
+        email_claim: Some(typed.email_claim.clone()),
+        allow_create_users: Some(typed.allow_create_users),
+        enabled: Some(typed.enabled),
+    };
+    match s
+        .lanyard
+        .update_identity_provider(&sess.actor, &s.secrets, &name, input)
+        .await
+    {
+        Ok(p) => see_other(&format!("{LIST}?done=saved&name={}", qv(&p.name))),
+        Err(e) => {
+            let (status, text) = describe(e);
+            let text = format!("Nothing was changed. {text}");
+            edit_page(
+                &s,
+                &sess,
+                &name,
+                status,
+                Some(Notice::Error(text)),
+                Some(typed),
+            )
+            .await
+        }
+    }
+}
+
+async fn set_enabled(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change_form(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let enabled = match f.get("enabled") {
+        "on" => true,
+        "off" => false,
+        _ => {
+            return list_page(
+                &s,
+                &sess,
+                StatusCode::BAD_REQUEST,
+                Some(Notice::Error(
+                    "Nothing was changed: the form did not say whether to enable or disable."
+                        .into(),
+                )),
+                &Typed::blank(),
+            )
+            .await
+        }
+    };
+    let input = UpdateIdentityProvider {
+        enabled: Some(enabled),
+        ..UpdateIdentityProvider::default()
+    };
+    match s
+        .lanyard
+        .update_identity_provider(&sess.actor, &s.secrets, &name, input)
+        .await
+    {
+        Ok(p) => {
+            let done = if p.enabled { "enabled" } else { "disabled" };
+            see_other(&format!("{LIST}?done={done}&name={}", qv(&p.name)))
+        }
+        Err(e) => {
+            let (status, text) = describe(e);
+            let text = format!("Nothing was changed. {text}");
+            list_page(
+                &s,
+                &sess,
+                status,
+                Some(Notice::Error(text)),
+                &Typed::blank(),
+            )
+            .await
+        }
+    }
+}
+
+async fn remove(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change_form(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !f.checked("confirm") {
+        return edit_page(
+            &s,
+            &sess,
+            &name,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(Notice::Error(
+                "Tick the confirmation box to remove this identity provider.".into(),
+            )),
+            None,
+        )
+        .await;
+    }
+    match s.lanyard.delete_identity_provider(&sess.actor, &name).await {
+        Ok(()) => see_other(&format!("{LIST}?done=removed&name={}", qv(&name))),
+        Err(e) => {
+            let (status, text) = describe(e);
+            let text = format!("Nothing was removed. {text}");
+            list_page(
+                &s,
+                &sess,
+                status,
+                Some(Notice::Error(text)),
+                &Typed::blank(),
+            )
+            .await
+        }
+    }
+}
