@@ -6,77 +6,10 @@
 
 mod support;
 
-use reqwest::{Client, StatusCode};
+use reqwest::Client;
 use serde_json::{json, Value};
+use support::portal::{browser, csrf_of, get, post, sign_in};
 use support::{Db, Server};
-
-/// A browser-like client: keeps cookies, does not follow redirects (so they can be checked).
-fn browser(s: &Server) -> Client {
-    Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&s.ca_pem()).unwrap())
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// The value of the first hidden `csrf` field on a page.
-fn csrf_of(html: &str) -> String {
-    let marker = "name=\"csrf\" value=\"";
-    let start = html.find(marker).expect("a CSRF field") + marker.len();
-    let end = html[start..].find('"').unwrap() + start;
-    html[start..end].to_string()
-}
-
-async fn get(c: &Client, s: &Server, path: &str) -> (StatusCode, String) {
-    let r = c.get(format!("{}{path}", s.url)).send().await.unwrap();
-    let st = r.status();
-    (st, r.text().await.unwrap())
-}
-
-async fn post(c: &Client, s: &Server, path: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
-    let r = c
-        .post(format!("{}{path}", s.url))
-        .form(form)
-        .send()
-        .await
-        .unwrap();
-    let st = r.status();
-    (st, r.text().await.unwrap())
-}
-
-/// Signs in through the sign-in page; returns the session's CSRF token (from the next page).
-async fn sign_in(c: &Client, s: &Server, user: &str, password: &str) -> String {
-    let (st, page) = get(c, s, "/portal/sign-in").await;
-    assert_eq!(st, 200);
-    let csrf = csrf_of(&page);
-    let r = c
-        .post(format!("{}/portal/sign-in", s.url))
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("username", user),
-            ("password", password),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
-    assert_eq!(r.headers()["location"], "/portal/summary");
-    let cookie = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .find(|v| v.starts_with("lanyard_session="))
-        .expect("a session cookie");
-    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
-        assert!(cookie.contains(attr), "{cookie} lacks {attr}");
-    }
-    let (st, page) = get(c, s, "/portal/summary").await;
-    assert_eq!(st, 200);
-    csrf_of(&page)
-}
 
 async fn settings_json(s: &Server, api: &Client, token: &str) -> Value {
     api.get(format!("{}/api/v1/settings/enrollment", s.url))

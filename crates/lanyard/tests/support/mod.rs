@@ -3,6 +3,8 @@
 //! same data.
 #![allow(dead_code)]
 
+pub mod portal;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
