@@ -590,9 +590,60 @@ async fn sync_progress(db: Db) {
     assert!(page.contains("23 devices assigned in all"), "{page}");
     assert!(!page.contains("data-poll="), "{page}");
 
-    // Done: a new sync may start again (the lease was released).
-    let (st, page) = post(&c, &s, "/portal/tokens/main/sync", &[("csrf", &csrf)]).await;
-    assert_eq!(st, 303, "{page}");
+    // Done, the lease released: the API starts one in the background (`?wait=false`) and
+    // reports it at the progress URL until done; nothing is doubled.
+    fake.inject([AbmFault::Slow(std::time::Duration::from_millis(300))]);
+    let r = api
+        .post(format!(
+            "{}/api/v1/server-tokens/main/sync?wait=false",
+            s.url
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let started: Value = r.json().await.unwrap();
+    assert_eq!(started["progress"]["state"], "running", "{started}");
+    let url = started["progress_url"].as_str().unwrap().to_string();
+    assert_eq!(url, "/api/v1/server-tokens/main/sync");
+    let r = api
+        .post(format!("{}/api/v1/server-tokens/main/sync", s.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let mut polls = 0;
+    let p = loop {
+        let p: Value = api
+            .get(format!("{}{url}", s.url))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if p["state"] != "running" {
+            break p;
+        }
+        polls += 1;
+        assert!(polls < 600, "the sync never finished: {p}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(p["state"], "done", "{p}");
+    assert_eq!(p["report"]["devices_total"], 23, "{p}");
+    let r = api
+        .post(format!(
+            "{}/api/v1/server-tokens/main/sync?wait=maybe",
+            s.url
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     s.stop().await;
 }
 
