@@ -15,8 +15,14 @@
 //! one transaction, so an interrupted sync resumes where it stopped and never duplicates. The
 //! stored cursor remembers which call it belongs to (`fetch:` while a full fetch is under way,
 //! `sync:` after it); an expired sync cursor falls back to a full fetch.
+//!
+//! [`AbmService::start_sync`] takes the lease at once and runs the sync in a background task;
+//! its progress (pages, devices seen and stored, running/done/failed) is kept in this
+//! process's registry ([`AbmService::progress`]), updated after every stored page. Another
+//! process sees only the lease (its start is refused) and, afterwards, the stored result.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -101,6 +107,68 @@ pub struct SyncReport {
     pub devices_seen: u64,
     pub devices_total: i64,
 }
+
+/// Where a sync started by this process stands.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SyncProgress {
+    pub name: String,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    pub pages: u32,
+    /// Device records ABM sent so far.
+    pub devices_seen: u64,
+    /// Device records stored so far (records without a serial number are skipped).
+    pub devices_stored: u64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Set when the sync failed.
+    pub error: Option<String>,
+    /// Set when the sync is done.
+    pub report: Option<SyncReport>,
+}
+
+impl SyncProgress {
+    /// One line for people: the counts while running, then the result or the error.
+    pub fn text(&self) -> String {
+        match (self.state.as_str(), &self.report, &self.error) {
+            ("done", Some(r), _) => r.text(),
+            ("failed", _, Some(e)) => format!("Sync of {} failed: {e}", self.name),
+            _ => format!(
+                "Sync of {} running: {} page{} done, {} devices seen, {} stored.",
+                self.name,
+                self.pages,
+                if self.pages == 1 { "" } else { "s" },
+                self.devices_seen,
+                self.devices_stored
+            ),
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+impl SyncReport {
+    /// One line for people.
+    pub fn text(&self) -> String {
+        format!(
+            "Sync of {} finished: {} devices seen in {} page{} ({}); {} devices assigned in all.",
+            self.name,
+            self.devices_seen,
+            self.pages,
+            if self.pages == 1 { "" } else { "s" },
+            if self.full_fetch {
+                "full fetch"
+            } else {
+                "changes since the last sync"
+            },
+            self.devices_total
+        )
+    }
+}
+
+type ProgressMap = Arc<Mutex<HashMap<String, SyncProgress>>>;
 
 /// The service-discovery registration as Lanyard recorded it and as ABM reports it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -282,6 +350,8 @@ pub struct AbmService {
     settings: Arc<AbmSettings>,
     /// This process's name in the sync lease.
     owner: String,
+    /// Progress of the syncs this process ran, by token name (the latest one each).
+    progress: ProgressMap,
 }
 
 impl AbmService {
@@ -291,6 +361,7 @@ impl AbmService {
             secrets,
             settings: Arc::new(settings),
             owner: format!("lanyard-{}", uuid::Uuid::new_v4()),
+            progress: Arc::default(),
         }
     }
 
@@ -587,21 +658,102 @@ impl AbmService {
 
     /// Syncs one token's devices now. Refused while another process holds its lease.
     pub async fn sync(&self, actor: &Actor, name: &str) -> Result<SyncReport> {
+        let (client, t) = self.begin_sync(actor, name).await?;
+        self.finish(actor, &client, &t).await
+    }
+
+    /// Takes the lease and starts the sync in a background task; returns at once. Its progress
+    /// is [`AbmService::progress`]. Refused (`Conflict`) while a sync of the token is running.
+    pub async fn start_sync(&self, actor: &Actor, name: &str) -> Result<SyncProgress> {
+        let (client, t) = self.begin_sync(actor, name).await?;
+        let started = self.progress(name).ok_or_else(|| {
+            CoreError::Internal(format!("no progress recorded for the sync of `{name}`"))
+        })?;
+        let svc = self.clone();
+        let actor = actor.clone();
+        tokio::spawn(async move {
+            match svc.finish(&actor, &client, &t).await {
+                Ok(r) => tracing::info!(token = %t.name, pages = r.pages,
+                    devices = r.devices_total, "ABM sync done"),
+                Err(e) => tracing::warn!(token = %t.name, error = %e, "ABM sync failed"),
+            }
+        });
+        Ok(started)
+    }
+
+    /// The progress of this process's latest sync of the token, if it ran one.
+    pub fn progress(&self, name: &str) -> Option<SyncProgress> {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn set_progress(&self, name: &str, f: impl FnOnce(&mut SyncProgress)) {
+        let mut map = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = map.get_mut(name) {
+            f(p);
+        }
+    }
+
+    /// Checks the role, opens the secrets and takes the lease; records a fresh progress entry.
+    async fn begin_sync(&self, actor: &Actor, name: &str) -> Result<(AbmClient, ServerToken)> {
         actor.require_write()?;
         let store = self.lanyard.store();
         let t = self.token(name).await?;
         let creds = self.open_secrets(&t)?;
         let client = self.client(creds)?;
         let now = lanyard_store::now();
-        let Some(t) = store
-            .take_sync_lease(name, &self.owner, now + self.lease(), now)
-            .await?
-        else {
-            return Err(CoreError::Conflict(format!(
-                "a sync of `{name}` is already running"
-            )));
+        let fresh = SyncProgress {
+            name: name.to_string(),
+            state: "running".into(),
+            pages: 0,
+            devices_seen: 0,
+            devices_stored: 0,
+            started_at: now,
+            finished_at: None,
+            error: None,
+            report: None,
         };
-        let outcome = self.run_sync(&client, &t).await;
+        let running = || CoreError::Conflict(format!("a sync of `{name}` is already running"));
+        // The lease is re-entrant for this process, so a sync running here is refused here.
+        let previous = {
+            let mut map = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(name).is_some_and(SyncProgress::running) {
+                return Err(running());
+            }
+            map.insert(name.to_string(), fresh)
+        };
+        let leased = store
+            .take_sync_lease(name, &self.owner, now + self.lease(), now)
+            .await;
+        match leased {
+            Ok(Some(t)) => Ok((client, t)),
+            other => {
+                let mut map = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+                match previous {
+                    Some(p) => map.insert(name.to_string(), p),
+                    None => map.remove(name),
+                };
+                Err(match other {
+                    Err(e) => e.into(),
+                    _ => running(),
+                })
+            }
+        }
+    }
+
+    /// Runs the sync under the lease taken by `begin_sync`, then records its result.
+    async fn finish(
+        &self,
+        actor: &Actor,
+        client: &AbmClient,
+        t: &ServerToken,
+    ) -> Result<SyncReport> {
+        let store = self.lanyard.store();
+        let name = t.name.as_str();
+        let mut outcome = self.run_sync(client, t).await;
         let status = match &outcome {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("failed: {e}"),
@@ -611,7 +763,7 @@ impl AbmService {
                 "full_fetch": r.full_fetch}),
             Err(e) => json!({"error": e.to_string()}),
         };
-        store
+        let finished = store
             .finish_sync(
                 name,
                 &self.owner,
@@ -619,10 +771,31 @@ impl AbmService {
                 lanyard_store::now(),
                 &Audit::new(&actor.name, "server_token.sync", name, detail),
             )
-            .await?;
-        let mut report = outcome?;
-        report.devices_total = store.count_abm_devices(name).await?;
-        Ok(report)
+            .await;
+        if let Err(e) = finished {
+            outcome = outcome.and(Err(e.into()));
+        }
+        if let Ok(r) = &mut outcome {
+            match store.count_abm_devices(name).await {
+                Ok(n) => r.devices_total = n,
+                Err(e) => outcome = Err(e.into()),
+            }
+        }
+        let at = lanyard_store::now();
+        self.set_progress(name, |p| {
+            p.finished_at = Some(at);
+            match &outcome {
+                Ok(r) => {
+                    p.state = "done".into();
+                    p.report = Some(r.clone());
+                }
+                Err(e) => {
+                    p.state = "failed".into();
+                    p.error = Some(e.to_string());
+                }
+            }
+        });
+        outcome
     }
 
     fn lease(&self) -> chrono::Duration {
@@ -701,6 +874,12 @@ impl AbmService {
                 .await?;
             report.pages += 1;
             report.devices_seen += devices.len() as u64;
+            let (pages, seen, stored) = (report.pages, page.devices.len(), devices.len());
+            self.set_progress(&t.name, |p| {
+                p.pages = pages;
+                p.devices_seen += seen as u64;
+                p.devices_stored += stored as u64;
+            });
             // Keep the lease alive for long syncs (a lost lease is refused by the store).
             let now = lanyard_store::now();
             store

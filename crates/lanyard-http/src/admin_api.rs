@@ -107,6 +107,7 @@ impl utoipa::Modify for BearerAuth {
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::idp_api::IdpApiDoc::openapi());
+    doc.merge(crate::server_tokens::ServerTokensApiDoc::openapi());
     Json(doc)
 }
 

@@ -392,3 +392,201 @@ async fn portal_sqlite() {
 async fn portal_postgres() {
     portal_walk(Db::Postgres).await;
 }
+
+/// A sync started from the Tokens page returns at once and runs in the background; its
+/// progress is polled (as `portal.js` does) until done, every device is stored once, and a
+/// second start while it runs is refused with a message.
+async fn sync_progress(db: Db) {
+    use lanyard_testkit::fake_abm::{AbmFault, FakeAbm};
+
+    let fake = FakeAbm::start().await.unwrap();
+    fake.add_devices("C02P", 23);
+    let abm = fake.url();
+    let Some(s) = Server::start_with(
+        db,
+        &[
+            ("LANYARD_ABM_URL", abm.as_str()),
+            ("LANYARD_ABM_PAGE_SIZE", "5"),
+            ("LANYARD_NO_ABM_SYNC", "true"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("main.pem").display().to_string();
+    let p7m = dir.path().join("main.p7m").display().to_string();
+    let (ok, _, err) = s.cli(&["token", "new", "main", "-o", &pem, "--abm-url", &abm]);
+    assert!(ok, "{err}");
+    std::fs::write(
+        &p7m,
+        fake.token_file(&std::fs::read(&pem).unwrap(), 365).unwrap(),
+    )
+    .unwrap();
+    let (ok, _, err) = s.cli(&["token", "upload", "main", &p7m, "--abm-url", &abm]);
+    assert!(ok, "{err}");
+
+    let c = browser(&s);
+    let csrf = sign_in(&c, &s, "admin", &s.admin_password).await;
+    // Nothing started yet: no progress to show.
+    let (st, _) = get(&c, &s, "/portal/tokens/main/progress").await;
+    assert_eq!(st, 404);
+
+    // Every device page is slow, so the sync is still running when the page comes back.
+    fake.inject((0..5).map(|_| AbmFault::Slow(std::time::Duration::from_millis(400))));
+    let r = c
+        .post(format!("{}/portal/tokens/main/sync", s.url))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+    assert_eq!(
+        r.headers()["location"],
+        "/portal/tokens?done=sync&name=main"
+    );
+
+    // A second start while the first runs: refused with a message, nothing started.
+    let (st, page) = post(&c, &s, "/portal/tokens/main/sync", &[("csrf", &csrf)]).await;
+    assert_eq!(st, 409, "{page}");
+    assert!(
+        page.contains("A sync of `main` is already running"),
+        "{page}"
+    );
+
+    // The token page shows the progress line the script polls.
+    let (st, page) = get(&c, &s, "/portal/tokens?done=sync&name=main").await;
+    assert_eq!(st, 200);
+    assert!(page.contains("Sync of main started"), "{page}");
+    assert!(
+        page.contains("data-poll=\"/portal/tokens/main/progress\""),
+        "{page}"
+    );
+
+    // Poll until done: counts only grow, and the last answer is the result.
+    let mut last_pages = 0;
+    let mut polls = 0;
+    let done = loop {
+        let (st, body) = get(&c, &s, "/portal/tokens/main/progress").await;
+        assert_eq!(st, 200, "{body}");
+        let p: Value = serde_json::from_str(&body).unwrap();
+        let pages = p["pages"].as_u64().unwrap();
+        assert!(pages >= last_pages, "{p}");
+        last_pages = pages;
+        if p["waiting"] == 0 {
+            break p;
+        }
+        assert_eq!(p["state"], "running", "{p}");
+        assert!(p["text"].as_str().unwrap().contains("running"), "{p}");
+        polls += 1;
+        assert!(polls < 600, "the sync never finished: {p}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(polls > 0, "the sync ran within the request");
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["pages"], 5, "{done}");
+    assert_eq!(done["devices_seen"], 23, "{done}");
+    assert_eq!(done["devices_stored"], 23, "{done}");
+    let text = done["text"].as_str().unwrap();
+    assert!(
+        text.contains("Sync of main finished: 23 devices seen in 5 pages (full fetch)"),
+        "{text}"
+    );
+
+    // Every device stored once; the page shows the result without polling.
+    let api = s.client();
+    let admin = s.admin_session(&api).await;
+    let devices: Value = api
+        .get(format!(
+            "{}/api/v1/server-tokens/main/devices?limit=1000",
+            s.url
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut serials: Vec<&str> = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["serial_number"].as_str().unwrap())
+        .collect();
+    serials.sort_unstable();
+    serials.dedup();
+    assert_eq!(serials.len(), 23, "{devices}");
+    let (st, page) = get(&c, &s, "/portal/tokens").await;
+    assert_eq!(st, 200);
+    assert!(page.contains("23 devices assigned in all"), "{page}");
+    assert!(!page.contains("data-poll="), "{page}");
+
+    // Done, the lease released: the API starts one in the background (`?wait=false`) and
+    // reports it at the progress URL until done; nothing is doubled.
+    fake.inject([AbmFault::Slow(std::time::Duration::from_millis(300))]);
+    let r = api
+        .post(format!(
+            "{}/api/v1/server-tokens/main/sync?wait=false",
+            s.url
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let started: Value = r.json().await.unwrap();
+    assert_eq!(started["progress"]["state"], "running", "{started}");
+    let url = started["progress_url"].as_str().unwrap().to_string();
+    assert_eq!(url, "/api/v1/server-tokens/main/sync");
+    let r = api
+        .post(format!("{}/api/v1/server-tokens/main/sync", s.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let mut polls = 0;
+    let p = loop {
+        let p: Value = api
+            .get(format!("{}{url}", s.url))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if p["state"] != "running" {
+            break p;
+        }
+        polls += 1;
+        assert!(polls < 600, "the sync never finished: {p}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(p["state"], "done", "{p}");
+    assert_eq!(p["report"]["devices_total"], 23, "{p}");
+    let r = api
+        .post(format!(
+            "{}/api/v1/server-tokens/main/sync?wait=maybe",
+            s.url
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    s.stop().await;
+}
+
+// Multi-threaded: the fake ABM must keep serving while the test waits on a CLI process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_progress_sqlite() {
+    sync_progress(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_progress_postgres() {
+    sync_progress(Db::Postgres).await;
+}

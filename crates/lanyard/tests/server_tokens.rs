@@ -295,6 +295,40 @@ async fn token_lifecycle(db: Db) {
     }
     assert!(fake.discovery_url().is_some());
 
+    // The server-token and discovery routes are in the OpenAPI document.
+    let doc: Value = c
+        .get(api("/openapi.json"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (path, method) in [
+        ("/api/v1/server-tokens", "get"),
+        ("/api/v1/server-tokens", "post"),
+        ("/api/v1/server-tokens/{name}", "patch"),
+        ("/api/v1/server-tokens/{name}/certificate", "get"),
+        ("/api/v1/server-tokens/{name}/token", "put"),
+        ("/api/v1/server-tokens/{name}/sync", "post"),
+        ("/api/v1/server-tokens/{name}/sync", "get"),
+        ("/api/v1/server-tokens/{name}/devices", "get"),
+        ("/api/v1/account-driven-discovery", "put"),
+        ("/api/v1/account-driven-discovery", "delete"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} not in openapi.json"
+        );
+    }
+    for schema in ["ServerTokenView", "SyncReport", "SyncProgress", "AbmDevice"] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} not in openapi.json"
+        );
+    }
+
     // Every action is audited.
     let (ok, out, _) = s.cli(&["audit", "--limit", "100"]);
     assert!(ok);

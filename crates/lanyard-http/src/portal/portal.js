@@ -1,5 +1,6 @@
 // Lanyard admin portal: progress of long actions. An element with data-poll="URL" is refreshed
-// from that JSON endpoint ({text, acknowledged, total, waiting}) until nothing is waiting.
+// from that JSON endpoint ({text, waiting; acknowledged and total for a bar}) until nothing is
+// waiting: a command's progress, or an ABM sync's.
 (function () {
   "use strict";
   function poll(el) {

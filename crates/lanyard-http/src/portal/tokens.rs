@@ -1,7 +1,9 @@
 //! The portal's Tokens page: Apple Business Manager server tokens (name, organisation, expiry,
 //! last sync, the "Account Driven" column), adding a token (a key pair, its public key to
 //! download for ABM, then the token file ABM gives, optionally as the default token for
-//! account-driven enrollment), making a token the default, and syncing one with its result.
+//! account-driven enrollment), making a token the default, and syncing one: the sync runs in
+//! the background and the token's row shows its progress (polled by `portal.js` from
+//! `/portal/tokens/{name}/progress`) until it is done, then its result.
 //! Every change goes through `AbmService`, which checks roles and writes the audit lines.
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
@@ -12,7 +14,10 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
-use lanyard_core::server_tokens::{SyncReport, MAX_TOKEN_FILE};
+use axum::Json;
+use serde_json::json;
+
+use lanyard_core::server_tokens::MAX_TOKEN_FILE;
 
 use super::{
     describe, error_page, fields, layout, message_page, notice, or_dash, qv, see_other, session,
@@ -31,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/tokens/{name}/certificate", get(certificate))
         .route("/portal/tokens/{name}/default", post(make_default))
         .route("/portal/tokens/{name}/sync", post(sync))
+        .route("/portal/tokens/{name}/progress", get(sync_progress))
 }
 
 #[derive(Deserialize, Default)]
@@ -56,6 +62,9 @@ async fn tokens(
              in Apple Business Manager, then upload the token file Apple gives you."
         ))),
         Some("uploaded") => Some(Notice::Ok(format!("Token file for {name} uploaded."))),
+        Some("sync") => Some(Notice::Ok(format!(
+            "Sync of {name} started; its progress shows in the Last sync column."
+        ))),
         Some("default") => Some(Notice::Ok(format!(
             "{name} is now the default token for account driven enrollment."
         ))),
@@ -93,6 +102,18 @@ async fn tokens_page(
                 or_dash(t.last_sync_status.as_deref())
             ),
             None => "Never".into(),
+        };
+        let last_sync = match s.abm.progress(&t.name) {
+            Some(p) if p.running() => format!(
+                "{last_sync}<br><span class=\"sync-progress\" role=\"status\" \
+                 aria-live=\"polite\" data-poll=\"/portal/tokens/{n}/progress\">{}</span>",
+                esc(&p.text())
+            ),
+            Some(p) => format!(
+                "{last_sync}<br><span class=\"sync-progress\" role=\"status\">{}</span>",
+                esc(&p.text())
+            ),
+            None => last_sync,
         };
         let default_form = if t.default_account_driven || t.state != "active" {
             String::new()
@@ -336,22 +357,6 @@ async fn make_default(
     }
 }
 
-fn sync_text(r: &SyncReport) -> String {
-    format!(
-        "Sync of {} finished: {} devices seen in {} page{} ({}); {} devices assigned in all.",
-        r.name,
-        r.devices_seen,
-        r.pages,
-        if r.pages == 1 { "" } else { "s" },
-        if r.full_fetch {
-            "full fetch"
-        } else {
-            "changes since the last sync"
-        },
-        r.devices_total
-    )
-}
-
 async fn sync(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -362,13 +367,40 @@ async fn sync(
         Ok(v) => v,
         Err(r) => return r,
     };
-    // The sync runs within this request (bounded by ABM's paging and back-off) and its result is
-    // the page's message.
-    match s.abm.sync(&sess.actor, &name).await {
-        Ok(r) => tokens_page(&s, &sess, StatusCode::OK, Some(Notice::Ok(sync_text(&r)))).await,
+    // The sync runs in the background (holding the token's lease); the page shows its progress.
+    match s.abm.start_sync(&sess.actor, &name).await {
+        Ok(_) => see_other(&format!("/portal/tokens?done=sync&name={}", qv(&name))),
         Err(e) => {
             let (status, text) = describe(e);
             tokens_page(&s, &sess, status, Some(Notice::Error(text))).await
         }
+    }
+}
+
+/// The progress of this server's latest sync of a token, as `portal.js` polls it:
+/// `{text, state, pages, devices_seen, devices_stored, waiting}` (`waiting` is 1 while running).
+async fn sync_progress(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = session(&s, &headers, false).await {
+        return r;
+    }
+    match s.abm.progress(&name) {
+        Some(p) => Json(json!({
+            "text": p.text(),
+            "state": p.state,
+            "pages": p.pages,
+            "devices_seen": p.devices_seen,
+            "devices_stored": p.devices_stored,
+            "error": p.error,
+            "waiting": u8::from(p.running()),
+        }))
+        .into_response(),
+        None => crate::ApiError::from(lanyard_core::CoreError::NotFound(format!(
+            "no sync of `{name}` was started on this server"
+        )))
+        .into_response(),
     }
 }

@@ -170,7 +170,8 @@ try {
   console.log("settings saved");
 
   // Tokens: a key pair, its public key downloaded, a wrong file refused, the token file from
-  // the (fake) Apple Business Manager uploaded as the default, then a sync with its result.
+  // the (fake) Apple Business Manager uploaded as the default, then a sync: its progress line is
+  // polled in the page until its result.
   await page.getByRole("link", { name: "Tokens" }).click();
   await page.getByLabel("Name", { exact: true }).fill("main");
   await page.getByRole("button", { name: "Create key pair" }).click();
@@ -195,7 +196,12 @@ try {
   check((await tokenRow.locator("td.account-driven").textContent()) === "Default", "Account Driven");
   check((await tokenRow.textContent()).includes("Example Org"), "organisation shown");
   await tokenRow.getByRole("button", { name: "Sync now" }).click();
-  const synced = await message(page);
+  const started = await message(page);
+  check(started.startsWith("Sync of main started"), `sync started: ${started}`);
+  // The sync runs in the background; the row's progress line is polled until the result.
+  const progress = tokenRow.locator(".sync-progress");
+  await progress.filter({ hasText: "finished" }).waitFor({ timeout: 20000 });
+  const synced = (await progress.textContent()).trim();
   check(synced.includes("Sync of main finished") && synced.includes("3 devices"), `sync: ${synced}`);
   await accessible(page, "tokens");
   await shot(page, "tokens");
