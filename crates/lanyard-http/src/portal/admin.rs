@@ -20,7 +20,7 @@ use lanyard_store::{AuditSearch, ListQuery};
 
 use super::{
     describe, error_page, fields, layout, message_page, notice, or_dash, page_number, pager, qv,
-    see_other, session, when, Fields, Nav, Notice, Session, PAGE_SIZE,
+    see_other, session, when, Fields, Nav, Notice, Session, Viewer, PAGE_SIZE,
 };
 use crate::pages::esc;
 use crate::AppState;
@@ -69,13 +69,9 @@ struct UsersQuery {
 
 async fn users(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Viewer(sess): Viewer,
     q: Result<Query<UsersQuery>, QueryRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let Ok(Query(q)) = q else {
         return message_page(
             Some(&sess),
@@ -317,13 +313,9 @@ async fn reset_password(
 
 async fn settings(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Viewer(sess): Viewer,
     q: Result<Query<DoneQuery>, QueryRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
         Some("saved") => Some(Notice::Ok("Settings saved.".into())),
         Some("attribute") => Some(Notice::Ok("Custom attribute added.".into())),
@@ -545,13 +537,9 @@ async fn delete_attribute(
 
 async fn apns(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Viewer(sess): Viewer,
     q: Result<Query<DoneQuery>, QueryRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
         Some("uploaded") => Some(Notice::Ok("APNs certificate saved.".into())),
         _ => None,
@@ -717,13 +705,9 @@ fn day(raw: &str) -> Result<Option<DateTime<Utc>>, String> {
 
 async fn audit(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Viewer(sess): Viewer,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let bad = |text: &str| message_page(Some(&sess), StatusCode::BAD_REQUEST, "Audit log", text);
     let Ok(Query(q)) = q else {
         return bad("The filter could not be read.");

@@ -18,7 +18,7 @@ use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentQuery};
 
 use super::{
     error_page, fields, layout, message_page, notice, or_dash, page_number, pager, qv, see_other,
-    session, when, Nav, Notice, Session, PAGE_SIZE,
+    session, when, Nav, Notice, Session, Viewer, PAGE_SIZE,
 };
 use crate::pages::esc;
 use crate::AppState;
@@ -102,11 +102,7 @@ fn command_form(sess: &Session, action: &str, button: &str) -> String {
     )
 }
 
-async fn summary(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn summary(State(s): State<AppState>, Viewer(sess): Viewer) -> Response {
     match summary_body(&s).await {
         Ok(body) => layout(&sess, StatusCode::OK, Nav::Summary, "Summary", &body),
         Err(e) => error_page(Some(&sess), e),
@@ -312,13 +308,9 @@ struct DeviceListParams {
 
 async fn devices(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Viewer(sess): Viewer,
     q: Result<Query<DeviceListParams>, QueryRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let bad = |text: &str| message_page(Some(&sess), StatusCode::BAD_REQUEST, "Devices", text);
     let Ok(Query(q)) = q else {
         return bad("The search could not be read.");
@@ -488,14 +480,10 @@ struct DoneQuery {
 
 async fn device(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Viewer(sess): Viewer,
     Path(id): Path<String>,
     q: Result<Query<DoneQuery>, QueryRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
         Some("command") => Some(Notice::Ok(
             "Command queued; its result appears below when the Mac answers.".into(),
@@ -785,13 +773,9 @@ fn progress_text(p: &Value) -> String {
 
 async fn command_page(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Viewer(sess): Viewer,
     Path(uuid): Path<String>,
 ) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let targets = match s.lanyard.command_targets(&uuid).await {
         Ok(t) => t,
         Err(e) => return error_page(Some(&sess), e),
@@ -836,12 +820,9 @@ async fn command_page(
 
 async fn command_progress(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    _viewer: Viewer,
     Path(uuid): Path<String>,
 ) -> Response {
-    if let Err(r) = session(&s, &headers, false).await {
-        return r;
-    }
     match s.lanyard.command_targets(&uuid).await {
         Ok(t) => {
             let mut p = progress(&t);

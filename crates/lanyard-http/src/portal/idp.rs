@@ -19,7 +19,7 @@ use lanyard_core::identity_providers::{
 
 use super::{
     describe, error_page, fields, layout, notice, qv, see_other, session, Fields, Nav, Notice,
-    Session,
+    Session, Viewer,
 };
 use crate::pages::esc;
 use crate::AppState;
@@ -146,13 +146,9 @@ fn provider_fields(t: &Typed, secret_hint: &str) -> String {
 
 async fn list(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Viewer(sess): Viewer,
     q: Result<Query<DoneQuery>, QueryRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let name = q.name.unwrap_or_default();
     let done = match q.done.as_deref() {
@@ -292,11 +288,11 @@ async fn create(
     }
 }
 
-async fn edit(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn edit(
+    State(s): State<AppState>,
+    Viewer(sess): Viewer,
+    Path(name): Path<String>,
+) -> Response {
     edit_page(&s, &sess, &name, StatusCode::OK, None, None).await
 }
 

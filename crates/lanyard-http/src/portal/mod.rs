@@ -131,6 +131,21 @@ impl Session {
     }
 }
 
+/// The signed-in administrator of a page that only shows: without a live session the request
+/// is answered with the sign-in page (or a redirect to it) before the handler runs.
+pub(crate) struct Viewer(pub(crate) Session);
+
+impl axum::extract::FromRequestParts<AppState> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &AppState,
+    ) -> Result<Self, Response> {
+        session(s, &parts.headers, false).await.map(Viewer)
+    }
+}
+
 /// The session behind a request, or the page to answer instead: GET requests without a session
 /// go to the sign-in page; a change with an expired session is refused with a clear message.
 pub(crate) async fn session(

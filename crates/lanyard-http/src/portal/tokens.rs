@@ -21,7 +21,7 @@ use lanyard_core::server_tokens::MAX_TOKEN_FILE;
 
 use super::{
     describe, error_page, fields, layout, message_page, notice, or_dash, qv, see_other, session,
-    when, Nav, Notice, Session,
+    when, Nav, Notice, Session, Viewer,
 };
 use crate::pages::esc;
 use crate::AppState;
@@ -47,13 +47,9 @@ struct DoneQuery {
 
 async fn tokens(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Viewer(sess): Viewer,
     q: Result<Query<DoneQuery>, QueryRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let name = q.name.unwrap_or_default();
     let done = match q.done.as_deref() {
@@ -222,13 +218,9 @@ async fn new_key_pair(
 
 async fn certificate(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Viewer(sess): Viewer,
     Path(name): Path<String>,
 ) -> Response {
-    let sess = match session(&s, &headers, false).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     match s.abm.certificate_pem(&name).await {
         Ok(pem) => {
             let file: String = name
@@ -381,12 +373,9 @@ async fn sync(
 /// `{text, state, pages, devices_seen, devices_stored, waiting}` (`waiting` is 1 while running).
 async fn sync_progress(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    _viewer: Viewer,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = session(&s, &headers, false).await {
-        return r;
-    }
     match s.abm.progress(&name) {
         Some(p) => Json(json!({
             "text": p.text(),
