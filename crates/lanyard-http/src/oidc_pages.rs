@@ -11,8 +11,10 @@
 //! Every refusal is a page that says what went wrong; codes, tokens and states are never
 //! logged or shown.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::rejection::{ExtensionRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
@@ -74,10 +76,26 @@ struct StartQuery {
     user_identifier: Option<String>,
 }
 
+/// Sign-ins one address may start at providers within the sign-in window (each start stores a
+/// short-lived sign-in state and sends the browser to the provider).
+pub const OIDC_STARTS_PER_ADDRESS: u32 = 30;
+
 async fn start(
     State(s): State<AppState>,
+    peer: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
     q: Result<Query<StartQuery>, QueryRejection>,
 ) -> Response {
+    if let Ok(ConnectInfo(addr)) = peer {
+        if s.sign_in_limiter
+            .over_limit(format!("oidc-start:{}", addr.ip()), OIDC_STARTS_PER_ADDRESS)
+        {
+            return refusal(
+                &s,
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many sign-ins were started from this address. Wait fifteen minutes, then try again.",
+            );
+        }
+    }
     let Ok(Query(q)) = q else {
         return refusal(
             &s,

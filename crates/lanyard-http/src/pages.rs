@@ -86,6 +86,23 @@ impl SignInLimiter {
         }
     }
 
+    /// Counts one attempt for `key` and says whether it is over `limit` within the window: for
+    /// requests limited whether they fail or not (starting a sign-in at a provider).
+    pub(crate) fn over_limit(&self, key: String, limit: u32) -> bool {
+        let Ok(mut map) = self.failures.lock() else {
+            return false;
+        };
+        if map.len() > 100_000 {
+            map.retain(|_, (_, since)| since.elapsed() < SIGN_IN_WINDOW);
+        }
+        let e = map.entry(key).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= SIGN_IN_WINDOW {
+            *e = (0, Instant::now());
+        }
+        e.0 = e.0.saturating_add(1);
+        e.0 > limit
+    }
+
     fn clear(&self, keys: &[String]) {
         if let Ok(mut map) = self.failures.lock() {
             for k in keys {
@@ -656,6 +673,19 @@ mod tests {
         assert_eq!(
             esc("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn over_limit_counts_every_attempt_per_key() {
+        let l = SignInLimiter::default();
+        for _ in 0..3 {
+            assert!(!l.over_limit("ip:192.0.2.1".into(), 3));
+        }
+        assert!(l.over_limit("ip:192.0.2.1".into(), 3));
+        assert!(
+            !l.over_limit("ip:192.0.2.2".into(), 3),
+            "keys are counted apart"
         );
     }
 

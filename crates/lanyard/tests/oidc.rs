@@ -447,6 +447,35 @@ async fn run(db: Db) {
         .unwrap();
     assert_eq!(r.status(), 404);
 
+    // Starting sign-ins is limited per address, whether they succeed or not: within the limit's
+    // count of further starts from this address the answer becomes 429, and stays so.
+    let mut statuses = Vec::new();
+    for _ in 0..=lanyard_http::oidc_pages::OIDC_STARTS_PER_ADDRESS {
+        let r = c
+            .get(format!("{}/enroll/oidc/start?provider=corp", s.url))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    let first = statuses.iter().position(|&st| st == 429);
+    let first = first.unwrap_or_else(|| panic!("no 429 in {statuses:?}"));
+    assert!(
+        statuses[..first].iter().all(|&st| st == 404),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[first..].iter().all(|&st| st == 429),
+        "{statuses:?}"
+    );
+    let r = c
+        .get(format!("{}/enroll/oidc/start?provider=corp", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.text().await.unwrap().contains("Too many sign-ins"));
+
     // Audited, and removable.
     let audit = cli_ok(&s, &["audit", "--json"]);
     assert!(audit.contains("identity_provider.create"), "{audit}");
