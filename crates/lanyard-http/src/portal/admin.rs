@@ -19,8 +19,8 @@ use lanyard_core::CoreError;
 use lanyard_store::{AuditSearch, ListQuery};
 
 use super::{
-    describe, error_page, fields, layout, message_page, notice, or_dash, page_number, pager, qv,
-    see_other, session, when, Fields, Nav, Notice, Session, Viewer, PAGE_SIZE,
+    change_form, describe, error_page, layout, message_page, notice, or_dash, page_number, pager,
+    qv, see_other, session, when, Fields, Nav, Notice, Session, Viewer, PAGE_SIZE,
 };
 use crate::pages::esc;
 use crate::AppState;
@@ -43,18 +43,6 @@ pub fn routes() -> axum::Router<AppState> {
                 .layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
         )
         .route("/portal/audit", get(audit))
-}
-
-/// Reads the session and the form of a change, checking its CSRF token.
-async fn change(
-    s: &AppState,
-    headers: &HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Result<(Session, Fields), Response> {
-    let sess = session(s, headers, true).await?;
-    let f = fields(&sess, form)?;
-    sess.check_csrf(f.get("csrf"))?;
-    Ok((sess, f))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,7 +192,7 @@ async fn add_user(
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let (sess, f) = match change(&s, &headers, form).await {
+    let (sess, f) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -267,7 +255,7 @@ async fn set_enabled(
     Path(id): Path<i64>,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let (sess, f) = match change(&s, &headers, form).await {
+    let (sess, f) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -297,7 +285,7 @@ async fn reset_password(
     Path(id): Path<i64>,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let (sess, f) = match change(&s, &headers, form).await {
+    let (sess, f) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -444,7 +432,7 @@ async fn save_settings(
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let (sess, f) = match change(&s, &headers, form).await {
+    let (sess, f) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -471,7 +459,7 @@ async fn define_attribute(
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let (sess, f) = match change(&s, &headers, form).await {
+    let (sess, f) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -519,7 +507,7 @@ async fn delete_attribute(
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let (sess, f) = match change(&s, &headers, form).await {
+    let (sess, f) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };

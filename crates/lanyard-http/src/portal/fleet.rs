@@ -17,8 +17,8 @@ use lanyard_core::CoreError;
 use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentQuery};
 
 use super::{
-    error_page, fields, layout, message_page, notice, or_dash, page_number, pager, qv, see_other,
-    session, when, Nav, Notice, Session, Viewer, PAGE_SIZE,
+    change_form, error_page, layout, message_page, notice, or_dash, page_number, pager, qv,
+    see_other, when, Nav, Notice, Session, Viewer, PAGE_SIZE,
 };
 use crate::pages::esc;
 use crate::AppState;
@@ -605,17 +605,10 @@ async fn device_command(
     Path(id): Path<String>,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, true).await {
+    let (sess, f) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let f = match fields(&sess, form) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = sess.check_csrf(f.get("csrf")) {
-        return r;
-    }
     let spec = match command_spec(f.get("command"), f.get("raw"))
         .and_then(|spec| channel(f.get("channel")).map(|c| (spec, c)))
     {
@@ -656,17 +649,10 @@ async fn unenroll(
     Path(id): Path<String>,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, true).await {
+    let (sess, f) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let f = match fields(&sess, form) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = sess.check_csrf(f.get("csrf")) {
-        return r;
-    }
     if !f.checked("confirm") {
         return device_page(
             &s,
@@ -704,17 +690,10 @@ async fn bulk_command(
     q: Result<Query<BulkQuery>, QueryRejection>,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, true).await {
+    let (sess, f) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let f = match fields(&sess, form) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = sess.check_csrf(f.get("csrf")) {
-        return r;
-    }
     let search = q.map(|Query(q)| q.search).unwrap_or_default();
     let spec = match command_spec(f.get("command"), f.get("raw"))
         .and_then(|spec| channel(f.get("channel")).map(|c| (spec, c)))

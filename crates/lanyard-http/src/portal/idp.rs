@@ -18,8 +18,8 @@ use lanyard_core::identity_providers::{
 };
 
 use super::{
-    describe, error_page, fields, layout, notice, qv, see_other, session, Fields, Nav, Notice,
-    Session, Viewer,
+    change_form, describe, error_page, layout, notice, qv, see_other, Fields, Nav, Notice, Session,
+    Viewer,
 };
 use crate::pages::esc;
 use crate::AppState;
@@ -235,18 +235,6 @@ async fn list_page(
         "Identity providers",
         &body,
     )
-}
-
-/// Reads the session, the form and checks its CSRF token.
-async fn change_form(
-    s: &AppState,
-    headers: &HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Result<(Session, Fields), Response> {
-    let sess = session(s, headers, true).await?;
-    let f = fields(&sess, form)?;
-    sess.check_csrf(f.get("csrf"))?;
-    Ok((sess, f))
 }
 
 async fn create(

@@ -169,6 +169,19 @@ pub(crate) async fn session(
     }
 }
 
+/// A form that changes something: a live session (an expired one gets the expired-session page),
+/// the form's fields, and its CSRF token checked against the session's.
+pub(crate) async fn change_form(
+    s: &AppState,
+    headers: &HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<(Session, Fields), Response> {
+    let sess = session(s, headers, true).await?;
+    let f = fields(&sess, form)?;
+    sess.check_csrf(f.get("csrf"))?;
+    Ok((sess, f))
+}
+
 fn see_other_err<T>(location: &str) -> Result<T, Response> {
     Err(see_other(location))
 }

@@ -20,8 +20,8 @@ use serde_json::json;
 use lanyard_core::server_tokens::MAX_TOKEN_FILE;
 
 use super::{
-    describe, error_page, fields, layout, message_page, notice, or_dash, qv, see_other, session,
-    when, Nav, Notice, Session, Viewer,
+    change_form, describe, error_page, layout, message_page, notice, or_dash, qv, see_other,
+    session, when, Nav, Notice, Session, Viewer,
 };
 use crate::pages::esc;
 use crate::AppState;
@@ -195,17 +195,10 @@ async fn new_key_pair(
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, true).await {
+    let (sess, f) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let f = match fields(&sess, form) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = sess.check_csrf(f.get("csrf")) {
-        return r;
-    }
     let name = f.get("name").trim().to_string();
     match s.abm.new_token(&sess.actor, &name).await {
         Ok(_) => see_other(&format!("/portal/tokens?done=created&name={}", qv(&name))),
@@ -318,25 +311,13 @@ async fn upload(
     }
 }
 
-/// Reads the session and checks the CSRF token of a button form.
-async fn button(
-    s: &AppState,
-    headers: &HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Result<Session, Response> {
-    let sess = session(s, headers, true).await?;
-    let f = fields(&sess, form)?;
-    sess.check_csrf(f.get("csrf"))?;
-    Ok(sess)
-}
-
 async fn make_default(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let sess = match button(&s, &headers, form).await {
+    let (sess, _) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -355,7 +336,7 @@ async fn sync(
     Path(name): Path<String>,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    let sess = match button(&s, &headers, form).await {
+    let (sess, _) = match change_form(&s, &headers, form).await {
         Ok(v) => v,
         Err(r) => return r,
     };
