@@ -14,10 +14,8 @@ use lanyard_proto::command::{Command, CommandStatus};
 use lanyard_proto::user_enrollment::{
     ue_command_policy, ue_device_information_query_policy, ue_payload_policy, Policy,
 };
-use lanyard_proto::EnrollmentKind;
 use lanyard_store::{
-    Audit, CommandOutcome, CommandRecord, Enrollment, NewCommand, NextCommand, CHANNEL_DEVICE,
-    CHANNEL_USER,
+    Audit, CommandOutcome, CommandRecord, Enrollment, NewCommand, CHANNEL_DEVICE, CHANNEL_USER,
 };
 
 use crate::enrollment::MODE_USER_ENROLLMENT;
@@ -561,64 +559,6 @@ impl Lanyard {
             .await?
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_else(|| json!({})))
-    }
-
-    /// Handles a command-channel report from an identified device and returns the next command
-    /// for that channel, if any.
-    pub async fn command_report(
-        &self,
-        enrollment: &Enrollment,
-        body: &[u8],
-    ) -> Result<Option<NextCommand>> {
-        let report = lanyard_proto::decode_command_report(body)
-            .map_err(|e| CoreError::Invalid(format!("command report: {e}")))?;
-        if enrollment.device_channel_id.as_deref() != Some(report.enrollment.device_id()) {
-            return Err(CoreError::Unauthorized(
-                "this identity belongs to another device".into(),
-            ));
-        }
-        let channel = if report.enrollment.kind == EnrollmentKind::UserEnrollmentUser {
-            CHANNEL_USER
-        } else {
-            CHANNEL_DEVICE
-        };
-        let now = lanyard_store::now();
-        if let Some(outcome) = outcome_of(&report, now)? {
-            let request_type = self
-                .store
-                .record_command_outcome(&enrollment.id, channel, &outcome, now)
-                .await
-                .map_err(|e| match e {
-                    lanyard_store::StoreError::NotFound(m) => CoreError::Invalid(m),
-                    other => other.into(),
-                })?;
-            if report.status == CommandStatus::Acknowledged {
-                self.update_inventory(&enrollment.id, &request_type, &report.result)
-                    .await?;
-            }
-        }
-        self.store.touch_enrollment(&enrollment.id, now).await?;
-        Ok(self
-            .store
-            .next_command(&enrollment.id, channel, now)
-            .await?)
-    }
-
-    /// Folds a query result into the enrollment's inventory document.
-    async fn update_inventory(
-        &self,
-        enrollment_id: &str,
-        request_type: &str,
-        result: &Dictionary,
-    ) -> Result<()> {
-        if inventory_section(request_type).is_none() {
-            return Ok(());
-        }
-        let current = self.store.inventory(enrollment_id).await?;
-        if let Some(text) = merge_inventory(current.as_deref(), request_type, result) {
-            self.store.set_inventory(enrollment_id, &text).await?;
-        }
-        Ok(())
     }
 }
 

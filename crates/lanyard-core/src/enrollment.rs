@@ -855,15 +855,6 @@ impl EnrollmentService {
         }
     }
 
-    /// Reads a command-channel report from an identified device and returns the next command.
-    pub async fn command_report(
-        &self,
-        enrollment: &Enrollment,
-        body: &[u8],
-    ) -> Result<Option<lanyard_store::NextCommand>> {
-        self.lanyard.command_report(enrollment, body).await
-    }
-
     pub fn lanyard(&self) -> &Lanyard {
         &self.lanyard
     }
