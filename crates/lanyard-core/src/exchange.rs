@@ -3,8 +3,8 @@
 //! ([`lanyard_store::CommandExchangeStore::command_exchange`]): binding, outcome, inventory,
 //! `last_seen_at` and the next command together.
 //!
-//! Behaviour is that of [`Lanyard::command_report`] after [`EnrollmentService::identify`]: the
-//! same refusals, and a result for a command never given changes nothing.
+//! The refusals are those of [`EnrollmentService::identify`] (unknown identity, checked out,
+//! another device's `EnrollmentID`), and a result for a command never given changes nothing.
 
 use lanyard_proto::command::CommandStatus;
 use lanyard_proto::EnrollmentKind;
