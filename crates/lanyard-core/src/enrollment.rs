@@ -672,15 +672,21 @@ impl EnrollmentService {
             })
     }
 
-    /// Finds the enrollment a signed device request belongs to: the `Mdm-Signature` must verify
-    /// over the exact body, chain to our CA, and be the identity issued for a live enrollment.
-    pub async fn identify(&self, signature: Option<&[u8]>, body: &[u8]) -> Result<Enrollment> {
+    /// The SHA-256 of the identity certificate that signed a device request: the `Mdm-Signature`
+    /// must be present, verify over the exact body and chain to our CA.
+    pub fn signer_of(&self, signature: Option<&[u8]>, body: &[u8]) -> Result<String> {
         let Some(sig) = signature else {
             return Err(CoreError::Unauthorized(
                 "requests must carry an Mdm-Signature by the device identity".into(),
             ));
         };
-        let fingerprint = self.verify_signature(sig, body)?;
+        self.verify_signature(sig, body)
+    }
+
+    /// Finds the enrollment a signed device request belongs to: the `Mdm-Signature` must verify
+    /// over the exact body, chain to our CA, and be the identity issued for a live enrollment.
+    pub async fn identify(&self, signature: Option<&[u8]>, body: &[u8]) -> Result<Enrollment> {
+        let fingerprint = self.signer_of(signature, body)?;
         let enrollment = self
             .lanyard
             .store()

@@ -73,12 +73,7 @@ impl EnrollmentService {
         signature: Option<&[u8]>,
         body: &[u8],
     ) -> Result<Option<NextCommand>> {
-        let Some(sig) = signature else {
-            return Err(CoreError::Unauthorized(
-                "requests must carry an Mdm-Signature by the device identity".into(),
-            ));
-        };
-        let fingerprint = self.verify_signature(sig, body)?;
+        let fingerprint = self.signer_of(signature, body)?;
         self.lanyard().command_exchange(&fingerprint, body).await
     }
 }
