@@ -581,10 +581,9 @@ async fn send_command(
     Authed(actor): Authed,
     ApiJson(b): ApiJson<SendCommand>,
 ) -> ApiResult<(StatusCode, Json<Queued>)> {
-    let pusher = if b.push { s.pusher.as_deref() } else { None };
     let q = s
         .lanyard
-        .enqueue_command_on(&actor, &b.target, b.channel, &b.command, pusher)
+        .enqueue_command_on(&actor, &b.target, b.channel, &b.command, b.push)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(q)))
 }
@@ -631,7 +630,7 @@ async fn unenroll_device(
     Authed(actor): Authed,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<Queued>)> {
-    let q = s.lanyard.unenroll(&actor, &id, s.pusher.as_deref()).await?;
+    let q = s.lanyard.unenroll(&actor, &id, true).await?;
     Ok((StatusCode::ACCEPTED, Json(q)))
 }
 
