@@ -545,6 +545,27 @@ impl Lanyard {
         Ok(queued)
     }
 
+    /// Makes the person on this Mac sign in again: forgets the enrollment's bearer token, so
+    /// the Mac's next user-channel request is answered `401` with the `apple-as-web` challenge
+    /// and the Mac runs the web sign-in again (Apple, "Onboarding users with account
+    /// sign-in": the server may invalidate the token at any time to force
+    /// re-authentication).
+    pub async fn require_sign_in(&self, actor: &Actor, enrollment_id: &str) -> Result<()> {
+        actor.require_write()?;
+        self.store
+            .revoke_bearer(
+                enrollment_id,
+                &Audit::new(
+                    &actor.name,
+                    "enrollment.require_sign_in",
+                    enrollment_id,
+                    json!({}),
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn command_history(
         &self,
         enrollment_id: &str,

@@ -586,6 +586,9 @@ pub enum DeviceCmd {
     },
     /// Unenroll: remove the MDM profile (and the managed volume) from the Mac.
     Unenroll { id: String },
+    /// Make the person sign in again: the Mac's next user-channel request is challenged and
+    /// the Mac shows the organisation's sign-in page.
+    RequireSignIn { id: String },
 }
 
 pub async fn device(
@@ -681,6 +684,10 @@ pub async fn device(
                 return print_json(&h);
             }
             print_commands(h);
+        }
+        DeviceCmd::RequireSignIn { id } => {
+            o.lanyard.require_sign_in(&Actor::cli(), &id).await?;
+            println!("{id}: the person signs in again at the Mac's next user-channel request");
         }
         DeviceCmd::Unenroll { id } => {
             let collect = std::sync::Arc::new(CollectPushes::default());
