@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Duration;
 use plist::{Dictionary, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -21,8 +20,6 @@ use lanyard_store::{
 use crate::enrollment::MODE_USER_ENROLLMENT;
 use crate::{Actor, CoreError, Lanyard, Result};
 
-/// How long a `NotNow` defers a command when no push makes it due sooner.
-pub const NOT_NOW_BACKOFF_MINUTES: i64 = 15;
 /// How long finished command results are kept.
 pub const RESULT_RETENTION_DAYS: i64 = 90;
 /// Largest profile accepted in an `InstallProfile` command.
@@ -272,6 +269,28 @@ pub enum CommandChannel {
 }
 
 impl CommandChannel {
+    /// Refuses a command on a channel Apple's schema says macOS does not take it on
+    /// (`devicechannel: false` / `userchannel: false`): the Mac would answer `Error`.
+    pub fn allows(self, request_type: &str) -> Result<()> {
+        let Some((device, user)) =
+            lanyard_proto::user_enrollment::macos_command_channels(request_type)
+        else {
+            return Ok(());
+        };
+        let (allowed, other) = match self {
+            CommandChannel::Device => (device, "user"),
+            CommandChannel::User => (user, "device"),
+        };
+        if allowed == Some(false) {
+            return Err(CoreError::Invalid(format!(
+                "{request_type} is not available on the {} channel on macOS (Apple's schema); \
+                 send it on the {other} channel",
+                self.as_str()
+            )));
+        }
+        Ok(())
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CommandChannel::Device => CHANNEL_DEVICE,
@@ -367,14 +386,14 @@ impl Lanyard {
         actor: &Actor,
         target: &CommandTarget,
         spec: &CommandSpec,
-        pusher: Option<&dyn PushRequester>,
+        push: bool,
     ) -> Result<Queued> {
         self.enqueue_audited(
             actor,
             target,
             CommandChannel::Device,
             spec,
-            pusher,
+            push,
             "command.enqueue",
         )
         .await
@@ -388,9 +407,9 @@ impl Lanyard {
         target: &CommandTarget,
         channel: CommandChannel,
         spec: &CommandSpec,
-        pusher: Option<&dyn PushRequester>,
+        push: bool,
     ) -> Result<Queued> {
-        self.enqueue_audited(actor, target, channel, spec, pusher, "command.enqueue")
+        self.enqueue_audited(actor, target, channel, spec, push, "command.enqueue")
             .await
     }
 
@@ -400,7 +419,7 @@ impl Lanyard {
         target: &CommandTarget,
         channel: CommandChannel,
         spec: &CommandSpec,
-        pusher: Option<&dyn PushRequester>,
+        push: bool,
         action: &str,
     ) -> Result<Queued> {
         actor.require_write()?;
@@ -457,6 +476,7 @@ impl Lanyard {
         }
         let any_ue = enrollments.iter().any(|e| e.mode == MODE_USER_ENROLLMENT);
         let command = spec.build(any_ue)?;
+        channel.allows(&command.request_type)?;
         let payload = lanyard_proto::command::encode_command(&command)
             .map_err(|e| CoreError::Invalid(format!("the command cannot be encoded: {e}")))?;
         let targets: Vec<(String, String)> = enrollments
@@ -483,6 +503,7 @@ impl Lanyard {
                 &audit,
             )
             .await?;
+        let pusher = self.pusher.as_ref().filter(|_| push);
         if let Some(p) = pusher {
             p.request_push(enrollments.into_iter().map(|e| e.id).collect());
         }
@@ -497,12 +518,7 @@ impl Lanyard {
     /// Unenrolls a device: queues `RemoveProfile` for its enrollment profile, which on a User
     /// Enrollment removes the MDM profile and with it the managed volume. The device answers
     /// with `CheckOut`, which ends the enrollment.
-    pub async fn unenroll(
-        &self,
-        actor: &Actor,
-        enrollment_id: &str,
-        pusher: Option<&dyn PushRequester>,
-    ) -> Result<Queued> {
+    pub async fn unenroll(&self, actor: &Actor, enrollment_id: &str, push: bool) -> Result<Queued> {
         actor.require_write()?;
         let e = self
             .store
@@ -522,11 +538,32 @@ impl Lanyard {
                 &CommandSpec::RemoveProfile {
                     identifier: crate::enrollment::profile_identifier(&e.id),
                 },
-                pusher,
+                push,
                 "enrollment.unenroll",
             )
             .await?;
         Ok(queued)
+    }
+
+    /// Makes the person on this Mac sign in again: forgets the enrollment's bearer token, so
+    /// the Mac's next user-channel request is answered `401` with the `apple-as-web` challenge
+    /// and the Mac runs the web sign-in again (Apple, "Onboarding users with account
+    /// sign-in": the server may invalidate the token at any time to force
+    /// re-authentication).
+    pub async fn require_sign_in(&self, actor: &Actor, enrollment_id: &str) -> Result<()> {
+        actor.require_write()?;
+        self.store
+            .revoke_bearer(
+                enrollment_id,
+                &Audit::new(
+                    &actor.name,
+                    "enrollment.require_sign_in",
+                    enrollment_id,
+                    json!({}),
+                ),
+            )
+            .await?;
+        Ok(())
     }
 
     pub async fn command_history(
@@ -592,8 +629,8 @@ pub(crate) fn outcome_of(
         status: status.into(),
         result: Some(result_bytes),
         error_chain,
-        retry_after: (report.status == CommandStatus::NotNow)
-            .then(|| now + Duration::minutes(NOT_NOW_BACKOFF_MINUTES)),
+        // NotNow: due again at the device's next poll (see the store's exchange).
+        retry_after: (report.status == CommandStatus::NotNow).then_some(now),
     }))
 }
 

@@ -24,14 +24,12 @@ use lanyard_pki::openssl::pkey::{PKey, Private};
 use lanyard_pki::openssl::x509::{X509Name, X509};
 use lanyard_pki::scep::{self, CertRepStatus, FailInfo, MessageType, ScepResponse};
 use lanyard_pki::{Ca, CertificateIssuer, SecretBox};
-use lanyard_proto::checkin::CheckinMessage;
 use lanyard_proto::profile::{
     build_enrollment_profile, EnrollmentProfileInput, ProfileUuids, ScepSettings, ServerCapability,
 };
-use lanyard_proto::{EnrollmentKind, OsVersion, SecretString, ServiceDiscovery, UserIdentifier};
+use lanyard_proto::{OsVersion, SecretString, ServiceDiscovery, UserIdentifier};
 use lanyard_store::{
-    AccessTokenRow, AuthenticateRecord, Enrollment, EnrollmentFlow, EnrollmentQuery, NewEnrollment,
-    TokenUpdateRecord, User,
+    AccessTokenRow, Enrollment, EnrollmentFlow, EnrollmentQuery, NewEnrollment, User,
 };
 
 use crate::admins::{hash_secret, new_secret};
@@ -93,8 +91,6 @@ pub struct DevicePki {
 pub struct EnrollmentService {
     lanyard: Lanyard,
     pki: Arc<DevicePki>,
-    /// `Mdm-Signature` checks; a device certificate's chain is verified once, not per request.
-    signers: Arc<lanyard_pki::SignerCache>,
     urls: DeviceUrls,
     organization: String,
 }
@@ -151,17 +147,6 @@ impl std::str::FromStr for Ownership {
             _ => Err(CoreError::Invalid("choose who owns this Mac".into())),
         }
     }
-}
-
-/// What the device-facing handler answers to a check-in.
-#[derive(Debug)]
-pub enum CheckinReply {
-    /// 200 with an empty body.
-    Ok,
-    /// 200 with this plist body.
-    Plist(Vec<u8>),
-    /// 410: the server does not need this (e.g. `UserAuthenticate`).
-    Gone,
 }
 
 /// An enrollment as the API, CLI and portal show it (never a secret).
@@ -250,7 +235,7 @@ pub struct DeviceFacts {
     pub product: Option<String>,
 }
 
-fn refuse_old_os(found: &OsVersion, minimum: &OsVersion) -> CoreError {
+pub(crate) fn refuse_old_os(found: &OsVersion, minimum: &OsVersion) -> CoreError {
     CoreError::Forbidden(format!(
         "This Mac runs macOS {found}; enrolling it needs macOS {minimum} or later. Update \
          macOS in System Settings, then try again."
@@ -264,14 +249,9 @@ impl EnrollmentService {
         urls: DeviceUrls,
         organization: String,
     ) -> Self {
-        let signers = Arc::new(lanyard_pki::SignerCache::new(
-            pki.ca.certificate().clone(),
-            lanyard_pki::SIGNER_CACHE_DEFAULT_CAPACITY,
-        ));
         Self {
             lanyard,
             pki,
-            signers,
             urls,
             organization,
         }
@@ -552,7 +532,7 @@ impl EnrollmentService {
                 ca_fingerprint: None,
             },
             ca_cert_der: Some(self.pki.ca.cert_der()?),
-            server_capabilities: ServerCapability::ALL.to_vec(),
+            server_capabilities: ServerCapability::USER_ENROLLMENT.to_vec(),
             sign_message: true,
             uuids: ProfileUuids::random(),
         };
@@ -583,6 +563,9 @@ impl EnrollmentService {
                 scep_challenge_hash: challenge.hash,
                 challenge_expires_at: now + Duration::minutes(CHALLENGE_MINUTES),
                 push_topic,
+                // The Mac keeps sending this token on its user channel (ongoing
+                // authorization, see `mdm`).
+                bearer_token_hash: Some(token_hash.clone()),
             })
             .await?;
         tracing::info!(enrollment = %enrollment_id, user = user.id, "issued an enrollment profile");
@@ -659,206 +642,6 @@ impl EnrollmentService {
             issued: &issued,
             chain: &[],
         })
-    }
-
-    /// Checks an `Mdm-Signature` over `body` (chain to our CA checked once per certificate, the
-    /// signature on every call) and returns the signer certificate's SHA-256 fingerprint.
-    pub fn verify_signature(&self, signature: &[u8], body: &[u8]) -> Result<String> {
-        self.signers
-            .verify(signature, body)
-            .map(|v| v.sha256)
-            .map_err(|_| {
-                CoreError::Unauthorized("the Mdm-Signature does not verify against our CA".into())
-            })
-    }
-
-    /// The SHA-256 of the identity certificate that signed a device request: the `Mdm-Signature`
-    /// must be present, verify over the exact body and chain to our CA.
-    pub fn signer_of(&self, signature: Option<&[u8]>, body: &[u8]) -> Result<String> {
-        let Some(sig) = signature else {
-            return Err(CoreError::Unauthorized(
-                "requests must carry an Mdm-Signature by the device identity".into(),
-            ));
-        };
-        self.verify_signature(sig, body)
-    }
-
-    /// Finds the enrollment a signed device request belongs to: the `Mdm-Signature` must verify
-    /// over the exact body, chain to our CA, and be the identity issued for a live enrollment.
-    pub async fn identify(&self, signature: Option<&[u8]>, body: &[u8]) -> Result<Enrollment> {
-        let fingerprint = self.signer_of(signature, body)?;
-        let enrollment = self
-            .lanyard
-            .store()
-            .enrollment_by_identity(&fingerprint)
-            .await?
-            .ok_or_else(|| {
-                CoreError::Unauthorized("this identity certificate belongs to no enrollment".into())
-            })?;
-        if enrollment.status == "checked_out" {
-            return Err(CoreError::Unauthorized(
-                "this enrollment has checked out; enroll again".into(),
-            ));
-        }
-        Ok(enrollment)
-    }
-
-    /// Handles one check-in message from a device already identified by [`Self::identify`].
-    pub async fn checkin(&self, enrollment: &Enrollment, body: &[u8]) -> Result<CheckinReply> {
-        let msg = lanyard_proto::decode_checkin(body)
-            .map_err(|e| CoreError::Invalid(format!("check-in: {e}")))?;
-        let r = msg.enrollment();
-        if !r.kind.is_user_enrollment() {
-            return Err(CoreError::Invalid(
-                "this server enrolls Macs by User Enrollment; expected EnrollmentID".into(),
-            ));
-        }
-        let device_id = r.device_id().to_string();
-        if let Some(bound) = &enrollment.device_channel_id {
-            if *bound != device_id {
-                return Err(CoreError::Unauthorized(
-                    "this identity belongs to another device".into(),
-                ));
-            }
-        } else if !matches!(msg, CheckinMessage::Authenticate(_)) {
-            return Err(CoreError::Invalid(
-                "the first check-in must be Authenticate".into(),
-            ));
-        }
-        let user_channel = (r.kind == EnrollmentKind::UserEnrollmentUser)
-            .then(|| msg.identity().enrollment_user_id.clone())
-            .flatten();
-        let store = self.lanyard.store();
-        let now = lanyard_store::now();
-        match msg {
-            CheckinMessage::Authenticate(a) => {
-                if Some(&a.topic) != enrollment.push_topic.as_ref() {
-                    return Err(CoreError::Invalid(
-                        "the check-in topic is not this server's push topic".into(),
-                    ));
-                }
-                let min = self.lanyard.enrollment_settings().await?.min_macos_version;
-                let os = a
-                    .os_version
-                    .as_deref()
-                    .map(OsVersion::parse)
-                    .transpose()
-                    .map_err(|e| CoreError::Invalid(format!("OSVersion: {e}")))?;
-                match &os {
-                    Some(v) if !v.at_least(&min) => return Err(refuse_old_os(v, &min)),
-                    None => {
-                        return Err(CoreError::Invalid(
-                            "Authenticate must carry OSVersion".into(),
-                        ))
-                    }
-                    Some(_) => {}
-                }
-                store
-                    .record_authenticate(
-                        &enrollment.id,
-                        &AuthenticateRecord {
-                            device_channel_id: device_id,
-                            os_version: os.map(|v| v.to_string()),
-                            build_version: a.build_version,
-                            product: a.product_name.or(a.model),
-                        },
-                        now,
-                    )
-                    .await
-                    .map_err(|e| match e {
-                        lanyard_store::StoreError::Conflict(_) => CoreError::Unauthorized(
-                            "this EnrollmentID belongs to another live enrollment, or this \
-                             enrollment has already checked out; remove the old enrollment \
-                             profile and enroll again"
-                                .into(),
-                        ),
-                        other => other.into(),
-                    })?;
-                Ok(CheckinReply::Ok)
-            }
-            CheckinMessage::TokenUpdate(t) => {
-                if Some(&t.topic) != enrollment.push_topic.as_ref() {
-                    return Err(CoreError::Invalid(
-                        "the check-in topic is not this server's push topic".into(),
-                    ));
-                }
-                let unlock = match &t.unlock_token {
-                    Some(u) => Some(
-                        self.pki
-                            .secrets
-                            .seal(u.expose(), format!("unlock:{}", enrollment.id).as_bytes())?,
-                    ),
-                    None => None,
-                };
-                store
-                    .record_token_update(
-                        &enrollment.id,
-                        &TokenUpdateRecord {
-                            user_channel_id: user_channel,
-                            topic: t.topic,
-                            push_token: t.token.into_inner(),
-                            push_magic: t.push_magic.into_inner(),
-                            unlock_token_sealed: unlock,
-                        },
-                        now,
-                    )
-                    .await
-                    .map_err(|e| match e {
-                        lanyard_store::StoreError::Conflict(m) => CoreError::Invalid(m),
-                        other => other.into(),
-                    })?;
-                Ok(CheckinReply::Ok)
-            }
-            CheckinMessage::CheckOut(_) => {
-                store.record_checkout(&enrollment.id, now).await?;
-                store.clear_queue(&enrollment.id).await?;
-                tracing::info!(enrollment = %enrollment.id, "enrollment checked out");
-                Ok(CheckinReply::Ok)
-            }
-            // Lanyard asks no extra user authentication on the user channel.
-            CheckinMessage::UserAuthenticate(_) => Ok(CheckinReply::Gone),
-            CheckinMessage::GetBootstrapToken(_) => {
-                let mut dict = plist::Dictionary::new();
-                if let Some(sealed) = &enrollment.bootstrap_token_sealed {
-                    let token = self
-                        .pki
-                        .secrets
-                        .open(sealed, format!("bootstrap:{}", enrollment.id).as_bytes())?;
-                    dict.insert("BootstrapToken".into(), plist::Value::Data(token));
-                }
-                let mut out = Vec::new();
-                plist::to_writer_xml(&mut out, &dict)
-                    .map_err(|e| CoreError::Internal(e.to_string()))?;
-                Ok(CheckinReply::Plist(out))
-            }
-            CheckinMessage::SetBootstrapToken(s) => {
-                let sealed = match &s.bootstrap_token {
-                    Some(t) => Some(self.pki.secrets.seal(
-                        t.expose(),
-                        format!("bootstrap:{}", enrollment.id).as_bytes(),
-                    )?),
-                    None => None,
-                };
-                store
-                    .set_bootstrap_token(&enrollment.id, sealed.as_deref())
-                    .await?;
-                Ok(CheckinReply::Ok)
-            }
-            CheckinMessage::DeclarativeManagement(d) => {
-                // Stored for the declarative management release; answered empty for now.
-                store
-                    .record_declarative(
-                        &enrollment.id,
-                        &d.endpoint,
-                        d.data.as_deref().unwrap_or(&[]),
-                    )
-                    .await?;
-                Ok(CheckinReply::Ok)
-            }
-            CheckinMessage::GetToken(_) => Err(CoreError::Invalid(
-                "GetToken is not supported by this server".into(),
-            )),
-        }
     }
 
     pub fn lanyard(&self) -> &Lanyard {

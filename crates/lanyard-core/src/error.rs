@@ -17,6 +17,13 @@ pub enum CoreError {
     /// Authenticated but not allowed (403).
     #[error("{0}")]
     Forbidden(String),
+    /// A device request from an identity that is not, or no longer, enrolled here (unknown,
+    /// removed or checked out). Device endpoints answer `403` with
+    /// `{"code":"com.apple.unrecognized.device"}`, which makes the device unenroll; Apple's
+    /// ErrorUnrecognizedDevice ("Use this error instead of the server returning a 401
+    /// response to cause an unenroll", macOS 14+).
+    #[error("{0}")]
+    UnrecognizedDevice(String),
     /// Too many attempts (429).
     #[error("{0}")]
     RateLimited(String),

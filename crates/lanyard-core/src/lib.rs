@@ -15,9 +15,9 @@ pub mod attributes;
 pub mod commands;
 pub mod enrollment;
 mod error;
-mod exchange;
 pub mod identity_providers;
 pub mod listings;
+pub mod mdm;
 pub mod pki;
 pub mod push;
 pub mod server_tokens;
@@ -71,11 +71,29 @@ impl Actor {
 #[derive(Clone)]
 pub struct Lanyard {
     store: Arc<dyn Store>,
+    /// Wakes devices after commands are queued; given once at start (`lanyard serve` gives the
+    /// push job, the CLI a collector it drains before exiting). `None`: commands wait for the
+    /// device's next check-in.
+    pusher: Option<Arc<dyn commands::PushRequester>>,
 }
 
 impl Lanyard {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            pusher: None,
+        }
+    }
+
+    /// The same services, waking devices through `pusher` after commands are queued.
+    pub fn with_pusher(mut self, pusher: Arc<dyn commands::PushRequester>) -> Self {
+        self.pusher = Some(pusher);
+        self
+    }
+
+    /// Whether queued commands are followed by a push.
+    pub fn can_push(&self) -> bool {
+        self.pusher.is_some()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -279,7 +279,12 @@ impl PushService {
         let targets = store.push_targets(enrollment_ids).await?;
         let mut report = PushReport {
             requested: enrollment_ids.len(),
-            not_reachable: enrollment_ids.len().saturating_sub(targets.len()),
+            not_reachable: enrollment_ids.len().saturating_sub(
+                targets
+                    .iter()
+                    .filter(|t| t.channel == lanyard_store::CHANNEL_DEVICE)
+                    .count(),
+            ),
             ..Default::default()
         };
         if targets.is_empty() {
@@ -311,6 +316,7 @@ impl PushService {
                 let delivered = matches!(o, PushOutcome::Delivered { .. });
                 records.push(lanyard_store::PushRecord {
                     enrollment_id: t.enrollment_id.clone(),
+                    channel: t.channel.clone(),
                     status: label.clone(),
                     drop_token: o.token_is_dead(),
                     release_not_now: delivered,

@@ -58,6 +58,7 @@ pub fn routes() -> Router<AppState> {
         .route("/devices/{id}/commands", get(device_commands))
         .route("/devices/{id}/inventory", get(device_inventory))
         .route("/devices/{id}/unenroll", post(unenroll_device))
+        .route("/devices/{id}/require-sign-in", post(require_sign_in))
         .route("/commands", post(send_command))
         .route(
             "/push-certificate",
@@ -76,7 +77,7 @@ pub fn routes() -> Router<AppState> {
         sign_in, sign_out, list_users, create_user, get_user, update_user, get_settings,
         patch_settings, list_attributes, define_attribute, delete_attribute, list_admins,
         create_admin, list_api_tokens, create_api_token, revoke_api_token, audit_log, list_devices, get_device,
-        device_commands, device_inventory, unenroll_device, send_command, command_status,
+        device_commands, device_inventory, unenroll_device, require_sign_in, send_command, command_status,
         get_push_certificate, put_push_certificate
     ),
     components(schemas(ErrorBody, UserView, CreateUser, UpdateUser, EnrollmentSettings,
@@ -581,10 +582,9 @@ async fn send_command(
     Authed(actor): Authed,
     ApiJson(b): ApiJson<SendCommand>,
 ) -> ApiResult<(StatusCode, Json<Queued>)> {
-    let pusher = if b.push { s.pusher.as_deref() } else { None };
     let q = s
         .lanyard
-        .enqueue_command_on(&actor, &b.target, b.channel, &b.command, pusher)
+        .enqueue_command_on(&actor, &b.target, b.channel, &b.command, b.push)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(q)))
 }
@@ -631,8 +631,20 @@ async fn unenroll_device(
     Authed(actor): Authed,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<Queued>)> {
-    let q = s.lanyard.unenroll(&actor, &id, s.pusher.as_deref()).await?;
+    let q = s.lanyard.unenroll(&actor, &id, true).await?;
     Ok((StatusCode::ACCEPTED, Json(q)))
+}
+
+/// Makes the person sign in again: the Mac's next user-channel request is challenged.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/require-sign-in", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn require_sign_in(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    s.lanyard.require_sign_in(&actor, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The MDM push certificate: topic, expiry and any warning.

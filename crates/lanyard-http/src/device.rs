@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde::Deserialize;
 
-use lanyard_core::enrollment::CheckinReply;
+use lanyard_core::mdm::{CheckinReply, DeviceRequest};
 use lanyard_core::CoreError;
 
 use crate::error::device_error;
@@ -183,35 +183,46 @@ fn mdm_signature(headers: &HeaderMap) -> Option<&[u8]> {
     headers.get("mdm-signature").map(|v| v.as_bytes())
 }
 
+/// The request as the device service sees it: signature, user-channel bearer, exact body.
+fn device_request<'a>(headers: &'a HeaderMap, body: &'a Bytes) -> DeviceRequest<'a> {
+    DeviceRequest {
+        signature: mdm_signature(headers),
+        bearer: bearer(headers),
+        body,
+    }
+}
+
+/// A refusal on the check-in or command endpoint. `401` only ever comes with the
+/// `apple-as-web` challenge (the user channel must re-authenticate; Apple, "Onboarding users
+/// with account sign-in"); everything else goes through the one device mapping.
+fn mdm_refusal(s: &AppState, e: CoreError) -> Response {
+    match e {
+        CoreError::Unauthorized(m) => challenge(s, &m),
+        other => device_error(other),
+    }
+}
+
 async fn checkin(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let enrollment = match s.enrollment.identify(mdm_signature(&headers), &body).await {
-        Ok(e) => e,
-        Err(e) => return device_error(e),
-    };
-    match s.enrollment.checkin(&enrollment, &body).await {
+    match s.mdm.checkin(device_request(&headers, &body)).await {
         Ok(CheckinReply::Ok) => StatusCode::OK.into_response(),
         Ok(CheckinReply::Plist(p)) => {
             ([(header::CONTENT_TYPE, "application/xml")], p).into_response()
         }
         Ok(CheckinReply::Gone) => StatusCode::GONE.into_response(),
-        Err(e) => device_error(e),
+        Err(e) => mdm_refusal(&s, e),
     }
 }
 
 /// The command endpoint: identifies the device, records its report (result, error or NotNow)
 /// and answers the next command for that channel, or an empty 200 when none is due.
 async fn command(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match s
-        .enrollment
-        .command_request(mdm_signature(&headers), &body)
-        .await
-    {
+    match s.mdm.command(device_request(&headers, &body)).await {
         Ok(Some(next)) => (
             [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
             next.payload,
         )
             .into_response(),
         Ok(None) => StatusCode::OK.into_response(),
-        Err(e) => device_error(e),
+        Err(e) => mdm_refusal(&s, e),
     }
 }

@@ -65,7 +65,9 @@ impl From<CoreError> for ApiError {
             CoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             CoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             CoreError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            CoreError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
             CoreError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             CoreError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             CoreError::Store(_) | CoreError::Internal(_) => {
@@ -137,8 +139,19 @@ impl IntoResponse for ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// The same mapping for device-facing endpoints, which answer plain text (devices show or log
-/// it) and use 400 for malformed protocol messages.
+/// it) and use 400 for malformed protocol messages. An unrecognized device gets Apple's
+/// documented 403 body instead (ErrorUnrecognizedDevice: JSON with `code`
+/// `com.apple.unrecognized.device`, `Content-Type` saying it is JSON), which makes the device
+/// unenroll. A `401` is never answered from here: on check-in and command endpoints a 401 is the
+/// legacy unenroll trigger, so the handlers answer it only with the `apple-as-web` challenge.
 pub fn device_error(e: CoreError) -> Response {
+    if let CoreError::UnrecognizedDevice(m) = &e {
+        let body = serde_json::json!({
+            "code": "com.apple.unrecognized.device",
+            "description": m,
+        });
+        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+    }
     let api = ApiError::from(e);
     let status = if api.status == StatusCode::UNPROCESSABLE_ENTITY {
         StatusCode::BAD_REQUEST

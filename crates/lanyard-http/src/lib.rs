@@ -44,8 +44,8 @@ pub struct AppState {
     pub sign_in_limiter: pages::SignInLimiter,
     /// Enrollment sign-in through OpenID Connect identity providers.
     pub oidc: lanyard_core::identity_providers::OidcSignIns,
-    /// Wakes devices after commands are queued; `None` when no push certificate is set.
-    pub pusher: Option<std::sync::Arc<dyn lanyard_core::commands::PushRequester>>,
+    /// Check-ins and the command channel.
+    pub mdm: lanyard_core::mdm::MdmService,
     /// Seals uploaded secrets (the push certificate key).
     pub secrets: lanyard_pki::SecretBox,
     /// Apple Business Manager server tokens, discovery registration and device sync.

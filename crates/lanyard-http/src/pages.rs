@@ -238,7 +238,7 @@ pub(crate) fn refuse(s: &AppState, e: CoreError) -> Response {
     let status = match &e {
         CoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
+        CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => StatusCode::FORBIDDEN,
         CoreError::NotFound(_) => StatusCode::NOT_FOUND,
         CoreError::Conflict(_) => StatusCode::CONFLICT,
         CoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -204,6 +204,12 @@ impl ServerCapability {
     pub const ALL: [ServerCapability; 3] =
         [Self::PerUserConnections, Self::BootstrapToken, Self::Token];
 
+    /// What a User Enrollment profile advertises: the per-user connections only. Bootstrap
+    /// tokens are not used in User Enrollment (schema `com.apple.mdm` ServerCapabilities;
+    /// SetBootstrapToken is unavailable to User Enrollment), and `com.apple.mdm.token` is
+    /// advertised only by a server that answers `GetToken`, which Lanyard does not yet do.
+    pub const USER_ENROLLMENT: [ServerCapability; 1] = [Self::PerUserConnections];
+
     /// The wire string.
     pub fn as_str(self) -> &'static str {
         match self {

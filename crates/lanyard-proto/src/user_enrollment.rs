@@ -184,6 +184,19 @@ pub fn ue_device_information_query_policy_on(query: &str, os: &OsVersion) -> Pol
     )
 }
 
+/// The macOS channels of an MDM command (schema `devicechannel`, `userchannel`): `None` for a
+/// command the table does not know or that macOS does not support; a `None` inside means the
+/// schema does not say (then the channel is not refused).
+pub fn macos_command_channels(request_type: &str) -> Option<(Option<bool>, Option<bool>)> {
+    commands()
+        .iter()
+        .filter(|e| e.name == request_type)
+        .find_map(|e| match &e.macos {
+            MacosSupport::Supported(m) => Some((m.device_channel, m.user_channel)),
+            MacosSupport::NotSupported => None,
+        })
+}
+
 /// The DeviceInformation queries a macOS User Enrollment may be asked, in schema order.
 pub fn ue_allowed_device_information_queries() -> impl Iterator<Item = &'static str> {
     device_information_queries()

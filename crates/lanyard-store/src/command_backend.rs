@@ -240,11 +240,26 @@ macro_rules! impl_command_store {
             async fn push_targets(&self, ids: &[String]) -> Result<Vec<PushTargetRow>> {
                 let mut out = Vec::with_capacity(ids.len());
                 for chunk in ids.chunks(ENQUEUE_CHUNK) {
+                    // The device channel always; the user channel when it has commands waiting
+                    // (they are fetched on the user channel, which only a push to the user's
+                    // token wakes: schema `userchannel`, Apple "Sending MDM commands").
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT id AS enrollment_id, device_push_token AS push_token, \
-                         device_push_magic AS push_magic FROM enrollments \
-                         WHERE status = 'enrolled' AND device_push_token IS NOT NULL \
-                         AND device_push_magic IS NOT NULL AND id IN (",
+                        "SELECT id AS enrollment_id, 'device' AS channel, \
+                         device_push_token AS push_token, device_push_magic AS push_magic \
+                         FROM enrollments WHERE status = 'enrolled' \
+                         AND device_push_token IS NOT NULL AND device_push_magic IS NOT NULL \
+                         AND id IN (",
+                    );
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id);
+                    }
+                    qb.push(
+                        ") UNION ALL SELECT e.id, 'user', e.user_push_token, e.user_push_magic \
+                         FROM enrollments e WHERE e.status = 'enrolled' \
+                         AND e.user_push_token IS NOT NULL AND e.user_push_magic IS NOT NULL \
+                         AND EXISTS (SELECT 1 FROM command_queue q WHERE q.enrollment_id = e.id \
+                         AND q.channel = 'user') AND e.id IN (",
                     );
                     let mut sep = qb.separated(", ");
                     for id in chunk {

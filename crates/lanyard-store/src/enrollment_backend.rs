@@ -12,7 +12,7 @@ pub(crate) const ENROLLMENT_COLUMNS: &str =
     identity_not_after, device_channel_id, user_channel_id, push_topic, device_push_token, \
     device_push_magic, user_push_token, user_push_magic, unlock_token_sealed, \
     bootstrap_token_sealed, created_at, authenticated_at, enrolled_at, last_seen_at, \
-    checked_out_at, last_push_at, last_push_status";
+    checked_out_at, last_push_at, last_push_status, bearer_token_hash";
 
 const TOKEN_COLUMNS: &str =
     "token_hash, user_id, ownership, attributes, created_at, expires_at, used_at";
@@ -126,9 +126,9 @@ macro_rules! impl_enrollment_store {
                 Ok(sqlx::query_as(&format!(
                     "INSERT INTO enrollments (id, user_id, managed_apple_id, ownership, \
                      attributes, mode, status, os_version, build_version, product, model_family, \
-                     scep_challenge_hash, challenge_expires_at, push_topic, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, \
-                     $14) RETURNING {ENROLLMENT_COLUMNS}"
+                     scep_challenge_hash, challenge_expires_at, push_topic, created_at, \
+                     bearer_token_hash) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, \
+                     $10, $11, $12, $13, $14, $15) RETURNING {ENROLLMENT_COLUMNS}"
                 ))
                 .bind(&e.id)
                 .bind(e.user_id)
@@ -144,6 +144,7 @@ macro_rules! impl_enrollment_store {
                 .bind(e.challenge_expires_at)
                 .bind(&e.push_topic)
                 .bind(now())
+                .bind(&e.bearer_token_hash)
                 .fetch_one(&self.pool)
                 .await?)
             }
@@ -316,17 +317,77 @@ macro_rules! impl_enrollment_store {
             }
 
             async fn record_checkout(&self, id: &str, now: DateTime<Utc>) -> Result<Enrollment> {
+                // The enrollment ends and its queue goes in one transaction: a crash between
+                // the two can leave neither a live queue for a dead enrollment nor the reverse.
+                let mut tx = self.pool.begin().await?;
                 let row: Option<Enrollment> = sqlx::query_as(&format!(
                     "UPDATE enrollments SET status = 'checked_out', checked_out_at = $2, \
                      last_seen_at = $2, device_push_token = NULL, device_push_magic = NULL, \
-                     user_push_token = NULL, user_push_magic = NULL \
+                     user_push_token = NULL, user_push_magic = NULL, bearer_token_hash = NULL \
                      WHERE id = $1 RETURNING {ENROLLMENT_COLUMNS}"
                 ))
                 .bind(id)
                 .bind(now)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
-                row.ok_or_else(|| StoreError::NotFound(format!("enrollment {id}")))
+                let row = row.ok_or_else(|| StoreError::NotFound(format!("enrollment {id}")))?;
+                sqlx::query("DELETE FROM command_queue WHERE enrollment_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            async fn rebind_bearer(
+                &self,
+                id: &str,
+                user_id: i64,
+                token_hash: &str,
+                now: DateTime<Utc>,
+            ) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let claimed: Option<String> = sqlx::query_scalar(
+                    "UPDATE access_tokens SET used_at = $3 WHERE token_hash = $1 \
+                     AND user_id = $2 AND used_at IS NULL AND expires_at > $3 \
+                     RETURNING token_hash",
+                )
+                .bind(token_hash)
+                .bind(user_id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if claimed.is_none() {
+                    return Ok(false);
+                }
+                let done = sqlx::query(
+                    "UPDATE enrollments SET bearer_token_hash = $2 WHERE id = $1 \
+                     AND user_id = $3 AND status <> 'checked_out'",
+                )
+                .bind(id)
+                .bind(token_hash)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn revoke_bearer(&self, id: &str, audit: &Audit) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query("UPDATE enrollments SET bearer_token_hash = NULL WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("enrollment {id}")));
+                }
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn set_bootstrap_token(&self, id: &str, sealed: Option<&[u8]>) -> Result<()> {

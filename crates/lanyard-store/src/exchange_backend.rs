@@ -48,23 +48,66 @@ pub struct CommandExchange<'a> {
 /// How an exchange ended. Every refusal changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exchanged {
-    /// The report was stored; the next command for the channel, if one is due.
+    /// The report was handled; the next command for the channel, if one is due and the report
+    /// was not `NotNow`.
     Done {
         enrollment_id: String,
         next: Option<NextCommand>,
+        /// Set when the reported result was not stored (a repeat, or a command never given).
+        ignored: Option<IgnoredResult>,
     },
+    /// The identity's enrollment may not use the command channel (see [`IdentityBinding`]).
+    Refused(IdentityBinding),
     /// No enrollment holds this identity.
     UnknownIdentity,
-    /// The enrollment has checked out.
+}
+
+/// Why a reported result changed nothing while the exchange went on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoredResult {
+    /// The command already finished on this channel: the device repeated a result whose
+    /// answer it did not get. Answered like the first time, so the device moves on.
+    Repeated,
+    /// No such command was handed out on this channel.
+    NeverGiven,
+}
+
+/// The one identity rule for device requests, applied by check-ins and the command exchange
+/// alike: a request signed by an enrollment's identity certificate must name the
+/// `EnrollmentID` that enrollment bound at `Authenticate`, and the enrollment must be live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityBinding {
+    /// Live and bound to the presented `EnrollmentID`.
+    Bound,
+    /// Live, but no `EnrollmentID` is bound yet: only `Authenticate` may come.
+    Unbound,
+    /// The enrollment has checked out (or was removed).
     CheckedOut,
     /// The identity is bound to another `EnrollmentID`.
     OtherDevice,
+}
+
+impl IdentityBinding {
+    /// The rule: `status` and `bound` are the enrollment's, `presented` the request's
+    /// `EnrollmentID`.
+    pub fn check(status: &str, bound: Option<&str>, presented: &str) -> IdentityBinding {
+        if status == "checked_out" {
+            return IdentityBinding::CheckedOut;
+        }
+        match bound {
+            None => IdentityBinding::Unbound,
+            Some(b) if b == presented => IdentityBinding::Bound,
+            Some(_) => IdentityBinding::OtherDevice,
+        }
+    }
 }
 
 /// One push attempt's outcome, for [`CommandExchangeStore::record_pushes`].
 #[derive(Debug, Clone)]
 pub struct PushRecord {
     pub enrollment_id: String,
+    /// The channel whose token was pushed (`device` or `user`).
+    pub channel: String,
     pub status: String,
     /// Forget the token (APNs called it unregistered).
     pub drop_token: bool,
@@ -74,8 +117,9 @@ pub struct PushRecord {
 
 #[async_trait]
 pub trait CommandExchangeStore: Send + Sync {
-    /// One command-endpoint request in one transaction (see the module doc). A result for a
-    /// command this enrollment was never given is [`StoreError::NotFound`] and changes nothing.
+    /// One command-endpoint request in one transaction (see the module doc). A repeated
+    /// result, or one for a command this channel was never given, changes nothing and is
+    /// reported in [`Exchanged::Done::ignored`]; the exchange goes on.
     async fn command_exchange(&self, x: &CommandExchange<'_>) -> Result<Exchanged>;
     /// The enrollments with these ids (unknown ids are skipped), read in chunks.
     async fn enrollments_by_ids(&self, ids: &[String]) -> Result<Vec<Enrollment>>;
@@ -127,17 +171,19 @@ macro_rules! impl_exchange_store {
                 let Some((id, status, bound, last_seen, inventory)) = binding else {
                     return Ok(Exchanged::UnknownIdentity);
                 };
-                if status == "checked_out" {
-                    return Ok(Exchanged::CheckedOut);
+                match IdentityBinding::check(&status, bound.as_deref(), x.device_channel_id) {
+                    IdentityBinding::Bound => {}
+                    refused => return Ok(Exchanged::Refused(refused)),
                 }
-                if bound.as_deref() != Some(x.device_channel_id) {
-                    return Ok(Exchanged::OtherDevice);
-                }
-                let never_given = |uuid: &str| {
-                    StoreError::NotFound(format!("command {uuid} was never given to this device"))
-                };
+                let mut ignored = None;
+                // NotNow: the device could not run the command now. Apple ("Handling NotNow
+                // status responses"): when the service stops sending commands, the device polls
+                // again by itself when conditions change, and the service must send the command
+                // again then; sending another command instead stops that re-poll. So no command
+                // is handed out on this request, and the deferred one is due at the next poll.
+                let not_now = x.outcome.is_some_and(|o| o.status == "not_now");
                 if let Some(o) = x.outcome {
-                    if o.status == "not_now" {
+                    if not_now {
                         let done = sqlx::query(
                             "UPDATE command_queue SET status = 'not_now', not_now_until = $4, \
                              not_now_count = not_now_count + 1 WHERE enrollment_id = $1 \
@@ -150,7 +196,7 @@ macro_rules! impl_exchange_store {
                         .execute(&mut *tx)
                         .await?;
                         if done.rows_affected() == 0 {
-                            return Err(never_given(&o.command_uuid));
+                            ignored = Some(IgnoredResult::NeverGiven);
                         }
                     } else {
                         let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
@@ -163,9 +209,7 @@ macro_rules! impl_exchange_store {
                         .bind(&o.command_uuid)
                         .fetch_optional(&mut *tx)
                         .await?;
-                        let Some((queued_at, sent_at)) = row else {
-                            return Err(never_given(&o.command_uuid));
-                        };
+                        if let Some((queued_at, sent_at)) = row {
                         let request_type: String = sqlx::query_scalar(
                             "INSERT INTO command_results (enrollment_id, channel, command_uuid, \
                              request_type, status, result, error_chain, queued_at, sent_at, \
@@ -192,6 +236,26 @@ macro_rules! impl_exchange_store {
                                     .await?;
                             }
                         }
+                        } else {
+                            // A device repeats a result until it gets a 2xx (Apple: a failed
+                            // response makes the device retry), so a repeat is answered like the
+                            // first answer; one for a command never given here changes nothing
+                            // but must not wedge the channel either.
+                            let repeated: Option<i32> = sqlx::query_scalar(
+                                "SELECT 1 FROM command_results WHERE enrollment_id = $1 \
+                                 AND channel = $2 AND command_uuid = $3 LIMIT 1",
+                            )
+                            .bind(&id)
+                            .bind(x.channel)
+                            .bind(&o.command_uuid)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            ignored = Some(if repeated.is_some() {
+                                IgnoredResult::Repeated
+                            } else {
+                                IgnoredResult::NeverGiven
+                            });
+                        }
                     }
                 }
                 let stale = last_seen
@@ -205,7 +269,10 @@ macro_rules! impl_exchange_store {
                 }
                 // The command's text comes back with the claim (subqueries in `RETURNING`):
                 // one statement instead of two.
-                let next: Option<NextCommand> = sqlx::query_as(concat!(
+                let next: Option<NextCommand> = if not_now {
+                    None
+                } else {
+                    sqlx::query_as(concat!(
                     "UPDATE command_queue SET status = 'sent', sent_at = $3 WHERE id = (\
                      SELECT id FROM command_queue WHERE enrollment_id = $1 AND channel = $2 \
                      AND (not_now_until IS NULL OR not_now_until <= $3) ORDER BY id LIMIT 1 ",
@@ -219,11 +286,13 @@ macro_rules! impl_exchange_store {
                 .bind(x.channel)
                 .bind(x.now)
                 .fetch_optional(&mut *tx)
-                .await?;
+                .await?
+                };
                 tx.commit().await?;
                 Ok(Exchanged::Done {
                     enrollment_id: id,
                     next,
+                    ignored,
                 })
             }
 
@@ -253,11 +322,12 @@ macro_rules! impl_exchange_store {
                     return Ok(());
                 }
                 // Group by what is written so each group is a few `IN (…)` statements.
-                let mut groups: std::collections::BTreeMap<(&str, bool), Vec<&str>> =
+                let mut groups: std::collections::BTreeMap<(&str, Option<&str>), Vec<&str>> =
                     Default::default();
                 for r in records {
+                    let drop = r.drop_token.then_some(r.channel.as_str());
                     groups
-                        .entry((r.status.as_str(), r.drop_token))
+                        .entry((r.status.as_str(), drop))
                         .or_default()
                         .push(r.enrollment_id.as_str());
                 }
@@ -271,7 +341,7 @@ macro_rules! impl_exchange_store {
                     None => None,
                 };
                 let mut tx = self.pool.begin_with($begin).await?;
-                for ((status, drop_token), ids) in &groups {
+                for ((status, drop), ids) in &groups {
                     for chunk in ids.chunks(ID_CHUNK) {
                         let mut qb = sqlx::QueryBuilder::<$db>::new(
                             "UPDATE enrollments SET last_push_at = ",
@@ -279,8 +349,14 @@ macro_rules! impl_exchange_store {
                         qb.push_bind(at);
                         qb.push(", last_push_status = ");
                         qb.push_bind(*status);
-                        if *drop_token {
-                            qb.push(", device_push_token = NULL");
+                        match drop {
+                            Some(CHANNEL_USER) => {
+                                qb.push(", user_push_token = NULL");
+                            }
+                            Some(_) => {
+                                qb.push(", device_push_token = NULL");
+                            }
+                            None => {}
                         }
                         qb.push(" WHERE id IN (");
                         let mut sep = qb.separated(", ");

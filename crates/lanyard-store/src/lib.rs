@@ -233,7 +233,21 @@ pub trait EnrollmentStore: Send + Sync {
         rec: &TokenUpdateRecord,
         now: DateTime<Utc>,
     ) -> Result<Enrollment>;
+    /// Ends the enrollment (`checked_out`, push secrets and bearer dropped) and drops its
+    /// command queue, in one transaction.
     async fn record_checkout(&self, id: &str, now: DateTime<Utc>) -> Result<Enrollment>;
+    /// Re-authentication: claims an unused, unexpired access token of `user_id` and makes it
+    /// the enrollment's bearer, in one transaction; `false` (nothing changed) when the token is
+    /// unknown, used, expired or another person's, or the enrollment has checked out.
+    async fn rebind_bearer(
+        &self,
+        id: &str,
+        user_id: i64,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Forgets the enrollment's bearer, so its next user-channel request is challenged.
+    async fn revoke_bearer(&self, id: &str, audit: &Audit) -> Result<()>;
     async fn set_bootstrap_token(&self, id: &str, sealed: Option<&[u8]>) -> Result<()>;
     async fn record_declarative(&self, id: &str, endpoint: &str, data: &[u8]) -> Result<()>;
     async fn touch_enrollment(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
@@ -282,7 +296,8 @@ pub trait CommandStore: Send + Sync {
     async fn prune_command_results(&self, before: DateTime<Utc>) -> Result<u64>;
     /// Drops every queued command of an enrollment (at checkout or unenrollment).
     async fn clear_queue(&self, enrollment_id: &str) -> Result<u64>;
-    /// Device-channel push targets of these enrollments (enrolled, with a push token).
+    /// Push targets of these enrollments (enrolled, with a push token): the device channel's,
+    /// and the user channel's where user-channel commands wait.
     async fn push_targets(&self, enrollment_ids: &[String]) -> Result<Vec<PushTargetRow>>;
     /// Records a push attempt's outcome; `drop_token` forgets a token APNs called unregistered.
     async fn record_push(

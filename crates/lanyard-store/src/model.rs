@@ -218,6 +218,9 @@ pub struct Enrollment {
     pub last_push_at: Option<DateTime<Utc>>,
     /// `delivered`, `unregistered`, `rate_limited`, `failed: …`.
     pub last_push_status: Option<String>,
+    /// Hash of the bearer token the Mac sends on its user channel; `None` once revoked.
+    #[serde(skip)]
+    pub bearer_token_hash: Option<String>,
 }
 
 impl std::fmt::Debug for Enrollment {
@@ -249,6 +252,9 @@ pub struct NewEnrollment {
     pub scep_challenge_hash: String,
     pub challenge_expires_at: DateTime<Utc>,
     pub push_topic: String,
+    /// Hash of the access token the profile was issued for: the Mac keeps sending it on its
+    /// user channel (ongoing authorization).
+    pub bearer_token_hash: Option<String>,
 }
 
 /// What an `Authenticate` check-in records.
@@ -348,6 +354,8 @@ pub struct CommandRecord {
 #[derive(Clone, sqlx::FromRow)]
 pub struct PushTargetRow {
     pub enrollment_id: String,
+    /// `device` or `user`: whose push token this is.
+    pub channel: String,
     pub push_token: Vec<u8>,
     pub push_magic: String,
 }
@@ -356,6 +364,7 @@ impl std::fmt::Debug for PushTargetRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PushTargetRow")
             .field("enrollment_id", &self.enrollment_id)
+            .field("channel", &self.channel)
             .finish_non_exhaustive()
     }
 }

@@ -152,6 +152,9 @@ conformance!(
     command_exchange_in_one_transaction,
     command_exchange_refusals_change_nothing,
     fan_out_reads_and_push_batches,
+    user_channel_push_targets,
+    checkout_drops_the_queue_in_one_step,
+    bearer_rebind_and_revoke,
 );
 
 fn audit(action: &str, target: &str) -> Audit {
@@ -548,6 +551,7 @@ fn new_enrollment(user: &User, id: &str, challenge: &str, mins: i64) -> NewEnrol
         scep_challenge_hash: challenge.into(),
         challenge_expires_at: now() + Duration::minutes(mins),
         push_topic: "com.apple.mgmt.External.test".into(),
+        bearer_token_hash: Some(format!("bearer-{id}")),
     }
 }
 
@@ -1714,6 +1718,10 @@ mod identity_providers {
 
 /// Enrolled with identity `id-<id>` and device channel `EID-<id>`.
 async fn bound(s: &dyn Store, id: &str) {
+    bound_enrollment(s, id).await;
+}
+
+async fn bound_enrollment(s: &dyn Store, id: &str) -> Enrollment {
     enrolled(s, id).await;
     let t = now() - Duration::minutes(10);
     s.set_identity(id, "01", &format!("id-{id}"), t + Duration::days(365))
@@ -1744,6 +1752,7 @@ async fn bound(s: &dyn Store, id: &str) {
     )
     .await
     .unwrap();
+    s.enrollment(id).await.unwrap().unwrap()
 }
 
 /// Appends the request type to the inventory document, or changes nothing when told so.
@@ -1797,7 +1806,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
         .await
         .unwrap();
     assert!(
-        matches!(&x, Exchanged::Done { enrollment_id, next: Some(n) }
+        matches!(&x, Exchanged::Done { enrollment_id, next: Some(n), ignored: None }
             if enrollment_id == "e1" && n.command_uuid == "c1"
                 && n.request_type == "DeviceInformation" && n.payload == b"<plist>c1</plist>")
     );
@@ -1861,21 +1870,21 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
         s.enrollment("e1").await.unwrap().unwrap().last_seen_at,
         Some(t2)
     );
-    // NotNow defers the command until its back-off (or a push).
-    s.enqueue_command(
-        &cmd("c3", "SecurityInfo"),
-        &e1,
-        &audit("command.enqueue", "c3"),
-    )
-    .await
-    .unwrap();
+    // NotNow: nothing more is handed out on that request, even with another command due
+    // (Apple: a command after NotNow stops the device's own re-poll); the deferred command is
+    // due again at the next poll.
+    for (u, rt) in [("c3", "SecurityInfo"), ("c4", "CertificateList")] {
+        s.enqueue_command(&cmd(u, rt), &e1, &audit("command.enqueue", u))
+            .await
+            .unwrap();
+    }
     let x = s
         .command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t2))
         .await
         .unwrap();
     assert_eq!(next_uuid(x).as_deref(), Some("c3"));
     let mut nn = outcome("c3", "not_now");
-    nn.retry_after = Some(t2 + Duration::minutes(10));
+    nn.retry_after = Some(t2);
     let x = s
         .command_exchange(&exchange(
             "id-e1",
@@ -1887,8 +1896,21 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
         ))
         .await
         .unwrap();
-    assert_eq!(next_uuid(x), None, "deferred");
-    let later = t2 + Duration::minutes(11);
+    assert!(
+        matches!(
+            &x,
+            Exchanged::Done {
+                next: None,
+                ignored: None,
+                ..
+            }
+        ),
+        "an empty answer to NotNow: {x:?}"
+    );
+    let h = s.command_history("e1", 10).await.unwrap();
+    let c3 = h.iter().find(|r| r.command_uuid == "c3").unwrap();
+    assert_eq!(c3.status, "not_now");
+    let later = t2 + Duration::seconds(1);
     let x = s
         .command_exchange(&exchange(
             "id-e1",
@@ -1903,7 +1925,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     assert_eq!(
         next_uuid(x).as_deref(),
         Some("c3"),
-        "due after the back-off"
+        "due again at the next poll, before the later command"
     );
     // The user channel has its own queue.
     s.enqueue_command(
@@ -1956,6 +1978,13 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     );
 }
 
+fn ignored_of(x: &Exchanged) -> Option<IgnoredResult> {
+    match x {
+        Exchanged::Done { ignored, .. } => *ignored,
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
 async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     bound(s, "e1").await;
     bound(s, "e2").await;
@@ -1970,46 +1999,39 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     .unwrap();
     let ack = outcome("c1", "acknowledged");
     let merge = TestMerge { change: true };
-    // Not given yet: refused, and neither last_seen_at nor the queue changed.
-    assert!(matches!(
-        s.command_exchange(&exchange(
+    // Not given yet: not stored, and the exchange goes on (a device repeats a refused result
+    // until it gets a 2xx, so refusing would wedge its channel): the queued command is handed
+    // out, nothing else changed.
+    let x = s
+        .command_exchange(&exchange(
             "id-e1",
             "EID-e1",
             CHANNEL_DEVICE,
             Some(&ack),
             Some(&merge),
-            t
+            t,
         ))
-        .await,
-        Err(StoreError::NotFound(_))
-    ));
-    let e = s.enrollment("e1").await.unwrap().unwrap();
-    assert!(e.last_seen_at.is_some_and(|l| l < t - Duration::minutes(5)));
-    assert_eq!(s.inventory("e1").await.unwrap(), None);
-    let h = s.command_history("e1", 10).await.unwrap();
-    assert_eq!(
-        (h.len(), h[0].status.as_str(), h[0].sent_at),
-        (1, "queued", None)
-    );
-    let x = s
-        .command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t))
         .await
         .unwrap();
+    assert_eq!(ignored_of(&x), Some(IgnoredResult::NeverGiven));
     assert_eq!(next_uuid(x).as_deref(), Some("c1"));
+    assert_eq!(s.inventory("e1").await.unwrap(), None);
+    let h = s.command_history("e1", 10).await.unwrap();
+    assert_eq!((h.len(), h[0].status.as_str()), (1, "sent"));
     // Another enrollment cannot answer for it, nor for a command that does not exist.
     for (id, eid, uuid) in [("id-e2", "EID-e2", "c1"), ("id-e1", "EID-e1", "nope")] {
-        let o = outcome(uuid, "acknowledged");
-        assert!(matches!(
-            s.command_exchange(&exchange(id, eid, CHANNEL_DEVICE, Some(&o), None, t))
-                .await,
-            Err(StoreError::NotFound(_))
-        ));
-        let o = outcome(uuid, "not_now");
-        assert!(matches!(
-            s.command_exchange(&exchange(id, eid, CHANNEL_DEVICE, Some(&o), None, t))
-                .await,
-            Err(StoreError::NotFound(_))
-        ));
+        for status in ["acknowledged", "not_now"] {
+            let o = outcome(uuid, status);
+            let x = s
+                .command_exchange(&exchange(id, eid, CHANNEL_DEVICE, Some(&o), None, t))
+                .await
+                .unwrap();
+            assert_eq!(
+                ignored_of(&x),
+                Some(IgnoredResult::NeverGiven),
+                "{id} {uuid}"
+            );
+        }
     }
     assert_eq!(s.command_history("e1", 10).await.unwrap()[0].status, "sent");
     assert!(s.command_history("e2", 10).await.unwrap().is_empty());
@@ -2038,14 +2060,14 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
         ))
         .await
         .unwrap(),
-        Exchanged::OtherDevice
+        Exchanged::Refused(IdentityBinding::OtherDevice)
     );
     s.record_checkout("e2", t).await.unwrap();
     assert_eq!(
         s.command_exchange(&exchange("id-e2", "EID-e2", CHANNEL_DEVICE, None, None, t))
             .await
             .unwrap(),
-        Exchanged::CheckedOut
+        Exchanged::Refused(IdentityBinding::CheckedOut)
     );
     assert_eq!(s.command_history("e1", 10).await.unwrap()[0].status, "sent");
     // The real answer still goes through.
@@ -2060,10 +2082,28 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
         ))
         .await
         .unwrap();
+    assert_eq!(ignored_of(&x), None);
     assert_eq!(next_uuid(x), None);
+    // A repeat of it (the first answer was lost) is answered the same, and stores nothing new.
+    let later = t + Duration::seconds(5);
+    let x = s
+        .command_exchange(&exchange(
+            "id-e1",
+            "EID-e1",
+            CHANNEL_DEVICE,
+            Some(&ack),
+            Some(&merge),
+            later,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ignored_of(&x), Some(IgnoredResult::Repeated));
+    assert_eq!(next_uuid(x), None);
+    let h = s.command_history("e1", 10).await.unwrap();
+    assert_eq!(h.len(), 1);
     assert_eq!(
-        s.command_history("e1", 10).await.unwrap()[0].status,
-        "acknowledged"
+        (h[0].status.as_str(), h[0].finished_at),
+        ("acknowledged", Some(t))
     );
 }
 
@@ -2107,6 +2147,7 @@ async fn fan_out_reads_and_push_batches(s: &dyn Store) {
         .unwrap();
     let rec = |id: &str, status: &str, drop_token: bool, release: bool| PushRecord {
         enrollment_id: id.into(),
+        channel: CHANNEL_DEVICE.into(),
         status: status.into(),
         drop_token,
         release_not_now: release,
@@ -2143,4 +2184,154 @@ async fn fan_out_reads_and_push_batches(s: &dyn Store) {
         "a delivered push makes a deferred command due"
     );
     s.record_pushes(&[], t).await.unwrap();
+}
+
+async fn user_channel_push_targets(s: &dyn Store) {
+    bound(s, "e1").await;
+    let t = now();
+    s.record_token_update(
+        "e1",
+        &TokenUpdateRecord {
+            user_channel_id: Some("EUID-e1".into()),
+            topic: "topic".into(),
+            push_token: vec![9; 32],
+            push_magic: "user-magic".into(),
+            unlock_token_sealed: None,
+        },
+        t,
+    )
+    .await
+    .unwrap();
+    let ids = vec!["e1".to_string()];
+    let channels = |ts: Vec<PushTargetRow>| {
+        let mut v: Vec<(String, String)> =
+            ts.into_iter().map(|t| (t.channel, t.push_magic)).collect();
+        v.sort();
+        v
+    };
+    // Nothing waits on the user channel: the device channel alone is woken.
+    assert_eq!(
+        channels(s.push_targets(&ids).await.unwrap()),
+        [("device".to_string(), "magic-e1".to_string())]
+    );
+    s.enqueue_command(
+        &cmd("u1", "ProfileList"),
+        &[("e1".to_string(), CHANNEL_USER.to_string())],
+        &audit("command.enqueue", "u1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        channels(s.push_targets(&ids).await.unwrap()),
+        [
+            ("device".to_string(), "magic-e1".to_string()),
+            ("user".to_string(), "user-magic".to_string())
+        ],
+        "a user-channel command wakes the user channel's token"
+    );
+    // APNs calling the user token dead forgets that token only.
+    s.record_pushes(
+        &[PushRecord {
+            enrollment_id: "e1".into(),
+            channel: CHANNEL_USER.into(),
+            status: "unregistered".into(),
+            drop_token: true,
+            release_not_now: false,
+        }],
+        t,
+    )
+    .await
+    .unwrap();
+    let e = s.enrollment("e1").await.unwrap().unwrap();
+    assert!(e.user_push_token.is_none());
+    assert!(e.device_push_token.is_some());
+}
+
+async fn checkout_drops_the_queue_in_one_step(s: &dyn Store) {
+    bound(s, "e1").await;
+    s.enqueue_command(
+        &cmd("c1", "ProfileList"),
+        &[("e1".to_string(), CHANNEL_DEVICE.to_string())],
+        &audit("command.enqueue", "c1"),
+    )
+    .await
+    .unwrap();
+    let e = s.record_checkout("e1", now()).await.unwrap();
+    assert_eq!(e.status, "checked_out");
+    assert_eq!(e.bearer_token_hash, None);
+    assert!(s.command_history("e1", 10).await.unwrap().is_empty());
+    assert!(matches!(
+        s.record_checkout("nope", now()).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn bearer_rebind_and_revoke(s: &dyn Store) {
+    let e = bound_enrollment(s, "e1").await;
+    assert_eq!(e.bearer_token_hash.as_deref(), Some("bearer-e1"));
+    let other = s
+        .create_user(&new_user("bob@example.com"), &audit("user.create", "bob"))
+        .await
+        .unwrap();
+    let t = now();
+    for (hash, user, mins, used) in [
+        ("fresh", e.user_id, 10, None),
+        ("used", e.user_id, 10, Some(t)),
+        ("stale", e.user_id, -1, None),
+        ("bobs", other.id, 10, None),
+    ] {
+        s.create_access_token(&AccessTokenRow {
+            token_hash: hash.into(),
+            user_id: user,
+            ownership: "employee".into(),
+            attributes: "{}".into(),
+            created_at: t,
+            expires_at: t + Duration::minutes(mins),
+            used_at: used,
+        })
+        .await
+        .unwrap();
+    }
+    // Used, expired, another person's or unknown tokens change nothing.
+    for hash in ["used", "stale", "bobs", "unknown"] {
+        assert!(
+            !s.rebind_bearer("e1", e.user_id, hash, t).await.unwrap(),
+            "{hash}"
+        );
+        assert_eq!(
+            s.enrollment("e1")
+                .await
+                .unwrap()
+                .unwrap()
+                .bearer_token_hash
+                .as_deref(),
+            Some("bearer-e1")
+        );
+    }
+    assert!(s.rebind_bearer("e1", e.user_id, "fresh", t).await.unwrap());
+    assert_eq!(
+        s.enrollment("e1")
+            .await
+            .unwrap()
+            .unwrap()
+            .bearer_token_hash
+            .as_deref(),
+        Some("fresh")
+    );
+    assert!(
+        !s.rebind_bearer("e1", e.user_id, "fresh", t).await.unwrap(),
+        "a token binds once"
+    );
+    s.revoke_bearer("e1", &audit("enrollment.reauthenticate", "e1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.enrollment("e1").await.unwrap().unwrap().bearer_token_hash,
+        None
+    );
+    assert!(matches!(
+        s.revoke_bearer("nope", &audit("enrollment.reauthenticate", "nope"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
 }

@@ -331,6 +331,21 @@ pub struct SimMac {
     profiles: Vec<InstalledProfile>,
     steps: Vec<String>,
     enrolled: Option<Enrolled>,
+    /// Test hooks that make the simulated Mac behave as a Mac does under conditions a test
+    /// cannot create otherwise.
+    conditions: Conditions,
+}
+
+/// Conditions a test sets on the simulated Mac.
+#[derive(Debug, Default, Clone)]
+pub struct Conditions {
+    /// The answer to the next command report is lost (as on a dropped connection): the Mac
+    /// sends the same report again, as a Mac does until it gets a 2xx.
+    pub lose_next_answer: bool,
+    /// Commands of these request types are answered `NotNow` (e.g. the Mac is locked), once
+    /// each; after a `NotNow` the Mac waits for the server's empty answer and polls again
+    /// later by itself.
+    pub not_now: Vec<String>,
 }
 
 impl fmt::Debug for SimMac {
@@ -517,6 +532,7 @@ impl SimMac {
             profiles: Vec::new(),
             steps: Vec::new(),
             enrolled: None,
+            conditions: Conditions::default(),
             opts,
         })
     }
@@ -605,6 +621,11 @@ impl SimMac {
 
     fn log(&mut self, line: String) {
         self.steps.push(line);
+    }
+
+    /// The test hooks (see [`Conditions`]).
+    pub fn conditions(&mut self) -> &mut Conditions {
+        &mut self.conditions
     }
 
     /// The whole enrollment (steps 1–6). On success the Mac is enrolled and the command
@@ -1310,9 +1331,9 @@ impl SimMac {
         }
     }
 
-    /// `PUT` a body to the check-in or command URL with the headers a Mac sends:
-    /// `Content-Type`, `Mdm-Signature` (when `SignMessage`) and the bearer token.
-    /// Returns the status and body.
+    /// `PUT` a body to the check-in or command URL with the headers a Mac sends on the device
+    /// channel: `Content-Type` and `Mdm-Signature` (when `SignMessage`). Returns the status,
+    /// content type and body.
     pub async fn put_signed(
         &self,
         step: Step,
@@ -1320,6 +1341,41 @@ impl SimMac {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<(StatusCode, String, Vec<u8>)> {
+        self.put_signed_on(step, url, content_type, body, Channel::Device)
+            .await
+    }
+
+    /// [`SimMac::put_signed`] on a channel. On the user channel a Mac also sends
+    /// `Authorization: Bearer` with its access token; on the device channel it does not
+    /// (Apple, "Onboarding users with account sign-in": on macOS the token is tied to the
+    /// user).
+    pub async fn put_signed_on(
+        &self,
+        step: Step,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        channel: Channel,
+    ) -> Result<(StatusCode, String, Vec<u8>)> {
+        let resp = self
+            .send_signed(step, url, content_type, body, channel)
+            .await?;
+        let status = resp.status();
+        let ct = content_type_of(&resp);
+        let bytes = resp.bytes().await.at(step)?.to_vec();
+        Ok((status, ct, bytes))
+    }
+
+    /// Sends one signed device request (see [`SimMac::put_signed_on`]) and returns the
+    /// response as it came (headers included).
+    pub async fn send_signed(
+        &self,
+        step: Step,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        channel: Channel,
+    ) -> Result<reqwest::Response> {
         let e = self.enrolled(step)?;
         let client = e.mtls.as_ref().unwrap_or(&self.client);
         let mut rb = client.put(url).header(CONTENT_TYPE, content_type);
@@ -1331,14 +1387,91 @@ impl SimMac {
                 base64::engine::general_purpose::STANDARD.encode(sig),
             );
         }
-        if let Some(t) = &e.access_token {
-            rb = rb.header(AUTHORIZATION, format!("Bearer {t}"));
+        if channel == Channel::User {
+            if let Some(t) = &e.access_token {
+                rb = rb.header(AUTHORIZATION, format!("Bearer {t}"));
+            }
         }
-        let resp = rb.body(body).send().await.at(step)?;
-        let status = resp.status();
-        let ct = content_type_of(&resp);
-        let bytes = resp.bytes().await.at(step)?.to_vec();
-        Ok((status, ct, bytes))
+        rb.body(body).send().await.at(step)
+    }
+
+    /// One device request as a Mac makes it: signed, with the user channel's bearer, and
+    /// answered the way a Mac answers the server:
+    /// - `401` with the `apple-as-web` challenge (user channel): the person signs in again in
+    ///   the web view and the request is sent again with the new token; a `401` without that
+    ///   challenge is refused;
+    /// - `403` `com.apple.unrecognized.device`: the Mac unenrolls (Apple's
+    ///   ErrorUnrecognizedDevice) and forgets its enrollment;
+    /// - any other non-200 is refused.
+    async fn device_request(
+        &mut self,
+        step: Step,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        channel: Channel,
+    ) -> Result<Vec<u8>> {
+        let mut reauthenticated = false;
+        loop {
+            let resp = self
+                .send_signed(step, url, content_type, body.clone(), channel)
+                .await?;
+            let status = resp.status();
+            let ct = content_type_of(&resp);
+            let challenge = apple_as_web_url(resp.headers());
+            let bytes = resp.bytes().await.at(step)?.to_vec();
+            match status {
+                StatusCode::OK => return Ok(bytes),
+                StatusCode::UNAUTHORIZED => {
+                    let Some(sign_in_url) = challenge else {
+                        return Err(SimError::refused(
+                            step,
+                            401,
+                            format!(
+                                "401 without an apple-as-web challenge: {}",
+                                webauth::body_message(&ct, &bytes)
+                            ),
+                        ));
+                    };
+                    if channel != Channel::User || reauthenticated {
+                        return Err(SimError::refused(
+                            step,
+                            401,
+                            webauth::body_message(&ct, &bytes),
+                        ));
+                    }
+                    self.log(format!("{step}: 401 apple-as-web → signing in again"));
+                    let base = Url::parse(url).at_doing(step, "request URL")?;
+                    let token = self.sign_in(&base, sign_in_url).await?;
+                    if let Some(e) = self.enrolled.as_mut() {
+                        e.access_token = Some(token);
+                    }
+                    reauthenticated = true;
+                }
+                StatusCode::FORBIDDEN if is_unrecognized_device(&ct, &bytes) => {
+                    self.log(format!(
+                        "{step}: 403 com.apple.unrecognized.device → unenrolled"
+                    ));
+                    self.enrolled = None;
+                    self.profiles.clear();
+                    return Err(SimError::refused(
+                        step,
+                        403,
+                        format!(
+                            "com.apple.unrecognized.device: {}",
+                            webauth::body_message(&ct, &bytes)
+                        ),
+                    ));
+                }
+                other => {
+                    return Err(SimError::refused(
+                        step,
+                        other.as_u16(),
+                        webauth::body_message(&ct, &bytes),
+                    ))
+                }
+            }
+        }
     }
 
     /// Send one check-in message (a plist dictionary) and expect `200`.
@@ -1349,17 +1482,15 @@ impl SimMac {
             .and_then(plist::Value::as_string)
             .unwrap_or("?")
             .to_owned();
+        let channel = if message.contains_key("EnrollmentUserID") {
+            Channel::User
+        } else {
+            Channel::Device
+        };
         let body = device::to_xml(message).at_doing(step, "plist")?;
-        let (status, ct, bytes) = self
-            .put_signed(step, &url, CHECKIN_CONTENT_TYPE, body)
+        let bytes = self
+            .device_request(step, &url, CHECKIN_CONTENT_TYPE, body, channel)
             .await?;
-        if status != StatusCode::OK {
-            return Err(SimError::refused(
-                step,
-                status.as_u16(),
-                webauth::body_message(&ct, &bytes),
-            ));
-        }
         let label = if step == Step::CheckIn {
             format!("check-in {kind}")
         } else {
@@ -1457,16 +1588,24 @@ impl SimMac {
             result,
         );
         let body = device::to_xml(msg).at_doing(Step::Command, "plist")?;
-        let (code, ct, bytes) = self
-            .put_signed(Step::Command, &url, COMMAND_CONTENT_TYPE, body)
-            .await?;
-        if code != StatusCode::OK {
-            return Err(SimError::refused(
-                Step::Command,
-                code.as_u16(),
-                webauth::body_message(&ct, &bytes),
+        if std::mem::take(&mut self.conditions.lose_next_answer) {
+            // The answer never arrives; the Mac keeps the report and sends it again.
+            let _lost = self
+                .device_request(
+                    Step::Command,
+                    &url,
+                    COMMAND_CONTENT_TYPE,
+                    body.clone(),
+                    channel,
+                )
+                .await?;
+            self.log(format!(
+                "command: the answer to {status} was lost; sending it again"
             ));
         }
+        let bytes = self
+            .device_request(Step::Command, &url, COMMAND_CONTENT_TYPE, body, channel)
+            .await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
@@ -1524,6 +1663,37 @@ impl SimMac {
                 // Leave it queued: the server sends it again on the next Idle.
                 break;
             }
+            if let Some(i) = self
+                .conditions
+                .not_now
+                .iter()
+                .position(|t| *t == cmd.request_type)
+            {
+                // Apple, "Handling NotNow status responses": the Mac reports NotNow and polls
+                // again by itself when conditions change; the server must not answer with
+                // another command.
+                self.conditions.not_now.remove(i);
+                handled.push(HandledCommand {
+                    channel,
+                    command_uuid: cmd.uuid.clone(),
+                    request_type: cmd.request_type.clone(),
+                    status: CommandStatus::NotNow.as_str().to_owned(),
+                });
+                let after = self
+                    .respond_on(channel, &cmd.uuid, CommandStatus::NotNow, Dictionary::new())
+                    .await?;
+                if let Some(other) = after {
+                    return Err(SimError::failed(
+                        Step::Command,
+                        format!(
+                            "the server answered NotNow with another command ({}); a Mac then \
+                             stops polling by itself",
+                            other.request_type
+                        ),
+                    ));
+                }
+                break;
+            }
             let reply = self.builtin_reply(&cmd, channel);
             handled.push(HandledCommand {
                 channel,
@@ -1550,6 +1720,29 @@ fn common_name(c: &X509) -> String {
         .next()
         .and_then(|e| e.data().to_string().ok())
         .unwrap_or_else(|| name_to_string(c.subject_name()))
+}
+
+/// The sign-in URL of an `apple-as-web` challenge, if the headers carry one.
+fn apple_as_web_url(headers: &HeaderMap) -> Option<Url> {
+    let value = headers.get(WWW_AUTHENTICATE)?.to_str().ok()?;
+    let c = webauth::parse_www_authenticate(value)?;
+    if !c.scheme.eq_ignore_ascii_case("Bearer")
+        || c.params.get("method").map(String::as_str) != Some("apple-as-web")
+    {
+        return None;
+    }
+    Url::parse(c.params.get("url")?).ok()
+}
+
+/// Apple's ErrorUnrecognizedDevice: a 403 whose JSON body has `code`
+/// `com.apple.unrecognized.device`.
+fn is_unrecognized_device(content_type: &str, body: &[u8]) -> bool {
+    content_type.starts_with("application/json")
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_owned))
+            .as_deref()
+            == Some("com.apple.unrecognized.device")
 }
 
 fn content_type_of(resp: &reqwest::Response) -> String {

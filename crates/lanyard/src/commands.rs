@@ -586,6 +586,9 @@ pub enum DeviceCmd {
     },
     /// Unenroll: remove the MDM profile (and the managed volume) from the Mac.
     Unenroll { id: String },
+    /// Make the person sign in again: the Mac's next user-channel request is challenged and
+    /// the Mac shows the organisation's sign-in page.
+    RequireSignIn { id: String },
 }
 
 pub async fn device(
@@ -682,11 +685,17 @@ pub async fn device(
             }
             print_commands(h);
         }
+        DeviceCmd::RequireSignIn { id } => {
+            o.lanyard.require_sign_in(&Actor::cli(), &id).await?;
+            println!("{id}: the person signs in again at the Mac's next user-channel request");
+        }
         DeviceCmd::Unenroll { id } => {
-            let collect = CollectPushes::default();
+            let collect = std::sync::Arc::new(CollectPushes::default());
             let q = o
                 .lanyard
-                .unenroll(&Actor::cli(), &id, Some(&collect))
+                .clone()
+                .with_pusher(collect.clone())
+                .unenroll(&Actor::cli(), &id, true)
                 .await?;
             collect.push(push).await;
             println!(
@@ -762,8 +771,12 @@ impl lanyard_core::commands::PushRequester for CollectPushes {
 impl CollectPushes {
     /// Pushes what was collected, printing the outcome (a push failure is reported, not fatal:
     /// the command stays queued for the device's next check-in).
-    async fn push(self, push: Option<&lanyard_core::push::PushService>) {
-        let ids = self.0.into_inner().unwrap_or_default();
+    async fn push(&self, push: Option<&lanyard_core::push::PushService>) {
+        let ids = self
+            .0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
         let Some(push) = push.filter(|_| !ids.is_empty()) else {
             return;
         };
@@ -840,11 +853,11 @@ pub async fn command(
                 (false, false) => CommandTarget::Enrollments(devices),
                 (false, true) => bail!("name --device ID (repeatable) or --all"),
             };
-            let collect = CollectPushes::default();
-            let pusher: Option<&dyn lanyard_core::commands::PushRequester> =
-                if no_push { None } else { Some(&collect) };
+            let collect = std::sync::Arc::new(CollectPushes::default());
             let q = o
                 .lanyard
+                .clone()
+                .with_pusher(collect.clone())
                 .enqueue_command_on(
                     &Actor::cli(),
                     &target,
@@ -854,7 +867,7 @@ pub async fn command(
                         lanyard_core::commands::CommandChannel::Device
                     },
                     &spec,
-                    pusher,
+                    !no_push,
                 )
                 .await?;
             collect.push(push).await;

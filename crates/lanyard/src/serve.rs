@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use axum_server::tls_rustls::RustlsConfig;
 use lanyard_core::enrollment::{DeviceUrls, EnrollmentService};
+use lanyard_core::mdm::MdmService;
 use lanyard_core::push::PushJob;
 use lanyard_core::Lanyard;
 use lanyard_pki::{Ca, SecretBox};
@@ -76,6 +77,11 @@ pub async fn run(
         .map(|u| u.to_string())
         .unwrap_or_else(|| format!("{scheme}://{bound}"));
     let device_pki = Arc::new(device_pki);
+    // The push job is given to the domain once; every queued command is then followed by a
+    // push (unless the caller asks otherwise).
+    let pusher = PushJob::start(Arc::new(setup::push_service(&data, &lanyard, &secrets)?));
+    let lanyard = lanyard.with_pusher(Arc::new(pusher));
+    let mdm = MdmService::new(lanyard.clone(), &device_pki);
     let enrollment = EnrollmentService::new(
         lanyard.clone(),
         Arc::clone(&device_pki),
@@ -88,9 +94,7 @@ pub async fn run(
         enrollment,
         sign_in_limiter: Default::default(),
         oidc,
-        pusher: Some(Arc::new(PushJob::start(Arc::new(setup::push_service(
-            &data, &lanyard, &secrets,
-        )?)))),
+        mdm,
         secrets: secrets.clone(),
         abm: abm_service(&lanyard, &secrets, &abm, &public)?,
         metrics: Some(metrics),

@@ -100,16 +100,32 @@ async fn round_trip(db: Db) {
     assert_eq!(status[0]["status"], "acknowledged");
     assert_eq!(status[0]["result"]["QueryResponses"]["OSVersion"], "15.2");
 
-    // A result for a command the Mac was never given is refused; nothing changes.
-    let err = mac
+    // A result for a command the Mac was never given is not stored, and answered 200 so the
+    // Mac (which repeats a report until it gets a 2xx) is not wedged.
+    let next = mac
         .respond(
             "00000000-0000-0000-0000-000000000000",
             CommandStatus::Acknowledged,
             Default::default(),
         )
         .await
-        .unwrap_err();
-    assert_eq!(err.status(), Some(400), "{err}");
+        .unwrap();
+    assert!(next.is_none());
+    let history: Value = c
+        .get(format!("{}/api/v1/devices/{id}/commands", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !history
+            .to_string()
+            .contains("00000000-0000-0000-0000-000000000000"),
+        "{history}"
+    );
 
     // Forbidden for User Enrollment: refused at enqueue with the schema's reason.
     for (command, what) in [
@@ -185,7 +201,8 @@ async fn round_trip(db: Db) {
     assert_eq!(shown[0]["channel"], "user");
     assert_eq!(shown[0]["status"], "acknowledged");
 
-    // NotNow: kept, not handed out again until its back-off (or a push).
+    // NotNow: kept, answered with an empty body, and handed out again at the Mac's next poll
+    // (Apple, "Handling NotNow status responses").
     let (ok, out, err) = s.cli(&[
         "command",
         "send",
@@ -204,10 +221,18 @@ async fn round_trip(db: Db) {
         .await
         .unwrap()
         .is_none());
-    assert!(mac.idle().await.unwrap().is_none(), "deferred after NotNow");
     let (ok, out, _) = s.cli(&["command", "show", cmd.uuid.as_str(), "--json"]);
     assert!(ok);
     assert!(out.contains("not_now"), "{out}");
+    let again = mac
+        .idle()
+        .await
+        .unwrap()
+        .expect("due again at the next poll");
+    assert_eq!(again.uuid, cmd.uuid);
+    mac.respond(&cmd.uuid, CommandStatus::Acknowledged, Default::default())
+        .await
+        .unwrap();
 
     // Unenroll: RemoveProfile for the enrollment profile, then the Mac checks out.
     let (ok, out, err) = s.cli(&["device", "unenroll", &id]);

@@ -166,6 +166,13 @@ fn mdm_signature(cert: &X509, key: &PKey<Private>, body: &[u8]) -> String {
 }
 
 /// `PUT` a device request; returns the status and the body text.
+/// Apple's ErrorUnrecognizedDevice: 403 with a JSON body whose `code` makes a Mac unenroll.
+fn assert_unrecognized(status: u16, body: &str) {
+    assert_eq!(status, 403, "{body}");
+    let v: Value = serde_json::from_str(body).expect("a JSON error body");
+    assert_eq!(v["code"], "com.apple.unrecognized.device", "{body}");
+}
+
 async fn put_device(
     c: &reqwest::Client,
     url: &str,
@@ -580,11 +587,11 @@ async fn checkin_identity(db: Db) {
     .await;
     assert_eq!(st, 200, "{body}");
 
-    // No signature.
+    // No signature: malformed, 400 (never 401, which makes a Mac unenroll).
     let (st, body) = put_device(&c, &checkin, CHECKIN_CONTENT_TYPE, &authenticate, None).await;
-    assert_eq!(st, 401, "{body}");
+    assert_eq!(st, 400, "{body}");
     let (st, _) = put_device(&c, &command, COMMAND_CONTENT_TYPE, &idle, None).await;
-    assert_eq!(st, 401);
+    assert_eq!(st, 400);
 
     // A self-signed identity with the same subject, not from our CA.
     let key = device::rsa_key(2048).unwrap();
@@ -597,7 +604,7 @@ async fn checkin_identity(db: Db) {
         Some(mdm_signature(&forged, &key, &authenticate)),
     )
     .await;
-    assert_eq!(st, 401, "{body}");
+    assert_eq!(st, 400, "unverifiable: {body}");
 
     // A signature that does not cover the body sent.
     let (st, body) = put_device(
@@ -608,7 +615,7 @@ async fn checkin_identity(db: Db) {
         Some(mdm_signature(&ann_cert, &ann_key, &authenticate)),
     )
     .await;
-    assert_eq!(st, 401, "{body}");
+    assert_eq!(st, 400, "{body}");
     let (st, _) = put_device(
         &c,
         &checkin,
@@ -617,7 +624,7 @@ async fn checkin_identity(db: Db) {
         Some("bm90IGEgc2lnbmF0dXJl".into()),
     )
     .await;
-    assert_eq!(st, 401);
+    assert_eq!(st, 400);
 
     // Another enrolled Mac's identity carrying Ann's EnrollmentID, on every endpoint.
     for (url, ct, body) in [
@@ -633,7 +640,7 @@ async fn checkin_identity(db: Db) {
             Some(mdm_signature(&dan_cert, &dan_key, body)),
         )
         .await;
-        assert_eq!(st, 401, "{url}: {text}");
+        assert_unrecognized(st, &text);
     }
 
     // A fresh identity of a pending enrollment (profile and SCEP done, no Authenticate yet)
@@ -648,7 +655,7 @@ async fn checkin_identity(db: Db) {
         Some(mdm_signature(&fresh.certificate, &fresh.key, &authenticate)),
     )
     .await;
-    assert_eq!(st, 401, "{text}");
+    assert_unrecognized(st, &text);
     let lower = text.to_lowercase();
     for leak in ["constraint", "unique", "duplicate key", "device_channel_id"] {
         assert!(
@@ -689,8 +696,8 @@ async fn checkin_identity(db: Db) {
         Some(mdm_signature(&ann_cert, &ann_key, &authenticate)),
     )
     .await;
-    assert_eq!(st, 401, "{body}");
-    let (st, _) = put_device(
+    assert_unrecognized(st, &body);
+    let (st, body) = put_device(
         &c,
         &command,
         COMMAND_CONTENT_TYPE,
@@ -698,7 +705,7 @@ async fn checkin_identity(db: Db) {
         Some(mdm_signature(&ann_cert, &ann_key, &idle)),
     )
     .await;
-    assert_eq!(st, 401);
+    assert_unrecognized(st, &body);
     let out = devices(&s, &["--status", "checked_out"]);
     assert_eq!(out.len(), 1, "{out:#?}");
     assert_eq!(out[0]["enrollment_id"], old_id.as_str());
@@ -736,7 +743,7 @@ async fn checkin_identity(db: Db) {
         .any(|d| d["status"] == "checked_out" && d["id"] != new["id"]));
     assert!(ann.idle().await.unwrap().is_none());
     // The old identity stays dead.
-    let (st, _) = put_device(
+    let (st, body) = put_device(
         &c,
         &checkin,
         CHECKIN_CONTENT_TYPE,
@@ -744,7 +751,7 @@ async fn checkin_identity(db: Db) {
         Some(mdm_signature(&ann_cert, &ann_key, &authenticate)),
     )
     .await;
-    assert_eq!(st, 401);
+    assert_unrecognized(st, &body);
 
     drop((c, ann, dan));
     s.stop().await;

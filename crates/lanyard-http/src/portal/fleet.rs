@@ -631,7 +631,7 @@ async fn device_command(
             &CommandTarget::Enrollments(vec![id.clone()]),
             spec.1,
             &spec.0,
-            s.pusher.as_deref(),
+            true,
         )
         .await
     {
@@ -665,11 +665,7 @@ async fn unenroll(
         )
         .await;
     }
-    match s
-        .lanyard
-        .unenroll(&sess.actor, &id, s.pusher.as_deref())
-        .await
-    {
+    match s.lanyard.unenroll(&sess.actor, &id, true).await {
         Ok(_) => see_other("/portal/devices?done=unenroll"),
         Err(e) => {
             let (status, text) = super::describe(e);
@@ -715,7 +711,7 @@ async fn bulk_command(
             &CommandTarget::Filter { search },
             spec.1,
             &spec.0,
-            s.pusher.as_deref(),
+            true,
         )
         .await
     {

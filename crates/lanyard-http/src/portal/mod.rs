@@ -240,7 +240,7 @@ pub(crate) fn describe(e: CoreError) -> (StatusCode, String) {
         CoreError::NotFound(_) => StatusCode::NOT_FOUND,
         CoreError::Conflict(_) => StatusCode::CONFLICT,
         CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
+        CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => StatusCode::FORBIDDEN,
         CoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
         CoreError::Store(_) | CoreError::Internal(_) => {

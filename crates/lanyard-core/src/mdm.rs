@@ -1,0 +1,422 @@
+//! The device service: every request a Mac makes after enrollment — check-ins (`PUT
+//! /mdm/checkin`) and the command channel (`PUT /mdm/command`) — goes through [`MdmService`].
+//!
+//! One identity rule, written once and applied to both:
+//! 1. the `Mdm-Signature` (a detached CMS signature by the identity certificate, the profile
+//!    sets `SignMessage`) must be present and verify over the exact body and chain to our CA —
+//!    otherwise `Invalid` (HTTP 400: malformed or unverifiable, the device may retry);
+//! 2. the signer must be the identity of an enrollment — otherwise `UnrecognizedDevice`;
+//! 3. that enrollment must be live and bound to the request's `EnrollmentID`
+//!    ([`IdentityBinding::check`]) — otherwise `UnrecognizedDevice` (HTTP 403
+//!    `com.apple.unrecognized.device`, Apple's documented way to make a device unenroll;
+//!    Apple recommends it instead of a 401, which the legacy protocol treats as "unenroll" and
+//!    which makes a User Enrollment delete its managed volume);
+//! 4. on the **user channel** the Mac also sends `Authorization: Bearer <token>` (Apple,
+//!    "Onboarding users with account sign-in": on macOS the token is tied to the user, so it
+//!    comes on user-channel requests and not on device-channel ones). The token must be the
+//!    enrollment's bearer (the access token it enrolled with, or one from a later
+//!    re-authentication), and its person must still be enabled — otherwise `Unauthorized`,
+//!    which the HTTP layer answers with `401` and the `apple-as-web` challenge so the Mac signs
+//!    the person in again. `CheckOut` is never challenged (the profile is already gone).
+//!
+//! Each check-in message has its own handler, and each is one store transaction.
+
+use std::sync::Arc;
+
+use lanyard_pki::{SecretBox, SignerCache};
+use lanyard_proto::checkin::{Authenticate, CheckinMessage, DeclarativeManagement, TokenUpdate};
+use lanyard_proto::command::CommandStatus;
+use lanyard_proto::{EnrollmentKind, OsVersion};
+use lanyard_store::{
+    AuthenticateRecord, CommandExchange, Enrollment, Exchanged, IdentityBinding, IgnoredResult,
+    InventoryMerge, NextCommand, StoreError, TokenUpdateRecord, CHANNEL_DEVICE, CHANNEL_USER,
+};
+
+use crate::admins::hash_secret;
+use crate::commands::{carries_inventory, outcome_of, ResultInventory};
+use crate::enrollment::{refuse_old_os, DevicePki};
+use crate::{CoreError, Lanyard, Result};
+
+/// What the device-facing handler answers to a check-in.
+#[derive(Debug)]
+pub enum CheckinReply {
+    /// 200 with an empty body.
+    Ok,
+    /// 200 with this plist body.
+    Plist(Vec<u8>),
+    /// 410: the server does not need this (e.g. `UserAuthenticate`).
+    Gone,
+}
+
+/// One signed device request as it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceRequest<'a> {
+    /// The `Mdm-Signature` header's value (base64 of a detached CMS SignedData).
+    pub signature: Option<&'a [u8]>,
+    /// The `Authorization: Bearer` token, if any.
+    pub bearer: Option<&'a str>,
+    /// The exact body.
+    pub body: &'a [u8],
+}
+
+/// Check-ins and the command channel.
+#[derive(Clone)]
+pub struct MdmService {
+    lanyard: Lanyard,
+    secrets: SecretBox,
+    /// `Mdm-Signature` checks; a device certificate's chain is verified once, not per request.
+    signers: Arc<SignerCache>,
+}
+
+fn unrecognized(binding: IdentityBinding) -> CoreError {
+    match binding {
+        IdentityBinding::CheckedOut => CoreError::UnrecognizedDevice(
+            "this enrollment has checked out or was removed; enroll again".into(),
+        ),
+        IdentityBinding::OtherDevice => {
+            CoreError::UnrecognizedDevice("this identity belongs to another device".into())
+        }
+        IdentityBinding::Unbound => {
+            CoreError::Invalid("the first check-in must be Authenticate".into())
+        }
+        IdentityBinding::Bound => CoreError::Internal("a bound identity was refused".into()),
+    }
+}
+
+fn unknown_identity() -> CoreError {
+    CoreError::UnrecognizedDevice("this identity certificate belongs to no enrollment".into())
+}
+
+fn channel_of(kind: EnrollmentKind) -> &'static str {
+    if kind == EnrollmentKind::UserEnrollmentUser {
+        CHANNEL_USER
+    } else {
+        CHANNEL_DEVICE
+    }
+}
+
+impl MdmService {
+    pub fn new(lanyard: Lanyard, pki: &DevicePki) -> Self {
+        let signers = Arc::new(SignerCache::new(
+            pki.ca.certificate().clone(),
+            lanyard_pki::SIGNER_CACHE_DEFAULT_CAPACITY,
+        ));
+        Self {
+            lanyard,
+            secrets: pki.secrets.clone(),
+            signers,
+        }
+    }
+
+    /// Step 1 of the identity rule: the SHA-256 of the identity certificate that signed the
+    /// request.
+    fn signer_of(&self, req: &DeviceRequest<'_>) -> Result<String> {
+        let Some(sig) = req.signature else {
+            return Err(CoreError::Invalid(
+                "requests must carry an Mdm-Signature by the device identity".into(),
+            ));
+        };
+        self.signers
+            .verify(sig, req.body)
+            .map(|v| v.sha256)
+            .map_err(|_| {
+                CoreError::Invalid("the Mdm-Signature does not verify against our CA".into())
+            })
+    }
+
+    /// Step 4: the user channel's bearer token.
+    async fn authorize_user_channel(
+        &self,
+        enrollment: &Enrollment,
+        bearer: Option<&str>,
+    ) -> Result<()> {
+        let store = self.lanyard.store();
+        let person_ok = store
+            .user_by_id(enrollment.user_id)
+            .await?
+            .is_some_and(|u| u.enabled);
+        if !person_ok {
+            return Err(CoreError::Unauthorized(
+                "this account is disabled; sign in again".into(),
+            ));
+        }
+        let Some(token) = bearer else {
+            return Err(CoreError::Unauthorized(
+                "user-channel requests must carry the bearer token; sign in again".into(),
+            ));
+        };
+        let hash = hash_secret(token);
+        if enrollment.bearer_token_hash.as_deref() == Some(hash.as_str()) {
+            return Ok(());
+        }
+        // A token from a re-authentication (the Mac ran the web sign-in again after our
+        // challenge) replaces the old one on first use.
+        if store
+            .rebind_bearer(
+                &enrollment.id,
+                enrollment.user_id,
+                &hash,
+                lanyard_store::now(),
+            )
+            .await?
+        {
+            tracing::info!(enrollment = %enrollment.id, "user channel re-authenticated");
+            return Ok(());
+        }
+        Err(CoreError::Unauthorized(
+            "the bearer token is unknown or was revoked; sign in again".into(),
+        ))
+    }
+
+    /// A check-in: the identity rule, then the message's handler.
+    pub async fn checkin(&self, req: DeviceRequest<'_>) -> Result<CheckinReply> {
+        let fingerprint = self.signer_of(&req)?;
+        let enrollment = self
+            .lanyard
+            .store()
+            .enrollment_by_identity(&fingerprint)
+            .await?
+            .ok_or_else(unknown_identity)?;
+        let msg = lanyard_proto::decode_checkin(req.body)
+            .map_err(|e| CoreError::Invalid(format!("check-in: {e}")))?;
+        let r = msg.enrollment();
+        if !r.kind.is_user_enrollment() {
+            return Err(CoreError::Invalid(
+                "this server enrolls Macs by User Enrollment; expected EnrollmentID".into(),
+            ));
+        }
+        let device_id = r.device_id().to_string();
+        let user_channel = r.kind == EnrollmentKind::UserEnrollmentUser;
+        match IdentityBinding::check(
+            &enrollment.status,
+            enrollment.device_channel_id.as_deref(),
+            &device_id,
+        ) {
+            IdentityBinding::Bound => {}
+            IdentityBinding::Unbound if matches!(msg, CheckinMessage::Authenticate(_)) => {}
+            refused => return Err(unrecognized(refused)),
+        }
+        if user_channel && !matches!(msg, CheckinMessage::CheckOut(_)) {
+            self.authorize_user_channel(&enrollment, req.bearer).await?;
+        }
+        let enrollment_user_id = user_channel
+            .then(|| msg.identity().enrollment_user_id.clone())
+            .flatten();
+        match msg {
+            CheckinMessage::Authenticate(a) => self.authenticate(&enrollment, device_id, a).await,
+            CheckinMessage::TokenUpdate(t) => {
+                self.token_update(&enrollment, enrollment_user_id, t).await
+            }
+            CheckinMessage::CheckOut(_) => self.check_out(&enrollment).await,
+            // Lanyard asks no extra user authentication on the user channel.
+            CheckinMessage::UserAuthenticate(_) => Ok(CheckinReply::Gone),
+            // Apple's schema: Get/SetBootstrapToken are `userenrollment: forbidden`; a User
+            // Enrollment has no bootstrap token to escrow, and Lanyard does not advertise
+            // `com.apple.mdm.bootstraptoken`.
+            CheckinMessage::GetBootstrapToken(_) | CheckinMessage::SetBootstrapToken(_) => Err(
+                CoreError::Invalid("bootstrap tokens are not used in User Enrollment".into()),
+            ),
+            CheckinMessage::DeclarativeManagement(d) => {
+                self.declarative_management(&enrollment, d).await
+            }
+            // Lanyard does not advertise `com.apple.mdm.token` in ServerCapabilities, so a
+            // device has no reason to ask; an unknown TokenServiceType is a 400 (Apple,
+            // GetTokenRequest).
+            CheckinMessage::GetToken(_) => Err(CoreError::Invalid(
+                "GetToken is not supported by this server".into(),
+            )),
+        }
+    }
+
+    fn same_topic(enrollment: &Enrollment, topic: &str) -> Result<()> {
+        if Some(topic) != enrollment.push_topic.as_deref() {
+            return Err(CoreError::Invalid(
+                "the check-in topic is not this server's push topic".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Authenticate`: binds the `EnrollmentID` and checks the topic and, when the Mac says
+    /// it, the macOS version. `OSVersion` is not guaranteed in a macOS `Authenticate` (the
+    /// schema marks it optional); the version gate already ran on the MachineInfo at the
+    /// enrollment request.
+    async fn authenticate(
+        &self,
+        enrollment: &Enrollment,
+        device_id: String,
+        a: Authenticate,
+    ) -> Result<CheckinReply> {
+        Self::same_topic(enrollment, &a.topic)?;
+        let os = a
+            .os_version
+            .as_deref()
+            .map(OsVersion::parse)
+            .transpose()
+            .map_err(|e| CoreError::Invalid(format!("OSVersion: {e}")))?;
+        if let Some(v) = &os {
+            let min = self.lanyard.enrollment_settings().await?.min_macos_version;
+            if !v.at_least(&min) {
+                return Err(refuse_old_os(v, &min));
+            }
+        }
+        self.lanyard
+            .store()
+            .record_authenticate(
+                &enrollment.id,
+                &AuthenticateRecord {
+                    device_channel_id: device_id,
+                    os_version: os.map(|v| v.to_string()),
+                    build_version: a.build_version,
+                    product: a.product_name.or(a.model),
+                },
+                lanyard_store::now(),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => CoreError::UnrecognizedDevice(
+                    "this EnrollmentID belongs to another live enrollment, or this enrollment \
+                     has already checked out; remove the old enrollment profile and enroll again"
+                        .into(),
+                ),
+                other => other.into(),
+            })?;
+        Ok(CheckinReply::Ok)
+    }
+
+    /// `TokenUpdate`: the push token and PushMagic of the device or the user channel.
+    async fn token_update(
+        &self,
+        enrollment: &Enrollment,
+        user_channel_id: Option<String>,
+        t: TokenUpdate,
+    ) -> Result<CheckinReply> {
+        Self::same_topic(enrollment, &t.topic)?;
+        let unlock = match &t.unlock_token {
+            Some(u) => Some(
+                self.secrets
+                    .seal(u.expose(), format!("unlock:{}", enrollment.id).as_bytes())?,
+            ),
+            None => None,
+        };
+        self.lanyard
+            .store()
+            .record_token_update(
+                &enrollment.id,
+                &TokenUpdateRecord {
+                    user_channel_id,
+                    topic: t.topic,
+                    push_token: t.token.into_inner(),
+                    push_magic: t.push_magic.into_inner(),
+                    unlock_token_sealed: unlock,
+                },
+                lanyard_store::now(),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(m) => CoreError::Invalid(m),
+                other => other.into(),
+            })?;
+        Ok(CheckinReply::Ok)
+    }
+
+    /// `CheckOut`: the enrollment ends and its queue goes, in one transaction.
+    async fn check_out(&self, enrollment: &Enrollment) -> Result<CheckinReply> {
+        self.lanyard
+            .store()
+            .record_checkout(&enrollment.id, lanyard_store::now())
+            .await?;
+        tracing::info!(enrollment = %enrollment.id, "enrollment checked out");
+        Ok(CheckinReply::Ok)
+    }
+
+    async fn declarative_management(
+        &self,
+        enrollment: &Enrollment,
+        d: DeclarativeManagement,
+    ) -> Result<CheckinReply> {
+        // Stored for the declarative management release; answered empty for now.
+        self.lanyard
+            .store()
+            .record_declarative(
+                &enrollment.id,
+                &d.endpoint,
+                d.data.as_deref().unwrap_or(&[]),
+            )
+            .await?;
+        Ok(CheckinReply::Ok)
+    }
+
+    /// The command endpoint: the identity rule, then one store transaction that records the
+    /// report (result, error or NotNow) and claims the next command for the channel.
+    ///
+    /// - a repeated result (the device did not get our first answer and retries until a 2xx,
+    ///   Apple "Sending MDM commands to a device") is answered as the first time and the
+    ///   exchange goes on;
+    /// - a result for a command never given on this channel is not stored (logged and
+    ///   counted) and the exchange goes on, so it cannot wedge the channel;
+    /// - `NotNow` is answered with an empty body (see the store's exchange).
+    pub async fn command(&self, req: DeviceRequest<'_>) -> Result<Option<NextCommand>> {
+        let fingerprint = self.signer_of(&req)?;
+        let report = lanyard_proto::decode_command_report(req.body)
+            .map_err(|e| CoreError::Invalid(format!("command report: {e}")))?;
+        let channel = channel_of(report.enrollment.kind);
+        if channel == CHANNEL_USER {
+            let enrollment = self
+                .lanyard
+                .store()
+                .enrollment_by_identity(&fingerprint)
+                .await?
+                .ok_or_else(unknown_identity)?;
+            match IdentityBinding::check(
+                &enrollment.status,
+                enrollment.device_channel_id.as_deref(),
+                report.enrollment.device_id(),
+            ) {
+                IdentityBinding::Bound => {}
+                refused => return Err(unrecognized(refused)),
+            }
+            self.authorize_user_channel(&enrollment, req.bearer).await?;
+        }
+        let now = lanyard_store::now();
+        let outcome = outcome_of(&report, now)?;
+        let merge = ResultInventory(&report.result);
+        let inventory = (report.status == CommandStatus::Acknowledged
+            && carries_inventory(&report.result))
+        .then_some(&merge as &dyn InventoryMerge);
+        let done = self
+            .lanyard
+            .store()
+            .command_exchange(&CommandExchange {
+                identity_sha256: &fingerprint,
+                device_channel_id: report.enrollment.device_id(),
+                channel,
+                outcome: outcome.as_ref(),
+                inventory,
+                now,
+            })
+            .await?;
+        match done {
+            Exchanged::Done {
+                next,
+                ignored,
+                enrollment_id,
+            } => {
+                if let Some(why) = ignored {
+                    let uuid = report.command_uuid.as_deref().unwrap_or("");
+                    let what = match why {
+                        IgnoredResult::Repeated => "repeated",
+                        IgnoredResult::NeverGiven => "never_given",
+                    };
+                    metrics::counter!("lanyard_command_results_ignored_total", "why" => what)
+                        .increment(1);
+                    tracing::info!(enrollment = %enrollment_id, command = %uuid, why = what,
+                        "command result not stored");
+                }
+                Ok(next)
+            }
+            Exchanged::UnknownIdentity => Err(unknown_identity()),
+            Exchanged::Refused(b) => Err(unrecognized(b)),
+        }
+    }
+}
