@@ -1,12 +1,15 @@
-//! SCEP interop: independent SCEP clients enroll against Lanyard's codec.
+//! SCEP interop at the codec level: independent SCEP clients enroll against Lanyard's one
+//! SCEP responder.
 //!
 //! A tiny HTTP/1.1 server (std only, loopback, port 0) serves `/scep` with
-//! [`lanyard_pki::scep::ScepResponder`] over a throwaway test CA, and each client is run
-//! against it: micromdm's `scepclient` (Go, Debian package `scep`), strongSwan's
+//! [`lanyard_pki::scep::ScepResponder`] over a throwaway test CA and its RA, and each client
+//! is run against it: micromdm's `scepclient` (Go, Debian package `scep`), strongSwan's
 //! `pki --scep` (C, `strongswan-pki` + `libstrongswan-standard-plugins` +
-//! `libstrongswan-extra-plugins`) and certmonger's `scep-submit` helper (C, OpenSSL,
-//! Debian `certmonger`). Each test asserts that the certificate the client wrote chains to
-//! the test CA. A missing tool prints a loud SKIPPED line (and fails when `CI=true`).
+//! `libstrongswan-extra-plugins`) and certmonger (C, OpenSSL, Debian `certmonger`: its
+//! `scep-submit` helper and the daemon). Each test asserts that the certificate the client
+//! wrote chains to the test CA. A missing tool prints a loud SKIPPED line (and fails when
+//! `CI=true`). The same clients run against a real `lanyard serve`, inside an end-to-end
+//! enrollment, in the `lanyard` crate's `scep_serve` tests.
 //!
 //! Interop findings (kept here so they are not lost):
 //! - certmonger verifies the CertRep with OpenSSL `PKCS7_verify`, which needs the signer to
@@ -24,14 +27,12 @@
 //!   accepts SHA-256 and AES when "SHA-384" is announced too (see `scep::CA_CAPS`).
 //! - certmonger 0.79.17 generates self-signed request certificates with 33-byte serial
 //!   numbers (more than x509-cert's 20), so SignedData is read without x509-cert.
-//! - certmonger with the CA as the only SCEP certificate (GetCACert answers a single
-//!   `x-x509-ca-cert`) fails to verify the CertRep ("PKCS7 routines::certificate verify
-//!   error") although `openssl smime -verify` accepts the same reply with the same CA; it
-//!   succeeds when the CA is also passed as an extra certificate (`scep-submit -I`) and it
-//!   succeeds against an RA. Lanyard therefore serves an RA (`Ca::issue_scep_ra`,
-//!   `ScepResponder::with_ra`) in production; the CA-only responder is tested with
-//!   scepclient and strongSwan only. The daemon also needs the CA data fetched before a
-//!   request is added, or the request sticks in CA_UNCONFIGURED without an RA certificate.
+//! - certmonger with the CA as the only SCEP certificate (GetCACert answering a single
+//!   `x-x509-ca-cert`) failed to verify a CA-signed CertRep ("PKCS7 routines::certificate
+//!   verify error") although `openssl smime -verify` accepted it; it succeeds against an RA.
+//!   Apple's client needs the RA as the signer anyway, so the responder always has one. The
+//!   daemon also needs the CA data fetched before a request is added, or the request sticks
+//!   in CA_UNCONFIGURED without an RA certificate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -55,20 +56,18 @@ const CHALLENGE: &str = "s3cret-challenge";
 /// The SCEP service state the HTTP thread serves.
 struct Service {
     ca: Ca,
-    ra: Option<(X509, PKey<Private>)>,
+    ra: (X509, PKey<Private>),
     log: Mutex<Vec<String>>,
 }
 
 impl Service {
-    fn new(with_ra: bool) -> Arc<Service> {
+    fn new() -> Arc<Service> {
         let ca = Ca::generate("Lanyard SCEP Interop CA", "Lanyard").unwrap();
-        let ra = with_ra.then(|| {
-            let ra = ca.issue_scep_ra("Lanyard SCEP RA", 30).unwrap();
-            (
-                X509::from_der(&ra.cert_der).unwrap(),
-                PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap(),
-            )
-        });
+        let ra = ca.issue_scep_ra("Lanyard SCEP RA", 30).unwrap();
+        let ra = (
+            X509::from_der(&ra.cert_der).unwrap(),
+            PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap(),
+        );
         Arc::new(Service {
             ca,
             ra,
@@ -77,12 +76,12 @@ impl Service {
     }
 
     fn responder(&self) -> ScepResponder<'_> {
-        match &self.ra {
-            None => ScepResponder::with_ca(&self.ca),
-            Some((cert, key)) => {
-                ScepResponder::with_ra(&self.ca, cert, key, Some(self.ca.private_key()))
-            }
-        }
+        ScepResponder::new(
+            &self.ca,
+            &self.ra.0,
+            &self.ra.1,
+            Some(self.ca.private_key()),
+        )
     }
 
     fn log(&self, line: String) {
@@ -346,18 +345,15 @@ fn print_output(tool: &str, ok: bool, out: &str, err: &str) {
 // ------------------------------------------------------------------------------------
 // micromdm scepclient
 
-fn run_scepclient(with_ra: bool) {
-    let name = if with_ra {
-        "scepclient_with_ra"
-    } else {
-        "scepclient_with_ca_signer"
-    };
+#[test]
+fn scepclient_with_ra() {
+    let name = "scepclient_with_ra";
     if !common::require_tool("scepclient", name) {
         return;
     }
     // scepclient 2.1 envelopes its request with single DES-CBC regardless of GetCACaps.
     lanyard_pki::scep::allow_legacy_des().unwrap();
-    let server = TestServer::start(Service::new(with_ra));
+    let server = TestServer::start(Service::new());
     let dir = common::tempdir();
     let key = dir.path().join("k.pem");
     let cert = dir.path().join("c.pem");
@@ -404,29 +400,16 @@ fn run_scepclient(with_ra: bool) {
     );
 }
 
-#[test]
-fn scepclient_with_ca_signer() {
-    run_scepclient(false);
-}
-
-#[test]
-fn scepclient_with_ra() {
-    run_scepclient(true);
-}
-
 // ------------------------------------------------------------------------------------
 // strongSwan pki --scep
 
-fn run_strongswan(with_ra: bool) {
-    let name = if with_ra {
-        "strongswan_pki_with_ra"
-    } else {
-        "strongswan_pki_with_ca_signer"
-    };
+#[test]
+fn strongswan_pki_with_ra() {
+    let name = "strongswan_pki_with_ra";
     if !common::require_tool("pki", name) {
         return;
     }
-    let server = TestServer::start(Service::new(with_ra));
+    let server = TestServer::start(Service::new());
     let dir = common::tempdir();
     let d = dir.path();
     let (ok, out, err) = common::run(
@@ -452,19 +435,11 @@ fn run_strongswan(with_ra: bool) {
         .find(|f| f.starts_with("ca"))
         .expect("no CA certificate written");
     let ca_file = d.join(ca_name);
-    let (enc, sig) = if with_ra {
-        let ra = files
-            .iter()
-            .find(|f| f.starts_with("ra"))
-            .expect("no RA certificate written");
-        (d.join(ra), d.join(ra))
-    } else {
-        assert!(
-            !files.iter().any(|f| f.starts_with("ra")),
-            "RA certificate without an RA: {files:?}"
-        );
-        (ca_file.clone(), ca_file.clone())
-    };
+    let ra = files
+        .iter()
+        .find(|f| f.starts_with("ra"))
+        .expect("no RA certificate written");
+    let (enc, sig) = (d.join(ra), d.join(ra));
     let (ok, key_pem, err) = common::run(Command::new("pki").args([
         "--gen",
         "--type",
@@ -499,16 +474,6 @@ fn run_strongswan(with_ra: bool) {
     assert!(info.subject.contains("CN=sswan-dev1"), "{info:?}");
 }
 
-#[test]
-fn strongswan_pki_with_ca_signer() {
-    run_strongswan(false);
-}
-
-#[test]
-fn strongswan_pki_with_ra() {
-    run_strongswan(true);
-}
-
 // ------------------------------------------------------------------------------------
 // certmonger's scep-submit helper (the daemon's SCEP back end)
 
@@ -522,7 +487,7 @@ fn certmonger_scep_submit_helper() {
         common::require_tool(SCEP_SUBMIT, name);
         return;
     }
-    let server = TestServer::start(Service::new(false));
+    let server = TestServer::start(Service::new());
     // caps and CA certificate
     let (ok, out, err) = common::run(
         Command::new(SCEP_SUBMIT)
@@ -546,25 +511,33 @@ fn certmonger_scep_submit_helper() {
         ok && out.contains("BEGIN CERTIFICATE"),
         "scep-submit -C failed"
     );
-    let ca = lanyard_pki::parse_cert(out.as_bytes()).unwrap();
-    assert_eq!(ca.to_der().unwrap(), server.service.ca.cert_der().unwrap());
+    // RA and CA, as GetCACert served them
+    let mut served: Vec<Vec<u8>> = X509::stack_from_pem(out.as_bytes())
+        .unwrap()
+        .iter()
+        .map(|c| c.to_der().unwrap())
+        .collect();
+    served.sort();
+    let mut expected = vec![
+        server.service.ca.cert_der().unwrap(),
+        server.service.ra.0.to_der().unwrap(),
+    ];
+    expected.sort();
+    assert_eq!(served, expected, "scep-submit -C shows other certificates");
 }
 
 /// The full certmonger daemon (session mode on a private D-Bus, state under a temporary
 /// HOME) enrolls through `getcert request`, which makes the PKCSReq with OpenSSL and checks
 /// our CertRep with `PKCS7_verify`.
-fn run_certmonger(with_ra: bool) {
-    let name = if with_ra {
-        "certmonger_daemon_with_ra"
-    } else {
-        "certmonger_daemon_with_ca_signer"
-    };
+#[test]
+fn certmonger_daemon_with_ra() {
+    let name = "certmonger_daemon_with_ra";
     for tool in ["certmonger", "getcert", "dbus-run-session", "dbus-send"] {
         if !common::require_tool(tool, name) {
             return;
         }
     }
-    let server = TestServer::start(Service::new(with_ra));
+    let server = TestServer::start(Service::new());
     let dir = common::tempdir();
     let d = dir.path();
     let key = d.join("cm.key");
@@ -639,15 +612,10 @@ exit $rc
     assert!(info.subject.contains("CN=cmdev"), "{info:?}");
 }
 
-#[test]
-fn certmonger_daemon_with_ra() {
-    run_certmonger(true);
-}
-
 /// Not a test: serves the SCEP test service for manual client experiments, e.g.
 /// `LANYARD_SCEP_SERVE_SECS=120 cargo test -p lanyard-pki --test scep_interop
-/// serve_for_manual_testing -- --ignored --nocapture` (set `LANYARD_SCEP_RA=1` for an RA),
-/// then `/usr/lib/certmonger/scep-submit -u URL -r DIR/ca.pem -p DIR/pkcsreq.pem`.
+/// serve_for_manual_testing -- --ignored --nocapture`, then
+/// `/usr/lib/certmonger/scep-submit -u URL -r DIR/ra.pem -N DIR/ca.pem -p DIR/pkcsreq.pem`.
 #[test]
 #[ignore]
 fn serve_for_manual_testing() {
@@ -655,13 +623,17 @@ fn serve_for_manual_testing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let with_ra = std::env::var("LANYARD_SCEP_RA").is_ok();
-    let server = TestServer::start(Service::new(with_ra));
+    let server = TestServer::start(Service::new());
     let tmp = common::tempdir();
     let dir = tmp.path().display().to_string();
     std::fs::write(
         format!("{dir}/ca.pem"),
         server.service.ca.cert_pem().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        format!("{dir}/ra.pem"),
+        server.service.ra.0.to_pem().unwrap(),
     )
     .unwrap();
     // a ready-made PKCSReq for clients that take one (certmonger's scep-submit -p)
@@ -680,7 +652,7 @@ fn serve_for_manual_testing() {
     std::thread::sleep(Duration::from_secs(secs));
 }
 
-/// A PKCSReq made with Lanyard's client-side encoder, encrypted to the service's CA/RA.
+/// A PKCSReq made with Lanyard's client-side encoder, encrypted to the service's RA.
 fn make_pkcs_req(svc: &Service, cn: &str) -> (Vec<u8>, PKey<Private>) {
     use lanyard_pki::openssl::asn1::Asn1Time;
     use lanyard_pki::openssl::bn::BigNum;
@@ -706,11 +678,7 @@ fn make_pkcs_req(svc: &Service, cn: &str) -> (Vec<u8>, PKey<Private>) {
         .unwrap();
     b.sign(&key, MessageDigest::sha256()).unwrap();
     let me = b.build();
-    let recipient = svc
-        .ra
-        .as_ref()
-        .map(|(c, _)| c)
-        .unwrap_or(svc.ca.certificate());
+    let recipient = &svc.ra.0;
     let (msg, _nonce) = lanyard_pki::scep::encode_pki_message(
         MessageType::PkcsReq,
         &csr,

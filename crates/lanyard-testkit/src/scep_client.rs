@@ -437,13 +437,16 @@ mod tests {
     }
 
     #[test]
-    fn pkcs_req_against_lanyard_pki_responder_with_ca() {
+    fn pkcs_req_against_lanyard_pki_responder() {
         let ca = Ca::generate("Lanyard CA", "Example Ltd").unwrap();
-        let responder = ScepResponder::with_ca(&ca);
+        let ra = ca.issue_scep_ra("Lanyard SCEP RA", 365).unwrap();
+        let ra_cert = X509::from_der(&ra.cert_der).unwrap();
+        let ra_key = PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap();
+        let responder = ScepResponder::new(&ca, &ra_cert, &ra_key, Some(ca.private_key()));
         let cacert = responder.ca_cert().unwrap();
         let certs = parse_get_ca_cert(cacert.content_type, &cacert.body).unwrap();
         assert_eq!(certs.ca.to_der().unwrap(), ca.cert_der().unwrap());
-        assert_eq!(certs.recipient.to_der().unwrap(), ca.cert_der().unwrap());
+        assert_eq!(certs.recipient.to_der().unwrap(), ra.cert_der);
 
         let key = device::rsa_key(2048).unwrap();
         let req = build_pkcs_req(
@@ -455,8 +458,7 @@ mod tests {
         )
         .unwrap();
         // the server side sees what we meant to send
-        let decoded =
-            scep::decode_pki_message(&req.der, &[(ca.certificate(), ca.private_key())]).unwrap();
+        let decoded = scep::decode_pki_message(&req.der, &[(&ra_cert, &ra_key)]).unwrap();
         assert_eq!(decoded.message_type, MessageType::PkcsReq);
         assert_eq!(decoded.transaction_id, req.transaction_id);
         assert_eq!(decoded.sender_nonce, req.sender_nonce);
@@ -483,7 +485,7 @@ mod tests {
         let ra = ca.issue_scep_ra("Lanyard SCEP RA", 365).unwrap();
         let ra_cert = X509::from_der(&ra.cert_der).unwrap();
         let ra_key = PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap();
-        let responder = ScepResponder::with_ra(&ca, &ra_cert, &ra_key, Some(ca.private_key()));
+        let responder = ScepResponder::new(&ca, &ra_cert, &ra_key, Some(ca.private_key()));
         let cacert = responder.ca_cert().unwrap();
         let certs = parse_get_ca_cert(cacert.content_type, &cacert.body).unwrap();
         assert_eq!(certs.all.len(), 2);
