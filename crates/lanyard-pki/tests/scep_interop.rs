@@ -46,10 +46,18 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::scep_clients::{enroll, tools, Client};
 use lanyard_pki::openssl::pkey::{PKey, Private};
 use lanyard_pki::openssl::x509::X509;
 use lanyard_pki::scep::{FailInfo, IssueDecision, MessageType, ScepResponder};
 use lanyard_pki::{Ca, CertInfo};
+
+/// Are `client`'s programs installed? A loud skip otherwise (a failure under `CI=true`).
+fn require(client: Client, test: &str) -> bool {
+    tools(client)
+        .iter()
+        .all(|tool| common::require_tool(tool, test))
+}
 
 const CHALLENGE: &str = "s3cret-challenge";
 
@@ -348,55 +356,46 @@ fn print_output(tool: &str, ok: bool, out: &str, err: &str) {
 #[test]
 fn scepclient_with_ra() {
     let name = "scepclient_with_ra";
-    if !common::require_tool("scepclient", name) {
+    if !require(Client::Scepclient, name) {
         return;
     }
     // scepclient 2.1 envelopes its request with single DES-CBC regardless of GetCACaps.
     lanyard_pki::scep::allow_legacy_des().unwrap();
     let server = TestServer::start(Service::new());
     let dir = common::tempdir();
-    let key = dir.path().join("k.pem");
-    let cert = dir.path().join("c.pem");
-    let (ok, out, err) = common::run(
-        Command::new("scepclient")
-            .arg("-server-url")
-            .arg(server.url())
-            .args(["-challenge", CHALLENGE, "-cn", "dev1"])
-            .arg("-private-key")
-            .arg(&key)
-            .arg("-certificate")
-            .arg(&cert),
+    let run = enroll(
+        Client::Scepclient,
+        &server.url(),
+        CHALLENGE,
+        "dev1",
+        dir.path(),
     );
-    print_output(name, ok, &out, &err);
-    assert!(ok, "scepclient failed");
-    let info = assert_issued_by_ca(&cert, &server.service, name);
+    eprintln!("{}", run.output);
+    assert!(run.ok, "scepclient failed");
+    let info = assert_issued_by_ca(run.certificate.as_ref().unwrap(), &server.service, name);
     assert!(info.subject.contains("CN=dev1"), "{info:?}");
     assert!(server.log().iter().any(|l| l.contains("PkcsReq")));
 
-    // the wrong challenge is refused with a FAILURE CertRep (scepclient keeps csr.pem and
-    // self.pem next to the key, so the second run needs its own directory)
+    // the wrong challenge is refused with a FAILURE CertRep (in a directory of its own)
     let dir2 = common::tempdir();
-    let key2 = dir2.path().join("k2.pem");
-    let cert2 = dir2.path().join("c2.pem");
-    let (ok, out, err) = common::run(
-        Command::new("scepclient")
-            .arg("-server-url")
-            .arg(server.url())
-            .args(["-challenge", "wrong", "-cn", "dev2"])
-            .arg("-private-key")
-            .arg(&key2)
-            .arg("-certificate")
-            .arg(&cert2),
+    let run = enroll(
+        Client::Scepclient,
+        &server.url(),
+        "wrong",
+        "dev2",
+        dir2.path(),
     );
-    print_output(&format!("{name} (wrong challenge)"), ok, &out, &err);
+    eprintln!("{}", run.output);
     assert!(
-        !cert2.exists(),
+        !run.ok && run.certificate.is_none(),
         "a certificate was issued for a wrong challenge"
     );
-    let all = format!("{out}{err}");
     assert!(
-        all.contains("FAILURE") || all.contains("badRequest") || all.contains("failure"),
-        "expected a SCEP failure, got: {all}"
+        run.output.contains("FAILURE")
+            || run.output.contains("badRequest")
+            || run.output.contains("failure"),
+        "expected a SCEP failure, got: {}",
+        run.output
     );
 }
 
@@ -406,71 +405,21 @@ fn scepclient_with_ra() {
 #[test]
 fn strongswan_pki_with_ra() {
     let name = "strongswan_pki_with_ra";
-    if !common::require_tool("pki", name) {
+    if !require(Client::StrongSwan, name) {
         return;
     }
     let server = TestServer::start(Service::new());
     let dir = common::tempdir();
-    let d = dir.path();
-    let (ok, out, err) = common::run(
-        Command::new("pki")
-            .args(["--scepca", "--url"])
-            .arg(server.url())
-            .arg("--caout")
-            .arg(d.join("ca"))
-            .arg("--raout")
-            .arg(d.join("ra"))
-            .arg("--force"),
+    let run = enroll(
+        Client::StrongSwan,
+        &server.url(),
+        CHALLENGE,
+        "sswan-dev1",
+        dir.path(),
     );
-    print_output(&format!("{name} --scepca"), ok, &out, &err);
-    assert!(ok, "pki --scepca failed");
-    let files: Vec<String> = std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    eprintln!("pki --scepca wrote {files:?}");
-    // pki names the files after --caout/--raout (some versions append ".der" or "-N.der")
-    let ca_name = files
-        .iter()
-        .find(|f| f.starts_with("ca"))
-        .expect("no CA certificate written");
-    let ca_file = d.join(ca_name);
-    let ra = files
-        .iter()
-        .find(|f| f.starts_with("ra"))
-        .expect("no RA certificate written");
-    let (enc, sig) = (d.join(ra), d.join(ra));
-    let (ok, key_pem, err) = common::run(Command::new("pki").args([
-        "--gen",
-        "--type",
-        "rsa",
-        "--size",
-        "2048",
-        "--outform",
-        "pem",
-    ]));
-    assert!(ok, "pki --gen: {err}");
-    let key = common::write(d, "k.pem", key_pem.as_bytes());
-    let cert = d.join("c.pem");
-    let (ok, out, err) = common::run(
-        Command::new("pki")
-            .args(["--scep", "--url"])
-            .arg(server.url())
-            .arg("--in")
-            .arg(&key)
-            .args(["--dn", "CN=sswan-dev1", "--password", CHALLENGE])
-            .arg("--cacert-enc")
-            .arg(&enc)
-            .arg("--cacert-sig")
-            .arg(&sig)
-            .arg("--cacert")
-            .arg(&ca_file)
-            .args(["--outform", "pem"]),
-    );
-    print_output(name, ok, "(certificate on stdout)", &err);
-    assert!(ok, "pki --scep failed: {out} {err}");
-    std::fs::write(&cert, out.as_bytes()).unwrap();
-    let info = assert_issued_by_ca(&cert, &server.service, name);
+    eprintln!("{}", run.output);
+    assert!(run.ok, "pki --scep failed");
+    let info = assert_issued_by_ca(run.certificate.as_ref().unwrap(), &server.service, name);
     assert!(info.subject.contains("CN=sswan-dev1"), "{info:?}");
 }
 
@@ -526,89 +475,26 @@ fn certmonger_scep_submit_helper() {
     assert_eq!(served, expected, "scep-submit -C shows other certificates");
 }
 
-/// The full certmonger daemon (session mode on a private D-Bus, state under a temporary
-/// HOME) enrolls through `getcert request`, which makes the PKCSReq with OpenSSL and checks
-/// our CertRep with `PKCS7_verify`.
+/// The full certmonger daemon enrolls through `getcert request`, which makes the PKCSReq
+/// with OpenSSL and checks our CertRep with `PKCS7_verify`.
 #[test]
 fn certmonger_daemon_with_ra() {
     let name = "certmonger_daemon_with_ra";
-    for tool in ["certmonger", "getcert", "dbus-run-session", "dbus-send"] {
-        if !common::require_tool(tool, name) {
-            return;
-        }
+    if !require(Client::Certmonger, name) {
+        return;
     }
     let server = TestServer::start(Service::new());
     let dir = common::tempdir();
-    let d = dir.path();
-    let key = d.join("cm.key");
-    let crt = d.join("cm.crt");
-    for sub in ["cas", "requests", "local", "config"] {
-        std::fs::create_dir_all(d.join(sub)).unwrap();
-    }
-    // Wait for the name with dbus-send rather than getcert: a getcert call before the
-    // daemon owns its name would D-Bus-activate a second certmonger.
-    let script = format!(
-        r#"set -u
-certmonger -s -n -d 1 > "{d}/certmonger.log" 2>&1 &
-CM=$!
-for i in $(seq 1 100); do
-  dbus-send --session --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
-    org.freedesktop.DBus.NameHasOwner string:org.fedorahosted.certmonger 2>/dev/null | grep -q true && break
-  sleep 0.1
-done
-getcert add-scep-ca -s -c lanyard-test -u "{url}"
-# let the daemon fetch the CA's capabilities and certificates before the request, or the
-# request can go out without an RA certificate and get stuck in CA_UNCONFIGURED
-for i in $(seq 1 100); do
-  getcert list-cas -s -c lanyard-test | grep -q "BEGIN CERTIFICATE" && break
-  sleep 0.1
-done
-getcert list-cas -s -c lanyard-test
-timeout 60 getcert request -s -c lanyard-test -k "{key}" -f "{crt}" -L "{chal}" -N CN=cmdev -w -v
-rc=$?
-getcert list -s
-kill $CM
-wait $CM 2>/dev/null
-exit $rc
-"#,
-        d = d.display(),
-        url = server.url(),
-        key = key.display(),
-        crt = crt.display(),
-        chal = CHALLENGE,
+    let run = enroll(
+        Client::Certmonger,
+        &server.url(),
+        CHALLENGE,
+        "cmdev",
+        dir.path(),
     );
-    let (ok, out, err) = common::run(
-        Command::new("dbus-run-session")
-            .args(["--", "bash", "-c", &script])
-            .env("HOME", d)
-            .env("XDG_CONFIG_HOME", d.join("config"))
-            .env("XDG_DATA_HOME", d.join("data"))
-            .env("XDG_RUNTIME_DIR", d)
-            // keep certmonger's state out of /var/lib/certmonger
-            .env("CERTMONGER_CAS_DIR", d.join("cas"))
-            .env("CERTMONGER_REQUESTS_DIR", d.join("requests"))
-            .env("CERTMONGER_LOCAL_CA_DIR", d.join("local"))
-            .env("CERTMONGER_CONFIG_DIR", d.join("config"))
-            .env("CERTMONGER_SYSTEM_LOCK_FILE", d.join("lock")),
-    );
-    print_output(name, ok, &out, &err);
-    if !ok {
-        let log = std::fs::read_to_string(d.join("certmonger.log")).unwrap_or_default();
-        eprintln!("---- certmonger.log ----\n{log}");
-        for e in std::fs::read_dir(d.join("cas")).unwrap() {
-            let e = e.unwrap();
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            if text.contains("lanyard-test") {
-                eprintln!("---- certmonger CA entry {:?} ----\n{text}", e.file_name());
-            }
-        }
-    }
-    assert!(ok, "getcert request failed");
-    assert!(
-        out.contains("status: MONITORING"),
-        "certmonger did not reach MONITORING"
-    );
-    let info = assert_issued_by_ca(&crt, &server.service, name);
+    eprintln!("{}", run.output);
+    assert!(run.ok, "getcert request failed or did not reach MONITORING");
+    let info = assert_issued_by_ca(run.certificate.as_ref().unwrap(), &server.service, name);
     assert!(info.subject.contains("CN=cmdev"), "{info:?}");
 }
 
