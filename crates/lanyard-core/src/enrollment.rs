@@ -22,14 +22,15 @@ use utoipa::ToSchema;
 
 use lanyard_pki::openssl::pkey::{PKey, Private};
 use lanyard_pki::openssl::x509::{X509Name, X509};
-use lanyard_pki::scep::{self, CertRepStatus, FailInfo, MessageType, ScepResponse};
-use lanyard_pki::{Ca, CertificateIssuer, SecretBox};
+use lanyard_pki::scep::{FailInfo, MessageType, ScepAnswer, ScepResponder, ScepResponse};
+use lanyard_pki::{Ca, SecretBox};
 use lanyard_proto::profile::{
     build_enrollment_profile, EnrollmentProfileInput, ProfileUuids, ScepSettings, ServerCapability,
 };
 use lanyard_proto::{OsVersion, SecretString, ServiceDiscovery, UserIdentifier};
 use lanyard_store::{
-    AccessTokenRow, Enrollment, EnrollmentFlow, EnrollmentQuery, NewEnrollment, User,
+    AccessTokenRow, Enrollment, EnrollmentFlow, EnrollmentQuery, IdentityRecord, NewEnrollment,
+    User,
 };
 
 use crate::admins::{hash_secret, new_secret};
@@ -572,76 +573,95 @@ impl EnrollmentService {
         Ok(signed)
     }
 
+    /// Lanyard's one SCEP responder over the device PKI: GetCACert serves the CA and the RA,
+    /// and the RA signs every CertRep (see [`lanyard_pki::scep::ScepResponder`]).
+    fn scep(&self) -> ScepResponder<'_> {
+        let pki = &self.pki;
+        ScepResponder::new(
+            &pki.ca,
+            &pki.scep_ra_cert,
+            &pki.scep_ra_key,
+            Some(pki.ca.private_key()),
+        )
+    }
+
     /// SCEP `GetCACaps`.
     pub fn scep_caps(&self) -> ScepResponse {
-        ScepResponse {
-            content_type: scep::CA_CAPS_CONTENT_TYPE,
-            body: scep::ca_caps().into_bytes(),
-        }
+        self.scep().ca_caps()
     }
 
     /// SCEP `GetCACert`: the CA and the RA that signs our replies.
     pub fn scep_ca_cert(&self) -> Result<ScepResponse> {
-        Ok(scep::get_ca_cert(
-            self.pki.ca.certificate(),
-            Some(&self.pki.scep_ra_cert),
-        )?)
+        Ok(self.scep().ca_cert()?)
     }
 
     /// SCEP `PKIOperation`: a PKCSReq whose challenge is a live, unused enrollment challenge
-    /// gets an identity certificate bound to that enrollment; anything else a FAILURE CertRep.
-    /// Undecodable messages are `Invalid` (HTTP 400).
+    /// gets an identity certificate bound to that enrollment; anything else a FAILURE CertRep,
+    /// with nothing changed. Undecodable messages are `Invalid` (HTTP 400), with nothing
+    /// changed.
+    ///
+    /// The challenge is claimed and the identity bound in one statement, after the
+    /// certificate is issued: a request that loses a race for the same challenge, or whose
+    /// certificate cannot be made, leaves the challenge usable and gets FAILURE (its
+    /// certificate, if any, is never delivered).
     pub async fn scep_pki_operation(&self, body: &[u8]) -> Result<ScepResponse> {
-        let (ca, pki) = (&self.pki.ca, &self.pki);
-        let recipients = [
-            (&pki.scep_ra_cert, pki.scep_ra_key.as_ref()),
-            (ca.certificate(), ca.private_key().as_ref()),
-        ];
-        let req = scep::decode_pki_message(body, &recipients)
+        let scep = self.scep();
+        let req = scep
+            .decode(body)
             .map_err(|e| CoreError::Invalid(format!("not a SCEP message: {e}")))?;
-        let reply = |status: CertRepStatus<'_>| -> Result<ScepResponse> {
-            Ok(ScepResponse {
-                content_type: scep::PKI_MESSAGE_CONTENT_TYPE,
-                body: scep::encode_cert_rep(&req, status, ca.certificate(), ca.private_key(), &[])?,
-            })
+        let refuse = |fi: FailInfo| -> Result<ScepResponse> {
+            Ok(scep.answer(&req, ScepAnswer::Refused(fi))?)
         };
-        if req.message_type != MessageType::PkcsReq {
-            return reply(CertRepStatus::Failure(FailInfo::BadRequest));
-        }
-        let Ok(csr) = req.csr() else {
-            return reply(CertRepStatus::Failure(FailInfo::BadMessageCheck));
+        let csr = match req.csr() {
+            Ok(csr) if req.pki().message_type == MessageType::PkcsReq => csr,
+            // Renewal arrives with identity renewal; until then it is refused like the rest.
+            Ok(_) => return refuse(FailInfo::BadRequest),
+            Err(fi) => return refuse(fi),
         };
         let Some(challenge) = csr.challenge_password() else {
             tracing::info!("SCEP request without a challenge refused");
-            return reply(CertRepStatus::Failure(FailInfo::BadRequest));
+            return refuse(FailInfo::BadRequest);
         };
+        let challenge_hash = hash_secret(challenge);
         let store = self.lanyard.store();
         let Some(enrollment) = store
-            .claim_scep_challenge(&hash_secret(challenge), lanyard_store::now())
+            .scep_challenge_enrollment(&challenge_hash, lanyard_store::now())
             .await?
         else {
             tracing::info!("SCEP request with an unknown, used or expired challenge refused");
-            return reply(CertRepStatus::Failure(FailInfo::BadRequest));
+            return refuse(FailInfo::BadRequest);
         };
         let subject = identity_subject(&self.organization, &enrollment.id)?;
-        let issued = match ca.issue_identity(csr.der(), IDENTITY_DAYS, Some(&subject)) {
-            Ok(c) => c,
+        let issued = match scep.issue(&req, IDENTITY_DAYS, Some(&subject)) {
+            Ok(issued) => issued,
             Err(e) => {
                 tracing::info!(error = %e, "SCEP certificate request refused");
-                return reply(CertRepStatus::Failure(FailInfo::BadRequest));
+                return refuse(FailInfo::BadRequest);
             }
         };
-        let info = lanyard_pki::CertInfo::from_x509(&issued)?;
+        let info = lanyard_pki::CertInfo::from_x509(issued.certificate())?;
         let not_after = chrono::DateTime::from_timestamp(info.not_after, 0)
             .ok_or_else(|| CoreError::Internal("certificate expiry out of range".into()))?;
-        store
-            .set_identity(&enrollment.id, &info.serial_hex, &info.sha256, not_after)
-            .await?;
+        let identity = IdentityRecord {
+            serial: info.serial_hex.clone(),
+            sha256: info.sha256,
+            not_after,
+        };
+        if store
+            .claim_scep_challenge(
+                &enrollment.id,
+                &challenge_hash,
+                &identity,
+                lanyard_store::now(),
+            )
+            .await?
+            .is_none()
+        {
+            tracing::info!(enrollment = %enrollment.id, "SCEP challenge claimed by a concurrent request; refused");
+            return refuse(FailInfo::BadRequest);
+        }
         tracing::info!(enrollment = %enrollment.id, serial = %info.serial_hex, "issued an identity certificate");
-        reply(CertRepStatus::Success {
-            issued: &issued,
-            chain: &[],
-        })
+        Ok(scep.answer(&req, ScepAnswer::Issued(&issued))?)
     }
 
     pub fn lanyard(&self) -> &Lanyard {

@@ -1,7 +1,8 @@
 //! SCEP message codec (RFC 8894), pure: bytes in, bytes out, no HTTP.
 //!
-//! Server side: [`ca_caps`], [`get_ca_cert`], [`decode_pki_message`], [`encode_cert_rep`],
-//! and [`ScepResponder`] which ties them to a [`CertificateIssuer`] and a caller's policy.
+//! Server side: [`ScepResponder`], Lanyard's one SCEP service (GetCACaps, GetCACert, and
+//! PKIOperation in decode / issue / answer steps), built on [`ca_caps`], [`get_ca_cert`],
+//! [`decode_pki_message`] and [`encode_cert_rep`].
 //! Client side (for the simulated Mac and tests): [`encode_pki_message`], [`decode_cert_rep`].
 //!
 //! Cryptography is OpenSSL's: the request's signature is checked with `CMS_verify`, its
@@ -10,11 +11,15 @@
 //! the reply (which needs SCEP's signed attributes, which OpenSSL's safe API cannot add) is
 //! built with RustCrypto's `cms` types.
 //!
-//! Interop rules built in (each was a failure seen with a real client):
+//! Interop rules built in (each was a failure seen with a real client, or is what Apple's
+//! client checks):
+//! - The CertRep is signed by the RA that GetCACert serves: Apple's `SecSCEPVerifyReply`
+//!   refuses any other signer (see [`ScepResponder`]).
 //! - The CertRep signer must have keyUsage digitalSignature: certmonger (OpenSSL
-//!   `PKCS7_verify`) refuses a signer with only keyCertSign/cRLSign. Lanyard's root has
-//!   digitalSignature, and [`crate::Ca::issue_scep_ra`] makes an RA certificate with
-//!   digitalSignature + keyEncipherment.
+//!   `PKCS7_verify`) refuses a signer with only keyCertSign/cRLSign.
+//!   [`crate::Ca::issue_scep_ra`] makes an RA certificate with digitalSignature +
+//!   keyEncipherment (which is also how Apple's `SecSCEPValidateCACertMessage` recognises
+//!   the RA among the GetCACert certificates).
 //! - The CertRep envelope is AES-CBC, never single DES (OpenSSL 3 clients lack DES): the
 //!   request's AES key size is mirrored, anything else is answered with AES-256-CBC.
 //! - SignerInfo `signatureAlgorithm` is `rsaEncryption` (1.2.840.113549.1.1.1), not
@@ -37,7 +42,7 @@ use openssl::pkey::{Id, PKeyRef, Private};
 use openssl::stack::Stack;
 use openssl::symm::Cipher;
 use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{X509Name, X509PurposeId, X509StoreContext, X509};
+use openssl::x509::{X509Name, X509NameRef, X509PurposeId, X509StoreContext, X509};
 use x509_cert::attr::{Attribute, Attributes};
 use x509_cert::spki::AlgorithmIdentifierOwned;
 use x509_cert::Certificate;
@@ -848,7 +853,8 @@ pub fn decode_cert_rep(
 // ---------------------------------------------------------------------------------------
 // Responder
 
-/// What the caller's policy decided for a PKCSReq/RenewalReq.
+/// What a synchronous policy decided for a PKCSReq/RenewalReq (see
+/// [`ScepResponder::pki_operation`]).
 pub struct IssueDecision {
     /// Validity of the identity certificate, days.
     pub validity_days: u32,
@@ -856,34 +862,92 @@ pub struct IssueDecision {
     pub subject_override: Option<X509Name>,
 }
 
-/// A SCEP service without transport: give it the operation, the message bytes and a
-/// policy, get back content type and body.
+/// A PKIOperation request the responder has decoded (signature checked, envelope opened),
+/// waiting for the caller's decision. Made only by [`ScepResponder::decode`].
+pub struct ScepRequest {
+    pki: PkiRequest,
+    /// The CSR of a PKCSReq/RenewalReq whose PKCS#10 verifies; for anything else the
+    /// failInfo the answer must carry.
+    csr: std::result::Result<Csr, FailInfo>,
+}
+
+impl fmt::Debug for ScepRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScepRequest")
+            .field("pki", &self.pki)
+            .field("csr", &self.csr)
+            .finish()
+    }
+}
+
+impl ScepRequest {
+    /// The decoded pkiMessage (messageType, transactionID, nonce, signer, digest, cipher).
+    pub fn pki(&self) -> &PkiRequest {
+        &self.pki
+    }
+
+    /// The certificate request of a PKCSReq or RenewalReq (its PKCS#10 signature checked).
+    /// `Err` carries the failInfo to answer with when the message asks for anything else
+    /// (CertPoll/GetCert: badCertId; GetCRL: badRequest) or its CSR does not verify
+    /// (badMessageCheck): Lanyard issues nothing for those.
+    pub fn csr(&self) -> std::result::Result<&Csr, FailInfo> {
+        self.csr.as_ref().map_err(|fi| *fi)
+    }
+}
+
+/// An identity certificate the responder issued for one [`ScepRequest`]'s CSR. Made only by
+/// [`ScepResponder::issue`], so a SUCCESS CertRep can only carry a certificate for the key
+/// that asked.
+pub struct IssuedIdentity {
+    cert: X509,
+}
+
+impl IssuedIdentity {
+    /// The certificate.
+    pub fn certificate(&self) -> &X509 {
+        &self.cert
+    }
+}
+
+/// How to answer a decoded request.
+pub enum ScepAnswer<'a> {
+    /// SUCCESS with this certificate.
+    Issued(&'a IssuedIdentity),
+    /// FAILURE with this failInfo (e.g. badRequest for a wrong or spent challenge).
+    Refused(FailInfo),
+}
+
+/// Lanyard's one SCEP service, without transport: GetCACaps, GetCACert and PKIOperation.
 ///
-/// With an RA ([`ScepResponder::with_ra`]), GetCACert serves CA+RA, CertReps are signed by
-/// the RA and requests encrypted to either the RA or the CA are accepted. Without one
-/// ([`ScepResponder::with_ca`]), the CA itself signs (Lanyard's root has digitalSignature for
-/// exactly this). Prefer the RA: certmonger 0.79 cannot verify a CertRep signed by a CA that
-/// is served alone, while scepclient, strongSwan and certmonger all work against an RA.
+/// GetCACert serves the CA and the registration authority (RA) as
+/// `application/x-x509-ca-ra-cert`, and every CertRep is signed by that RA, with the CA in
+/// the SignedData's certificates. Apple's client requires exactly this: in Apple's
+/// open-source Security framework, `SecSCEPVerifyReply` (`SecSCEP.c`) takes the signer
+/// certificate from the CA/RA pair that GetCACert gave it ("response should be signed by
+/// ra") and refuses a reply whose signer is not that RA, so a CA-signed CertRep makes the
+/// SCEP payload, and with it the enrollment profile, fail to install. certmonger, strongSwan
+/// `pki --scep` and micromdm's `scepclient` also accept the RA (certmonger 0.79 cannot
+/// verify a CertRep signed by a CA served alone). Requests encrypted to the RA, or (with
+/// `ca_key`) to the CA, are opened.
+///
+/// A PKIOperation is answered in steps, so that a caller's asynchronous decision (claiming a
+/// one-time challenge in a database) sits between them: [`Self::decode`] (an `Err` means
+/// "answer HTTP 400"), then the caller's checks, optionally [`Self::issue`], then
+/// [`Self::answer`]. [`Self::pki_operation`] runs the same steps for a synchronous policy.
+/// The responder is `Send`, so it may be held across those awaits.
 pub struct ScepResponder<'a> {
-    issuer: &'a dyn CertificateIssuer,
+    issuer: &'a (dyn CertificateIssuer + Sync),
     ca_key: Option<&'a PKeyRef<Private>>,
-    ra: Option<(&'a X509, &'a PKeyRef<Private>)>,
+    ra_cert: &'a X509,
+    ra_key: &'a PKeyRef<Private>,
 }
 
 impl<'a> ScepResponder<'a> {
-    /// A responder where the CA (`ca`) signs replies and decrypts requests.
-    pub fn with_ca(ca: &'a crate::Ca) -> ScepResponder<'a> {
-        ScepResponder {
-            issuer: ca,
-            ca_key: Some(ca.private_key()),
-            ra: None,
-        }
-    }
-
-    /// A responder with a separate RA certificate/key (see [`crate::Ca::issue_scep_ra`]).
-    /// `ca_key`, if given, also lets requests encrypted to the CA certificate be opened.
-    pub fn with_ra(
-        issuer: &'a dyn CertificateIssuer,
+    /// A responder for the CA `issuer` with its RA certificate and key (see
+    /// [`crate::Ca::issue_scep_ra`]: keyUsage digitalSignature + keyEncipherment). `ca_key`,
+    /// if given, also lets requests encrypted to the CA certificate be opened.
+    pub fn new(
+        issuer: &'a (dyn CertificateIssuer + Sync),
         ra_cert: &'a X509,
         ra_key: &'a PKeyRef<Private>,
         ca_key: Option<&'a PKeyRef<Private>>,
@@ -891,7 +955,8 @@ impl<'a> ScepResponder<'a> {
         ScepResponder {
             issuer,
             ca_key,
-            ra: Some((ra_cert, ra_key)),
+            ra_cert,
+            ra_key,
         }
     }
 
@@ -903,76 +968,88 @@ impl<'a> ScepResponder<'a> {
         }
     }
 
-    /// GetCACert answer.
+    /// GetCACert answer: CA and RA.
     pub fn ca_cert(&self) -> Result<ScepResponse> {
-        get_ca_cert(self.issuer.issuer_certificate(), self.ra.map(|(c, _)| c))
+        get_ca_cert(self.issuer.issuer_certificate(), Some(self.ra_cert))
     }
 
-    fn signer(&self) -> Result<(&X509, &PKeyRef<Private>)> {
-        match (self.ra, self.ca_key) {
-            (Some((c, k)), _) => Ok((c, k)),
-            (None, Some(k)) => Ok((self.issuer.issuer_certificate(), k)),
-            (None, None) => Err(PkiError::Scep("no SCEP signing key".into())),
+    /// Step 1 of a PKIOperation: check the request's signature and open its envelope. An
+    /// `Err` means the body is not a SCEP request Lanyard can read (answer HTTP 400, change
+    /// nothing); everything else gets a CertRep from [`Self::answer`].
+    pub fn decode(&self, body: &[u8]) -> Result<ScepRequest> {
+        let mut recipients: Vec<(&X509, &PKeyRef<Private>)> = vec![(self.ra_cert, self.ra_key)];
+        if let Some(k) = self.ca_key {
+            recipients.push((self.issuer.issuer_certificate(), k));
         }
+        let pki = decode_pki_message(body, &recipients)?;
+        let csr = match pki.message_type {
+            MessageType::PkcsReq | MessageType::RenewalReq => {
+                pki.csr().map_err(|_| FailInfo::BadMessageCheck)
+            }
+            MessageType::CertPoll | MessageType::GetCert => Err(FailInfo::BadCertId),
+            MessageType::GetCrl | MessageType::CertRep => Err(FailInfo::BadRequest),
+        };
+        Ok(ScepRequest { pki, csr })
     }
 
-    /// Answer a PKIOperation body. Requests that cannot be decoded at all give `Err` (answer
-    /// HTTP 400); otherwise the policy is asked about each PKCSReq/RenewalReq and a CertRep
-    /// (SUCCESS or FAILURE) is returned. `policy` gets the decoded request and its CSR
-    /// (signature-checked) and returns the decision or a failInfo.
+    /// Step 2 (after the caller's checks): issue the identity certificate for the request's
+    /// CSR, `validity_days` long, with `subject` instead of the requested one when given.
+    /// Nothing is stored here; a caller that then fails to record it answers FAILURE and
+    /// the certificate is never delivered.
+    pub fn issue(
+        &self,
+        req: &ScepRequest,
+        validity_days: u32,
+        subject: Option<&X509NameRef>,
+    ) -> Result<IssuedIdentity> {
+        let csr = req
+            .csr()
+            .map_err(|fi| PkiError::Scep(format!("{fi:?}: nothing to issue for this request")))?;
+        let cert = self
+            .issuer
+            .issue_identity(csr.der(), validity_days, subject)?;
+        Ok(IssuedIdentity { cert })
+    }
+
+    /// Step 3: the CertRep for `req`, signed by the RA (the CA rides along in the
+    /// SignedData's certificates). A request without a certificate request is always
+    /// answered FAILURE with its own failInfo, whatever `answer` says.
+    pub fn answer(&self, req: &ScepRequest, answer: ScepAnswer<'_>) -> Result<ScepResponse> {
+        let status = match (&req.csr, answer) {
+            (Err(fi), _) => CertRepStatus::Failure(*fi),
+            (Ok(_), ScepAnswer::Refused(fi)) => CertRepStatus::Failure(fi),
+            (Ok(_), ScepAnswer::Issued(issued)) => CertRepStatus::Success {
+                issued: &issued.cert,
+                chain: &[],
+            },
+        };
+        let ca = self.issuer.issuer_certificate().clone();
+        Ok(ScepResponse {
+            content_type: PKI_MESSAGE_CONTENT_TYPE,
+            body: encode_cert_rep(&req.pki, status, self.ra_cert, self.ra_key, &[ca])?,
+        })
+    }
+
+    /// All three steps for a synchronous `policy`: undecodable requests give `Err` (answer
+    /// HTTP 400); otherwise `policy` sees each PKCSReq/RenewalReq and its CSR and returns the
+    /// decision or a failInfo, and a CertRep (SUCCESS or FAILURE) is returned.
     pub fn pki_operation(
         &self,
         body: &[u8],
         policy: impl FnOnce(&PkiRequest, &Csr) -> std::result::Result<IssueDecision, FailInfo>,
     ) -> Result<ScepResponse> {
-        let mut recipients: Vec<(&X509, &PKeyRef<Private>)> = Vec::new();
-        if let Some((c, k)) = self.ra {
-            recipients.push((c, k));
-        }
-        if let Some(k) = self.ca_key {
-            recipients.push((self.issuer.issuer_certificate(), k));
-        }
-        let req = decode_pki_message(body, &recipients)?;
-        let (signer_cert, signer_key) = self.signer()?;
-        let extra: Vec<X509> = if self.ra.is_some() {
-            vec![self.issuer.issuer_certificate().clone()]
-        } else {
-            Vec::new()
+        let req = self.decode(body)?;
+        let decision = match req.csr() {
+            Ok(csr) => policy(req.pki(), csr),
+            Err(fi) => Err(fi),
         };
-        let reply = |status: CertRepStatus<'_>| -> Result<ScepResponse> {
-            Ok(ScepResponse {
-                content_type: PKI_MESSAGE_CONTENT_TYPE,
-                body: encode_cert_rep(&req, status, signer_cert, signer_key, &extra)?,
-            })
+        let issued = match decision {
+            Ok(d) => self.issue(&req, d.validity_days, d.subject_override.as_deref()),
+            Err(fi) => return self.answer(&req, ScepAnswer::Refused(fi)),
         };
-        match req.message_type {
-            MessageType::PkcsReq | MessageType::RenewalReq => {}
-            MessageType::CertPoll | MessageType::GetCert => {
-                return reply(CertRepStatus::Failure(FailInfo::BadCertId));
-            }
-            MessageType::GetCrl | MessageType::CertRep => {
-                return reply(CertRepStatus::Failure(FailInfo::BadRequest));
-            }
-        }
-        let csr = match req.csr() {
-            Ok(c) => c,
-            Err(_) => return reply(CertRepStatus::Failure(FailInfo::BadMessageCheck)),
-        };
-        match policy(&req, &csr) {
-            Err(fi) => reply(CertRepStatus::Failure(fi)),
-            Ok(decision) => {
-                match self.issuer.issue_identity(
-                    csr.der(),
-                    decision.validity_days,
-                    decision.subject_override.as_deref(),
-                ) {
-                    Ok(issued) => reply(CertRepStatus::Success {
-                        issued: &issued,
-                        chain: &[],
-                    }),
-                    Err(_) => reply(CertRepStatus::Failure(FailInfo::BadRequest)),
-                }
-            }
+        match issued {
+            Ok(issued) => self.answer(&req, ScepAnswer::Issued(&issued)),
+            Err(_) => self.answer(&req, ScepAnswer::Refused(FailInfo::BadRequest)),
         }
     }
 }
@@ -1036,19 +1113,35 @@ mod tests {
         assert!(Operation::parse("nope").is_none());
     }
 
-    fn round_trip(with_ra: bool, cipher: Cipher, challenge: &str) -> CertRep {
+    struct Keys {
+        ca: Ca,
+        ra_cert: X509,
+        ra_key: PKey<Private>,
+    }
+
+    fn keys() -> Keys {
         let ca = Ca::generate("SCEP CA", "Lanyard").unwrap();
         let ra = ca.issue_scep_ra("SCEP RA", 365).unwrap();
-        let ra_cert = X509::from_der(&ra.cert_der).unwrap();
-        let ra_key = PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap();
-        let responder = if with_ra {
-            ScepResponder::with_ra(&ca, &ra_cert, &ra_key, Some(ca.private_key()))
-        } else {
-            ScepResponder::with_ca(&ca)
-        };
+        Keys {
+            ra_cert: X509::from_der(&ra.cert_der).unwrap(),
+            ra_key: PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap(),
+            ca,
+        }
+    }
+
+    fn responder(k: &Keys) -> ScepResponder<'_> {
+        ScepResponder::new(&k.ca, &k.ra_cert, &k.ra_key, Some(k.ca.private_key()))
+    }
+
+    /// A PKCSReq for `cn` with `challenge`, enveloped to `recipient`: (message, nonce,
+    /// self-signed requester, its key).
+    fn pkcs_req(
+        recipient: &X509,
+        cipher: Cipher,
+        challenge: &str,
+    ) -> (Vec<u8>, Vec<u8>, X509, PKey<Private>) {
         let (csr, key) = make_csr("dev1", Some(challenge));
         let me = self_signed(&key, "dev1");
-        let recipient = if with_ra { &ra_cert } else { ca.certificate() };
         let (msg, nonce) = encode_pki_message(
             MessageType::PkcsReq,
             &csr,
@@ -1059,23 +1152,58 @@ mod tests {
             cipher,
         )
         .unwrap();
-        let decoded = decode_pki_message(
-            &msg,
-            &[(recipient, if with_ra { &ra_key } else { ca.private_key() })],
-        )
-        .unwrap();
+        (msg, nonce, me, key)
+    }
+
+    /// The certificates in a SignedData, as DER.
+    fn signed_data_certs(der: &[u8]) -> Vec<Vec<u8>> {
+        asn1::parse_signed_message(der)
+            .unwrap()
+            .certificates
+            .iter()
+            .map(|c| c.to_der().unwrap())
+            .collect()
+    }
+
+    fn round_trip(encrypt_to_ca: bool, cipher: Cipher, challenge: &str) -> CertRep {
+        let k = keys();
+        let responder = responder(&k);
+        let recipient = if encrypt_to_ca {
+            k.ca.certificate()
+        } else {
+            &k.ra_cert
+        };
+        let (msg, nonce, me, key) = pkcs_req(recipient, cipher, challenge);
+        let opener: &PKeyRef<Private> = if encrypt_to_ca {
+            k.ca.private_key()
+        } else {
+            &k.ra_key
+        };
+        let decoded = decode_pki_message(&msg, &[(recipient, opener)]).unwrap();
         assert_eq!(decoded.message_type, MessageType::PkcsReq);
         assert_eq!(decoded.transaction_id, "tx-0001");
         assert_eq!(decoded.sender_nonce, nonce);
-        assert_eq!(decoded.message_data, csr);
         assert_eq!(decoded.digest, Digest::Sha256);
 
         let resp = responder.pki_operation(&msg, policy_ok).unwrap();
         assert_eq!(resp.content_type, "application/x-pki-message");
-        let rep = decode_cert_rep(&resp.body, ca.certificate(), &me, &key).unwrap();
+        let rep = decode_cert_rep(&resp.body, k.ca.certificate(), &me, &key).unwrap();
         assert_eq!(rep.transaction_id, "tx-0001");
         assert_eq!(rep.recipient_nonce, nonce);
-        // the reply is signed with rsaEncryption and enveloped with AES
+        // SUCCESS or FAILURE, the RA signs, with rsaEncryption, and the CA rides along.
+        assert_eq!(
+            rep.signer_cert.to_der().unwrap(),
+            k.ra_cert.to_der().unwrap()
+        );
+        let certs = signed_data_certs(&resp.body);
+        assert!(
+            certs.contains(&k.ca.cert_der().unwrap()),
+            "no CA in the CertRep"
+        );
+        assert!(
+            certs.contains(&k.ra_cert.to_der().unwrap()),
+            "no RA in the CertRep"
+        );
         let sd = asn1::parse_signed_message(&resp.body).unwrap();
         let si = sd.single_signer().unwrap();
         assert_eq!(si.signature_oid, oid::RSA_ENCRYPTION);
@@ -1099,29 +1227,24 @@ mod tests {
         if rep.status == PkiStatus::Success {
             let issued = &rep.certificates[0];
             assert!(crate::ca::tests::verify_with_store(
-                ca.certificate(),
+                k.ca.certificate(),
                 issued
             ));
             assert!(issued.public_key().unwrap().public_eq(&key));
-            let expected_signer = if with_ra { &ra_cert } else { ca.certificate() };
-            assert_eq!(
-                rep.signer_cert.to_der().unwrap(),
-                expected_signer.to_der().unwrap()
-            );
         }
         rep
     }
 
     #[test]
-    fn pkcs_req_success_with_ca_signer() {
-        let rep = round_trip(false, Cipher::aes_128_cbc(), "secret");
+    fn pkcs_req_encrypted_to_the_ca_is_answered_by_the_ra() {
+        let rep = round_trip(true, Cipher::aes_128_cbc(), "secret");
         assert_eq!(rep.status, PkiStatus::Success);
         assert_eq!(rep.certificates.len(), 1);
     }
 
     #[test]
     fn pkcs_req_success_with_ra_and_3des_request() {
-        let rep = round_trip(true, Cipher::des_ede3_cbc(), "secret");
+        let rep = round_trip(false, Cipher::des_ede3_cbc(), "secret");
         assert_eq!(rep.status, PkiStatus::Success);
     }
 
@@ -1130,6 +1253,72 @@ mod tests {
         let rep = round_trip(false, Cipher::aes_256_cbc(), "wrong");
         assert_eq!(rep.status, PkiStatus::Failure);
         assert_eq!(rep.fail_info, Some(FailInfo::BadRequest));
+        assert!(rep.certificates.is_empty());
+    }
+
+    /// The steps a caller with an asynchronous decision runs: decode, its own checks,
+    /// issue, answer.
+    #[test]
+    fn decode_issue_answer_in_steps() {
+        let k = keys();
+        let responder = responder(&k);
+        assert!(responder.decode(b"not a pkiMessage").is_err());
+
+        let (msg, nonce, me, key) = pkcs_req(&k.ra_cert, Cipher::aes_256_cbc(), "secret");
+        let req = responder.decode(&msg).unwrap();
+        assert_eq!(req.pki().transaction_id, "tx-0001");
+        assert_eq!(req.csr().unwrap().challenge_password(), Some("secret"));
+        let mut nb = X509Name::builder().unwrap();
+        nb.append_entry_by_nid(Nid::COMMONNAME, "Chosen by the server")
+            .unwrap();
+        let subject = nb.build();
+        let issued = responder.issue(&req, 30, Some(&subject)).unwrap();
+        let reply = responder.answer(&req, ScepAnswer::Issued(&issued)).unwrap();
+        let rep = decode_cert_rep(&reply.body, k.ca.certificate(), &me, &key).unwrap();
+        assert_eq!(rep.status, PkiStatus::Success);
+        assert_eq!(rep.recipient_nonce, nonce);
+        assert_eq!(
+            rep.certificates[0].to_der().unwrap(),
+            issued.certificate().to_der().unwrap()
+        );
+        assert_eq!(
+            crate::certinfo::name_to_string(rep.certificates[0].subject_name()),
+            "CN=Chosen by the server"
+        );
+
+        // A refusal of the same request.
+        let reply = responder
+            .answer(&req, ScepAnswer::Refused(FailInfo::BadRequest))
+            .unwrap();
+        let rep = decode_cert_rep(&reply.body, k.ca.certificate(), &me, &key).unwrap();
+        assert_eq!(rep.status, PkiStatus::Failure);
+        assert_eq!(rep.fail_info, Some(FailInfo::BadRequest));
+        assert_eq!(
+            rep.signer_cert.to_der().unwrap(),
+            k.ra_cert.to_der().unwrap()
+        );
+
+        // A GetCert carries no CSR: nothing to issue, and its answer is FAILURE badCertId
+        // whatever the caller asks for.
+        let (getcert, _) = encode_pki_message(
+            MessageType::GetCert,
+            b"\x30\x00",
+            &me,
+            &key,
+            &k.ra_cert,
+            "tx-0002",
+            Cipher::aes_256_cbc(),
+        )
+        .unwrap();
+        let other = responder.decode(&getcert).unwrap();
+        assert_eq!(other.csr().err(), Some(FailInfo::BadCertId));
+        assert!(responder.issue(&other, 30, None).is_err());
+        let reply = responder
+            .answer(&other, ScepAnswer::Issued(&issued))
+            .unwrap();
+        let rep = decode_cert_rep(&reply.body, k.ca.certificate(), &me, &key).unwrap();
+        assert_eq!(rep.status, PkiStatus::Failure);
+        assert_eq!(rep.fail_info, Some(FailInfo::BadCertId));
         assert!(rep.certificates.is_empty());
     }
 

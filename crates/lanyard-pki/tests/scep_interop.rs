@@ -1,12 +1,15 @@
-//! SCEP interop: independent SCEP clients enroll against Lanyard's codec.
+//! SCEP interop at the codec level: independent SCEP clients enroll against Lanyard's one
+//! SCEP responder.
 //!
 //! A tiny HTTP/1.1 server (std only, loopback, port 0) serves `/scep` with
-//! [`lanyard_pki::scep::ScepResponder`] over a throwaway test CA, and each client is run
-//! against it: micromdm's `scepclient` (Go, Debian package `scep`), strongSwan's
+//! [`lanyard_pki::scep::ScepResponder`] over a throwaway test CA and its RA, and each client
+//! is run against it: micromdm's `scepclient` (Go, Debian package `scep`), strongSwan's
 //! `pki --scep` (C, `strongswan-pki` + `libstrongswan-standard-plugins` +
-//! `libstrongswan-extra-plugins`) and certmonger's `scep-submit` helper (C, OpenSSL,
-//! Debian `certmonger`). Each test asserts that the certificate the client wrote chains to
-//! the test CA. A missing tool prints a loud SKIPPED line (and fails when `CI=true`).
+//! `libstrongswan-extra-plugins`) and certmonger (C, OpenSSL, Debian `certmonger`: its
+//! `scep-submit` helper and the daemon). Each test asserts that the certificate the client
+//! wrote chains to the test CA. A missing tool prints a loud SKIPPED line (and fails when
+//! `CI=true`). The same clients run against a real `lanyard serve`, inside an end-to-end
+//! enrollment, in the `lanyard` crate's `scep_serve` tests.
 //!
 //! Interop findings (kept here so they are not lost):
 //! - certmonger verifies the CertRep with OpenSSL `PKCS7_verify`, which needs the signer to
@@ -24,14 +27,12 @@
 //!   accepts SHA-256 and AES when "SHA-384" is announced too (see `scep::CA_CAPS`).
 //! - certmonger 0.79.17 generates self-signed request certificates with 33-byte serial
 //!   numbers (more than x509-cert's 20), so SignedData is read without x509-cert.
-//! - certmonger with the CA as the only SCEP certificate (GetCACert answers a single
-//!   `x-x509-ca-cert`) fails to verify the CertRep ("PKCS7 routines::certificate verify
-//!   error") although `openssl smime -verify` accepts the same reply with the same CA; it
-//!   succeeds when the CA is also passed as an extra certificate (`scep-submit -I`) and it
-//!   succeeds against an RA. Lanyard therefore serves an RA (`Ca::issue_scep_ra`,
-//!   `ScepResponder::with_ra`) in production; the CA-only responder is tested with
-//!   scepclient and strongSwan only. The daemon also needs the CA data fetched before a
-//!   request is added, or the request sticks in CA_UNCONFIGURED without an RA certificate.
+//! - certmonger with the CA as the only SCEP certificate (GetCACert answering a single
+//!   `x-x509-ca-cert`) failed to verify a CA-signed CertRep ("PKCS7 routines::certificate
+//!   verify error") although `openssl smime -verify` accepted it; it succeeds against an RA.
+//!   Apple's client needs the RA as the signer anyway, so the responder always has one. The
+//!   daemon also needs the CA data fetched before a request is added, or the request sticks
+//!   in CA_UNCONFIGURED without an RA certificate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -45,30 +46,36 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::scep_clients::{enroll, tools, Client};
 use lanyard_pki::openssl::pkey::{PKey, Private};
 use lanyard_pki::openssl::x509::X509;
 use lanyard_pki::scep::{FailInfo, IssueDecision, MessageType, ScepResponder};
 use lanyard_pki::{Ca, CertInfo};
+
+/// Are `client`'s programs installed? A loud skip otherwise (a failure under `CI=true`).
+fn require(client: Client, test: &str) -> bool {
+    tools(client)
+        .iter()
+        .all(|tool| common::require_tool(tool, test))
+}
 
 const CHALLENGE: &str = "s3cret-challenge";
 
 /// The SCEP service state the HTTP thread serves.
 struct Service {
     ca: Ca,
-    ra: Option<(X509, PKey<Private>)>,
+    ra: (X509, PKey<Private>),
     log: Mutex<Vec<String>>,
 }
 
 impl Service {
-    fn new(with_ra: bool) -> Arc<Service> {
+    fn new() -> Arc<Service> {
         let ca = Ca::generate("Lanyard SCEP Interop CA", "Lanyard").unwrap();
-        let ra = with_ra.then(|| {
-            let ra = ca.issue_scep_ra("Lanyard SCEP RA", 30).unwrap();
-            (
-                X509::from_der(&ra.cert_der).unwrap(),
-                PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap(),
-            )
-        });
+        let ra = ca.issue_scep_ra("Lanyard SCEP RA", 30).unwrap();
+        let ra = (
+            X509::from_der(&ra.cert_der).unwrap(),
+            PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap(),
+        );
         Arc::new(Service {
             ca,
             ra,
@@ -77,12 +84,12 @@ impl Service {
     }
 
     fn responder(&self) -> ScepResponder<'_> {
-        match &self.ra {
-            None => ScepResponder::with_ca(&self.ca),
-            Some((cert, key)) => {
-                ScepResponder::with_ra(&self.ca, cert, key, Some(self.ca.private_key()))
-            }
-        }
+        ScepResponder::new(
+            &self.ca,
+            &self.ra.0,
+            &self.ra.1,
+            Some(self.ca.private_key()),
+        )
     }
 
     fn log(&self, line: String) {
@@ -346,167 +353,74 @@ fn print_output(tool: &str, ok: bool, out: &str, err: &str) {
 // ------------------------------------------------------------------------------------
 // micromdm scepclient
 
-fn run_scepclient(with_ra: bool) {
-    let name = if with_ra {
-        "scepclient_with_ra"
-    } else {
-        "scepclient_with_ca_signer"
-    };
-    if !common::require_tool("scepclient", name) {
+#[test]
+fn scepclient_with_ra() {
+    let name = "scepclient_with_ra";
+    if !require(Client::Scepclient, name) {
         return;
     }
     // scepclient 2.1 envelopes its request with single DES-CBC regardless of GetCACaps.
     lanyard_pki::scep::allow_legacy_des().unwrap();
-    let server = TestServer::start(Service::new(with_ra));
+    let server = TestServer::start(Service::new());
     let dir = common::tempdir();
-    let key = dir.path().join("k.pem");
-    let cert = dir.path().join("c.pem");
-    let (ok, out, err) = common::run(
-        Command::new("scepclient")
-            .arg("-server-url")
-            .arg(server.url())
-            .args(["-challenge", CHALLENGE, "-cn", "dev1"])
-            .arg("-private-key")
-            .arg(&key)
-            .arg("-certificate")
-            .arg(&cert),
+    let run = enroll(
+        Client::Scepclient,
+        &server.url(),
+        CHALLENGE,
+        "dev1",
+        dir.path(),
     );
-    print_output(name, ok, &out, &err);
-    assert!(ok, "scepclient failed");
-    let info = assert_issued_by_ca(&cert, &server.service, name);
+    eprintln!("{}", run.output);
+    assert!(run.ok, "scepclient failed");
+    let info = assert_issued_by_ca(run.certificate.as_ref().unwrap(), &server.service, name);
     assert!(info.subject.contains("CN=dev1"), "{info:?}");
     assert!(server.log().iter().any(|l| l.contains("PkcsReq")));
 
-    // the wrong challenge is refused with a FAILURE CertRep (scepclient keeps csr.pem and
-    // self.pem next to the key, so the second run needs its own directory)
+    // the wrong challenge is refused with a FAILURE CertRep (in a directory of its own)
     let dir2 = common::tempdir();
-    let key2 = dir2.path().join("k2.pem");
-    let cert2 = dir2.path().join("c2.pem");
-    let (ok, out, err) = common::run(
-        Command::new("scepclient")
-            .arg("-server-url")
-            .arg(server.url())
-            .args(["-challenge", "wrong", "-cn", "dev2"])
-            .arg("-private-key")
-            .arg(&key2)
-            .arg("-certificate")
-            .arg(&cert2),
+    let run = enroll(
+        Client::Scepclient,
+        &server.url(),
+        "wrong",
+        "dev2",
+        dir2.path(),
     );
-    print_output(&format!("{name} (wrong challenge)"), ok, &out, &err);
+    eprintln!("{}", run.output);
     assert!(
-        !cert2.exists(),
+        !run.ok && run.certificate.is_none(),
         "a certificate was issued for a wrong challenge"
     );
-    let all = format!("{out}{err}");
     assert!(
-        all.contains("FAILURE") || all.contains("badRequest") || all.contains("failure"),
-        "expected a SCEP failure, got: {all}"
+        run.output.contains("FAILURE")
+            || run.output.contains("badRequest")
+            || run.output.contains("failure"),
+        "expected a SCEP failure, got: {}",
+        run.output
     );
-}
-
-#[test]
-fn scepclient_with_ca_signer() {
-    run_scepclient(false);
-}
-
-#[test]
-fn scepclient_with_ra() {
-    run_scepclient(true);
 }
 
 // ------------------------------------------------------------------------------------
 // strongSwan pki --scep
 
-fn run_strongswan(with_ra: bool) {
-    let name = if with_ra {
-        "strongswan_pki_with_ra"
-    } else {
-        "strongswan_pki_with_ca_signer"
-    };
-    if !common::require_tool("pki", name) {
-        return;
-    }
-    let server = TestServer::start(Service::new(with_ra));
-    let dir = common::tempdir();
-    let d = dir.path();
-    let (ok, out, err) = common::run(
-        Command::new("pki")
-            .args(["--scepca", "--url"])
-            .arg(server.url())
-            .arg("--caout")
-            .arg(d.join("ca"))
-            .arg("--raout")
-            .arg(d.join("ra"))
-            .arg("--force"),
-    );
-    print_output(&format!("{name} --scepca"), ok, &out, &err);
-    assert!(ok, "pki --scepca failed");
-    let files: Vec<String> = std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    eprintln!("pki --scepca wrote {files:?}");
-    // pki names the files after --caout/--raout (some versions append ".der" or "-N.der")
-    let ca_name = files
-        .iter()
-        .find(|f| f.starts_with("ca"))
-        .expect("no CA certificate written");
-    let ca_file = d.join(ca_name);
-    let (enc, sig) = if with_ra {
-        let ra = files
-            .iter()
-            .find(|f| f.starts_with("ra"))
-            .expect("no RA certificate written");
-        (d.join(ra), d.join(ra))
-    } else {
-        assert!(
-            !files.iter().any(|f| f.starts_with("ra")),
-            "RA certificate without an RA: {files:?}"
-        );
-        (ca_file.clone(), ca_file.clone())
-    };
-    let (ok, key_pem, err) = common::run(Command::new("pki").args([
-        "--gen",
-        "--type",
-        "rsa",
-        "--size",
-        "2048",
-        "--outform",
-        "pem",
-    ]));
-    assert!(ok, "pki --gen: {err}");
-    let key = common::write(d, "k.pem", key_pem.as_bytes());
-    let cert = d.join("c.pem");
-    let (ok, out, err) = common::run(
-        Command::new("pki")
-            .args(["--scep", "--url"])
-            .arg(server.url())
-            .arg("--in")
-            .arg(&key)
-            .args(["--dn", "CN=sswan-dev1", "--password", CHALLENGE])
-            .arg("--cacert-enc")
-            .arg(&enc)
-            .arg("--cacert-sig")
-            .arg(&sig)
-            .arg("--cacert")
-            .arg(&ca_file)
-            .args(["--outform", "pem"]),
-    );
-    print_output(name, ok, "(certificate on stdout)", &err);
-    assert!(ok, "pki --scep failed: {out} {err}");
-    std::fs::write(&cert, out.as_bytes()).unwrap();
-    let info = assert_issued_by_ca(&cert, &server.service, name);
-    assert!(info.subject.contains("CN=sswan-dev1"), "{info:?}");
-}
-
-#[test]
-fn strongswan_pki_with_ca_signer() {
-    run_strongswan(false);
-}
-
 #[test]
 fn strongswan_pki_with_ra() {
-    run_strongswan(true);
+    let name = "strongswan_pki_with_ra";
+    if !require(Client::StrongSwan, name) {
+        return;
+    }
+    let server = TestServer::start(Service::new());
+    let dir = common::tempdir();
+    let run = enroll(
+        Client::StrongSwan,
+        &server.url(),
+        CHALLENGE,
+        "sswan-dev1",
+        dir.path(),
+    );
+    eprintln!("{}", run.output);
+    assert!(run.ok, "pki --scep failed");
+    let info = assert_issued_by_ca(run.certificate.as_ref().unwrap(), &server.service, name);
+    assert!(info.subject.contains("CN=sswan-dev1"), "{info:?}");
 }
 
 // ------------------------------------------------------------------------------------
@@ -522,7 +436,7 @@ fn certmonger_scep_submit_helper() {
         common::require_tool(SCEP_SUBMIT, name);
         return;
     }
-    let server = TestServer::start(Service::new(false));
+    let server = TestServer::start(Service::new());
     // caps and CA certificate
     let (ok, out, err) = common::run(
         Command::new(SCEP_SUBMIT)
@@ -546,108 +460,48 @@ fn certmonger_scep_submit_helper() {
         ok && out.contains("BEGIN CERTIFICATE"),
         "scep-submit -C failed"
     );
-    let ca = lanyard_pki::parse_cert(out.as_bytes()).unwrap();
-    assert_eq!(ca.to_der().unwrap(), server.service.ca.cert_der().unwrap());
+    // RA and CA, as GetCACert served them
+    let mut served: Vec<Vec<u8>> = X509::stack_from_pem(out.as_bytes())
+        .unwrap()
+        .iter()
+        .map(|c| c.to_der().unwrap())
+        .collect();
+    served.sort();
+    let mut expected = vec![
+        server.service.ca.cert_der().unwrap(),
+        server.service.ra.0.to_der().unwrap(),
+    ];
+    expected.sort();
+    assert_eq!(served, expected, "scep-submit -C shows other certificates");
 }
 
-/// The full certmonger daemon (session mode on a private D-Bus, state under a temporary
-/// HOME) enrolls through `getcert request`, which makes the PKCSReq with OpenSSL and checks
-/// our CertRep with `PKCS7_verify`.
-fn run_certmonger(with_ra: bool) {
-    let name = if with_ra {
-        "certmonger_daemon_with_ra"
-    } else {
-        "certmonger_daemon_with_ca_signer"
-    };
-    for tool in ["certmonger", "getcert", "dbus-run-session", "dbus-send"] {
-        if !common::require_tool(tool, name) {
-            return;
-        }
-    }
-    let server = TestServer::start(Service::new(with_ra));
-    let dir = common::tempdir();
-    let d = dir.path();
-    let key = d.join("cm.key");
-    let crt = d.join("cm.crt");
-    for sub in ["cas", "requests", "local", "config"] {
-        std::fs::create_dir_all(d.join(sub)).unwrap();
-    }
-    // Wait for the name with dbus-send rather than getcert: a getcert call before the
-    // daemon owns its name would D-Bus-activate a second certmonger.
-    let script = format!(
-        r#"set -u
-certmonger -s -n -d 1 > "{d}/certmonger.log" 2>&1 &
-CM=$!
-for i in $(seq 1 100); do
-  dbus-send --session --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
-    org.freedesktop.DBus.NameHasOwner string:org.fedorahosted.certmonger 2>/dev/null | grep -q true && break
-  sleep 0.1
-done
-getcert add-scep-ca -s -c lanyard-test -u "{url}"
-# let the daemon fetch the CA's capabilities and certificates before the request, or the
-# request can go out without an RA certificate and get stuck in CA_UNCONFIGURED
-for i in $(seq 1 100); do
-  getcert list-cas -s -c lanyard-test | grep -q "BEGIN CERTIFICATE" && break
-  sleep 0.1
-done
-getcert list-cas -s -c lanyard-test
-timeout 60 getcert request -s -c lanyard-test -k "{key}" -f "{crt}" -L "{chal}" -N CN=cmdev -w -v
-rc=$?
-getcert list -s
-kill $CM
-wait $CM 2>/dev/null
-exit $rc
-"#,
-        d = d.display(),
-        url = server.url(),
-        key = key.display(),
-        crt = crt.display(),
-        chal = CHALLENGE,
-    );
-    let (ok, out, err) = common::run(
-        Command::new("dbus-run-session")
-            .args(["--", "bash", "-c", &script])
-            .env("HOME", d)
-            .env("XDG_CONFIG_HOME", d.join("config"))
-            .env("XDG_DATA_HOME", d.join("data"))
-            .env("XDG_RUNTIME_DIR", d)
-            // keep certmonger's state out of /var/lib/certmonger
-            .env("CERTMONGER_CAS_DIR", d.join("cas"))
-            .env("CERTMONGER_REQUESTS_DIR", d.join("requests"))
-            .env("CERTMONGER_LOCAL_CA_DIR", d.join("local"))
-            .env("CERTMONGER_CONFIG_DIR", d.join("config"))
-            .env("CERTMONGER_SYSTEM_LOCK_FILE", d.join("lock")),
-    );
-    print_output(name, ok, &out, &err);
-    if !ok {
-        let log = std::fs::read_to_string(d.join("certmonger.log")).unwrap_or_default();
-        eprintln!("---- certmonger.log ----\n{log}");
-        for e in std::fs::read_dir(d.join("cas")).unwrap() {
-            let e = e.unwrap();
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            if text.contains("lanyard-test") {
-                eprintln!("---- certmonger CA entry {:?} ----\n{text}", e.file_name());
-            }
-        }
-    }
-    assert!(ok, "getcert request failed");
-    assert!(
-        out.contains("status: MONITORING"),
-        "certmonger did not reach MONITORING"
-    );
-    let info = assert_issued_by_ca(&crt, &server.service, name);
-    assert!(info.subject.contains("CN=cmdev"), "{info:?}");
-}
-
+/// The full certmonger daemon enrolls through `getcert request`, which makes the PKCSReq
+/// with OpenSSL and checks our CertRep with `PKCS7_verify`.
 #[test]
 fn certmonger_daemon_with_ra() {
-    run_certmonger(true);
+    let name = "certmonger_daemon_with_ra";
+    if !require(Client::Certmonger, name) {
+        return;
+    }
+    let server = TestServer::start(Service::new());
+    let dir = common::tempdir();
+    let run = enroll(
+        Client::Certmonger,
+        &server.url(),
+        CHALLENGE,
+        "cmdev",
+        dir.path(),
+    );
+    eprintln!("{}", run.output);
+    assert!(run.ok, "getcert request failed or did not reach MONITORING");
+    let info = assert_issued_by_ca(run.certificate.as_ref().unwrap(), &server.service, name);
+    assert!(info.subject.contains("CN=cmdev"), "{info:?}");
 }
 
 /// Not a test: serves the SCEP test service for manual client experiments, e.g.
 /// `LANYARD_SCEP_SERVE_SECS=120 cargo test -p lanyard-pki --test scep_interop
-/// serve_for_manual_testing -- --ignored --nocapture` (set `LANYARD_SCEP_RA=1` for an RA),
-/// then `/usr/lib/certmonger/scep-submit -u URL -r DIR/ca.pem -p DIR/pkcsreq.pem`.
+/// serve_for_manual_testing -- --ignored --nocapture`, then
+/// `/usr/lib/certmonger/scep-submit -u URL -r DIR/ra.pem -N DIR/ca.pem -p DIR/pkcsreq.pem`.
 #[test]
 #[ignore]
 fn serve_for_manual_testing() {
@@ -655,13 +509,17 @@ fn serve_for_manual_testing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let with_ra = std::env::var("LANYARD_SCEP_RA").is_ok();
-    let server = TestServer::start(Service::new(with_ra));
+    let server = TestServer::start(Service::new());
     let tmp = common::tempdir();
     let dir = tmp.path().display().to_string();
     std::fs::write(
         format!("{dir}/ca.pem"),
         server.service.ca.cert_pem().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        format!("{dir}/ra.pem"),
+        server.service.ra.0.to_pem().unwrap(),
     )
     .unwrap();
     // a ready-made PKCSReq for clients that take one (certmonger's scep-submit -p)
@@ -680,7 +538,7 @@ fn serve_for_manual_testing() {
     std::thread::sleep(Duration::from_secs(secs));
 }
 
-/// A PKCSReq made with Lanyard's client-side encoder, encrypted to the service's CA/RA.
+/// A PKCSReq made with Lanyard's client-side encoder, encrypted to the service's RA.
 fn make_pkcs_req(svc: &Service, cn: &str) -> (Vec<u8>, PKey<Private>) {
     use lanyard_pki::openssl::asn1::Asn1Time;
     use lanyard_pki::openssl::bn::BigNum;
@@ -706,11 +564,7 @@ fn make_pkcs_req(svc: &Service, cn: &str) -> (Vec<u8>, PKey<Private>) {
         .unwrap();
     b.sign(&key, MessageDigest::sha256()).unwrap();
     let me = b.build();
-    let recipient = svc
-        .ra
-        .as_ref()
-        .map(|(c, _)| c)
-        .unwrap_or(svc.ca.certificate());
+    let recipient = &svc.ra.0;
     let (msg, _nonce) = lanyard_pki::scep::encode_pki_message(
         MessageType::PkcsReq,
         &csr,

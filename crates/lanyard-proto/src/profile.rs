@@ -11,7 +11,7 @@
 //!   `PayloadScope` `User`, `PayloadContent`;
 //! - `com.apple.security.root` (optional): our CA certificate, when it is not publicly trusted;
 //! - `com.apple.security.scep`: the device identity (its `PayloadUUID` is the MDM payload's
-//!   `IdentityCertificateUUID`);
+//!   `IdentityCertificateUUID`), its key marked `KeyIsExtractable` false;
 //! - `com.apple.mdm`: `ServerURL`, `CheckInURL`, `Topic`, `IdentityCertificateUUID`,
 //!   `SignMessage`, `CheckOutWhenRemoved` true, `ServerCapabilities`, `EnrollmentMode` `BYOD`,
 //!   `AssignedManagedAppleID`.
@@ -367,6 +367,10 @@ pub fn build_enrollment_profile(input: &EnrollmentProfileInput) -> Result<Vec<u8
     if let Some(fp) = &scep.ca_fingerprint {
         scep_content.insert("CAFingerprint".into(), Value::Data(fp.clone()));
     }
+    // Schema `com.apple.security.scep`, `PayloadContent.KeyIsExtractable` (macOS 10.13.4+,
+    // default true): "If 'false', the system disables exporting the private key from the
+    // keychain." The identity key is the enrollment's; it never needs to leave the Mac.
+    scep_content.insert("KeyIsExtractable".into(), Value::Boolean(false));
     let mut scep_payload = payload_header(
         "com.apple.security.scep",
         &format!("{id}.scep"),
@@ -613,6 +617,7 @@ pub(crate) mod tests {
         let sc = get(scep, "PayloadContent").as_dictionary().unwrap();
         assert_eq!(get(sc, "Challenge").as_string(), Some("one-time-secret"));
         assert_eq!(get(sc, "Keysize").as_signed_integer(), Some(2048));
+        assert_eq!(get(sc, "KeyIsExtractable").as_boolean(), Some(false));
         assert_eq!(
             get(sc, "CAFingerprint").as_data().map(<[u8]>::len),
             Some(32)

@@ -149,19 +149,42 @@ macro_rules! impl_enrollment_store {
                 .await?)
             }
 
-            async fn claim_scep_challenge(
+            async fn scep_challenge_enrollment(
                 &self,
                 challenge_hash: &str,
                 now: DateTime<Utc>,
             ) -> Result<Option<Enrollment>> {
                 Ok(sqlx::query_as(&format!(
-                    "UPDATE enrollments SET challenge_used_at = $2 \
+                    "SELECT {ENROLLMENT_COLUMNS} FROM enrollments \
                      WHERE scep_challenge_hash = $1 AND challenge_used_at IS NULL \
-                     AND challenge_expires_at > $2 AND status = 'pending' \
-                     RETURNING {ENROLLMENT_COLUMNS}"
+                     AND challenge_expires_at > $2 AND status = 'pending'"
                 ))
                 .bind(challenge_hash)
                 .bind(now)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn claim_scep_challenge(
+                &self,
+                id: &str,
+                challenge_hash: &str,
+                identity: &IdentityRecord,
+                now: DateTime<Utc>,
+            ) -> Result<Option<Enrollment>> {
+                Ok(sqlx::query_as(&format!(
+                    "UPDATE enrollments SET challenge_used_at = $3, identity_serial = $4, \
+                     identity_sha256 = $5, identity_not_after = $6 \
+                     WHERE id = $1 AND scep_challenge_hash = $2 \
+                     AND challenge_used_at IS NULL AND challenge_expires_at > $3 \
+                     AND status = 'pending' RETURNING {ENROLLMENT_COLUMNS}"
+                ))
+                .bind(id)
+                .bind(challenge_hash)
+                .bind(now)
+                .bind(&identity.serial)
+                .bind(&identity.sha256)
+                .bind(identity.not_after)
                 .fetch_optional(&self.pool)
                 .await?)
             }

@@ -203,10 +203,22 @@ pub trait EnrollmentStore: Send + Sync {
     async fn access_token(&self, token_hash: &str) -> Result<Option<AccessTokenRow>>;
 
     async fn create_enrollment(&self, e: &NewEnrollment) -> Result<Enrollment>;
-    /// Claims an unused, unexpired SCEP challenge; returns its enrollment.
-    async fn claim_scep_challenge(
+    /// The pending enrollment whose SCEP challenge this is, while the challenge is unused
+    /// and unexpired. Reads only: [`EnrollmentStore::claim_scep_challenge`] claims it.
+    async fn scep_challenge_enrollment(
         &self,
         challenge_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Enrollment>>;
+    /// In one statement, claims the unused, unexpired SCEP challenge of pending enrollment
+    /// `id` and binds the identity certificate issued for it; returns the enrollment. `None`,
+    /// with nothing changed, when the challenge is not (or no longer) that enrollment's live
+    /// challenge, e.g. because a concurrent request claimed it first.
+    async fn claim_scep_challenge(
+        &self,
+        id: &str,
+        challenge_hash: &str,
+        identity: &IdentityRecord,
         now: DateTime<Utc>,
     ) -> Result<Option<Enrollment>>;
     /// Binds the issued identity certificate to the enrollment.

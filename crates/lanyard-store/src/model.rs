@@ -257,6 +257,16 @@ pub struct NewEnrollment {
     pub bearer_token_hash: Option<String>,
 }
 
+/// The identity certificate issued for an enrollment, as bound to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// SHA-256 of the DER, lower-case hex (what `Mdm-Signature` checks look up).
+    pub sha256: String,
+    pub not_after: DateTime<Utc>,
+}
+
 /// What an `Authenticate` check-in records.
 #[derive(Debug, Clone)]
 pub struct AuthenticateRecord {

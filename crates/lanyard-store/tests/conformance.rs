@@ -754,21 +754,107 @@ async fn scep_challenge_claimed_once(s: &dyn Store) {
     s.create_enrollment(&new_enrollment(&u, "e2", "c2", -1))
         .await
         .unwrap();
+    s.create_enrollment(&new_enrollment(&u, "e4", "c4", 60))
+        .await
+        .unwrap();
     let t = now();
+    let identity = IdentityRecord {
+        serial: "0a1b".into(),
+        sha256: "sha-e1".into(),
+        not_after: t + Duration::days(365),
+    };
+    // Reading finds the enrollment and changes nothing.
+    for _ in 0..2 {
+        let e = s.scep_challenge_enrollment("c1", t).await.unwrap().unwrap();
+        assert_eq!(e.id, "e1");
+        assert!(e.challenge_used_at.is_none() && e.identity_sha256.is_none());
+    }
+    // A claim naming another enrollment than the challenge's claims nothing.
+    assert!(s
+        .claim_scep_challenge("e4", "c1", &identity, t)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s
+        .enrollment("e4")
+        .await
+        .unwrap()
+        .unwrap()
+        .identity_sha256
+        .is_none());
+    let claimed = s
+        .claim_scep_challenge("e1", "c1", &identity, t)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, "e1");
+    assert_eq!(claimed.identity_serial.as_deref(), Some("0a1b"));
+    assert_eq!(claimed.identity_sha256.as_deref(), Some("sha-e1"));
+    assert!(claimed.challenge_used_at.is_some());
     assert_eq!(
-        s.claim_scep_challenge("c1", t).await.unwrap().unwrap().id,
+        s.enrollment_by_identity("sha-e1")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
         "e1"
     );
+    // Reuse: neither found nor claimed, and the first identity stays.
+    assert!(s
+        .scep_challenge_enrollment("c1", t)
+        .await
+        .unwrap()
+        .is_none());
+    let other = IdentityRecord {
+        sha256: "sha-other".into(),
+        ..identity.clone()
+    };
     assert!(
-        s.claim_scep_challenge("c1", t).await.unwrap().is_none(),
+        s.claim_scep_challenge("e1", "c1", &other, t)
+            .await
+            .unwrap()
+            .is_none(),
         "reuse"
     );
+    assert_eq!(
+        s.enrollment("e1")
+            .await
+            .unwrap()
+            .unwrap()
+            .identity_sha256
+            .as_deref(),
+        Some("sha-e1")
+    );
+    // Expired and unknown challenges.
+    assert!(s
+        .scep_challenge_enrollment("c2", t)
+        .await
+        .unwrap()
+        .is_none());
     assert!(
-        s.claim_scep_challenge("c2", t).await.unwrap().is_none(),
+        s.claim_scep_challenge("e2", "c2", &identity, t)
+            .await
+            .unwrap()
+            .is_none(),
         "expired"
     );
+    assert!(s
+        .enrollment("e2")
+        .await
+        .unwrap()
+        .unwrap()
+        .identity_sha256
+        .is_none());
+    assert!(s
+        .scep_challenge_enrollment("zz", t)
+        .await
+        .unwrap()
+        .is_none());
     assert!(
-        s.claim_scep_challenge("zz", t).await.unwrap().is_none(),
+        s.claim_scep_challenge("e1", "zz", &identity, t)
+            .await
+            .unwrap()
+            .is_none(),
         "unknown"
     );
     let dup = s

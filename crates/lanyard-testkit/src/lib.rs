@@ -37,6 +37,6 @@ pub mod webauth;
 pub use commands::{Channel, ServerCommand};
 pub use error::{SimError, Step};
 pub use sim::{
-    EnrollmentReport, HandledCommand, IdentityCertificateReport, OidcTamper, Ownership, SimMac,
-    SimOidc, SimOptions,
+    EnrollmentReport, HandledCommand, IdentityCertificateReport, ObtainedProfile, OidcTamper,
+    Ownership, SimMac, SimOidc, SimOptions,
 };

@@ -47,6 +47,8 @@ pub struct ScepPayload {
     pub key_type: Option<String>,
     /// `CAFingerprint`.
     pub ca_fingerprint: Option<Vec<u8>>,
+    /// `KeyIsExtractable` (true when absent, as the schema says).
+    pub key_is_extractable: bool,
 }
 
 impl std::fmt::Debug for ScepPayload {
@@ -58,6 +60,7 @@ impl std::fmt::Debug for ScepPayload {
             .field("challenge", &self.challenge.as_ref().map(|_| "<redacted>"))
             .field("subject", &self.subject)
             .field("key_size", &self.key_size)
+            .field("key_is_extractable", &self.key_is_extractable)
             .finish()
     }
 }
@@ -206,6 +209,10 @@ pub fn parse_enrollment_profile(bytes: &[u8]) -> Result<EnrollmentProfile, Strin
                         .get("CAFingerprint")
                         .and_then(Value::as_data)
                         .map(<[u8]>::to_vec),
+                    key_is_extractable: c
+                        .get("KeyIsExtractable")
+                        .and_then(Value::as_boolean)
+                        .unwrap_or(true),
                 });
             }
             "com.apple.security.root" | "com.apple.security.pkcs1" => {
@@ -330,6 +337,7 @@ mod tests {
             ]
         );
         assert_eq!(p.scep.key_size, 2048);
+        assert!(!p.scep.key_is_extractable);
         assert_eq!(p.root_certificates.len(), 1);
         assert_eq!(p.scope.as_deref(), Some("User"));
         assert!(!format!("{:?}", p.scep).contains("one-time"));

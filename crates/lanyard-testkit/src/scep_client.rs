@@ -7,9 +7,14 @@
 //! 3. `POST URL?operation=PKIOperation` — a PKCSReq: a PKCS#10 request with the profile's
 //!    subject and challengePassword, enveloped (AES) to the RA or CA, signed by a throwaway
 //!    self-signed certificate with messageType 19, transactionID and senderNonce;
-//! 4. read the CertRep: signed by the CA or its RA, `recipientNonce` = our nonce, same
-//!    transactionID, pkiStatus SUCCESS, and the issued certificate inside an envelope only our
-//!    key opens.
+//! 4. read the CertRep: signed by the RA that GetCACert served (by the CA when it served the
+//!    CA alone), `recipientNonce` = our nonce, same transactionID, pkiStatus SUCCESS, and the
+//!    issued certificate inside an envelope only our key opens.
+//!
+//! The signer rule is Apple's: `SecSCEPVerifyReply` in Apple's open-source Security framework
+//! (`SecSCEP.c`) is handed the CA and RA from GetCACert, takes the RA as the reply's signer
+//! ("response should be signed by ra") and refuses a reply signed by any other certificate,
+//! even one of the same CA. A Mac then fails the SCEP payload and the whole profile.
 //!
 //! The message codec is `lanyard-pki`'s client half ([`lanyard_pki::scep::encode_pki_message`],
 //! [`lanyard_pki::scep::decode_cert_rep`], [`lanyard_pki::build_csr`]); this module adds what
@@ -51,6 +56,18 @@ pub enum ScepError {
     /// The CA answered PENDING (manual approval), which the simulated Mac does not poll.
     #[error("the CA answered PENDING; the simulated Mac does not poll")]
     Pending,
+    /// GetCACert served an RA, and the CertRep is signed by another certificate (the CA,
+    /// say). Apple's `SecSCEPVerifyReply` refuses such a reply.
+    #[error(
+        "the CertRep is signed by {signer}, not by the RA {ra} that GetCACert served; a Mac \
+         refuses such a reply"
+    )]
+    NotSignedByRa {
+        /// Subject of the certificate that signed the CertRep.
+        signer: String,
+        /// Subject of the RA GetCACert served.
+        ra: String,
+    },
     /// Anything else (transport, malformed answers, failed checks).
     #[error("{0}")]
     Other(String),
@@ -65,6 +82,9 @@ fn other(what: &str, e: impl std::fmt::Display) -> ScepError {
 pub struct CaCerts {
     /// The CA certificate (self-signed) that the CertRep and the issued identity chain to.
     pub ca: X509,
+    /// The RA, when GetCACert served one (a certificate issued by the CA): it receives the
+    /// requests and must be the signer of every CertRep.
+    pub ra: Option<X509>,
     /// The certificate to encrypt requests to: the RA when one was sent, else the CA.
     pub recipient: X509,
     /// Everything GetCACert returned.
@@ -105,12 +125,25 @@ pub fn parse_get_ca_cert(content_type: &str, body: &[u8]) -> Result<CaCerts, Sce
         .or_else(|| all.last())
         .cloned()
         .ok_or_else(|| ScepError::Other("GetCACert returned no certificate".into()))?;
-    let recipient = all
+    // Apple's SecSCEPValidateCACertMessage likewise takes the RA to be a certificate that
+    // chains to the CA among the others; several certificates without one are refused.
+    let ra = all
         .iter()
-        .find(|c| !is_self_signed(c))
-        .cloned()
-        .unwrap_or_else(|| ca.clone());
-    Ok(CaCerts { ca, recipient, all })
+        .find(|c| !is_self_signed(c) && chains_to(c, &ca))
+        .cloned();
+    if ra.is_none() && all.len() > 1 {
+        return Err(ScepError::Other(format!(
+            "GetCACert served {} certificates but no RA issued by the CA",
+            all.len()
+        )));
+    }
+    let recipient = ra.clone().unwrap_or_else(|| ca.clone());
+    Ok(CaCerts {
+        ca,
+        ra,
+        recipient,
+        all,
+    })
 }
 
 /// Does `fingerprint` (the profile's `CAFingerprint`: SHA-256, SHA-1 or MD5 by its length)
@@ -190,16 +223,30 @@ pub fn build_pkcs_req(
     })
 }
 
-/// Read a CertRep answering `req`: its signer must chain to `ca`, the nonce and transaction
-/// must match, the status must be SUCCESS, and the issued certificate must be for `key` and
-/// chain to `ca`. Returns the identity certificate.
+/// Read a CertRep answering `req`: its signer must chain to the CA of `certs` and, when
+/// GetCACert served an RA, be that RA; the nonce and transaction must match, the status must
+/// be SUCCESS, and the issued certificate must be for `key` and chain to the CA. Returns the
+/// identity certificate.
 pub fn read_cert_rep(
     der: &[u8],
-    ca: &X509,
+    certs: &CaCerts,
     req: &PkcsReq,
     key: &PKeyRef<Private>,
 ) -> Result<X509, ScepError> {
+    let ca = &certs.ca;
     let rep = scep::decode_cert_rep(der, ca, &req.signer, key).map_err(|e| other("CertRep", e))?;
+    if let Some(ra) = &certs.ra {
+        let same = match (rep.signer_cert.to_der(), ra.to_der()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if !same {
+            return Err(ScepError::NotSignedByRa {
+                signer: lanyard_pki::name_to_string(rep.signer_cert.subject_name()),
+                ra: lanyard_pki::name_to_string(ra.subject_name()),
+            });
+        }
+    }
     if rep.transaction_id != req.transaction_id {
         return Err(ScepError::Other(format!(
             "CertRep transactionID {:?} is not ours ({:?})",
@@ -395,7 +442,7 @@ pub async fn enroll(
             "SCEP PKIOperation answered with content type {ct:?}"
         ));
     }
-    let certificate = read_cert_rep(&body, &certs.ca, &req, &key)?;
+    let certificate = read_cert_rep(&body, &certs, &req, &key)?;
     let info = CertInfo::from_x509(&certificate).map_err(|e| other("identity", e))?;
     log.push(format!(
         "SCEP PKIOperation: RSA-{bits} PKCSReq ({}), SUCCESS: identity {} serial {}",
@@ -416,7 +463,7 @@ pub async fn enroll(
 mod tests {
     use super::*;
     use lanyard_pki::scep::{FailInfo, IssueDecision, ScepResponder};
-    use lanyard_pki::Ca;
+    use lanyard_pki::{Ca, CertificateIssuer as _};
 
     fn subject() -> Vec<(String, String)> {
         vec![
@@ -436,14 +483,28 @@ mod tests {
         })
     }
 
-    #[test]
-    fn pkcs_req_against_lanyard_pki_responder_with_ca() {
+    /// A CA and its SCEP RA.
+    fn ca_and_ra() -> (Ca, X509, PKey<Private>) {
         let ca = Ca::generate("Lanyard CA", "Example Ltd").unwrap();
-        let responder = ScepResponder::with_ca(&ca);
+        let ra = ca.issue_scep_ra("Lanyard SCEP RA", 365).unwrap();
+        let ra_cert = X509::from_der(&ra.cert_der).unwrap();
+        let ra_key = PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap();
+        (ca, ra_cert, ra_key)
+    }
+
+    #[test]
+    fn pkcs_req_against_lanyard_pki_responder() {
+        let (ca, ra_cert, ra_key) = ca_and_ra();
+        let responder = ScepResponder::new(&ca, &ra_cert, &ra_key, Some(ca.private_key()));
         let cacert = responder.ca_cert().unwrap();
         let certs = parse_get_ca_cert(cacert.content_type, &cacert.body).unwrap();
+        assert_eq!(certs.all.len(), 2);
         assert_eq!(certs.ca.to_der().unwrap(), ca.cert_der().unwrap());
-        assert_eq!(certs.recipient.to_der().unwrap(), ca.cert_der().unwrap());
+        assert_eq!(
+            certs.ra.as_ref().unwrap().to_der().unwrap(),
+            ra_cert.to_der().unwrap()
+        );
+        assert_eq!(certs.recipient.to_der().unwrap(), ra_cert.to_der().unwrap());
 
         let key = device::rsa_key(2048).unwrap();
         let req = build_pkcs_req(
@@ -455,8 +516,7 @@ mod tests {
         )
         .unwrap();
         // the server side sees what we meant to send
-        let decoded =
-            scep::decode_pki_message(&req.der, &[(ca.certificate(), ca.private_key())]).unwrap();
+        let decoded = scep::decode_pki_message(&req.der, &[(&ra_cert, &ra_key)]).unwrap();
         assert_eq!(decoded.message_type, MessageType::PkcsReq);
         assert_eq!(decoded.transaction_id, req.transaction_id);
         assert_eq!(decoded.sender_nonce, req.sender_nonce);
@@ -465,7 +525,7 @@ mod tests {
         assert_eq!(csr.subject(), "O=Example Ltd, CN=Lanyard device identity");
 
         let reply = responder.pki_operation(&req.der, policy).unwrap();
-        let cert = read_cert_rep(&reply.body, &certs.ca, &req, &key).unwrap();
+        let cert = read_cert_rep(&reply.body, &certs, &req, &key).unwrap();
         assert!(cert.public_key().unwrap().public_eq(&key));
         assert!(chains_to(&cert, ca.certificate()));
         let info = CertInfo::from_x509(&cert).unwrap();
@@ -475,33 +535,6 @@ mod tests {
         let body = b"<plist/>";
         let sig = lanyard_pki::sign_detached(&cert, &key, body).unwrap();
         lanyard_pki::verify_detached(&sig, body, ca.certificate()).unwrap();
-    }
-
-    #[test]
-    fn pkcs_req_with_ra_and_failure() {
-        let ca = Ca::generate("Lanyard CA", "Example Ltd").unwrap();
-        let ra = ca.issue_scep_ra("Lanyard SCEP RA", 365).unwrap();
-        let ra_cert = X509::from_der(&ra.cert_der).unwrap();
-        let ra_key = PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap();
-        let responder = ScepResponder::with_ra(&ca, &ra_cert, &ra_key, Some(ca.private_key()));
-        let cacert = responder.ca_cert().unwrap();
-        let certs = parse_get_ca_cert(cacert.content_type, &cacert.body).unwrap();
-        assert_eq!(certs.all.len(), 2);
-        assert_eq!(certs.ca.to_der().unwrap(), ca.cert_der().unwrap());
-        assert_eq!(certs.recipient.to_der().unwrap(), ra.cert_der);
-
-        let key = device::rsa_key(2048).unwrap();
-        let req = build_pkcs_req(
-            &key,
-            &subject(),
-            Some("one-time"),
-            &certs.recipient,
-            Cipher::aes_128_cbc(),
-        )
-        .unwrap();
-        let reply = responder.pki_operation(&req.der, policy).unwrap();
-        let cert = read_cert_rep(&reply.body, &certs.ca, &req, &key).unwrap();
-        assert!(chains_to(&cert, ca.certificate()));
 
         // wrong challenge → FAILURE badRequest, reported with the failInfo
         let req = build_pkcs_req(
@@ -509,11 +542,11 @@ mod tests {
             &subject(),
             Some("wrong"),
             &certs.recipient,
-            Cipher::aes_256_cbc(),
+            Cipher::aes_128_cbc(),
         )
         .unwrap();
         let reply = responder.pki_operation(&req.der, policy).unwrap();
-        let err = read_cert_rep(&reply.body, &certs.ca, &req, &key).unwrap_err();
+        let err = read_cert_rep(&reply.body, &certs, &req, &key).unwrap_err();
         assert_eq!(err, ScepError::Failure("BadRequest (2)".into()));
 
         // a reply to someone else's request is refused (a FAILURE reply, which carries no
@@ -527,13 +560,137 @@ mod tests {
         )
         .unwrap();
         let reply = responder.pki_operation(&other_req.der, policy).unwrap();
-        let err = read_cert_rep(&reply.body, &certs.ca, &req, &key).unwrap_err();
+        let err = read_cert_rep(&reply.body, &certs, &req, &key).unwrap_err();
         assert!(err.to_string().contains("recipientNonce"), "{err}");
 
         // a CertRep signed under another CA is refused
         let stranger = Ca::generate("Other", "").unwrap();
+        let stranger_certs = CaCerts {
+            ca: stranger.certificate().clone(),
+            ra: None,
+            recipient: stranger.certificate().clone(),
+            all: vec![stranger.certificate().clone()],
+        };
         let reply = responder.pki_operation(&req.der, policy).unwrap();
-        assert!(read_cert_rep(&reply.body, stranger.certificate(), &req, &key).is_err());
+        assert!(read_cert_rep(&reply.body, &stranger_certs, &req, &key).is_err());
+    }
+
+    /// The server side of a PKCSReq built from the codec alone, so that a test can sign the
+    /// CertRep with whatever it likes: the request is opened with `opener`, the identity
+    /// issued by `ca`, the CertRep signed by `signer`.
+    fn cert_rep_signed_by(
+        ca: &Ca,
+        opener: (&X509, &PKey<Private>),
+        signer: (&X509, &PKeyRef<Private>),
+        req: &PkcsReq,
+    ) -> Vec<u8> {
+        let decoded = scep::decode_pki_message(&req.der, &[(opener.0, opener.1)]).unwrap();
+        let issued = ca.issue_identity(&decoded.message_data, 30, None).unwrap();
+        // the CA rides along when it is not the signer itself
+        let extra = if signer.0.to_der().unwrap() == ca.cert_der().unwrap() {
+            Vec::new()
+        } else {
+            vec![ca.certificate().clone()]
+        };
+        scep::encode_cert_rep(
+            &decoded,
+            scep::CertRepStatus::Success {
+                issued: &issued,
+                chain: &[],
+            },
+            signer.0,
+            signer.1,
+            &extra,
+        )
+        .unwrap()
+    }
+
+    /// GetCACert served CA and RA, and the CertRep is signed by the CA (or by another
+    /// certificate of the same CA): refused, as `SecSCEPVerifyReply` refuses it.
+    #[test]
+    fn a_cert_rep_not_signed_by_the_served_ra_is_refused() {
+        let (ca, ra_cert, ra_key) = ca_and_ra();
+        let served = scep::get_ca_cert(ca.certificate(), Some(&ra_cert)).unwrap();
+        let certs = parse_get_ca_cert(served.content_type, &served.body).unwrap();
+        let key = device::rsa_key(2048).unwrap();
+        let req = build_pkcs_req(
+            &key,
+            &subject(),
+            Some("one-time"),
+            &certs.recipient,
+            Cipher::aes_256_cbc(),
+        )
+        .unwrap();
+
+        let by_ca = cert_rep_signed_by(
+            &ca,
+            (&ra_cert, &ra_key),
+            (ca.certificate(), ca.private_key()),
+            &req,
+        );
+        let err = read_cert_rep(&by_ca, &certs, &req, &key).unwrap_err();
+        assert_eq!(
+            err,
+            ScepError::NotSignedByRa {
+                signer: "O=Example Ltd, CN=Lanyard CA".into(),
+                ra: "O=Example Ltd, CN=Lanyard SCEP RA".into(),
+            }
+        );
+        assert!(err.to_string().contains("not by the RA"), "{err}");
+
+        let other_ra = ca.issue_scep_ra("Another RA", 30).unwrap();
+        let other_cert = X509::from_der(&other_ra.cert_der).unwrap();
+        let other_key = PKey::private_key_from_pem(other_ra.key_pem.as_bytes()).unwrap();
+        let by_other =
+            cert_rep_signed_by(&ca, (&ra_cert, &ra_key), (&other_cert, &other_key), &req);
+        assert!(matches!(
+            read_cert_rep(&by_other, &certs, &req, &key),
+            Err(ScepError::NotSignedByRa { .. })
+        ));
+
+        // signed by the served RA, the same reply is accepted
+        let by_ra = cert_rep_signed_by(&ca, (&ra_cert, &ra_key), (&ra_cert, &ra_key), &req);
+        let cert = read_cert_rep(&by_ra, &certs, &req, &key).unwrap();
+        assert!(cert.public_key().unwrap().public_eq(&key));
+    }
+
+    /// GetCACert served the CA alone: there is no RA, so a CertRep signed by the CA is read.
+    #[test]
+    fn a_ca_served_alone_may_sign() {
+        let ca = Ca::generate("Lanyard CA", "Example Ltd").unwrap();
+        let served = scep::get_ca_cert(ca.certificate(), None).unwrap();
+        let certs = parse_get_ca_cert(served.content_type, &served.body).unwrap();
+        assert!(certs.ra.is_none());
+        assert_eq!(certs.recipient.to_der().unwrap(), ca.cert_der().unwrap());
+        let key = device::rsa_key(2048).unwrap();
+        let req = build_pkcs_req(
+            &key,
+            &subject(),
+            Some("one-time"),
+            &certs.recipient,
+            Cipher::aes_256_cbc(),
+        )
+        .unwrap();
+        let ca_key = ca.private_key().to_owned();
+        let reply = cert_rep_signed_by(
+            &ca,
+            (ca.certificate(), &ca_key),
+            (ca.certificate(), ca.private_key()),
+            &req,
+        );
+        assert!(read_cert_rep(&reply, &certs, &req, &key).is_ok());
+    }
+
+    /// Several certificates in GetCACert but none issued by the CA: no RA to trust.
+    #[test]
+    fn get_ca_cert_without_an_ra_of_the_ca_is_refused() {
+        let ca = Ca::generate("Lanyard CA", "Example Ltd").unwrap();
+        let other = Ca::generate("Other CA", "").unwrap();
+        let stray = other.issue_scep_ra("Stray RA", 30).unwrap();
+        let stray = X509::from_der(&stray.cert_der).unwrap();
+        let served = scep::get_ca_cert(ca.certificate(), Some(&stray)).unwrap();
+        let err = parse_get_ca_cert(served.content_type, &served.body).unwrap_err();
+        assert!(err.to_string().contains("no RA issued by the CA"), "{err}");
     }
 
     #[test]

@@ -14,10 +14,15 @@
 //! 4. **profile** — `POST BaseURL` again with `Authorization: Bearer <token>`, verify the
 //!    CMS signature chains to the Lanyard CA, check `EnrollmentMode` `BYOD` and
 //!    `AssignedManagedAppleID`;
-//! 5. **SCEP** — a fresh RSA key, GetCACaps, GetCACert, PKCSReq → identity certificate;
+//! 5. **SCEP** — a fresh RSA key, GetCACaps, GetCACert, PKCSReq → identity certificate (the
+//!    CertRep must be signed by the RA GetCACert served, see [`crate::scep_client`]);
 //! 6. **check-in** — `Authenticate`, `TokenUpdate` (device channel), `TokenUpdate` (user
 //!    channel), each `PUT` to `CheckInURL` with `Mdm-Signature` and the bearer token;
 //! 7. **command channel** — [`SimMac::idle`], [`SimMac::respond`], [`SimMac::run_commands`].
+//!
+//! [`SimMac::enroll`] runs them all. [`SimMac::obtain_profile`] stops after step 4 so that
+//! another SCEP client can use the profile's challenge, and [`SimMac::install_profile`] goes
+//! on from there with the identity that client obtained.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -304,6 +309,31 @@ pub struct HandledCommand {
     pub request_type: String,
     /// The `Status` the simulated Mac answered.
     pub status: String,
+}
+
+/// A verified enrollment profile and the access token that fetched it: what
+/// [`SimMac::obtain_profile`] stops with.
+#[derive(Clone)]
+pub struct ObtainedProfile {
+    /// The profile (its `scep` payload holds the SCEP URL and one-time challenge).
+    pub profile: EnrollmentProfile,
+    /// The access token of the sign-in, if the server asked for one.
+    pub access_token: Option<String>,
+    /// Subject of the certificate that signed the profile.
+    pub signer_subject: String,
+}
+
+impl fmt::Debug for ObtainedProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObtainedProfile")
+            .field("profile", &self.profile)
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("signer_subject", &self.signer_subject)
+            .finish()
+    }
 }
 
 struct Enrolled {
@@ -631,6 +661,29 @@ impl SimMac {
     /// The whole enrollment (steps 1–6). On success the Mac is enrolled and the command
     /// channel can be used.
     pub async fn enroll(&mut self) -> Result<EnrollmentReport> {
+        let obtained = self.obtain_profile().await?;
+        let scep = scep_client::enroll(&self.client, &obtained.profile.scep)
+            .await
+            .map_err(|e| match e {
+                ScepError::Http {
+                    operation,
+                    status,
+                    message,
+                } => SimError::refused(Step::Scep, status, format!("{operation}: {message}")),
+                other => SimError::failed(Step::Scep, other),
+            })?;
+        for line in &scep.log {
+            self.steps.push(line.clone());
+        }
+        self.install_profile(obtained, scep.certificate, scep.key)
+            .await
+    }
+
+    /// Steps 1–4 and stop: discovery, the `apple-as-web` challenge, the web sign-in and the
+    /// signed profile, verified and checked as a Mac checks it before installing. The
+    /// profile's SCEP payload (URL and one-time challenge) is then for any SCEP client to
+    /// use; [`SimMac::install_profile`] continues with the identity it obtained.
+    pub async fn obtain_profile(&mut self) -> Result<ObtainedProfile> {
         self.steps.clear();
         self.enrolled = None;
         self.profiles.clear();
@@ -682,28 +735,43 @@ impl SimMac {
             profile.mdm.checkin_url,
             profile.payload_types.join(", ")
         ));
+        Ok(ObtainedProfile {
+            profile,
+            access_token,
+            signer_subject,
+        })
+    }
 
-        let scep = scep_client::enroll(&self.client, &profile.scep)
-            .await
-            .map_err(|e| match e {
-                ScepError::Http {
-                    operation,
-                    status,
-                    message,
-                } => SimError::refused(Step::Scep, status, format!("{operation}: {message}")),
-                other => SimError::failed(Step::Scep, other),
-            })?;
-        for line in &scep.log {
-            self.steps.push(line.clone());
+    /// Steps 5 (its result) and 6: install the profile of [`SimMac::obtain_profile`] with the
+    /// identity obtained for its SCEP payload (by the built-in client or any other), then
+    /// check in: `Authenticate`, `TokenUpdate` on the device and the user channel.
+    pub async fn install_profile(
+        &mut self,
+        obtained: ObtainedProfile,
+        identity: X509,
+        key: PKey<Private>,
+    ) -> Result<EnrollmentReport> {
+        let ObtainedProfile {
+            profile,
+            access_token,
+            signer_subject,
+        } = obtained;
+        let matches = identity
+            .public_key()
+            .map(|k| k.public_eq(&key))
+            .unwrap_or(false);
+        if !matches {
+            return Err(SimError::failed(
+                Step::Scep,
+                "the identity certificate is not for the given key",
+            ));
         }
-
         let mtls = if profile.mdm.sign_message {
             None
         } else {
-            let mut pem = scep.certificate.to_pem().at_doing(Step::Scep, "identity")?;
+            let mut pem = identity.to_pem().at_doing(Step::Scep, "identity")?;
             pem.extend(
-                scep.key
-                    .private_key_to_pem_pkcs8()
+                key.private_key_to_pem_pkcs8()
                     .at_doing(Step::Scep, "identity key")?,
             );
             let id = reqwest::Identity::from_pem(&pem).at_doing(Step::Scep, "TLS identity")?;
@@ -720,8 +788,8 @@ impl SimMac {
         self.enrolled = Some(Enrolled {
             access_token,
             profile,
-            identity_cert: scep.certificate,
-            identity_key: scep.key,
+            identity_cert: identity,
+            identity_key: key,
             mtls,
         });
 

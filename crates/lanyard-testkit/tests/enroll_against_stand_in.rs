@@ -36,6 +36,8 @@ const TOPIC: &str = "com.apple.mgmt.External.e0bd1eac-1f17-4c8e-8a63-dd17d3dd35d
 struct Stand {
     ca: Ca,
     signer: (X509, PKey<Private>),
+    /// The SCEP RA: it signs every CertRep.
+    ra: (X509, PKey<Private>),
     base: String,
     sessions: Mutex<HashMap<String, Option<String>>>,
     tokens: Mutex<HashMap<String, String>>,
@@ -293,7 +295,7 @@ async fn details_submit(
 }
 
 async fn scep(State(s): S, Query(q): Query<HashMap<String, String>>, body: Bytes) -> Response {
-    let responder = ScepResponder::with_ca(&s.ca);
+    let responder = ScepResponder::new(&s.ca, &s.ra.0, &s.ra.1, Some(s.ca.private_key()));
     let reply = match q.get("operation").map(String::as_str) {
         Some("GetCACaps") => responder.ca_caps(),
         Some("GetCACert") => responder.ca_cert().unwrap(),
@@ -383,6 +385,11 @@ async fn start() -> Running {
         X509::from_der(&signer.cert_der).unwrap(),
         PKey::private_key_from_pem(signer.key_pem.as_bytes()).unwrap(),
     );
+    let ra = ca.issue_scep_ra("Stand-in SCEP RA", 30).unwrap();
+    let ra = (
+        X509::from_der(&ra.cert_der).unwrap(),
+        PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap(),
+    );
     let ca_pem = ca.cert_pem().unwrap().into_bytes();
     let key_der = PKey::private_key_from_pem(tls.key_pem.as_bytes())
         .unwrap()
@@ -404,6 +411,7 @@ async fn start() -> Running {
     let stand = Arc::new(Stand {
         ca,
         signer,
+        ra,
         base: base.clone(),
         sessions: Mutex::default(),
         tokens: Mutex::default(),

@@ -3,12 +3,11 @@
 //! TLS, the simulated Mac from `lanyard-testkit` doing discovery, the web sign-in, the signed
 //! profile, SCEP and signed check-ins, and the admin CLI and API reading the result. Then the
 //! refusals (each leaves nothing behind), single-use access tokens and SCEP challenges, check-in
-//! identity, and independent tools (OpenSSL, Python's plistlib, micromdm's `scepclient`,
-//! strongSwan's `pki`) reading what the server produces.
+//! identity, and independent tools (OpenSSL, Python's plistlib) reading what the server
+//! produces. The independent SCEP clients run in `scep_serve.rs`.
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 
 use lanyard_pki::openssl::pkey::{PKey, Private};
@@ -461,6 +460,27 @@ async fn scep_challenge_single_use(db: Db) {
     let (_, profile) = fresh_profile(&s, &c, ANN).await;
     let payload = profile.scep.clone();
     assert!(payload.challenge.is_some());
+    let scep = format!("{}/scep", s.url);
+
+    // Before the first use: a made-up challenge gets a FAILURE CertRep (signed by the RA, or
+    // the strict simulated Mac would say so) and an undecodable message a 400; neither
+    // changes anything, and the real challenge still works afterwards.
+    let mut made_up = payload.clone();
+    made_up.challenge = Some(format!("{:032x}", rand::random::<u128>()));
+    let err = scep_client::enroll(&c, &made_up).await.err();
+    assert_eq!(err, Some(ScepError::Failure("BadRequest (2)".into())));
+    let r = c
+        .post(format!("{scep}?operation=PKIOperation"))
+        .header(CONTENT_TYPE, "application/x-pki-message")
+        .body(b"this is not a SCEP message".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let untouched = devices(&s, &["--all"]);
+    assert_eq!(untouched.len(), 1);
+    assert_eq!(untouched[0]["status"], "pending");
+    assert!(untouched[0]["identity_certificate_serial"].is_null());
 
     // First use: an identity certificate from our CA, named for the enrollment.
     let first = scep_client::enroll(&c, &payload).await.unwrap();
@@ -475,8 +495,6 @@ async fn scep_challenge_single_use(db: Db) {
     // Second use of the same challenge, a made-up one and none at all: FAILURE badRequest.
     let again = scep_client::enroll(&c, &payload).await.err();
     assert_eq!(again, Some(ScepError::Failure("BadRequest (2)".into())));
-    let mut made_up = payload.clone();
-    made_up.challenge = Some(format!("{:032x}", rand::random::<u128>()));
     let err = scep_client::enroll(&c, &made_up).await.err();
     assert_eq!(err, Some(ScepError::Failure("BadRequest (2)".into())));
     let mut none = payload.clone();
@@ -485,7 +503,6 @@ async fn scep_challenge_single_use(db: Db) {
     assert_eq!(err, Some(ScepError::Failure("BadRequest (2)".into())));
 
     // Malformed requests: 400.
-    let scep = format!("{}/scep", s.url);
     let r = c
         .post(format!("{scep}?operation=PKIOperation"))
         .header(CONTENT_TYPE, "application/x-pki-message")
@@ -798,21 +815,6 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
-fn openssl_verify(ca: &Path, cert: &Path) {
-    let (ok, out, err) = run(Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(ca)
-        .arg(cert));
-    assert!(ok && out.contains(": OK"), "openssl verify: {out} {err}");
-}
-
-/// The serial of a PEM certificate as the device list shows it.
-fn serial_of(pem_file: &Path) -> String {
-    let cert = X509::from_pem(&std::fs::read(pem_file).unwrap()).unwrap();
-    lanyard_pki::CertInfo::from_x509(&cert).unwrap().serial_hex
-}
-
 #[tokio::test]
 async fn profile_reads_with_openssl_and_plistlib_sqlite() {
     if !require_tool("openssl", "profile_reads_with_openssl_and_plistlib")
@@ -876,61 +878,6 @@ print(json.dumps({
     s.stop().await;
 }
 
-/// micromdm's `scepclient` (Go) against `/scep`, with the challenge of a fresh profile. It
-/// envelopes with single DES, hence `LANYARD_SCEP_ALLOW_DES`; Go trusts the server's CA
-/// through `SSL_CERT_FILE`.
-#[tokio::test]
-async fn scepclient_obtains_an_identity_sqlite() {
-    let test = "scepclient_obtains_an_identity";
-    if !require_tool("scepclient", test) || !require_tool("openssl", test) {
-        return;
-    }
-    let Some(s) = start(Db::Sqlite, &[("LANYARD_SCEP_ALLOW_DES", "true")]).await else {
-        return;
-    };
-    let c = s.client();
-    let ca = s.data_dir.path().join("ca.pem");
-    let (_, profile) = fresh_profile(&s, &c, ANN).await;
-    let challenge = profile.scep.challenge.clone().unwrap();
-    // scepclient keeps csr.pem and self.pem next to its key: a directory of its own.
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k.pem");
-    let cert = dir.path().join("c.pem");
-    let (ok, out, err) = run(Command::new("scepclient")
-        .current_dir(dir.path())
-        .env("SSL_CERT_FILE", &ca)
-        .arg("-server-url")
-        .arg(&profile.scep.url)
-        .args(["-challenge", &challenge, "-cn", "dev1"])
-        .arg("-private-key")
-        .arg(&key)
-        .arg("-certificate")
-        .arg(&cert));
-    assert!(ok && cert.exists(), "scepclient: {out} {err}");
-    openssl_verify(&ca, &cert);
-    let all = devices(&s, &["--all"]);
-    assert_eq!(all.len(), 1);
-    assert_eq!(all[0]["identity_certificate_serial"], serial_of(&cert));
-
-    // The challenge is spent: a second run is refused.
-    let dir2 = tempfile::tempdir().unwrap();
-    let cert2 = dir2.path().join("c.pem");
-    let (ok, out, err) = run(Command::new("scepclient")
-        .current_dir(dir2.path())
-        .env("SSL_CERT_FILE", &ca)
-        .arg("-server-url")
-        .arg(&profile.scep.url)
-        .args(["-challenge", &challenge, "-cn", "dev2"])
-        .arg("-private-key")
-        .arg(dir2.path().join("k.pem"))
-        .arg("-certificate")
-        .arg(&cert2));
-    assert!(!ok && !cert2.exists(), "second use issued: {out} {err}");
-
-    drop(c);
-    s.stop().await;
-}
-
 /// The public URL of the servers that run behind a (pretend) TLS-terminating proxy.
 const PROXY_PUBLIC_URL: &str = "https://mdm.example.test";
 
@@ -966,15 +913,11 @@ async fn fresh_profile_behind_proxy(s: &Server, c: &reqwest::Client) -> Enrollme
     profile
 }
 
-/// strongSwan's `pki --scepca` / `pki --scep` (C) against `/scep`. Its curl fetcher has no
-/// way to trust our CA, so this server runs behind a (pretend) TLS-terminating proxy, and
-/// `pki` talks plain HTTP to the listener as the proxy would.
+/// Behind a (pretend) TLS-terminating proxy, the profile names the public URLs, and SCEP
+/// works through the plain-HTTP listener the proxy forwards to. (The independent SCEP clients
+/// run against a live server in the `scep_serve` tests.)
 #[tokio::test]
-async fn strongswan_pki_obtains_an_identity_sqlite() {
-    let test = "strongswan_pki_obtains_an_identity";
-    if !require_tool("pki", test) || !require_tool("openssl", test) {
-        return;
-    }
+async fn behind_proxy_profile_and_scep_sqlite() {
     let env = [
         ("LANYARD_BEHIND_PROXY", "true"),
         ("LANYARD_PUBLIC_URL", PROXY_PUBLIC_URL),
@@ -985,80 +928,15 @@ async fn strongswan_pki_obtains_an_identity_sqlite() {
     assert!(s.url.starts_with("http://"), "{}", s.url);
     let c = reqwest::Client::new();
     let profile = fresh_profile_behind_proxy(&s, &c).await;
-    let challenge = profile.scep.challenge.clone().unwrap();
-    let scep_url = format!("{}/scep", s.url);
-    let ca = s.data_dir.path().join("ca.pem");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-
-    let (ok, out, err) = run(Command::new("pki")
-        .args(["--scepca", "--url", &scep_url])
-        .arg("--caout")
-        .arg(d.join("ca"))
-        .arg("--raout")
-        .arg(d.join("ra"))
-        .arg("--force"));
-    assert!(ok, "pki --scepca: {out} {err}");
-    let files: Vec<String> = std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    let pick = |prefix: &str| {
-        d.join(
-            files
-                .iter()
-                .find(|f| f.starts_with(prefix))
-                .unwrap_or_else(|| panic!("pki --scepca wrote no {prefix}*: {files:?}")),
-        )
-    };
-    let (ca_der, ra_der) = (pick("ca"), pick("ra"));
-    let served_ca = X509::from_der(&std::fs::read(&ca_der).unwrap()).unwrap();
-    assert_eq!(
-        served_ca.to_der().unwrap(),
-        X509::from_pem(&s.ca_pem()).unwrap().to_der().unwrap()
-    );
-
-    let (ok, key_pem, err) = run(Command::new("pki").args([
-        "--gen",
-        "--type",
-        "rsa",
-        "--size",
-        "2048",
-        "--outform",
-        "pem",
-    ]));
-    assert!(ok, "pki --gen: {err}");
-    let key = d.join("k.pem");
-    std::fs::write(&key, key_pem).unwrap();
-    let scep = |password: &str| {
-        run(Command::new("pki")
-            .args(["--scep", "--url", &scep_url])
-            .arg("--in")
-            .arg(&key)
-            .args(["--dn", "CN=sswan-dev1", "--password", password])
-            .arg("--cacert-enc")
-            .arg(&ra_der)
-            .arg("--cacert-sig")
-            .arg(&ra_der)
-            .arg("--cacert")
-            .arg(&ca_der)
-            .args(["--outform", "pem"]))
-    };
-    let (ok, cert_pem, err) = scep(&challenge);
-    assert!(ok, "pki --scep: {err}");
-    let cert = d.join("c.pem");
-    std::fs::write(&cert, cert_pem).unwrap();
-    openssl_verify(&ca, &cert);
+    let mut payload = profile.scep.clone();
+    payload.url = format!("{}/scep", s.url);
+    let issued = scep_client::enroll(&c, &payload).await.unwrap();
+    let ca = X509::from_pem(&s.ca_pem()).unwrap();
+    assert!(scep_client::chains_to(&issued.certificate, &ca));
+    let info = lanyard_pki::CertInfo::from_x509(&issued.certificate).unwrap();
     let all = devices(&s, &["--all"]);
     assert_eq!(all.len(), 1);
-    assert_eq!(all[0]["identity_certificate_serial"], serial_of(&cert));
-
-    // The challenge is spent.
-    let (ok, out, _) = scep(&challenge);
-    assert!(
-        !ok && !out.contains("BEGIN CERTIFICATE"),
-        "second use issued"
-    );
+    assert_eq!(all[0]["identity_certificate_serial"], info.serial_hex);
 
     drop(c);
     s.stop().await;
