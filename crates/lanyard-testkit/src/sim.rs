@@ -7,10 +7,12 @@
 //!    pick the `mdm-byod` entry's `BaseURL`;
 //! 2. **enrollment** — `POST BaseURL` with the CMS-signed MachineInfo
 //!    (`application/pkcs7-signature`), expect `401` with
-//!    `WWW-Authenticate: Bearer method="apple-as-web" url="…"`;
+//!    `WWW-Authenticate: Bearer method="apple-as-web", url="…"` (read strictly by RFC 7235: a
+//!    challenge whose auth-params lack their commas is refused);
 //! 3. **sign-in** — act as the web view: fetch the sign-in URL, fill and submit each page's
-//!    first form, follow redirects by hand until
-//!    `apple-remotemanagement-user-login://authentication-results?access-token=…`;
+//!    first form, follow redirects by hand until a `308 Permanent Redirect` to
+//!    `apple-remotemanagement-user-login://authentication-results?access-token=…` (another
+//!    status, or a hand-off to another scheme, is refused);
 //! 4. **profile** — `POST BaseURL` again with `Authorization: Bearer <token>`, verify the
 //!    CMS signature chains to the Lanyard CA, check `EnrollmentMode` `BYOD` and
 //!    `AssignedManagedAppleID`;
@@ -913,8 +915,29 @@ impl SimMac {
                         ),
                     ));
                 }
-                let challenge = webauth::parse_www_authenticate(&header)
-                    .filter(|c| c.scheme.eq_ignore_ascii_case("Bearer"))
+                if header.trim().is_empty() {
+                    return Err(SimError::refused(
+                        Step::Enrollment,
+                        401,
+                        format!(
+                            "401 without a WWW-Authenticate challenge: {}",
+                            webauth::body_message(&ct, &bytes)
+                        ),
+                    ));
+                }
+                // Like the Mac, read the challenge strictly (RFC 7235): a malformed one ends the
+                // enrollment.
+                let challenge = webauth::parse_challenges(&header)
+                    .map_err(|m| {
+                        SimError::failed(
+                            Step::Enrollment,
+                            format!(
+                                "the WWW-Authenticate challenge is not RFC 7235 ({m}): {header}"
+                            ),
+                        )
+                    })?
+                    .into_iter()
+                    .find(|c| c.scheme.eq_ignore_ascii_case("Bearer"))
                     .ok_or_else(|| {
                         SimError::refused(
                             Step::Enrollment,
@@ -939,7 +962,7 @@ impl SimMac {
                     SimError::failed(Step::Enrollment, format!("sign-in url {url:?}: {e}"))
                 })?;
                 self.log(format!(
-                    "enrollment: {what} → 401 Bearer method=\"apple-as-web\" url={url}"
+                    "enrollment: {what} → 401 Bearer method=\"apple-as-web\", url={url}"
                 ));
                 Ok(EnrollAnswer::Challenge(url))
             }
@@ -1047,10 +1070,35 @@ impl SimMac {
                         )
                     })?
                     .to_owned();
-                if loc
-                    .get(..RESULT_SCHEME.len() + 1)
-                    .is_some_and(|p| p.eq_ignore_ascii_case(&format!("{RESULT_SCHEME}:")))
+                // A redirect to a scheme other than http(s) is the hand-off to the Mac. Apple
+                // documents exactly one: 308 Permanent Redirect to
+                // apple-remotemanagement-user-login://authentication-results?access-token=…
+                // ("Implementing the simple authentication account-driven enrollment flow",
+                // step 11). The web authentication session waits for that scheme only.
+                if let Some(scheme) = Url::parse(&loc)
+                    .ok()
+                    .map(|u| u.scheme().to_owned())
+                    .filter(|sc| sc != "http" && sc != "https")
                 {
+                    if scheme != RESULT_SCHEME {
+                        return Err(SimError::failed(
+                            Step::SignIn,
+                            format!(
+                                "{shown} handed off to {scheme}:, not {RESULT_SCHEME}: \
+                                 (the Mac waits for {RESULT_SCHEME}://authentication-results)"
+                            ),
+                        ));
+                    }
+                    if status != StatusCode::PERMANENT_REDIRECT {
+                        return Err(SimError::failed(
+                            Step::SignIn,
+                            format!(
+                                "{shown} handed off to {RESULT_SCHEME}: with {}, not 308 \
+                                 Permanent Redirect",
+                                status.as_u16()
+                            ),
+                        ));
+                    }
                     let token = webauth::access_token_from_result(&loc)
                         .map_err(|m| SimError::failed(Step::SignIn, m))?;
                     self.log(format!(

@@ -67,7 +67,8 @@ async fn enroll_in_browser(s: &Server, how: SignIn) -> String {
     let r = post(None).await.unwrap();
     assert_eq!(r.status(), 401);
     let header = r.headers()[WWW_AUTHENTICATE].to_str().unwrap().to_string();
-    let challenge = webauth::parse_www_authenticate(&header).expect("challenge");
+    let challenge = webauth::parse_www_authenticate(&header)
+        .unwrap_or_else(|e| panic!("challenge {header:?}: {e}"));
     assert_eq!(challenge.params["method"], "apple-as-web", "{header}");
     let mut sign_in_url: Url = base.join(&challenge.params["url"]).unwrap();
     sign_in_url
