@@ -111,10 +111,17 @@ impl FromStr for Ownership {
 pub struct SimOptions {
     /// The Lanyard server, e.g. `https://127.0.0.1:8443` (discovery is asked here).
     pub server: String,
-    /// The managed Apple Account signed in on the Mac (`ann@example.com`).
+    /// The account signed in on the Mac (`ann@example.com`): what the person typed, sent as
+    /// `user-identifier` at discovery and to the sign-in page, and typed into its email field.
     pub email: String,
     /// The password typed on the sign-in page.
     pub password: String,
+    /// What the person types into the sign-in page's email field when it is not `email` (for
+    /// example their email address while the Mac is signed in with their managed Apple Account).
+    pub sign_in_as: Option<String>,
+    /// The managed Apple Account the profile must assign (`AssignedManagedAppleID`) when it is
+    /// not `email` (the Mac was signed in with an identifier the server maps to that account).
+    pub managed_apple_id: Option<String>,
     /// The ownership answer.
     pub ownership: Ownership,
     /// Answers for `attr:<NAME>` fields, by NAME.
@@ -176,6 +183,8 @@ impl fmt::Debug for SimOptions {
             .field("server", &self.server)
             .field("email", &self.email)
             .field("password", &"<redacted>")
+            .field("sign_in_as", &self.sign_in_as)
+            .field("managed_apple_id", &self.managed_apple_id)
             .field("ownership", &self.ownership)
             .field("attrs", &self.attrs)
             .field("os_version", &self.os_version)
@@ -193,6 +202,8 @@ impl Default for SimOptions {
             server: String::new(),
             email: String::new(),
             password: String::new(),
+            sign_in_as: None,
+            managed_apple_id: None,
             ownership: Ownership::Employee,
             attrs: BTreeMap::new(),
             os_version: "15.2".into(),
@@ -646,7 +657,12 @@ impl SimMac {
         };
 
         let (profile, signer_subject) = self.read_profile(&profile_der).await?;
-        check_user_enrollment(&profile, &self.opts.email).map_err(|m| {
+        let expected = self
+            .opts
+            .managed_apple_id
+            .as_deref()
+            .unwrap_or(&self.opts.email);
+        check_user_enrollment(&profile, expected).map_err(|m| {
             SimError::failed(Step::Profile, format!("the Mac refuses the profile: {m}"))
         })?;
         self.log(format!(
@@ -1209,7 +1225,10 @@ impl SimMac {
             let at_provider = !lanyard_origins.contains(&origin(&req.url));
             let (email, password) = match oidc.as_ref().filter(|_| at_provider) {
                 Some(o) => (o.login.as_str(), o.password.as_str()),
-                None => (self.opts.email.as_str(), self.opts.password.as_str()),
+                None => (
+                    self.opts.sign_in_as.as_deref().unwrap_or(&self.opts.email),
+                    self.opts.password.as_str(),
+                ),
             };
             let answers = FormAnswers {
                 email,
