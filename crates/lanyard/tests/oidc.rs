@@ -4,8 +4,10 @@
 //! `oidc-provider` package from npm, run by `tests/oidc/provider.mjs` on loopback), and the
 //! simulated Mac pressing "Sign in with …", signing in at the provider and finishing the
 //! enrollment. Then the refusals — mismatched email, unverified email, altered state, expired
-//! code, replayed callback, unknown person — each leaving no enrollment behind; and the admin
-//! API and CLI for providers (validation, conflicts, read-only refusal, secrets never shown).
+//! code, replayed callback, unknown person — each leaving no enrollment behind; an identifier
+//! typed on the Mac that the user record maps to a different managed Apple Account; and the
+//! admin API and CLI for providers (validation, conflicts, read-only refusal, secrets never
+//! shown).
 
 mod support;
 
@@ -268,7 +270,7 @@ async fn run(db: Db) {
     assert_refused(
         &e,
         403,
-        "signed in at the identity provider as bob@example.com",
+        "This Mac is signed in with ann@example.com, but you signed in as bob@example.com",
     );
 
     let e = refused(&mut mac(
@@ -360,6 +362,55 @@ async fn run(db: Db) {
     }
     assert_eq!(enrolled(&s).len(), 2);
     assert!(cli_ok(&s, &["user", "list"]).contains("dan@example.com"));
+
+    // What was typed on the Mac may differ from the managed Apple Account: the user record maps
+    // the email to it, and the profile assigns the managed Apple Account.
+    cli_ok(
+        &s,
+        &[
+            "settings",
+            "set",
+            "managed-domains",
+            "example.com, appleid.example.com",
+        ],
+    );
+    cli_ok(
+        &s,
+        &[
+            "user",
+            "set-managed-apple-id",
+            "bob@example.com",
+            "bob@appleid.example.com",
+        ],
+    );
+    for typed in ["bob@appleid.example.com", "bob@example.com"] {
+        let mut bob = mac(&s, typed, "corp", "bob@example.com", OidcTamper::None);
+        let mut o = bob.options().clone();
+        o.managed_apple_id = Some("bob@appleid.example.com".into());
+        bob = SimMac::new(o).unwrap();
+        let report = bob
+            .enroll()
+            .await
+            .unwrap_or_else(|e| panic!("{typed}: {e}\n{:#?}", bob.steps()));
+        assert_eq!(report.managed_apple_id, "bob@appleid.example.com");
+    }
+    assert_eq!(enrolled(&s).len(), 4);
+    // Someone else's managed Apple Account is still refused.
+    let e = refused(&mut mac(
+        &s,
+        "bob@appleid.example.com",
+        "corp",
+        "ann@example.com",
+        OidcTamper::None,
+    ))
+    .await;
+    assert_refused(
+        &e,
+        403,
+        "This Mac is signed in with bob@appleid.example.com, but you signed in as \
+         ann@example.com.",
+    );
+    assert_eq!(enrolled(&s).len(), 4, "the refusal enrolled nothing");
 
     // A disabled provider is not offered and cannot be started.
     cli_ok(&s, &["idp", "update", "corp", "--enabled", "false"]);
