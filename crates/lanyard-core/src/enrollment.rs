@@ -36,6 +36,7 @@ use lanyard_store::{
 use crate::admins::{hash_secret, new_secret};
 use crate::attributes::validate_values;
 use crate::settings::OwnershipMode;
+use crate::users::check_presented_identifier;
 use crate::{CoreError, Lanyard, Result};
 
 /// How long a sign-in flow, an access token and a SCEP challenge live.
@@ -345,14 +346,7 @@ impl EnrollmentService {
                 "Your account has no managed Apple Account yet; ask your IT administrator.".into(),
             ));
         };
-        if let Some(presented) = user_identifier.filter(|s| !s.trim().is_empty()) {
-            if !presented.trim().eq_ignore_ascii_case(&apple_id) {
-                return Err(CoreError::Forbidden(format!(
-                    "This Mac is signed in with {presented}, but your managed Apple Account is \
-                     {apple_id}. Sign in on the Mac with {apple_id}."
-                )));
-            }
-        }
+        check_presented_identifier(user_identifier, &user.email, Some(&apple_id))?;
         let secret = new_secret("lyf_");
         let now = lanyard_store::now();
         self.lanyard

@@ -32,7 +32,7 @@ use lanyard_store::{
 
 use crate::admins::{hash_secret, new_secret, Role};
 use crate::enrollment::{FlowStep, FLOW_MINUTES};
-use crate::users::{normalize_email, CreateUser};
+use crate::users::{check_presented_identifier, normalize_email, CreateUser};
 use crate::{Actor, CoreError, Lanyard, Result};
 
 /// How long a person has to sign in at the provider and come back.
@@ -525,19 +525,14 @@ impl OidcSignIns {
             )));
         }
         let presented = sign_in.user_identifier.as_deref();
-        if settings.use_email_as_managed_apple_id {
-            if let Some(presented) = presented {
-                if presented != email {
-                    return Err(CoreError::Forbidden(format!(
-                        "This Mac is signed in with {presented}, but you signed in at the \
-                         identity provider as {email}. Sign in as {presented}."
-                    )));
-                }
-            }
-        }
         let user = match store.user_by_email(&email).await? {
             Some(u) => u,
             None if p.allow_create_users => {
+                // Refuse before creating what the new record would not match.
+                let new_apple_id = settings
+                    .use_email_as_managed_apple_id
+                    .then_some(email.as_str());
+                check_presented_identifier(presented, &email, new_apple_id)?;
                 let actor = Actor {
                     name: format!("idp:{}", p.name),
                     role: Role::Administrator,
@@ -575,14 +570,7 @@ impl OidcSignIns {
                 "Your account has no managed Apple Account yet; ask your IT administrator.".into(),
             ));
         };
-        if let Some(presented) = presented {
-            if !presented.eq_ignore_ascii_case(&apple_id) {
-                return Err(CoreError::Forbidden(format!(
-                    "This Mac is signed in with {presented}, but your managed Apple Account is \
-                     {apple_id}. Sign in on the Mac with {apple_id}."
-                )));
-            }
-        }
+        check_presented_identifier(presented, &user.email, Some(&apple_id))?;
         tracing::info!(provider = %p.name, user = %user.email, "enrollment sign-in through identity provider");
         let secret = new_secret("lyf_");
         let now = lanyard_store::now();

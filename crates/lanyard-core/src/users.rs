@@ -82,6 +82,36 @@ pub fn normalize_email(raw: &str) -> Result<String> {
     Ok(e)
 }
 
+/// The identifier rule of the enrollment sign-in: the identifier the Mac presented (what the
+/// person typed on the Mac, the discovery `user-identifier`) must name the person who signed in
+/// on the web page, by their email or by their managed Apple Account (case-insensitive).
+/// Apple lets the two differ and leaves the mapping to the server ("Implementing the simple
+/// authentication account-driven enrollment flow"); the user record is that mapping, and they
+/// are equal when "use email address as managed Apple ID" is on. The profile's
+/// `AssignedManagedAppleID` is always the managed Apple Account. No presented identifier
+/// passes.
+pub(crate) fn check_presented_identifier(
+    presented: Option<&str>,
+    email: &str,
+    managed_apple_id: Option<&str>,
+) -> Result<()> {
+    let Some(presented) = presented.map(str::trim).filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let names = |id: &str| presented.eq_ignore_ascii_case(id.trim());
+    if names(email) || managed_apple_id.is_some_and(names) {
+        return Ok(());
+    }
+    let apple = managed_apple_id
+        .filter(|a| !a.eq_ignore_ascii_case(email))
+        .map(|a| format!(" (managed Apple Account {a})"))
+        .unwrap_or_default();
+    Err(CoreError::Forbidden(format!(
+        "This Mac is signed in with {presented}, but you signed in as {email}{apple}. Sign in \
+         on the Mac and here with the same account."
+    )))
+}
+
 /// Hashes a password with argon2id (the crate's default parameters).
 pub fn hash_password(password: &str) -> Result<String> {
     if password.chars().count() < MIN_PASSWORD_LEN {
@@ -277,6 +307,34 @@ const DUMMY_HASH: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_presented_identifier_is_the_email_or_the_managed_apple_account() {
+        let ann = |p: Option<&str>| {
+            check_presented_identifier(p, "ann@example.com", Some("ann@appleid.example.com"))
+        };
+        assert!(ann(None).is_ok());
+        assert!(ann(Some("  ")).is_ok());
+        assert!(ann(Some("ann@example.com")).is_ok());
+        assert!(ann(Some(" Ann@AppleID.example.com ")).is_ok());
+        let Err(CoreError::Forbidden(m)) = ann(Some("bob@example.com")) else {
+            panic!("another person's identifier passed");
+        };
+        assert_eq!(
+            m,
+            "This Mac is signed in with bob@example.com, but you signed in as ann@example.com \
+             (managed Apple Account ann@appleid.example.com). Sign in on the Mac and here with \
+             the same account."
+        );
+        // Equal when the email is the managed Apple Account; none yet: the email only.
+        assert!(
+            check_presented_identifier(Some("ann@example.com"), "ann@example.com", None).is_ok()
+        );
+        assert!(matches!(
+            check_presented_identifier(Some("ann@appleid.example.com"), "ann@example.com", None),
+            Err(CoreError::Forbidden(_))
+        ));
+    }
 
     #[test]
     fn emails() {

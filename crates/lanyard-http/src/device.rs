@@ -87,12 +87,25 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The `WWW-Authenticate` value of the `apple-as-web` challenge: the `Bearer` scheme and an
+/// auth-param list as RFC 7235 §2.1 (RFC 9110 §11.2) defines it, parameters separated by commas,
+/// values quoted: `Bearer method="apple-as-web", url="…"` (Apple, "Implementing the simple
+/// authentication account-driven enrollment flow", step 5). A strict parser refuses the
+/// parameters without the comma.
+fn apple_as_web_challenge(sign_in_url: &str) -> String {
+    let mut quoted = String::with_capacity(sign_in_url.len());
+    for c in sign_in_url.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    format!("Bearer method=\"apple-as-web\", url=\"{quoted}\"")
+}
+
 /// `401` with the `apple-as-web` challenge naming our sign-in page.
 fn challenge(s: &AppState, message: &str) -> Response {
-    let value = format!(
-        "Bearer method=\"apple-as-web\" url=\"{}\"",
-        s.enrollment.urls().sign_in()
-    );
+    let value = apple_as_web_challenge(&s.enrollment.urls().sign_in());
     let mut res = (StatusCode::UNAUTHORIZED, message.to_string()).into_response();
     if let Ok(v) = HeaderValue::from_str(&value) {
         res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
@@ -224,5 +237,22 @@ async fn command(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
             .into_response(),
         Ok(None) => StatusCode::OK.into_response(),
         Err(e) => mdm_refusal(&s, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_challenge_is_an_auth_param_list() {
+        assert_eq!(
+            apple_as_web_challenge("https://mdm.example.com/enroll/sign-in"),
+            r#"Bearer method="apple-as-web", url="https://mdm.example.com/enroll/sign-in""#
+        );
+        assert_eq!(
+            apple_as_web_challenge(r#"https://x.example/a"b\c"#),
+            r#"Bearer method="apple-as-web", url="https://x.example/a\"b\\c""#
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The enrollment sign-in pages the Mac shows in its web authentication view: sign in → what
 //! the organisation can and cannot see → who owns this Mac → custom attributes and "allow remote
-//! management" → redirect to `apple-remotemanagement-user-login://…?access-token=…`.
+//! management" → `308` redirect to `apple-remotemanagement-user-login://…?access-token=…`.
 //!
 //! Small server-rendered HTML (no scripts), fine in a constrained web view. Every form carries a
 //! CSRF token that must match the `lanyard_csrf` cookie (double submit; cookies are
@@ -34,7 +34,23 @@ pub const FORM_BODY_LIMIT: usize = 16 * 1024;
 pub const SIGN_IN_FAILURES: u32 = 5;
 pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
+/// The callback that ends the web sign-in; the Mac's web authentication session waits for a
+/// navigation to its scheme.
 const AUTH_RESULT: &str = "apple-remotemanagement-user-login://authentication-results";
+
+/// Content-Security-Policy of the enrollment pages (the portal has its own, stricter one).
+///
+/// `form-action` also allows the callback scheme: the last page's form POST is answered by a
+/// redirect to `apple-remotemanagement-user-login://authentication-results?access-token=…`
+/// (Apple, "Implementing the simple authentication account-driven enrollment flow", step 11:
+/// <https://developer.apple.com/documentation/devicemanagement/implementing-the-simple-authentication-account-driven-enrollment-flow>).
+/// CSP Level 3 `form-action` (<https://www.w3.org/TR/CSP3/#directive-form-action>) restricts
+/// where a form submission may navigate, and browsers apply it to the redirects of that
+/// navigation: Chromium refuses the hand-off ("Sending form data to … violates … form-action
+/// 'self'"), WebKit checks form-action on redirects too. With `'self'` alone the access token
+/// never reaches the Mac. Only the enrollment pages allow the scheme.
+const ENROLLMENT_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; \
+     form-action 'self' apple-remotemanagement-user-login:; frame-ancestors 'none'";
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -151,7 +167,7 @@ pub(crate) fn page(status: StatusCode, org: &str, title: &str, body: &str) -> Re
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        HeaderValue::from_static(ENROLLMENT_CSP),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     res
@@ -192,6 +208,21 @@ pub(crate) fn set_cookie(res: &mut Response, name: &str, value: &str, max_age: i
 pub(crate) fn see_other(location: &str) -> Response {
     let mut res = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+/// The end of the web sign-in, for both sign-in paths (password and identity provider):
+/// `308 Permanent Redirect` to
+/// `apple-remotemanagement-user-login://authentication-results?access-token=…`, the status and
+/// URL Apple documents for the simple authentication flow ("Implementing the simple
+/// authentication account-driven enrollment flow", step 11). The Mac's web authentication
+/// session takes the navigation to that scheme as its callback and reads `access-token`.
+fn hand_off(access_token: &str) -> Response {
+    let token: String = url::form_urlencoded::byte_serialize(access_token.as_bytes()).collect();
+    let mut res = StatusCode::PERMANENT_REDIRECT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("{AUTH_RESULT}?access-token={token}")) {
         res.headers_mut().insert(header::LOCATION, v);
     }
     res
@@ -645,7 +676,7 @@ async fn attributes_submit(
         .collect();
     match s.enrollment.submit_attributes(&secret, &values).await {
         Ok(token) => {
-            let mut res = see_other(&format!("{AUTH_RESULT}?access-token={token}"));
+            let mut res = hand_off(&token);
             set_cookie(&mut res, FLOW_COOKIE, "", 0);
             res
         }
@@ -673,6 +704,36 @@ mod tests {
         assert_eq!(
             esc("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn enrollment_pages_let_the_form_hand_off_to_the_mac() {
+        let res = page(StatusCode::OK, "Example", "Sign in", "");
+        let csp = res.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        let form_action = csp
+            .split(';')
+            .map(str::trim)
+            .find_map(|d| d.strip_prefix("form-action "))
+            .unwrap();
+        assert_eq!(
+            form_action.split_whitespace().collect::<Vec<_>>(),
+            ["'self'", "apple-remotemanagement-user-login:"],
+            "{csp}"
+        );
+        assert!(AUTH_RESULT.starts_with("apple-remotemanagement-user-login://"));
+        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    }
+
+    #[test]
+    fn the_hand_off_is_a_permanent_redirect_to_the_callback() {
+        let res = hand_off("lya_a+b/c");
+        assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            res.headers()[header::LOCATION],
+            "apple-remotemanagement-user-login://authentication-results?access-token=lya_a%2Bb%2Fc"
         );
     }
 

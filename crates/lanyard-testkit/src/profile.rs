@@ -237,10 +237,11 @@ pub fn parse_enrollment_profile(bytes: &[u8]) -> Result<EnrollmentProfile, Strin
     })
 }
 
-/// The checks macOS makes before installing an account-driven User Enrollment profile for
-/// `signed_in_as`: `EnrollmentMode` `BYOD`, `AssignedManagedAppleID` equal to the account
-/// signed in (case-insensitive), no `AccessRights` (Apple: the device cancels a BYOD
-/// enrollment that has it), https `ServerURL`/`CheckInURL`, an MDM topic, and
+/// The checks macOS makes before installing an account-driven User Enrollment profile, and the
+/// account it is expected for: `EnrollmentMode` `BYOD`, `AssignedManagedAppleID` equal to
+/// `signed_in_as` (case-insensitive; the managed Apple Account the server maps the typed
+/// identifier to, which may differ from what was typed), no `AccessRights` (Apple: the device
+/// cancels a BYOD enrollment that has it), https `ServerURL`/`CheckInURL`, an MDM topic, and
 /// `IdentityCertificateUUID` naming the SCEP payload.
 pub fn check_user_enrollment(p: &EnrollmentProfile, signed_in_as: &str) -> Result<(), String> {
     let m = &p.mdm;
@@ -254,7 +255,7 @@ pub fn check_user_enrollment(p: &EnrollmentProfile, signed_in_as: &str) -> Resul
         None => return Err("AssignedManagedAppleID is missing".into()),
         Some(id) if !id.eq_ignore_ascii_case(signed_in_as) => {
             return Err(format!(
-                "AssignedManagedAppleID {id:?} is not the account signed in ({signed_in_as:?})"
+                "AssignedManagedAppleID {id:?} is not the expected account ({signed_in_as:?})"
             ));
         }
         Some(_) => {}
@@ -343,7 +344,7 @@ mod tests {
         assert!(!format!("{:?}", p.scep).contains("one-time"));
         check_user_enrollment(&p, "ann@example.com").unwrap();
         let err = check_user_enrollment(&p, "bob@example.com").unwrap_err();
-        assert!(err.contains("not the account signed in"), "{err}");
+        assert!(err.contains("not the expected account"), "{err}");
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //!    pick the `mdm-byod` entry's `BaseURL`;
 //! 2. **enrollment** — `POST BaseURL` with the CMS-signed MachineInfo
 //!    (`application/pkcs7-signature`), expect `401` with
-//!    `WWW-Authenticate: Bearer method="apple-as-web" url="…"`;
+//!    `WWW-Authenticate: Bearer method="apple-as-web", url="…"` (read strictly by RFC 7235: a
+//!    challenge whose auth-params lack their commas is refused);
 //! 3. **sign-in** — act as the web view: fetch the sign-in URL, fill and submit each page's
-//!    first form, follow redirects by hand until
-//!    `apple-remotemanagement-user-login://authentication-results?access-token=…`;
+//!    first form, follow redirects by hand until a `308 Permanent Redirect` to
+//!    `apple-remotemanagement-user-login://authentication-results?access-token=…` (another
+//!    status, or a hand-off to another scheme, is refused);
 //! 4. **profile** — `POST BaseURL` again with `Authorization: Bearer <token>`, verify the
 //!    CMS signature chains to the Lanyard CA, check `EnrollmentMode` `BYOD` and
 //!    `AssignedManagedAppleID`;
@@ -114,10 +116,17 @@ impl FromStr for Ownership {
 pub struct SimOptions {
     /// The Lanyard server, e.g. `https://127.0.0.1:8443` (discovery is asked here).
     pub server: String,
-    /// The managed Apple Account signed in on the Mac (`ann@example.com`).
+    /// The account signed in on the Mac (`ann@example.com`): what the person typed, sent as
+    /// `user-identifier` at discovery and to the sign-in page, and typed into its email field.
     pub email: String,
     /// The password typed on the sign-in page.
     pub password: String,
+    /// What the person types into the sign-in page's email field when it is not `email` (for
+    /// example their email address while the Mac is signed in with their managed Apple Account).
+    pub sign_in_as: Option<String>,
+    /// The managed Apple Account the profile must assign (`AssignedManagedAppleID`) when it is
+    /// not `email` (the Mac was signed in with an identifier the server maps to that account).
+    pub managed_apple_id: Option<String>,
     /// The ownership answer.
     pub ownership: Ownership,
     /// Answers for `attr:<NAME>` fields, by NAME.
@@ -179,6 +188,8 @@ impl fmt::Debug for SimOptions {
             .field("server", &self.server)
             .field("email", &self.email)
             .field("password", &"<redacted>")
+            .field("sign_in_as", &self.sign_in_as)
+            .field("managed_apple_id", &self.managed_apple_id)
             .field("ownership", &self.ownership)
             .field("attrs", &self.attrs)
             .field("os_version", &self.os_version)
@@ -196,6 +207,8 @@ impl Default for SimOptions {
             server: String::new(),
             email: String::new(),
             password: String::new(),
+            sign_in_as: None,
+            managed_apple_id: None,
             ownership: Ownership::Employee,
             attrs: BTreeMap::new(),
             os_version: "15.2".into(),
@@ -718,7 +731,12 @@ impl SimMac {
         };
 
         let (profile, signer_subject) = self.read_profile(&profile_der).await?;
-        check_user_enrollment(&profile, &self.opts.email).map_err(|m| {
+        let expected = self
+            .opts
+            .managed_apple_id
+            .as_deref()
+            .unwrap_or(&self.opts.email);
+        check_user_enrollment(&profile, expected).map_err(|m| {
             SimError::failed(Step::Profile, format!("the Mac refuses the profile: {m}"))
         })?;
         self.log(format!(
@@ -1002,8 +1020,29 @@ impl SimMac {
                         ),
                     ));
                 }
-                let challenge = webauth::parse_www_authenticate(&header)
-                    .filter(|c| c.scheme.eq_ignore_ascii_case("Bearer"))
+                if header.trim().is_empty() {
+                    return Err(SimError::refused(
+                        Step::Enrollment,
+                        401,
+                        format!(
+                            "401 without a WWW-Authenticate challenge: {}",
+                            webauth::body_message(&ct, &bytes)
+                        ),
+                    ));
+                }
+                // Like the Mac, read the challenge strictly (RFC 7235): a malformed one ends the
+                // enrollment.
+                let challenge = webauth::parse_challenges(&header)
+                    .map_err(|m| {
+                        SimError::failed(
+                            Step::Enrollment,
+                            format!(
+                                "the WWW-Authenticate challenge is not RFC 7235 ({m}): {header}"
+                            ),
+                        )
+                    })?
+                    .into_iter()
+                    .find(|c| c.scheme.eq_ignore_ascii_case("Bearer"))
                     .ok_or_else(|| {
                         SimError::refused(
                             Step::Enrollment,
@@ -1028,7 +1067,7 @@ impl SimMac {
                     SimError::failed(Step::Enrollment, format!("sign-in url {url:?}: {e}"))
                 })?;
                 self.log(format!(
-                    "enrollment: {what} → 401 Bearer method=\"apple-as-web\" url={url}"
+                    "enrollment: {what} → 401 Bearer method=\"apple-as-web\", url={url}"
                 ));
                 Ok(EnrollAnswer::Challenge(url))
             }
@@ -1136,10 +1175,35 @@ impl SimMac {
                         )
                     })?
                     .to_owned();
-                if loc
-                    .get(..RESULT_SCHEME.len() + 1)
-                    .is_some_and(|p| p.eq_ignore_ascii_case(&format!("{RESULT_SCHEME}:")))
+                // A redirect to a scheme other than http(s) is the hand-off to the Mac. Apple
+                // documents exactly one: 308 Permanent Redirect to
+                // apple-remotemanagement-user-login://authentication-results?access-token=…
+                // ("Implementing the simple authentication account-driven enrollment flow",
+                // step 11). The web authentication session waits for that scheme only.
+                if let Some(scheme) = Url::parse(&loc)
+                    .ok()
+                    .map(|u| u.scheme().to_owned())
+                    .filter(|sc| sc != "http" && sc != "https")
                 {
+                    if scheme != RESULT_SCHEME {
+                        return Err(SimError::failed(
+                            Step::SignIn,
+                            format!(
+                                "{shown} handed off to {scheme}:, not {RESULT_SCHEME}: \
+                                 (the Mac waits for {RESULT_SCHEME}://authentication-results)"
+                            ),
+                        ));
+                    }
+                    if status != StatusCode::PERMANENT_REDIRECT {
+                        return Err(SimError::failed(
+                            Step::SignIn,
+                            format!(
+                                "{shown} handed off to {RESULT_SCHEME}: with {}, not 308 \
+                                 Permanent Redirect",
+                                status.as_u16()
+                            ),
+                        ));
+                    }
                     let token = webauth::access_token_from_result(&loc)
                         .map_err(|m| SimError::failed(Step::SignIn, m))?;
                     self.log(format!(
@@ -1250,7 +1314,10 @@ impl SimMac {
             let at_provider = !lanyard_origins.contains(&origin(&req.url));
             let (email, password) = match oidc.as_ref().filter(|_| at_provider) {
                 Some(o) => (o.login.as_str(), o.password.as_str()),
-                None => (self.opts.email.as_str(), self.opts.password.as_str()),
+                None => (
+                    self.opts.sign_in_as.as_deref().unwrap_or(&self.opts.email),
+                    self.opts.password.as_str(),
+                ),
             };
             let answers = FormAnswers {
                 email,

@@ -9,84 +9,255 @@ use url::Url;
 
 /// The scheme of the URL the sign-in pages finally redirect to.
 pub const RESULT_SCHEME: &str = "apple-remotemanagement-user-login";
+/// The host of that URL.
+pub const RESULT_HOST: &str = "authentication-results";
 
-/// A parsed `WWW-Authenticate` challenge.
+/// One challenge of a `WWW-Authenticate` field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
     /// The auth scheme, e.g. `Bearer`.
     pub scheme: String,
-    /// Its parameters (names lower-cased), e.g. `method`, `url`.
+    /// Its auth-params (names lower-cased, values unquoted), e.g. `method`, `url`.
     pub params: BTreeMap<String, String>,
+    /// Its token68, for a challenge that carries one instead of auth-params.
+    pub token68: Option<String>,
 }
 
-/// Parse a `WWW-Authenticate` value (RFC 9110 §11.6.1): the first challenge's scheme and its
-/// `name=value` / `name="quoted"` parameters. Returns `None` when there is no scheme.
-pub fn parse_www_authenticate(header: &str) -> Option<Challenge> {
-    let mut chars = header.trim_start().chars().peekable();
-    let mut scheme = String::new();
-    while let Some(&c) = chars.peek() {
-        if c.is_whitespace() || c == ',' {
+/// Parse a `WWW-Authenticate` field value strictly, as RFC 7235 §2.1 and §4.1 (RFC 9110 §11.2,
+/// §11.6.1) define it, and as Apple's example writes the `apple-as-web` challenge
+/// (`Bearer method="apple-as-web", url="…"`):
+///
+/// ```text
+/// WWW-Authenticate = 1#challenge
+/// challenge        = auth-scheme [ 1*SP ( token68 / #auth-param ) ]
+/// auth-param       = token BWS "=" BWS ( token / quoted-string )
+/// ```
+///
+/// Auth-params are separated by commas (`method="apple-as-web" url="…"` is refused), a name
+/// occurs once per challenge, values are tokens or quoted-strings (with `\` escapes), and list
+/// elements may be empty. Errors say what was expected and where (the character's position).
+pub fn parse_challenges(value: &str) -> Result<Vec<Challenge>, String> {
+    let mut p = Cursor {
+        b: value.as_bytes(),
+        i: 0,
+    };
+    let mut out = Vec::new();
+    loop {
+        p.skip_list_separators();
+        if p.done() {
             break;
         }
-        scheme.push(c);
-        chars.next();
-    }
-    if scheme.is_empty() {
-        return None;
-    }
-    let mut params = BTreeMap::new();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
-            chars.next();
+        let scheme = p
+            .token()
+            .ok_or_else(|| p.err("expected an auth-scheme (a token)"))?;
+        let mut challenge = Challenge {
+            scheme,
+            params: BTreeMap::new(),
+            token68: None,
+        };
+        let spaces = p.skip_sp();
+        if p.done() || p.peek() == Some(b',') {
+            out.push(challenge);
+            continue;
         }
-        let mut name = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c.is_whitespace() || c == ',' {
+        if spaces == 0 {
+            return Err(p.err(&format!(
+                "expected a space after the auth-scheme {}",
+                challenge.scheme
+            )));
+        }
+        if let Some(t) = p.token68() {
+            challenge.token68 = Some(t);
+            out.push(challenge);
+            continue;
+        }
+        loop {
+            let name = p
+                .token()
+                .ok_or_else(|| p.err("expected an auth-param name (a token)"))?;
+            p.skip_ows();
+            if p.peek() != Some(b'=') {
+                return Err(p.err(&format!("expected '=' after the auth-param name {name}")));
+            }
+            p.i += 1;
+            p.skip_ows();
+            let value = if p.peek() == Some(b'"') {
+                p.quoted_string()?
+            } else {
+                p.token().ok_or_else(|| {
+                    p.err(&format!(
+                        "the value of {name} is neither a token nor a quoted-string"
+                    ))
+                })?
+            };
+            if challenge
+                .params
+                .insert(name.to_ascii_lowercase(), value)
+                .is_some()
+            {
+                return Err(format!(
+                    "the auth-param {name} occurs twice in the {} challenge",
+                    challenge.scheme
+                ));
+            }
+            p.skip_ows();
+            if p.done() {
                 break;
             }
-            name.push(c);
-            chars.next();
-        }
-        if name.is_empty() {
-            break;
-        }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek() != Some(&'=') {
-            // Another challenge's scheme (or token68): stop at the first challenge.
-            break;
-        }
-        chars.next();
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some(n) = chars.next() {
-                            value.push(n);
-                        }
-                    }
-                    '"' => break,
-                    other => value.push(other),
-                }
+            if p.peek() != Some(b',') {
+                return Err(p.err(&format!(
+                    "expected ',' after the auth-param {name} (auth-params are separated by commas)"
+                )));
             }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == ',' || c.is_whitespace() {
-                    break;
-                }
-                value.push(c);
-                chars.next();
+            p.skip_list_separators();
+            if p.done() || !p.auth_param_follows() {
+                // The end, or the next challenge's auth-scheme.
+                break;
             }
         }
-        params.insert(name.to_ascii_lowercase(), value);
+        out.push(challenge);
     }
-    Some(Challenge { scheme, params })
+    if out.is_empty() {
+        return Err("no challenge".into());
+    }
+    Ok(out)
+}
+
+/// The first challenge of a `WWW-Authenticate` field value, parsed strictly by
+/// [`parse_challenges`].
+pub fn parse_www_authenticate(value: &str) -> Result<Challenge, String> {
+    parse_challenges(value).map(|mut all| all.remove(0))
+}
+
+/// A position in a header value, for [`parse_challenges`].
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+fn is_token68_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-._~+/".contains(&c)
+}
+
+impl Cursor<'_> {
+    fn done(&self) -> bool {
+        self.i >= self.b.len()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn err(&self, what: &str) -> String {
+        match self.peek() {
+            Some(c) if c.is_ascii_graphic() || c == b' ' => {
+                format!("{what} at character {} ({:?})", self.i + 1, c as char)
+            }
+            Some(c) => format!("{what} at character {} (byte {c:#04x})", self.i + 1),
+            None => format!("{what} at the end"),
+        }
+    }
+
+    /// OWS / BWS.
+    fn skip_ows(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.i += 1;
+        }
+    }
+
+    /// `1*SP` after an auth-scheme; returns how many.
+    fn skip_sp(&mut self) -> usize {
+        let start = self.i;
+        while self.peek() == Some(b' ') {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// Commas and whitespace between list elements (empty elements are allowed).
+    fn skip_list_separators(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b',')) {
+            self.i += 1;
+        }
+    }
+
+    fn token(&mut self) -> Option<String> {
+        let start = self.i;
+        while self.peek().is_some_and(is_tchar) {
+            self.i += 1;
+        }
+        (self.i > start).then(|| String::from_utf8_lossy(&self.b[start..self.i]).into_owned())
+    }
+
+    /// A token68 that is the whole of its list element; the position is unchanged otherwise.
+    fn token68(&mut self) -> Option<String> {
+        let start = self.i;
+        while self.peek().is_some_and(is_token68_char) {
+            self.i += 1;
+        }
+        if self.i == start {
+            return None;
+        }
+        while self.peek() == Some(b'=') {
+            self.i += 1;
+        }
+        let end = self.i;
+        self.skip_ows();
+        if self.done() || self.peek() == Some(b',') {
+            return Some(String::from_utf8_lossy(&self.b[start..end]).into_owned());
+        }
+        self.i = start;
+        None
+    }
+
+    /// Whether an auth-param (`token BWS "="`) starts here, rather than the next challenge.
+    fn auth_param_follows(&mut self) -> bool {
+        let start = self.i;
+        let follows = self.token().is_some() && {
+            self.skip_ows();
+            self.peek() == Some(b'=')
+        };
+        self.i = start;
+        follows
+    }
+
+    /// `DQUOTE *( qdtext / quoted-pair ) DQUOTE`, unescaped.
+    fn quoted_string(&mut self) -> Result<String, String> {
+        let open = self.i;
+        self.i += 1;
+        let mut value = Vec::new();
+        loop {
+            let Some(c) = self.peek() else {
+                self.i = open;
+                return Err(self.err("unterminated quoted-string"));
+            };
+            match c {
+                b'"' => {
+                    self.i += 1;
+                    return Ok(String::from_utf8_lossy(&value).into_owned());
+                }
+                b'\\' => {
+                    self.i += 1;
+                    match self.peek() {
+                        Some(e) if e == b'\t' || e == b' ' || e >= 0x21 && e != 0x7f => {
+                            value.push(e);
+                            self.i += 1;
+                        }
+                        _ => return Err(self.err("bad quoted-pair in a quoted-string")),
+                    }
+                }
+                b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff => {
+                    value.push(c);
+                    self.i += 1;
+                }
+                _ => return Err(self.err("a control character in a quoted-string")),
+            }
+        }
+    }
 }
 
 /// The kind of a form control.
@@ -468,6 +639,11 @@ pub fn access_token_from_result(location: &str) -> Result<String, String> {
     if url.scheme() != RESULT_SCHEME {
         return Err(format!("not a {RESULT_SCHEME}:// URL: {location}"));
     }
+    if url.host_str() != Some(RESULT_HOST) {
+        return Err(format!(
+            "the sign-in result's host is not {RESULT_HOST}: {location}"
+        ));
+    }
     url.query_pairs()
         .find(|(k, _)| k == "access-token")
         .map(|(_, v)| v.into_owned())
@@ -482,7 +658,7 @@ mod tests {
     #[test]
     fn challenge_is_parsed() {
         let c = parse_www_authenticate(
-            r#"Bearer method="apple-as-web" url="https://mdm.example.com/enroll/sign-in?a=1&b=\"x\"""#,
+            r#"Bearer method="apple-as-web", url="https://mdm.example.com/enroll/sign-in?a=1&b=\"x\"""#,
         )
         .unwrap();
         assert_eq!(c.scheme, "Bearer");
@@ -491,10 +667,66 @@ mod tests {
             c.params["url"],
             r#"https://mdm.example.com/enroll/sign-in?a=1&b="x""#
         );
-        let c = parse_www_authenticate("Bearer method=apple-as-web, URL=\"/s\"").unwrap();
+        assert_eq!(c.token68, None);
+        // Names are case-insensitive, values may be tokens, whitespace around "=" is allowed.
+        let c = parse_www_authenticate("Bearer method = apple-as-web ,URL=\"/s\"").unwrap();
         assert_eq!(c.params["method"], "apple-as-web");
         assert_eq!(c.params["url"], "/s");
-        assert!(parse_www_authenticate("  ").is_none());
+        assert_eq!(parse_www_authenticate("  ").unwrap_err(), "no challenge");
+    }
+
+    #[test]
+    fn several_challenges_token68_and_empty_elements() {
+        // RFC 7235 §4.1's example, with an empty list element and a trailing comma.
+        let all = parse_challenges(
+            r#"Newauth realm="apps", type=1, title="Login to \"apps\"", , Basic realm="simple","#,
+        )
+        .unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].scheme, "Newauth");
+        assert_eq!(all[0].params["type"], "1");
+        assert_eq!(all[0].params["title"], r#"Login to "apps""#);
+        assert_eq!(all[1].scheme, "Basic");
+        assert_eq!(all[1].params["realm"], "simple");
+        let all = parse_challenges("Negotiate a87421000492aa874209af8bc028==, Bearer").unwrap();
+        assert_eq!(
+            all[0].token68.as_deref(),
+            Some("a87421000492aa874209af8bc028==")
+        );
+        assert!(all[0].params.is_empty());
+        assert_eq!(all[1].scheme, "Bearer");
+        assert!(all[1].params.is_empty() && all[1].token68.is_none());
+    }
+
+    #[test]
+    fn what_rfc_7235_does_not_allow_is_refused() {
+        let err = |v: &str| parse_challenges(v).unwrap_err();
+        // The space-separated form some servers send.
+        let e = err(r#"Bearer method="apple-as-web" url="https://mdm.example.com/s""#);
+        assert!(
+            e.starts_with("expected ',' after the auth-param method") && e.contains("character 30"),
+            "{e}"
+        );
+        assert!(
+            err(r#"Bearer method="apple-as-web""#.replace("Bearer ", "Bearer\t").as_str())
+                .contains("expected a space after the auth-scheme Bearer")
+        );
+        assert!(err(r#"Bearer method="apple-as-web"#).starts_with("unterminated quoted-string"));
+        assert!(err("Bearer method=\"a\u{1}b\"").contains("control character"));
+        assert!(err("Bearer method=@").contains("neither a token nor a quoted-string"));
+        // (`Bearer method=` alone is a token68, and allowed.)
+        assert_eq!(
+            parse_www_authenticate("Bearer method=")
+                .unwrap()
+                .token68
+                .as_deref(),
+            Some("method=")
+        );
+        assert!(err("Bearer url=https://x.example/").contains("expected ','"));
+        assert!(err("Bearer foo bar").contains("expected '=' after the auth-param name foo"));
+        assert!(err(r#"Bearer method="a", Method="b""#).contains("occurs twice"));
+        assert!(err("=x").contains("expected an auth-scheme"));
+        assert!(err(r#"Bearer method="a" , url="#).contains("neither a token"));
     }
 
     const SIGN_IN: &str = r#"<!doctype html>
@@ -650,6 +882,10 @@ mod tests {
         )
         .is_err());
         assert!(access_token_from_result("https://x.example/?access-token=a").is_err());
+        assert!(access_token_from_result(
+            "apple-remotemanagement-user-login://results?access-token=a"
+        )
+        .is_err());
     }
 
     #[test]

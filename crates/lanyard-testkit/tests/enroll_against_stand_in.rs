@@ -33,7 +33,30 @@ use plist::{Dictionary, Value};
 const PASSWORD: &str = "a long password";
 const TOPIC: &str = "com.apple.mgmt.External.e0bd1eac-1f17-4c8e-8a63-dd17d3dd35d9";
 
+/// How the stand-in answers the two steps the Mac is strict about; tests change it to see the
+/// simulated Mac refuse.
+#[derive(Clone)]
+struct Quirks {
+    /// The `WWW-Authenticate` value of the 401.
+    challenge: &'static str,
+    /// The status of the final hand-off.
+    hand_off_status: StatusCode,
+    /// The scheme the final hand-off goes to.
+    hand_off_scheme: &'static str,
+}
+
+impl Default for Quirks {
+    fn default() -> Self {
+        Quirks {
+            challenge: r#"Bearer method="apple-as-web", url="/enroll/sign-in""#,
+            hand_off_status: StatusCode::PERMANENT_REDIRECT,
+            hand_off_scheme: "apple-remotemanagement-user-login",
+        }
+    }
+}
+
 struct Stand {
+    quirks: Mutex<Quirks>,
     ca: Ca,
     signer: (X509, PKey<Private>),
     /// The SCEP RA: it signs every CertRep.
@@ -133,12 +156,10 @@ async fn enroll(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     }
     let email = bearer(&headers).and_then(|t| s.tokens.lock().unwrap().get(&t).cloned());
     let Some(email) = email else {
+        let challenge = s.quirks.lock().unwrap().challenge;
         return (
             StatusCode::UNAUTHORIZED,
-            [(
-                header::WWW_AUTHENTICATE,
-                r#"Bearer method="apple-as-web" url="/enroll/sign-in""#,
-            )],
+            [(header::WWW_AUTHENTICATE, challenge)],
         )
             .into_response();
     };
@@ -282,12 +303,14 @@ async fn details_submit(
         .extend(f.iter().filter(|(k, _)| k.starts_with("attr:")).cloned());
     let token = random_hex();
     s.tokens.lock().unwrap().insert(token.clone(), email);
+    let q = s.quirks.lock().unwrap().clone();
     (
-        StatusCode::FOUND,
+        q.hand_off_status,
         [(
             header::LOCATION,
             format!(
-                "apple-remotemanagement-user-login://authentication-results?access-token={token}"
+                "{}://authentication-results?access-token={token}",
+                q.hand_off_scheme
             ),
         )],
     )
@@ -409,6 +432,7 @@ async fn start() -> Running {
     )
     .unwrap();
     let stand = Arc::new(Stand {
+        quirks: Mutex::default(),
         ca,
         signer,
         ra,
@@ -630,6 +654,65 @@ async fn refusals_name_the_step_and_the_server_message() {
     o.ca_cert_pem = None;
     o.insecure = true;
     SimMac::new(o).unwrap().enroll().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_challenge_or_hand_off_a_mac_would_not_take_is_refused() {
+    let r = start().await;
+    let set = |q: Quirks| *r.stand.quirks.lock().unwrap() = q;
+    let enroll = || async {
+        SimMac::new(opts(&r, "ann@example.com"))
+            .unwrap()
+            .enroll()
+            .await
+    };
+
+    // Auth-params without their commas are not RFC 7235.
+    set(Quirks {
+        challenge: r#"Bearer method="apple-as-web" url="/enroll/sign-in""#,
+        ..Quirks::default()
+    });
+    let err = enroll().await.unwrap_err();
+    assert_eq!(err.step(), Step::Enrollment, "{err}");
+    assert!(
+        err.message()
+            .starts_with("the WWW-Authenticate challenge is not RFC 7235 (expected ','"),
+        "{err}"
+    );
+
+    // The hand-off with a 303 or a 302 instead of the 308 Apple documents.
+    for status in [StatusCode::SEE_OTHER, StatusCode::FOUND] {
+        set(Quirks {
+            hand_off_status: status,
+            ..Quirks::default()
+        });
+        let err = enroll().await.unwrap_err();
+        assert_eq!(err.step(), Step::SignIn, "{err}");
+        assert!(
+            err.message().contains(&format!(
+                "handed off to apple-remotemanagement-user-login: with {}, not 308",
+                status.as_u16()
+            )),
+            "{err}"
+        );
+    }
+
+    // A hand-off to another scheme.
+    set(Quirks {
+        hand_off_scheme: "x-other-login",
+        ..Quirks::default()
+    });
+    let err = enroll().await.unwrap_err();
+    assert_eq!(err.step(), Step::SignIn, "{err}");
+    assert!(
+        err.message()
+            .contains("handed off to x-other-login:, not apple-remotemanagement-user-login:"),
+        "{err}"
+    );
+
+    // As Apple writes them, both are taken.
+    set(Quirks::default());
+    enroll().await.unwrap();
 }
 
 #[tokio::test]

@@ -2,9 +2,10 @@
 //! Account-driven User Enrollment end to end, on both databases: the real `lanyard serve` over
 //! TLS, the simulated Mac from `lanyard-testkit` doing discovery, the web sign-in, the signed
 //! profile, SCEP and signed check-ins, and the admin CLI and API reading the result. Then the
-//! refusals (each leaves nothing behind), single-use access tokens and SCEP challenges, check-in
-//! identity, and independent tools (OpenSSL, Python's plistlib) reading what the server
-//! produces. The independent SCEP clients run in `scep_serve.rs`.
+//! refusals (each leaves nothing behind), single-use access tokens, the identifier typed on the
+//! Mac mapped to the managed Apple Account, single-use SCEP challenges, check-in identity, and
+//! independent tools (OpenSSL, Python's plistlib) reading what the server produces. The
+//! independent SCEP clients run in `scep_serve.rs`.
 
 mod support;
 
@@ -447,6 +448,101 @@ async fn access_token_single_use_sqlite() {
 #[tokio::test]
 async fn access_token_single_use_postgres() {
     access_token_single_use(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 3b. what was typed on the Mac may differ from the managed Apple Account
+
+const DANA: &str = "dana@example.com";
+const DANA_APPLE_ID: &str = "dana@appleid.example.com";
+
+async fn typed_identifier_maps_to_the_managed_apple_account(db: Db) {
+    let Some(s) = start(db, &[]).await else {
+        return;
+    };
+    cli_ok(
+        &s,
+        &[
+            "settings",
+            "set",
+            "managed-domains",
+            "example.com, appleid.example.com",
+        ],
+    );
+    let (ok, _, err) = s.cli_stdin(
+        &[
+            "user",
+            "add",
+            DANA,
+            "--managed-apple-id",
+            DANA_APPLE_ID,
+            "--password",
+            "-",
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{err}");
+
+    // The Mac is signed in with Dana's email: the profile assigns her managed Apple Account.
+    let mut mac = mac_for(&s, DANA, |o| {
+        o.managed_apple_id = Some(DANA_APPLE_ID.into())
+    });
+    let report = mac
+        .enroll()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", mac.steps().join("\n")));
+    assert_eq!(report.managed_apple_id, DANA_APPLE_ID);
+
+    // The Mac is signed in with her managed Apple Account; she signs in here with her email.
+    let mut mac = mac_for(&s, DANA_APPLE_ID, |o| o.sign_in_as = Some(DANA.into()));
+    let report = mac
+        .enroll()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", mac.steps().join("\n")));
+    assert_eq!(report.managed_apple_id, DANA_APPLE_ID);
+
+    // Anyone else's identifier is refused at the sign-in, and leaves nothing behind; so is
+    // Dana's on a Mac where someone else signs in.
+    let e = mac_for(&s, ANN, |o| o.sign_in_as = Some(DANA.into()))
+        .enroll()
+        .await
+        .unwrap_err();
+    assert_refused(
+        &e,
+        Step::SignIn,
+        403,
+        "This Mac is signed in with ann@example.com, but you signed in as dana@example.com \
+         (managed Apple Account dana@appleid.example.com)",
+    );
+    let e = mac_for(&s, DANA_APPLE_ID, |o| o.sign_in_as = Some(ANN.into()))
+        .enroll()
+        .await
+        .unwrap_err();
+    assert_refused(
+        &e,
+        Step::SignIn,
+        403,
+        "This Mac is signed in with dana@appleid.example.com, but you signed in as \
+         ann@example.com.",
+    );
+
+    let all = devices(&s, &["--all"]);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    for d in &all {
+        assert_eq!(d["status"], "enrolled", "{d}");
+        assert_eq!(d["managed_apple_id"], DANA_APPLE_ID, "{d}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn typed_identifier_maps_to_the_managed_apple_account_sqlite() {
+    typed_identifier_maps_to_the_managed_apple_account(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn typed_identifier_maps_to_the_managed_apple_account_postgres() {
+    typed_identifier_maps_to_the_managed_apple_account(Db::Postgres).await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,87 +4,21 @@
 //! `oidc-provider` package from npm, run by `tests/oidc/provider.mjs` on loopback), and the
 //! simulated Mac pressing "Sign in with …", signing in at the provider and finishing the
 //! enrollment. Then the refusals — mismatched email, unverified email, altered state, expired
-//! code, replayed callback, unknown person — each leaving no enrollment behind; and the admin
-//! API and CLI for providers (validation, conflicts, read-only refusal, secrets never shown).
+//! code, replayed callback, unknown person — each leaving no enrollment behind; an identifier
+//! typed on the Mac that the user record maps to a different managed Apple Account; and the
+//! admin API and CLI for providers (validation, conflicts, read-only refusal, secrets never
+//! shown).
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lanyard_testkit::{OidcTamper, SimError, SimMac, SimOidc, SimOptions, Step};
 use serde_json::{json, Value};
+use support::oidc::{start_provider, CLIENT_SECRET};
 use support::{Db, Server};
 
 const PASSWORD: &str = "a long enough password";
-const CLIENT_SECRET: &str = "lanyard-test-secret";
-
-/// The test provider, stopped on drop.
-struct Provider {
-    issuer: String,
-    child: Child,
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn provider_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
-}
-
-/// Starts the provider for a Lanyard at `lanyard_url`; `None` (loudly) when Node.js or the
-/// provider's packages are missing outside CI (`scripts/ensure-test-deps` installs them).
-fn start_provider(lanyard_url: &str) -> Option<Provider> {
-    let dir = provider_dir();
-    let missing = if !dir.join("node_modules/oidc-provider").is_dir() {
-        Some("the provider's packages are not installed (npm ci in tests/oidc)".to_string())
-    } else if Command::new("node").arg("--version").output().is_err() {
-        Some("node is not installed".to_string())
-    } else {
-        None
-    };
-    if let Some(why) = missing {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("the OpenID Connect test provider is required under CI=true: {why}");
-        }
-        eprintln!("\n!!!!! SKIPPED: {why}; the OpenID Connect end-to-end test did NOT run !!!!!\n");
-        return None;
-    }
-    let mut child = Command::new("node")
-        .arg("provider.mjs")
-        .current_dir(&dir)
-        .env(
-            "REDIRECT_URI",
-            format!("{lanyard_url}/enroll/oidc/callback"),
-        )
-        .env("NODE_NO_WARNINGS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep reading to the end: a closed pipe would kill the provider at its next line.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the test provider printed no issuer line");
-    let issuer = line
-        .strip_prefix("issuer ")
-        .unwrap_or_else(|| panic!("unexpected provider output: {line}"))
-        .to_string();
-    Some(Provider { issuer, child })
-}
 
 fn cli_ok(s: &Server, args: &[&str]) -> String {
     let (ok, out, err) = s.cli(args);
@@ -336,7 +270,7 @@ async fn run(db: Db) {
     assert_refused(
         &e,
         403,
-        "signed in at the identity provider as bob@example.com",
+        "This Mac is signed in with ann@example.com, but you signed in as bob@example.com",
     );
 
     let e = refused(&mut mac(
@@ -428,6 +362,55 @@ async fn run(db: Db) {
     }
     assert_eq!(enrolled(&s).len(), 2);
     assert!(cli_ok(&s, &["user", "list"]).contains("dan@example.com"));
+
+    // What was typed on the Mac may differ from the managed Apple Account: the user record maps
+    // the email to it, and the profile assigns the managed Apple Account.
+    cli_ok(
+        &s,
+        &[
+            "settings",
+            "set",
+            "managed-domains",
+            "example.com, appleid.example.com",
+        ],
+    );
+    cli_ok(
+        &s,
+        &[
+            "user",
+            "set-managed-apple-id",
+            "bob@example.com",
+            "bob@appleid.example.com",
+        ],
+    );
+    for typed in ["bob@appleid.example.com", "bob@example.com"] {
+        let mut bob = mac(&s, typed, "corp", "bob@example.com", OidcTamper::None);
+        let mut o = bob.options().clone();
+        o.managed_apple_id = Some("bob@appleid.example.com".into());
+        bob = SimMac::new(o).unwrap();
+        let report = bob
+            .enroll()
+            .await
+            .unwrap_or_else(|e| panic!("{typed}: {e}\n{:#?}", bob.steps()));
+        assert_eq!(report.managed_apple_id, "bob@appleid.example.com");
+    }
+    assert_eq!(enrolled(&s).len(), 4);
+    // Someone else's managed Apple Account is still refused.
+    let e = refused(&mut mac(
+        &s,
+        "bob@appleid.example.com",
+        "corp",
+        "ann@example.com",
+        OidcTamper::None,
+    ))
+    .await;
+    assert_refused(
+        &e,
+        403,
+        "This Mac is signed in with bob@appleid.example.com, but you signed in as \
+         ann@example.com.",
+    );
+    assert_eq!(enrolled(&s).len(), 4, "the refusal enrolled nothing");
 
     // A disabled provider is not offered and cannot be started.
     cli_ok(&s, &["idp", "update", "corp", "--enabled", "false"]);

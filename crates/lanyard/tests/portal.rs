@@ -83,6 +83,11 @@ async fn portal_walk(db: Db) {
         .unwrap()
         .to_string();
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    // Only the enrollment pages may hand a form off to the Mac's callback scheme.
+    assert!(
+        csp.contains("form-action 'self';") && !csp.contains("apple-remotemanagement-user-login"),
+        "{csp}"
+    );
     let page = r.text().await.unwrap();
     assert!(page.contains("Enrolled devices") && page.contains("User Enrollment"));
     assert!(page.contains("No APNs certificate"), "{page}");

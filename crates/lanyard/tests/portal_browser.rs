@@ -15,42 +15,14 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use lanyard_testkit::fake_abm::FakeAbm;
 use lanyard_testkit::sim::{Ownership, SimMac, SimOptions};
 use serde_json::Value;
+use support::browser::{browser_dir, tools_present};
 use support::{Db, Server, VIEWER_PASSWORD};
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Whether the browser, node and the script's packages are here; skips loudly (fails in CI).
-fn tools_present() -> bool {
-    let mut missing = Vec::new();
-    if !Path::new("/usr/bin/chromium").exists() {
-        missing.push("/usr/bin/chromium (apt-get install chromium)");
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        missing.push("node");
-    }
-    if !browser_dir().join("node_modules/playwright-core").exists() {
-        missing.push("playwright-core (npm ci in crates/lanyard/tests/browser)");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let what = missing.join(", ");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("the portal browser test needs {what} under CI=true; run scripts/ensure-test-deps");
-    }
-    eprintln!(
-        "\n!!!!! SKIPPED: the portal browser test needs {what}; run scripts/ensure-test-deps !!!!!\n"
-    );
-    false
-}
 
 fn enrolled_id(s: &Server) -> String {
     let (ok, out, err) = s.cli(&["device", "list", "--json"]);

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! lanyard-sim enroll --server https://127.0.0.1:8443 --email ann@example.com \
-//!     --password '…' [--ownership employee|corporate|shared] [--attr NAME=VALUE]... \
+//!     --password '…' [--sign-in-as EMAIL] [--managed-apple-id ID] \
+//!     [--ownership employee|corporate|shared] [--attr NAME=VALUE]... \
 //!     [--os-version 15.2] [--model Mac14,2] [--ca-cert ca.pem] [--insecure] [--commands]
 //! ```
 //!
@@ -38,12 +39,18 @@ struct EnrollArgs {
     /// The Lanyard server (where service discovery is asked), e.g. https://127.0.0.1:8443.
     #[arg(long)]
     server: String,
-    /// The managed Apple Account signed in on the Mac.
+    /// The account signed in on the Mac (sent as user-identifier).
     #[arg(long)]
     email: String,
     /// The password typed on the sign-in page.
     #[arg(long, env = "LANYARD_SIM_PASSWORD", hide_env_values = true)]
     password: String,
+    /// What is typed into the sign-in page's email field. Default: --email
+    #[arg(long)]
+    sign_in_as: Option<String>,
+    /// The managed Apple Account the profile must assign. Default: --email
+    #[arg(long)]
+    managed_apple_id: Option<String>,
     /// The answer to the ownership question: employee, corporate or shared.
     #[arg(long, default_value = "employee", value_parser = parse_ownership)]
     ownership: Ownership,
@@ -114,6 +121,8 @@ async fn enroll(args: EnrollArgs) -> Result<String, String> {
         server: args.server,
         email: args.email,
         password: args.password,
+        sign_in_as: args.sign_in_as,
+        managed_apple_id: args.managed_apple_id,
         ownership: args.ownership,
         attrs,
         os_version: args.os_version,

@@ -6,12 +6,11 @@
 // Environment: LANYARD_URL, LANYARD_ADMIN_PASSWORD, LANYARD_VIEWER_PASSWORD, and optionally
 // LANYARD_SCREENSHOTS (a directory to save PNG screenshots in).
 
-import { chromium } from "playwright-core";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import readline from "node:readline";
 import { createRequire } from "node:module";
+import { check, launch } from "./chromium.mjs";
 
 const require = createRequire(import.meta.url);
 const base = must("LANYARD_URL");
@@ -39,12 +38,6 @@ async function step(name, arg = "") {
     throw new Error(`step ${name} failed: ${value}`);
   }
   return value.slice(2).trim();
-}
-
-function check(cond, what) {
-  if (!cond) {
-    throw new Error(`check failed: ${what}`);
-  }
 }
 
 async function shot(page, name) {
@@ -90,28 +83,10 @@ async function signOut(page) {
   await page.waitForURL(/\/portal\/sign-in/);
 }
 
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "lanyard-chromium-"));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-  ignoreHTTPSErrors: true, // the test server's certificate comes from its own CA
-  viewport: { width: 1200, height: 800 },
-});
+const { page, userDataDir, close } = await launch();
 
 let failed = false;
 try {
-  const page = context.pages()[0] || (await context.newPage());
-  page.setDefaultTimeout(15000);
   const csp = [];
   page.on("console", (m) => {
     if (m.type() === "error") {
@@ -327,7 +302,6 @@ try {
   failed = true;
   console.error(e && e.stack ? e.stack : String(e));
 } finally {
-  await context.close();
-  fs.rmSync(userDataDir, { recursive: true, force: true });
+  await close();
 }
 process.exit(failed ? 1 : 0);

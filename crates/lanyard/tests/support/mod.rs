@@ -3,6 +3,8 @@
 //! same data.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod oidc;
 pub mod portal;
 
 use std::io::{BufRead, BufReader};
