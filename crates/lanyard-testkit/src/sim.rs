@@ -1030,42 +1030,7 @@ impl SimMac {
                         ),
                     ));
                 }
-                // Like the Mac, read the challenge strictly (RFC 7235): a malformed one ends the
-                // enrollment.
-                let challenge = webauth::parse_challenges(&header)
-                    .map_err(|m| {
-                        SimError::failed(
-                            Step::Enrollment,
-                            format!(
-                                "the WWW-Authenticate challenge is not RFC 7235 ({m}): {header}"
-                            ),
-                        )
-                    })?
-                    .into_iter()
-                    .find(|c| c.scheme.eq_ignore_ascii_case("Bearer"))
-                    .ok_or_else(|| {
-                        SimError::refused(
-                            Step::Enrollment,
-                            401,
-                            format!(
-                                "no Bearer challenge in WWW-Authenticate ({header:?}): {}",
-                                webauth::body_message(&ct, &bytes)
-                            ),
-                        )
-                    })?;
-                let method = challenge.params.get("method").cloned().unwrap_or_default();
-                if method != "apple-as-web" {
-                    return Err(SimError::failed(
-                        Step::Enrollment,
-                        format!("unsupported authentication method {method:?} (want apple-as-web)"),
-                    ));
-                }
-                let url = challenge.params.get("url").ok_or_else(|| {
-                    SimError::failed(Step::Enrollment, "the apple-as-web challenge has no url")
-                })?;
-                let url = base_url.join(url).map_err(|e| {
-                    SimError::failed(Step::Enrollment, format!("sign-in url {url:?}: {e}"))
-                })?;
+                let url = apple_as_web_url(Step::Enrollment, &header, base_url)?;
                 self.log(format!(
                     "enrollment: {what} → 401 Bearer method=\"apple-as-web\", url={url}"
                 ));
@@ -1553,12 +1518,16 @@ impl SimMac {
                 .await?;
             let status = resp.status();
             let ct = content_type_of(&resp);
-            let challenge = apple_as_web_url(resp.headers());
+            let challenge = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let bytes = resp.bytes().await.at(step)?.to_vec();
             match status {
                 StatusCode::OK => return Ok(bytes),
                 StatusCode::UNAUTHORIZED => {
-                    let Some(sign_in_url) = challenge else {
+                    let Some(header) = challenge else {
                         return Err(SimError::refused(
                             step,
                             401,
@@ -1575,8 +1544,9 @@ impl SimMac {
                             webauth::body_message(&ct, &bytes),
                         ));
                     }
-                    self.log(format!("{step}: 401 apple-as-web → signing in again"));
                     let base = Url::parse(url).at_doing(step, "request URL")?;
+                    let sign_in_url = apple_as_web_url(step, &header, &base)?;
+                    self.log(format!("{step}: 401 apple-as-web → signing in again"));
                     let token = self.sign_in(&base, sign_in_url).await?;
                     if let Some(e) = self.enrolled.as_mut() {
                         e.access_token = Some(token);
@@ -1857,16 +1827,38 @@ fn common_name(c: &X509) -> String {
         .unwrap_or_else(|| name_to_string(c.subject_name()))
 }
 
-/// The sign-in URL of an `apple-as-web` challenge, if the headers carry one.
-fn apple_as_web_url(headers: &HeaderMap) -> Option<Url> {
-    let value = headers.get(WWW_AUTHENTICATE)?.to_str().ok()?;
-    let c = webauth::parse_www_authenticate(value)?;
-    if !c.scheme.eq_ignore_ascii_case("Bearer")
-        || c.params.get("method").map(String::as_str) != Some("apple-as-web")
-    {
-        return None;
+/// The sign-in URL of a `401`'s `apple-as-web` challenge, read strictly as a Mac does
+/// (RFC 7235 auth-params; a malformed challenge ends the step), relative to `base`.
+fn apple_as_web_url(step: Step, header: &str, base: &Url) -> Result<Url> {
+    let challenge = webauth::parse_challenges(header)
+        .map_err(|m| {
+            SimError::failed(
+                step,
+                format!("the WWW-Authenticate challenge is not RFC 7235 ({m}): {header}"),
+            )
+        })?
+        .into_iter()
+        .find(|c| c.scheme.eq_ignore_ascii_case("Bearer"))
+        .ok_or_else(|| {
+            SimError::refused(
+                step,
+                401,
+                format!("no Bearer challenge in WWW-Authenticate ({header:?})"),
+            )
+        })?;
+    let method = challenge.params.get("method").cloned().unwrap_or_default();
+    if method != "apple-as-web" {
+        return Err(SimError::failed(
+            step,
+            format!("unsupported authentication method {method:?} (want apple-as-web)"),
+        ));
     }
-    Url::parse(c.params.get("url")?).ok()
+    let url = challenge
+        .params
+        .get("url")
+        .ok_or_else(|| SimError::failed(step, "the apple-as-web challenge has no url"))?;
+    base.join(url)
+        .map_err(|e| SimError::failed(step, format!("sign-in url {url:?}: {e}")))
 }
 
 /// Apple's ErrorUnrecognizedDevice: a 403 whose JSON body has `code`
