@@ -850,8 +850,8 @@ pub fn decode_cert_rep(
 
 /// What the caller's policy decided for a PKCSReq/RenewalReq.
 pub struct IssueDecision {
-    /// Validity of the identity certificate, days.
-    pub validity_days: u32,
+    /// Validity of the identity certificate.
+    pub validity: std::time::Duration,
     /// Subject to use instead of the requested one.
     pub subject_override: Option<X509Name>,
 }
@@ -961,9 +961,9 @@ impl<'a> ScepResponder<'a> {
         match policy(&req, &csr) {
             Err(fi) => reply(CertRepStatus::Failure(fi)),
             Ok(decision) => {
-                match self.issuer.issue_identity(
+                match self.issuer.issue_identity_valid_for(
                     csr.der(),
-                    decision.validity_days,
+                    decision.validity,
                     decision.subject_override.as_deref(),
                 ) {
                     Ok(issued) => reply(CertRepStatus::Success {
@@ -1011,7 +1011,7 @@ mod tests {
             return Err(FailInfo::BadRequest);
         }
         Ok(IssueDecision {
-            validity_days: 365,
+            validity: std::time::Duration::from_secs(365 * 86_400),
             subject_override: None,
         })
     }
