@@ -583,6 +583,7 @@ impl EnrollmentService {
                 scep_challenge_hash: challenge.hash,
                 challenge_expires_at: now + Duration::minutes(CHALLENGE_MINUTES),
                 push_topic,
+                profile_ids: None,
             })
             .await?;
         tracing::info!(enrollment = %enrollment_id, user = user.id, "issued an enrollment profile");

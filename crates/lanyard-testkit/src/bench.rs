@@ -1320,6 +1320,7 @@ async fn bind(
             scep_challenge_hash: hex::encode(challenge),
             challenge_expires_at: now + chrono::Duration::hours(1),
             push_topic: topic.to_owned(),
+            profile_ids: None,
         })
         .await?;
     store
