@@ -11,7 +11,8 @@
 //! - access tokens and SCEP challenges are random, stored only as hashes, short-lived and
 //!   claimed atomically once;
 //! - every check-in must be signed (`Mdm-Signature`) by the identity certificate issued for that
-//!   enrollment; a foreign, unknown or checked-out identity is refused.
+//!   enrollment (or by its renewed identity, see [`crate::renewal`]); a foreign, unknown, retired
+//!   or checked-out identity is refused.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,11 +32,12 @@ use lanyard_proto::profile::{
 use lanyard_proto::{EnrollmentKind, OsVersion, SecretString, ServiceDiscovery, UserIdentifier};
 use lanyard_store::{
     AccessTokenRow, AuthenticateRecord, Enrollment, EnrollmentFlow, EnrollmentQuery, NewEnrollment,
-    TokenUpdateRecord, User,
+    ProfileIds, TokenUpdateRecord, User,
 };
 
 use crate::admins::{hash_secret, new_secret};
 use crate::attributes::validate_values;
+pub use crate::renewal::IdentityPolicy;
 use crate::settings::OwnershipMode;
 use crate::{CoreError, Lanyard, Result};
 
@@ -43,8 +45,6 @@ use crate::{CoreError, Lanyard, Result};
 pub const FLOW_MINUTES: i64 = 30;
 pub const ACCESS_TOKEN_MINUTES: i64 = 15;
 pub const CHALLENGE_MINUTES: i64 = 60;
-/// Identity certificates are valid for a year (renewal comes with a later release).
-pub const IDENTITY_DAYS: u32 = 365;
 
 /// The one enrollment mode Lanyard creates today.
 pub const MODE_USER_ENROLLMENT: &str = "user_enrollment";
@@ -97,6 +97,8 @@ pub struct EnrollmentService {
     signers: Arc<lanyard_pki::SignerCache>,
     urls: DeviceUrls,
     organization: String,
+    /// Identity certificate lifetime and renewal window.
+    identity: IdentityPolicy,
 }
 
 /// Where the person goes next in the sign-in pages.
@@ -187,6 +189,14 @@ pub struct EnrollmentView {
     pub identity_certificate_serial: Option<String>,
     pub identity_certificate_sha256: Option<String>,
     pub identity_certificate_not_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// When a renewed identity certificate last became the current one.
+    pub identity_certificate_renewed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A renewed identity certificate the device has not used yet (the current one stays valid
+    /// until it does).
+    pub next_identity_certificate_serial: Option<String>,
+    pub next_identity_certificate_not_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the last identity renewal was queued.
+    pub identity_renewal_queued_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub enrolled_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -232,6 +242,10 @@ impl From<Enrollment> for EnrollmentView {
             identity_certificate_serial: e.identity_serial,
             identity_certificate_sha256: e.identity_sha256,
             identity_certificate_not_after: e.identity_not_after,
+            identity_certificate_renewed_at: e.identity_renewed_at,
+            next_identity_certificate_serial: e.next_identity_serial,
+            next_identity_certificate_not_after: e.next_identity_not_after,
+            identity_renewal_queued_at: e.renewal_queued_at,
             created_at: e.created_at,
             enrolled_at: e.enrolled_at,
             last_seen_at: e.last_seen_at,
@@ -274,7 +288,19 @@ impl EnrollmentService {
             signers,
             urls,
             organization,
+            identity: IdentityPolicy::default(),
         }
+    }
+
+    /// The same service issuing and renewing identities by `policy` (default: a year, renewed
+    /// in the last 30 days).
+    pub fn with_identity_policy(mut self, policy: IdentityPolicy) -> Self {
+        self.identity = policy;
+        self
+    }
+
+    pub fn identity_policy(&self) -> &IdentityPolicy {
+        &self.identity
     }
 
     pub fn urls(&self) -> &DeviceUrls {
@@ -533,37 +559,14 @@ impl EnrollmentService {
         let push_topic = self.lanyard.push_topic().await?;
         let challenge = new_secret("");
         let enrollment_id = uuid::Uuid::new_v4().to_string();
-        let input = EnrollmentProfileInput {
-            organisation: self.organization.clone(),
-            profile_identifier: profile_identifier(&enrollment_id),
-            checkin_url: self.urls.checkin(),
-            server_url: self.urls.command(),
-            push_topic: push_topic.clone(),
-            assigned_managed_apple_id: apple_id.clone(),
-            scep: ScepSettings {
-                url: self.urls.scep(),
-                challenge: SecretString::new(challenge.secret),
-                subject: vec![
-                    ("O".into(), self.organization.clone()),
-                    ("CN".into(), format!("Lanyard Identity {enrollment_id}")),
-                ],
-                key_size: 2048,
-                name: None,
-                ca_fingerprint: None,
-            },
-            ca_cert_der: Some(self.pki.ca.cert_der()?),
-            server_capabilities: ServerCapability::ALL.to_vec(),
-            sign_message: true,
-            uuids: ProfileUuids::random(),
-        };
-        let plist = build_enrollment_profile(&input)
-            .map_err(|e| CoreError::Internal(format!("building the profile: {e}")))?;
-        let signed = lanyard_pki::sign_cms(
-            &self.pki.profile_signer_cert,
-            &self.pki.profile_signer_key,
-            std::slice::from_ref(self.pki.ca.certificate()),
-            &plist,
-        )?;
+        let uuids = ProfileUuids::random();
+        let signed = self.signed_profile(&self.profile_input(
+            &enrollment_id,
+            &apple_id,
+            &push_topic,
+            SecretString::new(challenge.secret),
+            uuids,
+        )?)?;
         store
             .consume_access_token(&token_hash, lanyard_store::now())
             .await?
@@ -583,11 +586,62 @@ impl EnrollmentService {
                 scep_challenge_hash: challenge.hash,
                 challenge_expires_at: now + Duration::minutes(CHALLENGE_MINUTES),
                 push_topic,
-                profile_ids: None,
+                profile_ids: Some(ProfileIds {
+                    profile: payload_uuid(&uuids.profile),
+                    mdm_payload: payload_uuid(&uuids.mdm),
+                    trust_payload: payload_uuid(&uuids.trust),
+                }),
             })
             .await?;
         tracing::info!(enrollment = %enrollment_id, user = user.id, "issued an enrollment profile");
         Ok(signed)
+    }
+
+    /// What an enrollment profile holds: the same for the profile issued at enrollment and for
+    /// the renewed one an identity renewal reinstalls (only the SCEP payload differs).
+    pub(crate) fn profile_input(
+        &self,
+        enrollment_id: &str,
+        assigned_managed_apple_id: &str,
+        push_topic: &str,
+        challenge: SecretString,
+        uuids: ProfileUuids,
+    ) -> Result<EnrollmentProfileInput> {
+        Ok(EnrollmentProfileInput {
+            organisation: self.organization.clone(),
+            profile_identifier: profile_identifier(enrollment_id),
+            checkin_url: self.urls.checkin(),
+            server_url: self.urls.command(),
+            push_topic: push_topic.to_string(),
+            assigned_managed_apple_id: assigned_managed_apple_id.to_string(),
+            scep: ScepSettings {
+                url: self.urls.scep(),
+                challenge,
+                subject: vec![
+                    ("O".into(), self.organization.clone()),
+                    ("CN".into(), format!("Lanyard Identity {enrollment_id}")),
+                ],
+                key_size: 2048,
+                name: None,
+                ca_fingerprint: None,
+            },
+            ca_cert_der: Some(self.pki.ca.cert_der()?),
+            server_capabilities: ServerCapability::ALL.to_vec(),
+            sign_message: true,
+            uuids,
+        })
+    }
+
+    /// The profile built and signed (CMS) by the profile signer.
+    pub(crate) fn signed_profile(&self, input: &EnrollmentProfileInput) -> Result<Vec<u8>> {
+        let plist = build_enrollment_profile(input)
+            .map_err(|e| CoreError::Internal(format!("building the profile: {e}")))?;
+        Ok(lanyard_pki::sign_cms(
+            &self.pki.profile_signer_cert,
+            &self.pki.profile_signer_key,
+            std::slice::from_ref(self.pki.ca.certificate()),
+            &plist,
+        )?)
     }
 
     /// SCEP `GetCACaps`.
@@ -642,13 +696,14 @@ impl EnrollmentService {
             return reply(CertRepStatus::Failure(FailInfo::BadRequest));
         };
         let subject = identity_subject(&self.organization, &enrollment.id)?;
-        let issued = match ca.issue_identity(csr.der(), IDENTITY_DAYS, Some(&subject)) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::info!(error = %e, "SCEP certificate request refused");
-                return reply(CertRepStatus::Failure(FailInfo::BadRequest));
-            }
-        };
+        let issued =
+            match ca.issue_identity_valid_for(csr.der(), self.identity.lifetime, Some(&subject)) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(error = %e, "SCEP certificate request refused");
+                    return reply(CertRepStatus::Failure(FailInfo::BadRequest));
+                }
+            };
         let info = lanyard_pki::CertInfo::from_x509(&issued)?;
         let not_after = chrono::DateTime::from_timestamp(info.not_after, 0)
             .ok_or_else(|| CoreError::Internal("certificate expiry out of range".into()))?;
@@ -685,13 +740,14 @@ impl EnrollmentService {
     }
 
     /// Finds the enrollment a signed device request belongs to: the `Mdm-Signature` must verify
-    /// over the exact body, chain to our CA, and be the identity issued for a live enrollment.
+    /// over the exact body, chain to our CA, and be the identity issued for a live enrollment
+    /// (or its renewed identity, which this first use makes current).
     pub async fn identify(&self, signature: Option<&[u8]>, body: &[u8]) -> Result<Enrollment> {
         let fingerprint = self.signer_of(signature, body)?;
         let enrollment = self
             .lanyard
             .store()
-            .enrollment_by_identity(&fingerprint)
+            .enrollment_for_identity(&fingerprint, lanyard_store::now())
             .await?
             .ok_or_else(|| {
                 CoreError::Unauthorized("this identity certificate belongs to no enrollment".into())
@@ -870,6 +926,11 @@ impl EnrollmentService {
     pub async fn list(&self, q: &EnrollmentQuery) -> Result<Vec<EnrollmentView>> {
         list_enrollments(&self.lanyard, q).await
     }
+}
+
+/// A `PayloadUUID` as the profile carries it (upper-case, hyphenated), as kept for renewal.
+pub(crate) fn payload_uuid(u: &uuid::Uuid) -> String {
+    u.hyphenated().to_string().to_uppercase()
 }
 
 /// The `PayloadIdentifier` of an enrollment's profile (what `RemoveProfile` names to unenroll).

@@ -20,6 +20,7 @@ pub mod identity_providers;
 pub mod listings;
 pub mod pki;
 pub mod push;
+pub mod renewal;
 pub mod server_tokens;
 pub mod settings;
 pub mod users;
