@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum_server::tls_rustls::RustlsConfig;
+use lanyard_core::commands::PushRequester;
 use lanyard_core::enrollment::{DeviceUrls, EnrollmentService};
 use lanyard_core::push::PushJob;
 use lanyard_core::Lanyard;
@@ -81,16 +82,25 @@ pub async fn run(
         Arc::clone(&device_pki),
         DeviceUrls::new(&public),
         serve.organization.clone(),
+    )
+    .with_identity_policy(serve.identity);
+    let pusher: Arc<dyn PushRequester> = Arc::new(PushJob::start(Arc::new(setup::push_service(
+        &data, &lanyard, &secrets,
+    )?)));
+    tracing::info!(
+        lifetime_secs = serve.identity.lifetime.as_secs(),
+        renewal_window_secs = serve.identity.renewal_window.as_secs(),
+        every_secs = serve.identity_renewal_interval.as_secs(),
+        "device identity certificates: lifetime, renewal window, renewal job interval"
     );
+    enrollment.start_identity_renewal_job(serve.identity_renewal_interval, Some(pusher.clone()));
     let oidc = oidc_sign_ins(&serve, &lanyard, &secrets, &public)?;
     let app = lanyard_http::router(lanyard_http::AppState {
         lanyard: lanyard.clone(),
         enrollment,
         sign_in_limiter: Default::default(),
         oidc,
-        pusher: Some(Arc::new(PushJob::start(Arc::new(setup::push_service(
-            &data, &lanyard, &secrets,
-        )?)))),
+        pusher: Some(pusher),
         secrets: secrets.clone(),
         abm: abm_service(&lanyard, &secrets, &abm, &public)?,
         metrics: Some(metrics),
