@@ -11,7 +11,8 @@
 //! - access tokens and SCEP challenges are random, stored only as hashes, short-lived and
 //!   claimed atomically once;
 //! - every check-in must be signed (`Mdm-Signature`) by the identity certificate issued for that
-//!   enrollment; a foreign, unknown or checked-out identity is refused.
+//!   enrollment (or by its renewed identity, see [`crate::renewal`]); a foreign, unknown, retired
+//!   or checked-out identity is refused.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,11 +31,12 @@ use lanyard_proto::profile::{
 use lanyard_proto::{OsVersion, SecretString, ServiceDiscovery, UserIdentifier};
 use lanyard_store::{
     AccessTokenRow, Enrollment, EnrollmentFlow, EnrollmentQuery, IdentityRecord, NewEnrollment,
-    User,
+    ProfileIds, User,
 };
 
 use crate::admins::{hash_secret, new_secret};
 use crate::attributes::validate_values;
+pub use crate::renewal::IdentityPolicy;
 use crate::settings::OwnershipMode;
 use crate::users::check_presented_identifier;
 use crate::{CoreError, Lanyard, Result};
@@ -43,8 +45,6 @@ use crate::{CoreError, Lanyard, Result};
 pub const FLOW_MINUTES: i64 = 30;
 pub const ACCESS_TOKEN_MINUTES: i64 = 15;
 pub const CHALLENGE_MINUTES: i64 = 60;
-/// Identity certificates are valid for a year (renewal comes with a later release).
-pub const IDENTITY_DAYS: u32 = 365;
 
 /// The one enrollment mode Lanyard creates today.
 pub const MODE_USER_ENROLLMENT: &str = "user_enrollment";
@@ -95,6 +95,8 @@ pub struct EnrollmentService {
     pki: Arc<DevicePki>,
     urls: DeviceUrls,
     organization: String,
+    /// Identity certificate lifetime and renewal window.
+    identity: IdentityPolicy,
 }
 
 /// Where the person goes next in the sign-in pages.
@@ -174,6 +176,14 @@ pub struct EnrollmentView {
     pub identity_certificate_serial: Option<String>,
     pub identity_certificate_sha256: Option<String>,
     pub identity_certificate_not_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// When a renewed identity certificate last became the current one.
+    pub identity_certificate_renewed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A renewed identity certificate the device has not used yet (the current one stays valid
+    /// until it does).
+    pub next_identity_certificate_serial: Option<String>,
+    pub next_identity_certificate_not_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the last identity renewal was queued.
+    pub identity_renewal_queued_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub enrolled_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -219,6 +229,10 @@ impl From<Enrollment> for EnrollmentView {
             identity_certificate_serial: e.identity_serial,
             identity_certificate_sha256: e.identity_sha256,
             identity_certificate_not_after: e.identity_not_after,
+            identity_certificate_renewed_at: e.identity_renewed_at,
+            next_identity_certificate_serial: e.next_identity_serial,
+            next_identity_certificate_not_after: e.next_identity_not_after,
+            identity_renewal_queued_at: e.renewal_queued_at,
             created_at: e.created_at,
             enrolled_at: e.enrolled_at,
             last_seen_at: e.last_seen_at,
@@ -256,7 +270,19 @@ impl EnrollmentService {
             pki,
             urls,
             organization,
+            identity: IdentityPolicy::default(),
         }
+    }
+
+    /// The same service issuing and renewing identities by `policy` (default: a year, renewed
+    /// in the last 30 days).
+    pub fn with_identity_policy(mut self, policy: IdentityPolicy) -> Self {
+        self.identity = policy;
+        self
+    }
+
+    pub fn identity_policy(&self) -> &IdentityPolicy {
+        &self.identity
     }
 
     pub fn urls(&self) -> &DeviceUrls {
@@ -508,37 +534,14 @@ impl EnrollmentService {
         let push_topic = self.lanyard.push_topic().await?;
         let challenge = new_secret("");
         let enrollment_id = uuid::Uuid::new_v4().to_string();
-        let input = EnrollmentProfileInput {
-            organisation: self.organization.clone(),
-            profile_identifier: profile_identifier(&enrollment_id),
-            checkin_url: self.urls.checkin(),
-            server_url: self.urls.command(),
-            push_topic: push_topic.clone(),
-            assigned_managed_apple_id: apple_id.clone(),
-            scep: ScepSettings {
-                url: self.urls.scep(),
-                challenge: SecretString::new(challenge.secret),
-                subject: vec![
-                    ("O".into(), self.organization.clone()),
-                    ("CN".into(), format!("Lanyard Identity {enrollment_id}")),
-                ],
-                key_size: 2048,
-                name: None,
-                ca_fingerprint: None,
-            },
-            ca_cert_der: Some(self.pki.ca.cert_der()?),
-            server_capabilities: ServerCapability::USER_ENROLLMENT.to_vec(),
-            sign_message: true,
-            uuids: ProfileUuids::random(),
-        };
-        let plist = build_enrollment_profile(&input)
-            .map_err(|e| CoreError::Internal(format!("building the profile: {e}")))?;
-        let signed = lanyard_pki::sign_cms(
-            &self.pki.profile_signer_cert,
-            &self.pki.profile_signer_key,
-            std::slice::from_ref(self.pki.ca.certificate()),
-            &plist,
-        )?;
+        let uuids = ProfileUuids::random();
+        let signed = self.signed_profile(&self.profile_input(
+            &enrollment_id,
+            &apple_id,
+            &push_topic,
+            SecretString::new(challenge.secret),
+            uuids,
+        )?)?;
         store
             .consume_access_token(&token_hash, lanyard_store::now())
             .await?
@@ -558,6 +561,11 @@ impl EnrollmentService {
                 scep_challenge_hash: challenge.hash,
                 challenge_expires_at: now + Duration::minutes(CHALLENGE_MINUTES),
                 push_topic,
+                profile_ids: Some(ProfileIds {
+                    profile: payload_uuid(&uuids.profile),
+                    mdm_payload: payload_uuid(&uuids.mdm),
+                    trust_payload: payload_uuid(&uuids.trust),
+                }),
                 // The Mac keeps sending this token on its user channel (ongoing
                 // authorization, see `mdm`).
                 bearer_token_hash: Some(token_hash.clone()),
@@ -577,6 +585,53 @@ impl EnrollmentService {
             &pki.scep_ra_key,
             Some(pki.ca.private_key()),
         )
+    }
+
+    /// What an enrollment profile holds: the same for the profile issued at enrollment and for
+    /// the renewed one an identity renewal reinstalls (only the SCEP payload differs).
+    pub(crate) fn profile_input(
+        &self,
+        enrollment_id: &str,
+        assigned_managed_apple_id: &str,
+        push_topic: &str,
+        challenge: SecretString,
+        uuids: ProfileUuids,
+    ) -> Result<EnrollmentProfileInput> {
+        Ok(EnrollmentProfileInput {
+            organisation: self.organization.clone(),
+            profile_identifier: profile_identifier(enrollment_id),
+            checkin_url: self.urls.checkin(),
+            server_url: self.urls.command(),
+            push_topic: push_topic.to_string(),
+            assigned_managed_apple_id: assigned_managed_apple_id.to_string(),
+            scep: ScepSettings {
+                url: self.urls.scep(),
+                challenge,
+                subject: vec![
+                    ("O".into(), self.organization.clone()),
+                    ("CN".into(), format!("Lanyard Identity {enrollment_id}")),
+                ],
+                key_size: 2048,
+                name: None,
+                ca_fingerprint: None,
+            },
+            ca_cert_der: Some(self.pki.ca.cert_der()?),
+            server_capabilities: ServerCapability::USER_ENROLLMENT.to_vec(),
+            sign_message: true,
+            uuids,
+        })
+    }
+
+    /// The profile built and signed (CMS) by the profile signer.
+    pub(crate) fn signed_profile(&self, input: &EnrollmentProfileInput) -> Result<Vec<u8>> {
+        let plist = build_enrollment_profile(input)
+            .map_err(|e| CoreError::Internal(format!("building the profile: {e}")))?;
+        Ok(lanyard_pki::sign_cms(
+            &self.pki.profile_signer_cert,
+            &self.pki.profile_signer_key,
+            std::slice::from_ref(self.pki.ca.certificate()),
+            &plist,
+        )?)
     }
 
     /// SCEP `GetCACaps`.
@@ -608,7 +663,8 @@ impl EnrollmentService {
         };
         let csr = match req.csr() {
             Ok(csr) if req.pki().message_type == MessageType::PkcsReq => csr,
-            // Renewal arrives with identity renewal; until then it is refused like the rest.
+            // SCEP's own RenewalReq is not used: an identity is renewed by reinstalling the
+            // enrollment profile with a fresh one-time challenge, which arrives as a PKCSReq.
             Ok(_) => return refuse(FailInfo::BadRequest),
             Err(fi) => return refuse(fi),
         };
@@ -626,7 +682,7 @@ impl EnrollmentService {
             return refuse(FailInfo::BadRequest);
         };
         let subject = identity_subject(&self.organization, &enrollment.id)?;
-        let issued = match scep.issue(&req, IDENTITY_DAYS, Some(&subject)) {
+        let issued = match scep.issue(&req, self.identity.lifetime, Some(&subject)) {
             Ok(issued) => issued,
             Err(e) => {
                 tracing::info!(error = %e, "SCEP certificate request refused");
@@ -666,6 +722,11 @@ impl EnrollmentService {
     pub async fn list(&self, q: &EnrollmentQuery) -> Result<Vec<EnrollmentView>> {
         list_enrollments(&self.lanyard, q).await
     }
+}
+
+/// A `PayloadUUID` as the profile carries it (upper-case, hyphenated), as kept for renewal.
+pub(crate) fn payload_uuid(u: &uuid::Uuid) -> String {
+    u.hyphenated().to_string().to_uppercase()
 }
 
 /// The `PayloadIdentifier` of an enrollment's profile (what `RemoveProfile` names to unenroll).

@@ -20,6 +20,7 @@ pub mod listings;
 pub mod mdm;
 pub mod pki;
 pub mod push;
+pub mod renewal;
 pub mod server_tokens;
 pub mod settings;
 pub mod users;
@@ -91,9 +92,11 @@ impl Lanyard {
         self
     }
 
-    /// Whether queued commands are followed by a push.
-    pub fn can_push(&self) -> bool {
-        self.pusher.is_some()
+    /// Asks the push requester (if any) to wake these enrollments.
+    pub(crate) fn request_push(&self, enrollment_ids: Vec<String>) {
+        if let Some(p) = &self.pusher {
+            p.request_push(enrollment_ids);
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -5,7 +5,9 @@
 //! 1. the `Mdm-Signature` (a detached CMS signature by the identity certificate, the profile
 //!    sets `SignMessage`) must be present and verify over the exact body and chain to our CA —
 //!    otherwise `Invalid` (HTTP 400: malformed or unverifiable, the device may retry);
-//! 2. the signer must be the identity of an enrollment — otherwise `UnrecognizedDevice`;
+//! 2. the signer must be the identity of an enrollment (its current one, or its renewed one,
+//!    whose first use makes it current and retires the old one) — otherwise
+//!    `UnrecognizedDevice`;
 //! 3. that enrollment must be live and bound to the request's `EnrollmentID`
 //!    ([`IdentityBinding::check`]) — otherwise `UnrecognizedDevice` (HTTP 403
 //!    `com.apple.unrecognized.device`, Apple's documented way to make a device unenroll;
@@ -174,7 +176,7 @@ impl MdmService {
         let enrollment = self
             .lanyard
             .store()
-            .enrollment_by_identity(&fingerprint)
+            .enrollment_for_identity(&fingerprint, lanyard_store::now())
             .await?
             .ok_or_else(unknown_identity)?;
         let msg = lanyard_proto::decode_checkin(req.body)
@@ -365,7 +367,7 @@ impl MdmService {
             let enrollment = self
                 .lanyard
                 .store()
-                .enrollment_by_identity(&fingerprint)
+                .enrollment_for_identity(&fingerprint, lanyard_store::now())
                 .await?
                 .ok_or_else(unknown_identity)?;
             match IdentityBinding::check(

@@ -1,6 +1,8 @@
 //! Device identity certificates from PKCS#10 requests, and the helper certificates a
 //! SCEP service or profile signer needs (RA, CMS signer).
 
+use std::time::Duration;
+
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, PKeyRef, Private, Public};
@@ -146,30 +148,49 @@ pub fn build_csr(
 pub trait CertificateIssuer {
     /// Issue a device identity certificate for the (signature-checked) request `csr_der`:
     /// keyUsage digitalSignature + keyEncipherment (critical), EKU clientAuth, SKI/AKI,
-    /// random serial, `validity_days` (1..=[`MAX_IDENTITY_VALIDITY_DAYS`], never beyond the
-    /// issuer's own expiry). The subject is the request's unless `subject_override` is given.
-    /// Extensions requested in the CSR are ignored: the issuer decides.
-    fn issue_identity(
+    /// random serial, valid for `validity` (one second to [`MAX_IDENTITY_VALIDITY_DAYS`] days,
+    /// never beyond the issuer's own expiry). The subject is the request's unless
+    /// `subject_override` is given. Extensions requested in the CSR are ignored: the issuer
+    /// decides.
+    fn issue_identity_valid_for(
         &self,
         csr_der: &[u8],
-        validity_days: u32,
+        validity: Duration,
         subject_override: Option<&X509NameRef>,
     ) -> Result<X509>;
 
-    /// The certificate that issued (and chains) the identities.
-    fn issuer_certificate(&self) -> &X509;
-}
-
-impl CertificateIssuer for Ca {
+    /// [`CertificateIssuer::issue_identity_valid_for`] for whole days
+    /// (1..=[`MAX_IDENTITY_VALIDITY_DAYS`]).
     fn issue_identity(
         &self,
         csr_der: &[u8],
         validity_days: u32,
         subject_override: Option<&X509NameRef>,
     ) -> Result<X509> {
-        if validity_days == 0 || validity_days > MAX_IDENTITY_VALIDITY_DAYS {
+        self.issue_identity_valid_for(
+            csr_der,
+            Duration::from_secs(u64::from(validity_days) * 86_400),
+            subject_override,
+        )
+    }
+
+    /// The certificate that issued (and chains) the identities.
+    fn issuer_certificate(&self) -> &X509;
+}
+
+impl CertificateIssuer for Ca {
+    fn issue_identity_valid_for(
+        &self,
+        csr_der: &[u8],
+        validity: Duration,
+        subject_override: Option<&X509NameRef>,
+    ) -> Result<X509> {
+        let max = u64::from(MAX_IDENTITY_VALIDITY_DAYS) * 86_400;
+        let secs = validity.as_secs();
+        if secs == 0 || secs > max {
             return Err(PkiError::InvalidInput(format!(
-                "identity validity must be 1..={MAX_IDENTITY_VALIDITY_DAYS} days, got {validity_days}"
+                "identity validity must be 1 second to {MAX_IDENTITY_VALIDITY_DAYS} days, got \
+                 {secs} seconds"
             )));
         }
         let csr = Csr::from_der(csr_der)?;
@@ -187,7 +208,7 @@ impl CertificateIssuer for Ca {
         b.set_subject_name(subject)?;
         b.set_issuer_name(self.certificate().subject_name())?;
         b.set_pubkey(&key)?;
-        let (not_before, not_after) = self.validity(validity_days)?;
+        let (not_before, not_after) = self.validity_secs(secs)?;
         b.set_not_before(&not_before)?;
         b.set_not_after(&not_after)?;
         b.append_extension(BasicConstraints::new().critical().build()?)?;
@@ -225,9 +246,19 @@ enum HelperKind {
 impl Ca {
     /// Validity window: now minus skew, `days` ahead, clipped to the CA's own expiry.
     fn validity(&self, days: u32) -> Result<(openssl::asn1::Asn1Time, openssl::asn1::Asn1Time)> {
+        self.validity_secs(u64::from(days) * 86_400)
+    }
+
+    /// Validity window: now minus skew, `secs` ahead, clipped to the CA's own expiry.
+    fn validity_secs(
+        &self,
+        secs: u64,
+    ) -> Result<(openssl::asn1::Asn1Time, openssl::asn1::Asn1Time)> {
         let now = now_unix()?;
         let ca_end = asn1_to_unix(self.certificate().not_after())?;
-        let end = (now + i64::from(days) * 86_400).min(ca_end);
+        let ahead = i64::try_from(secs)
+            .map_err(|_| PkiError::InvalidInput("validity out of range".into()))?;
+        let end = now.saturating_add(ahead).min(ca_end);
         if end <= now {
             return Err(PkiError::InvalidInput("the CA has expired".into()));
         }
@@ -378,6 +409,18 @@ pub(crate) mod tests {
         );
         assert!(ca.issue_identity(&der, 0, None).is_err());
         assert!(ca.issue_identity(&der, 100_000, None).is_err());
+        // Lifetimes shorter than a day (so a test can renew identities in minutes).
+        let cert = ca
+            .issue_identity_valid_for(&der, Duration::from_secs(90), None)
+            .unwrap();
+        let info = crate::CertInfo::from_x509(&cert).unwrap();
+        assert_eq!(
+            info.not_after - info.not_before,
+            90 + crate::ca::BACKDATE_SECS
+        );
+        assert!(ca
+            .issue_identity_valid_for(&der, Duration::ZERO, None)
+            .is_err());
         assert_eq!(
             ca.issuer_certificate().to_der().unwrap(),
             ca.cert_der().unwrap()

@@ -856,8 +856,8 @@ pub fn decode_cert_rep(
 /// What a synchronous policy decided for a PKCSReq/RenewalReq (see
 /// [`ScepResponder::pki_operation`]).
 pub struct IssueDecision {
-    /// Validity of the identity certificate, days.
-    pub validity_days: u32,
+    /// Validity of the identity certificate.
+    pub validity: std::time::Duration,
     /// Subject to use instead of the requested one.
     pub subject_override: Option<X509Name>,
 }
@@ -999,7 +999,7 @@ impl<'a> ScepResponder<'a> {
     pub fn issue(
         &self,
         req: &ScepRequest,
-        validity_days: u32,
+        validity: std::time::Duration,
         subject: Option<&X509NameRef>,
     ) -> Result<IssuedIdentity> {
         let csr = req
@@ -1007,7 +1007,7 @@ impl<'a> ScepResponder<'a> {
             .map_err(|fi| PkiError::Scep(format!("{fi:?}: nothing to issue for this request")))?;
         let cert = self
             .issuer
-            .issue_identity(csr.der(), validity_days, subject)?;
+            .issue_identity_valid_for(csr.der(), validity, subject)?;
         Ok(IssuedIdentity { cert })
     }
 
@@ -1044,7 +1044,7 @@ impl<'a> ScepResponder<'a> {
             Err(fi) => Err(fi),
         };
         let issued = match decision {
-            Ok(d) => self.issue(&req, d.validity_days, d.subject_override.as_deref()),
+            Ok(d) => self.issue(&req, d.validity, d.subject_override.as_deref()),
             Err(fi) => return self.answer(&req, ScepAnswer::Refused(fi)),
         };
         match issued {
@@ -1088,7 +1088,7 @@ mod tests {
             return Err(FailInfo::BadRequest);
         }
         Ok(IssueDecision {
-            validity_days: 365,
+            validity: std::time::Duration::from_secs(365 * 86_400),
             subject_override: None,
         })
     }
@@ -1272,7 +1272,13 @@ mod tests {
         nb.append_entry_by_nid(Nid::COMMONNAME, "Chosen by the server")
             .unwrap();
         let subject = nb.build();
-        let issued = responder.issue(&req, 30, Some(&subject)).unwrap();
+        let issued = responder
+            .issue(
+                &req,
+                std::time::Duration::from_secs(30 * 86_400),
+                Some(&subject),
+            )
+            .unwrap();
         let reply = responder.answer(&req, ScepAnswer::Issued(&issued)).unwrap();
         let rep = decode_cert_rep(&reply.body, k.ca.certificate(), &me, &key).unwrap();
         assert_eq!(rep.status, PkiStatus::Success);
@@ -1312,7 +1318,9 @@ mod tests {
         .unwrap();
         let other = responder.decode(&getcert).unwrap();
         assert_eq!(other.csr().err(), Some(FailInfo::BadCertId));
-        assert!(responder.issue(&other, 30, None).is_err());
+        assert!(responder
+            .issue(&other, std::time::Duration::from_secs(30 * 86_400), None)
+            .is_err());
         let reply = responder
             .answer(&other, ScepAnswer::Issued(&issued))
             .unwrap();

@@ -146,7 +146,7 @@ impl Service {
                         _ => return Err(FailInfo::BadRequest),
                     }
                     Ok(IssueDecision {
-                        validity_days: 30,
+                        validity: std::time::Duration::from_secs(30 * 86_400),
                         subject_override: None,
                     })
                 })

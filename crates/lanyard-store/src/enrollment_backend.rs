@@ -12,7 +12,19 @@ pub(crate) const ENROLLMENT_COLUMNS: &str =
     identity_not_after, device_channel_id, user_channel_id, push_topic, device_push_token, \
     device_push_magic, user_push_token, user_push_magic, unlock_token_sealed, \
     bootstrap_token_sealed, created_at, authenticated_at, enrolled_at, last_seen_at, \
-    checked_out_at, last_push_at, last_push_status, bearer_token_hash";
+    checked_out_at, last_push_at, last_push_status, profile_uuid, mdm_payload_uuid, \
+    trust_payload_uuid, next_identity_serial, next_identity_sha256, next_identity_not_after, \
+    identity_renewed_at, renewal_challenge_hash, renewal_challenge_expires_at, \
+    renewal_command_uuid, renewal_queued_at, bearer_token_hash";
+
+/// The identity rule's one write: the enrollment whose renewed (next) identity has SHA-256 `$1`
+/// makes it current at `$2`, retiring the old one. Shared by the check-in lookup and the command
+/// exchange.
+pub(crate) const PROMOTE_NEXT_IDENTITY: &str = "UPDATE enrollments SET \
+    identity_serial = next_identity_serial, identity_sha256 = next_identity_sha256, \
+    identity_not_after = next_identity_not_after, next_identity_serial = NULL, \
+    next_identity_sha256 = NULL, next_identity_not_after = NULL, identity_renewed_at = $2 \
+    WHERE next_identity_sha256 = $1 AND status <> 'checked_out'";
 
 const TOKEN_COLUMNS: &str =
     "token_hash, user_id, ownership, attributes, created_at, expires_at, used_at";
@@ -123,12 +135,14 @@ macro_rules! impl_enrollment_store {
             }
 
             async fn create_enrollment(&self, e: &NewEnrollment) -> Result<Enrollment> {
+                let ids = e.profile_ids.as_ref();
                 Ok(sqlx::query_as(&format!(
                     "INSERT INTO enrollments (id, user_id, managed_apple_id, ownership, \
                      attributes, mode, status, os_version, build_version, product, model_family, \
                      scep_challenge_hash, challenge_expires_at, push_topic, created_at, \
-                     bearer_token_hash) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, \
-                     $10, $11, $12, $13, $14, $15) RETURNING {ENROLLMENT_COLUMNS}"
+                     profile_uuid, mdm_payload_uuid, trust_payload_uuid, bearer_token_hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, \
+                     $14, $15, $16, $17, $18) RETURNING {ENROLLMENT_COLUMNS}"
                 ))
                 .bind(&e.id)
                 .bind(e.user_id)
@@ -144,6 +158,9 @@ macro_rules! impl_enrollment_store {
                 .bind(e.challenge_expires_at)
                 .bind(&e.push_topic)
                 .bind(now())
+                .bind(ids.map(|i| &i.profile))
+                .bind(ids.map(|i| &i.mdm_payload))
+                .bind(ids.map(|i| &i.trust_payload))
                 .bind(&e.bearer_token_hash)
                 .fetch_one(&self.pool)
                 .await?)
@@ -154,10 +171,13 @@ macro_rules! impl_enrollment_store {
                 challenge_hash: &str,
                 now: DateTime<Utc>,
             ) -> Result<Option<Enrollment>> {
+                // A pending enrollment's challenge, or the renewal challenge of an enrolled one.
                 Ok(sqlx::query_as(&format!(
                     "SELECT {ENROLLMENT_COLUMNS} FROM enrollments \
-                     WHERE scep_challenge_hash = $1 AND challenge_used_at IS NULL \
-                     AND challenge_expires_at > $2 AND status = 'pending'"
+                     WHERE (scep_challenge_hash = $1 AND challenge_used_at IS NULL \
+                     AND challenge_expires_at > $2 AND status = 'pending') \
+                     OR (renewal_challenge_hash = $1 AND renewal_challenge_expires_at > $2 \
+                     AND status = 'enrolled')"
                 ))
                 .bind(challenge_hash)
                 .bind(now)
@@ -172,12 +192,34 @@ macro_rules! impl_enrollment_store {
                 identity: &IdentityRecord,
                 now: DateTime<Utc>,
             ) -> Result<Option<Enrollment>> {
-                Ok(sqlx::query_as(&format!(
+                let enrolling: Option<Enrollment> = sqlx::query_as(&format!(
                     "UPDATE enrollments SET challenge_used_at = $3, identity_serial = $4, \
                      identity_sha256 = $5, identity_not_after = $6 \
                      WHERE id = $1 AND scep_challenge_hash = $2 \
                      AND challenge_used_at IS NULL AND challenge_expires_at > $3 \
                      AND status = 'pending' RETURNING {ENROLLMENT_COLUMNS}"
+                ))
+                .bind(id)
+                .bind(challenge_hash)
+                .bind(now)
+                .bind(&identity.serial)
+                .bind(&identity.sha256)
+                .bind(identity.not_after)
+                .fetch_optional(&self.pool)
+                .await?;
+                if enrolling.is_some() {
+                    return Ok(enrolling);
+                }
+                // A renewal: the challenge is single-use too (claiming it clears it), and the
+                // certificate becomes the *next* identity, accepted beside the current one until
+                // its first use.
+                Ok(sqlx::query_as(&format!(
+                    "UPDATE enrollments SET renewal_challenge_hash = NULL, \
+                     next_identity_serial = $4, next_identity_sha256 = $5, \
+                     next_identity_not_after = $6 \
+                     WHERE id = $1 AND renewal_challenge_hash = $2 \
+                     AND renewal_challenge_expires_at > $3 AND status = 'enrolled' \
+                     RETURNING {ENROLLMENT_COLUMNS}"
                 ))
                 .bind(id)
                 .bind(challenge_hash)
@@ -196,9 +238,22 @@ macro_rules! impl_enrollment_store {
                 sha256: &str,
                 not_after: DateTime<Utc>,
             ) -> Result<()> {
+                // Every right-hand side reads the row as it was: an enrollment without an
+                // identity gets its first one, an enrollment with one gets a next one.
                 let done = sqlx::query(
-                    "UPDATE enrollments SET identity_serial = $2, identity_sha256 = $3, \
-                     identity_not_after = $4 WHERE id = $1",
+                    "UPDATE enrollments SET \
+                     identity_serial = CASE WHEN identity_sha256 IS NULL THEN $2 \
+                     ELSE identity_serial END, \
+                     identity_not_after = CASE WHEN identity_sha256 IS NULL THEN $4 \
+                     ELSE identity_not_after END, \
+                     next_identity_serial = CASE WHEN identity_sha256 IS NULL THEN NULL \
+                     ELSE $2 END, \
+                     next_identity_sha256 = CASE WHEN identity_sha256 IS NULL THEN NULL \
+                     ELSE $3 END, \
+                     next_identity_not_after = CASE WHEN identity_sha256 IS NULL THEN NULL \
+                     ELSE $4 END, \
+                     identity_sha256 = COALESCE(identity_sha256, $3) \
+                     WHERE id = $1",
                 )
                 .bind(id)
                 .bind(serial)
@@ -228,6 +283,100 @@ macro_rules! impl_enrollment_store {
                 .bind(sha256)
                 .fetch_optional(&self.pool)
                 .await?)
+            }
+
+            async fn enrollment_for_identity(
+                &self,
+                sha256: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Option<Enrollment>> {
+                let promoted: Option<Enrollment> = sqlx::query_as(&format!(
+                    "{PROMOTE_NEXT_IDENTITY} RETURNING {ENROLLMENT_COLUMNS}"
+                ))
+                .bind(sha256)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                if promoted.is_some() {
+                    return Ok(promoted);
+                }
+                self.enrollment_by_identity(sha256).await
+            }
+
+            async fn identities_due_for_renewal(
+                &self,
+                due_before: DateTime<Utc>,
+                queued_before: DateTime<Utc>,
+                now: DateTime<Utc>,
+                limit: i64,
+            ) -> Result<Vec<Enrollment>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE status = 'enrolled' \
+                     AND identity_not_after > $3 AND identity_not_after <= $1 \
+                     AND profile_uuid IS NOT NULL AND mdm_payload_uuid IS NOT NULL \
+                     AND trust_payload_uuid IS NOT NULL \
+                     AND (renewal_queued_at IS NULL OR renewal_queued_at <= $2) \
+                     AND NOT EXISTS (SELECT 1 FROM command_queue q \
+                     WHERE q.enrollment_id = enrollments.id \
+                     AND q.command_uuid = enrollments.renewal_command_uuid) \
+                     ORDER BY identity_not_after, id LIMIT $4"
+                ))
+                .bind(due_before)
+                .bind(queued_before)
+                .bind(now)
+                .bind(limit.clamp(1, 10_000))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn queue_identity_renewal(
+                &self,
+                r: &IdentityRenewal,
+                at: DateTime<Utc>,
+                audit: &Audit,
+            ) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let claimed = sqlx::query(
+                    "UPDATE enrollments SET renewal_challenge_hash = $2, \
+                     renewal_challenge_expires_at = $3, renewal_command_uuid = $4, \
+                     renewal_queued_at = $5 WHERE id = $1 AND status = 'enrolled' \
+                     AND COALESCE(renewal_command_uuid, '') = COALESCE($6, '')",
+                )
+                .bind(&r.enrollment_id)
+                .bind(&r.challenge_hash)
+                .bind(r.challenge_expires_at)
+                .bind(&r.command.uuid)
+                .bind(at)
+                .bind(&r.previous_command_uuid)
+                .execute(&mut *tx)
+                .await?;
+                if claimed.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "INSERT INTO commands (uuid, request_type, payload, created_by, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&r.command.uuid)
+                .bind(&r.command.request_type)
+                .bind(&r.command.payload)
+                .bind(&r.command.created_by)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO command_queue (enrollment_id, channel, command_uuid, status, \
+                     queued_at) VALUES ($1, $2, $3, 'queued', $4)",
+                )
+                .bind(&r.enrollment_id)
+                .bind(CHANNEL_DEVICE)
+                .bind(&r.command.uuid)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn list_enrollments(&self, q: &EnrollmentQuery) -> Result<Vec<Enrollment>> {

@@ -145,6 +145,7 @@ type Binding = (
     Option<String>,
     Option<DateTime<Utc>>,
     Option<String>,
+    bool,
 );
 
 macro_rules! impl_exchange_store {
@@ -159,21 +160,31 @@ macro_rules! impl_exchange_store {
                     None => None,
                 };
                 let mut tx = self.pool.begin_with($begin).await?;
+                // The identity rule (as `EnrollmentStore::enrollment_for_identity`): the current
+                // identity, or the renewed one, whose first use makes it current.
                 let binding: Option<Binding> = sqlx::query_as(
                     "SELECT id, status, device_channel_id, last_seen_at, \
-                     CASE WHEN $2 THEN inventory END FROM enrollments \
-                     WHERE identity_sha256 = $1",
+                     CASE WHEN $2 THEN inventory END, \
+                     COALESCE(next_identity_sha256 = $1, FALSE) FROM enrollments \
+                     WHERE identity_sha256 = $1 OR next_identity_sha256 = $1",
                 )
                 .bind(x.identity_sha256)
                 .bind(want_inventory)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let Some((id, status, bound, last_seen, inventory)) = binding else {
+                let Some((id, status, bound, last_seen, inventory, renewed)) = binding else {
                     return Ok(Exchanged::UnknownIdentity);
                 };
                 match IdentityBinding::check(&status, bound.as_deref(), x.device_channel_id) {
                     IdentityBinding::Bound => {}
                     refused => return Ok(Exchanged::Refused(refused)),
+                }
+                if renewed {
+                    sqlx::query(crate::enrollment_backend::PROMOTE_NEXT_IDENTITY)
+                        .bind(x.identity_sha256)
+                        .bind(x.now)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 let mut ignored = None;
                 // NotNow: the device could not run the command now. Apple ("Handling NotNow

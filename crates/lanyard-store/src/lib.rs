@@ -203,16 +203,20 @@ pub trait EnrollmentStore: Send + Sync {
     async fn access_token(&self, token_hash: &str) -> Result<Option<AccessTokenRow>>;
 
     async fn create_enrollment(&self, e: &NewEnrollment) -> Result<Enrollment>;
-    /// The pending enrollment whose SCEP challenge this is, while the challenge is unused
-    /// and unexpired. Reads only: [`EnrollmentStore::claim_scep_challenge`] claims it.
+    /// The enrollment whose live SCEP challenge this is: a pending enrollment's unused,
+    /// unexpired challenge, or the renewal challenge of an enrolled one (see
+    /// [`EnrollmentStore::queue_identity_renewal`]). Reads only:
+    /// [`EnrollmentStore::claim_scep_challenge`] claims it.
     async fn scep_challenge_enrollment(
         &self,
         challenge_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Enrollment>>;
-    /// In one statement, claims the unused, unexpired SCEP challenge of pending enrollment
-    /// `id` and binds the identity certificate issued for it; returns the enrollment. `None`,
-    /// with nothing changed, when the challenge is not (or no longer) that enrollment's live
+    /// In one statement, claims the live SCEP challenge of enrollment `id` and binds the
+    /// identity certificate issued for it: as its identity for a pending enrollment, as its
+    /// *next* identity for a renewal (accepted beside the current one until its first use, see
+    /// [`EnrollmentStore::enrollment_for_identity`]); returns the enrollment. `None`, with
+    /// nothing changed, when the challenge is not (or no longer) that enrollment's live
     /// challenge, e.g. because a concurrent request claimed it first.
     async fn claim_scep_challenge(
         &self,
@@ -221,7 +225,8 @@ pub trait EnrollmentStore: Send + Sync {
         identity: &IdentityRecord,
         now: DateTime<Utc>,
     ) -> Result<Option<Enrollment>>;
-    /// Binds the issued identity certificate to the enrollment.
+    /// Binds an identity certificate to the enrollment outside SCEP (load tests seed with it):
+    /// as its identity when it has none yet, otherwise as its *next* identity.
     async fn set_identity(
         &self,
         id: &str,
@@ -230,7 +235,37 @@ pub trait EnrollmentStore: Send + Sync {
         not_after: DateTime<Utc>,
     ) -> Result<()>;
     async fn enrollment(&self, id: &str) -> Result<Option<Enrollment>>;
+    /// The enrollment whose current identity this is (a read; renewed identities not included).
     async fn enrollment_by_identity(&self, sha256: &str) -> Result<Option<Enrollment>>;
+    /// The enrollment a request signed by this identity belongs to: the one whose current
+    /// identity it is, or whose renewed (next) identity it is — that first use makes the renewed
+    /// identity current and retires the old one (refused from then on like an unknown one), in
+    /// one statement. Checked-out enrollments are returned as they are (never promoted).
+    async fn enrollment_for_identity(
+        &self,
+        sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Enrollment>>;
+    /// Enrolled enrollments whose identity expires after `now` and no later than `due_before`,
+    /// whose profile identifiers are known, with no renewal command still queued and none
+    /// queued after `queued_before`; soonest expiry first, at most `limit`.
+    async fn identities_due_for_renewal(
+        &self,
+        due_before: DateTime<Utc>,
+        queued_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Enrollment>>;
+    /// Queues an identity renewal in one transaction: records the renewal challenge and command
+    /// on the enrollment (still enrolled, its `renewal_command_uuid` still the one the caller
+    /// read), stores the command and queues it on the device channel, with the audit line.
+    /// Returns `false`, changing nothing, when the enrollment no longer qualifies.
+    async fn queue_identity_renewal(
+        &self,
+        renewal: &IdentityRenewal,
+        now: DateTime<Utc>,
+        audit: &Audit,
+    ) -> Result<bool>;
     async fn list_enrollments(&self, q: &EnrollmentQuery) -> Result<Vec<Enrollment>>;
     async fn count_enrollments_by_status(&self) -> Result<Vec<(String, i64)>>;
     async fn record_authenticate(

@@ -218,9 +218,49 @@ pub struct Enrollment {
     pub last_push_at: Option<DateTime<Utc>>,
     /// `delivered`, `unregistered`, `rate_limited`, `failed: …`.
     pub last_push_status: Option<String>,
+    /// `PayloadUUID` of the enrollment profile, of its `com.apple.mdm` payload and of its trust
+    /// payload, as issued: an identity renewal reinstalls the profile with these.
+    pub profile_uuid: Option<String>,
+    pub mdm_payload_uuid: Option<String>,
+    pub trust_payload_uuid: Option<String>,
+    /// The renewed identity, issued by SCEP with a renewal challenge: accepted beside the
+    /// current one until a request signed by it makes it current (and retires the old one).
+    pub next_identity_serial: Option<String>,
+    pub next_identity_sha256: Option<String>,
+    pub next_identity_not_after: Option<DateTime<Utc>>,
+    /// When a renewed identity last became the current one.
+    pub identity_renewed_at: Option<DateTime<Utc>>,
+    /// The last renewal queued: its one-time SCEP challenge (hash; cleared when claimed), the
+    /// challenge's expiry, its `InstallProfile` command and when it was queued.
+    #[serde(skip)]
+    pub renewal_challenge_hash: Option<String>,
+    pub renewal_challenge_expires_at: Option<DateTime<Utc>>,
+    pub renewal_command_uuid: Option<String>,
+    pub renewal_queued_at: Option<DateTime<Utc>>,
     /// Hash of the bearer token the Mac sends on its user channel; `None` once revoked.
     #[serde(skip)]
     pub bearer_token_hash: Option<String>,
+}
+
+impl Enrollment {
+    /// The profile identifiers the enrollment was issued with, when they were kept (profiles
+    /// issued before Lanyard kept them have none and cannot be renewed in place).
+    pub fn profile_ids(&self) -> Option<ProfileIds> {
+        Some(ProfileIds {
+            profile: self.profile_uuid.clone()?,
+            mdm_payload: self.mdm_payload_uuid.clone()?,
+            trust_payload: self.trust_payload_uuid.clone()?,
+        })
+    }
+}
+
+/// The `PayloadUUID`s of an enrollment profile that an identity renewal keeps: the profile's,
+/// the `com.apple.mdm` payload's and the trust payload's (the SCEP payload is fresh each time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileIds {
+    pub profile: String,
+    pub mdm_payload: String,
+    pub trust_payload: String,
 }
 
 impl std::fmt::Debug for Enrollment {
@@ -252,9 +292,34 @@ pub struct NewEnrollment {
     pub scep_challenge_hash: String,
     pub challenge_expires_at: DateTime<Utc>,
     pub push_topic: String,
+    /// The profile's identifiers, kept for identity renewal.
+    pub profile_ids: Option<ProfileIds>,
     /// Hash of the access token the profile was issued for: the Mac keeps sending it on its
     /// user channel (ongoing authorization).
     pub bearer_token_hash: Option<String>,
+}
+
+/// An identity renewal to queue: a one-time SCEP challenge for the enrollment and the
+/// `InstallProfile` command (device channel) carrying the renewed profile with it.
+#[derive(Clone)]
+pub struct IdentityRenewal {
+    pub enrollment_id: String,
+    /// The enrollment's `renewal_command_uuid` as the caller read it: the renewal is queued only
+    /// if it is still that (no other process queued one meanwhile).
+    pub previous_command_uuid: Option<String>,
+    pub challenge_hash: String,
+    pub challenge_expires_at: DateTime<Utc>,
+    pub command: NewCommand,
+}
+
+impl std::fmt::Debug for IdentityRenewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The command carries the challenge in clear: never printed.
+        f.debug_struct("IdentityRenewal")
+            .field("enrollment_id", &self.enrollment_id)
+            .field("command_uuid", &self.command.uuid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The identity certificate issued for an enrollment, as bound to it.

@@ -157,6 +157,485 @@ conformance!(
     bearer_rebind_and_revoke,
 );
 
+/// Identity renewal: the renewal is queued once, its challenge binds a next identity, the
+/// first request signed by the next identity makes it current and retires the old one.
+mod identity_renewal {
+    use super::*;
+
+    conformance!(
+        renewal_queued_once_and_bound_as_next_identity,
+        renewed_identity_promoted_by_first_command_request,
+        renewal_candidates_and_refusals,
+    );
+
+    fn renewal(id: &str, previous: Option<&str>, uuid: &str, challenge: &str) -> IdentityRenewal {
+        IdentityRenewal {
+            enrollment_id: id.into(),
+            previous_command_uuid: previous.map(Into::into),
+            challenge_hash: challenge.into(),
+            challenge_expires_at: now() + Duration::hours(1),
+            command: cmd(uuid, "InstallProfile"),
+        }
+    }
+
+    /// Queues a renewal for `id` and binds `new_sha` as its next identity through the renewal
+    /// challenge, as SCEP does.
+    async fn renewed(s: &dyn Store, id: &str, new_sha: &str) {
+        let t = now();
+        let uuid = format!("r-{id}");
+        let challenge = format!("rc-{id}");
+        assert!(s
+            .queue_identity_renewal(
+                &renewal(id, None, &uuid, &challenge),
+                t,
+                &audit("enrollment.identity_renewal", id)
+            )
+            .await
+            .unwrap());
+        let found = s
+            .scep_challenge_enrollment(&challenge, t)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.id, id);
+        let claimed = s
+            .claim_scep_challenge(id, &challenge, &identity("02", new_sha, t), t)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(claimed.id, id);
+    }
+
+    fn identity(serial: &str, sha256: &str, t: chrono::DateTime<chrono::Utc>) -> IdentityRecord {
+        IdentityRecord {
+            serial: serial.into(),
+            sha256: sha256.into(),
+            not_after: t + Duration::days(400),
+        }
+    }
+
+    pub(super) async fn renewal_queued_once_and_bound_as_next_identity(s: &dyn Store) {
+        bound(s, "e1").await;
+        let t = now();
+        let e = s.enrollment("e1").await.unwrap().unwrap();
+        assert_eq!(
+            e.profile_ids(),
+            Some(ProfileIds {
+                profile: "P-e1".into(),
+                mdm_payload: "M-e1".into(),
+                trust_payload: "T-e1".into(),
+            }),
+            "kept at issuance"
+        );
+        let due = |within: Duration| async move {
+            s.identities_due_for_renewal(t + within, t, t, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        };
+        assert!(due(Duration::days(30)).await.is_empty(), "not yet due");
+        assert_eq!(due(Duration::days(400)).await, ["e1"]);
+
+        let r = renewal("e1", None, "r1", "rc1");
+        assert!(s
+            .queue_identity_renewal(&r, t, &audit("enrollment.identity_renewal", "e1"))
+            .await
+            .unwrap());
+        // A racing second renewal read the same state: refused, nothing queued twice.
+        let again = renewal("e1", None, "r2", "rc2");
+        assert!(!s
+            .queue_identity_renewal(&again, t, &audit("enrollment.identity_renewal", "e1"))
+            .await
+            .unwrap());
+        assert!(
+            due(Duration::days(400)).await.is_empty(),
+            "a renewal is pending"
+        );
+        let h = s.command_history("e1", 10).await.unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(
+            (h[0].command_uuid.as_str(), h[0].request_type.as_str()),
+            ("r1", "InstallProfile")
+        );
+        assert_eq!(h[0].channel, CHANNEL_DEVICE);
+        let logged = s
+            .list_audit(&AuditFilter {
+                action: Some("enrollment.identity_renewal".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(logged.len(), 1, "one audit line, for the renewal queued");
+        let e = s.enrollment("e1").await.unwrap().unwrap();
+        assert_eq!(e.renewal_command_uuid.as_deref(), Some("r1"));
+        assert_eq!(e.renewal_queued_at, Some(t));
+        assert!(
+            s.scep_challenge_enrollment("rc2", t)
+                .await
+                .unwrap()
+                .is_none(),
+            "the refused renewal's challenge was never stored"
+        );
+
+        // The renewal challenge: claimed once, before its expiry; the certificate issued for it
+        // becomes the next identity in the same statement, and the current one stays.
+        let new = identity("02", "id-new", t);
+        let late = t + Duration::hours(2);
+        assert!(s
+            .scep_challenge_enrollment("rc1", late)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .claim_scep_challenge("e1", "rc1", &new, late)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            s.scep_challenge_enrollment("rc1", t)
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "e1"
+        );
+        assert!(
+            s.claim_scep_challenge("e2", "rc1", &new, t)
+                .await
+                .unwrap()
+                .is_none(),
+            "another enrollment's claim changes nothing"
+        );
+        assert_eq!(
+            s.claim_scep_challenge("e1", "rc1", &new, t)
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "e1"
+        );
+        assert!(s
+            .claim_scep_challenge("e1", "rc1", &new, t)
+            .await
+            .unwrap()
+            .is_none());
+        let e = s.enrollment("e1").await.unwrap().unwrap();
+        assert_eq!(e.identity_sha256.as_deref(), Some("id-e1"));
+        assert_eq!(e.identity_serial.as_deref(), Some("01"));
+        assert_eq!(e.next_identity_sha256.as_deref(), Some("id-new"));
+        assert_eq!(e.next_identity_serial.as_deref(), Some("02"));
+        assert_eq!(e.next_identity_not_after, Some(t + Duration::days(400)));
+
+        // Requests signed by the old identity are still accepted and promote nothing.
+        let old = s
+            .enrollment_for_identity("id-e1", t)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (old.id.as_str(), old.identity_sha256.as_deref()),
+            ("e1", Some("id-e1"))
+        );
+        assert_eq!(old.next_identity_sha256.as_deref(), Some("id-new"));
+        // The first request signed by the new one makes it current and retires the old one.
+        let t1 = t + Duration::seconds(5);
+        let new = s
+            .enrollment_for_identity("id-new", t1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(new.id, "e1");
+        assert_eq!(new.identity_sha256.as_deref(), Some("id-new"));
+        assert_eq!(new.identity_serial.as_deref(), Some("02"));
+        assert_eq!(new.identity_not_after, Some(t + Duration::days(400)));
+        assert_eq!(new.next_identity_sha256, None);
+        assert_eq!(new.identity_renewed_at, Some(t1));
+        assert!(s
+            .enrollment_for_identity("id-e1", t1)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s.enrollment_by_identity("id-e1").await.unwrap().is_none());
+        assert_eq!(
+            s.enrollment_by_identity("id-new")
+                .await
+                .unwrap()
+                .unwrap()
+                .identity_renewed_at,
+            Some(t1),
+            "a later use changes nothing"
+        );
+        assert_eq!(
+            s.enrollment_for_identity("id-new", t1 + Duration::hours(1))
+                .await
+                .unwrap()
+                .unwrap()
+                .identity_renewed_at,
+            Some(t1)
+        );
+    }
+
+    pub(super) async fn renewed_identity_promoted_by_first_command_request(s: &dyn Store) {
+        bound(s, "e1").await;
+        renewed(s, "e1", "id-new").await;
+        let t = now();
+        // The old identity still works on the command channel; it gets the renewal.
+        let x = s
+            .command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t))
+            .await
+            .unwrap();
+        assert_eq!(next_uuid(x).as_deref(), Some("r-e1"));
+        // A request signed by the new identity but refused (another EnrollmentID) promotes
+        // nothing.
+        assert_eq!(
+            s.command_exchange(&exchange("id-new", "EID-x", CHANNEL_DEVICE, None, None, t))
+                .await
+                .unwrap(),
+            Exchanged::Refused(IdentityBinding::OtherDevice)
+        );
+        let e = s.enrollment("e1").await.unwrap().unwrap();
+        assert_eq!(e.identity_sha256.as_deref(), Some("id-e1"));
+        assert_eq!(e.next_identity_sha256.as_deref(), Some("id-new"));
+        // The acknowledgement signed by the new identity: accepted, and the new one is current.
+        let ack = outcome("r-e1", "acknowledged");
+        let t1 = t + Duration::seconds(1);
+        let x = s
+            .command_exchange(&exchange(
+                "id-new",
+                "EID-e1",
+                CHANNEL_DEVICE,
+                Some(&ack),
+                None,
+                t1,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(next_uuid(x), None);
+        let e = s.enrollment("e1").await.unwrap().unwrap();
+        assert_eq!(e.identity_sha256.as_deref(), Some("id-new"));
+        assert_eq!(e.next_identity_sha256, None);
+        assert_eq!(e.identity_renewed_at, Some(t1));
+        let h = s.command_history("e1", 10).await.unwrap();
+        assert_eq!(h[0].status, "acknowledged");
+        // The old identity is refused like an unknown one.
+        assert_eq!(
+            s.command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t1))
+                .await
+                .unwrap(),
+            Exchanged::UnknownIdentity
+        );
+        assert!(s
+            .enrollment_for_identity("id-e1", t1)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    pub(super) async fn renewal_candidates_and_refusals(s: &dyn Store) {
+        let t = now();
+        // e1: due; e2: identity expired already; e3: checked out; e4: renewal pending; e5: no
+        // profile identifiers kept (issued before Lanyard kept them).
+        for id in ["e1", "e2", "e3", "e4"] {
+            bound(s, id).await;
+        }
+        let u = s.user_by_email("ann@example.com").await.unwrap().unwrap();
+        let mut legacy = new_enrollment(&u, "e5", "c-e5", 60);
+        legacy.profile_ids = None;
+        s.create_enrollment(&legacy).await.unwrap();
+        s.set_identity("e5", "05", "id-e5", t + Duration::days(3))
+            .await
+            .unwrap();
+        s.record_authenticate(
+            "e5",
+            &AuthenticateRecord {
+                device_channel_id: "EID-e5".into(),
+                os_version: None,
+                build_version: None,
+                product: None,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+        s.record_token_update(
+            "e5",
+            &TokenUpdateRecord {
+                user_channel_id: None,
+                topic: "topic".into(),
+                push_token: vec![5; 32],
+                push_magic: "m5".into(),
+                unlock_token_sealed: None,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+        // e2's identity expired a minute ago (its renewal would come too late).
+        assert!(s
+            .queue_identity_renewal(
+                &renewal("e2", None, "r-e2", "rc-e2"),
+                t,
+                &audit("enrollment.identity_renewal", "e2")
+            )
+            .await
+            .unwrap());
+        let expired = IdentityRecord {
+            serial: "02".into(),
+            sha256: "id-e2-new".into(),
+            not_after: t - Duration::minutes(1),
+        };
+        s.claim_scep_challenge("e2", "rc-e2", &expired, t)
+            .await
+            .unwrap()
+            .unwrap();
+        s.command_exchange(&exchange(
+            "id-e2-new",
+            "EID-e2",
+            CHANNEL_DEVICE,
+            None,
+            None,
+            t,
+        ))
+        .await
+        .unwrap();
+        s.command_exchange(&exchange(
+            "id-e2-new",
+            "EID-e2",
+            CHANNEL_DEVICE,
+            Some(&outcome("r-e2", "acknowledged")),
+            None,
+            t,
+        ))
+        .await
+        .unwrap();
+        // e3 checked out; e4 has a renewal queued (pending).
+        s.record_checkout("e3", t).await.unwrap();
+        assert!(s
+            .queue_identity_renewal(
+                &renewal("e4", None, "r-e4", "rc-e4"),
+                t,
+                &audit("enrollment.identity_renewal", "e4")
+            )
+            .await
+            .unwrap());
+        let due = |queued_before| async move {
+            s.identities_due_for_renewal(t + Duration::days(400), queued_before, t, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(due(t).await, ["e1"], "e5 has no profile identifiers");
+
+        // e4's renewal ended without a new identity (the Mac answered Error): due again, but
+        // only once the retry interval has passed.
+        let x = s
+            .command_exchange(&exchange("id-e4", "EID-e4", CHANNEL_DEVICE, None, None, t))
+            .await
+            .unwrap();
+        assert_eq!(next_uuid(x).as_deref(), Some("r-e4"));
+        s.command_exchange(&exchange(
+            "id-e4",
+            "EID-e4",
+            CHANNEL_DEVICE,
+            Some(&outcome("r-e4", "error")),
+            None,
+            t,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(due(t - Duration::seconds(1)).await, ["e1"]);
+        assert_eq!(due(t).await, ["e1", "e4"]);
+        // The next renewal must name the one it replaces.
+        assert!(!s
+            .queue_identity_renewal(
+                &renewal("e4", None, "r-e4b", "rc-e4b"),
+                t,
+                &audit("enrollment.identity_renewal", "e4")
+            )
+            .await
+            .unwrap());
+        assert!(s
+            .queue_identity_renewal(
+                &renewal("e4", Some("r-e4"), "r-e4b", "rc-e4b"),
+                t,
+                &audit("enrollment.identity_renewal", "e4")
+            )
+            .await
+            .unwrap());
+        assert!(
+            s.scep_challenge_enrollment("rc-e4", t)
+                .await
+                .unwrap()
+                .is_none(),
+            "a later renewal replaces the earlier challenge"
+        );
+
+        // Checked out: no renewal, no renewal challenge, no promotion.
+        assert!(!s
+            .queue_identity_renewal(
+                &renewal("e3", None, "r-e3", "rc-e3"),
+                t,
+                &audit("enrollment.identity_renewal", "e3")
+            )
+            .await
+            .unwrap());
+        assert!(s
+            .queue_identity_renewal(
+                &renewal("e1", None, "r-e1", "rc-e1"),
+                t,
+                &audit("enrollment.identity_renewal", "e1")
+            )
+            .await
+            .unwrap());
+        s.claim_scep_challenge("e1", "rc-e1", &identity("02", "id-e1-new", t), t)
+            .await
+            .unwrap()
+            .unwrap();
+        s.record_checkout("e1", t).await.unwrap();
+        assert!(s
+            .enrollment_for_identity("id-e1-new", t)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            s.command_exchange(&exchange(
+                "id-e1-new",
+                "EID-e1",
+                CHANNEL_DEVICE,
+                None,
+                None,
+                t
+            ))
+            .await
+            .unwrap(),
+            Exchanged::Refused(IdentityBinding::CheckedOut)
+        );
+        assert_eq!(
+            s.enrollment("e1")
+                .await
+                .unwrap()
+                .unwrap()
+                .identity_sha256
+                .as_deref(),
+            Some("id-e1")
+        );
+        // Unknown enrollment: nothing queued.
+        assert!(!s
+            .queue_identity_renewal(
+                &renewal("nope", None, "r-nope", "rc-nope"),
+                t,
+                &audit("enrollment.identity_renewal", "nope")
+            )
+            .await
+            .unwrap());
+        assert!(s.command_targets("r-nope").await.unwrap().is_empty());
+    }
+}
+
 fn audit(action: &str, target: &str) -> Audit {
     Audit::new("tester", action, target, json!({"k": "v"}))
 }
@@ -551,6 +1030,11 @@ fn new_enrollment(user: &User, id: &str, challenge: &str, mins: i64) -> NewEnrol
         scep_challenge_hash: challenge.into(),
         challenge_expires_at: now() + Duration::minutes(mins),
         push_topic: "com.apple.mgmt.External.test".into(),
+        profile_ids: Some(ProfileIds {
+            profile: format!("P-{id}"),
+            mdm_payload: format!("M-{id}"),
+            trust_payload: format!("T-{id}"),
+        }),
         bearer_token_hash: Some(format!("bearer-{id}")),
     }
 }

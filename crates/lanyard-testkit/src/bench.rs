@@ -44,7 +44,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
-use lanyard_core::enrollment::{IDENTITY_DAYS, MODE_USER_ENROLLMENT};
+use lanyard_core::enrollment::MODE_USER_ENROLLMENT;
+use lanyard_core::renewal::DEFAULT_IDENTITY_LIFETIME;
 use lanyard_core::Lanyard;
 use lanyard_pki::openssl::ec::{EcGroup, EcKey};
 use lanyard_pki::openssl::nid::Nid;
@@ -1148,7 +1149,7 @@ fn issue_one(
     name.append_entry_by_nid(Nid::COMMONNAME, &format!("Lanyard Identity {id}"))?;
     let subject = name.build();
     let csr = lanyard_pki::build_csr(&key, &subject, None)?;
-    let cert = ca.issue_identity(&csr, IDENTITY_DAYS, Some(&subject))?;
+    let cert = ca.issue_identity_valid_for(&csr, DEFAULT_IDENTITY_LIFETIME, Some(&subject))?;
     let info = CertInfo::from_x509(&cert)?;
     let not_after = DateTime::from_timestamp(info.not_after, 0)
         .ok_or_else(|| anyhow!("certificate expiry out of range"))?;
@@ -1320,6 +1321,7 @@ async fn bind(
             scep_challenge_hash: hex::encode(challenge),
             challenge_expires_at: now + chrono::Duration::hours(1),
             push_topic: topic.to_owned(),
+            profile_ids: None,
             bearer_token_hash: None,
         })
         .await?;
@@ -1556,7 +1558,7 @@ fn time_signature(ca: &Ca, key: PKey<Private>, label: &str) -> Result<CryptoResu
     name.append_entry_by_nid(Nid::COMMONNAME, "Lanyard Identity bench")?;
     let subject = name.build();
     let csr = lanyard_pki::build_csr(&key, &subject, None)?;
-    let cert = ca.issue_identity(&csr, IDENTITY_DAYS, Some(&subject))?;
+    let cert = ca.issue_identity_valid_for(&csr, DEFAULT_IDENTITY_LIFETIME, Some(&subject))?;
     let cmd = ServerCommand {
         uuid: upper_uuid(),
         request_type: "DeviceInformation".into(),

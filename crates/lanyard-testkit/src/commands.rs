@@ -171,6 +171,21 @@ impl InstalledProfile {
     }
 }
 
+/// True when a profile's `PayloadContent` holds a `com.apple.mdm` payload.
+pub fn carries_mdm_payload(profile: &Dictionary) -> bool {
+    profile
+        .get("PayloadContent")
+        .and_then(Value::as_array)
+        .is_some_and(|a| {
+            a.iter().any(|p| {
+                p.as_dictionary()
+                    .and_then(|d| d.get("PayloadType"))
+                    .and_then(Value::as_string)
+                    == Some("com.apple.mdm")
+            })
+        })
+}
+
 /// A certificate the Mac holds, for `CertificateList`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldCertificate {
@@ -341,7 +356,9 @@ fn certificate_list(ctx: &ResponderContext<'_>) -> Reply {
 /// - `CertificateList` → the certificates the enrollment installed;
 /// - `ProvisioningProfileList`, `ManagedApplicationList` → empty;
 /// - `ProfileList` → `profiles`;
-/// - `InstallProfile` / `RemoveProfile` → change `profiles`;
+/// - `InstallProfile` / `RemoveProfile` → change `profiles` (a profile with an MDM payload is
+///   `Error` here: [`crate::sim::SimMac::handle_command`] installs the enrollment profile's
+///   renewal, with its SCEP);
 /// - anything else → `Error` ("not supported by the simulated Mac").
 pub fn builtin_reply(
     cmd: &ServerCommand,
@@ -399,6 +416,12 @@ pub fn builtin_reply(
                 Err(_) => payload.to_vec(),
             };
             match plist::from_bytes::<Value>(&content) {
+                Ok(Value::Dictionary(d)) if carries_mdm_payload(&d) => Reply::error(
+                    "MCProfileErrorDomain",
+                    1004,
+                    "A profile with an MDM payload is installed only as the renewal of the \
+                     enrollment profile (SimMac::handle_command), never by this responder.",
+                ),
                 Ok(Value::Dictionary(d)) => {
                     let p = InstalledProfile { profile: d };
                     let id = p.identifier().map(str::to_owned);
@@ -532,6 +555,24 @@ mod tests {
             &mut profiles,
         );
         assert_eq!(r.status, CommandStatus::Acknowledged);
+        // A profile with an MDM payload is never installed by the built-in responder.
+        let mut mdm = Dictionary::new();
+        mdm.insert("PayloadIdentifier".into(), s("com.example.other-mdm"));
+        mdm.insert("PayloadType".into(), s("Configuration"));
+        mdm.insert(
+            "PayloadContent".into(),
+            Value::Array(vec![dict(vec![("PayloadType", s("com.apple.mdm"))])]),
+        );
+        let mut bytes = Vec::new();
+        plist::to_writer_xml(&mut bytes, &Value::Dictionary(mdm)).unwrap();
+        let mut p = Dictionary::new();
+        p.insert("Payload".into(), Value::Data(bytes));
+        let r = builtin_reply(
+            &cmd("InstallProfile", p),
+            &ctx(&facts, &held),
+            &mut profiles,
+        );
+        assert_eq!(r.status, CommandStatus::Error);
         let r = builtin_reply(
             &cmd("ProfileList", Dictionary::new()),
             &ctx(&facts, &held),

@@ -6,6 +6,10 @@ use plist::{Dictionary, Value};
 /// The `com.apple.mdm` payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MdmPayload {
+    /// The payload's `PayloadIdentifier`.
+    pub payload_identifier: String,
+    /// The payload's `PayloadUUID`.
+    pub payload_uuid: String,
     /// `ServerURL` (command channel).
     pub server_url: String,
     /// `CheckInURL` (check-in; the schema says `ServerURL` when absent).
@@ -168,6 +172,8 @@ pub fn parse_enrollment_profile(bytes: &[u8]) -> Result<EnrollmentProfile, Strin
                 let ctx = "com.apple.mdm payload";
                 let server_url = req_string(d, "ServerURL", ctx)?;
                 mdm = Some(MdmPayload {
+                    payload_identifier: req_string(d, "PayloadIdentifier", ctx)?,
+                    payload_uuid: req_string(d, "PayloadUUID", ctx)?,
                     checkin_url: string(d, "CheckInURL").unwrap_or_else(|| server_url.clone()),
                     server_url,
                     topic: req_string(d, "Topic", ctx)?,
@@ -285,6 +291,74 @@ pub fn check_user_enrollment(p: &EnrollmentProfile, signed_in_as: &str) -> Resul
     Ok(())
 }
 
+/// Whether `new` is `installed` renewed: the same profile (`PayloadIdentifier` and
+/// `PayloadUUID`) with the same `com.apple.mdm` payload (its `PayloadIdentifier` and
+/// `PayloadUUID`). A device holds one MDM payload; any other profile carrying one is not an
+/// update of it.
+pub fn is_renewal_of(new: &EnrollmentProfile, installed: &EnrollmentProfile) -> bool {
+    new.identifier == installed.identifier
+        && new.uuid.eq_ignore_ascii_case(&installed.uuid)
+        && new.mdm.payload_identifier == installed.mdm.payload_identifier
+        && new
+            .mdm
+            .payload_uuid
+            .eq_ignore_ascii_case(&installed.mdm.payload_uuid)
+}
+
+/// The rules Apple's schema (`com.apple.mdm.yaml`) sets for updating an installed MDM payload:
+/// `Topic`, `ServerURL`, `CheckInURL`, `AssignedManagedAppleID` and `EnrollmentMode` must not
+/// change, the `com.apple.mdm.per-user-connections` capability must not be added or removed,
+/// and no access right may be added; "any change is an error, and the update rejected".
+pub fn check_mdm_update(new: &MdmPayload, installed: &MdmPayload) -> Result<(), String> {
+    let same = |key: &str, a: &Option<String>, b: &Option<String>| {
+        if a == b {
+            Ok(())
+        } else {
+            Err(format!("{key} changed from {b:?} to {a:?}"))
+        }
+    };
+    same(
+        "Topic",
+        &Some(new.topic.clone()),
+        &Some(installed.topic.clone()),
+    )?;
+    same(
+        "ServerURL",
+        &Some(new.server_url.clone()),
+        &Some(installed.server_url.clone()),
+    )?;
+    same(
+        "CheckInURL",
+        &Some(new.checkin_url.clone()),
+        &Some(installed.checkin_url.clone()),
+    )?;
+    same(
+        "AssignedManagedAppleID",
+        &new.assigned_managed_apple_id,
+        &installed.assigned_managed_apple_id,
+    )?;
+    same(
+        "EnrollmentMode",
+        &new.enrollment_mode,
+        &installed.enrollment_mode,
+    )?;
+    let per_user = |m: &MdmPayload| {
+        m.server_capabilities
+            .iter()
+            .any(|c| c == "com.apple.mdm.per-user-connections")
+    };
+    if per_user(new) != per_user(installed) {
+        return Err(
+            "the com.apple.mdm.per-user-connections capability was added or removed".into(),
+        );
+    }
+    let added = new.access_rights.unwrap_or(0) & !installed.access_rights.unwrap_or(0);
+    if added != 0 {
+        return Err(format!("access rights {added} were added"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,5 +435,50 @@ mod tests {
             .unwrap_err()
             .contains("BYOD"));
         assert!(parse_enrollment_profile(b"<plist><array/></plist>").is_err());
+    }
+
+    #[test]
+    fn renewals_keep_identifiers_and_immutable_keys() {
+        let first = input();
+        let installed =
+            parse_enrollment_profile(&build_enrollment_profile(&first).unwrap()).unwrap();
+        let mut renewed_input = first.clone();
+        renewed_input.uuids.scep = uuid::Uuid::new_v4();
+        renewed_input.scep.challenge = SecretString::new("another one-time");
+        let renewed =
+            parse_enrollment_profile(&build_enrollment_profile(&renewed_input).unwrap()).unwrap();
+        assert!(is_renewal_of(&renewed, &installed));
+        check_mdm_update(&renewed.mdm, &installed.mdm).unwrap();
+
+        let mut other = first.clone();
+        other.uuids = ProfileUuids::random();
+        let other = parse_enrollment_profile(&build_enrollment_profile(&other).unwrap()).unwrap();
+        assert!(!is_renewal_of(&other, &installed), "new MDM payload UUID");
+
+        let mut moved = renewed.mdm.clone();
+        moved.server_url = "https://elsewhere.example.com/mdm".into();
+        assert!(check_mdm_update(&moved, &installed.mdm)
+            .unwrap_err()
+            .contains("ServerURL"));
+        let mut topic = renewed.mdm.clone();
+        topic.topic = "com.apple.mgmt.External.other".into();
+        assert!(check_mdm_update(&topic, &installed.mdm)
+            .unwrap_err()
+            .contains("Topic"));
+        let mut caps = renewed.mdm.clone();
+        caps.server_capabilities.clear();
+        assert!(check_mdm_update(&caps, &installed.mdm)
+            .unwrap_err()
+            .contains("per-user-connections"));
+        let mut rights = renewed.mdm.clone();
+        rights.access_rights = Some(8191);
+        assert!(check_mdm_update(&rights, &installed.mdm)
+            .unwrap_err()
+            .contains("access rights"));
+        let mut who = renewed.mdm;
+        who.assigned_managed_apple_id = Some("bob@example.com".into());
+        assert!(check_mdm_update(&who, &installed.mdm)
+            .unwrap_err()
+            .contains("AssignedManagedAppleID"));
     }
 }

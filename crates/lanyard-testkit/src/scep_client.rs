@@ -478,7 +478,7 @@ mod tests {
             return Err(FailInfo::BadRequest);
         }
         Ok(IssueDecision {
-            validity_days: 365,
+            validity: std::time::Duration::from_secs(365 * 86_400),
             subject_override: None,
         })
     }

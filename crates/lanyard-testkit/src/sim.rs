@@ -20,9 +20,13 @@
 //!    CertRep must be signed by the RA GetCACert served, see [`crate::scep_client`]);
 //! 6. **check-in** — `Authenticate`, `TokenUpdate` (device channel), `TokenUpdate` (user
 //!    channel), each `PUT` to `CheckInURL` with `Mdm-Signature` and the bearer token;
-//! 7. **command channel** — [`SimMac::idle`], [`SimMac::respond`], [`SimMac::run_commands`].
+//! 7. **command channel** — [`SimMac::idle`], [`SimMac::respond`], [`SimMac::run_commands`];
+//! 8. **identity renewal** — an `InstallProfile` of its own enrollment profile renewed (same
+//!    identifiers, a fresh SCEP payload) is checked like the enrollment profile and against
+//!    the schema's update rules, then SCEP runs with the new challenge and every later request
+//!    is signed by the new identity ([`SimMac::install_renewal`]).
 //!
-//! [`SimMac::enroll`] runs them all. [`SimMac::obtain_profile`] stops after step 4 so that
+//! [`SimMac::enroll`] runs steps 1–6. [`SimMac::obtain_profile`] stops after step 4 so that
 //! another SCEP client can use the profile's challenge, and [`SimMac::install_profile`] goes
 //! on from there with the identity that client obtained.
 
@@ -354,6 +358,9 @@ struct Enrolled {
     profile: EnrollmentProfile,
     identity_cert: X509,
     identity_key: PKey<Private>,
+    /// The identity the last renewal replaced (a Mac deletes it; kept so tests can show the
+    /// server refuses it).
+    previous_identity: Option<(X509, PKey<Private>)>,
     /// A client presenting the identity for TLS, when the profile has `SignMessage` false.
     mtls: Option<reqwest::Client>,
 }
@@ -784,21 +791,7 @@ impl SimMac {
                 "the identity certificate is not for the given key",
             ));
         }
-        let mtls = if profile.mdm.sign_message {
-            None
-        } else {
-            let mut pem = identity.to_pem().at_doing(Step::Scep, "identity")?;
-            pem.extend(
-                key.private_key_to_pem_pkcs8()
-                    .at_doing(Step::Scep, "identity key")?,
-            );
-            let id = reqwest::Identity::from_pem(&pem).at_doing(Step::Scep, "TLS identity")?;
-            self.log(
-                "check-in: SignMessage is false, presenting the identity as a TLS client certificate"
-                    .into(),
-            );
-            Some(build_client(&self.opts, &self.trust, Some(id))?)
-        };
+        let mtls = self.mtls_client(&profile, &identity, &key)?;
 
         self.profiles.push(InstalledProfile {
             profile: profile.raw.clone(),
@@ -808,6 +801,7 @@ impl SimMac {
             profile,
             identity_cert: identity,
             identity_key: key,
+            previous_identity: None,
             mtls,
         });
 
@@ -1477,10 +1471,51 @@ impl SimMac {
         channel: Channel,
     ) -> Result<reqwest::Response> {
         let e = self.enrolled(step)?;
+        self.send_signed_by(
+            step,
+            url,
+            content_type,
+            body,
+            (&e.identity_cert, &e.identity_key),
+            channel,
+        )
+        .await
+    }
+
+    /// [`SimMac::put_signed`] (device channel) with the `Mdm-Signature` made by this identity.
+    async fn put_signed_by(
+        &self,
+        step: Step,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        cert: &X509,
+        key: &PKey<Private>,
+    ) -> Result<(StatusCode, String, Vec<u8>)> {
+        let resp = self
+            .send_signed_by(step, url, content_type, body, (cert, key), Channel::Device)
+            .await?;
+        let status = resp.status();
+        let ct = content_type_of(&resp);
+        let bytes = resp.bytes().await.at(step)?.to_vec();
+        Ok((status, ct, bytes))
+    }
+
+    /// Sends one device request signed by `identity`, with the bearer on the user channel.
+    async fn send_signed_by(
+        &self,
+        step: Step,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        identity: (&X509, &PKey<Private>),
+        channel: Channel,
+    ) -> Result<reqwest::Response> {
+        let e = self.enrolled(step)?;
         let client = e.mtls.as_ref().unwrap_or(&self.client);
         let mut rb = client.put(url).header(CONTENT_TYPE, content_type);
         if e.profile.mdm.sign_message {
-            let sig = lanyard_pki::sign_detached(&e.identity_cert, &e.identity_key, &body)
+            let sig = lanyard_pki::sign_detached(identity.0, identity.1, &body)
                 .at_doing(step, "Mdm-Signature")?;
             rb = rb.header(
                 "Mdm-Signature",
@@ -1754,8 +1789,153 @@ impl SimMac {
         builtin_reply(cmd, &ctx, &mut self.profiles)
     }
 
-    /// Poll a channel and answer every queued command with the built-in responder, at most
-    /// `max` of them. Returns what was answered.
+    /// Answer a command as a Mac does: an `InstallProfile` of a profile with an MDM payload is
+    /// the renewal of the enrollment profile ([`SimMac::install_renewal`]); anything else goes
+    /// to the built-in responder ([`SimMac::builtin_reply`]).
+    pub async fn handle_command(&mut self, cmd: &ServerCommand, channel: Channel) -> Result<Reply> {
+        if cmd.request_type == "InstallProfile" {
+            if let Some(payload) = cmd.command.get("Payload").and_then(plist::Value::as_data) {
+                let content = lanyard_pki::verify_cms_attached_untrusted(payload)
+                    .map(|(c, _)| c)
+                    .unwrap_or_else(|_| payload.to_vec());
+                if let Ok(plist::Value::Dictionary(d)) = plist::from_bytes(&content) {
+                    if crate::commands::carries_mdm_payload(&d) {
+                        let payload = payload.to_vec();
+                        return self.install_renewal(&payload, channel).await;
+                    }
+                }
+            }
+        }
+        Ok(self.builtin_reply(cmd, channel))
+    }
+
+    /// Install a profile carrying an MDM payload, as a Mac would: only on the device channel
+    /// (schema `com.apple.mdm`: `userchannel: false`), only the enrollment profile renewed (same
+    /// `PayloadIdentifier`/`PayloadUUID` of the profile and of its MDM payload: a Mac holds one
+    /// MDM payload), signed like the enrollment profile, passing the User Enrollment checks and
+    /// the schema's update rules ([`crate::profile::check_mdm_update`]). Then SCEP with the new
+    /// payload's challenge, and from then on every request is signed by the new identity. A
+    /// refusal or a failed SCEP is an `Error` answer and changes nothing.
+    pub async fn install_renewal(&mut self, signed: &[u8], channel: Channel) -> Result<Reply> {
+        let refuse = |code: i64, m: String| Ok(Reply::error("MCProfileErrorDomain", code, &m));
+        if channel != Channel::Device {
+            return refuse(
+                1009,
+                "an MDM payload installs only on the device channel".into(),
+            );
+        }
+        let installed = self.enrolled(Step::Command)?.profile.clone();
+        let profile = match self.read_profile(signed).await {
+            Ok((p, _)) => p,
+            Err(e) => return refuse(1001, format!("the profile is refused: {e}")),
+        };
+        if !crate::profile::is_renewal_of(&profile, &installed) {
+            return refuse(
+                4001,
+                format!(
+                    "the profile {} carries an MDM payload that is not this Mac's enrollment ({});                      a Mac holds one MDM payload",
+                    profile.identifier, installed.identifier
+                ),
+            );
+        }
+        if let Err(m) = check_user_enrollment(&profile, &self.opts.email)
+            .and_then(|()| crate::profile::check_mdm_update(&profile.mdm, &installed.mdm))
+        {
+            return refuse(4002, format!("the MDM payload update is rejected: {m}"));
+        }
+        let scep = match scep_client::enroll(&self.client, &profile.scep).await {
+            Ok(s) => s,
+            Err(e) => {
+                let m = format!("SCEP with the renewal's challenge failed: {e}");
+                self.log(format!("renewal: {m}"));
+                return Ok(Reply::error("MDMErrorDomain", 12027, &m));
+            }
+        };
+        for line in &scep.log {
+            self.steps.push(format!("renewal: {line}"));
+        }
+        let mtls = self.mtls_client(&profile, &scep.certificate, &scep.key)?;
+        let serial = CertInfo::from_x509(&scep.certificate)
+            .map(|i| i.serial_hex)
+            .unwrap_or_default();
+        self.log(format!(
+            "renewal: InstallProfile {} (same identifiers, SCEP payload {}) installed; new \
+             identity {serial}",
+            profile.identifier, profile.scep.payload_uuid
+        ));
+        let raw = profile.raw.clone();
+        let id = profile.identifier.clone();
+        let Some(e) = self.enrolled.as_mut() else {
+            return Err(SimError::failed(
+                Step::Command,
+                "the simulated Mac is not enrolled",
+            ));
+        };
+        let old_cert = std::mem::replace(&mut e.identity_cert, scep.certificate);
+        let old_key = std::mem::replace(&mut e.identity_key, scep.key);
+        e.previous_identity = Some((old_cert, old_key));
+        e.profile = profile;
+        e.mtls = mtls;
+        self.profiles
+            .retain(|p| p.identifier() != Some(id.as_str()));
+        self.profiles.insert(0, InstalledProfile { profile: raw });
+        Ok(Reply::acknowledged(Dictionary::new()))
+    }
+
+    /// The identity the last renewal replaced, if any.
+    pub fn previous_identity_certificate(&self) -> Option<&X509> {
+        self.enrolled
+            .as_ref()
+            .and_then(|e| e.previous_identity.as_ref())
+            .map(|(c, _)| c)
+    }
+
+    /// Report `Idle` on the device channel signed by the identity the last renewal replaced —
+    /// what a Mac never does after a renewal; tests use it to see the server retire that
+    /// identity.
+    pub async fn idle_with_previous_identity(&mut self) -> Result<Option<ServerCommand>> {
+        let e = self.enrolled(Step::Command)?;
+        let Some((cert, key)) = e.previous_identity.clone() else {
+            return Err(SimError::failed(
+                Step::Command,
+                "no identity was replaced by a renewal",
+            ));
+        };
+        let url = e.profile.mdm.server_url.clone();
+        let msg =
+            device::command_report(&self.enrollment_id, None, "Idle", None, &Dictionary::new());
+        let body = device::to_xml(msg).at_doing(Step::Command, "plist")?;
+        let (code, ct, bytes) = self
+            .put_signed_by(Step::Command, &url, COMMAND_CONTENT_TYPE, body, &cert, &key)
+            .await?;
+        command_answer(code, &ct, &bytes)
+    }
+
+    /// The TLS client presenting the identity, when the profile has `SignMessage` false.
+    fn mtls_client(
+        &mut self,
+        profile: &EnrollmentProfile,
+        cert: &X509,
+        key: &PKey<Private>,
+    ) -> Result<Option<reqwest::Client>> {
+        if profile.mdm.sign_message {
+            return Ok(None);
+        }
+        let mut pem = cert.to_pem().at_doing(Step::Scep, "identity")?;
+        pem.extend(
+            key.private_key_to_pem_pkcs8()
+                .at_doing(Step::Scep, "identity key")?,
+        );
+        let id = reqwest::Identity::from_pem(&pem).at_doing(Step::Scep, "TLS identity")?;
+        self.log(
+            "check-in: SignMessage is false, presenting the identity as a TLS client certificate"
+                .into(),
+        );
+        Ok(Some(build_client(&self.opts, &self.trust, Some(id))?))
+    }
+
+    /// Poll a channel and answer every queued command as [`SimMac::handle_command`] does, at
+    /// most `max` of them. Returns what was answered.
     pub async fn run_commands(
         &mut self,
         channel: Channel,
@@ -1799,7 +1979,7 @@ impl SimMac {
                 }
                 break;
             }
-            let reply = self.builtin_reply(&cmd, channel);
+            let reply = self.handle_command(&cmd, channel).await?;
             handled.push(HandledCommand {
                 channel,
                 command_uuid: cmd.uuid.clone(),
@@ -1812,6 +1992,23 @@ impl SimMac {
         }
         Ok(handled)
     }
+}
+
+/// The command endpoint's answer: `200` with a command or nothing, else a refusal.
+fn command_answer(code: StatusCode, ct: &str, bytes: &[u8]) -> Result<Option<ServerCommand>> {
+    if code != StatusCode::OK {
+        return Err(SimError::refused(
+            Step::Command,
+            code.as_u16(),
+            webauth::body_message(ct, bytes),
+        ));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    parse_command(bytes)
+        .map(Some)
+        .map_err(|m| SimError::failed(Step::Command, m))
 }
 
 enum EnrollAnswer {

@@ -329,7 +329,7 @@ async fn scep(State(s): S, Query(q): Query<HashMap<String, String>>, body: Bytes
                     .is_some_and(|c| s.challenges.lock().unwrap().remove(c));
                 if ok {
                     Ok(IssueDecision {
-                        validity_days: 365,
+                        validity: std::time::Duration::from_secs(365 * 86_400),
                         subject_override: None,
                     })
                 } else {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -72,6 +73,41 @@ pub struct ServeArgs {
     /// identity providers (a provider with a private CA).
     #[arg(long, env = "LANYARD_OIDC_CA_CERT")]
     pub oidc_ca_cert: Option<PathBuf>,
+    /// How long a device identity certificate is valid: a number and a unit, s, m, h or d
+    /// (e.g. 365d, 12h, 600s; one minute to 1826 days). Default: 365d
+    #[arg(long, env = "LANYARD_IDENTITY_LIFETIME", value_parser = parse_duration)]
+    pub identity_lifetime: Option<Duration>,
+    /// Renew a device's identity certificate (reinstall its enrollment profile with a new SCEP
+    /// challenge) once it expires within this; at most the lifetime. Default: 30d
+    #[arg(long, env = "LANYARD_IDENTITY_RENEWAL_WINDOW", value_parser = parse_duration)]
+    pub identity_renewal_window: Option<Duration>,
+    /// How often to look for identity certificates to renew. Default: 1h
+    #[arg(long, env = "LANYARD_IDENTITY_RENEWAL_INTERVAL", value_parser = parse_duration)]
+    pub identity_renewal_interval: Option<Duration>,
+}
+
+/// A duration written as a whole number and a unit: `s`, `m`, `h` or `d` (`30d`, `600s`).
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let bad = || {
+        format!("`{text}` is not a duration; write a number and a unit s, m, h or d (e.g. 30d, 12h, 600s)")
+    };
+    let unit = t.chars().last().ok_or_else(bad)?;
+    let secs_per = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    let n: u64 = t[..t.len() - 1].parse().map_err(|_| bad())?;
+    let secs = n.checked_mul(secs_per).ok_or_else(bad)?;
+    if secs == 0 {
+        return Err(format!(
+            "`{text}` is zero; give a duration of at least a second"
+        ));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// The optional TOML file: the same settings, snake_case.
@@ -91,6 +127,10 @@ pub struct FileConfig {
     pub behind_proxy: Option<bool>,
     pub organization: Option<String>,
     pub scep_allow_des: Option<bool>,
+    /// Durations as on the command line, e.g. `"365d"`.
+    pub identity_lifetime: Option<String>,
+    pub identity_renewal_window: Option<String>,
+    pub identity_renewal_interval: Option<String>,
 }
 
 impl FileConfig {
@@ -130,6 +170,10 @@ pub struct ServeConfig {
     pub organization: String,
     pub scep_allow_des: bool,
     pub oidc_ca_cert: Option<PathBuf>,
+    /// Identity certificate lifetime and renewal window.
+    pub identity: lanyard_core::renewal::IdentityPolicy,
+    /// How often the identity renewal job runs.
+    pub identity_renewal_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +274,132 @@ impl ServeConfig {
                 .unwrap_or_else(|| "Lanyard".into()),
             scep_allow_des: s.scep_allow_des || file.scep_allow_des.unwrap_or(false),
             oidc_ca_cert: s.oidc_ca_cert.clone(),
+            identity: lanyard_core::renewal::IdentityPolicy::new(
+                duration(
+                    "identity-lifetime",
+                    s.identity_lifetime,
+                    &file.identity_lifetime,
+                )?
+                .unwrap_or(lanyard_core::renewal::DEFAULT_IDENTITY_LIFETIME),
+                duration(
+                    "identity-renewal-window",
+                    s.identity_renewal_window,
+                    &file.identity_renewal_window,
+                )?
+                .unwrap_or(lanyard_core::renewal::DEFAULT_RENEWAL_WINDOW),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+            identity_renewal_interval: duration(
+                "identity-renewal-interval",
+                s.identity_renewal_interval,
+                &file.identity_renewal_interval,
+            )?
+            .unwrap_or(Duration::from_secs(3600)),
         })
+    }
+}
+
+/// A duration from its flag (or environment twin), else from the config file.
+fn duration(name: &str, flag: Option<Duration>, file: &Option<String>) -> Result<Option<Duration>> {
+    match (flag, file) {
+        (Some(d), _) => Ok(Some(d)),
+        (None, Some(text)) => parse_duration(text)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{name} in the config file: {e}")),
+        (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("365d"),
+            Ok(Duration::from_secs(365 * 86_400))
+        );
+        assert_eq!(parse_duration(" 90s "), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in [
+            "",
+            "d",
+            "30",
+            "30 days",
+            "-1d",
+            "1.5h",
+            "0s",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn serve_args() -> ServeArgs {
+        ServeArgs {
+            listen: None,
+            public_url: None,
+            tls_cert: None,
+            tls_key: None,
+            behind_proxy: false,
+            organization: None,
+            scep_allow_des: false,
+            oidc_ca_cert: None,
+            identity_lifetime: None,
+            identity_renewal_window: None,
+            identity_renewal_interval: None,
+        }
+    }
+
+    #[test]
+    fn identity_lifetime_window_and_interval() {
+        let c = ServeConfig::resolve(&serve_args(), &FileConfig::default()).unwrap();
+        assert_eq!(c.identity, lanyard_core::renewal::IdentityPolicy::default());
+        assert_eq!(c.identity_renewal_interval, Duration::from_secs(3600));
+
+        let file = FileConfig {
+            identity_lifetime: Some("2h".into()),
+            identity_renewal_window: Some("1h".into()),
+            identity_renewal_interval: Some("30s".into()),
+            ..Default::default()
+        };
+        let c = ServeConfig::resolve(&serve_args(), &file).unwrap();
+        assert_eq!(c.identity.lifetime, Duration::from_secs(7200));
+        assert_eq!(c.identity.renewal_window, Duration::from_secs(3600));
+        assert_eq!(c.identity_renewal_interval, Duration::from_secs(30));
+        // Flags win over the file.
+        let args = ServeArgs {
+            identity_lifetime: Some(Duration::from_secs(600)),
+            identity_renewal_window: Some(Duration::from_secs(600)),
+            ..serve_args()
+        };
+        let c = ServeConfig::resolve(&args, &file).unwrap();
+        assert_eq!(c.identity.lifetime, Duration::from_secs(600));
+
+        let err = |args: &ServeArgs, file: &FileConfig| {
+            ServeConfig::resolve(args, file).unwrap_err().to_string()
+        };
+        let longer = ServeArgs {
+            identity_renewal_window: Some(Duration::from_secs(8000)),
+            ..serve_args()
+        };
+        assert!(err(&longer, &file).contains("renewal window"));
+        let bad_file = FileConfig {
+            identity_lifetime: Some("a year".into()),
+            ..Default::default()
+        };
+        let e = err(&serve_args(), &bad_file);
+        assert!(
+            e.contains("identity-lifetime") && e.contains("a year"),
+            "{e}"
+        );
+        let short = ServeArgs {
+            identity_lifetime: Some(Duration::from_secs(30)),
+            identity_renewal_window: Some(Duration::from_secs(30)),
+            ..serve_args()
+        };
+        assert!(err(&short, &FileConfig::default()).contains("one minute"));
     }
 }

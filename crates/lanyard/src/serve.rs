@@ -87,7 +87,15 @@ pub async fn run(
         Arc::clone(&device_pki),
         DeviceUrls::new(&public),
         serve.organization.clone(),
+    )
+    .with_identity_policy(serve.identity);
+    tracing::info!(
+        lifetime_secs = serve.identity.lifetime.as_secs(),
+        renewal_window_secs = serve.identity.renewal_window.as_secs(),
+        every_secs = serve.identity_renewal_interval.as_secs(),
+        "device identity certificates: lifetime, renewal window, renewal job interval"
     );
+    enrollment.start_identity_renewal_job(serve.identity_renewal_interval);
     let oidc = oidc_sign_ins(&serve, &lanyard, &secrets, &public)?;
     let app = lanyard_http::router(lanyard_http::AppState {
         lanyard: lanyard.clone(),
