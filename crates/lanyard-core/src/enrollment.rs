@@ -3,9 +3,12 @@
 //! messages that bring an enrollment to life.
 //!
 //! The rules here, in order of the flow:
-//! - only users of a verified managed domain are discovered or signed in; disabled users never;
-//! - the Mac must run at least the configured macOS (MachineInfo at profile request, and again
-//!   `OSVersion` at `Authenticate`);
+//! - nothing enrolls before an APNs push certificate is uploaded: its topic is the profile's
+//!   `Topic`, which can never change after enrollment;
+//! - only Macs (`model-family`, and the MachineInfo `PRODUCT`) of users of a verified managed
+//!   domain are discovered or signed in; disabled users never;
+//! - the Mac must run at least the configured macOS (MachineInfo `OS_VERSION`, or its build
+//!   `VERSION`, at profile request, and again `OSVersion` at `Authenticate`);
 //! - ownership must be Employee: Corporate and Shared end the flow with a refusal and leave
 //!   nothing behind;
 //! - access tokens and SCEP challenges are random, stored only as hashes, short-lived and
@@ -28,7 +31,9 @@ use lanyard_proto::checkin::CheckinMessage;
 use lanyard_proto::profile::{
     build_enrollment_profile, EnrollmentProfileInput, ProfileUuids, ScepSettings, ServerCapability,
 };
-use lanyard_proto::{EnrollmentKind, OsVersion, SecretString, ServiceDiscovery, UserIdentifier};
+use lanyard_proto::{
+    EnrollmentKind, ModelFamily, OsVersion, SecretString, ServiceDiscovery, UserIdentifier,
+};
 use lanyard_store::{
     AccessTokenRow, AuthenticateRecord, Enrollment, EnrollmentFlow, EnrollmentQuery, NewEnrollment,
     TokenUpdateRecord, User,
@@ -289,13 +294,36 @@ impl EnrollmentService {
         self.pki.ca.certificate()
     }
 
-    /// Service discovery: the BaseURL for a managed account, `NotFound` for anyone else.
-    pub async fn discover(&self, user_identifier: &str) -> Result<ServiceDiscovery> {
+    /// Service discovery: the BaseURL for a Mac of a managed account. Every refusal is an
+    /// error the handler answers with Apple's `com.apple.well-known.failed` document:
+    /// `Invalid` for a malformed identifier or model family, `Forbidden` for a family Lanyard
+    /// does not enroll (anything but `Mac`) or while enrollment is closed (no push
+    /// certificate), `NotFound` for a domain that is not managed here.
+    pub async fn discover(
+        &self,
+        user_identifier: &str,
+        model_family: Option<&str>,
+    ) -> Result<ServiceDiscovery> {
         let id = UserIdentifier::parse(user_identifier).map_err(|e| {
             CoreError::Invalid(format!(
                 "user-identifier is not a managed Apple Account: {e}"
             ))
         })?;
+        let family = model_family.map(str::trim).unwrap_or_default();
+        match ModelFamily::parse(family) {
+            Some(ModelFamily::Mac) => {}
+            Some(other) => {
+                return Err(CoreError::Forbidden(format!(
+                    "this organisation enrolls Macs only, not {} devices",
+                    other.as_str()
+                )))
+            }
+            None => {
+                return Err(CoreError::Invalid(format!(
+                    "model-family {family:?} is not one of Apple's device families"
+                )))
+            }
+        }
         let settings = self.lanyard.enrollment_settings().await?;
         if !settings.managed_domains.iter().any(|d| d == id.domain()) {
             return Err(CoreError::NotFound(format!(
@@ -303,41 +331,79 @@ impl EnrollmentService {
                 id.domain()
             )));
         }
+        self.enrollment_topic().await?;
         Ok(ServiceDiscovery::byod(self.urls.enroll()))
     }
 
+    /// The push topic new enrollments get; `Forbidden` while no push certificate is uploaded,
+    /// because a profile's `Topic` can never change after enrollment (see
+    /// [`Lanyard::push_topic`]).
+    pub async fn enrollment_topic(&self) -> Result<String> {
+        self.lanyard.push_topic().await?.ok_or_else(|| {
+            CoreError::Forbidden(
+                "Enrollment is not open yet: this server has no APNs push certificate. Ask your \
+                 IT administrator."
+                    .into(),
+            )
+        })
+    }
+
     /// Reads what the Mac sent with its enrollment request (a CMS-signed MachineInfo plist, or
-    /// the bare plist) and applies the macOS version gate.
+    /// the bare plist) and applies the gates every enrollment request passes before sign-in:
+    /// enrollment is open (a push certificate exists), the device is not of another family,
+    /// and macOS is at least the configured minimum.
     ///
-    /// The signature of a real Mac chains to Apple's device CA, which Lanyard does not hold; it
-    /// is parsed but not chain-verified (simulated Macs sign with their own key). An absent
-    /// `OS_VERSION` passes here and is gated at `Authenticate`, whose `OSVersion` is required.
+    /// The signature of a real Mac chains to Apple's device CA, which Lanyard does not hold, and
+    /// may use SHA-1, which a strict OpenSSL policy refuses: the body is read whether or not
+    /// the signature verifies (only a malformed CMS message is refused), and nothing here
+    /// trusts it beyond this gate. The version is `OS_VERSION` when sent, else the release the
+    /// build `VERSION` belongs to ([`OsVersion::from_macos_build`]); Apple's account-driven
+    /// enrollment article shows only `LANGUAGE`, `PRODUCT` and `VERSION` in this body.
     pub async fn device_facts(&self, body: &[u8]) -> Result<DeviceFacts> {
+        self.enrollment_topic().await?;
         if body.is_empty() {
             return Ok(DeviceFacts::default());
         }
         let plist = if body.first() == Some(&0x30) {
-            lanyard_pki::verify_cms_attached_untrusted(body)
-                .map_err(|e| {
-                    CoreError::Invalid(format!("the MachineInfo signature is malformed: {e}"))
-                })?
-                .0
+            let (content, signer) = lanyard_pki::read_cms_attached(body).map_err(|e| {
+                CoreError::Invalid(format!("the MachineInfo signature is malformed: {e}"))
+            })?;
+            if let lanyard_pki::AttachedSigner::Unverified(why) = signer {
+                tracing::debug!(reason = %why, "MachineInfo read without a verified signature");
+            }
+            content
         } else {
             body.to_vec()
         };
         let info = lanyard_proto::decode_machine_info(&plist)
             .map_err(|e| CoreError::Invalid(format!("MachineInfo: {e}")))?;
-        let os = info
-            .os_version()
-            .map_err(|e| CoreError::Invalid(format!("MachineInfo OS_VERSION: {e}")))?;
-        if let Some(found) = &os {
-            let min = self.lanyard.enrollment_settings().await?.min_macos_version;
-            if !found.at_least(&min) {
-                return Err(refuse_old_os(found, &min));
+        if let Some(family) = ModelFamily::of_product(&info.product) {
+            if family != ModelFamily::Mac {
+                return Err(CoreError::Forbidden(format!(
+                    "this organisation enrolls Macs only, and {} is not a Mac ({})",
+                    info.product,
+                    family.as_str()
+                )));
             }
         }
+        let version = info
+            .macos_version()
+            .map_err(|e| CoreError::Invalid(format!("MachineInfo OS_VERSION: {e}")))?
+            .ok_or_else(|| {
+                CoreError::Invalid(format!(
+                    "MachineInfo has no OS_VERSION and VERSION {:?} is not a macOS build",
+                    info.version
+                ))
+            })?;
+        let min = self.lanyard.enrollment_settings().await?.min_macos_version;
+        if !version.at_least(&min) {
+            return Err(refuse_old_os(&version, &min));
+        }
+        let os_version = info
+            .os_version()
+            .map_err(|e| CoreError::Invalid(format!("MachineInfo OS_VERSION: {e}")))?;
         Ok(DeviceFacts {
-            os_version: os.map(|v| v.to_string()),
+            os_version: os_version.map(|v| v.to_string()),
             build_version: Some(info.version),
             product: Some(info.product),
         })
@@ -530,7 +596,7 @@ impl EnrollmentService {
             .clone()
             .ok_or_else(|| CoreError::Forbidden("the account has no managed Apple ID".into()))?;
 
-        let push_topic = self.lanyard.push_topic().await?;
+        let push_topic = self.enrollment_topic().await?;
         let challenge = new_secret("");
         let enrollment_id = uuid::Uuid::new_v4().to_string();
         let input = EnrollmentProfileInput {

@@ -155,3 +155,9 @@ pub fn device_error(e: CoreError) -> Response {
     )
         .into_response()
 }
+
+/// A `403` carrying Apple's MDM error document (`{"code": …, "description": …, "message": …}`,
+/// schema `mdm/errors/*.yaml`), as JSON with its `Content-Type`, which those pages require.
+pub fn apple_error(document: &lanyard_proto::ErrorDocument) -> Response {
+    (StatusCode::FORBIDDEN, Json(document)).into_response()
+}

@@ -234,6 +234,15 @@ macro_rules! impl_enrollment_store {
                 .await?)
             }
 
+            async fn live_push_topics(&self) -> Result<Vec<(String, i64)>> {
+                Ok(sqlx::query_as(
+                    "SELECT push_topic, COUNT(*) FROM enrollments WHERE status <> 'checked_out' \
+                     AND push_topic IS NOT NULL GROUP BY push_topic ORDER BY push_topic",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn record_authenticate(
                 &self,
                 id: &str,

@@ -221,6 +221,8 @@ pub trait EnrollmentStore: Send + Sync {
     async fn enrollment_by_identity(&self, sha256: &str) -> Result<Option<Enrollment>>;
     async fn list_enrollments(&self, q: &EnrollmentQuery) -> Result<Vec<Enrollment>>;
     async fn count_enrollments_by_status(&self) -> Result<Vec<(String, i64)>>;
+    /// The push topics of enrollments that have not checked out, with how many carry each.
+    async fn live_push_topics(&self) -> Result<Vec<(String, i64)>>;
     async fn record_authenticate(
         &self,
         id: &str,

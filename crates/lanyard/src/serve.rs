@@ -32,19 +32,19 @@ pub async fn run(
         .load_device_pki(&secrets, &serve.organization)
         .await?;
     export_ca(&data, &device_pki.ca)?;
-    let push_topic = lanyard.push_topic().await?;
-    tracing::info!(topic = %push_topic, "APNs topic for new enrollments");
-
     match lanyard.push_certificate_info(&secrets).await {
         Ok(Some(info)) => match &info.warning {
             Some(w) => tracing::warn!(topic = %info.topic, "{w}"),
-            None => {
-                tracing::info!(topic = %info.topic, days_left = info.days_left, "APNs push certificate")
-            }
+            None => tracing::info!(
+                topic = %info.topic,
+                days_left = info.days_left,
+                "APNs push certificate; new enrollments get its topic"
+            ),
         },
         Ok(None) => tracing::warn!(
-            "no APNs push certificate: devices enroll but cannot be woken; upload one with \
-             `lanyard push-cert upload`"
+            "no APNs push certificate: enrollment is closed (service discovery and the \
+             enrollment URL refuse every device) until one is uploaded with `lanyard push-cert \
+             upload`"
         ),
         Err(e) => tracing::warn!(error = %e, "the APNs push certificate cannot be read"),
     }

@@ -26,6 +26,7 @@ fn sim(s: &Server) -> SimMac {
 
 async fn setup(db: Db) -> Option<Server> {
     let s = Server::start(db).await?;
+    s.upload_push_certificate();
     let (ok, _, err) = s.cli_stdin(
         &["user", "add", "ann@example.com", "--password", "-"],
         "a long password\n",

@@ -42,10 +42,11 @@ fn add_user(s: &Server, email: &str) {
     assert!(ok, "user add {email}: {err}");
 }
 
-/// A server with Ann, the managed domain example.com and two custom attributes (a required
-/// choice and an optional number).
+/// A server with a push certificate, Ann, the managed domain example.com and two custom
+/// attributes (a required choice and an optional number).
 async fn start(db: Db, env: &[(&str, &str)]) -> Option<Server> {
     let s = Server::start_with(db, env).await?;
+    s.upload_push_certificate();
     add_user(&s, ANN);
     cli_ok(&s, &["settings", "set", "managed-domains", "example.com"]);
     cli_ok(
@@ -341,7 +342,7 @@ async fn refusals(db: Db) {
     let mut bob = mac_for(&s, "bob@other.org", |_| {});
     let e = bob.discover().await.unwrap_err();
     assert_eq!(e.step(), Step::Discovery, "{e}");
-    assert_eq!(e.status(), Some(404), "{e}");
+    assert_eq!(e.status(), Some(403), "{e}");
     let base = Url::parse(&format!("{}/enroll", s.url)).unwrap();
     let r = post_enroll(&c, &base, &bob.signed_machine_info().unwrap(), None).await;
     assert_eq!(r.status(), 401);
@@ -378,6 +379,233 @@ async fn refusals_leave_nothing_behind_sqlite() {
 #[tokio::test]
 async fn refusals_leave_nothing_behind_postgres() {
     refusals(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 2b. discovery and the enrollment URL refuse the way Apple documents
+
+/// `GET` service discovery with this raw query string.
+async fn discover_raw(c: &reqwest::Client, s: &Server, query: &str) -> reqwest::Response {
+    c.get(format!(
+        "{}/.well-known/com.apple.remotemanagement?{query}",
+        s.url
+    ))
+    .send()
+    .await
+    .unwrap()
+}
+
+/// Asserts Apple's error document in a `403`: JSON with `code` (schema `mdm/errors`), and a
+/// description naming `needle`.
+async fn assert_apple_refusal(r: reqwest::Response, code: &str, needle: &str) {
+    assert_eq!(r.status(), 403, "{:?}", r.url().to_string());
+    let ct = r.headers()[CONTENT_TYPE].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/json"), "{ct}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    let text = body["description"].as_str().unwrap_or_default();
+    assert!(
+        text.to_lowercase().contains(&needle.to_lowercase()),
+        "expected {needle:?} in {body}"
+    );
+    assert_eq!(body["message"], body["description"], "{body}");
+}
+
+/// A MachineInfo plist as a Mac writes it; `os_version` `None` leaves `OS_VERSION` out, as the
+/// body in Apple's account-driven enrollment article does.
+fn machine_info_xml(product: &str, build: &str, os_version: Option<&str>) -> Vec<u8> {
+    let os = os_version
+        .map(|v| format!("<key>OS_VERSION</key><string>{v}</string>"))
+        .unwrap_or_default();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict>\
+         <key>LANGUAGE</key><string>en-US</string>{os}\
+         <key>PRODUCT</key><string>{product}</string>\
+         <key>VERSION</key><string>{build}</string></dict></plist>"
+    )
+    .into_bytes()
+}
+
+/// Signs a MachineInfo as a device would (CMS, content attached) with a throw-away identity.
+fn signed(plist: &[u8]) -> Vec<u8> {
+    let key = device::rsa_key(2048).unwrap();
+    let cert = device::self_signed(&key, "Device Identity", 30).unwrap();
+    lanyard_pki::sign_cms(&cert, &key, &[], plist).unwrap()
+}
+
+async fn refusals_as_apple_documents(db: Db) {
+    const WELL_KNOWN: &str = "com.apple.well-known.failed";
+    const REFUSED: &str = "org.lanyard.enrollment.refused";
+    // Ann and her domain, but no push certificate yet.
+    let Some(s) = Server::start_with(db, &[]).await else {
+        return;
+    };
+    add_user(&s, ANN);
+    cli_ok(&s, &["settings", "set", "managed-domains", "example.com"]);
+    let c = s.client();
+    let base = Url::parse(&format!("{}/enroll", s.url)).unwrap();
+    let mac_query = "user-identifier=ann%40example.com&model-family=Mac";
+    let mi = signed(&machine_info_xml("Mac15,3", "24C101", Some("15.2")));
+
+    // No push certificate: discovery and the enrollment URL refuse; nothing is stored.
+    let r = discover_raw(&c, &s, mac_query).await;
+    assert_apple_refusal(r, WELL_KNOWN, "push certificate").await;
+    let r = post_enroll(&c, &base, &mi, None).await;
+    assert_apple_refusal(r, REFUSED, "push certificate").await;
+    let r = post_enroll(&c, &base, &mi, Some("lya_0123456789abcdef")).await;
+    assert_apple_refusal(r, REFUSED, "push certificate").await;
+    let mut mac = mac_for(&s, ANN, |_| {});
+    let e = mac.enroll().await.unwrap_err();
+    assert_refused(&e, Step::Discovery, 403, "push certificate");
+    assert_eq!(devices(&s, &["--all"]), Vec::<Value>::new());
+
+    // With one, the same requests go through.
+    let topic = s.upload_push_certificate();
+    let r = discover_raw(&c, &s, mac_query).await;
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["Servers"][0]["Version"], "mdm-byod");
+    assert_eq!(post_enroll(&c, &base, &mi, None).await.status(), 401);
+
+    // Every refusal at discovery is Apple's well-known refusal.
+    add_user(&s, "bob@other.org");
+    for (query, needle) in [
+        (
+            "user-identifier=bob%40other.org&model-family=Mac",
+            "other.org",
+        ),
+        ("user-identifier=ann&model-family=Mac", "user-identifier"),
+        (
+            "user-identifier=%40example.com&model-family=Mac",
+            "user-identifier",
+        ),
+        (
+            "user-identifier=ann%40localhost&model-family=Mac",
+            "user-identifier",
+        ),
+        ("model-family=Mac", "user-identifier"),
+        ("user-identifier=&model-family=Mac", "user-identifier"),
+        (
+            "user-identifier=ann%40example.com&model-family=iPhone",
+            "iPhone",
+        ),
+        (
+            "user-identifier=ann%40example.com&model-family=iPad",
+            "iPad",
+        ),
+        (
+            "user-identifier=ann%40example.com&model-family=Watch",
+            "Watch",
+        ),
+        (
+            "user-identifier=ann%40example.com&model-family=mac",
+            "model-family",
+        ),
+        (
+            "user-identifier=ann%40example.com&model-family=Toaster",
+            "model-family",
+        ),
+        ("user-identifier=ann%40example.com", "model-family"),
+        (
+            "user-identifier=ann%40example.com&user-identifier=x",
+            "query",
+        ),
+    ] {
+        let r = discover_raw(&c, &s, query).await;
+        assert_apple_refusal(r, WELL_KNOWN, needle).await;
+    }
+
+    // The enrollment URL: a device of another family, and a macOS below the minimum judged
+    // from the build alone (no OS_VERSION), are refused with the error document.
+    for (body, needle) in [
+        (
+            machine_info_xml("iPhone17,2", "22C161", Some("18.2")),
+            "iPhone",
+        ),
+        (machine_info_xml("iPad13,4", "22C161", None), "iPad"),
+        (machine_info_xml("Mac15,3", "24B83", None), "15.1"),
+        (machine_info_xml("Mac15,3", "23H124", None), "14.7"),
+    ] {
+        let r = post_enroll(&c, &base, &signed(&body), None).await;
+        assert_apple_refusal(r, REFUSED, needle).await;
+    }
+    // The build of 15.2 without OS_VERSION passes the gate: the Mac is challenged to sign in.
+    let build_only = signed(&machine_info_xml("Mac15,3", "24C101", None));
+    let r = post_enroll(&c, &base, &build_only, None).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key(WWW_AUTHENTICATE));
+    // No OS_VERSION and a build that is no macOS build: malformed, 400.
+    let r = post_enroll(
+        &c,
+        &base,
+        &signed(&machine_info_xml("Mac15,3", "next", None)),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+
+    // A MachineInfo whose signature cannot be verified (here: no signer certificate in the
+    // message, as with a chain Lanyard cannot hold) is read all the same…
+    let plist = machine_info_xml("Mac15,3", "24C101", None);
+    let key = device::rsa_key(2048).unwrap();
+    let cert = device::self_signed(&key, "Device Identity", 30).unwrap();
+    use lanyard_pki::openssl::cms::{CMSOptions, CmsContentInfo};
+    let unverifiable = CmsContentInfo::sign(
+        Some(&cert),
+        Some(&key),
+        None,
+        Some(plist.as_slice()),
+        CMSOptions::BINARY | CMSOptions::CMS_NOCERTS,
+    )
+    .unwrap()
+    .to_der()
+    .unwrap();
+    assert!(lanyard_pki::verify_cms_attached_untrusted(&unverifiable).is_err());
+    let r = post_enroll(&c, &base, &unverifiable, None).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "an unverifiable signature is read, not refused"
+    );
+    // …and still gated: an unverifiable 15.1 is refused for its version.
+    let old = CmsContentInfo::sign(
+        Some(&cert),
+        Some(&key),
+        None,
+        Some(machine_info_xml("Mac15,3", "24B83", None).as_slice()),
+        CMSOptions::BINARY | CMSOptions::CMS_NOCERTS,
+    )
+    .unwrap()
+    .to_der()
+    .unwrap();
+    assert_apple_refusal(post_enroll(&c, &base, &old, None).await, REFUSED, "15.1").await;
+    // A malformed CMS message is 400.
+    let mut truncated = build_only.clone();
+    truncated.truncate(build_only.len() / 2);
+    assert_eq!(post_enroll(&c, &base, &truncated, None).await.status(), 400);
+
+    // A whole enrollment now: under the uploaded topic.
+    let mut mac = mac_for(&s, ANN, |_| {});
+    let report = mac.enroll().await.unwrap();
+    assert_eq!(report.topic, topic);
+
+    // None of the refusals left anything behind: one enrollment, Ann's.
+    let all = devices(&s, &["--all"]);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["push_topic"], topic.as_str());
+
+    drop(c);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_as_apple_documents_sqlite() {
+    refusals_as_apple_documents(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn refusals_as_apple_documents_postgres() {
+    refusals_as_apple_documents(Db::Postgres).await;
 }
 
 // ---------------------------------------------------------------------------------------

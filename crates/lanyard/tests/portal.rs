@@ -264,6 +264,15 @@ async fn portal_walk(db: Db) {
         .unwrap();
     assert_eq!(r.status(), 404);
 
+    // Without a push certificate the summary says enrollment is closed; with one it does not.
+    let (_, page) = get(&c, &s, "/portal/summary").await;
+    assert!(page.contains("id=\"enrollment-closed\""), "{page}");
+    assert!(page.contains("Enrollment is closed"), "{page}");
+    let topic = s.upload_push_certificate();
+    let (_, page) = get(&c, &s, "/portal/summary").await;
+    assert!(!page.contains("enrollment-closed"), "{page}");
+    assert!(page.contains(&topic), "{page}");
+
     // A read-only administrator sees everything and every change is refused.
     let (ok, _, err) = s.cli_stdin(
         &[

@@ -555,8 +555,9 @@ async fn apns_page(
                 .map(|w| format!("<p class=\"notice warn\" role=\"alert\">{}</p>", esc(&w)))
                 .unwrap_or_default(),
         ),
-        Ok(None) => "<p class=\"notice warn\">No APNs certificate has been uploaded: Lanyard \
-                     cannot wake devices until one is.</p>"
+        Ok(None) => "<p class=\"notice warn\">No APNs certificate has been uploaded: enrollment \
+                     is closed until one is (its topic goes into every enrollment profile and can \
+                     never change afterwards).</p>"
             .to_string(),
         Err(e) => return error_page(Some(sess), e),
     };

@@ -111,10 +111,22 @@ async fn summary(State(s): State<AppState>, Viewer(sess): Viewer) -> Response {
 
 async fn summary_body(s: &AppState) -> Result<String, CoreError> {
     let sum = s.lanyard.summary(chrono::Utc::now()).await?;
+    let push = s.lanyard.push_certificate_info(&s.secrets).await?;
     let add = |f: fn(&lanyard_core::listings::ModeCounts) -> i64| -> i64 {
         sum.by_mode.iter().map(f).sum()
     };
-    let mut html = String::from("<section class=\"tiles\" aria-label=\"Counts\">");
+    let mut html = String::new();
+    if push.is_none() {
+        // The profile's Topic is the push certificate's and can never change after enrollment,
+        // so nothing enrolls before one is uploaded.
+        html.push_str(
+            "<p id=\"enrollment-closed\" class=\"notice error\" role=\"alert\">Enrollment is \
+             closed: there is no APNs push certificate, so every Mac is refused at service \
+             discovery and at the enrollment URL. <a href=\"/portal/apns\">Upload the push \
+             certificate</a> to open enrollment.</p>",
+        );
+    }
+    html.push_str("<section class=\"tiles\" aria-label=\"Counts\">");
     for (label, n) in [
         ("Enrolled devices", add(|m| m.enrolled)),
         ("Enrollments in progress", add(|m| m.in_progress)),
@@ -149,7 +161,7 @@ async fn summary_body(s: &AppState) -> Result<String, CoreError> {
     html.push_str("</tbody></table>");
 
     html.push_str("<h2>Expiring certificates and tokens</h2><ul class=\"plain\">");
-    match s.lanyard.push_certificate_info(&s.secrets).await? {
+    match push {
         Some(info) => {
             let class = if info.warning.is_some() { "warn" } else { "" };
             html.push_str(&format!(
@@ -164,7 +176,7 @@ async fn summary_body(s: &AppState) -> Result<String, CoreError> {
             ));
         }
         None => html.push_str(
-            "<li class=\"warn\">No APNs certificate yet: devices cannot be woken. \
+            "<li class=\"warn\">No APNs certificate yet: enrollment is closed. \
              <a href=\"/portal/apns\">Upload one</a>.</li>",
         ),
     }

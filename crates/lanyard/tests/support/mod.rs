@@ -165,6 +165,26 @@ impl Server {
         body["session_token"].as_str().unwrap().to_string()
     }
 
+    /// Uploads a fake APNs push certificate for a fresh MDM topic with `lanyard push-cert
+    /// upload` and returns the topic. Lanyard enrolls nothing before a push certificate exists
+    /// (its topic is every profile's `Topic`), so every test that enrolls a Mac calls this.
+    pub fn upload_push_certificate(&self) -> String {
+        let topic = lanyard_testkit::fake_apns::fake_mdm_topic();
+        let cert = lanyard_testkit::fake_apns::fake_push_certificate(&topic).unwrap();
+        let (cert_path, key_path) = cert.write_pem_files(self.data_dir.path()).unwrap();
+        let (ok, out, err) = self.cli(&[
+            "push-cert",
+            "upload",
+            "--cert",
+            &cert_path.display().to_string(),
+            "--key",
+            &key_path.display().to_string(),
+        ]);
+        assert!(ok, "lanyard push-cert upload: {err}");
+        assert!(out.contains(&topic), "{out}");
+        topic
+    }
+
     pub fn ca_pem(&self) -> Vec<u8> {
         std::fs::read(self.data_dir.path().join("ca.pem")).unwrap()
     }
