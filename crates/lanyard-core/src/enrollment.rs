@@ -102,6 +102,9 @@ pub struct EnrollmentService {
     signers: Arc<lanyard_pki::SignerCache>,
     urls: DeviceUrls,
     organization: String,
+    /// Whether the server answers with its self-issued TLS certificate (chained to Lanyard's
+    /// CA), which `install-trust-profile auto` installs the root for.
+    self_issued_tls: bool,
 }
 
 /// Where the person goes next in the sign-in pages.
@@ -279,7 +282,14 @@ impl EnrollmentService {
             signers,
             urls,
             organization,
+            self_issued_tls: false,
         }
+    }
+
+    /// Says whether this server answers with its self-issued TLS certificate (off unless set).
+    pub fn with_self_issued_tls(mut self, self_issued: bool) -> Self {
+        self.self_issued_tls = self_issued;
+        self
     }
 
     pub fn urls(&self) -> &DeviceUrls {
@@ -597,6 +607,7 @@ impl EnrollmentService {
             .ok_or_else(|| CoreError::Forbidden("the account has no managed Apple ID".into()))?;
 
         let push_topic = self.enrollment_topic().await?;
+        let settings = self.lanyard.enrollment_settings().await?;
         let challenge = new_secret("");
         let enrollment_id = uuid::Uuid::new_v4().to_string();
         let input = EnrollmentProfileInput {
@@ -617,7 +628,14 @@ impl EnrollmentService {
                 name: None,
                 ca_fingerprint: None,
             },
-            ca_cert_der: Some(self.pki.ca.cert_der()?),
+            ca_cert_der: if settings
+                .install_trust_profile
+                .installs(self.self_issued_tls)
+            {
+                Some(self.pki.ca.cert_der()?)
+            } else {
+                None
+            },
             server_capabilities: ServerCapability::ALL.to_vec(),
             sign_message: true,
             uuids: ProfileUuids::random(),

@@ -263,7 +263,8 @@ pub enum SettingsCmd {
     },
     /// Change one setting: ownership-mode (prompt|employee), manage-only-corporate-resources,
     /// use-email-as-managed-apple-id (true|false), min-macos-version (e.g. 15.2),
-    /// managed-domains (comma-separated).
+    /// managed-domains (comma-separated), install-trust-profile (auto|always|never),
+    /// inactive-after-days (0 = never).
     Set { key: String, value: String },
 }
 
@@ -291,6 +292,11 @@ pub async fn settings(o: &Opened, cmd: SettingsCmd) -> Result<()> {
                 ),
                 ("min-macos-version", s.min_macos_version.to_string()),
                 ("managed-domains", s.managed_domains.join(",")),
+                (
+                    "install-trust-profile",
+                    s.install_trust_profile.as_str().to_string(),
+                ),
+                ("inactive-after-days", s.inactive_after_days.to_string()),
             ];
             debug_assert_eq!(rows.len(), SETTING_KEYS.len());
             print_table(

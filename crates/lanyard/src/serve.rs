@@ -81,7 +81,8 @@ pub async fn run(
         Arc::clone(&device_pki),
         DeviceUrls::new(&public),
         serve.organization.clone(),
-    );
+    )
+    .with_self_issued_tls(matches!(serve.tls, TlsMode::SelfIssued));
     let oidc = oidc_sign_ins(&serve, &lanyard, &secrets, &public)?;
     let app = lanyard_http::router(lanyard_http::AppState {
         lanyard: lanyard.clone(),

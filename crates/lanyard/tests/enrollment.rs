@@ -609,6 +609,84 @@ async fn refusals_as_apple_documents_postgres() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 2c. the trust payload only for a private TLS chain
+
+async fn trust_payload_only_for_a_private_chain(db: Db) {
+    // Lanyard's self-issued TLS certificate: no device trusts it, so `auto` installs the root.
+    let Some(s) = start(db, &[]).await else {
+        return;
+    };
+    let c = s.client();
+    let ca_der = X509::from_pem(&s.ca_pem()).unwrap().to_der().unwrap();
+    let (_, p) = fresh_profile(&s, &c, ANN).await;
+    assert_eq!(p.root_certificates, vec![ca_der.clone()]);
+    assert!(p
+        .payload_types
+        .iter()
+        .any(|t| t == "com.apple.security.root"));
+    // `never` leaves it out; a value that is not a mode changes nothing.
+    cli_ok(&s, &["settings", "set", "install-trust-profile", "never"]);
+    let (ok, _, err) = s.cli(&["settings", "set", "install-trust-profile", "sometimes"]);
+    assert!(!ok && err.contains("auto, always or never"), "{err}");
+    let shown: Value = serde_json::from_str(&cli_ok(&s, &["settings", "show", "--json"])).unwrap();
+    assert_eq!(shown["install_trust_profile"], "never", "{shown}");
+    let (_, p) = fresh_profile(&s, &c, ANN).await;
+    assert!(p.root_certificates.is_empty(), "{:?}", p.payload_types);
+    assert!(!p
+        .payload_types
+        .iter()
+        .any(|t| t == "com.apple.security.root"));
+    drop(c);
+    s.stop().await;
+
+    // The operator's own certificate (--tls-cert): taken as publicly trusted, no root.
+    let operator = lanyard_pki::Ca::generate("Operator Root", "Example").unwrap();
+    let tls = operator
+        .issue_tls_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.pem"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &tls.cert_pem).unwrap();
+    std::fs::write(&key, &tls.key_pem).unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let Some(s) = start(
+        db,
+        &[
+            ("LANYARD_TLS_CERT", cert.as_str()),
+            ("LANYARD_TLS_KEY", key.as_str()),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    // The simulated Mac trusts the operator's root (TLS) and Lanyard's (the profile signature).
+    let mut trust = operator.cert_pem().unwrap().into_bytes();
+    trust.extend(s.ca_pem());
+    let mut mac = mac_for(&s, ANN, |o| o.ca_cert_pem = Some(trust.clone()));
+    mac.enroll().await.unwrap();
+    let p = mac.profile().unwrap();
+    assert!(p.root_certificates.is_empty(), "{:?}", p.payload_types);
+    // `always` installs Lanyard's root even so.
+    cli_ok(&s, &["settings", "set", "install-trust-profile", "always"]);
+    let mut mac = mac_for(&s, ANN, |o| o.ca_cert_pem = Some(trust.clone()));
+    mac.enroll().await.unwrap();
+    let lanyard_ca = X509::from_pem(&s.ca_pem()).unwrap().to_der().unwrap();
+    assert_eq!(mac.profile().unwrap().root_certificates, vec![lanyard_ca]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn trust_payload_only_for_a_private_chain_sqlite() {
+    trust_payload_only_for_a_private_chain(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn trust_payload_only_for_a_private_chain_postgres() {
+    trust_payload_only_for_a_private_chain(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
 // 3. access tokens are single use
 
 async fn access_token_single_use(db: Db) {
