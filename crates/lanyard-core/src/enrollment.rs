@@ -35,8 +35,8 @@ use lanyard_proto::{
     EnrollmentKind, ModelFamily, OsVersion, SecretString, ServiceDiscovery, UserIdentifier,
 };
 use lanyard_store::{
-    AccessTokenRow, AuthenticateRecord, Enrollment, EnrollmentFlow, EnrollmentQuery, NewEnrollment,
-    TokenUpdateRecord, User,
+    AccessTokenRow, AuthenticateRecord, Enrollment, EnrollmentFlow, EnrollmentQuery,
+    EnrollmentStatus, NewEnrollment, TokenUpdateRecord, User,
 };
 
 use crate::admins::{hash_secret, new_secret};
@@ -182,7 +182,10 @@ pub struct EnrollmentView {
     pub enrollment_mode: String,
     /// Employee, the only ownership a User Enrollment accepts.
     pub ownership: String,
-    pub status: String,
+    /// pending, authenticated, enrolled, checked_out or inactive (silent for longer than the
+    /// `inactive-after-days` setting).
+    #[schema(value_type = String, example = "enrolled")]
+    pub status: EnrollmentStatus,
     pub os_version: Option<String>,
     pub build_version: Option<String>,
     pub product: Option<String>,
@@ -779,12 +782,19 @@ impl EnrollmentService {
             .ok_or_else(|| {
                 CoreError::Unauthorized("this identity certificate belongs to no enrollment".into())
             })?;
-        if enrollment.status == "checked_out" {
-            return Err(CoreError::Unauthorized(
+        match enrollment.status {
+            EnrollmentStatus::CheckedOut => Err(CoreError::Unauthorized(
                 "this enrollment has checked out; enroll again".into(),
-            ));
+            )),
+            // The device speaks again after a long silence: active again.
+            EnrollmentStatus::Inactive => Ok(self
+                .lanyard
+                .store()
+                .reactivate_enrollment(&enrollment.id, lanyard_store::now())
+                .await?
+                .unwrap_or(enrollment)),
+            _ => Ok(enrollment),
         }
-        Ok(enrollment)
     }
 
     /// Handles one check-in message from a device already identified by [`Self::identify`].
@@ -958,6 +968,27 @@ impl EnrollmentService {
 /// The `PayloadIdentifier` of an enrollment's profile (what `RemoveProfile` names to unenroll).
 pub fn profile_identifier(enrollment_id: &str) -> String {
     format!("org.lanyard.enrollment.{enrollment_id}")
+}
+
+impl Lanyard {
+    /// Marks `inactive` the enrollments that have not checked out and made no request for
+    /// the `inactive-after-days` setting (none when it is 0); returns how many. `serve` runs
+    /// this hourly. A Mac that re-enrolls gets a new `EnrollmentID`, so one removed without a
+    /// `CheckOut` (or wiped) would otherwise stay listed as enrolled for ever; one that speaks
+    /// again is active again ([`EnrollmentService::identify`], the command exchange).
+    pub async fn mark_inactive_enrollments(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64> {
+        let days = self.enrollment_settings().await?.inactive_after_days;
+        if days == 0 {
+            return Ok(0);
+        }
+        Ok(self
+            .store
+            .mark_inactive_enrollments(now - Duration::days(i64::from(days)))
+            .await?)
+    }
 }
 
 /// Enrollments, newest first (also used by the CLI, which has no device PKI loaded).

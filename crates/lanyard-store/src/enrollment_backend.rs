@@ -14,6 +14,11 @@ pub(crate) const ENROLLMENT_COLUMNS: &str =
     bootstrap_token_sealed, created_at, authenticated_at, enrolled_at, last_seen_at, \
     checked_out_at, last_push_at, last_push_status";
 
+/// The status an `inactive` enrollment returns to, from how far it had come: `enrolled` once
+/// it had a device `TokenUpdate`, `authenticated` once it had `Authenticate`, else `pending`.
+pub(crate) const REACTIVATED_STATUS: &str = "CASE WHEN enrolled_at IS NOT NULL THEN 'enrolled' \
+    WHEN authenticated_at IS NOT NULL THEN 'authenticated' ELSE 'pending' END";
+
 const TOKEN_COLUMNS: &str =
     "token_hash, user_id, ownership, attributes, created_at, expires_at, used_at";
 
@@ -218,7 +223,7 @@ macro_rules! impl_enrollment_store {
                      WHERE ($1 IS NULL OR status = $1) AND LOWER(managed_apple_id) LIKE $2 \
                      ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
                 ))
-                .bind(&q.status)
+                .bind(q.status.map(EnrollmentStatus::as_str))
                 .bind(pattern)
                 .bind(limit)
                 .bind(q.offset)
@@ -359,6 +364,33 @@ macro_rules! impl_enrollment_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn mark_inactive_enrollments(&self, silent_since: DateTime<Utc>) -> Result<u64> {
+                Ok(sqlx::query(
+                    "UPDATE enrollments SET status = 'inactive' \
+                     WHERE status IN ('pending', 'authenticated', 'enrolled') \
+                     AND COALESCE(last_seen_at, created_at) < $1",
+                )
+                .bind(silent_since)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
+            async fn reactivate_enrollment(
+                &self,
+                id: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Option<Enrollment>> {
+                Ok(sqlx::query_as(&format!(
+                    "UPDATE enrollments SET status = {REACTIVATED_STATUS}, last_seen_at = $2 \
+                     WHERE id = $1 AND status = 'inactive' RETURNING {ENROLLMENT_COLUMNS}"
+                ))
+                .bind(id)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?)
             }
 
             async fn touch_enrollment(&self, id: &str, at: DateTime<Utc>) -> Result<()> {

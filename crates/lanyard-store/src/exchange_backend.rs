@@ -133,6 +133,16 @@ macro_rules! impl_exchange_store {
                 if bound.as_deref() != Some(x.device_channel_id) {
                     return Ok(Exchanged::OtherDevice);
                 }
+                if status == "inactive" {
+                    // The device speaks again: it is no longer inactive.
+                    sqlx::query(&format!(
+                        "UPDATE enrollments SET status = {} WHERE id = $1",
+                        crate::enrollment_backend::REACTIVATED_STATUS
+                    ))
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let never_given = |uuid: &str| {
                     StoreError::NotFound(format!("command {uuid} was never given to this device"))
                 };

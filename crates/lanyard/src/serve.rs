@@ -264,8 +264,9 @@ async fn self_issued(
     Ok((m.cert_pem.into_bytes(), key))
 }
 
-/// Hourly hygiene: expired sign-in flows, access tokens, never-completed enrollments, and command
-/// results past their retention.
+/// Hourly hygiene: expired sign-in flows, access tokens, never-completed enrollments, command
+/// results past their retention; and enrollments silent for longer than `inactive-after-days`
+/// are marked inactive.
 async fn prune_leftovers(lanyard: Lanyard) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -278,6 +279,14 @@ async fn prune_leftovers(lanyard: Lanyard) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "pruned expired enrollment leftovers"),
             Err(e) => tracing::warn!(error = %e, "pruning enrollment leftovers failed"),
+        }
+        match lanyard
+            .mark_inactive_enrollments(lanyard_store::now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(enrollments = n, "marked silent enrollments inactive"),
+            Err(e) => tracing::warn!(error = %e, "marking silent enrollments inactive failed"),
         }
         let before = lanyard_store::now()
             - chrono::Duration::days(lanyard_core::commands::RESULT_RETENTION_DAYS);

@@ -687,6 +687,114 @@ async fn trust_payload_only_for_a_private_chain_postgres() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 2d. enrollments that never check out are aged out
+
+/// Moves every enrollment's last request (and creation) `days` into the past, in the
+/// database itself: the silence the aging looks for.
+async fn silence_for(s: &Server, db: Db, days: i64) {
+    use sqlx::Connection;
+    let then = chrono::Utc::now() - chrono::Duration::days(days);
+    let sql = "UPDATE enrollments SET last_seen_at = $1, created_at = $1";
+    match db {
+        Db::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&s.database_url)
+                .await
+                .unwrap();
+            sqlx::query(sql).bind(then).execute(&mut c).await.unwrap();
+        }
+        Db::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&s.database_url).await.unwrap();
+            sqlx::query(sql).bind(then).execute(&mut c).await.unwrap();
+        }
+    }
+}
+
+async fn silent_enrollments_age_out(db: Db) {
+    let Some(s) = start(db, &[]).await else {
+        return;
+    };
+    let mut mac = mac_for(&s, ANN, |_| {});
+    mac.enroll().await.unwrap();
+    let id = devices(&s, &[])[0]["id"].as_str().unwrap().to_string();
+
+    // Recent: nothing to age out.
+    assert!(cli_ok(&s, &["device", "age-out"]).contains("0 enrollment"));
+    // Silent for 100 days (the default limit is 90): inactive, listed as such everywhere.
+    silence_for(&s, db, 100).await;
+    assert!(cli_ok(&s, &["device", "age-out"]).contains("1 enrollment"));
+    assert_eq!(
+        devices(&s, &[]),
+        Vec::<Value>::new(),
+        "no longer listed as enrolled"
+    );
+    let inactive = devices(&s, &["--status", "inactive"]);
+    assert_eq!(inactive.len(), 1, "{inactive:#?}");
+    assert_eq!(inactive[0]["status"], "inactive");
+    assert!(cli_ok(&s, &["device", "list", "--all"]).contains("inactive"));
+    let (ok, _, err) = s.cli(&["device", "list", "--status", "stale"]);
+    assert!(!ok && err.contains("inactive"), "{err}");
+    let c = s.client();
+    let token = s.admin_session(&c).await;
+    let api: Value = c
+        .get(format!("{}/api/v1/devices?status=inactive", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api[0]["id"], id.as_str(), "{api}");
+    assert_eq!(api[0]["status"], "inactive", "{api}");
+    let b = support::portal::browser(&s);
+    support::portal::sign_in(&b, &s, "admin", &s.admin_password).await;
+    let (st, page) = support::portal::get(&b, &s, "/portal/devices?status=inactive").await;
+    assert_eq!(st, 200);
+    assert!(
+        page.contains("<td>Inactive</td>") && page.contains(ANN),
+        "{page}"
+    );
+    let (_, page) = support::portal::get(&b, &s, "/portal/summary").await;
+    assert!(page.contains("<span>Inactive</span>"), "{page}");
+
+    // The Mac speaks again (a poll on the command channel): enrolled again.
+    assert!(mac.idle().await.unwrap().is_none());
+    let back = devices(&s, &[]);
+    assert_eq!(back.len(), 1, "{back:#?}");
+    assert_eq!(back[0]["id"], id.as_str());
+    // Likewise through a check-in.
+    silence_for(&s, db, 100).await;
+    assert!(cli_ok(&s, &["device", "age-out"]).contains("1 enrollment"));
+    mac.token_update(lanyard_testkit::Channel::User)
+        .await
+        .unwrap();
+    assert_eq!(devices(&s, &[])[0]["status"], "enrolled");
+
+    // A longer limit, and 0 (never), leave a silent enrollment alone.
+    silence_for(&s, db, 100).await;
+    cli_ok(&s, &["settings", "set", "inactive-after-days", "365"]);
+    assert!(cli_ok(&s, &["device", "age-out"]).contains("0 enrollment"));
+    cli_ok(&s, &["settings", "set", "inactive-after-days", "0"]);
+    assert!(cli_ok(&s, &["device", "age-out"]).contains("0 enrollment"));
+    let (ok, _, _) = s.cli(&["settings", "set", "inactive-after-days", "-5"]);
+    assert!(!ok);
+    assert_eq!(devices(&s, &[])[0]["status"], "enrolled");
+
+    drop((c, b, mac));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn silent_enrollments_age_out_sqlite() {
+    silent_enrollments_age_out(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn silent_enrollments_age_out_postgres() {
+    silent_enrollments_age_out(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
 // 3. access tokens are single use
 
 async fn access_token_single_use(db: Db) {
