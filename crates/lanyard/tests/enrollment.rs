@@ -80,10 +80,12 @@ fn devices(s: &Server, extra: &[&str]) -> Vec<Value> {
         .clone()
 }
 
-/// A simulated Mac trusting the server's CA, answering department=Sales; `tweak` adjusts it.
+/// A simulated Mac trusting the server's CA and insisting on its push certificate's topic,
+/// answering department=Sales; `tweak` adjusts it.
 fn mac_for(s: &Server, email: &str, tweak: impl FnOnce(&mut SimOptions)) -> SimMac {
     let mut o = SimOptions::new(&s.url, email, PASSWORD);
     o.ca_cert_pem = Some(s.ca_pem());
+    o.push_topic = s.push_topic();
     o.attrs.insert("department".into(), "Sales".into());
     tweak(&mut o);
     SimMac::new(o).unwrap()

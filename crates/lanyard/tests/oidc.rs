@@ -116,6 +116,7 @@ fn enrolled(s: &Server) -> Vec<Value> {
 fn mac(s: &Server, email: &str, provider: &str, login: &str, tamper: OidcTamper) -> SimMac {
     let mut o = SimOptions::new(&s.url, email, PASSWORD);
     o.ca_cert_pem = Some(s.ca_pem());
+    o.push_topic = s.push_topic();
     o.oidc = Some(SimOidc {
         provider: provider.into(),
         login: login.into(),

@@ -27,6 +27,7 @@ pub struct Server {
     pub database_url: String,
     child: Child,
     pg_cleanup: Option<(String, String)>,
+    push_topic: std::sync::Mutex<Option<String>>,
 }
 
 pub fn pg_admin_url() -> String {
@@ -129,6 +130,7 @@ impl Server {
             database_url,
             child,
             pg_cleanup,
+            push_topic: Default::default(),
         })
     }
 
@@ -182,7 +184,14 @@ impl Server {
         ]);
         assert!(ok, "lanyard push-cert upload: {err}");
         assert!(out.contains(&topic), "{out}");
+        *self.push_topic.lock().unwrap() = Some(topic.clone());
         topic
+    }
+
+    /// The topic [`Server::upload_push_certificate`] uploaded, for the simulated Mac to
+    /// insist on (`SimOptions::push_topic`).
+    pub fn push_topic(&self) -> Option<String> {
+        self.push_topic.lock().unwrap().clone()
     }
 
     pub fn ca_pem(&self) -> Vec<u8> {
