@@ -449,7 +449,16 @@ async fn refusals_as_apple_documents(db: Db) {
     let mac_query = "user-identifier=ann%40example.com&model-family=Mac";
     let mi = signed(&machine_info_xml("Mac15,3", "24C101", Some("15.2")));
 
-    // No push certificate: discovery and the enrollment URL refuse; nothing is stored.
+    // No push certificate: serve said so at start-up…
+    assert!(
+        s.startup_log
+            .iter()
+            .any(|l| l.contains("WARN")
+                && l.contains("no APNs push certificate: enrollment is closed")),
+        "{:#?}",
+        s.startup_log
+    );
+    // …and discovery and the enrollment URL refuse; nothing is stored.
     let r = discover_raw(&c, &s, mac_query).await;
     assert_apple_refusal(r, WELL_KNOWN, "push certificate").await;
     let r = post_enroll(&c, &base, &mi, None).await;

@@ -23,6 +23,8 @@ pub const VIEWER_PASSWORD: &str = "viewer password 123";
 pub struct Server {
     pub url: String,
     pub admin_password: String,
+    /// What `serve` printed (log lines included) up to its listening line.
+    pub startup_log: Vec<String>,
     pub data_dir: tempfile::TempDir,
     pub database_url: String,
     child: Child,
@@ -108,10 +110,12 @@ impl Server {
         let mut admin_password = String::new();
         let mut url = String::new();
         let mut expect_password = false;
+        let mut startup_log = Vec::new();
         while url.is_empty() {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("lanyard serve printed no listening line");
+            startup_log.push(line.clone());
             if expect_password && !line.trim().is_empty() {
                 admin_password = line.trim().to_string();
                 expect_password = false;
@@ -126,6 +130,7 @@ impl Server {
         Some(Server {
             url,
             admin_password,
+            startup_log,
             data_dir,
             database_url,
             child,
