@@ -587,6 +587,13 @@ impl EnrollmentService {
     /// Issues the signed enrollment profile for a valid, unused access token. Creates the
     /// `pending` enrollment that the SCEP challenge and the identity certificate bind to.
     pub async fn issue_profile(&self, access_token: &str, facts: &DeviceFacts) -> Result<Vec<u8>> {
+        // The Mac sends its MachineInfo with both requests (Apple's account-driven enrollment
+        // article); without it nothing was gated, so no profile.
+        if facts.product.is_none() {
+            return Err(CoreError::Invalid(
+                "the enrollment request carries no MachineInfo".into(),
+            ));
+        }
         let store = self.lanyard.store();
         let token_hash = hash_secret(access_token);
         let now = lanyard_store::now();

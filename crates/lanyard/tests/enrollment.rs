@@ -595,15 +595,32 @@ async fn refusals_as_apple_documents(db: Db) {
     truncated.truncate(build_only.len() / 2);
     assert_eq!(post_enroll(&c, &base, &truncated, None).await.status(), 400);
 
+    // A signed-in Mac that sends no MachineInfo with its token gets no profile (nothing was
+    // gated), and its token stays good for the real request.
+    let mut mac = mac_for(&s, ANN, |_| {});
+    let (base, mi, token) = sign_in(&c, &mut mac).await;
+    let r = post_enroll(&c, &base, b"", Some(&token)).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("MachineInfo"));
+    assert_eq!(devices(&s, &["--all"]), Vec::<Value>::new());
+    assert_eq!(
+        post_enroll(&c, &base, &mi, Some(&token)).await.status(),
+        200
+    );
+
     // A whole enrollment now: under the uploaded topic.
     let mut mac = mac_for(&s, ANN, |_| {});
     let report = mac.enroll().await.unwrap();
     assert_eq!(report.topic, topic);
 
-    // None of the refusals left anything behind: one enrollment, Ann's.
+    // None of the refusals left anything behind: Ann's two enrollments (the profile fetched
+    // by hand, pending, and the simulated Mac's), both under the uploaded topic.
     let all = devices(&s, &["--all"]);
-    assert_eq!(all.len(), 1, "{all:#?}");
-    assert_eq!(all[0]["push_topic"], topic.as_str());
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(
+        all.iter().all(|d| d["push_topic"] == topic.as_str()),
+        "{all:#?}"
+    );
 
     drop(c);
     s.stop().await;
