@@ -14,7 +14,8 @@ use lanyard_proto::user_enrollment::{
     ue_command_policy, ue_device_information_query_policy, ue_payload_policy, Policy,
 };
 use lanyard_store::{
-    Audit, CommandOutcome, CommandRecord, Enrollment, NewCommand, CHANNEL_DEVICE, CHANNEL_USER,
+    Audit, CommandOutcome, CommandRecord, Enrollment, EnrollmentStatus, NewCommand, CHANNEL_DEVICE,
+    CHANNEL_USER,
 };
 
 use crate::enrollment::MODE_USER_ENROLLMENT;
@@ -442,7 +443,10 @@ impl Lanyard {
                         .get(id)
                         .cloned()
                         .ok_or_else(|| CoreError::NotFound(format!("enrollment {id}")))?;
-                    if e.status != "enrolled" {
+                    // An inactive enrollment may be tried by name: its answer revives it.
+                    let reachable = e.status == EnrollmentStatus::Enrolled
+                        || (e.status == EnrollmentStatus::Inactive && e.enrolled_at.is_some());
+                    if !reachable {
                         return Err(CoreError::Invalid(format!(
                             "enrollment {id} is {}, not enrolled",
                             e.status
@@ -455,7 +459,7 @@ impl Lanyard {
             CommandTarget::Filter { search } => {
                 self.store
                     .list_enrollments(&lanyard_store::EnrollmentQuery {
-                        status: Some("enrolled".into()),
+                        status: Some(EnrollmentStatus::Enrolled),
                         search: Some(search.clone()).filter(|s| !s.is_empty()),
                         offset: 0,
                         limit: 1_000_000,
@@ -525,7 +529,7 @@ impl Lanyard {
             .enrollment(enrollment_id)
             .await?
             .ok_or_else(|| CoreError::NotFound(format!("enrollment {enrollment_id}")))?;
-        if e.status == "checked_out" {
+        if e.status == EnrollmentStatus::CheckedOut {
             return Err(CoreError::Conflict(format!(
                 "enrollment {enrollment_id} has already checked out"
             )));

@@ -3,9 +3,12 @@
 //! messages that bring an enrollment to life.
 //!
 //! The rules here, in order of the flow:
-//! - only users of a verified managed domain are discovered or signed in; disabled users never;
-//! - the Mac must run at least the configured macOS (MachineInfo at profile request, and again
-//!   `OSVersion` at `Authenticate`);
+//! - nothing enrolls before an APNs push certificate is uploaded: its topic is the profile's
+//!   `Topic`, which can never change after enrollment;
+//! - only Macs (`model-family`, and the MachineInfo `PRODUCT`) of users of a verified managed
+//!   domain are discovered or signed in; disabled users never;
+//! - the Mac must run at least the configured macOS (MachineInfo `OS_VERSION`, or its build
+//!   `VERSION`, at profile request, and again `OSVersion` at `Authenticate`);
 //! - ownership must be Employee: Corporate and Shared end the flow with a refusal and leave
 //!   nothing behind;
 //! - access tokens and SCEP challenges are random, stored only as hashes, short-lived and
@@ -28,10 +31,10 @@ use lanyard_pki::{Ca, SecretBox};
 use lanyard_proto::profile::{
     build_enrollment_profile, EnrollmentProfileInput, ProfileUuids, ScepSettings, ServerCapability,
 };
-use lanyard_proto::{OsVersion, SecretString, ServiceDiscovery, UserIdentifier};
+use lanyard_proto::{ModelFamily, OsVersion, SecretString, ServiceDiscovery, UserIdentifier};
 use lanyard_store::{
-    AccessTokenRow, Enrollment, EnrollmentFlow, EnrollmentQuery, IdentityRecord, NewEnrollment,
-    ProfileIds, User,
+    AccessTokenRow, Enrollment, EnrollmentFlow, EnrollmentQuery, EnrollmentStatus, IdentityRecord,
+    NewEnrollment, ProfileIds, User,
 };
 
 use crate::admins::{hash_secret, new_secret};
@@ -97,6 +100,9 @@ pub struct EnrollmentService {
     organization: String,
     /// Identity certificate lifetime and renewal window.
     identity: IdentityPolicy,
+    /// Whether the server answers with its self-issued TLS certificate (chained to Lanyard's
+    /// CA), which `install-trust-profile auto` installs the root for.
+    self_issued_tls: bool,
 }
 
 /// Where the person goes next in the sign-in pages.
@@ -163,7 +169,10 @@ pub struct EnrollmentView {
     pub enrollment_mode: String,
     /// Employee, the only ownership a User Enrollment accepts.
     pub ownership: String,
-    pub status: String,
+    /// pending, authenticated, enrolled, checked_out or inactive (silent for longer than the
+    /// `inactive-after-days` setting).
+    #[schema(value_type = String, example = "enrolled")]
+    pub status: EnrollmentStatus,
     pub os_version: Option<String>,
     pub build_version: Option<String>,
     pub product: Option<String>,
@@ -271,6 +280,7 @@ impl EnrollmentService {
             urls,
             organization,
             identity: IdentityPolicy::default(),
+            self_issued_tls: false,
         }
     }
 
@@ -285,6 +295,23 @@ impl EnrollmentService {
         &self.identity
     }
 
+    /// Whether profiles carry Lanyard's root CA now (the `install-trust-profile` setting and
+    /// whether this server answers with its self-issued TLS certificate).
+    pub(crate) async fn installs_trust_payload(&self) -> Result<bool> {
+        Ok(self
+            .lanyard
+            .enrollment_settings()
+            .await?
+            .install_trust_profile
+            .installs(self.self_issued_tls))
+    }
+
+    /// Says whether this server answers with its self-issued TLS certificate (off unless set).
+    pub fn with_self_issued_tls(mut self, self_issued: bool) -> Self {
+        self.self_issued_tls = self_issued;
+        self
+    }
+
     pub fn urls(&self) -> &DeviceUrls {
         &self.urls
     }
@@ -297,13 +324,36 @@ impl EnrollmentService {
         self.pki.ca.certificate()
     }
 
-    /// Service discovery: the BaseURL for a managed account, `NotFound` for anyone else.
-    pub async fn discover(&self, user_identifier: &str) -> Result<ServiceDiscovery> {
+    /// Service discovery: the BaseURL for a Mac of a managed account. Every refusal is an
+    /// error the handler answers with Apple's `com.apple.well-known.failed` document:
+    /// `Invalid` for a malformed identifier or model family, `Forbidden` for a family Lanyard
+    /// does not enroll (anything but `Mac`) or while enrollment is closed (no push
+    /// certificate), `NotFound` for a domain that is not managed here.
+    pub async fn discover(
+        &self,
+        user_identifier: &str,
+        model_family: Option<&str>,
+    ) -> Result<ServiceDiscovery> {
         let id = UserIdentifier::parse(user_identifier).map_err(|e| {
             CoreError::Invalid(format!(
                 "user-identifier is not a managed Apple Account: {e}"
             ))
         })?;
+        let family = model_family.map(str::trim).unwrap_or_default();
+        match ModelFamily::parse(family) {
+            Some(ModelFamily::Mac) => {}
+            Some(other) => {
+                return Err(CoreError::Forbidden(format!(
+                    "this organisation enrolls Macs only, not {} devices",
+                    other.as_str()
+                )))
+            }
+            None => {
+                return Err(CoreError::Invalid(format!(
+                    "model-family {family:?} is not one of Apple's device families"
+                )))
+            }
+        }
         let settings = self.lanyard.enrollment_settings().await?;
         if !settings.managed_domains.iter().any(|d| d == id.domain()) {
             return Err(CoreError::NotFound(format!(
@@ -311,41 +361,79 @@ impl EnrollmentService {
                 id.domain()
             )));
         }
+        self.enrollment_topic().await?;
         Ok(ServiceDiscovery::byod(self.urls.enroll()))
     }
 
+    /// The push topic new enrollments get; `Forbidden` while no push certificate is uploaded,
+    /// because a profile's `Topic` can never change after enrollment (see
+    /// [`Lanyard::push_topic`]).
+    pub async fn enrollment_topic(&self) -> Result<String> {
+        self.lanyard.push_topic().await?.ok_or_else(|| {
+            CoreError::Forbidden(
+                "Enrollment is not open yet: this server has no APNs push certificate. Ask your \
+                 IT administrator."
+                    .into(),
+            )
+        })
+    }
+
     /// Reads what the Mac sent with its enrollment request (a CMS-signed MachineInfo plist, or
-    /// the bare plist) and applies the macOS version gate.
+    /// the bare plist) and applies the gates every enrollment request passes before sign-in:
+    /// enrollment is open (a push certificate exists), the device is not of another family,
+    /// and macOS is at least the configured minimum.
     ///
-    /// The signature of a real Mac chains to Apple's device CA, which Lanyard does not hold; it
-    /// is parsed but not chain-verified (simulated Macs sign with their own key). An absent
-    /// `OS_VERSION` passes here and is gated at `Authenticate`, whose `OSVersion` is required.
+    /// The signature of a real Mac chains to Apple's device CA, which Lanyard does not hold, and
+    /// may use SHA-1, which a strict OpenSSL policy refuses: the body is read whether or not
+    /// the signature verifies (only a malformed CMS message is refused), and nothing here
+    /// trusts it beyond this gate. The version is `OS_VERSION` when sent, else the release the
+    /// build `VERSION` belongs to ([`OsVersion::from_macos_build`]); Apple's account-driven
+    /// enrollment article shows only `LANGUAGE`, `PRODUCT` and `VERSION` in this body.
     pub async fn device_facts(&self, body: &[u8]) -> Result<DeviceFacts> {
+        self.enrollment_topic().await?;
         if body.is_empty() {
             return Ok(DeviceFacts::default());
         }
         let plist = if body.first() == Some(&0x30) {
-            lanyard_pki::verify_cms_attached_untrusted(body)
-                .map_err(|e| {
-                    CoreError::Invalid(format!("the MachineInfo signature is malformed: {e}"))
-                })?
-                .0
+            let (content, signer) = lanyard_pki::read_cms_attached(body).map_err(|e| {
+                CoreError::Invalid(format!("the MachineInfo signature is malformed: {e}"))
+            })?;
+            if let lanyard_pki::AttachedSigner::Unverified(why) = signer {
+                tracing::debug!(reason = %why, "MachineInfo read without a verified signature");
+            }
+            content
         } else {
             body.to_vec()
         };
         let info = lanyard_proto::decode_machine_info(&plist)
             .map_err(|e| CoreError::Invalid(format!("MachineInfo: {e}")))?;
-        let os = info
-            .os_version()
-            .map_err(|e| CoreError::Invalid(format!("MachineInfo OS_VERSION: {e}")))?;
-        if let Some(found) = &os {
-            let min = self.lanyard.enrollment_settings().await?.min_macos_version;
-            if !found.at_least(&min) {
-                return Err(refuse_old_os(found, &min));
+        if let Some(family) = ModelFamily::of_product(&info.product) {
+            if family != ModelFamily::Mac {
+                return Err(CoreError::Forbidden(format!(
+                    "this organisation enrolls Macs only, and {} is not a Mac ({})",
+                    info.product,
+                    family.as_str()
+                )));
             }
         }
+        let version = info
+            .macos_version()
+            .map_err(|e| CoreError::Invalid(format!("MachineInfo OS_VERSION: {e}")))?
+            .ok_or_else(|| {
+                CoreError::Invalid(format!(
+                    "MachineInfo has no OS_VERSION and VERSION {:?} is not a macOS build",
+                    info.version
+                ))
+            })?;
+        let min = self.lanyard.enrollment_settings().await?.min_macos_version;
+        if !version.at_least(&min) {
+            return Err(refuse_old_os(&version, &min));
+        }
+        let os_version = info
+            .os_version()
+            .map_err(|e| CoreError::Invalid(format!("MachineInfo OS_VERSION: {e}")))?;
         Ok(DeviceFacts {
-            os_version: os.map(|v| v.to_string()),
+            os_version: os_version.map(|v| v.to_string()),
             build_version: Some(info.version),
             product: Some(info.product),
         })
@@ -509,6 +597,13 @@ impl EnrollmentService {
     /// Issues the signed enrollment profile for a valid, unused access token. Creates the
     /// `pending` enrollment that the SCEP challenge and the identity certificate bind to.
     pub async fn issue_profile(&self, access_token: &str, facts: &DeviceFacts) -> Result<Vec<u8>> {
+        // The Mac sends its MachineInfo with both requests (Apple's account-driven enrollment
+        // article); without it nothing was gated, so no profile.
+        if facts.product.is_none() {
+            return Err(CoreError::Invalid(
+                "the enrollment request carries no MachineInfo".into(),
+            ));
+        }
         let store = self.lanyard.store();
         let token_hash = hash_secret(access_token);
         let now = lanyard_store::now();
@@ -531,17 +626,23 @@ impl EnrollmentService {
             .clone()
             .ok_or_else(|| CoreError::Forbidden("the account has no managed Apple ID".into()))?;
 
-        let push_topic = self.lanyard.push_topic().await?;
+        let push_topic = self.enrollment_topic().await?;
+        let settings = self.lanyard.enrollment_settings().await?;
         let challenge = new_secret("");
         let enrollment_id = uuid::Uuid::new_v4().to_string();
         let uuids = ProfileUuids::random();
-        let signed = self.signed_profile(&self.profile_input(
-            &enrollment_id,
-            &apple_id,
-            &push_topic,
-            SecretString::new(challenge.secret),
-            uuids,
-        )?)?;
+        let signed = self.signed_profile(
+            &self.profile_input(
+                &enrollment_id,
+                &apple_id,
+                &push_topic,
+                SecretString::new(challenge.secret),
+                uuids,
+                settings
+                    .install_trust_profile
+                    .installs(self.self_issued_tls),
+            )?,
+        )?;
         store
             .consume_access_token(&token_hash, lanyard_store::now())
             .await?
@@ -596,6 +697,7 @@ impl EnrollmentService {
         push_topic: &str,
         challenge: SecretString,
         uuids: ProfileUuids,
+        with_trust_payload: bool,
     ) -> Result<EnrollmentProfileInput> {
         Ok(EnrollmentProfileInput {
             organisation: self.organization.clone(),
@@ -615,7 +717,13 @@ impl EnrollmentService {
                 name: None,
                 ca_fingerprint: None,
             },
-            ca_cert_der: Some(self.pki.ca.cert_der()?),
+            // The trust payload only when the TLS chain is Lanyard's own (the
+            // `install-trust-profile` setting): a personal Mac needs no private root otherwise.
+            ca_cert_der: if with_trust_payload {
+                Some(self.pki.ca.cert_der()?)
+            } else {
+                None
+            },
             server_capabilities: ServerCapability::USER_ENROLLMENT.to_vec(),
             sign_message: true,
             uuids,
@@ -732,6 +840,27 @@ pub(crate) fn payload_uuid(u: &uuid::Uuid) -> String {
 /// The `PayloadIdentifier` of an enrollment's profile (what `RemoveProfile` names to unenroll).
 pub fn profile_identifier(enrollment_id: &str) -> String {
     format!("org.lanyard.enrollment.{enrollment_id}")
+}
+
+impl Lanyard {
+    /// Marks `inactive` the enrollments that have not checked out and made no request for
+    /// the `inactive-after-days` setting (none when it is 0); returns how many. `serve` runs
+    /// this hourly. A Mac that re-enrolls gets a new `EnrollmentID`, so one removed without a
+    /// `CheckOut` (or wiped) would otherwise stay listed as enrolled for ever; one that speaks
+    /// again is active again ([`EnrollmentService::identify`], the command exchange).
+    pub async fn mark_inactive_enrollments(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64> {
+        let days = self.enrollment_settings().await?.inactive_after_days;
+        if days == 0 {
+            return Ok(0);
+        }
+        Ok(self
+            .store
+            .mark_inactive_enrollments(now - Duration::days(i64::from(days)))
+            .await?)
+    }
 }
 
 /// Enrollments, newest first (also used by the CLI, which has no device PKI loaded).

@@ -3,7 +3,7 @@
 //! and any API that wants totals call these instead of the store.
 
 use chrono::{DateTime, Duration, Utc};
-use lanyard_store::{AuditEntry, AuditSearch, DeviceListQuery, Paged};
+use lanyard_store::{AuditEntry, AuditSearch, DeviceListQuery, EnrollmentStatus, Paged};
 
 use crate::enrollment::{mode_label, EnrollmentView};
 use crate::{Lanyard, Result};
@@ -20,6 +20,8 @@ pub struct ModeCounts {
     /// Pending or authenticated (sign-in done, not yet enrolled).
     pub in_progress: i64,
     pub checked_out: i64,
+    /// Silent for longer than the `inactive-after-days` setting.
+    pub inactive: i64,
     pub total: i64,
 }
 
@@ -45,16 +47,20 @@ impl Lanyard {
                         enrolled: 0,
                         in_progress: 0,
                         checked_out: 0,
+                        inactive: 0,
                         total: 0,
                     });
                     by_mode.len() - 1
                 }
             };
             let row = &mut by_mode[i];
-            match status.as_str() {
-                "enrolled" => row.enrolled += n,
-                "checked_out" => row.checked_out += n,
-                _ => row.in_progress += n,
+            match EnrollmentStatus::parse(&status) {
+                Some(EnrollmentStatus::Enrolled) => row.enrolled += n,
+                Some(EnrollmentStatus::CheckedOut) => row.checked_out += n,
+                Some(EnrollmentStatus::Inactive) => row.inactive += n,
+                Some(EnrollmentStatus::Pending | EnrollmentStatus::Authenticated) | None => {
+                    row.in_progress += n
+                }
             }
             row.total += n;
         }

@@ -30,8 +30,9 @@ use lanyard_proto::checkin::{Authenticate, CheckinMessage, DeclarativeManagement
 use lanyard_proto::command::CommandStatus;
 use lanyard_proto::{EnrollmentKind, OsVersion};
 use lanyard_store::{
-    AuthenticateRecord, CommandExchange, Enrollment, Exchanged, IdentityBinding, IgnoredResult,
-    InventoryMerge, NextCommand, StoreError, TokenUpdateRecord, CHANNEL_DEVICE, CHANNEL_USER,
+    AuthenticateRecord, CommandExchange, Enrollment, EnrollmentStatus, Exchanged, IdentityBinding,
+    IgnoredResult, InventoryMerge, NextCommand, StoreError, TokenUpdateRecord, CHANNEL_DEVICE,
+    CHANNEL_USER,
 };
 
 use crate::admins::hash_secret;
@@ -126,6 +127,20 @@ impl MdmService {
             })
     }
 
+    /// A device heard from again after a long silence is active again (the command exchange
+    /// does the same in its own transaction).
+    async fn reactivated(&self, enrollment: Enrollment) -> Result<Enrollment> {
+        if enrollment.status != EnrollmentStatus::Inactive {
+            return Ok(enrollment);
+        }
+        Ok(self
+            .lanyard
+            .store()
+            .reactivate_enrollment(&enrollment.id, lanyard_store::now())
+            .await?
+            .unwrap_or(enrollment))
+    }
+
     /// Step 4: the user channel's bearer token.
     async fn authorize_user_channel(
         &self,
@@ -179,6 +194,7 @@ impl MdmService {
             .enrollment_for_identity(&fingerprint, lanyard_store::now())
             .await?
             .ok_or_else(unknown_identity)?;
+        let enrollment = self.reactivated(enrollment).await?;
         let msg = lanyard_proto::decode_checkin(req.body)
             .map_err(|e| CoreError::Invalid(format!("check-in: {e}")))?;
         let r = msg.enrollment();
@@ -190,7 +206,7 @@ impl MdmService {
         let device_id = r.device_id().to_string();
         let user_channel = r.kind == EnrollmentKind::UserEnrollmentUser;
         match IdentityBinding::check(
-            &enrollment.status,
+            enrollment.status.as_str(),
             enrollment.device_channel_id.as_deref(),
             &device_id,
         ) {
@@ -371,7 +387,7 @@ impl MdmService {
                 .await?
                 .ok_or_else(unknown_identity)?;
             match IdentityBinding::check(
-                &enrollment.status,
+                enrollment.status.as_str(),
                 enrollment.device_channel_id.as_deref(),
                 report.enrollment.device_id(),
             ) {

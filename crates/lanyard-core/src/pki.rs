@@ -15,8 +15,6 @@ pub const PROFILE_SIGNER_NAME: &str = "profile-signer";
 /// The SCEP registration authority's row: it signs CertReps and receives request envelopes
 /// (certmonger refuses CertReps signed by the CA alone).
 pub const SCEP_RA_NAME: &str = "scep-ra";
-/// The settings document holding the APNs topic.
-pub const PUSH_TOPIC_SETTING: &str = "push_topic";
 
 fn seal_context(name: &str) -> Vec<u8> {
     format!("lanyard:pki:{name}").into_bytes()
@@ -116,36 +114,6 @@ impl Lanyard {
             X509::from_pem(m.cert_pem.as_bytes())?,
             PKey::private_key_from_pem(&key)?,
         ))
-    }
-
-    /// The APNs MDM topic enrollment profiles name. Until an MDM push certificate is uploaded
-    /// (which fixes the topic), Lanyard keeps a generated `com.apple.mgmt.External.<uuid>` so
-    /// enrollments work; devices enrolled under it cannot be woken by a real APNs.
-    pub async fn push_topic(&self) -> Result<String> {
-        if let Some(t) = self.store.get_setting(PUSH_TOPIC_SETTING).await? {
-            if let Ok(topic) = serde_json::from_str::<String>(&t) {
-                return Ok(topic);
-            }
-        }
-        let topic = format!("com.apple.mgmt.External.{}", uuid::Uuid::new_v4());
-        let value = serde_json::Value::String(topic.clone()).to_string();
-        self.store
-            .put_setting(
-                PUSH_TOPIC_SETTING,
-                &value,
-                &lanyard_store::Audit::new(
-                    "system",
-                    "push_topic.generate",
-                    PUSH_TOPIC_SETTING,
-                    serde_json::json!({"topic": topic}),
-                ),
-            )
-            .await?;
-        // Re-read so racing processes converge on the last writer's value.
-        match self.store.get_setting(PUSH_TOPIC_SETTING).await? {
-            Some(t) => serde_json::from_str(&t).map_err(|e| CoreError::Internal(e.to_string())),
-            None => Ok(topic),
-        }
     }
 
     /// The audit log, newest first.

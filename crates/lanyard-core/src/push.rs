@@ -1,5 +1,6 @@
 //! Waking devices: the MDM push certificate (uploaded by the administrator, kept sealed in the
-//! database; its topic becomes the topic of new enrollment profiles) and the push service that
+//! database; its topic is the topic of every enrollment profile, and without it Lanyard
+//! enrolls nothing) and the push service that
 //! sends `{"mdm": PushMagic}` through `lanyard_apple::apns`, with retries and back-off for
 //! `429`/`5xx`, dropping tokens APNs calls unregistered, and recording each enrollment's push
 //! state. Queueing never waits for pushing: the push job runs beside it.
@@ -16,7 +17,6 @@ use lanyard_pki::SecretBox;
 use lanyard_store::{Audit, PkiMaterial};
 
 use crate::commands::PushRequester;
-use crate::pki::PUSH_TOPIC_SETTING;
 use crate::{Actor, CoreError, Lanyard, Result};
 
 /// The push certificate's row in the PKI table.
@@ -118,19 +118,18 @@ impl Lanyard {
     ) -> Result<PushCertificateInfo> {
         actor.require_write()?;
         let cert = parse_upload(upload)?;
-        let current_topic = self.push_topic().await?;
-        if cert.topic() != current_topic && !force {
-            let live = self
+        if !force {
+            let others: Vec<(String, i64)> = self
                 .store
-                .count_enrollments_by_status()
+                .live_push_topics()
                 .await?
                 .into_iter()
-                .filter(|(s, _)| s != "checked_out")
-                .map(|(_, n)| n)
-                .sum::<i64>();
-            if live > 0 {
+                .filter(|(t, _)| t != cert.topic())
+                .collect();
+            if let Some((topic, _)) = others.first() {
+                let live: i64 = others.iter().map(|(_, n)| n).sum();
                 return Err(CoreError::Conflict(format!(
-                    "the certificate's topic {} differs from {current_topic}, the topic of {live} \
+                    "the certificate's topic {} differs from {topic}, the topic of {live} \
                      live enrollment(s); renew the certificate for the same topic (or pass force \
                      to re-enroll every device)",
                     cert.topic()
@@ -159,19 +158,22 @@ impl Lanyard {
                 ),
             )
             .await?;
-        self.store
-            .put_setting(
-                PUSH_TOPIC_SETTING,
-                &serde_json::Value::String(cert.topic().to_string()).to_string(),
-                &Audit::new(
-                    &actor.name,
-                    "push_topic.set",
-                    PUSH_TOPIC_SETTING,
-                    json!({"topic": cert.topic()}),
-                ),
-            )
-            .await?;
         Ok(shown)
+    }
+
+    /// The APNs topic every enrollment profile carries: the topic of the uploaded MDM push
+    /// certificate, or `None` while there is none — and then Lanyard enrolls nothing. Apple's
+    /// schema for `com.apple.mdm` says the certificate that sends the pushes "must have the same
+    /// topic in its subject", and that on a profile update the topic "must not change", so a
+    /// Mac enrolled under any other topic could never be woken and would have to re-enroll.
+    /// Read from the certificate alone (no key needed).
+    pub async fn push_topic(&self) -> Result<Option<String>> {
+        let Some(m) = self.store.get_pki(APNS_CERT_NAME).await? else {
+            return Ok(None);
+        };
+        PushCertificate::topic_of_pem(m.cert_pem.as_bytes())
+            .map(Some)
+            .map_err(|e| CoreError::Internal(format!("stored push certificate: {e}")))
     }
 
     /// The stored push certificate, if any.

@@ -174,6 +174,7 @@ impl EnrollmentService {
             topic,
             SecretString::new(challenge.secret),
             uuids,
+            self.installs_trust_payload().await?,
         )?)?;
         let command =
             CommandSpec::InstallProfile { profile }.build(e.mode == MODE_USER_ENROLLMENT)?;

@@ -38,6 +38,85 @@ impl std::str::FromStr for OwnershipMode {
     }
 }
 
+/// Whether enrollment profiles install Lanyard's root CA (a `com.apple.security.root`
+/// payload). Apple's certificate guide: a device must trust the MDM server's TLS chain, and
+/// certificate payloads install before the MDM payload; a chain that is publicly trusted
+/// needs no payload, and a personal Mac should not be given a private root for no purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustProfile {
+    /// Install it only when Lanyard serves its own TLS certificate (issued by its CA, so no
+    /// device trusts it otherwise); not when the operator gives a certificate (`--tls-cert`)
+    /// or terminates TLS in front of Lanyard (`--behind-proxy`), which are taken to be
+    /// publicly trusted.
+    Auto,
+    /// Always install it (the operator's chain ends at Lanyard's CA or another private root
+    /// devices already trust through Lanyard's).
+    Always,
+    /// Never install it.
+    Never,
+}
+
+impl TrustProfile {
+    /// The setting's value as typed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustProfile::Auto => "auto",
+            TrustProfile::Always => "always",
+            TrustProfile::Never => "never",
+        }
+    }
+
+    /// Whether a profile installs the root, given whether Lanyard serves its self-issued TLS
+    /// certificate.
+    pub fn installs(self, self_issued_tls: bool) -> bool {
+        match self {
+            TrustProfile::Auto => self_issued_tls,
+            TrustProfile::Always => true,
+            TrustProfile::Never => false,
+        }
+    }
+}
+
+impl std::str::FromStr for TrustProfile {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(TrustProfile::Auto),
+            "always" => Ok(TrustProfile::Always),
+            "never" => Ok(TrustProfile::Never),
+            _ => Err(CoreError::Invalid(format!(
+                "unknown trust profile mode `{s}`; use auto, always or never"
+            ))),
+        }
+    }
+}
+
+/// Default silence after which an enrollment that never checked out is marked inactive.
+pub const DEFAULT_INACTIVE_AFTER_DAYS: u32 = 90;
+/// The longest silence the setting accepts (ten years).
+pub const MAX_INACTIVE_AFTER_DAYS: u32 = 3650;
+
+/// Parses the `inactive-after-days` setting: 0 (never) or 1 to 3650 days.
+pub fn parse_inactive_after_days(s: &str) -> Result<u32> {
+    let days: u32 = s.trim().parse().map_err(|_| {
+        CoreError::Invalid(format!(
+            "`{s}` is not a number of days; use 0 (never) or 1 to {MAX_INACTIVE_AFTER_DAYS}"
+        ))
+    })?;
+    check_inactive_after_days(days)?;
+    Ok(days)
+}
+
+fn check_inactive_after_days(days: u32) -> Result<()> {
+    if days > MAX_INACTIVE_AFTER_DAYS {
+        return Err(CoreError::Invalid(format!(
+            "inactive-after-days is at most {MAX_INACTIVE_AFTER_DAYS} (0 turns it off)"
+        )));
+    }
+    Ok(())
+}
+
 /// The macOS version type is the protocol crate's; this checks it makes sense as a minimum.
 pub use lanyard_proto::OsVersion as MacosVersion;
 
@@ -76,6 +155,12 @@ pub struct EnrollmentSettings {
     pub min_macos_version: MacosVersion,
     /// Verified managed domains: only users of these domains may enroll.
     pub managed_domains: Vec<String>,
+    /// Whether enrollment profiles install Lanyard's root CA: `auto` (the default: only while
+    /// Lanyard serves its self-issued TLS certificate), `always` or `never`.
+    pub install_trust_profile: TrustProfile,
+    /// Days without any request after which an enrollment that never checked out is marked
+    /// `inactive` (default 90; 0 never marks one). Its next request makes it active again.
+    pub inactive_after_days: u32,
 }
 
 impl Default for EnrollmentSettings {
@@ -86,6 +171,8 @@ impl Default for EnrollmentSettings {
             use_email_as_managed_apple_id: true,
             min_macos_version: MacosVersion::DEFAULT_MACOS_MINIMUM,
             managed_domains: Vec::new(),
+            install_trust_profile: TrustProfile::Auto,
+            inactive_after_days: DEFAULT_INACTIVE_AFTER_DAYS,
         }
     }
 }
@@ -100,6 +187,8 @@ pub struct SettingsPatch {
     #[schema(value_type = Option<String>)]
     pub min_macos_version: Option<MacosVersion>,
     pub managed_domains: Option<Vec<String>>,
+    pub install_trust_profile: Option<TrustProfile>,
+    pub inactive_after_days: Option<u32>,
 }
 
 /// The keys `lanyard settings set KEY VALUE` understands, in display order.
@@ -109,6 +198,8 @@ pub const SETTING_KEYS: &[&str] = &[
     "use-email-as-managed-apple-id",
     "min-macos-version",
     "managed-domains",
+    "install-trust-profile",
+    "inactive-after-days",
 ];
 
 impl SettingsPatch {
@@ -132,6 +223,10 @@ impl SettingsPatch {
                         .map(|d| d.trim().to_string())
                         .collect(),
                 )
+            }
+            "install-trust-profile" => p.install_trust_profile = Some(value.parse()?),
+            "inactive-after-days" => {
+                p.inactive_after_days = Some(parse_inactive_after_days(value)?)
             }
             _ => {
                 return Err(CoreError::Invalid(format!(
@@ -195,6 +290,13 @@ impl EnrollmentSettings {
         if let Some(v) = patch.min_macos_version {
             check_min_version(&v)?;
             self.min_macos_version = v;
+        }
+        if let Some(v) = patch.install_trust_profile {
+            self.install_trust_profile = v;
+        }
+        if let Some(v) = patch.inactive_after_days {
+            check_inactive_after_days(v)?;
+            self.inactive_after_days = v;
         }
         if let Some(domains) = patch.managed_domains {
             let mut out: Vec<String> = Vec::new();
@@ -292,6 +394,42 @@ mod tests {
         assert_eq!(s.ownership_mode, OwnershipMode::Prompt);
         assert!(s.manage_only_corporate_resources && s.use_email_as_managed_apple_id);
         assert_eq!(s.min_macos_version.to_string(), "15.2");
+    }
+
+    #[test]
+    fn trust_profile_and_inactivity() {
+        let s = EnrollmentSettings::default();
+        assert_eq!(s.install_trust_profile, TrustProfile::Auto);
+        assert_eq!(s.inactive_after_days, 90);
+        assert!(TrustProfile::Auto.installs(true));
+        assert!(!TrustProfile::Auto.installs(false));
+        assert!(TrustProfile::Always.installs(false));
+        assert!(!TrustProfile::Never.installs(true));
+        let p = SettingsPatch::from_key_value("install-trust-profile", "Never").unwrap();
+        assert_eq!(p.install_trust_profile, Some(TrustProfile::Never));
+        assert!(SettingsPatch::from_key_value("install-trust-profile", "sometimes").is_err());
+        let p = SettingsPatch::from_key_value("inactive-after-days", "30").unwrap();
+        assert_eq!(p.inactive_after_days, Some(30));
+        assert_eq!(parse_inactive_after_days("0").unwrap(), 0);
+        for bad in ["-1", "x", "3651", ""] {
+            assert!(parse_inactive_after_days(bad).is_err(), "{bad}");
+        }
+        let mut s = EnrollmentSettings::default();
+        assert!(s
+            .apply(SettingsPatch {
+                inactive_after_days: Some(4000),
+                ..Default::default()
+            })
+            .is_err());
+        // Documents saved before these settings existed read with the defaults.
+        let old: EnrollmentSettings =
+            serde_json::from_str(r#"{"ownership_mode":"employee"}"#).unwrap();
+        assert_eq!(old.install_trust_profile, TrustProfile::Auto);
+        assert_eq!(old.inactive_after_days, 90);
+        assert_eq!(
+            serde_json::to_value(TrustProfile::Always).unwrap(),
+            serde_json::json!("always")
+        );
     }
 
     #[test]

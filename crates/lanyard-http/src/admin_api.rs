@@ -17,7 +17,7 @@ use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
 use lanyard_core::push::{PushCertificateInfo, PushCertificateUpload};
 use lanyard_core::settings::{EnrollmentSettings, SettingsPatch};
 use lanyard_core::users::{CreateUser, UpdateUser, UserView};
-use lanyard_store::{AuditEntry, AuditFilter, ListQuery};
+use lanyard_store::{AuditEntry, AuditFilter, EnrollmentStatus, ListQuery};
 
 use crate::auth::{Authed, SESSION_COOKIE};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -495,7 +495,8 @@ async fn audit_log(
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceQuery {
-    /// pending, authenticated, enrolled (default) or checked_out; `all` for every status.
+    /// pending, authenticated, enrolled (default), checked_out or inactive; `all` for every
+    /// status.
     status: Option<String>,
     /// Substring of the managed Apple ID.
     search: Option<String>,
@@ -519,10 +520,12 @@ async fn list_devices(
         ));
     }
     let status = match q.status.as_deref() {
-        None => Some("enrolled".to_string()),
+        None => Some(EnrollmentStatus::Enrolled),
         Some("all") => None,
-        Some(st @ ("pending" | "authenticated" | "enrolled" | "checked_out")) => Some(st.into()),
-        Some(other) => return Err(ApiError::invalid(format!("unknown status `{other}`"))),
+        Some(other) => match EnrollmentStatus::parse(other) {
+            Some(st) => Some(st),
+            None => return Err(ApiError::invalid(format!("unknown status `{other}`"))),
+        },
     };
     let list = list_enrollments(
         &s.lanyard,

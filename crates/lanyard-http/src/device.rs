@@ -15,8 +15,9 @@ use serde::Deserialize;
 
 use lanyard_core::mdm::{CheckinReply, DeviceRequest};
 use lanyard_core::CoreError;
+use lanyard_proto::{ErrorCode, ErrorDocument};
 
-use crate::error::device_error;
+use crate::error::{apple_error, device_error};
 use crate::AppState;
 
 /// Largest MachineInfo body accepted at the enrollment endpoint.
@@ -56,25 +57,50 @@ struct DiscoveryQuery {
     #[serde(rename = "user-identifier")]
     user_identifier: Option<String>,
     #[serde(rename = "model-family")]
-    #[allow(dead_code)]
     model_family: Option<String>,
 }
 
+/// Refuses a discovery request the way Apple documents: `403` with
+/// `{"code":"com.apple.well-known.failed"}` (schema `mdm/errors/well-known.failed.yaml`,
+/// macOS 14.5+: "returned when a device is doing well-known resource service discovery for
+/// account driven enrollments, and the server rejects the request"). A Mac on macOS 15.2 or
+/// later may then ask Apple for the discovery URL the organisation registered.
+fn refuse_discovery(text: impl Into<String>) -> Response {
+    apple_error(&ErrorDocument::new(ErrorCode::WellKnownFailed, text))
+}
+
+/// Service discovery: the `mdm-byod` BaseURL for a Mac of a managed account. Every refusal —
+/// malformed query, unknown domain, a family other than `Mac`, enrollment not open — is the
+/// well-known refusal above; only a server fault is a 500.
 async fn discovery(
     State(s): State<AppState>,
     q: Result<Query<DiscoveryQuery>, QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
-        return device_error(CoreError::Invalid("malformed query string".into()));
+        return refuse_discovery("malformed query string");
     };
     let Some(id) = q.user_identifier.filter(|s| !s.trim().is_empty()) else {
-        return device_error(CoreError::Invalid(
-            "user-identifier (the managed Apple Account) is required".into(),
-        ));
+        return refuse_discovery("user-identifier (the managed Apple Account) is required");
     };
-    match s.enrollment.discover(&id).await {
+    match s.enrollment.discover(&id, q.model_family.as_deref()).await {
         Ok(doc) => Json(doc).into_response(),
-        Err(e) => device_error(e),
+        Err(e @ (CoreError::Store(_) | CoreError::Internal(_))) => device_error(e),
+        Err(e) => refuse_discovery(e.to_string()),
+    }
+}
+
+/// Refuses an enrollment request at the BaseURL. Apple's account-driven enrollment article
+/// asks for an HTTP error, on which the device stops; a refusal (`Forbidden`: enrollment not
+/// open, not a Mac, macOS too old, account disabled) is a `403` with the error document of
+/// Apple's schema (`mdm/errors`: `code`, a `description` for the device log and a `message`
+/// the device shows when it can) under Lanyard's own code, as Apple defines none for this
+/// request. Malformed requests stay `400`.
+fn refuse_enrollment(e: CoreError) -> Response {
+    match e {
+        CoreError::Forbidden(m) => {
+            apple_error(&ErrorDocument::new(ErrorCode::EnrollmentRefused, m))
+        }
+        other => device_error(other),
     }
 }
 
@@ -116,7 +142,7 @@ fn challenge(s: &AppState, message: &str) -> Response {
 async fn enroll(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let facts = match s.enrollment.device_facts(&body).await {
         Ok(f) => f,
-        Err(e) => return device_error(e),
+        Err(e) => return refuse_enrollment(e),
     };
     let Some(token) = bearer(&headers) else {
         return challenge(&s, "sign in to enroll this Mac");
@@ -128,7 +154,7 @@ async fn enroll(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> R
         )
             .into_response(),
         Err(CoreError::Unauthorized(m)) => challenge(&s, &m),
-        Err(e) => device_error(e),
+        Err(e) => refuse_enrollment(e),
     }
 }
 

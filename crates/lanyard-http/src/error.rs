@@ -145,12 +145,13 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// unenroll. A `401` is never answered from here: on check-in and command endpoints a 401 is the
 /// legacy unenroll trigger, so the handlers answer it only with the `apple-as-web` challenge.
 pub fn device_error(e: CoreError) -> Response {
-    if let CoreError::UnrecognizedDevice(m) = &e {
-        let body = serde_json::json!({
-            "code": "com.apple.unrecognized.device",
-            "description": m,
+    if let CoreError::UnrecognizedDevice(m) = e {
+        // Only for the device's log: nothing to show the person, the device unenrolls.
+        return apple_error(&lanyard_proto::ErrorDocument {
+            code: lanyard_proto::ErrorCode::UnrecognizedDevice,
+            description: Some(m),
+            message: None,
         });
-        return (StatusCode::FORBIDDEN, Json(body)).into_response();
     }
     let api = ApiError::from(e);
     let status = if api.status == StatusCode::UNPROCESSABLE_ENTITY {
@@ -167,4 +168,10 @@ pub fn device_error(e: CoreError) -> Response {
         api.message,
     )
         .into_response()
+}
+
+/// A `403` carrying Apple's MDM error document (`{"code": …, "description": …, "message": …}`,
+/// schema `mdm/errors/*.yaml`), as JSON with its `Content-Type`, which those pages require.
+pub fn apple_error(document: &lanyard_proto::ErrorDocument) -> Response {
+    (StatusCode::FORBIDDEN, Json(document)).into_response()
 }

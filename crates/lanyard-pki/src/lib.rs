@@ -35,8 +35,8 @@ pub use issue::{build_csr, CertificateIssuer, Csr, MAX_IDENTITY_VALIDITY_DAYS};
 pub use secretbox::SecretBox;
 pub use signer_cache::{SignerCache, VerifiedSigner, SIGNER_CACHE_DEFAULT_CAPACITY};
 pub use signing::{
-    decode_signature, sign_cms, sign_detached, verify_cms_attached, verify_cms_attached_untrusted,
-    verify_detached,
+    decode_signature, read_cms_attached, sign_cms, sign_detached, verify_cms_attached,
+    verify_cms_attached_untrusted, verify_detached, AttachedSigner,
 };
 pub use smime::{decrypt_smime, self_signed_rsa, smime_message_text};
 

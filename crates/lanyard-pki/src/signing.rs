@@ -114,6 +114,35 @@ pub fn verify_cms_attached_untrusted(der: &[u8]) -> Result<(Vec<u8>, X509)> {
     Ok((out, signer))
 }
 
+/// What [`read_cms_attached`] learnt about the signature over the content it read.
+#[derive(Debug)]
+pub enum AttachedSigner {
+    /// The signature verifies with the certificate the message carries (whose chain is not
+    /// checked).
+    Verified(X509),
+    /// The message is well formed but its signature could not be verified; the reason.
+    Unverified(String),
+}
+
+/// Reads the content of an attached CMS SignedData signed under a CA Lanyard cannot hold
+/// (a MachineInfo body: the device's Apple identity, an old SHA-1 chain). A malformed message
+/// — not DER, not SignedData, no attached content — is an error. A signature that cannot be
+/// verified — the signer's certificate missing, an algorithm this OpenSSL's policy refuses
+/// (SHA-1), a mismatch — is not: the content is returned with the reason, because the
+/// signature could not prove anything to Lanyard anyway (it chains to no anchor Lanyard has).
+pub fn read_cms_attached(der: &[u8]) -> Result<(Vec<u8>, AttachedSigner)> {
+    let sd = asn1::parse_signed_message(der)?;
+    let Some(content) = sd.econtent else {
+        return Err(PkiError::InvalidInput(
+            "CMS SignedData has no attached content".into(),
+        ));
+    };
+    match verify_cms_attached_untrusted(der) {
+        Ok((out, signer)) => Ok((out, AttachedSigner::Verified(signer))),
+        Err(e) => Ok((content, AttachedSigner::Unverified(e.to_string()))),
+    }
+}
+
 /// Decode an `Mdm-Signature` value: base64 text (whitespace ignored) or raw DER.
 pub fn decode_signature(sig_b64_or_der: &[u8]) -> Result<Vec<u8>> {
     if sig_b64_or_der.first() == Some(&0x30) {
@@ -201,6 +230,52 @@ mod tests {
         bad[pos] ^= 0x20;
         assert!(verify_cms_attached(&bad, &[ca.certificate().clone()]).is_err());
         assert!(verify_cms_attached_untrusted(&bad).is_err());
+    }
+
+    #[test]
+    fn read_attached_reads_what_it_cannot_verify() {
+        let ca = Ca::generate("Device CA", "Apple-like").unwrap();
+        let content = b"<plist><dict><key>VERSION</key><string>24C101</string></dict></plist>";
+        let der = sign_cms(ca.certificate(), ca.private_key(), &[], content).unwrap();
+        let (out, signer) = read_cms_attached(&der).unwrap();
+        assert_eq!(out, content);
+        assert!(matches!(signer, AttachedSigner::Verified(_)), "{signer:?}");
+
+        // No signer certificate in the message: unverifiable, still read.
+        let bare = CmsContentInfo::sign(
+            Some(ca.certificate()),
+            Some(ca.private_key()),
+            None,
+            Some(content.as_slice()),
+            CMSOptions::BINARY | CMSOptions::CMS_NOCERTS,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+        assert!(verify_cms_attached_untrusted(&bare).is_err());
+        let (out, signer) = read_cms_attached(&bare).unwrap();
+        assert_eq!(out, content);
+        assert!(
+            matches!(signer, AttachedSigner::Unverified(_)),
+            "{signer:?}"
+        );
+
+        // A signature that does not match: unverifiable, still read.
+        let mut bad = der.clone();
+        let n = bad.len();
+        bad[n - 5] ^= 0x01;
+        let (out, signer) = read_cms_attached(&bad).unwrap();
+        assert_eq!(out, content);
+        assert!(
+            matches!(signer, AttachedSigner::Unverified(_)),
+            "{signer:?}"
+        );
+
+        // Malformed: not DER, truncated, detached (no content).
+        assert!(read_cms_attached(b"<plist/>").is_err());
+        assert!(read_cms_attached(&der[..der.len() / 2]).is_err());
+        let detached = sign_detached(ca.certificate(), ca.private_key(), content).unwrap();
+        assert!(read_cms_attached(&detached).is_err());
     }
 
     #[test]

@@ -117,6 +117,32 @@ impl ModelFamily {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.as_str() == s)
     }
+
+    /// The family a MachineInfo `PRODUCT` (a model identifier such as `Mac15,3`,
+    /// `MacBookPro18,3`, `iPhone17,2`) names, when its prefix says. Apple's identifiers for
+    /// the other families start with the family's name (`iPhone`, `iPad`, `AppleTV`,
+    /// `Watch`, `RealityDevice`; `iPod` counts as `iPhone`); Macs with `Mac`, `iMac` or
+    /// `VirtualMac`. `None` for anything else (virtual machines of other hypervisors report
+    /// their own names, e.g. `VMware7,1`), so a caller refusing non-Macs should refuse only
+    /// the families it recognises.
+    pub fn of_product(product: &str) -> Option<Self> {
+        let p = product.trim();
+        const PREFIXES: [(&str, ModelFamily); 9] = [
+            ("iPhone", ModelFamily::IPhone),
+            ("iPod", ModelFamily::IPhone),
+            ("iPad", ModelFamily::IPad),
+            ("AppleTV", ModelFamily::AppleTV),
+            ("Watch", ModelFamily::Watch),
+            ("RealityDevice", ModelFamily::RealityDevice),
+            ("Mac", ModelFamily::Mac),
+            ("iMac", ModelFamily::Mac),
+            ("VirtualMac", ModelFamily::Mac),
+        ];
+        PREFIXES
+            .into_iter()
+            .find(|(prefix, _)| p.starts_with(prefix))
+            .map(|(_, f)| f)
+    }
 }
 
 /// Why a `user-identifier` was refused.
@@ -292,6 +318,27 @@ mod tests {
             );
         }
         assert_eq!(ModelFamily::parse("mac"), None);
+    }
+
+    #[test]
+    fn model_family_of_product() {
+        for (product, want) in [
+            ("Mac15,3", Some(ModelFamily::Mac)),
+            ("MacBookPro18,3", Some(ModelFamily::Mac)),
+            ("Macmini9,1", Some(ModelFamily::Mac)),
+            ("iMac21,1", Some(ModelFamily::Mac)),
+            ("VirtualMac2,1", Some(ModelFamily::Mac)),
+            ("iPhone17,2", Some(ModelFamily::IPhone)),
+            ("iPod9,1", Some(ModelFamily::IPhone)),
+            ("iPad13,4", Some(ModelFamily::IPad)),
+            ("AppleTV14,1", Some(ModelFamily::AppleTV)),
+            ("Watch7,1", Some(ModelFamily::Watch)),
+            ("RealityDevice14,1", Some(ModelFamily::RealityDevice)),
+            ("VMware7,1", None),
+            ("", None),
+        ] {
+            assert_eq!(ModelFamily::of_product(product), want, "{product}");
+        }
     }
 
     #[test]

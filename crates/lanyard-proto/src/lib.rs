@@ -9,6 +9,7 @@
 //! - [`command`]: the command channel (device reports in, commands out);
 //! - [`discovery`]: account-driven enrollment service discovery and the `user-identifier`;
 //! - [`machineinfo`]: the MachineInfo property list and OS versions;
+//! - [`mdm_error`]: the error document of a `403` answer to a device;
 //! - [`profile`]: the account-driven User Enrollment profile builder;
 //! - [`user_enrollment`]: what macOS User Enrollment allows, generated from Apple's schema.
 //!
@@ -25,6 +26,7 @@ pub mod discovery;
 pub mod error;
 pub mod identity;
 pub mod machineinfo;
+pub mod mdm_error;
 pub mod profile;
 pub mod secret;
 pub mod user_enrollment;
@@ -42,6 +44,7 @@ pub use discovery::{ModelFamily, ServiceDiscovery, UserIdentifier, UserIdentifie
 pub use error::ProtoError;
 pub use identity::{EnrollmentIdentity, EnrollmentKind, EnrollmentRef};
 pub use machineinfo::{decode_machine_info, MachineInfo, OsVersion, OsVersionError};
+pub use mdm_error::{ErrorCode, ErrorDocument};
 pub use profile::{
     build_enrollment_profile, AccessRights, EnrollmentProfileInput, ProfileError, ProfileUuids,
     ScepSettings, ServerCapability,

@@ -55,6 +55,18 @@ impl MachineInfo {
         self.os_version.as_deref().map(OsVersion::parse).transpose()
     }
 
+    /// The macOS version to gate on: `OS_VERSION` when the body has it (an error when it is
+    /// present but unparsable), else the version the build `VERSION` belongs to
+    /// ([`OsVersion::from_macos_build`]; `Ok(None)` when the build is not a macOS build
+    /// number). Apple's account-driven enrollment article shows a body with only `LANGUAGE`,
+    /// `PRODUCT` and `VERSION`, so the build is what a Mac is sure to send.
+    pub fn macos_version(&self) -> Result<Option<OsVersion>, OsVersionError> {
+        match self.os_version()? {
+            Some(v) => Ok(Some(v)),
+            None => Ok(OsVersion::from_macos_build(&self.version)),
+        }
+    }
+
     /// True when the body carries a hardware identifier (`UDID` or `SERIAL`), which a User
     /// Enrollment never sends.
     pub fn has_device_identifiers(&self) -> bool {
@@ -169,6 +181,59 @@ impl OsVersion {
             patch: parts[2],
             components: u8::try_from(n).unwrap_or(3),
         })
+    }
+
+    /// The macOS release a build number belongs to, as `major.minor` (no patch), or `None`
+    /// when `build` is not a build number.
+    ///
+    /// A build reads `<N><L><n>[x]`: `N` the Darwin major version, `L` a capital letter, `n`
+    /// digits, and a lower-case letter on betas and supplemental builds (`24C101` is macOS
+    /// 15.2, `24C5089c` a 15.2 beta). The mapping follows Apple's numbering:
+    ///
+    /// - Darwin 20–24 are macOS 11–15 (`N − 9`); Darwin 25 is macOS 26, where Apple moved to
+    ///   year numbers, and later Darwin majors are taken to keep that step (`N + 1`);
+    ///   Darwin 4–19 are Mac OS X / macOS 10.0–10.15 (`10.(N − 4)`, and there the letter is
+    ///   the patch: `19H2` is 10.15.7).
+    /// - From macOS 11 on, the letter counts minor releases from `A` = `.0`: `24A` 15.0,
+    ///   `24B` 15.1, `24C` 15.2 … `24G` 15.6; `23A`–`23H` are 14.0–14.7.
+    ///
+    /// Limits, all on the side of refusing rather than admitting an older Mac:
+    ///
+    /// - the patch level is not in the build (15.3 and 15.3.1 are both `24D…`), so a minimum
+    ///   with a patch (`15.3.1`) refuses every 15.3.x that only sends its build;
+    /// - a late release may reuse the previous letter (15.7 is `24G…`, 13.6 `22G…`): the minor
+    ///   reads low, which at worst refuses a Mac whose minimum is exactly that release;
+    /// - macOS 11–13 skipped letters (12.1 is `21C…`), so their minor reads up to two high;
+    ///   that never reaches 14, and Lanyard's minimum is never below 14;
+    /// - Darwin majors after 25 are an assumption until Apple ships them.
+    pub fn from_macos_build(build: &str) -> Option<OsVersion> {
+        let b = build.trim().as_bytes();
+        let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+        if !(1..=3).contains(&digits) {
+            return None;
+        }
+        let letter = *b.get(digits)?;
+        if !letter.is_ascii_uppercase() {
+            return None;
+        }
+        let rest = &b[digits + 1..];
+        let number = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+        let suffix = &rest[number..];
+        if number == 0
+            || number > 6
+            || suffix.len() > 1
+            || !suffix.iter().all(u8::is_ascii_lowercase)
+        {
+            return None;
+        }
+        let darwin: u32 = std::str::from_utf8(&b[..digits]).ok()?.parse().ok()?;
+        let step = u32::from(letter - b'A');
+        match darwin {
+            4..=19 => Some(OsVersion::new(10, darwin - 4, step)),
+            20..=24 => Some(OsVersion::major_minor(darwin - 9, step)),
+            25..=99 => Some(OsVersion::major_minor(darwin + 1, step)),
+            _ => None,
+        }
     }
 
     /// The major version.
@@ -338,6 +403,84 @@ mod tests {
         assert_eq!(m.mdm_can_request_software_update, Some(true));
         assert_eq!(m.os_version().unwrap(), Some(v("15.2")));
         assert!(!m.has_device_identifiers());
+    }
+
+    #[test]
+    fn macos_builds_map_to_releases() {
+        // Public releases: build → the release it shipped as (major.minor).
+        for (build, want) in [
+            ("23A344", "14.0"),
+            ("23C64", "14.2"),
+            ("23H124", "14.7"),
+            ("24A335", "15.0"),
+            ("24B83", "15.1"),
+            ("24C101", "15.2"),
+            ("24D60", "15.3"),
+            ("24D70", "15.3"), // 15.3.1: the patch is not in the build
+            ("24E248", "15.4"),
+            ("24G84", "15.6"),
+            ("25A354", "26.0"),
+            ("25B78", "26.1"),
+            ("24C5089c", "15.2"), // a beta
+            (" 24C101 ", "15.2"),
+        ] {
+            let got = OsVersion::from_macos_build(build).unwrap();
+            assert_eq!(got, v(want), "{build}");
+            assert_eq!(got.to_string(), want, "{build}");
+        }
+        assert_eq!(
+            OsVersion::from_macos_build("19H2").unwrap().to_string(),
+            "10.15.7"
+        );
+        // Known limits: 15.7 shipped as 24G… (reads 15.6); 12.1 as 21C… (reads 12.2).
+        assert_eq!(OsVersion::from_macos_build("24G222"), Some(v("15.6")));
+        assert_eq!(OsVersion::from_macos_build("21C52"), Some(v("12.2")));
+        // The default gate: 15.1 refused, 15.2 admitted, from the build alone.
+        let min = OsVersion::DEFAULT_MACOS_MINIMUM;
+        assert!(!OsVersion::from_macos_build("24B91").unwrap().at_least(&min));
+        assert!(OsVersion::from_macos_build("24C101")
+            .unwrap()
+            .at_least(&min));
+        assert!(!OsVersion::from_macos_build("23H124")
+            .unwrap()
+            .at_least(&min));
+        for bad in [
+            "",
+            "C101",
+            "24",
+            "24c101",
+            "24C",
+            "24CC101",
+            "2400C101",
+            "24C101cd",
+            "24C1011111",
+            "24C10.1",
+            "3A1",
+            "15.2",
+            "24C101C",
+        ] {
+            assert_eq!(OsVersion::from_macos_build(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn machine_info_version_from_build_when_os_version_is_absent() {
+        let only_build = br#"<plist version="1.0"><dict><key>LANGUAGE</key><string>en-US</string>
+<key>PRODUCT</key><string>Mac15,3</string><key>VERSION</key><string>24B83</string></dict></plist>"#;
+        let m = decode_machine_info(only_build).unwrap();
+        assert_eq!(m.os_version().unwrap(), None);
+        assert_eq!(m.macos_version().unwrap(), Some(v("15.1")));
+        // OS_VERSION wins over the build when both are there.
+        let both = br#"<plist version="1.0"><dict><key>PRODUCT</key><string>Mac15,3</string>
+<key>VERSION</key><string>24B83</string><key>OS_VERSION</key><string>15.1.1</string></dict></plist>"#;
+        let m = decode_machine_info(both).unwrap();
+        assert_eq!(m.macos_version().unwrap(), Some(v("15.1.1")));
+        let odd = br#"<plist version="1.0"><dict><key>PRODUCT</key><string>Mac15,3</string>
+<key>VERSION</key><string>next</string></dict></plist>"#;
+        assert_eq!(
+            decode_machine_info(odd).unwrap().macos_version().unwrap(),
+            None
+        );
     }
 
     #[test]

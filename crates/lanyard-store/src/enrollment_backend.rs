@@ -26,6 +26,11 @@ pub(crate) const PROMOTE_NEXT_IDENTITY: &str = "UPDATE enrollments SET \
     next_identity_sha256 = NULL, next_identity_not_after = NULL, identity_renewed_at = $2 \
     WHERE next_identity_sha256 = $1 AND status <> 'checked_out'";
 
+/// The status an `inactive` enrollment returns to, from how far it had come: `enrolled` once
+/// it had a device `TokenUpdate`, `authenticated` once it had `Authenticate`, else `pending`.
+pub(crate) const REACTIVATED_STATUS: &str = "CASE WHEN enrolled_at IS NOT NULL THEN 'enrolled' \
+    WHEN authenticated_at IS NOT NULL THEN 'authenticated' ELSE 'pending' END";
+
 const TOKEN_COLUMNS: &str =
     "token_hash, user_id, ownership, attributes, created_at, expires_at, used_at";
 
@@ -391,7 +396,7 @@ macro_rules! impl_enrollment_store {
                      WHERE ($1 IS NULL OR status = $1) AND LOWER(managed_apple_id) LIKE $2 \
                      ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
                 ))
-                .bind(&q.status)
+                .bind(q.status.map(EnrollmentStatus::as_str))
                 .bind(pattern)
                 .bind(limit)
                 .bind(q.offset)
@@ -402,6 +407,15 @@ macro_rules! impl_enrollment_store {
             async fn count_enrollments_by_status(&self) -> Result<Vec<(String, i64)>> {
                 Ok(sqlx::query_as(
                     "SELECT status, COUNT(*) FROM enrollments GROUP BY status ORDER BY status",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn live_push_topics(&self) -> Result<Vec<(String, i64)>> {
+                Ok(sqlx::query_as(
+                    "SELECT push_topic, COUNT(*) FROM enrollments WHERE status <> 'checked_out' \
+                     AND push_topic IS NOT NULL GROUP BY push_topic ORDER BY push_topic",
                 )
                 .fetch_all(&self.pool)
                 .await?)
@@ -583,6 +597,33 @@ macro_rules! impl_enrollment_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn mark_inactive_enrollments(&self, silent_since: DateTime<Utc>) -> Result<u64> {
+                Ok(sqlx::query(
+                    "UPDATE enrollments SET status = 'inactive' \
+                     WHERE status IN ('pending', 'authenticated', 'enrolled') \
+                     AND COALESCE(last_seen_at, created_at) < $1",
+                )
+                .bind(silent_since)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
+            async fn reactivate_enrollment(
+                &self,
+                id: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Option<Enrollment>> {
+                Ok(sqlx::query_as(&format!(
+                    "UPDATE enrollments SET status = {REACTIVATED_STATUS}, last_seen_at = $2 \
+                     WHERE id = $1 AND status = 'inactive' RETURNING {ENROLLMENT_COLUMNS}"
+                ))
+                .bind(id)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?)
             }
 
             async fn touch_enrollment(&self, id: &str, at: DateTime<Utc>) -> Result<()> {

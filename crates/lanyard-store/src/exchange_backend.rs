@@ -91,7 +91,7 @@ impl IdentityBinding {
     /// The rule: `status` and `bound` are the enrollment's, `presented` the request's
     /// `EnrollmentID`.
     pub fn check(status: &str, bound: Option<&str>, presented: &str) -> IdentityBinding {
-        if status == "checked_out" {
+        if status == EnrollmentStatus::CheckedOut.as_str() {
             return IdentityBinding::CheckedOut;
         }
         match bound {
@@ -185,6 +185,16 @@ macro_rules! impl_exchange_store {
                         .bind(x.now)
                         .execute(&mut *tx)
                         .await?;
+                }
+                if status == EnrollmentStatus::Inactive.as_str() {
+                    // The device speaks again: it is no longer inactive.
+                    sqlx::query(&format!(
+                        "UPDATE enrollments SET status = {} WHERE id = $1",
+                        crate::enrollment_backend::REACTIVATED_STATUS
+                    ))
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 let mut ignored = None;
                 // NotNow: the device could not run the command now. Apple ("Handling NotNow

@@ -268,6 +268,8 @@ pub trait EnrollmentStore: Send + Sync {
     ) -> Result<bool>;
     async fn list_enrollments(&self, q: &EnrollmentQuery) -> Result<Vec<Enrollment>>;
     async fn count_enrollments_by_status(&self) -> Result<Vec<(String, i64)>>;
+    /// The push topics of enrollments that have not checked out, with how many carry each.
+    async fn live_push_topics(&self) -> Result<Vec<(String, i64)>>;
     async fn record_authenticate(
         &self,
         id: &str,
@@ -298,6 +300,16 @@ pub trait EnrollmentStore: Send + Sync {
     async fn set_bootstrap_token(&self, id: &str, sealed: Option<&[u8]>) -> Result<()>;
     async fn record_declarative(&self, id: &str, endpoint: &str, data: &[u8]) -> Result<()>;
     async fn touch_enrollment(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
+    /// Marks `inactive` every enrollment that has not checked out and has made no request
+    /// (nor been created) since `silent_since`; returns how many.
+    async fn mark_inactive_enrollments(&self, silent_since: DateTime<Utc>) -> Result<u64>;
+    /// An `inactive` enrollment whose device made a request: back to the status it had
+    /// reached, seen `now`. `None` when it was not inactive.
+    async fn reactivate_enrollment(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Enrollment>>;
     /// Removes expired flows and tokens, and pending enrollments whose challenge expired
     /// unused; returns how many rows went.
     async fn prune_enrollment_leftovers(&self, now: DateTime<Utc>) -> Result<u64>;

@@ -66,7 +66,7 @@ pub struct DeviceListQuery {
     /// or the product name.
     pub search: Option<String>,
     /// Only this status; `None` = every status.
-    pub status: Option<String>,
+    pub status: Option<EnrollmentStatus>,
     pub sort: DeviceSort,
     pub descending: bool,
     pub offset: i64,
@@ -164,7 +164,7 @@ macro_rules! impl_listing_store {
                 let dir = if q.descending { "DESC" } else { "ASC" };
                 let total: i64 =
                     sqlx::query_scalar(&format!("SELECT COUNT(*) FROM enrollments {DEVICE_WHERE}"))
-                        .bind(&q.status)
+                        .bind(q.status.map(EnrollmentStatus::as_str))
                         .bind(&pattern)
                         .fetch_one(&self.pool)
                         .await?;
@@ -174,7 +174,7 @@ macro_rules! impl_listing_store {
                     crate::enrollment_backend::ENROLLMENT_COLUMNS,
                     col = q.sort.column(),
                 ))
-                .bind(&q.status)
+                .bind(q.status.map(EnrollmentStatus::as_str))
                 .bind(&pattern)
                 .bind(limit)
                 .bind(q.offset.max(0))

@@ -169,8 +169,77 @@ pub struct AccessTokenRow {
     pub used_at: Option<DateTime<Utc>>,
 }
 
+/// Where an enrollment is in its life. Stored as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollmentStatus {
+    /// The profile was issued; no `Authenticate` yet.
+    Pending,
+    /// `Authenticate` arrived; no device `TokenUpdate` yet.
+    Authenticated,
+    /// Enrolled: the device channel has a push token.
+    Enrolled,
+    /// The device sent `CheckOut` (or was removed): final.
+    CheckedOut,
+    /// Silent for longer than the `inactive-after-days` setting without checking out (a Mac
+    /// re-enrolls under a new `EnrollmentID`, so old ones linger). Any request from the
+    /// device makes it active again.
+    Inactive,
+}
+
+impl EnrollmentStatus {
+    /// Every status, in the order of an enrollment's life.
+    pub const ALL: [EnrollmentStatus; 5] = [
+        Self::Pending,
+        Self::Authenticated,
+        Self::Enrolled,
+        Self::CheckedOut,
+        Self::Inactive,
+    ];
+
+    /// The stored and wire name (`checked_out`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Authenticated => "authenticated",
+            Self::Enrolled => "enrolled",
+            Self::CheckedOut => "checked_out",
+            Self::Inactive => "inactive",
+        }
+    }
+
+    /// How people read it (`Checked out`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Authenticated => "Authenticated",
+            Self::Enrolled => "Enrolled",
+            Self::CheckedOut => "Checked out",
+            Self::Inactive => "Inactive",
+        }
+    }
+
+    /// The status named `s` (exact stored name), if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EnrollmentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for EnrollmentStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s).ok_or_else(|| format!("unknown enrollment status {s:?}"))
+    }
+}
+
 /// One enrollment of a device: from profile issuance (`pending`) through check-in
-/// (`authenticated`, `enrolled`) to `checked_out`.
+/// (`authenticated`, `enrolled`) to `checked_out`, or `inactive` while silent.
 #[derive(Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Enrollment {
     pub id: String,
@@ -181,7 +250,8 @@ pub struct Enrollment {
     pub attributes: String,
     /// `user_enrollment` for account-driven User Enrollment.
     pub mode: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: EnrollmentStatus,
     pub os_version: Option<String>,
     pub build_version: Option<String>,
     pub product: Option<String>,
@@ -364,8 +434,8 @@ impl std::fmt::Debug for TokenUpdateRecord {
 /// Which enrollments to list.
 #[derive(Debug, Clone, Default)]
 pub struct EnrollmentQuery {
-    /// Only this status (`enrolled`, `pending`, `checked_out`…); `None` = all.
-    pub status: Option<String>,
+    /// Only this status; `None` = all.
+    pub status: Option<EnrollmentStatus>,
     /// Case-insensitive substring of the managed Apple ID.
     pub search: Option<String>,
     pub offset: i64,

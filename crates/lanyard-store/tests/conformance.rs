@@ -125,6 +125,8 @@ macro_rules! conformance {
 }
 
 conformance!(
+    silent_enrollments_turn_inactive_and_back,
+    command_exchange_reactivates_an_inactive_enrollment,
     users_round_trip,
     duplicate_email_is_conflict_and_writes_nothing,
     update_unknown_user_is_not_found_and_audits_nothing,
@@ -1113,7 +1115,7 @@ async fn enrollment_lifecycle(s: &dyn Store) {
         .create_enrollment(&new_enrollment(&u, "e1", "c1", 60))
         .await
         .unwrap();
-    assert_eq!(e.status, "pending");
+    assert_eq!(e.status, EnrollmentStatus::Pending);
     let t = now();
     s.set_identity("e1", "0a1b", "sha-1", t + Duration::days(365))
         .await
@@ -1143,7 +1145,7 @@ async fn enrollment_lifecycle(s: &dyn Store) {
         product: None,
     };
     let a = s.record_authenticate("e1", &auth, t).await.unwrap();
-    assert_eq!(a.status, "authenticated");
+    assert_eq!(a.status, EnrollmentStatus::Authenticated);
     assert_eq!(a.os_version.as_deref(), Some("15.3"));
     assert_eq!(a.product.as_deref(), Some("Mac14,2"), "kept when not sent");
     // Another device id for the same enrollment is refused.
@@ -1157,7 +1159,7 @@ async fn enrollment_lifecycle(s: &dyn Store) {
     ));
 
     let d = s.record_token_update("e1", &tu, t).await.unwrap();
-    assert_eq!(d.status, "enrolled");
+    assert_eq!(d.status, EnrollmentStatus::Enrolled);
     assert_eq!(d.enrolled_at, Some(t));
     assert_eq!(d.device_push_token.as_deref(), Some(&[1u8; 32][..]));
     let user_tu = TokenUpdateRecord {
@@ -1179,7 +1181,7 @@ async fn enrollment_lifecycle(s: &dyn Store) {
     s.set_bootstrap_token("e1", Some(b"sealed")).await.unwrap();
     let listed = s
         .list_enrollments(&EnrollmentQuery {
-            status: Some("enrolled".into()),
+            status: Some(EnrollmentStatus::Enrolled),
             ..Default::default()
         })
         .await
@@ -1195,7 +1197,7 @@ async fn enrollment_lifecycle(s: &dyn Store) {
     );
 
     let c = s.record_checkout("e1", t).await.unwrap();
-    assert_eq!(c.status, "checked_out");
+    assert_eq!(c.status, EnrollmentStatus::CheckedOut);
     assert_eq!(
         c.device_push_token, None,
         "push secrets dropped at checkout"
@@ -1358,6 +1360,125 @@ async fn prune_leftovers(s: &dyn Store) {
     assert_eq!(s.prune_enrollment_leftovers(now()).await.unwrap(), 1);
     assert!(s.enrollment("stale").await.unwrap().is_none());
     assert!(s.enrollment("live").await.unwrap().is_some());
+}
+
+async fn silent_enrollments_turn_inactive_and_back(s: &dyn Store) {
+    let u = a_user(s).await;
+    let t = now();
+    let auth = |id: &str| AuthenticateRecord {
+        device_channel_id: format!("EID-{id}"),
+        os_version: None,
+        build_version: None,
+        product: None,
+    };
+    let token = TokenUpdateRecord {
+        user_channel_id: None,
+        topic: "com.apple.mgmt.External.test".into(),
+        push_token: vec![1; 32],
+        push_magic: "MAGIC".into(),
+        unlock_token_sealed: None,
+    };
+    // "old": enrolled, last seen 100 days ago; "half": authenticated 100 days ago; "fresh":
+    // enrolled now; "gone": checked out 100 days ago; "new": a pending profile from now.
+    let long_ago = t - Duration::days(100);
+    for id in ["old", "half", "fresh", "gone", "new"] {
+        s.create_enrollment(&new_enrollment(&u, id, &format!("c-{id}"), 60))
+            .await
+            .unwrap();
+    }
+    for id in ["old", "half", "gone"] {
+        s.record_authenticate(id, &auth(id), long_ago)
+            .await
+            .unwrap();
+    }
+    for id in ["old", "gone"] {
+        s.record_token_update(id, &token, long_ago).await.unwrap();
+    }
+    s.record_checkout("gone", long_ago).await.unwrap();
+    s.record_authenticate("fresh", &auth("fresh"), t)
+        .await
+        .unwrap();
+    s.record_token_update("fresh", &token, t).await.unwrap();
+
+    assert_eq!(
+        s.mark_inactive_enrollments(t - Duration::days(90))
+            .await
+            .unwrap(),
+        2
+    );
+    let status = |id: &'static str| async move { s.enrollment(id).await.unwrap().unwrap().status };
+    assert_eq!(status("old").await, EnrollmentStatus::Inactive);
+    assert_eq!(status("half").await, EnrollmentStatus::Inactive);
+    assert_eq!(status("fresh").await, EnrollmentStatus::Enrolled);
+    assert_eq!(status("gone").await, EnrollmentStatus::CheckedOut);
+    assert_eq!(status("new").await, EnrollmentStatus::Pending);
+    let listed = s
+        .list_enrollments(&EnrollmentQuery {
+            status: Some(EnrollmentStatus::Inactive),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    // Again: nothing more to mark.
+    assert_eq!(
+        s.mark_inactive_enrollments(t - Duration::days(90))
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Back to the status each had reached, seen now; an active one is left alone.
+    let back = s.reactivate_enrollment("old", t).await.unwrap().unwrap();
+    assert_eq!(back.status, EnrollmentStatus::Enrolled);
+    assert_eq!(
+        back.last_seen_at.map(|x| x.timestamp()),
+        Some(t.timestamp())
+    );
+    assert_eq!(back.device_push_token.as_deref(), Some(&[1u8; 32][..]));
+    let back = s.reactivate_enrollment("half", t).await.unwrap().unwrap();
+    assert_eq!(back.status, EnrollmentStatus::Authenticated);
+    assert!(s.reactivate_enrollment("fresh", t).await.unwrap().is_none());
+    assert!(s.reactivate_enrollment("gone", t).await.unwrap().is_none());
+    assert_eq!(status("gone").await, EnrollmentStatus::CheckedOut);
+    // Their live topics still count (they may come back).
+    assert_eq!(
+        s.live_push_topics().await.unwrap(),
+        [("com.apple.mgmt.External.test".to_string(), 4)]
+    );
+}
+
+async fn command_exchange_reactivates_an_inactive_enrollment(s: &dyn Store) {
+    bound(s, "e1").await;
+    let t = now();
+    assert_eq!(
+        s.mark_inactive_enrollments(t + Duration::minutes(1))
+            .await
+            .unwrap(),
+        1
+    );
+    let idle = s
+        .command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t))
+        .await
+        .unwrap();
+    assert!(next_uuid(idle).is_none());
+    let e = s.enrollment("e1").await.unwrap().unwrap();
+    assert_eq!(e.status, EnrollmentStatus::Enrolled);
+    assert_eq!(e.last_seen_at.map(|x| x.timestamp()), Some(t.timestamp()));
+    // A refused exchange (another device's EnrollmentID) revives nothing.
+    s.mark_inactive_enrollments(t + Duration::minutes(1))
+        .await
+        .unwrap();
+    let other = s
+        .command_exchange(&exchange("id-e1", "EID-x", CHANNEL_DEVICE, None, None, t))
+        .await
+        .unwrap();
+    assert!(
+        matches!(other, Exchanged::Refused(IdentityBinding::OtherDevice)),
+        "{other:?}"
+    );
+    let e = s.enrollment("e1").await.unwrap().unwrap();
+    assert_eq!(e.status, EnrollmentStatus::Inactive);
 }
 
 async fn enrolled(s: &dyn Store, id: &str) -> Enrollment {
@@ -1755,7 +1876,7 @@ async fn listing_devices_search_sort_page(s: &dyn Store) {
     let p = s.list_devices(&page).await.unwrap();
     assert_eq!((ids(&p), p.total), (vec!["d3".into()], 3));
     let mut enrolled = q(None, DeviceSort::LastSeen, true);
-    enrolled.status = Some("enrolled".into());
+    enrolled.status = Some(EnrollmentStatus::Enrolled);
     let p = s.list_devices(&enrolled).await.unwrap();
     assert_eq!((ids(&p), p.total), (vec!["d1".into()], 1));
 
@@ -2827,7 +2948,7 @@ async fn checkout_drops_the_queue_in_one_step(s: &dyn Store) {
     .await
     .unwrap();
     let e = s.record_checkout("e1", now()).await.unwrap();
-    assert_eq!(e.status, "checked_out");
+    assert_eq!(e.status, EnrollmentStatus::CheckedOut);
     assert_eq!(e.bearer_token_hash, None);
     assert!(s.command_history("e1", 10).await.unwrap().is_empty());
     assert!(matches!(

@@ -1178,7 +1178,9 @@ impl SynthFactory {
             .load_device_pki(&secrets, &args.organization)
             .await
             .context("cannot load the server's CA")?;
-        let topic = lanyard.push_topic().await?;
+        let topic = lanyard.push_topic().await?.ok_or_else(|| {
+            anyhow!("the server has no APNs push certificate (lanyard push-cert upload)")
+        })?;
         let user = store
             .user_by_email(&args.email)
             .await?
@@ -2388,6 +2390,26 @@ async fn drive(
             )?;
             if !ok {
                 bail!("lanyard settings set: {err}");
+            }
+            // Nothing enrolls before a push certificate exists; a fake one gives the topic.
+            let cert =
+                crate::fake_apns::fake_push_certificate(&crate::fake_apns::fake_mdm_topic())?;
+            let (cert_path, key_path) = cert.write_pem_files(&data.data_dir)?;
+            let (ok, _, err) = run_cli(
+                &s.bin,
+                data,
+                &[
+                    "push-cert",
+                    "upload",
+                    "--cert",
+                    &cert_path.display().to_string(),
+                    "--key",
+                    &key_path.display().to_string(),
+                ],
+                None,
+            )?;
+            if !ok {
+                bail!("lanyard push-cert upload: {err}");
             }
             Api::sign_in(client, url, &s.admin_password).await?
         }

@@ -778,6 +778,25 @@ impl FakePushCertificate {
     pub fn combined_pem(&self) -> String {
         format!("{}{}", self.cert_pem, self.key_pem)
     }
+
+    /// Writes the certificate and the key as PEM files `push-cert.pem` and `push-key.pem` in
+    /// `dir` (what `lanyard push-cert upload --cert … --key …` takes); returns their paths.
+    pub fn write_pem_files(
+        &self,
+        dir: &std::path::Path,
+    ) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+        let cert = dir.join("push-cert.pem");
+        let key = dir.join("push-key.pem");
+        std::fs::write(&cert, &self.cert_pem)?;
+        std::fs::write(&key, &self.key_pem)?;
+        Ok((cert, key))
+    }
+}
+
+/// A fresh MDM push topic of the shape Apple's push certificates carry,
+/// `com.apple.mgmt.External.<uuid>`.
+pub fn fake_mdm_topic() -> String {
+    format!("com.apple.mgmt.External.{}", uuid::Uuid::new_v4())
 }
 
 /// The process-wide fake "Apple Application Integration" CA that issues fake push

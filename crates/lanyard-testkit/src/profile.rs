@@ -4,7 +4,7 @@
 use plist::{Dictionary, Value};
 
 /// The `com.apple.mdm` payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MdmPayload {
     /// The payload's `PayloadIdentifier`.
     pub payload_identifier: String,
@@ -24,8 +24,9 @@ pub struct MdmPayload {
     pub assigned_managed_apple_id: Option<String>,
     /// `IdentityCertificateUUID`.
     pub identity_certificate_uuid: String,
-    /// `AccessRights`, if (wrongly, for BYOD) present.
-    pub access_rights: Option<i64>,
+    /// `AccessRights` as found, whatever its type, if (wrongly, for BYOD) present: its mere
+    /// presence is what the Mac refuses.
+    pub access_rights: Option<Value>,
     /// `ServerCapabilities`.
     pub server_capabilities: Vec<String>,
     /// `CheckOutWhenRemoved`.
@@ -181,7 +182,7 @@ pub fn parse_enrollment_profile(bytes: &[u8]) -> Result<EnrollmentProfile, Strin
                     enrollment_mode: string(d, "EnrollmentMode"),
                     assigned_managed_apple_id: string(d, "AssignedManagedAppleID"),
                     identity_certificate_uuid: req_string(d, "IdentityCertificateUUID", ctx)?,
-                    access_rights: int_of(d, "AccessRights"),
+                    access_rights: d.get("AccessRights").cloned(),
                     server_capabilities: d
                         .get("ServerCapabilities")
                         .and_then(Value::as_array)
@@ -243,12 +244,43 @@ pub fn parse_enrollment_profile(bytes: &[u8]) -> Result<EnrollmentProfile, Strin
     })
 }
 
+/// Whether `topic` is an MDM push topic: Apple's schema for `com.apple.mdm` says "The topic
+/// must begin with the 'com.apple.mgmt.' prefix", and the push certificates Apple issues carry
+/// `com.apple.mgmt.External.<UUID>` in their subject's UID; so the prefix, then dot-separated
+/// non-empty labels of letters, digits and `-` (nothing else: no spaces, no empty labels).
+pub fn is_mdm_push_topic(topic: &str) -> bool {
+    topic.strip_prefix("com.apple.mgmt.").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    })
+}
+
+/// The profile's `Topic` must be the topic of the server's push certificate, when the Mac is
+/// told what that is: the schema says the certificate that sends the pushes "must have the
+/// same topic in its subject", and the topic can never change afterwards, so a Mac enrolled
+/// under any other topic could never be woken.
+pub fn check_push_topic(p: &EnrollmentProfile, push_certificate_topic: &str) -> Result<(), String> {
+    if p.mdm.topic != push_certificate_topic {
+        return Err(format!(
+            "Topic {:?} is not the topic of the server's push certificate ({push_certificate_topic:?}): \
+             pushes for this Mac could never be sent",
+            p.mdm.topic
+        ));
+    }
+    Ok(())
+}
+
 /// The checks macOS makes before installing an account-driven User Enrollment profile, and the
 /// account it is expected for: `EnrollmentMode` `BYOD`, `AssignedManagedAppleID` equal to
 /// `signed_in_as` (case-insensitive; the managed Apple Account the server maps the typed
-/// identifier to, which may differ from what was typed), no `AccessRights` (Apple: the device
-/// cancels a BYOD enrollment that has it), https `ServerURL`/`CheckInURL`, an MDM topic, and
-/// `IdentityCertificateUUID` naming the SCEP payload.
+/// identifier to, which may differ from what was typed), no `AccessRights` at all (Apple: the device cancels a BYOD
+/// enrollment that has it, whatever its value), https `ServerURL`/`CheckInURL`, an MDM push
+/// topic ([`is_mdm_push_topic`]), and `IdentityCertificateUUID` naming the SCEP payload.
 pub fn check_user_enrollment(p: &EnrollmentProfile, signed_in_as: &str) -> Result<(), String> {
     let m = &p.mdm;
     if m.enrollment_mode.as_deref() != Some("BYOD") {
@@ -266,9 +298,9 @@ pub fn check_user_enrollment(p: &EnrollmentProfile, signed_in_as: &str) -> Resul
         }
         Some(_) => {}
     }
-    if let Some(r) = m.access_rights {
+    if let Some(r) = &m.access_rights {
         return Err(format!(
-            "AccessRights ({r}) must not be present with EnrollmentMode BYOD"
+            "AccessRights ({r:?}) must not be present with EnrollmentMode BYOD"
         ));
     }
     for (k, u) in [("ServerURL", &m.server_url), ("CheckInURL", &m.checkin_url)] {
@@ -276,8 +308,8 @@ pub fn check_user_enrollment(p: &EnrollmentProfile, signed_in_as: &str) -> Resul
             return Err(format!("{k} {u:?} is not https"));
         }
     }
-    if !m.topic.starts_with("com.apple.mgmt.") {
-        return Err(format!("Topic {:?} is not an MDM topic", m.topic));
+    if !is_mdm_push_topic(&m.topic) {
+        return Err(format!("Topic {:?} is not an MDM push topic", m.topic));
     }
     if !m
         .identity_certificate_uuid
@@ -352,9 +384,17 @@ pub fn check_mdm_update(new: &MdmPayload, installed: &MdmPayload) -> Result<(), 
             "the com.apple.mdm.per-user-connections capability was added or removed".into(),
         );
     }
-    let added = new.access_rights.unwrap_or(0) & !installed.access_rights.unwrap_or(0);
-    if added != 0 {
-        return Err(format!("access rights {added} were added"));
+    // A User Enrollment has no AccessRights at all; an update must not bring any (or change
+    // what an installed profile had).
+    let rights = |m: &MdmPayload| {
+        m.access_rights
+            .as_ref()
+            .map(|v| v.as_signed_integer().unwrap_or(-1))
+            .unwrap_or(0)
+    };
+    let added = rights(new) & !rights(installed);
+    if added != 0 || (new.access_rights.is_some() && installed.access_rights.is_none()) {
+        return Err(format!("access rights {:?} were added", new.access_rights));
     }
     Ok(())
 }
@@ -425,11 +465,34 @@ mod tests {
     fn refuses_what_macos_refuses() {
         let bytes = build_enrollment_profile(&input()).unwrap();
         let mut p = parse_enrollment_profile(&bytes).unwrap();
-        p.mdm.access_rights = Some(8191);
+        p.mdm.access_rights = Some(Value::Integer(8191.into()));
         assert!(check_user_enrollment(&p, "ann@example.com")
             .unwrap_err()
             .contains("AccessRights"));
         p.mdm.access_rights = None;
+        for bad in [
+            "com.apple.mgmt.",
+            "com.apple.mgmt",
+            "com.example.mdm",
+            "com.apple.mgmt.External.",
+            "com.apple.mgmt..x",
+            "com.apple.mgmt.External.a b",
+            "com.apple.mgmt.External/x",
+            " com.apple.mgmt.External.x",
+        ] {
+            p.mdm.topic = bad.into();
+            let err = check_user_enrollment(&p, "ann@example.com").unwrap_err();
+            assert!(err.contains("push topic"), "{bad}: {err}");
+        }
+        p.mdm.topic = "com.apple.mgmt.External.e0bd1eac-1f17-4c8e-8a63-dd17d3dd35d9".into();
+        check_user_enrollment(&p, "ann@example.com").unwrap();
+        check_push_topic(
+            &p,
+            "com.apple.mgmt.External.e0bd1eac-1f17-4c8e-8a63-dd17d3dd35d9",
+        )
+        .unwrap();
+        let err = check_push_topic(&p, "com.apple.mgmt.External.other").unwrap_err();
+        assert!(err.contains("push certificate"), "{err}");
         p.mdm.enrollment_mode = None;
         assert!(check_user_enrollment(&p, "ann@example.com")
             .unwrap_err()
@@ -471,7 +534,7 @@ mod tests {
             .unwrap_err()
             .contains("per-user-connections"));
         let mut rights = renewed.mdm.clone();
-        rights.access_rights = Some(8191);
+        rights.access_rights = Some(Value::Integer(8191.into()));
         assert!(check_mdm_update(&rights, &installed.mdm)
             .unwrap_err()
             .contains("access rights"));
@@ -480,5 +543,35 @@ mod tests {
         assert!(check_mdm_update(&who, &installed.mdm)
             .unwrap_err()
             .contains("AssignedManagedAppleID"));
+    }
+
+    #[test]
+    fn access_rights_of_any_type_is_refused() {
+        // Lanyard's builder never writes AccessRights; add it the way another server might.
+        let bytes = build_enrollment_profile(&input()).unwrap();
+        for value in [
+            Value::Integer(8191.into()),
+            Value::String("8191".into()),
+            Value::Real(1.0),
+            Value::Boolean(false),
+        ] {
+            let Value::Dictionary(mut top) = plist::from_bytes::<Value>(&bytes).unwrap() else {
+                panic!("not a dictionary")
+            };
+            let Some(Value::Array(payloads)) = top.get_mut("PayloadContent") else {
+                panic!("no PayloadContent")
+            };
+            for p in payloads.iter_mut() {
+                let Value::Dictionary(d) = p else { continue };
+                if d.get("PayloadType").and_then(Value::as_string) == Some("com.apple.mdm") {
+                    d.insert("AccessRights".into(), value.clone());
+                }
+            }
+            let mut out = Vec::new();
+            plist::to_writer_xml(&mut out, &Value::Dictionary(top)).unwrap();
+            let p = parse_enrollment_profile(&out).unwrap();
+            let err = check_user_enrollment(&p, "ann@example.com").unwrap_err();
+            assert!(err.contains("AccessRights"), "{value:?}: {err}");
+        }
     }
 }

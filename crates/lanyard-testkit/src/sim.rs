@@ -53,7 +53,9 @@ use crate::commands::{
 };
 use crate::device::{self, DeviceFacts, UserChannel};
 use crate::error::{error_chain, Result, SimError, Step, StepContext as _};
-use crate::profile::{check_user_enrollment, parse_enrollment_profile, EnrollmentProfile};
+use crate::profile::{
+    check_push_topic, check_user_enrollment, parse_enrollment_profile, EnrollmentProfile,
+};
 use crate::scep_client::{self, ScepError};
 use crate::webauth::{self, FormAnswers, RESULT_SCHEME};
 
@@ -146,6 +148,9 @@ pub struct SimOptions {
     pub insecure: bool,
     /// Sign in through this OpenID Connect provider instead of the password form.
     pub oidc: Option<SimOidc>,
+    /// The topic of the server's APNs push certificate, when known: the profile's `Topic`
+    /// must be exactly it (a Mac enrolled under another topic could never be woken).
+    pub push_topic: Option<String>,
 }
 
 /// Signing in through an identity provider: the "Sign in with …" link of the Lanyard sign-in
@@ -201,6 +206,7 @@ impl fmt::Debug for SimOptions {
             .field("ca_cert_pem", &self.ca_cert_pem.as_ref().map(|_| "<pem>"))
             .field("insecure", &self.insecure)
             .field("oidc", &self.oidc)
+            .field("push_topic", &self.push_topic)
             .finish()
     }
 }
@@ -220,6 +226,7 @@ impl Default for SimOptions {
             ca_cert_pem: None,
             insecure: false,
             oidc: None,
+            push_topic: None,
         }
     }
 }
@@ -743,9 +750,14 @@ impl SimMac {
             .managed_apple_id
             .as_deref()
             .unwrap_or(&self.opts.email);
-        check_user_enrollment(&profile, expected).map_err(|m| {
-            SimError::failed(Step::Profile, format!("the Mac refuses the profile: {m}"))
-        })?;
+        check_user_enrollment(&profile, expected)
+            .and_then(|()| match &self.opts.push_topic {
+                Some(topic) => check_push_topic(&profile, topic),
+                None => Ok(()),
+            })
+            .map_err(|m| {
+                SimError::failed(Step::Profile, format!("the Mac refuses the profile: {m}"))
+            })?;
         self.log(format!(
             "profile: com.apple.mdm Topic {}, EnrollmentMode BYOD, AssignedManagedAppleID {}, \
              SignMessage {}, ServerURL {}, CheckInURL {}; payloads: {}",

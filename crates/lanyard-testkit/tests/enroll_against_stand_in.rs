@@ -69,6 +69,8 @@ struct Stand {
     attrs_seen: Mutex<Vec<(String, String)>>,
     queue: Mutex<VecDeque<Command>>,
     reports: Mutex<Vec<CommandReport>>,
+    /// Add this `AccessRights` value to the MDM payload (as a server gone wrong would).
+    access_rights: Mutex<Option<Value>>,
 }
 
 type S = State<Arc<Stand>>;
@@ -188,7 +190,19 @@ async fn enroll(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
         sign_message: true,
         uuids: ProfileUuids::random(),
     };
-    let profile = build_enrollment_profile(&input).unwrap();
+    let mut profile = build_enrollment_profile(&input).unwrap();
+    if let Some(rights) = s.access_rights.lock().unwrap().clone() {
+        let mut top: Dictionary = plist::from_bytes(&profile).unwrap();
+        if let Some(Value::Array(payloads)) = top.get_mut("PayloadContent") {
+            for p in payloads.iter_mut().filter_map(Value::as_dictionary_mut) {
+                if p.get("PayloadType").and_then(Value::as_string) == Some("com.apple.mdm") {
+                    p.insert("AccessRights".into(), rights.clone());
+                }
+            }
+        }
+        profile.clear();
+        plist::to_writer_xml(&mut profile, &top).unwrap();
+    }
     let signed = lanyard_pki::sign_cms(
         &s.signer.0,
         &s.signer.1,
@@ -444,6 +458,7 @@ async fn start() -> Running {
         attrs_seen: Mutex::default(),
         queue: Mutex::default(),
         reports: Mutex::default(),
+        access_rights: Mutex::default(),
     });
     let app = Router::new()
         .route("/.well-known/com.apple.remotemanagement", get(well_known))
@@ -471,6 +486,7 @@ async fn start() -> Running {
 fn opts(r: &Running, email: &str) -> SimOptions {
     let mut o = SimOptions::new(&r.url, email, PASSWORD);
     o.ca_cert_pem = Some(r.ca_pem.clone());
+    o.push_topic = Some(TOPIC.into());
     o.attrs = BTreeMap::from([("department".to_owned(), "Research".to_owned())]);
     o
 }
@@ -628,6 +644,25 @@ async fn refusals_name_the_step_and_the_server_message() {
         err.to_string(),
         "enrollment refused (403): macOS 15.2 or later is required (this Mac runs 15.1)"
     );
+
+    // The Mac refuses a profile whose Topic is not its server's push certificate's…
+    let mut o = opts(&r, "ann@example.com");
+    o.push_topic = Some("com.apple.mgmt.External.00000000-0000-0000-0000-000000000001".into());
+    let err = SimMac::new(o).unwrap().enroll().await.unwrap_err();
+    assert_eq!(err.step(), Step::Profile, "{err}");
+    assert!(err.message().contains("push certificate"), "{err}");
+    // …and one with AccessRights, whatever its value or type (User Enrollment has none).
+    for rights in [Value::Integer(8191.into()), Value::String("0".into())] {
+        *r.stand.access_rights.lock().unwrap() = Some(rights.clone());
+        let err = SimMac::new(opts(&r, "ann@example.com"))
+            .unwrap()
+            .enroll()
+            .await
+            .unwrap_err();
+        assert_eq!(err.step(), Step::Profile, "{err}");
+        assert!(err.message().contains("AccessRights"), "{rights:?}: {err}");
+    }
+    *r.stand.access_rights.lock().unwrap() = None;
 
     let err = SimMac::new(opts(&r, "bob@elsewhere.example"))
         .unwrap()

@@ -263,7 +263,8 @@ pub enum SettingsCmd {
     },
     /// Change one setting: ownership-mode (prompt|employee), manage-only-corporate-resources,
     /// use-email-as-managed-apple-id (true|false), min-macos-version (e.g. 15.2),
-    /// managed-domains (comma-separated).
+    /// managed-domains (comma-separated), install-trust-profile (auto|always|never),
+    /// inactive-after-days (0 = never).
     Set { key: String, value: String },
 }
 
@@ -291,6 +292,11 @@ pub async fn settings(o: &Opened, cmd: SettingsCmd) -> Result<()> {
                 ),
                 ("min-macos-version", s.min_macos_version.to_string()),
                 ("managed-domains", s.managed_domains.join(",")),
+                (
+                    "install-trust-profile",
+                    s.install_trust_profile.as_str().to_string(),
+                ),
+                ("inactive-after-days", s.inactive_after_days.to_string()),
             ];
             debug_assert_eq!(rows.len(), SETTING_KEYS.len());
             print_table(
@@ -560,7 +566,7 @@ pub async fn audit(o: &Opened, a: AuditArgs) -> Result<()> {
 pub enum DeviceCmd {
     /// List enrolled devices (use --status or --all for others).
     List {
-        /// Only this status: pending, authenticated, enrolled or checked_out.
+        /// Only this status: pending, authenticated, enrolled, checked_out or inactive.
         #[arg(long, conflicts_with = "all")]
         status: Option<String>,
         /// Every enrollment, whatever its status.
@@ -589,6 +595,9 @@ pub enum DeviceCmd {
     /// Make the person sign in again: the Mac's next user-channel request is challenged and
     /// the Mac shows the organisation's sign-in page.
     RequireSignIn { id: String },
+    /// Mark inactive, now, the enrollments silent for longer than the inactive-after-days
+    /// setting (what `serve` does every hour).
+    AgeOut,
 }
 
 pub async fn device(
@@ -604,16 +613,22 @@ pub async fn device(
             search,
             out,
         } => {
-            const STATUSES: [&str; 4] = ["pending", "authenticated", "enrolled", "checked_out"];
-            if let Some(s) = &status {
-                if !STATUSES.contains(&s.as_str()) {
-                    bail!("unknown status `{s}`; use one of {}", STATUSES.join(", "));
-                }
-            }
+            use lanyard_store::EnrollmentStatus;
+            let status = match status {
+                None => None,
+                Some(s) => match EnrollmentStatus::parse(&s) {
+                    Some(v) => Some(v),
+                    None => bail!(
+                        "unknown status `{s}`; use one of {}",
+                        EnrollmentStatus::ALL
+                            .map(EnrollmentStatus::as_str)
+                            .join(", ")
+                    ),
+                },
+            };
             let status = match (all, status) {
                 (true, _) => None,
-                (false, Some(s)) => Some(s),
-                (false, None) => Some("enrolled".to_string()),
+                (false, s) => s.or(Some(EnrollmentStatus::Enrolled)),
             };
             let list = list_enrollments(
                 &o.lanyard,
@@ -646,7 +661,7 @@ pub async fn device(
                             d.managed_apple_id,
                             d.enrollment_mode,
                             d.ownership,
-                            d.status,
+                            d.status.to_string(),
                             d.os_version.unwrap_or_else(|| "-".into()),
                             d.product.unwrap_or_else(|| "-".into()),
                             d.attributes
@@ -702,6 +717,13 @@ pub async fn device(
                 "unenroll queued for {id} (RemoveProfile {}); the Mac checks out when it runs it",
                 q.command_uuid
             );
+        }
+        DeviceCmd::AgeOut => {
+            let n = o
+                .lanyard
+                .mark_inactive_enrollments(lanyard_store::now())
+                .await?;
+            println!("{n} enrollment(s) marked inactive");
         }
     }
     Ok(())

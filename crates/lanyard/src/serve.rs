@@ -33,19 +33,19 @@ pub async fn run(
         .load_device_pki(&secrets, &serve.organization)
         .await?;
     export_ca(&data, &device_pki.ca)?;
-    let push_topic = lanyard.push_topic().await?;
-    tracing::info!(topic = %push_topic, "APNs topic for new enrollments");
-
     match lanyard.push_certificate_info(&secrets).await {
         Ok(Some(info)) => match &info.warning {
             Some(w) => tracing::warn!(topic = %info.topic, "{w}"),
-            None => {
-                tracing::info!(topic = %info.topic, days_left = info.days_left, "APNs push certificate")
-            }
+            None => tracing::info!(
+                topic = %info.topic,
+                days_left = info.days_left,
+                "APNs push certificate; new enrollments get its topic"
+            ),
         },
         Ok(None) => tracing::warn!(
-            "no APNs push certificate: devices enroll but cannot be woken; upload one with \
-             `lanyard push-cert upload`"
+            "no APNs push certificate: enrollment is closed (service discovery and the \
+             enrollment URL refuse every device) until one is uploaded with `lanyard push-cert \
+             upload`"
         ),
         Err(e) => tracing::warn!(error = %e, "the APNs push certificate cannot be read"),
     }
@@ -88,7 +88,8 @@ pub async fn run(
         DeviceUrls::new(&public),
         serve.organization.clone(),
     )
-    .with_identity_policy(serve.identity);
+    .with_identity_policy(serve.identity)
+    .with_self_issued_tls(matches!(serve.tls, TlsMode::SelfIssued));
     tracing::info!(
         lifetime_secs = serve.identity.lifetime.as_secs(),
         renewal_window_secs = serve.identity.renewal_window.as_secs(),
@@ -275,8 +276,9 @@ async fn self_issued(
     Ok((m.cert_pem.into_bytes(), key))
 }
 
-/// Hourly hygiene: expired sign-in flows, access tokens, never-completed enrollments, and command
-/// results past their retention.
+/// Hourly hygiene: expired sign-in flows, access tokens, never-completed enrollments, command
+/// results past their retention; and enrollments silent for longer than `inactive-after-days`
+/// are marked inactive.
 async fn prune_leftovers(lanyard: Lanyard) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -289,6 +291,14 @@ async fn prune_leftovers(lanyard: Lanyard) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "pruned expired enrollment leftovers"),
             Err(e) => tracing::warn!(error = %e, "pruning enrollment leftovers failed"),
+        }
+        match lanyard
+            .mark_inactive_enrollments(lanyard_store::now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(enrollments = n, "marked silent enrollments inactive"),
+            Err(e) => tracing::warn!(error = %e, "marking silent enrollments inactive failed"),
         }
         let before = lanyard_store::now()
             - chrono::Duration::days(lanyard_core::commands::RESULT_RETENTION_DAYS);

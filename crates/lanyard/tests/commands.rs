@@ -19,6 +19,7 @@ fn sim(s: &Server) -> SimMac {
         attrs: BTreeMap::new(),
         os_version: "15.2".into(),
         ca_cert_pem: Some(s.ca_pem()),
+        push_topic: s.push_topic(),
         ..SimOptions::new(s.url.clone(), "ann@example.com", "a long password")
     })
     .unwrap()
@@ -26,6 +27,7 @@ fn sim(s: &Server) -> SimMac {
 
 async fn setup(db: Db) -> Option<Server> {
     let s = Server::start(db).await?;
+    s.upload_push_certificate();
     let (ok, _, err) = s.cli_stdin(
         &["user", "add", "ann@example.com", "--password", "-"],
         "a long password\n",

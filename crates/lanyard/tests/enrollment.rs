@@ -42,10 +42,11 @@ fn add_user(s: &Server, email: &str) {
     assert!(ok, "user add {email}: {err}");
 }
 
-/// A server with Ann, the managed domain example.com and two custom attributes (a required
-/// choice and an optional number).
+/// A server with a push certificate, Ann, the managed domain example.com and two custom
+/// attributes (a required choice and an optional number).
 async fn start(db: Db, env: &[(&str, &str)]) -> Option<Server> {
     let s = Server::start_with(db, env).await?;
+    s.upload_push_certificate();
     add_user(&s, ANN);
     cli_ok(&s, &["settings", "set", "managed-domains", "example.com"]);
     cli_ok(
@@ -79,10 +80,12 @@ fn devices(s: &Server, extra: &[&str]) -> Vec<Value> {
         .clone()
 }
 
-/// A simulated Mac trusting the server's CA, answering department=Sales; `tweak` adjusts it.
+/// A simulated Mac trusting the server's CA and insisting on its push certificate's topic,
+/// answering department=Sales; `tweak` adjusts it.
 fn mac_for(s: &Server, email: &str, tweak: impl FnOnce(&mut SimOptions)) -> SimMac {
     let mut o = SimOptions::new(&s.url, email, PASSWORD);
     o.ca_cert_pem = Some(s.ca_pem());
+    o.push_topic = s.push_topic();
     o.attrs.insert("department".into(), "Sales".into());
     tweak(&mut o);
     SimMac::new(o).unwrap()
@@ -348,7 +351,7 @@ async fn refusals(db: Db) {
     let mut bob = mac_for(&s, "bob@other.org", |_| {});
     let e = bob.discover().await.unwrap_err();
     assert_eq!(e.step(), Step::Discovery, "{e}");
-    assert_eq!(e.status(), Some(404), "{e}");
+    assert_eq!(e.status(), Some(403), "{e}");
     let base = Url::parse(&format!("{}/enroll", s.url)).unwrap();
     let r = post_enroll(&c, &base, &bob.signed_machine_info().unwrap(), None).await;
     assert_eq!(r.status(), 401);
@@ -385,6 +388,445 @@ async fn refusals_leave_nothing_behind_sqlite() {
 #[tokio::test]
 async fn refusals_leave_nothing_behind_postgres() {
     refusals(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 2b. discovery and the enrollment URL refuse the way Apple documents
+
+/// `GET` service discovery with this raw query string.
+async fn discover_raw(c: &reqwest::Client, s: &Server, query: &str) -> reqwest::Response {
+    c.get(format!(
+        "{}/.well-known/com.apple.remotemanagement?{query}",
+        s.url
+    ))
+    .send()
+    .await
+    .unwrap()
+}
+
+/// Asserts Apple's error document in a `403`: JSON with `code` (schema `mdm/errors`), and a
+/// description naming `needle`.
+async fn assert_apple_refusal(r: reqwest::Response, code: &str, needle: &str) {
+    assert_eq!(r.status(), 403, "{:?}", r.url().to_string());
+    let ct = r.headers()[CONTENT_TYPE].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/json"), "{ct}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    let text = body["description"].as_str().unwrap_or_default();
+    assert!(
+        text.to_lowercase().contains(&needle.to_lowercase()),
+        "expected {needle:?} in {body}"
+    );
+    assert_eq!(body["message"], body["description"], "{body}");
+}
+
+/// A MachineInfo plist as a Mac writes it; `os_version` `None` leaves `OS_VERSION` out, as the
+/// body in Apple's account-driven enrollment article does.
+fn machine_info_xml(product: &str, build: &str, os_version: Option<&str>) -> Vec<u8> {
+    let os = os_version
+        .map(|v| format!("<key>OS_VERSION</key><string>{v}</string>"))
+        .unwrap_or_default();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict>\
+         <key>LANGUAGE</key><string>en-US</string>{os}\
+         <key>PRODUCT</key><string>{product}</string>\
+         <key>VERSION</key><string>{build}</string></dict></plist>"
+    )
+    .into_bytes()
+}
+
+/// Signs a MachineInfo as a device would (CMS, content attached) with a throw-away identity.
+fn signed(plist: &[u8]) -> Vec<u8> {
+    let key = device::rsa_key(2048).unwrap();
+    let cert = device::self_signed(&key, "Device Identity", 30).unwrap();
+    lanyard_pki::sign_cms(&cert, &key, &[], plist).unwrap()
+}
+
+async fn refusals_as_apple_documents(db: Db) {
+    const WELL_KNOWN: &str = "com.apple.well-known.failed";
+    const REFUSED: &str = "org.lanyard.enrollment.refused";
+    // Ann and her domain, but no push certificate yet.
+    let Some(s) = Server::start_with(db, &[]).await else {
+        return;
+    };
+    add_user(&s, ANN);
+    cli_ok(&s, &["settings", "set", "managed-domains", "example.com"]);
+    let c = s.client();
+    let base = Url::parse(&format!("{}/enroll", s.url)).unwrap();
+    let mac_query = "user-identifier=ann%40example.com&model-family=Mac";
+    let mi = signed(&machine_info_xml("Mac15,3", "24C101", Some("15.2")));
+
+    // No push certificate: serve said so at start-up…
+    assert!(
+        s.startup_log
+            .iter()
+            .any(|l| l.contains("WARN")
+                && l.contains("no APNs push certificate: enrollment is closed")),
+        "{:#?}",
+        s.startup_log
+    );
+    // …and discovery and the enrollment URL refuse; nothing is stored.
+    let r = discover_raw(&c, &s, mac_query).await;
+    assert_apple_refusal(r, WELL_KNOWN, "push certificate").await;
+    let r = post_enroll(&c, &base, &mi, None).await;
+    assert_apple_refusal(r, REFUSED, "push certificate").await;
+    let r = post_enroll(&c, &base, &mi, Some("lya_0123456789abcdef")).await;
+    assert_apple_refusal(r, REFUSED, "push certificate").await;
+    let mut mac = mac_for(&s, ANN, |_| {});
+    let e = mac.enroll().await.unwrap_err();
+    assert_refused(&e, Step::Discovery, 403, "push certificate");
+    assert_eq!(devices(&s, &["--all"]), Vec::<Value>::new());
+
+    // With one, the same requests go through.
+    let topic = s.upload_push_certificate();
+    let r = discover_raw(&c, &s, mac_query).await;
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["Servers"][0]["Version"], "mdm-byod");
+    assert_eq!(post_enroll(&c, &base, &mi, None).await.status(), 401);
+
+    // Every refusal at discovery is Apple's well-known refusal.
+    add_user(&s, "bob@other.org");
+    for (query, needle) in [
+        (
+            "user-identifier=bob%40other.org&model-family=Mac",
+            "other.org",
+        ),
+        ("user-identifier=ann&model-family=Mac", "user-identifier"),
+        (
+            "user-identifier=%40example.com&model-family=Mac",
+            "user-identifier",
+        ),
+        (
+            "user-identifier=ann%40localhost&model-family=Mac",
+            "user-identifier",
+        ),
+        ("model-family=Mac", "user-identifier"),
+        ("user-identifier=&model-family=Mac", "user-identifier"),
+        (
+            "user-identifier=ann%40example.com&model-family=iPhone",
+            "iPhone",
+        ),
+        (
+            "user-identifier=ann%40example.com&model-family=iPad",
+            "iPad",
+        ),
+        (
+            "user-identifier=ann%40example.com&model-family=Watch",
+            "Watch",
+        ),
+        (
+            "user-identifier=ann%40example.com&model-family=mac",
+            "model-family",
+        ),
+        (
+            "user-identifier=ann%40example.com&model-family=Toaster",
+            "model-family",
+        ),
+        ("user-identifier=ann%40example.com", "model-family"),
+        (
+            "user-identifier=ann%40example.com&user-identifier=x",
+            "query",
+        ),
+    ] {
+        let r = discover_raw(&c, &s, query).await;
+        assert_apple_refusal(r, WELL_KNOWN, needle).await;
+    }
+
+    // The enrollment URL: a device of another family, and a macOS below the minimum judged
+    // from the build alone (no OS_VERSION), are refused with the error document.
+    for (body, needle) in [
+        (
+            machine_info_xml("iPhone17,2", "22C161", Some("18.2")),
+            "iPhone",
+        ),
+        (machine_info_xml("iPad13,4", "22C161", None), "iPad"),
+        (machine_info_xml("Mac15,3", "24B83", None), "15.1"),
+        (machine_info_xml("Mac15,3", "23H124", None), "14.7"),
+    ] {
+        let r = post_enroll(&c, &base, &signed(&body), None).await;
+        assert_apple_refusal(r, REFUSED, needle).await;
+    }
+    // The build of 15.2 without OS_VERSION passes the gate: the Mac is challenged to sign in.
+    let build_only = signed(&machine_info_xml("Mac15,3", "24C101", None));
+    let r = post_enroll(&c, &base, &build_only, None).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key(WWW_AUTHENTICATE));
+    // No OS_VERSION and a build that is no macOS build: malformed, 400.
+    let r = post_enroll(
+        &c,
+        &base,
+        &signed(&machine_info_xml("Mac15,3", "next", None)),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+
+    // A MachineInfo whose signature cannot be verified (here: no signer certificate in the
+    // message, as with a chain Lanyard cannot hold) is read all the same…
+    let plist = machine_info_xml("Mac15,3", "24C101", None);
+    let key = device::rsa_key(2048).unwrap();
+    let cert = device::self_signed(&key, "Device Identity", 30).unwrap();
+    use lanyard_pki::openssl::cms::{CMSOptions, CmsContentInfo};
+    let unverifiable = CmsContentInfo::sign(
+        Some(&cert),
+        Some(&key),
+        None,
+        Some(plist.as_slice()),
+        CMSOptions::BINARY | CMSOptions::CMS_NOCERTS,
+    )
+    .unwrap()
+    .to_der()
+    .unwrap();
+    assert!(lanyard_pki::verify_cms_attached_untrusted(&unverifiable).is_err());
+    let r = post_enroll(&c, &base, &unverifiable, None).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "an unverifiable signature is read, not refused"
+    );
+    // …and still gated: an unverifiable 15.1 is refused for its version.
+    let old = CmsContentInfo::sign(
+        Some(&cert),
+        Some(&key),
+        None,
+        Some(machine_info_xml("Mac15,3", "24B83", None).as_slice()),
+        CMSOptions::BINARY | CMSOptions::CMS_NOCERTS,
+    )
+    .unwrap()
+    .to_der()
+    .unwrap();
+    assert_apple_refusal(post_enroll(&c, &base, &old, None).await, REFUSED, "15.1").await;
+    // A malformed CMS message is 400.
+    let mut truncated = build_only.clone();
+    truncated.truncate(build_only.len() / 2);
+    assert_eq!(post_enroll(&c, &base, &truncated, None).await.status(), 400);
+
+    // A signed-in Mac that sends no MachineInfo with its token gets no profile (nothing was
+    // gated), and its token stays good for the real request.
+    let mut mac = mac_for(&s, ANN, |_| {});
+    let (base, mi, token) = sign_in(&c, &mut mac).await;
+    let r = post_enroll(&c, &base, b"", Some(&token)).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("MachineInfo"));
+    assert_eq!(devices(&s, &["--all"]), Vec::<Value>::new());
+    assert_eq!(
+        post_enroll(&c, &base, &mi, Some(&token)).await.status(),
+        200
+    );
+
+    // A whole enrollment now: under the uploaded topic.
+    let mut mac = mac_for(&s, ANN, |_| {});
+    let report = mac.enroll().await.unwrap();
+    assert_eq!(report.topic, topic);
+
+    // None of the refusals left anything behind: Ann's two enrollments (the profile fetched
+    // by hand, pending, and the simulated Mac's), both under the uploaded topic.
+    let all = devices(&s, &["--all"]);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(
+        all.iter().all(|d| d["push_topic"] == topic.as_str()),
+        "{all:#?}"
+    );
+
+    drop(c);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_as_apple_documents_sqlite() {
+    refusals_as_apple_documents(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn refusals_as_apple_documents_postgres() {
+    refusals_as_apple_documents(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 2c. the trust payload only for a private TLS chain
+
+async fn trust_payload_only_for_a_private_chain(db: Db) {
+    // Lanyard's self-issued TLS certificate: no device trusts it, so `auto` installs the root.
+    let Some(s) = start(db, &[]).await else {
+        return;
+    };
+    let c = s.client();
+    let ca_der = X509::from_pem(&s.ca_pem()).unwrap().to_der().unwrap();
+    let (_, p) = fresh_profile(&s, &c, ANN).await;
+    assert_eq!(p.root_certificates, vec![ca_der.clone()]);
+    assert!(p
+        .payload_types
+        .iter()
+        .any(|t| t == "com.apple.security.root"));
+    // `never` leaves it out; a value that is not a mode changes nothing.
+    cli_ok(&s, &["settings", "set", "install-trust-profile", "never"]);
+    let (ok, _, err) = s.cli(&["settings", "set", "install-trust-profile", "sometimes"]);
+    assert!(!ok && err.contains("auto, always or never"), "{err}");
+    let shown: Value = serde_json::from_str(&cli_ok(&s, &["settings", "show", "--json"])).unwrap();
+    assert_eq!(shown["install_trust_profile"], "never", "{shown}");
+    let (_, p) = fresh_profile(&s, &c, ANN).await;
+    assert!(p.root_certificates.is_empty(), "{:?}", p.payload_types);
+    assert!(!p
+        .payload_types
+        .iter()
+        .any(|t| t == "com.apple.security.root"));
+    drop(c);
+    s.stop().await;
+
+    // The operator's own certificate (--tls-cert): taken as publicly trusted, no root.
+    let operator = lanyard_pki::Ca::generate("Operator Root", "Example").unwrap();
+    let tls = operator
+        .issue_tls_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.pem"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &tls.cert_pem).unwrap();
+    std::fs::write(&key, &tls.key_pem).unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let Some(s) = start(
+        db,
+        &[
+            ("LANYARD_TLS_CERT", cert.as_str()),
+            ("LANYARD_TLS_KEY", key.as_str()),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    // The simulated Mac trusts the operator's root (TLS) and Lanyard's (the profile signature).
+    let mut trust = operator.cert_pem().unwrap().into_bytes();
+    trust.extend(s.ca_pem());
+    let mut mac = mac_for(&s, ANN, |o| o.ca_cert_pem = Some(trust.clone()));
+    mac.enroll().await.unwrap();
+    let p = mac.profile().unwrap();
+    assert!(p.root_certificates.is_empty(), "{:?}", p.payload_types);
+    // `always` installs Lanyard's root even so.
+    cli_ok(&s, &["settings", "set", "install-trust-profile", "always"]);
+    let mut mac = mac_for(&s, ANN, |o| o.ca_cert_pem = Some(trust.clone()));
+    mac.enroll().await.unwrap();
+    let lanyard_ca = X509::from_pem(&s.ca_pem()).unwrap().to_der().unwrap();
+    assert_eq!(mac.profile().unwrap().root_certificates, vec![lanyard_ca]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn trust_payload_only_for_a_private_chain_sqlite() {
+    trust_payload_only_for_a_private_chain(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn trust_payload_only_for_a_private_chain_postgres() {
+    trust_payload_only_for_a_private_chain(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 2d. enrollments that never check out are aged out
+
+/// Moves every enrollment's last request (and creation) `days` into the past, in the
+/// database itself: the silence the aging looks for.
+async fn silence_for(s: &Server, db: Db, days: i64) {
+    use sqlx::Connection;
+    let then = chrono::Utc::now() - chrono::Duration::days(days);
+    let sql = "UPDATE enrollments SET last_seen_at = $1, created_at = $1";
+    match db {
+        Db::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&s.database_url)
+                .await
+                .unwrap();
+            sqlx::query(sql).bind(then).execute(&mut c).await.unwrap();
+        }
+        Db::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&s.database_url).await.unwrap();
+            sqlx::query(sql).bind(then).execute(&mut c).await.unwrap();
+        }
+    }
+}
+
+async fn silent_enrollments_age_out(db: Db) {
+    let Some(s) = start(db, &[]).await else {
+        return;
+    };
+    let mut mac = mac_for(&s, ANN, |_| {});
+    mac.enroll().await.unwrap();
+    let id = devices(&s, &[])[0]["id"].as_str().unwrap().to_string();
+
+    // Recent: nothing to age out.
+    assert!(cli_ok(&s, &["device", "age-out"]).contains("0 enrollment"));
+    // Silent for 100 days (the default limit is 90): inactive, listed as such everywhere.
+    silence_for(&s, db, 100).await;
+    assert!(cli_ok(&s, &["device", "age-out"]).contains("1 enrollment"));
+    assert_eq!(
+        devices(&s, &[]),
+        Vec::<Value>::new(),
+        "no longer listed as enrolled"
+    );
+    let inactive = devices(&s, &["--status", "inactive"]);
+    assert_eq!(inactive.len(), 1, "{inactive:#?}");
+    assert_eq!(inactive[0]["status"], "inactive");
+    assert!(cli_ok(&s, &["device", "list", "--all"]).contains("inactive"));
+    let (ok, _, err) = s.cli(&["device", "list", "--status", "stale"]);
+    assert!(!ok && err.contains("inactive"), "{err}");
+    let c = s.client();
+    let token = s.admin_session(&c).await;
+    let api: Value = c
+        .get(format!("{}/api/v1/devices?status=inactive", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api[0]["id"], id.as_str(), "{api}");
+    assert_eq!(api[0]["status"], "inactive", "{api}");
+    let b = support::portal::browser(&s);
+    support::portal::sign_in(&b, &s, "admin", &s.admin_password).await;
+    let (st, page) = support::portal::get(&b, &s, "/portal/devices?status=inactive").await;
+    assert_eq!(st, 200);
+    assert!(
+        page.contains("<td>Inactive</td>") && page.contains(ANN),
+        "{page}"
+    );
+    let (_, page) = support::portal::get(&b, &s, "/portal/summary").await;
+    assert!(page.contains("<span>Inactive</span>"), "{page}");
+
+    // The Mac speaks again (a poll on the command channel): enrolled again.
+    assert!(mac.idle().await.unwrap().is_none());
+    let back = devices(&s, &[]);
+    assert_eq!(back.len(), 1, "{back:#?}");
+    assert_eq!(back[0]["id"], id.as_str());
+    // Likewise through a check-in.
+    silence_for(&s, db, 100).await;
+    assert!(cli_ok(&s, &["device", "age-out"]).contains("1 enrollment"));
+    mac.token_update(lanyard_testkit::Channel::User)
+        .await
+        .unwrap();
+    assert_eq!(devices(&s, &[])[0]["status"], "enrolled");
+
+    // A longer limit, and 0 (never), leave a silent enrollment alone.
+    silence_for(&s, db, 100).await;
+    cli_ok(&s, &["settings", "set", "inactive-after-days", "365"]);
+    assert!(cli_ok(&s, &["device", "age-out"]).contains("0 enrollment"));
+    cli_ok(&s, &["settings", "set", "inactive-after-days", "0"]);
+    assert!(cli_ok(&s, &["device", "age-out"]).contains("0 enrollment"));
+    let (ok, _, _) = s.cli(&["settings", "set", "inactive-after-days", "-5"]);
+    assert!(!ok);
+    assert_eq!(devices(&s, &[])[0]["status"], "enrolled");
+
+    drop((c, b, mac));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn silent_enrollments_age_out_sqlite() {
+    silent_enrollments_age_out(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn silent_enrollments_age_out_postgres() {
+    silent_enrollments_age_out(Db::Postgres).await;
 }
 
 // ---------------------------------------------------------------------------------------

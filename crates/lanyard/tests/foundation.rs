@@ -164,7 +164,8 @@ async fn api_round_trip(db: Db) {
         "bad input created nothing"
     );
 
-    // Settings: the three MaaS360 switches plus version and domains.
+    // Settings: the three MaaS360 switches plus version and domains; the trust payload and
+    // the inactivity limit keep their defaults.
     let r = c
         .patch(api("/settings/enrollment"))
         .bearer_auth(&token)
@@ -182,8 +183,29 @@ async fn api_round_trip(db: Db) {
         settings,
         json!({"ownership_mode": "employee", "manage_only_corporate_resources": false,
                "use_email_as_managed_apple_id": false, "min_macos_version": "15.3",
-               "managed_domains": ["example.com"]})
+               "managed_domains": ["example.com"], "install_trust_profile": "auto",
+               "inactive_after_days": 90})
     );
+    // Both through the API; a value out of range changes nothing.
+    let r = c
+        .patch(api("/settings/enrollment"))
+        .bearer_auth(&token)
+        .json(&json!({"install_trust_profile": "always", "inactive_after_days": 4000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let r = c
+        .patch(api("/settings/enrollment"))
+        .bearer_auth(&token)
+        .json(&json!({"install_trust_profile": "always", "inactive_after_days": 30}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let settings: Value = r.json().await.unwrap();
+    assert_eq!(settings["install_trust_profile"], "always");
+    assert_eq!(settings["inactive_after_days"], 30);
 
     // Custom attributes.
     let r = c

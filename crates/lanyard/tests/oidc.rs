@@ -50,6 +50,7 @@ fn enrolled(s: &Server) -> Vec<Value> {
 fn mac(s: &Server, email: &str, provider: &str, login: &str, tamper: OidcTamper) -> SimMac {
     let mut o = SimOptions::new(&s.url, email, PASSWORD);
     o.ca_cert_pem = Some(s.ca_pem());
+    o.push_topic = s.push_topic();
     o.oidc = Some(SimOidc {
         provider: provider.into(),
         login: login.into(),
@@ -80,6 +81,7 @@ async fn run(db: Db) {
     let Some(s) = Server::start(db).await else {
         return;
     };
+    s.upload_push_certificate();
     let Some(p) = start_provider(&s.url) else {
         return;
     };

@@ -163,6 +163,28 @@ async fn portal_walk(db: Db) {
     assert!(page.contains("Nothing was saved"), "{page}");
     assert!(page.contains("macOS 14"), "{page}");
     assert_eq!(settings_json(&s, &api, &token).await, before);
+    assert_eq!(before["install_trust_profile"], "auto");
+    assert_eq!(before["inactive_after_days"], 90);
+    for (k, v) in [
+        ("install_trust_profile", "sometimes"),
+        ("inactive_after_days", "-1"),
+    ] {
+        let (st, page) = post(
+            &c,
+            &s,
+            "/portal/settings",
+            &[
+                ("csrf", &csrf),
+                ("ownership_mode", "prompt"),
+                ("min_macos_version", "15.3"),
+                (k, v),
+            ],
+        )
+        .await;
+        assert_eq!(st, 422, "{k}={v}");
+        assert!(page.contains("Nothing was saved"), "{page}");
+        assert_eq!(settings_json(&s, &api, &token).await, before);
+    }
     let (st, _) = post(
         &c,
         &s,
@@ -173,11 +195,21 @@ async fn portal_walk(db: Db) {
             ("min_macos_version", "15.3"),
             ("managed_domains", "example.com, example.org"),
             ("manage_only_corporate_resources", "on"),
+            ("install_trust_profile", "never"),
+            ("inactive_after_days", "30"),
         ],
     )
     .await;
     assert_eq!(st, 303);
     let after = settings_json(&s, &api, &token).await;
+    assert_eq!(after["install_trust_profile"], "never");
+    assert_eq!(after["inactive_after_days"], 30);
+    let (_, page) = get(&c, &s, "/portal/settings").await;
+    assert!(page.contains("<option value=\"never\" selected>"), "{page}");
+    assert!(
+        page.contains("name=\"inactive_after_days\" value=\"30\""),
+        "{page}"
+    );
     assert_eq!(after["min_macos_version"], "15.3");
     assert_eq!(after["ownership_mode"], "prompt");
     assert_eq!(after["manage_only_corporate_resources"], true);
@@ -268,6 +300,15 @@ async fn portal_walk(db: Db) {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+
+    // Without a push certificate the summary says enrollment is closed; with one it does not.
+    let (_, page) = get(&c, &s, "/portal/summary").await;
+    assert!(page.contains("id=\"enrollment-closed\""), "{page}");
+    assert!(page.contains("Enrollment is closed"), "{page}");
+    let topic = s.upload_push_certificate();
+    let (_, page) = get(&c, &s, "/portal/summary").await;
+    assert!(!page.contains("enrollment-closed"), "{page}");
+    assert!(page.contains(&topic), "{page}");
 
     // A read-only administrator sees everything and every change is refused.
     let (ok, _, err) = s.cli_stdin(

@@ -50,6 +50,7 @@ async fn walk(db: Db) {
     else {
         return;
     };
+    s.upload_push_certificate();
     let (ok, _, err) = s.cli_stdin(
         &[
             "admin",

@@ -73,6 +73,7 @@ async fn push_wakes_the_mac(db: Db) {
 
     let mut mac = SimMac::new(SimOptions {
         ca_cert_pem: Some(s.ca_pem()),
+        push_topic: Some(TOPIC.into()),
         ..SimOptions::new(s.url.clone(), "ann@example.com", "a long password")
     })
     .unwrap();

@@ -137,6 +137,23 @@ impl PushCertificate {
         })
     }
 
+    /// The MDM topic of a push certificate given as PEM (the first certificate), without its
+    /// key: what a stored certificate's topic is, for a caller that must not open the key.
+    pub fn topic_of_pem(cert_pem: &[u8]) -> Result<String, ApnsError> {
+        let cert = X509::stack_from_pem(cert_pem)
+            .map_err(|e| ApnsError::Pem(e.to_string()))?
+            .into_iter()
+            .next()
+            .ok_or(ApnsError::Missing("certificate"))?;
+        let topic = topic_of(&cert).ok_or_else(|| ApnsError::MissingTopic {
+            subject: lanyard_pki::name_to_string(cert.subject_name()),
+        })?;
+        if !is_mdm_topic(&topic) {
+            return Err(ApnsError::NotMdmTopic { topic });
+        }
+        Ok(topic)
+    }
+
     /// The APNs topic from the subject's UID, e.g. `com.apple.mgmt.External.<uuid>`. The
     /// enrollment profile's `Topic` must be exactly this.
     pub fn topic(&self) -> &str {
@@ -224,5 +241,47 @@ mod tests {
         assert!(!is_mdm_topic("com.example.app"));
         assert!(!is_mdm_topic("com.apple.mgmt.External.a b"));
         assert!(!is_mdm_topic("com.apple.mgmt.External.a\nb"));
+    }
+
+    fn cert_with_uid(uid: Option<&str>) -> Vec<u8> {
+        use lanyard_pki::openssl::hash::MessageDigest;
+        use lanyard_pki::openssl::rsa::Rsa;
+        use lanyard_pki::openssl::x509::{X509Builder, X509NameBuilder};
+        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        if let Some(uid) = uid {
+            name.append_entry_by_nid(Nid::USERID, uid).unwrap();
+        }
+        name.append_entry_by_nid(Nid::COMMONNAME, "APSP:test")
+            .unwrap();
+        let name = name.build();
+        let mut b = X509Builder::new().unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        let now = lanyard_pki::openssl::asn1::Asn1Time::days_from_now(0).unwrap();
+        let later = lanyard_pki::openssl::asn1::Asn1Time::days_from_now(30).unwrap();
+        b.set_not_before(&now).unwrap();
+        b.set_not_after(&later).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        b.build().to_pem().unwrap()
+    }
+
+    #[test]
+    fn topic_of_pem_without_the_key() {
+        let topic = "com.apple.mgmt.External.5b4b0c4e-49e3-4a4a-8e4e-1f3c0a9b7d21";
+        assert_eq!(
+            PushCertificate::topic_of_pem(&cert_with_uid(Some(topic))).unwrap(),
+            topic
+        );
+        assert!(matches!(
+            PushCertificate::topic_of_pem(&cert_with_uid(None)),
+            Err(ApnsError::MissingTopic { .. })
+        ));
+        assert!(matches!(
+            PushCertificate::topic_of_pem(&cert_with_uid(Some("com.example.app"))),
+            Err(ApnsError::NotMdmTopic { .. })
+        ));
+        assert!(PushCertificate::topic_of_pem(b"not a certificate").is_err());
     }
 }

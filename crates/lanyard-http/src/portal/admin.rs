@@ -13,7 +13,10 @@ use serde_json::json;
 use chrono::{DateTime, NaiveDate, Utc};
 use lanyard_core::attributes::DefineAttribute;
 use lanyard_core::push::PushCertificateUpload;
-use lanyard_core::settings::{parse_min_version, EnrollmentSettings, OwnershipMode, SettingsPatch};
+use lanyard_core::settings::{
+    parse_inactive_after_days, parse_min_version, EnrollmentSettings, OwnershipMode, SettingsPatch,
+    TrustProfile,
+};
 use lanyard_core::users::{CreateUser, UpdateUser};
 use lanyard_core::CoreError;
 use lanyard_store::{AuditSearch, ListQuery};
@@ -340,6 +343,30 @@ async fn settings_page(
     let domains = shown
         .map(|f| f.get("managed_domains").to_string())
         .unwrap_or_else(|| current.managed_domains.join(", "));
+    let inactive = shown
+        .map(|f| f.get("inactive_after_days").to_string())
+        .unwrap_or_else(|| current.inactive_after_days.to_string());
+    let trust_options: String = [
+        (
+            TrustProfile::Auto,
+            "Automatic: only while Lanyard serves its own TLS certificate",
+        ),
+        (TrustProfile::Always, "Always"),
+        (
+            TrustProfile::Never,
+            "Never (the TLS chain is publicly trusted)",
+        ),
+    ]
+    .iter()
+    .map(|(v, label)| {
+        let sel = if *v == current.install_trust_profile {
+            " selected"
+        } else {
+            ""
+        };
+        format!("<option value=\"{}\"{sel}>{label}</option>", v.as_str())
+    })
+    .collect();
     let prompt = current.ownership_mode == OwnershipMode::Prompt;
     let checked = |b: bool| if b { " checked" } else { "" };
     let mut attr_rows = String::new();
@@ -377,6 +404,13 @@ async fn settings_page(
          maxlength=\"20\">\
          <label for=\"managed_domains\">Managed domains (comma separated)</label>\
          <input id=\"managed_domains\" name=\"managed_domains\" value=\"{domains}\" maxlength=\"4000\">\
+         <label for=\"install_trust_profile\">Install Lanyard's root certificate on enrolled \
+         Macs</label><select id=\"install_trust_profile\" name=\"install_trust_profile\">\
+         {trust_options}</select>\
+         <label for=\"inactive_after_days\">Mark enrollments inactive after this many days \
+         without a request (0: never)</label>\
+         <input id=\"inactive_after_days\" name=\"inactive_after_days\" value=\"{inactive}\" \
+         inputmode=\"numeric\" maxlength=\"4\">\
          </fieldset><fieldset><legend>Advanced management for Apple devices</legend>\
          <label class=\"check\"><input type=\"checkbox\" id=\"manage_only_corporate_resources\" \
          name=\"manage_only_corporate_resources\" value=\"on\"{corp}> User enrollment mode: manage \
@@ -401,6 +435,7 @@ async fn settings_page(
         e_sel = if prompt { "" } else { " selected" },
         min = esc(&min),
         domains = esc(&domains),
+        inactive = esc(&inactive),
         corp = checked(current.manage_only_corporate_resources),
         mail = checked(current.use_email_as_managed_apple_id),
     );
@@ -418,12 +453,20 @@ fn settings_patch(f: &Fields) -> Result<SettingsPatch, CoreError> {
         .filter(|d| !d.is_empty())
         .map(str::to_string)
         .collect();
+    // Fields a form may lack (an older page) leave their settings as they are.
+    let present = |name: &str| Some(f.get(name).trim()).filter(|v| !v.is_empty());
     Ok(SettingsPatch {
         ownership_mode: Some(ownership_mode),
         manage_only_corporate_resources: Some(f.checked("manage_only_corporate_resources")),
         use_email_as_managed_apple_id: Some(f.checked("use_email_as_managed_apple_id")),
         min_macos_version: Some(min),
         managed_domains: Some(domains),
+        install_trust_profile: present("install_trust_profile")
+            .map(str::parse)
+            .transpose()?,
+        inactive_after_days: present("inactive_after_days")
+            .map(parse_inactive_after_days)
+            .transpose()?,
     })
 }
 
@@ -555,8 +598,9 @@ async fn apns_page(
                 .map(|w| format!("<p class=\"notice warn\" role=\"alert\">{}</p>", esc(&w)))
                 .unwrap_or_default(),
         ),
-        Ok(None) => "<p class=\"notice warn\">No APNs certificate has been uploaded: Lanyard \
-                     cannot wake devices until one is.</p>"
+        Ok(None) => "<p class=\"notice warn\">No APNs certificate has been uploaded: enrollment \
+                     is closed until one is (its topic goes into every enrollment profile and can \
+                     never change afterwards).</p>"
             .to_string(),
         Err(e) => return error_page(Some(sess), e),
     };
@@ -820,6 +864,28 @@ mod tests {
         assert_eq!(p.manage_only_corporate_resources, Some(false));
         assert_eq!(p.use_email_as_managed_apple_id, Some(true));
         assert_eq!(p.managed_domains.unwrap().len(), 2);
+        assert_eq!(p.install_trust_profile, None);
+        assert_eq!(p.inactive_after_days, None);
+        let p = settings_patch(&form(&[
+            ("ownership_mode", "prompt"),
+            ("min_macos_version", "15.2"),
+            ("install_trust_profile", "never"),
+            ("inactive_after_days", "30"),
+        ]))
+        .unwrap();
+        assert_eq!(p.install_trust_profile, Some(TrustProfile::Never));
+        assert_eq!(p.inactive_after_days, Some(30));
+        for (k, v) in [
+            ("install_trust_profile", "maybe"),
+            ("inactive_after_days", "-3"),
+        ] {
+            let bad = form(&[
+                ("ownership_mode", "prompt"),
+                ("min_macos_version", "15.2"),
+                (k, v),
+            ]);
+            assert!(settings_patch(&bad).is_err(), "{k}={v}");
+        }
         let bad = form(&[("ownership_mode", "prompt"), ("min_macos_version", "9.1")]);
         assert!(settings_patch(&bad).is_err());
         let bad = form(&[

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use lanyard_core::commands::{CommandChannel, CommandSpec, CommandTarget, CommandView};
 use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
 use lanyard_core::CoreError;
-use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentQuery};
+use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentQuery, EnrollmentStatus};
 
 use super::{
     change_form, error_page, layout, message_page, notice, or_dash, page_number, pager, qv,
@@ -111,14 +111,27 @@ async fn summary(State(s): State<AppState>, Viewer(sess): Viewer) -> Response {
 
 async fn summary_body(s: &AppState) -> Result<String, CoreError> {
     let sum = s.lanyard.summary(chrono::Utc::now()).await?;
+    let push = s.lanyard.push_certificate_info(&s.secrets).await?;
     let add = |f: fn(&lanyard_core::listings::ModeCounts) -> i64| -> i64 {
         sum.by_mode.iter().map(f).sum()
     };
-    let mut html = String::from("<section class=\"tiles\" aria-label=\"Counts\">");
+    let mut html = String::new();
+    if push.is_none() {
+        // The profile's Topic is the push certificate's and can never change after enrollment,
+        // so nothing enrolls before one is uploaded.
+        html.push_str(
+            "<p id=\"enrollment-closed\" class=\"notice error\" role=\"alert\">Enrollment is \
+             closed: there is no APNs push certificate, so every Mac is refused at service \
+             discovery and at the enrollment URL. <a href=\"/portal/apns\">Upload the push \
+             certificate</a> to open enrollment.</p>",
+        );
+    }
+    html.push_str("<section class=\"tiles\" aria-label=\"Counts\">");
     for (label, n) in [
         ("Enrolled devices", add(|m| m.enrolled)),
         ("Enrollments in progress", add(|m| m.in_progress)),
         ("Checked out", add(|m| m.checked_out)),
+        ("Inactive", add(|m| m.inactive)),
         ("Users", sum.users),
     ] {
         html.push_str(&format!(
@@ -131,25 +144,28 @@ async fn summary_body(s: &AppState) -> Result<String, CoreError> {
         "<h2>Enrollments by mode and state</h2><table class=\"by-mode\"><thead><tr>\
          <th scope=\"col\">Device Enrollment Mode</th><th scope=\"col\">Enrolled</th>\
          <th scope=\"col\">In progress</th><th scope=\"col\">Checked out</th>\
-         <th scope=\"col\">Total</th></tr></thead><tbody>",
+         <th scope=\"col\">Inactive</th><th scope=\"col\">Total</th></tr></thead><tbody>",
     );
     if sum.by_mode.is_empty() {
-        html.push_str("<tr><td>User Enrollment</td><td>0</td><td>0</td><td>0</td><td>0</td></tr>");
+        html.push_str(
+            "<tr><td>User Enrollment</td><td>0</td><td>0</td><td>0</td><td>0</td><td>0</td></tr>",
+        );
     }
     for m in &sum.by_mode {
         html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&m.mode),
             m.enrolled,
             m.in_progress,
             m.checked_out,
+            m.inactive,
             m.total
         ));
     }
     html.push_str("</tbody></table>");
 
     html.push_str("<h2>Expiring certificates and tokens</h2><ul class=\"plain\">");
-    match s.lanyard.push_certificate_info(&s.secrets).await? {
+    match push {
         Some(info) => {
             let class = if info.warning.is_some() { "warn" } else { "" };
             html.push_str(&format!(
@@ -164,7 +180,7 @@ async fn summary_body(s: &AppState) -> Result<String, CoreError> {
             ));
         }
         None => html.push_str(
-            "<li class=\"warn\">No APNs certificate yet: devices cannot be woken. \
+            "<li class=\"warn\">No APNs certificate yet: enrollment is closed. \
              <a href=\"/portal/apns\">Upload one</a>.</li>",
         ),
     }
@@ -278,22 +294,12 @@ fn device_table(list: &[EnrollmentView], sort: Option<&SortLinks>) -> String {
             os = or_dash(e.os_version.as_deref()),
             mode = esc(&e.enrollment_mode),
             own = esc(&e.ownership),
-            status = esc(&status_label(&e.status)),
+            status = esc(e.status.label()),
             seen = when(e.last_seen_at),
         ));
     }
     html.push_str("</tbody></table>");
     html
-}
-
-fn status_label(s: &str) -> String {
-    match s {
-        "enrolled" => "Enrolled".into(),
-        "pending" => "Pending".into(),
-        "authenticated" => "Authenticated".into(),
-        "checked_out" => "Checked out".into(),
-        other => other.to_string(),
-    }
 }
 
 #[derive(Deserialize, Default)]
@@ -326,8 +332,10 @@ async fn devices(
     let status_raw = q.status.unwrap_or_else(|| "enrolled".into());
     let status = match status_raw.as_str() {
         "all" => None,
-        st @ ("pending" | "authenticated" | "enrolled" | "checked_out") => Some(st.to_string()),
-        _ => return bad("Unknown status filter; choose one from the list."),
+        st => match EnrollmentStatus::parse(st) {
+            Some(v) => Some(v),
+            None => return bad("Unknown status filter; choose one from the list."),
+        },
     };
     let sort = match q.sort.as_deref().filter(|v| !v.is_empty()) {
         None => DeviceSort::Created,
@@ -358,19 +366,15 @@ async fn devices(
         Err(e) => return error_page(Some(&sess), e),
     };
     let more = (page - 1) * PAGE_SIZE + (list.items.len() as i64) < list.total;
-    let statuses: String = [
-        ("enrolled", "Enrolled"),
-        ("pending", "Pending"),
-        ("authenticated", "Authenticated"),
-        ("checked_out", "Checked out"),
-        ("all", "All"),
-    ]
-    .iter()
-    .map(|(v, l)| {
-        let sel = if *v == status_raw { " selected" } else { "" };
-        format!("<option value=\"{v}\"{sel}>{l}</option>")
-    })
-    .collect();
+    let statuses: String = EnrollmentStatus::ALL
+        .iter()
+        .map(|v| (v.as_str(), v.label()))
+        .chain([("all", "All")])
+        .map(|(v, l)| {
+            let sel = if v == status_raw { " selected" } else { "" };
+            format!("<option value=\"{v}\"{sel}>{l}</option>")
+        })
+        .collect();
     let done = match q.done.as_deref() {
         Some("unenroll") => Some(Notice::Ok(
             "Unenrollment queued: the Mac removes its work data at its next check-in.".into(),
@@ -524,7 +528,7 @@ async fn device_page(
         ("Managed Apple ID", esc(&e.managed_apple_id)),
         ("Device Enrollment Mode", esc(&e.enrollment_mode)),
         ("Ownership", esc(&e.ownership)),
-        ("Status", esc(&status_label(&e.status))),
+        ("Status", esc(e.status.label())),
         ("Model family", or_dash(e.model_family.as_deref())),
         ("Product", or_dash(e.product.as_deref())),
         ("OS version", or_dash(e.os_version.as_deref())),
@@ -576,7 +580,7 @@ async fn device_page(
             .collect();
         format!("<table class=\"inventory\"><tbody>{rows}</tbody></table>")
     };
-    let actions = if e.status == "checked_out" {
+    let actions = if e.status == EnrollmentStatus::CheckedOut {
         "<p class=\"muted\">This device has checked out; no commands can be sent.</p>".to_string()
     } else {
         format!(

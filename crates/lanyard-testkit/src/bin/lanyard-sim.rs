@@ -91,6 +91,10 @@ struct EnrollArgs {
         requires = "oidc_provider"
     )]
     oidc_password: Option<String>,
+    /// The topic of the server's APNs push certificate (`lanyard push-cert show`): refuse a
+    /// profile whose Topic is any other.
+    #[arg(long)]
+    push_topic: Option<String>,
 }
 
 fn parse_ownership(s: &str) -> Result<Ownership, String> {
@@ -129,6 +133,7 @@ async fn enroll(args: EnrollArgs) -> Result<String, String> {
         model: args.model,
         ca_cert_pem,
         insecure: args.insecure,
+        push_topic: args.push_topic,
     };
     let mut mac = SimMac::new(opts).map_err(|e| e.to_string())?;
     let report = match mac.enroll().await {

@@ -25,10 +25,13 @@ pub const VIEWER_PASSWORD: &str = "viewer password 123";
 pub struct Server {
     pub url: String,
     pub admin_password: String,
+    /// What `serve` printed (log lines included) up to its listening line.
+    pub startup_log: Vec<String>,
     pub data_dir: tempfile::TempDir,
     pub database_url: String,
     child: Child,
     pg_cleanup: Option<(String, String)>,
+    push_topic: std::sync::Mutex<Option<String>>,
 }
 
 pub fn pg_admin_url() -> String {
@@ -109,10 +112,12 @@ impl Server {
         let mut admin_password = String::new();
         let mut url = String::new();
         let mut expect_password = false;
+        let mut startup_log = Vec::new();
         while url.is_empty() {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("lanyard serve printed no listening line");
+            startup_log.push(line.clone());
             if expect_password && !line.trim().is_empty() {
                 admin_password = line.trim().to_string();
                 expect_password = false;
@@ -127,10 +132,12 @@ impl Server {
         Some(Server {
             url,
             admin_password,
+            startup_log,
             data_dir,
             database_url,
             child,
             pg_cleanup,
+            push_topic: Default::default(),
         })
     }
 
@@ -165,6 +172,33 @@ impl Server {
         assert_eq!(r.status(), 201);
         let body: serde_json::Value = r.json().await.unwrap();
         body["session_token"].as_str().unwrap().to_string()
+    }
+
+    /// Uploads a fake APNs push certificate for a fresh MDM topic with `lanyard push-cert
+    /// upload` and returns the topic. Lanyard enrolls nothing before a push certificate exists
+    /// (its topic is every profile's `Topic`), so every test that enrolls a Mac calls this.
+    pub fn upload_push_certificate(&self) -> String {
+        let topic = lanyard_testkit::fake_apns::fake_mdm_topic();
+        let cert = lanyard_testkit::fake_apns::fake_push_certificate(&topic).unwrap();
+        let (cert_path, key_path) = cert.write_pem_files(self.data_dir.path()).unwrap();
+        let (ok, out, err) = self.cli(&[
+            "push-cert",
+            "upload",
+            "--cert",
+            &cert_path.display().to_string(),
+            "--key",
+            &key_path.display().to_string(),
+        ]);
+        assert!(ok, "lanyard push-cert upload: {err}");
+        assert!(out.contains(&topic), "{out}");
+        *self.push_topic.lock().unwrap() = Some(topic.clone());
+        topic
+    }
+
+    /// The topic [`Server::upload_push_certificate`] uploaded, for the simulated Mac to
+    /// insist on (`SimOptions::push_topic`).
+    pub fn push_topic(&self) -> Option<String> {
+        self.push_topic.lock().unwrap().clone()
     }
 
     pub fn ca_pem(&self) -> Vec<u8> {
