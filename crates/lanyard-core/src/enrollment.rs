@@ -643,10 +643,7 @@ impl EnrollmentService {
                     .installs(self.self_issued_tls),
             )?,
         )?;
-        store
-            .consume_access_token(&token_hash, lanyard_store::now())
-            .await?
-            .ok_or_else(unusable)?;
+        // The token is claimed and the enrollment recorded in one transaction.
         store
             .create_enrollment(&NewEnrollment {
                 id: enrollment_id.clone(),
@@ -671,7 +668,11 @@ impl EnrollmentService {
                 // authorization, see `mdm`).
                 bearer_token_hash: Some(token_hash.clone()),
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                lanyard_store::StoreError::Conflict(_) => unusable(),
+                other => other.into(),
+            })?;
         tracing::info!(enrollment = %enrollment_id, user = user.id, "issued an enrollment profile");
         Ok(signed)
     }

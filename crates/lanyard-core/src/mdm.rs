@@ -185,16 +185,36 @@ impl MdmService {
         ))
     }
 
-    /// A check-in: the identity rule, then the message's handler.
-    pub async fn checkin(&self, req: DeviceRequest<'_>) -> Result<CheckinReply> {
-        let fingerprint = self.signer_of(&req)?;
+    /// Steps 2 and 3 of the identity rule: the live enrollment this identity belongs to, bound
+    /// to `device_id` (`first_checkin`: not bound yet is allowed, for `Authenticate`). An
+    /// inactive enrollment heard from again is active again.
+    async fn bound_enrollment(
+        &self,
+        fingerprint: &str,
+        device_id: &str,
+        first_checkin: bool,
+    ) -> Result<Enrollment> {
         let enrollment = self
             .lanyard
             .store()
-            .enrollment_for_identity(&fingerprint, lanyard_store::now())
+            .enrollment_for_identity(fingerprint, lanyard_store::now())
             .await?
             .ok_or_else(unknown_identity)?;
-        let enrollment = self.reactivated(enrollment).await?;
+        match IdentityBinding::check(
+            enrollment.status.as_str(),
+            enrollment.device_channel_id.as_deref(),
+            device_id,
+        ) {
+            IdentityBinding::Bound => {}
+            IdentityBinding::Unbound if first_checkin => {}
+            refused => return Err(unrecognized(refused)),
+        }
+        self.reactivated(enrollment).await
+    }
+
+    /// A check-in: the identity rule, then the message's handler.
+    pub async fn checkin(&self, req: DeviceRequest<'_>) -> Result<CheckinReply> {
+        let fingerprint = self.signer_of(&req)?;
         let msg = lanyard_proto::decode_checkin(req.body)
             .map_err(|e| CoreError::Invalid(format!("check-in: {e}")))?;
         let r = msg.enrollment();
@@ -205,15 +225,13 @@ impl MdmService {
         }
         let device_id = r.device_id().to_string();
         let user_channel = r.kind == EnrollmentKind::UserEnrollmentUser;
-        match IdentityBinding::check(
-            enrollment.status.as_str(),
-            enrollment.device_channel_id.as_deref(),
-            &device_id,
-        ) {
-            IdentityBinding::Bound => {}
-            IdentityBinding::Unbound if matches!(msg, CheckinMessage::Authenticate(_)) => {}
-            refused => return Err(unrecognized(refused)),
-        }
+        let enrollment = self
+            .bound_enrollment(
+                &fingerprint,
+                &device_id,
+                matches!(msg, CheckinMessage::Authenticate(_)),
+            )
+            .await?;
         if user_channel && !matches!(msg, CheckinMessage::CheckOut(_)) {
             self.authorize_user_channel(&enrollment, req.bearer).await?;
         }
@@ -381,19 +399,8 @@ impl MdmService {
         let channel = channel_of(report.enrollment.kind);
         if channel == CHANNEL_USER {
             let enrollment = self
-                .lanyard
-                .store()
-                .enrollment_for_identity(&fingerprint, lanyard_store::now())
-                .await?
-                .ok_or_else(unknown_identity)?;
-            match IdentityBinding::check(
-                enrollment.status.as_str(),
-                enrollment.device_channel_id.as_deref(),
-                report.enrollment.device_id(),
-            ) {
-                IdentityBinding::Bound => {}
-                refused => return Err(unrecognized(refused)),
-            }
+                .bound_enrollment(&fingerprint, report.enrollment.device_id(), false)
+                .await?;
             self.authorize_user_channel(&enrollment, req.bearer).await?;
         }
         let now = lanyard_store::now();

@@ -141,7 +141,26 @@ macro_rules! impl_enrollment_store {
 
             async fn create_enrollment(&self, e: &NewEnrollment) -> Result<Enrollment> {
                 let ids = e.profile_ids.as_ref();
-                Ok(sqlx::query_as(&format!(
+                let created = now();
+                let mut tx = self.pool.begin().await?;
+                if let Some(token) = &e.bearer_token_hash {
+                    // The access token the profile is issued for is claimed with the enrollment:
+                    // both or neither.
+                    let claimed: Option<String> = sqlx::query_scalar(
+                        "UPDATE access_tokens SET used_at = $2 WHERE token_hash = $1 \
+                         AND used_at IS NULL AND expires_at > $2 RETURNING token_hash",
+                    )
+                    .bind(token)
+                    .bind(created)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if claimed.is_none() {
+                        return Err(StoreError::Conflict(
+                            "the access token is unknown, used or expired".into(),
+                        ));
+                    }
+                }
+                let row: Enrollment = sqlx::query_as(&format!(
                     "INSERT INTO enrollments (id, user_id, managed_apple_id, ownership, \
                      attributes, mode, status, os_version, build_version, product, model_family, \
                      scep_challenge_hash, challenge_expires_at, push_topic, created_at, \
@@ -162,13 +181,15 @@ macro_rules! impl_enrollment_store {
                 .bind(&e.scep_challenge_hash)
                 .bind(e.challenge_expires_at)
                 .bind(&e.push_topic)
-                .bind(now())
+                .bind(created)
                 .bind(ids.map(|i| &i.profile))
                 .bind(ids.map(|i| &i.mdm_payload))
                 .bind(ids.map(|i| &i.trust_payload))
                 .bind(&e.bearer_token_hash)
-                .fetch_one(&self.pool)
-                .await?)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(row)
             }
 
             async fn scep_challenge_enrollment(

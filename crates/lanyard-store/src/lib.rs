@@ -202,6 +202,10 @@ pub trait EnrollmentStore: Send + Sync {
     /// Reads a token whatever its state (for ongoing authorisation of a bound device).
     async fn access_token(&self, token_hash: &str) -> Result<Option<AccessTokenRow>>;
 
+    /// Records a `pending` enrollment. With `bearer_token_hash`, the access token it names is
+    /// claimed in the same transaction (unused and unexpired, else [`StoreError::Conflict`] and
+    /// nothing is written), so a profile is issued once per token and never without its
+    /// enrollment.
     async fn create_enrollment(&self, e: &NewEnrollment) -> Result<Enrollment>;
     /// The enrollment whose live SCEP challenge this is: a pending enrollment's unused,
     /// unexpired challenge, or the renewal challenge of an enrolled one (see

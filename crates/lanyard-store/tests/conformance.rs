@@ -1037,7 +1037,7 @@ fn new_enrollment(user: &User, id: &str, challenge: &str, mins: i64) -> NewEnrol
             mdm_payload: format!("M-{id}"),
             trust_payload: format!("T-{id}"),
         }),
-        bearer_token_hash: Some(format!("bearer-{id}")),
+        bearer_token_hash: None,
     }
 }
 
@@ -2958,8 +2958,44 @@ async fn checkout_drops_the_queue_in_one_step(s: &dyn Store) {
 }
 
 async fn bearer_rebind_and_revoke(s: &dyn Store) {
-    let e = bound_enrollment(s, "e1").await;
+    let u = a_user(s).await;
+    let t0 = now();
+    let token = |hash: &str| AccessTokenRow {
+        token_hash: hash.into(),
+        user_id: u.id,
+        ownership: "employee".into(),
+        attributes: "{}".into(),
+        created_at: t0,
+        expires_at: t0 + Duration::minutes(10),
+        used_at: None,
+    };
+    s.create_access_token(&token("bearer-e1")).await.unwrap();
+    // The enrollment claims the token it is issued for, in the same transaction.
+    let with_token = NewEnrollment {
+        bearer_token_hash: Some("bearer-e1".into()),
+        ..new_enrollment(&u, "e1", "ch-e1", 60)
+    };
+    let e = s.create_enrollment(&with_token).await.unwrap();
     assert_eq!(e.bearer_token_hash.as_deref(), Some("bearer-e1"));
+    assert!(s
+        .access_token("bearer-e1")
+        .await
+        .unwrap()
+        .unwrap()
+        .used_at
+        .is_some());
+    // A used or unknown token: refused, and no enrollment is written.
+    for (id, hash) in [("e9", "bearer-e1"), ("e8", "never-issued")] {
+        let again = NewEnrollment {
+            bearer_token_hash: Some(hash.into()),
+            ..new_enrollment(&u, id, &format!("ch-{id}"), 60)
+        };
+        assert!(matches!(
+            s.create_enrollment(&again).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(s.enrollment(id).await.unwrap().is_none());
+    }
     let other = s
         .create_user(&new_user("bob@example.com"), &audit("user.create", "bob"))
         .await

@@ -1466,10 +1466,7 @@ impl SimMac {
         let resp = self
             .send_signed(step, url, content_type, body, channel)
             .await?;
-        let status = resp.status();
-        let ct = content_type_of(&resp);
-        let bytes = resp.bytes().await.at(step)?.to_vec();
-        Ok((status, ct, bytes))
+        parts_of(step, resp).await
     }
 
     /// Sends one signed device request (see [`SimMac::put_signed_on`]) and returns the
@@ -1507,10 +1504,7 @@ impl SimMac {
         let resp = self
             .send_signed_by(step, url, content_type, body, (cert, key), Channel::Device)
             .await?;
-        let status = resp.status();
-        let ct = content_type_of(&resp);
-        let bytes = resp.bytes().await.at(step)?.to_vec();
-        Ok((status, ct, bytes))
+        parts_of(step, resp).await
     }
 
     /// Sends one device request signed by `identity`, with the bearer on the user channel.
@@ -2079,6 +2073,14 @@ fn is_unrecognized_device(content_type: &str, body: &[u8]) -> bool {
             .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_owned))
             .as_deref()
             == Some("com.apple.unrecognized.device")
+}
+
+/// A response's status, content type and body.
+async fn parts_of(step: Step, resp: reqwest::Response) -> Result<(StatusCode, String, Vec<u8>)> {
+    let status = resp.status();
+    let ct = content_type_of(&resp);
+    let bytes = resp.bytes().await.at(step)?.to_vec();
+    Ok((status, ct, bytes))
 }
 
 fn content_type_of(resp: &reqwest::Response) -> String {

@@ -127,6 +127,7 @@ async fn walk(db: Db) {
     let Some(s) = Server::start(db).await else {
         return;
     };
+    s.upload_push_certificate();
     let Some(p) = start_provider(&s.url) else {
         return;
     };

@@ -238,6 +238,7 @@ fn cli_ok(s: &Server, args: &[&str]) -> String {
 /// A server with Ann and the managed domain example.com; `env` for `lanyard serve`.
 async fn start(db: Db, env: &[(&str, &str)]) -> Option<Server> {
     let s = Server::start_with(db, env).await?;
+    s.upload_push_certificate();
     let (ok, _, err) = s.cli_stdin(
         &["user", "add", ANN, "--password", "-"],
         &format!("{PASSWORD}\n"),
