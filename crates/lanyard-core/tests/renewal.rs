@@ -188,7 +188,9 @@ async fn renews_before_expiry(db: Db) {
     )
     .with_identity_policy(
         IdentityPolicy::new(Duration::from_secs(7200), Duration::from_secs(3600)).unwrap(),
-    );
+    )
+    // Serving Lanyard's own TLS certificate: the renewed profile keeps the trust payload.
+    .with_self_issued_tls(true);
     let user = s
         .create_user(
             &NewUser {

@@ -360,15 +360,20 @@ async fn scep(State(s): S, Query(q): Query<HashMap<String, String>>, body: Bytes
     ([(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response()
 }
 
-/// The checks every MDM request gets: signature by an identity of our CA, a known token.
+/// The checks every MDM request gets: signature by an identity of our CA, and a known token on
+/// the user channel.
 fn authorise(s: &Stand, headers: &HeaderMap, body: &[u8]) -> Result<(), (StatusCode, String)> {
     let sig = headers
         .get("Mdm-Signature")
         .ok_or_else(|| (StatusCode::UNAUTHORIZED, "no Mdm-Signature".to_owned()))?;
     lanyard_pki::verify_detached(sig.as_bytes(), body, s.ca.certificate())
         .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
+    // On macOS the access token comes on user-channel requests only (Apple, "Onboarding users
+    // with account sign-in").
+    let user_channel = plist::from_bytes::<plist::Dictionary>(body)
+        .is_ok_and(|d| d.contains_key("EnrollmentUserID"));
     let known = bearer(headers).is_some_and(|t| s.tokens.lock().unwrap().contains_key(&t));
-    if !known {
+    if user_channel && !known {
         return Err((StatusCode::UNAUTHORIZED, "unknown access token".to_owned()));
     }
     Ok(())
