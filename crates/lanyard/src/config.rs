@@ -4,10 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
+
+use crate::connections::Limits;
 
 /// Flags shared by every sub-command: where the data is.
 #[derive(Debug, Clone, Args)]
@@ -72,6 +75,23 @@ pub struct ServeArgs {
     /// identity providers (a provider with a private CA).
     #[arg(long, env = "LANYARD_OIDC_CA_CERT")]
     pub oidc_ca_cert: Option<PathBuf>,
+    /// Seconds a connection has to deliver a complete request head: a new connection's first
+    /// request (TLS handshake included) and, on an idle connection, from the next request's
+    /// first byte. Default: 10
+    #[arg(long, env = "LANYARD_HEADER_READ_TIMEOUT", value_name = "SECONDS")]
+    pub header_read_timeout: Option<u64>,
+    /// Seconds a connection with no request in flight stays open after its last request (or
+    /// the last byte it was sent). Default: 60
+    #[arg(long, env = "LANYARD_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub idle_timeout: Option<u64>,
+    /// Seconds a request body may deliver nothing before the request fails (400) and the
+    /// connection is closed. Default: 30
+    #[arg(long, env = "LANYARD_BODY_READ_TIMEOUT", value_name = "SECONDS")]
+    pub body_read_timeout: Option<u64>,
+    /// Connections open at once (TLS handshakes included); more are closed at once. Lowered,
+    /// with a warning, when the open-file limit leaves less room. Default: 4096
+    #[arg(long, env = "LANYARD_MAX_CONNECTIONS", value_name = "COUNT")]
+    pub max_connections: Option<usize>,
 }
 
 /// The optional TOML file: the same settings, snake_case.
@@ -91,6 +111,10 @@ pub struct FileConfig {
     pub behind_proxy: Option<bool>,
     pub organization: Option<String>,
     pub scep_allow_des: Option<bool>,
+    pub header_read_timeout: Option<u64>,
+    pub idle_timeout: Option<u64>,
+    pub body_read_timeout: Option<u64>,
+    pub max_connections: Option<usize>,
 }
 
 impl FileConfig {
@@ -130,6 +154,7 @@ pub struct ServeConfig {
     pub organization: String,
     pub scep_allow_des: bool,
     pub oidc_ca_cert: Option<PathBuf>,
+    pub limits: crate::connections::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +255,94 @@ impl ServeConfig {
                 .unwrap_or_else(|| "Lanyard".into()),
             scep_allow_des: s.scep_allow_des || file.scep_allow_des.unwrap_or(false),
             oidc_ca_cert: s.oidc_ca_cert.clone(),
+            limits: limits(s, file)?,
         })
+    }
+}
+
+/// The connection limits: each at least 1 (second or connection).
+fn limits(s: &ServeArgs, file: &FileConfig) -> Result<Limits> {
+    let seconds = |flag: &str, given: Option<u64>, default: u64| match given.unwrap_or(default) {
+        0 => bail!("--{flag} must be at least 1 second"),
+        n => Ok(Duration::from_secs(n)),
+    };
+    let max_connections = s
+        .max_connections
+        .or(file.max_connections)
+        .unwrap_or(Limits::DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    Ok(Limits {
+        header_read: seconds(
+            "header-read-timeout",
+            s.header_read_timeout.or(file.header_read_timeout),
+            Limits::DEFAULT_HEADER_READ_SECS,
+        )?,
+        idle: seconds(
+            "idle-timeout",
+            s.idle_timeout.or(file.idle_timeout),
+            Limits::DEFAULT_IDLE_SECS,
+        )?,
+        body_read: seconds(
+            "body-read-timeout",
+            s.body_read_timeout.or(file.body_read_timeout),
+            Limits::DEFAULT_BODY_READ_SECS,
+        )?,
+        max_connections,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn limits_of(args: &[&str], file: &str) -> Result<Limits> {
+        let cli = Cli::try_parse_from(std::iter::once("lanyard").chain(args.iter().copied()))?;
+        let file: FileConfig = toml::from_str(file)?;
+        Ok(ServeConfig::resolve(&cli.serve, &file)?.limits)
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_flags_and_file_settings() {
+        let defaults = limits_of(&[], "").unwrap();
+        assert_eq!(
+            defaults,
+            Limits {
+                header_read: Duration::from_secs(10),
+                idle: Duration::from_secs(60),
+                body_read: Duration::from_secs(30),
+                max_connections: 4096,
+            }
+        );
+        let set = limits_of(
+            &["--header-read-timeout", "1", "--max-connections", "3"],
+            "idle_timeout = 5\nbody_read_timeout = 7\nmax_connections = 9",
+        )
+        .unwrap();
+        assert_eq!(set.header_read, Duration::from_secs(1));
+        assert_eq!(set.idle, Duration::from_secs(5));
+        assert_eq!(set.body_read, Duration::from_secs(7));
+        assert_eq!(set.max_connections, 3, "the flag wins over the file");
+        for (flag, value) in [
+            ("--header-read-timeout", "0"),
+            ("--idle-timeout", "0"),
+            ("--body-read-timeout", "0"),
+            ("--max-connections", "0"),
+        ] {
+            let err = limits_of(&[flag, value], "").unwrap_err().to_string();
+            assert!(err.contains("at least 1"), "{flag}: {err}");
+        }
+        assert!(limits_of(&["--idle-timeout", "-1"], "").is_err());
     }
 }
