@@ -42,6 +42,7 @@ pub use discovery::{ModelFamily, ServiceDiscovery, UserIdentifier, UserIdentifie
 pub use error::ProtoError;
 pub use identity::{EnrollmentIdentity, EnrollmentKind, EnrollmentRef};
 pub use machineinfo::{decode_machine_info, MachineInfo, OsVersion, OsVersionError};
+pub use plistutil::read_plist;
 pub use profile::{
     build_enrollment_profile, AccessRights, EnrollmentProfileInput, ProfileError, ProfileUuids,
     ScepSettings, ServerCapability,

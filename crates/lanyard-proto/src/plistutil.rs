@@ -18,17 +18,8 @@ use crate::error::{quote, ProtoError};
 pub(crate) const MAX_DEPTH: usize = 64;
 
 /// Parses an XML plist and requires a dictionary at the top level.
-///
-/// Apple devices send XML property lists on every MDM endpoint; binary (`bplist00`) and
-/// OpenStep bodies are refused, which keeps one reader ([`decode_xml`]), strict and
-/// depth-bounded.
 pub(crate) fn parse_dictionary(bytes: &[u8]) -> Result<Dictionary, ProtoError> {
-    if bytes.starts_with(b"bplist") {
-        return Err(ProtoError::MalformedPlist(
-            "binary property lists are not accepted (devices send XML)".to_owned(),
-        ));
-    }
-    match decode_xml(bytes)? {
+    match read_plist(bytes)? {
         Value::Dictionary(d) => Ok(d),
         other => Err(ProtoError::NotADictionary {
             found: kind_name(&other),
@@ -57,8 +48,14 @@ fn malformed(at: u64, what: impl std::fmt::Display) -> ProtoError {
     ProtoError::MalformedPlist(format!("{what} (at byte {at})"))
 }
 
-/// Reads an XML property list into a [`Value`], in one pass over XML events with an explicit
-/// stack: nothing here recurses, and at most [`MAX_DEPTH`] collections are ever open.
+/// Reads a property list Lanyard receives from outside (a device body; also fit for what
+/// administrators upload) into a [`Value`]: XML only, read in one pass over XML events with an
+/// explicit stack, so nothing here recurses and at most [`MAX_DEPTH`] arrays and dictionaries
+/// are ever open. (The `plist` crate's own readers build values recursively, so a deeply nested
+/// input overflows the stack.)
+///
+/// Apple devices send XML property lists on every MDM endpoint; binary (`bplist00`) and
+/// OpenStep input is refused, which keeps one reader, strict and depth-bounded.
 ///
 /// Strict where Apple's format is (Apple, "Property list" DTD `PropertyList-1.0.dtd`, which
 /// every MDM body declares): one `<plist>` root holding one value; the elements `array`, `dict`,
@@ -67,7 +64,12 @@ fn malformed(at: u64, what: impl std::fmt::Display) -> ProtoError {
 /// vocabulary and is refused rather than read by its local name); a dictionary alternates
 /// `<key>` and a value, without duplicate keys; text only inside `<key>` and scalar values, with
 /// the predefined and character references only, and no characters XML 1.0 cannot carry.
-pub(crate) fn decode_xml(bytes: &[u8]) -> Result<Value, ProtoError> {
+pub fn read_plist(bytes: &[u8]) -> Result<Value, ProtoError> {
+    if bytes.starts_with(b"bplist") {
+        return Err(ProtoError::MalformedPlist(
+            "binary property lists are not accepted (devices send XML)".to_owned(),
+        ));
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         malformed(
             e.valid_up_to() as u64,

@@ -6,7 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use lanyard_proto::{decode_checkin, decode_command_report, decode_machine_info, ProtoError};
+use lanyard_proto::{
+    decode_checkin, decode_command_report, decode_machine_info, read_plist, ProtoError,
+};
 
 /// A check-in-shaped body whose `K` holds `open` nested `n` times, closed by `close`.
 fn nested(n: usize, open: &str, close: &str) -> Vec<u8> {
@@ -23,10 +25,12 @@ fn nested(n: usize, open: &str, close: &str) -> Vec<u8> {
 
 type Decoder = fn(&[u8]) -> Option<ProtoError>;
 
-const DECODERS: [(&str, Decoder); 3] = [
+const DECODERS: [(&str, Decoder); 4] = [
     ("check-in", |b| decode_checkin(b).err()),
     ("command report", |b| decode_command_report(b).err()),
     ("MachineInfo", |b| decode_machine_info(b).err()),
+    // The reader under them, public for other property lists Lanyard receives.
+    ("read_plist", |b| read_plist(b).err()),
 ];
 
 /// Runs every decoder on a thread with a small (256 KiB) stack: a decoder that recursed per
