@@ -103,6 +103,8 @@ pub(crate) struct SignerSummary {
 /// SignerInfos are walked element by element.
 #[derive(Debug)]
 pub(crate) struct SignedMessage {
+    /// The SignedData's `digestAlgorithms`.
+    pub digest_algorithms: Vec<ObjectIdentifier>,
     pub econtent: Option<Vec<u8>>,
     pub certificates: Vec<X509>,
     pub signers: Vec<SignerSummary>,
@@ -189,6 +191,13 @@ fn parse_signed_message_strict(der_bytes: &[u8]) -> Result<SignedMessage> {
     }
     // version, digestAlgorithms, encapContentInfo, [0] certificates, [1] crls, signerInfos
     let parts = tlvs(ci.content.value())?;
+    let digest_algorithms = match parts.get(1) {
+        Some(set) if set.tag() == Tag::Set => tlvs(set.value())?
+            .iter()
+            .map(algorithm_oid)
+            .collect::<Result<Vec<_>>>()?,
+        _ => return Err(PkiError::Der("SignedData without digestAlgorithms".into())),
+    };
     let encap = parts
         .get(2)
         .ok_or_else(|| PkiError::Der("SignedData too short".into()))?;
@@ -220,10 +229,16 @@ fn parse_signed_message_strict(der_bytes: &[u8]) -> Result<SignedMessage> {
         }
     }
     Ok(SignedMessage {
+        digest_algorithms,
         econtent,
         certificates,
         signers,
     })
+}
+
+/// Whether `id` is a digest Lanyard accepts in a signature: SHA-1, SHA-256, SHA-384, SHA-512.
+pub(crate) fn is_accepted_digest(id: &ObjectIdentifier) -> bool {
+    [oid::SHA1, oid::SHA256, oid::SHA384, oid::SHA512].contains(id)
 }
 
 /// Read a CMS/PKCS#7 SignedData (DER or BER; see [`decode_lenient`]).

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use cms::content_info::ContentInfo;
+use cms::signed_data::SignedData;
 use der::asn1::ObjectIdentifier;
 use der::{Any, Decode, Encode, Reader, SliceReader, Tag, Tagged};
 use openssl::hash::{hash, MessageDigest};
@@ -128,11 +129,25 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
 
 /// Reads the detached SignedData in `der`; `Ok(None)` when it is a shape the fast path leaves to
 /// the full check.
+///
+/// The fast path decides only what the full check would decide the same way, so besides the
+/// parts it uses it requires what OpenSSL's CMS verification requires of the parts it skips: the
+/// whole SignedData decodes (strict DER), the encapsulated content type is `id-data` (the signed
+/// `contentType` must equal it), `digestAlgorithms` names exactly the signer's digest (OpenSSL
+/// sets up every listed digest and refuses one it does not know), and `contentType` and
+/// `messageDigest` appear once each among the signed attributes.
 fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
     let Ok(ci) = ContentInfo::from_der(der) else {
         return Ok(None);
     };
     if ci.content_type != oid::ID_SIGNED_DATA || ci.content.tag() != Tag::Sequence {
+        return Ok(None);
+    }
+    let Ok(signed_data) = ci.content.decode_as::<SignedData>() else {
+        return Ok(None);
+    };
+    let encap = &signed_data.encap_content_info;
+    if encap.econtent_type != oid::ID_DATA || encap.econtent.is_some() {
         return Ok(None);
     }
     // version, digestAlgorithms, encapContentInfo, [0] certificates, [1] crls, signerInfos
@@ -185,10 +200,19 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
     {
         return Ok(None);
     }
-    let Some(digest) = digest_for(&first_oid(digest_alg)?) else {
+    let digest_oid = first_oid(digest_alg)?;
+    let Some(digest) = digest_for(&digest_oid) else {
         return Ok(None);
     };
-    let mut content_type_ok = false;
+    let listed: Vec<ObjectIdentifier> = signed_data
+        .digest_algorithms
+        .iter()
+        .map(|a| a.oid)
+        .collect();
+    if listed != [digest_oid] {
+        return Ok(None);
+    }
+    let mut content_type_ok = None;
     let mut message_digest = None;
     for attr in tlvs(attrs.value())? {
         let kv = tlvs(attr.value())?;
@@ -198,16 +222,21 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
         let attr_oid: ObjectIdentifier = attr_oid.decode_as().map_err(der_err)?;
         let values = tlvs(values.value())?;
         if attr_oid == oid::CONTENT_TYPE {
-            content_type_ok = matches!(values.as_slice(),
-                [v] if v.decode_as::<ObjectIdentifier>().ok() == Some(oid::ID_DATA));
+            if content_type_ok.is_some() {
+                return Ok(None);
+            }
+            content_type_ok = Some(matches!(values.as_slice(),
+                [v] if v.decode_as::<ObjectIdentifier>().ok() == Some(oid::ID_DATA)));
         } else if attr_oid == oid::MESSAGE_DIGEST {
             match values.as_slice() {
-                [v] if v.tag() == Tag::OctetString => message_digest = Some(v.value().to_vec()),
+                [v] if v.tag() == Tag::OctetString && message_digest.is_none() => {
+                    message_digest = Some(v.value().to_vec())
+                }
                 _ => return Ok(None),
             }
         }
     }
-    let Some(message_digest) = message_digest.filter(|_| content_type_ok) else {
+    let Some(message_digest) = message_digest.filter(|_| content_type_ok == Some(true)) else {
         return Ok(None);
     };
     let signed_attrs_der = Any::new(Tag::Set, attrs.value())
@@ -402,6 +431,60 @@ mod tests {
         assert!(cache.verify(b"!!!", BODY).is_err());
         assert!(cache.verify(&[0x30, 0x00], BODY).is_err());
         assert_eq!(cache.hits(), 2);
+    }
+
+    /// `der` with the first occurrence of `from` replaced by `to` (same length).
+    fn patched(der: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        let at = der
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("the pattern occurs");
+        let mut out = der.to_vec();
+        out[at..at + to.len()].copy_from_slice(to);
+        out
+    }
+
+    /// Parts no signature covers, changed: the cache, already holding the signer, leaves them to
+    /// the full check and so gives its verdict (found by the `mdm_signature` fuzz target: an
+    /// unknown digest in `digestAlgorithms`, which the full check refuses, passed the fast path).
+    #[test]
+    fn unsigned_parts_the_fast_path_does_not_read_go_to_the_full_check() {
+        let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
+        let (cert, key) = leaf(&ca);
+        let cache = SignerCache::new(ca.certificate().clone(), 10);
+        let sig = sign_detached(&cert, &key, BODY).unwrap();
+        cache.verify(&sig, BODY).unwrap();
+        let sha256 = [6, 9, 0x60, 0x86, 0x48, 1, 0x65, 3, 4, 2, 1];
+        let id_data = [6, 9, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 7, 1];
+        for (what, changed, full_accepts) in [
+            // The first SHA-256 is the SignedData's digestAlgorithms entry: an unknown digest.
+            (
+                "digestAlgorithms",
+                patched(&sig, &sha256, &[6, 9, 0x60, 0x86, 0x48, 1, 0x45]),
+                false,
+            ),
+            // The first id-data is the encapsulated content type: id-digestedData instead
+            // (OpenSSL does not compare it with the signed contentType).
+            (
+                "eContentType",
+                patched(
+                    &sig,
+                    &id_data,
+                    &[6, 9, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 7, 5],
+                ),
+                true,
+            ),
+        ] {
+            let full = verify_detached(&changed, BODY, ca.certificate());
+            assert_eq!(full.is_ok(), full_accepts, "{what}: {:?}", full.err());
+            let hits = cache.hits();
+            assert_eq!(cache.verify(&changed, BODY).is_ok(), full_accepts, "{what}");
+            assert_eq!(cache.hits(), hits, "{what}: not decided by the fast path");
+        }
+        // The unchanged signature still takes the fast path.
+        let hits = cache.hits();
+        assert!(cache.verify(&sig, BODY).is_ok());
+        assert_eq!(cache.hits(), hits + 1);
     }
 
     #[test]

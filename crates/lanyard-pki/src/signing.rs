@@ -167,6 +167,19 @@ pub fn verify_detached(sig_b64_or_der: &[u8], body: &[u8], trust_ca: &X509) -> R
             "expected a detached signature, found attached content".into(),
         ));
     }
+    // Refused here rather than left to OpenSSL: OpenSSL 3.0's CMS_verify leaks its copy of the
+    // detached content when it cannot set up a listed digest (found by the mdm_signature fuzz
+    // target), which any enrolled device could repeat to grow the server's memory.
+    if let Some(unknown) = sd
+        .digest_algorithms
+        .iter()
+        .find(|d| !asn1::is_accepted_digest(d))
+    {
+        return Err(PkiError::InvalidInput(format!(
+            "the signature lists digest algorithm {unknown}; accepted: SHA-1, SHA-256, SHA-384, \
+             SHA-512"
+        )));
+    }
     let signer = sd.signer_cert(sd.single_signer()?)?;
     let store = trust_store(std::slice::from_ref(trust_ca))?;
     let mut cms = CmsContentInfo::from_der(&der)?;
@@ -319,5 +332,28 @@ mod tests {
         // garbage
         assert!(verify_detached(b"!!!", body, ca.certificate()).is_err());
         assert!(verify_detached(&[0x30, 0x00], body, ca.certificate()).is_err());
+    }
+
+    /// An unknown digest among the SignedData's digestAlgorithms (a part no signature covers)
+    /// is refused before OpenSSL runs: OpenSSL 3.0 leaks memory on it (mdm_signature fuzz
+    /// target).
+    #[test]
+    fn detached_with_an_unknown_digest_listed_is_refused_first() {
+        let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
+        let (cert, key) = leaf(&ca);
+        let body = b"<plist/>";
+        let sig = sign_detached(&cert, &key, body).unwrap();
+        // The first SHA-256 OID is the digestAlgorithms entry; 2.16.840.1.69.3.4.2.1 instead.
+        let sha256 = [6, 9, 0x60, 0x86, 0x48, 1, 0x65, 3, 4, 2, 1];
+        let at = sig.windows(sha256.len()).position(|w| w == sha256).unwrap();
+        let mut changed = sig.clone();
+        changed[at + 6] = 0x45;
+        match verify_detached(&changed, body, ca.certificate()) {
+            Err(PkiError::InvalidInput(m)) => {
+                assert!(m.contains("digest algorithm 2.16.840.1.69.3.4.2.1"), "{m}")
+            }
+            other => panic!("expected a refusal naming the digest, got {other:?}"),
+        }
+        assert!(verify_detached(&sig, body, ca.certificate()).is_ok());
     }
 }

@@ -45,6 +45,7 @@ pub use error::ProtoError;
 pub use identity::{EnrollmentIdentity, EnrollmentKind, EnrollmentRef};
 pub use machineinfo::{decode_machine_info, MachineInfo, OsVersion, OsVersionError};
 pub use mdm_error::{ErrorCode, ErrorDocument};
+pub use plistutil::read_plist;
 pub use profile::{
     build_enrollment_profile, AccessRights, EnrollmentProfileInput, ProfileError, ProfileUuids,
     ScepSettings, ServerCapability,

@@ -1,29 +1,25 @@
-//! Small helpers for reading typed keys out of a property-list dictionary with clear errors.
+//! The XML property-list reader for device bodies (strict, depth-bounded, iterative), the
+//! matching writer, and small helpers for reading typed keys out of a dictionary with clear errors.
 
-use plist::{Dictionary, Value};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use plist::{Date, Dictionary, Integer, Value};
+use quick_xml::escape::resolve_xml_entity;
+use quick_xml::events::Event;
+use quick_xml::Reader;
 
-use crate::error::ProtoError;
+use crate::error::{quote, ProtoError};
 
-/// Deepest nesting of `<array>`/`<dict>` accepted in a device body. Real MDM messages nest a
-/// handful of levels; the limit exists because the plist parser recurses per level, so a body of
-/// a few hundred kilobytes of `<array>` would otherwise overflow the stack and abort the process.
+/// Deepest nesting of arrays and dictionaries accepted in a device body (and written by
+/// [`to_xml_plist`]). Real MDM messages nest a handful of levels. The bound is kept by the
+/// decoder itself, which reads with an explicit stack of at most this many open collections, so
+/// no body, however it spells its elements, can make decoding (or dropping the decoded value,
+/// which recurses per level) exhaust the stack.
 pub(crate) const MAX_DEPTH: usize = 64;
 
 /// Parses an XML plist and requires a dictionary at the top level.
-///
-/// Apple devices send XML property lists on every MDM endpoint; binary (`bplist00`) and
-/// OpenStep bodies are refused, which keeps one parser, whose nesting [`check_xml_nesting`] can
-/// bound before it runs.
 pub(crate) fn parse_dictionary(bytes: &[u8]) -> Result<Dictionary, ProtoError> {
-    if bytes.starts_with(b"bplist") {
-        return Err(ProtoError::MalformedPlist(
-            "binary property lists are not accepted (devices send XML)".to_owned(),
-        ));
-    }
-    check_xml_nesting(bytes)?;
-    let value =
-        Value::from_reader_xml(bytes).map_err(|e| ProtoError::MalformedPlist(e.to_string()))?;
-    match value {
+    match read_plist(bytes)? {
         Value::Dictionary(d) => Ok(d),
         other => Err(ProtoError::NotADictionary {
             found: kind_name(&other),
@@ -31,93 +27,314 @@ pub(crate) fn parse_dictionary(bytes: &[u8]) -> Result<Dictionary, ProtoError> {
     }
 }
 
-/// Refuses XML whose `<array>`/`<dict>` elements nest deeper than [`MAX_DEPTH`].
+/// A collection being read: an array, or a dictionary with, after a `<key>`, the key whose value
+/// comes next.
+enum Open {
+    Array(Vec<Value>),
+    Dict(Dictionary, Option<String>),
+}
+
+/// Where the reader is in the document.
+enum Doc {
+    /// Before `<plist>`.
+    Prolog,
+    /// Inside `<plist>`, with its one value once read.
+    Body(Option<Value>),
+    /// After `</plist>`.
+    Done(Value),
+}
+
+fn malformed(at: u64, what: impl std::fmt::Display) -> ProtoError {
+    ProtoError::MalformedPlist(format!("{what} (at byte {at})"))
+}
+
+/// Reads a property list Lanyard receives from outside (a device body; also fit for what
+/// administrators upload) into a [`Value`]: XML only, read in one pass over XML events with an
+/// explicit stack, so nothing here recurses and at most [`MAX_DEPTH`] arrays and dictionaries
+/// are ever open. (The `plist` crate's own readers build values recursively, so a deeply nested
+/// input overflows the stack.)
 ///
-/// A lexical scan, before and independent of the parser, that tokenises markup the way XML
-/// does: comments, CDATA sections, processing instructions and declarations (with an internal
-/// subset) are skipped whole, and every tag is skipped to its real end with quoted attribute
-/// values respected, so neither a `</array>` inside a value or comment nor a `/>` inside a
-/// value can fool the count. Only an element start tag can make it deeper, only a closing tag
-/// shallower.
-fn check_xml_nesting(bytes: &[u8]) -> Result<(), ProtoError> {
-    let find = |from: usize, pat: &[u8]| {
-        bytes
-            .get(from..)
-            .and_then(|rest| rest.windows(pat.len()).position(|w| w == pat))
-            .map_or(bytes.len(), |p| from + p + pat.len())
-    };
-    let mut depth = 0usize;
-    let mut i = 0usize;
-    while let Some(lt) = bytes
-        .get(i..)
-        .and_then(|r| r.iter().position(|&b| b == b'<'))
-    {
-        let start = i + lt + 1;
-        let rest = &bytes[start..];
-        if rest.starts_with(b"!--") {
-            i = find(start + 3, b"-->");
-            continue;
-        }
-        if rest.starts_with(b"![CDATA[") {
-            i = find(start + 8, b"]]>");
-            continue;
-        }
-        if rest.starts_with(b"?") {
-            i = find(start + 1, b"?>");
-            continue;
-        }
-        let end = tag_end(rest, rest.starts_with(b"!"));
-        i = end.map_or(bytes.len(), |e| start + e + 1);
-        if rest.starts_with(b"!") {
-            continue;
-        }
-        let (closing, name) = match rest.strip_prefix(b"/") {
-            Some(n) => (true, n),
-            None => (false, rest),
-        };
-        let named = |tag: &[u8]| {
-            name.starts_with(tag)
-                && name
-                    .get(tag.len())
-                    .is_none_or(|c| matches!(c, b'>' | b'/') || c.is_ascii_whitespace())
-        };
-        if !(named(b"array") || named(b"dict")) {
-            continue;
-        }
-        if closing {
-            depth = depth.saturating_sub(1);
-            continue;
-        }
-        let self_closing = end.is_some_and(|e| e > 0 && rest[e - 1] == b'/');
-        if !self_closing {
-            depth += 1;
-            if depth > MAX_DEPTH {
-                return Err(ProtoError::MalformedPlist(format!(
-                    "arrays and dictionaries nest deeper than {MAX_DEPTH} levels"
-                )));
+/// Apple devices send XML property lists on every MDM endpoint; binary (`bplist00`) and
+/// OpenStep input is refused, which keeps one reader, strict and depth-bounded.
+///
+/// Strict where Apple's format is (Apple, "Property list" DTD `PropertyList-1.0.dtd`, which
+/// every MDM body declares): one `<plist>` root holding one value; the elements `array`, `dict`,
+/// `key`, `string`, `data`, `date`, `integer`, `real`, `true` and `false`, with plain names and
+/// no attributes (a prefixed name such as `<x:array>`, or an `xmlns` attribute, is another
+/// vocabulary and is refused rather than read by its local name); a dictionary alternates
+/// `<key>` and a value, without duplicate keys; text only inside `<key>` and scalar values, with
+/// the predefined and character references only, and no characters XML 1.0 cannot carry.
+pub fn read_plist(bytes: &[u8]) -> Result<Value, ProtoError> {
+    if bytes.starts_with(b"bplist") {
+        return Err(ProtoError::MalformedPlist(
+            "binary property lists are not accepted (devices send XML)".to_owned(),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        malformed(
+            e.valid_up_to() as u64,
+            "not UTF-8 text (device property lists are UTF-8 XML)",
+        )
+    })?;
+    let mut reader = Reader::from_str(text);
+    let config = reader.config_mut();
+    config.trim_text(false);
+    config.check_end_names = true;
+    config.expand_empty_elements = false;
+    let mut stack: Vec<Open> = Vec::new();
+    let mut doc = Doc::Prolog;
+    loop {
+        let at = reader.buffer_position();
+        let event = reader.read_event().map_err(|e| malformed(at, e))?;
+        let (start, empty) = match event {
+            Event::Start(s) => (s, false),
+            Event::Empty(s) => (s, true),
+            Event::End(e) => {
+                let name = e.name();
+                match name.as_ref() {
+                    "array" | "dict" => {
+                        let value = match stack.pop() {
+                            Some(Open::Array(a)) => Value::Array(a),
+                            Some(Open::Dict(d, None)) => Value::Dictionary(d),
+                            Some(Open::Dict(_, Some(key))) => {
+                                return Err(malformed(
+                                    at,
+                                    format!("key {:?} has no value", quote(&key)),
+                                ))
+                            }
+                            None => return Err(malformed(at, "unbalanced closing tag")),
+                        };
+                        complete(&mut stack, &mut doc, value, at)?;
+                    }
+                    // The reader checks that end tags match their start tags, and only
+                    // `<plist>` and collections stay open across events.
+                    _ => match std::mem::replace(&mut doc, Doc::Prolog) {
+                        Doc::Body(Some(v)) if stack.is_empty() => doc = Doc::Done(v),
+                        Doc::Body(None) => return Err(malformed(at, "<plist> holds no value")),
+                        _ => return Err(malformed(at, "unbalanced closing tag")),
+                    },
+                }
+                continue;
             }
+            Event::Text(t) if t.chars().all(|c| c.is_ascii_whitespace()) => continue,
+            Event::Text(_) | Event::CData(_) | Event::GeneralRef(_) => {
+                return Err(malformed(at, "text outside a <key> or value"))
+            }
+            Event::Comment(_) | Event::PI(_) | Event::Decl(_) | Event::DocType(_) => continue,
+            Event::Eof => {
+                return match doc {
+                    Doc::Done(v) => Ok(v),
+                    Doc::Prolog => Err(malformed(at, "no <plist> element")),
+                    Doc::Body(_) => Err(malformed(at, "the document ends inside <plist>")),
+                }
+            }
+        };
+        let qname = start.name();
+        let name: &str = qname.as_ref();
+        if name.contains(':') {
+            return Err(malformed(
+                at,
+                format!(
+                    "element <{}> has a namespace prefix; property-list elements have plain names",
+                    quote(name)
+                ),
+            ));
         }
+        match &doc {
+            Doc::Prolog if name == "plist" && !empty => {
+                for attr in start.attributes() {
+                    let attr = attr.map_err(|e| malformed(at, e))?;
+                    if attr.key.as_ref() != "version" {
+                        return Err(malformed(
+                            at,
+                            format!(
+                                "<plist> has an unknown attribute {:?}",
+                                quote(attr.key.as_ref())
+                            ),
+                        ));
+                    }
+                }
+                doc = Doc::Body(None);
+                continue;
+            }
+            Doc::Prolog => {
+                return Err(malformed(
+                    at,
+                    format!("expected <plist>, found <{}>", quote(name)),
+                ))
+            }
+            Doc::Body(Some(_)) if stack.is_empty() => {
+                return Err(malformed(at, "<plist> holds more than one value"))
+            }
+            Doc::Done(_) => return Err(malformed(at, "content after </plist>")),
+            Doc::Body(_) => {}
+        }
+        if !start.attributes_raw().trim().is_empty() {
+            return Err(malformed(
+                at,
+                format!(
+                    "element <{}> has attributes; property-list values carry none",
+                    quote(name)
+                ),
+            ));
+        }
+        if let Some(Open::Dict(dict, pending @ None)) = stack.last_mut() {
+            if name != "key" {
+                return Err(malformed(
+                    at,
+                    format!("expected <key> in a dictionary, found <{}>", quote(name)),
+                ));
+            }
+            let key = if empty {
+                String::new()
+            } else {
+                read_text(&mut reader, "key")?
+            };
+            if dict.contains_key(&key) {
+                return Err(malformed(at, format!("duplicate key {:?}", quote(&key))));
+            }
+            *pending = Some(key);
+            continue;
+        }
+        let value = match name {
+            "array" | "dict" => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(malformed(
+                        at,
+                        format!("arrays and dictionaries nest deeper than {MAX_DEPTH} levels"),
+                    ));
+                }
+                match (name, empty) {
+                    ("array", true) => Value::Array(Vec::new()),
+                    (_, true) => Value::Dictionary(Dictionary::new()),
+                    ("array", false) => {
+                        stack.push(Open::Array(Vec::new()));
+                        continue;
+                    }
+                    (_, false) => {
+                        stack.push(Open::Dict(Dictionary::new(), None));
+                        continue;
+                    }
+                }
+            }
+            "key" => return Err(malformed(at, "<key> outside a dictionary's key position")),
+            "string" | "data" | "date" | "integer" | "real" | "true" | "false" => {
+                let text = if empty {
+                    String::new()
+                } else {
+                    read_text(&mut reader, name)?
+                };
+                scalar(name, text).map_err(|what| malformed(at, what))?
+            }
+            other => {
+                return Err(malformed(
+                    at,
+                    format!("<{}> is not a property-list element", quote(other)),
+                ))
+            }
+        };
+        complete(&mut stack, &mut doc, value, at)?;
+    }
+}
+
+/// Puts a finished value into the open collection, or makes it the document's value.
+fn complete(stack: &mut [Open], doc: &mut Doc, value: Value, at: u64) -> Result<(), ProtoError> {
+    match stack.last_mut() {
+        Some(Open::Array(a)) => a.push(value),
+        Some(Open::Dict(d, pending)) => match pending.take() {
+            Some(key) => {
+                d.insert(key, value);
+            }
+            None => return Err(malformed(at, "a dictionary value without a <key>")),
+        },
+        None => match doc {
+            Doc::Body(slot @ None) => *slot = Some(value),
+            _ => return Err(malformed(at, "<plist> holds more than one value")),
+        },
     }
     Ok(())
 }
 
-/// Offset of the `>` that ends the markup starting at `rest` (just after its `<`), skipping
-/// quoted values and, for declarations, a `[...]` internal subset.
-fn tag_end(rest: &[u8], declaration: bool) -> Option<usize> {
-    let mut quote: Option<u8> = None;
-    let mut brackets = 0usize;
-    for (off, &b) in rest.iter().enumerate() {
-        match (quote, b) {
-            (Some(q), _) if b == q => quote = None,
-            (Some(_), _) => {}
-            (None, b'"' | b'\'') => quote = Some(b),
-            (None, b'[') if declaration => brackets += 1,
-            (None, b']') if declaration => brackets = brackets.saturating_sub(1),
-            (None, b'>') if brackets == 0 => return Some(off),
-            _ => {}
+/// The text of a `<key>` or scalar element whose start tag was just read, up to its end tag:
+/// text, CDATA, and predefined or character references; comments and processing instructions
+/// are skipped; an element inside is an error.
+fn read_text(reader: &mut Reader<&[u8]>, element: &str) -> Result<String, ProtoError> {
+    let mut out = String::new();
+    loop {
+        let at = reader.buffer_position();
+        match reader.read_event().map_err(|e| malformed(at, e))? {
+            Event::Text(t) => out.push_str(&t),
+            Event::CData(t) => out.push_str(&t),
+            Event::GeneralRef(r) => match r.resolve_char_ref().map_err(|e| malformed(at, e))? {
+                Some(c) => out.push(c),
+                None => match resolve_xml_entity(&r) {
+                    Some(s) => out.push_str(s),
+                    None => return Err(malformed(at, format!("unknown entity &{};", quote(&r)))),
+                },
+            },
+            Event::Comment(_) | Event::PI(_) => {}
+            Event::End(_) => break,
+            Event::Start(_) | Event::Empty(_) | Event::Decl(_) | Event::DocType(_) => {
+                return Err(malformed(at, format!("markup inside <{element}>")))
+            }
+            Event::Eof => {
+                return Err(malformed(
+                    at,
+                    format!("the document ends inside <{element}>"),
+                ))
+            }
         }
     }
-    None
+    match out.chars().find(|&c| xml_forbidden(c)) {
+        Some(c) => Err(malformed(
+            reader.buffer_position(),
+            format!(
+                "character U+{:04X} in <{element}> is not allowed in XML",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(out),
+    }
+}
+
+/// The value of a scalar element from its text.
+fn scalar(element: &str, text: String) -> Result<Value, String> {
+    let bad = |what: &str| format!("<{element}> holds {what} {:?}", quote(&text));
+    Ok(match element {
+        "string" => Value::String(text),
+        "true" | "false" if !text.chars().all(|c| c.is_ascii_whitespace()) => {
+            return Err(bad("text"))
+        }
+        "true" => Value::Boolean(true),
+        "false" => Value::Boolean(false),
+        "data" => {
+            let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            Value::Data(
+                STANDARD
+                    .decode(compact)
+                    .map_err(|_| bad("invalid base64"))?,
+            )
+        }
+        "date" => Value::Date(Date::from_xml_format(&text).map_err(|_| bad("an invalid date"))?),
+        // Decimal as CFPropertyList reads it (signed first, then unsigned), or `0x` hexadecimal.
+        "integer" => Value::Integer(
+            match text.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).map(Integer::from),
+                None => text
+                    .parse::<i64>()
+                    .map(Integer::from)
+                    .or_else(|_| text.parse::<u64>().map(Integer::from)),
+            }
+            .map_err(|_| bad("an invalid integer"))?,
+        ),
+        _ => Value::Real(text.parse().map_err(|_| bad("an invalid real"))?),
+    })
+}
+
+/// Characters XML 1.0 cannot carry: control characters other than tab, line feed and carriage
+/// return, and U+FFFE/U+FFFF.
+fn xml_forbidden(c: char) -> bool {
+    matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}')
 }
 
 /// Writes `value` as an XML plist, after checking that XML can carry it: no `Uid` values (binary
@@ -134,10 +351,7 @@ pub(crate) fn to_xml_plist(value: &Value) -> Result<Vec<u8>, ProtoError> {
 }
 
 fn check_xml_text(s: &str) -> Result<(), ProtoError> {
-    match s
-        .chars()
-        .find(|c| matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}'))
-    {
+    match s.chars().find(|&c| xml_forbidden(c)) {
         Some(c) => Err(ProtoError::Encode(format!(
             "character U+{:04X} cannot be written in an XML plist",
             u32::from(c)
@@ -325,49 +539,156 @@ mod tests {
         .into_bytes()
     }
 
+    fn malformed_text(r: Result<Dictionary, ProtoError>) -> String {
+        match r {
+            Err(ProtoError::MalformedPlist(m)) => m,
+            other => panic!("expected a malformed-plist error, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn nesting_is_bounded_before_parsing() {
+    fn nesting_is_bounded_in_the_decode() {
         // Within the limit (plus the outer dict): parses.
         assert!(parse_dictionary(&nested(MAX_DEPTH - 1, "<array>", "</array>")).is_ok());
-        let too_deep = Err(ProtoError::MalformedPlist(format!(
-            "arrays and dictionaries nest deeper than {MAX_DEPTH} levels"
-        )));
-        assert_eq!(
-            parse_dictionary(&nested(MAX_DEPTH, "<array>", "</array>")),
-            too_deep
-        );
-        // Deep enough to overflow the parser's stack if it ran: refused, no crash.
-        assert_eq!(
-            parse_dictionary(&nested(200_000, "<array>", "</array>")),
-            too_deep
-        );
-        assert_eq!(
-            parse_dictionary(&nested(200_000, "<array x=\"/>\">", "</array>")),
-            too_deep
-        );
-        assert_eq!(
-            parse_dictionary(&nested(200_000, "<dict><key>a</key>", "</dict>")),
-            too_deep
-        );
-        // Closing tags hidden where XML does not see them do not make it shallower.
+        assert!(parse_dictionary(&nested(MAX_DEPTH - 2, "<array>", "<array/></array>")).is_ok());
+        let too_deep = format!("arrays and dictionaries nest deeper than {MAX_DEPTH} levels");
+        for body in [
+            nested(MAX_DEPTH, "<array>", "</array>"),
+            // An empty collection one level too deep counts as the encoder counts it.
+            nested(MAX_DEPTH - 1, "<array>", "<dict/></array>"),
+            // Deep enough to overflow a recursive reader: refused, no crash.
+            nested(200_000, "<array>", "</array>"),
+            nested(200_000, "<dict><key>a</key>", "</dict>"),
+        ] {
+            let m = malformed_text(parse_dictionary(&body));
+            assert!(m.starts_with(&too_deep), "{m}");
+        }
+        // Markup that only looks like a closing tag does not make it shallower: the decode
+        // counts what the XML reader reports.
         for hidden in [
             "<array><?pi </array>?>",
-            "<array><key a=\"</array>\"/>",
             "<array><!-- </array> -->",
-            "<array><![CDATA[</array>]]>",
+            "<array><string><![CDATA[</array>]]></string>",
+            "<array><string>&lt;/array&gt;</string>",
         ] {
-            assert!(
-                check_xml_nesting(&nested(MAX_DEPTH + 1, hidden, "</array>")).is_err(),
-                "{hidden}"
-            );
+            let m = malformed_text(parse_dictionary(&nested(MAX_DEPTH, hidden, "</array>")));
+            assert!(m.starts_with(&too_deep), "{hidden}: {m}");
         }
-        // Empty collections and look-alikes do not count.
+        // Many empty collections side by side are not nesting.
         let flat = format!(
             "<plist><dict><key>K</key><array>{}</array><key>L</key><string>&lt;array&gt;</string>\
-             <!-- <array><array> --><key>M</key><arrayish/></dict></plist>",
+             <!-- <array><array> --></dict></plist>",
             "<array/><dict/><array />".repeat(1000)
         );
-        assert!(check_xml_nesting(flat.as_bytes()).is_ok());
+        assert!(parse_dictionary(flat.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn only_plain_property_list_elements_are_read() {
+        for (body, expected) in [
+            (
+                "<x:array></x:array>",
+                "element <x:array> has a namespace prefix",
+            ),
+            (
+                "<x:string>a</x:string>",
+                "element <x:string> has a namespace prefix",
+            ),
+            (
+                "<array xmlns=\"urn:x\"></array>",
+                "element <array> has attributes",
+            ),
+            (
+                "<string id=\"1\">a</string>",
+                "element <string> has attributes",
+            ),
+            ("<arrayish/>", "<arrayish> is not a property-list element"),
+            ("<string>a<b/></string>", "markup inside <string>"),
+            ("<string>&ent;</string>", "unknown entity &ent;"),
+            (
+                "<string>a&#1;</string>",
+                "character U+0001 in <string> is not allowed",
+            ),
+            (
+                "<string>\u{1}</string>",
+                "character U+0001 in <string> is not allowed",
+            ),
+            ("<true>yes</true>", "<true> holds text"),
+            (
+                "<integer>1.5</integer>",
+                "<integer> holds an invalid integer",
+            ),
+            ("<data>!!</data>", "<data> holds invalid base64"),
+        ] {
+            let xml = format!("<plist><dict><key>K</key>{body}</dict></plist>");
+            let m = malformed_text(parse_dictionary(xml.as_bytes()));
+            assert!(m.contains(expected), "{body}: {m}");
+            assert!(m.contains("(at byte "), "{body}: {m}");
+        }
+        for (xml, expected) in [
+            (
+                "<plist><dict><key>K</key></dict></plist>",
+                "key \"K\" has no value",
+            ),
+            (
+                "<plist><dict><key>K</key><true/><key>K</key><true/></dict></plist>",
+                "duplicate key \"K\"",
+            ),
+            (
+                "<plist><dict><string>K</string></dict></plist>",
+                "expected <key> in a dictionary",
+            ),
+            ("<plist><dict/><dict/></plist>", "more than one value"),
+            ("<plist><dict/></plist><dict/>", "content after </plist>"),
+            ("<plist><dict>text</dict></plist>", "text outside"),
+            ("<plist></plist>", "holds no value"),
+            ("<plist><dict>", "ends inside <plist>"),
+            ("<dict/>", "expected <plist>"),
+            ("<plist x=\"1\"><dict/></plist>", "unknown attribute"),
+            ("<plist><dict></array></plist>", "(at byte"),
+        ] {
+            let m = malformed_text(parse_dictionary(xml.as_bytes()));
+            assert!(m.contains(expected), "{xml}: {m}");
+        }
+        assert!(malformed_text(parse_dictionary(b"<plist>\xff</plist>")).contains("not UTF-8"));
+    }
+
+    #[test]
+    fn apple_plists_read_as_the_plist_crate_reads_them() {
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+            <!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \
+            \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n\
+            <plist version=\"1.0\">\n<dict>\n\
+            \t<key>S</key>\n\t<string> a &amp; b &#x41;&#66; <![CDATA[<c>]]>\r\n</string>\n\
+            \t<key>E</key><string/>\n\t<key>E2</key><string></string>\n\
+            \t<key>D</key>\n\t<data>\n\tAAEC\n\tAw==\n\t</data>\n\
+            \t<key>T</key><date>2024-05-01T12:00:00Z</date>\n\
+            \t<key>I</key><integer>-9223372036854775808</integer>\n\
+            \t<key>U</key><integer>18446744073709551615</integer>\n\
+            \t<key>H</key><integer>0xff</integer>\n\
+            \t<key>R</key><real>1.5</real>\n\
+            \t<key>B</key><array><true/><false></false><!-- c --><dict/></array>\n\
+            </dict>\n</plist>\n";
+        let ours = parse_dictionary(xml.as_bytes()).unwrap();
+        assert_eq!(
+            ours.get("S").and_then(Value::as_string),
+            Some(" a & b AB <c>\r\n")
+        );
+        assert_eq!(
+            ours.get("D").and_then(Value::as_data),
+            Some(&[0, 1, 2, 3][..])
+        );
+        assert_eq!(
+            ours.get("H").and_then(Value::as_unsigned_integer),
+            Some(255)
+        );
+        // Without the CDATA section (which the plist crate drops), both readers agree.
+        let plain = xml.replace("<![CDATA[<c>]]>", "&lt;c>");
+        let theirs = Value::from_reader_xml(plain.as_bytes()).unwrap();
+        assert_eq!(
+            Value::Dictionary(parse_dictionary(plain.as_bytes()).unwrap()),
+            theirs
+        );
     }
 
     /// `levels` nested collections: a top dictionary, arrays, and a non-empty innermost array.

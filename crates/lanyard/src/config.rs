@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::connections::Limits;
+
 /// Flags shared by every sub-command: where the data is.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
@@ -84,6 +86,23 @@ pub struct ServeArgs {
     /// How often to look for identity certificates to renew. Default: 1h
     #[arg(long, env = "LANYARD_IDENTITY_RENEWAL_INTERVAL", value_parser = parse_duration)]
     pub identity_renewal_interval: Option<Duration>,
+    /// Seconds a connection has to deliver a complete request head: a new connection's first
+    /// request (TLS handshake included) and, on an idle connection, from the next request's
+    /// first byte. Default: 10
+    #[arg(long, env = "LANYARD_HEADER_READ_TIMEOUT", value_name = "SECONDS")]
+    pub header_read_timeout: Option<u64>,
+    /// Seconds a connection with no request in flight stays open after its last request (or
+    /// the last byte it was sent). Default: 60
+    #[arg(long, env = "LANYARD_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub idle_timeout: Option<u64>,
+    /// Seconds a request body may deliver nothing before the request fails (400) and the
+    /// connection is closed. Default: 30
+    #[arg(long, env = "LANYARD_BODY_READ_TIMEOUT", value_name = "SECONDS")]
+    pub body_read_timeout: Option<u64>,
+    /// Connections open at once (TLS handshakes included); more are closed at once. Lowered,
+    /// with a warning, when the open-file limit leaves less room. Default: 4096
+    #[arg(long, env = "LANYARD_MAX_CONNECTIONS", value_name = "COUNT")]
+    pub max_connections: Option<usize>,
 }
 
 /// A duration written as a whole number and a unit: `s`, `m`, `h` or `d` (`30d`, `600s`).
@@ -131,6 +150,10 @@ pub struct FileConfig {
     pub identity_lifetime: Option<String>,
     pub identity_renewal_window: Option<String>,
     pub identity_renewal_interval: Option<String>,
+    pub header_read_timeout: Option<u64>,
+    pub idle_timeout: Option<u64>,
+    pub body_read_timeout: Option<u64>,
+    pub max_connections: Option<usize>,
 }
 
 impl FileConfig {
@@ -174,6 +197,7 @@ pub struct ServeConfig {
     pub identity: lanyard_core::renewal::IdentityPolicy,
     /// How often the identity renewal job runs.
     pub identity_renewal_interval: Duration,
+    pub limits: crate::connections::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +319,7 @@ impl ServeConfig {
                 &file.identity_renewal_interval,
             )?
             .unwrap_or(Duration::from_secs(3600)),
+            limits: limits(s, file)?,
         })
     }
 }
@@ -310,9 +335,58 @@ fn duration(name: &str, flag: Option<Duration>, file: &Option<String>) -> Result
     }
 }
 
+/// The connection limits: each at least 1 (second or connection).
+fn limits(s: &ServeArgs, file: &FileConfig) -> Result<Limits> {
+    let seconds = |flag: &str, given: Option<u64>, default: u64| match given.unwrap_or(default) {
+        0 => bail!("--{flag} must be at least 1 second"),
+        n => Ok(Duration::from_secs(n)),
+    };
+    let max_connections = s
+        .max_connections
+        .or(file.max_connections)
+        .unwrap_or(Limits::DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    Ok(Limits {
+        header_read: seconds(
+            "header-read-timeout",
+            s.header_read_timeout.or(file.header_read_timeout),
+            Limits::DEFAULT_HEADER_READ_SECS,
+        )?,
+        idle: seconds(
+            "idle-timeout",
+            s.idle_timeout.or(file.idle_timeout),
+            Limits::DEFAULT_IDLE_SECS,
+        )?,
+        body_read: seconds(
+            "body-read-timeout",
+            s.body_read_timeout.or(file.body_read_timeout),
+            Limits::DEFAULT_BODY_READ_SECS,
+        )?,
+        max_connections,
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn limits_of(args: &[&str], file: &str) -> Result<Limits> {
+        let cli = Cli::try_parse_from(std::iter::once("lanyard").chain(args.iter().copied()))?;
+        let file: FileConfig = toml::from_str(file)?;
+        Ok(ServeConfig::resolve(&cli.serve, &file)?.limits)
+    }
 
     #[test]
     fn durations() {
@@ -350,6 +424,10 @@ mod tests {
             identity_lifetime: None,
             identity_renewal_window: None,
             identity_renewal_interval: None,
+            header_read_timeout: None,
+            idle_timeout: None,
+            body_read_timeout: None,
+            max_connections: None,
         }
     }
 
@@ -401,5 +479,38 @@ mod tests {
             ..serve_args()
         };
         assert!(err(&short, &FileConfig::default()).contains("one minute"));
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_flags_and_file_settings() {
+        let defaults = limits_of(&[], "").unwrap();
+        assert_eq!(
+            defaults,
+            Limits {
+                header_read: Duration::from_secs(10),
+                idle: Duration::from_secs(60),
+                body_read: Duration::from_secs(30),
+                max_connections: 4096,
+            }
+        );
+        let set = limits_of(
+            &["--header-read-timeout", "1", "--max-connections", "3"],
+            "idle_timeout = 5\nbody_read_timeout = 7\nmax_connections = 9",
+        )
+        .unwrap();
+        assert_eq!(set.header_read, Duration::from_secs(1));
+        assert_eq!(set.idle, Duration::from_secs(5));
+        assert_eq!(set.body_read, Duration::from_secs(7));
+        assert_eq!(set.max_connections, 3, "the flag wins over the file");
+        for (flag, value) in [
+            ("--header-read-timeout", "0"),
+            ("--idle-timeout", "0"),
+            ("--body-read-timeout", "0"),
+            ("--max-connections", "0"),
+        ] {
+            let err = limits_of(&[flag, value], "").unwrap_err().to_string();
+            assert!(err.contains("at least 1"), "{flag}: {err}");
+        }
+        assert!(limits_of(&["--idle-timeout", "-1"], "").is_err());
     }
 }

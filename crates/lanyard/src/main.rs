@@ -4,6 +4,7 @@
 
 mod commands;
 mod config;
+mod connections;
 mod idp_cmd;
 mod serve;
 mod setup;

@@ -1,12 +1,14 @@
 //! `lanyard serve`: first-start set-up (data directory, secret key, CA, TLS certificate, first
-//! administrator), then the HTTP server over rustls with graceful shutdown.
+//! administrator), then the HTTP server over rustls with graceful shutdown, under the connection
+//! limits of [`crate::connections`].
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::DefaultAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use lanyard_core::enrollment::{DeviceUrls, EnrollmentService};
 use lanyard_core::mdm::MdmService;
 use lanyard_core::push::PushJob;
@@ -15,6 +17,7 @@ use lanyard_pki::{Ca, SecretBox};
 use lanyard_store::PkiMaterial;
 
 use crate::config::{DataConfig, ServeConfig, TlsMode};
+use crate::connections::{self, Guard, Limits};
 use crate::setup;
 
 pub async fn run(
@@ -115,10 +118,25 @@ pub async fn run(
     );
     tracing::info!(%bound, %public, database = opened.backend_name, "listening");
 
+    let limits = Limits {
+        max_connections: connections::effective_max_connections(
+            serve.limits.max_connections,
+            connections::open_file_limit(),
+        ),
+        ..serve.limits
+    };
+    tracing::info!(
+        header_read_timeout_s = limits.header_read.as_secs(),
+        idle_timeout_s = limits.idle.as_secs(),
+        body_read_timeout_s = limits.body_read.as_secs(),
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
     let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     match &serve.tls {
         TlsMode::BehindProxy => {
             axum_server::from_tcp(listener)
+                .acceptor(Guard::new(DefaultAcceptor::new(), limits))
                 .handle(handle)
                 .serve(service)
                 .await?
@@ -126,7 +144,10 @@ pub async fn run(
         mode => {
             let tls =
                 tls_config(&lanyard, &secrets, &device_pki.ca, &serve, mode, bound.ip()).await?;
-            axum_server::from_tcp_rustls(listener, tls)
+            // The handshake counts against the first request's header-read time.
+            let tls = RustlsAcceptor::new(tls).handshake_timeout(limits.header_read);
+            axum_server::from_tcp(listener)
+                .acceptor(Guard::new(tls, limits))
                 .handle(handle)
                 .serve(service)
                 .await?
