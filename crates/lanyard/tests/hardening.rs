@@ -31,6 +31,7 @@ fn sim(s: &Server) -> SimMac {
 
 async fn setup(db: Db, env: &[(&str, &str)]) -> Option<Server> {
     let s = Server::start_with(db, env).await?;
+    s.upload_push_certificate();
     let (ok, _, err) = s.cli_stdin(
         &["user", "add", "ann@example.com", "--password", "-"],
         "a long password\n",
