@@ -3,13 +3,17 @@
 //! ```text
 //! cargo run -p lanyard-fuzz --example seeds -- captures fuzz/corpus
 //! cargo run -p lanyard-fuzz --example seeds -- shared ../shared/fixtures fuzz/seeds
+//! cargo run -p lanyard-fuzz --example seeds -- fold ../shared/fixtures MERGED fuzz/corpus/T BYTES
 //! ```
 //!
 //! `captures` writes Lanyard's own captures, what the simulated Mac sends (check-ins, command
 //! reports, MachineInfo, SCEP requests, `Mdm-Signature`s with the fixed keys of `keys/`), plus
 //! the hostile shapes that once crashed the server, into `<dir>/<target>/`: the committed
 //! corpus. `shared` derives inputs from the device captures in `../shared/fixtures` (read, never
-//! copied into the repository) into a directory kept out of git.
+//! copied into the repository) into a directory kept out of git. `fold` adds to a committed
+//! corpus folder, smallest first and up to BYTES, the inputs of a minimised fuzzer corpus
+//! (libFuzzer `-merge=1`) it lacks, leaving out any that carries a piece (six bytes) of a value
+//! of the shared captures, however mutated around it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -35,8 +39,17 @@ fn main() {
     {
         ["captures", out] => captures(Path::new(out)),
         ["shared", fixtures, out] => shared(Path::new(fixtures), Path::new(out)),
+        ["fold", fixtures, from, into, budget] => fold(
+            Path::new(fixtures),
+            Path::new(from),
+            Path::new(into),
+            budget.parse().expect("a byte budget"),
+        ),
         _ => {
-            eprintln!("usage: seeds captures <dir> | seeds shared <fixtures-dir> <dir>");
+            eprintln!(
+                "usage: seeds captures <dir> | seeds shared <fixtures-dir> <dir> \
+                 | seeds fold <fixtures-dir> <merged-dir> <corpus-dir> <bytes>"
+            );
             std::process::exit(2);
         }
     }
@@ -387,5 +400,66 @@ fn shared(fixtures: &Path, out: &Path) {
         "{} shared captures turned into seeds under {}",
         bodies.len(),
         out.display()
+    );
+}
+
+/// Length of the byte sequences by which an input is recognised as derived from the shared
+/// captures.
+const GRAM: usize = 6;
+
+/// Every `GRAM`-byte sequence of the `<string>` and `<data>` values of the shared captures,
+/// less those that also occur in `own` (the committed corpus: Apple's vocabulary, Lanyard's own
+/// values). An input carrying one, even mutated around it, derives from the shared captures and
+/// stays out of the repository.
+fn shared_grams(fixtures: &Path, own: &Path) -> std::collections::HashSet<Vec<u8>> {
+    let mut grams = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(fixtures.join("nanomdm")).expect("the shared captures") {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        for tag in ["string", "data"] {
+            let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+            for piece in text.split(open.as_str()).skip(1) {
+                let value = piece.split(close.as_str()).next().unwrap_or_default();
+                for line in value.lines().map(str::trim) {
+                    grams.extend(line.as_bytes().windows(GRAM).map(<[u8]>::to_vec));
+                }
+            }
+        }
+    }
+    for entry in std::fs::read_dir(own).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        for w in data.windows(GRAM) {
+            grams.remove(w);
+        }
+    }
+    grams
+}
+
+fn fold(fixtures: &Path, from: &Path, into: &Path, budget: usize) {
+    let shared = shared_grams(fixtures, into);
+    let carries_shared = |data: &[u8]| data.windows(GRAM).any(|w| shared.contains(w));
+    let mut candidates: Vec<(usize, PathBuf)> = std::fs::read_dir(from)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !into.join(p.file_name().unwrap()).exists())
+        .map(|p| (std::fs::metadata(&p).unwrap().len() as usize, p))
+        .collect();
+    candidates.sort();
+    let (mut used, mut added, mut left_out) = (0, 0, 0);
+    for (size, path) in candidates {
+        let data = std::fs::read(&path).unwrap();
+        if carries_shared(&data) {
+            left_out += 1;
+            continue;
+        }
+        if used + size > budget {
+            break;
+        }
+        std::fs::write(into.join(path.file_name().unwrap()), &data).unwrap();
+        used += size;
+        added += 1;
+    }
+    println!(
+        "{added} inputs ({used} bytes) added to {}; {left_out} derived from the shared captures left out",
+        into.display()
     );
 }

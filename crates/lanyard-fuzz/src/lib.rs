@@ -148,7 +148,8 @@ pub fn signature_input(header: &[u8], body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn split_signature_input(data: &[u8]) -> Option<(&[u8], &[u8])> {
+/// The header value and body of a [`mdm_signature`] input, if it is one.
+pub fn split_signature_input(data: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, rest) = data.split_first_chunk::<2>()?;
     let len = usize::from(u16::from_be_bytes(*len));
     (len <= rest.len()).then(|| rest.split_at(len))

@@ -270,7 +270,13 @@ async fn slow_clients_are_dropped_postgres() {
 /// With `LANYARD_MAX_CONNECTIONS=3`, three open connections take every slot: a fourth is closed
 /// at once; when they go, ordinary requests are served again.
 async fn connections_are_capped(db: Db) {
-    let Some(s) = Server::start_with(db, &[("LANYARD_MAX_CONNECTIONS", "3")]).await else {
+    // Long timeouts, so the held connections cannot time out before the fourth is tried.
+    let env = [
+        ("LANYARD_MAX_CONNECTIONS", "3"),
+        ("LANYARD_HEADER_READ_TIMEOUT", "120"),
+        ("LANYARD_IDLE_TIMEOUT", "120"),
+    ];
+    let Some(s) = Server::start_with(db, &env).await else {
         return;
     };
     // Completed handshakes: the server holds a slot for each.
