@@ -103,6 +103,16 @@ fn refuse(what: &str, policy: &Policy) -> CoreError {
     ))
 }
 
+/// A raw command's extra keys: a whole XML plist, or the bare `<dict>…</dict>` fragment, read by
+/// the depth-bounded reader.
+fn read_command_plist(text: &str) -> std::result::Result<Value, lanyard_proto::ProtoError> {
+    if text.contains("<plist") {
+        lanyard_proto::read_plist(text.as_bytes())
+    } else {
+        lanyard_proto::read_plist(format!("<plist version=\"1.0\">{text}</plist>").as_bytes())
+    }
+}
+
 /// Payload types inside a profile (top level and `PayloadContent`).
 fn profile_payload_types(profile: &[u8]) -> Result<Vec<String>> {
     let bytes = if profile.first() == Some(&0x30) {
@@ -112,8 +122,10 @@ fn profile_payload_types(profile: &[u8]) -> Result<Vec<String>> {
     } else {
         profile.to_vec()
     };
-    let v: Value = plist::from_bytes(&bytes)
-        .map_err(|e| CoreError::Invalid(format!("the profile is not a plist: {e}")))?;
+    // The depth-bounded reader devices' plists go through: a deeply nested upload is refused,
+    // not a stack overflow. Profiles are XML (a binary one is refused with the reason).
+    let v: Value = lanyard_proto::read_plist(&bytes)
+        .map_err(|e| CoreError::Invalid(format!("the profile is not an XML plist: {e}")))?;
     let dict = v
         .as_dictionary()
         .ok_or_else(|| CoreError::Invalid("the profile is not a dictionary".into()))?;
@@ -230,7 +242,7 @@ impl CommandSpec {
                     ));
                 }
                 if let Some(text) = plist.as_deref().filter(|t| !t.trim().is_empty()) {
-                    let v: Value = plist::from_bytes(text.as_bytes()).map_err(|e| {
+                    let v: Value = read_command_plist(text).map_err(|e| {
                         CoreError::Invalid(format!("the command plist is malformed: {e}"))
                     })?;
                     let extra = v.into_dictionary().ok_or_else(|| {
@@ -791,5 +803,28 @@ mod tests {
             profile: b"not a plist".to_vec(),
         };
         assert!(garbage.build(true).is_err());
+    }
+
+    #[test]
+    fn deeply_nested_uploads_are_refused_not_a_crash() {
+        let deep = |n: usize| format!("{}{}", "<array>".repeat(n), "</array>".repeat(n));
+        let profile = format!(
+            "<plist version=\"1.0\"><dict><key>PayloadContent</key>{}</dict></plist>",
+            deep(35_000)
+        );
+        let err = profile_payload_types(profile.as_bytes()).unwrap_err();
+        assert!(matches!(err, CoreError::Invalid(_)), "{err}");
+        let raw = CommandSpec::Raw {
+            raw_request_type: "ProfileList".into(),
+            plist: Some(format!("<dict><key>K</key>{}</dict>", deep(35_000))),
+        };
+        assert!(matches!(raw.build(true), Err(CoreError::Invalid(_))));
+        // The bare fragment still works.
+        let ok = CommandSpec::Raw {
+            raw_request_type: "ProfileList".into(),
+            plist: Some("<dict><key>ManagedOnly</key><true/></dict>".into()),
+        };
+        let built = ok.build(true).unwrap();
+        assert_eq!(built.request_type, "ProfileList");
     }
 }
