@@ -519,15 +519,15 @@ impl Lanyard {
                 &audit,
             )
             .await?;
-        let pusher = self.pusher.as_ref().filter(|_| push);
-        if let Some(p) = pusher {
-            p.request_push(enrollments.into_iter().map(|e| e.id).collect());
+        let push_requested = push && self.pusher.is_some();
+        if push_requested {
+            self.request_push(enrollments.into_iter().map(|e| e.id).collect());
         }
         Ok(Queued {
             command_uuid: command.uuid,
             request_type: command.request_type,
             targets: n,
-            push_requested: pusher.is_some(),
+            push_requested,
         })
     }
 
