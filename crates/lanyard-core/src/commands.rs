@@ -514,6 +514,7 @@ impl Lanyard {
                     request_type: command.request_type.clone(),
                     payload,
                     created_by: actor.name.clone(),
+                    push,
                 },
                 &targets,
                 &audit,

@@ -275,8 +275,20 @@ impl PushService {
         Ok(c)
     }
 
-    /// Pushes to these enrollments now, retrying retryable failures with back-off.
+    /// Pushes to these enrollments now, retrying retryable failures with back-off, then marks
+    /// their push requests made until now as done (see [`PushJob::start_sweep`]). A push that
+    /// could not be tried at all (no usable certificate) leaves the requests pending.
     pub async fn push(&self, enrollment_ids: &[String]) -> Result<PushReport> {
+        let started = lanyard_store::now();
+        let report = self.push_once(enrollment_ids).await?;
+        self.lanyard
+            .store()
+            .finish_push_requests(enrollment_ids, started)
+            .await?;
+        Ok(report)
+    }
+
+    async fn push_once(&self, enrollment_ids: &[String]) -> Result<PushReport> {
         let store = self.lanyard.store();
         let targets = store.push_targets(enrollment_ids).await?;
         let mut report = PushReport {
@@ -348,9 +360,23 @@ impl PushService {
 }
 
 /// The push job: queueing hands enrollment ids to it and returns at once.
+///
+/// Queueing a command with a push also records the request in the database, in the same
+/// transaction (`push_requested_at`); a push clears it. So a push asked of a process that stops
+/// before sending it (a crash, a SIGKILL, a restart) is not lost: the sweep of any server
+/// process on the same database sends it ([`PushJob::start_sweep`]).
 #[derive(Clone)]
 pub struct PushJob {
     tx: mpsc::UnboundedSender<Vec<String>>,
+}
+
+/// Enrollments claimed per sweep round.
+const SWEEP_BATCH: i64 = 10_000;
+
+/// How long a sweep's claim on a push request lasts: long enough for a batch with its
+/// retries, short enough that another process soon takes over from one that stopped.
+pub fn sweep_claim(every: std::time::Duration) -> std::time::Duration {
+    (every * 4).max(std::time::Duration::from_secs(5))
 }
 
 impl PushRequester for PushJob {
@@ -390,5 +416,62 @@ impl PushJob {
             }
         });
         PushJob { tx }
+    }
+
+    /// Every `every`, sends the pushes that were requested more than `every` ago and are still
+    /// pending: those whose requesting process stopped before sending them, or whose push could
+    /// not be tried. Each is claimed for [`sweep_claim`] first, so that several server
+    /// processes on one database do not push the same device twice.
+    pub fn start_sweep(
+        service: Arc<PushService>,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = service.sweep(every).await {
+                    tracing::warn!(error = %e, "push sweep failed");
+                }
+            }
+        })
+    }
+}
+
+impl PushService {
+    /// One round of the sweep (see [`PushJob::start_sweep`]); returns how many enrollments it
+    /// pushed to.
+    pub async fn sweep(&self, every: std::time::Duration) -> Result<usize> {
+        let span = |d: std::time::Duration| {
+            chrono::Duration::from_std(d)
+                .map_err(|e| CoreError::Invalid(format!("push sweep interval: {e}")))
+        };
+        let claim = span(sweep_claim(every))?;
+        let every = span(every)?;
+        let mut total = 0;
+        loop {
+            let now = lanyard_store::now();
+            let ids = self
+                .lanyard
+                .store()
+                .claim_push_requests(now - every, now + claim, now, SWEEP_BATCH)
+                .await?;
+            if ids.is_empty() {
+                return Ok(total);
+            }
+            let n = ids.len();
+            let r = self.push(&ids).await?;
+            tracing::info!(
+                requested = r.requested,
+                delivered = r.delivered,
+                failed = r.failed,
+                "push sweep: sent pushes another process or an earlier attempt left pending"
+            );
+            total += n;
+            if n < SWEEP_BATCH as usize {
+                return Ok(total);
+            }
+        }
     }
 }

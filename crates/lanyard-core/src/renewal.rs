@@ -201,6 +201,7 @@ impl EnrollmentService {
                 request_type: command.request_type.clone(),
                 payload,
                 created_by: "system".into(),
+                push: true,
             },
         };
         let done = self

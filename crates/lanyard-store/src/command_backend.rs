@@ -50,6 +50,18 @@ macro_rules! impl_command_store {
                             .push_bind(at);
                     });
                     queued += qb.build().execute(&mut *tx).await?.rows_affected();
+                    if command.push {
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(
+                            "UPDATE enrollments SET push_requested_at = ",
+                        );
+                        qb.push_bind(at).push(" WHERE id IN (");
+                        let mut sep = qb.separated(", ");
+                        for (enrollment, _) in chunk {
+                            sep.push_bind(enrollment);
+                        }
+                        qb.push(")");
+                        qb.build().execute(&mut *tx).await?;
+                    }
                 }
                 Self::write_audit(&mut tx, audit).await?;
                 tx.commit().await?;
@@ -235,6 +247,52 @@ macro_rules! impl_command_store {
                     .execute(&self.pool)
                     .await?
                     .rows_affected())
+            }
+
+            async fn claim_push_requests(
+                &self,
+                requested_before: DateTime<Utc>,
+                claim_until: DateTime<Utc>,
+                at: DateTime<Utc>,
+                limit: i64,
+            ) -> Result<Vec<String>> {
+                Ok(sqlx::query_scalar(concat!(
+                    "UPDATE enrollments SET push_claimed_until = $2 WHERE id IN (\
+                     SELECT id FROM enrollments WHERE push_requested_at IS NOT NULL \
+                     AND push_requested_at <= $1 \
+                     AND (push_claimed_until IS NULL OR push_claimed_until <= $3) \
+                     ORDER BY push_requested_at LIMIT $4 ",
+                    $lock,
+                    ") RETURNING id"
+                ))
+                .bind(requested_before)
+                .bind(claim_until)
+                .bind(at)
+                .bind(limit.clamp(1, 100_000))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn finish_push_requests(
+                &self,
+                ids: &[String],
+                started: DateTime<Utc>,
+            ) -> Result<u64> {
+                let mut n = 0;
+                for chunk in ids.chunks(ENQUEUE_CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "UPDATE enrollments SET push_requested_at = NULL, \
+                         push_claimed_until = NULL WHERE push_requested_at <= ",
+                    );
+                    qb.push_bind(started).push(" AND id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id);
+                    }
+                    qb.push(")");
+                    n += qb.build().execute(&self.pool).await?.rows_affected();
+                }
+                Ok(n)
             }
 
             async fn push_targets(&self, ids: &[String]) -> Result<Vec<PushTargetRow>> {

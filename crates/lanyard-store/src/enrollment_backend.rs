@@ -400,6 +400,13 @@ macro_rules! impl_enrollment_store {
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
+                if r.command.push {
+                    sqlx::query("UPDATE enrollments SET push_requested_at = $2 WHERE id = $1")
+                        .bind(&r.enrollment_id)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 Self::write_audit(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(true)

@@ -362,6 +362,19 @@ pub trait CommandStore: Send + Sync {
     /// Push targets of these enrollments (enrolled, with a push token): the device channel's,
     /// and the user channel's where user-channel commands wait.
     async fn push_targets(&self, enrollment_ids: &[String]) -> Result<Vec<PushTargetRow>>;
+    /// Claims, until `claim_until`, up to `limit` enrollments whose push was requested at or
+    /// before `requested_before` and is neither sent nor claimed by a live claim at `now`.
+    /// Several server processes may sweep at once: each enrollment goes to one of them.
+    async fn claim_push_requests(
+        &self,
+        requested_before: DateTime<Utc>,
+        claim_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<String>>;
+    /// Marks the push requests of these enrollments made at or before `started` as done (a push
+    /// to them was attempted from `started` on); later requests stay pending.
+    async fn finish_push_requests(&self, ids: &[String], started: DateTime<Utc>) -> Result<u64>;
     /// Records a push attempt's outcome; `drop_token` forgets a token APNs called unregistered.
     async fn record_push(
         &self,

@@ -450,6 +450,9 @@ pub struct NewCommand {
     pub request_type: String,
     pub payload: Vec<u8>,
     pub created_by: String,
+    /// Wake the targets with a push: recorded with the queueing (`push_requested_at`), so that
+    /// the push is sent even if the process that queued it stops before sending it.
+    pub push: bool,
 }
 
 /// Which channel of an enrollment a command goes to.

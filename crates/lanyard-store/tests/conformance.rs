@@ -125,6 +125,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    push_requests_survive_the_requester,
     silent_enrollments_turn_inactive_and_back,
     command_exchange_reactivates_an_inactive_enrollment,
     users_round_trip,
@@ -1497,6 +1498,7 @@ fn cmd(uuid: &str, request_type: &str) -> NewCommand {
         request_type: request_type.into(),
         payload: format!("<plist>{uuid}</plist>").into_bytes(),
         created_by: "tester".into(),
+        push: false,
     }
 }
 
@@ -1712,6 +1714,83 @@ async fn command_bulk_enqueue_and_prune(s: &dyn Store) {
         1
     );
     assert_eq!(s.command_targets("bulk").await.unwrap().len(), 1202);
+}
+
+/// A push asked for with a command is kept with it: a sweep claims each pending request once
+/// (two sweeps at once share nothing), a push attempt clears what was asked before it started,
+/// and a claim that lapses (its process stopped) lets another sweep take the request.
+async fn push_requests_survive_the_requester(s: &dyn Store) {
+    for id in ["p1", "p2", "p3"] {
+        enrolled(s, id).await;
+    }
+    let targets = |ids: &[&str]| -> Vec<(String, String)> {
+        ids.iter()
+            .map(|i| (i.to_string(), CHANNEL_DEVICE.to_string()))
+            .collect()
+    };
+    let pushed = NewCommand {
+        push: true,
+        ..cmd("with-push", "ProfileList")
+    };
+    s.enqueue_command(&pushed, &targets(&["p1", "p2"]), &audit("c", "1"))
+        .await
+        .unwrap();
+    s.enqueue_command(
+        &cmd("without-push", "ProfileList"),
+        &targets(&["p3"]),
+        &audit("c", "2"),
+    )
+    .await
+    .unwrap();
+    let t = now();
+    let later = t + Duration::seconds(1);
+    // Nothing is due before it was asked for.
+    let none = s
+        .claim_push_requests(t - Duration::minutes(1), later, t, 100)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    // Two sweeps at once: each pending request goes to exactly one; p3 asked for no push.
+    let (a, b) = tokio::join!(
+        s.claim_push_requests(later, later + Duration::minutes(2), later, 100),
+        s.claim_push_requests(later, later + Duration::minutes(2), later, 100),
+    );
+    let mut claimed = a.unwrap();
+    claimed.extend(b.unwrap());
+    claimed.sort();
+    assert_eq!(claimed, ["p1", "p2"]);
+    // A live claim is not taken again; a lapsed one is.
+    let again = s
+        .claim_push_requests(later, later + Duration::minutes(2), later, 100)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    let lapsed = later + Duration::minutes(3);
+    let mut retaken = s
+        .claim_push_requests(later, lapsed + Duration::minutes(2), lapsed, 100)
+        .await
+        .unwrap();
+    retaken.sort();
+    assert_eq!(retaken, ["p1", "p2"]);
+    // A push that started after the request clears it; one that started before does not.
+    assert_eq!(
+        s.finish_push_requests(&["p1".into()], t - Duration::minutes(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.finish_push_requests(&["p1".into(), "p3".into()], later)
+            .await
+            .unwrap(),
+        1
+    );
+    let far = lapsed + Duration::hours(1);
+    let left = s
+        .claim_push_requests(far, far + Duration::minutes(2), far, 100)
+        .await
+        .unwrap();
+    assert_eq!(left, ["p2"]);
 }
 
 async fn push_targets_and_pki_replace(s: &dyn Store) {

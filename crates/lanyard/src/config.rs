@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// How often to look for identity certificates to renew. Default: 1h
     #[arg(long, env = "LANYARD_IDENTITY_RENEWAL_INTERVAL", value_parser = parse_duration)]
     pub identity_renewal_interval: Option<Duration>,
+    /// How often to send pushes that were asked for and not sent (e.g. by a server process
+    /// that stopped before sending them); a request is swept once it is this old. Default: 30s
+    #[arg(long, env = "LANYARD_PUSH_SWEEP_INTERVAL", value_parser = parse_duration)]
+    pub push_sweep_interval: Option<Duration>,
     /// Seconds a connection has to deliver a complete request head: a new connection's first
     /// request (TLS handshake included) and, on an idle connection, from the next request's
     /// first byte. Default: 10
@@ -150,6 +154,7 @@ pub struct FileConfig {
     pub identity_lifetime: Option<String>,
     pub identity_renewal_window: Option<String>,
     pub identity_renewal_interval: Option<String>,
+    pub push_sweep_interval: Option<String>,
     pub header_read_timeout: Option<u64>,
     pub idle_timeout: Option<u64>,
     pub body_read_timeout: Option<u64>,
@@ -197,6 +202,8 @@ pub struct ServeConfig {
     pub identity: lanyard_core::renewal::IdentityPolicy,
     /// How often the identity renewal job runs.
     pub identity_renewal_interval: Duration,
+    /// How often the push sweep runs (and how old a pending push request must be).
+    pub push_sweep_interval: Duration,
     pub limits: crate::connections::Limits,
 }
 
@@ -319,6 +326,12 @@ impl ServeConfig {
                 &file.identity_renewal_interval,
             )?
             .unwrap_or(Duration::from_secs(3600)),
+            push_sweep_interval: duration(
+                "push-sweep-interval",
+                s.push_sweep_interval,
+                &file.push_sweep_interval,
+            )?
+            .unwrap_or(Duration::from_secs(30)),
             limits: limits(s, file)?,
         })
     }
@@ -424,6 +437,7 @@ mod tests {
             identity_lifetime: None,
             identity_renewal_window: None,
             identity_renewal_interval: None,
+            push_sweep_interval: None,
             header_read_timeout: None,
             idle_timeout: None,
             body_read_timeout: None,

@@ -82,7 +82,10 @@ pub async fn run(
     let device_pki = Arc::new(device_pki);
     // The push job is given to the domain once; every queued command is then followed by a
     // push (unless the caller asks otherwise).
-    let pusher = PushJob::start(Arc::new(setup::push_service(&data, &lanyard, &secrets)?));
+    let push_service = Arc::new(setup::push_service(&data, &lanyard, &secrets)?);
+    let pusher = PushJob::start(Arc::clone(&push_service));
+    // Pushes that another process (or this one, before a restart) was asked for and never sent.
+    PushJob::start_sweep(push_service, serve.push_sweep_interval);
     let lanyard = lanyard.with_pusher(Arc::new(pusher));
     let mdm = MdmService::new(lanyard.clone(), &device_pki);
     let enrollment = EnrollmentService::new(

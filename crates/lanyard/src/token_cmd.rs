@@ -37,11 +37,25 @@ pub struct AbmArgs {
     /// `serve`: do not run the periodic device sync (sync with `lanyard token sync`).
     #[arg(long, env = "LANYARD_NO_ABM_SYNC", global = true)]
     pub no_abm_sync: bool,
+    /// Seconds a device sync holds its token's lease between pages. A server process that
+    /// stops mid-sync blocks that token's sync on the others for at most this long; it must
+    /// exceed `--abm-timeout` (a page's request). Default: 900
+    #[arg(long, env = "LANYARD_ABM_SYNC_LEASE", global = true, default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub abm_sync_lease: u64,
 }
 
 impl AbmArgs {
     /// The service's settings; `public_url` gives the discovery URL to register.
     pub fn settings(&self, public_url: Option<&str>) -> Result<AbmSettings> {
+        if self.abm_sync_lease <= self.abm_timeout {
+            anyhow::bail!(
+                "--abm-sync-lease ({} s) must be longer than --abm-timeout ({} s): a sync renews \
+                 its lease between ABM requests",
+                self.abm_sync_lease,
+                self.abm_timeout
+            );
+        }
         let extra_ca_pem = match &self.abm_ca_cert {
             Some(p) => Some(
                 std::fs::read(p)
@@ -58,7 +72,7 @@ impl AbmArgs {
             },
             page_size: self.abm_page_size,
             discovery_url: public_url.map(discovery_url),
-            ..Default::default()
+            lease: Duration::from_secs(self.abm_sync_lease),
         })
     }
 }
