@@ -3,6 +3,7 @@
 //! same data.
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod browser;
 pub mod oidc;
 pub mod portal;
@@ -90,6 +91,26 @@ impl Server {
                 (url, Some((admin, name)))
             }
         };
+        Some(Server::spawn(data_dir, database_url, pg_cleanup, env))
+    }
+
+    /// A second `lanyard serve` on this server's database, as a scaled-out deployment runs
+    /// it: its own data directory holding only a copy of the secret key (every process of one
+    /// deployment seals and opens keys with the same one), the same `env`.
+    pub fn start_peer(&self, env: &[(&str, &str)]) -> Server {
+        let data_dir = tempfile::tempdir().unwrap();
+        let key = self.data_dir.path().join("secret.key");
+        let copy = data_dir.path().join("secret.key");
+        std::fs::copy(&key, &copy).unwrap();
+        Server::spawn(data_dir, self.database_url.clone(), None, env)
+    }
+
+    fn spawn(
+        data_dir: tempfile::TempDir,
+        database_url: String,
+        pg_cleanup: Option<(String, String)>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(bin())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("LANYARD_DATA_DIR", data_dir.path())
@@ -129,7 +150,7 @@ impl Server {
                 url = rest.split_whitespace().next().unwrap().to_string();
             }
         }
-        Some(Server {
+        Server {
             url,
             admin_password,
             startup_log,
@@ -138,7 +159,14 @@ impl Server {
             child,
             pg_cleanup,
             push_topic: Default::default(),
-        })
+        }
+    }
+
+    /// Kills the process with SIGKILL (no graceful shutdown, as a crash or the OOM killer
+    /// would) and waits until it is gone.
+    pub fn kill_now(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Signs in as the first administrator (the one-time password `serve` printed) and returns
