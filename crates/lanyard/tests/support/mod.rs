@@ -90,6 +90,17 @@ impl Server {
                 (url, Some((admin, name)))
             }
         };
+        Some(Server::start_on(data_dir, database_url, pg_cleanup, env))
+    }
+
+    /// Starts `lanyard serve` on a given data directory and database URL; `pg_cleanup`
+    /// (admin URL, database name) is dropped at [`Server::stop`].
+    pub fn start_on(
+        data_dir: tempfile::TempDir,
+        database_url: String,
+        pg_cleanup: Option<(String, String)>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(bin())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("LANYARD_DATA_DIR", data_dir.path())
@@ -129,7 +140,7 @@ impl Server {
                 url = rest.split_whitespace().next().unwrap().to_string();
             }
         }
-        Some(Server {
+        Server {
             url,
             admin_password,
             startup_log,
@@ -138,7 +149,7 @@ impl Server {
             child,
             pg_cleanup,
             push_topic: Default::default(),
-        })
+        }
     }
 
     /// Signs in as the first administrator (the one-time password `serve` printed) and returns
@@ -277,6 +288,43 @@ pub fn cli_with(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `lanyard serve` on the data that is expected to refuse to start, and returns what it
+/// wrote to stderr. A server that starts anyway is killed (after a minute) and the test fails.
+pub fn serve_refuses(data_dir: &Path, database_url: &str, env: &[(&str, &str)]) -> String {
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("LANYARD_DATA_DIR", data_dir)
+        .env("LANYARD_DATABASE_URL", database_url)
+        .env("LANYARD_LOG", "warn")
+        .env_remove("LANYARD_CONFIG")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            assert!(!status.success(), "lanyard serve exited successfully");
+            return String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("lanyard serve started instead of refusing");
+}
+
+/// Writes a file readable by its owner only (a key or token file as an operator would).
+pub fn write_private_file(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 }
 
 pub fn temp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
