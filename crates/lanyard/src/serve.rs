@@ -109,10 +109,17 @@ pub async fn run(
             None => None,
         },
     };
+    let limits = Limits {
+        max_connections: connections::effective_max_connections(
+            serve.limits.max_connections,
+            connections::open_file_limit(),
+        ),
+        ..serve.limits
+    };
     let main_metrics = match serve.metrics_listen {
         None => Some(metrics),
         Some(addr) => {
-            serve_metrics(addr, metrics, headers.clone(), handle.clone())?;
+            serve_metrics(addr, metrics, headers.clone(), handle.clone(), limits)?;
             None
         }
     };
@@ -138,13 +145,6 @@ pub async fn run(
     );
     tracing::info!(%bound, %public, database = opened.backend_name, "listening");
 
-    let limits = Limits {
-        max_connections: connections::effective_max_connections(
-            serve.limits.max_connections,
-            connections::open_file_limit(),
-        ),
-        ..serve.limits
-    };
     tracing::info!(
         header_read_timeout_s = limits.header_read.as_secs(),
         idle_timeout_s = limits.idle.as_secs(),
@@ -188,12 +188,14 @@ fn metrics_token(path: &std::path::Path) -> Result<String> {
     Ok(token)
 }
 
-/// Serves `/metrics` alone on its own address (plain HTTP), stopping with the main server.
+/// Serves `/metrics` alone on its own address (plain HTTP), under the same connection limits,
+/// stopping with the main server.
 fn serve_metrics(
     addr: std::net::SocketAddr,
     endpoint: lanyard_http::MetricsEndpoint,
     headers: lanyard_http::ResponseHeaders,
     handle: axum_server::Handle,
+    limits: Limits,
 ) -> Result<()> {
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot listen on --metrics-listen {addr}"))?;
@@ -204,6 +206,7 @@ fn serve_metrics(
     let app = lanyard_http::metrics_router(endpoint, headers);
     tokio::spawn(async move {
         if let Err(e) = axum_server::from_tcp(listener)
+            .acceptor(Guard::new(DefaultAcceptor::new(), limits))
             .handle(handle)
             .serve(app.into_make_service())
             .await
