@@ -30,6 +30,10 @@ pub enum CoreError {
     /// An upstream service (Apple Business Manager) failed or answered garbage (502).
     #[error("{0}")]
     Upstream(String),
+    /// The database is unreachable or gave no connection in time (503 with `Retry-After`):
+    /// the request changed nothing and may be retried.
+    #[error("the service is temporarily unavailable; try again shortly")]
+    Unavailable(String),
     #[error("storage: {0}")]
     Store(StoreError),
     #[error("internal error: {0}")]
@@ -41,6 +45,7 @@ impl From<StoreError> for CoreError {
         match e {
             StoreError::NotFound(what) => CoreError::NotFound(what),
             StoreError::Conflict(what) => CoreError::Conflict(format!("already exists ({what})")),
+            StoreError::Unavailable(why) => CoreError::Unavailable(why),
             other => CoreError::Store(other),
         }
     }

@@ -128,7 +128,7 @@ fn open_ca(secrets: &SecretBox, m: &PkiMaterial) -> Result<Ca> {
         .map_err(|_| {
             CoreError::Internal(
                 "the stored CA key cannot be opened with this server's secret key; every server \
-                 process on one database must use the same --secret-key"
+                 process on one database must use the same --secret-key-file"
                     .into(),
             )
         })?;

@@ -106,10 +106,15 @@ impl utoipa::Modify for BearerAuth {
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi_document())
+}
+
+/// The whole admin API's OpenAPI document.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::idp_api::IdpApiDoc::openapi());
     doc.merge(crate::server_tokens::ServerTokensApiDoc::openapi());
-    Json(doc)
+    doc
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -181,6 +186,7 @@ async fn sign_out(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// Case-insensitive substring of email or display name.
@@ -433,6 +439,7 @@ async fn revoke_api_token(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     actor: Option<String>,
@@ -493,6 +500,7 @@ async fn audit_log(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceQuery {
     /// pending, authenticated, enrolled (default), checked_out or inactive; `all` for every
@@ -725,4 +733,55 @@ async fn put_push_certificate(
         }
     };
     Ok(Json(info))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use serde_json::Value;
+
+    /// Every parameter is declared where it is read: a path parameter names a `{placeholder}`
+    /// of its path, and everything else is a query parameter (`in: query`), which is how the
+    /// handlers read them (`Query<…>`).
+    #[test]
+    fn parameters_are_declared_in_path_or_query() {
+        let doc = serde_json::to_value(super::openapi_document()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut query_params = Vec::new();
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                let Some(params) = op.get("parameters").and_then(Value::as_array) else {
+                    continue;
+                };
+                for p in params {
+                    let name = p["name"].as_str().unwrap();
+                    let placeholder = format!("{{{name}}}");
+                    match p["in"].as_str().unwrap() {
+                        "path" => assert!(
+                            path.contains(&placeholder),
+                            "{method} {path}: `{name}` is declared in: path but is not in the path"
+                        ),
+                        "query" => {
+                            assert!(!path.contains(&placeholder), "{method} {path}: {name}");
+                            query_params.push(format!("{path}?{name}"));
+                        }
+                        other => panic!("{method} {path}: `{name}` in: {other}"),
+                    }
+                }
+            }
+        }
+        // The GETs known to take query parameters declare them.
+        for expected in [
+            "/api/v1/users?search",
+            "/api/v1/users?limit",
+            "/api/v1/audit?action",
+            "/api/v1/devices?search",
+        ] {
+            assert!(
+                query_params.iter().any(|q| q == expected),
+                "{expected} missing from {query_params:?}"
+            );
+        }
+    }
 }

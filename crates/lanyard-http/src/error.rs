@@ -18,7 +18,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable machine-readable code: invalid, not_found, conflict, unauthorized, forbidden,
-    /// rate_limited, upstream, payload_too_large, unsupported_media_type, internal.
+    /// rate_limited, upstream, payload_too_large, unsupported_media_type, unavailable (503, with
+    /// `Retry-After`: the database is unreachable; retry later), internal.
     pub code: &'static str,
     /// A human-readable explanation, safe to show.
     pub message: String,
@@ -70,6 +71,10 @@ impl From<CoreError> for ApiError {
             }
             CoreError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             CoreError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream"),
+            CoreError::Unavailable(why) => {
+                tracing::warn!(cause = %why, "request refused: database unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             CoreError::Store(_) | CoreError::Internal(_) => {
                 // The one place a server-side failure is logged.
                 tracing::error!(error = %e, "request failed");

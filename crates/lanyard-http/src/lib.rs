@@ -11,6 +11,7 @@ pub mod admin_api;
 pub mod auth;
 pub mod device;
 pub mod error;
+pub mod health;
 pub mod idp_api;
 pub mod oidc_pages;
 pub mod pages;
@@ -20,18 +21,18 @@ pub mod server_tokens;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::json;
 
 use lanyard_core::enrollment::EnrollmentService;
 use lanyard_core::Lanyard;
 
 pub use error::{ApiError, ApiResult};
+pub use health::HealthSettings;
 
 /// The largest request body the admin API accepts.
 pub const ADMIN_BODY_LIMIT: usize = 256 * 1024;
@@ -50,14 +51,47 @@ pub struct AppState {
     pub secrets: lanyard_pki::SecretBox,
     /// Apple Business Manager server tokens, discovery registration and device sync.
     pub abm: lanyard_core::server_tokens::AbmService,
-    /// Renders `/metrics`; `None` disables the endpoint (e.g. in unit tests).
-    pub metrics: Option<PrometheusHandle>,
+    /// Renders `/metrics` on this router; `None` when it is disabled or served on its own
+    /// address ([`metrics_router`]).
+    pub metrics: Option<MetricsEndpoint>,
+    /// What `/healthz` checks besides the database.
+    pub health: HealthSettings,
+    /// Headers added to every answer.
+    pub headers: ResponseHeaders,
 }
+
+/// `/metrics`: the Prometheus text, optionally only for `Authorization: Bearer <token>`.
+#[derive(Clone)]
+pub struct MetricsEndpoint {
+    pub handle: PrometheusHandle,
+    /// When set, a scrape without this bearer token is refused (401).
+    pub token: Option<String>,
+}
+
+/// Headers the one response-headers layer adds to every answer (see [`response_headers`]).
+#[derive(Debug, Clone, Default)]
+pub struct ResponseHeaders {
+    /// `Strict-Transport-Security`, when set (Lanyard serving TLS itself, or asked to behind a
+    /// proxy).
+    hsts: Option<HeaderValue>,
+}
+
+impl ResponseHeaders {
+    /// `Strict-Transport-Security: max-age=<seconds>` on every answer when given.
+    pub fn with_hsts_max_age(seconds: Option<u64>) -> Self {
+        Self {
+            hsts: seconds.and_then(|s| HeaderValue::from_str(&format!("max-age={s}")).ok()),
+        }
+    }
+}
+
+/// Seconds a `503` asks the client to wait (`Retry-After`).
+pub const RETRY_AFTER_SECS: u64 = 5;
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics_text))
         .merge(device::routes())
         .merge(pages::routes())
@@ -71,33 +105,90 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn_with_state(
+            state.headers.clone(),
+            response_headers,
+        ))
         .with_state(state)
 }
 
-async fn healthz(State(s): State<AppState>) -> Response {
-    let backend = s.lanyard.store().backend();
-    match s.lanyard.store().ping().await {
-        Ok(()) => Json(json!({"status": "ok", "database": backend})).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "health check: database unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "database": backend})),
-            )
-                .into_response()
-        }
+/// A router serving only `/metrics`, for `--metrics-listen` (its own address, plain HTTP).
+pub fn metrics_router(endpoint: MetricsEndpoint, headers: ResponseHeaders) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(
+                |State(e): State<MetricsEndpoint>, req: Request| async move {
+                    render_metrics(&e, req.headers())
+                },
+            ),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(headers, response_headers))
+        .with_state(endpoint)
+}
+
+async fn metrics_text(State(s): State<AppState>, req: Request) -> Response {
+    match &s.metrics {
+        Some(e) => render_metrics(e, req.headers()),
+        None => ApiError::not_found("metrics are not served on this address").into_response(),
     }
 }
 
-async fn metrics_text(State(s): State<AppState>) -> Response {
-    match &s.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => ApiError::not_found("metrics are disabled").into_response(),
+fn render_metrics(e: &MetricsEndpoint, headers: &header::HeaderMap) -> Response {
+    if let Some(token) = &e.token {
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        if !auth::constant_time_eq(sent.as_bytes(), token.as_bytes()) {
+            let mut res = ApiError::unauthorized("send Authorization: Bearer <metrics token>")
+                .into_response();
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"metrics\""),
+            );
+            return res;
+        }
     }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        e.handle.render(),
+    )
+        .into_response()
+}
+
+/// The one layer that sets the headers every answer carries:
+/// - `X-Content-Type-Options: nosniff`;
+/// - `Cache-Control: no-store` unless the handler chose a cache policy (only the portal's
+///   static assets do): sign-in answers, API and session tokens, enrollment hand-offs,
+///   profiles and flow pages carry secrets, and nothing else is worth caching;
+/// - `Strict-Transport-Security` when configured (Lanyard serving TLS);
+/// - `Retry-After` on every `503` (the database is unavailable, or `/healthz` failed).
+pub async fn response_headers(
+    State(policy): State<ResponseHeaders>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut res = next.run(req).await;
+    let unavailable = res.status() == StatusCode::SERVICE_UNAVAILABLE;
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if let Some(hsts) = &policy.hsts {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    if unavailable && !h.contains_key(header::RETRY_AFTER) {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    res
 }
 
 async fn not_found() -> ApiError {

@@ -163,8 +163,8 @@ pub(crate) fn page(status: StatusCode, org: &str, title: &str, body: &str) -> Re
         o = esc(org),
     );
     let mut res = (status, Html(html)).into_response();
+    // Cache-Control: no-store and nosniff come from the one response-headers layer.
     let h = res.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(ENROLLMENT_CSP),
@@ -274,6 +274,10 @@ pub(crate) fn refuse(s: &AppState, e: CoreError) -> Response {
         CoreError::Conflict(_) => StatusCode::CONFLICT,
         CoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        CoreError::Unavailable(why) => {
+            tracing::warn!(cause = %why, "enrollment page refused: database unavailable");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         CoreError::Store(_) | CoreError::Internal(_) => {
             tracing::error!(error = %e, "enrollment page failed");
             return refusal(

@@ -43,8 +43,15 @@ fn migration_names(m: &sqlx::migrate::Migrator) -> Vec<String> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database at a `sqlite://` URL. Does not migrate.
+    /// Opens (creating if missing) the database at a `sqlite://` URL with the default
+    /// [`PoolSettings`]. Does not migrate.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, PoolSettings::default()).await
+    }
+
+    /// Opens (creating if missing, readable by its owner only) the database at a `sqlite://`
+    /// URL. Does not migrate.
+    pub async fn connect_with(url: &str, settings: PoolSettings) -> Result<Self> {
         if Backend::from_url(url)? != Backend::Sqlite {
             return Err(StoreError::InvalidUrl("expected a sqlite:// URL".into()));
         }
@@ -55,9 +62,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        private_database_files(opts.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(15))
+            .acquire_timeout(settings.acquire_timeout)
             .connect_with(opts)
             .await?;
         Ok(Self {
@@ -83,16 +91,43 @@ impl SqliteStore {
 }
 
 impl PostgresStore {
-    /// Connects to a `postgres://` URL. Does not migrate.
+    /// Connects to a `postgres://` URL with the default [`PoolSettings`]. Does not migrate.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, PoolSettings::default()).await
+    }
+
+    /// Connects to a `postgres://` URL. Does not migrate. The first connection is made
+    /// directly, so a failure names its cause ("cannot connect to PostgreSQL at host:port:
+    /// Connection refused") rather than only the pool's timeout.
+    pub async fn connect_with(url: &str, settings: PoolSettings) -> Result<Self> {
+        use sqlx::{ConnectOptions, Connection};
         if Backend::from_url(url)? != Backend::Postgres {
             return Err(StoreError::InvalidUrl("expected a postgres:// URL".into()));
         }
         let opts =
             PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+        let place = format!("{}:{}", opts.get_host(), opts.get_port());
+        let cannot = |cause: String| {
+            StoreError::Unavailable(format!("cannot connect to PostgreSQL at {place}: {cause}"))
+        };
+        match tokio::time::timeout(settings.acquire_timeout, opts.connect()).await {
+            Err(_) => {
+                return Err(cannot(format!(
+                    "no answer within {} s",
+                    settings.acquire_timeout.as_secs_f64()
+                )))
+            }
+            Ok(Err(sqlx::Error::Io(e))) => return Err(cannot(e.to_string())),
+            Ok(Err(sqlx::Error::Tls(e))) => return Err(cannot(format!("TLS: {e}"))),
+            Ok(Err(sqlx::Error::Database(e))) => return Err(cannot(e.message().to_string())),
+            Ok(Err(e)) => return Err(cannot(e.to_string())),
+            Ok(Ok(first)) => {
+                let _ = first.close().await;
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(15))
+            .acquire_timeout(settings.acquire_timeout)
             .connect_with(opts)
             .await?;
         Ok(Self { pool })
@@ -112,6 +147,47 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The SQLite database file and its `-wal` and `-shm` companions are readable by their owner
+/// only: the file is created 0600 before SQLite opens it (SQLite gives the companions the
+/// database file's mode), and an existing set is narrowed to 0600.
+fn private_database_files(path: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let text = path.to_string_lossy();
+        if text.is_empty() || text.starts_with(':') {
+            return Ok(()); // in memory
+        }
+        let io = |what: &str, p: &std::path::Path, e: std::io::Error| {
+            StoreError::Unavailable(format!("cannot {what} {}: {e}", p.display()))
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            // A missing directory and the like: SQLite reports it in its own words.
+            Err(_) => return Ok(()),
+        }
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let file = std::path::PathBuf::from(format!("{text}{suffix}"));
+            let Ok(meta) = std::fs::metadata(&file) else {
+                continue;
+            };
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| io("make private", &file, e))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 const USER_COLUMNS: &str =
@@ -620,6 +696,22 @@ macro_rules! impl_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn holds_sealed_material(&self) -> Result<bool> {
+                let (any,): (bool,) = sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM pki_material) \
+                     OR EXISTS (SELECT 1 FROM server_tokens) \
+                     OR EXISTS (SELECT 1 FROM identity_providers \
+                                WHERE client_secret_sealed IS NOT NULL) \
+                     OR EXISTS (SELECT 1 FROM oidc_sign_ins) \
+                     OR EXISTS (SELECT 1 FROM enrollments \
+                                WHERE unlock_token_sealed IS NOT NULL \
+                                   OR bootstrap_token_sealed IS NOT NULL)",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(any)
             }
         }
 

@@ -41,6 +41,11 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    /// The database cannot be reached or gave no connection in time (PostgreSQL down, the
+    /// pool's acquire timeout passed, the connection dropped). Callers answer "try again
+    /// later" (503), not "internal error"; the text names the cause.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -52,12 +57,51 @@ impl From<sqlx::Error> for StoreError {
                 StoreError::Conflict(db.message().to_string())
             }
             sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
+            sqlx::Error::PoolTimedOut => {
+                StoreError::Unavailable("no database connection within the acquire timeout".into())
+            }
+            sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+                StoreError::Unavailable("the database connection pool is closed".into())
+            }
+            sqlx::Error::Io(io) => StoreError::Unavailable(format!("connection lost: {io}")),
+            sqlx::Error::Tls(tls) => StoreError::Unavailable(format!("TLS: {tls}")),
+            // PostgreSQL's connection-exception class (08…), and "shutting down" / "starting
+            // up" / "too many connections".
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")
+                }) =>
+            {
+                StoreError::Unavailable(db.message().to_string())
+            }
             _ => StoreError::Database(e),
         }
     }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How a backend's connection pool behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// How long a query waits for a connection (a free one, or a new one being made) before it
+    /// fails with [`StoreError::Unavailable`]. Also bounds the first connection at start-up.
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl PoolSettings {
+    /// The default acquire timeout: long enough for a busy pool, short enough that a request
+    /// against a stopped database fails fast.
+    pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            acquire_timeout: Self::DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
 
 /// The current time at the precision both backends keep (microseconds), so values read back
 /// compare equal to values written.
@@ -178,6 +222,10 @@ pub trait PkiStore: Send + Sync {
     /// Inserts unless a row of that name exists (another process won the race); returns whether
     /// this call inserted it. Callers re-read afterwards so every process uses the same material.
     async fn insert_pki_if_absent(&self, material: &PkiMaterial) -> Result<bool>;
+    /// Whether the database holds anything sealed with the secret key (CA and TLS keys, the
+    /// push certificate key, server tokens, identity provider secrets, device tokens, sign-in
+    /// verifiers): a database that does cannot be used with a freshly generated key.
+    async fn holds_sealed_material(&self) -> Result<bool>;
 }
 
 /// Account-driven enrollment: sign-in flows, access tokens, enrollments and check-in state.

@@ -139,6 +139,7 @@ conformance!(
     sessions_expire,
     audit_filters_newest_first,
     pki_insert_is_first_writer_wins,
+    sealed_material_is_detected,
     access_tokens_are_single_use,
     enrollment_lifecycle,
     scep_challenge_claimed_once,
@@ -1010,6 +1011,87 @@ async fn pki_insert_is_first_writer_wins(s: &dyn Store) {
     assert!(!s.insert_pki_if_absent(&second).await.unwrap());
     assert_eq!(s.get_pki("ca").await.unwrap().unwrap(), first);
     assert!(s.get_pki("tls").await.unwrap().is_none());
+}
+
+async fn sealed_material_is_detected(s: &dyn Store) {
+    assert!(
+        !s.holds_sealed_material().await.unwrap(),
+        "a fresh database"
+    );
+    s.put_setting("enrollment", "{}", &audit("settings.update", "enrollment"))
+        .await
+        .unwrap();
+    assert!(
+        !s.holds_sealed_material().await.unwrap(),
+        "settings seal nothing"
+    );
+    let ca = PkiMaterial {
+        name: "ca".into(),
+        cert_pem: "CERT".into(),
+        key_sealed: vec![1, 2, 3],
+        created_at: now(),
+    };
+    assert!(s.insert_pki_if_absent(&ca).await.unwrap());
+    assert!(s.holds_sealed_material().await.unwrap());
+}
+
+/// A port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// An unreachable PostgreSQL server is "unavailable", and the error names where and why,
+/// not only that a pool timed out.
+#[tokio::test]
+async fn unreachable_postgres_names_host_port_and_cause() {
+    let port = closed_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/lanyard");
+    let settings = PoolSettings {
+        acquire_timeout: std::time::Duration::from_secs(2),
+    };
+    let err = PostgresStore::connect_with(&url, settings)
+        .await
+        .expect_err("nothing listens there");
+    let StoreError::Unavailable(why) = &err else {
+        panic!("not Unavailable: {err:?}");
+    };
+    assert!(
+        why.contains(&format!("cannot connect to PostgreSQL at 127.0.0.1:{port}")),
+        "{why}"
+    );
+    assert!(why.to_lowercase().contains("refused"), "{why}");
+}
+
+/// The SQLite database and its WAL companions are readable by their owner only, including a
+/// database created earlier with a wider mode.
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = std::env::temp_dir().join(format!("lanyard-modes-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("lanyard.db");
+    let url = format!("sqlite://{}", db.display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+        .put_setting("x", "{}", &audit("settings.update", "x"))
+        .await
+        .unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let f = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    store.close().await;
+
+    // An existing database with a wider mode is narrowed on open.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = SqliteStore::connect(&url).await.unwrap();
+    assert_eq!(mode(&db), 0o600);
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn a_user(s: &dyn Store) -> User {

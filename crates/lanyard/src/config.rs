@@ -24,15 +24,21 @@ pub struct GlobalArgs {
     /// sqlite://PATH (default: sqlite://<data-dir>/lanyard.db) or postgres://…
     #[arg(long, env = "LANYARD_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
-    /// Base64 of the 32-byte key that seals private keys at rest. Default: <data-dir>/secret.key,
-    /// created on first start. Every server process on one database must use the same key.
+    /// The file holding the key that seals private keys at rest (base64 of 32 bytes; readable
+    /// by its owner only). Default: <data-dir>/secret.key. Created on first start when the
+    /// database holds nothing sealed yet. Every server process on one database must use the
+    /// same key.
+    #[arg(long, env = "LANYARD_SECRET_KEY_FILE", global = true)]
+    pub secret_key_file: Option<PathBuf>,
+    /// Seconds a database query waits for a connection (PostgreSQL down: requests fail with
+    /// 503 after this). Default: 5
     #[arg(
         long,
-        env = "LANYARD_SECRET_KEY",
+        env = "LANYARD_DATABASE_ACQUIRE_TIMEOUT",
         global = true,
-        hide_env_values = true
+        value_name = "SECONDS"
     )]
-    pub secret_key: Option<String>,
+    pub database_acquire_timeout: Option<u64>,
     /// Log format: text or json.
     #[arg(long, env = "LANYARD_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -107,6 +113,22 @@ pub struct ServeArgs {
     /// with a warning, when the open-file limit leaves less room. Default: 4096
     #[arg(long, env = "LANYARD_MAX_CONNECTIONS", value_name = "COUNT")]
     pub max_connections: Option<usize>,
+    /// Free space (MiB) the data directory's disk must have for /healthz to answer ok.
+    /// Default: 256
+    #[arg(long, env = "LANYARD_MIN_FREE_DISK_MB", value_name = "MIB")]
+    pub min_free_disk_mb: Option<u64>,
+    /// Strict-Transport-Security max-age in seconds; 0 sends none. Default: 31536000 (a year)
+    /// when Lanyard serves TLS; none with --behind-proxy unless given.
+    #[arg(long, env = "LANYARD_HSTS_MAX_AGE", value_name = "SECONDS")]
+    pub hsts_max_age: Option<u64>,
+    /// Serve /metrics on this address instead (plain HTTP), e.g. 127.0.0.1:9090; the main
+    /// address then answers 404 for /metrics.
+    #[arg(long, env = "LANYARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// A file holding a token (readable by its owner only): /metrics then answers only
+    /// requests with `Authorization: Bearer <token>`.
+    #[arg(long, env = "LANYARD_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// A duration written as a whole number and a unit: `s`, `m`, `h` or `d` (`30d`, `600s`).
@@ -141,7 +163,10 @@ pub struct FileConfig {
     pub apns_ca_cert: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
-    pub secret_key: Option<String>,
+    pub secret_key_file: Option<PathBuf>,
+    /// No longer read (the key does not belong in a config file); present only to say so.
+    pub secret_key: Option<toml::Value>,
+    pub database_acquire_timeout: Option<u64>,
     pub log_format: Option<String>,
     pub listen: Option<String>,
     pub public_url: Option<String>,
@@ -159,6 +184,10 @@ pub struct FileConfig {
     pub idle_timeout: Option<u64>,
     pub body_read_timeout: Option<u64>,
     pub max_connections: Option<usize>,
+    pub min_free_disk_mb: Option<u64>,
+    pub hsts_max_age: Option<u64>,
+    pub metrics_listen: Option<String>,
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -185,7 +214,9 @@ pub struct DataConfig {
     pub apns_ca_cert: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub database_url: String,
-    pub secret_key: Option<String>,
+    /// `--secret-key-file`; `None`: `<data-dir>/secret.key`.
+    pub secret_key_file: Option<PathBuf>,
+    pub pool: lanyard_store::PoolSettings,
     pub log_format: LogFormat,
 }
 
@@ -205,7 +236,19 @@ pub struct ServeConfig {
     /// How often the push sweep runs (and how old a pending push request must be).
     pub push_sweep_interval: Duration,
     pub limits: crate::connections::Limits,
+    /// `/healthz` answers 503 below this many free bytes in the data directory.
+    pub min_free_bytes: u64,
+    /// `Strict-Transport-Security` max-age; `None`: not sent.
+    pub hsts_max_age: Option<u64>,
+    /// Where `/metrics` is served instead of `listen`, when set.
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_token_file: Option<PathBuf>,
 }
+
+/// The default free-space minimum for `/healthz`, in MiB.
+pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 256;
+/// The default `Strict-Transport-Security` max-age when Lanyard serves TLS: a year.
+pub const DEFAULT_HSTS_MAX_AGE: u64 = 365 * 86_400;
 
 #[derive(Debug, Clone)]
 pub enum TlsMode {
@@ -219,6 +262,28 @@ pub enum TlsMode {
 
 impl DataConfig {
     pub fn resolve(g: &GlobalArgs, file: &FileConfig) -> Result<DataConfig> {
+        // The key itself is no longer taken from argv, the environment or the config file:
+        // argv and the environment are visible to other local users and processes.
+        if std::env::var_os("LANYARD_SECRET_KEY").is_some() {
+            bail!(
+                "LANYARD_SECRET_KEY is no longer read: write the key to a file only its owner \
+                 can read and give --secret-key-file (LANYARD_SECRET_KEY_FILE)"
+            );
+        }
+        if file.secret_key.is_some() {
+            bail!(
+                "secret_key in the config file is no longer read: write the key to a file only \
+                 its owner can read and set secret_key_file"
+            );
+        }
+        let acquire = g
+            .database_acquire_timeout
+            .or(file.database_acquire_timeout)
+            .map(Duration::from_secs)
+            .unwrap_or(lanyard_store::PoolSettings::DEFAULT_ACQUIRE_TIMEOUT);
+        if acquire.is_zero() {
+            bail!("--database-acquire-timeout must be at least 1 second");
+        }
         let data_dir = g
             .data_dir
             .clone()
@@ -247,7 +312,13 @@ impl DataConfig {
             apns_ca_cert: g.apns_ca_cert.clone().or_else(|| file.apns_ca_cert.clone()),
             data_dir,
             database_url,
-            secret_key: g.secret_key.clone().or_else(|| file.secret_key.clone()),
+            secret_key_file: g
+                .secret_key_file
+                .clone()
+                .or_else(|| file.secret_key_file.clone()),
+            pool: lanyard_store::PoolSettings {
+                acquire_timeout: acquire,
+            },
             log_format,
         })
     }
@@ -297,7 +368,6 @@ impl ServeConfig {
         Ok(ServeConfig {
             listen,
             public_url,
-            tls,
             organization: s
                 .organization
                 .clone()
@@ -333,6 +403,32 @@ impl ServeConfig {
             )?
             .unwrap_or(Duration::from_secs(30)),
             limits: limits(s, file)?,
+            min_free_bytes: s
+                .min_free_disk_mb
+                .or(file.min_free_disk_mb)
+                .unwrap_or(DEFAULT_MIN_FREE_DISK_MB)
+                .saturating_mul(1024 * 1024),
+            hsts_max_age: match (s.hsts_max_age.or(file.hsts_max_age), &tls) {
+                (Some(0), _) => None,
+                (Some(age), _) => Some(age),
+                (None, TlsMode::BehindProxy) => None,
+                (None, _) => Some(DEFAULT_HSTS_MAX_AGE),
+            },
+            metrics_listen: match s
+                .metrics_listen
+                .clone()
+                .or_else(|| file.metrics_listen.clone())
+            {
+                None => None,
+                Some(text) => Some(text.parse().with_context(|| {
+                    format!("--metrics-listen `{text}` is not an address like 127.0.0.1:9090")
+                })?),
+            },
+            metrics_token_file: s
+                .metrics_token_file
+                .clone()
+                .or_else(|| file.metrics_token_file.clone()),
+            tls,
         })
     }
 }
@@ -442,6 +538,10 @@ mod tests {
             idle_timeout: None,
             body_read_timeout: None,
             max_connections: None,
+            min_free_disk_mb: None,
+            hsts_max_age: None,
+            metrics_listen: None,
+            metrics_token_file: None,
         }
     }
 
@@ -526,5 +626,90 @@ mod tests {
             assert!(err.contains("at least 1"), "{flag}: {err}");
         }
         assert!(limits_of(&["--idle-timeout", "-1"], "").is_err());
+    }
+
+    #[test]
+    fn hsts_follows_the_tls_mode_unless_set() {
+        let resolve = |a: &ServeArgs, f: &str| {
+            let file: FileConfig = toml::from_str(f).unwrap();
+            ServeConfig::resolve(a, &file).unwrap().hsts_max_age
+        };
+        assert_eq!(resolve(&serve_args(), ""), Some(DEFAULT_HSTS_MAX_AGE));
+        let proxy = ServeArgs {
+            behind_proxy: true,
+            public_url: Some("https://mdm.example.com".into()),
+            ..serve_args()
+        };
+        assert_eq!(resolve(&proxy, ""), None, "plain HTTP behind a proxy");
+        assert_eq!(resolve(&proxy, "hsts_max_age = 600"), Some(600));
+        let off = ServeArgs {
+            hsts_max_age: Some(0),
+            ..serve_args()
+        };
+        assert_eq!(resolve(&off, ""), None);
+    }
+
+    #[test]
+    fn metrics_and_disk_settings() {
+        let file: FileConfig = toml::from_str(
+            "metrics_listen = \"127.0.0.1:9090\"\nmin_free_disk_mb = 10\nmetrics_token_file = \"t\"",
+        )
+        .unwrap();
+        let c = ServeConfig::resolve(&serve_args(), &file).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.min_free_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.metrics_token_file, Some(PathBuf::from("t")));
+        let c = ServeConfig::resolve(&serve_args(), &FileConfig::default()).unwrap();
+        assert_eq!(c.min_free_bytes, DEFAULT_MIN_FREE_DISK_MB * 1024 * 1024);
+        let bad = ServeArgs {
+            metrics_listen: Some("metrics".into()),
+            ..serve_args()
+        };
+        let e = ServeConfig::resolve(&bad, &FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("--metrics-listen"), "{e}");
+    }
+
+    #[derive(Parser)]
+    struct GlobalCli {
+        #[command(flatten)]
+        global: GlobalArgs,
+    }
+
+    fn data_of(args: &[&str], file: &str) -> Result<DataConfig> {
+        let cli =
+            GlobalCli::try_parse_from(std::iter::once("lanyard").chain(args.iter().copied()))?;
+        let file: FileConfig = toml::from_str(file)?;
+        DataConfig::resolve(&cli.global, &file)
+    }
+
+    #[test]
+    fn the_secret_key_comes_from_a_file_only() {
+        let d = data_of(&["--secret-key-file", "/k"], "").unwrap();
+        assert_eq!(d.secret_key_file, Some(PathBuf::from("/k")));
+        let d = data_of(&[], "secret_key_file = \"/f\"").unwrap();
+        assert_eq!(d.secret_key_file, Some(PathBuf::from("/f")));
+        assert_eq!(data_of(&[], "").unwrap().secret_key_file, None);
+        // The key itself: not on argv, not in the file.
+        assert!(data_of(&["--secret-key", "AAAA"], "").is_err());
+        let e = data_of(&[], "secret_key = \"AAAA\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("secret_key_file"), "{e}");
+    }
+
+    #[test]
+    fn database_acquire_timeout() {
+        let d = data_of(&[], "").unwrap();
+        assert_eq!(d.pool.acquire_timeout, Duration::from_secs(5));
+        let d = data_of(
+            &["--database-acquire-timeout", "2"],
+            "database_acquire_timeout = 9",
+        )
+        .unwrap();
+        assert_eq!(d.pool.acquire_timeout, Duration::from_secs(2));
+        let d = data_of(&[], "database_acquire_timeout = 9").unwrap();
+        assert_eq!(d.pool.acquire_timeout, Duration::from_secs(9));
+        let e = data_of(&["--database-acquire-timeout", "0"], "").unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
     }
 }

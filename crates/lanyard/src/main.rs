@@ -110,19 +110,19 @@ async fn run(cli: Cli) -> Result<()> {
         Action::Settings(c) => commands::settings(&setup::open_store(&data).await?, c).await,
         Action::Device(c) => {
             let o = setup::open_store(&data).await?;
-            let secrets = setup::secret_box(&data)?;
+            let secrets = setup::secret_box(&data, &o.lanyard).await?;
             let push = setup::push_service(&data, &o.lanyard, &secrets)?;
             commands::device(&o, c, Some(&push)).await
         }
         Action::Command(c) => {
             let o = setup::open_store(&data).await?;
-            let secrets = setup::secret_box(&data)?;
+            let secrets = setup::secret_box(&data, &o.lanyard).await?;
             let push = setup::push_service(&data, &o.lanyard, &secrets)?;
             commands::command(&o, c, Some(&push)).await
         }
         Action::PushCert(c) => {
             let o = setup::open_store(&data).await?;
-            commands::push_cert(&o, &setup::secret_box(&data)?, c).await
+            commands::push_cert(&o, &setup::secret_box(&data, &o.lanyard).await?, c).await
         }
         Action::Attribute(c) => commands::attribute(&setup::open_store(&data).await?, c).await,
         Action::Admin(c) => commands::admin(&setup::open_store(&data).await?, c).await,
@@ -130,7 +130,7 @@ async fn run(cli: Cli) -> Result<()> {
         Action::Token(c) => token_cmd::run(&data, &cli.abm, c).await,
         Action::Idp(c) => {
             let o = setup::open_store(&data).await?;
-            idp_cmd::idp(&o, &setup::secret_box(&data)?, c).await
+            idp_cmd::idp(&o, &setup::secret_box(&data, &o.lanyard).await?, c).await
         }
     }
 }

@@ -31,7 +31,7 @@ pub async fn run(
     }
     let opened = setup::open_store(&data).await?;
     let lanyard = opened.lanyard;
-    let secrets = setup::secret_box(&data)?;
+    let secrets = setup::secret_box(&data, &lanyard).await?;
     let device_pki = lanyard
         .load_device_pki(&secrets, &serve.organization)
         .await?;
@@ -104,6 +104,28 @@ pub async fn run(
     );
     enrollment.start_identity_renewal_job(serve.identity_renewal_interval);
     let oidc = oidc_sign_ins(&serve, &lanyard, &secrets, &public)?;
+    let headers = lanyard_http::ResponseHeaders::with_hsts_max_age(serve.hsts_max_age);
+    let metrics = lanyard_http::MetricsEndpoint {
+        handle: metrics,
+        token: match &serve.metrics_token_file {
+            Some(path) => Some(metrics_token(path)?),
+            None => None,
+        },
+    };
+    let limits = Limits {
+        max_connections: connections::effective_max_connections(
+            serve.limits.max_connections,
+            connections::open_file_limit(),
+        ),
+        ..serve.limits
+    };
+    let main_metrics = match serve.metrics_listen {
+        None => Some(metrics),
+        Some(addr) => {
+            serve_metrics(addr, metrics, headers.clone(), handle.clone(), limits)?;
+            None
+        }
+    };
     let app = lanyard_http::router(lanyard_http::AppState {
         lanyard: lanyard.clone(),
         enrollment,
@@ -112,7 +134,12 @@ pub async fn run(
         mdm,
         secrets: secrets.clone(),
         abm: abm_service(&lanyard, &secrets, &abm, &public)?,
-        metrics: Some(metrics),
+        metrics: main_metrics,
+        health: lanyard_http::HealthSettings {
+            data_dir: data.data_dir.clone(),
+            min_free_bytes: serve.min_free_bytes,
+        },
+        headers,
     });
     tokio::spawn(prune_leftovers(lanyard.clone()));
     println!(
@@ -121,13 +148,6 @@ pub async fn run(
     );
     tracing::info!(%bound, %public, database = opened.backend_name, "listening");
 
-    let limits = Limits {
-        max_connections: connections::effective_max_connections(
-            serve.limits.max_connections,
-            connections::open_file_limit(),
-        ),
-        ..serve.limits
-    };
     tracing::info!(
         header_read_timeout_s = limits.header_read.as_secs(),
         idle_timeout_s = limits.idle.as_secs(),
@@ -157,6 +177,46 @@ pub async fn run(
         }
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The `/metrics` bearer token from its file: private to its owner, not empty.
+fn metrics_token(path: &std::path::Path) -> Result<String> {
+    let token = setup::read_private(path, "the metrics token file")?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        anyhow::bail!("the metrics token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+/// Serves `/metrics` alone on its own address (plain HTTP), under the same connection limits,
+/// stopping with the main server.
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+    endpoint: lanyard_http::MetricsEndpoint,
+    headers: lanyard_http::ResponseHeaders,
+    handle: axum_server::Handle,
+    limits: Limits,
+) -> Result<()> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on --metrics-listen {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    println!("lanyard metrics on http://{bound}/metrics");
+    tracing::info!(%bound, "serving /metrics on its own address");
+    let app = lanyard_http::metrics_router(endpoint, headers);
+    tokio::spawn(async move {
+        if let Err(e) = axum_server::from_tcp(listener)
+            .acceptor(Guard::new(DefaultAcceptor::new(), limits))
+            .handle(handle)
+            .serve(app.into_make_service())
+            .await
+        {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    });
     Ok(())
 }
 

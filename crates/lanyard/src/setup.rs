@@ -1,7 +1,7 @@
 //! Opening what a command needs: the data directory, the database (the one place that picks a
 //! concrete backend from the URL), the secret key, and logging.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -43,16 +43,20 @@ pub async fn open_store(data: &DataConfig) -> Result<Opened> {
     ensure_data_dir(&data.data_dir)?;
     let (store, migrations): (Arc<dyn Store>, Vec<String>) = match backend {
         Backend::Sqlite => {
-            let s = SqliteStore::connect(&data.database_url)
+            let s = SqliteStore::connect_with(&data.database_url, data.pool)
                 .await
-                .with_context(|| "cannot open the SQLite database".to_string())?;
+                .context("cannot open the SQLite database")?;
             s.migrate().await?;
             (Arc::new(s), SqliteStore::migration_names())
         }
         Backend::Postgres => {
-            let s = PostgresStore::connect(&data.database_url)
+            // An unreachable server's error already names host, port and cause.
+            let s = PostgresStore::connect_with(&data.database_url, data.pool)
                 .await
-                .context("cannot connect to PostgreSQL")?;
+                .map_err(|e| match e {
+                    lanyard_store::StoreError::Unavailable(why) => anyhow::anyhow!(why),
+                    other => anyhow::Error::new(other).context("cannot connect to PostgreSQL"),
+                })?;
             s.migrate().await?;
             (Arc::new(s), PostgresStore::migration_names())
         }
@@ -65,26 +69,64 @@ pub async fn open_store(data: &DataConfig) -> Result<Opened> {
     })
 }
 
-/// The key that seals private keys: from config, or `<data-dir>/secret.key` (created once,
-/// readable by the owner only).
-pub fn secret_box(data: &DataConfig) -> Result<SecretBox> {
-    if let Some(text) = &data.secret_key {
-        let key = SecretBox::key_from_base64(text)
-            .context("--secret-key must be the base64 of 32 random bytes")?;
-        return Ok(SecretBox::new(key));
-    }
-    let path = data.data_dir.join("secret.key");
+/// Where the secret key lives: `--secret-key-file`, else `<data-dir>/secret.key`.
+pub fn secret_key_path(data: &DataConfig) -> PathBuf {
+    data.secret_key_file
+        .clone()
+        .unwrap_or_else(|| data.data_dir.join("secret.key"))
+}
+
+/// The key that seals private keys, read from its file (which must be readable by its owner
+/// only). A missing file is created with a fresh key only while the database holds nothing
+/// sealed: a database that does was sealed with a key that is lost, and a new one could open
+/// none of it.
+pub async fn secret_box(data: &DataConfig, lanyard: &Lanyard) -> Result<SecretBox> {
+    let path = secret_key_path(data);
     if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = read_private(&path, "the secret key")?;
         let key = SecretBox::key_from_base64(text.trim())
             .with_context(|| format!("{} is not a valid secret key", path.display()))?;
         return Ok(SecretBox::new(key));
     }
+    let sealed = lanyard
+        .store()
+        .holds_sealed_material()
+        .await
+        .context("cannot check the database for sealed keys")?;
+    if sealed {
+        bail!(
+            "the secret key file {} is missing, but the database already holds keys sealed with \
+             a secret key: refusing to create a new key, which could open none of them. Restore \
+             the original key file (from a backup, or from another server process on this \
+             database) to {} or give its place with --secret-key-file",
+            path.display(),
+            path.display()
+        );
+    }
     let key = SecretBox::generate_key();
     write_private(&path, SecretBox::key_to_base64(&key).as_bytes())?;
-    tracing::info!("created a new secret key in the data directory");
+    tracing::info!(path = %path.display(), "created a new secret key");
     Ok(SecretBox::new(key))
+}
+
+/// Reads a file holding a secret, refusing one that other users could read or change.
+pub fn read_private(path: &Path, what: &str) -> Result<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {what} {}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "{what} {} is open to other users (mode {mode:04o}); make it readable by its \
+                 owner only: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
 
 /// Writes a file only its owner can read, refusing to overwrite one that exists.

@@ -194,7 +194,7 @@ fn write_or_print(pem: &str, output: Option<PathBuf>) -> Result<()> {
 
 pub async fn run(data: &DataConfig, abm: &AbmArgs, cmd: TokenCmd) -> Result<()> {
     let o = setup::open_store(data).await?;
-    let secrets = setup::secret_box(data)?;
+    let secrets = setup::secret_box(data, &o.lanyard).await?;
     let public = match &cmd {
         TokenCmd::RegisterDiscovery { public_url } => {
             let u = url::Url::parse(public_url)

@@ -243,6 +243,10 @@ pub(crate) fn describe(e: CoreError) -> (StatusCode, String) {
         CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => StatusCode::FORBIDDEN,
         CoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        CoreError::Unavailable(why) => {
+            tracing::warn!(cause = %why, "portal request refused: database unavailable");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         CoreError::Store(_) | CoreError::Internal(_) => {
             tracing::error!(error = %e, "portal request failed");
             return (
@@ -326,9 +330,10 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Audit, "/portal/audit", "Audit log"),
 ];
 
+/// Page-specific headers; `Cache-Control: no-store` and `nosniff` come from the one
+/// response-headers layer ([`crate::response_headers`]).
 fn secure_headers(res: &mut Response) {
     let h = res.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -337,10 +342,6 @@ fn secure_headers(res: &mut Response) {
         ),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
 }
 

@@ -91,7 +91,7 @@ impl Server {
                 (url, Some((admin, name)))
             }
         };
-        Some(Server::spawn(data_dir, database_url, pg_cleanup, env))
+        Some(Server::start_on(data_dir, database_url, pg_cleanup, env))
     }
 
     /// A second `lanyard serve` on this server's database, as a scaled-out deployment runs
@@ -102,10 +102,12 @@ impl Server {
         let key = self.data_dir.path().join("secret.key");
         let copy = data_dir.path().join("secret.key");
         std::fs::copy(&key, &copy).unwrap();
-        Server::spawn(data_dir, self.database_url.clone(), None, env)
+        Server::start_on(data_dir, self.database_url.clone(), None, env)
     }
 
-    fn spawn(
+    /// Starts `lanyard serve` on a given data directory and database URL; `pg_cleanup`
+    /// (admin URL, database name) is dropped at [`Server::stop`].
+    pub fn start_on(
         data_dir: tempfile::TempDir,
         database_url: String,
         pg_cleanup: Option<(String, String)>,
@@ -305,6 +307,43 @@ pub fn cli_with(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `lanyard serve` on the data that is expected to refuse to start, and returns what it
+/// wrote to stderr. A server that starts anyway is killed (after a minute) and the test fails.
+pub fn serve_refuses(data_dir: &Path, database_url: &str, env: &[(&str, &str)]) -> String {
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("LANYARD_DATA_DIR", data_dir)
+        .env("LANYARD_DATABASE_URL", database_url)
+        .env("LANYARD_LOG", "warn")
+        .env_remove("LANYARD_CONFIG")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            assert!(!status.success(), "lanyard serve exited successfully");
+            return String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("lanyard serve started instead of refusing");
+}
+
+/// Writes a file readable by its owner only (a key or token file as an operator would).
+pub fn write_private_file(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 }
 
 pub fn temp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
