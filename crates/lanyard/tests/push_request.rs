@@ -341,6 +341,49 @@ async fn request_sign_upload_renew(db: Db) {
         "the renewed certificate is in use"
     );
     no_pending();
+
+    // The API: a request, its CSR, and Apple's certificate for it by `cert_pem` alone; a
+    // foreign certificate is a 422 and changes nothing.
+    let api = format!("{}/api/v1/push-certificate/request", s.url);
+    let r = c.get(&api).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c.post(&api).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let made: Value = r.json().await.unwrap();
+    let api_csr = made["csr_pem"].as_str().unwrap().to_string();
+    let shown: Value = c
+        .get(&api)
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["csr_pem"], api_csr.as_str());
+    let put = format!("{}/api/v1/push-certificate", s.url);
+    let r = c
+        .put(&put)
+        .bearer_auth(&t)
+        .json(&serde_json::json!({"cert_pem": foreign.cert_pem}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let api_cert =
+        fake_apple_push_certificate(api_csr.as_bytes(), &topic, FakeApnsMarker::Production)
+            .unwrap();
+    let r = c
+        .put(&put)
+        .bearer_auth(&t)
+        .json(&serde_json::json!({"cert_pem": api_cert}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stored: Value = r.json().await.unwrap();
+    assert_eq!(stored["topic"], topic.as_str());
+    no_pending();
     s.stop().await;
 }
 
