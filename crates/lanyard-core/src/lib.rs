@@ -20,6 +20,7 @@ pub mod listings;
 pub mod mdm;
 pub mod pki;
 pub mod push;
+pub mod pushcert;
 pub mod renewal;
 pub mod server_tokens;
 pub mod settings;
@@ -76,6 +77,8 @@ pub struct Lanyard {
     /// push job, the CLI a collector it drains before exiting). `None`: commands wait for the
     /// device's next check-in.
     pusher: Option<Arc<dyn commands::PushRequester>>,
+    /// The APNs service pushes go to; a push certificate marked for the other is refused.
+    apns_environment: lanyard_apple::apns::ApnsEnvironment,
 }
 
 impl Lanyard {
@@ -83,7 +86,15 @@ impl Lanyard {
         Self {
             store,
             pusher: None,
+            apns_environment: lanyard_apple::apns::ApnsEnvironment::Production,
         }
+    }
+
+    /// The same services for a deployment that pushes to this APNs service (see
+    /// [`pushcert::environment_of_url`]).
+    pub fn with_apns_environment(mut self, env: lanyard_apple::apns::ApnsEnvironment) -> Self {
+        self.apns_environment = env;
+        self
     }
 
     /// The same services, waking devices through `pusher` after commands are queued.

@@ -26,7 +26,7 @@ pub const EXPIRY_WARNING_DAYS: i64 = 30;
 /// Attempts per push before giving up on a retryable failure.
 pub const MAX_ATTEMPTS: u32 = 4;
 
-fn seal_context() -> &'static [u8] {
+pub(crate) fn seal_context() -> &'static [u8] {
     b"lanyard:pki:apns"
 }
 
@@ -43,7 +43,7 @@ pub struct PushCertificateInfo {
     pub warning: Option<String>,
 }
 
-fn info(cert: &PushCertificate) -> PushCertificateInfo {
+pub(crate) fn info(cert: &PushCertificate) -> PushCertificateInfo {
     let days_left = cert.days_left();
     PushCertificateInfo {
         topic: cert.topic().to_string(),
@@ -118,24 +118,7 @@ impl Lanyard {
     ) -> Result<PushCertificateInfo> {
         actor.require_write()?;
         let cert = parse_upload(upload)?;
-        if !force {
-            let others: Vec<(String, i64)> = self
-                .store
-                .live_push_topics()
-                .await?
-                .into_iter()
-                .filter(|(t, _)| t != cert.topic())
-                .collect();
-            if let Some((topic, _)) = others.first() {
-                let live: i64 = others.iter().map(|(_, n)| n).sum();
-                return Err(CoreError::Conflict(format!(
-                    "the certificate's topic {} differs from {topic}, the topic of {live} \
-                     live enrollment(s); renew the certificate for the same topic (or pass force \
-                     to re-enroll every device)",
-                    cert.topic()
-                )));
-            }
-        }
+        self.check_push_replacement(&cert, force).await?;
         let key_pem = upload_key_pem(upload)?;
         let sealed = secrets.seal(key_pem.as_bytes(), seal_context())?;
         let cert_pem = cert

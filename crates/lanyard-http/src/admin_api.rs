@@ -64,6 +64,10 @@ pub fn routes() -> Router<AppState> {
             "/push-certificate",
             get(get_push_certificate).put(put_push_certificate),
         )
+        .route(
+            "/push-certificate/request",
+            get(get_push_request).post(create_push_request),
+        )
         .route("/commands/{uuid}", get(command_status))
         .route("/audit", get(audit_log))
         .route("/openapi.json", get(openapi))
@@ -78,12 +82,13 @@ pub fn routes() -> Router<AppState> {
         patch_settings, list_attributes, define_attribute, delete_attribute, list_admins,
         create_admin, list_api_tokens, create_api_token, revoke_api_token, audit_log, list_devices, get_device,
         device_commands, device_inventory, unenroll_device, require_sign_in, send_command, command_status,
-        get_push_certificate, put_push_certificate
+        get_push_certificate, put_push_certificate, get_push_request, create_push_request
     ),
     components(schemas(ErrorBody, UserView, CreateUser, UpdateUser, EnrollmentSettings,
         SettingsPatch, CustomAttribute, DefineAttribute, AdminView, Role, SignIn, SessionCreated,
         NewAdmin, NewApiToken, ApiTokenCreated, ApiTokenView, AuditView, EnrollmentView, SendCommand, CommandSpec,
-        CommandTarget, CommandChannel, Queued, CommandView, PushCertificateInfo, PushCertificateBody)),
+        CommandTarget, CommandChannel, Queued, CommandView, PushCertificateInfo, PushCertificateBody,
+        lanyard_core::pushcert::PushRequestInfo)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -678,7 +683,8 @@ pub struct PushCertificateBody {
     /// PKCS#12 file, base64.
     pub pkcs12_base64: Option<String>,
     pub password: Option<String>,
-    /// Or PEM certificate and key.
+    /// Or PEM certificate and key; `cert_pem` alone is the certificate Apple issued for the
+    /// pending request (`POST /api/v1/push-certificate/request`), matched to its key.
     pub cert_pem: Option<String>,
     pub key_pem: Option<String>,
     /// Accept a topic that differs from the live enrollments' topic.
@@ -726,13 +732,50 @@ async fn put_push_certificate(
                 )
                 .await?
         }
+        (None, Some(cert), None) => {
+            s.lanyard
+                .complete_push_request(&actor, &s.secrets, cert.as_bytes(), b.force)
+                .await?
+        }
         _ => {
             return Err(ApiError::invalid(
-                "send pkcs12_base64 (+ password), or cert_pem and key_pem",
+                "send cert_pem (for the pending request), pkcs12_base64 (+ password), or \
+                 cert_pem and key_pem",
             ))
         }
     };
     Ok(Json(info))
+}
+
+/// The pending push certificate request: its CSR (PEM) for an MDM vendor to sign.
+#[utoipa::path(get, path = "/api/v1/push-certificate/request",
+    responses((status = 200, body = lanyard_core::pushcert::PushRequestInfo),
+              (status = 404, body = ErrorBody)))]
+async fn get_push_request(
+    State(s): State<AppState>,
+    Authed(_viewer): Authed,
+) -> ApiResult<Json<lanyard_core::pushcert::PushRequestInfo>> {
+    s.lanyard
+        .push_request()
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no push certificate request is pending"))
+}
+
+/// Start getting (or renewing) the push certificate: a new push key (sealed) and CSR, kept
+/// pending until `PUT /api/v1/push-certificate` with the `cert_pem` Apple issued for it.
+#[utoipa::path(post, path = "/api/v1/push-certificate/request",
+    responses((status = 201, body = lanyard_core::pushcert::PushRequestInfo),
+              (status = 403, body = ErrorBody)))]
+async fn create_push_request(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+) -> ApiResult<(StatusCode, Json<lanyard_core::pushcert::PushRequestInfo>)> {
+    let r = s
+        .lanyard
+        .create_push_request(&actor, &s.secrets, None)
+        .await?;
+    Ok((StatusCode::CREATED, Json(r)))
 }
 
 #[cfg(test)]

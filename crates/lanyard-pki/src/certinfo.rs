@@ -78,6 +78,22 @@ impl CertInfo {
     }
 }
 
+/// Whether the certificate carries an extension with this dotted OID (e.g. one of Apple's
+/// private `1.2.840.113635.…` markers, which OpenSSL's safe API cannot look up).
+pub fn has_extension(cert: &X509, dotted_oid: &str) -> Result<bool> {
+    use der::Decode as _;
+    let oid = der::asn1::ObjectIdentifier::new(dotted_oid)
+        .map_err(|e| PkiError::InvalidInput(format!("bad OID {dotted_oid:?}: {e}")))?;
+    let der = cert.to_der()?;
+    let parsed = x509_cert::Certificate::from_der(&der).map_err(crate::asn1::der_err)?;
+    Ok(parsed
+        .tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .any(|e| e.extn_id == oid))
+}
+
 /// Parse a certificate given as PEM or DER.
 pub fn parse_cert(bytes: &[u8]) -> Result<X509> {
     let trimmed = bytes.trim_ascii_start();

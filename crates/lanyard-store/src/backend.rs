@@ -705,6 +705,7 @@ macro_rules! impl_store {
                      OR EXISTS (SELECT 1 FROM identity_providers \
                                 WHERE client_secret_sealed IS NOT NULL) \
                      OR EXISTS (SELECT 1 FROM oidc_sign_ins) \
+                     OR EXISTS (SELECT 1 FROM pki_pending) \
                      OR EXISTS (SELECT 1 FROM enrollments \
                                 WHERE unlock_token_sealed IS NOT NULL \
                                    OR bootstrap_token_sealed IS NOT NULL)",
@@ -712,6 +713,70 @@ macro_rules! impl_store {
                 .fetch_one(&self.pool)
                 .await?;
                 Ok(any)
+            }
+
+            async fn get_pending_pki(&self, name: &str) -> Result<Option<PkiMaterial>> {
+                Ok(sqlx::query_as(
+                    "SELECT name, pem AS cert_pem, key_sealed, created_at FROM pki_pending \
+                     WHERE name = $1",
+                )
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn put_pending_pki(&self, rows: &[PkiMaterial], audit: &Audit) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                for m in rows {
+                    sqlx::query(
+                        "INSERT INTO pki_pending (name, pem, key_sealed, created_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
+                         pem = excluded.pem, key_sealed = excluded.key_sealed, \
+                         created_at = excluded.created_at",
+                    )
+                    .bind(&m.name)
+                    .bind(&m.cert_pem)
+                    .bind(&m.key_sealed)
+                    .bind(m.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn complete_pending_pki(
+                &self,
+                pending: &[&str],
+                m: &PkiMaterial,
+                audit: &Audit,
+            ) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                for (i, name) in pending.iter().enumerate() {
+                    let gone = sqlx::query("DELETE FROM pki_pending WHERE name = $1")
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                    if i == 0 && gone.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("pending {name}")));
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO pki_material (name, cert_pem, key_sealed, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
+                     cert_pem = excluded.cert_pem, key_sealed = excluded.key_sealed, \
+                     created_at = excluded.created_at",
+                )
+                .bind(&m.name)
+                .bind(&m.cert_pem)
+                .bind(&m.key_sealed)
+                .bind(m.created_at)
+                .execute(&mut *tx)
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
             }
         }
 

@@ -223,9 +223,25 @@ pub trait PkiStore: Send + Sync {
     /// this call inserted it. Callers re-read afterwards so every process uses the same material.
     async fn insert_pki_if_absent(&self, material: &PkiMaterial) -> Result<bool>;
     /// Whether the database holds anything sealed with the secret key (CA and TLS keys, the
-    /// push certificate key, server tokens, identity provider secrets, device tokens, sign-in
+    /// push certificate key and a pending one, server tokens, identity provider secrets, device tokens, sign-in
     /// verifiers): a database that does cannot be used with a freshly generated key.
     async fn holds_sealed_material(&self) -> Result<bool>;
+
+    /// Key material waiting for its certificate (the push key with its CSR in `cert_pem`, or
+    /// a helper certificate with its key).
+    async fn get_pending_pki(&self, name: &str) -> Result<Option<PkiMaterial>>;
+    /// Inserts or replaces these pending rows, audited, in one transaction.
+    async fn put_pending_pki(&self, rows: &[PkiMaterial], audit: &Audit) -> Result<()>;
+    /// The certificate came back: stores `material` (inserting or replacing) and deletes the
+    /// pending rows named in `pending`, audited, in one transaction. When the first pending
+    /// row is gone (another upload completed it) this is [`StoreError::NotFound`] and changes
+    /// nothing.
+    async fn complete_pending_pki(
+        &self,
+        pending: &[&str],
+        material: &PkiMaterial,
+        audit: &Audit,
+    ) -> Result<()>;
 }
 
 /// Account-driven enrollment: sign-in flows, access tokens, enrollments and check-in state.

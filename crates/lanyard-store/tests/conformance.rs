@@ -148,6 +148,7 @@ conformance!(
     command_not_now_and_unknown_results,
     command_bulk_enqueue_and_prune,
     push_targets_and_pki_replace,
+    pending_pki_completes_once,
     listing_devices_search_sort_page,
     listing_audit_by_date_range,
     server_token_default_moves,
@@ -1946,6 +1947,98 @@ async fn push_targets_and_pki_replace(s: &dyn Store) {
         .unwrap()
         .len(),
         2
+    );
+}
+
+/// A pending key (the push key with its CSR) waits for its certificate; completing it stores
+/// the certificate and removes the pending rows in one step, once.
+async fn pending_pki_completes_once(s: &dyn Store) {
+    let t = lanyard_store::now();
+    assert!(s.get_pending_pki("apns.request").await.unwrap().is_none());
+    let req = PkiMaterial {
+        name: "apns.request".into(),
+        cert_pem: "CSR 1".into(),
+        key_sealed: vec![1, 2],
+        created_at: t,
+    };
+    let helper = PkiMaterial {
+        name: "apns.exchange".into(),
+        cert_pem: "CERT".into(),
+        key_sealed: vec![3],
+        created_at: t,
+    };
+    s.put_pending_pki(
+        &[req.clone(), helper.clone()],
+        &audit("push_certificate.request", "apns"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_pending_pki("apns.request").await.unwrap().unwrap(),
+        req
+    );
+    // A new request replaces the old one.
+    let req2 = PkiMaterial {
+        cert_pem: "CSR 2".into(),
+        key_sealed: vec![9],
+        ..req.clone()
+    };
+    s.put_pending_pki(
+        std::slice::from_ref(&req2),
+        &audit("push_certificate.request", "apns"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_pending_pki("apns.request").await.unwrap().unwrap(),
+        req2
+    );
+    assert!(
+        s.get_pki("apns").await.unwrap().is_none(),
+        "pending is not active"
+    );
+
+    let cert = PkiMaterial {
+        name: "apns".into(),
+        cert_pem: "CERT FOR CSR 2".into(),
+        key_sealed: vec![9],
+        created_at: t,
+    };
+    s.complete_pending_pki(
+        &["apns.request", "apns.exchange"],
+        &cert,
+        &audit("push_certificate.upload", "apns"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.get_pki("apns").await.unwrap().unwrap(), cert);
+    assert!(s.get_pending_pki("apns.request").await.unwrap().is_none());
+    assert!(s.get_pending_pki("apns.exchange").await.unwrap().is_none());
+
+    // Completing again (a second upload racing the first) changes nothing.
+    let other = PkiMaterial {
+        cert_pem: "OTHER".into(),
+        ..cert.clone()
+    };
+    let again = s
+        .complete_pending_pki(
+            &["apns.request"],
+            &other,
+            &audit("push_certificate.upload", "apns"),
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::NotFound(_))), "{again:?}");
+    assert_eq!(s.get_pki("apns").await.unwrap().unwrap(), cert);
+    assert_eq!(
+        s.list_audit(&AuditFilter {
+            action: Some("push_certificate.upload".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        1,
+        "the refused completion wrote no audit line"
     );
 }
 

@@ -29,6 +29,7 @@ pub mod device;
 pub mod error;
 pub mod fake_abm;
 pub mod fake_apns;
+pub mod fake_pushcert;
 pub mod profile;
 pub mod scep_client;
 pub mod sim;

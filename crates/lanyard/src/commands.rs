@@ -919,6 +919,19 @@ pub async fn command(
     Ok(())
 }
 
+/// Writes a file that must not exist yet (a request file is not overwritten by mistake),
+/// readable by the owner only.
+fn write_new_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Command states as a table (per target, or an enrollment's history).
 fn print_commands(list: Vec<lanyard_core::commands::CommandView>) {
     let when = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
@@ -948,17 +961,75 @@ fn print_commands(list: Vec<lanyard_core::commands::CommandView>) {
     );
 }
 
+/// A vendor certificate to sign the push certificate request with.
+#[derive(Debug, clap::Args)]
+pub struct VendorArgs {
+    /// The MDM CSR signing (vendor) certificate and key, PKCS#12; its password is read from
+    /// standard input.
+    #[arg(long)]
+    vendor_p12: Option<std::path::PathBuf>,
+    /// Apple's certificates above the vendor certificate (PEM or DER), given twice: the WWDR
+    /// intermediate and the Apple root.
+    #[arg(long, requires = "vendor_p12")]
+    apple_cert: Vec<std::path::PathBuf>,
+}
+
+impl VendorArgs {
+    fn signer(&self) -> Result<Option<lanyard_apple::apns::VendorSigner>> {
+        let Some(p12) = &self.vendor_p12 else {
+            return Ok(None);
+        };
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let der = read(p12)?;
+        let apple = self
+            .apple_cert
+            .iter()
+            .map(|p| read(p))
+            .collect::<Result<Vec<_>>>()?;
+        if apple.is_empty() {
+            bail!("give Apple's WWDR intermediate and root with --apple-cert FILE (twice)");
+        }
+        let password = read_password(None, "vendor PKCS#12 password")?;
+        let refs: Vec<&[u8]> = apple.iter().map(Vec::as_slice).collect();
+        Ok(Some(lanyard_apple::apns::VendorSigner::from_pkcs12(
+            &der, &password, &refs,
+        )?))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PushCertCmd {
-    /// Upload (or renew) the MDM push certificate: --p12 FILE (password on stdin, or
-    /// --password), or --cert FILE --key FILE (PEM).
+    /// Start getting (or renewing) the MDM push certificate: makes the push key and its CSR,
+    /// kept pending in the database. With --vendor-p12 the CSR is signed and --out receives
+    /// the request file to upload to Apple's Push Certificates Portal; without, --out
+    /// receives the CSR (PEM) for an MDM vendor to sign.
+    Request {
+        #[command(flatten)]
+        vendor: VendorArgs,
+        /// Where to write the request file (or the CSR).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Sign the pending request with a vendor certificate and write the request file for
+    /// Apple's Push Certificates Portal.
+    Sign {
+        #[command(flatten)]
+        vendor: VendorArgs,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Upload (or renew) the MDM push certificate: --cert FILE alone (the certificate Apple
+    /// issued for the pending request), --p12 FILE (password on stdin, or --password), or
+    /// --cert FILE --key FILE (PEM).
     Upload {
         #[arg(long, conflicts_with_all = ["cert", "key"])]
         p12: Option<std::path::PathBuf>,
         /// The PKCS#12 password (`-` or absent reads it from standard input).
         #[arg(long, requires = "p12")]
         password: Option<String>,
-        #[arg(long, requires = "key")]
+        #[arg(long)]
         cert: Option<std::path::PathBuf>,
         #[arg(long, requires = "cert")]
         key: Option<std::path::PathBuf>,
@@ -989,6 +1060,46 @@ pub async fn push_cert(
         }
     };
     match cmd {
+        PushCertCmd::Request { vendor, out } => {
+            if out.exists() {
+                bail!("{} exists already; give a new --out file", out.display());
+            }
+            let signer = vendor.signer()?;
+            let r = o
+                .lanyard
+                .create_push_request(&Actor::cli(), secrets, signer.as_ref())
+                .await?;
+            match &r.upload_file {
+                Some(file) => {
+                    write_new_file(&out, file.as_bytes())?;
+                    println!(
+                        "push certificate request made and signed; upload {} to Apple's Push \
+                         Certificates Portal (https://identity.apple.com), then run `lanyard \
+                         push-cert upload --cert` with the certificate Apple returns",
+                        out.display()
+                    );
+                }
+                None => {
+                    write_new_file(&out, r.csr_pem.as_bytes())?;
+                    println!(
+                        "push certificate request made; {} holds its CSR for an MDM vendor to \
+                         sign (or run `lanyard push-cert sign --vendor-p12 …`)",
+                        out.display()
+                    );
+                }
+            }
+        }
+        PushCertCmd::Sign { vendor, out } => {
+            let Some(signer) = vendor.signer()? else {
+                bail!("give --vendor-p12 FILE and --apple-cert FILE (twice)");
+            };
+            let file = o.lanyard.sign_push_request(&signer).await?;
+            write_new_file(&out, file.as_bytes())?;
+            println!(
+                "request file written to {}; upload it to Apple's Push Certificates Portal",
+                out.display()
+            );
+        }
         PushCertCmd::Upload {
             p12,
             password,
@@ -1029,7 +1140,13 @@ pub async fn push_cert(
                         )
                         .await?
                 }
-                _ => bail!("give --p12 FILE, or --cert FILE --key FILE"),
+                (None, Some(c), None) => {
+                    let cert = read(&c)?;
+                    o.lanyard
+                        .complete_push_request(&Actor::cli(), secrets, &cert, force)
+                        .await?
+                }
+                _ => bail!("give --cert FILE, --p12 FILE, or --cert FILE --key FILE"),
             };
             println!("push certificate stored");
             show(&info);

@@ -63,7 +63,8 @@ pub async fn open_store(data: &DataConfig) -> Result<Opened> {
     };
     let backend_name = store.backend();
     Ok(Opened {
-        lanyard: Lanyard::new(store),
+        lanyard: Lanyard::new(store)
+            .with_apns_environment(lanyard_core::pushcert::environment_of_url(&data.apns_url)),
         backend_name,
         migrations,
     })

@@ -17,6 +17,46 @@ use super::error::ApnsError;
 /// Every MDM topic starts with this (Apple's MDM payload documentation says so of `Topic`).
 pub const MDM_TOPIC_PREFIX: &str = "com.apple.mgmt.";
 
+/// The certificate extension that marks an APNs certificate for the development (sandbox)
+/// service. Source: Apple's WWDR Certification Practice Statement lists
+/// `1.2.840.113635.100.6.3.1` (development) and `1.2.840.113635.100.6.3.2` (production) as
+/// the Apple Push Notification service extensions; many APNs providers read them the same
+/// way. UNCONFIRMED for MDM push certificates in particular: Apple's MDM pages do not say
+/// whether the Push Certificates Portal marks them, so an unmarked certificate is accepted.
+pub const APNS_DEVELOPMENT_OID: &str = "1.2.840.113635.100.6.3.1";
+/// The production APNs extension; see [`APNS_DEVELOPMENT_OID`].
+pub const APNS_PRODUCTION_OID: &str = "1.2.840.113635.100.6.3.2";
+
+/// Which APNs service a certificate is marked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApnsEnvironment {
+    Production,
+    Development,
+}
+
+impl fmt::Display for ApnsEnvironment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ApnsEnvironment::Production => "production",
+            ApnsEnvironment::Development => "development (sandbox)",
+        })
+    }
+}
+
+/// The APNs service the certificate is marked for (see [`APNS_DEVELOPMENT_OID`]); `None`
+/// when it carries neither marker. A certificate marked for both counts as production.
+fn environment_of(cert: &X509) -> Result<Option<ApnsEnvironment>, ApnsError> {
+    let has =
+        |oid| lanyard_pki::has_extension(cert, oid).map_err(|e| ApnsError::Pem(e.to_string()));
+    Ok(if has(APNS_PRODUCTION_OID)? {
+        Some(ApnsEnvironment::Production)
+    } else if has(APNS_DEVELOPMENT_OID)? {
+        Some(ApnsEnvironment::Development)
+    } else {
+        None
+    })
+}
+
 /// An MDM push certificate with its private key, checked on load: the key matches, the
 /// subject's UID holds an MDM topic, and the certificate is within its validity.
 ///
@@ -28,6 +68,7 @@ pub struct PushCertificate {
     key: PKey<Private>,
     topic: String,
     info: CertInfo,
+    environment: Option<ApnsEnvironment>,
 }
 
 impl fmt::Debug for PushCertificate {
@@ -45,14 +86,14 @@ impl fmt::Debug for PushCertificate {
 /// OpenSSL 3 reads the RC2-40 and similar encryptions that macOS Keychain has long used for
 /// exported `.p12` files only through its "legacy" provider. It is loaded once, on the first
 /// PKCS#12 file that fails without it, alongside the default provider, and kept loaded.
-fn load_legacy_provider() -> bool {
+pub(crate) fn load_legacy_provider() -> bool {
     static LEGACY: OnceLock<Option<Provider>> = OnceLock::new();
     LEGACY
         .get_or_init(|| Provider::try_load(None, "legacy", true).ok())
         .is_some()
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -128,12 +169,14 @@ impl PushCertificate {
                 not_before: info.not_before,
             });
         }
+        let environment = environment_of(&cert)?;
         Ok(PushCertificate {
             cert,
             chain,
             key,
             topic,
             info,
+            environment,
         })
     }
 
@@ -158,6 +201,11 @@ impl PushCertificate {
     /// enrollment profile's `Topic` must be exactly this.
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// The APNs service the certificate is marked for, if it is marked.
+    pub fn environment(&self) -> Option<ApnsEnvironment> {
+        self.environment
     }
 
     /// End of validity, unix seconds.

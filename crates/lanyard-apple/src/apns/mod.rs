@@ -23,11 +23,18 @@ mod backoff;
 mod cert;
 mod client;
 mod error;
+mod vendor;
 
 pub use backoff::{backoff, backoff_with, BACKOFF_BASE, BACKOFF_CAP};
-pub use cert::{PushCertificate, MDM_TOPIC_PREFIX};
+pub use cert::{
+    ApnsEnvironment, PushCertificate, APNS_DEVELOPMENT_OID, APNS_PRODUCTION_OID, MDM_TOPIC_PREFIX,
+};
 pub use client::{
     ApnsClient, ApnsOptions, PushOutcome, PushTarget, DEFAULT_EXPIRATION, PRODUCTION_URL,
     SANDBOX_URL,
 };
 pub use error::ApnsError;
+pub use vendor::{
+    PushCertRequestFile, VendorError, VendorSigner, KEY_CHAIN, KEY_CSR, KEY_SIGNATURE,
+    VENDOR_CN_PREFIX,
+};

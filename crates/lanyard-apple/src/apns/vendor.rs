@@ -1,0 +1,340 @@
+//! The MDM push certificate request file that Apple's Push Certificates Portal takes.
+//!
+//! Source: Apple, "Setting up push notifications for your MDM customers", section "Sign the
+//! CSR": the customer's CSR in DER form is signed with the private key of the MDM (CSR)
+//! signing certificate using SHA256WithRSA; the signature and the DER CSR are each encoded as
+//! Base64; a "Push Certificate Request" plist is made and encoded as Base64. Its
+//! `PushCertCertificateChain` holds the complete chain up to and including the root: the
+//! MDM signing (vendor) certificate, the WWDR intermediate and the Apple Inc. root, each in
+//! PEM with lines of at most 64 characters. (Apple's older "MDM Vendor CSR Signing Overview"
+//! said SHA1WithRSA; the current page says SHA-256.)
+//!
+//! The key names `PushCertRequestCSR`, `PushCertCertificateChain` and `PushCertSignature`
+//! are Apple's (the same page's plist). That the plist is an XML property list with three
+//! string values is how every published request file is made; Apple's page does not show
+//! the serialisation, so the exact form is UNCONFIRMED beyond that.
+
+use std::fmt;
+
+use base64::Engine as _;
+use lanyard_pki::openssl::hash::MessageDigest;
+use lanyard_pki::openssl::nid::Nid;
+use lanyard_pki::openssl::pkcs12::Pkcs12;
+use lanyard_pki::openssl::pkey::{PKey, Private};
+use lanyard_pki::openssl::sign::Signer;
+use lanyard_pki::openssl::stack::Stack;
+use lanyard_pki::openssl::x509::store::X509StoreBuilder;
+use lanyard_pki::openssl::x509::{X509Req, X509StoreContext, X509};
+use lanyard_pki::CertInfo;
+use thiserror::Error;
+
+use super::cert::{load_legacy_provider, now_unix};
+
+/// Plist key of the DER CSR, Base64 (Apple's name).
+pub const KEY_CSR: &str = "PushCertRequestCSR";
+/// Plist key of the PEM chain: vendor, WWDR intermediate, Apple root (Apple's name).
+pub const KEY_CHAIN: &str = "PushCertCertificateChain";
+/// Plist key of the Base64 SHA256WithRSA signature over the DER CSR (Apple's name).
+pub const KEY_SIGNATURE: &str = "PushCertSignature";
+
+/// How an MDM CSR signing (vendor) certificate is recognised: the common name Apple gives
+/// it, `MDM Vendor: <organisation>`, issued by the WWDR intermediate. UNCONFIRMED: Apple's
+/// pages name the certificate type ("MDM CSR" in the developer portal) but not an extension
+/// OID Lanyard could check, so Lanyard checks the common name Apple's vendor certificates
+/// carry (seen on published vendor chains) and the chain to the operator's Apple root.
+pub const VENDOR_CN_PREFIX: &str = "MDM Vendor:";
+
+/// Why a vendor certificate cannot sign, or a request file cannot be read. Messages never
+/// contain key material.
+#[derive(Debug, Error)]
+pub enum VendorError {
+    #[error("cannot open the vendor PKCS#12 file (wrong password or damaged file): {0}")]
+    Pkcs12(String),
+    #[error("the vendor PKCS#12 file holds no {0}")]
+    Missing(&'static str),
+    #[error(
+        "the vendor certificate ({subject}) is not an MDM CSR signing certificate: its common \
+         name must start with \"MDM Vendor:\" (create an \"MDM CSR\" certificate in the Apple \
+         Developer Enterprise account)"
+    )]
+    NotVendor { subject: String },
+    #[error("the vendor certificate expired at {not_after} (unix seconds); renew it with Apple")]
+    Expired { not_after: i64 },
+    #[error("the vendor certificate is not valid before {not_before} (unix seconds)")]
+    NotYetValid { not_before: i64 },
+    #[error(
+        "the Apple certificate files are not the expected chain (the WWDR intermediate that \
+         issued the vendor certificate, and the Apple root): {0}"
+    )]
+    Chain(String),
+    #[error("cannot sign the request with the vendor key: {0}")]
+    Sign(String),
+    #[error("the certificate request is unusable: {0}")]
+    Csr(String),
+    #[error("not a push certificate request file: {0}")]
+    RequestFile(String),
+}
+
+/// An MDM vendor identity: the MDM CSR signing certificate with its key, and the Apple chain
+/// above it (WWDR intermediate, Apple root), checked on load.
+pub struct VendorSigner {
+    cert: X509,
+    key: PKey<Private>,
+    /// Intermediate first, root last.
+    chain: Vec<X509>,
+    info: CertInfo,
+}
+
+impl fmt::Debug for VendorSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VendorSigner")
+            .field("subject", &self.info.subject)
+            .field("not_after", &self.info.not_after)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+fn read_certs(bytes: &[u8]) -> Result<Vec<X509>, VendorError> {
+    let trimmed = bytes.trim_ascii_start();
+    if trimmed.starts_with(b"-----BEGIN") {
+        X509::stack_from_pem(trimmed).map_err(|e| VendorError::Chain(e.to_string()))
+    } else {
+        X509::from_der(bytes)
+            .map(|c| vec![c])
+            .map_err(|e| VendorError::Chain(format!("neither PEM nor DER certificates: {e}")))
+    }
+}
+
+fn self_signed(cert: &X509) -> bool {
+    cert.public_key()
+        .and_then(|k| cert.verify(&k))
+        .unwrap_or(false)
+        && cert.subject_name().try_cmp(cert.issuer_name()).ok() == Some(std::cmp::Ordering::Equal)
+}
+
+fn pem_text(cert: &X509) -> Result<String, VendorError> {
+    let pem = cert
+        .to_pem()
+        .map_err(|e| VendorError::Chain(e.to_string()))?;
+    String::from_utf8(pem).map_err(|e| VendorError::Chain(e.to_string()))
+}
+
+impl VendorSigner {
+    /// The vendor certificate and key from a PKCS#12 file with its password, and the Apple
+    /// certificates the operator downloaded (each file PEM or DER: the WWDR intermediate and
+    /// the Apple root, in any order). Refuses a wrong password, a certificate that is not a
+    /// vendor certificate or is outside its validity, and Apple files that are not exactly
+    /// the intermediate and root that chain the vendor certificate.
+    pub fn from_pkcs12(
+        der: &[u8],
+        password: &str,
+        apple_files: &[&[u8]],
+    ) -> Result<VendorSigner, VendorError> {
+        let p12 = Pkcs12::from_der(der).map_err(|e| VendorError::Pkcs12(e.to_string()))?;
+        let parsed = match p12.parse2(password) {
+            Ok(p) => p,
+            Err(first) => {
+                if load_legacy_provider() {
+                    p12.parse2(password)
+                        .map_err(|_| VendorError::Pkcs12(first.to_string()))?
+                } else {
+                    return Err(VendorError::Pkcs12(first.to_string()));
+                }
+            }
+        };
+        let cert = parsed.cert.ok_or(VendorError::Missing("certificate"))?;
+        let key = parsed.pkey.ok_or(VendorError::Missing("private key"))?;
+        let matches = cert
+            .public_key()
+            .map(|p| p.public_eq(&key))
+            .unwrap_or(false);
+        if !matches {
+            return Err(VendorError::Pkcs12(
+                "the private key does not belong to the certificate".into(),
+            ));
+        }
+        let info = CertInfo::from_x509(&cert).map_err(|e| VendorError::Chain(e.to_string()))?;
+        let is_vendor = cert
+            .subject_name()
+            .entries_by_nid(Nid::COMMONNAME)
+            .filter_map(|e| e.data().to_string().ok())
+            .any(|cn| cn.trim_start().starts_with(VENDOR_CN_PREFIX));
+        if !is_vendor {
+            return Err(VendorError::NotVendor {
+                subject: info.subject.clone(),
+            });
+        }
+        let now = now_unix();
+        if info.not_after <= now {
+            return Err(VendorError::Expired {
+                not_after: info.not_after,
+            });
+        }
+        if info.not_before > now {
+            return Err(VendorError::NotYetValid {
+                not_before: info.not_before,
+            });
+        }
+        let mut apple = Vec::new();
+        for f in apple_files {
+            apple.extend(read_certs(f)?);
+        }
+        let (roots, intermediates): (Vec<X509>, Vec<X509>) =
+            apple.into_iter().partition(self_signed);
+        let (n_roots, n_other) = (roots.len(), intermediates.len());
+        let (Ok([root]), Ok([wwdr])) = (
+            <[X509; 1]>::try_from(roots),
+            <[X509; 1]>::try_from(intermediates),
+        ) else {
+            return Err(VendorError::Chain(format!(
+                "expected one self-signed root and one intermediate, found {n_roots} root(s) \
+                 and {n_other} other certificate(s)"
+            )));
+        };
+        let mut store = X509StoreBuilder::new().map_err(|e| VendorError::Chain(e.to_string()))?;
+        store
+            .add_cert(root.clone())
+            .map_err(|e| VendorError::Chain(e.to_string()))?;
+        let store = store.build();
+        let mut untrusted = Stack::new().map_err(|e| VendorError::Chain(e.to_string()))?;
+        untrusted
+            .push(wwdr.clone())
+            .map_err(|e| VendorError::Chain(e.to_string()))?;
+        let mut ctx = X509StoreContext::new().map_err(|e| VendorError::Chain(e.to_string()))?;
+        let verified = ctx
+            .init(&store, &cert, &untrusted, |c| {
+                let ok = c.verify_cert()?;
+                Ok((
+                    ok,
+                    c.error().error_string().to_string(),
+                    c.chain().map(|s| s.len()),
+                ))
+            })
+            .map_err(|e| VendorError::Chain(e.to_string()))?;
+        match verified {
+            (true, _, Some(3)) => {}
+            (true, _, n) => {
+                return Err(VendorError::Chain(format!(
+                    "the vendor certificate chains in {} step(s), not through the intermediate",
+                    n.unwrap_or(0)
+                )))
+            }
+            (false, why, _) => return Err(VendorError::Chain(why)),
+        }
+        Ok(VendorSigner {
+            cert,
+            key,
+            chain: vec![wwdr, root],
+            info,
+        })
+    }
+
+    /// The vendor certificate's subject.
+    pub fn subject(&self) -> &str {
+        &self.info.subject
+    }
+
+    /// Signs a customer's CSR (DER) and returns the request file for Apple's Push
+    /// Certificates Portal: Base64 of the plist (see the module documentation).
+    pub fn sign_request(&self, csr_der: &[u8]) -> Result<String, VendorError> {
+        let req = X509Req::from_der(csr_der).map_err(|e| VendorError::Csr(e.to_string()))?;
+        let public = req
+            .public_key()
+            .map_err(|e| VendorError::Csr(e.to_string()))?;
+        if !req.verify(&public).unwrap_or(false) {
+            return Err(VendorError::Csr(
+                "its self-signature does not verify".into(),
+            ));
+        }
+        let mut signer = Signer::new(MessageDigest::sha256(), &self.key)
+            .map_err(|e| VendorError::Sign(e.to_string()))?;
+        signer
+            .update(csr_der)
+            .map_err(|e| VendorError::Sign(e.to_string()))?;
+        let signature = signer
+            .sign_to_vec()
+            .map_err(|e| VendorError::Sign(e.to_string()))?;
+        let mut chain_pem = pem_text(&self.cert)?;
+        for c in &self.chain {
+            chain_pem.push_str(&pem_text(c)?);
+        }
+        Ok(PushCertRequestFile {
+            csr_der: csr_der.to_vec(),
+            chain_pem,
+            signature,
+        }
+        .encode())
+    }
+}
+
+/// The decoded request file: what Apple's portal reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushCertRequestFile {
+    /// The customer's CSR, DER.
+    pub csr_der: Vec<u8>,
+    /// Vendor, WWDR intermediate and Apple root certificates, PEM.
+    pub chain_pem: String,
+    /// SHA256WithRSA over `csr_der` with the vendor key.
+    pub signature: Vec<u8>,
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+impl PushCertRequestFile {
+    /// Base64 of the XML plist.
+    pub fn encode(&self) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+             <!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \
+             \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n\
+             <plist version=\"1.0\">\n<dict>\n\
+             \t<key>{KEY_CHAIN}</key>\n\t<string>{}</string>\n\
+             \t<key>{KEY_CSR}</key>\n\t<string>{}</string>\n\
+             \t<key>{KEY_SIGNATURE}</key>\n\t<string>{}</string>\n\
+             </dict>\n</plist>\n",
+            xml_escape(&self.chain_pem),
+            b64.encode(&self.csr_der),
+            b64.encode(&self.signature),
+        );
+        b64.encode(xml.as_bytes())
+    }
+
+    /// Reads a request file (Base64 of the plist; line breaks allowed).
+    pub fn decode(text: &[u8]) -> Result<PushCertRequestFile, VendorError> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let bad = |m: String| VendorError::RequestFile(m);
+        let compact: Vec<u8> = text
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        let xml = b64
+            .decode(&compact)
+            .map_err(|e| bad(format!("not Base64: {e}")))?;
+        let value = lanyard_proto::read_plist(&xml).map_err(|e| bad(format!("{e}")))?;
+        let dict = value
+            .as_dictionary()
+            .ok_or_else(|| bad("the plist is not a dictionary".into()))?;
+        let get = |k: &str| {
+            dict.get(k)
+                .and_then(|v| v.as_string())
+                .ok_or_else(|| bad(format!("no {k} string")))
+        };
+        let field = |k: &str| -> Result<Vec<u8>, VendorError> {
+            let s: String = get(k)?.split_ascii_whitespace().collect();
+            b64.decode(s)
+                .map_err(|e| bad(format!("{k} is not Base64: {e}")))
+        };
+        Ok(PushCertRequestFile {
+            csr_der: field(KEY_CSR)?,
+            chain_pem: get(KEY_CHAIN)?.to_string(),
+            signature: field(KEY_SIGNATURE)?,
+        })
+    }
+}

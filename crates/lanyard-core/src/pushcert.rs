@@ -1,0 +1,241 @@
+//! Getting the MDM push certificate from inside Lanyard: `push-cert request` makes the push key
+//! (sealed at rest like every other key) and its CSR, kept pending in the database; a vendor
+//! certificate signs the CSR into the request file for Apple's Push Certificates Portal; the
+//! certificate Apple returns is matched to the pending key and, once checked (topic, expiry,
+//! APNs environment, the topic rule on renewal), becomes the push certificate in one
+//! transaction that also clears the pending request.
+//!
+//! The key stays pending until its certificate comes back, so a renewal keeps the running
+//! certificate (and APNs) working until the new one is uploaded.
+
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use lanyard_apple::apns::{ApnsEnvironment, ApnsError, PushCertificate, VendorSigner};
+use lanyard_pki::openssl::nid::Nid;
+use lanyard_pki::openssl::pkey::PKey;
+use lanyard_pki::openssl::rsa::Rsa;
+use lanyard_pki::openssl::x509::X509NameBuilder;
+use lanyard_pki::SecretBox;
+use lanyard_store::{Audit, PkiMaterial};
+
+use crate::push::{info, seal_context, PushCertificateInfo, APNS_CERT_NAME};
+use crate::{Actor, CoreError, Lanyard, Result};
+
+/// The pending push key and its CSR (row of the pending PKI table).
+pub const PENDING_REQUEST: &str = "apns.request";
+
+/// A pending push certificate request, as the CLI, API and portal show it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PushRequestInfo {
+    /// The CSR, PEM (public): what a vendor signs.
+    pub csr_pem: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The request file for Apple's Push Certificates Portal, when a vendor certificate
+    /// signed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_file: Option<String>,
+}
+
+fn csr_der_of(pem: &str) -> Result<Vec<u8>> {
+    let req = lanyard_pki::openssl::x509::X509Req::from_pem(pem.as_bytes())
+        .map_err(|e| CoreError::Internal(format!("stored push certificate request: {e}")))?;
+    Ok(req.to_der()?)
+}
+
+fn vendor_error(e: lanyard_apple::apns::VendorError) -> CoreError {
+    CoreError::Invalid(e.to_string())
+}
+
+impl Lanyard {
+    /// Makes a new push key and CSR and keeps them pending (replacing an earlier pending
+    /// request; the current push certificate is untouched). With `vendor`, also signs the CSR
+    /// into the request file for Apple. A vendor that cannot sign stores nothing.
+    pub async fn create_push_request(
+        &self,
+        actor: &Actor,
+        secrets: &SecretBox,
+        vendor: Option<&VendorSigner>,
+    ) -> Result<PushRequestInfo> {
+        actor.require_write()?;
+        let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+        let mut name = X509NameBuilder::new()?;
+        name.append_entry_by_nid(Nid::COMMONNAME, "Lanyard MDM push")?;
+        let name = name.build();
+        let csr_der = lanyard_pki::build_csr(&key, &name, None)?;
+        let upload_file = match vendor {
+            Some(v) => Some(v.sign_request(&csr_der).map_err(vendor_error)?),
+            None => None,
+        };
+        let csr_pem = lanyard_pki::openssl::x509::X509Req::from_der(&csr_der)?.to_pem()?;
+        let csr_pem = String::from_utf8(csr_pem).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let key_pem = key.private_key_to_pem_pkcs8()?;
+        // Sealed with the push key's own context: on completion it moves as it is.
+        let sealed = secrets.seal(&key_pem, seal_context())?;
+        let created_at = lanyard_store::now();
+        self.store
+            .put_pending_pki(
+                &[PkiMaterial {
+                    name: PENDING_REQUEST.into(),
+                    cert_pem: csr_pem.clone(),
+                    key_sealed: sealed,
+                    created_at,
+                }],
+                &Audit::new(
+                    &actor.name,
+                    "push_certificate.request",
+                    APNS_CERT_NAME,
+                    json!({"vendor_signed": upload_file.is_some()}),
+                ),
+            )
+            .await?;
+        Ok(PushRequestInfo {
+            csr_pem,
+            created_at,
+            upload_file,
+        })
+    }
+
+    /// The pending request, if any.
+    pub async fn push_request(&self) -> Result<Option<PushRequestInfo>> {
+        Ok(self
+            .store
+            .get_pending_pki(PENDING_REQUEST)
+            .await?
+            .map(|m| PushRequestInfo {
+                csr_pem: m.cert_pem,
+                created_at: m.created_at,
+                upload_file: None,
+            }))
+    }
+
+    /// Signs the pending request with a vendor certificate: the request file for Apple.
+    pub async fn sign_push_request(&self, vendor: &VendorSigner) -> Result<String> {
+        let pending = self.push_request().await?.ok_or_else(no_request)?;
+        vendor
+            .sign_request(&csr_der_of(&pending.csr_pem)?)
+            .map_err(vendor_error)
+    }
+
+    /// Stores the certificate Apple issued for the pending request (PEM, as Apple's portal
+    /// gives it): it must belong to the pending key, carry an MDM topic, be valid, be for the
+    /// APNs service Lanyard uses, and keep the topic of live enrollments (unless `force`).
+    /// Certificate and key become the push certificate and the request is cleared, in one
+    /// transaction; a refusal changes nothing.
+    pub async fn complete_push_request(
+        &self,
+        actor: &Actor,
+        secrets: &SecretBox,
+        cert_pem: &[u8],
+        force: bool,
+    ) -> Result<PushCertificateInfo> {
+        actor.require_write()?;
+        let pending = self
+            .store
+            .get_pending_pki(PENDING_REQUEST)
+            .await?
+            .ok_or_else(no_request)?;
+        let key = secrets
+            .open(&pending.key_sealed, seal_context())
+            .map_err(|_| CoreError::Internal("the pending push key cannot be opened".into()))?;
+        let cert = PushCertificate::from_pem(cert_pem, &key).map_err(|e| match e {
+            ApnsError::KeyMismatch => CoreError::Invalid(
+                "this certificate was not issued for Lanyard's pending push certificate request \
+                 (its key belongs to another CSR): upload the certificate Apple issued for the \
+                 request file made by `lanyard push-cert request`, or make a new request"
+                    .into(),
+            ),
+            other => CoreError::Invalid(format!("push certificate: {other}")),
+        })?;
+        self.check_push_replacement(&cert, force).await?;
+        let stored_pem = cert
+            .cert_pem()
+            .map_err(|e| CoreError::Internal(format!("push certificate: {e}")))?;
+        let shown = info(&cert);
+        self.store
+            .complete_pending_pki(
+                &[PENDING_REQUEST],
+                &PkiMaterial {
+                    name: APNS_CERT_NAME.into(),
+                    cert_pem: stored_pem,
+                    key_sealed: pending.key_sealed,
+                    created_at: lanyard_store::now(),
+                },
+                &Audit::new(
+                    &actor.name,
+                    "push_certificate.upload",
+                    cert.topic(),
+                    json!({"sha256": shown.sha256, "not_after": shown.not_after,
+                           "from_request": true}),
+                ),
+            )
+            .await
+            .map_err(|e| match e {
+                lanyard_store::StoreError::NotFound(_) => CoreError::Conflict(
+                    "the pending request was completed by another upload meanwhile".into(),
+                ),
+                other => other.into(),
+            })?;
+        Ok(shown)
+    }
+
+    /// The rules every new push certificate meets before it replaces the stored one: it is
+    /// for the APNs service Lanyard sends to, and — unless `force` — its topic is the topic
+    /// live enrollments were issued with (Apple's `com.apple.mdm` payload: the topic "must
+    /// not change" on a profile update, so a Mac enrolled under another topic is orphaned).
+    pub(crate) async fn check_push_replacement(
+        &self,
+        cert: &PushCertificate,
+        force: bool,
+    ) -> Result<()> {
+        if let Some(env) = cert.environment() {
+            if env != self.apns_environment {
+                return Err(CoreError::Invalid(format!(
+                    "this is a {env} APNs certificate, but Lanyard sends pushes to the {} APNs \
+                     service (--apns-url): get a production MDM push certificate from Apple's \
+                     Push Certificates Portal",
+                    self.apns_environment
+                )));
+            }
+        }
+        if force {
+            return Ok(());
+        }
+        let others: Vec<(String, i64)> = self
+            .store
+            .live_push_topics()
+            .await?
+            .into_iter()
+            .filter(|(t, _)| t != cert.topic())
+            .collect();
+        if let Some((topic, _)) = others.first() {
+            let live: i64 = others.iter().map(|(_, n)| n).sum();
+            return Err(CoreError::Conflict(format!(
+                "the certificate's topic {} differs from {topic}, the topic of {live} live \
+                 enrollment(s): every enrolled device would be orphaned (it only accepts pushes \
+                 for its topic and must re-enroll). Renew the existing certificate in Apple's \
+                 Push Certificates Portal with the same Apple Account (Renew, not Create), or \
+                 pass force to accept re-enrolling every device",
+                cert.topic()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn no_request() -> CoreError {
+    CoreError::NotFound(
+        "pending push certificate request (make one with `lanyard push-cert request`)".into(),
+    )
+}
+
+/// The APNs service a base URL names: Apple's sandbox URL is development, anything else
+/// (Apple's production URL, or a test server) production.
+pub fn environment_of_url(url: &str) -> ApnsEnvironment {
+    if url.trim_end_matches('/') == lanyard_apple::apns::SANDBOX_URL {
+        ApnsEnvironment::Development
+    } else {
+        ApnsEnvironment::Production
+    }
+}

@@ -1,0 +1,398 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! Getting the push certificate from inside Lanyard, end to end on both databases:
+//! `push-cert request` keeps the push key and CSR pending, a (throwaway) vendor chain signs
+//! it into Apple's request file — checked independently with Python's `plistlib` and
+//! `openssl` — and the certificate "Apple" issues for the CSR is matched to the pending key.
+//! Bad vendor input, foreign and development certificates, and a renewal with another topic
+//! are refused and change nothing.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use lanyard_testkit::fake_pushcert::{
+    fake_apple_push_certificate, fake_vendor_chain, FakeApnsMarker, FakeVendorOptions,
+};
+use lanyard_testkit::sim::{SimMac, SimOptions};
+use serde_json::Value;
+use support::{Db, Server};
+
+fn require_tool(bin: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {bin}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        eprintln!("\n!!!!! SKIPPED: {bin} not installed; push_request did NOT run !!!!!\n");
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("`{bin}` is required under CI=true but not installed");
+        }
+    }
+    found
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The checks an operator (or Apple) could make of the request file without Lanyard:
+/// plistlib reads it and the three keys; the signature verifies over the DER CSR with the
+/// vendor's public key; the chain verifies to the root it carries. Returns the DER CSR path.
+fn independent_checks(dir: &Path, upload_file: &Path, tag: &str) -> std::path::PathBuf {
+    let out = dir.join(format!("check-{tag}"));
+    std::fs::create_dir_all(&out).unwrap();
+    let script = r#"
+import base64, plistlib, sys, re
+raw = open(sys.argv[1], 'rb').read()
+p = plistlib.loads(base64.b64decode(raw))
+assert sorted(p.keys()) == ['PushCertCertificateChain', 'PushCertRequestCSR', 'PushCertSignature'], p.keys()
+out = sys.argv[2]
+open(out + '/csr.der', 'wb').write(base64.b64decode(p['PushCertRequestCSR']))
+open(out + '/sig.bin', 'wb').write(base64.b64decode(p['PushCertSignature']))
+certs = re.findall(r'-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n', p['PushCertCertificateChain'], re.S)
+assert len(certs) == 3, len(certs)
+for i, c in enumerate(certs):
+    assert all(len(l) <= 64 for l in c.splitlines()), 'PEM line over 64 characters'
+    open(out + '/c%d.pem' % i, 'w').write(c)
+print('plist ok')
+"#;
+    let (ok, stdout, err) = run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(upload_file)
+        .arg(&out));
+    assert!(
+        ok && stdout.contains("plist ok"),
+        "plistlib: {stdout} {err}"
+    );
+    let p = |n: &str| out.join(n).display().to_string();
+    let (ok, pubkey, err) =
+        run(Command::new("openssl").args(["x509", "-in", &p("c0.pem"), "-pubkey", "-noout"]));
+    assert!(ok, "{err}");
+    std::fs::write(out.join("vendor-pub.pem"), pubkey).unwrap();
+    let (ok, stdout, err) = run(Command::new("openssl").args([
+        "dgst",
+        "-sha256",
+        "-verify",
+        &p("vendor-pub.pem"),
+        "-signature",
+        &p("sig.bin"),
+        &p("csr.der"),
+    ]));
+    assert!(ok && stdout.contains("Verified OK"), "dgst: {stdout} {err}");
+    let (ok, stdout, err) = run(Command::new("openssl").args([
+        "verify",
+        "-CAfile",
+        &p("c2.pem"),
+        "-untrusted",
+        &p("c1.pem"),
+        &p("c0.pem"),
+    ]));
+    assert!(ok && stdout.contains(": OK"), "verify: {stdout} {err}");
+    let (ok, _, err) = run(Command::new("openssl").args([
+        "req",
+        "-inform",
+        "DER",
+        "-in",
+        &p("csr.der"),
+        "-verify",
+        "-noout",
+    ]));
+    assert!(ok, "the CSR in the file: {err}");
+    out.join("csr.der")
+}
+
+async fn request_sign_upload_renew(db: Db) {
+    if !require_tool("openssl") || !require_tool("python3") {
+        return;
+    }
+    let Some(s) = Server::start(db).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = |n: &str| dir.path().join(n).display().to_string();
+    let write = |n: &str, b: &[u8]| std::fs::write(dir.path().join(n), b).unwrap();
+
+    let chain = fake_vendor_chain(FakeVendorOptions::default()).unwrap();
+    write("vendor.p12", &chain.vendor_p12_der);
+    write("wwdr.pem", chain.wwdr_pem.as_bytes());
+    write("root.pem", chain.root_pem.as_bytes());
+    let pw = format!("{}\n", chain.vendor_p12_password);
+    let vendor_args = |p12: &str| -> Vec<String> {
+        vec![
+            "--vendor-p12".into(),
+            f(p12),
+            "--apple-cert".into(),
+            f("wwdr.pem"),
+            "--apple-cert".into(),
+            f("root.pem"),
+        ]
+    };
+    let cli = |args: &[String], stdin: &str| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        s.cli_stdin(&a, stdin)
+    };
+    let request = |out: &str, vendor: Option<&[String]>, stdin: &str| {
+        let mut a = vec!["push-cert".to_string(), "request".into()];
+        if let Some(v) = vendor {
+            a.extend(v.iter().cloned());
+        }
+        a.extend(["--out".to_string(), f(out)]);
+        cli(&a, stdin)
+    };
+    let no_pending = || {
+        let (ok, _, err) = s.cli(&["push-cert", "upload", "--cert", &f("root.pem")]);
+        assert!(!ok);
+        assert!(err.contains("pending push certificate request"), "{err}");
+    };
+
+    // Bad vendor input: each explained, and no request is left pending.
+    let (ok, _, err) = request("bad1", Some(&vendor_args("vendor.p12")), "wrong password\n");
+    assert!(!ok);
+    assert!(err.contains("wrong password"), "{err}");
+    let not_vendor = fake_vendor_chain(FakeVendorOptions {
+        common_name: "Some Developer Certificate".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    write("notvendor.p12", &not_vendor.vendor_p12_der);
+    let (ok, _, err) = request(
+        "bad2",
+        Some(&vendor_args("notvendor.p12")),
+        &format!("{}\n", not_vendor.vendor_p12_password),
+    );
+    assert!(!ok);
+    assert!(err.contains("not an MDM CSR signing certificate"), "{err}");
+    let expired = fake_vendor_chain(FakeVendorOptions {
+        expired: true,
+        ..Default::default()
+    })
+    .unwrap();
+    write("expired.p12", &expired.vendor_p12_der);
+    let (ok, _, err) = request(
+        "bad3",
+        Some(&vendor_args("expired.p12")),
+        &format!("{}\n", expired.vendor_p12_password),
+    );
+    assert!(!ok);
+    assert!(err.contains("vendor certificate expired"), "{err}");
+    // The Apple files of another chain (this vendor's intermediate did not issue it).
+    let other = fake_vendor_chain(FakeVendorOptions::default()).unwrap();
+    write("other-wwdr.pem", other.wwdr_pem.as_bytes());
+    let (ok, _, err) = cli(
+        &[
+            "push-cert".into(),
+            "request".into(),
+            "--vendor-p12".into(),
+            f("vendor.p12"),
+            "--apple-cert".into(),
+            f("other-wwdr.pem"),
+            "--apple-cert".into(),
+            f("root.pem"),
+            "--out".into(),
+            f("bad4"),
+        ],
+        &pw,
+    );
+    assert!(!ok);
+    assert!(err.contains("not the expected chain"), "{err}");
+    // Only the root: not a chain either.
+    let (ok, _, err) = cli(
+        &[
+            "push-cert".into(),
+            "request".into(),
+            "--vendor-p12".into(),
+            f("vendor.p12"),
+            "--apple-cert".into(),
+            f("root.pem"),
+            "--out".into(),
+            f("bad5"),
+        ],
+        &pw,
+    );
+    assert!(!ok);
+    assert!(err.contains("not the expected chain"), "{err}");
+    for bad in ["bad1", "bad2", "bad3", "bad4", "bad5"] {
+        assert!(!dir.path().join(bad).exists());
+    }
+    no_pending();
+
+    // A request: the CSR for a vendor, then signed with the vendor certificate.
+    let (ok, out, err) = request("push.csr", None, "");
+    assert!(ok, "{err}");
+    assert!(out.contains("CSR"), "{out}");
+    let csr_pem = std::fs::read(f("push.csr")).unwrap();
+    assert!(String::from_utf8_lossy(&csr_pem).contains("BEGIN CERTIFICATE REQUEST"));
+    let mut sign = vec!["push-cert".to_string(), "sign".into()];
+    sign.extend(vendor_args("vendor.p12"));
+    sign.extend(["--out".to_string(), f("push.req")]);
+    let (ok, _, err) = cli(&sign, &pw);
+    assert!(ok, "{err}");
+    let csr_der = independent_checks(dir.path(), &dir.path().join("push.req"), "first");
+    // The file carries the pending CSR.
+    let (ok, der_of_pem, _) = run(Command::new("openssl").args([
+        "req",
+        "-in",
+        &f("push.csr"),
+        "-outform",
+        "DER",
+        "-out",
+        &f("push-csr.der"),
+    ]));
+    assert!(ok, "{der_of_pem}");
+    assert_eq!(
+        std::fs::read(&csr_der).unwrap(),
+        std::fs::read(f("push-csr.der")).unwrap()
+    );
+
+    // What Apple returns for another key is refused; so is a development certificate.
+    let foreign = lanyard_testkit::fake_apns::fake_push_certificate(
+        &lanyard_testkit::fake_apns::fake_mdm_topic(),
+    )
+    .unwrap();
+    write("foreign.pem", foreign.cert_pem.as_bytes());
+    let (ok, _, err) = s.cli(&["push-cert", "upload", "--cert", &f("foreign.pem")]);
+    assert!(!ok);
+    assert!(err.contains("not issued for Lanyard's pending"), "{err}");
+    let topic = lanyard_testkit::fake_apns::fake_mdm_topic();
+    let dev = fake_apple_push_certificate(&csr_pem, &topic, FakeApnsMarker::Development).unwrap();
+    write("dev.pem", dev.as_bytes());
+    let (ok, _, err) = s.cli(&["push-cert", "upload", "--cert", &f("dev.pem")]);
+    assert!(!ok);
+    assert!(
+        err.contains("development (sandbox) APNs certificate"),
+        "{err}"
+    );
+    let (ok, _, _) = s.cli(&["push-cert", "show"]);
+    assert!(!ok, "nothing was stored");
+
+    // Apple's production certificate for the pending CSR: stored, the request cleared.
+    let issued = fake_apple_push_certificate(&csr_pem, &topic, FakeApnsMarker::Production).unwrap();
+    write("MDM_Lanyard.pem", issued.as_bytes());
+    let (ok, out, err) = s.cli(&["push-cert", "upload", "--cert", &f("MDM_Lanyard.pem")]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&topic), "{out}");
+    no_pending();
+    let (ok, out, _) = s.cli(&["push-cert", "show", "--json"]);
+    assert!(ok);
+    let first: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(first["topic"], topic.as_str());
+
+    // A Mac enrolls under that topic.
+    let (ok, _, err) = s.cli_stdin(
+        &["user", "add", "ann@example.com", "--password", "-"],
+        "a long password\n",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        s.cli(&["settings", "set", "managed-domains", "example.com"])
+            .0
+    );
+    let mut mac = SimMac::new(SimOptions {
+        ca_cert_pem: Some(s.ca_pem()),
+        push_topic: Some(topic.clone()),
+        ..SimOptions::new(s.url.clone(), "ann@example.com", "a long password")
+    })
+    .unwrap();
+    assert_eq!(mac.enroll().await.unwrap().topic, topic);
+
+    // Renewal: a new request signed in one step; a certificate with another topic is
+    // refused (the Mac would be orphaned), the same topic is accepted.
+    let (ok, _, err) = request("renew.req", Some(&vendor_args("vendor.p12")), &pw);
+    assert!(ok, "{err}");
+    let renew_csr = independent_checks(dir.path(), &dir.path().join("renew.req"), "renew");
+    let renew_csr = std::fs::read(renew_csr).unwrap();
+    let wrong_topic = fake_apple_push_certificate(
+        &renew_csr,
+        &lanyard_testkit::fake_apns::fake_mdm_topic(),
+        FakeApnsMarker::Production,
+    )
+    .unwrap();
+    write("wrong-topic.pem", wrong_topic.as_bytes());
+    let (ok, _, err) = s.cli(&["push-cert", "upload", "--cert", &f("wrong-topic.pem")]);
+    assert!(!ok);
+    assert!(err.contains("orphaned"), "{err}");
+    let renewed = fake_apple_push_certificate(&renew_csr, &topic, FakeApnsMarker::None).unwrap();
+    write("renewed.pem", renewed.as_bytes());
+    let (ok, _, err) = s.cli(&["push-cert", "upload", "--cert", &f("renewed.pem")]);
+    assert!(ok, "{err}");
+    let c = s.client();
+    let t = s.admin_session(&c).await;
+    let now: Value = c
+        .get(format!("{}/api/v1/push-certificate", s.url))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["topic"], topic.as_str());
+    assert_ne!(
+        now["sha256"], first["sha256"],
+        "the renewed certificate is in use"
+    );
+    no_pending();
+
+    // The API: a request, its CSR, and Apple's certificate for it by `cert_pem` alone; a
+    // foreign certificate is a 422 and changes nothing.
+    let api = format!("{}/api/v1/push-certificate/request", s.url);
+    let r = c.get(&api).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c.post(&api).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let made: Value = r.json().await.unwrap();
+    let api_csr = made["csr_pem"].as_str().unwrap().to_string();
+    let shown: Value = c
+        .get(&api)
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["csr_pem"], api_csr.as_str());
+    let put = format!("{}/api/v1/push-certificate", s.url);
+    let r = c
+        .put(&put)
+        .bearer_auth(&t)
+        .json(&serde_json::json!({"cert_pem": foreign.cert_pem}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let api_cert =
+        fake_apple_push_certificate(api_csr.as_bytes(), &topic, FakeApnsMarker::Production)
+            .unwrap();
+    let r = c
+        .put(&put)
+        .bearer_auth(&t)
+        .json(&serde_json::json!({"cert_pem": api_cert}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stored: Value = r.json().await.unwrap();
+    assert_eq!(stored["topic"], topic.as_str());
+    no_pending();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_sign_upload_renew_sqlite() {
+    request_sign_upload_renew(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_sign_upload_renew_postgres() {
+    request_sign_upload_renew(Db::Postgres).await;
+}
