@@ -16,6 +16,7 @@ pub mod oidc_pages;
 pub mod pages;
 pub mod portal;
 pub mod server_tokens;
+pub mod text_input;
 
 use std::time::Instant;
 
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT)),
         )
         .fallback(not_found)
+        .layer(middleware::from_fn(text_input::refuse_nul))
         .layer(middleware::from_fn(record_metrics))
         .with_state(state)
 }
