@@ -69,6 +69,7 @@ impl From<CoreError> for ApiError {
                 (StatusCode::FORBIDDEN, "forbidden")
             }
             CoreError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            CoreError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             CoreError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             CoreError::Store(_) | CoreError::Internal(_) => {
                 // The one place a server-side failure is logged.
