@@ -14,12 +14,20 @@ use lanyard_proto::user_enrollment::{
     ue_command_policy, ue_device_information_query_policy, ue_payload_policy, Policy,
 };
 use lanyard_store::{
-    Audit, CommandOutcome, CommandRecord, Enrollment, EnrollmentStatus, NewCommand, CHANNEL_DEVICE,
-    CHANNEL_USER,
+    Audit, CommandOutcome, CommandRecord, DeviceListQuery, Enrollment, EnrollmentStatus,
+    NewCommand, CHANNEL_DEVICE, CHANNEL_USER,
 };
 
 use crate::enrollment::MODE_USER_ENROLLMENT;
 use crate::{Actor, CoreError, Lanyard, Result};
+
+/// Largest result stored for one command on one enrollment, as re-encoded (compact XML; a
+/// report's text can grow when re-escaped). A larger one is refused with 413, nothing stored.
+pub const STORED_RESULT_LIMIT: usize = 4 * 1024 * 1024;
+/// Largest inventory section (JSON) kept per enrollment: the device information, security
+/// info, profiles, applications or certificates. A section over it is kept as a note of its
+/// size, so an enrollment's inventory stays under about 5 MiB.
+pub const INVENTORY_SECTION_LIMIT: usize = 1024 * 1024;
 
 /// How long finished command results are kept.
 pub const RESULT_RETENTION_DAYS: i64 = 90;
@@ -267,7 +275,9 @@ impl CommandSpec {
 pub enum CommandTarget {
     /// These enrollments (ids).
     Enrollments(Vec<String>),
-    /// Every enrolled device whose managed Apple ID contains this text ("" = all).
+    /// Every enrolled device the device search finds for this text (managed Apple ID, the
+    /// person's email, model family or product; `%`, `_` and `\` taken literally; "" = all):
+    /// exactly the devices the portal's Devices page lists for it with the status "Enrolled".
     Filter { search: String },
 }
 
@@ -469,14 +479,16 @@ impl Lanyard {
                 out
             }
             CommandTarget::Filter { search } => {
-                self.store
-                    .list_enrollments(&lanyard_store::EnrollmentQuery {
-                        status: Some(EnrollmentStatus::Enrolled),
-                        search: Some(search.clone()).filter(|s| !s.is_empty()),
-                        offset: 0,
-                        limit: 1_000_000,
-                    })
-                    .await?
+                let found = self.store.list_devices(&filter_target(search)).await?;
+                if found.total > found.items.len() as i64 {
+                    return Err(CoreError::Invalid(format!(
+                        "{} devices match; a command by search reaches at most {}, so narrow \
+                         the search",
+                        found.total,
+                        lanyard_store::MAX_DEVICE_LIST
+                    )));
+                }
+                found.items
             }
         };
         if enrollments.is_empty() {
@@ -616,6 +628,19 @@ impl Lanyard {
     }
 }
 
+/// The device search a [`CommandTarget::Filter`] runs: the enrolled devices matching `search`,
+/// all of them (up to [`lanyard_store::MAX_DEVICE_LIST`]).
+pub fn filter_target(search: &str) -> DeviceListQuery {
+    DeviceListQuery {
+        search: Some(search.to_string()),
+        status: Some(EnrollmentStatus::Enrolled),
+        sort: lanyard_store::DeviceSort::Created,
+        descending: false,
+        offset: 0,
+        limit: lanyard_store::MAX_DEVICE_LIST,
+    }
+}
+
 /// The outcome a result report records (`None` for `Idle`).
 pub(crate) fn outcome_of(
     report: &lanyard_proto::command::CommandReport,
@@ -639,8 +664,18 @@ pub(crate) fn outcome_of(
         .then(|| serde_json::to_string(&report.error_chain).ok())
         .flatten();
     let mut result_bytes = Vec::new();
-    plist::to_writer_xml(&mut result_bytes, &report.result)
-        .map_err(|e| CoreError::Internal(e.to_string()))?;
+    plist::to_writer_xml_with_options(
+        &mut result_bytes,
+        &report.result,
+        &plist::XmlWriteOptions::default().indent(0, 0),
+    )
+    .map_err(|e| CoreError::Internal(e.to_string()))?;
+    if result_bytes.len() > STORED_RESULT_LIMIT {
+        return Err(CoreError::TooLarge(format!(
+            "the command result is larger than this server stores ({} KiB at most)",
+            STORED_RESULT_LIMIT / 1024
+        )));
+    }
     Ok(Some(CommandOutcome {
         command_uuid: uuid,
         status: status.into(),
@@ -695,10 +730,17 @@ pub(crate) fn merge_inventory(
             inv.get(section).and_then(|v| v.as_object()).cloned(),
             new.as_object_mut(),
         ) {
-            for (k, v) in old {
+            // (A note that an earlier answer was too large is not carried over.)
+            for (k, v) in old.into_iter().filter(|(k, _)| k != "omitted") {
                 fresh.entry(k).or_insert(v);
             }
         }
+    }
+    let size = serde_json::to_string(&new).map_or(usize::MAX, |t| t.len());
+    if size > INVENTORY_SECTION_LIMIT {
+        new = json!({"omitted": format!(
+            "the reported section is {size} bytes; at most {INVENTORY_SECTION_LIMIT} are kept"
+        )});
     }
     if inv.get(section) == Some(&new) {
         return None;

@@ -33,7 +33,7 @@ use lanyard_proto::profile::{
 };
 use lanyard_proto::{ModelFamily, OsVersion, SecretString, ServiceDiscovery, UserIdentifier};
 use lanyard_store::{
-    AccessTokenRow, Enrollment, EnrollmentFlow, EnrollmentQuery, EnrollmentStatus, IdentityRecord,
+    AccessTokenRow, DeviceListQuery, Enrollment, EnrollmentFlow, EnrollmentStatus, IdentityRecord,
     NewEnrollment, ProfileIds, User,
 };
 
@@ -827,8 +827,8 @@ impl EnrollmentService {
         &self.lanyard
     }
 
-    /// Enrollments, newest first.
-    pub async fn list(&self, q: &EnrollmentQuery) -> Result<Vec<EnrollmentView>> {
+    /// Enrollments matching the device search.
+    pub async fn list(&self, q: &DeviceListQuery) -> Result<Vec<EnrollmentView>> {
         list_enrollments(&self.lanyard, q).await
     }
 }
@@ -864,14 +864,10 @@ impl Lanyard {
     }
 }
 
-/// Enrollments, newest first (also used by the CLI, which has no device PKI loaded).
-pub async fn list_enrollments(l: &Lanyard, q: &EnrollmentQuery) -> Result<Vec<EnrollmentView>> {
-    Ok(l.store()
-        .list_enrollments(q)
-        .await?
-        .into_iter()
-        .map(EnrollmentView::from)
-        .collect())
+/// Enrollments matching the one device search ([`Lanyard::device_list`] without the total;
+/// also used by the CLI, which has no device PKI loaded).
+pub async fn list_enrollments(l: &Lanyard, q: &DeviceListQuery) -> Result<Vec<EnrollmentView>> {
+    Ok(l.device_list(q).await?.items)
 }
 
 fn identity_subject(org: &str, enrollment_id: &str) -> Result<X509Name> {

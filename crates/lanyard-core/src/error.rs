@@ -24,6 +24,9 @@ pub enum CoreError {
     /// response to cause an unenroll", macOS 14+).
     #[error("{0}")]
     UnrecognizedDevice(String),
+    /// The request body is larger than this kind of request may be (413); nothing was stored.
+    #[error("{0}")]
+    TooLarge(String),
     /// Too many attempts (429).
     #[error("{0}")]
     RateLimited(String),

@@ -40,6 +40,57 @@ use crate::commands::{carries_inventory, outcome_of, ResultInventory};
 use crate::enrollment::{refuse_old_os, DevicePki};
 use crate::{CoreError, Lanyard, Result};
 
+// What a device may write, bounded per enrollment (docs/SECURITY.md, "What a device can
+// store"). Sizes are of the request body as it arrives, checked after the signature and the
+// decode and before anything is written; a larger body is refused with 413.
+
+/// Largest check-in body other than `DeclarativeManagement`. Apple's check-in messages are a
+/// few short strings and, for `TokenUpdate`, a 32-byte push token, the PushMagic and an
+/// optional UnlockToken keybag (`../shared/apple-schema/mdm/checkin/*.yaml`): the captured
+/// `Authenticate` is 804 bytes and the `TokenUpdate` with an UnlockToken 2,430 bytes
+/// (`../shared/fixtures/nanomdm/`). 64 KiB is over 25 times the largest.
+pub const CHECKIN_MESSAGE_LIMIT: usize = 64 * 1024;
+/// Largest `DeclarativeManagement` check-in, the largest check-in body. Its `Data` is a JSON
+/// document: sync tokens, or a status report whose `StatusItems` are the subscribed items
+/// (`../shared/apple-schema/mdm/checkin/declarativemanagement.yaml`,
+/// `../shared/apple-schema/declarative/protocol/statusreport.yaml`); the largest items are
+/// lists (managed apps, managed certificates, accounts), which under User Enrollment hold
+/// only what this server manages: tens of KiB, so 512 KiB leaves ample room.
+pub const DECLARATIVE_MESSAGE_LIMIT: usize = 512 * 1024;
+/// Largest command report. Results of `InstalledApplicationList`, `CertificateList` (each
+/// certificate's DER as `Data`) and `ProfileList` grow with the Mac
+/// (`../shared/apple-schema/mdm/commands/application.installed.list.yaml`,
+/// `certificate.list.yaml`, `profile.list.yaml`); a Mac with a thousand applications
+/// answers about 1 MiB.
+pub const COMMAND_REPORT_LIMIT: usize = 2 * 1024 * 1024;
+/// Largest `Endpoint` of a `DeclarativeManagement` check-in (`declaration/<type>/<id>`).
+pub const DECLARATIVE_ENDPOINT_LIMIT: usize = 512;
+
+fn too_large(what: &str, limit: usize) -> CoreError {
+    CoreError::TooLarge(format!(
+        "{what} is larger than this server accepts ({} KiB at most)",
+        limit / 1024
+    ))
+}
+
+/// A `DeclarativeManagement` `Endpoint` as Apple's schema lists them: `tokens`,
+/// `declaration-items`, `status` or `declaration/<type>/<identifier>`.
+fn check_endpoint(endpoint: &str) -> Result<()> {
+    let known = matches!(endpoint, "tokens" | "declaration-items" | "status")
+        || endpoint
+            .strip_prefix("declaration/")
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(kind, id)| !kind.is_empty() && !id.is_empty());
+    if !known || endpoint.len() > DECLARATIVE_ENDPOINT_LIMIT {
+        return Err(CoreError::Invalid(
+            "DeclarativeManagement Endpoint must be tokens, declaration-items, status or \
+             declaration/<type>/<identifier>"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// What the device-facing handler answers to a check-in.
 #[derive(Debug)]
 pub enum CheckinReply {
@@ -217,6 +268,24 @@ impl MdmService {
         let fingerprint = self.signer_of(&req)?;
         let msg = lanyard_proto::decode_checkin(req.body)
             .map_err(|e| CoreError::Invalid(format!("check-in: {e}")))?;
+        match &msg {
+            CheckinMessage::DeclarativeManagement(d) => {
+                if req.body.len() > DECLARATIVE_MESSAGE_LIMIT {
+                    return Err(too_large(
+                        "a DeclarativeManagement check-in",
+                        DECLARATIVE_MESSAGE_LIMIT,
+                    ));
+                }
+                check_endpoint(&d.endpoint)?;
+            }
+            other if req.body.len() > CHECKIN_MESSAGE_LIMIT => {
+                return Err(too_large(
+                    &format!("the {} check-in", other.message_type()),
+                    CHECKIN_MESSAGE_LIMIT,
+                ));
+            }
+            _ => {}
+        }
         let r = msg.enrollment();
         if !r.kind.is_user_enrollment() {
             return Err(CoreError::Invalid(
@@ -371,7 +440,8 @@ impl MdmService {
         enrollment: &Enrollment,
         d: DeclarativeManagement,
     ) -> Result<CheckinReply> {
-        // Stored for the declarative management release; answered empty for now.
+        // Stored for the declarative management release; answered empty for now. The store
+        // keeps only the latest few per enrollment and endpoint.
         self.lanyard
             .store()
             .record_declarative(
@@ -393,6 +463,9 @@ impl MdmService {
     ///   counted) and the exchange goes on, so it cannot wedge the channel;
     /// - `NotNow` is answered with an empty body (see the store's exchange).
     pub async fn command(&self, req: DeviceRequest<'_>) -> Result<Option<NextCommand>> {
+        if req.body.len() > COMMAND_REPORT_LIMIT {
+            return Err(too_large("a command report", COMMAND_REPORT_LIMIT));
+        }
         let fingerprint = self.signer_of(&req)?;
         let report = lanyard_proto::decode_command_report(req.body)
             .map_err(|e| CoreError::Invalid(format!("command report: {e}")))?;

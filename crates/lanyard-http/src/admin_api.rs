@@ -511,7 +511,8 @@ pub struct DeviceQuery {
     /// pending, authenticated, enrolled (default), checked_out or inactive; `all` for every
     /// status.
     status: Option<String>,
-    /// Substring of the managed Apple ID.
+    /// Case-insensitive substring of the managed Apple ID, the person's email, the model
+    /// family or the product, taken literally (the portal's device search).
     search: Option<String>,
     #[serde(default)]
     offset: i64,
@@ -542,11 +543,13 @@ async fn list_devices(
     };
     let list = list_enrollments(
         &s.lanyard,
-        &lanyard_store::EnrollmentQuery {
+        &lanyard_store::DeviceListQuery {
             status,
             search: q.search,
+            descending: true,
             offset: q.offset,
             limit,
+            ..lanyard_store::DeviceListQuery::default()
         },
     )
     .await?;

@@ -4,7 +4,7 @@
 //! PushMagic and challenges).
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,8 +24,11 @@ use crate::AppState;
 pub const ENROLL_BODY_LIMIT: usize = 64 * 1024;
 /// Largest SCEP message.
 pub const SCEP_BODY_LIMIT: usize = 64 * 1024;
-/// Largest check-in or command report (declarative status reports can be sizeable).
-pub const MDM_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Largest check-in: a `DeclarativeManagement` status report; the other check-in messages are
+/// held to a smaller cap by the device service (`lanyard_core::mdm`, where each cap is argued).
+pub const CHECKIN_BODY_LIMIT: usize = lanyard_core::mdm::DECLARATIVE_MESSAGE_LIMIT;
+/// Largest command report (inventory results such as `InstalledApplicationList`).
+pub const MDM_BODY_LIMIT: usize = lanyard_core::mdm::COMMAND_REPORT_LIMIT;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -44,7 +47,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/mdm/checkin",
-            put(checkin).layer(DefaultBodyLimit::max(MDM_BODY_LIMIT)),
+            put(checkin).layer(DefaultBodyLimit::max(CHECKIN_BODY_LIMIT)),
         )
         .route(
             "/mdm/command",
@@ -243,7 +246,34 @@ fn mdm_refusal(s: &AppState, e: CoreError) -> Response {
     }
 }
 
-async fn checkin(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The body of a check-in or command report, or why not: too large for the route (413 with
+/// the cap; nothing is read further or stored) or unreadable.
+fn device_body(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+    limit: usize,
+) -> Result<Bytes, CoreError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            CoreError::TooLarge(format!(
+                "{what} is larger than this server accepts ({} KiB at most)",
+                limit / 1024
+            ))
+        } else {
+            CoreError::Invalid(format!("{what}: {}", r.body_text()))
+        }
+    })
+}
+
+async fn checkin(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match device_body(body, "a check-in", CHECKIN_BODY_LIMIT) {
+        Ok(b) => b,
+        Err(e) => return device_error(e),
+    };
     match s.mdm.checkin(device_request(&headers, &body)).await {
         Ok(CheckinReply::Ok) => StatusCode::OK.into_response(),
         Ok(CheckinReply::Plist(p)) => {
@@ -256,7 +286,15 @@ async fn checkin(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
 
 /// The command endpoint: identifies the device, records its report (result, error or NotNow)
 /// and answers the next command for that channel, or an empty 200 when none is due.
-async fn command(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn command(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match device_body(body, "a command report", MDM_BODY_LIMIT) {
+        Ok(b) => b,
+        Err(e) => return device_error(e),
+    };
     match s.mdm.command(device_request(&headers, &body)).await {
         Ok(Some(next)) => (
             [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],

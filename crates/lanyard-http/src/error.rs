@@ -70,6 +70,7 @@ impl From<CoreError> for ApiError {
                 (StatusCode::FORBIDDEN, "forbidden")
             }
             CoreError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            CoreError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             CoreError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             CoreError::Unavailable(why) => {
                 tracing::warn!(cause = %why, "request refused: database unavailable");

@@ -17,6 +17,7 @@ pub mod oidc_pages;
 pub mod pages;
 pub mod portal;
 pub mod server_tokens;
+pub mod text_input;
 
 use std::time::Instant;
 
@@ -104,6 +105,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT)),
         )
         .fallback(not_found)
+        .layer(middleware::from_fn(text_input::refuse_nul))
         .layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn_with_state(
             state.headers.clone(),

@@ -273,6 +273,7 @@ pub(crate) fn refuse(s: &AppState, e: CoreError) -> Response {
         CoreError::NotFound(_) => StatusCode::NOT_FOUND,
         CoreError::Conflict(_) => StatusCode::CONFLICT,
         CoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
         CoreError::Unavailable(why) => {
             tracing::warn!(cause = %why, "enrollment page refused: database unavailable");

@@ -613,6 +613,18 @@ mod tests {
                 "<string>\u{1}</string>",
                 "character U+0001 in <string> is not allowed",
             ),
+            // U+0000 cannot be carried at all: not raw, not as a character reference, not in
+            // a key (PostgreSQL could not store it; SQLite would).
+            (
+                "<string>a\u{0}</string>",
+                "character U+0000 in <string> is not allowed",
+            ),
+            ("<string>a&#0;</string>", "0x0 character is not permitted"),
+            ("<string>a&#x0;</string>", "0x0 character is not permitted"),
+            (
+                "<string>x</string><key>b\u{0}</key><string>y</string>",
+                "character U+0000 in <key> is not allowed",
+            ),
             ("<true>yes</true>", "<true> holds text"),
             (
                 "<integer>1.5</integer>",

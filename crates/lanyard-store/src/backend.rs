@@ -253,14 +253,10 @@ macro_rules! impl_store {
             }
 
             async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>> {
-                let pattern = query
-                    .search
-                    .as_deref()
-                    .map(|s| format!("%{}%", s.to_lowercase()))
-                    .unwrap_or_else(|| "%".into());
+                let pattern = crate::listing_backend::like_pattern(query.search.as_deref());
                 Ok(sqlx::query_as(&format!(
-                    "SELECT {USER_COLUMNS} FROM users \
-                     WHERE LOWER(email) LIKE $1 OR LOWER(display_name) LIKE $1 \
+                    "SELECT {USER_COLUMNS} FROM users WHERE LOWER(email) LIKE $1 ESCAPE '\\' \
+                     OR LOWER(display_name) LIKE $1 ESCAPE '\\' \
                      ORDER BY email LIMIT $2 OFFSET $3"
                 ))
                 .bind(pattern)

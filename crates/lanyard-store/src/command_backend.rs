@@ -10,6 +10,10 @@ use crate::*;
 /// Targets inserted per statement when queueing a command for many enrollments.
 const ENQUEUE_CHUNK: usize = 500;
 
+/// Finished results kept per enrollment by the hourly prune (the newest; the admin API's
+/// history shows 200). A device adds at most one result per command it was given.
+pub const RESULTS_KEEP_PER_ENROLLMENT: i64 = 200;
+
 const RECORD_COLUMNS: &str = "command_uuid, enrollment_id, channel, request_type, status, \
     queued_at, sent_at, finished_at, result, error_chain";
 
@@ -229,6 +233,15 @@ macro_rules! impl_command_store {
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
+                n += sqlx::query(
+                    "DELETE FROM command_results WHERE id IN (SELECT id FROM (SELECT id, \
+                     ROW_NUMBER() OVER (PARTITION BY enrollment_id ORDER BY id DESC) AS newest \
+                     FROM command_results) ranked WHERE newest > $1)",
+                )
+                .bind(RESULTS_KEEP_PER_ENROLLMENT)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
                 n += sqlx::query(
                     "DELETE FROM commands WHERE created_at < $1 \
                      AND NOT EXISTS (SELECT 1 FROM command_queue q WHERE q.command_uuid = uuid) \

@@ -34,6 +34,25 @@ pub(crate) const REACTIVATED_STATUS: &str = "CASE WHEN enrolled_at IS NOT NULL T
 const TOKEN_COLUMNS: &str =
     "token_hash, user_id, ownership, attributes, created_at, expires_at, used_at";
 
+/// Declarative-management check-ins kept per enrollment and `Endpoint`: the latest few (the
+/// declarative management release reads the latest status report and sync tokens).
+pub const DECLARATIVE_KEEP_PER_ENDPOINT: i64 = 2;
+/// Declarative-management check-ins kept per enrollment, all endpoints together.
+pub const DECLARATIVE_KEEP_PER_ENROLLMENT: i64 = 8;
+
+/// The one statement that bounds `declarative_messages`: of the rows `scope` selects, each
+/// enrollment keeps its latest `$1` per endpoint and `$2` in all; the rest are deleted. Run
+/// with every insert (scope: that enrollment) and by the hourly prune (scope: every row).
+fn declarative_trim(scope: &str) -> String {
+    format!(
+        "DELETE FROM declarative_messages WHERE {scope} AND id NOT IN (SELECT id FROM (\
+         SELECT id, ROW_NUMBER() OVER (PARTITION BY enrollment_id, endpoint ORDER BY id DESC) \
+         AS per_endpoint, ROW_NUMBER() OVER (PARTITION BY enrollment_id ORDER BY id DESC) \
+         AS per_enrollment FROM declarative_messages WHERE {scope}) ranked \
+         WHERE per_endpoint <= $1 AND per_enrollment <= $2)"
+    )
+}
+
 macro_rules! impl_enrollment_store {
     ($store:ty) => {
         #[async_trait]
@@ -412,26 +431,6 @@ macro_rules! impl_enrollment_store {
                 Ok(true)
             }
 
-            async fn list_enrollments(&self, q: &EnrollmentQuery) -> Result<Vec<Enrollment>> {
-                let pattern = q
-                    .search
-                    .as_deref()
-                    .map(|s| format!("%{}%", s.to_lowercase()))
-                    .unwrap_or_else(|| "%".into());
-                let limit = if q.limit <= 0 { 100 } else { q.limit };
-                Ok(sqlx::query_as(&format!(
-                    "SELECT {ENROLLMENT_COLUMNS} FROM enrollments \
-                     WHERE ($1 IS NULL OR status = $1) AND LOWER(managed_apple_id) LIKE $2 \
-                     ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
-                ))
-                .bind(q.status.map(EnrollmentStatus::as_str))
-                .bind(pattern)
-                .bind(limit)
-                .bind(q.offset)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
             async fn count_enrollments_by_status(&self) -> Result<Vec<(String, i64)>> {
                 Ok(sqlx::query_as(
                     "SELECT status, COUNT(*) FROM enrollments GROUP BY status ORDER BY status",
@@ -549,6 +548,10 @@ macro_rules! impl_enrollment_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                sqlx::query("DELETE FROM declarative_messages WHERE enrollment_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 Ok(row)
             }
@@ -614,6 +617,7 @@ macro_rules! impl_enrollment_store {
             }
 
             async fn record_declarative(&self, id: &str, endpoint: &str, data: &[u8]) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO declarative_messages (enrollment_id, endpoint, data, \
                      received_at) VALUES ($1, $2, $3, $4)",
@@ -622,9 +626,26 @@ macro_rules! impl_enrollment_store {
                 .bind(endpoint)
                 .bind(data)
                 .bind(now())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                sqlx::query(&declarative_trim("enrollment_id = $3"))
+                    .bind(DECLARATIVE_KEEP_PER_ENDPOINT)
+                    .bind(DECLARATIVE_KEEP_PER_ENROLLMENT)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
                 Ok(())
+            }
+
+            async fn declarative_messages(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>> {
+                Ok(sqlx::query_as(
+                    "SELECT endpoint, data FROM declarative_messages WHERE enrollment_id = $1 \
+                     ORDER BY id DESC",
+                )
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?)
             }
 
             async fn mark_inactive_enrollments(&self, silent_since: DateTime<Utc>) -> Result<u64> {
@@ -672,6 +693,13 @@ macro_rules! impl_enrollment_store {
                     .rows_affected();
                 n += sqlx::query("DELETE FROM access_tokens WHERE expires_at < $1")
                     .bind(at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                // Declarative messages stored before they were bounded on insert.
+                n += sqlx::query(&declarative_trim("TRUE"))
+                    .bind(DECLARATIVE_KEEP_PER_ENDPOINT)
+                    .bind(DECLARATIVE_KEEP_PER_ENROLLMENT)
                     .execute(&self.pool)
                     .await?
                     .rows_affected();

@@ -23,9 +23,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use backend::{PostgresStore, SqliteStore};
+pub use command_backend::RESULTS_KEEP_PER_ENROLLMENT;
+pub use enrollment_backend::{DECLARATIVE_KEEP_PER_ENDPOINT, DECLARATIVE_KEEP_PER_ENROLLMENT};
 pub use exchange_backend::*;
 pub use idp_backend::*;
-pub use listing_backend::{AuditSearch, DeviceListQuery, DeviceSort, ListingStore, Paged};
+pub use listing_backend::{
+    AuditSearch, DeviceListQuery, DeviceSort, ListingStore, Paged, MAX_DEVICE_LIST,
+};
 pub use model::*;
 
 /// Storage errors. `Conflict` and `NotFound` are expected outcomes a caller maps to 409/404.
@@ -334,7 +338,6 @@ pub trait EnrollmentStore: Send + Sync {
         now: DateTime<Utc>,
         audit: &Audit,
     ) -> Result<bool>;
-    async fn list_enrollments(&self, q: &EnrollmentQuery) -> Result<Vec<Enrollment>>;
     async fn count_enrollments_by_status(&self) -> Result<Vec<(String, i64)>>;
     /// The push topics of enrollments that have not checked out, with how many carry each.
     async fn live_push_topics(&self) -> Result<Vec<(String, i64)>>;
@@ -366,7 +369,13 @@ pub trait EnrollmentStore: Send + Sync {
     /// Forgets the enrollment's bearer, so its next user-channel request is challenged.
     async fn revoke_bearer(&self, id: &str, audit: &Audit) -> Result<()>;
     async fn set_bootstrap_token(&self, id: &str, sealed: Option<&[u8]>) -> Result<()>;
+    /// Stores a declarative-management check-in and, in the same transaction, trims the
+    /// enrollment's messages to the latest [`DECLARATIVE_KEEP_PER_ENDPOINT`] per endpoint and
+    /// [`DECLARATIVE_KEEP_PER_ENROLLMENT`] in all.
     async fn record_declarative(&self, id: &str, endpoint: &str, data: &[u8]) -> Result<()>;
+    /// The declarative-management check-ins kept for an enrollment, newest first:
+    /// `(endpoint, data)`.
+    async fn declarative_messages(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>>;
     async fn touch_enrollment(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
     /// Marks `inactive` every enrollment that has not checked out and has made no request
     /// (nor been created) since `silent_since`; returns how many.
@@ -378,8 +387,8 @@ pub trait EnrollmentStore: Send + Sync {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Enrollment>>;
-    /// Removes expired flows and tokens, and pending enrollments whose challenge expired
-    /// unused; returns how many rows went.
+    /// Removes expired flows and tokens, pending enrollments whose challenge expired unused,
+    /// and declarative messages beyond the per-enrollment bounds; returns how many rows went.
     async fn prune_enrollment_leftovers(&self, now: DateTime<Utc>) -> Result<u64>;
 }
 
@@ -419,7 +428,8 @@ pub trait CommandStore: Send + Sync {
     async fn command_history(&self, enrollment_id: &str, limit: i64) -> Result<Vec<CommandRecord>>;
     /// Every target's state for one command.
     async fn command_targets(&self, command_uuid: &str) -> Result<Vec<CommandRecord>>;
-    /// Removes finished results older than `before`; returns how many.
+    /// Removes finished results older than `before`, and all but the latest
+    /// [`RESULTS_KEEP_PER_ENROLLMENT`] of each enrollment; returns how many rows went.
     async fn prune_command_results(&self, before: DateTime<Utc>) -> Result<u64>;
     /// Drops every queued command of an enrollment (at checkout or unenrollment).
     async fn clear_queue(&self, enrollment_id: &str) -> Result<u64>;

@@ -2,6 +2,10 @@
 //! summary counts, a searchable, sortable, paginated device list with its total, and the audit
 //! log filtered by date range with its total. Written once like the rest (see `backend.rs`);
 //! sort columns come from a whitelist enum, never from request text.
+//!
+//! [`ListingStore::list_devices`] is THE device search: the portal's Devices page, the bulk
+//! command's "every matching device" target, the admin API and the CLI all call it with a
+//! [`DeviceListQuery`], so a search lists exactly the devices a command by that search reaches.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -59,17 +63,22 @@ impl DeviceSort {
     }
 }
 
-/// A page of the device list.
+/// Most devices one [`ListingStore::list_devices`] call returns.
+pub const MAX_DEVICE_LIST: i64 = 100_000;
+
+/// The one device filter: a page of the device list, or every device a bulk command reaches.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceListQuery {
     /// Case-insensitive substring of the managed Apple ID, the user's email, the model family
-    /// or the product name.
+    /// or the product name. Taken literally (`%`, `_` and `\` match themselves) and trimmed;
+    /// `None` or blank matches every device.
     pub search: Option<String>,
     /// Only this status; `None` = every status.
     pub status: Option<EnrollmentStatus>,
     pub sort: DeviceSort,
     pub descending: bool,
     pub offset: i64,
+    /// At most [`MAX_DEVICE_LIST`]; 0 or less means 100.
     pub limit: i64,
 }
 
@@ -103,14 +112,17 @@ pub trait ListingStore: Send + Sync {
         before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Enrollment>>;
+    /// The device search (see the module doc): the matching enrollments in the order asked,
+    /// and how many match in all.
     async fn list_devices(&self, q: &DeviceListQuery) -> Result<Paged<Enrollment>>;
     async fn search_audit(&self, q: &AuditSearch) -> Result<Paged<AuditEntry>>;
 }
 
-/// `%text%` for LIKE, with LIKE's own wildcards in the text taken literally (`ESCAPE '\'`).
-fn like_pattern(s: Option<&str>) -> String {
+/// `%text%` for `LOWER(column) LIKE … ESCAPE '\'`: the search trimmed and lower-cased, with
+/// LIKE's own wildcards in it taken literally. The one pattern rule of every text search.
+pub(crate) fn like_pattern(s: Option<&str>) -> String {
     let mut out = String::from("%");
-    for c in s.unwrap_or("").to_lowercase().chars() {
+    for c in s.unwrap_or("").trim().to_lowercase().chars() {
         if matches!(c, '%' | '_' | '\\') {
             out.push('\\');
         }
@@ -160,7 +172,11 @@ macro_rules! impl_listing_store {
 
             async fn list_devices(&self, q: &DeviceListQuery) -> Result<Paged<Enrollment>> {
                 let pattern = like_pattern(q.search.as_deref());
-                let limit = if q.limit <= 0 { 100 } else { q.limit.min(1000) };
+                let limit = if q.limit <= 0 {
+                    100
+                } else {
+                    q.limit.min(MAX_DEVICE_LIST)
+                };
                 let dir = if q.descending { "DESC" } else { "ASC" };
                 let total: i64 =
                     sqlx::query_scalar(&format!("SELECT COUNT(*) FROM enrollments {DEVICE_WHERE}"))
@@ -224,6 +240,8 @@ mod tests {
     fn like_wildcards_are_literal() {
         assert_eq!(like_pattern(Some("A_b%c\\")), "%a\\_b\\%c\\\\%");
         assert_eq!(like_pattern(None), "%%");
+        assert_eq!(like_pattern(Some("  Bob ")), "%bob%");
+        assert_eq!(like_pattern(Some("   ")), "%%");
     }
 
     #[test]

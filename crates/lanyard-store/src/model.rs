@@ -431,17 +431,6 @@ impl std::fmt::Debug for TokenUpdateRecord {
     }
 }
 
-/// Which enrollments to list.
-#[derive(Debug, Clone, Default)]
-pub struct EnrollmentQuery {
-    /// Only this status; `None` = all.
-    pub status: Option<EnrollmentStatus>,
-    /// Case-insensitive substring of the managed Apple ID.
-    pub search: Option<String>,
-    pub offset: i64,
-    pub limit: i64,
-}
-
 /// A command as queued: its full plist (`{CommandUUID, Command: {RequestType, …}}`), shared by
 /// every enrollment it targets.
 #[derive(Debug, Clone)]

@@ -150,6 +150,8 @@ conformance!(
     push_targets_and_pki_replace,
     pending_pki_completes_once,
     listing_devices_search_sort_page,
+    device_search_takes_wildcards_literally,
+    device_writes_are_bounded,
     listing_audit_by_date_range,
     server_token_default_moves,
     server_token_pages_and_renewal,
@@ -1264,12 +1266,13 @@ async fn enrollment_lifecycle(s: &dyn Store) {
     s.record_declarative("e1", "tokens", b"{}").await.unwrap();
     s.set_bootstrap_token("e1", Some(b"sealed")).await.unwrap();
     let listed = s
-        .list_enrollments(&EnrollmentQuery {
+        .list_devices(&DeviceListQuery {
             status: Some(EnrollmentStatus::Enrolled),
             ..Default::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     assert_eq!(listed.len(), 1);
     assert_eq!(
         listed[0].bootstrap_token_sealed.as_deref(),
@@ -1497,12 +1500,13 @@ async fn silent_enrollments_turn_inactive_and_back(s: &dyn Store) {
     assert_eq!(status("gone").await, EnrollmentStatus::CheckedOut);
     assert_eq!(status("new").await, EnrollmentStatus::Pending);
     let listed = s
-        .list_enrollments(&EnrollmentQuery {
+        .list_devices(&DeviceListQuery {
             status: Some(EnrollmentStatus::Inactive),
             ..Default::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     assert_eq!(listed.len(), 2);
     // Again: nothing more to mark.
     assert_eq!(
@@ -1876,6 +1880,74 @@ async fn push_requests_survive_the_requester(s: &dyn Store) {
     assert_eq!(left, ["p2"]);
 }
 
+/// What a device writes stays bounded per enrollment: declarative-management check-ins (the
+/// latest few per endpoint and in all, trimmed as they are stored and by the hourly prune; gone
+/// at check-out) and command results (the newest per enrollment after the prune).
+async fn device_writes_are_bounded(s: &dyn Store) {
+    enrolled_device(s, "e", "ann@example.com").await;
+    enrolled_device(s, "f", "bob@example.com").await;
+    for n in 0..5u8 {
+        s.record_declarative("e", "status", &[n]).await.unwrap();
+    }
+    s.record_declarative("f", "status", b"f").await.unwrap();
+    let kept = s.declarative_messages("e").await.unwrap();
+    assert_eq!(
+        kept,
+        [
+            ("status".to_string(), vec![4]),
+            ("status".to_string(), vec![3])
+        ],
+        "the latest {DECLARATIVE_KEEP_PER_ENDPOINT} per endpoint"
+    );
+    for n in 0..10u8 {
+        s.record_declarative("e", &format!("declaration/x/{n}"), &[n])
+            .await
+            .unwrap();
+    }
+    let kept = s.declarative_messages("e").await.unwrap();
+    assert_eq!(kept.len() as i64, DECLARATIVE_KEEP_PER_ENROLLMENT);
+    assert_eq!(kept[0], ("declaration/x/9".to_string(), vec![9]));
+    assert!(kept.iter().all(|(e, _)| e != "status"), "the oldest went");
+    // Another enrollment's messages are its own.
+    assert_eq!(s.declarative_messages("f").await.unwrap().len(), 1);
+    assert_eq!(s.prune_enrollment_leftovers(now()).await.unwrap(), 0);
+    // Check-out drops them.
+    s.record_checkout("e", now()).await.unwrap();
+    assert!(s.declarative_messages("e").await.unwrap().is_empty());
+
+    // Command results: the newest RESULTS_KEEP_PER_ENROLLMENT per enrollment after the prune.
+    let extra = 3;
+    let t = now();
+    for i in 0..RESULTS_KEEP_PER_ENROLLMENT + extra {
+        let uuid = format!("c{i}");
+        s.enqueue_command(
+            &cmd(&uuid, "ProfileList"),
+            &[("f".to_string(), CHANNEL_DEVICE.to_string())],
+            &audit("command.enqueue", &uuid),
+        )
+        .await
+        .unwrap();
+        s.next_command("f", CHANNEL_DEVICE, t)
+            .await
+            .unwrap()
+            .unwrap();
+        s.record_command_outcome("f", CHANNEL_DEVICE, &outcome(&uuid, "acknowledged"), t)
+            .await
+            .unwrap();
+    }
+    let pruned = s
+        .prune_command_results(t - Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(pruned, extra as u64);
+    let history = s.command_history("f", 1000).await.unwrap();
+    assert_eq!(history.len() as i64, RESULTS_KEEP_PER_ENROLLMENT);
+    assert!(
+        history.iter().all(|r| r.command_uuid != "c0"),
+        "the oldest went"
+    );
+}
+
 async fn push_targets_and_pki_replace(s: &dyn Store) {
     enrolled(s, "e1").await;
     enrolled(s, "e2").await;
@@ -2057,6 +2129,119 @@ async fn listed_device(s: &dyn Store, id: &str, email: &str, os: &str, product: 
     e.product = Some(product.into());
     e.model_family = None;
     s.create_enrollment(&e).await.unwrap();
+}
+
+/// Enrolls `id` (device and push token set) for `email`, returning nothing.
+async fn enrolled_device(s: &dyn Store, id: &str, email: &str) {
+    listed_device(s, id, email, "15.2", "Mac14,2").await;
+    let t = now();
+    s.set_identity(id, "01", &format!("sha-{id}"), t + Duration::days(300))
+        .await
+        .unwrap();
+    let auth = AuthenticateRecord {
+        device_channel_id: format!("EID-{id}"),
+        os_version: None,
+        build_version: None,
+        product: None,
+    };
+    s.record_authenticate(id, &auth, t).await.unwrap();
+    let tu = TokenUpdateRecord {
+        user_channel_id: None,
+        topic: "com.apple.mgmt.External.test".into(),
+        push_token: vec![1; 32],
+        push_magic: "magic".into(),
+        unlock_token_sealed: None,
+    };
+    s.record_token_update(id, &tu, t).await.unwrap();
+}
+
+/// The one device search takes `%`, `_` and `\` literally, trims, and the devices it lists for
+/// a search are exactly those a command queued to that search's matches reaches (the bulk
+/// command's "every matching device" target runs the same query with a larger limit).
+async fn device_search_takes_wildcards_literally(s: &dyn Store) {
+    enrolled_device(s, "u", "a_b@example.com").await;
+    enrolled_device(s, "p", "a%b@example.com").await;
+    enrolled_device(s, "b", "a\\b@example.com").await;
+    enrolled_device(s, "x", "axb@example.com").await;
+    let page = |search: &str| DeviceListQuery {
+        search: Some(search.into()),
+        status: Some(EnrollmentStatus::Enrolled),
+        sort: DeviceSort::Created,
+        descending: true,
+        offset: 0,
+        limit: 25,
+    };
+    let bulk = |search: &str| DeviceListQuery {
+        descending: false,
+        limit: MAX_DEVICE_LIST,
+        ..page(search)
+    };
+    let ids = |p: Paged<Enrollment>| {
+        let mut v: Vec<String> = p.items.into_iter().map(|e| e.id).collect();
+        v.sort();
+        v
+    };
+    for (n, (search, want)) in [
+        ("_", vec!["u"]),
+        ("%", vec!["p"]),
+        ("\\", vec!["b"]),
+        ("A_B@", vec!["u"]),
+        ("a%b", vec!["p"]),
+        ("  a\\b  ", vec!["b"]),
+        ("axb", vec!["x"]),
+        ("", vec!["b", "p", "u", "x"]),
+        ("   ", vec!["b", "p", "u", "x"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let listed = s.list_devices(&page(search)).await.unwrap();
+        assert_eq!(listed.total, want.len() as i64, "search {search:?}");
+        let listed = ids(listed);
+        assert_eq!(listed, want, "search {search:?} lists");
+        let targets = ids(s.list_devices(&bulk(search)).await.unwrap());
+        assert_eq!(targets, listed, "search {search:?} targets what it lists");
+        // Queued to those targets, the command reaches exactly the listed devices.
+        let uuid = format!("cmd-{n}");
+        let payload = b"<plist/>".to_vec();
+        s.enqueue_command(
+            &NewCommand {
+                uuid: uuid.clone(),
+                request_type: "DeviceInformation".into(),
+                payload,
+                created_by: "tester".into(),
+                push: false,
+            },
+            &targets
+                .iter()
+                .map(|id| (id.clone(), CHANNEL_DEVICE.to_string()))
+                .collect::<Vec<_>>(),
+            &audit("command.enqueue", search),
+        )
+        .await
+        .unwrap();
+        let mut reached: Vec<String> = s
+            .command_targets(&uuid)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.enrollment_id)
+            .collect();
+        reached.sort();
+        assert_eq!(reached, want, "search {search:?} reaches");
+    }
+    // The user list's search follows the same rule.
+    let users = s
+        .list_users(&ListQuery {
+            search: Some("_".into()),
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        users.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(),
+        ["a_b@example.com"]
+    );
 }
 
 async fn listing_devices_search_sort_page(s: &dyn Store) {

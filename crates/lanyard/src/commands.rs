@@ -572,7 +572,8 @@ pub enum DeviceCmd {
         /// Every enrollment, whatever its status.
         #[arg(long)]
         all: bool,
-        /// Substring of the managed Apple ID.
+        /// Case-insensitive text in the managed Apple ID, email, model family or product
+        /// (taken literally; the portal's device search).
         #[arg(long)]
         search: Option<String>,
         #[command(flatten)]
@@ -632,11 +633,12 @@ pub async fn device(
             };
             let list = list_enrollments(
                 &o.lanyard,
-                &lanyard_store::EnrollmentQuery {
+                &lanyard_store::DeviceListQuery {
                     status,
                     search,
-                    offset: 0,
-                    limit: 100_000,
+                    descending: true,
+                    limit: lanyard_store::MAX_DEVICE_LIST,
+                    ..lanyard_store::DeviceListQuery::default()
                 },
             )
             .await?;
@@ -739,8 +741,8 @@ pub enum CommandCmd {
         /// Target this enrollment (repeat for several).
         #[arg(long = "device")]
         devices: Vec<String>,
-        /// Target every enrolled device (optionally only those whose managed Apple ID contains
-        /// --search).
+        /// Target every enrolled device (optionally only those the device search finds for
+        /// --search, as `lanyard device list --search` lists them).
         #[arg(long, conflicts_with = "devices")]
         all: bool,
         #[arg(long, requires = "all")]

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use lanyard_core::commands::{CommandChannel, CommandSpec, CommandTarget, CommandView};
 use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
 use lanyard_core::CoreError;
-use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentQuery, EnrollmentStatus};
+use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentStatus};
 
 use super::{
     change_form, error_page, layout, message_page, notice, or_dash, page_number, pager, qv,
@@ -221,11 +221,10 @@ async fn summary_body(s: &AppState) -> Result<String, CoreError> {
 
     let latest = list_enrollments(
         &s.lanyard,
-        &EnrollmentQuery {
-            status: None,
-            search: None,
-            offset: 0,
+        &DeviceListQuery {
+            descending: true,
             limit: 10,
+            ..DeviceListQuery::default()
         },
     )
     .await?;
@@ -353,7 +352,7 @@ async fn devices(
     let list = match s
         .lanyard
         .device_list(&DeviceListQuery {
-            search: Some(search.clone()).filter(|s| !s.trim().is_empty()),
+            search: Some(search.clone()),
             status,
             sort,
             descending,
@@ -407,8 +406,8 @@ async fn devices(
          <label for=\"status\">Status</label><select id=\"status\" name=\"status\">{statuses}</select>\
          <button type=\"submit\">Search</button></form>\
          <p class=\"muted\" id=\"total\">{count}</p>{table}{pager}\
-         <details class=\"bulk\"><summary>Send a command to every enrolled device whose managed \
-         Apple ID contains the search</summary>{bulk}</details>",
+         <details class=\"bulk\"><summary>Send a command to every enrolled device matching the \
+         search</summary>{bulk}</details>",
         done = notice(done),
         search = esc(&search),
         table = device_table(&list.items, Some(&links)),

@@ -242,6 +242,7 @@ pub(crate) fn describe(e: CoreError) -> (StatusCode, String) {
         CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => StatusCode::FORBIDDEN,
         CoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
         CoreError::Unavailable(why) => {
             tracing::warn!(cause = %why, "portal request refused: database unavailable");
