@@ -24,9 +24,12 @@ pub enum CoreError {
     /// response to cause an unenroll", macOS 14+).
     #[error("{0}")]
     UnrecognizedDevice(String),
-    /// Too many attempts (429).
-    #[error("{0}")]
-    RateLimited(String),
+    /// Too many attempts (429); `retry_after_secs` becomes the answer's `Retry-After`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
     /// An upstream service (Apple Business Manager) failed or answered garbage (502).
     #[error("{0}")]
     Upstream(String),

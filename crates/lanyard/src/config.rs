@@ -11,6 +11,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::connections::Limits;
+use lanyard_http::client::Cidr;
 
 /// Flags shared by every sub-command: where the data is.
 #[derive(Debug, Clone, Args)]
@@ -61,9 +62,21 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "LANYARD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Serve plain HTTP, for running behind a TLS-terminating reverse proxy.
+    /// Serve plain HTTP, for running behind a TLS-terminating reverse proxy. This alone does
+    /// not trust the proxy's X-Forwarded-For: see --trusted-proxy.
     #[arg(long, env = "LANYARD_BEHIND_PROXY")]
     pub behind_proxy: bool,
+    /// Address ranges (CIDR, comma-separated or repeated, e.g. 10.0.0.0/8,::1) of reverse
+    /// proxies whose X-Forwarded-For names the client: for a request from one of them, the
+    /// client is the right-most X-Forwarded-For entry that is not itself a trusted proxy.
+    /// Default: none (the client is always the TCP peer).
+    #[arg(
+        long,
+        env = "LANYARD_TRUSTED_PROXY",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub trusted_proxy: Vec<Cidr>,
     /// Organisation name shown on pages and in certificates. Default: Lanyard
     #[arg(long, env = "LANYARD_ORGANIZATION")]
     pub organization: Option<String>,
@@ -144,6 +157,8 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub behind_proxy: Option<bool>,
+    /// CIDR ranges, e.g. `["10.0.0.0/8", "::1"]`.
+    pub trusted_proxy: Option<Vec<String>>,
     pub organization: Option<String>,
     pub scep_allow_des: Option<bool>,
     /// Durations as on the command line, e.g. `"365d"`.
@@ -198,6 +213,8 @@ pub struct ServeConfig {
     /// How often the identity renewal job runs.
     pub identity_renewal_interval: Duration,
     pub limits: crate::connections::Limits,
+    /// Proxies whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 #[derive(Debug, Clone)]
@@ -320,6 +337,7 @@ impl ServeConfig {
             )?
             .unwrap_or(Duration::from_secs(3600)),
             limits: limits(s, file)?,
+            trusted_proxies: trusted_proxies(s, file)?,
         })
     }
 }
@@ -333,6 +351,21 @@ fn duration(name: &str, flag: Option<Duration>, file: &Option<String>) -> Result
             .map_err(|e| anyhow::anyhow!("{name} in the config file: {e}")),
         (None, None) => Ok(None),
     }
+}
+
+/// `--trusted-proxy` (flag or environment), else the config file's `trusted_proxy`.
+fn trusted_proxies(s: &ServeArgs, file: &FileConfig) -> Result<Vec<Cidr>> {
+    if !s.trusted_proxy.is_empty() {
+        return Ok(s.trusted_proxy.clone());
+    }
+    file.trusted_proxy
+        .iter()
+        .flatten()
+        .map(|c| {
+            c.parse::<Cidr>()
+                .map_err(|e| anyhow::anyhow!("trusted_proxy in the config file: {e}"))
+        })
+        .collect()
 }
 
 /// The connection limits: each at least 1 (second or connection).
@@ -418,6 +451,7 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             behind_proxy: false,
+            trusted_proxy: Vec::new(),
             organization: None,
             scep_allow_des: false,
             oidc_ca_cert: None,
@@ -429,6 +463,40 @@ mod tests {
             body_read_timeout: None,
             max_connections: None,
         }
+    }
+
+    #[test]
+    fn trusted_proxies_from_flag_or_file() {
+        let resolve = |args: &[&str], file: &str| -> Result<Vec<String>> {
+            let cli = Cli::try_parse_from(std::iter::once("lanyard").chain(args.iter().copied()))?;
+            let file: FileConfig = toml::from_str(file)?;
+            Ok(ServeConfig::resolve(&cli.serve, &file)?
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect())
+        };
+        assert!(resolve(&[], "").unwrap().is_empty());
+        assert_eq!(
+            resolve(&["--trusted-proxy", "10.0.0.0/8,::1"], "").unwrap(),
+            ["10.0.0.0/8", "::1/128"]
+        );
+        assert_eq!(
+            resolve(&[], "trusted_proxy = [\"192.0.2.1\"]").unwrap(),
+            ["192.0.2.1/32"]
+        );
+        // The flag wins over the file.
+        assert_eq!(
+            resolve(
+                &["--trusted-proxy", "127.0.0.1"],
+                "trusted_proxy = [\"192.0.2.1\"]"
+            )
+            .unwrap(),
+            ["127.0.0.1/32"]
+        );
+        assert!(resolve(&["--trusted-proxy", "10.0.0.0/33"], "").is_err());
+        let err = resolve(&[], "trusted_proxy = [\"nope\"]").unwrap_err();
+        assert!(err.to_string().contains("trusted_proxy"), "{err}");
     }
 
     #[test]
