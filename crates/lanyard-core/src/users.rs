@@ -324,6 +324,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_dummy_hash_is_a_real_hash_with_the_real_parameters() {
+        let dummy = dummy_hash();
+        let real = hash_password("some password or other").unwrap();
+        let params = |h: &str| h.split('$').take(4).collect::<Vec<_>>().join("$");
+        assert_eq!(params(dummy), params(&real), "{dummy} / {real}");
+        assert!(PasswordHash::new(dummy).is_ok());
+        assert!(!verify_password("", dummy));
+        assert_eq!(dummy_hash(), dummy, "made once");
+    }
+
+    #[test]
     fn the_presented_identifier_is_the_email_or_the_managed_apple_account() {
         let ann = |p: Option<&str>| {
             check_presented_identifier(p, "ann@example.com", Some("ann@appleid.example.com"))
