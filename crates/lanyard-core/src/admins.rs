@@ -1,4 +1,8 @@
-//! Administrators: sign-in with lockout, sessions, API tokens and roles.
+//! Administrators: sign-in (throttled, see [`crate::sign_in`]), sessions, API tokens, roles,
+//! and their lifecycle (password, disable, remove; the last enabled administrator stays).
+//!
+//! A new password ends the administrator's other sessions (all of them when someone else set
+//! it); API tokens are separate credentials and are kept (revoke them on their own).
 //!
 //! Session secrets and API tokens are random 256-bit values shown once; only their SHA-256 is
 //! stored, so a database dump cannot be replayed.
@@ -11,13 +15,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::users::{hash_password, verify_password};
+use crate::users::{dummy_hash, hash_password, verify_password};
 use crate::{Actor, CoreError, Lanyard, Result};
-use lanyard_store::{AdminSession, ApiToken, Audit};
+use lanyard_store::{AdminSession, ApiToken, Audit, SignInKind};
 
-/// Failed sign-ins before an administrator is locked out, and for how long.
-pub const LOCKOUT_AFTER: i64 = 5;
-pub const LOCKOUT_MINUTES: i64 = 15;
 pub const SESSION_HOURS: i64 = 12;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -57,6 +58,8 @@ pub struct AdminView {
     pub username: String,
     pub role: Role,
     pub enabled: bool,
+    /// A sign-in wait is running for this name from some client address (see
+    /// `lanyard admin unlock`).
     pub locked: bool,
 }
 
@@ -157,38 +160,126 @@ impl Lanyard {
                 }
                 other => other.into(),
             })?;
-        admin_view(a)
+        self.admin_view(a).await
     }
 
-    /// Sets an administrator's password and clears any lockout.
+    /// Sets an administrator's password, ends their other sessions and clears their sign-in
+    /// waits. `own_session` is the session secret of the request when administrators change
+    /// their own password: that session stays (any administrator may change their own, a
+    /// read-only one included). Returns the administrator and how many sessions ended.
     pub async fn set_admin_password(
         &self,
         actor: &Actor,
         username: &str,
         password: &str,
+        own_session: Option<&str>,
+    ) -> Result<(AdminView, u64)> {
+        let admin = self.admin_named(username).await?;
+        let own = actor.name == format!("admin:{}", admin.username);
+        if !own {
+            actor.require_write()?;
+        }
+        let hash = hash_password(password)?;
+        let keep = own_session.filter(|_| own).map(hash_secret);
+        let audit = Audit::new(
+            &actor.name,
+            "admin.set_password",
+            &admin.username,
+            json!({}),
+        );
+        let ended = self
+            .store
+            .set_admin_password(admin.id, &hash, keep.as_deref(), &audit)
+            .await?;
+        let audit = Audit::new(
+            &actor.name,
+            "admin.unlock",
+            &admin.username,
+            json!({"reason": "password set"}),
+        );
+        self.store
+            .unlock_sign_in(SignInKind::Admin, &admin.username, &audit)
+            .await?;
+        Ok((self.admin_view(admin).await?, ended))
+    }
+
+    /// Enables or disables an administrator (disabling ends their sessions; their API tokens
+    /// stop working while disabled). The last enabled administrator with the Administrator role
+    /// cannot be disabled.
+    pub async fn set_admin_enabled(
+        &self,
+        actor: &Actor,
+        username: &str,
+        enabled: bool,
     ) -> Result<AdminView> {
         actor.require_write()?;
-        let username = check_username(username)?;
-        let admin = self
+        let admin = self.admin_named(username).await?;
+        let action = if enabled {
+            "admin.enable"
+        } else {
+            "admin.disable"
+        };
+        let audit = Audit::new(&actor.name, action, &admin.username, json!({}));
+        match self
             .store
+            .set_admin_enabled(admin.id, enabled, Role::Administrator.as_str(), &audit)
+            .await?
+        {
+            Some(a) => self.admin_view(a).await,
+            None => Err(last_administrator(&admin.username, "disabled")),
+        }
+    }
+
+    /// Removes an administrator with their sessions and API tokens. The last enabled
+    /// administrator with the Administrator role cannot be removed.
+    pub async fn remove_admin(&self, actor: &Actor, username: &str) -> Result<()> {
+        actor.require_write()?;
+        let admin = self.admin_named(username).await?;
+        let audit = Audit::new(
+            &actor.name,
+            "admin.remove",
+            &admin.username,
+            json!({"role": admin.role}),
+        );
+        if !self
+            .store
+            .delete_admin(admin.id, Role::Administrator.as_str(), &audit)
+            .await?
+        {
+            return Err(last_administrator(&admin.username, "removed"));
+        }
+        Ok(())
+    }
+
+    /// The administrator of this name, or [`CoreError::NotFound`].
+    pub(crate) async fn admin_named(&self, username: &str) -> Result<lanyard_store::Admin> {
+        let username = check_username(username)?;
+        self.store
             .admin_by_username(&username)
             .await?
-            .ok_or_else(|| CoreError::NotFound(format!("administrator {username}")))?;
-        let hash = hash_password(password)?;
-        let audit = Audit::new(&actor.name, "admin.set_password", &username, json!({}));
-        self.store
-            .set_admin_password(admin.id, &hash, &audit)
+            .ok_or_else(|| CoreError::NotFound(format!("administrator {username}")))
+    }
+
+    async fn admin_view(&self, a: lanyard_store::Admin) -> Result<AdminView> {
+        let wait = self
+            .store
+            .sign_in_wait(SignInKind::Admin, &a.username, lanyard_store::now())
             .await?;
-        admin_view(admin)
+        Ok(AdminView {
+            id: a.id,
+            role: a.role.parse()?,
+            enabled: a.enabled,
+            locked: wait.is_some(),
+            username: a.username,
+        })
     }
 
     pub async fn list_admins(&self) -> Result<Vec<AdminView>> {
-        self.store
-            .list_admins()
-            .await?
-            .into_iter()
-            .map(admin_view)
-            .collect()
+        let mut out = Vec::new();
+        for a in self.store.list_admins().await? {
+            out.push(self.admin_view(a).await?);
+        }
+        Ok(out)
     }
 
     /// On a server with no administrator, creates `admin` with a random password and returns the
@@ -209,38 +300,38 @@ impl Lanyard {
         }
     }
 
-    /// Signs an administrator in; five failures lock the account for fifteen minutes.
-    pub async fn admin_sign_in(&self, username: &str, password: &str) -> Result<SessionGrant> {
+    /// Signs an administrator in from `client`. Every attempt goes through the sign-in
+    /// throttle (see [`crate::sign_in`]) before the password is checked; an unknown name is
+    /// throttled and checked (against a dummy hash) the same way as a known one.
+    pub async fn admin_sign_in(
+        &self,
+        username: &str,
+        password: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<SessionGrant> {
         let denied = || CoreError::Unauthorized("wrong name or password".into());
-        let Ok(username) = check_username(username) else {
+        let key = self
+            .reserve_sign_in(SignInKind::Admin, username, client)
+            .await?;
+        let admin = match check_username(username) {
+            Ok(name) => self.store.admin_by_username(&name).await?,
+            Err(_) => None,
+        };
+        let hash = admin
+            .as_ref()
+            .map(|a| a.password_hash.as_str())
+            .unwrap_or_else(|| dummy_hash());
+        let ok = verify_password(password, hash);
+        let Some(admin) = admin.filter(|_| ok) else {
             return Err(denied());
         };
-        let Some(admin) = self.store.admin_by_username(&username).await? else {
-            return Err(denied());
-        };
-        let now = lanyard_store::now();
-        if let Some(until) = admin.locked_until {
-            if until > now {
-                return Err(CoreError::RateLimited(format!(
-                    "too many failed sign-ins; try again after {}",
-                    until.format("%H:%M UTC")
-                )));
-            }
-        }
-        if !verify_password(password, &admin.password_hash) {
-            let next = admin.failed_logins + 1;
-            let lock = (next >= LOCKOUT_AFTER).then(|| now + Duration::minutes(LOCKOUT_MINUTES));
-            self.store
-                .record_admin_login_failure(admin.id, lock)
-                .await?;
-            return Err(denied());
-        }
+        self.sign_in_passed(&key).await?;
         if !admin.enabled {
             return Err(CoreError::Forbidden(
                 "this administrator is disabled".into(),
             ));
         }
-        self.store.record_admin_login_success(admin.id).await?;
+        let now = lanyard_store::now();
         let s = new_secret("lys_");
         let csrf = new_secret("");
         let expires_at = now + Duration::hours(SESSION_HOURS);
@@ -257,7 +348,7 @@ impl Lanyard {
             secret: s.secret,
             csrf_token: csrf.secret,
             expires_at,
-            admin: admin_view(admin)?,
+            admin: self.admin_view(admin).await?,
         })
     }
 
@@ -382,14 +473,12 @@ impl Lanyard {
     }
 }
 
-fn admin_view(a: lanyard_store::Admin) -> Result<AdminView> {
-    Ok(AdminView {
-        id: a.id,
-        role: a.role.parse()?,
-        enabled: a.enabled,
-        locked: a.locked_until.is_some_and(|u| u > lanyard_store::now()),
-        username: a.username,
-    })
+/// The refusal to leave the server without an enabled administrator.
+fn last_administrator(username: &str, done: &str) -> CoreError {
+    CoreError::Conflict(format!(
+        "`{username}` is the last enabled administrator with the Administrator role and cannot \
+         be {done}; create or enable another administrator first"
+    ))
 }
 
 #[cfg(test)]

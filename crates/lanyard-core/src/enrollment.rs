@@ -445,6 +445,7 @@ impl EnrollmentService {
         email: &str,
         password: &str,
         user_identifier: Option<&str>,
+        client: Option<std::net::IpAddr>,
     ) -> Result<(String, FlowStep)> {
         let settings = self.lanyard.enrollment_settings().await?;
         if !settings.is_managed_email(email.trim()) {
@@ -454,7 +455,10 @@ impl EnrollmentService {
                     .into(),
             ));
         }
-        let user = self.lanyard.authenticate_user(email, password).await?;
+        let user = self
+            .lanyard
+            .authenticate_user(email, password, client)
+            .await?;
         let Some(apple_id) = user.managed_apple_id.clone() else {
             return Err(CoreError::Forbidden(
                 "Your account has no managed Apple Account yet; ask your IT administrator.".into(),

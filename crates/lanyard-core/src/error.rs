@@ -27,9 +27,12 @@ pub enum CoreError {
     /// The request body is larger than this kind of request may be (413); nothing was stored.
     #[error("{0}")]
     TooLarge(String),
-    /// Too many attempts (429).
-    #[error("{0}")]
-    RateLimited(String),
+    /// Too many attempts (429); `retry_after_secs` becomes the answer's `Retry-After`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
     /// An upstream service (Apple Business Manager) failed or answered garbage (502).
     #[error("{0}")]
     Upstream(String),

@@ -2,8 +2,8 @@
 //! database engine.
 //!
 //! Owns: enrollment settings and their validation, users and their managed Apple IDs, custom
-//! attribute definitions and value validation, administrators (sign-in, lockout, roles, API
-//! tokens), the audit trail of every admin change, and bootstrapping the server's PKI (the CA kept
+//! attribute definitions and value validation, administrators (sign-in, roles, API tokens),
+//! password sign-in throttling (`sign_in`), the audit trail of every admin change, and bootstrapping the server's PKI (the CA kept
 //! in the database, sealed with the server's secret key), and Apple Business Manager server tokens
 //! (`server_tokens`: key pair, token file, account-driven discovery registration, device sync).
 //!
@@ -24,6 +24,7 @@ pub mod pushcert;
 pub mod renewal;
 pub mod server_tokens;
 pub mod settings;
+pub mod sign_in;
 pub mod users;
 
 use std::sync::Arc;

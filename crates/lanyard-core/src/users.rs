@@ -272,25 +272,33 @@ impl Lanyard {
 
     /// Checks a user's email and password for the enrollment sign-in. Every failure reads the
     /// same to the caller, so the page cannot be used to discover who exists.
-    pub async fn authenticate_user(&self, email: &str, password: &str) -> Result<User> {
+    ///
+    /// Every attempt goes through the sign-in throttle (see [`crate::sign_in`]) for this email
+    /// and `client` address before the password is checked; an unknown email is throttled and
+    /// checked (against a dummy hash) the same way as a known one.
+    pub async fn authenticate_user(
+        &self,
+        email: &str,
+        password: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<User> {
         let denied = || CoreError::Unauthorized("wrong email or password".into());
-        let Ok(email) = normalize_email(email) else {
+        let key = self
+            .reserve_sign_in(lanyard_store::SignInKind::Enrollment, email, client)
+            .await?;
+        let user = match normalize_email(email) {
+            Ok(email) => self.store.user_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let hash = user
+            .as_ref()
+            .and_then(|u| u.password_hash.as_deref())
+            .unwrap_or_else(|| dummy_hash());
+        let ok = verify_password(password, hash);
+        let Some(user) = user.filter(|u| ok && u.password_hash.is_some()) else {
             return Err(denied());
         };
-        let user = self.store.user_by_email(&email).await?;
-        let Some(user) = user else {
-            // Spend the same effort as a real check.
-            let _ = verify_password(password, DUMMY_HASH);
-            return Err(denied());
-        };
-        let ok = user
-            .password_hash
-            .as_deref()
-            .map(|h| verify_password(password, h))
-            .unwrap_or(false);
-        if !ok {
-            return Err(denied());
-        }
+        self.sign_in_passed(&key).await?;
         if !user.enabled {
             return Err(CoreError::Forbidden(
                 "this account is disabled; ask your IT administrator".into(),
@@ -300,13 +308,31 @@ impl Lanyard {
     }
 }
 
-/// An argon2id hash of a random string, used to keep the timing of unknown-user sign-ins honest.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Jv5eKzvVbVj9tE8n3m0r5vQ9oW7pQx2nLr6tYc8mZk0";
+/// A hash of a random password, made once with the same parameters as real hashes, that a
+/// sign-in with an unknown name is checked against: the answer takes as long as for a real
+/// account, so timing does not tell which names exist.
+pub(crate) fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        // Cannot fail for a password of this length; an empty hash would only match nothing.
+        hash_password(&crate::admins::random_password()).unwrap_or_default()
+    })
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dummy_hash_is_a_real_hash_with_the_real_parameters() {
+        let dummy = dummy_hash();
+        let real = hash_password("some password or other").unwrap();
+        let params = |h: &str| h.split('$').take(4).collect::<Vec<_>>().join("$");
+        assert_eq!(params(dummy), params(&real), "{dummy} / {real}");
+        assert!(PasswordHash::new(dummy).is_ok());
+        assert!(!verify_password("", dummy));
+        assert_eq!(dummy_hash(), dummy, "made once");
+    }
 
     #[test]
     fn the_presented_identifier_is_the_email_or_the_managed_apple_account() {

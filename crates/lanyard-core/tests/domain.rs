@@ -84,11 +84,11 @@ async fn users_follow_the_managed_apple_id_setting() {
     assert!(matches!(dup, CoreError::Conflict(_)), "{dup:?}");
 
     assert!(l
-        .authenticate_user("ann@example.com", "a long enough password")
+        .authenticate_user("ann@example.com", "a long enough password", None)
         .await
         .is_ok());
     assert!(matches!(
-        l.authenticate_user("ann@example.com", "wrong password!!")
+        l.authenticate_user("ann@example.com", "wrong password!!", None)
             .await,
         Err(CoreError::Unauthorized(_))
     ));
@@ -103,7 +103,7 @@ async fn users_follow_the_managed_apple_id_setting() {
     .await
     .unwrap();
     assert!(matches!(
-        l.authenticate_user("ann@example.com", "a long enough password")
+        l.authenticate_user("ann@example.com", "a long enough password", None)
             .await,
         Err(CoreError::Forbidden(_))
     ));
@@ -190,7 +190,7 @@ async fn admin_lockout_sessions_and_tokens() {
     assert_eq!(name, "admin");
     assert!(l.bootstrap_first_admin().await.unwrap().is_none());
 
-    let grant = l.admin_sign_in("admin", &password).await.unwrap();
+    let grant = l.admin_sign_in("admin", &password, None).await.unwrap();
     let (actor, csrf) = l.actor_for_session(&grant.secret).await.unwrap();
     assert_eq!(actor.name, "admin:admin");
     assert_eq!(csrf, grant.csrf_token);
@@ -202,14 +202,14 @@ async fn admin_lockout_sessions_and_tokens() {
 
     for _ in 0..5 {
         assert!(matches!(
-            l.admin_sign_in("admin", "not the password").await,
+            l.admin_sign_in("admin", "not the password", None).await,
             Err(CoreError::Unauthorized(_))
         ));
     }
     assert!(
         matches!(
-            l.admin_sign_in("admin", &password).await,
-            Err(CoreError::RateLimited(_))
+            l.admin_sign_in("admin", &password, None).await,
+            Err(CoreError::RateLimited { .. })
         ),
         "locked even with the right password"
     );

@@ -1,10 +1,13 @@
 //! The admin JSON API under `/api/v1`: thin handlers (JSON → domain call → JSON), described by
 //! the OpenAPI document served at `/api/v1/openapi.json`.
 
-use axum::extract::{FromRequest, FromRequestParts, State};
+use std::net::SocketAddr;
+
+use axum::extract::rejection::ExtensionRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -51,6 +54,9 @@ pub fn routes() -> Router<AppState> {
         .route("/attributes", get(list_attributes).post(define_attribute))
         .route("/attributes/{name}", delete(delete_attribute))
         .route("/admins", get(list_admins).post(create_admin))
+        .route("/admins/{name}", patch(update_admin).delete(remove_admin))
+        .route("/admins/{name}/unlock", post(unlock_admin))
+        .route("/users/{key}/unlock", post(unlock_user))
         .route("/api-tokens", get(list_api_tokens).post(create_api_token))
         .route("/api-tokens/{id}", delete(revoke_api_token))
         .route("/devices", get(list_devices))
@@ -80,13 +86,13 @@ pub fn routes() -> Router<AppState> {
     paths(
         sign_in, sign_out, list_users, create_user, get_user, update_user, get_settings,
         patch_settings, list_attributes, define_attribute, delete_attribute, list_admins,
-        create_admin, list_api_tokens, create_api_token, revoke_api_token, audit_log, list_devices, get_device,
+        create_admin, update_admin, remove_admin, unlock_admin, unlock_user, list_api_tokens, create_api_token, revoke_api_token, audit_log, list_devices, get_device,
         device_commands, device_inventory, unenroll_device, require_sign_in, send_command, command_status,
         get_push_certificate, put_push_certificate, get_push_request, create_push_request
     ),
     components(schemas(ErrorBody, UserView, CreateUser, UpdateUser, EnrollmentSettings,
         SettingsPatch, CustomAttribute, DefineAttribute, AdminView, Role, SignIn, SessionCreated,
-        NewAdmin, NewApiToken, ApiTokenCreated, ApiTokenView, AuditView, EnrollmentView, SendCommand, CommandSpec,
+        NewAdmin, AdminChange, Unlocked, NewApiToken, ApiTokenCreated, ApiTokenView, AuditView, EnrollmentView, SendCommand, CommandSpec,
         CommandTarget, CommandChannel, Queued, CommandView, PushCertificateInfo, PushCertificateBody,
         lanyard_core::pushcert::PushRequestInfo)),
     modifiers(&BearerAuth)
@@ -143,8 +149,17 @@ pub struct SessionCreated {
 #[utoipa::path(post, path = "/api/v1/sessions", request_body = SignIn, security(()),
     responses((status = 201, body = SessionCreated), (status = 401, body = ErrorBody),
               (status = 429, body = ErrorBody)))]
-async fn sign_in(State(s): State<AppState>, ApiJson(b): ApiJson<SignIn>) -> ApiResult<Response> {
-    let grant = s.lanyard.admin_sign_in(&b.username, &b.password).await?;
+async fn sign_in(
+    State(s): State<AppState>,
+    peer: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
+    headers: HeaderMap,
+    ApiJson(b): ApiJson<SignIn>,
+) -> ApiResult<Response> {
+    let client = crate::client::client_address(&s.trusted_proxies, &peer, &headers);
+    let grant = s
+        .lanyard
+        .admin_sign_in(&b.username, &b.password, client)
+        .await?;
     let max_age = (grant.expires_at - Utc::now()).num_seconds().max(0);
     let cookie = format!(
         "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict",
@@ -352,6 +367,93 @@ async fn create_admin(
         .create_admin(&actor, &b.username, &b.password, b.role)
         .await?;
     Ok((StatusCode::CREATED, Json(a)))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminChange {
+    /// A new password: ends the administrator's other sessions (API tokens are kept).
+    pub password: Option<String>,
+    /// Disable (ends their sessions) or enable. The last enabled administrator with the
+    /// Administrator role cannot be disabled.
+    pub enabled: Option<bool>,
+}
+
+/// Change an administrator: password, enabled. Anyone may change their own password.
+#[utoipa::path(patch, path = "/api/v1/admins/{name}", params(("name" = String, Path)),
+    request_body = AdminChange,
+    responses((status = 200, body = AdminView), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn update_admin(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    headers: HeaderMap,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(b): ApiJson<AdminChange>,
+) -> ApiResult<Json<AdminView>> {
+    if b.password.is_none() && b.enabled.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "nothing to change; send password and/or enabled",
+        ));
+    }
+    let mut view = None;
+    if let Some(password) = &b.password {
+        let own = crate::auth::session_secret(&headers);
+        let (v, _) = s
+            .lanyard
+            .set_admin_password(&actor, &name, password, own)
+            .await?;
+        view = Some(v);
+    }
+    if let Some(enabled) = b.enabled {
+        view = Some(s.lanyard.set_admin_enabled(&actor, &name, enabled).await?);
+    }
+    view.map(Json)
+        .ok_or_else(|| ApiError::invalid("nothing to change"))
+}
+
+/// Remove an administrator with their sessions and API tokens.
+#[utoipa::path(delete, path = "/api/v1/admins/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn remove_admin(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    s.lanyard.remove_admin(&actor, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Unlocked {
+    /// How many client addresses had failed sign-ins counted against the name.
+    pub addresses: u64,
+}
+
+/// Forget an administrator's failed sign-ins from every address.
+#[utoipa::path(post, path = "/api/v1/admins/{name}/unlock", params(("name" = String, Path)),
+    responses((status = 200, body = Unlocked), (status = 404, body = ErrorBody)))]
+async fn unlock_admin(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Unlocked>> {
+    let addresses = s.lanyard.unlock_admin(&actor, &name).await?;
+    Ok(Json(Unlocked { addresses }))
+}
+
+/// Forget a user's failed enrollment sign-ins from every address (`key`: the email).
+#[utoipa::path(post, path = "/api/v1/users/{key}/unlock", params(("key" = String, Path)),
+    responses((status = 200, body = Unlocked), (status = 404, body = ErrorBody)))]
+async fn unlock_user(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiPath(key): ApiPath<String>,
+) -> ApiResult<Json<Unlocked>> {
+    let addresses = s.lanyard.unlock_user(&actor, &key).await?;
+    Ok(Json(Unlocked { addresses }))
 }
 
 #[derive(Serialize, ToSchema)]

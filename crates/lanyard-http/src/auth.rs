@@ -28,6 +28,20 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
         .map(|(_, v)| v)
 }
 
+/// The session secret a request is made with (`Authorization: Bearer lys_…` or the session
+/// cookie), if it is made with a session rather than an API token.
+pub(crate) fn session_secret(headers: &HeaderMap) -> Option<&str> {
+    match headers.get(header::AUTHORIZATION) {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| t.starts_with("lys_")),
+        None => cookie(headers, SESSION_COOKIE),
+    }
+}
+
 /// Compares two secrets without revealing where they first differ.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

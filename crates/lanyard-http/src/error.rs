@@ -31,6 +31,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for `Retry-After` (on 429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -39,6 +41,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -69,7 +72,18 @@ impl From<CoreError> for ApiError {
             CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => {
                 (StatusCode::FORBIDDEN, "forbidden")
             }
-            CoreError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            CoreError::RateLimited {
+                message,
+                retry_after_secs,
+            } => {
+                let mut api = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    message.clone(),
+                );
+                api.retry_after = *retry_after_secs;
+                return api;
+            }
             CoreError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             CoreError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             CoreError::Unavailable(why) => {
@@ -138,8 +152,18 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut res = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            retry_after(&mut res, secs);
+        }
+        res
     }
+}
+
+/// Sets `Retry-After` (seconds) on an answer.
+pub fn retry_after(res: &mut Response, secs: u64) {
+    res.headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, secs.into());
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -165,7 +189,7 @@ pub fn device_error(e: CoreError) -> Response {
     } else {
         api.status
     };
-    (
+    let mut res = (
         status,
         [(
             axum::http::header::CONTENT_TYPE,
@@ -173,7 +197,11 @@ pub fn device_error(e: CoreError) -> Response {
         )],
         api.message,
     )
-        .into_response()
+        .into_response();
+    if let Some(secs) = api.retry_after {
+        retry_after(&mut res, secs);
+    }
+    res
 }
 
 /// A `403` carrying Apple's MDM error document (`{"code": …, "description": …, "message": …}`,

@@ -9,6 +9,7 @@
 
 pub mod admin_api;
 pub mod auth;
+pub mod client;
 pub mod device;
 pub mod error;
 pub mod health;
@@ -43,7 +44,10 @@ pub const ADMIN_BODY_LIMIT: usize = 256 * 1024;
 pub struct AppState {
     pub lanyard: Lanyard,
     pub enrollment: EnrollmentService,
-    pub sign_in_limiter: pages::SignInLimiter,
+    /// Counts sign-ins started at identity providers per client address (in this process).
+    pub oidc_start_limiter: oidc_pages::StartLimiter,
+    /// The proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub trusted_proxies: client::TrustedProxies,
     /// Enrollment sign-in through OpenID Connect identity providers.
     pub oidc: lanyard_core::identity_providers::OidcSignIns,
     /// Check-ins and the command channel.

@@ -11,7 +11,10 @@
 //! Every refusal is a page that says what went wrong; codes, tokens and states are never
 //! logged or shown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{ExtensionRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Query, State};
@@ -80,14 +83,44 @@ struct StartQuery {
 /// short-lived sign-in state and sends the browser to the provider).
 pub const OIDC_STARTS_PER_ADDRESS: u32 = 30;
 
+/// The window [`OIDC_STARTS_PER_ADDRESS`] counts in.
+pub const OIDC_START_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Counts sign-ins started at providers per client address within a window. Per process: with
+/// several server processes the limit is per process (no password is checked here; password
+/// sign-ins are throttled in the database, see `lanyard_core::sign_in`).
+#[derive(Clone, Default)]
+pub struct StartLimiter {
+    starts: Arc<Mutex<HashMap<std::net::IpAddr, (u32, Instant)>>>,
+}
+
+impl StartLimiter {
+    /// Counts one start from `client` and says whether it is over `limit` within the window.
+    fn over_limit(&self, client: std::net::IpAddr, limit: u32) -> bool {
+        let Ok(mut map) = self.starts.lock() else {
+            return false;
+        };
+        if map.len() > 100_000 {
+            map.retain(|_, (_, since)| since.elapsed() < OIDC_START_WINDOW);
+        }
+        let e = map.entry(client).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= OIDC_START_WINDOW {
+            *e = (0, Instant::now());
+        }
+        e.0 = e.0.saturating_add(1);
+        e.0 > limit
+    }
+}
+
 async fn start(
     State(s): State<AppState>,
     peer: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
+    headers: HeaderMap,
     q: Result<Query<StartQuery>, QueryRejection>,
 ) -> Response {
-    if let Ok(ConnectInfo(addr)) = peer {
-        if s.sign_in_limiter
-            .over_limit(format!("oidc-start:{}", addr.ip()), OIDC_STARTS_PER_ADDRESS)
+    if let Some(client) = crate::client::client_address(&s.trusted_proxies, &peer, &headers) {
+        if s.oidc_start_limiter
+            .over_limit(client, OIDC_STARTS_PER_ADDRESS)
         {
             return refusal(
                 &s,
@@ -195,5 +228,24 @@ async fn callback(
             res
         }
         Err(e) => refuse(&s, e),
+    }
+}
+
+#[cfg(test)]
+mod start_limiter_tests {
+    use super::*;
+
+    #[test]
+    fn over_limit_counts_every_start_per_address() {
+        let l = StartLimiter::default();
+        let a: std::net::IpAddr = [192, 0, 2, 1].into();
+        for _ in 0..3 {
+            assert!(!l.over_limit(a, 3));
+        }
+        assert!(l.over_limit(a, 3));
+        assert!(
+            !l.over_limit([192, 0, 2, 2].into(), 3),
+            "addresses are counted apart"
+        );
     }
 }

@@ -4,13 +4,11 @@
 //!
 //! Small server-rendered HTML (no scripts), fine in a constrained web view. Every form carries a
 //! CSRF token that must match the `lanyard_csrf` cookie (double submit; cookies are
-//! `SameSite=Lax`, `HttpOnly`, `Secure`). Failed sign-ins are rate-limited per account and per
-//! client address.
+//! `SameSite=Lax`, `HttpOnly`, `Secure`). Sign-ins go through the domain's sign-in throttle, per
+//! account and client address (see `lanyard_core::sign_in`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{ExtensionRejection, FormRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
@@ -30,9 +28,6 @@ use crate::AppState;
 pub const FLOW_COOKIE: &str = "lanyard_flow";
 pub const CSRF_COOKIE: &str = "lanyard_csrf";
 pub const FORM_BODY_LIMIT: usize = 16 * 1024;
-/// Failed sign-ins allowed per account and per address in one window.
-pub const SIGN_IN_FAILURES: u32 = 5;
-pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// The callback that ends the web sign-in; the Mac's web authentication session waits for a
 /// navigation to its scheme.
@@ -65,67 +60,6 @@ pub fn routes() -> Router<AppState> {
             get(attributes_page).post(attributes_submit),
         )
         .layer(DefaultBodyLimit::max(FORM_BODY_LIMIT))
-}
-
-/// Counts failed sign-ins per key within a sliding window. Per process: with several server
-/// processes the effective limit is per process (documented).
-#[derive(Clone, Default)]
-pub struct SignInLimiter {
-    failures: Arc<Mutex<HashMap<String, (u32, Instant)>>>,
-}
-
-impl SignInLimiter {
-    fn blocked(&self, keys: &[String]) -> bool {
-        let Ok(map) = self.failures.lock() else {
-            return false;
-        };
-        keys.iter().any(|k| {
-            map.get(k).is_some_and(|(n, since)| {
-                *n >= SIGN_IN_FAILURES && since.elapsed() < SIGN_IN_WINDOW
-            })
-        })
-    }
-
-    fn fail(&self, keys: &[String]) {
-        let Ok(mut map) = self.failures.lock() else {
-            return;
-        };
-        if map.len() > 100_000 {
-            map.retain(|_, (_, since)| since.elapsed() < SIGN_IN_WINDOW);
-        }
-        for k in keys {
-            let e = map.entry(k.clone()).or_insert((0, Instant::now()));
-            if e.1.elapsed() >= SIGN_IN_WINDOW {
-                *e = (0, Instant::now());
-            }
-            e.0 += 1;
-        }
-    }
-
-    /// Counts one attempt for `key` and says whether it is over `limit` within the window: for
-    /// requests limited whether they fail or not (starting a sign-in at a provider).
-    pub(crate) fn over_limit(&self, key: String, limit: u32) -> bool {
-        let Ok(mut map) = self.failures.lock() else {
-            return false;
-        };
-        if map.len() > 100_000 {
-            map.retain(|_, (_, since)| since.elapsed() < SIGN_IN_WINDOW);
-        }
-        let e = map.entry(key).or_insert((0, Instant::now()));
-        if e.1.elapsed() >= SIGN_IN_WINDOW {
-            *e = (0, Instant::now());
-        }
-        e.0 = e.0.saturating_add(1);
-        e.0 > limit
-    }
-
-    fn clear(&self, keys: &[String]) {
-        if let Ok(mut map) = self.failures.lock() {
-            for k in keys {
-                map.remove(k);
-            }
-        }
-    }
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -272,7 +206,15 @@ pub(crate) fn refuse(s: &AppState, e: CoreError) -> Response {
         CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => StatusCode::FORBIDDEN,
         CoreError::NotFound(_) => StatusCode::NOT_FOUND,
         CoreError::Conflict(_) => StatusCode::CONFLICT,
-        CoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        CoreError::RateLimited {
+            retry_after_secs, ..
+        } => {
+            let mut res = refusal(s, StatusCode::TOO_MANY_REQUESTS, &e.to_string());
+            if let Some(secs) = retry_after_secs {
+                crate::error::retry_after(&mut res, *secs);
+            }
+            return res;
+        }
         CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
         CoreError::Unavailable(why) => {
@@ -367,25 +309,14 @@ async fn sign_in_submit(
     if !csrf_ok(&headers, &f.csrf) {
         return forbidden_csrf(&s);
     }
-    let mut keys = vec![format!("email:{}", f.email.trim().to_lowercase())];
-    if let Ok(ConnectInfo(addr)) = peer {
-        keys.push(format!("ip:{}", addr.ip()));
-    }
-    if s.sign_in_limiter.blocked(&keys) {
-        return sign_in_form(
-            &s,
-            StatusCode::TOO_MANY_REQUESTS,
-            &f.csrf,
-            &f.email,
-            &f.user_identifier,
-            Some("Too many failed sign-ins. Wait fifteen minutes, then try again."),
-            &crate::oidc_pages::provider_links(&s, &f.user_identifier).await,
-        );
-    }
+    let client = crate::client::client_address(&s.trusted_proxies, &peer, &headers);
     let uid = Some(f.user_identifier.as_str()).filter(|u| !u.trim().is_empty());
-    match s.enrollment.start_flow(&f.email, &f.password, uid).await {
+    match s
+        .enrollment
+        .start_flow(&f.email, &f.password, uid, client)
+        .await
+    {
         Ok((secret, step)) => {
-            s.sign_in_limiter.clear(&keys[..1]);
             let mut res = see_other(step_url(step));
             set_cookie(
                 &mut res,
@@ -395,17 +326,31 @@ async fn sign_in_submit(
             );
             res
         }
-        Err(CoreError::Unauthorized(m)) => {
-            s.sign_in_limiter.fail(&keys);
-            sign_in_form(
+        Err(CoreError::Unauthorized(m)) => sign_in_form(
+            &s,
+            StatusCode::UNAUTHORIZED,
+            &f.csrf,
+            &f.email,
+            &f.user_identifier,
+            Some(&m),
+            &crate::oidc_pages::provider_links(&s, &f.user_identifier).await,
+        ),
+        Err(CoreError::RateLimited {
+            retry_after_secs, ..
+        }) => {
+            let mut res = sign_in_form(
                 &s,
-                StatusCode::UNAUTHORIZED,
+                StatusCode::TOO_MANY_REQUESTS,
                 &f.csrf,
                 &f.email,
                 &f.user_identifier,
-                Some(&m),
+                Some("Too many failed sign-ins. Wait a little, then try again."),
                 &crate::oidc_pages::provider_links(&s, &f.user_identifier).await,
-            )
+            );
+            if let Some(secs) = retry_after_secs {
+                crate::error::retry_after(&mut res, secs);
+            }
+            res
         }
         Err(e) => refuse(&s, e),
     }
@@ -740,31 +685,5 @@ mod tests {
             res.headers()[header::LOCATION],
             "apple-remotemanagement-user-login://authentication-results?access-token=lya_a%2Bb%2Fc"
         );
-    }
-
-    #[test]
-    fn over_limit_counts_every_attempt_per_key() {
-        let l = SignInLimiter::default();
-        for _ in 0..3 {
-            assert!(!l.over_limit("ip:192.0.2.1".into(), 3));
-        }
-        assert!(l.over_limit("ip:192.0.2.1".into(), 3));
-        assert!(
-            !l.over_limit("ip:192.0.2.2".into(), 3),
-            "keys are counted apart"
-        );
-    }
-
-    #[test]
-    fn limiter_blocks_after_failures_and_clears() {
-        let l = SignInLimiter::default();
-        let keys = vec!["email:a@b.c".to_string()];
-        for _ in 0..SIGN_IN_FAILURES {
-            assert!(!l.blocked(&keys));
-            l.fail(&keys);
-        }
-        assert!(l.blocked(&keys));
-        l.clear(&keys);
-        assert!(!l.blocked(&keys));
     }
 }

@@ -193,6 +193,30 @@ fn private_database_files(path: &std::path::Path) -> Result<()> {
 const USER_COLUMNS: &str =
     "id, email, display_name, password_hash, managed_apple_id, enabled, created_at, updated_at";
 
+/// True for the administrator `$1` unless it is the last enabled one with the role in parameter
+/// `role` (so disabling or removing it would leave no one able to administer the server).
+fn keeps_an_enabled_admin(role: &str) -> String {
+    format!(
+        "(role <> {role} OR NOT enabled OR EXISTS (SELECT 1 FROM admins o \
+         WHERE o.id <> $1 AND o.role = {role} AND o.enabled))"
+    )
+}
+
+/// The next attempt count of a throttle key under upsert (`$4` now, `$8` the window, in ms).
+const NEXT_ATTEMPTS: &str = "(CASE WHEN sign_in_throttle.wait_until_ms <= $4 - $8 THEN 1 \
+     ELSE sign_in_throttle.attempts + 1 END)";
+
+/// The wait in ms after `attempts` attempts: none while within `$5` free attempts, then `$6`
+/// doubling per attempt, at most `$7`.
+fn throttle_wait(attempts: &str) -> String {
+    format!(
+        "(CASE WHEN {attempts} < $5 THEN 0 \
+         WHEN {attempts} - $5 >= 30 THEN $7 \
+         WHEN $6 * (1 << CAST({attempts} - $5 AS INTEGER)) > $7 THEN $7 \
+         ELSE $6 * (1 << CAST({attempts} - $5 AS INTEGER)) END)"
+    )
+}
+
 macro_rules! impl_store {
     ($store:ty, $conn:ty, $name:literal) => {
         impl $store {
@@ -414,8 +438,7 @@ macro_rules! impl_store {
                 let row: Admin = sqlx::query_as(
                     "INSERT INTO admins (username, password_hash, role, enabled, failed_logins, \
                      created_at) VALUES ($1, $2, $3, TRUE, 0, $4) \
-                     RETURNING id, username, password_hash, role, enabled, failed_logins, \
-                     locked_until, created_at",
+                     RETURNING id, username, password_hash, role, enabled, created_at",
                 )
                 .bind(username)
                 .bind(password_hash)
@@ -430,8 +453,7 @@ macro_rules! impl_store {
 
             async fn admin_by_username(&self, username: &str) -> Result<Option<Admin>> {
                 Ok(sqlx::query_as(
-                    "SELECT id, username, password_hash, role, enabled, failed_logins, \
-                     locked_until, created_at FROM admins WHERE username = $1",
+                    "SELECT id, username, password_hash, role, enabled, created_at FROM admins WHERE username = $1",
                 )
                 .bind(username)
                 .fetch_optional(&self.pool)
@@ -440,8 +462,7 @@ macro_rules! impl_store {
 
             async fn admin_by_id(&self, id: i64) -> Result<Option<Admin>> {
                 Ok(sqlx::query_as(
-                    "SELECT id, username, password_hash, role, enabled, failed_logins, \
-                     locked_until, created_at FROM admins WHERE id = $1",
+                    "SELECT id, username, password_hash, role, enabled, created_at FROM admins WHERE id = $1",
                 )
                 .bind(id)
                 .fetch_optional(&self.pool)
@@ -450,8 +471,7 @@ macro_rules! impl_store {
 
             async fn list_admins(&self) -> Result<Vec<Admin>> {
                 Ok(sqlx::query_as(
-                    "SELECT id, username, password_hash, role, enabled, failed_logins, \
-                     locked_until, created_at FROM admins ORDER BY username",
+                    "SELECT id, username, password_hash, role, enabled, created_at FROM admins ORDER BY username",
                 )
                 .fetch_all(&self.pool)
                 .await?)
@@ -467,49 +487,102 @@ macro_rules! impl_store {
                 &self,
                 id: i64,
                 password_hash: &str,
+                keep_session: Option<&str>,
                 audit: &Audit,
-            ) -> Result<()> {
+            ) -> Result<u64> {
                 let mut tx = self.pool.begin().await?;
-                let done = sqlx::query(
-                    "UPDATE admins SET password_hash = $2, failed_logins = 0, \
-                     locked_until = NULL WHERE id = $1",
-                )
-                .bind(id)
-                .bind(password_hash)
-                .execute(&mut *tx)
-                .await?;
+                let done = sqlx::query("UPDATE admins SET password_hash = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(password_hash)
+                    .execute(&mut *tx)
+                    .await?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::NotFound(format!("administrator {id}")));
                 }
+                let ended = sqlx::query(
+                    "DELETE FROM admin_sessions WHERE admin_id = $1 \
+                     AND ($2 IS NULL OR token_hash <> $2)",
+                )
+                .bind(id)
+                .bind(keep_session)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
                 Self::write_audit(&mut tx, audit).await?;
                 tx.commit().await?;
-                Ok(())
+                Ok(ended)
             }
 
-            async fn record_admin_login_failure(
+            async fn set_admin_enabled(
                 &self,
                 id: i64,
-                locked_until: Option<DateTime<Utc>>,
-            ) -> Result<i64> {
-                Ok(sqlx::query_scalar(
-                    "UPDATE admins SET failed_logins = failed_logins + 1, \
-                     locked_until = COALESCE($2, locked_until) WHERE id = $1 \
-                     RETURNING failed_logins",
-                )
+                enabled: bool,
+                protected_role: &str,
+                audit: &Audit,
+            ) -> Result<Option<Admin>> {
+                let mut tx = self.pool.begin().await?;
+                let row: Option<Admin> = sqlx::query_as(&format!(
+                    "UPDATE admins SET enabled = $2 WHERE id = $1 AND ({} OR $2) \
+                     RETURNING id, username, password_hash, role, enabled, created_at",
+                    keeps_an_enabled_admin("$3")
+                ))
                 .bind(id)
-                .bind(locked_until)
-                .fetch_one(&self.pool)
-                .await?)
+                .bind(enabled)
+                .bind(protected_role)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    let exists: Option<i64> =
+                        sqlx::query_scalar("SELECT id FROM admins WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    return match exists {
+                        Some(_) => Ok(None),
+                        None => Err(StoreError::NotFound(format!("administrator {id}"))),
+                    };
+                };
+                if !enabled {
+                    sqlx::query("DELETE FROM admin_sessions WHERE admin_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(Some(row))
             }
 
-            async fn record_admin_login_success(&self, id: i64) -> Result<()> {
-                sqlx::query(
-                    "UPDATE admins SET failed_logins = 0, locked_until = NULL WHERE id = $1",
-                )
+            async fn delete_admin(
+                &self,
+                id: i64,
+                protected_role: &str,
+                audit: &Audit,
+            ) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                // Sessions and API tokens go with the row (ON DELETE CASCADE).
+                let done = sqlx::query(&format!(
+                    "DELETE FROM admins WHERE id = $1 AND {}",
+                    keeps_an_enabled_admin("$2")
+                ))
                 .bind(id)
-                .execute(&self.pool)
+                .bind(protected_role)
+                .execute(&mut *tx)
                 .await?;
-                Ok(())
+                if done.rows_affected() == 0 {
+                    let exists: Option<i64> =
+                        sqlx::query_scalar("SELECT id FROM admins WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    return match exists {
+                        Some(_) => Ok(false),
+                        None => Err(StoreError::NotFound(format!("administrator {id}"))),
+                    };
+                }
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn create_api_token(
@@ -618,6 +691,120 @@ macro_rules! impl_store {
                 Ok(
                     sqlx::query("DELETE FROM admin_sessions WHERE expires_at < $1")
                         .bind(at)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected(),
+                )
+            }
+        }
+
+        #[async_trait]
+        impl ThrottleStore for $store {
+            async fn reserve_sign_in(
+                &self,
+                key: &ThrottleKey,
+                policy: &ThrottlePolicy,
+                now: DateTime<Utc>,
+            ) -> Result<Reservation> {
+                let at = now.timestamp_millis();
+                let counted: Option<i64> = sqlx::query_scalar(&format!(
+                    "INSERT INTO sign_in_throttle (kind, account, address, attempts, \
+                     last_attempt_ms, wait_until_ms) VALUES ($1, $2, $3, 1, $4, $4 + {first}) \
+                     ON CONFLICT (kind, account, address) DO UPDATE SET \
+                     attempts = {next}, last_attempt_ms = $4, wait_until_ms = $4 + {wait} \
+                     WHERE sign_in_throttle.wait_until_ms <= $4 \
+                     RETURNING attempts",
+                    first = throttle_wait("1"),
+                    next = NEXT_ATTEMPTS,
+                    wait = throttle_wait(NEXT_ATTEMPTS),
+                ))
+                .bind(key.kind.as_str())
+                .bind(&key.account)
+                .bind(&key.address)
+                .bind(at)
+                .bind(policy.free_attempts)
+                .bind(policy.first_wait.num_milliseconds())
+                .bind(policy.max_wait.num_milliseconds())
+                .bind(policy.window.num_milliseconds())
+                .fetch_optional(&self.pool)
+                .await?;
+                if counted.is_some() {
+                    return Ok(Reservation::Granted);
+                }
+                let until: Option<i64> = sqlx::query_scalar(
+                    "SELECT wait_until_ms FROM sign_in_throttle \
+                     WHERE kind = $1 AND account = $2 AND address = $3",
+                )
+                .bind(key.kind.as_str())
+                .bind(&key.account)
+                .bind(&key.address)
+                .fetch_optional(&self.pool)
+                .await?;
+                // Cleared or pruned since: still refused this once, for at least a second.
+                let until = until.unwrap_or(0).max(at + 1000);
+                Ok(Reservation::Refused {
+                    until: DateTime::from_timestamp_millis(until).unwrap_or(now),
+                })
+            }
+
+            async fn clear_sign_in(&self, key: &ThrottleKey) -> Result<()> {
+                sqlx::query(
+                    "DELETE FROM sign_in_throttle \
+                     WHERE kind = $1 AND account = $2 AND address = $3",
+                )
+                .bind(key.kind.as_str())
+                .bind(&key.account)
+                .bind(&key.address)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn unlock_sign_in(
+                &self,
+                kind: SignInKind,
+                account: &str,
+                audit: &Audit,
+            ) -> Result<u64> {
+                let mut tx = self.pool.begin().await?;
+                let gone =
+                    sqlx::query("DELETE FROM sign_in_throttle WHERE kind = $1 AND account = $2")
+                        .bind(kind.as_str())
+                        .bind(account)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(gone)
+            }
+
+            async fn sign_in_wait(
+                &self,
+                kind: SignInKind,
+                account: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Option<DateTime<Utc>>> {
+                let until: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(wait_until_ms) FROM sign_in_throttle \
+                     WHERE kind = $1 AND account = $2 AND wait_until_ms > $3",
+                )
+                .bind(kind.as_str())
+                .bind(account)
+                .bind(now.timestamp_millis())
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(until.and_then(DateTime::from_timestamp_millis))
+            }
+
+            async fn prune_sign_in_throttle(
+                &self,
+                now: DateTime<Utc>,
+                window: chrono::Duration,
+            ) -> Result<u64> {
+                Ok(
+                    sqlx::query("DELETE FROM sign_in_throttle WHERE wait_until_ms <= $1")
+                        .bind((now - window).timestamp_millis())
                         .execute(&self.pool)
                         .await?
                         .rows_affected(),

@@ -183,14 +183,30 @@ pub trait AdminStore: Send + Sync {
     async fn admin_by_id(&self, id: i64) -> Result<Option<Admin>>;
     async fn list_admins(&self) -> Result<Vec<Admin>>;
     async fn count_admins(&self) -> Result<i64>;
-    async fn set_admin_password(&self, id: i64, password_hash: &str, audit: &Audit) -> Result<()>;
-    /// Counts a failed sign-in; sets `locked_until` when given. Returns the new failure count.
-    async fn record_admin_login_failure(
+    /// Sets an administrator's password and ends their sessions except `keep_session` (the hash
+    /// of the session that made the change, when they changed their own), in one transaction.
+    /// Returns how many sessions ended; an unknown id is [`StoreError::NotFound`].
+    async fn set_admin_password(
         &self,
         id: i64,
-        locked_until: Option<DateTime<Utc>>,
-    ) -> Result<i64>;
-    async fn record_admin_login_success(&self, id: i64) -> Result<()>;
+        password_hash: &str,
+        keep_session: Option<&str>,
+        audit: &Audit,
+    ) -> Result<u64>;
+    /// Enables or disables an administrator; disabling ends their sessions. Disabling is refused
+    /// (`Ok(None)`, nothing changed) when the administrator is the last enabled one with role
+    /// `protected_role`. An unknown id is [`StoreError::NotFound`].
+    async fn set_admin_enabled(
+        &self,
+        id: i64,
+        enabled: bool,
+        protected_role: &str,
+        audit: &Audit,
+    ) -> Result<Option<Admin>>;
+    /// Removes an administrator with their sessions and API tokens; refused (`Ok(false)`,
+    /// nothing changed) when they are the last enabled one with role `protected_role`. An
+    /// unknown id is [`StoreError::NotFound`].
+    async fn delete_admin(&self, id: i64, protected_role: &str, audit: &Audit) -> Result<bool>;
 
     async fn create_api_token(
         &self,
@@ -210,6 +226,39 @@ pub trait AdminStore: Send + Sync {
     async fn delete_session(&self, token_hash: &str) -> Result<()>;
     /// Removes sessions that expired before `now`; returns how many.
     async fn purge_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64>;
+}
+
+/// Password sign-in throttling, in the database so every server process shares it.
+#[async_trait]
+pub trait ThrottleStore: Send + Sync {
+    /// Counts one attempt for `key` before its password is checked, in one statement: refused,
+    /// counting nothing, while the key is in its wait; otherwise counted (starting again from
+    /// one when the key's last wait ended `policy.window` ago or more) and the key's next wait
+    /// set from its new count. Concurrent attempts cannot pass more than the policy allows.
+    async fn reserve_sign_in(
+        &self,
+        key: &ThrottleKey,
+        policy: &ThrottlePolicy,
+        now: DateTime<Utc>,
+    ) -> Result<Reservation>;
+    /// Forgets `key`'s attempts (a right password).
+    async fn clear_sign_in(&self, key: &ThrottleKey) -> Result<()>;
+    /// Forgets every address's attempts for an account, audited; returns how many keys went.
+    async fn unlock_sign_in(&self, kind: SignInKind, account: &str, audit: &Audit) -> Result<u64>;
+    /// The latest wait still running for an account from any address.
+    async fn sign_in_wait(
+        &self,
+        kind: SignInKind,
+        account: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>>;
+    /// Removes keys whose wait ended `window` ago or more (they would count from one again);
+    /// returns how many.
+    async fn prune_sign_in_throttle(
+        &self,
+        now: DateTime<Utc>,
+        window: chrono::Duration,
+    ) -> Result<u64>;
 }
 
 #[async_trait]
@@ -541,6 +590,7 @@ pub trait Store:
     + SettingsStore
     + AttributeStore
     + AdminStore
+    + ThrottleStore
     + AuditStore
     + PkiStore
     + EnrollmentStore

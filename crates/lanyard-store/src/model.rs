@@ -56,9 +56,54 @@ pub struct Admin {
     pub password_hash: String,
     pub role: String,
     pub enabled: bool,
-    pub failed_logins: i64,
-    pub locked_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+}
+
+/// Which password sign-in a throttle row counts attempts of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignInKind {
+    /// The admin portal and the admin API (`/api/v1/sessions`).
+    Admin,
+    /// The enrollment pages' email and password sign-in.
+    Enrollment,
+}
+
+impl SignInKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignInKind::Admin => "admin",
+            SignInKind::Enrollment => "enrollment",
+        }
+    }
+}
+
+/// What sign-in attempts are counted by: the kind, the normalised account name and the client
+/// address (as text; empty when unknown).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ThrottleKey {
+    pub kind: SignInKind,
+    pub account: String,
+    pub address: String,
+}
+
+/// How attempts are throttled: the first `free_attempts` within a window go through at once;
+/// each further one waits, `first_wait` doubling per attempt up to `max_wait`. A key whose last
+/// wait ended `window` ago or more starts counting again from one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottlePolicy {
+    pub free_attempts: i64,
+    pub first_wait: chrono::Duration,
+    pub max_wait: chrono::Duration,
+    pub window: chrono::Duration,
+}
+
+/// The answer to reserving a sign-in attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Counted: check the password now (and clear the key when it is right).
+    Granted,
+    /// The key is in its wait; nothing was counted. Try again at `until`.
+    Refused { until: DateTime<Utc> },
 }
 
 /// An API token; only its hash is stored.

@@ -135,6 +135,11 @@ conformance!(
     settings_upsert,
     custom_attributes,
     admins_and_lockout,
+    password_change_ends_other_sessions,
+    admins_disable_and_remove,
+    throttle_counts_concurrent_attempts_atomically,
+    throttle_waits_grow_and_reset_after_the_window,
+    throttle_keys_clear_unlock_and_prune,
     api_tokens,
     sessions_expire,
     audit_filters_newest_first,
@@ -866,26 +871,13 @@ async fn admins_and_lockout(s: &dyn Store) {
         )
         .await
         .unwrap();
-    assert_eq!(a.failed_logins, 0);
+    assert!(a.enabled);
     assert!(s
         .create_admin("root", "h", "read_only", &audit("admin.create", "root"))
         .await
         .is_err());
     assert_eq!(s.count_admins().await.unwrap(), 1);
-    assert_eq!(s.record_admin_login_failure(a.id, None).await.unwrap(), 1);
-    let until = now() + Duration::minutes(15);
-    assert_eq!(
-        s.record_admin_login_failure(a.id, Some(until))
-            .await
-            .unwrap(),
-        2
-    );
-    let locked = s.admin_by_username("root").await.unwrap().unwrap();
-    assert_eq!(locked.locked_until, Some(until));
-    s.record_admin_login_success(a.id).await.unwrap();
-    let ok = s.admin_by_id(a.id).await.unwrap().unwrap();
-    assert_eq!((ok.failed_logins, ok.locked_until), (0, None));
-    s.set_admin_password(a.id, "hash2", &audit("admin.password", "root"))
+    s.set_admin_password(a.id, "hash2", None, &audit("admin.password", "root"))
         .await
         .unwrap();
     assert_eq!(
@@ -893,10 +885,390 @@ async fn admins_and_lockout(s: &dyn Store) {
         "hash2"
     );
     assert!(matches!(
-        s.set_admin_password(999, "x", &audit("admin.password", "nobody"))
+        s.set_admin_password(999, "x", None, &audit("admin.password", "nobody"))
             .await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+fn session_of(admin_id: i64, hash: &str) -> AdminSession {
+    let t = now();
+    AdminSession {
+        token_hash: hash.into(),
+        admin_id,
+        csrf_token: format!("csrf-{hash}"),
+        created_at: t,
+        expires_at: t + Duration::hours(1),
+    }
+}
+
+/// A new password ends the administrator's other sessions (all of them when another
+/// administrator set it), and nobody else's, in the same transaction as its audit line.
+async fn password_change_ends_other_sessions(s: &dyn Store) {
+    let a = s
+        .create_admin("ann", "h", "administrator", &audit("admin.create", "ann"))
+        .await
+        .unwrap();
+    let b = s
+        .create_admin("bob", "h", "administrator", &audit("admin.create", "bob"))
+        .await
+        .unwrap();
+    for (id, hash) in [(a.id, "a1"), (a.id, "a2"), (a.id, "a3"), (b.id, "b1")] {
+        s.create_session(&session_of(id, hash)).await.unwrap();
+    }
+    let ended = s
+        .set_admin_password(a.id, "h2", Some("a1"), &audit("admin.set_password", "ann"))
+        .await
+        .unwrap();
+    assert_eq!(ended, 2);
+    assert!(s.session_by_hash("a1").await.unwrap().is_some());
+    assert!(s.session_by_hash("a2").await.unwrap().is_none());
+    assert!(s.session_by_hash("a3").await.unwrap().is_none());
+    assert!(s.session_by_hash("b1").await.unwrap().is_some());
+    assert_eq!(
+        s.set_admin_password(a.id, "h3", None, &audit("admin.set_password", "ann"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(s.session_by_hash("a1").await.unwrap().is_none());
+    let lines = s
+        .list_audit(&AuditFilter {
+            action: Some("admin.set_password".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 2);
+}
+
+/// Administrators can be disabled (ending their sessions), enabled and removed (with their
+/// sessions and tokens), audited; the last enabled one of the protected role cannot be disabled
+/// or removed, and a refusal changes nothing.
+async fn admins_disable_and_remove(s: &dyn Store) {
+    let root = s
+        .create_admin("root", "h", "administrator", &audit("admin.create", "root"))
+        .await
+        .unwrap();
+    let ops = s
+        .create_admin("ops", "h", "administrator", &audit("admin.create", "ops"))
+        .await
+        .unwrap();
+    let viewer = s
+        .create_admin("viewer", "h", "read_only", &audit("admin.create", "viewer"))
+        .await
+        .unwrap();
+    s.create_session(&session_of(ops.id, "ops-s"))
+        .await
+        .unwrap();
+    s.create_session(&session_of(root.id, "root-s"))
+        .await
+        .unwrap();
+    s.create_api_token(
+        ops.id,
+        "ci",
+        "ops-token",
+        None,
+        &audit("api_token.create", "ci"),
+    )
+    .await
+    .unwrap();
+
+    let off = s
+        .set_admin_enabled(
+            ops.id,
+            false,
+            "administrator",
+            &audit("admin.disable", "ops"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!off.enabled);
+    assert!(s.session_by_hash("ops-s").await.unwrap().is_none());
+    // root is now the last enabled administrator: refused, nothing changed or audited.
+    let audits = s.list_audit(&AuditFilter::default()).await.unwrap().len();
+    assert_eq!(
+        s.set_admin_enabled(
+            root.id,
+            false,
+            "administrator",
+            &audit("admin.disable", "root")
+        )
+        .await
+        .unwrap(),
+        None
+    );
+    assert!(!s
+        .delete_admin(root.id, "administrator", &audit("admin.remove", "root"))
+        .await
+        .unwrap());
+    assert!(s.admin_by_id(root.id).await.unwrap().unwrap().enabled);
+    assert!(s.session_by_hash("root-s").await.unwrap().is_some());
+    assert_eq!(
+        s.list_audit(&AuditFilter::default()).await.unwrap().len(),
+        audits
+    );
+    // A read-only administrator never keeps the server administrable: removable.
+    assert!(s
+        .delete_admin(viewer.id, "administrator", &audit("admin.remove", "viewer"))
+        .await
+        .unwrap());
+    // Disabled administrators may be removed; their tokens go with them.
+    assert!(s
+        .delete_admin(ops.id, "administrator", &audit("admin.remove", "ops"))
+        .await
+        .unwrap());
+    assert!(s.admin_by_id(ops.id).await.unwrap().is_none());
+    assert!(s.api_token_by_hash("ops-token").await.unwrap().is_none());
+    // Enabling is never refused; then root may go.
+    let ops2 = s
+        .create_admin("ops2", "h", "administrator", &audit("admin.create", "ops2"))
+        .await
+        .unwrap();
+    s.set_admin_enabled(
+        ops2.id,
+        false,
+        "administrator",
+        &audit("admin.disable", "ops2"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        s.set_admin_enabled(
+            ops2.id,
+            true,
+            "administrator",
+            &audit("admin.enable", "ops2")
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .enabled
+    );
+    assert!(s
+        .delete_admin(root.id, "administrator", &audit("admin.remove", "root"))
+        .await
+        .unwrap());
+    assert!(matches!(
+        s.delete_admin(root.id, "administrator", &audit("admin.remove", "root"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.set_admin_enabled(999, true, "administrator", &audit("admin.enable", "x"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let removed = s
+        .list_audit(&AuditFilter {
+            action: Some("admin.remove".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        removed
+            .iter()
+            .map(|l| l.target.as_str())
+            .collect::<Vec<_>>(),
+        ["root", "ops", "viewer"]
+    );
+}
+
+fn policy() -> ThrottlePolicy {
+    ThrottlePolicy {
+        free_attempts: 5,
+        first_wait: Duration::seconds(1),
+        max_wait: Duration::minutes(15),
+        window: Duration::minutes(15),
+    }
+}
+
+fn key(kind: SignInKind, account: &str, address: &str) -> ThrottleKey {
+    ThrottleKey {
+        kind,
+        account: account.into(),
+        address: address.into(),
+    }
+}
+
+/// 31 concurrent attempts at one key with five free: exactly five are let through to the
+/// password check, however the database interleaves them.
+async fn throttle_counts_concurrent_attempts_atomically(s: &dyn Store) {
+    let k = key(SignInKind::Admin, "admin", "192.0.2.1");
+    let t = now();
+    let p = policy();
+    let answers = futures::future::join_all((0..31).map(|_| s.reserve_sign_in(&k, &p, t))).await;
+    let granted = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(Reservation::Granted)))
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(Reservation::Refused { .. })))
+        .count();
+    assert_eq!((granted, refused), (5, 26), "{answers:?}");
+}
+
+/// Waits double after the free attempts, up to the cap; a key quiet for the window after its
+/// last wait counts from one again; a refused attempt is not counted.
+async fn throttle_waits_grow_and_reset_after_the_window(s: &dyn Store) {
+    let k = key(SignInKind::Enrollment, "ann@example.com", "192.0.2.1");
+    let p = policy();
+    let t0 = now();
+    for _ in 0..5 {
+        assert_eq!(
+            s.reserve_sign_in(&k, &p, t0).await.unwrap(),
+            Reservation::Granted
+        );
+    }
+    let at = |ms: i64| t0 + Duration::milliseconds(ms);
+    let refused_until = |r: Reservation| match r {
+        Reservation::Refused { until } => until,
+        Reservation::Granted => panic!("granted during a wait"),
+    };
+    let until = refused_until(s.reserve_sign_in(&k, &p, t0).await.unwrap());
+    assert_eq!(until.timestamp_millis(), at(1000).timestamp_millis());
+    assert!(matches!(
+        s.reserve_sign_in(&k, &p, at(999)).await.unwrap(),
+        Reservation::Refused { .. }
+    ));
+    // Each further attempt doubles the wait: 2 s, then 4 s.
+    let mut t = 1000;
+    for wait in [2000, 4000] {
+        assert_eq!(
+            s.reserve_sign_in(&k, &p, at(t)).await.unwrap(),
+            Reservation::Granted
+        );
+        let until = refused_until(s.reserve_sign_in(&k, &p, at(t)).await.unwrap());
+        assert_eq!(until.timestamp_millis(), at(t + wait).timestamp_millis());
+        t += wait;
+    }
+    assert_eq!(
+        s.sign_in_wait(SignInKind::Enrollment, "ann@example.com", at(t - 1))
+            .await
+            .unwrap()
+            .map(|u| u.timestamp_millis()),
+        Some(at(t).timestamp_millis())
+    );
+    // Quiet for the window after the wait ended: five free attempts again.
+    let later = t + Duration::minutes(15).num_milliseconds();
+    assert!(matches!(
+        s.reserve_sign_in(&k, &p, at(later - 1)).await.unwrap(),
+        Reservation::Granted
+    ));
+    let fresh = key(SignInKind::Enrollment, "bob@example.com", "192.0.2.1");
+    for _ in 0..5 {
+        s.reserve_sign_in(&fresh, &p, at(t)).await.unwrap();
+    }
+    let mut after = at(t + 1000 + Duration::minutes(15).num_milliseconds());
+    for _ in 0..5 {
+        assert_eq!(
+            s.reserve_sign_in(&fresh, &p, after).await.unwrap(),
+            Reservation::Granted
+        );
+    }
+    assert!(matches!(
+        s.reserve_sign_in(&fresh, &p, after).await.unwrap(),
+        Reservation::Refused { .. }
+    ));
+    // The wait is capped.
+    for _ in 0..39 {
+        if let Reservation::Refused { until } = s.reserve_sign_in(&fresh, &p, after).await.unwrap()
+        {
+            assert!(until - after <= Duration::minutes(15));
+            after = until;
+        }
+    }
+    assert_eq!(
+        s.reserve_sign_in(&fresh, &p, after).await.unwrap(),
+        Reservation::Granted
+    );
+    let Reservation::Refused { until } = s.reserve_sign_in(&fresh, &p, after).await.unwrap() else {
+        panic!("granted during a wait");
+    };
+    assert_eq!(until - after, Duration::minutes(15));
+}
+
+/// Attempts from one address, or at another kind or account, do not count against another key;
+/// a right password clears its key; unlock clears an account at every address, audited;
+/// pruning removes keys whose wait ended a window ago.
+async fn throttle_keys_clear_unlock_and_prune(s: &dyn Store) {
+    let p = policy();
+    let t = now();
+    let attacker = key(SignInKind::Admin, "admin", "198.51.100.7");
+    for _ in 0..6 {
+        s.reserve_sign_in(&attacker, &p, t).await.unwrap();
+    }
+    assert!(matches!(
+        s.reserve_sign_in(&attacker, &p, t).await.unwrap(),
+        Reservation::Refused { .. }
+    ));
+    for other in [
+        key(SignInKind::Admin, "admin", "192.0.2.1"),
+        key(SignInKind::Admin, "ops", "198.51.100.7"),
+        key(SignInKind::Enrollment, "admin", "198.51.100.7"),
+    ] {
+        assert_eq!(
+            s.reserve_sign_in(&other, &p, t).await.unwrap(),
+            Reservation::Granted
+        );
+    }
+    let second = key(SignInKind::Admin, "admin", "203.0.113.9");
+    for _ in 0..6 {
+        s.reserve_sign_in(&second, &p, t).await.unwrap();
+    }
+    // A right password from one address clears only that key.
+    s.clear_sign_in(&second).await.unwrap();
+    assert_eq!(
+        s.reserve_sign_in(&second, &p, t).await.unwrap(),
+        Reservation::Granted
+    );
+    assert!(matches!(
+        s.reserve_sign_in(&attacker, &p, t).await.unwrap(),
+        Reservation::Refused { .. }
+    ));
+    assert!(s
+        .sign_in_wait(SignInKind::Admin, "admin", t)
+        .await
+        .unwrap()
+        .is_some());
+    // Unlock: every address of the account, and only that account.
+    let gone = s
+        .unlock_sign_in(SignInKind::Admin, "admin", &audit("admin.unlock", "admin"))
+        .await
+        .unwrap();
+    assert_eq!(gone, 3);
+    assert_eq!(
+        s.reserve_sign_in(&attacker, &p, t).await.unwrap(),
+        Reservation::Granted
+    );
+    assert!(s
+        .sign_in_wait(SignInKind::Admin, "admin", t)
+        .await
+        .unwrap()
+        .is_none());
+    let lines = s
+        .list_audit(&AuditFilter {
+            action: Some("admin.unlock".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 1);
+    // Pruning: keys whose wait ended a window ago go (they would count from one again).
+    let pruned = s
+        .prune_sign_in_throttle(t + Duration::minutes(14), Duration::minutes(15))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 0);
+    let pruned = s
+        .prune_sign_in_throttle(t + Duration::minutes(16), Duration::minutes(15))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 3);
 }
 
 async fn api_tokens(s: &dyn Store) {

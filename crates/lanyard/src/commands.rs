@@ -121,6 +121,9 @@ pub enum UserCmd {
         email: String,
         managed_apple_id: String,
     },
+    /// Forget a user's failed enrollment sign-ins from every address, so they can sign in
+    /// again at once.
+    Unlock { email: String },
 }
 
 pub async fn user(o: &Opened, cmd: UserCmd) -> Result<()> {
@@ -194,6 +197,10 @@ pub async fn user(o: &Opened, cmd: UserCmd) -> Result<()> {
             );
             println!("enabled:          {}", u.enabled);
             println!("created:          {}", u.created_at);
+        }
+        UserCmd::Unlock { email } => {
+            let n = l.unlock_user(&actor, &email).await?;
+            println!("unlocked {email} (failed sign-ins forgotten from {n} addresses)");
         }
         UserCmd::Disable { email } => {
             set_enabled(o, &actor, &email, false).await?;
@@ -405,12 +412,24 @@ pub enum AdminCmd {
         #[command(flatten)]
         out: OutputArgs,
     },
-    /// Set an administrator's password and clear any lockout.
+    /// Set an administrator's password: ends all their sessions and forgets their failed
+    /// sign-ins (their API tokens are kept).
     SetPassword {
         username: String,
         #[arg(long)]
         password: Option<String>,
     },
+    /// Forget an administrator's failed sign-ins from every address, so they can sign in again
+    /// at once.
+    Unlock { username: String },
+    /// Disable an administrator: ends their sessions; their API tokens stop working. The last
+    /// enabled administrator with the Administrator role cannot be disabled.
+    Disable { username: String },
+    /// Enable a disabled administrator.
+    Enable { username: String },
+    /// Remove an administrator with their sessions and API tokens. The last enabled
+    /// administrator with the Administrator role cannot be removed.
+    Remove { username: String },
     /// Create an API token acting as an administrator; the token is printed once.
     CreateToken {
         /// The administrator the token acts as.
@@ -468,8 +487,31 @@ pub async fn admin(o: &Opened, cmd: AdminCmd) -> Result<()> {
         }
         AdminCmd::SetPassword { username, password } => {
             let password = read_password(password, "new password")?;
-            let admin = l.set_admin_password(&actor, &username, &password).await?;
-            println!("password set for administrator {}", admin.username);
+            let (admin, ended) = l
+                .set_admin_password(&actor, &username, &password, None)
+                .await?;
+            println!(
+                "password set for administrator {} ({ended} sessions ended)",
+                admin.username
+            );
+        }
+        AdminCmd::Unlock { username } => {
+            let n = l.unlock_admin(&actor, &username).await?;
+            println!(
+                "unlocked administrator {username} (failed sign-ins forgotten from {n} addresses)"
+            );
+        }
+        AdminCmd::Disable { username } => {
+            let a = l.set_admin_enabled(&actor, &username, false).await?;
+            println!("disabled administrator {}", a.username);
+        }
+        AdminCmd::Enable { username } => {
+            let a = l.set_admin_enabled(&actor, &username, true).await?;
+            println!("enabled administrator {}", a.username);
+        }
+        AdminCmd::Remove { username } => {
+            l.remove_admin(&actor, &username).await?;
+            println!("removed administrator {username}");
         }
         AdminCmd::CreateToken { admin, name, days } => {
             let (t, secret) = l.create_api_token(&actor, &admin, &name, days).await?;

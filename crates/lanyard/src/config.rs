@@ -11,6 +11,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::connections::Limits;
+use lanyard_http::client::Cidr;
 
 /// Flags shared by every sub-command: where the data is.
 #[derive(Debug, Clone, Args)]
@@ -67,9 +68,21 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "LANYARD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Serve plain HTTP, for running behind a TLS-terminating reverse proxy.
+    /// Serve plain HTTP, for running behind a TLS-terminating reverse proxy. This alone does
+    /// not trust the proxy's X-Forwarded-For: see --trusted-proxy.
     #[arg(long, env = "LANYARD_BEHIND_PROXY")]
     pub behind_proxy: bool,
+    /// Address ranges (CIDR, comma-separated or repeated, e.g. 10.0.0.0/8,::1) of reverse
+    /// proxies whose X-Forwarded-For names the client: for a request from one of them, the
+    /// client is the right-most X-Forwarded-For entry that is not itself a trusted proxy.
+    /// Default: none (the client is always the TCP peer).
+    #[arg(
+        long,
+        env = "LANYARD_TRUSTED_PROXY",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub trusted_proxy: Vec<Cidr>,
     /// Organisation name shown on pages and in certificates. Default: Lanyard
     #[arg(long, env = "LANYARD_ORGANIZATION")]
     pub organization: Option<String>,
@@ -173,6 +186,8 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub behind_proxy: Option<bool>,
+    /// CIDR ranges, e.g. `["10.0.0.0/8", "::1"]`.
+    pub trusted_proxy: Option<Vec<String>>,
     pub organization: Option<String>,
     pub scep_allow_des: Option<bool>,
     /// Durations as on the command line, e.g. `"365d"`.
@@ -243,6 +258,8 @@ pub struct ServeConfig {
     /// Where `/metrics` is served instead of `listen`, when set.
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_token_file: Option<PathBuf>,
+    /// Proxies whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// The default free-space minimum for `/healthz`, in MiB.
@@ -429,6 +446,7 @@ impl ServeConfig {
                 .clone()
                 .or_else(|| file.metrics_token_file.clone()),
             tls,
+            trusted_proxies: trusted_proxies(s, file)?,
         })
     }
 }
@@ -442,6 +460,21 @@ fn duration(name: &str, flag: Option<Duration>, file: &Option<String>) -> Result
             .map_err(|e| anyhow::anyhow!("{name} in the config file: {e}")),
         (None, None) => Ok(None),
     }
+}
+
+/// `--trusted-proxy` (flag or environment), else the config file's `trusted_proxy`.
+fn trusted_proxies(s: &ServeArgs, file: &FileConfig) -> Result<Vec<Cidr>> {
+    if !s.trusted_proxy.is_empty() {
+        return Ok(s.trusted_proxy.clone());
+    }
+    file.trusted_proxy
+        .iter()
+        .flatten()
+        .map(|c| {
+            c.parse::<Cidr>()
+                .map_err(|e| anyhow::anyhow!("trusted_proxy in the config file: {e}"))
+        })
+        .collect()
 }
 
 /// The connection limits: each at least 1 (second or connection).
@@ -527,6 +560,7 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             behind_proxy: false,
+            trusted_proxy: Vec::new(),
             organization: None,
             scep_allow_des: false,
             oidc_ca_cert: None,
@@ -543,6 +577,40 @@ mod tests {
             metrics_listen: None,
             metrics_token_file: None,
         }
+    }
+
+    #[test]
+    fn trusted_proxies_from_flag_or_file() {
+        let resolve = |args: &[&str], file: &str| -> Result<Vec<String>> {
+            let cli = Cli::try_parse_from(std::iter::once("lanyard").chain(args.iter().copied()))?;
+            let file: FileConfig = toml::from_str(file)?;
+            Ok(ServeConfig::resolve(&cli.serve, &file)?
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect())
+        };
+        assert!(resolve(&[], "").unwrap().is_empty());
+        assert_eq!(
+            resolve(&["--trusted-proxy", "10.0.0.0/8,::1"], "").unwrap(),
+            ["10.0.0.0/8", "::1/128"]
+        );
+        assert_eq!(
+            resolve(&[], "trusted_proxy = [\"192.0.2.1\"]").unwrap(),
+            ["192.0.2.1/32"]
+        );
+        // The flag wins over the file.
+        assert_eq!(
+            resolve(
+                &["--trusted-proxy", "127.0.0.1"],
+                "trusted_proxy = [\"192.0.2.1\"]"
+            )
+            .unwrap(),
+            ["127.0.0.1/32"]
+        );
+        assert!(resolve(&["--trusted-proxy", "10.0.0.0/33"], "").is_err());
+        let err = resolve(&[], "trusted_proxy = [\"nope\"]").unwrap_err();
+        assert!(err.to_string().contains("trusted_proxy"), "{err}");
     }
 
     #[test]

@@ -129,7 +129,8 @@ pub async fn run(
     let app = lanyard_http::router(lanyard_http::AppState {
         lanyard: lanyard.clone(),
         enrollment,
-        sign_in_limiter: Default::default(),
+        oidc_start_limiter: Default::default(),
+        trusted_proxies: lanyard_http::client::TrustedProxies::new(serve.trusted_proxies.clone()),
         oidc,
         mdm,
         secrets: secrets.clone(),
@@ -147,6 +148,13 @@ pub async fn run(
         opened.backend_name
     );
     tracing::info!(%bound, %public, database = opened.backend_name, "listening");
+    if matches!(serve.tls, TlsMode::BehindProxy) && serve.trusted_proxies.is_empty() {
+        tracing::warn!(
+            "--behind-proxy without --trusted-proxy: every client's address is the proxy's, so \
+             sign-in throttling counts all clients as one address; give the proxy's address \
+             with --trusted-proxy"
+        );
+    }
 
     tracing::info!(
         header_read_timeout_s = limits.header_read.as_secs(),
@@ -390,6 +398,15 @@ async fn prune_leftovers(lanyard: Lanyard) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "pruned old command results"),
             Err(e) => tracing::warn!(error = %e, "pruning command results failed"),
+        }
+        match lanyard
+            .store()
+            .prune_sign_in_throttle(lanyard_store::now(), lanyard_core::sign_in::policy().window)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned settled sign-in throttle keys"),
+            Err(e) => tracing::warn!(error = %e, "pruning sign-in throttle keys failed"),
         }
         if let Err(e) = lanyard
             .store()

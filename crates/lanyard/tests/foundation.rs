@@ -393,28 +393,3 @@ async fn bad_configuration_is_a_clear_error() {
     assert!(!ok);
     assert!(err.contains("--listen"), "{err}");
 }
-
-#[tokio::test]
-async fn admin_lockout_over_http() {
-    let Some(s) = Server::start(Db::Sqlite).await else {
-        return;
-    };
-    let c = s.client();
-    for _ in 0..5 {
-        let r = c
-            .post(format!("{}/api/v1/sessions", s.url))
-            .json(&json!({"username": "admin", "password": "wrong password"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401);
-    }
-    let r = c
-        .post(format!("{}/api/v1/sessions", s.url))
-        .json(&json!({"username": "admin", "password": s.admin_password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 429);
-    s.stop().await;
-}

@@ -20,8 +20,10 @@ mod fleet;
 mod idp;
 mod tokens;
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::rejection::{ExtensionRejection, FormRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -241,7 +243,7 @@ pub(crate) fn describe(e: CoreError) -> (StatusCode, String) {
         CoreError::Conflict(_) => StatusCode::CONFLICT,
         CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => StatusCode::FORBIDDEN,
-        CoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        CoreError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
         CoreError::Unavailable(why) => {
@@ -533,6 +535,7 @@ async fn sign_in_page(
 
 async fn sign_in_submit(
     State(s): State<AppState>,
+    peer: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
@@ -564,9 +567,10 @@ async fn sign_in_submit(
         }
         return res;
     }
+    let client = crate::client::client_address(&s.trusted_proxies, &peer, &headers);
     match s
         .lanyard
-        .admin_sign_in(f.get("username"), f.get("password"))
+        .admin_sign_in(f.get("username"), f.get("password"), client)
         .await
     {
         Ok(grant) => {
@@ -582,16 +586,30 @@ async fn sign_in_submit(
             res
         }
         Err(e) => {
+            let wait = match &e {
+                CoreError::RateLimited {
+                    retry_after_secs, ..
+                } => *retry_after_secs,
+                _ => None,
+            };
             let (status, text) = match e {
                 CoreError::Unauthorized(_) => (
                     StatusCode::UNAUTHORIZED,
-                    "Wrong name or password. After five failed attempts the account is locked \
-                     for fifteen minutes."
+                    "Wrong name or password. After five failed attempts from one address, each \
+                     further attempt has to wait a little longer."
                         .to_string(),
+                ),
+                CoreError::RateLimited { .. } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many failed sign-ins. Wait a little, then try again.".to_string(),
                 ),
                 other => describe(other),
             };
-            sign_in_form(status, sent, f.get("username"), Some(&text))
+            let mut res = sign_in_form(status, sent, f.get("username"), Some(&text));
+            if let Some(secs) = wait {
+                crate::error::retry_after(&mut res, secs);
+            }
+            res
         }
     }
 }
