@@ -16,6 +16,7 @@
 #![allow(clippy::result_large_err)]
 
 mod admin;
+mod admins;
 mod fleet;
 mod idp;
 mod tokens;
@@ -59,6 +60,7 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/assets/portal.js", get(js))
         .merge(fleet::routes())
         .merge(admin::routes())
+        .merge(admins::routes())
         .merge(tokens::routes())
         .merge(idp::routes())
         .layer(DefaultBodyLimit::max(PORTAL_FORM_LIMIT))
@@ -314,6 +316,7 @@ pub(crate) enum Nav {
     Tokens,
     IdentityProviders,
     Apns,
+    Admins,
     Audit,
     None,
 }
@@ -330,6 +333,7 @@ const NAV: &[(Nav, &str, &str)] = &[
         "Identity providers",
     ),
     (Nav::Apns, "/portal/apns", "APNs certificate"),
+    (Nav::Admins, "/portal/admins", "Administrators"),
     (Nav::Audit, "/portal/audit", "Audit log"),
 ];
 

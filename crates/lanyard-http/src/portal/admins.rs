@@ -1,0 +1,287 @@
+//! The Administrators page: who may use the portal and the API, with what role; add one, set a
+//! password (which ends that administrator's other sessions), forget failed sign-ins
+//! (`lanyard admin unlock`), disable, enable and remove. Every change goes through the domain
+//! (`lanyard_core::admins`), which audits it and refuses to disable or remove the last enabled
+//! Administrator.
+
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use lanyard_core::admins::Role;
+
+use super::{
+    change_form, describe, error_page, layout, message_page, notice, see_other, Fields, Nav,
+    Notice, Session, Viewer,
+};
+use crate::auth::{cookie, SESSION_COOKIE};
+use crate::pages::esc;
+use crate::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/portal/admins", get(admins).post(add_admin))
+        .route("/portal/admins/{name}/password", post(set_password))
+        .route("/portal/admins/{name}/unlock", post(unlock))
+        .route("/portal/admins/{name}/enabled", post(set_enabled))
+        .route("/portal/admins/{name}/remove", post(remove))
+}
+
+#[derive(Deserialize, Default)]
+struct AdminsQuery {
+    done: Option<String>,
+}
+
+async fn admins(
+    State(s): State<AppState>,
+    Viewer(sess): Viewer,
+    q: Result<Query<AdminsQuery>, QueryRejection>,
+) -> Response {
+    let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
+        Some("added") => Some(Notice::Ok("Administrator added.".into())),
+        Some("password") => Some(Notice::Ok(
+            "Password set; that administrator's other sessions were ended.".into(),
+        )),
+        Some("unlocked") => Some(Notice::Ok("Failed sign-ins forgotten.".into())),
+        Some("disabled") => Some(Notice::Ok(
+            "Administrator disabled; their sessions were ended.".into(),
+        )),
+        Some("enabled") => Some(Notice::Ok("Administrator enabled.".into())),
+        Some("removed") => Some(Notice::Ok("Administrator removed.".into())),
+        _ => None,
+    };
+    admins_page(&s, &sess, StatusCode::OK, done, &Fields(Vec::new())).await
+}
+
+async fn admins_page(
+    s: &AppState,
+    sess: &Session,
+    status: StatusCode,
+    message: Option<Notice>,
+    form: &Fields,
+) -> Response {
+    let list = match s.lanyard.list_admins().await {
+        Ok(l) => l,
+        Err(e) => return error_page(Some(sess), e),
+    };
+    let write = !sess.read_only();
+    let mut rows = String::new();
+    for a in &list {
+        let me = a.username == sess.username();
+        let name = esc(&a.username);
+        let mut actions = String::new();
+        // Anyone may set their own password; changing others is for Administrators.
+        if write || me {
+            actions.push_str(&format!(
+                "<form method=\"post\" action=\"/portal/admins/{name}/password\">{csrf}\
+                 <label class=\"sr-only\" for=\"pw-{name}\">New password for {name}</label>\
+                 <input id=\"pw-{name}\" type=\"password\" name=\"password\" \
+                 placeholder=\"New password\" autocomplete=\"new-password\" minlength=\"10\" \
+                 required><button type=\"submit\" class=\"small\">Set password</button></form>",
+                csrf = sess.csrf_field(),
+            ));
+        }
+        if write {
+            if a.locked {
+                actions.push_str(&format!(
+                    "<form method=\"post\" action=\"/portal/admins/{name}/unlock\">{csrf}\
+                     <button type=\"submit\" class=\"small\">Forget failed sign-ins</button></form>",
+                    csrf = sess.csrf_field(),
+                ));
+            }
+            let (value, label) = if a.enabled {
+                ("false", "Disable")
+            } else {
+                ("true", "Enable")
+            };
+            actions.push_str(&format!(
+                "<form method=\"post\" action=\"/portal/admins/{name}/enabled\">{csrf}\
+                 <input type=\"hidden\" name=\"enabled\" value=\"{value}\">\
+                 <button type=\"submit\" class=\"small\">{label}</button></form>\
+                 <form method=\"post\" action=\"/portal/admins/{name}/remove\">{csrf}\
+                 <button type=\"submit\" class=\"small danger\">Remove</button></form>",
+                csrf = sess.csrf_field(),
+            ));
+        }
+        rows.push_str(&format!(
+            "<tr><td>{name}{you}</td><td>{role}</td><td>{state}</td><td>{locked}</td>\
+             <td class=\"row-actions\">{actions}</td></tr>",
+            you = if me { " (you)" } else { "" },
+            role = match a.role {
+                Role::Administrator => "Administrator",
+                Role::ReadOnly => "Read-only",
+            },
+            state = if a.enabled { "Enabled" } else { "Disabled" },
+            locked = if a.locked {
+                "Sign-ins slowed after failures"
+            } else {
+                "—"
+            },
+        ));
+    }
+    let add = if write {
+        format!(
+            "<h2>Add an administrator</h2>\
+             <form method=\"post\" action=\"/portal/admins\" class=\"grid-form\">{csrf}\
+             <label for=\"username\">Name</label>\
+             <input id=\"username\" name=\"username\" value=\"{username}\" required>\
+             <label for=\"role\">Role</label>\
+             <select id=\"role\" name=\"role\">\
+             <option value=\"administrator\"{admin_sel}>Administrator</option>\
+             <option value=\"read-only\"{ro_sel}>Read-only</option></select>\
+             <label for=\"password\">Password (at least 10 characters)</label>\
+             <input id=\"password\" type=\"password\" name=\"password\" \
+             autocomplete=\"new-password\" required>\
+             <button type=\"submit\">Add administrator</button></form>",
+            csrf = sess.csrf_field(),
+            username = esc(form.get("username")),
+            admin_sel = if form.get("role") == "read-only" {
+                ""
+            } else {
+                " selected"
+            },
+            ro_sel = if form.get("role") == "read-only" {
+                " selected"
+            } else {
+                ""
+            },
+        )
+    } else {
+        String::new()
+    };
+    let body = format!(
+        "{msg}<p>Failed sign-ins slow down further tries for that name from that address only \
+         (see the README, <em>Sign-in throttling</em>); “Forget failed sign-ins” clears them from \
+         every address. Setting a password ends that administrator's other sessions. The last \
+         enabled Administrator cannot be disabled or removed.</p>\
+         <table class=\"admins\"><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th>\
+         <th scope=\"col\">State</th><th scope=\"col\">Sign-ins</th>\
+         <th scope=\"col\">Actions</th></tr></thead><tbody>{rows}</tbody></table>{add}",
+        msg = notice(message),
+    );
+    layout(sess, status, Nav::Admins, "Administrators", &body)
+}
+
+/// After a change: back to the list with a notice, or the list with the refusal explained.
+async fn after(
+    s: &AppState,
+    sess: &Session,
+    outcome: lanyard_core::Result<()>,
+    done: &str,
+    form: &Fields,
+) -> Response {
+    match outcome {
+        Ok(()) => see_other(&format!("/portal/admins?done={done}")),
+        Err(e) => {
+            let (status, text) = describe(e);
+            admins_page(s, sess, status, Some(Notice::Error(text)), form).await
+        }
+    }
+}
+
+async fn add_admin(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change_form(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let role: Role = match f.get("role").parse() {
+        Ok(r) => r,
+        Err(e) => {
+            let (status, text) = describe(e);
+            return admins_page(&s, &sess, status, Some(Notice::Error(text)), &f).await;
+        }
+    };
+    let outcome = s
+        .lanyard
+        .create_admin(&sess.actor, f.get("username"), f.get("password"), role)
+        .await
+        .map(|_| ());
+    after(&s, &sess, outcome, "added", &f).await
+}
+
+async fn set_password(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change_form(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    // The session that asked stays signed in when it changes its own password.
+    let own = cookie(&headers, SESSION_COOKIE);
+    let outcome = s
+        .lanyard
+        .set_admin_password(&sess.actor, &name, f.get("password"), own)
+        .await
+        .map(|_| ());
+    after(&s, &sess, outcome, "password", &Fields(Vec::new())).await
+}
+
+async fn unlock(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, _) = match change_form(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let outcome = s.lanyard.unlock_admin(&sess.actor, &name).await.map(|_| ());
+    after(&s, &sess, outcome, "unlocked", &Fields(Vec::new())).await
+}
+
+async fn set_enabled(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change_form(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let enabled = match f.get("enabled") {
+        "true" => true,
+        "false" => false,
+        _ => {
+            return message_page(
+                Some(&sess),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Not done",
+                "Enabled is true or false.",
+            )
+        }
+    };
+    let outcome = s
+        .lanyard
+        .set_admin_enabled(&sess.actor, &name, enabled)
+        .await
+        .map(|_| ());
+    let done = if enabled { "enabled" } else { "disabled" };
+    after(&s, &sess, outcome, done, &Fields(Vec::new())).await
+}
+
+async fn remove(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, _) = match change_form(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let outcome = s.lanyard.remove_admin(&sess.actor, &name).await;
+    after(&s, &sess, outcome, "removed", &Fields(Vec::new())).await
+}
