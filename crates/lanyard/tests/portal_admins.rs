@@ -196,7 +196,10 @@ async fn administrators_page(db: Db) {
         "admin.enable",
         "admin.remove",
     ] {
-        assert!(actions.iter().any(|x| x == a), "{a} not audited: {actions:?}");
+        assert!(
+            actions.iter().any(|x| x == a),
+            "{a} not audited: {actions:?}"
+        );
     }
     s.stop().await;
 }
