@@ -202,6 +202,27 @@ fn keeps_an_enabled_admin(role: &str) -> String {
     )
 }
 
+impl SqliteStore {
+    /// SQLite runs one write transaction at a time, so the last-administrator check inside the
+    /// `UPDATE`/`DELETE` cannot race another one: nothing to lock.
+    async fn lock_protected_admins(_tx: &mut sqlx::SqliteConnection, _role: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl PostgresStore {
+    /// Holds the enabled administrators of the protected role until the transaction ends, so
+    /// that two administrators disabling or removing each other at once cannot each count the
+    /// other as the one left (under READ COMMITTED both checks would pass).
+    async fn lock_protected_admins(tx: &mut sqlx::PgConnection, role: &str) -> Result<()> {
+        sqlx::query("SELECT id FROM admins WHERE role = $1 AND enabled FOR UPDATE")
+            .bind(role)
+            .fetch_all(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
 /// The next attempt count of a throttle key under upsert (`$4` now, `$8` the window, in ms).
 const NEXT_ATTEMPTS: &str = "(CASE WHEN sign_in_throttle.wait_until_ms <= $4 - $8 THEN 1 \
      ELSE sign_in_throttle.attempts + 1 END)";
@@ -521,6 +542,7 @@ macro_rules! impl_store {
                 audit: &Audit,
             ) -> Result<Option<Admin>> {
                 let mut tx = self.pool.begin().await?;
+                Self::lock_protected_admins(&mut tx, protected_role).await?;
                 let row: Option<Admin> = sqlx::query_as(&format!(
                     "UPDATE admins SET enabled = $2 WHERE id = $1 AND ({} OR $2) \
                      RETURNING id, username, password_hash, role, enabled, created_at",
@@ -560,6 +582,7 @@ macro_rules! impl_store {
                 audit: &Audit,
             ) -> Result<bool> {
                 let mut tx = self.pool.begin().await?;
+                Self::lock_protected_admins(&mut tx, protected_role).await?;
                 // Sessions and API tokens go with the row (ON DELETE CASCADE).
                 let done = sqlx::query(&format!(
                     "DELETE FROM admins WHERE id = $1 AND {}",

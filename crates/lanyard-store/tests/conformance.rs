@@ -137,6 +137,7 @@ conformance!(
     admins_and_lockout,
     password_change_ends_other_sessions,
     admins_disable_and_remove,
+    last_administrator_survives_concurrent_disables,
     throttle_counts_concurrent_attempts_atomically,
     throttle_waits_grow_and_reset_after_the_window,
     throttle_keys_clear_unlock_and_prune,
@@ -945,6 +946,61 @@ async fn password_change_ends_other_sessions(s: &dyn Store) {
 /// Administrators can be disabled (ending their sessions), enabled and removed (with their
 /// sessions and tokens), audited; the last enabled one of the protected role cannot be disabled
 /// or removed, and a refusal changes nothing.
+/// Two administrators disabling (or removing) each other at the same moment: one of them stays,
+/// whatever the interleaving. Tried many times so that a racy check would show.
+async fn last_administrator_survives_concurrent_disables(s: &dyn Store) {
+    // Each round has its own protected role with exactly two enabled members.
+    for round in 0..25 {
+        let role = format!("role{round}");
+        let a = s
+            .create_admin(
+                &format!("a{round}"),
+                "h",
+                &role,
+                &audit("admin.create", "a"),
+            )
+            .await
+            .unwrap();
+        let b = s
+            .create_admin(
+                &format!("b{round}"),
+                "h",
+                &role,
+                &audit("admin.create", "b"),
+            )
+            .await
+            .unwrap();
+        let (off_a, off_b) = (audit("admin.disable", "a"), audit("admin.disable", "b"));
+        let (rm_a, rm_b) = (audit("admin.remove", "a"), audit("admin.remove", "b"));
+        let (ra, rb) = if round % 2 == 0 {
+            let (x, y) = tokio::join!(
+                s.set_admin_enabled(a.id, false, &role, &off_a),
+                s.set_admin_enabled(b.id, false, &role, &off_b),
+            );
+            (x.unwrap().is_some(), y.unwrap().is_some())
+        } else {
+            let (x, y) = tokio::join!(
+                s.delete_admin(a.id, &role, &rm_a),
+                s.delete_admin(b.id, &role, &rm_b),
+            );
+            (x.unwrap(), y.unwrap())
+        };
+        assert!(
+            !(ra && rb),
+            "round {round}: both went, no administrator left"
+        );
+        assert!(ra || rb, "round {round}: neither went");
+        let left = s
+            .list_admins()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|x| x.enabled && x.role == role)
+            .count();
+        assert_eq!(left, 1, "round {round}");
+    }
+}
+
 async fn admins_disable_and_remove(s: &dyn Store) {
     let root = s
         .create_admin("root", "h", "administrator", &audit("admin.create", "root"))
