@@ -177,6 +177,7 @@ impl Lanyard {
                 ),
                 other => other.into(),
             })?;
+        crate::push::record_push_expiry(&shown);
         Ok(shown)
     }
 
