@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 //! The APNs certificate page's steps over HTTP, on both databases: a request made with the
-//! session's CSRF token (a forged one changes nothing), its CSR downloaded, a foreign
+//! session's CSRF token (a forged one, or a read-only administrator, changes nothing), its CSR downloaded, a foreign
 //! certificate refused with nothing changed, Apple's certificate for the pending key
 //! accepted; the summary shows the days left, and `/metrics` carries the expiry gauge once a
 //! certificate is uploaded.
@@ -89,6 +89,27 @@ async fn portal_steps(db: Db) {
 
     // A forged CSRF token makes no request.
     let (st, page) = post(&c, &s, "/portal/apns/request", &[("csrf", "forged")]).await;
+    assert_eq!(st, 403, "{page}");
+    assert_eq!(pending().await, 404);
+    // A read-only administrator sees the page but cannot make a request.
+    let (ok, _, err) = s.cli_stdin(
+        &[
+            "admin",
+            "create",
+            "viewer",
+            "--role",
+            "read-only",
+            "--password",
+            "-",
+        ],
+        "viewer password 123\n",
+    );
+    assert!(ok, "{err}");
+    let v = browser(&s);
+    let vcsrf = sign_in(&v, &s, "viewer", "viewer password 123").await;
+    let (st, _) = get(&v, &s, "/portal/apns").await;
+    assert_eq!(st, 200);
+    let (st, page) = post(&v, &s, "/portal/apns/request", &[("csrf", &vcsrf)]).await;
     assert_eq!(st, 403, "{page}");
     assert_eq!(pending().await, 404);
 
