@@ -21,8 +21,48 @@ use crate::{Actor, CoreError, Lanyard, Result};
 
 /// The push certificate's row in the PKI table.
 pub const APNS_CERT_NAME: &str = "apns";
-/// Warn when the push certificate expires within this many days.
-pub const EXPIRY_WARNING_DAYS: i64 = 30;
+/// Warn when the push certificate expires within this many days (the first of
+/// [`EXPIRY_THRESHOLDS`]).
+pub const EXPIRY_WARNING_DAYS: i64 = EXPIRY_THRESHOLDS[0];
+/// The days-left marks at which Lanyard warns that the push certificate expires: once when
+/// each is crossed (log), and for as long as the tightest one is crossed (portal, API, CLI).
+pub const EXPIRY_THRESHOLDS: [i64; 4] = [30, 14, 7, 1];
+/// The `/metrics` gauge of the push certificate's days left (negative once expired).
+pub const EXPIRY_GAUGE: &str = "lanyard_push_certificate_expires_in_days";
+
+/// The tightest expiry mark `days_left` has reached (`days_left <= mark`), or `None` while
+/// more than 30 days are left. An expired certificate has reached every mark (1).
+pub fn expiry_threshold(days_left: i64) -> Option<i64> {
+    EXPIRY_THRESHOLDS
+        .iter()
+        .rev()
+        .copied()
+        .find(|mark| days_left <= *mark)
+}
+
+/// Remembers the last expiry mark warned about, so a periodic check logs each mark once
+/// (per process: a restart warns again about the mark already reached).
+#[derive(Debug, Default)]
+pub struct ExpiryWatch {
+    warned: Option<i64>,
+}
+
+impl ExpiryWatch {
+    /// The mark to warn about now, given the days left of the current certificate (`None`:
+    /// no certificate). A mark is returned once; a renewed certificate (a looser mark, or
+    /// none) starts over.
+    pub fn observe(&mut self, days_left: Option<i64>) -> Option<i64> {
+        let mark = days_left.and_then(expiry_threshold);
+        let warn = mark.filter(|m| self.warned != Some(*m));
+        self.warned = mark;
+        warn
+    }
+}
+
+/// Sets the `/metrics` gauge of the push certificate's days left.
+pub fn record_push_expiry(info: &PushCertificateInfo) {
+    metrics::gauge!(EXPIRY_GAUGE).set(info.days_left as f64);
+}
 /// Attempts per push before giving up on a retryable failure.
 pub const MAX_ATTEMPTS: u32 = 4;
 
@@ -39,7 +79,7 @@ pub struct PushCertificateInfo {
     pub sha256: String,
     pub not_after: chrono::DateTime<chrono::Utc>,
     pub days_left: i64,
-    /// Set when the certificate expires within 30 days or has expired.
+    /// Set when the certificate expires within 30 days (the first expiry mark) or has expired.
     pub warning: Option<String>,
 }
 
@@ -52,7 +92,7 @@ pub(crate) fn info(cert: &PushCertificate) -> PushCertificateInfo {
         sha256: cert.sha256().to_string(),
         not_after: chrono::DateTime::from_timestamp(cert.not_after(), 0).unwrap_or_default(),
         days_left,
-        warning: (days_left < EXPIRY_WARNING_DAYS).then(|| {
+        warning: expiry_threshold(days_left).map(|_| {
             if days_left < 0 {
                 "the push certificate has expired: devices cannot be woken; renew it with the \
                  same topic"
@@ -141,6 +181,7 @@ impl Lanyard {
                 ),
             )
             .await?;
+        record_push_expiry(&shown);
         Ok(shown)
     }
 
@@ -177,6 +218,31 @@ impl Lanyard {
         secrets: &SecretBox,
     ) -> Result<Option<PushCertificateInfo>> {
         Ok(self.push_certificate(secrets).await?.as_ref().map(info))
+    }
+
+    /// The periodic expiry check of `serve`: sets the `/metrics` gauge and logs a warning
+    /// when the certificate reaches an expiry mark that `watch` has not warned about yet.
+    pub async fn check_push_expiry(&self, secrets: &SecretBox, watch: &mut ExpiryWatch) {
+        match self.push_certificate_info(secrets).await {
+            Ok(current) => {
+                if let Some(i) = &current {
+                    record_push_expiry(i);
+                }
+                if let (Some(mark), Some(i)) = (
+                    watch.observe(current.as_ref().map(|i| i.days_left)),
+                    &current,
+                ) {
+                    tracing::warn!(
+                        topic = %i.topic,
+                        days_left = i.days_left,
+                        mark,
+                        "{}",
+                        i.warning.as_deref().unwrap_or("the push certificate expires soon")
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the push certificate cannot be read"),
+        }
     }
 }
 
@@ -456,5 +522,72 @@ impl PushService {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::{expiry_threshold, ExpiryWatch};
+
+    #[test]
+    fn days_left_to_the_tightest_mark_reached() {
+        for (days, mark) in [
+            (400, None),
+            (31, None),
+            (30, Some(30)),
+            (15, Some(30)),
+            (14, Some(14)),
+            (8, Some(14)),
+            (7, Some(7)),
+            (2, Some(7)),
+            (1, Some(1)),
+            (0, Some(1)),
+            (-5, Some(1)),
+        ] {
+            assert_eq!(expiry_threshold(days), mark, "{days} days left");
+        }
+    }
+
+    #[test]
+    fn each_mark_is_warned_once_and_a_renewal_starts_over() {
+        let mut w = ExpiryWatch::default();
+        let seen: Vec<Option<i64>> = [
+            Some(40),
+            Some(30),
+            Some(29),
+            Some(20),
+            Some(14),
+            Some(13),
+            Some(6),
+            Some(6),
+            Some(1),
+            Some(0),
+            Some(-1),
+        ]
+        .into_iter()
+        .map(|d| w.observe(d))
+        .collect();
+        assert_eq!(
+            seen,
+            vec![
+                None,
+                Some(30),
+                None,
+                None,
+                Some(14),
+                None,
+                Some(7),
+                None,
+                Some(1),
+                None,
+                None
+            ]
+        );
+        // Renewed: a year left, nothing to warn about; the next approach warns again.
+        assert_eq!(w.observe(Some(365)), None);
+        assert_eq!(w.observe(Some(30)), Some(30));
+        // Removed certificate: nothing; a new one inside a mark is warned about.
+        assert_eq!(w.observe(None), None);
+        assert_eq!(w.observe(Some(10)), Some(14));
     }
 }

@@ -12,7 +12,10 @@ use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use lanyard_apple::apns::{ApnsEnvironment, ApnsError, PushCertificate, VendorSigner};
+use lanyard_apple::apns::{
+    ApnsEnvironment, ApnsError, PushCertRequestFile, PushCertificate, SignRequestBody,
+    SigningService, SigningServiceError, VendorSigner,
+};
 use lanyard_pki::openssl::nid::Nid;
 use lanyard_pki::openssl::pkey::PKey;
 use lanyard_pki::openssl::rsa::Rsa;
@@ -25,6 +28,73 @@ use crate::{Actor, CoreError, Lanyard, Result};
 
 /// The pending push key and its CSR (row of the pending PKI table).
 pub const PENDING_REQUEST: &str = "apns.request";
+/// The key and self-signed certificate a signing service encrypts its reply to, pending
+/// beside the push key of a request sent to that service.
+pub const PENDING_ENCRYPTION: &str = "apns.request.encryption";
+
+fn encryption_seal_context() -> &'static [u8] {
+    b"lanyard:pki:apns-request-encryption"
+}
+
+/// A new push key and its CSR (DER), not stored yet.
+struct Made {
+    key: PKey<lanyard_pki::openssl::pkey::Private>,
+    csr_der: Vec<u8>,
+}
+
+/// A new push key and its CSR.
+fn new_push_key() -> Result<Made> {
+    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, "Lanyard MDM push")?;
+    let name = name.build();
+    let csr_der = lanyard_pki::build_csr(&key, &name, None)?;
+    Ok(Made { key, csr_der })
+}
+
+/// A key and self-signed certificate for a signing service to encrypt its reply to (valid
+/// 30 days: the reply comes by email within minutes).
+fn new_encryption_identity() -> Result<(String, Vec<u8>)> {
+    use lanyard_pki::openssl::asn1::Asn1Time;
+    use lanyard_pki::openssl::bn::{BigNum, MsbOption};
+    use lanyard_pki::openssl::hash::MessageDigest;
+    use lanyard_pki::openssl::x509::X509Builder;
+    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, "Lanyard push request encryption")?;
+    let name = name.build();
+    let mut b = X509Builder::new()?;
+    b.set_version(2)?;
+    let mut serial = BigNum::new()?;
+    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    let serial = serial.to_asn1_integer()?;
+    b.set_serial_number(&serial)?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(&name)?;
+    b.set_pubkey(&key)?;
+    let (from, until) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(30)?);
+    b.set_not_before(&from)?;
+    b.set_not_after(&until)?;
+    b.sign(&key, MessageDigest::sha256())?;
+    let cert =
+        String::from_utf8(b.build().to_pem()?).map_err(|e| CoreError::Internal(e.to_string()))?;
+    Ok((cert, key.private_key_to_pem_pkcs8()?))
+}
+
+/// An email address a signing service can reply to: one `@`, no spaces or controls.
+fn check_email(email: &str) -> Result<()> {
+    let ok = email.len() <= 254
+        && email.split('@').count() == 2
+        && email.split('@').all(|p| !p.is_empty())
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::Invalid(format!(
+            "{email:?} is not an email address the signing service can reply to"
+        )))
+    }
+}
 
 /// A pending push certificate request, as the CLI, API and portal show it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -59,11 +129,7 @@ impl Lanyard {
         vendor: Option<&VendorSigner>,
     ) -> Result<PushRequestInfo> {
         actor.require_write()?;
-        let key = PKey::from_rsa(Rsa::generate(2048)?)?;
-        let mut name = X509NameBuilder::new()?;
-        name.append_entry_by_nid(Nid::COMMONNAME, "Lanyard MDM push")?;
-        let name = name.build();
-        let csr_der = lanyard_pki::build_csr(&key, &name, None)?;
+        let Made { key, csr_der } = new_push_key()?;
         let upload_file = match vendor {
             Some(v) => Some(v.sign_request(&csr_der).map_err(vendor_error)?),
             None => None,
@@ -108,6 +174,119 @@ impl Lanyard {
                 created_at: m.created_at,
                 upload_file: None,
             }))
+    }
+
+    /// Sends a new push key's CSR to a signing service, which emails the signed request file
+    /// to `email`, encrypted to a key made for it. Only once the service accepted the request
+    /// are the push key and the encryption key kept pending (sealed), replacing an earlier
+    /// request: a refusal stores nothing.
+    pub async fn request_push_signing(
+        &self,
+        actor: &Actor,
+        secrets: &SecretBox,
+        service: &SigningService,
+        email: &str,
+        api_key: &str,
+    ) -> Result<PushRequestInfo> {
+        actor.require_write()?;
+        check_email(email)?;
+        if api_key.trim().is_empty() {
+            return Err(CoreError::Invalid(
+                "the signing service's API key is empty".into(),
+            ));
+        }
+        let Made { key, csr_der } = new_push_key()?;
+        let csr_pem = lanyard_pki::openssl::x509::X509Req::from_der(&csr_der)?.to_pem()?;
+        let csr_pem = String::from_utf8(csr_pem).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let (enc_cert, enc_key) = new_encryption_identity()?;
+        service
+            .submit(&SignRequestBody::new(
+                &csr_pem,
+                email,
+                api_key.trim(),
+                &enc_cert,
+            ))
+            .await
+            .map_err(|e| match e {
+                SigningServiceError::Config(_) => CoreError::Invalid(e.to_string()),
+                other => CoreError::Upstream(other.to_string()),
+            })?;
+        let created_at = lanyard_store::now();
+        let rows = [
+            PkiMaterial {
+                name: PENDING_REQUEST.into(),
+                cert_pem: csr_pem.clone(),
+                key_sealed: secrets.seal(&key.private_key_to_pem_pkcs8()?, seal_context())?,
+                created_at,
+            },
+            PkiMaterial {
+                name: PENDING_ENCRYPTION.into(),
+                cert_pem: enc_cert,
+                key_sealed: secrets.seal(&enc_key, encryption_seal_context())?,
+                created_at,
+            },
+        ];
+        self.store
+            .put_pending_pki(
+                &rows,
+                &Audit::new(
+                    &actor.name,
+                    "push_certificate.request",
+                    APNS_CERT_NAME,
+                    json!({"signing_service": service.url(), "email": email}),
+                ),
+            )
+            .await?;
+        Ok(PushRequestInfo {
+            csr_pem,
+            created_at,
+            upload_file: None,
+        })
+    }
+
+    /// Reads the signing service's emailed reply to the pending request: decrypted with the
+    /// pending encryption key, it must be a request file carrying the pending CSR. Returns
+    /// the request file for Apple; stores nothing.
+    pub async fn decrypt_push_reply(&self, secrets: &SecretBox, reply: &[u8]) -> Result<String> {
+        let pending = self
+            .store
+            .get_pending_pki(PENDING_REQUEST)
+            .await?
+            .ok_or_else(no_request)?;
+        let enc = self
+            .store
+            .get_pending_pki(PENDING_ENCRYPTION)
+            .await?
+            .ok_or_else(|| {
+                CoreError::NotFound(
+                    "pending signing-service request (make one with `lanyard push-cert request \
+                     --signing-service`)"
+                        .into(),
+                )
+            })?;
+        let key = secrets
+            .open(&enc.key_sealed, encryption_seal_context())
+            .map_err(|_| {
+                CoreError::Internal("the pending encryption key cannot be opened".into())
+            })?;
+        let file = lanyard_apple::apns::decrypt_reply(reply, enc.cert_pem.as_bytes(), &key)
+            .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        let parsed = PushCertRequestFile::decode(&file).map_err(|e| {
+            CoreError::Invalid(format!(
+                "the decrypted reply is not a request file for Apple: {e}"
+            ))
+        })?;
+        if parsed.csr_der != csr_der_of(&pending.cert_pem)? {
+            return Err(CoreError::Invalid(
+                "the reply carries another CSR than Lanyard's pending push certificate request \
+                 (it answers an earlier or another request): use the reply to the latest \
+                 request, or make a new one"
+                    .into(),
+            ));
+        }
+        let text = String::from_utf8(file)
+            .map_err(|_| CoreError::Invalid("the decrypted reply is not text".into()))?;
+        Ok(text.trim().to_string())
     }
 
     /// Signs the pending request with a vendor certificate: the request file for Apple.
@@ -155,7 +334,7 @@ impl Lanyard {
         let shown = info(&cert);
         self.store
             .complete_pending_pki(
-                &[PENDING_REQUEST],
+                &[PENDING_REQUEST, PENDING_ENCRYPTION],
                 &PkiMaterial {
                     name: APNS_CERT_NAME.into(),
                     cert_pem: stored_pem,
@@ -177,6 +356,7 @@ impl Lanyard {
                 ),
                 other => other.into(),
             })?;
+        crate::push::record_push_expiry(&shown);
         Ok(shown)
     }
 

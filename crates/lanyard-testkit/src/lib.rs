@@ -30,6 +30,7 @@ pub mod error;
 pub mod fake_abm;
 pub mod fake_apns;
 pub mod fake_pushcert;
+pub mod fake_signing_service;
 pub mod profile;
 pub mod scep_client;
 pub mod sim;

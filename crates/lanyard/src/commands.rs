@@ -1043,16 +1043,64 @@ impl VendorArgs {
     }
 }
 
+/// A CSR signing service instead of an own vendor certificate.
+#[derive(Debug, clap::Args)]
+pub struct SigningServiceArgs {
+    /// Send the CSR to a signing service (see --signing-service-url); it emails the signed
+    /// request, encrypted, to --email; `lanyard push-cert decrypt` reads it.
+    #[arg(long, conflicts_with = "vendor_p12", requires = "email")]
+    signing_service: bool,
+    /// The address the signing service emails its reply to.
+    #[arg(long, requires = "signing_service")]
+    email: Option<String>,
+    /// The signing service's URL.
+    #[arg(long, env = "LANYARD_SIGNING_SERVICE_URL",
+          default_value = lanyard_apple::apns::DEFAULT_SIGNING_SERVICE_URL)]
+    signing_service_url: String,
+    /// A file holding the signing service's API key (private to its owner); without it the
+    /// key is read from standard input. Never give the key on the command line.
+    #[arg(long, requires = "signing_service")]
+    api_key_file: Option<std::path::PathBuf>,
+}
+
+impl SigningServiceArgs {
+    fn api_key(&self) -> Result<String> {
+        let key = match &self.api_key_file {
+            Some(path) => crate::setup::read_private(path, "the signing service API key file")?,
+            None => read_password(None, "signing service API key")?,
+        };
+        let key = key.trim().to_string();
+        if key.is_empty() {
+            bail!("the signing service API key is empty");
+        }
+        Ok(key)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PushCertCmd {
     /// Start getting (or renewing) the MDM push certificate: makes the push key and its CSR,
     /// kept pending in the database. With --vendor-p12 the CSR is signed and --out receives
     /// the request file to upload to Apple's Push Certificates Portal; without, --out
     /// receives the CSR (PEM) for an MDM vendor to sign.
+    ///
+    /// With --signing-service the CSR goes to a signing service instead, which emails the
+    /// signed request file, encrypted; `lanyard push-cert decrypt` turns that reply into the
+    /// request file for Apple.
     Request {
         #[command(flatten)]
         vendor: VendorArgs,
+        #[command(flatten)]
+        service: SigningServiceArgs,
         /// Where to write the request file (or the CSR).
+        #[arg(long, required_unless_present = "signing_service")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Decrypt the signing service's emailed reply (`*.plist.b64.p7`) to the pending request
+    /// and write the request file for Apple's Push Certificates Portal.
+    Decrypt {
+        /// The reply file from the email.
+        reply: std::path::PathBuf,
         #[arg(long)]
         out: std::path::PathBuf,
     },
@@ -1104,7 +1152,31 @@ pub async fn push_cert(
         }
     };
     match cmd {
-        PushCertCmd::Request { vendor, out } => {
+        PushCertCmd::Request {
+            service, out: None, ..
+        } if service.signing_service => {
+            let email = service.email.clone().unwrap_or_default();
+            let client = lanyard_apple::apns::SigningService::new(&service.signing_service_url)?;
+            let api_key = service.api_key()?;
+            o.lanyard
+                .request_push_signing(&Actor::cli(), secrets, &client, &email, &api_key)
+                .await?;
+            println!(
+                "push certificate request sent to {}; it emails the signed request to {email}. \
+                 Run `lanyard push-cert decrypt REPLY.plist.b64.p7 --out FILE` with the \
+                 attachment, upload FILE to Apple's Push Certificates Portal \
+                 (https://identity.apple.com), then `lanyard push-cert upload --cert` with the \
+                 certificate Apple returns",
+                client.url()
+            );
+        }
+        PushCertCmd::Request { service, .. } if service.signing_service => {
+            bail!("--out is not used with --signing-service (the reply comes by email)");
+        }
+        PushCertCmd::Request { vendor, out, .. } => {
+            let Some(out) = out else {
+                bail!("give --out FILE");
+            };
             if out.exists() {
                 bail!("{} exists already; give a new --out file", out.display());
             }
@@ -1132,6 +1204,28 @@ pub async fn push_cert(
                     );
                 }
             }
+        }
+        PushCertCmd::Decrypt { reply, out } => {
+            if out.exists() {
+                bail!("{} exists already; give a new --out file", out.display());
+            }
+            let meta = std::fs::metadata(&reply)
+                .with_context(|| format!("cannot read {}", reply.display()))?;
+            if meta.len() > lanyard_apple::apns::REPLY_LIMIT as u64 {
+                bail!(
+                    "{} is too large to be a signing service reply",
+                    reply.display()
+                );
+            }
+            let bytes = std::fs::read(&reply)
+                .with_context(|| format!("cannot read {}", reply.display()))?;
+            let file = o.lanyard.decrypt_push_reply(secrets, &bytes).await?;
+            write_new_file(&out, file.as_bytes())?;
+            println!(
+                "request file written to {}; upload it to Apple's Push Certificates Portal, then \
+                 run `lanyard push-cert upload --cert` with the certificate Apple returns",
+                out.display()
+            );
         }
         PushCertCmd::Sign { vendor, out } => {
             let Some(signer) = vendor.signer()? else {

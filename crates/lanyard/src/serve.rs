@@ -11,7 +11,7 @@ use axum_server::accept::DefaultAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use lanyard_core::enrollment::{DeviceUrls, EnrollmentService};
 use lanyard_core::mdm::MdmService;
-use lanyard_core::push::PushJob;
+use lanyard_core::push::{ExpiryWatch, PushJob};
 use lanyard_core::Lanyard;
 use lanyard_pki::{Ca, SecretBox};
 use lanyard_store::PkiMaterial;
@@ -36,9 +36,14 @@ pub async fn run(
         .load_device_pki(&secrets, &serve.organization)
         .await?;
     export_ca(&data, &device_pki.ca)?;
+    // The expiry mark warned about here is not warned about again by the periodic check.
+    let mut expiry_watch = ExpiryWatch::default();
     match lanyard.push_certificate_info(&secrets).await {
         Ok(Some(info)) => match &info.warning {
-            Some(w) => tracing::warn!(topic = %info.topic, "{w}"),
+            Some(w) => {
+                expiry_watch.observe(Some(info.days_left));
+                tracing::warn!(topic = %info.topic, days_left = info.days_left, "{w}")
+            }
             None => tracing::info!(
                 topic = %info.topic,
                 days_left = info.days_left,
@@ -63,6 +68,11 @@ pub async fn run(
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    tokio::spawn(watch_push_expiry(
+        lanyard.clone(),
+        secrets.clone(),
+        expiry_watch,
+    ));
 
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
@@ -371,6 +381,19 @@ async fn self_issued(
 /// Hourly hygiene: expired sign-in flows, access tokens, never-completed enrollments, command
 /// results past their retention; and enrollments silent for longer than `inactive-after-days`
 /// are marked inactive.
+/// How often `serve` checks the push certificate's expiry.
+const PUSH_EXPIRY_CHECK: Duration = Duration::from_secs(3600);
+
+/// Sets the push certificate expiry gauge now and every hour, and logs each expiry mark
+/// (30, 14, 7, 1 days) once when it is reached.
+async fn watch_push_expiry(lanyard: Lanyard, secrets: SecretBox, mut watch: ExpiryWatch) {
+    let mut tick = tokio::time::interval(PUSH_EXPIRY_CHECK);
+    loop {
+        tick.tick().await;
+        lanyard.check_push_expiry(&secrets, &mut watch).await;
+    }
+}
+
 async fn prune_leftovers(lanyard: Lanyard) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {

@@ -14,6 +14,7 @@ use std::process::Command;
 use lanyard_testkit::fake_pushcert::{
     fake_apple_push_certificate, fake_vendor_chain, FakeApnsMarker, FakeVendorOptions,
 };
+use lanyard_testkit::fake_signing_service::FakeSigningService;
 use lanyard_testkit::sim::{SimMac, SimOptions};
 use serde_json::Value;
 use support::{Db, Server};
@@ -395,4 +396,196 @@ async fn request_sign_upload_renew_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_sign_upload_renew_postgres() {
     request_sign_upload_renew(Db::Postgres).await;
+}
+
+/// The signing service path: the request goes to the (fake) service with an encryption
+/// certificate, its emailed reply decrypts to a request file that verifies independently,
+/// and bad input (wrong API key, bad address, a file that is not a reply, a reply to an
+/// earlier request, a reply carrying another CSR) is refused with nothing stored.
+async fn signing_service_request_decrypt(db: Db) {
+    if !require_tool("openssl") || !require_tool("python3") {
+        return;
+    }
+    let Some(s) = Server::start(db).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = |n: &str| dir.path().join(n).display().to_string();
+    let write = |n: &str, b: &[u8]| std::fs::write(dir.path().join(n), b).unwrap();
+    let chain = fake_vendor_chain(FakeVendorOptions::default()).unwrap();
+    write("root.pem", chain.root_pem.as_bytes());
+    let api_key = "test-api-key-0123456789";
+    let service = FakeSigningService::start(api_key, &chain).await.unwrap();
+    support::write_private_file(
+        &dir.path().join("api.key"),
+        format!("{api_key}\n").as_bytes(),
+    );
+    support::write_private_file(&dir.path().join("wrong.key"), b"not-the-key\n");
+    // The CLI runs while the fake answers on this runtime's other thread.
+    let cli = |args: &[&str], stdin: &str| tokio::task::block_in_place(|| s.cli_stdin(args, stdin));
+    let url = service.url();
+    let request = |email: &str, key_file: Option<&str>, stdin: &str| {
+        let mut a = vec![
+            "push-cert",
+            "request",
+            "--signing-service",
+            "--signing-service-url",
+            url.as_str(),
+            "--email",
+            email,
+        ];
+        let kf;
+        if let Some(k) = key_file {
+            kf = f(k);
+            a.extend(["--api-key-file", kf.as_str()]);
+        }
+        cli(&a, stdin)
+    };
+    let no_pending = || {
+        let (ok, _, err) = cli(&["push-cert", "upload", "--cert", &f("root.pem")], "");
+        assert!(!ok);
+        assert!(err.contains("pending push certificate request"), "{err}");
+    };
+
+    // A wrong API key: the service refuses, nothing is kept pending.
+    let (ok, _, err) = request("admin@example.com", Some("wrong.key"), "");
+    assert!(!ok);
+    assert!(err.contains("refused the request"), "{err}");
+    assert_eq!(service.requests().len(), 1);
+    no_pending();
+    // Not an address: refused before anything is sent.
+    let (ok, _, err) = request("not an address", None, &format!("{api_key}\n"));
+    assert!(!ok);
+    assert!(err.contains("not an email address"), "{err}");
+    assert_eq!(service.requests().len(), 1);
+    no_pending();
+
+    // The request: the service gets the CSR, the address, the key and an encryption
+    // certificate (each as the service documents them).
+    let (ok, out, err) = request("admin@example.com", Some("api.key"), "");
+    assert!(ok, "{err}");
+    assert!(out.contains("push-cert decrypt"), "{out}");
+    let sent = service.requests().pop().unwrap();
+    assert_eq!(sent.email, "admin@example.com");
+    assert_eq!(sent.key, api_key);
+    let b64 = |t: &str| lanyard_pki::openssl::base64::decode_block(t).unwrap();
+    let csr_pem = b64(&sent.csr);
+    assert!(String::from_utf8_lossy(&csr_pem).contains("BEGIN CERTIFICATE REQUEST"));
+    let enc = b64(&sent.encrypt);
+    assert!(String::from_utf8_lossy(&enc).contains("BEGIN CERTIFICATE"));
+    let replies = service.replies();
+    assert_eq!(replies.len(), 1);
+    write("reply.plist.b64.p7", replies[0].as_bytes());
+
+    // A file that is not a reply: explained, nothing written.
+    write("garbage.p7", b"this is not the reply\n");
+    let (ok, _, err) = cli(
+        &[
+            "push-cert",
+            "decrypt",
+            &f("garbage.p7"),
+            "--out",
+            &f("bad.b64"),
+        ],
+        "",
+    );
+    assert!(!ok);
+    assert!(err.contains("not hex text"), "{err}");
+    assert!(!dir.path().join("bad.b64").exists());
+
+    // The reply decrypts to a request file that verifies without Lanyard, for this CSR.
+    let (ok, _, err) = cli(
+        &[
+            "push-cert",
+            "decrypt",
+            &f("reply.plist.b64.p7"),
+            "--out",
+            &f("service.b64"),
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let csr_der = independent_checks(dir.path(), &dir.path().join("service.b64"), "service");
+    write("sent.csr", &csr_pem);
+    let (ok, _, err) = run(Command::new("openssl").args([
+        "req",
+        "-in",
+        &f("sent.csr"),
+        "-outform",
+        "DER",
+        "-out",
+        &f("sent.der"),
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(csr_der).unwrap(),
+        std::fs::read(f("sent.der")).unwrap()
+    );
+
+    // A new request whose reply carries another CSR: refused; the earlier reply (encrypted
+    // to the earlier request's key) is refused too.
+    service.sign_another_csr(true);
+    let (ok, _, err) = request("admin@example.com", None, &format!("{api_key}\n"));
+    assert!(ok, "{err}");
+    let second = service.requests().pop().unwrap();
+    write("other.plist.b64.p7", service.replies()[1].as_bytes());
+    let (ok, _, err) = cli(
+        &[
+            "push-cert",
+            "decrypt",
+            &f("other.plist.b64.p7"),
+            "--out",
+            &f("other.b64"),
+        ],
+        "",
+    );
+    assert!(!ok);
+    assert!(err.contains("another CSR"), "{err}");
+    let (ok, _, err) = cli(
+        &[
+            "push-cert",
+            "decrypt",
+            &f("reply.plist.b64.p7"),
+            "--out",
+            &f("old.b64"),
+        ],
+        "",
+    );
+    assert!(!ok);
+    assert!(err.contains("cannot be decrypted"), "{err}");
+    assert!(!dir.path().join("other.b64").exists() && !dir.path().join("old.b64").exists());
+
+    // Apple's certificate for the pending (second) CSR completes the request.
+    let topic = lanyard_testkit::fake_apns::fake_mdm_topic();
+    let issued =
+        fake_apple_push_certificate(&b64(&second.csr), &topic, FakeApnsMarker::Production).unwrap();
+    write("issued.pem", issued.as_bytes());
+    let (ok, out, err) = cli(&["push-cert", "upload", "--cert", &f("issued.pem")], "");
+    assert!(ok, "{err}");
+    assert!(out.contains(&topic), "{out}");
+    no_pending();
+    // The reply to a completed request has nothing left to answer.
+    let (ok, _, err) = cli(
+        &[
+            "push-cert",
+            "decrypt",
+            &f("other.plist.b64.p7"),
+            "--out",
+            &f("late.b64"),
+        ],
+        "",
+    );
+    assert!(!ok);
+    assert!(err.contains("pending"), "{err}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_service_sqlite() {
+    signing_service_request_decrypt(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_service_postgres() {
+    signing_service_request_decrypt(Db::Postgres).await;
 }

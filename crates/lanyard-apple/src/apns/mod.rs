@@ -23,6 +23,7 @@ mod backoff;
 mod cert;
 mod client;
 mod error;
+mod signing_service;
 mod vendor;
 
 pub use backoff::{backoff, backoff_with, BACKOFF_BASE, BACKOFF_CAP};
@@ -34,6 +35,10 @@ pub use client::{
     SANDBOX_URL,
 };
 pub use error::ApnsError;
+pub use signing_service::{
+    decrypt_reply, encrypt_reply, SignRequestBody, SignRequestReply, SigningService,
+    SigningServiceError, DEFAULT_SIGNING_SERVICE_URL, REPLY_LIMIT, SIGN_REQUEST_PATH,
+};
 pub use vendor::{
     PushCertRequestFile, VendorError, VendorSigner, KEY_CHAIN, KEY_CSR, KEY_SIGNATURE,
     VENDOR_CN_PREFIX,

@@ -3,8 +3,8 @@
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
@@ -45,6 +45,8 @@ pub fn routes() -> axum::Router<AppState> {
                 .post(upload_apns)
                 .layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
         )
+        .route("/portal/apns/request", post(create_apns_request))
+        .route("/portal/apns/request.csr", get(apns_request_csr))
         .route("/portal/audit", get(audit))
 }
 
@@ -573,6 +575,9 @@ async fn apns(
 ) -> Response {
     let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
         Some("uploaded") => Some(Notice::Ok("APNs certificate saved.".into())),
+        Some("requested") => Some(Notice::Ok(
+            "Request made: download its CSR and have it signed (step 2).".into(),
+        )),
         _ => None,
     };
     apns_page(&s, &sess, StatusCode::OK, done).await
@@ -604,14 +609,59 @@ async fn apns_page(
             .to_string(),
         Err(e) => return error_page(Some(sess), e),
     };
+    let pending = match s.lanyard.push_request().await {
+        Ok(p) => p,
+        Err(e) => return error_page(Some(sess), e),
+    };
+    let request = match &pending {
+        Some(r) => format!(
+            "<p>A request made {made} is pending: its private key is kept sealed in Lanyard \
+             and never leaves it. Making a new request replaces it.</p>\
+             <p><a class=\"button\" href=\"/portal/apns/request.csr\" download>Download the \
+             CSR (lanyard-push.csr)</a></p>",
+            made = when(Some(r.created_at)),
+        ),
+        None => "<p>No request is pending.</p>".to_string(),
+    };
     let body = format!(
         "{msg}<h2>Current certificate</h2>{current}\
-         <h2>Upload or renew</h2><form method=\"post\" action=\"/portal/apns\" \
+         <h2>Get or renew the certificate from Apple</h2>\
+         <ol class=\"steps\">\
+         <li><h3>Make a request</h3><p>Lanyard makes a new push key and its certificate signing \
+         request (CSR). The current certificate keeps working until the new one is \
+         uploaded.</p>{request}\
+         <form method=\"post\" action=\"/portal/apns/request\">{csrf}\
+         <button type=\"submit\">{make}</button></form></li>\
+         <li><h3>Have the CSR signed by an MDM vendor</h3><p>Apple only takes a CSR signed \
+         by an MDM vendor certificate, in a request file. With your own vendor certificate \
+         (Apple Developer Enterprise account, “MDM CSR”), sign the pending \
+         request on the server; the vendor password is read from standard input:</p>\
+         <pre><code>lanyard push-cert sign --vendor-p12 vendor.p12 --apple-cert AppleWWDRCA.pem \
+         --apple-cert AppleIncRootCertificate.pem --out push-request.b64</code></pre>\
+         <p>Without one, a signing service can sign it for you: \
+         <code>lanyard push-cert request --signing-service --email you@example.com \
+         --api-key-file api.key</code> sends a new request, and <code>lanyard push-cert \
+         decrypt REPLY.plist.b64.p7 --out push-request.b64</code> turns the reply it emails \
+         into the request file (see the README).</p></li>\
+         <li><h3>Upload the request file to Apple</h3><p>Sign in to Apple's Push \
+         Certificates Portal (<code>https://identity.apple.com</code>). For a first \
+         certificate choose <strong>Create a Certificate</strong>; to renew, sign in with \
+         the <strong>same Apple Account</strong> that made the current certificate and \
+         choose <strong>Renew</strong> beside it, so the topic stays the same. A new \
+         certificate has a new topic, and every enrolled Mac would have to enroll \
+         again. Download the certificate Apple issues (<code>MDM_….pem</code>).</p></li>\
+         <li><h3>Upload the certificate Apple returns</h3><p>Choose Apple's \
+         <code>.pem</code> file alone below: Lanyard matches it to the pending request's \
+         key, checks its topic, expiry and APNs environment, and keeps the topic on \
+         renewal.</p></li></ol>\
+         <h2>Upload</h2><form method=\"post\" action=\"/portal/apns\" \
          enctype=\"multipart/form-data\" class=\"grid-form\">{csrf}\
-         <label for=\"certificate\">Certificate: PKCS#12 (.p12) or PEM (.pem)</label>\
+         <label for=\"certificate\">Certificate: Apple's PEM for the pending request, or \
+         PKCS#12 (.p12), or PEM with its key</label>\
          <input id=\"certificate\" type=\"file\" name=\"certificate\" required \
          accept=\".p12,.pfx,.pem,.crt,application/x-pkcs12\">\
-         <label for=\"key\">Private key (PEM, only with a PEM certificate)</label>\
+         <label for=\"key\">Private key (PEM, only for a certificate made outside \
+         Lanyard)</label>\
          <input id=\"key\" type=\"file\" name=\"key\" accept=\".pem,.key\">\
          <label for=\"password\">PKCS#12 password</label>\
          <input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"off\">\
@@ -620,6 +670,11 @@ async fn apns_page(
          <button type=\"submit\">Upload</button></form>",
         msg = notice(message),
         csrf = sess.csrf_field(),
+        make = if pending.is_some() {
+            "Make a new request"
+        } else {
+            "Make a request"
+        },
     );
     layout(sess, status, Nav::Apns, "APNs certificate", &body)
 }
@@ -682,6 +737,22 @@ async fn upload_apns(
         .await;
     }
     let is_pem = cert.starts_with(b"-----BEGIN") || cert.windows(10).any(|w| w == b"-----BEGIN");
+    let has_key = |b: &[u8]| b.windows(11).any(|w| w == b"PRIVATE KEY");
+    if is_pem && key.is_empty() && !has_key(&cert) {
+        // Apple's certificate alone: it belongs to the pending request's key.
+        return match s
+            .lanyard
+            .complete_push_request(&sess.actor, &s.secrets, &cert, force)
+            .await
+        {
+            Ok(_) => see_other("/portal/apns?done=uploaded"),
+            Err(e) => {
+                let (status, text) = describe(e);
+                let text = format!("Nothing was changed. {text}");
+                apns_page(&s, &sess, status, Some(Notice::Error(text))).await
+            }
+        };
+    }
     let upload = if is_pem {
         // A PEM file may hold the key too; otherwise the key comes as its own file.
         let key_src: &[u8] = if key.is_empty() { &cert } else { &key };
@@ -706,6 +777,53 @@ async fn upload_apns(
             let text = format!("Nothing was changed. {text}");
             apns_page(&s, &sess, status, Some(Notice::Error(text))).await
         }
+    }
+}
+
+/// Step 1 of the APNs page: a new pending push key and CSR.
+async fn create_apns_request(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, _) = match change_form(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match s
+        .lanyard
+        .create_push_request(&sess.actor, &s.secrets, None)
+        .await
+    {
+        Ok(_) => see_other("/portal/apns?done=requested"),
+        Err(e) => {
+            let (status, text) = describe(e);
+            apns_page(&s, &sess, status, Some(Notice::Error(text))).await
+        }
+    }
+}
+
+/// The pending request's CSR, as a file for the MDM vendor.
+async fn apns_request_csr(State(s): State<AppState>, Viewer(sess): Viewer) -> Response {
+    match s.lanyard.push_request().await {
+        Ok(Some(r)) => (
+            [
+                (header::CONTENT_TYPE, "application/pkcs10"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"lanyard-push.csr\"",
+                ),
+            ],
+            r.csr_pem,
+        )
+            .into_response(),
+        Ok(None) => message_page(
+            Some(&sess),
+            StatusCode::NOT_FOUND,
+            "APNs certificate",
+            "No push certificate request is pending: make one on the APNs certificate page.",
+        ),
+        Err(e) => error_page(Some(&sess), e),
     }
 }
 
