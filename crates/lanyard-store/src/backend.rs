@@ -241,6 +241,24 @@ fn throttle_wait(attempts: &str) -> String {
 macro_rules! impl_store {
     ($store:ty, $conn:ty, $name:literal) => {
         impl $store {
+            /// Inserts or replaces one row of PKI material (upload, renewal, a completed
+            /// pending request).
+            async fn upsert_pki(conn: &mut $conn, m: &PkiMaterial) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO pki_material (name, cert_pem, key_sealed, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
+                     cert_pem = excluded.cert_pem, key_sealed = excluded.key_sealed, \
+                     created_at = excluded.created_at",
+                )
+                .bind(&m.name)
+                .bind(&m.cert_pem)
+                .bind(&m.key_sealed)
+                .bind(m.created_at)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
             pub(crate) async fn write_audit(conn: &mut $conn, audit: &Audit) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO audit_log (at, actor, action, target, detail) \
@@ -873,18 +891,7 @@ macro_rules! impl_store {
 
             async fn put_pki(&self, m: &PkiMaterial, audit: &Audit) -> Result<()> {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO pki_material (name, cert_pem, key_sealed, created_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
-                     cert_pem = excluded.cert_pem, key_sealed = excluded.key_sealed, \
-                     created_at = excluded.created_at",
-                )
-                .bind(&m.name)
-                .bind(&m.cert_pem)
-                .bind(&m.key_sealed)
-                .bind(m.created_at)
-                .execute(&mut *tx)
-                .await?;
+                Self::upsert_pki(&mut tx, m).await?;
                 Self::write_audit(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())
@@ -968,18 +975,7 @@ macro_rules! impl_store {
                         return Err(StoreError::NotFound(format!("pending {name}")));
                     }
                 }
-                sqlx::query(
-                    "INSERT INTO pki_material (name, cert_pem, key_sealed, created_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
-                     cert_pem = excluded.cert_pem, key_sealed = excluded.key_sealed, \
-                     created_at = excluded.created_at",
-                )
-                .bind(&m.name)
-                .bind(&m.cert_pem)
-                .bind(&m.key_sealed)
-                .bind(m.created_at)
-                .execute(&mut *tx)
-                .await?;
+                Self::upsert_pki(&mut tx, m).await?;
                 Self::write_audit(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())
