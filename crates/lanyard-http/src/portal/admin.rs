@@ -22,8 +22,9 @@ use lanyard_core::CoreError;
 use lanyard_store::{AuditSearch, ListQuery};
 
 use super::{
-    change_form, describe, error_page, layout, message_page, notice, or_dash, page_number, pager,
-    qv, see_other, session, when, Fields, Nav, Notice, Session, Viewer, PAGE_SIZE,
+    change_form, describe, enabled_field, error_page, layout, message_page, notice, or_dash,
+    page_number, pager, qv, see_other, session, when, Fields, Nav, Notice, Session, Viewer,
+    PAGE_SIZE,
 };
 use crate::pages::esc;
 use crate::AppState;
@@ -264,17 +265,9 @@ async fn set_enabled(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let enabled = match f.get("enabled") {
-        "true" => true,
-        "false" => false,
-        _ => {
-            return message_page(
-                Some(&sess),
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Not done",
-                "Enabled is true or false.",
-            )
-        }
+    let enabled = match enabled_field(&sess, &f) {
+        Ok(e) => e,
+        Err(r) => return r,
     };
     let done = if enabled { "enabled" } else { "disabled" };
     let input = UpdateUser {

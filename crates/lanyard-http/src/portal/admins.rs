@@ -15,7 +15,7 @@ use serde::Deserialize;
 use lanyard_core::admins::Role;
 
 use super::{
-    change_form, describe, error_page, layout, message_page, notice, see_other, Fields, Nav,
+    change_form, describe, enabled_field, error_page, layout, notice, see_other, Fields, Nav,
     Notice, Session, Viewer,
 };
 use crate::auth::{cookie, SESSION_COOKIE};
@@ -251,17 +251,9 @@ async fn set_enabled(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let enabled = match f.get("enabled") {
-        "true" => true,
-        "false" => false,
-        _ => {
-            return message_page(
-                Some(&sess),
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Not done",
-                "Enabled is true or false.",
-            )
-        }
+    let enabled = match enabled_field(&sess, &f) {
+        Ok(e) => e,
+        Err(r) => return r,
     };
     let outcome = s
         .lanyard

@@ -219,6 +219,20 @@ impl Fields {
     }
 }
 
+/// The `enabled` field of an enable/disable form (`true` or `false`), or the 422 page saying so.
+pub(crate) fn enabled_field(sess: &Session, f: &Fields) -> Result<bool, Response> {
+    match f.get("enabled") {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(message_page(
+            Some(sess),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Not done",
+            "Enabled is true or false.",
+        )),
+    }
+}
+
 /// Reads a urlencoded form, or answers a clear 400 page.
 pub(crate) fn fields(
     sess: &Session,
