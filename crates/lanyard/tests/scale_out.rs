@@ -308,7 +308,7 @@ async fn two_servers_one_database_survive_a_sigkill() {
             answered.load(Ordering::SeqCst)
         }
     };
-    let polling = futures_join_all(&mut macs, &wants, &answered);
+    let polling = answer_all(&mut macs, &wants, &answered);
     let (at_kill, seen) = tokio::join!(killer, polling);
     apns.set_delay(Duration::ZERO);
     let after = lb.passed();
@@ -423,7 +423,7 @@ fn hex_of(bytes: &[u8]) -> String {
 }
 
 /// Runs [`answer_until`] for every Mac at once.
-async fn futures_join_all(
+async fn answer_all(
     macs: &mut [SimMac],
     wants: &[Vec<String>],
     answered: &AtomicUsize,
@@ -432,29 +432,5 @@ async fn futures_join_all(
     for (mac, want) in macs.iter_mut().zip(wants) {
         set.push(answer_until(mac, want, answered));
     }
-    join_all(set).await
-}
-
-/// Polls every future until all are done (they borrow, so they cannot be spawned).
-async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.unwrap()).collect()
+    futures::future::join_all(set).await
 }
