@@ -142,6 +142,11 @@ pub struct ServeArgs {
     /// requests with `Authorization: Bearer <token>`.
     #[arg(long, env = "LANYARD_METRICS_TOKEN_FILE")]
     pub metrics_token_file: Option<PathBuf>,
+    /// The CSR signing service the portal and the API send push certificate requests to
+    /// (for operators without their own MDM vendor certificate). Its API key is given with
+    /// each request, never here. Default: https://mdmcert.download
+    #[arg(long, env = "LANYARD_SIGNING_SERVICE_URL", value_name = "URL")]
+    pub signing_service_url: Option<String>,
 }
 
 /// A duration written as a whole number and a unit: `s`, `m`, `h` or `d` (`30d`, `600s`).
@@ -203,6 +208,7 @@ pub struct FileConfig {
     pub hsts_max_age: Option<u64>,
     pub metrics_listen: Option<String>,
     pub metrics_token_file: Option<PathBuf>,
+    pub signing_service_url: Option<String>,
 }
 
 impl FileConfig {
@@ -258,6 +264,8 @@ pub struct ServeConfig {
     /// Where `/metrics` is served instead of `listen`, when set.
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_token_file: Option<PathBuf>,
+    /// The push certificate signing service (`--signing-service-url`).
+    pub signing_service_url: String,
     /// Proxies whose X-Forwarded-For names the client.
     pub trusted_proxies: Vec<Cidr>,
 }
@@ -445,6 +453,11 @@ impl ServeConfig {
                 .metrics_token_file
                 .clone()
                 .or_else(|| file.metrics_token_file.clone()),
+            signing_service_url: s
+                .signing_service_url
+                .clone()
+                .or_else(|| file.signing_service_url.clone())
+                .unwrap_or_else(|| lanyard_core::pushcert::DEFAULT_SIGNING_SERVICE_URL.into()),
             tls,
             trusted_proxies: trusted_proxies(s, file)?,
         })
@@ -576,6 +589,7 @@ mod tests {
             hsts_max_age: None,
             metrics_listen: None,
             metrics_token_file: None,
+            signing_service_url: None,
         }
     }
 

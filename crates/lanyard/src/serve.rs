@@ -151,6 +151,10 @@ pub async fn run(
             min_free_bytes: serve.min_free_bytes,
         },
         headers,
+        signing_service: Arc::new(
+            lanyard_core::pushcert::signing_service(&serve.signing_service_url)
+                .context("--signing-service-url")?,
+        ),
     });
     tokio::spawn(prune_leftovers(lanyard.clone()));
     println!(
