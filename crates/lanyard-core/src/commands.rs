@@ -669,7 +669,7 @@ pub(crate) fn outcome_of(
         &report.result,
         &plist::XmlWriteOptions::default().indent(0, 0),
     )
-    .map_err(|e| CoreError::Internal(e.to_string()))?;
+    .map_err(|e| CoreError::failed("encoding a command result", e))?;
     if result_bytes.len() > STORED_RESULT_LIMIT {
         return Err(CoreError::TooLarge(format!(
             "the command result is larger than this server stores ({} KiB at most)",

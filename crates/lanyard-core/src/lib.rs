@@ -29,7 +29,7 @@ pub mod users;
 
 use std::sync::Arc;
 
-pub use error::{CoreError, Result};
+pub use error::{CoreError, ErrorChain, Result};
 pub use lanyard_store as store;
 use lanyard_store::Store;
 

@@ -198,39 +198,20 @@ pub(crate) fn step_url(step: FlowStep) -> &'static str {
     }
 }
 
-/// Maps a domain error on a page to a refusal page with the right status.
+/// A domain error on a page: a refusal page with the one mapping's status and message
+/// ([`crate::error::answer`], which also logs it).
 pub(crate) fn refuse(s: &AppState, e: CoreError) -> Response {
-    let status = match &e {
-        CoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => StatusCode::FORBIDDEN,
-        CoreError::NotFound(_) => StatusCode::NOT_FOUND,
-        CoreError::Conflict(_) => StatusCode::CONFLICT,
-        CoreError::RateLimited {
-            retry_after_secs, ..
-        } => {
-            let mut res = refusal(s, StatusCode::TOO_MANY_REQUESTS, &e.to_string());
-            if let Some(secs) = retry_after_secs {
-                crate::error::retry_after(&mut res, *secs);
-            }
-            return res;
-        }
-        CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
-        CoreError::Unavailable(why) => {
-            tracing::warn!(cause = %why, "enrollment page refused: database unavailable");
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        CoreError::Store(_) | CoreError::Internal(_) => {
-            tracing::error!(error = %e, "enrollment page failed");
-            return refusal(
-                s,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong on the server. Try again in a moment.",
-            );
-        }
+    let a = crate::error::answer(&e);
+    let text = if a.status == StatusCode::INTERNAL_SERVER_ERROR {
+        "Something went wrong on the server. Try again in a moment."
+    } else {
+        &a.message
     };
-    refusal(s, status, &e.to_string())
+    let mut res = refusal(s, a.status, text);
+    if let Some(secs) = a.retry_after {
+        crate::error::retry_after(&mut res, secs);
+    }
+    res
 }
 
 #[derive(Deserialize, Default)]

@@ -251,36 +251,22 @@ pub(crate) fn fields(
     }
 }
 
-/// The status and on-page message for a domain error. Server faults are logged once, here.
+/// The status and on-page message for a domain error: the one mapping
+/// ([`crate::error::answer`], which also logs it), rendered as a sentence.
 pub(crate) fn describe(e: CoreError) -> (StatusCode, String) {
-    let status = match &e {
-        CoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        CoreError::NotFound(_) => StatusCode::NOT_FOUND,
-        CoreError::Conflict(_) => StatusCode::CONFLICT,
-        CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => StatusCode::FORBIDDEN,
-        CoreError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
-        CoreError::Unavailable(why) => {
-            tracing::warn!(cause = %why, "portal request refused: database unavailable");
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        CoreError::Store(_) | CoreError::Internal(_) => {
-            tracing::error!(error = %e, "portal request failed");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong on the server; the server log has the details.".into(),
-            );
-        }
-    };
-    let text = e.to_string();
-    let mut c = text.chars();
+    let a = crate::error::answer(&e);
+    if a.status == StatusCode::INTERNAL_SERVER_ERROR {
+        return (
+            a.status,
+            "Something went wrong on the server; the server log has the details.".into(),
+        );
+    }
+    let mut c = a.message.chars();
     let text = match c.next() {
         Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
-        None => text,
+        None => a.message.clone(),
     };
-    (status, text)
+    (a.status, text)
 }
 
 pub(crate) fn error_page(sess: Option<&Session>, e: CoreError) -> Response {
