@@ -866,6 +866,15 @@ impl Lanyard {
             .mark_inactive_enrollments(now - Duration::days(i64::from(days)))
             .await?)
     }
+
+    /// One enrollment, by its id.
+    pub async fn enrollment(&self, id: &str) -> Result<EnrollmentView> {
+        self.store
+            .enrollment(id)
+            .await?
+            .map(EnrollmentView::from)
+            .ok_or_else(|| CoreError::NotFound(format!("enrollment {id}")))
+    }
 }
 
 /// Enrollments matching the one device search ([`Lanyard::device_list`] without the total;

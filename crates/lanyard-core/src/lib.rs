@@ -111,6 +111,16 @@ impl Lanyard {
         }
     }
 
+    /// The database backend's name (`sqlite` or `postgres`), for health reports.
+    pub fn database_backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    /// One round trip to the database (health checks).
+    pub async fn ping_database(&self) -> Result<()> {
+        Ok(self.store.ping().await?)
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

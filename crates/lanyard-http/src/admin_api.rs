@@ -498,12 +498,7 @@ async fn list_api_tokens(
     State(s): State<AppState>,
     Authed(_viewer): Authed,
 ) -> ApiResult<Json<Vec<ApiTokenView>>> {
-    let tokens = s
-        .lanyard
-        .store()
-        .list_api_tokens()
-        .await
-        .map_err(lanyard_core::CoreError::from)?;
+    let tokens = s.lanyard.list_api_tokens().await?;
     Ok(Json(tokens.into_iter().map(Into::into).collect()))
 }
 
@@ -677,14 +672,7 @@ async fn get_device(
     Authed(_viewer): Authed,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<EnrollmentView>> {
-    let e = s
-        .lanyard
-        .store()
-        .enrollment(&id)
-        .await
-        .map_err(lanyard_core::CoreError::from)?
-        .ok_or_else(|| ApiError::not_found(format!("enrollment {id} not found")))?;
-    Ok(Json(e.into()))
+    Ok(Json(s.lanyard.enrollment(&id).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
