@@ -17,10 +17,10 @@ use lanyard_core::CoreError;
 use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentStatus};
 
 use super::{
-    change_form, error_page, layout, message_page, notice, or_dash, page_number, pager, qv,
-    see_other, when, Nav, Notice, Session, Viewer, PAGE_SIZE,
+    change_form, error_page, layout, message_page, notice, or_dash, page_number, pager, when, Nav,
+    Notice, Session, Viewer, PAGE_SIZE,
 };
-use crate::pages::esc;
+use crate::html::{esc, qv, see_other};
 use crate::AppState;
 
 pub fn routes() -> axum::Router<AppState> {

@@ -36,7 +36,7 @@ use lanyard_core::admins::Role;
 use lanyard_core::{Actor, CoreError};
 
 use crate::auth::{constant_time_eq, cookie, SESSION_COOKIE};
-use crate::pages::esc;
+use crate::html::{esc, page_headers, see_other};
 use crate::AppState;
 
 /// The pre-sign-in CSRF cookie (double submit on the sign-in form only).
@@ -83,14 +83,6 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
-}
-
-pub(crate) fn see_other(location: &str) -> Response {
-    let mut res = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    res
 }
 
 /// The signed-in administrator of a portal request.
@@ -337,19 +329,17 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Audit, "/portal/audit", "Audit log"),
 ];
 
+/// The portal's Content-Security-Policy: no inline script or style.
+const PORTAL_CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; \
+     img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; \
+     frame-ancestors 'none'";
+
 /// Page-specific headers; `Cache-Control: no-store` and `nosniff` come from the one
 /// response-headers layer ([`crate::response_headers`]).
 fn secure_headers(res: &mut Response) {
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; \
-             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-        ),
-    );
-    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    page_headers(res, PORTAL_CSP);
+    res.headers_mut()
+        .insert("referrer-policy", HeaderValue::from_static("same-origin"));
 }
 
 fn head(title: &str) -> String {
@@ -432,19 +422,6 @@ pub(crate) fn or_dash(s: Option<&str>) -> String {
         Some(s) if !s.is_empty() => esc(s),
         _ => "—".into(),
     }
-}
-
-/// Percent-encodes a query value.
-pub(crate) fn qv(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// "Previous / Next" links for a list; `more` says whether a next page exists.
@@ -650,12 +627,6 @@ async fn sign_out(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_values_are_encoded() {
-        assert_eq!(qv("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
-        assert_eq!(qv("ann@example.com"), "ann%40example.com");
-    }
 
     #[test]
     fn pager_links() {
