@@ -99,6 +99,7 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
+/// What unlocking an administrator or a user forgot.
 #[derive(Serialize, ToSchema)]
 pub struct Unlocked {
     /// How many client addresses had failed sign-ins counted against the name.
