@@ -93,9 +93,10 @@ async fn health(s: &Server, c: &reqwest::Client) -> (u16, Option<String>, Value)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_fails_fast_with_503_and_recovers() {
-    let Some((url, admin, name)) = support::fresh_pg_database().await else {
+    let Some(db) = support::fresh_pg_database().await else {
         return;
     };
+    let url = db.url().to_string();
     let upstream: SocketAddr = {
         let hp = host_port(&url);
         tokio::net::lookup_host(hp).await.unwrap().next().unwrap()
@@ -105,7 +106,7 @@ async fn postgres_down_fails_fast_with_503_and_recovers() {
     let s = Server::start_on(
         tempfile::tempdir().unwrap(),
         proxied,
-        Some((admin, name)),
+        Some(db),
         &[("LANYARD_DATABASE_ACQUIRE_TIMEOUT", "1")],
     );
     let c = s.client();
