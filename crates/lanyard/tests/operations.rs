@@ -6,6 +6,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -217,7 +219,9 @@ fn start_up_names_the_unreachable_database() {
     assert!(err.to_lowercase().contains("refused"), "{err}");
 }
 
-async fn health_headers_and_files(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn health_headers_and_files(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = Server::start(db).await else {
         return;
     };
@@ -293,16 +297,6 @@ async fn health_headers_and_files(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn health_headers_and_files_sqlite() {
-    health_headers_and_files(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn health_headers_and_files_postgres() {
-    health_headers_and_files(Db::Postgres).await;
-}
-
 /// A nearly full disk is not healthy: 503 with the reason.
 #[tokio::test]
 async fn low_disk_is_unhealthy() {
@@ -351,7 +345,9 @@ async fn hsts_behind_a_proxy_only_when_configured() {
     s.stop().await;
 }
 
-async fn secret_key_guards(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn secret_key_guards(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = Server::start(db).await else {
         return;
     };
@@ -410,16 +406,6 @@ async fn secret_key_guards(db: Db) {
     assert!(ok, "{out}{err}");
     assert!(!key.exists());
     s.stop().await;
-}
-
-#[tokio::test]
-async fn secret_key_guards_sqlite() {
-    secret_key_guards(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn secret_key_guards_postgres() {
-    secret_key_guards(Db::Postgres).await;
 }
 
 /// `--secret-key-file` names where a first start writes the key (owner only), instead of the
