@@ -1,9 +1,24 @@
 //! HTML and URL pieces shared by the server-rendered pages of both audiences, the portal and
-//! the enrollment pages: escaping, query-value encoding, redirects after a form, and the
-//! headers every page carries. Each audience keeps its own layout.
+//! the enrollment pages: the template macro, the CSRF field, query-value encoding, redirects
+//! after a form, and the headers every page carries. Each audience keeps its own layout.
+//!
+//! Pages are written with [`maud`]'s `html!` templates, checked at compile time: every value
+//! spliced into a template is escaped for HTML text and (double-quoted) attribute values unless
+//! it is itself [`Markup`], so no page builds HTML by joining strings.
 
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
+pub(crate) use maud::{html, Markup, DOCTYPE};
+
+/// A rendered page as a response with `status` (each audience's layout adds its headers).
+pub fn render(status: StatusCode, page: Markup) -> Response {
+    (status, Html(page.into_string())).into_response()
+}
+
+/// The hidden CSRF field every form carries.
+pub fn csrf_field(token: &str) -> Markup {
+    html! { input type="hidden" name="csrf" value=(token); }
+}
 
 /// Escapes text for HTML element content and attribute values.
 pub fn esc(s: &str) -> String {

@@ -10,13 +10,13 @@ mod pages;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 
 use lanyard_core::enrollment::FlowStep;
 use lanyard_core::CoreError;
 
-use crate::html::{esc, page_headers};
+use crate::html::{html, page_headers, render, Markup, DOCTYPE};
 use crate::AppState;
 
 pub const FLOW_COOKIE: &str = "lanyard_flow";
@@ -56,16 +56,26 @@ button{margin-top:1.2rem;width:100%;padding:.7rem;border:0;border-radius:8px;bac
 .muted{color:#6e6e73;font-size:.9rem}fieldset{border:0;padding:0;margin:.5rem 0}\
 fieldset label{font-weight:400;display:flex;gap:.5rem;align-items:center}ul{padding-left:1.2rem}";
 
-pub(crate) fn page(status: StatusCode, org: &str, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{t} · {o}</title><style>{STYLE}</style></head><body><main>\
-         <p class=\"muted\">{o}</p><h1>{t}</h1>{body}</main></body></html>",
-        t = esc(title),
-        o = esc(org),
-    );
-    let mut res = (status, Html(html)).into_response();
+pub(crate) fn page(status: StatusCode, org: &str, title: &str, body: Markup) -> Response {
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width,initial-scale=1";
+                title { (title) " · " (org) }
+                style { (maud::PreEscaped(STYLE)) }
+            }
+            body {
+                main {
+                    p .muted { (org) }
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    };
+    let mut res = render(status, page);
     page_headers(&mut res, ENROLLMENT_CSP);
     res
 }
@@ -76,22 +86,17 @@ pub(crate) fn refusal(s: &AppState, status: StatusCode, message: &str) -> Respon
         status,
         s.enrollment.organization(),
         "This Mac can't be enrolled",
-        &format!(
-            "<p id=\"message\" class=\"error\" role=\"alert\">{}</p>",
-            esc(message)
-        ),
+        error_block(Some(message)),
     )
 }
 
-pub(crate) fn error_block(message: Option<&str>) -> String {
-    message
-        .map(|m| {
-            format!(
-                "<p id=\"message\" class=\"error\" role=\"alert\">{}</p>",
-                esc(m)
-            )
-        })
-        .unwrap_or_default()
+/// The error above a form (nothing when there is none).
+pub(crate) fn error_block(message: Option<&str>) -> Markup {
+    html! {
+        @if let Some(m) = message {
+            p #message .error role="alert" { (m) }
+        }
+    }
 }
 
 pub(crate) fn set_cookie(res: &mut Response, name: &str, value: &str, max_age: i64) {
@@ -132,7 +137,7 @@ mod tests {
 
     #[test]
     fn enrollment_pages_let_the_form_hand_off_to_the_mac() {
-        let res = page(StatusCode::OK, "Example", "Sign in", "");
+        let res = page(StatusCode::OK, "Example", "Sign in", html! {});
         let csp = res.headers()[header::CONTENT_SECURITY_POLICY]
             .to_str()
             .unwrap();
@@ -148,5 +153,28 @@ mod tests {
         );
         assert!(AUTH_RESULT.starts_with("apple-remotemanagement-user-login://"));
         assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    }
+
+    #[tokio::test]
+    async fn an_error_on_a_page_is_escaped() {
+        use http_body_util::BodyExt;
+        let hostile = "<script>alert(\"x\")</script> & 'y'";
+        let res = page(
+            StatusCode::OK,
+            "Org <b>\"",
+            "Sign in",
+            error_block(Some(hostile)),
+        );
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(
+            !body.contains("<script>") && !body.contains("<b>"),
+            "{body}"
+        );
+        assert!(
+            body.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; 'y'"),
+            "{body}"
+        );
+        assert!(body.contains("Org &lt;b&gt;&quot;"), "{body}");
     }
 }

@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use super::{refusal, refuse, set_cookie, step_url, FLOW_COOKIE};
 use crate::auth::{constant_time_eq, cookie};
-use crate::html::{esc, see_other};
+use crate::html::{html, see_other, Markup};
 use crate::AppState;
 
 /// Binds a started sign-in to the browser that started it.
@@ -41,35 +41,36 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The "Sign in with …" links for the sign-in page (empty when no provider is enabled).
-pub(crate) async fn provider_links(s: &AppState, user_identifier: &str) -> String {
+pub(crate) async fn provider_links(s: &AppState, user_identifier: &str) -> Markup {
     let buttons = match s.oidc.buttons().await {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "listing identity providers failed");
-            return String::new();
+            Vec::new()
         }
     };
-    if buttons.is_empty() {
-        return String::new();
-    }
-    let mut html = String::from("<p class=\"muted\">Or</p>");
-    for b in buttons {
-        let mut href = url::form_urlencoded::Serializer::new(String::new());
-        href.append_pair("provider", &b.name);
+    let start_url = |name: &str| {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("provider", name);
         if !user_identifier.trim().is_empty() {
-            href.append_pair("user-identifier", user_identifier.trim());
+            q.append_pair("user-identifier", user_identifier.trim());
         }
-        html.push_str(&format!(
-            "<p><a class=\"idp\" id=\"idp-{n}\" href=\"/enroll/oidc/start?{q}\" \
-             style=\"display:block;text-align:center;padding:.7rem;border:1px solid #0071e3;\
-             border-radius:8px;color:#0071e3;text-decoration:none;font-weight:600\">\
-             Sign in with {d}</a></p>",
-            n = esc(&b.name),
-            q = esc(&href.finish()),
-            d = esc(&b.display_name),
-        ));
+        format!("/enroll/oidc/start?{}", q.finish())
+    };
+    html! {
+        @if !buttons.is_empty() {
+            p .muted { "Or" }
+        }
+        @for b in &buttons {
+            p {
+                a .idp #{ "idp-" (b.name) } href=(start_url(&b.name))
+                    style="display:block;text-align:center;padding:.7rem;border:1px solid #0071e3;\
+                           border-radius:8px;color:#0071e3;text-decoration:none;font-weight:600" {
+                    "Sign in with " (b.display_name)
+                }
+            }
+        }
     }
-    html
 }
 
 #[derive(Deserialize)]

@@ -26,7 +26,7 @@ use super::{
     error_block, page, refusal, refuse, set_cookie, step_url, AUTH_RESULT, CSRF_COOKIE, FLOW_COOKIE,
 };
 use crate::auth::{constant_time_eq, cookie};
-use crate::html::{esc, see_other};
+use crate::html::{csrf_field, html, see_other, Markup};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -99,25 +99,26 @@ fn sign_in_form(
     email: &str,
     user_identifier: &str,
     message: Option<&str>,
-    providers: &str,
+    providers: Markup,
 ) -> Response {
-    let body = format!(
-        "<p>Sign in with your work or school account to enroll this Mac. Your organisation will \
-         manage only work data on it.</p>{err}\
-         <form method=\"post\" action=\"/enroll/sign-in\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <input type=\"hidden\" name=\"user_identifier\" value=\"{uid}\">\
-         <label for=\"email\">Email or managed Apple Account</label>\
-         <input id=\"email\" type=\"email\" name=\"email\" value=\"{email}\" autocomplete=\"username\" required>\
-         <label for=\"password\">Password</label>\
-         <input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
-         <button type=\"submit\">Sign in</button></form>{providers}",
-        err = error_block(message),
-        csrf = esc(csrf),
-        uid = esc(user_identifier),
-        email = esc(email),
-    );
-    page(status, s.enrollment.organization(), "Sign in", &body)
+    let body = html! {
+        p {
+            "Sign in with your work or school account to enroll this Mac. Your organisation \
+             will manage only work data on it."
+        }
+        (error_block(message))
+        form method="post" action="/enroll/sign-in" {
+            (csrf_field(csrf))
+            input type="hidden" name="user_identifier" value=(user_identifier);
+            label for="email" { "Email or managed Apple Account" }
+            input #email type="email" name="email" value=(email) autocomplete="username" required;
+            label for="password" { "Password" }
+            input #password type="password" name="password" autocomplete="current-password" required;
+            button type="submit" { "Sign in" }
+        }
+        (providers)
+    };
+    page(status, s.enrollment.organization(), "Sign in", body)
 }
 
 async fn sign_in_page(
@@ -132,7 +133,7 @@ async fn sign_in_page(
     let (csrf, fresh) = csrf_token(&headers);
     let providers = super::oidc::provider_links(&s, &uid).await;
     with_csrf(
-        sign_in_form(&s, StatusCode::OK, &csrf, &uid, &uid, None, &providers),
+        sign_in_form(&s, StatusCode::OK, &csrf, &uid, &uid, None, providers),
         &csrf,
         fresh,
     )
@@ -186,7 +187,7 @@ async fn sign_in_submit(
             &f.email,
             &f.user_identifier,
             Some(&m),
-            &super::oidc::provider_links(&s, &f.user_identifier).await,
+            super::oidc::provider_links(&s, &f.user_identifier).await,
         ),
         Err(CoreError::RateLimited {
             retry_after_secs, ..
@@ -198,7 +199,7 @@ async fn sign_in_submit(
                 &f.email,
                 &f.user_identifier,
                 Some("Too many failed sign-ins. Wait a little, then try again."),
-                &super::oidc::provider_links(&s, &f.user_identifier).await,
+                super::oidc::provider_links(&s, &f.user_identifier).await,
             );
             if let Some(secs) = retry_after_secs {
                 crate::error::retry_after(&mut res, secs);
@@ -241,29 +242,41 @@ async fn privacy_page(State(s): State<AppState>, headers: HeaderMap) -> Response
         Err(r) => return r,
     };
     let (csrf, fresh) = csrf_token(&headers);
-    let org = esc(&state.organization);
-    let body =
-        format!(
-        "<p>Signed in as <strong>{who}</strong>. Enrolling this personal Mac creates a separate, \
-         encrypted volume for work data.</p>\
-         <h2>{org} can</h2><ul><li>install and remove work apps, accounts and settings</li>\
-         <li>see the macOS version, the Mac's model and the work data it manages</li>\
-         <li>remove all work data, leaving your personal data untouched</li></ul>\
-         <h2>{org} cannot</h2><ul><li>see your personal email, messages, photos, files or \
-         browsing</li><li>see your personal apps or their data</li><li>see the Mac's serial \
-         number or locate it</li><li>erase or lock your Mac</li></ul>\
-         <form method=\"post\" action=\"/enroll/privacy\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <button type=\"submit\">Continue</button></form>",
-        who = esc(state.user.managed_apple_id.as_deref().unwrap_or(&state.user.email)),
-        csrf = esc(&csrf),
-    );
+    let org = &state.organization;
+    let who = state
+        .user
+        .managed_apple_id
+        .as_deref()
+        .unwrap_or(&state.user.email);
+    let body = html! {
+        p {
+            "Signed in as " strong { (who) } ". Enrolling this personal Mac creates a separate, \
+             encrypted volume for work data."
+        }
+        h2 { (org) " can" }
+        ul {
+            li { "install and remove work apps, accounts and settings" }
+            li { "see the macOS version, the Mac's model and the work data it manages" }
+            li { "remove all work data, leaving your personal data untouched" }
+        }
+        h2 { (org) " cannot" }
+        ul {
+            li { "see your personal email, messages, photos, files or browsing" }
+            li { "see your personal apps or their data" }
+            li { "see the Mac's serial number or locate it" }
+            li { "erase or lock your Mac" }
+        }
+        form method="post" action="/enroll/privacy" {
+            (csrf_field(&csrf))
+            button type="submit" { "Continue" }
+        }
+    };
     with_csrf(
         page(
             StatusCode::OK,
             &state.organization,
             "What your organisation can see",
-            &body,
+            body,
         ),
         &csrf,
         fresh,
@@ -292,25 +305,34 @@ async fn privacy_submit(
 }
 
 fn ownership_form(s: &AppState, csrf: &str, status: StatusCode, message: Option<&str>) -> Response {
-    let body = format!(
-        "<p>Who owns this Mac?</p>{err}<form method=\"post\" action=\"/enroll/ownership\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><fieldset>\
-         <legend class=\"muted\">Device ownership</legend>\
-         <label><input type=\"radio\" name=\"ownership\" value=\"employee\" required> \
-         Employee — my own Mac</label>\
-         <label><input type=\"radio\" name=\"ownership\" value=\"corporate\"> Corporate — owned \
-         by the organisation</label>\
-         <label><input type=\"radio\" name=\"ownership\" value=\"shared\"> Shared — used by \
-         several people</label></fieldset>\
-         <button type=\"submit\">Continue</button></form>",
-        err = error_block(message),
-        csrf = esc(csrf),
-    );
+    let body = html! {
+        p { "Who owns this Mac?" }
+        (error_block(message))
+        form method="post" action="/enroll/ownership" {
+            (csrf_field(csrf))
+            fieldset {
+                legend .muted { "Device ownership" }
+                label {
+                    input type="radio" name="ownership" value="employee" required;
+                    " Employee — my own Mac"
+                }
+                label {
+                    input type="radio" name="ownership" value="corporate";
+                    " Corporate — owned by the organisation"
+                }
+                label {
+                    input type="radio" name="ownership" value="shared";
+                    " Shared — used by several people"
+                }
+            }
+            button type="submit" { "Continue" }
+        }
+    };
     page(
         status,
         s.enrollment.organization(),
         "Device ownership",
-        &body,
+        body,
     )
 }
 
@@ -362,51 +384,38 @@ async fn ownership_submit(
     }
 }
 
-fn attribute_input(a: &CustomAttribute, value: &str) -> String {
+fn attribute_input(a: &CustomAttribute, value: &str) -> Markup {
     let name = format!("attr:{}", a.name);
     let id = format!("attr-{}", a.id);
-    let req = if a.required { " required" } else { "" };
-    let label = format!(
-        "<label for=\"{id}\">{}{}</label>",
-        esc(&a.name),
-        if a.required {
-            ""
-        } else {
-            " <span class=\"muted\">(optional)</span>"
-        }
-    );
-    let control = match a.kind {
-        AttributeKind::Text => format!(
-            "<input id=\"{id}\" type=\"text\" name=\"{n}\" value=\"{v}\" maxlength=\"500\"{req}>",
-            n = esc(&name),
-            v = esc(value)
-        ),
-        AttributeKind::Number => format!(
-            "<input id=\"{id}\" type=\"number\" step=\"any\" name=\"{n}\" value=\"{v}\"{req}>",
-            n = esc(&name),
-            v = esc(value)
-        ),
-        AttributeKind::Boolean | AttributeKind::Choice => {
-            let options: Vec<(String, String)> = if a.kind == AttributeKind::Boolean {
-                vec![("true".into(), "Yes".into()), ("false".into(), "No".into())]
-            } else {
-                a.choices.iter().map(|c| (c.clone(), c.clone())).collect()
-            };
-            let mut html = format!("<select id=\"{id}\" name=\"{}\"{req}>", esc(&name));
-            html.push_str("<option value=\"\">—</option>");
-            for (v, text) in options {
-                let sel = if v == value { " selected" } else { "" };
-                html.push_str(&format!(
-                    "<option value=\"{}\"{sel}>{}</option>",
-                    esc(&v),
-                    esc(&text)
-                ));
-            }
-            html.push_str("</select>");
-            html
-        }
+    let options: Vec<(&str, &str)> = match a.kind {
+        AttributeKind::Boolean => vec![("true", "Yes"), ("false", "No")],
+        AttributeKind::Choice => a.choices.iter().map(|c| (c.as_str(), c.as_str())).collect(),
+        AttributeKind::Text | AttributeKind::Number => Vec::new(),
     };
-    format!("{label}{control}")
+    html! {
+        label for=(id) {
+            (a.name)
+            @if !a.required {
+                " " span .muted { "(optional)" }
+            }
+        }
+        @match a.kind {
+            AttributeKind::Text => {
+                input #(id) type="text" name=(name) value=(value) maxlength="500" required[a.required];
+            }
+            AttributeKind::Number => {
+                input #(id) type="number" step="any" name=(name) value=(value) required[a.required];
+            }
+            AttributeKind::Boolean | AttributeKind::Choice => {
+                select #(id) name=(name) required[a.required] {
+                    option value="" { "—" }
+                    @for (v, text) in options {
+                        option value=(v) selected[v == value] { (text) }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn attributes_form(
@@ -417,24 +426,23 @@ fn attributes_form(
     status: StatusCode,
     message: Option<&str>,
 ) -> Response {
-    let fields: String = defs
-        .iter()
-        .map(|a| attribute_input(a, values.get(&a.name).map(String::as_str).unwrap_or("")))
-        .collect();
-    let intro = if defs.is_empty() {
-        "<p>One last step.</p>"
-    } else {
-        "<p>Your organisation asks for a few details about this Mac.</p>"
+    let body = html! {
+        @if defs.is_empty() {
+            p { "One last step." }
+        } @else {
+            p { "Your organisation asks for a few details about this Mac." }
+        }
+        (error_block(message))
+        form method="post" action="/enroll/attributes" {
+            (csrf_field(csrf))
+            @for a in defs {
+                (attribute_input(a, values.get(&a.name).map(String::as_str).unwrap_or("")))
+            }
+            p .muted { "Next, your Mac asks you to allow remote management of work data." }
+            button type="submit" { "Allow remote management" }
+        }
     };
-    let body = format!(
-        "{intro}{err}<form method=\"post\" action=\"/enroll/attributes\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{fields}\
-         <p class=\"muted\">Next, your Mac asks you to allow remote management of work data.</p>\
-         <button type=\"submit\">Allow remote management</button></form>",
-        err = error_block(message),
-        csrf = esc(csrf),
-    );
-    page(status, s.enrollment.organization(), "About this Mac", &body)
+    page(status, s.enrollment.organization(), "About this Mac", body)
 }
 
 async fn attributes_page(State(s): State<AppState>, headers: HeaderMap) -> Response {

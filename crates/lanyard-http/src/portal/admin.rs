@@ -158,10 +158,10 @@ async fn users_page(
              <button type=\"submit\" class=\"small\">Reset password</button></form></td></tr>",
             id = u.id,
             email = esc(&u.email),
-            maid = or_dash(u.managed_apple_id.as_deref()),
+            maid = esc(or_dash(u.managed_apple_id.as_deref())),
             name = esc(&u.display_name),
             state = if u.enabled { "Enabled" } else { "Disabled" },
-            csrf = sess.csrf_field(),
+            csrf = sess.csrf_field().into_string(),
         ));
     }
     let table = if list.is_empty() {
@@ -189,15 +189,15 @@ async fn users_page(
          <label for=\"password\">Password (at least 10 characters)</label>\
          <input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"new-password\">\
          <button type=\"submit\">Add user</button></form>",
-        msg = notice(message),
+        msg = notice(message).into_string(),
         search = esc(&search),
-        pager = pager(&format!("/portal/users?search={}", qv(&search)), page, more),
-        csrf = sess.csrf_field(),
+        pager = pager(&format!("/portal/users?search={}", qv(&search)), page, more).into_string(),
+        csrf = sess.csrf_field().into_string(),
         email = esc(form.get("email")),
         dn = esc(form.get("display_name")),
         maid = esc(form.get("managed_apple_id")),
     );
-    layout(sess, status, Nav::Users, "Users", &body)
+    layout(sess, status, Nav::Users, "Users", maud::PreEscaped(body))
 }
 
 fn some(v: &str) -> Option<String> {
@@ -386,7 +386,7 @@ async fn settings_page(
             kind = a.kind.as_str(),
             req = if a.required { "Required" } else { "Optional" },
             choices = esc(&a.choices.join(", ")),
-            csrf = sess.csrf_field(),
+            csrf = sess.csrf_field().into_string(),
         ));
     }
     let attr_table = if attrs.is_empty() {
@@ -435,8 +435,8 @@ async fn settings_page(
          <input id=\"attr_choices\" name=\"choices\">\
          <label class=\"check\"><input type=\"checkbox\" name=\"required\" value=\"on\"> Required</label>\
          <button type=\"submit\">Add attribute</button></form>",
-        msg = notice(message),
-        csrf = sess.csrf_field(),
+        msg = notice(message).into_string(),
+        csrf = sess.csrf_field().into_string(),
         p_sel = if prompt { " selected" } else { "" },
         e_sel = if prompt { "" } else { " selected" },
         min = esc(&min),
@@ -445,7 +445,13 @@ async fn settings_page(
         corp = checked(current.manage_only_corporate_resources),
         mail = checked(current.use_email_as_managed_apple_id),
     );
-    layout(sess, status, Nav::Settings, "Settings", &body)
+    layout(
+        sess,
+        status,
+        Nav::Settings,
+        "Settings",
+        maud::PreEscaped(body),
+    )
 }
 
 /// Builds the settings change from the form; any invalid value refuses the whole form.
@@ -637,7 +643,7 @@ async fn apns_page(
         ),
         None => "<p>No request is pending.</p>".to_string(),
     };
-    let csrf = sess.csrf_field();
+    let csrf = sess.csrf_field().into_string();
     let vendor = match &pending {
         Some(_) => format!(
             "<form method=\"post\" action=\"/portal/apns/request/sign\" \
@@ -728,7 +734,7 @@ async fn apns_page(
          <label class=\"check\"><input type=\"checkbox\" name=\"force\" value=\"on\"> Accept a \
          different topic (enrolled devices must then enroll again)</label>\
          <button type=\"submit\">Upload</button></form>",
-        msg = notice(message),
+        msg = notice(message).into_string(),
         service = esc(s.signing_service.url()),
         make = if pending.is_some() {
             "Make a new request"
@@ -736,7 +742,13 @@ async fn apns_page(
             "Make a request"
         },
     );
-    layout(sess, status, Nav::Apns, "APNs certificate", &body)
+    layout(
+        sess,
+        status,
+        Nav::Apns,
+        "APNs certificate",
+        maud::PreEscaped(body),
+    )
 }
 
 async fn upload_apns(
@@ -1162,9 +1174,15 @@ async fn audit(
             1 => "1 entry".to_string(),
             n => format!("{n} entries"),
         },
-        pager = pager(&base, page, more),
+        pager = pager(&base, page, more).into_string(),
     );
-    layout(&sess, StatusCode::OK, Nav::Audit, "Audit log", &body)
+    layout(
+        &sess,
+        StatusCode::OK,
+        Nav::Audit,
+        "Audit log",
+        maud::PreEscaped(body),
+    )
 }
 
 #[cfg(test)]

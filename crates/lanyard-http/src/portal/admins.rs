@@ -82,7 +82,7 @@ async fn admins_page(
                  <input id=\"pw-{name}\" type=\"password\" name=\"password\" \
                  placeholder=\"New password\" autocomplete=\"new-password\" minlength=\"10\" \
                  required><button type=\"submit\" class=\"small\">Set password</button></form>",
-                csrf = sess.csrf_field(),
+                csrf = sess.csrf_field().into_string(),
             ));
         }
         if write {
@@ -90,7 +90,7 @@ async fn admins_page(
                 actions.push_str(&format!(
                     "<form method=\"post\" action=\"/portal/admins/{name}/unlock\">{csrf}\
                      <button type=\"submit\" class=\"small\">Forget failed sign-ins</button></form>",
-                    csrf = sess.csrf_field(),
+                    csrf = sess.csrf_field().into_string(),
                 ));
             }
             let (value, label) = if a.enabled {
@@ -104,7 +104,7 @@ async fn admins_page(
                  <button type=\"submit\" class=\"small\">{label}</button></form>\
                  <form method=\"post\" action=\"/portal/admins/{name}/remove\">{csrf}\
                  <button type=\"submit\" class=\"small danger\">Remove</button></form>",
-                csrf = sess.csrf_field(),
+                csrf = sess.csrf_field().into_string(),
             ));
         }
         rows.push_str(&format!(
@@ -137,7 +137,7 @@ async fn admins_page(
              <input id=\"password\" type=\"password\" name=\"password\" \
              autocomplete=\"new-password\" required>\
              <button type=\"submit\">Add administrator</button></form>",
-            csrf = sess.csrf_field(),
+            csrf = sess.csrf_field().into_string(),
             username = esc(form.get("username")),
             admin_sel = if form.get("role") == "read-only" {
                 ""
@@ -161,9 +161,15 @@ async fn admins_page(
          <table class=\"admins\"><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th>\
          <th scope=\"col\">State</th><th scope=\"col\">Sign-ins</th>\
          <th scope=\"col\">Actions</th></tr></thead><tbody>{rows}</tbody></table>{add}",
-        msg = notice(message),
+        msg = notice(message).into_string(),
     );
-    layout(sess, status, Nav::Admins, "Administrators", &body)
+    layout(
+        sess,
+        status,
+        Nav::Admins,
+        "Administrators",
+        maud::PreEscaped(body),
+    )
 }
 
 /// After a change: back to the list with a notice, or the list with the refusal explained.

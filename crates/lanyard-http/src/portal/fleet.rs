@@ -89,14 +89,20 @@ fn command_form(sess: &Session, action: &str, button: &str) -> String {
          <label for=\"channel\">Channel</label><select id=\"channel\" name=\"channel\">\
          <option value=\"device\">Device</option><option value=\"user\">User</option></select>\
          <button type=\"submit\">{button}</button></form>",
-        csrf = sess.csrf_field(),
+        csrf = sess.csrf_field().into_string(),
         action = esc(action),
     )
 }
 
 async fn summary(State(s): State<AppState>, Viewer(sess): Viewer) -> Response {
     match summary_body(&s).await {
-        Ok(body) => layout(&sess, StatusCode::OK, Nav::Summary, "Summary", &body),
+        Ok(body) => layout(
+            &sess,
+            StatusCode::OK,
+            Nav::Summary,
+            "Summary",
+            maud::PreEscaped(body),
+        ),
         Err(e) => error_page(Some(&sess), e),
     }
 }
@@ -281,8 +287,8 @@ fn device_table(list: &[EnrollmentView], sort: Option<&SortLinks>) -> String {
              <td>{mode}</td><td>{own}</td><td>{status}</td><td>{seen}</td></tr>",
             id = qv(&e.id),
             who = esc(&e.managed_apple_id),
-            model = or_dash(e.model_family.as_deref().or(e.product.as_deref())),
-            os = or_dash(e.os_version.as_deref()),
+            model = esc(or_dash(e.model_family.as_deref().or(e.product.as_deref()))),
+            os = esc(or_dash(e.os_version.as_deref())),
             mode = esc(&e.enrollment_mode),
             own = esc(&e.ownership),
             status = esc(e.status.label()),
@@ -400,17 +406,23 @@ async fn devices(
          <p class=\"muted\" id=\"total\">{count}</p>{table}{pager}\
          <details class=\"bulk\"><summary>Send a command to every enrolled device matching the \
          search</summary>{bulk}</details>",
-        done = notice(done),
+        done = notice(done).into_string(),
         search = esc(&search),
         table = device_table(&list.items, Some(&links)),
-        pager = pager(&paged, page, more),
+        pager = pager(&paged, page, more).into_string(),
         bulk = command_form(
             &sess,
             &format!("/portal/commands?search={}", qv(&search)),
             "Send to matching devices"
         ),
     );
-    layout(&sess, StatusCode::OK, Nav::Devices, "Devices", &body)
+    layout(
+        &sess,
+        StatusCode::OK,
+        Nav::Devices,
+        "Devices",
+        maud::PreEscaped(body),
+    )
 }
 
 /// Flattens inventory JSON into `key → value` rows.
@@ -520,17 +532,17 @@ async fn device_page(
         ("Device Enrollment Mode", esc(&e.enrollment_mode)),
         ("Ownership", esc(&e.ownership)),
         ("Status", esc(e.status.label())),
-        ("Model family", or_dash(e.model_family.as_deref())),
-        ("Product", or_dash(e.product.as_deref())),
-        ("OS version", or_dash(e.os_version.as_deref())),
-        ("Build", or_dash(e.build_version.as_deref())),
+        ("Model family", esc(or_dash(e.model_family.as_deref()))),
+        ("Product", esc(or_dash(e.product.as_deref()))),
+        ("OS version", esc(or_dash(e.os_version.as_deref()))),
+        ("Build", esc(or_dash(e.build_version.as_deref()))),
         ("Enrolled", when(e.enrolled_at)),
         ("Last check-in", when(e.last_seen_at)),
         (
             "Reachable by push",
             if e.reachable { "Yes" } else { "No" }.into(),
         ),
-        ("Last push", or_dash(e.last_push_status.as_deref())),
+        ("Last push", esc(or_dash(e.last_push_status.as_deref()))),
         (
             "Identity certificate expires",
             when(e.identity_certificate_not_after),
@@ -581,17 +593,23 @@ async fn device_page(
              <button type=\"submit\" class=\"danger\">Unenroll</button></form>",
             cmd = command_form(sess, &format!("/portal/devices/{}/commands", qv(id)), "Send command"),
             id = qv(id),
-            csrf = sess.csrf_field(),
+            csrf = sess.csrf_field().into_string(),
         )
     };
     let body = format!(
         "{msg}<div class=\"cols\"><section><h2>Device</h2><dl class=\"facts\">{facts}</dl>\
          <h2>Custom attributes</h2>{attrs}</section><section><h2>Actions</h2>{actions}</section></div>\
          <h2>Inventory</h2>{inv}<h2>Commands</h2>{hist}",
-        msg = notice(message),
+        msg = notice(message).into_string(),
         hist = history_table(&history),
     );
-    layout(sess, status, Nav::Devices, &e.managed_apple_id, &body)
+    layout(
+        sess,
+        status,
+        Nav::Devices,
+        &e.managed_apple_id,
+        maud::PreEscaped(body),
+    )
 }
 
 async fn device_command(
@@ -784,7 +802,7 @@ async fn command_page(
         StatusCode::OK,
         Nav::Devices,
         &format!("Command {rt}"),
-        &body,
+        maud::PreEscaped(body),
     )
 }
 

@@ -197,7 +197,7 @@ async fn list_page(
             create = yes_no(p.allow_create_users),
             enabled = yes_no(p.enabled),
             secret = yes_no(p.client_secret_set),
-            csrf = sess.csrf_field(),
+            csrf = sess.csrf_field().into_string(),
         ));
     }
     let table = if providers.is_empty() {
@@ -222,8 +222,8 @@ async fn list_page(
          <input id=\"idp_name\" name=\"name\" required maxlength=\"40\" pattern=\"[a-z0-9][a-z0-9-]*\" \
          value=\"{name}\">{fields}\
          <button type=\"submit\">Add identity provider</button></form>",
-        msg = notice(message),
-        csrf = sess.csrf_field(),
+        msg = notice(message).into_string(),
+        csrf = sess.csrf_field().into_string(),
         name = esc(&typed.name),
         fields = provider_fields(typed, "leave blank for a public client"),
     );
@@ -232,7 +232,7 @@ async fn list_page(
         status,
         Nav::IdentityProviders,
         "Identity providers",
-        &body,
+        maud::PreEscaped(body),
     )
 }
 
@@ -310,8 +310,8 @@ async fn edit_page(
          <label class=\"check\"><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> \
          Remove {name}: people can no longer sign in with it at enrollment</label>\
          <button type=\"submit\" class=\"danger\">Remove</button></form>",
-        msg = notice(message),
-        csrf = sess.csrf_field(),
+        msg = notice(message).into_string(),
+        csrf = sess.csrf_field().into_string(),
         fields = provider_fields(&typed, secret_hint),
         name = esc(&p.name),
     );
@@ -320,7 +320,7 @@ async fn edit_page(
         status,
         Nav::IdentityProviders,
         &format!("Identity provider {}", p.name),
-        &body,
+        maud::PreEscaped(body),
     )
 }
 

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use axum::extract::rejection::{ExtensionRejection, FormRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use chrono::{DateTime, Utc};
@@ -36,7 +36,7 @@ use lanyard_core::admins::Role;
 use lanyard_core::{Actor, CoreError};
 
 use crate::auth::{constant_time_eq, cookie, SESSION_COOKIE};
-use crate::html::{esc, page_headers, see_other};
+use crate::html::{html, page_headers, render, see_other, Markup, DOCTYPE};
 use crate::AppState;
 
 /// The pre-sign-in CSRF cookie (double submit on the sign-in form only).
@@ -104,11 +104,8 @@ impl Session {
     }
 
     /// The hidden CSRF field every form carries.
-    pub fn csrf_field(&self) -> String {
-        format!(
-            "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-            esc(&self.csrf)
-        )
+    pub fn csrf_field(&self) -> Markup {
+        crate::html::csrf_field(&self.csrf)
     }
 
     /// Refuses a form whose CSRF token is not this session's; nothing is changed.
@@ -274,8 +271,8 @@ pub(crate) fn message_page(
 ) -> Response {
     let body = notice(Some(Notice::Error(text.to_string())));
     match sess {
-        Some(sess) => layout(sess, status, Nav::None, title, &body),
-        None => bare(status, title, &body),
+        Some(sess) => layout(sess, status, Nav::None, title, body),
+        None => bare(status, title, body),
     }
 }
 
@@ -285,17 +282,13 @@ pub(crate) enum Notice {
     Error(String),
 }
 
-pub(crate) fn notice(n: Option<Notice>) -> String {
-    match n {
-        Some(Notice::Ok(t)) => format!(
-            "<p id=\"message\" class=\"notice ok\" role=\"status\">{}</p>",
-            esc(&t)
-        ),
-        Some(Notice::Error(t)) => format!(
-            "<p id=\"message\" class=\"notice error\" role=\"alert\">{}</p>",
-            esc(&t)
-        ),
-        None => String::new(),
+pub(crate) fn notice(n: Option<Notice>) -> Markup {
+    html! {
+        @match n {
+            Some(Notice::Ok(t)) => p #message .notice.ok role="status" { (t) },
+            Some(Notice::Error(t)) => p #message .notice.error role="alert" { (t) },
+            None => {},
+        }
     }
 }
 
@@ -342,25 +335,34 @@ fn secure_headers(res: &mut Response) {
         .insert("referrer-policy", HeaderValue::from_static("same-origin"));
 }
 
-fn head(title: &str) -> String {
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{} · Lanyard</title><link rel=\"stylesheet\" href=\"/portal/assets/portal.css\">\
-         <script src=\"/portal/assets/portal.js\" defer></script></head>",
-        esc(title)
-    )
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width,initial-scale=1";
+            title { (title) " · Lanyard" }
+            link rel="stylesheet" href="/portal/assets/portal.css";
+            script src="/portal/assets/portal.js" defer {}
+        }
+    }
 }
 
 /// A page outside the signed-in layout (sign-in, errors before sign-in).
-pub(crate) fn bare(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "{}<body class=\"bare\"><main class=\"card narrow\"><p class=\"brand\">Lanyard</p>\
-         <h1>{}</h1>{body}</main></body></html>",
-        head(title),
-        esc(title)
-    );
-    let mut res = (status, Html(html)).into_response();
+pub(crate) fn bare(status: StatusCode, title: &str, body: Markup) -> Response {
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body .bare {
+                main .card.narrow {
+                    p .brand { "Lanyard" }
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    };
+    let mut res = render(status, page);
     secure_headers(&mut res);
     res
 }
@@ -371,43 +373,47 @@ pub(crate) fn layout(
     status: StatusCode,
     active: Nav,
     title: &str,
-    body: &str,
+    body: Markup,
 ) -> Response {
-    let nav: String = NAV
-        .iter()
-        .map(|(n, href, label)| {
-            let current = if *n == active {
-                " aria-current=\"page\""
-            } else {
-                ""
-            };
-            format!("<li><a href=\"{href}\"{current}>{label}</a></li>")
-        })
-        .collect();
     let role = if sess.read_only() {
         "read-only"
     } else {
         "administrator"
     };
-    let banner = if sess.read_only() {
-        "<p class=\"notice info\" role=\"note\">You are signed in as a read-only administrator: \
-         you can see everything, and changes are refused.</p>"
-    } else {
-        ""
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body {
+                header .top {
+                    a .brand href="/portal/summary" { "Lanyard" }
+                    nav aria-label="Main" {
+                        ul {
+                            @for (n, href, label) in NAV {
+                                li { a href=(href) aria-current=[(*n == active).then_some("page")] { (label) } }
+                            }
+                        }
+                    }
+                    form .who method="post" action="/portal/sign-out" {
+                        (sess.csrf_field())
+                        span { (sess.username()) " " span .muted { "(" (role) ")" } }
+                        button type="submit" .link { "Sign out" }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    @if sess.read_only() {
+                        p .notice.info role="note" {
+                            "You are signed in as a read-only administrator: you can see \
+                             everything, and changes are refused."
+                        }
+                    }
+                    (body)
+                }
+            }
+        }
     };
-    let html = format!(
-        "{head}<body><header class=\"top\"><a class=\"brand\" href=\"/portal/summary\">Lanyard</a>\
-         <nav aria-label=\"Main\"><ul>{nav}</ul></nav>\
-         <form class=\"who\" method=\"post\" action=\"/portal/sign-out\">{csrf}\
-         <span>{user} <span class=\"muted\">({role})</span></span>\
-         <button type=\"submit\" class=\"link\">Sign out</button></form></header>\
-         <main><h1>{title}</h1>{banner}{body}</main></body></html>",
-        head = head(title),
-        csrf = sess.csrf_field(),
-        user = esc(sess.username()),
-        title = esc(title),
-    );
-    let mut res = (status, Html(html)).into_response();
+    let mut res = render(status, page);
     secure_headers(&mut res);
     res
 }
@@ -417,34 +423,28 @@ pub(crate) fn when(t: Option<DateTime<Utc>>) -> String {
         .unwrap_or_else(|| "—".into())
 }
 
-pub(crate) fn or_dash(s: Option<&str>) -> String {
+/// The text, or a dash when there is none.
+pub(crate) fn or_dash(s: Option<&str>) -> &str {
     match s {
-        Some(s) if !s.is_empty() => esc(s),
-        _ => "—".into(),
+        Some(s) if !s.is_empty() => s,
+        _ => "—",
     }
 }
 
 /// "Previous / Next" links for a list; `more` says whether a next page exists.
-pub(crate) fn pager(base: &str, page: i64, more: bool) -> String {
-    let sep = if base.contains('?') { "&amp;" } else { "?" };
-    let mut out = String::from("<nav class=\"pager\" aria-label=\"Pages\">");
-    if page > 1 {
-        out.push_str(&format!(
-            "<a rel=\"prev\" href=\"{}{sep}page={}\">← Previous</a>",
-            esc(base),
-            page - 1
-        ));
+pub(crate) fn pager(base: &str, page: i64, more: bool) -> Markup {
+    let sep = if base.contains('?') { "&" } else { "?" };
+    html! {
+        nav .pager aria-label="Pages" {
+            @if page > 1 {
+                a rel="prev" href={ (base) (sep) "page=" (page - 1) } { "← Previous" }
+            }
+            span { "Page " (page) }
+            @if more {
+                a rel="next" href={ (base) (sep) "page=" (page + 1) } { "Next →" }
+            }
+        }
     }
-    out.push_str(&format!("<span>Page {page}</span>"));
-    if more {
-        out.push_str(&format!(
-            "<a rel=\"next\" href=\"{}{sep}page={}\">Next →</a>",
-            esc(base),
-            page + 1
-        ));
-    }
-    out.push_str("</nav>");
-    out
 }
 
 /// A page number from the query (1 when absent); nonsense is a clear 400.
@@ -477,19 +477,18 @@ fn set_csrf_cookie(res: &mut Response, token: &str) {
 }
 
 fn sign_in_form(status: StatusCode, csrf: &str, username: &str, message: Option<&str>) -> Response {
-    let body = format!(
-        "{err}<form method=\"post\" action=\"/portal/sign-in\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <label for=\"username\">Administrator name</label>\
-         <input id=\"username\" name=\"username\" value=\"{user}\" autocomplete=\"username\" required>\
-         <label for=\"password\">Password</label>\
-         <input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
-         <button type=\"submit\">Sign in</button></form>",
-        err = notice(message.map(|m| Notice::Error(m.to_string()))),
-        csrf = esc(csrf),
-        user = esc(username),
-    );
-    bare(status, "Sign in to the admin portal", &body)
+    let body = html! {
+        (notice(message.map(|m| Notice::Error(m.to_string()))))
+        form method="post" action="/portal/sign-in" {
+            (crate::html::csrf_field(csrf))
+            label for="username" { "Administrator name" }
+            input #username name="username" value=(username) autocomplete="username" required;
+            label for="password" { "Password" }
+            input #password type="password" name="password" autocomplete="current-password" required;
+            button type="submit" { "Sign in" }
+        }
+    };
+    bare(status, "Sign in to the admin portal", body)
 }
 
 #[derive(Deserialize, Default)]
@@ -524,7 +523,7 @@ async fn sign_in_submit(
         return bare(
             StatusCode::BAD_REQUEST,
             "Sign in to the admin portal",
-            &notice(Some(Notice::Error("The form could not be read.".into()))),
+            notice(Some(Notice::Error("The form could not be read.".into()))),
         );
     };
     let f = Fields(pairs);
@@ -630,13 +629,13 @@ mod tests {
 
     #[test]
     fn pager_links() {
-        let p = pager("/portal/devices?search=x", 2, true);
+        let p = pager("/portal/devices?search=x", 2, true).into_string();
         assert!(
             p.contains("href=\"/portal/devices?search=x&amp;page=1\""),
             "{p}"
         );
         assert!(p.contains("page=3"), "{p}");
-        let p = pager("/portal/users", 1, false);
+        let p = pager("/portal/users", 1, false).into_string();
         assert!(!p.contains("href"), "{p}");
     }
 }

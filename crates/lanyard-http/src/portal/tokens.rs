@@ -95,7 +95,7 @@ async fn tokens_page(
             Some(at) => format!(
                 "{} {}",
                 when(Some(*at)),
-                or_dash(t.last_sync_status.as_deref())
+                esc(or_dash(t.last_sync_status.as_deref()))
             ),
             None => "Never".into(),
         };
@@ -117,14 +117,14 @@ async fn tokens_page(
             format!(
                 "<form method=\"post\" action=\"/portal/tokens/{n}/default\">{csrf}\
                  <button type=\"submit\" class=\"small\">Make default</button></form>",
-                csrf = sess.csrf_field()
+                csrf = sess.csrf_field().into_string()
             )
         };
         let sync_form = if t.state == "active" {
             format!(
                 "<form method=\"post\" action=\"/portal/tokens/{n}/sync\">{csrf}\
                  <button type=\"submit\" class=\"small\">Sync now</button></form>",
-                csrf = sess.csrf_field()
+                csrf = sess.csrf_field().into_string()
             )
         } else {
             String::new()
@@ -136,7 +136,7 @@ async fn tokens_page(
              <a href=\"/portal/tokens/{n}/certificate\" download>Download public key</a>\
              {default_form}{sync_form}</td></tr>",
             name = esc(&t.name),
-            org = or_dash(t.org_name.as_deref()),
+            org = esc(or_dash(t.org_name.as_deref())),
             state = esc(&t.state.replace('_', " ")),
             devices = t.devices,
             ad = if t.default_account_driven {
@@ -174,7 +174,7 @@ async fn tokens_page(
              <label class=\"check\"><input type=\"checkbox\" name=\"default\" value=\"on\"> Default \
              token for account driven enrollment</label>\
              <button type=\"submit\">Upload token</button></form>",
-            csrf = sess.csrf_field(),
+            csrf = sess.csrf_field().into_string(),
         )
     };
     let body = format!(
@@ -184,10 +184,10 @@ async fn tokens_page(
          <label for=\"new_name\">Name</label>\
          <input id=\"new_name\" name=\"name\" required maxlength=\"64\" pattern=\"[A-Za-z0-9._-]+\">\
          <button type=\"submit\">Create key pair</button></form>{upload_form}",
-        msg = notice(message),
-        csrf = sess.csrf_field(),
+        msg = notice(message).into_string(),
+        csrf = sess.csrf_field().into_string(),
     );
-    layout(sess, status, Nav::Tokens, "Tokens", &body)
+    layout(sess, status, Nav::Tokens, "Tokens", maud::PreEscaped(body))
 }
 
 async fn new_key_pair(
