@@ -20,7 +20,7 @@ use super::{
     change_form, error_page, layout, message_page, notice, or_dash, page_number, pager, when, Nav,
     Notice, Session, Viewer, PAGE_SIZE,
 };
-use crate::html::{esc, qv, see_other};
+use crate::html::{html, qv, see_other, Markup};
 use crate::AppState;
 
 pub fn routes() -> axum::Router<AppState> {
@@ -76,147 +76,42 @@ fn channel(v: &str) -> Result<CommandChannel, String> {
     }
 }
 
-fn command_form(sess: &Session, action: &str, button: &str) -> String {
-    let options: String = COMMAND_CHOICES
-        .iter()
-        .map(|(v, l)| format!("<option value=\"{v}\">{l}</option>"))
-        .collect();
-    format!(
-        "<form method=\"post\" action=\"{action}\" class=\"inline-form\">{csrf}\
-         <label for=\"command\">Command</label><select id=\"command\" name=\"command\">{options}</select>\
-         <label for=\"raw\">Request type (for Other)</label>\
-         <input id=\"raw\" name=\"raw\" placeholder=\"e.g. EraseDevice\" maxlength=\"100\">\
-         <label for=\"channel\">Channel</label><select id=\"channel\" name=\"channel\">\
-         <option value=\"device\">Device</option><option value=\"user\">User</option></select>\
-         <button type=\"submit\">{button}</button></form>",
-        csrf = sess.csrf_field().into_string(),
-        action = esc(action),
-    )
+fn command_form(sess: &Session, action: &str, button: &str) -> Markup {
+    html! {
+        form method="post" action=(action) .inline-form {
+            (sess.csrf_field())
+            label for="command" { "Command" }
+            select #command name="command" {
+                @for (v, l) in COMMAND_CHOICES {
+                    option value=(v) { (l) }
+                }
+            }
+            label for="raw" { "Request type (for Other)" }
+            input #raw name="raw" placeholder="e.g. EraseDevice" maxlength="100";
+            label for="channel" { "Channel" }
+            select #channel name="channel" {
+                option value="device" { "Device" }
+                option value="user" { "User" }
+            }
+            button type="submit" { (button) }
+        }
+    }
 }
 
 async fn summary(State(s): State<AppState>, Viewer(sess): Viewer) -> Response {
     match summary_body(&s).await {
-        Ok(body) => layout(
-            &sess,
-            StatusCode::OK,
-            Nav::Summary,
-            "Summary",
-            maud::PreEscaped(body),
-        ),
+        Ok(body) => layout(&sess, StatusCode::OK, Nav::Summary, "Summary", body),
         Err(e) => error_page(Some(&sess), e),
     }
 }
 
-async fn summary_body(s: &AppState) -> Result<String, CoreError> {
+async fn summary_body(s: &AppState) -> Result<Markup, CoreError> {
     let sum = s.lanyard.summary(chrono::Utc::now()).await?;
     let push = s.lanyard.push_certificate_info(&s.secrets).await?;
     let add = |f: fn(&lanyard_core::listings::ModeCounts) -> i64| -> i64 {
         sum.by_mode.iter().map(f).sum()
     };
-    let mut html = String::new();
-    if push.is_none() {
-        // The profile's Topic is the push certificate's and can never change after enrollment,
-        // so nothing enrolls before one is uploaded.
-        html.push_str(
-            "<p id=\"enrollment-closed\" class=\"notice error\" role=\"alert\">Enrollment is \
-             closed: there is no APNs push certificate, so every Mac is refused at service \
-             discovery and at the enrollment URL. <a href=\"/portal/apns\">Upload the push \
-             certificate</a> to open enrollment.</p>",
-        );
-    }
-    html.push_str("<section class=\"tiles\" aria-label=\"Counts\">");
-    for (label, n) in [
-        ("Enrolled devices", add(|m| m.enrolled)),
-        ("Enrollments in progress", add(|m| m.in_progress)),
-        ("Checked out", add(|m| m.checked_out)),
-        ("Inactive", add(|m| m.inactive)),
-        ("Users", sum.users),
-    ] {
-        html.push_str(&format!(
-            "<div class=\"tile\"><span class=\"num\">{n}</span><span>{label}</span></div>"
-        ));
-    }
-    html.push_str("</section>");
-
-    html.push_str(
-        "<h2>Enrollments by mode and state</h2><table class=\"by-mode\"><thead><tr>\
-         <th scope=\"col\">Device Enrollment Mode</th><th scope=\"col\">Enrolled</th>\
-         <th scope=\"col\">In progress</th><th scope=\"col\">Checked out</th>\
-         <th scope=\"col\">Inactive</th><th scope=\"col\">Total</th></tr></thead><tbody>",
-    );
-    if sum.by_mode.is_empty() {
-        html.push_str(
-            "<tr><td>User Enrollment</td><td>0</td><td>0</td><td>0</td><td>0</td><td>0</td></tr>",
-        );
-    }
-    for m in &sum.by_mode {
-        html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&m.mode),
-            m.enrolled,
-            m.in_progress,
-            m.checked_out,
-            m.inactive,
-            m.total
-        ));
-    }
-    html.push_str("</tbody></table>");
-
-    html.push_str("<h2>Expiring certificates and tokens</h2><ul class=\"plain\">");
-    match push {
-        Some(info) => {
-            let class = if info.warning.is_some() { "warn" } else { "" };
-            html.push_str(&format!(
-                "<li class=\"{class}\">APNs certificate <strong>{}</strong> expires {} ({} days \
-                 left){}</li>",
-                esc(&info.topic),
-                when(Some(info.not_after)),
-                info.days_left,
-                info.warning
-                    .map(|w| format!(" — {}", esc(&w)))
-                    .unwrap_or_default()
-            ));
-        }
-        None => html.push_str(
-            "<li class=\"warn\">No APNs certificate yet: enrollment is closed. \
-             <a href=\"/portal/apns\">Upload one</a>.</li>",
-        ),
-    }
-    for t in s.abm.list().await? {
-        let expiry = match (t.token_expires_at, t.days_left) {
-            (Some(at), Some(days)) => format!("expires {} ({days} days left)", when(Some(at))),
-            _ => "has no token file yet".into(),
-        };
-        let class = if t.warning.is_some() || t.token_expires_at.is_none() {
-            "warn"
-        } else {
-            ""
-        };
-        html.push_str(&format!(
-            "<li class=\"{class}\">ABM server token <a href=\"/portal/tokens\">{}</a> {expiry}{}</li>",
-            esc(&t.name),
-            t.warning
-                .map(|w| format!(" — {}", esc(&w)))
-                .unwrap_or_default()
-        ));
-    }
-    if sum.expiring.is_empty() {
-        html.push_str(&format!(
-            "<li>No device identity certificate expires within {} days.</li>",
-            lanyard_core::listings::EXPIRY_WARNING_DAYS
-        ));
-    }
-    for e in &sum.expiring {
-        html.push_str(&format!(
-            "<li class=\"warn\">Identity certificate of <a href=\"/portal/devices/{id}\">{who}</a> \
-             expires {t}</li>",
-            id = qv(&e.id),
-            who = esc(&e.managed_apple_id),
-            t = when(e.identity_certificate_not_after)
-        ));
-    }
-    html.push_str("</ul>");
-
+    let abm = s.abm.list().await?;
     let latest = list_enrollments(
         &s.lanyard,
         &DeviceListQuery {
@@ -226,9 +121,103 @@ async fn summary_body(s: &AppState) -> Result<String, CoreError> {
         },
     )
     .await?;
-    html.push_str("<h2>Recent enrollments</h2>");
-    html.push_str(&device_table(&latest, None));
-    Ok(html)
+    let tiles = [
+        ("Enrolled devices", add(|m| m.enrolled)),
+        ("Enrollments in progress", add(|m| m.in_progress)),
+        ("Checked out", add(|m| m.checked_out)),
+        ("Inactive", add(|m| m.inactive)),
+        ("Users", sum.users),
+    ];
+    Ok(html! {
+        @if push.is_none() {
+            // The profile's Topic is the push certificate's and can never change after
+            // enrollment, so nothing enrolls before one is uploaded.
+            p #enrollment-closed .notice.error role="alert" {
+                "Enrollment is closed: there is no APNs push certificate, so every Mac is \
+                 refused at service discovery and at the enrollment URL. "
+                a href="/portal/apns" { "Upload the push certificate" }
+                " to open enrollment."
+            }
+        }
+        section .tiles aria-label="Counts" {
+            @for (label, n) in tiles {
+                div .tile { span .num { (n) } span { (label) } }
+            }
+        }
+        h2 { "Enrollments by mode and state" }
+        table .by-mode {
+            thead {
+                tr {
+                    th scope="col" { "Device Enrollment Mode" }
+                    th scope="col" { "Enrolled" }
+                    th scope="col" { "In progress" }
+                    th scope="col" { "Checked out" }
+                    th scope="col" { "Inactive" }
+                    th scope="col" { "Total" }
+                }
+            }
+            tbody {
+                @if sum.by_mode.is_empty() {
+                    tr { td { "User Enrollment" } td { "0" } td { "0" } td { "0" } td { "0" } td { "0" } }
+                }
+                @for m in &sum.by_mode {
+                    tr {
+                        td { (m.mode) }
+                        td { (m.enrolled) }
+                        td { (m.in_progress) }
+                        td { (m.checked_out) }
+                        td { (m.inactive) }
+                        td { (m.total) }
+                    }
+                }
+            }
+        }
+        h2 { "Expiring certificates and tokens" }
+        ul .plain {
+            @match &push {
+                Some(info) => {
+                    li class=(if info.warning.is_some() { "warn" } else { "" }) {
+                        "APNs certificate " strong { (info.topic) } " expires "
+                        (when(Some(info.not_after))) " (" (info.days_left) " days left)"
+                        @if let Some(w) = &info.warning { " — " (w) }
+                    }
+                }
+                None => {
+                    li .warn {
+                        "No APNs certificate yet: enrollment is closed. "
+                        a href="/portal/apns" { "Upload one" } "."
+                    }
+                }
+            }
+            @for t in &abm {
+                li class=(if t.warning.is_some() || t.token_expires_at.is_none() { "warn" } else { "" }) {
+                    "ABM server token " a href="/portal/tokens" { (t.name) } " "
+                    @match (t.token_expires_at, t.days_left) {
+                        (Some(at), Some(days)) => {
+                            "expires " (when(Some(at))) " (" (days) " days left)"
+                        }
+                        _ => "has no token file yet",
+                    }
+                    @if let Some(w) = &t.warning { " — " (w) }
+                }
+            }
+            @if sum.expiring.is_empty() {
+                li {
+                    "No device identity certificate expires within "
+                    (lanyard_core::listings::EXPIRY_WARNING_DAYS) " days."
+                }
+            }
+            @for e in &sum.expiring {
+                li .warn {
+                    "Identity certificate of "
+                    a href={ "/portal/devices/" (qv(&e.id)) } { (e.managed_apple_id) }
+                    " expires " (when(e.identity_certificate_not_after))
+                }
+            }
+        }
+        h2 { "Recent enrollments" }
+        (device_table(&latest, None))
+    })
 }
 
 /// Column headers of the device list; with `sort`, each sortable header links to sort by it
@@ -250,53 +239,50 @@ struct SortLinks {
     descending: bool,
 }
 
-fn device_table(list: &[EnrollmentView], sort: Option<&SortLinks>) -> String {
+fn device_table(list: &[EnrollmentView], sort: Option<&SortLinks>) -> Markup {
     if list.is_empty() {
-        return "<p class=\"muted\">No devices match.</p>".into();
+        return html! { p .muted { "No devices match." } };
     }
-    let mut html = String::from("<table class=\"devices\"><thead><tr>");
-    for (label, key) in DEVICE_COLUMNS {
-        match (sort, key) {
-            (Some(links), Some(key)) => {
-                let current = links.sort == *key;
-                let descending = current && !links.descending;
-                let aria = match (current, links.descending) {
-                    (true, true) => " aria-sort=\"descending\"",
-                    (true, false) => " aria-sort=\"ascending\"",
-                    _ => "",
-                };
-                let arrow = match (current, links.descending) {
-                    (true, true) => " ↓",
-                    (true, false) => " ↑",
-                    _ => "",
-                };
-                html.push_str(&format!(
-                    "<th scope=\"col\"{aria}><a href=\"{}&amp;sort={}&amp;dir={}\">{label}{arrow}</a></th>",
-                    esc(&links.base),
-                    key.key(),
-                    if descending { "desc" } else { "asc" },
-                ));
+    html! {
+        table .devices {
+            thead {
+                tr {
+                    @for (label, key) in DEVICE_COLUMNS {
+                        @match (sort, key) {
+                            (Some(links), Some(key)) => {
+                                @let current = links.sort == *key;
+                                @let next_dir = if current && !links.descending { "desc" } else { "asc" };
+                                @let (aria, arrow) = match (current, links.descending) {
+                                    (true, true) => (Some("descending"), " ↓"),
+                                    (true, false) => (Some("ascending"), " ↑"),
+                                    _ => (None, ""),
+                                };
+                                th scope="col" aria-sort=[aria] {
+                                    a href={ (links.base) "&sort=" (key.key()) "&dir=" (next_dir) } {
+                                        (label) (arrow)
+                                    }
+                                }
+                            }
+                            _ => th scope="col" { (label) },
+                        }
+                    }
+                }
             }
-            _ => html.push_str(&format!("<th scope=\"col\">{label}</th>")),
+            tbody {
+                @for e in list {
+                    tr {
+                        td { a href={ "/portal/devices/" (qv(&e.id)) } { (e.managed_apple_id) } }
+                        td { (or_dash(e.model_family.as_deref().or(e.product.as_deref()))) }
+                        td { (or_dash(e.os_version.as_deref())) }
+                        td { (e.enrollment_mode) }
+                        td { (e.ownership) }
+                        td { (e.status.label()) }
+                        td { (when(e.last_seen_at)) }
+                    }
+                }
+            }
         }
     }
-    html.push_str("</tr></thead><tbody>");
-    for e in list {
-        html.push_str(&format!(
-            "<tr><td><a href=\"/portal/devices/{id}\">{who}</a></td><td>{model}</td><td>{os}</td>\
-             <td>{mode}</td><td>{own}</td><td>{status}</td><td>{seen}</td></tr>",
-            id = qv(&e.id),
-            who = esc(&e.managed_apple_id),
-            model = esc(or_dash(e.model_family.as_deref().or(e.product.as_deref()))),
-            os = esc(or_dash(e.os_version.as_deref())),
-            mode = esc(&e.enrollment_mode),
-            own = esc(&e.ownership),
-            status = esc(e.status.label()),
-            seen = when(e.last_seen_at),
-        ));
-    }
-    html.push_str("</tbody></table>");
-    html
 }
 
 #[derive(Deserialize, Default)]
@@ -363,15 +349,10 @@ async fn devices(
         Err(e) => return error_page(Some(&sess), e),
     };
     let more = (page - 1) * PAGE_SIZE + (list.items.len() as i64) < list.total;
-    let statuses: String = EnrollmentStatus::ALL
+    let statuses = EnrollmentStatus::ALL
         .iter()
         .map(|v| (v.as_str(), v.label()))
-        .chain([("all", "All")])
-        .map(|(v, l)| {
-            let sel = if v == status_raw { " selected" } else { "" };
-            format!("<option value=\"{v}\"{sel}>{l}</option>")
-        })
-        .collect();
+        .chain([("all", "All")]);
     let done = match q.done.as_deref() {
         Some("unenroll") => Some(Notice::Ok(
             "Unenrollment queued: the Mac removes its work data at its next check-in.".into(),
@@ -397,32 +378,32 @@ async fn devices(
         1 => "1 device".to_string(),
         n => format!("{n} devices"),
     };
-    let body = format!(
-        "{done}<form method=\"get\" action=\"/portal/devices\" class=\"search\" role=\"search\">\
-         <label for=\"search\">Search managed Apple ID, email or model</label>\
-         <input id=\"search\" type=\"search\" name=\"search\" value=\"{search}\" maxlength=\"200\">\
-         <label for=\"status\">Status</label><select id=\"status\" name=\"status\">{statuses}</select>\
-         <button type=\"submit\">Search</button></form>\
-         <p class=\"muted\" id=\"total\">{count}</p>{table}{pager}\
-         <details class=\"bulk\"><summary>Send a command to every enrolled device matching the \
-         search</summary>{bulk}</details>",
-        done = notice(done).into_string(),
-        search = esc(&search),
-        table = device_table(&list.items, Some(&links)),
-        pager = pager(&paged, page, more).into_string(),
-        bulk = command_form(
-            &sess,
-            &format!("/portal/commands?search={}", qv(&search)),
-            "Send to matching devices"
-        ),
-    );
-    layout(
-        &sess,
-        StatusCode::OK,
-        Nav::Devices,
-        "Devices",
-        maud::PreEscaped(body),
-    )
+    let body = html! {
+        (notice(done))
+        form method="get" action="/portal/devices" .search role="search" {
+            label for="search" { "Search managed Apple ID, email or model" }
+            input #search type="search" name="search" value=(search) maxlength="200";
+            label for="status" { "Status" }
+            select #status name="status" {
+                @for (v, l) in statuses {
+                    option value=(v) selected[v == status_raw] { (l) }
+                }
+            }
+            button type="submit" { "Search" }
+        }
+        p .muted #total { (count) }
+        (device_table(&list.items, Some(&links)))
+        (pager(&paged, page, more))
+        details .bulk {
+            summary { "Send a command to every enrolled device matching the search" }
+            (command_form(
+                &sess,
+                &format!("/portal/commands?search={}", qv(&search)),
+                "Send to matching devices"
+            ))
+        }
+    };
+    layout(&sess, StatusCode::OK, Nav::Devices, "Devices", body)
 }
 
 /// Flattens inventory JSON into `key → value` rows.
@@ -444,40 +425,48 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     }
 }
 
-fn history_table(list: &[CommandView]) -> String {
+fn history_table(list: &[CommandView]) -> Markup {
     if list.is_empty() {
-        return "<p class=\"muted\">No commands yet.</p>".into();
+        return html! { p .muted { "No commands yet." } };
     }
-    let mut html = String::from(
-        "<table class=\"history\"><thead><tr><th scope=\"col\">Command</th>\
-         <th scope=\"col\">Channel</th><th scope=\"col\">Status</th><th scope=\"col\">Queued</th>\
-         <th scope=\"col\">Finished</th><th scope=\"col\">Result</th></tr></thead><tbody>",
-    );
-    for c in list {
-        let result = match (&c.result, &c.error_chain) {
-            (_, Some(err)) => format!(
-                "<details><summary>Error</summary><pre>{}</pre></details>",
-                esc(&serde_json::to_string_pretty(err).unwrap_or_default())
-            ),
-            (Some(r), None) => format!(
-                "<details><summary>Result</summary><pre>{}</pre></details>",
-                esc(&serde_json::to_string_pretty(r).unwrap_or_default())
-            ),
-            _ => "—".into(),
-        };
-        html.push_str(&format!(
-            "<tr data-status=\"{st}\"><td><a href=\"/portal/commands/{uuid}\">{rt}</a></td>\
-             <td>{ch}</td><td class=\"status\">{st}</td><td>{q}</td><td>{f}</td><td>{result}</td></tr>",
-            uuid = qv(&c.command_uuid),
-            rt = esc(&c.request_type),
-            ch = esc(&c.channel),
-            st = esc(&c.status),
-            q = when(Some(c.queued_at)),
-            f = when(c.finished_at),
-        ));
+    html! {
+        table .history {
+            thead {
+                tr {
+                    th scope="col" { "Command" }
+                    th scope="col" { "Channel" }
+                    th scope="col" { "Status" }
+                    th scope="col" { "Queued" }
+                    th scope="col" { "Finished" }
+                    th scope="col" { "Result" }
+                }
+            }
+            tbody {
+                @for c in list {
+                    tr data-status=(c.status) {
+                        td { a href={ "/portal/commands/" (qv(&c.command_uuid)) } { (c.request_type) } }
+                        td { (c.channel) }
+                        td .status { (c.status) }
+                        td { (when(Some(c.queued_at))) }
+                        td { (when(c.finished_at)) }
+                        td {
+                            @match (&c.result, &c.error_chain) {
+                                (_, Some(err)) => details {
+                                    summary { "Error" }
+                                    pre { (serde_json::to_string_pretty(err).unwrap_or_default()) }
+                                },
+                                (Some(r), None) => details {
+                                    summary { "Result" }
+                                    pre { (serde_json::to_string_pretty(r).unwrap_or_default()) }
+                                },
+                                _ => "—",
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
-    html.push_str("</tbody></table>");
-    html
 }
 
 #[derive(Deserialize, Default)]
@@ -527,89 +516,85 @@ async fn device_page(
         Ok(v) => v,
         Err(e) => return error_page(Some(sess), e),
     };
-    let mut facts = vec![
-        ("Managed Apple ID", esc(&e.managed_apple_id)),
-        ("Device Enrollment Mode", esc(&e.enrollment_mode)),
-        ("Ownership", esc(&e.ownership)),
-        ("Status", esc(e.status.label())),
-        ("Model family", esc(or_dash(e.model_family.as_deref()))),
-        ("Product", esc(or_dash(e.product.as_deref()))),
-        ("OS version", esc(or_dash(e.os_version.as_deref()))),
-        ("Build", esc(or_dash(e.build_version.as_deref()))),
+    let reachable = if e.reachable { "Yes" } else { "No" };
+    let mut facts: Vec<(&str, String)> = vec![
+        ("Managed Apple ID", e.managed_apple_id.clone()),
+        ("Device Enrollment Mode", e.enrollment_mode.clone()),
+        ("Ownership", e.ownership.clone()),
+        ("Status", e.status.label().to_string()),
+        (
+            "Model family",
+            or_dash(e.model_family.as_deref()).to_string(),
+        ),
+        ("Product", or_dash(e.product.as_deref()).to_string()),
+        ("OS version", or_dash(e.os_version.as_deref()).to_string()),
+        ("Build", or_dash(e.build_version.as_deref()).to_string()),
         ("Enrolled", when(e.enrolled_at)),
         ("Last check-in", when(e.last_seen_at)),
+        ("Reachable by push", reachable.to_string()),
         (
-            "Reachable by push",
-            if e.reachable { "Yes" } else { "No" }.into(),
+            "Last push",
+            or_dash(e.last_push_status.as_deref()).to_string(),
         ),
-        ("Last push", esc(or_dash(e.last_push_status.as_deref()))),
         (
             "Identity certificate expires",
             when(e.identity_certificate_not_after),
         ),
-        ("Enrollment id", esc(&e.id)),
+        ("Enrollment id", e.id.clone()),
     ];
     if let Some(u) = &e.enrollment_user_id {
-        facts.push(("EnrollmentUserID", esc(u)));
+        facts.push(("EnrollmentUserID", u.clone()));
     }
-    let facts: String = facts
-        .into_iter()
-        .map(|(k, v)| format!("<dt>{k}</dt><dd>{v}</dd>"))
-        .collect();
-    let attrs = if e.attributes.is_empty() {
-        "<p class=\"muted\">No custom attributes.</p>".to_string()
-    } else {
-        let rows: String = e
-            .attributes
-            .iter()
-            .map(|(k, v)| format!("<dt>{}</dt><dd>{}</dd>", esc(k), esc(v)))
-            .collect();
-        format!("<dl class=\"facts\">{rows}</dl>")
-    };
     let mut inv = Vec::new();
     flatten("", &inventory, &mut inv);
-    let inv = if inv.is_empty() {
-        "<p class=\"muted\">Nothing reported yet; send Device information.</p>".to_string()
-    } else {
-        let rows: String = inv
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "<tr><th scope=\"row\">{}</th><td>{}</td></tr>",
-                    esc(k),
-                    esc(v)
-                )
-            })
-            .collect();
-        format!("<table class=\"inventory\"><tbody>{rows}</tbody></table>")
+    let body = html! {
+        (notice(message))
+        div .cols {
+            section {
+                h2 { "Device" }
+                dl .facts {
+                    @for (k, v) in &facts { dt { (k) } dd { (v) } }
+                }
+                h2 { "Custom attributes" }
+                @if e.attributes.is_empty() {
+                    p .muted { "No custom attributes." }
+                } @else {
+                    dl .facts {
+                        @for (k, v) in &e.attributes { dt { (k) } dd { (v) } }
+                    }
+                }
+            }
+            section {
+                h2 { "Actions" }
+                @if e.status == EnrollmentStatus::CheckedOut {
+                    p .muted { "This device has checked out; no commands can be sent." }
+                } @else {
+                    (command_form(sess, &format!("/portal/devices/{}/commands", qv(id)), "Send command"))
+                    form method="post" action={ "/portal/devices/" (qv(id)) "/unenroll" } .danger {
+                        (sess.csrf_field())
+                        label .check {
+                            input type="checkbox" name="confirm" value="yes" required;
+                            " Remove the MDM profile and the work data from this Mac"
+                        }
+                        button type="submit" .danger { "Unenroll" }
+                    }
+                }
+            }
+        }
+        h2 { "Inventory" }
+        @if inv.is_empty() {
+            p .muted { "Nothing reported yet; send Device information." }
+        } @else {
+            table .inventory {
+                tbody {
+                    @for (k, v) in &inv { tr { th scope="row" { (k) } td { (v) } } }
+                }
+            }
+        }
+        h2 { "Commands" }
+        (history_table(&history))
     };
-    let actions = if e.status == EnrollmentStatus::CheckedOut {
-        "<p class=\"muted\">This device has checked out; no commands can be sent.</p>".to_string()
-    } else {
-        format!(
-            "{cmd}<form method=\"post\" action=\"/portal/devices/{id}/unenroll\" class=\"danger\">{csrf}\
-             <label class=\"check\"><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> \
-             Remove the MDM profile and the work data from this Mac</label>\
-             <button type=\"submit\" class=\"danger\">Unenroll</button></form>",
-            cmd = command_form(sess, &format!("/portal/devices/{}/commands", qv(id)), "Send command"),
-            id = qv(id),
-            csrf = sess.csrf_field().into_string(),
-        )
-    };
-    let body = format!(
-        "{msg}<div class=\"cols\"><section><h2>Device</h2><dl class=\"facts\">{facts}</dl>\
-         <h2>Custom attributes</h2>{attrs}</section><section><h2>Actions</h2>{actions}</section></div>\
-         <h2>Inventory</h2>{inv}<h2>Commands</h2>{hist}",
-        msg = notice(message).into_string(),
-        hist = history_table(&history),
-    );
-    layout(
-        sess,
-        status,
-        Nav::Devices,
-        &e.managed_apple_id,
-        maud::PreEscaped(body),
-    )
+    layout(sess, status, Nav::Devices, &e.managed_apple_id, body)
 }
 
 async fn device_command(
@@ -773,36 +758,40 @@ async fn command_page(
         .first()
         .map(|t| t.request_type.clone())
         .unwrap_or_default();
-    let rows: String = targets
-        .iter()
-        .take(500)
-        .map(|t| {
-            format!(
-                "<tr><td><a href=\"/portal/devices/{id}\">{id_text}</a></td><td>{st}</td><td>{f}</td></tr>",
-                id = qv(&t.enrollment_id),
-                id_text = esc(&t.enrollment_id),
-                st = esc(&t.status),
-                f = when(t.finished_at),
-            )
-        })
-        .collect();
-    let body = format!(
-        "<p class=\"progress\"><progress id=\"progress-bar\" max=\"{total}\" value=\"{ack}\">\
-         </progress> <span id=\"progress\" role=\"status\" aria-live=\"polite\" \
-         data-poll=\"/portal/commands/{uuid}/progress\">{text}</span></p>\
-         <table><thead><tr><th scope=\"col\">Enrollment</th><th scope=\"col\">Status</th>\
-         <th scope=\"col\">Finished</th></tr></thead><tbody>{rows}</tbody></table>",
-        total = p["total"],
-        ack = p["acknowledged"],
-        uuid = qv(&uuid),
-        text = esc(&progress_text(&p)),
-    );
+    let body = html! {
+        p .progress {
+            progress #progress-bar max=(p["total"]) value=(p["acknowledged"]) {}
+            " "
+            span #progress role="status" aria-live="polite"
+                data-poll={ "/portal/commands/" (qv(&uuid)) "/progress" } {
+                (progress_text(&p))
+            }
+        }
+        table {
+            thead {
+                tr {
+                    th scope="col" { "Enrollment" }
+                    th scope="col" { "Status" }
+                    th scope="col" { "Finished" }
+                }
+            }
+            tbody {
+                @for t in targets.iter().take(500) {
+                    tr {
+                        td { a href={ "/portal/devices/" (qv(&t.enrollment_id)) } { (t.enrollment_id) } }
+                        td { (t.status) }
+                        td { (when(t.finished_at)) }
+                    }
+                }
+            }
+        }
+    };
     layout(
         &sess,
         StatusCode::OK,
         Nav::Devices,
         &format!("Command {rt}"),
-        maud::PreEscaped(body),
+        body,
     )
 }
 
