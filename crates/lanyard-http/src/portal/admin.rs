@@ -25,7 +25,7 @@ use super::{
     change_form, describe, enabled_field, error_page, layout, message_page, notice, or_dash,
     page_number, pager, session, when, Fields, Nav, Notice, Session, Viewer, PAGE_SIZE,
 };
-use crate::html::{esc, qv, see_other};
+use crate::html::{html, qv, see_other};
 use crate::AppState;
 
 /// The largest APNs certificate upload (PKCS#12 or PEM files are a few KiB).
@@ -139,65 +139,72 @@ async fn users_page(
     };
     let more = list.len() as i64 > PAGE_SIZE;
     list.truncate(PAGE_SIZE as usize);
-    let mut rows = String::new();
-    for u in &list {
-        let (toggle_value, toggle_label) = if u.enabled {
-            ("false", "Disable")
-        } else {
-            ("true", "Enable")
-        };
-        rows.push_str(&format!(
-            "<tr><td>{email}</td><td>{maid}</td><td>{name}</td><td>{state}</td><td class=\"row-actions\">\
-             <form method=\"post\" action=\"/portal/users/{id}/enabled\">{csrf}\
-             <input type=\"hidden\" name=\"enabled\" value=\"{toggle_value}\">\
-             <button type=\"submit\" class=\"small\">{toggle_label}</button></form>\
-             <form method=\"post\" action=\"/portal/users/{id}/password\">{csrf}\
-             <label class=\"sr-only\" for=\"pw-{id}\">New password for {email}</label>\
-             <input id=\"pw-{id}\" type=\"password\" name=\"password\" placeholder=\"New password\" \
-             autocomplete=\"new-password\" minlength=\"10\" required>\
-             <button type=\"submit\" class=\"small\">Reset password</button></form></td></tr>",
-            id = u.id,
-            email = esc(&u.email),
-            maid = esc(or_dash(u.managed_apple_id.as_deref())),
-            name = esc(&u.display_name),
-            state = if u.enabled { "Enabled" } else { "Disabled" },
-            csrf = sess.csrf_field().into_string(),
-        ));
-    }
-    let table = if list.is_empty() {
-        "<p class=\"muted\">No users match.</p>".to_string()
-    } else {
-        format!(
-            "<table class=\"users\"><thead><tr><th scope=\"col\">Email</th>\
-             <th scope=\"col\">Managed Apple ID</th><th scope=\"col\">Name</th>\
-             <th scope=\"col\">State</th><th scope=\"col\">Actions</th></tr></thead>\
-             <tbody>{rows}</tbody></table>"
-        )
+    let body = html! {
+        (notice(message))
+        form method="get" action="/portal/users" .search role="search" {
+            label for="search" { "Search email or name" }
+            input #search type="search" name="search" value=(search) maxlength="200";
+            button type="submit" { "Search" }
+        }
+        @if list.is_empty() {
+            p .muted { "No users match." }
+        } @else {
+            table .users {
+                thead {
+                    tr {
+                        th scope="col" { "Email" }
+                        th scope="col" { "Managed Apple ID" }
+                        th scope="col" { "Name" }
+                        th scope="col" { "State" }
+                        th scope="col" { "Actions" }
+                    }
+                }
+                tbody {
+                    @for u in &list {
+                        @let (toggle_value, toggle_label) =
+                            if u.enabled { ("false", "Disable") } else { ("true", "Enable") };
+                        tr {
+                            td { (u.email) }
+                            td { (or_dash(u.managed_apple_id.as_deref())) }
+                            td { (u.display_name) }
+                            td { (if u.enabled { "Enabled" } else { "Disabled" }) }
+                            td .row-actions {
+                                form method="post" action={ "/portal/users/" (u.id) "/enabled" } {
+                                    (sess.csrf_field())
+                                    input type="hidden" name="enabled" value=(toggle_value);
+                                    button type="submit" .small { (toggle_label) }
+                                }
+                                form method="post" action={ "/portal/users/" (u.id) "/password" } {
+                                    (sess.csrf_field())
+                                    label .sr-only for={ "pw-" (u.id) } { "New password for " (u.email) }
+                                    input #{ "pw-" (u.id) } type="password" name="password"
+                                        placeholder="New password" autocomplete="new-password"
+                                        minlength="10" required;
+                                    button type="submit" .small { "Reset password" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (pager(&format!("/portal/users?search={}", qv(&search)), page, more))
+        h2 { "Add a user" }
+        form method="post" action="/portal/users" .grid-form {
+            (sess.csrf_field())
+            label for="email" { "Email" }
+            input #email type="email" name="email" value=(form.get("email")) required;
+            label for="display_name" { "Name" }
+            input #display_name name="display_name" value=(form.get("display_name"));
+            label for="managed_apple_id" { "Managed Apple ID (optional)" }
+            input #managed_apple_id type="email" name="managed_apple_id"
+                value=(form.get("managed_apple_id"));
+            label for="password" { "Password (at least 10 characters)" }
+            input #password type="password" name="password" autocomplete="new-password";
+            button type="submit" { "Add user" }
+        }
     };
-    let body = format!(
-        "{msg}<form method=\"get\" action=\"/portal/users\" class=\"search\" role=\"search\">\
-         <label for=\"search\">Search email or name</label>\
-         <input id=\"search\" type=\"search\" name=\"search\" value=\"{search}\" maxlength=\"200\">\
-         <button type=\"submit\">Search</button></form>{table}{pager}\
-         <h2>Add a user</h2><form method=\"post\" action=\"/portal/users\" class=\"grid-form\">{csrf}\
-         <label for=\"email\">Email</label>\
-         <input id=\"email\" type=\"email\" name=\"email\" value=\"{email}\" required>\
-         <label for=\"display_name\">Name</label>\
-         <input id=\"display_name\" name=\"display_name\" value=\"{dn}\">\
-         <label for=\"managed_apple_id\">Managed Apple ID (optional)</label>\
-         <input id=\"managed_apple_id\" type=\"email\" name=\"managed_apple_id\" value=\"{maid}\">\
-         <label for=\"password\">Password (at least 10 characters)</label>\
-         <input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"new-password\">\
-         <button type=\"submit\">Add user</button></form>",
-        msg = notice(message).into_string(),
-        search = esc(&search),
-        pager = pager(&format!("/portal/users?search={}", qv(&search)), page, more).into_string(),
-        csrf = sess.csrf_field().into_string(),
-        email = esc(form.get("email")),
-        dn = esc(form.get("display_name")),
-        maid = esc(form.get("managed_apple_id")),
-    );
-    layout(sess, status, Nav::Users, "Users", maud::PreEscaped(body))
+    layout(sess, status, Nav::Users, "Users", body)
 }
 
 fn some(v: &str) -> Option<String> {
@@ -352,7 +359,7 @@ async fn settings_page(
     let inactive = shown
         .map(|f| f.get("inactive_after_days").to_string())
         .unwrap_or_else(|| current.inactive_after_days.to_string());
-    let trust_options: String = [
+    let trust_options = [
         (
             TrustProfile::Auto,
             "Automatic: only while Lanyard serves its own TLS certificate",
@@ -362,96 +369,114 @@ async fn settings_page(
             TrustProfile::Never,
             "Never (the TLS chain is publicly trusted)",
         ),
-    ]
-    .iter()
-    .map(|(v, label)| {
-        let sel = if *v == current.install_trust_profile {
-            " selected"
-        } else {
-            ""
-        };
-        format!("<option value=\"{}\"{sel}>{label}</option>", v.as_str())
-    })
-    .collect();
+    ];
     let prompt = current.ownership_mode == OwnershipMode::Prompt;
-    let checked = |b: bool| if b { " checked" } else { "" };
-    let mut attr_rows = String::new();
-    for a in &attrs {
-        attr_rows.push_str(&format!(
-            "<tr><td>{name}</td><td>{kind}</td><td>{req}</td><td>{choices}</td><td>\
-             <form method=\"post\" action=\"/portal/settings/attributes/delete\">{csrf}\
-             <input type=\"hidden\" name=\"name\" value=\"{name}\">\
-             <button type=\"submit\" class=\"small\">Delete</button></form></td></tr>",
-            name = esc(&a.name),
-            kind = a.kind.as_str(),
-            req = if a.required { "Required" } else { "Optional" },
-            choices = esc(&a.choices.join(", ")),
-            csrf = sess.csrf_field().into_string(),
-        ));
-    }
-    let attr_table = if attrs.is_empty() {
-        "<p class=\"muted\">No custom attributes are defined.</p>".to_string()
-    } else {
-        format!(
-            "<table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Type</th>\
-             <th scope=\"col\">Required</th><th scope=\"col\">Choices</th><th scope=\"col\">\
-             Actions</th></tr></thead><tbody>{attr_rows}</tbody></table>"
-        )
+    let body = html! {
+        (notice(message))
+        form method="post" action="/portal/settings" .settings {
+            (sess.csrf_field())
+            fieldset {
+                legend { "Directory and Enrollment" }
+                label for="ownership_mode" { "Default ownership mode" }
+                select #ownership_mode name="ownership_mode" {
+                    option value="prompt" selected[prompt] { "Prompt user for ownership" }
+                    option value="employee" selected[!prompt] { "Employee owned (do not ask)" }
+                }
+                label for="min_macos_version" { "Minimum macOS version" }
+                input #min_macos_version name="min_macos_version" value=(min) required
+                    maxlength="20";
+                label for="managed_domains" { "Managed domains (comma separated)" }
+                input #managed_domains name="managed_domains" value=(domains) maxlength="4000";
+                label for="install_trust_profile" {
+                    "Install Lanyard's root certificate on enrolled Macs"
+                }
+                select #install_trust_profile name="install_trust_profile" {
+                    @for (v, label) in &trust_options {
+                        option value=(v.as_str()) selected[*v == current.install_trust_profile] {
+                            (label)
+                        }
+                    }
+                }
+                label for="inactive_after_days" {
+                    "Mark enrollments inactive after this many days without a request (0: never)"
+                }
+                input #inactive_after_days name="inactive_after_days" value=(inactive)
+                    inputmode="numeric" maxlength="4";
+            }
+            fieldset {
+                legend { "Advanced management for Apple devices" }
+                label .check {
+                    input type="checkbox" #manage_only_corporate_resources
+                        name="manage_only_corporate_resources" value="on"
+                        checked[current.manage_only_corporate_resources];
+                    " User enrollment mode: manage only corporate resources"
+                }
+            }
+            fieldset {
+                legend { "User settings" }
+                label .check {
+                    input type="checkbox" #use_email_as_managed_apple_id
+                        name="use_email_as_managed_apple_id" value="on"
+                        checked[current.use_email_as_managed_apple_id];
+                    " Use email address as managed Apple ID"
+                }
+            }
+            button type="submit" { "Save settings" }
+        }
+        h2 { "Custom attributes" }
+        @if attrs.is_empty() {
+            p .muted { "No custom attributes are defined." }
+        } @else {
+            table {
+                thead {
+                    tr {
+                        th scope="col" { "Name" }
+                        th scope="col" { "Type" }
+                        th scope="col" { "Required" }
+                        th scope="col" { "Choices" }
+                        th scope="col" { "Actions" }
+                    }
+                }
+                tbody {
+                    @for a in &attrs {
+                        tr {
+                            td { (a.name) }
+                            td { (a.kind.as_str()) }
+                            td { (if a.required { "Required" } else { "Optional" }) }
+                            td { (a.choices.join(", ")) }
+                            td {
+                                form method="post" action="/portal/settings/attributes/delete" {
+                                    (sess.csrf_field())
+                                    input type="hidden" name="name" value=(a.name);
+                                    button type="submit" .small { "Delete" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        form method="post" action="/portal/settings/attributes" .grid-form {
+            (sess.csrf_field())
+            label for="attr_name" { "Name" }
+            input #attr_name name="name" required maxlength="64";
+            label for="attr_kind" { "Type" }
+            select #attr_kind name="kind" {
+                option value="text" { "Text" }
+                option value="number" { "Number" }
+                option value="boolean" { "Yes / no" }
+                option value="choice" { "Choice" }
+            }
+            label for="attr_choices" { "Choices (for Choice, comma separated)" }
+            input #attr_choices name="choices";
+            label .check {
+                input type="checkbox" name="required" value="on";
+                " Required"
+            }
+            button type="submit" { "Add attribute" }
+        }
     };
-    let body = format!(
-        "{msg}<form method=\"post\" action=\"/portal/settings\" class=\"settings\">{csrf}\
-         <fieldset><legend>Directory and Enrollment</legend>\
-         <label for=\"ownership_mode\">Default ownership mode</label>\
-         <select id=\"ownership_mode\" name=\"ownership_mode\">\
-         <option value=\"prompt\"{p_sel}>Prompt user for ownership</option>\
-         <option value=\"employee\"{e_sel}>Employee owned (do not ask)</option></select>\
-         <label for=\"min_macos_version\">Minimum macOS version</label>\
-         <input id=\"min_macos_version\" name=\"min_macos_version\" value=\"{min}\" required \
-         maxlength=\"20\">\
-         <label for=\"managed_domains\">Managed domains (comma separated)</label>\
-         <input id=\"managed_domains\" name=\"managed_domains\" value=\"{domains}\" maxlength=\"4000\">\
-         <label for=\"install_trust_profile\">Install Lanyard's root certificate on enrolled \
-         Macs</label><select id=\"install_trust_profile\" name=\"install_trust_profile\">\
-         {trust_options}</select>\
-         <label for=\"inactive_after_days\">Mark enrollments inactive after this many days \
-         without a request (0: never)</label>\
-         <input id=\"inactive_after_days\" name=\"inactive_after_days\" value=\"{inactive}\" \
-         inputmode=\"numeric\" maxlength=\"4\">\
-         </fieldset><fieldset><legend>Advanced management for Apple devices</legend>\
-         <label class=\"check\"><input type=\"checkbox\" id=\"manage_only_corporate_resources\" \
-         name=\"manage_only_corporate_resources\" value=\"on\"{corp}> User enrollment mode: manage \
-         only corporate resources</label></fieldset>\
-         <fieldset><legend>User settings</legend><label class=\"check\"><input type=\"checkbox\" \
-         id=\"use_email_as_managed_apple_id\" name=\"use_email_as_managed_apple_id\" value=\"on\"{mail}> \
-         Use email address as managed Apple ID</label></fieldset>\
-         <button type=\"submit\">Save settings</button></form>\
-         <h2>Custom attributes</h2>{attr_table}\
-         <form method=\"post\" action=\"/portal/settings/attributes\" class=\"grid-form\">{csrf}\
-         <label for=\"attr_name\">Name</label><input id=\"attr_name\" name=\"name\" required maxlength=\"64\">\
-         <label for=\"attr_kind\">Type</label><select id=\"attr_kind\" name=\"kind\">\
-         <option value=\"text\">Text</option><option value=\"number\">Number</option>\
-         <option value=\"boolean\">Yes / no</option><option value=\"choice\">Choice</option></select>\
-         <label for=\"attr_choices\">Choices (for Choice, comma separated)</label>\
-         <input id=\"attr_choices\" name=\"choices\">\
-         <label class=\"check\"><input type=\"checkbox\" name=\"required\" value=\"on\"> Required</label>\
-         <button type=\"submit\">Add attribute</button></form>",
-        msg = notice(message).into_string(),
-        csrf = sess.csrf_field().into_string(),
-        p_sel = if prompt { " selected" } else { "" },
-        e_sel = if prompt { "" } else { " selected" },
-        min = esc(&min),
-        domains = esc(&domains),
-        inactive = esc(&inactive),
-        corp = checked(current.manage_only_corporate_resources),
-        mail = checked(current.use_email_as_managed_apple_id),
-    );
-    layout(
-        sess,
-        status,
-        Nav::Settings,
-        "Settings",
-        maud::PreEscaped(body),
-    )
+    layout(sess, status, Nav::Settings, "Settings", body)
 }
 
 /// Builds the settings change from the form; any invalid value refuses the whole form.
@@ -605,150 +630,185 @@ async fn apns_page(
     message: Option<Notice>,
 ) -> Response {
     let current = match s.lanyard.push_certificate_info(&s.secrets).await {
-        Ok(Some(info)) => format!(
-            "<dl class=\"facts\"><dt>Topic</dt><dd>{topic}</dd><dt>Subject</dt><dd>{subject}</dd>\
-             <dt>Issuer</dt><dd>{issuer}</dd><dt>Expires</dt><dd>{exp} ({days} days left)</dd></dl>{warn}",
-            topic = esc(&info.topic),
-            subject = esc(&info.subject),
-            issuer = esc(&info.issuer),
-            exp = when(Some(info.not_after)),
-            days = info.days_left,
-            warn = info
-                .warning
-                .map(|w| format!("<p class=\"notice warn\" role=\"alert\">{}</p>", esc(&w)))
-                .unwrap_or_default(),
-        ),
-        Ok(None) => "<p class=\"notice warn\">No APNs certificate has been uploaded: enrollment \
-                     is closed until one is (its topic goes into every enrollment profile and can \
-                     never change afterwards).</p>"
-            .to_string(),
+        Ok(v) => v,
         Err(e) => return error_page(Some(sess), e),
     };
     let pending = match s.lanyard.push_request().await {
         Ok(p) => p,
         Err(e) => return error_page(Some(sess), e),
     };
-    let request = match &pending {
-        Some(r) => format!(
-            "<p>A request made {made} is pending{how}: its private key is kept sealed in \
-             Lanyard and never leaves it. Making a new request replaces it.</p>\
-             <p><a class=\"button\" href=\"/portal/apns/request.csr\" download>Download the \
-             CSR (lanyard-push.csr)</a></p>",
-            made = when(Some(r.created_at)),
-            how = if r.signing_service {
-                " (sent to the signing service)"
-            } else {
-                ""
-            },
-        ),
-        None => "<p>No request is pending.</p>".to_string(),
+    let body = html! {
+        (notice(message))
+        h2 { "Current certificate" }
+        @match &current {
+            Some(info) => {
+                dl .facts {
+                    dt { "Topic" } dd { (info.topic) }
+                    dt { "Subject" } dd { (info.subject) }
+                    dt { "Issuer" } dd { (info.issuer) }
+                    dt { "Expires" } dd { (when(Some(info.not_after))) " (" (info.days_left) " days left)" }
+                }
+                @if let Some(w) = &info.warning {
+                    p .notice.warn role="alert" { (w) }
+                }
+            }
+            None => {
+                p .notice.warn {
+                    "No APNs certificate has been uploaded: enrollment is closed until one is \
+                     (its topic goes into every enrollment profile and can never change \
+                     afterwards)."
+                }
+            }
+        }
+        h2 { "Get or renew the certificate from Apple" }
+        ol .steps {
+            li {
+                h3 { "Make a request" }
+                p {
+                    "Lanyard makes a new push key and its certificate signing request (CSR). \
+                     The current certificate keeps working until the new one is uploaded."
+                }
+                @match &pending {
+                    Some(r) => {
+                        p {
+                            "A request made " (when(Some(r.created_at))) " is pending"
+                            @if r.signing_service { " (sent to the signing service)" }
+                            ": its private key is kept sealed in Lanyard and never leaves it. \
+                             Making a new request replaces it."
+                        }
+                        p {
+                            a .button href="/portal/apns/request.csr" download {
+                                "Download the CSR (lanyard-push.csr)"
+                            }
+                        }
+                    }
+                    None => p { "No request is pending." },
+                }
+                form method="post" action="/portal/apns/request" {
+                    (sess.csrf_field())
+                    button type="submit" {
+                        (if pending.is_some() { "Make a new request" } else { "Make a request" })
+                    }
+                }
+            }
+            li {
+                h3 { "Have the CSR signed by an MDM vendor" }
+                p {
+                    "Apple only takes a CSR signed by an MDM vendor certificate, in a request \
+                     file. Choose one way."
+                }
+                h4 { "With your own vendor certificate" }
+                p {
+                    "With an Apple Developer Enterprise account's “MDM CSR” certificate, \
+                     Lanyard signs the pending request and gives you the request file. The \
+                     vendor key is used for this one signature and is not stored."
+                }
+                @if pending.is_some() {
+                    form method="post" action="/portal/apns/request/sign"
+                        enctype="multipart/form-data" .grid-form {
+                        (sess.csrf_field())
+                        label for="vendor" { "Vendor certificate and key (PKCS#12, .p12)" }
+                        input #vendor type="file" name="vendor" required accept=".p12,.pfx";
+                        label for="vendor-password" { "Its password" }
+                        input #vendor-password type="password" name="password" autocomplete="off";
+                        label for="wwdr" {
+                            "Apple's WWDR intermediate certificate (the one that issued the \
+                             vendor certificate)"
+                        }
+                        input #wwdr type="file" name="apple" required accept=".cer,.crt,.pem,.der";
+                        label for="apple-root" { "Apple Inc. root certificate" }
+                        input #apple-root type="file" name="apple" required
+                            accept=".cer,.crt,.pem,.der";
+                        button type="submit" { "Sign and download the request file" }
+                    }
+                } @else {
+                    p { "Make a request first (step 1)." }
+                }
+                p {
+                    "The same on the server (the password is read from standard input): "
+                    code {
+                        "lanyard push-cert sign --vendor-p12 vendor.p12 --apple-cert \
+                         AppleWWDRCA.cer --apple-cert AppleIncRootCertificate.cer --out \
+                         push-request.b64"
+                    }
+                }
+                h4 { "With a signing service" }
+                p {
+                    "Without a vendor certificate, a signing service ("
+                    code { (s.signing_service.url()) }
+                    ") signs a new request and emails it to you, encrypted to a key Lanyard \
+                     keeps for it. This replaces any pending request. The API key is sent to \
+                     the service with this request only and is not stored."
+                }
+                form method="post" action="/portal/apns/request/signing-service" .grid-form {
+                    (sess.csrf_field())
+                    label for="email" { "Email the signed request to" }
+                    input #email type="email" name="email" required autocomplete="email";
+                    label for="api-key" { "The service's API key" }
+                    input #api-key type="password" name="api_key" required autocomplete="off";
+                    button type="submit" { "Send a new request to the signing service" }
+                }
+                @if pending.as_ref().is_some_and(|r| r.signing_service) {
+                    p {
+                        "When the service's email arrives, choose its attachment ("
+                        code { "….plist.b64.p7" }
+                        "): Lanyard decrypts it with the key it keeps for this request and \
+                         gives you the request file."
+                    }
+                    form method="post" action="/portal/apns/request/decrypt"
+                        enctype="multipart/form-data" .grid-form {
+                        (sess.csrf_field())
+                        label for="reply" { "The emailed reply" }
+                        input #reply type="file" name="reply" required accept=".p7,.b64,.txt";
+                        button type="submit" { "Decrypt and download the request file" }
+                    }
+                }
+            }
+            li {
+                h3 { "Upload the request file to Apple" }
+                p {
+                    "Sign in to Apple's Push Certificates Portal ("
+                    code { "https://identity.apple.com" }
+                    "). For a first certificate choose " strong { "Create a Certificate" }
+                    "; to renew, sign in with the " strong { "same Apple Account" }
+                    " that made the current certificate and choose " strong { "Renew" }
+                    " beside it, so the topic stays the same. A new certificate has a new \
+                     topic, and every enrolled Mac would have to enroll again. Download the \
+                     certificate Apple issues ("
+                    code { "MDM_….pem" }
+                    ")."
+                }
+            }
+            li {
+                h3 { "Upload the certificate Apple returns" }
+                p {
+                    "Choose Apple's " code { ".pem" } " file alone below: Lanyard matches it \
+                     to the pending request's key, checks its topic, expiry and APNs \
+                     environment, and keeps the topic on renewal."
+                }
+            }
+        }
+        h2 { "Upload" }
+        form method="post" action="/portal/apns" enctype="multipart/form-data" .grid-form {
+            (sess.csrf_field())
+            label for="certificate" {
+                "Certificate: Apple's PEM for the pending request, or PKCS#12 (.p12), or PEM \
+                 with its key"
+            }
+            input #certificate type="file" name="certificate" required
+                accept=".p12,.pfx,.pem,.crt,application/x-pkcs12";
+            label for="key" { "Private key (PEM, only for a certificate made outside Lanyard)" }
+            input #key type="file" name="key" accept=".pem,.key";
+            label for="password" { "PKCS#12 password" }
+            input #password type="password" name="password" autocomplete="off";
+            label .check {
+                input type="checkbox" name="force" value="on";
+                " Accept a different topic (enrolled devices must then enroll again)"
+            }
+            button type="submit" { "Upload" }
+        }
     };
-    let csrf = sess.csrf_field().into_string();
-    let vendor = match &pending {
-        Some(_) => format!(
-            "<form method=\"post\" action=\"/portal/apns/request/sign\" \
-             enctype=\"multipart/form-data\" class=\"grid-form\">{csrf}\
-             <label for=\"vendor\">Vendor certificate and key (PKCS#12, .p12)</label>\
-             <input id=\"vendor\" type=\"file\" name=\"vendor\" required accept=\".p12,.pfx\">\
-             <label for=\"vendor-password\">Its password</label>\
-             <input id=\"vendor-password\" type=\"password\" name=\"password\" \
-             autocomplete=\"off\">\
-             <label for=\"wwdr\">Apple's WWDR intermediate certificate (the one that issued \
-             the vendor certificate)</label>\
-             <input id=\"wwdr\" type=\"file\" name=\"apple\" required \
-             accept=\".cer,.crt,.pem,.der\">\
-             <label for=\"apple-root\">Apple Inc. root certificate</label>\
-             <input id=\"apple-root\" type=\"file\" name=\"apple\" required \
-             accept=\".cer,.crt,.pem,.der\">\
-             <button type=\"submit\">Sign and download the request file</button></form>"
-        ),
-        None => "<p>Make a request first (step 1).</p>".to_string(),
-    };
-    let decrypt = match &pending {
-        Some(r) if r.signing_service => format!(
-            "<p>When the service's email arrives, choose its attachment \
-             (<code>….plist.b64.p7</code>): Lanyard decrypts it with the key it keeps for \
-             this request and gives you the request file.</p>\
-             <form method=\"post\" action=\"/portal/apns/request/decrypt\" \
-             enctype=\"multipart/form-data\" class=\"grid-form\">{csrf}\
-             <label for=\"reply\">The emailed reply</label>\
-             <input id=\"reply\" type=\"file\" name=\"reply\" required \
-             accept=\".p7,.b64,.txt\">\
-             <button type=\"submit\">Decrypt and download the request file</button></form>"
-        ),
-        _ => String::new(),
-    };
-    let body = format!(
-        "{msg}<h2>Current certificate</h2>{current}\
-         <h2>Get or renew the certificate from Apple</h2>\
-         <ol class=\"steps\">\
-         <li><h3>Make a request</h3><p>Lanyard makes a new push key and its certificate signing \
-         request (CSR). The current certificate keeps working until the new one is \
-         uploaded.</p>{request}\
-         <form method=\"post\" action=\"/portal/apns/request\">{csrf}\
-         <button type=\"submit\">{make}</button></form></li>\
-         <li><h3>Have the CSR signed by an MDM vendor</h3><p>Apple only takes a CSR signed \
-         by an MDM vendor certificate, in a request file. Choose one way.</p>\
-         <h4>With your own vendor certificate</h4><p>With an Apple Developer Enterprise \
-         account's “MDM CSR” certificate, Lanyard signs the pending request and gives \
-         you the request file. The vendor key is used for this one signature and is not \
-         stored.</p>{vendor}\
-         <p>The same on the server (the password is read from standard input): \
-         <code>lanyard push-cert sign --vendor-p12 vendor.p12 --apple-cert AppleWWDRCA.cer \
-         --apple-cert AppleIncRootCertificate.cer --out push-request.b64</code></p>\
-         <h4>With a signing service</h4><p>Without a vendor certificate, a signing service \
-         (<code>{service}</code>) signs a new request and emails it to you, encrypted to a \
-         key Lanyard keeps for it. This replaces any pending request. The API key is sent \
-         to the service with this request only and is not stored.</p>\
-         <form method=\"post\" action=\"/portal/apns/request/signing-service\" \
-         class=\"grid-form\">{csrf}\
-         <label for=\"email\">Email the signed request to</label>\
-         <input id=\"email\" type=\"email\" name=\"email\" required autocomplete=\"email\">\
-         <label for=\"api-key\">The service's API key</label>\
-         <input id=\"api-key\" type=\"password\" name=\"api_key\" required \
-         autocomplete=\"off\">\
-         <button type=\"submit\">Send a new request to the signing service</button></form>\
-         {decrypt}</li>\
-         <li><h3>Upload the request file to Apple</h3><p>Sign in to Apple's Push \
-         Certificates Portal (<code>https://identity.apple.com</code>). For a first \
-         certificate choose <strong>Create a Certificate</strong>; to renew, sign in with \
-         the <strong>same Apple Account</strong> that made the current certificate and \
-         choose <strong>Renew</strong> beside it, so the topic stays the same. A new \
-         certificate has a new topic, and every enrolled Mac would have to enroll \
-         again. Download the certificate Apple issues (<code>MDM_….pem</code>).</p></li>\
-         <li><h3>Upload the certificate Apple returns</h3><p>Choose Apple's \
-         <code>.pem</code> file alone below: Lanyard matches it to the pending request's \
-         key, checks its topic, expiry and APNs environment, and keeps the topic on \
-         renewal.</p></li></ol>\
-         <h2>Upload</h2><form method=\"post\" action=\"/portal/apns\" \
-         enctype=\"multipart/form-data\" class=\"grid-form\">{csrf}\
-         <label for=\"certificate\">Certificate: Apple's PEM for the pending request, or \
-         PKCS#12 (.p12), or PEM with its key</label>\
-         <input id=\"certificate\" type=\"file\" name=\"certificate\" required \
-         accept=\".p12,.pfx,.pem,.crt,application/x-pkcs12\">\
-         <label for=\"key\">Private key (PEM, only for a certificate made outside \
-         Lanyard)</label>\
-         <input id=\"key\" type=\"file\" name=\"key\" accept=\".pem,.key\">\
-         <label for=\"password\">PKCS#12 password</label>\
-         <input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"off\">\
-         <label class=\"check\"><input type=\"checkbox\" name=\"force\" value=\"on\"> Accept a \
-         different topic (enrolled devices must then enroll again)</label>\
-         <button type=\"submit\">Upload</button></form>",
-        msg = notice(message).into_string(),
-        service = esc(s.signing_service.url()),
-        make = if pending.is_some() {
-            "Make a new request"
-        } else {
-            "Make a request"
-        },
-    );
-    layout(
-        sess,
-        status,
-        Nav::Apns,
-        "APNs certificate",
-        maud::PreEscaped(body),
-    )
+    layout(sess, status, Nav::Apns, "APNs certificate", body)
 }
 
 async fn upload_apns(
@@ -1125,20 +1185,6 @@ async fn audit(
         Err(e) => return error_page(Some(&sess), e),
     };
     let more = (page - 1) * PAGE_SIZE + (list.items.len() as i64) < list.total;
-    let rows: String = list
-        .items
-        .iter()
-        .map(|e| {
-            format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-                when(Some(e.at)),
-                esc(&e.actor),
-                esc(&e.action),
-                esc(&e.target),
-                esc(&e.detail)
-            )
-        })
-        .collect();
     let base = format!(
         "/portal/audit?actor={}&action={}&target={}&from={}&until={}",
         qv(&actor),
@@ -1147,42 +1193,54 @@ async fn audit(
         qv(&from_raw),
         qv(&until_raw)
     );
-    let table = if list.items.is_empty() {
-        "<p class=\"muted\">No entries match.</p>".to_string()
-    } else {
-        format!(
-            "<table class=\"audit\"><thead><tr><th scope=\"col\">When</th><th scope=\"col\">Who</th>\
-             <th scope=\"col\">Action</th><th scope=\"col\">Target</th><th scope=\"col\">Detail</th>\
-             </tr></thead><tbody>{rows}</tbody></table>"
-        )
+    let total = match list.total {
+        1 => "1 entry".to_string(),
+        n => format!("{n} entries"),
     };
-    let body = format!(
-        "<form method=\"get\" action=\"/portal/audit\" class=\"search\" role=\"search\">\
-         <label for=\"actor\">Who</label><input id=\"actor\" name=\"actor\" value=\"{a}\" maxlength=\"200\">\
-         <label for=\"action\">Action</label><input id=\"action\" name=\"action\" value=\"{ac}\" maxlength=\"200\">\
-         <label for=\"target\">Target</label><input id=\"target\" name=\"target\" value=\"{t}\" maxlength=\"200\">\
-         <label for=\"from\">From</label><input id=\"from\" type=\"date\" name=\"from\" value=\"{f}\">\
-         <label for=\"until\">Until</label><input id=\"until\" type=\"date\" name=\"until\" value=\"{u}\">\
-         <button type=\"submit\">Filter</button></form>\
-         <p class=\"muted\" id=\"total\">{total}</p>{table}{pager}",
-        a = esc(&actor),
-        ac = esc(&action),
-        t = esc(&target),
-        f = esc(&from_raw),
-        u = esc(&until_raw),
-        total = match list.total {
-            1 => "1 entry".to_string(),
-            n => format!("{n} entries"),
-        },
-        pager = pager(&base, page, more).into_string(),
-    );
-    layout(
-        &sess,
-        StatusCode::OK,
-        Nav::Audit,
-        "Audit log",
-        maud::PreEscaped(body),
-    )
+    let body = html! {
+        form method="get" action="/portal/audit" .search role="search" {
+            label for="actor" { "Who" }
+            input #actor name="actor" value=(actor) maxlength="200";
+            label for="action" { "Action" }
+            input #action name="action" value=(action) maxlength="200";
+            label for="target" { "Target" }
+            input #target name="target" value=(target) maxlength="200";
+            label for="from" { "From" }
+            input #from type="date" name="from" value=(from_raw);
+            label for="until" { "Until" }
+            input #until type="date" name="until" value=(until_raw);
+            button type="submit" { "Filter" }
+        }
+        p .muted #total { (total) }
+        @if list.items.is_empty() {
+            p .muted { "No entries match." }
+        } @else {
+            table .audit {
+                thead {
+                    tr {
+                        th scope="col" { "When" }
+                        th scope="col" { "Who" }
+                        th scope="col" { "Action" }
+                        th scope="col" { "Target" }
+                        th scope="col" { "Detail" }
+                    }
+                }
+                tbody {
+                    @for e in &list.items {
+                        tr {
+                            td { (when(Some(e.at))) }
+                            td { (e.actor) }
+                            td { (e.action) }
+                            td { (e.target) }
+                            td { code { (e.detail) } }
+                        }
+                    }
+                }
+            }
+        }
+        (pager(&base, page, more))
+    };
+    layout(&sess, StatusCode::OK, Nav::Audit, "Audit log", body)
 }
 
 #[cfg(test)]
