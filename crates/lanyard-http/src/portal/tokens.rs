@@ -23,7 +23,7 @@ use super::{
     change_form, describe, error_page, layout, message_page, notice, or_dash, session, when, Nav,
     Notice, Session, Viewer,
 };
-use crate::html::{esc, qv, see_other};
+use crate::html::{html, qv, see_other};
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -79,115 +79,121 @@ async fn tokens_page(
         Ok(l) => l,
         Err(e) => return error_page(Some(sess), e),
     };
-    let mut rows = String::new();
-    for t in &list {
-        let n = qv(&t.name);
-        let expires = match (&t.token_expires_at, t.days_left) {
-            (Some(at), Some(days)) => format!("{} ({days} days left)", when(Some(*at))),
-            _ => "—".into(),
-        };
-        let warn = t
-            .warning
-            .as_deref()
-            .map(|w| format!("<br><span class=\"warn\">{}</span>", esc(w)))
-            .unwrap_or_default();
-        let last_sync = match &t.last_sync_at {
-            Some(at) => format!(
-                "{} {}",
-                when(Some(*at)),
-                esc(or_dash(t.last_sync_status.as_deref()))
-            ),
-            None => "Never".into(),
-        };
-        let last_sync = match s.abm.progress(&t.name) {
-            Some(p) if p.running() => format!(
-                "{last_sync}<br><span class=\"sync-progress\" role=\"status\" \
-                 aria-live=\"polite\" data-poll=\"/portal/tokens/{n}/progress\">{}</span>",
-                esc(&p.text())
-            ),
-            Some(p) => format!(
-                "{last_sync}<br><span class=\"sync-progress\" role=\"status\">{}</span>",
-                esc(&p.text())
-            ),
-            None => last_sync,
-        };
-        let default_form = if t.default_account_driven || t.state != "active" {
-            String::new()
-        } else {
-            format!(
-                "<form method=\"post\" action=\"/portal/tokens/{n}/default\">{csrf}\
-                 <button type=\"submit\" class=\"small\">Make default</button></form>",
-                csrf = sess.csrf_field().into_string()
-            )
-        };
-        let sync_form = if t.state == "active" {
-            format!(
-                "<form method=\"post\" action=\"/portal/tokens/{n}/sync\">{csrf}\
-                 <button type=\"submit\" class=\"small\">Sync now</button></form>",
-                csrf = sess.csrf_field().into_string()
-            )
-        } else {
-            String::new()
-        };
-        rows.push_str(&format!(
-            "<tr data-token=\"{name}\"><td>{name}</td><td>{org}</td><td>{state}</td>\
-             <td>{expires}{warn}</td><td>{last_sync}</td><td>{devices}</td>\
-             <td class=\"account-driven\">{ad}</td><td class=\"row-actions\">\
-             <a href=\"/portal/tokens/{n}/certificate\" download>Download public key</a>\
-             {default_form}{sync_form}</td></tr>",
-            name = esc(&t.name),
-            org = esc(or_dash(t.org_name.as_deref())),
-            state = esc(&t.state.replace('_', " ")),
-            devices = t.devices,
-            ad = if t.default_account_driven {
-                "Default"
-            } else {
-                "—"
-            },
-        ));
-    }
-    let table = if list.is_empty() {
-        "<p class=\"muted\">No server tokens yet.</p>".to_string()
-    } else {
-        format!(
-            "<table class=\"tokens\"><thead><tr><th scope=\"col\">Name</th>\
-             <th scope=\"col\">Organisation</th><th scope=\"col\">State</th>\
-             <th scope=\"col\">Expires</th><th scope=\"col\">Last sync</th>\
-             <th scope=\"col\">Devices</th><th scope=\"col\">Account Driven</th>\
-             <th scope=\"col\">Actions</th></tr></thead><tbody>{rows}</tbody></table>"
-        )
+    let body = html! {
+        (notice(message))
+        @if list.is_empty() {
+            p .muted { "No server tokens yet." }
+        } @else {
+            table .tokens {
+                thead {
+                    tr {
+                        th scope="col" { "Name" }
+                        th scope="col" { "Organisation" }
+                        th scope="col" { "State" }
+                        th scope="col" { "Expires" }
+                        th scope="col" { "Last sync" }
+                        th scope="col" { "Devices" }
+                        th scope="col" { "Account Driven" }
+                        th scope="col" { "Actions" }
+                    }
+                }
+                tbody {
+                    @for t in &list {
+                        @let n = qv(&t.name);
+                        tr data-token=(t.name) {
+                            td { (t.name) }
+                            td { (or_dash(t.org_name.as_deref())) }
+                            td { (t.state.replace('_', " ")) }
+                            td {
+                                @match (&t.token_expires_at, t.days_left) {
+                                    (Some(at), Some(days)) => {
+                                        (when(Some(*at))) " (" (days) " days left)"
+                                    }
+                                    _ => "—",
+                                }
+                                @if let Some(w) = t.warning.as_deref() {
+                                    br;
+                                    span .warn { (w) }
+                                }
+                            }
+                            td {
+                                @match &t.last_sync_at {
+                                    Some(at) => {
+                                        (when(Some(*at))) " " (or_dash(t.last_sync_status.as_deref()))
+                                    }
+                                    None => "Never",
+                                }
+                                @match s.abm.progress(&t.name) {
+                                    Some(p) if p.running() => {
+                                        br;
+                                        span .sync-progress role="status" aria-live="polite"
+                                            data-poll={ "/portal/tokens/" (n) "/progress" } {
+                                            (p.text())
+                                        }
+                                    }
+                                    Some(p) => {
+                                        br;
+                                        span .sync-progress role="status" { (p.text()) }
+                                    }
+                                    None => {}
+                                }
+                            }
+                            td { (t.devices) }
+                            td .account-driven {
+                                (if t.default_account_driven { "Default" } else { "—" })
+                            }
+                            td .row-actions {
+                                a href={ "/portal/tokens/" (n) "/certificate" } download {
+                                    "Download public key"
+                                }
+                                @if !t.default_account_driven && t.state == "active" {
+                                    form method="post" action={ "/portal/tokens/" (n) "/default" } {
+                                        (sess.csrf_field())
+                                        button type="submit" .small { "Make default" }
+                                    }
+                                }
+                                @if t.state == "active" {
+                                    form method="post" action={ "/portal/tokens/" (n) "/sync" } {
+                                        (sess.csrf_field())
+                                        button type="submit" .small { "Sync now" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Add token" }
+        h3 { "1. Create a key pair" }
+        form method="post" action="/portal/tokens" .grid-form {
+            (sess.csrf_field())
+            label for="new_name" { "Name" }
+            input #new_name name="name" required maxlength="64" pattern="[A-Za-z0-9._-]+";
+            button type="submit" { "Create key pair" }
+        }
+        @if !list.is_empty() {
+            h3 { "2. Upload the token file" }
+            form method="post" action="/portal/tokens/upload" enctype="multipart/form-data"
+                .grid-form {
+                (sess.csrf_field())
+                label for="token_name" { "Name" }
+                select #token_name name="name" {
+                    @for t in &list {
+                        option value=(t.name) { (t.name) }
+                    }
+                }
+                label for="token_file" { "Token file (.p7m from Apple Business Manager)" }
+                input #token_file type="file" name="token" accept=".p7m" required;
+                label .check {
+                    input type="checkbox" name="default" value="on";
+                    " Default token for account driven enrollment"
+                }
+                button type="submit" { "Upload token" }
+            }
+        }
     };
-    let options: String = list
-        .iter()
-        .map(|t| format!("<option value=\"{n}\">{n}</option>", n = esc(&t.name)))
-        .collect();
-    let upload_form = if list.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "<h3>2. Upload the token file</h3>\
-             <form method=\"post\" action=\"/portal/tokens/upload\" enctype=\"multipart/form-data\" \
-             class=\"grid-form\">{csrf}\
-             <label for=\"token_name\">Name</label><select id=\"token_name\" name=\"name\">{options}</select>\
-             <label for=\"token_file\">Token file (.p7m from Apple Business Manager)</label>\
-             <input id=\"token_file\" type=\"file\" name=\"token\" accept=\".p7m\" required>\
-             <label class=\"check\"><input type=\"checkbox\" name=\"default\" value=\"on\"> Default \
-             token for account driven enrollment</label>\
-             <button type=\"submit\">Upload token</button></form>",
-            csrf = sess.csrf_field().into_string(),
-        )
-    };
-    let body = format!(
-        "{msg}{table}<h2>Add token</h2>\
-         <h3>1. Create a key pair</h3>\
-         <form method=\"post\" action=\"/portal/tokens\" class=\"grid-form\">{csrf}\
-         <label for=\"new_name\">Name</label>\
-         <input id=\"new_name\" name=\"name\" required maxlength=\"64\" pattern=\"[A-Za-z0-9._-]+\">\
-         <button type=\"submit\">Create key pair</button></form>{upload_form}",
-        msg = notice(message).into_string(),
-        csrf = sess.csrf_field().into_string(),
-    );
-    layout(sess, status, Nav::Tokens, "Tokens", maud::PreEscaped(body))
+    layout(sess, status, Nav::Tokens, "Tokens", body)
 }
 
 async fn new_key_pair(
