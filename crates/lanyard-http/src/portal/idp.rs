@@ -20,7 +20,7 @@ use lanyard_core::identity_providers::{
 use super::{
     change_form, describe, error_page, layout, notice, Fields, Nav, Notice, Session, Viewer,
 };
-use crate::html::{esc, qv, see_other};
+use crate::html::{html, qv, see_other, Markup};
 use crate::AppState;
 
 const LIST: &str = "/portal/identity-providers";
@@ -96,14 +96,6 @@ fn scopes_of(raw: &str) -> Vec<String> {
     raw.split_whitespace().map(str::to_string).collect()
 }
 
-fn checked(on: bool) -> &'static str {
-    if on {
-        " checked"
-    } else {
-        ""
-    }
-}
-
 fn yes_no(on: bool) -> &'static str {
     if on {
         "Yes"
@@ -113,34 +105,32 @@ fn yes_no(on: bool) -> &'static str {
 }
 
 /// The fields shared by the add and edit forms.
-fn provider_fields(t: &Typed, secret_hint: &str) -> String {
-    format!(
-        "<label for=\"idp_display_name\">Display name (what the sign-in button says)</label>\
-         <input id=\"idp_display_name\" name=\"display_name\" maxlength=\"100\" value=\"{display}\">\
-         <label for=\"idp_issuer\">Issuer URL</label>\
-         <input id=\"idp_issuer\" name=\"issuer\" required maxlength=\"2000\" \
-         placeholder=\"https://login.example.com\" value=\"{issuer}\">\
-         <label for=\"idp_client_id\">Client id</label>\
-         <input id=\"idp_client_id\" name=\"client_id\" required maxlength=\"200\" value=\"{client_id}\">\
-         <label for=\"idp_client_secret\">Client secret ({secret_hint})</label>\
-         <input id=\"idp_client_secret\" type=\"password\" name=\"client_secret\" maxlength=\"1000\" \
-         autocomplete=\"new-password\">\
-         <label for=\"idp_scopes\">Scopes besides openid (separated by spaces)</label>\
-         <input id=\"idp_scopes\" name=\"scopes\" maxlength=\"2000\" value=\"{scopes}\">\
-         <label for=\"idp_email_claim\">Email claim</label>\
-         <input id=\"idp_email_claim\" name=\"email_claim\" required maxlength=\"100\" value=\"{claim}\">\
-         <label class=\"check\"><input type=\"checkbox\" name=\"allow_create_users\" value=\"on\"{create}> \
-         Create users on first sign-in</label>\
-         <label class=\"check\"><input type=\"checkbox\" name=\"enabled\" value=\"on\"{enabled}> \
-         Enabled</label>",
-        display = esc(&t.display_name),
-        issuer = esc(&t.issuer),
-        client_id = esc(&t.client_id),
-        scopes = esc(&t.scopes),
-        claim = esc(&t.email_claim),
-        create = checked(t.allow_create_users),
-        enabled = checked(t.enabled),
-    )
+fn provider_fields(t: &Typed, secret_hint: &str) -> Markup {
+    html! {
+        label for="idp_display_name" { "Display name (what the sign-in button says)" }
+        input #idp_display_name name="display_name" maxlength="100" value=(t.display_name);
+        label for="idp_issuer" { "Issuer URL" }
+        input #idp_issuer name="issuer" required maxlength="2000"
+            placeholder="https://login.example.com" value=(t.issuer);
+        label for="idp_client_id" { "Client id" }
+        input #idp_client_id name="client_id" required maxlength="200" value=(t.client_id);
+        label for="idp_client_secret" { "Client secret (" (secret_hint) ")" }
+        input #idp_client_secret type="password" name="client_secret" maxlength="1000"
+            autocomplete="new-password";
+        label for="idp_scopes" { "Scopes besides openid (separated by spaces)" }
+        input #idp_scopes name="scopes" maxlength="2000" value=(t.scopes);
+        label for="idp_email_claim" { "Email claim" }
+        input #idp_email_claim name="email_claim" required maxlength="100" value=(t.email_claim);
+        label .check {
+            input type="checkbox" name="allow_create_users" value="on"
+                checked[t.allow_create_users];
+            " Create users on first sign-in"
+        }
+        label .check {
+            input type="checkbox" name="enabled" value="on" checked[t.enabled];
+            " Enabled"
+        }
+    }
 }
 
 async fn list(
@@ -172,67 +162,77 @@ async fn list_page(
         Ok(l) => l,
         Err(e) => return error_page(Some(sess), e),
     };
-    let mut rows = String::new();
-    for p in &providers {
-        let n = qv(&p.name);
-        let (toggle_value, toggle_label) = if p.enabled {
-            ("off", "Disable")
-        } else {
-            ("on", "Enable")
-        };
-        rows.push_str(&format!(
-            "<tr data-provider=\"{name}\"><td>{name}</td><td>{display}</td><td>{issuer}</td>\
-             <td>{client_id}</td><td>{scopes}</td><td>{claim}</td><td>{create}</td>\
-             <td class=\"enabled\">{enabled}</td><td class=\"secret-set\">{secret}</td>\
-             <td class=\"row-actions\"><a href=\"/portal/identity-providers/{n}\">Edit</a>\
-             <form method=\"post\" action=\"/portal/identity-providers/{n}/enabled\">{csrf}\
-             <input type=\"hidden\" name=\"enabled\" value=\"{toggle_value}\">\
-             <button type=\"submit\" class=\"small\">{toggle_label}</button></form></td></tr>",
-            name = esc(&p.name),
-            display = esc(&p.display_name),
-            issuer = esc(&p.issuer),
-            client_id = esc(&p.client_id),
-            scopes = esc(&p.scopes.join(" ")),
-            claim = esc(&p.email_claim),
-            create = yes_no(p.allow_create_users),
-            enabled = yes_no(p.enabled),
-            secret = yes_no(p.client_secret_set),
-            csrf = sess.csrf_field().into_string(),
-        ));
-    }
-    let table = if providers.is_empty() {
-        "<p class=\"muted\">No identity providers yet: people sign in at enrollment with a \
-         Lanyard password.</p>"
-            .to_string()
-    } else {
-        format!(
-            "<table class=\"identity-providers\"><thead><tr><th scope=\"col\">Name</th>\
-             <th scope=\"col\">Display name</th><th scope=\"col\">Issuer</th>\
-             <th scope=\"col\">Client id</th><th scope=\"col\">Scopes</th>\
-             <th scope=\"col\">Email claim</th><th scope=\"col\">Create users on first sign-in</th>\
-             <th scope=\"col\">Enabled</th><th scope=\"col\">Secret set</th>\
-             <th scope=\"col\">Actions</th></tr></thead><tbody>{rows}</tbody></table>"
-        )
+    let body = html! {
+        (notice(message))
+        p .muted {
+            "Register " code { (CALLBACK_PATH) }
+            " under this server's public address as the redirect URI at the provider."
+        }
+        @if providers.is_empty() {
+            p .muted {
+                "No identity providers yet: people sign in at enrollment with a Lanyard password."
+            }
+        } @else {
+            table .identity-providers {
+                thead {
+                    tr {
+                        th scope="col" { "Name" }
+                        th scope="col" { "Display name" }
+                        th scope="col" { "Issuer" }
+                        th scope="col" { "Client id" }
+                        th scope="col" { "Scopes" }
+                        th scope="col" { "Email claim" }
+                        th scope="col" { "Create users on first sign-in" }
+                        th scope="col" { "Enabled" }
+                        th scope="col" { "Secret set" }
+                        th scope="col" { "Actions" }
+                    }
+                }
+                tbody {
+                    @for p in &providers {
+                        @let n = qv(&p.name);
+                        @let (toggle_value, toggle_label) =
+                            if p.enabled { ("off", "Disable") } else { ("on", "Enable") };
+                        tr data-provider=(p.name) {
+                            td { (p.name) }
+                            td { (p.display_name) }
+                            td { (p.issuer) }
+                            td { (p.client_id) }
+                            td { (p.scopes.join(" ")) }
+                            td { (p.email_claim) }
+                            td { (yes_no(p.allow_create_users)) }
+                            td .enabled { (yes_no(p.enabled)) }
+                            td .secret-set { (yes_no(p.client_secret_set)) }
+                            td .row-actions {
+                                a href={ "/portal/identity-providers/" (n) } { "Edit" }
+                                form method="post"
+                                    action={ "/portal/identity-providers/" (n) "/enabled" } {
+                                    (sess.csrf_field())
+                                    input type="hidden" name="enabled" value=(toggle_value);
+                                    button type="submit" .small { (toggle_label) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Add identity provider" }
+        form method="post" action=(LIST) .grid-form {
+            (sess.csrf_field())
+            label for="idp_name" { "Name (lower-case letters, digits and dashes)" }
+            input #idp_name name="name" required maxlength="40" pattern="[a-z0-9][a-z0-9-]*"
+                value=(typed.name);
+            (provider_fields(typed, "leave blank for a public client"))
+            button type="submit" { "Add identity provider" }
+        }
     };
-    let body = format!(
-        "{msg}<p class=\"muted\">Register <code>{CALLBACK_PATH}</code> under this server's public \
-         address as the redirect URI at the provider.</p>{table}<h2>Add identity provider</h2>\
-         <form method=\"post\" action=\"{LIST}\" class=\"grid-form\">{csrf}\
-         <label for=\"idp_name\">Name (lower-case letters, digits and dashes)</label>\
-         <input id=\"idp_name\" name=\"name\" required maxlength=\"40\" pattern=\"[a-z0-9][a-z0-9-]*\" \
-         value=\"{name}\">{fields}\
-         <button type=\"submit\">Add identity provider</button></form>",
-        msg = notice(message).into_string(),
-        csrf = sess.csrf_field().into_string(),
-        name = esc(&typed.name),
-        fields = provider_fields(typed, "leave blank for a public client"),
-    );
     layout(
         sess,
         status,
         Nav::IdentityProviders,
         "Identity providers",
-        maud::PreEscaped(body),
+        body,
     )
 }
 
@@ -302,25 +302,29 @@ async fn edit_page(
     } else {
         "none is set; leave blank for a public client"
     };
-    let body = format!(
-        "{msg}<p><a href=\"{LIST}\">← All identity providers</a></p>\
-         <form method=\"post\" action=\"/portal/identity-providers/{n}\" class=\"grid-form\">{csrf}\
-         {fields}<button type=\"submit\">Save</button></form>\
-         <form method=\"post\" action=\"/portal/identity-providers/{n}/remove\" class=\"danger\">{csrf}\
-         <label class=\"check\"><input type=\"checkbox\" name=\"confirm\" value=\"yes\" required> \
-         Remove {name}: people can no longer sign in with it at enrollment</label>\
-         <button type=\"submit\" class=\"danger\">Remove</button></form>",
-        msg = notice(message).into_string(),
-        csrf = sess.csrf_field().into_string(),
-        fields = provider_fields(&typed, secret_hint),
-        name = esc(&p.name),
-    );
+    let body = html! {
+        (notice(message))
+        p { a href=(LIST) { "← All identity providers" } }
+        form method="post" action={ "/portal/identity-providers/" (n) } .grid-form {
+            (sess.csrf_field())
+            (provider_fields(&typed, secret_hint))
+            button type="submit" { "Save" }
+        }
+        form method="post" action={ "/portal/identity-providers/" (n) "/remove" } .danger {
+            (sess.csrf_field())
+            label .check {
+                input type="checkbox" name="confirm" value="yes" required;
+                " Remove " (p.name) ": people can no longer sign in with it at enrollment"
+            }
+            button type="submit" .danger { "Remove" }
+        }
+    };
     layout(
         sess,
         status,
         Nav::IdentityProviders,
         &format!("Identity provider {}", p.name),
-        maud::PreEscaped(body),
+        body,
     )
 }
 
