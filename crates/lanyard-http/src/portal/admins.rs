@@ -19,7 +19,7 @@ use super::{
     Viewer,
 };
 use crate::auth::{cookie, SESSION_COOKIE};
-use crate::html::{esc, see_other};
+use crate::html::{html, see_other};
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -69,107 +69,95 @@ async fn admins_page(
         Err(e) => return error_page(Some(sess), e),
     };
     let write = !sess.read_only();
-    let mut rows = String::new();
-    for a in &list {
-        let me = a.username == sess.username();
-        let name = esc(&a.username);
-        let mut actions = String::new();
-        // Anyone may set their own password; changing others is for Administrators.
-        if write || me {
-            actions.push_str(&format!(
-                "<form method=\"post\" action=\"/portal/admins/{name}/password\">{csrf}\
-                 <label class=\"sr-only\" for=\"pw-{name}\">New password for {name}</label>\
-                 <input id=\"pw-{name}\" type=\"password\" name=\"password\" \
-                 placeholder=\"New password\" autocomplete=\"new-password\" minlength=\"10\" \
-                 required><button type=\"submit\" class=\"small\">Set password</button></form>",
-                csrf = sess.csrf_field().into_string(),
-            ));
+    let read_only_role = form.get("role") == "read-only";
+    let body = html! {
+        (notice(message))
+        p {
+            "Failed sign-ins slow down further tries for that name from that address only (see \
+             the README, " em { "Sign-in throttling" } "); “Forget failed sign-ins” clears them \
+             from every address. Setting a password ends that administrator's other sessions. \
+             The last enabled Administrator cannot be disabled or removed."
         }
-        if write {
-            if a.locked {
-                actions.push_str(&format!(
-                    "<form method=\"post\" action=\"/portal/admins/{name}/unlock\">{csrf}\
-                     <button type=\"submit\" class=\"small\">Forget failed sign-ins</button></form>",
-                    csrf = sess.csrf_field().into_string(),
-                ));
+        table .admins {
+            thead {
+                tr {
+                    th scope="col" { "Name" }
+                    th scope="col" { "Role" }
+                    th scope="col" { "State" }
+                    th scope="col" { "Sign-ins" }
+                    th scope="col" { "Actions" }
+                }
             }
-            let (value, label) = if a.enabled {
-                ("false", "Disable")
-            } else {
-                ("true", "Enable")
-            };
-            actions.push_str(&format!(
-                "<form method=\"post\" action=\"/portal/admins/{name}/enabled\">{csrf}\
-                 <input type=\"hidden\" name=\"enabled\" value=\"{value}\">\
-                 <button type=\"submit\" class=\"small\">{label}</button></form>\
-                 <form method=\"post\" action=\"/portal/admins/{name}/remove\">{csrf}\
-                 <button type=\"submit\" class=\"small danger\">Remove</button></form>",
-                csrf = sess.csrf_field().into_string(),
-            ));
+            tbody {
+                @for a in &list {
+                    @let me = a.username == sess.username();
+                    @let name = &a.username;
+                    tr {
+                        td { (name) @if me { " (you)" } }
+                        td {
+                            @match a.role {
+                                Role::Administrator => "Administrator",
+                                Role::ReadOnly => "Read-only",
+                            }
+                        }
+                        td { (if a.enabled { "Enabled" } else { "Disabled" }) }
+                        td { (if a.locked { "Sign-ins slowed after failures" } else { "—" }) }
+                        td .row-actions {
+                            // Anyone may set their own password; changing others is for
+                            // Administrators.
+                            @if write || me {
+                                form method="post" action={ "/portal/admins/" (name) "/password" } {
+                                    (sess.csrf_field())
+                                    label .sr-only for={ "pw-" (name) } { "New password for " (name) }
+                                    input #{ "pw-" (name) } type="password" name="password"
+                                        placeholder="New password" autocomplete="new-password"
+                                        minlength="10" required;
+                                    button type="submit" .small { "Set password" }
+                                }
+                            }
+                            @if write {
+                                @if a.locked {
+                                    form method="post" action={ "/portal/admins/" (name) "/unlock" } {
+                                        (sess.csrf_field())
+                                        button type="submit" .small { "Forget failed sign-ins" }
+                                    }
+                                }
+                                @let (value, label) =
+                                    if a.enabled { ("false", "Disable") } else { ("true", "Enable") };
+                                form method="post" action={ "/portal/admins/" (name) "/enabled" } {
+                                    (sess.csrf_field())
+                                    input type="hidden" name="enabled" value=(value);
+                                    button type="submit" .small { (label) }
+                                }
+                                form method="post" action={ "/portal/admins/" (name) "/remove" } {
+                                    (sess.csrf_field())
+                                    button type="submit" .small.danger { "Remove" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        rows.push_str(&format!(
-            "<tr><td>{name}{you}</td><td>{role}</td><td>{state}</td><td>{locked}</td>\
-             <td class=\"row-actions\">{actions}</td></tr>",
-            you = if me { " (you)" } else { "" },
-            role = match a.role {
-                Role::Administrator => "Administrator",
-                Role::ReadOnly => "Read-only",
-            },
-            state = if a.enabled { "Enabled" } else { "Disabled" },
-            locked = if a.locked {
-                "Sign-ins slowed after failures"
-            } else {
-                "—"
-            },
-        ));
-    }
-    let add = if write {
-        format!(
-            "<h2>Add an administrator</h2>\
-             <form method=\"post\" action=\"/portal/admins\" class=\"grid-form\">{csrf}\
-             <label for=\"username\">Name</label>\
-             <input id=\"username\" name=\"username\" value=\"{username}\" required>\
-             <label for=\"role\">Role</label>\
-             <select id=\"role\" name=\"role\">\
-             <option value=\"administrator\"{admin_sel}>Administrator</option>\
-             <option value=\"read-only\"{ro_sel}>Read-only</option></select>\
-             <label for=\"password\">Password (at least 10 characters)</label>\
-             <input id=\"password\" type=\"password\" name=\"password\" \
-             autocomplete=\"new-password\" required>\
-             <button type=\"submit\">Add administrator</button></form>",
-            csrf = sess.csrf_field().into_string(),
-            username = esc(form.get("username")),
-            admin_sel = if form.get("role") == "read-only" {
-                ""
-            } else {
-                " selected"
-            },
-            ro_sel = if form.get("role") == "read-only" {
-                " selected"
-            } else {
-                ""
-            },
-        )
-    } else {
-        String::new()
+        @if write {
+            h2 { "Add an administrator" }
+            form method="post" action="/portal/admins" .grid-form {
+                (sess.csrf_field())
+                label for="username" { "Name" }
+                input #username name="username" value=(form.get("username")) required;
+                label for="role" { "Role" }
+                select #role name="role" {
+                    option value="administrator" selected[!read_only_role] { "Administrator" }
+                    option value="read-only" selected[read_only_role] { "Read-only" }
+                }
+                label for="password" { "Password (at least 10 characters)" }
+                input #password type="password" name="password" autocomplete="new-password"
+                    required;
+                button type="submit" { "Add administrator" }
+            }
+        }
     };
-    let body = format!(
-        "{msg}<p>Failed sign-ins slow down further tries for that name from that address only \
-         (see the README, <em>Sign-in throttling</em>); “Forget failed sign-ins” clears them from \
-         every address. Setting a password ends that administrator's other sessions. The last \
-         enabled Administrator cannot be disabled or removed.</p>\
-         <table class=\"admins\"><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th>\
-         <th scope=\"col\">State</th><th scope=\"col\">Sign-ins</th>\
-         <th scope=\"col\">Actions</th></tr></thead><tbody>{rows}</tbody></table>{add}",
-        msg = notice(message).into_string(),
-    );
-    layout(
-        sess,
-        status,
-        Nav::Admins,
-        "Administrators",
-        maud::PreEscaped(body),
-    )
+    layout(sess, status, Nav::Admins, "Administrators", body)
 }
 
 /// After a change: back to the list with a notice, or the list with the refusal explained.
