@@ -638,4 +638,17 @@ mod tests {
         let p = pager("/portal/users", 1, false).into_string();
         assert!(!p.contains("href"), "{p}");
     }
+
+    #[test]
+    fn an_error_notice_is_text() {
+        let n = notice(Some(Notice::Error(
+            "no user \"<img src=x onerror=alert(1)>\"".into(),
+        )))
+        .into_string();
+        assert_eq!(
+            n,
+            "<p class=\"notice error\" id=\"message\" role=\"alert\">no user \
+             &quot;&lt;img src=x onerror=alert(1)&gt;&quot;</p>"
+        );
+    }
 }

@@ -31,6 +31,8 @@ pub struct TestApp {
     pub secrets: SecretBox,
     /// A bearer token of the first administrator (`admin`).
     pub token: String,
+    /// The first administrator's password (for portal sign-ins).
+    pub admin_password: String,
     _dir: tempfile::TempDir,
 }
 
@@ -69,7 +71,7 @@ impl TestApp {
                 .unwrap(),
         );
         let public = "https://mdm.example.com";
-        let (admin, _) = lanyard.bootstrap_first_admin().await.unwrap().unwrap();
+        let (admin, admin_password) = lanyard.bootstrap_first_admin().await.unwrap().unwrap();
         let (_, token) = lanyard
             .create_api_token(&Actor::system(), &admin, "test", None)
             .await
@@ -113,6 +115,7 @@ impl TestApp {
             lanyard,
             secrets,
             token,
+            admin_password,
             _dir: dir,
         }
     }
@@ -128,6 +131,24 @@ impl TestApp {
             headers: parts.headers,
             body: body.collect().await.unwrap().to_bytes().to_vec(),
         }
+    }
+
+    /// A portal page, as the first administrator signed in to the portal.
+    pub async fn portal_page(&self, path: &str) -> Answer {
+        let grant = self
+            .lanyard
+            .admin_sign_in("admin", &self.admin_password, None)
+            .await
+            .unwrap();
+        let req = Request::builder()
+            .uri(path)
+            .header(
+                header::COOKIE,
+                format!("{}={}", lanyard_http::auth::SESSION_COOKIE, grant.secret),
+            )
+            .body(Body::empty())
+            .unwrap();
+        self.send(req).await
     }
 
     /// An admin API request with the administrator's token; `body` is sent as JSON.
