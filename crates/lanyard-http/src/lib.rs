@@ -7,9 +7,13 @@
 //!   Connect leg);
 //! - [`portal`]: the administrators' web portal;
 //! - beside them [`health`] and `/metrics`, and what the audiences share: [`error`] (the one
-//!   mapping from a domain error to an answer), [`html`] (escaping and page pieces), [`auth`]
-//!   (session cookies, secret comparison), [`client`] (the client address behind proxies) and
-//!   [`text_input`] (NUL refusal).
+//!   mapping from a domain error to an answer), [`html`] (the template macro and page pieces),
+//!   [`auth`] (session cookies, secret comparison), [`client`] (the client address behind
+//!   proxies) and [`text_input`] (NUL refusal).
+//!
+//! HTML is written with `maud` templates (`html!`), checked at compile time and escaping every
+//! spliced value by default; the layouts, the notice, the pager and the CSRF field are
+//! components returning `Markup`. No page builds HTML by joining strings.
 //!
 //! Owns: routing, request extraction (bounded bodies, typed JSON with the API's error shape,
 //! authentication), rendering answers, and the single mapping from domain errors to HTTP
