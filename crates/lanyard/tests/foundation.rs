@@ -393,3 +393,78 @@ async fn bad_configuration_is_a_clear_error() {
     assert!(!ok);
     assert!(err.contains("--listen"), "{err}");
 }
+
+/// Only `migrate` and `serve` change the schema: every other command refuses a database that is
+/// not migrated (on SQLite without creating the file), saying to run `lanyard migrate`; one
+/// missing migration is named.
+async fn commands_need_a_migrated_database(db: Db) {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, pg) = match db {
+        Db::Sqlite => (
+            format!("sqlite://{}/lanyard.db", dir.path().display()),
+            None,
+        ),
+        Db::Postgres => {
+            let Some((url, admin, name)) = support::fresh_pg_database().await else {
+                return;
+            };
+            (url, Some((admin, name)))
+        }
+    };
+    let cli = |args: &[&str]| support::cli_with(dir.path(), &url, args, None);
+
+    let (ok, _, err) = cli(&["user", "list"]);
+    assert!(!ok);
+    assert!(err.contains("lanyard migrate"), "{err}");
+    if db == Db::Sqlite {
+        assert!(
+            !dir.path().join("lanyard.db").exists(),
+            "a database file was created"
+        );
+    }
+
+    let (ok, out, err) = cli(&["migrate"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("0001_foundation"), "{out}");
+    let (ok, _, err) = cli(&["user", "list"]);
+    assert!(ok, "{err}");
+
+    // A database one migration behind this version: refused, naming the migration.
+    let last = lanyard_store::SqliteStore::migration_names().pop().unwrap();
+    let version: i64 = last[..4].parse().unwrap();
+    let forget = format!("DELETE FROM _sqlx_migrations WHERE version = {version}");
+    match db {
+        Db::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query(&forget).execute(&mut c).await.unwrap();
+        }
+        Db::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(&forget).execute(&mut c).await.unwrap();
+        }
+    }
+    let (ok, _, err) = cli(&["admin", "list"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&last) && err.contains("lanyard migrate"),
+        "{err}"
+    );
+
+    if let Some((admin, name)) = pg {
+        let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut c)
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn commands_need_a_migrated_database_sqlite() {
+    commands_need_a_migrated_database(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn commands_need_a_migrated_database_postgres() {
+    commands_need_a_migrated_database(Db::Postgres).await;
+}
