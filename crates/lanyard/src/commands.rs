@@ -1019,7 +1019,7 @@ pub struct VendorArgs {
 }
 
 impl VendorArgs {
-    fn signer(&self) -> Result<Option<lanyard_apple::apns::VendorSigner>> {
+    fn signer(&self) -> Result<Option<lanyard_core::pushcert::VendorSigner>> {
         let Some(p12) = &self.vendor_p12 else {
             return Ok(None);
         };
@@ -1037,7 +1037,7 @@ impl VendorArgs {
         }
         let password = read_password(None, "vendor PKCS#12 password")?;
         let refs: Vec<&[u8]> = apple.iter().map(Vec::as_slice).collect();
-        Ok(Some(lanyard_apple::apns::VendorSigner::from_pkcs12(
+        Ok(Some(lanyard_core::pushcert::vendor_signer(
             &der, &password, &refs,
         )?))
     }
@@ -1153,7 +1153,7 @@ pub async fn push_cert(
             service, out: None, ..
         } if service.signing_service => {
             let email = service.email.clone().unwrap_or_default();
-            let client = lanyard_apple::apns::SigningService::new(&settings.signing_service_url)?;
+            let client = lanyard_core::pushcert::signing_service(&settings.signing_service_url)?;
             let api_key = service.api_key()?;
             o.lanyard
                 .request_push_signing(&Actor::cli(), secrets, &client, &email, &api_key)
@@ -1208,7 +1208,7 @@ pub async fn push_cert(
             }
             let meta = std::fs::metadata(&reply)
                 .with_context(|| format!("cannot read {}", reply.display()))?;
-            if meta.len() > lanyard_apple::apns::REPLY_LIMIT as u64 {
+            if meta.len() > lanyard_core::pushcert::REPLY_LIMIT as u64 {
                 bail!(
                     "{} is too large to be a signing service reply",
                     reply.display()
@@ -1216,7 +1216,10 @@ pub async fn push_cert(
             }
             let bytes = std::fs::read(&reply)
                 .with_context(|| format!("cannot read {}", reply.display()))?;
-            let file = o.lanyard.decrypt_push_reply(secrets, &bytes).await?;
+            let file = o
+                .lanyard
+                .decrypt_push_reply(&Actor::cli(), secrets, &bytes)
+                .await?;
             write_new_file(&out, file.as_bytes())?;
             println!(
                 "request file written to {}; upload it to Apple's Push Certificates Portal, then \
@@ -1228,7 +1231,7 @@ pub async fn push_cert(
             let Some(signer) = vendor.signer()? else {
                 bail!("give --vendor-p12 FILE and --apple-cert FILE (twice)");
             };
-            let file = o.lanyard.sign_push_request(&signer).await?;
+            let file = o.lanyard.sign_push_request(&Actor::cli(), &signer).await?;
             write_new_file(&out, file.as_bytes())?;
             println!(
                 "request file written to {}; upload it to Apple's Push Certificates Portal",

@@ -147,6 +147,10 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
             min_free_bytes: serve.min_free_bytes(),
         },
         headers,
+        signing_service: Arc::new(
+            lanyard_core::pushcert::signing_service(&data.signing_service_url)
+                .context("--signing-service-url")?,
+        ),
     });
     tokio::spawn(prune_leftovers(lanyard.clone()));
     println!(

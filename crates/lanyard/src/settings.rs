@@ -82,7 +82,7 @@ pub struct GlobalSettings {
     /// API send push certificate requests to (https, or http to a loopback address). Its API
     /// key is given with each request, never here.
     #[arg(long, global = true, value_name = "URL",
-          default_value = lanyard_apple::apns::DEFAULT_SIGNING_SERVICE_URL)]
+          default_value = lanyard_core::pushcert::DEFAULT_SIGNING_SERVICE_URL)]
     pub signing_service_url: String,
 }
 

@@ -7,6 +7,7 @@ pub mod balancer;
 pub mod browser;
 pub mod oidc;
 pub mod portal;
+pub mod pushcert;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
