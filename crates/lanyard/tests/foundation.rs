@@ -468,3 +468,55 @@ async fn commands_need_a_migrated_database_sqlite() {
 async fn commands_need_a_migrated_database_postgres() {
     commands_need_a_migrated_database(Db::Postgres).await;
 }
+
+/// `serve` reads its settings from the `--config` file (`LANYARD_CONFIG`), the ones that
+/// could once be given only as flags included, and the environment wins over the file.
+#[tokio::test]
+async fn serve_reads_the_config_file() {
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("lanyard.toml");
+    let missing = conf_dir.path().join("missing.pem");
+    let conf_env = conf.display().to_string();
+
+    // The OpenID Connect and ABM trust files come from the file: a missing one stops serve.
+    for (key, flag) in [
+        ("oidc_ca_cert", "--oidc-ca-cert"),
+        ("abm_ca_cert", "--abm-ca-cert"),
+    ] {
+        std::fs::write(
+            &conf,
+            format!("{key} = {:?}\n", missing.display().to_string()),
+        )
+        .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/lanyard.db", data.path().display());
+        let err = support::serve_refuses(data.path(), &url, &[("LANYARD_CONFIG", &conf_env)]);
+        assert!(
+            err.contains(flag) && err.contains("missing.pem"),
+            "{key}: {err}"
+        );
+    }
+
+    std::fs::write(&conf, "hsts_max_age = 600\norganization = \"From File\"\n").unwrap();
+    let s = Server::start_with(
+        Db::Sqlite,
+        &[
+            ("LANYARD_CONFIG", &conf_env),
+            ("LANYARD_ORGANIZATION", "From Env"),
+        ],
+    )
+    .await
+    .unwrap();
+    let r = s
+        .client()
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=600");
+    // The organisation names the CA, which serve exported.
+    let ca = String::from_utf8(s.ca_pem()).unwrap();
+    let info = lanyard_pki::CertInfo::parse(ca.as_bytes()).unwrap();
+    assert!(info.subject.contains("From Env"), "{}", info.subject);
+    s.stop().await;
+}
