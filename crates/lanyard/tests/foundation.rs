@@ -4,6 +4,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use serde_json::{json, Value};
 use support::{Db, Server};
 
@@ -360,14 +362,10 @@ async fn api_round_trip(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn api_and_cli_round_trip_sqlite() {
-    api_round_trip(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn api_and_cli_round_trip_postgres() {
-    api_round_trip(Db::Postgres).await;
+async fn api_and_cli_round_trip(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    api_round_trip(db).await;
 }
 
 #[tokio::test]

@@ -15,6 +15,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -187,12 +189,8 @@ async fn walk(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn portal_in_browser_sqlite() {
-    walk(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn portal_in_browser_postgres() {
-    walk(Db::Postgres).await;
+async fn portal_in_browser(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    walk(db).await;
 }

@@ -7,6 +7,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use base64::Engine as _;
 use lanyard_testkit::fake_pushcert::{
     fake_apple_push_certificate, fake_vendor_chain, FakeApnsMarker, FakeVendorOptions,
@@ -188,14 +190,10 @@ async fn portal_steps(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apns_page_steps_sqlite() {
-    portal_steps(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apns_page_steps_postgres() {
-    portal_steps(Db::Postgres).await;
+async fn apns_page_steps(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    portal_steps(db).await;
 }
 
 /// The DER of a PEM CSR or certificate, by `openssl` (`kind`: `req` or `x509`).
@@ -598,12 +596,8 @@ async fn signing_steps(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apns_signing_steps_sqlite() {
-    signing_steps(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apns_signing_steps_postgres() {
-    signing_steps(Db::Postgres).await;
+async fn apns_signing_steps(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    signing_steps(db).await;
 }

@@ -8,6 +8,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use lanyard_testkit::fake_pushcert::{
     fake_apple_push_certificate, fake_vendor_chain, FakeApnsMarker, FakeVendorOptions,
 };
@@ -19,7 +21,9 @@ use std::process::Command;
 use support::pushcert::{independent_checks, require_tool, run};
 use support::{Db, Server};
 
-async fn request_sign_upload_renew(db: Db) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_sign_upload_renew(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     if !require_tool("openssl") || !require_tool("python3") {
         return;
     }
@@ -296,16 +300,6 @@ async fn request_sign_upload_renew(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_sign_upload_renew_sqlite() {
-    request_sign_upload_renew(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_sign_upload_renew_postgres() {
-    request_sign_upload_renew(Db::Postgres).await;
-}
-
 /// The signing service path: the request goes to the (fake) service with an encryption
 /// certificate, its emailed reply decrypts to a request file that verifies independently,
 /// and bad input (wrong API key, bad address, a file that is not a reply, a reply to an
@@ -488,12 +482,8 @@ async fn signing_service_request_decrypt(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signing_service_sqlite() {
-    signing_service_request_decrypt(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signing_service_postgres() {
-    signing_service_request_decrypt(Db::Postgres).await;
+async fn signing_service(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    signing_service_request_decrypt(db).await;
 }
