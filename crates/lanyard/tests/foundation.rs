@@ -395,19 +395,21 @@ async fn bad_configuration_is_a_clear_error() {
 /// Only `migrate` and `serve` change the schema: every other command refuses a database that is
 /// not migrated (on SQLite without creating the file), saying to run `lanyard migrate`; one
 /// missing migration is named.
-async fn commands_need_a_migrated_database(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn commands_need_a_migrated_database(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
-    let (url, pg) = match db {
+    let (url, _scratch) = match db {
         Db::Sqlite => (
             format!("sqlite://{}/lanyard.db", dir.path().display()),
             None,
         ),
         Db::Postgres => {
-            let Some((url, admin, name)) = support::fresh_pg_database().await else {
+            let Some(scratch) = support::fresh_pg_database().await else {
                 return;
             };
-            (url, Some((admin, name)))
+            (scratch.url().to_string(), Some(scratch))
         }
     };
     let cli = |args: &[&str]| support::cli_with(dir.path(), &url, args, None);
@@ -448,23 +450,6 @@ async fn commands_need_a_migrated_database(db: Db) {
         err.contains(&last) && err.contains("lanyard migrate"),
         "{err}"
     );
-
-    if let Some((admin, name)) = pg {
-        let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut c)
-            .await;
-    }
-}
-
-#[tokio::test]
-async fn commands_need_a_migrated_database_sqlite() {
-    commands_need_a_migrated_database(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn commands_need_a_migrated_database_postgres() {
-    commands_need_a_migrated_database(Db::Postgres).await;
 }
 
 /// `serve` reads its settings from the `--config` file (`LANYARD_CONFIG`), the ones that
