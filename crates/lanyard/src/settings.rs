@@ -427,7 +427,9 @@ pub fn parse<C: clap::Parser>(
     let mut cmd = C::command();
     for setting in &settings {
         let env_name = setting.env();
-        let layered = match env(&env_name) {
+        // An empty variable (`LANYARD_LISTEN=`) counts as unset, as shells and compose files
+        // write them.
+        let layered = match env(&env_name).filter(|raw| !raw.is_empty()) {
             Some(raw) => {
                 let text = raw
                     .into_string()
@@ -768,6 +770,16 @@ mod tests {
         .unwrap();
         assert_eq!(cli.global.data_dir, PathBuf::from("/flag"));
         assert_eq!(serve(cli).organization, "From File");
+
+        // An empty variable is unset: the file's value stands.
+        let cli = parse_with(
+            &["--config", &path, "serve"],
+            &[("LANYARD_ORGANIZATION", ""), ("LANYARD_BEHIND_PROXY", "")],
+        )
+        .unwrap();
+        let s = serve(cli);
+        assert_eq!(s.organization, "From File");
+        assert!(s.behind_proxy);
     }
 
     #[test]
