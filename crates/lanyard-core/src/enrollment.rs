@@ -852,7 +852,8 @@ impl Lanyard {
     /// the `inactive-after-days` setting (none when it is 0); returns how many. `serve` runs
     /// this hourly. A Mac that re-enrolls gets a new `EnrollmentID`, so one removed without a
     /// `CheckOut` (or wiped) would otherwise stay listed as enrolled for ever; one that speaks
-    /// again is active again ([`EnrollmentService::identify`], the command exchange).
+    /// again is active again (the identity rule of [`crate::mdm::MdmService`], on check-in and
+    /// the command exchange).
     pub async fn mark_inactive_enrollments(
         &self,
         now: chrono::DateTime<chrono::Utc>,

@@ -9,7 +9,7 @@
 //!   the signed enrollment profile, SCEP for its identity, check-in (`Authenticate`,
 //!   `TokenUpdate` on both channels) and the command channel with a small built-in
 //!   responder;
-//! - the command channel's **load tool** ([`bench`], CLI `lanyard-bench`);
+//! - the command channel's **load tool** ([`mod@bench`], CLI `lanyard-bench`);
 //! - a **fake APNs** ([`fake_apns`]) and fake MDM push certificates;
 //! - a **fake Apple Business Manager** ([`fake_abm`], CLI `lanyard-fake-abm`): token files,
 //!   OAuth-checked sessions, devices with cursors, discovery registration, fault injection;
