@@ -636,7 +636,10 @@ impl EnrollmentService {
         let settings = self.lanyard.enrollment_settings().await?;
         let challenge = new_secret("");
         let enrollment_id = uuid::Uuid::new_v4().to_string();
-        tracing::Span::current().record("enrollment", enrollment_id.as_str());
+        tracing::Span::current().record(
+            "enrollment",
+            tracing::field::display(enrollment_id.as_str()),
+        );
         let uuids = ProfileUuids::random();
         let signed = self.signed_profile(
             &self.profile_input(
@@ -799,7 +802,10 @@ impl EnrollmentService {
             tracing::info!("SCEP request with an unknown, used or expired challenge refused");
             return refuse(FailInfo::BadRequest);
         };
-        tracing::Span::current().record("enrollment", enrollment.id.as_str());
+        tracing::Span::current().record(
+            "enrollment",
+            tracing::field::display(enrollment.id.as_str()),
+        );
         let subject = identity_subject(&self.organization, &enrollment.id)?;
         let issued = match scep.issue(&req, self.identity.lifetime, Some(&subject)) {
             Ok(issued) => issued,

@@ -276,8 +276,11 @@ impl MdmService {
         let msg = lanyard_proto::decode_checkin(req.body)
             .map_err(|e| CoreError::Invalid(format!("check-in: {e}")))?;
         let span = Span::current();
-        span.record("message", msg.message_type());
-        span.record("channel", channel_of(msg.enrollment().kind));
+        span.record("message", tracing::field::display(msg.message_type()));
+        span.record(
+            "channel",
+            tracing::field::display(channel_of(msg.enrollment().kind)),
+        );
         match &msg {
             CheckinMessage::DeclarativeManagement(d) => {
                 if req.body.len() > DECLARATIVE_MESSAGE_LIMIT {
@@ -311,7 +314,10 @@ impl MdmService {
                 matches!(msg, CheckinMessage::Authenticate(_)),
             )
             .await?;
-        span.record("enrollment", enrollment.id.as_str());
+        span.record(
+            "enrollment",
+            tracing::field::display(enrollment.id.as_str()),
+        );
         if user_channel && !matches!(msg, CheckinMessage::CheckOut(_)) {
             self.authorize_user_channel(&enrollment, req.bearer).await?;
         }
@@ -487,11 +493,11 @@ impl MdmService {
             .map_err(|e| CoreError::Invalid(format!("command report: {e}")))?;
         let channel = channel_of(report.enrollment.kind);
         let span = Span::current();
-        span.record("status", report.status.as_str());
+        span.record("status", tracing::field::display(report.status.as_str()));
         if let Some(uuid) = report.command_uuid.as_deref() {
-            span.record("command", uuid);
+            span.record("command", tracing::field::display(uuid));
         }
-        span.record("channel", channel);
+        span.record("channel", tracing::field::display(channel));
         if channel == CHANNEL_USER {
             let enrollment = self
                 .bound_enrollment(&fingerprint, report.enrollment.device_id(), false)
