@@ -910,7 +910,7 @@ pub struct VendorBody {
 #[derive(Serialize, ToSchema)]
 pub struct RequestFile {
     /// Base64 of the push certificate request plist: upload it at
-    /// https://identity.apple.com.
+    /// <https://identity.apple.com>.
     pub upload_file: String,
 }
 

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -28,6 +28,13 @@ use crate::auth::Authed;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::AppState;
 
+/// `POST /server-tokens/{name}/sync`: with `?wait=true` the answer waits for the whole sync,
+/// which may take longer than the handler timeout (`tracing_layers::REQUEST_TIMEOUT`), so this
+/// route is mounted outside it.
+pub fn long_running_routes() -> Router<AppState> {
+    Router::new().route("/server-tokens/{name}/sync", post(sync))
+}
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/server-tokens", get(list).post(create))
@@ -40,7 +47,7 @@ pub fn routes() -> Router<AppState> {
             "/server-tokens/{name}/token",
             put(upload).layer(DefaultBodyLimit::max(MAX_TOKEN_FILE)),
         )
-        .route("/server-tokens/{name}/sync", get(sync_progress).post(sync))
+        .route("/server-tokens/{name}/sync", get(sync_progress))
         .route("/server-tokens/{name}/devices", get(devices))
         .route(
             "/account-driven-discovery",
