@@ -2,6 +2,10 @@
 //! place that names concrete storage backends and wires configuration, PKI, storage, the domain
 //! and HTTP together.
 
+// The doc comments on the clap structs are the `--help` text, written for a terminal: they name
+// placeholders such as `<data-dir>` and bare URLs, which rustdoc would read as HTML and links.
+#![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
+
 mod commands;
 mod config;
 mod connections;

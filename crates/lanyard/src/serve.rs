@@ -15,6 +15,8 @@ use lanyard_core::push::{ExpiryWatch, PushJob};
 use lanyard_core::Lanyard;
 use lanyard_pki::{Ca, SecretBox};
 use lanyard_store::PkiMaterial;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{ServeConfig, TlsMode};
 use crate::connections::{self, Guard, Limits};
@@ -176,7 +178,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
     let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     match &serve.tls {
         TlsMode::BehindProxy => {
-            axum_server::from_tcp(listener)
+            axum_server::from_tcp(listener)?
                 .acceptor(Guard::new(DefaultAcceptor::new(), limits))
                 .handle(handle)
                 .serve(service)
@@ -187,7 +189,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
                 tls_config(&lanyard, &secrets, &device_pki.ca, &serve, mode, bound.ip()).await?;
             // The handshake counts against the first request's header-read time.
             let tls = RustlsAcceptor::new(tls).handshake_timeout(limits.header_read);
-            axum_server::from_tcp(listener)
+            axum_server::from_tcp(listener)?
                 .acceptor(Guard::new(tls, limits))
                 .handle(handle)
                 .serve(service)
@@ -215,7 +217,7 @@ fn serve_metrics(
     addr: std::net::SocketAddr,
     endpoint: lanyard_http::MetricsEndpoint,
     headers: lanyard_http::ResponseHeaders,
-    handle: axum_server::Handle,
+    handle: axum_server::Handle<std::net::SocketAddr>,
     limits: Limits,
 ) -> Result<()> {
     let listener = std::net::TcpListener::bind(addr)
@@ -225,8 +227,9 @@ fn serve_metrics(
     println!("lanyard metrics on http://{bound}/metrics");
     tracing::info!(%bound, "serving /metrics on its own address");
     let app = lanyard_http::metrics_router(endpoint, headers);
+    let server = axum_server::from_tcp(listener)?;
     tokio::spawn(async move {
-        if let Err(e) = axum_server::from_tcp(listener)
+        if let Err(e) = server
             .acceptor(Guard::new(DefaultAcceptor::new(), limits))
             .handle(handle)
             .serve(app.into_make_service())
@@ -301,15 +304,19 @@ async fn tls_config(
         ),
         _ => self_issued(lanyard, secrets, ca, serve, bound_ip).await?,
     };
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .context("the TLS certificate file is not PEM")?;
     if certs.is_empty() {
         anyhow::bail!("the TLS certificate file holds no certificate");
     }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .context("the TLS key file is not PEM")?
-        .context("the TLS key file holds no private key")?;
+    let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(key) => key,
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => {
+            anyhow::bail!("the TLS key file holds no private key")
+        }
+        Err(e) => return Err(e).context("the TLS key file is not PEM"),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -443,7 +450,7 @@ async fn prune_leftovers(lanyard: Lanyard) {
     }
 }
 
-async fn shutdown_on_signal(handle: axum_server::Handle) {
+async fn shutdown_on_signal(handle: axum_server::Handle<std::net::SocketAddr>) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

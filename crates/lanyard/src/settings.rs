@@ -5,7 +5,7 @@
 //! - the flag, `--data-dir` (clap, from the field name);
 //! - the environment twin, `LANYARD_DATA_DIR` ([`env_name`]);
 //! - the key in the TOML file given with `--config`, `data_dir` (the field name);
-//! - its row in `docs/CONFIGURATION.md` ([`markdown_table`], checked by a test).
+//! - its row in `docs/CONFIGURATION.md` (`markdown_table`, checked by a test).
 //!
 //! The layers, each over the one before: built-in defaults < the TOML file < `LANYARD_*`
 //! environment < command-line flags. [`parse`] does it with clap alone: a value from the file or

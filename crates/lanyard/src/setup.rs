@@ -189,10 +189,31 @@ pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("LANYARD_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
+    let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    if installed.is_ok() {
+        log_panics();
+    }
+}
+
+/// A panic is written to the log, once, as an error in the span it happened in: in a request
+/// handler that span carries the request id (the HTTP layer answers the request `500`).
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(panic = %message, %location, "panicked");
+    }));
 }
 
 /// The push service for this configuration (APNs URL, extra trust for test servers).
