@@ -14,7 +14,10 @@ use utoipa::ToSchema;
 
 use lanyard_apple::apns::{
     ApnsEnvironment, ApnsError, PushCertRequestFile, PushCertificate, SignRequestBody,
-    SigningService, SigningServiceError, VendorSigner,
+    SigningServiceError,
+};
+pub use lanyard_apple::apns::{
+    SigningService, VendorSigner, DEFAULT_SIGNING_SERVICE_URL, REPLY_LIMIT,
 };
 use lanyard_pki::openssl::nid::Nid;
 use lanyard_pki::openssl::pkey::PKey;
@@ -106,6 +109,9 @@ pub struct PushRequestInfo {
     /// signed it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_file: Option<String>,
+    /// The request went to the signing service: its emailed reply is decrypted with a key
+    /// kept pending beside it.
+    pub signing_service: bool,
 }
 
 fn csr_der_of(pem: &str) -> Result<Vec<u8>> {
@@ -116,6 +122,35 @@ fn csr_der_of(pem: &str) -> Result<Vec<u8>> {
 
 fn vendor_error(e: lanyard_apple::apns::VendorError) -> CoreError {
     CoreError::Invalid(e.to_string())
+}
+
+/// A vendor identity as the operator hands it over (the CLI's files, the API's body, the
+/// portal's upload): the PKCS#12 file with its password and Apple's certificates above it
+/// (the WWDR intermediate and the Apple root). Every way in checks it here.
+pub fn vendor_signer(pkcs12: &[u8], password: &str, apple_certs: &[&[u8]]) -> Result<VendorSigner> {
+    if pkcs12.is_empty() {
+        return Err(CoreError::Invalid(
+            "give the vendor certificate and key (PKCS#12 file)".into(),
+        ));
+    }
+    if apple_certs.iter().all(|c| c.is_empty()) {
+        return Err(CoreError::Invalid(
+            "give Apple's certificates above the vendor certificate: the WWDR intermediate and \
+             the Apple root"
+                .into(),
+        ));
+    }
+    let apple: Vec<&[u8]> = apple_certs
+        .iter()
+        .copied()
+        .filter(|c| !c.is_empty())
+        .collect();
+    VendorSigner::from_pkcs12(pkcs12, password, &apple).map_err(vendor_error)
+}
+
+/// A client of the signing service at `url` (https, or http to a loopback test service).
+pub fn signing_service(url: &str) -> Result<SigningService> {
+    SigningService::new(url).map_err(|e| CoreError::Invalid(e.to_string()))
 }
 
 impl Lanyard {
@@ -160,20 +195,28 @@ impl Lanyard {
             csr_pem,
             created_at,
             upload_file,
+            signing_service: false,
         })
     }
 
     /// The pending request, if any.
     pub async fn push_request(&self) -> Result<Option<PushRequestInfo>> {
-        Ok(self
+        let Some(m) = self.store.get_pending_pki(PENDING_REQUEST).await? else {
+            return Ok(None);
+        };
+        // A request sent to the signing service is stored together with its encryption key
+        // (one transaction, one time); a later request made otherwise leaves an older key.
+        let signing_service = self
             .store
-            .get_pending_pki(PENDING_REQUEST)
+            .get_pending_pki(PENDING_ENCRYPTION)
             .await?
-            .map(|m| PushRequestInfo {
-                csr_pem: m.cert_pem,
-                created_at: m.created_at,
-                upload_file: None,
-            }))
+            .is_some_and(|e| e.created_at == m.created_at);
+        Ok(Some(PushRequestInfo {
+            csr_pem: m.cert_pem,
+            created_at: m.created_at,
+            upload_file: None,
+            signing_service,
+        }))
     }
 
     /// Sends a new push key's CSR to a signing service, which emails the signed request file
@@ -208,7 +251,12 @@ impl Lanyard {
             ))
             .await
             .map_err(|e| match e {
-                SigningServiceError::Config(_) => CoreError::Invalid(e.to_string()),
+                // The service refused what it was given (an unknown API key, an address it
+                // will not mail): the administrator's input, not an outage.
+                SigningServiceError::Config(_)
+                | SigningServiceError::Refused {
+                    status: 400..=499, ..
+                } => CoreError::Invalid(e.to_string()),
                 other => CoreError::Upstream(other.to_string()),
             })?;
         let created_at = lanyard_store::now();
@@ -241,13 +289,28 @@ impl Lanyard {
             csr_pem,
             created_at,
             upload_file: None,
+            signing_service: true,
         })
     }
 
     /// Reads the signing service's emailed reply to the pending request: decrypted with the
     /// pending encryption key, it must be a request file carrying the pending CSR. Returns
     /// the request file for Apple; stores nothing.
-    pub async fn decrypt_push_reply(&self, secrets: &SecretBox, reply: &[u8]) -> Result<String> {
+    pub async fn decrypt_push_reply(
+        &self,
+        actor: &Actor,
+        secrets: &SecretBox,
+        reply: &[u8],
+    ) -> Result<String> {
+        actor.require_write()?;
+        if reply.len() > REPLY_LIMIT {
+            return Err(CoreError::Invalid(format!(
+                "this file ({} bytes) is too large to be a signing service reply (at most {} \
+                 bytes)",
+                reply.len(),
+                REPLY_LIMIT
+            )));
+        }
         let pending = self
             .store
             .get_pending_pki(PENDING_REQUEST)
@@ -290,7 +353,9 @@ impl Lanyard {
     }
 
     /// Signs the pending request with a vendor certificate: the request file for Apple.
-    pub async fn sign_push_request(&self, vendor: &VendorSigner) -> Result<String> {
+    /// Stores nothing, but only an administrator who may make the request may sign it.
+    pub async fn sign_push_request(&self, actor: &Actor, vendor: &VendorSigner) -> Result<String> {
+        actor.require_write()?;
         let pending = self.push_request().await?.ok_or_else(no_request)?;
         vendor
             .sign_request(&csr_der_of(&pending.csr_pem)?)

@@ -15,13 +15,14 @@ use lanyard_core::enrollment::{profile_identifier, DeviceUrls, EnrollmentService
 use lanyard_core::renewal::IdentityPolicy;
 use lanyard_core::Lanyard;
 use lanyard_store::*;
+use lanyard_testkit::scratch_db::ScratchDb;
 
 const TOPIC: &str = "com.apple.mgmt.External.2b8f5a4e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
 
 struct Db {
     store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
-    pg: Option<(String, String)>,
+    _pg: Option<ScratchDb>,
 }
 
 async fn sqlite() -> Db {
@@ -32,56 +33,27 @@ async fn sqlite() -> Db {
     Db {
         store: Arc::new(store),
         _dir: Some(dir),
-        pg: None,
+        _pg: None,
     }
 }
 
-/// A fresh PostgreSQL database, or `None` (loudly) when PostgreSQL is unavailable outside CI.
+/// A fresh PostgreSQL database (dropped with `Db`, also when the test panics), or `None`
+/// (loudly) when PostgreSQL is unavailable outside CI.
 async fn postgres() -> Option<Db> {
-    use sqlx::Connection;
-    let admin = std::env::var("LANYARD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut conn = match sqlx::PgConnection::connect(&admin).await {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL is required under CI=true but unreachable at {admin}: {e}");
-            }
-            eprintln!(
-                "\n!!!!! SKIPPED: PostgreSQL unreachable at {admin} ({e}); the PostgreSQL run of \
-                 the identity renewal test did NOT happen !!!!!\n"
-            );
-            return None;
-        }
-    };
-    let db = format!("lanyard_renewal_{:016x}", rand::random::<u64>());
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    let store = PostgresStore::connect(&format!("{base}/{db}"))
-        .await
-        .unwrap();
+    let db = ScratchDb::for_test("lanyard_renewal", "the identity renewal test").await?;
+    let store = PostgresStore::connect(db.url()).await.unwrap();
     store.migrate().await.unwrap();
     Some(Db {
         store: Arc::new(store),
         _dir: None,
-        pg: Some((admin, db)),
+        _pg: Some(db),
     })
 }
 
 impl Db {
+    /// Closes the store's connections before its database goes.
     async fn finish(self) {
         drop(self.store);
-        if let Some((admin, db)) = self.pg {
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                .execute(&mut c)
-                .await
-                .unwrap();
-        }
     }
 }
 

@@ -74,6 +74,15 @@ pub fn routes() -> Router<AppState> {
             "/push-certificate/request",
             get(get_push_request).post(create_push_request),
         )
+        .route("/push-certificate/request/sign", post(sign_push_request))
+        .route(
+            "/push-certificate/request/signing-service",
+            post(send_push_request),
+        )
+        .route(
+            "/push-certificate/request/decrypt",
+            post(decrypt_push_reply),
+        )
         .route("/commands/{uuid}", get(command_status))
         .route("/audit", get(audit_log))
         .route("/openapi.json", get(openapi))
@@ -88,13 +97,15 @@ pub fn routes() -> Router<AppState> {
         patch_settings, list_attributes, define_attribute, delete_attribute, list_admins,
         create_admin, update_admin, remove_admin, unlock_admin, unlock_user, list_api_tokens, create_api_token, revoke_api_token, audit_log, list_devices, get_device,
         device_commands, device_inventory, unenroll_device, require_sign_in, send_command, command_status,
-        get_push_certificate, put_push_certificate, get_push_request, create_push_request
+        get_push_certificate, put_push_certificate, get_push_request, create_push_request,
+        sign_push_request, send_push_request, decrypt_push_reply
     ),
     components(schemas(ErrorBody, UserView, CreateUser, UpdateUser, EnrollmentSettings,
         SettingsPatch, CustomAttribute, DefineAttribute, AdminView, Role, SignIn, SessionCreated,
         NewAdmin, AdminChange, Unlocked, NewApiToken, ApiTokenCreated, ApiTokenView, AuditView, EnrollmentView, SendCommand, CommandSpec,
         CommandTarget, CommandChannel, Queued, CommandView, PushCertificateInfo, PushCertificateBody,
-        lanyard_core::pushcert::PushRequestInfo)),
+        lanyard_core::pushcert::PushRequestInfo, VendorBody, SigningServiceBody, ReplyBody,
+        RequestFile)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -881,6 +892,119 @@ async fn create_push_request(
         .create_push_request(&actor, &s.secrets, None)
         .await?;
     Ok((StatusCode::CREATED, Json(r)))
+}
+
+/// An MDM vendor identity, handed over for one signature and never stored.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VendorBody {
+    /// The MDM CSR signing (vendor) certificate and its key: a PKCS#12 file, base64.
+    pub pkcs12_base64: String,
+    pub password: String,
+    /// Apple's certificates above the vendor certificate: the WWDR intermediate and the
+    /// Apple root, each PEM (or base64 of DER, as Apple's `.cer` files are).
+    pub apple_certificates: Vec<String>,
+}
+
+/// The request file for Apple's Push Certificates Portal.
+#[derive(Serialize, ToSchema)]
+pub struct RequestFile {
+    /// Base64 of the push certificate request plist: upload it at
+    /// <https://identity.apple.com>.
+    pub upload_file: String,
+}
+
+/// Sign the pending request with an MDM vendor certificate (stored nowhere): the request
+/// file for Apple's Push Certificates Portal.
+#[utoipa::path(post, path = "/api/v1/push-certificate/request/sign", request_body = VendorBody,
+    responses((status = 200, body = RequestFile), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+async fn sign_push_request(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiJson(b): ApiJson<VendorBody>,
+) -> ApiResult<Json<RequestFile>> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pkcs12 = b64
+        .decode(b.pkcs12_base64.trim())
+        .map_err(|_| ApiError::invalid("pkcs12_base64 is not base64"))?;
+    let apple = b
+        .apple_certificates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.trim_start().starts_with("-----BEGIN") {
+                Ok(c.as_bytes().to_vec())
+            } else {
+                b64.decode(c.trim()).map_err(|_| {
+                    ApiError::invalid(format!(
+                        "apple_certificates[{i}] is neither PEM nor base64 of DER"
+                    ))
+                })
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&[u8]> = apple.iter().map(Vec::as_slice).collect();
+    let signer = lanyard_core::pushcert::vendor_signer(&pkcs12, &b.password, &refs)?;
+    let upload_file = s.lanyard.sign_push_request(&actor, &signer).await?;
+    Ok(Json(RequestFile { upload_file }))
+}
+
+/// A request to the CSR signing service, for operators without their own vendor
+/// certificate.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SigningServiceBody {
+    /// Where the service emails the signed request (encrypted to a key Lanyard keeps).
+    pub email: String,
+    /// The service's API key; used for this request only, never stored or logged.
+    pub api_key: String,
+}
+
+/// Start getting (or renewing) the push certificate through the CSR signing service
+/// (`--signing-service-url`): a new push key and CSR go to the service, which emails the
+/// signed request, encrypted; `POST /api/v1/push-certificate/request/decrypt` reads it.
+/// Nothing is kept pending unless the service accepts the request.
+#[utoipa::path(post, path = "/api/v1/push-certificate/request/signing-service",
+    request_body = SigningServiceBody,
+    responses((status = 201, body = lanyard_core::pushcert::PushRequestInfo),
+              (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
+async fn send_push_request(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiJson(b): ApiJson<SigningServiceBody>,
+) -> ApiResult<(StatusCode, Json<lanyard_core::pushcert::PushRequestInfo>)> {
+    let r = s
+        .lanyard
+        .request_push_signing(&actor, &s.secrets, &s.signing_service, &b.email, &b.api_key)
+        .await?;
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+/// The signing service's emailed reply.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyBody {
+    /// The content of the emailed `*.plist.b64.p7` attachment (hex text).
+    pub reply: String,
+}
+
+/// Decrypt the signing service's emailed reply to the pending request: the request file
+/// for Apple's Push Certificates Portal. Stores nothing.
+#[utoipa::path(post, path = "/api/v1/push-certificate/request/decrypt", request_body = ReplyBody,
+    responses((status = 200, body = RequestFile), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+async fn decrypt_push_reply(
+    State(s): State<AppState>,
+    Authed(actor): Authed,
+    ApiJson(b): ApiJson<ReplyBody>,
+) -> ApiResult<Json<RequestFile>> {
+    let upload_file = s
+        .lanyard
+        .decrypt_push_reply(&actor, &s.secrets, b.reply.as_bytes())
+        .await?;
+    Ok(Json(RequestFile { upload_file }))
 }
 
 #[cfg(test)]

@@ -64,6 +64,9 @@ pub struct AppState {
     pub health: HealthSettings,
     /// Headers added to every answer.
     pub headers: ResponseHeaders,
+    /// The CSR signing service push certificate requests go to from the portal and the API
+    /// (`--signing-service-url`).
+    pub signing_service: std::sync::Arc<lanyard_core::pushcert::SigningService>,
 }
 
 /// `/metrics`: the Prometheus text, optionally only for `Authorization: Bearer <token>`.

@@ -2,7 +2,8 @@
 //! The storage conformance suite: every test here runs against SQLite and PostgreSQL.
 //!
 //! PostgreSQL comes from `LANYARD_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
-//! each test creates its own database and drops it afterwards, so tests run in parallel. When
+//! each test creates its own database (the test kit's scratch database, dropped even when the
+//! test fails), so tests run in parallel. When
 //! PostgreSQL cannot be reached the PostgreSQL half is skipped with a loud message — and under
 //! `CI=true` that is a failure.
 
@@ -12,12 +13,12 @@ use serde_json::json;
 
 mod support {
     use super::*;
+    use lanyard_testkit::scratch_db::ScratchDb;
     use rand::Rng;
-    use sqlx::Connection;
 
     pub struct Harness {
         pub store: Box<dyn Store>,
-        cleanup: Option<(String, String)>,
+        _scratch: Option<ScratchDb>,
         _dir: Option<tempdir::TempDirGuard>,
     }
 
@@ -39,61 +40,28 @@ mod support {
         store.migrate().await.unwrap();
         Harness {
             store: Box::new(store),
-            cleanup: None,
+            _scratch: None,
             _dir: Some(tempdir::TempDirGuard(dir)),
         }
     }
 
-    pub fn admin_url() -> String {
-        std::env::var("LANYARD_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-    }
-
-    /// A fresh PostgreSQL database, or `None` (loudly) when PostgreSQL is unavailable outside CI.
+    /// A fresh PostgreSQL database (dropped with the harness, also when a test panics), or
+    /// `None` (loudly) when PostgreSQL is unavailable outside CI.
     pub async fn postgres() -> Option<Harness> {
-        let admin = admin_url();
-        let mut conn = match sqlx::PgConnection::connect(&admin).await {
-            Ok(c) => c,
-            Err(e) => {
-                if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!("PostgreSQL is required under CI=true but unreachable at {admin}: {e}");
-                }
-                eprintln!(
-                    "\n!!!!! SKIPPED: PostgreSQL unreachable at {admin} ({e}); the PostgreSQL half \
-                     of the storage conformance suite did NOT run !!!!!\n"
-                );
-                return None;
-            }
-        };
-        let n: u64 = rand::thread_rng().gen();
-        let db = format!("lanyard_conf_{n:016x}");
-        sqlx::query(&format!("CREATE DATABASE {db}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let url = match admin.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{db}"),
-            None => panic!("bad admin URL {admin}"),
-        };
-        let store = PostgresStore::connect(&url).await.unwrap();
+        let db = ScratchDb::for_test("lanyard_conf", "the storage conformance suite").await?;
+        let store = PostgresStore::connect(db.url()).await.unwrap();
         store.migrate().await.unwrap();
         Some(Harness {
             store: Box::new(store),
-            cleanup: Some((admin, db)),
+            _scratch: Some(db),
             _dir: None,
         })
     }
 
     impl Harness {
+        /// Closes the store's connections before its database goes.
         pub async fn finish(self) {
             drop(self.store);
-            if let Some((admin, db)) = self.cleanup {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            }
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   the signed enrollment profile, SCEP for its identity, check-in (`Authenticate`,
 //!   `TokenUpdate` on both channels) and the command channel with a small built-in
 //!   responder;
-//! - the command channel's **load tool** ([`mod@bench`], CLI `lanyard-bench`);
+//! - a **scratch PostgreSQL database** per test ([`scratch_db`]), dropped even when the test
+//!   panics;
 //! - a **fake APNs** ([`fake_apns`]) and fake MDM push certificates;
 //! - a **fake Apple Business Manager** ([`fake_abm`], CLI `lanyard-fake-abm`): token files,
 //!   OAuth-checked sessions, devices with cursors, discovery registration, fault injection;
@@ -23,7 +24,6 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod bench;
 pub mod commands;
 pub mod device;
 pub mod error;
@@ -33,6 +33,7 @@ pub mod fake_pushcert;
 pub mod fake_signing_service;
 pub mod profile;
 pub mod scep_client;
+pub mod scratch_db;
 pub mod sim;
 pub mod webauth;
 

@@ -1019,7 +1019,7 @@ pub struct VendorArgs {
 }
 
 impl VendorArgs {
-    fn signer(&self) -> Result<Option<lanyard_apple::apns::VendorSigner>> {
+    fn signer(&self) -> Result<Option<lanyard_core::pushcert::VendorSigner>> {
         let Some(p12) = &self.vendor_p12 else {
             return Ok(None);
         };
@@ -1037,7 +1037,7 @@ impl VendorArgs {
         }
         let password = read_password(None, "vendor PKCS#12 password")?;
         let refs: Vec<&[u8]> = apple.iter().map(Vec::as_slice).collect();
-        Ok(Some(lanyard_apple::apns::VendorSigner::from_pkcs12(
+        Ok(Some(lanyard_core::pushcert::vendor_signer(
             &der, &password, &refs,
         )?))
     }
@@ -1046,17 +1046,13 @@ impl VendorArgs {
 /// A CSR signing service instead of an own vendor certificate.
 #[derive(Debug, clap::Args)]
 pub struct SigningServiceArgs {
-    /// Send the CSR to a signing service (see --signing-service-url); it emails the signed
-    /// request, encrypted, to --email; `lanyard push-cert decrypt` reads it.
+    /// Send the CSR to the signing service (the setting --signing-service-url); it emails the
+    /// signed request, encrypted, to --email; `lanyard push-cert decrypt` reads it.
     #[arg(long, conflicts_with = "vendor_p12", requires = "email")]
     signing_service: bool,
     /// The address the signing service emails its reply to.
     #[arg(long, requires = "signing_service")]
     email: Option<String>,
-    /// The signing service's URL.
-    #[arg(long, env = "LANYARD_SIGNING_SERVICE_URL",
-          default_value = lanyard_apple::apns::DEFAULT_SIGNING_SERVICE_URL)]
-    signing_service_url: String,
     /// A file holding the signing service's API key (private to its owner); without it the
     /// key is read from standard input. Never give the key on the command line.
     #[arg(long, requires = "signing_service")]
@@ -1139,6 +1135,7 @@ pub enum PushCertCmd {
 pub async fn push_cert(
     o: &Opened,
     secrets: &lanyard_pki::SecretBox,
+    settings: &crate::settings::GlobalSettings,
     cmd: PushCertCmd,
 ) -> Result<()> {
     use lanyard_core::push::PushCertificateUpload;
@@ -1156,7 +1153,7 @@ pub async fn push_cert(
             service, out: None, ..
         } if service.signing_service => {
             let email = service.email.clone().unwrap_or_default();
-            let client = lanyard_apple::apns::SigningService::new(&service.signing_service_url)?;
+            let client = lanyard_core::pushcert::signing_service(&settings.signing_service_url)?;
             let api_key = service.api_key()?;
             o.lanyard
                 .request_push_signing(&Actor::cli(), secrets, &client, &email, &api_key)
@@ -1211,7 +1208,7 @@ pub async fn push_cert(
             }
             let meta = std::fs::metadata(&reply)
                 .with_context(|| format!("cannot read {}", reply.display()))?;
-            if meta.len() > lanyard_apple::apns::REPLY_LIMIT as u64 {
+            if meta.len() > lanyard_core::pushcert::REPLY_LIMIT as u64 {
                 bail!(
                     "{} is too large to be a signing service reply",
                     reply.display()
@@ -1219,7 +1216,10 @@ pub async fn push_cert(
             }
             let bytes = std::fs::read(&reply)
                 .with_context(|| format!("cannot read {}", reply.display()))?;
-            let file = o.lanyard.decrypt_push_reply(secrets, &bytes).await?;
+            let file = o
+                .lanyard
+                .decrypt_push_reply(&Actor::cli(), secrets, &bytes)
+                .await?;
             write_new_file(&out, file.as_bytes())?;
             println!(
                 "request file written to {}; upload it to Apple's Push Certificates Portal, then \
@@ -1231,7 +1231,7 @@ pub async fn push_cert(
             let Some(signer) = vendor.signer()? else {
                 bail!("give --vendor-p12 FILE and --apple-cert FILE (twice)");
             };
-            let file = o.lanyard.sign_push_request(&signer).await?;
+            let file = o.lanyard.sign_push_request(&Actor::cli(), &signer).await?;
             write_new_file(&out, file.as_bytes())?;
             println!(
                 "request file written to {}; upload it to Apple's Push Certificates Portal",

@@ -11,6 +11,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use reqwest::Client;
 use serde_json::{json, Value};
 use support::portal::{browser, csrf_of, get};
@@ -84,7 +86,9 @@ async fn audit_actions(c: &Client, s: &Server, token: &str, action: &str) -> Vec
 
 /// Behind a trusted proxy: an attacker's guesses from one address throttle only that address;
 /// unknown and known names are answered alike; `admin unlock` clears the throttle.
-async fn admin_throttle_by_address(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn admin_throttle_by_address(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = Server::start_with(db, &[("LANYARD_TRUSTED_PROXY", "127.0.0.1/32")]).await else {
         return;
     };
@@ -134,19 +138,11 @@ async fn admin_throttle_by_address(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn admin_throttle_by_address_sqlite() {
-    admin_throttle_by_address(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn admin_throttle_by_address_postgres() {
-    admin_throttle_by_address(Db::Postgres).await;
-}
-
 /// Without --trusted-proxy, X-Forwarded-For names nobody: guesses that each claim a new client
 /// address are still one address's guesses, and are throttled.
-async fn untrusted_forwarded_for_is_ignored(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn untrusted_forwarded_for_is_ignored(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = Server::start(db).await else {
         return;
     };
@@ -154,16 +150,6 @@ async fn untrusted_forwarded_for_is_ignored(db: Db) {
     let answers = until_refused(&c, &s, "admin", |i| Some(format!("203.0.113.{i}"))).await;
     assert_eq!(answers.last().unwrap().0, 429);
     s.stop().await;
-}
-
-#[tokio::test]
-async fn untrusted_forwarded_for_is_ignored_sqlite() {
-    untrusted_forwarded_for_is_ignored(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn untrusted_forwarded_for_is_ignored_postgres() {
-    untrusted_forwarded_for_is_ignored(Db::Postgres).await;
 }
 
 /// One enrollment sign-in through a proxy naming `xff`; returns the status and the page.
@@ -193,7 +179,9 @@ async fn enroll_sign_in(s: &Server, email: &str, password: &str, xff: &str) -> (
 
 /// The enrollment pages: an attacker's guesses for Ann (or for an unknown email) from one
 /// address do not stop Ann at another; `lanyard user unlock` clears the attacker's address.
-async fn enrollment_throttle_by_address(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn enrollment_throttle_by_address(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = Server::start_with(db, &[("LANYARD_TRUSTED_PROXY", "127.0.0.1")]).await else {
         return;
     };
@@ -240,16 +228,6 @@ async fn enrollment_throttle_by_address(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn enrollment_throttle_by_address_sqlite() {
-    enrollment_throttle_by_address(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn enrollment_throttle_by_address_postgres() {
-    enrollment_throttle_by_address(Db::Postgres).await;
-}
-
 async fn session(c: &Client, s: &Server, user: &str, password: &str) -> String {
     let (status, _, body) = api_sign_in(c, s, user, password, None).await;
     assert_eq!(status, 201, "{body}");
@@ -280,7 +258,9 @@ async fn patch_admin(c: &Client, s: &Server, token: &str, name: &str, body: Valu
 /// A new password ends the administrator's other sessions (all of them when the CLI sets it);
 /// administrators can be disabled, enabled and removed (API and CLI), audited; the last
 /// enabled administrator cannot be disabled or removed.
-async fn admin_lifecycle(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn admin_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = Server::start(db).await else {
         return;
     };
@@ -384,14 +364,4 @@ async fn admin_lifecycle(db: Db) {
         assert_eq!(lines.len(), count, "{action}: {lines:?}");
     }
     s.stop().await;
-}
-
-#[tokio::test]
-async fn admin_lifecycle_sqlite() {
-    admin_lifecycle(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn admin_lifecycle_postgres() {
-    admin_lifecycle(Db::Postgres).await;
 }

@@ -11,6 +11,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::collections::BTreeMap;
 
 use lanyard_testkit::sim::{SimMac, SimOptions, CHECKIN_CONTENT_TYPE, COMMAND_CONTENT_TYPE};
@@ -233,14 +235,10 @@ async fn one_search(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn one_search_lists_and_targets_the_same_devices_sqlite() {
-    one_search(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn one_search_lists_and_targets_the_same_devices_postgres() {
-    one_search(Db::Postgres).await;
+async fn one_search_lists_and_targets_the_same_devices(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    one_search(db).await;
 }
 
 /// A device-channel check-in body from `mac` with these keys (already XML).
@@ -469,12 +467,8 @@ async fn device_input(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn device_input_is_bounded_and_nul_refused_sqlite() {
-    device_input(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn device_input_is_bounded_and_nul_refused_postgres() {
-    device_input(Db::Postgres).await;
+async fn device_input_is_bounded_and_nul_refused(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    device_input(db).await;
 }

@@ -6,6 +6,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::collections::BTreeMap;
 
 use lanyard_proto::command::CommandStatus;
@@ -278,12 +280,8 @@ async fn round_trip(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn command_round_trip_sqlite() {
-    round_trip(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn command_round_trip_postgres() {
-    round_trip(Db::Postgres).await;
+async fn command_round_trip(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    round_trip(db).await;
 }

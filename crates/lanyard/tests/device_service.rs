@@ -12,6 +12,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::time::Duration;
 
 use lanyard_proto::command::CommandStatus;
@@ -138,7 +140,9 @@ impl Setup {
     }
 }
 
-async fn device_channel(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn device_channel(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(mut t) = setup(db).await else { return };
 
     // The profile advertises what Lanyard answers, and nothing User Enrollment forbids.
@@ -265,7 +269,9 @@ async fn device_channel(db: Db) {
     t.s.stop().await;
 }
 
-async fn user_channel(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn user_channel(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(mut t) = setup(db).await else { return };
 
     // A user-channel command wakes the user channel's token; the Mac answers it on the user
@@ -365,24 +371,4 @@ async fn unsigned_challenge(t: &Setup, body: &[u8]) -> String {
 
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[tokio::test]
-async fn device_channel_sqlite() {
-    device_channel(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn device_channel_postgres() {
-    device_channel(Db::Postgres).await;
-}
-
-#[tokio::test]
-async fn user_channel_sqlite() {
-    user_channel(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn user_channel_postgres() {
-    user_channel(Db::Postgres).await;
 }

@@ -9,6 +9,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::process::Command;
 
 use lanyard_pki::openssl::pkey::{PKey, Private};
@@ -197,7 +199,9 @@ async fn put_device(
 // ---------------------------------------------------------------------------------------
 // 1. the happy path
 
-async fn happy_path(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn happy_path(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = start(db, &[]).await else {
         return;
     };
@@ -294,16 +298,6 @@ async fn happy_path(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn happy_path_sqlite() {
-    happy_path(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn happy_path_postgres() {
-    happy_path(Db::Postgres).await;
-}
-
 // ---------------------------------------------------------------------------------------
 // 2. refusals leave nothing behind
 
@@ -380,14 +374,10 @@ async fn refusals(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn refusals_leave_nothing_behind_sqlite() {
-    refusals(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn refusals_leave_nothing_behind_postgres() {
-    refusals(Db::Postgres).await;
+async fn refusals_leave_nothing_behind(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    refusals(db).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -442,7 +432,9 @@ fn signed(plist: &[u8]) -> Vec<u8> {
     lanyard_pki::sign_cms(&cert, &key, &[], plist).unwrap()
 }
 
-async fn refusals_as_apple_documents(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn refusals_as_apple_documents(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     const WELL_KNOWN: &str = "com.apple.well-known.failed";
     const REFUSED: &str = "org.lanyard.enrollment.refused";
     // Ann and her domain, but no push certificate yet.
@@ -633,20 +625,12 @@ async fn refusals_as_apple_documents(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn refusals_as_apple_documents_sqlite() {
-    refusals_as_apple_documents(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn refusals_as_apple_documents_postgres() {
-    refusals_as_apple_documents(Db::Postgres).await;
-}
-
 // ---------------------------------------------------------------------------------------
 // 2c. the trust payload only for a private TLS chain
 
-async fn trust_payload_only_for_a_private_chain(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn trust_payload_only_for_a_private_chain(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     // Lanyard's self-issued TLS certificate: no device trusts it, so `auto` installs the root.
     let Some(s) = start(db, &[]).await else {
         return;
@@ -711,16 +695,6 @@ async fn trust_payload_only_for_a_private_chain(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn trust_payload_only_for_a_private_chain_sqlite() {
-    trust_payload_only_for_a_private_chain(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn trust_payload_only_for_a_private_chain_postgres() {
-    trust_payload_only_for_a_private_chain(Db::Postgres).await;
-}
-
 // ---------------------------------------------------------------------------------------
 // 2d. enrollments that never check out are aged out
 
@@ -744,7 +718,9 @@ async fn silence_for(s: &Server, db: Db, days: i64) {
     }
 }
 
-async fn silent_enrollments_age_out(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn silent_enrollments_age_out(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = start(db, &[]).await else {
         return;
     };
@@ -819,20 +795,12 @@ async fn silent_enrollments_age_out(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn silent_enrollments_age_out_sqlite() {
-    silent_enrollments_age_out(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn silent_enrollments_age_out_postgres() {
-    silent_enrollments_age_out(Db::Postgres).await;
-}
-
 // ---------------------------------------------------------------------------------------
 // 3. access tokens are single use
 
-async fn access_token_single_use(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn access_token_single_use(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = start(db, &[]).await else {
         return;
     };
@@ -882,23 +850,17 @@ async fn access_token_single_use(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn access_token_single_use_sqlite() {
-    access_token_single_use(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn access_token_single_use_postgres() {
-    access_token_single_use(Db::Postgres).await;
-}
-
 // ---------------------------------------------------------------------------------------
 // 3b. what was typed on the Mac may differ from the managed Apple Account
 
 const DANA: &str = "dana@example.com";
 const DANA_APPLE_ID: &str = "dana@appleid.example.com";
 
-async fn typed_identifier_maps_to_the_managed_apple_account(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn typed_identifier_maps_to_the_managed_apple_account(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+) {
     let Some(s) = start(db, &[]).await else {
         return;
     };
@@ -977,20 +939,12 @@ async fn typed_identifier_maps_to_the_managed_apple_account(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn typed_identifier_maps_to_the_managed_apple_account_sqlite() {
-    typed_identifier_maps_to_the_managed_apple_account(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn typed_identifier_maps_to_the_managed_apple_account_postgres() {
-    typed_identifier_maps_to_the_managed_apple_account(Db::Postgres).await;
-}
-
 // ---------------------------------------------------------------------------------------
 // 4. SCEP challenges are single use
 
-async fn scep_challenge_single_use(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn scep_challenge_single_use(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = start(db, &[]).await else {
         return;
     };
@@ -1075,20 +1029,12 @@ async fn scep_challenge_single_use(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn scep_challenge_single_use_sqlite() {
-    scep_challenge_single_use(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn scep_challenge_single_use_postgres() {
-    scep_challenge_single_use(Db::Postgres).await;
-}
-
 // ---------------------------------------------------------------------------------------
 // 5. check-in identity
 
-async fn checkin_identity(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn checkin_identity(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = start(db, &[]).await else {
         return;
     };
@@ -1310,16 +1256,6 @@ async fn checkin_identity(db: Db) {
 
     drop((c, ann, dan));
     s.stop().await;
-}
-
-#[tokio::test]
-async fn checkin_identity_sqlite() {
-    checkin_identity(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn checkin_identity_postgres() {
-    checkin_identity(Db::Postgres).await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::process::Command;
 
 use lanyard_pki::openssl::x509::X509;
@@ -186,12 +188,8 @@ async fn walk(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn enrollment_pages_hand_off_to_the_mac_sqlite() {
-    walk(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn enrollment_pages_hand_off_to_the_mac_postgres() {
-    walk(Db::Postgres).await;
+async fn enrollment_pages_hand_off_to_the_mac(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    walk(db).await;
 }

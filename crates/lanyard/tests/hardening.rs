@@ -6,6 +6,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +59,9 @@ fn deeply_nested(message: &str, enrollment_id: &str, depth: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn deep_nesting_is_refused(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn deep_nesting_is_refused(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = setup(db, &[]).await else {
         return;
     };
@@ -111,16 +115,6 @@ async fn deep_nesting_is_refused(db: Db) {
         .unwrap();
     assert_eq!(health.status(), 200);
     s.stop().await;
-}
-
-#[tokio::test]
-async fn deep_nesting_is_refused_sqlite() {
-    deep_nesting_is_refused(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn deep_nesting_is_refused_postgres() {
-    deep_nesting_is_refused(Db::Postgres).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -214,7 +208,9 @@ const ONE_SECOND_LIMITS: [(&str, &str); 3] = [
     ("LANYARD_BODY_READ_TIMEOUT", "1"),
 ];
 
-async fn slow_clients_are_dropped(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn slow_clients_are_dropped(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = Server::start_with(db, &ONE_SECOND_LIMITS).await else {
         return;
     };
@@ -272,19 +268,11 @@ async fn slow_clients_are_dropped(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn slow_clients_are_dropped_sqlite() {
-    slow_clients_are_dropped(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn slow_clients_are_dropped_postgres() {
-    slow_clients_are_dropped(Db::Postgres).await;
-}
-
 /// With `LANYARD_MAX_CONNECTIONS=3`, three open connections take every slot: a fourth is closed
 /// at once; when they go, ordinary requests are served again.
-async fn connections_are_capped(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn connections_are_capped(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     // Long timeouts, so the held connections cannot time out before the fourth is tried.
     let env = [
         ("LANYARD_MAX_CONNECTIONS", "3"),
@@ -317,14 +305,4 @@ async fn connections_are_capped(db: Db) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     s.stop().await;
-}
-
-#[tokio::test]
-async fn connections_are_capped_sqlite() {
-    connections_are_capped(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn connections_are_capped_postgres() {
-    connections_are_capped(Db::Postgres).await;
 }

@@ -11,6 +11,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::time::Duration;
 
 use lanyard_testkit::{OidcTamper, SimError, SimMac, SimOidc, SimOptions, Step};
@@ -477,12 +479,8 @@ async fn run(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn oidc_sign_in_sqlite() {
-    run(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn oidc_sign_in_postgres() {
-    run(Db::Postgres).await;
+async fn oidc_sign_in(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    run(db).await;
 }

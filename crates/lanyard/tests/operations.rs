@@ -6,6 +6,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -93,9 +95,10 @@ async fn health(s: &Server, c: &reqwest::Client) -> (u16, Option<String>, Value)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_fails_fast_with_503_and_recovers() {
-    let Some((url, admin, name)) = support::fresh_pg_database().await else {
+    let Some(db) = support::fresh_pg_database().await else {
         return;
     };
+    let url = db.url().to_string();
     let upstream: SocketAddr = {
         let hp = host_port(&url);
         tokio::net::lookup_host(hp).await.unwrap().next().unwrap()
@@ -105,7 +108,7 @@ async fn postgres_down_fails_fast_with_503_and_recovers() {
     let s = Server::start_on(
         tempfile::tempdir().unwrap(),
         proxied,
-        Some((admin, name)),
+        Some(db),
         &[("LANYARD_DATABASE_ACQUIRE_TIMEOUT", "1")],
     );
     let c = s.client();
@@ -264,7 +267,9 @@ fn start_up_names_the_unreachable_database() {
     assert!(err.to_lowercase().contains("refused"), "{err}");
 }
 
-async fn health_headers_and_files(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn health_headers_and_files(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = Server::start(db).await else {
         return;
     };
@@ -340,16 +345,6 @@ async fn health_headers_and_files(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn health_headers_and_files_sqlite() {
-    health_headers_and_files(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn health_headers_and_files_postgres() {
-    health_headers_and_files(Db::Postgres).await;
-}
-
 /// A nearly full disk is not healthy: 503 with the reason.
 #[tokio::test]
 async fn low_disk_is_unhealthy() {
@@ -398,7 +393,9 @@ async fn hsts_behind_a_proxy_only_when_configured() {
     s.stop().await;
 }
 
-async fn secret_key_guards(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn secret_key_guards(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = Server::start(db).await else {
         return;
     };
@@ -457,16 +454,6 @@ async fn secret_key_guards(db: Db) {
     assert!(ok, "{out}{err}");
     assert!(!key.exists());
     s.stop().await;
-}
-
-#[tokio::test]
-async fn secret_key_guards_sqlite() {
-    secret_key_guards(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn secret_key_guards_postgres() {
-    secret_key_guards(Db::Postgres).await;
 }
 
 /// `--secret-key-file` names where a first start writes the key (owner only), instead of the

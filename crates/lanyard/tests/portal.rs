@@ -6,6 +6,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use reqwest::Client;
 use serde_json::{json, Value};
 use support::portal::{browser, csrf_of, get, post, sign_in};
@@ -438,20 +440,19 @@ async fn portal_walk(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn portal_sqlite() {
-    portal_walk(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn portal_postgres() {
-    portal_walk(Db::Postgres).await;
+async fn portal(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    portal_walk(db).await;
 }
 
 /// A sync started from the Tokens page returns at once and runs in the background; its
 /// progress is polled (as `portal.js` does) until done, every device is stored once, and a
 /// second start while it runs is refused with a message.
-async fn sync_progress(db: Db) {
+// Multi-threaded: the fake ABM must keep serving while the test waits on a CLI process.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_progress(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     use lanyard_testkit::fake_abm::{AbmFault, FakeAbm};
 
     let fake = FakeAbm::start().await.unwrap();
@@ -633,15 +634,4 @@ async fn sync_progress(db: Db) {
         .unwrap();
     assert_eq!(r.status(), 400);
     s.stop().await;
-}
-
-// Multi-threaded: the fake ABM must keep serving while the test waits on a CLI process.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_progress_sqlite() {
-    sync_progress(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_progress_postgres() {
-    sync_progress(Db::Postgres).await;
 }

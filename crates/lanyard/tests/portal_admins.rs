@@ -6,6 +6,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use serde_json::{json, Value};
 use support::portal::{browser, get, post, sign_in};
 use support::{Db, Server};
@@ -34,7 +36,9 @@ fn audit_actions(s: &Server) -> Vec<String> {
         .collect()
 }
 
-async fn administrators_page(db: Db) {
+#[rstest]
+#[tokio::test]
+async fn administrators_page(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(s) = Server::start(db).await else {
         return;
     };
@@ -202,14 +206,4 @@ async fn administrators_page(db: Db) {
         );
     }
     s.stop().await;
-}
-
-#[tokio::test]
-async fn administrators_page_sqlite() {
-    administrators_page(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn administrators_page_postgres() {
-    administrators_page(Db::Postgres).await;
 }

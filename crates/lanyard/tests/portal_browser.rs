@@ -4,7 +4,9 @@
 //! settings, add an ABM server token from the fake Apple Business Manager as the default for
 //! account-driven enrollment and sync it, find the enrolled simulated Mac as a User Enrollment, send commands and see their
 //! result and progress, an OpenID Connect identity provider refused with a bad issuer then added
-//! and listed, a read-only administrator refused a change, axe-core accessibility
+//! and listed, the APNs certificate request made and signed with a vendor certificate
+//! uploaded in the page (a wrong password explained; the downloaded request file checked with
+//! plistlib and openssl), a read-only administrator refused a change, axe-core accessibility
 //! checks). This test starts the server, plays the simulated Mac when the script asks, and fails
 //! when the script fails.
 //!
@@ -13,15 +15,19 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use lanyard_testkit::fake_abm::FakeAbm;
+use lanyard_testkit::fake_pushcert::{fake_vendor_chain, FakeVendorOptions};
 use lanyard_testkit::sim::{Ownership, SimMac, SimOptions};
 use serde_json::Value;
 use support::browser::{browser_dir, tools_present};
+use support::pushcert::{independent_checks, require_tool};
 use support::{Db, Server, VIEWER_PASSWORD};
 
 fn enrolled_id(s: &Server) -> String {
@@ -33,7 +39,7 @@ fn enrolled_id(s: &Server) -> String {
 }
 
 async fn walk(db: Db) {
-    if !tools_present() {
+    if !tools_present() || !require_tool("openssl") || !require_tool("python3") {
         return;
     }
     let fake = FakeAbm::start().await.unwrap();
@@ -88,10 +94,55 @@ async fn walk(db: Db) {
         }
     });
 
+    let vendor = fake_vendor_chain(FakeVendorOptions::default()).unwrap();
+    let vendor_dir = tempfile::tempdir().unwrap();
     let mut mac: Option<SimMac> = None;
     let mut done = false;
     while let Some(line) = rx.recv().await {
         println!("browser: {line}");
+        if line == "STEP vendor" {
+            // A throwaway vendor chain, as the operator downloads it from Apple (DER `.cer`).
+            let der = |pem: &str| {
+                lanyard_pki::openssl::x509::X509::from_pem(pem.as_bytes())
+                    .unwrap()
+                    .to_der()
+                    .unwrap()
+            };
+            for (name, bytes) in [
+                ("vendor.p12", vendor.vendor_p12_der.clone()),
+                ("password", vendor.vendor_p12_password.clone().into_bytes()),
+                ("AppleWWDRCA.cer", der(&vendor.wwdr_pem)),
+                ("AppleIncRootCertificate.cer", der(&vendor.root_pem)),
+            ] {
+                std::fs::write(vendor_dir.path().join(name), bytes).unwrap();
+            }
+            writeln!(to_node, "OK {}", vendor_dir.path().display()).unwrap();
+            to_node.flush().unwrap();
+            continue;
+        }
+        if let Some(file) = line.strip_prefix("STEP requestfile ") {
+            // The downloaded request file, checked as Apple would, carries the pending CSR.
+            let carried = independent_checks(vendor_dir.path(), Path::new(file), "browser");
+            let api = s.client();
+            let token = s.admin_session(&api).await;
+            let pending: Value = api
+                .get(format!("{}/api/v1/push-certificate/request", s.url))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let csr = lanyard_pki::openssl::x509::X509Req::from_pem(
+                pending["csr_pem"].as_str().unwrap().as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(std::fs::read(carried).unwrap(), csr.to_der().unwrap());
+            writeln!(to_node, "OK").unwrap();
+            to_node.flush().unwrap();
+            continue;
+        }
         if let Some(pem_path) = line.strip_prefix("STEP token ") {
             // The fake ABM issues a token file encrypted to the downloaded public key.
             let pem = std::fs::read(pem_path).unwrap();
@@ -138,12 +189,8 @@ async fn walk(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn portal_in_browser_sqlite() {
-    walk(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn portal_in_browser_postgres() {
-    walk(Db::Postgres).await;
+async fn portal_in_browser(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    walk(db).await;
 }

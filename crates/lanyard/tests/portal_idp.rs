@@ -7,6 +7,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use reqwest::Client;
 use serde_json::Value;
 use support::portal::{browser, get, post, sign_in};
@@ -268,12 +270,8 @@ async fn idp_walk(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn portal_idp_sqlite() {
-    idp_walk(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn portal_idp_postgres() {
-    idp_walk(Db::Postgres).await;
+async fn portal_idp(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    idp_walk(db).await;
 }

@@ -5,6 +5,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::time::Duration;
 
 use lanyard_testkit::fake_apns::{fake_push_certificate, FakeApns, FakeApnsOptions};
@@ -27,7 +29,10 @@ async fn wait_for_push(fake: &FakeApns, count: usize) {
     );
 }
 
-async fn push_wakes_the_mac(db: Db) {
+// Multi-threaded: the fake APNs must keep serving while the test waits on a CLI process.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_wakes_the_mac(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let fake = FakeApns::start(FakeApnsOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("apns-ca.pem");
@@ -216,16 +221,4 @@ async fn push_wakes_the_mac(db: Db) {
     assert!(ok, "{err}");
     assert_eq!(fake.pushes().len(), before);
     s.stop().await;
-}
-
-// Multi-threaded: the fake APNs must keep serving while the test waits on a CLI process.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn push_wakes_the_mac_sqlite() {
-    push_wakes_the_mac(Db::Sqlite).await;
-}
-
-// Multi-threaded: the fake APNs must keep serving while the test waits on a CLI process.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn push_wakes_the_mac_postgres() {
-    push_wakes_the_mac(Db::Postgres).await;
 }

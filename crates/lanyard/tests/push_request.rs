@@ -8,8 +8,7 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
+use rstest::rstest;
 
 use lanyard_testkit::fake_pushcert::{
     fake_apple_push_certificate, fake_vendor_chain, FakeApnsMarker, FakeVendorOptions,
@@ -17,101 +16,14 @@ use lanyard_testkit::fake_pushcert::{
 use lanyard_testkit::fake_signing_service::FakeSigningService;
 use lanyard_testkit::sim::{SimMac, SimOptions};
 use serde_json::Value;
+use std::process::Command;
+
+use support::pushcert::{independent_checks, require_tool, run};
 use support::{Db, Server};
 
-fn require_tool(bin: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {bin}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        eprintln!("\n!!!!! SKIPPED: {bin} not installed; push_request did NOT run !!!!!\n");
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("`{bin}` is required under CI=true but not installed");
-        }
-    }
-    found
-}
-
-fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The checks an operator (or Apple) could make of the request file without Lanyard:
-/// plistlib reads it and the three keys; the signature verifies over the DER CSR with the
-/// vendor's public key; the chain verifies to the root it carries. Returns the DER CSR path.
-fn independent_checks(dir: &Path, upload_file: &Path, tag: &str) -> std::path::PathBuf {
-    let out = dir.join(format!("check-{tag}"));
-    std::fs::create_dir_all(&out).unwrap();
-    let script = r#"
-import base64, plistlib, sys, re
-raw = open(sys.argv[1], 'rb').read()
-p = plistlib.loads(base64.b64decode(raw))
-assert sorted(p.keys()) == ['PushCertCertificateChain', 'PushCertRequestCSR', 'PushCertSignature'], p.keys()
-out = sys.argv[2]
-open(out + '/csr.der', 'wb').write(base64.b64decode(p['PushCertRequestCSR']))
-open(out + '/sig.bin', 'wb').write(base64.b64decode(p['PushCertSignature']))
-certs = re.findall(r'-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n', p['PushCertCertificateChain'], re.S)
-assert len(certs) == 3, len(certs)
-for i, c in enumerate(certs):
-    assert all(len(l) <= 64 for l in c.splitlines()), 'PEM line over 64 characters'
-    open(out + '/c%d.pem' % i, 'w').write(c)
-print('plist ok')
-"#;
-    let (ok, stdout, err) = run(Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(upload_file)
-        .arg(&out));
-    assert!(
-        ok && stdout.contains("plist ok"),
-        "plistlib: {stdout} {err}"
-    );
-    let p = |n: &str| out.join(n).display().to_string();
-    let (ok, pubkey, err) =
-        run(Command::new("openssl").args(["x509", "-in", &p("c0.pem"), "-pubkey", "-noout"]));
-    assert!(ok, "{err}");
-    std::fs::write(out.join("vendor-pub.pem"), pubkey).unwrap();
-    let (ok, stdout, err) = run(Command::new("openssl").args([
-        "dgst",
-        "-sha256",
-        "-verify",
-        &p("vendor-pub.pem"),
-        "-signature",
-        &p("sig.bin"),
-        &p("csr.der"),
-    ]));
-    assert!(ok && stdout.contains("Verified OK"), "dgst: {stdout} {err}");
-    let (ok, stdout, err) = run(Command::new("openssl").args([
-        "verify",
-        "-CAfile",
-        &p("c2.pem"),
-        "-untrusted",
-        &p("c1.pem"),
-        &p("c0.pem"),
-    ]));
-    assert!(ok && stdout.contains(": OK"), "verify: {stdout} {err}");
-    let (ok, _, err) = run(Command::new("openssl").args([
-        "req",
-        "-inform",
-        "DER",
-        "-in",
-        &p("csr.der"),
-        "-verify",
-        "-noout",
-    ]));
-    assert!(ok, "the CSR in the file: {err}");
-    out.join("csr.der")
-}
-
-async fn request_sign_upload_renew(db: Db) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_sign_upload_renew(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     if !require_tool("openssl") || !require_tool("python3") {
         return;
     }
@@ -388,16 +300,6 @@ async fn request_sign_upload_renew(db: Db) {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_sign_upload_renew_sqlite() {
-    request_sign_upload_renew(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_sign_upload_renew_postgres() {
-    request_sign_upload_renew(Db::Postgres).await;
-}
-
 /// The signing service path: the request goes to the (fake) service with an encryption
 /// certificate, its emailed reply decrypts to a request file that verifies independently,
 /// and bad input (wrong API key, bad address, a file that is not a reply, a reply to an
@@ -580,12 +482,8 @@ async fn signing_service_request_decrypt(db: Db) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signing_service_sqlite() {
-    signing_service_request_decrypt(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signing_service_postgres() {
-    signing_service_request_decrypt(Db::Postgres).await;
+async fn signing_service(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    signing_service_request_decrypt(db).await;
 }

@@ -8,6 +8,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use std::time::Duration;
 
 use lanyard_pki::CertInfo;
@@ -65,7 +67,10 @@ async fn history(s: &Server, c: &reqwest::Client, token: &str, id: &str) -> Vec<
         .unwrap()
 }
 
-async fn renews_the_identity(db: Db) {
+// Multi-threaded: the fake APNs must keep serving while the test waits on a CLI process.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renews_the_identity(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let fake = FakeApns::start(FakeApnsOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let apns_ca = dir.path().join("apns-ca.pem");
@@ -241,16 +246,4 @@ async fn renews_the_identity(db: Db) {
     );
     assert_ne!(e["identity_certificate_serial"], first.serial_hex.as_str());
     s.stop().await;
-}
-
-// Multi-threaded: the fake APNs must keep serving while the test waits on a CLI process.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renews_the_identity_sqlite() {
-    renews_the_identity(Db::Sqlite).await;
-}
-
-// Multi-threaded: the fake APNs must keep serving while the test waits on a CLI process.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renews_the_identity_postgres() {
-    renews_the_identity(Db::Postgres).await;
 }

@@ -25,6 +25,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 #[path = "../../lanyard-pki/tests/common/mod.rs"]
 mod pki_common;
 
@@ -473,32 +475,11 @@ async fn client_gets_the_identity(db: Db, client: Client) {
     s.stop().await;
 }
 
+#[rstest]
 #[tokio::test]
-async fn scepclient_gets_the_identity_sqlite() {
-    client_gets_the_identity(Db::Sqlite, Client::Scepclient).await;
-}
-
-#[tokio::test]
-async fn scepclient_gets_the_identity_postgres() {
-    client_gets_the_identity(Db::Postgres, Client::Scepclient).await;
-}
-
-#[tokio::test]
-async fn strongswan_pki_gets_the_identity_sqlite() {
-    client_gets_the_identity(Db::Sqlite, Client::StrongSwan).await;
-}
-
-#[tokio::test]
-async fn strongswan_pki_gets_the_identity_postgres() {
-    client_gets_the_identity(Db::Postgres, Client::StrongSwan).await;
-}
-
-#[tokio::test]
-async fn certmonger_gets_the_identity_sqlite() {
-    client_gets_the_identity(Db::Sqlite, Client::Certmonger).await;
-}
-
-#[tokio::test]
-async fn certmonger_gets_the_identity_postgres() {
-    client_gets_the_identity(Db::Postgres, Client::Certmonger).await;
+async fn gets_the_identity(
+    #[values(Db::Sqlite, Db::Postgres)] db: Db,
+    #[values(Client::Scepclient, Client::StrongSwan, Client::Certmonger)] client: Client,
+) {
+    client_gets_the_identity(db, client).await;
 }

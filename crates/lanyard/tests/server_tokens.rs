@@ -7,6 +7,8 @@
 
 mod support;
 
+use rstest::rstest;
+
 use lanyard_testkit::fake_abm::{AbmFault, FakeAbm};
 use serde_json::{json, Value};
 use support::{Db, Server};
@@ -19,7 +21,10 @@ fn device_lines(out: &str) -> Vec<String> {
         .collect()
 }
 
-async fn token_lifecycle(db: Db) {
+// Multi-threaded: the fake ABM must keep serving while the test waits on a CLI process.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let fake = FakeAbm::start().await.unwrap();
     fake.add_devices("C02L", 25);
     let abm = fake.url();
@@ -358,15 +363,4 @@ async fn token_lifecycle(db: Db) {
     assert!(ok);
     assert!(!out.contains("second"), "{out}");
     s.stop().await;
-}
-
-// Multi-threaded: the fake ABM must keep serving while the test waits on a CLI process.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_lifecycle_sqlite() {
-    token_lifecycle(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_lifecycle_postgres() {
-    token_lifecycle(Db::Postgres).await;
 }

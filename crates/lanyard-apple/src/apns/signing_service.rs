@@ -1,7 +1,9 @@
 //! A CSR signing service for the MDM push certificate (for operators without their own MDM
-//! vendor certificate), in the form mdmcert.download publishes.
+//! vendor certificate), in the form mdmcert.download uses.
 //!
-//! UNCONFIRMED (it is not Apple's and the service documents it only briefly): the request is
+//! Not Apple's, and the service publishes no specification, so the form is as its
+//! long-standing independent clients (MicroMDM's `mdmctl mdmcert.download`, Commandment)
+//! send and read it — they agree: the request is
 //! `POST <service>/api/v1/signrequest` with a JSON body `{csr, email, key, encrypt}` — the
 //! Base64 of the PEM CSR, the address the reply is emailed to, the service's API key, and the
 //! Base64 of a PEM certificate the reply is encrypted to; success is `200` with

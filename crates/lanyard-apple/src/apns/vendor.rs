@@ -41,7 +41,10 @@ pub const KEY_SIGNATURE: &str = "PushCertSignature";
 /// it, `MDM Vendor: <organisation>`, issued by the WWDR intermediate. UNCONFIRMED: Apple's
 /// pages name the certificate type ("MDM CSR" in the developer portal) but not an extension
 /// OID Lanyard could check, so Lanyard checks the common name Apple's vendor certificates
-/// carry (seen on published vendor chains) and the chain to the operator's Apple root.
+/// carry (seen on published vendor chains and operators' notes: `MDM Vendor: <name>`) and the
+/// chain to the operator's Apple root. Looked up again: Apple's WWDR Certification Practice
+/// Statement has a section on "Push CSR Signing Certificates" but no source at hand names a
+/// marker extension for them, so the check stays on the name.
 pub const VENDOR_CN_PREFIX: &str = "MDM Vendor:";
 
 /// Why a vendor certificate cannot sign, or a request file cannot be read. Messages never

@@ -48,6 +48,18 @@ pub fn routes() -> axum::Router<AppState> {
         )
         .route("/portal/apns/request", post(create_apns_request))
         .route("/portal/apns/request.csr", get(apns_request_csr))
+        .route(
+            "/portal/apns/request/sign",
+            post(sign_apns_request).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
+        .route(
+            "/portal/apns/request/signing-service",
+            post(send_apns_request),
+        )
+        .route(
+            "/portal/apns/request/decrypt",
+            post(decrypt_apns_reply).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
         .route("/portal/audit", get(audit))
 }
 
@@ -571,6 +583,11 @@ async fn apns(
         Some("requested") => Some(Notice::Ok(
             "Request made: download its CSR and have it signed (step 2).".into(),
         )),
+        Some("sent") => Some(Notice::Ok(
+            "Request sent to the signing service: it emails the signed request, encrypted, to \
+             the address you gave. Choose the emailed file below to decrypt it (step 2)."
+                .into(),
+        )),
         _ => None,
     };
     apns_page(&s, &sess, StatusCode::OK, done).await
@@ -608,13 +625,53 @@ async fn apns_page(
     };
     let request = match &pending {
         Some(r) => format!(
-            "<p>A request made {made} is pending: its private key is kept sealed in Lanyard \
-             and never leaves it. Making a new request replaces it.</p>\
+            "<p>A request made {made} is pending{how}: its private key is kept sealed in \
+             Lanyard and never leaves it. Making a new request replaces it.</p>\
              <p><a class=\"button\" href=\"/portal/apns/request.csr\" download>Download the \
              CSR (lanyard-push.csr)</a></p>",
             made = when(Some(r.created_at)),
+            how = if r.signing_service {
+                " (sent to the signing service)"
+            } else {
+                ""
+            },
         ),
         None => "<p>No request is pending.</p>".to_string(),
+    };
+    let csrf = sess.csrf_field();
+    let vendor = match &pending {
+        Some(_) => format!(
+            "<form method=\"post\" action=\"/portal/apns/request/sign\" \
+             enctype=\"multipart/form-data\" class=\"grid-form\">{csrf}\
+             <label for=\"vendor\">Vendor certificate and key (PKCS#12, .p12)</label>\
+             <input id=\"vendor\" type=\"file\" name=\"vendor\" required accept=\".p12,.pfx\">\
+             <label for=\"vendor-password\">Its password</label>\
+             <input id=\"vendor-password\" type=\"password\" name=\"password\" \
+             autocomplete=\"off\">\
+             <label for=\"wwdr\">Apple's WWDR intermediate certificate (the one that issued \
+             the vendor certificate)</label>\
+             <input id=\"wwdr\" type=\"file\" name=\"apple\" required \
+             accept=\".cer,.crt,.pem,.der\">\
+             <label for=\"apple-root\">Apple Inc. root certificate</label>\
+             <input id=\"apple-root\" type=\"file\" name=\"apple\" required \
+             accept=\".cer,.crt,.pem,.der\">\
+             <button type=\"submit\">Sign and download the request file</button></form>"
+        ),
+        None => "<p>Make a request first (step 1).</p>".to_string(),
+    };
+    let decrypt = match &pending {
+        Some(r) if r.signing_service => format!(
+            "<p>When the service's email arrives, choose its attachment \
+             (<code>….plist.b64.p7</code>): Lanyard decrypts it with the key it keeps for \
+             this request and gives you the request file.</p>\
+             <form method=\"post\" action=\"/portal/apns/request/decrypt\" \
+             enctype=\"multipart/form-data\" class=\"grid-form\">{csrf}\
+             <label for=\"reply\">The emailed reply</label>\
+             <input id=\"reply\" type=\"file\" name=\"reply\" required \
+             accept=\".p7,.b64,.txt\">\
+             <button type=\"submit\">Decrypt and download the request file</button></form>"
+        ),
+        _ => String::new(),
     };
     let body = format!(
         "{msg}<h2>Current certificate</h2>{current}\
@@ -626,16 +683,27 @@ async fn apns_page(
          <form method=\"post\" action=\"/portal/apns/request\">{csrf}\
          <button type=\"submit\">{make}</button></form></li>\
          <li><h3>Have the CSR signed by an MDM vendor</h3><p>Apple only takes a CSR signed \
-         by an MDM vendor certificate, in a request file. With your own vendor certificate \
-         (Apple Developer Enterprise account, “MDM CSR”), sign the pending \
-         request on the server; the vendor password is read from standard input:</p>\
-         <pre><code>lanyard push-cert sign --vendor-p12 vendor.p12 --apple-cert AppleWWDRCA.pem \
-         --apple-cert AppleIncRootCertificate.pem --out push-request.b64</code></pre>\
-         <p>Without one, a signing service can sign it for you: \
-         <code>lanyard push-cert request --signing-service --email you@example.com \
-         --api-key-file api.key</code> sends a new request, and <code>lanyard push-cert \
-         decrypt REPLY.plist.b64.p7 --out push-request.b64</code> turns the reply it emails \
-         into the request file (see the README).</p></li>\
+         by an MDM vendor certificate, in a request file. Choose one way.</p>\
+         <h4>With your own vendor certificate</h4><p>With an Apple Developer Enterprise \
+         account's “MDM CSR” certificate, Lanyard signs the pending request and gives \
+         you the request file. The vendor key is used for this one signature and is not \
+         stored.</p>{vendor}\
+         <p>The same on the server (the password is read from standard input): \
+         <code>lanyard push-cert sign --vendor-p12 vendor.p12 --apple-cert AppleWWDRCA.cer \
+         --apple-cert AppleIncRootCertificate.cer --out push-request.b64</code></p>\
+         <h4>With a signing service</h4><p>Without a vendor certificate, a signing service \
+         (<code>{service}</code>) signs a new request and emails it to you, encrypted to a \
+         key Lanyard keeps for it. This replaces any pending request. The API key is sent \
+         to the service with this request only and is not stored.</p>\
+         <form method=\"post\" action=\"/portal/apns/request/signing-service\" \
+         class=\"grid-form\">{csrf}\
+         <label for=\"email\">Email the signed request to</label>\
+         <input id=\"email\" type=\"email\" name=\"email\" required autocomplete=\"email\">\
+         <label for=\"api-key\">The service's API key</label>\
+         <input id=\"api-key\" type=\"password\" name=\"api_key\" required \
+         autocomplete=\"off\">\
+         <button type=\"submit\">Send a new request to the signing service</button></form>\
+         {decrypt}</li>\
          <li><h3>Upload the request file to Apple</h3><p>Sign in to Apple's Push \
          Certificates Portal (<code>https://identity.apple.com</code>). For a first \
          certificate choose <strong>Create a Certificate</strong>; to renew, sign in with \
@@ -662,7 +730,7 @@ async fn apns_page(
          different topic (enrolled devices must then enroll again)</label>\
          <button type=\"submit\">Upload</button></form>",
         msg = notice(message),
-        csrf = sess.csrf_field(),
+        service = esc(s.signing_service.url()),
         make = if pending.is_some() {
             "Make a new request"
         } else {
@@ -681,42 +749,17 @@ async fn upload_apns(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let refuse =
-        |status: StatusCode, text: &str| message_page(Some(&sess), status, "Not uploaded", text);
-    let Ok(mut mp) = multipart else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "The upload could not be read; use the form on the APNs certificate page.",
-        );
+    let fields = match multipart_fields(&sess, multipart).await {
+        Ok(f) => f,
+        Err(r) => return r,
     };
-    let (mut csrf, mut password, mut force) = (String::new(), String::new(), false);
-    let (mut cert, mut key) = (Vec::new(), Vec::new());
-    loop {
-        let field = match mp.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                let (status, text) = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    (StatusCode::PAYLOAD_TOO_LARGE, "The file is too large.")
-                } else {
-                    (StatusCode::BAD_REQUEST, "The upload could not be read.")
-                };
-                return refuse(status, text);
-            }
-        };
-        let name = field.name().unwrap_or("").to_string();
-        let Ok(bytes) = field.bytes().await else {
-            return refuse(StatusCode::BAD_REQUEST, "The upload could not be read.");
-        };
-        match name.as_str() {
-            "csrf" => csrf = String::from_utf8_lossy(&bytes).into_owned(),
-            "password" => password = String::from_utf8_lossy(&bytes).into_owned(),
-            "force" => force = !bytes.is_empty(),
-            "certificate" => cert = bytes.to_vec(),
-            "key" => key = bytes.to_vec(),
-            _ => {}
-        }
-    }
+    let text = |name: &str| String::from_utf8_lossy(fields.first(name)).into_owned();
+    let (csrf, password) = (text("csrf"), text("password"));
+    let force = !fields.first("force").is_empty();
+    let (cert, key) = (
+        fields.first("certificate").to_vec(),
+        fields.first("key").to_vec(),
+    );
     if let Err(r) = sess.check_csrf(&csrf) {
         return r;
     }
@@ -789,6 +832,181 @@ async fn create_apns_request(
         .await
     {
         Ok(_) => see_other("/portal/apns?done=requested"),
+        Err(e) => {
+            let (status, text) = describe(e);
+            apns_page(&s, &sess, status, Some(Notice::Error(text))).await
+        }
+    }
+}
+
+/// A multipart form's fields, in order (a name may repeat), or the page refusing an upload
+/// that cannot be read.
+struct UploadFields(Vec<(String, Vec<u8>)>);
+
+impl UploadFields {
+    /// The first field of this name; empty when absent.
+    fn first(&self, name: &str) -> &[u8] {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// Every field of this name, in order.
+    fn all(&self, name: &str) -> Vec<&[u8]> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    }
+}
+
+async fn multipart_fields(
+    sess: &Session,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<UploadFields, Response> {
+    let refuse =
+        |status: StatusCode, text: &str| message_page(Some(sess), status, "Not uploaded", text);
+    let Ok(mut mp) = multipart else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "The upload could not be read; use the form on the APNs certificate page.",
+        ));
+    };
+    let mut fields = Vec::new();
+    loop {
+        let field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                let (status, text) = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "The file is too large.")
+                } else {
+                    (StatusCode::BAD_REQUEST, "The upload could not be read.")
+                };
+                return Err(refuse(status, text));
+            }
+        };
+        let name = field.name().unwrap_or("").to_string();
+        let Ok(bytes) = field.bytes().await else {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "The upload could not be read.",
+            ));
+        };
+        fields.push((name, bytes.to_vec()));
+    }
+    Ok(UploadFields(fields))
+}
+
+/// The request file for Apple's Push Certificates Portal, as a download.
+fn request_file_download(file: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"lanyard-push-request.b64\"",
+            ),
+        ],
+        file,
+    )
+        .into_response()
+}
+
+/// Step 2 with the operator's own vendor certificate: signs the pending request and answers
+/// with the request file. The vendor key is used for this signature only.
+async fn sign_apns_request(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, true).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let fields = match multipart_fields(&sess, multipart).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = sess.check_csrf(&String::from_utf8_lossy(fields.first("csrf"))) {
+        return r;
+    }
+    let password = String::from_utf8_lossy(fields.first("password")).into_owned();
+    let signed = match lanyard_core::pushcert::vendor_signer(
+        fields.first("vendor"),
+        &password,
+        &fields.all("apple"),
+    ) {
+        Ok(signer) => s.lanyard.sign_push_request(&sess.actor, &signer).await,
+        Err(e) => Err(e),
+    };
+    match signed {
+        Ok(file) => request_file_download(file),
+        Err(e) => {
+            let (status, text) = describe(e);
+            let text = format!("Not signed. {text}");
+            apns_page(&s, &sess, status, Some(Notice::Error(text))).await
+        }
+    }
+}
+
+/// Step 2 through the signing service: a new request goes to the service, which emails the
+/// signed request file, encrypted.
+async fn send_apns_request(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let (sess, f) = match change_form(&s, &headers, form).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match s
+        .lanyard
+        .request_push_signing(
+            &sess.actor,
+            &s.secrets,
+            &s.signing_service,
+            f.get("email").trim(),
+            f.get("api_key"),
+        )
+        .await
+    {
+        Ok(_) => see_other("/portal/apns?done=sent"),
+        Err(e) => {
+            let (status, text) = describe(e);
+            let text = format!("Nothing was sent or changed. {text}");
+            apns_page(&s, &sess, status, Some(Notice::Error(text))).await
+        }
+    }
+}
+
+/// The signing service's emailed reply, decrypted into the request file for Apple.
+async fn decrypt_apns_reply(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    let sess = match session(&s, &headers, true).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let fields = match multipart_fields(&sess, multipart).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = sess.check_csrf(&String::from_utf8_lossy(fields.first("csrf"))) {
+        return r;
+    }
+    match s
+        .lanyard
+        .decrypt_push_reply(&sess.actor, &s.secrets, fields.first("reply"))
+        .await
+    {
+        Ok(file) => request_file_download(file),
         Err(e) => {
             let (status, text) = describe(e);
             apns_page(&s, &sess, status, Some(Notice::Error(text))).await

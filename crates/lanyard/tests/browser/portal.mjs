@@ -273,6 +273,44 @@ try {
   await shot(page, "identity-providers");
   console.log("identity provider added and listed");
 
+  // APNs certificate, step 2 in the page: a request made, a wrong vendor password explained,
+  // then the pending request signed with a (throwaway) vendor certificate uploaded in the
+  // page; the request file downloads and the Rust side checks it as Apple would.
+  await page.getByRole("link", { name: "APNs certificate" }).click();
+  await page.getByRole("button", { name: "Make a request", exact: true }).click();
+  check((await message(page)).startsWith("Request made"), "push certificate request made");
+  const vendorDir = await step("vendor");
+  const vendorFile = (name) => path.join(vendorDir, name);
+  const fillVendor = async (password) => {
+    await page
+      .getByLabel("Vendor certificate and key (PKCS#12, .p12)")
+      .setInputFiles(vendorFile("vendor.p12"));
+    await page.getByLabel("Its password").fill(password);
+    await page
+      .getByLabel("Apple's WWDR intermediate certificate", { exact: false })
+      .setInputFiles(vendorFile("AppleWWDRCA.cer"));
+    await page
+      .getByLabel("Apple Inc. root certificate")
+      .setInputFiles(vendorFile("AppleIncRootCertificate.cer"));
+  };
+  await fillVendor("not the password");
+  await page.getByRole("button", { name: "Sign and download the request file" }).click();
+  const wrong = await message(page);
+  check(wrong.includes("wrong password"), `wrong vendor password explained: ${wrong}`);
+  await fillVendor(fs.readFileSync(vendorFile("password"), "utf8").trim());
+  const signed = page.waitForEvent("download");
+  await page.getByRole("button", { name: "Sign and download the request file" }).click();
+  const requestFile = await signed;
+  check(
+    requestFile.suggestedFilename() === "lanyard-push-request.b64",
+    `request file name: ${requestFile.suggestedFilename()}`,
+  );
+  await requestFile.saveAs(vendorFile("request.b64"));
+  await step("requestfile", vendorFile("request.b64"));
+  await accessible(page, "apns");
+  await shot(page, "apns");
+  console.log("push certificate request signed in the page");
+
   // A read-only administrator sees the pages and is refused a change.
   await signOut(page);
   await signIn(page, "viewer", viewerPassword);

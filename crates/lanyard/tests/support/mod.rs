@@ -7,12 +7,15 @@ pub mod balancer;
 pub mod browser;
 pub mod oidc;
 pub mod portal;
+pub mod pushcert;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use lanyard_testkit::scratch_db::ScratchDb;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Db {
@@ -34,39 +37,15 @@ pub struct Server {
     pub data_dir: tempfile::TempDir,
     pub database_url: String,
     child: Child,
-    pg_cleanup: Option<(String, String)>,
+    /// The PostgreSQL database this server was started on, dropped with it.
+    scratch: Option<ScratchDb>,
     push_topic: std::sync::Mutex<Option<String>>,
 }
 
-pub fn pg_admin_url() -> String {
-    std::env::var("LANYARD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A fresh PostgreSQL database URL, or `None` (loudly) when PostgreSQL is unreachable outside CI.
-pub async fn fresh_pg_database() -> Option<(String, String, String)> {
-    use sqlx::Connection;
-    let admin = pg_admin_url();
-    let mut conn = match sqlx::PgConnection::connect(&admin).await {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL is required under CI=true but unreachable at {admin}: {e}");
-            }
-            eprintln!(
-                "\n!!!!! SKIPPED: PostgreSQL unreachable at {admin} ({e}); the PostgreSQL run of \
-                 this end-to-end test did NOT happen !!!!!\n"
-            );
-            return None;
-        }
-    };
-    let db = format!("lanyard_e2e_{:016x}", rand::random::<u64>());
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    Some((format!("{base}/{db}"), admin, db))
+/// A fresh PostgreSQL database (dropped with the value, also when the test panics), or `None`
+/// (loudly) when PostgreSQL is unreachable outside CI.
+pub async fn fresh_pg_database() -> Option<ScratchDb> {
+    ScratchDb::for_test("lanyard_e2e", "this end-to-end test").await
 }
 
 /// A log line without its terminal colour codes (`ESC [ … m`), as a person reads it.
@@ -102,17 +81,17 @@ impl Server {
     /// `url` is then `http://…`).
     pub async fn start_with(db: Db, env: &[(&str, &str)]) -> Option<Server> {
         let data_dir = tempfile::tempdir().unwrap();
-        let (database_url, pg_cleanup) = match db {
+        let (database_url, scratch) = match db {
             Db::Sqlite => (
                 format!("sqlite://{}/lanyard.db", data_dir.path().display()),
                 None,
             ),
             Db::Postgres => {
-                let (url, admin, name) = fresh_pg_database().await?;
-                (url, Some((admin, name)))
+                let db = fresh_pg_database().await?;
+                (db.url().to_string(), Some(db))
             }
         };
-        Some(Server::start_on(data_dir, database_url, pg_cleanup, env))
+        Some(Server::start_on(data_dir, database_url, scratch, env))
     }
 
     /// A second `lanyard serve` on this server's database, as a scaled-out deployment runs
@@ -126,12 +105,12 @@ impl Server {
         Server::start_on(data_dir, self.database_url.clone(), None, env)
     }
 
-    /// Starts `lanyard serve` on a given data directory and database URL; `pg_cleanup`
-    /// (admin URL, database name) is dropped at [`Server::stop`].
+    /// Starts `lanyard serve` on a given data directory and database URL; `scratch` (the
+    /// database, when the server owns it) is dropped with the server.
     pub fn start_on(
         data_dir: tempfile::TempDir,
         database_url: String,
-        pg_cleanup: Option<(String, String)>,
+        scratch: Option<ScratchDb>,
         env: &[(&str, &str)],
     ) -> Server {
         let mut child = Command::new(bin())
@@ -184,7 +163,7 @@ impl Server {
             data_dir,
             database_url,
             child,
-            pg_cleanup,
+            scratch,
             push_topic: Default::default(),
         }
     }
@@ -299,14 +278,7 @@ impl Server {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
-        if let Some((admin, db)) = self.pg_cleanup.take() {
-            use sqlx::Connection;
-            if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                    .execute(&mut c)
-                    .await;
-            }
-        }
+        drop(self.scratch.take());
     }
 }
 

@@ -77,3 +77,71 @@ pub async fn sign_in(c: &Client, s: &Server, user: &str, password: &str) -> Stri
     assert_eq!(st, 200);
     csrf_of(&page)
 }
+
+/// One part of a multipart form: a field, or a file when `filename` is set.
+pub struct Part<'a> {
+    pub name: &'a str,
+    pub filename: Option<&'a str>,
+    pub bytes: &'a [u8],
+}
+
+impl<'a> Part<'a> {
+    pub fn field(name: &'a str, value: &'a str) -> Self {
+        Part {
+            name,
+            filename: None,
+            bytes: value.as_bytes(),
+        }
+    }
+
+    pub fn file(name: &'a str, filename: &'a str, bytes: &'a [u8]) -> Self {
+        Part {
+            name,
+            filename: Some(filename),
+            bytes,
+        }
+    }
+}
+
+/// Posts a `multipart/form-data` form as a browser does; returns the whole response.
+pub async fn post_multipart(
+    c: &Client,
+    s: &Server,
+    path: &str,
+    parts: &[Part<'_>],
+) -> reqwest::Response {
+    let boundary = "lanyardportalform7d1c";
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match p.filename {
+            Some(f) => body.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{}\"; filename=\"{f}\"\r\n\
+                     Content-Type: application/octet-stream\r\n\r\n",
+                    p.name
+                )
+                .as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{}\"\r\n\r\n",
+                    p.name
+                )
+                .as_bytes(),
+            ),
+        }
+        body.extend_from_slice(p.bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    c.post(format!("{}{path}", s.url))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}

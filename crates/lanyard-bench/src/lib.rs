@@ -1,4 +1,7 @@
-//! `lanyard-bench`: the load tool of the command channel (development only).
+//! `lanyard-bench`: the load tool of the command channel (development only; no production
+//! crate depends on it). It owns the measurement of enrollment, command round trips, fan-out
+//! and the next-command lookup; it drives the server with `lanyard-testkit`'s simulated Mac and
+//! must not be depended on by the test kit (which stays free of the domain crates).
 //!
 //! It starts `lanyard serve` itself (SQLite in a fresh data directory, or a fresh PostgreSQL
 //! database) or targets a running server, and measures:
@@ -67,10 +70,11 @@ use serde_json::json;
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use crate::commands::{parse_command, ServerCommand};
-use crate::device;
-use crate::sim::{SimMac, SimOptions, COMMAND_CONTENT_TYPE};
-use crate::Channel;
+use lanyard_testkit::commands::{parse_command, ServerCommand};
+use lanyard_testkit::device;
+use lanyard_testkit::scratch_db::ScratchDb;
+use lanyard_testkit::sim::{SimMac, SimOptions, COMMAND_CONTENT_TYPE};
+use lanyard_testkit::Channel;
 
 /// The macOS version synthetic devices report.
 const SYNTH_OS: &str = "15.2";
@@ -661,7 +665,7 @@ struct Spawned {
     child: Child,
     bin: PathBuf,
     _tmp: Option<tempfile::TempDir>,
-    pg_cleanup: Option<(String, String)>,
+    pg: Option<ScratchDb>,
     admin_password: String,
 }
 
@@ -703,25 +707,6 @@ fn run_cli(
     ))
 }
 
-/// A fresh database next to the admin URL's: (its URL, its name).
-async fn create_pg_database(admin_url: &str, prefix: &str) -> Result<(String, String)> {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(admin_url)
-        .await
-        .with_context(|| "cannot connect to PostgreSQL with --postgres-url".to_string())?;
-    let name = format!("{prefix}_{:016x}", rand::random::<u64>());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await?;
-    let (base, _) = admin_url
-        .split('?')
-        .next()
-        .unwrap_or(admin_url)
-        .rsplit_once('/')
-        .ok_or_else(|| anyhow!("--postgres-url must end in /<database>"))?;
-    Ok((format!("{base}/{name}"), name))
-}
-
 /// `synchronous_commit = off` for one database (the --pg-async-commit experiment).
 async fn pg_async_commit(admin_url: &str, name: &str) -> Result<()> {
     use sqlx::Connection as _;
@@ -732,15 +717,6 @@ async fn pg_async_commit(admin_url: &str, name: &str) -> Result<()> {
     .execute(&mut c)
     .await?;
     Ok(())
-}
-
-async fn drop_pg_database(admin_url: &str, name: &str) {
-    use sqlx::Connection as _;
-    if let Ok(mut c) = sqlx::PgConnection::connect(admin_url).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut c)
-            .await;
-    }
 }
 
 impl Spawned {
@@ -760,13 +736,13 @@ impl Spawned {
             .tempdir()
             .context("cannot create a data directory")?;
         let data_dir = tmp.path().to_path_buf();
-        let (database_url, pg_cleanup) = match &args.postgres_url {
+        let (database_url, pg) = match &args.postgres_url {
             Some(admin) => {
-                let (url, name) = create_pg_database(admin, "lanyard_bench").await?;
+                let db = ScratchDb::create_at(admin, "lanyard_bench").await?;
                 if args.pg_async_commit {
-                    pg_async_commit(admin, &name).await?;
+                    pg_async_commit(admin, db.name()).await?;
                 }
-                (url, Some((admin.clone(), name)))
+                (db.url().to_string(), Some(db))
             }
             None => (format!("sqlite://{}/lanyard.db", data_dir.display()), None),
         };
@@ -784,15 +760,8 @@ impl Spawned {
                 .spawn()
                 .with_context(|| format!("cannot start {}", bin.display()))
         };
-        let mut child = match spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some((admin, name)) = &pg_cleanup {
-                    drop_pg_database(admin, name).await;
-                }
-                return Err(e);
-            }
-        };
+        // On failure the scratch database is dropped with `pg`.
+        let mut child = spawn()?;
         let stdout = child
             .stdout
             .take()
@@ -811,7 +780,7 @@ impl Spawned {
             child,
             bin,
             _tmp: Some(tmp),
-            pg_cleanup,
+            pg,
             admin_password: String::new(),
         };
         let mut url = String::new();
@@ -868,11 +837,11 @@ impl Spawned {
                 let p = t.keep();
                 eprintln!("kept the data directory {}", p.display());
             }
-            if let Some((_, name)) = self.pg_cleanup.take() {
-                eprintln!("kept the PostgreSQL database {name}");
+            if let Some(db) = self.pg.take() {
+                eprintln!("kept the PostgreSQL database {}", db.keep());
             }
-        } else if let Some((admin, name)) = self.pg_cleanup.take() {
-            drop_pg_database(&admin, &name).await;
+        } else {
+            drop(self.pg.take());
         }
     }
 }
@@ -910,7 +879,9 @@ fn http_client(ca_pem: &[u8], pool: usize) -> Result<reqwest::Client> {
         .pool_max_idle_per_host(pool.max(1))
         .timeout(Duration::from_secs(600))
         .connect_timeout(Duration::from_secs(15));
-    for c in crate::sim::parse_certificates(ca_pem).map_err(|e| anyhow!("CA certificate: {e}"))? {
+    for c in lanyard_testkit::sim::parse_certificates(ca_pem)
+        .map_err(|e| anyhow!("CA certificate: {e}"))?
+    {
         b = b.add_root_certificate(reqwest::Certificate::from_der(&c.to_der()?)?);
     }
     Ok(b.build()?)
@@ -2012,11 +1983,11 @@ async fn lookup_phase(args: &BenchArgs) -> Result<LookupResult> {
         .tempdir()?;
     let (backend, url, pg) = match &args.postgres_url {
         Some(admin) => {
-            let (url, name) = create_pg_database(admin, "lanyard_bench_lookup").await?;
+            let db = ScratchDb::create_at(admin, "lanyard_bench_lookup").await?;
             if args.pg_async_commit {
-                pg_async_commit(admin, &name).await?;
+                pg_async_commit(admin, db.name()).await?;
             }
-            (Backend::Postgres, url, Some((admin.clone(), name)))
+            (Backend::Postgres, db.url().to_string(), Some(db))
         }
         None => (
             Backend::Sqlite,
@@ -2030,11 +2001,9 @@ async fn lookup_phase(args: &BenchArgs) -> Result<LookupResult> {
             r.async_commit = pg.is_some() && args.pg_async_commit;
             r
         });
-    if let Some((admin, name)) = pg {
+    if let Some(db) = pg {
         if args.keep {
-            eprintln!("kept the PostgreSQL database {name}");
-        } else {
-            drop_pg_database(&admin, &name).await;
+            eprintln!("kept the PostgreSQL database {}", db.keep());
         }
     }
     r
@@ -2394,8 +2363,9 @@ async fn drive(
                 bail!("lanyard settings set: {err}");
             }
             // Nothing enrolls before a push certificate exists; a fake one gives the topic.
-            let cert =
-                crate::fake_apns::fake_push_certificate(&crate::fake_apns::fake_mdm_topic())?;
+            let cert = lanyard_testkit::fake_apns::fake_push_certificate(
+                &lanyard_testkit::fake_apns::fake_mdm_topic(),
+            )?;
             let (cert_path, key_path) = cert.write_pem_files(&data.data_dir)?;
             let (ok, _, err) = run_cli(
                 &s.bin,

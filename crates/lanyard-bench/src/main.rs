@@ -1,7 +1,7 @@
 //! `lanyard-bench`: the load tool of Lanyard's command channel (development only). It starts
 //! `lanyard serve` (SQLite, or PostgreSQL with `--postgres-url`) or targets `--server`, enrolls
 //! simulated Macs, and measures enrollment, command round trips, fan-out and the next-command
-//! lookup. See `lanyard_testkit::bench` and docs/BENCHMARKS.md.
+//! lookup. See the `lanyard_bench` library and docs/BENCHMARKS.md.
 //!
 //! ```text
 //! lanyard-bench --macs 20 --round-trips 20000 --concurrency 32
@@ -14,7 +14,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lanyard_testkit::bench::{render_table, run, BenchArgs};
+use lanyard_bench::{render_table, run, BenchArgs};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -1,0 +1,105 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+//! The admin API in process ([`support::TestApp`]): the error shape and statuses, the
+//! authentication rule, bounded and validated bodies, and the OpenAPI document beside the
+//! routes — quick checks that need no server process.
+
+mod support;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use serde_json::json;
+use support::TestApp;
+
+#[tokio::test]
+async fn errors_have_one_shape_and_the_right_status() {
+    let app = TestApp::new().await;
+    // Unknown user: 404 with the stable code.
+    let a = app
+        .api(Method::GET, "/api/v1/users/nobody@example.com", None)
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text());
+    assert_eq!(a.json()["error"]["code"], "not_found");
+    // A body that is not JSON: 400, nothing created.
+    let r = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/users")
+        .header(header::AUTHORIZATION, format!("Bearer {}", app.token))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
+    let a = app.send(r).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text());
+    assert_eq!(a.json()["error"]["code"], "invalid");
+    let a = app.api(Method::GET, "/api/v1/users", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json().as_array().map(Vec::len), Some(0), "{}", a.text());
+    // A valid user, then the same email again: 409.
+    let user =
+        json!({"email": "ann@example.com", "display_name": "Ann", "password": "a long password"});
+    let a = app
+        .api(Method::POST, "/api/v1/users", Some(user.clone()))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    let a = app.api(Method::POST, "/api/v1/users", Some(user)).await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text());
+    assert_eq!(a.json()["error"]["code"], "conflict");
+}
+
+#[tokio::test]
+async fn the_api_needs_a_valid_bearer_token() {
+    let app = TestApp::new().await;
+    for auth in [None, Some("Bearer not-a-token"), Some("Basic YWRtaW46eA==")] {
+        let mut b = Request::builder().uri("/api/v1/users");
+        if let Some(v) = auth {
+            b = b.header(header::AUTHORIZATION, v);
+        }
+        let a = app.send(b.body(Body::empty()).unwrap()).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{auth:?}: {}", a.text());
+        assert_eq!(a.json()["error"]["code"], "unauthorized");
+    }
+}
+
+#[tokio::test]
+async fn oversized_and_nul_bodies_are_refused() {
+    let app = TestApp::new().await;
+    let big = "x".repeat(lanyard_http::ADMIN_BODY_LIMIT + 1);
+    let a = app
+        .api(Method::POST, "/api/v1/users", Some(json!({ "email": big })))
+        .await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", a.text());
+    let a = app
+        .api(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"email": "a\u{0}@example.com", "display_name": "A", "password": "a long password"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text());
+    let a = app.api(Method::GET, "/api/v1/users", None).await;
+    assert_eq!(
+        a.json().as_array().map(Vec::len),
+        Some(0),
+        "nothing was created"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_the_routes() {
+    let app = TestApp::new().await;
+    let a = app.api(Method::GET, "/api/v1/openapi.json", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let doc = a.json();
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/users",
+        "/api/v1/push-certificate/request",
+        "/api/v1/push-certificate/request/sign",
+        "/api/v1/push-certificate/request/signing-service",
+        "/api/v1/push-certificate/request/decrypt",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
+    }
+}
