@@ -444,6 +444,11 @@ impl Lanyard {
         Ok(())
     }
 
+    /// Every API token (never a secret: only hashes are stored), revoked ones included.
+    pub async fn list_api_tokens(&self) -> Result<Vec<ApiToken>> {
+        Ok(self.store.list_api_tokens().await?)
+    }
+
     /// Resolves an API bearer token to the acting administrator.
     pub async fn actor_for_api_token(&self, token: &str) -> Result<Actor> {
         let denied = || CoreError::Unauthorized("invalid or revoked API token".into());

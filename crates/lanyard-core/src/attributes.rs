@@ -63,10 +63,7 @@ impl TryFrom<CustomAttributeRow> for CustomAttribute {
             id: r.id,
             kind: r.kind.parse()?,
             choices: serde_json::from_str(&r.choices).map_err(|e| {
-                CoreError::Internal(format!(
-                    "stored choices of `{}` are unreadable: {e}",
-                    r.name
-                ))
+                CoreError::failed(format!("reading the stored choices of `{}`", r.name), e)
             })?,
             name: r.name,
             required: r.required,
@@ -206,8 +203,8 @@ impl Lanyard {
     ) -> Result<CustomAttribute> {
         actor.require_write()?;
         let (name, kind, required, choices) = input.validated()?;
-        let choices_json =
-            serde_json::to_string(&choices).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let choices_json = serde_json::to_string(&choices)
+            .map_err(|e| CoreError::failed("encoding choices", e))?;
         let audit = Audit::new(
             &actor.name,
             "attribute.create",

@@ -243,12 +243,7 @@ impl CommandSpec {
                 raw_request_type,
                 plist,
             } => {
-                let rt = raw_request_type.trim();
-                if rt.is_empty() || !rt.chars().all(|c| c.is_ascii_alphanumeric()) {
-                    return Err(CoreError::Invalid(
-                        "RequestType is letters and digits, e.g. DeviceInformation".into(),
-                    ));
-                }
+                let rt = check_request_type(raw_request_type)?;
                 if let Some(text) = plist.as_deref().filter(|t| !t.trim().is_empty()) {
                     let v: Value = read_command_plist(text).map_err(|e| {
                         CoreError::Invalid(format!("the command plist is malformed: {e}"))
@@ -267,6 +262,24 @@ impl CommandSpec {
         };
         Ok((rt.to_string(), d))
     }
+}
+
+/// Longest `RequestType` a raw command may name.
+pub const MAX_REQUEST_TYPE_LEN: usize = 100;
+
+/// The one rule for a typed-in `RequestType` (a raw command, from the API or the portal): 1 to
+/// [`MAX_REQUEST_TYPE_LEN`] ASCII letters and digits, surrounding spaces ignored.
+pub fn check_request_type(raw: &str) -> Result<&str> {
+    let rt = raw.trim();
+    if rt.is_empty()
+        || rt.len() > MAX_REQUEST_TYPE_LEN
+        || !rt.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(CoreError::Invalid(format!(
+            "RequestType is 1 to {MAX_REQUEST_TYPE_LEN} letters and digits, e.g. EraseDevice"
+        )));
+    }
+    Ok(rt)
 }
 
 /// Which enrollments a command goes to.
@@ -669,7 +682,7 @@ pub(crate) fn outcome_of(
         &report.result,
         &plist::XmlWriteOptions::default().indent(0, 0),
     )
-    .map_err(|e| CoreError::Internal(e.to_string()))?;
+    .map_err(|e| CoreError::failed("encoding a command result", e))?;
     if result_bytes.len() > STORED_RESULT_LIMIT {
         return Err(CoreError::TooLarge(format!(
             "the command result is larger than this server stores ({} KiB at most)",
@@ -803,6 +816,16 @@ mod tests {
             plist: None,
         };
         assert!(bad.build(false).is_err());
+        for (raw, ok) in [
+            ("EraseDevice", true),
+            (" ProfileList ", true),
+            ("", false),
+            ("<script>", false),
+            ("com.apple.Thing", false),
+            (&"A".repeat(MAX_REQUEST_TYPE_LEN + 1), false),
+        ] {
+            assert_eq!(check_request_type(raw).is_ok(), ok, "{raw:?}");
+        }
         let bad_plist = CommandSpec::Raw {
             raw_request_type: "ProfileList".into(),
             plist: Some("<dict><key>x</key>".into()),

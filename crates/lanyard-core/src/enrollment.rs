@@ -575,8 +575,8 @@ impl EnrollmentService {
         Self::require_step(&state, FlowStep::Attributes)?;
         let defs = self.lanyard.list_attributes().await?;
         let values = validate_values(&defs, entered)?;
-        let attributes =
-            serde_json::to_string(&values).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let attributes = serde_json::to_string(&values)
+            .map_err(|e| CoreError::failed("encoding attributes", e))?;
         let token = new_secret("lya_");
         let now = lanyard_store::now();
         self.lanyard
@@ -744,7 +744,7 @@ impl EnrollmentService {
     /// The profile built and signed (CMS) by the profile signer.
     pub(crate) fn signed_profile(&self, input: &EnrollmentProfileInput) -> Result<Vec<u8>> {
         let plist = build_enrollment_profile(input)
-            .map_err(|e| CoreError::Internal(format!("building the profile: {e}")))?;
+            .map_err(|e| CoreError::failed("building the profile", e))?;
         Ok(lanyard_pki::sign_cms(
             &self.pki.profile_signer_cert,
             &self.pki.profile_signer_key,
@@ -878,6 +878,15 @@ impl Lanyard {
             .store
             .mark_inactive_enrollments(now - Duration::days(i64::from(days)))
             .await?)
+    }
+
+    /// One enrollment, by its id.
+    pub async fn enrollment(&self, id: &str) -> Result<EnrollmentView> {
+        self.store
+            .enrollment(id)
+            .await?
+            .map(EnrollmentView::from)
+            .ok_or_else(|| CoreError::NotFound(format!("enrollment {id}")))
     }
 }
 

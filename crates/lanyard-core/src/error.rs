@@ -40,10 +40,80 @@ pub enum CoreError {
     /// the request changed nothing and may be retried.
     #[error("the service is temporarily unavailable; try again shortly")]
     Unavailable(String),
-    #[error("storage: {0}")]
-    Store(StoreError),
+    /// The storage backend failed (500). The store's error is the source, for the log.
+    #[error("storage failed")]
+    Store(#[source] StoreError),
+    /// A certificate, key or CMS operation failed (500).
+    #[error("PKI operation failed")]
+    Pki(#[source] lanyard_pki::PkiError),
+    /// An OpenSSL call made by the domain itself failed (500).
+    #[error("OpenSSL operation failed")]
+    OpenSsl(#[source] lanyard_pki::openssl::error::ErrorStack),
+    /// A lower-level failure (encoding, decoding, hashing, an identity provider's library)
+    /// while doing `context` (500). The cause stays attached as the source for the log; callers
+    /// are told only that something failed inside the server.
+    #[error("{context}")]
+    Failed {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// A broken invariant with no lower error behind it (500).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl CoreError {
+    /// A lower-level failure while doing `context`, its cause kept as the source.
+    pub fn failed(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        CoreError::Failed {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether this is a fault of the server (storage, PKI, a broken invariant) rather than
+    /// something the caller can change: these are logged with their cause chain, and callers
+    /// see only that the server failed.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(
+            self,
+            CoreError::Store(_)
+                | CoreError::Pki(_)
+                | CoreError::OpenSsl(_)
+                | CoreError::Failed { .. }
+                | CoreError::Internal(_)
+        )
+    }
+
+    /// The error with its causes, for a log line: `what failed: why: lower cause`.
+    pub fn chain(&self) -> ErrorChain<'_> {
+        ErrorChain(self)
+    }
+}
+
+/// Displays an error followed by its sources, separated by `: ` (a source whose text the
+/// previous message already ends with is not repeated).
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut previous = self.0.to_string();
+        f.write_str(&previous)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            let text = e.to_string();
+            if !previous.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            previous = text;
+            next = e.source();
+        }
+        Ok(())
+    }
 }
 
 impl From<StoreError> for CoreError {
@@ -59,7 +129,7 @@ impl From<StoreError> for CoreError {
 
 impl From<lanyard_pki::PkiError> for CoreError {
     fn from(e: lanyard_pki::PkiError) -> Self {
-        CoreError::Internal(format!("PKI: {e}"))
+        CoreError::Pki(e)
     }
 }
 
@@ -67,6 +137,40 @@ pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 impl From<lanyard_pki::openssl::error::ErrorStack> for CoreError {
     fn from(e: lanyard_pki::openssl::error::ErrorStack) -> Self {
-        CoreError::Internal(format!("OpenSSL: {e}"))
+        CoreError::OpenSsl(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_names_every_cause_once() {
+        let e = CoreError::Store(StoreError::Corrupt("bad row".into()));
+        assert_eq!(e.to_string(), "storage failed");
+        assert_eq!(
+            e.chain().to_string(),
+            "storage failed: stored data is corrupt: bad row"
+        );
+        let e = CoreError::failed(
+            "reading the settings",
+            lanyard_pki::PkiError::Verify("wrong".into()),
+        );
+        assert_eq!(
+            e.chain().to_string(),
+            "reading the settings: verification failed: wrong"
+        );
+        // A source whose text its parent already ends with is not repeated.
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner")]
+        struct Inner;
+        let e = CoreError::failed("doing", Outer(Inner));
+        assert_eq!(e.chain().to_string(), "doing: outer: inner");
+        assert!(e.is_server_fault());
+        assert!(!CoreError::Invalid("x".into()).is_server_fault());
     }
 }

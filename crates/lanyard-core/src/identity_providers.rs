@@ -380,7 +380,7 @@ fn provider_error(e: OidcError) -> CoreError {
             CoreError::Forbidden(e.to_string())
         }
         OidcError::Config(_) | OidcError::Discovery(_) | OidcError::Unreachable(_) => {
-            CoreError::Internal(e.to_string())
+            CoreError::failed("signing in at the identity provider", e)
         }
     }
 }

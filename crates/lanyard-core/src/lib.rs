@@ -29,7 +29,7 @@ pub mod users;
 
 use std::sync::Arc;
 
-pub use error::{CoreError, Result};
+pub use error::{CoreError, ErrorChain, Result};
 pub use lanyard_store as store;
 use lanyard_store::Store;
 
@@ -109,6 +109,16 @@ impl Lanyard {
         if let Some(p) = &self.pusher {
             p.request_push(enrollment_ids);
         }
+    }
+
+    /// The database backend's name (`sqlite` or `postgres`), for health reports.
+    pub fn database_backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    /// One round trip to the database (health checks).
+    pub async fn ping_database(&self) -> Result<()> {
+        Ok(self.store.ping().await?)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -109,7 +109,7 @@ impl Lanyard {
             .ok_or_else(|| CoreError::Internal(format!("{name} vanished from the database")))?;
         let key = secrets
             .open(&m.key_sealed, &seal_context(name))
-            .map_err(|_| CoreError::Internal(format!("the {name} key cannot be opened")))?;
+            .map_err(|e| CoreError::failed(format!("opening the {name} key"), e))?;
         Ok((
             X509::from_pem(m.cert_pem.as_bytes())?,
             PKey::private_key_from_pem(&key)?,

@@ -142,7 +142,7 @@ fn upload_key_pem(upload: &PushCertificateUpload<'_>) -> Result<String> {
         }
     };
     let pem = key.private_key_to_pem_pkcs8().map_err(bad)?;
-    String::from_utf8(pem).map_err(|e| CoreError::Internal(e.to_string()))
+    String::from_utf8(pem).map_err(|e| CoreError::failed("encoding a certificate", e))
 }
 
 impl Lanyard {
@@ -163,7 +163,7 @@ impl Lanyard {
         let sealed = secrets.seal(key_pem.as_bytes(), seal_context())?;
         let cert_pem = cert
             .cert_pem()
-            .map_err(|e| CoreError::Internal(format!("push certificate: {e}")))?;
+            .map_err(|e| CoreError::failed("encoding the push certificate", e))?;
         let shown = info(&cert);
         self.store
             .put_pki(
@@ -197,7 +197,7 @@ impl Lanyard {
         };
         PushCertificate::topic_of_pem(m.cert_pem.as_bytes())
             .map(Some)
-            .map_err(|e| CoreError::Internal(format!("stored push certificate: {e}")))
+            .map_err(|e| CoreError::failed("reading the stored push certificate", e))
     }
 
     /// The stored push certificate, if any.
@@ -207,10 +207,10 @@ impl Lanyard {
         };
         let key = secrets
             .open(&m.key_sealed, seal_context())
-            .map_err(|_| CoreError::Internal("the push key cannot be opened".into()))?;
+            .map_err(|e| CoreError::failed("opening the push key", e))?;
         PushCertificate::from_pem(m.cert_pem.as_bytes(), &key)
             .map(Some)
-            .map_err(|e| CoreError::Internal(format!("stored push certificate: {e}")))
+            .map_err(|e| CoreError::failed("reading the stored push certificate", e))
     }
 
     pub async fn push_certificate_info(
@@ -241,7 +241,7 @@ impl Lanyard {
                     );
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "the push certificate cannot be read"),
+            Err(e) => tracing::warn!(error = %e.chain(), "the push certificate cannot be read"),
         }
     }
 }
@@ -460,7 +460,7 @@ impl PushJob {
                         not_reachable = r.not_reachable,
                         "push batch done"
                     ),
-                    Err(e) => tracing::warn!(error = %e, "push batch failed"),
+                    Err(e) => tracing::warn!(error = %e.chain(), "push batch failed"),
                 }
             }
         });
@@ -481,7 +481,7 @@ impl PushJob {
             loop {
                 tick.tick().await;
                 if let Err(e) = service.sweep(every).await {
-                    tracing::warn!(error = %e, "push sweep failed");
+                    tracing::warn!(error = %e.chain(), "push sweep failed");
                 }
             }
         })

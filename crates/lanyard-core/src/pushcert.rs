@@ -79,8 +79,8 @@ fn new_encryption_identity() -> Result<(String, Vec<u8>)> {
     b.set_not_before(&from)?;
     b.set_not_after(&until)?;
     b.sign(&key, MessageDigest::sha256())?;
-    let cert =
-        String::from_utf8(b.build().to_pem()?).map_err(|e| CoreError::Internal(e.to_string()))?;
+    let cert = String::from_utf8(b.build().to_pem()?)
+        .map_err(|e| CoreError::failed("encoding a certificate", e))?;
     Ok((cert, key.private_key_to_pem_pkcs8()?))
 }
 
@@ -116,7 +116,7 @@ pub struct PushRequestInfo {
 
 fn csr_der_of(pem: &str) -> Result<Vec<u8>> {
     let req = lanyard_pki::openssl::x509::X509Req::from_pem(pem.as_bytes())
-        .map_err(|e| CoreError::Internal(format!("stored push certificate request: {e}")))?;
+        .map_err(|e| CoreError::failed("reading the stored push certificate request", e))?;
     Ok(req.to_der()?)
 }
 
@@ -170,7 +170,8 @@ impl Lanyard {
             None => None,
         };
         let csr_pem = lanyard_pki::openssl::x509::X509Req::from_der(&csr_der)?.to_pem()?;
-        let csr_pem = String::from_utf8(csr_pem).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let csr_pem =
+            String::from_utf8(csr_pem).map_err(|e| CoreError::failed("encoding the request", e))?;
         let key_pem = key.private_key_to_pem_pkcs8()?;
         // Sealed with the push key's own context: on completion it moves as it is.
         let sealed = secrets.seal(&key_pem, seal_context())?;
@@ -240,7 +241,8 @@ impl Lanyard {
         }
         let Made { key, csr_der } = new_push_key()?;
         let csr_pem = lanyard_pki::openssl::x509::X509Req::from_der(&csr_der)?.to_pem()?;
-        let csr_pem = String::from_utf8(csr_pem).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let csr_pem =
+            String::from_utf8(csr_pem).map_err(|e| CoreError::failed("encoding the request", e))?;
         let (enc_cert, enc_key) = new_encryption_identity()?;
         service
             .submit(&SignRequestBody::new(
@@ -329,9 +331,7 @@ impl Lanyard {
             })?;
         let key = secrets
             .open(&enc.key_sealed, encryption_seal_context())
-            .map_err(|_| {
-                CoreError::Internal("the pending encryption key cannot be opened".into())
-            })?;
+            .map_err(|e| CoreError::failed("opening the pending encryption key", e))?;
         let file = lanyard_apple::apns::decrypt_reply(reply, enc.cert_pem.as_bytes(), &key)
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
         let parsed = PushCertRequestFile::decode(&file).map_err(|e| {
@@ -382,7 +382,7 @@ impl Lanyard {
             .ok_or_else(no_request)?;
         let key = secrets
             .open(&pending.key_sealed, seal_context())
-            .map_err(|_| CoreError::Internal("the pending push key cannot be opened".into()))?;
+            .map_err(|e| CoreError::failed("opening the pending push key", e))?;
         let cert = PushCertificate::from_pem(cert_pem, &key).map_err(|e| match e {
             ApnsError::KeyMismatch => CoreError::Invalid(
                 "this certificate was not issued for Lanyard's pending push certificate request \
@@ -395,7 +395,7 @@ impl Lanyard {
         self.check_push_replacement(&cert, force).await?;
         let stored_pem = cert
             .cert_pem()
-            .map_err(|e| CoreError::Internal(format!("push certificate: {e}")))?;
+            .map_err(|e| CoreError::failed("encoding the push certificate", e))?;
         let shown = info(&cert);
         self.store
             .complete_pending_pki(

@@ -100,7 +100,7 @@ impl IdentityPolicy {
 }
 
 fn chrono_duration(d: Duration) -> Result<chrono::Duration> {
-    chrono::Duration::from_std(d).map_err(|e| CoreError::Internal(format!("duration: {e}")))
+    chrono::Duration::from_std(d).map_err(|e| CoreError::failed("converting a duration", e))
 }
 
 impl EnrollmentService {
@@ -127,7 +127,7 @@ impl EnrollmentService {
                 Ok(true) => queued.push(e.id),
                 Ok(false) => {}
                 Err(err) => {
-                    tracing::warn!(enrollment = %e.id, error = %err, "queueing an identity renewal failed")
+                    tracing::warn!(enrollment = %e.id, error = %err.chain(), "queueing an identity renewal failed")
                 }
             }
         }
@@ -157,8 +157,9 @@ impl EnrollmentService {
             .identity_not_after
             .ok_or_else(|| missing("identity certificate"))?;
         let parse = |s: &str| {
-            uuid::Uuid::parse_str(s)
-                .map_err(|err| CoreError::Internal(format!("stored PayloadUUID {s:?}: {err}")))
+            uuid::Uuid::parse_str(s).map_err(|err| {
+                CoreError::failed(format!("reading the stored PayloadUUID {s:?}"), err)
+            })
         };
         let uuids = ProfileUuids {
             profile: parse(&ids.profile)?,
@@ -179,7 +180,7 @@ impl EnrollmentService {
         let command =
             CommandSpec::InstallProfile { profile }.build(e.mode == MODE_USER_ENROLLMENT)?;
         let payload = lanyard_proto::command::encode_command(&command)
-            .map_err(|err| CoreError::Internal(format!("encoding InstallProfile: {err}")))?;
+            .map_err(|err| CoreError::failed("encoding InstallProfile", err))?;
         let audit = Audit::new(
             "system",
             "enrollment.identity_renewal",
@@ -231,7 +232,7 @@ impl EnrollmentService {
                 match service.renew_identities().await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(queued = n, "identity renewals queued"),
-                    Err(e) => tracing::warn!(error = %e, "the identity renewal run failed"),
+                    Err(e) => tracing::warn!(error = %e.chain(), "the identity renewal run failed"),
                 }
             }
         })

@@ -439,7 +439,7 @@ impl AbmService {
         let plain = self
             .secrets
             .open(sealed, SECRETS_CONTEXT)
-            .map_err(|_| CoreError::Internal("the token secrets cannot be opened".into()))?;
+            .map_err(|e| CoreError::failed("opening the token secrets", e))?;
         serde_json::from_slice(&plain)
             .map_err(|_| CoreError::Internal("the stored token secrets are corrupt".into()))
     }
@@ -462,7 +462,7 @@ impl AbmService {
         let key_pem = self
             .secrets
             .open(&t.key_sealed, KEY_CONTEXT)
-            .map_err(|_| CoreError::Internal("the token key cannot be opened".into()))?;
+            .map_err(|e| CoreError::failed("opening the token key", e))?;
         let (creds, expiry) = open_token_file(file, &t.cert_pem, &key_pem)?;
         let account = match self.client(creds.clone())?.account().await {
             Ok(a) => Some(a),
@@ -471,7 +471,8 @@ impl AbmService {
                 None
             }
         };
-        let plain = serde_json::to_vec(&creds).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let plain = serde_json::to_vec(&creds)
+            .map_err(|e| CoreError::failed("encoding token secrets", e))?;
         let sealed = self.secrets.seal(&plain, SECRETS_CONTEXT)?;
         let renewal = t.secrets_sealed.is_some();
         let up = ServerTokenUpload {
@@ -675,7 +676,7 @@ impl AbmService {
             match svc.finish(&actor, &client, &t).await {
                 Ok(r) => tracing::info!(token = %t.name, pages = r.pages,
                     devices = r.devices_total, "ABM sync done"),
-                Err(e) => tracing::warn!(token = %t.name, error = %e, "ABM sync failed"),
+                Err(e) => tracing::warn!(token = %t.name, error = %e.chain(), "ABM sync failed"),
             }
         });
         Ok(started)
@@ -926,7 +927,7 @@ impl AbmService {
                 Ok(r) => tracing::info!(token = %t.name, pages = r.pages,
                     devices = r.devices_total, "ABM sync done"),
                 Err(CoreError::Conflict(m)) => tracing::debug!(token = %t.name, "{m}"),
-                Err(e) => tracing::warn!(token = %t.name, error = %e, "ABM sync failed"),
+                Err(e) => tracing::warn!(token = %t.name, error = %e.chain(), "ABM sync failed"),
             }
         }
     }

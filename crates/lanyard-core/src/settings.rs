@@ -329,9 +329,8 @@ impl Lanyard {
     pub async fn enrollment_settings(&self) -> Result<EnrollmentSettings> {
         match self.store.get_setting(SETTINGS_NAME).await? {
             None => Ok(EnrollmentSettings::default()),
-            Some(text) => serde_json::from_str(&text).map_err(|e| {
-                CoreError::Internal(format!("stored enrollment settings are unreadable: {e}"))
-            }),
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| CoreError::failed("reading the stored enrollment settings", e)),
         }
     }
 
@@ -346,7 +345,7 @@ impl Lanyard {
         let mut after = before.clone();
         after.apply(patch)?;
         let text = serde_json::to_string(&after)
-            .map_err(|e| CoreError::Internal(format!("serialising settings: {e}")))?;
+            .map_err(|e| CoreError::failed("serialising settings", e))?;
         let audit = Audit::new(
             &actor.name,
             "settings.update",

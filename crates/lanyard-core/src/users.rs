@@ -128,7 +128,7 @@ pub fn hash_password(password: &str) -> Result<String> {
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| CoreError::Internal(format!("hashing password: {e}")))
+        .map_err(|e| CoreError::failed("hashing a password", e))
 }
 
 /// Checks a password against a stored argon2 hash; a malformed hash never matches.

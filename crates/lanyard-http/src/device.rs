@@ -87,9 +87,7 @@ async fn discovery(
     };
     match s.enrollment.discover(&id, q.model_family.as_deref()).await {
         Ok(doc) => Json(doc).into_response(),
-        Err(e @ (CoreError::Store(_) | CoreError::Internal(_) | CoreError::Unavailable(_))) => {
-            device_error(e)
-        }
+        Err(e) if e.is_server_fault() || matches!(e, CoreError::Unavailable(_)) => device_error(e),
         Err(e) => refuse_discovery(e.to_string()),
     }
 }

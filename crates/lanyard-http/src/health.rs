@@ -64,13 +64,17 @@ struct DiskReport {
 }
 
 pub(crate) async fn healthz(State(s): State<AppState>) -> Response {
-    let backend = s.lanyard.store().backend();
+    let backend = s.lanyard.database_backend();
     let mut problems = Vec::new();
     let database_status =
-        match tokio::time::timeout(DATABASE_CHECK_TIMEOUT, s.lanyard.store().ping()).await {
+        match tokio::time::timeout(DATABASE_CHECK_TIMEOUT, s.lanyard.ping_database()).await {
             Ok(Ok(())) => Status::Ok,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "health check: database unreachable");
+                let cause = match &e {
+                    lanyard_core::CoreError::Unavailable(why) => why.clone(),
+                    other => other.chain().to_string(),
+                };
+                tracing::warn!(error = %cause, "health check: database unreachable");
                 problems.push(format!("the {backend} database is unreachable"));
                 Status::Unavailable
             }

@@ -1,29 +1,39 @@
-//! Lanyard's HTTP surface: the admin JSON API (`/api/v1`, with OpenAPI), health and metrics,
-//! and — as the product grows — the device-facing routes and the portal.
+//! Lanyard's HTTP surface, laid out by audience:
+//! - [`api`]: the admin JSON API under `/api/v1`, one module per resource, with its OpenAPI
+//!   document made from the same route list;
+//! - [`device`]: what Macs call — service discovery, the enrollment endpoint, SCEP, check-in and
+//!   the command endpoint;
+//! - [`enroll`]: the enrollment web pages the Mac shows (password sign-in and its OpenID
+//!   Connect leg);
+//! - [`portal`]: the administrators' web portal;
+//! - beside them [`health`] and `/metrics`, and what the audiences share: [`error`] (the one
+//!   mapping from a domain error to an answer), [`html`] (escaping and page pieces), [`auth`]
+//!   (session cookies, secret comparison), [`client`] (the client address behind proxies) and
+//!   [`text_input`] (NUL refusal).
 //!
 //! Owns: routing, request extraction (bounded bodies, typed JSON with the API's error shape,
-//! authentication), and the single mapping from domain errors to HTTP statuses.
+//! authentication), rendering answers, and the single mapping from domain errors to HTTP
+//! statuses.
 //!
-//! Depends on `lanyard-core` and the storage *traits*; must not name a concrete database
-//! backend, hold SQL, or make policy decisions (those belong to the domain).
+//! Depends on `lanyard-core` (every read and change goes through its services, never the store
+//! directly) and on storage *types* it re-exposes; must not name a concrete database backend,
+//! hold SQL, or make policy decisions such as validating commands (those belong to the domain).
 
-pub mod admin_api;
+pub mod api;
 pub mod auth;
 pub mod client;
 pub mod device;
+pub mod enroll;
 pub mod error;
 pub mod health;
-pub mod idp_api;
-pub mod oidc_pages;
-pub mod pages;
+pub mod html;
 pub mod portal;
-pub mod server_tokens;
 pub mod text_input;
 pub mod tracing_layers;
 
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -34,11 +44,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use lanyard_core::enrollment::EnrollmentService;
 use lanyard_core::Lanyard;
 
+pub use api::ADMIN_BODY_LIMIT;
 pub use error::{ApiError, ApiResult};
 pub use health::HealthSettings;
-
-/// The largest request body the admin API accepts.
-pub const ADMIN_BODY_LIMIT: usize = 256 * 1024;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -46,7 +54,7 @@ pub struct AppState {
     pub lanyard: Lanyard,
     pub enrollment: EnrollmentService,
     /// Counts sign-ins started at identity providers per client address (in this process).
-    pub oidc_start_limiter: oidc_pages::StartLimiter,
+    pub oidc_start_limiter: enroll::oidc::StartLimiter,
     /// The proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
     pub trusted_proxies: client::TrustedProxies,
     /// Enrollment sign-in through OpenID Connect identity providers.
@@ -105,19 +113,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics_text))
         .merge(device::routes())
-        .merge(pages::routes())
-        .merge(oidc_pages::routes())
+        .merge(enroll::routes())
         .merge(portal::routes())
-        .nest(
-            "/api/v1",
-            admin_api::routes()
-                .merge(idp_api::routes())
-                .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT)),
-        );
-    let unbounded = Router::new().nest(
-        "/api/v1",
-        server_tokens::long_running_routes().layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT)),
-    );
+        .merge(api::routes());
+    let unbounded = api::long_running_routes();
     let app = tracing_layers::with_timeout(bounded)
         .merge(unbounded)
         .fallback(not_found);

@@ -11,7 +11,7 @@ fn committed_path() -> PathBuf {
 }
 
 fn generated() -> String {
-    let doc = lanyard_http::admin_api::openapi_document();
+    let doc = lanyard_http::api::openapi_document();
     let mut text = serde_json::to_string_pretty(&doc).expect("the OpenAPI document serialises");
     text.push('\n');
     text

@@ -53,7 +53,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
              enrollment URL refuse every device) until one is uploaded with `lanyard push-cert \
              upload`"
         ),
-        Err(e) => tracing::warn!(error = %e, "the APNs push certificate cannot be read"),
+        Err(e) => tracing::warn!(error = %e.chain(), "the APNs push certificate cannot be read"),
     }
     if let Some((name, password)) = lanyard.bootstrap_first_admin().await? {
         // Printed once, to the terminal, never to the log.
@@ -420,7 +420,9 @@ async fn prune_leftovers(lanyard: Lanyard) {
         {
             Ok(0) => {}
             Ok(n) => tracing::info!(enrollments = n, "marked silent enrollments inactive"),
-            Err(e) => tracing::warn!(error = %e, "marking silent enrollments inactive failed"),
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), "marking silent enrollments inactive failed")
+            }
         }
         let before = lanyard_store::now()
             - chrono::Duration::days(lanyard_core::commands::RESULT_RETENTION_DAYS);

@@ -437,7 +437,7 @@ async fn run(db: Db) {
     // Starting sign-ins is limited per address, whether they succeed or not: within the limit's
     // count of further starts from this address the answer becomes 429, and stays so.
     let mut statuses = Vec::new();
-    for _ in 0..=lanyard_http::oidc_pages::OIDC_STARTS_PER_ADDRESS {
+    for _ in 0..=lanyard_http::enroll::oidc::OIDC_STARTS_PER_ADDRESS {
         let r = c
             .get(format!("{}/enroll/oidc/start?provider=corp", s.url))
             .send()

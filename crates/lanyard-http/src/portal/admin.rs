@@ -23,10 +23,9 @@ use lanyard_store::{AuditSearch, ListQuery};
 
 use super::{
     change_form, describe, enabled_field, error_page, layout, message_page, notice, or_dash,
-    page_number, pager, qv, see_other, session, when, Fields, Nav, Notice, Session, Viewer,
-    PAGE_SIZE,
+    page_number, pager, session, when, Fields, Nav, Notice, Session, Viewer, PAGE_SIZE,
 };
-use crate::pages::esc;
+use crate::html::{esc, qv, see_other};
 use crate::AppState;
 
 /// The largest APNs certificate upload (PKCS#12 or PEM files are a few KiB).

@@ -15,11 +15,11 @@ use serde::Deserialize;
 use lanyard_core::admins::Role;
 
 use super::{
-    change_form, describe, enabled_field, error_page, layout, notice, see_other, Fields, Nav,
-    Notice, Session, Viewer,
+    change_form, describe, enabled_field, error_page, layout, notice, Fields, Nav, Notice, Session,
+    Viewer,
 };
 use crate::auth::{cookie, SESSION_COOKIE};
-use crate::pages::esc;
+use crate::html::{esc, see_other};
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {

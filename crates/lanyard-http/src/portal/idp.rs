@@ -18,10 +18,9 @@ use lanyard_core::identity_providers::{
 };
 
 use super::{
-    change_form, describe, error_page, layout, notice, qv, see_other, Fields, Nav, Notice, Session,
-    Viewer,
+    change_form, describe, error_page, layout, notice, Fields, Nav, Notice, Session, Viewer,
 };
-use crate::pages::esc;
+use crate::html::{esc, qv, see_other};
 use crate::AppState;
 
 const LIST: &str = "/portal/identity-providers";

@@ -36,7 +36,7 @@ use lanyard_core::admins::Role;
 use lanyard_core::{Actor, CoreError};
 
 use crate::auth::{constant_time_eq, cookie, SESSION_COOKIE};
-use crate::pages::esc;
+use crate::html::{esc, page_headers, see_other};
 use crate::AppState;
 
 /// The pre-sign-in CSRF cookie (double submit on the sign-in form only).
@@ -83,14 +83,6 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
-}
-
-pub(crate) fn see_other(location: &str) -> Response {
-    let mut res = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    res
 }
 
 /// The signed-in administrator of a portal request.
@@ -251,36 +243,22 @@ pub(crate) fn fields(
     }
 }
 
-/// The status and on-page message for a domain error. Server faults are logged once, here.
+/// The status and on-page message for a domain error: the one mapping
+/// ([`crate::error::answer`], which also logs it), rendered as a sentence.
 pub(crate) fn describe(e: CoreError) -> (StatusCode, String) {
-    let status = match &e {
-        CoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        CoreError::NotFound(_) => StatusCode::NOT_FOUND,
-        CoreError::Conflict(_) => StatusCode::CONFLICT,
-        CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => StatusCode::FORBIDDEN,
-        CoreError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
-        CoreError::Unavailable(why) => {
-            tracing::warn!(cause = %why, "portal request refused: database unavailable");
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        CoreError::Store(_) | CoreError::Internal(_) => {
-            tracing::error!(error = %e, "portal request failed");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong on the server; the server log has the details.".into(),
-            );
-        }
-    };
-    let text = e.to_string();
-    let mut c = text.chars();
+    let a = crate::error::answer(&e);
+    if a.status == StatusCode::INTERNAL_SERVER_ERROR {
+        return (
+            a.status,
+            "Something went wrong on the server; the server log has the details.".into(),
+        );
+    }
+    let mut c = a.message.chars();
     let text = match c.next() {
         Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
-        None => text,
+        None => a.message.clone(),
     };
-    (status, text)
+    (a.status, text)
 }
 
 pub(crate) fn error_page(sess: Option<&Session>, e: CoreError) -> Response {
@@ -351,19 +329,17 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Audit, "/portal/audit", "Audit log"),
 ];
 
+/// The portal's Content-Security-Policy: no inline script or style.
+const PORTAL_CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; \
+     img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; \
+     frame-ancestors 'none'";
+
 /// Page-specific headers; `Cache-Control: no-store` and `nosniff` come from the one
 /// response-headers layer ([`crate::response_headers`]).
 fn secure_headers(res: &mut Response) {
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; \
-             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-        ),
-    );
-    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    page_headers(res, PORTAL_CSP);
+    res.headers_mut()
+        .insert("referrer-policy", HeaderValue::from_static("same-origin"));
 }
 
 fn head(title: &str) -> String {
@@ -446,19 +422,6 @@ pub(crate) fn or_dash(s: Option<&str>) -> String {
         Some(s) if !s.is_empty() => esc(s),
         _ => "—".into(),
     }
-}
-
-/// Percent-encodes a query value.
-pub(crate) fn qv(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// "Previous / Next" links for a list; `more` says whether a next page exists.
@@ -664,12 +627,6 @@ async fn sign_out(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_values_are_encoded() {
-        assert_eq!(qv("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
-        assert_eq!(qv("ann@example.com"), "ann%40example.com");
-    }
 
     #[test]
     fn pager_links() {

@@ -20,10 +20,10 @@ use serde_json::json;
 use lanyard_core::server_tokens::MAX_TOKEN_FILE;
 
 use super::{
-    change_form, describe, error_page, layout, message_page, notice, or_dash, qv, see_other,
-    session, when, Nav, Notice, Session, Viewer,
+    change_form, describe, error_page, layout, message_page, notice, or_dash, session, when, Nav,
+    Notice, Session, Viewer,
 };
-use crate::pages::esc;
+use crate::html::{esc, qv, see_other};
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {

@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use axum::extract::rejection::{ExtensionRejection, FormRejection, QueryRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Router};
 use serde::Deserialize;
@@ -22,32 +22,14 @@ use lanyard_core::attributes::{AttributeKind, CustomAttribute};
 use lanyard_core::enrollment::FlowStep;
 use lanyard_core::CoreError;
 
+use super::{
+    error_block, page, refusal, refuse, set_cookie, step_url, AUTH_RESULT, CSRF_COOKIE, FLOW_COOKIE,
+};
 use crate::auth::{constant_time_eq, cookie};
+use crate::html::{esc, see_other};
 use crate::AppState;
 
-pub const FLOW_COOKIE: &str = "lanyard_flow";
-pub const CSRF_COOKIE: &str = "lanyard_csrf";
-pub const FORM_BODY_LIMIT: usize = 16 * 1024;
-
-/// The callback that ends the web sign-in; the Mac's web authentication session waits for a
-/// navigation to its scheme.
-const AUTH_RESULT: &str = "apple-remotemanagement-user-login://authentication-results";
-
-/// Content-Security-Policy of the enrollment pages (the portal has its own, stricter one).
-///
-/// `form-action` also allows the callback scheme: the last page's form POST is answered by a
-/// redirect to `apple-remotemanagement-user-login://authentication-results?access-token=…`
-/// (Apple, "Implementing the simple authentication account-driven enrollment flow", step 11:
-/// <https://developer.apple.com/documentation/devicemanagement/implementing-the-simple-authentication-account-driven-enrollment-flow>).
-/// CSP Level 3 `form-action` (<https://www.w3.org/TR/CSP3/#directive-form-action>) restricts
-/// where a form submission may navigate, and browsers apply it to the redirects of that
-/// navigation: Chromium refuses the hand-off ("Sending form data to … violates … form-action
-/// 'self'"), WebKit checks form-action on redirects too. With `'self'` alone the access token
-/// never reaches the Mac. Only the enrollment pages allow the scheme.
-const ENROLLMENT_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; \
-     form-action 'self' apple-remotemanagement-user-login:; frame-ancestors 'none'";
-
-pub fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/enroll/sign-in", get(sign_in_page).post(sign_in_submit))
         .route("/enroll/privacy", get(privacy_page).post(privacy_submit))
@@ -59,92 +41,6 @@ pub fn routes() -> Router<AppState> {
             "/enroll/attributes",
             get(attributes_page).post(attributes_submit),
         )
-        .layer(DefaultBodyLimit::max(FORM_BODY_LIMIT))
-}
-
-/// Escapes text for HTML element content and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-const STYLE: &str = "body{font:16px/1.5 -apple-system,system-ui,sans-serif;margin:0;background:#f5f5f7;color:#1d1d1f}\
-main{max-width:30rem;margin:2rem auto;padding:1.5rem 2rem;background:#fff;border-radius:12px;box-shadow:0 1px 4px #0002}\
-h1{font-size:1.4rem;margin:.2rem 0 1rem}label{display:block;margin:.8rem 0 .2rem;font-weight:600}\
-input[type=email],input[type=password],input[type=text],input[type=number],select{width:100%;box-sizing:border-box;padding:.55rem;border:1px solid #b0b0b5;border-radius:8px;font:inherit}\
-button{margin-top:1.2rem;width:100%;padding:.7rem;border:0;border-radius:8px;background:#0071e3;color:#fff;font:inherit;font-weight:600}\
-.error{background:#fff2f2;border:1px solid #e0a0a0;border-radius:8px;padding:.6rem .8rem;color:#8a1010}\
-.muted{color:#6e6e73;font-size:.9rem}fieldset{border:0;padding:0;margin:.5rem 0}\
-fieldset label{font-weight:400;display:flex;gap:.5rem;align-items:center}ul{padding-left:1.2rem}";
-
-pub(crate) fn page(status: StatusCode, org: &str, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{t} · {o}</title><style>{STYLE}</style></head><body><main>\
-         <p class=\"muted\">{o}</p><h1>{t}</h1>{body}</main></body></html>",
-        t = esc(title),
-        o = esc(org),
-    );
-    let mut res = (status, Html(html)).into_response();
-    // Cache-Control: no-store and nosniff come from the one response-headers layer.
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(ENROLLMENT_CSP),
-    );
-    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    res
-}
-
-/// A page that ends the flow with an explanation.
-pub(crate) fn refusal(s: &AppState, status: StatusCode, message: &str) -> Response {
-    page(
-        status,
-        s.enrollment.organization(),
-        "This Mac can't be enrolled",
-        &format!(
-            "<p id=\"message\" class=\"error\" role=\"alert\">{}</p>",
-            esc(message)
-        ),
-    )
-}
-
-fn error_block(message: Option<&str>) -> String {
-    message
-        .map(|m| {
-            format!(
-                "<p id=\"message\" class=\"error\" role=\"alert\">{}</p>",
-                esc(m)
-            )
-        })
-        .unwrap_or_default()
-}
-
-pub(crate) fn set_cookie(res: &mut Response, name: &str, value: &str, max_age: i64) {
-    let c =
-        format!("{name}={value}; Path=/enroll; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax");
-    if let Ok(v) = HeaderValue::from_str(&c) {
-        res.headers_mut().append(header::SET_COOKIE, v);
-    }
-}
-
-pub(crate) fn see_other(location: &str) -> Response {
-    let mut res = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    res
 }
 
 /// The end of the web sign-in, for both sign-in paths (password and identity provider):
@@ -188,49 +84,6 @@ fn forbidden_csrf(s: &AppState) -> Response {
         StatusCode::FORBIDDEN,
         "This form has expired or did not come from this page. Go back and try again.",
     )
-}
-
-pub(crate) fn step_url(step: FlowStep) -> &'static str {
-    match step {
-        FlowStep::Privacy => "/enroll/privacy",
-        FlowStep::Ownership => "/enroll/ownership",
-        FlowStep::Attributes => "/enroll/attributes",
-    }
-}
-
-/// Maps a domain error on a page to a refusal page with the right status.
-pub(crate) fn refuse(s: &AppState, e: CoreError) -> Response {
-    let status = match &e {
-        CoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        CoreError::Forbidden(_) | CoreError::UnrecognizedDevice(_) => StatusCode::FORBIDDEN,
-        CoreError::NotFound(_) => StatusCode::NOT_FOUND,
-        CoreError::Conflict(_) => StatusCode::CONFLICT,
-        CoreError::RateLimited {
-            retry_after_secs, ..
-        } => {
-            let mut res = refusal(s, StatusCode::TOO_MANY_REQUESTS, &e.to_string());
-            if let Some(secs) = retry_after_secs {
-                crate::error::retry_after(&mut res, *secs);
-            }
-            return res;
-        }
-        CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
-        CoreError::Unavailable(why) => {
-            tracing::warn!(cause = %why, "enrollment page refused: database unavailable");
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        CoreError::Store(_) | CoreError::Internal(_) => {
-            tracing::error!(error = %e, "enrollment page failed");
-            return refusal(
-                s,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong on the server. Try again in a moment.",
-            );
-        }
-    };
-    refusal(s, status, &e.to_string())
 }
 
 #[derive(Deserialize, Default)]
@@ -277,7 +130,7 @@ async fn sign_in_page(
         .and_then(|Query(q)| q.user_identifier)
         .unwrap_or_default();
     let (csrf, fresh) = csrf_token(&headers);
-    let providers = crate::oidc_pages::provider_links(&s, &uid).await;
+    let providers = super::oidc::provider_links(&s, &uid).await;
     with_csrf(
         sign_in_form(&s, StatusCode::OK, &csrf, &uid, &uid, None, &providers),
         &csrf,
@@ -333,7 +186,7 @@ async fn sign_in_submit(
             &f.email,
             &f.user_identifier,
             Some(&m),
-            &crate::oidc_pages::provider_links(&s, &f.user_identifier).await,
+            &super::oidc::provider_links(&s, &f.user_identifier).await,
         ),
         Err(CoreError::RateLimited {
             retry_after_secs, ..
@@ -345,7 +198,7 @@ async fn sign_in_submit(
                 &f.email,
                 &f.user_identifier,
                 Some("Too many failed sign-ins. Wait a little, then try again."),
-                &crate::oidc_pages::provider_links(&s, &f.user_identifier).await,
+                &super::oidc::provider_links(&s, &f.user_identifier).await,
             );
             if let Some(secs) = retry_after_secs {
                 crate::error::retry_after(&mut res, secs);
@@ -648,34 +501,6 @@ async fn attributes_submit(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escaping() {
-        assert_eq!(
-            esc("<a href=\"x\">'&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
-    }
-
-    #[test]
-    fn enrollment_pages_let_the_form_hand_off_to_the_mac() {
-        let res = page(StatusCode::OK, "Example", "Sign in", "");
-        let csp = res.headers()[header::CONTENT_SECURITY_POLICY]
-            .to_str()
-            .unwrap();
-        let form_action = csp
-            .split(';')
-            .map(str::trim)
-            .find_map(|d| d.strip_prefix("form-action "))
-            .unwrap();
-        assert_eq!(
-            form_action.split_whitespace().collect::<Vec<_>>(),
-            ["'self'", "apple-remotemanagement-user-login:"],
-            "{csp}"
-        );
-        assert!(AUTH_RESULT.starts_with("apple-remotemanagement-user-login://"));
-        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
-    }
 
     #[test]
     fn the_hand_off_is_a_permanent_redirect_to_the_callback() {

@@ -3,35 +3,23 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use utoipa::OpenApi;
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use lanyard_core::identity_providers::{
     CreateIdentityProvider, IdentityProviderView, UpdateIdentityProvider,
 };
 
-use crate::admin_api::{ApiJson, ApiPath};
-use crate::auth::Authed;
+use super::{ApiJson, ApiPath, Authed};
 use crate::error::{ApiResult, ErrorBody};
 use crate::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/identity-providers", get(list).post(create))
-        .route(
-            "/identity-providers/{name}",
-            get(show).patch(update).delete(remove),
-        )
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
 }
-
-/// The identity-provider paths, merged into the API's OpenAPI document.
-#[derive(OpenApi)]
-#[openapi(
-    paths(list, create, show, update, remove),
-    components(schemas(IdentityProviderView, CreateIdentityProvider, UpdateIdentityProvider))
-)]
-pub struct IdpApiDoc;
 
 /// OpenID Connect identity providers for enrollment sign-in (never their secrets).
 #[utoipa::path(get, path = "/api/v1/identity-providers",

@@ -1,5 +1,5 @@
 //! Enrollment sign-in through an identity provider (OpenID Connect), beside the local password
-//! form of `pages.rs`:
+//! form of `enroll::pages`:
 //! - `GET /enroll/oidc/start?provider=…&user-identifier=…` starts a sign-in (single-use
 //!   `state`, `nonce`, PKCE S256) and redirects to the provider; the `state` is also bound to
 //!   this browser in the `lanyard_oidc` cookie;
@@ -24,8 +24,9 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
+use super::{refusal, refuse, set_cookie, step_url, FLOW_COOKIE};
 use crate::auth::{constant_time_eq, cookie};
-use crate::pages::{esc, refusal, refuse, see_other, set_cookie, step_url, FLOW_COOKIE};
+use crate::html::{esc, see_other};
 use crate::AppState;
 
 /// Binds a started sign-in to the browser that started it.
@@ -44,7 +45,7 @@ pub(crate) async fn provider_links(s: &AppState, user_identifier: &str) -> Strin
     let buttons = match s.oidc.buttons().await {
         Ok(b) => b,
         Err(e) => {
-            tracing::error!(error = %e, "listing identity providers failed");
+            tracing::error!(error = %e.chain(), "listing identity providers failed");
             return String::new();
         }
     };

@@ -1,8 +1,7 @@
 //! Admin API for Apple Business Manager server tokens and the account-driven enrollment
 //! service-discovery registration (`/api/v1/server-tokens…`, `/api/v1/account-driven-discovery`).
 //! Thin handlers over [`lanyard_core::server_tokens::AbmService`]; read-only administrators
-//! are refused every change by the domain. Every route is in the OpenAPI document
-//! ([`ServerTokensApiDoc`], merged by `admin_api::openapi`).
+//! are refused every change by the domain.
 //!
 //! `POST /server-tokens/{name}/sync` answers when the sync is done (its [`SyncReport`]);
 //! with `?wait=false` it answers `202` at once with the progress URL
@@ -12,10 +11,11 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use lanyard_core::server_tokens::{
     DiscoveryStatus, ServerTokenView, SyncProgress, SyncReport, MAX_TOKEN_FILE,
@@ -23,71 +23,32 @@ use lanyard_core::server_tokens::{
 use lanyard_core::CoreError;
 use lanyard_store::AbmDevice;
 
-use crate::admin_api::{ApiJson, ApiPath, ApiQuery};
-use crate::auth::Authed;
+use super::{ApiJson, ApiPath, ApiQuery, Authed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::AppState;
 
 /// `POST /server-tokens/{name}/sync`: with `?wait=true` the answer waits for the whole sync,
 /// which may take longer than the handler timeout (`tracing_layers::REQUEST_TIMEOUT`), so this
-/// route is mounted outside it.
-pub fn long_running_routes() -> Router<AppState> {
-    Router::new().route("/server-tokens/{name}/sync", post(sync))
+/// route is mounted outside it ([`super::long_running_routes`]).
+pub(super) fn long_running_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(sync))
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/server-tokens", get(list).post(create))
-        .route(
-            "/server-tokens/{name}",
-            get(show).delete(remove).patch(patch),
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, remove, patch))
+        .routes(routes!(certificate))
+        .merge(
+            // A token file is larger than the API's other bodies.
+            OpenApiRouter::new()
+                .routes(routes!(upload))
+                .layer(DefaultBodyLimit::max(MAX_TOKEN_FILE)),
         )
-        .route("/server-tokens/{name}/certificate", get(certificate))
-        .route(
-            "/server-tokens/{name}/token",
-            put(upload).layer(DefaultBodyLimit::max(MAX_TOKEN_FILE)),
-        )
-        .route("/server-tokens/{name}/sync", get(sync_progress))
-        .route("/server-tokens/{name}/devices", get(devices))
-        .route(
-            "/account-driven-discovery",
-            get(discovery)
-                .put(register_discovery)
-                .delete(unregister_discovery),
-        )
+        .routes(routes!(sync_progress))
+        .routes(routes!(devices))
+        .routes(routes!(discovery, register_discovery, unregister_discovery))
 }
-
-/// The server-token and account-driven-discovery paths, merged into the API's OpenAPI document.
-#[derive(OpenApi)]
-#[openapi(
-    paths(
-        list,
-        create,
-        show,
-        remove,
-        patch,
-        certificate,
-        upload,
-        sync,
-        sync_progress,
-        devices,
-        discovery,
-        register_discovery,
-        unregister_discovery
-    ),
-    components(schemas(
-        ServerTokenView,
-        SyncReport,
-        SyncProgress,
-        SyncStarted,
-        DiscoveryStatus,
-        NewToken,
-        TokenCreated,
-        PatchToken,
-        AbmDeviceDoc
-    ))
-)]
-pub struct ServerTokensApiDoc;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -301,7 +262,7 @@ async fn sync(
         return Ok(Json(s.abm.sync(&actor, &name).await?).into_response());
     }
     let progress = s.abm.start_sync(&actor, &name).await?;
-    let progress_url = format!("/api/v1/server-tokens/{}/sync", crate::portal::qv(&name));
+    let progress_url = format!("/api/v1/server-tokens/{}/sync", crate::html::qv(&name));
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, progress_url.clone())],

@@ -1,0 +1,235 @@
+//! The admin JSON API under `/api/v1`, one module per resource: thin handlers (JSON → domain
+//! call → JSON). Each module lists its routes with `utoipa_axum::routes!`, which takes a
+//! handler's path and methods from its `#[utoipa::path]`, so the router and the OpenAPI
+//! document served at `/api/v1/openapi.json` are made from one list and cannot drift.
+//!
+//! This module holds what every resource shares: the extractors whose rejections use the API's
+//! error shape ([`ApiJson`], [`ApiQuery`], [`ApiPath`]), the caller ([`Authed`]) and the router.
+
+mod abm;
+mod admins;
+mod api_tokens;
+mod audit;
+mod commands;
+mod devices;
+mod identity_providers;
+mod push_certificate;
+mod settings;
+mod users;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, Method};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+
+use lanyard_core::Actor;
+
+use crate::auth::{constant_time_eq, cookie, CSRF_HEADER, SESSION_COOKIE};
+use crate::error::{ApiError, ErrorBody};
+use crate::AppState;
+
+/// The largest request body the admin API accepts.
+pub const ADMIN_BODY_LIMIT: usize = 256 * 1024;
+
+/// JSON body extractor whose rejections use the API's error shape.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Query extractor whose rejections use the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Path extractor whose rejections use the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// The authenticated administrator behind an API request: an API token
+/// (`Authorization: Bearer lyt_…`), a session token (`Authorization: Bearer lys_…`), or the
+/// portal's session cookie. Cookie-authenticated requests that change something must carry the
+/// session's CSRF token in `X-CSRF-Token`; bearer tokens are not sent by browsers on their own,
+/// so they need none.
+pub struct Authed(pub Actor);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let lanyard = &state.lanyard;
+        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+            let value = value
+                .to_str()
+                .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+            let token = value
+                .strip_prefix("Bearer ")
+                .ok_or_else(|| ApiError::unauthorized("use Authorization: Bearer <token>"))?
+                .trim();
+            if token.starts_with("lys_") {
+                let (actor, _) = lanyard.actor_for_session(token).await?;
+                return Ok(Authed(actor));
+            }
+            return Ok(Authed(lanyard.actor_for_api_token(token).await?));
+        }
+        if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
+            let (actor, csrf) = lanyard.actor_for_session(secret).await?;
+            let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+            if !safe {
+                let sent = parts
+                    .headers
+                    .get(CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !constant_time_eq(sent.as_bytes(), csrf.as_bytes()) {
+                    return Err(ApiError::forbidden(
+                        "missing or wrong CSRF token; reload the page and try again",
+                    ));
+                }
+            }
+            return Ok(Authed(actor));
+        }
+        Err(ApiError::unauthorized(
+            "sign in or send Authorization: Bearer <API token>",
+        ))
+    }
+}
+
+/// What unlocking an administrator or a user forgot.
+#[derive(Serialize, ToSchema)]
+pub struct Unlocked {
+    /// How many client addresses had failed sign-ins counted against the name.
+    pub addresses: u64,
+}
+
+/// Every documented route of the API bounded by the handler timeout, with the document made
+/// from them.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(admins::routes())
+        .merge(users::routes())
+        .merge(settings::routes())
+        .merge(api_tokens::routes())
+        .merge(devices::routes())
+        .merge(commands::routes())
+        .merge(push_certificate::routes())
+        .merge(identity_providers::routes())
+        .merge(abm::routes())
+        .merge(audit::routes())
+}
+
+/// The documented routes that may outlast the handler timeout (a waited-for ABM sync).
+fn long_running() -> OpenApiRouter<AppState> {
+    abm::long_running_routes()
+}
+
+/// The admin API's routes within the handler timeout (full paths, `/api/v1/…`) and
+/// `/api/v1/openapi.json`, every body held to [`ADMIN_BODY_LIMIT`] unless a route sets its own.
+pub fn routes() -> Router<AppState> {
+    let doc = openapi_document();
+    let (router, _) = api().split_for_parts();
+    router
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc) }
+            }),
+        )
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+}
+
+/// The admin API's routes mounted outside the handler timeout (see `crate::router`), with the
+/// same body limit.
+pub fn long_running_routes() -> Router<AppState> {
+    let (router, _) = long_running().split_for_parts();
+    router.layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+}
+
+/// The whole admin API's OpenAPI document.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut doc = api().into_openapi();
+    doc.merge(long_running().into_openapi());
+    doc
+}
+
+/// What the document says besides its paths (those come from the routes themselves).
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Lanyard admin API", description = "Administer a Lanyard MDM server."),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use serde_json::Value;
+
+    /// Every parameter is declared where it is read: a path parameter names a `{placeholder}`
+    /// of its path, and everything else is a query parameter (`in: query`), which is how the
+    /// handlers read them (`Query<…>`).
+    #[test]
+    fn parameters_are_declared_in_path_or_query() {
+        let doc = serde_json::to_value(super::openapi_document()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut query_params = Vec::new();
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                let Some(params) = op.get("parameters").and_then(Value::as_array) else {
+                    continue;
+                };
+                for p in params {
+                    let name = p["name"].as_str().unwrap();
+                    let placeholder = format!("{{{name}}}");
+                    match p["in"].as_str().unwrap() {
+                        "path" => assert!(
+                            path.contains(&placeholder),
+                            "{method} {path}: `{name}` is declared in: path but is not in the path"
+                        ),
+                        "query" => {
+                            assert!(!path.contains(&placeholder), "{method} {path}: {name}");
+                            query_params.push(format!("{path}?{name}"));
+                        }
+                        other => panic!("{method} {path}: `{name}` in: {other}"),
+                    }
+                }
+            }
+        }
+        // The GETs known to take query parameters declare them.
+        for expected in [
+            "/api/v1/users?search",
+            "/api/v1/users?limit",
+            "/api/v1/audit?action",
+            "/api/v1/devices?search",
+        ] {
+            assert!(
+                query_params.iter().any(|q| q == expected),
+                "{expected} missing from {query_params:?}"
+            );
+        }
+    }
+}
