@@ -18,7 +18,7 @@
 //!   (a filter target), then every device fetches and acknowledges it — seconds from the API
 //!   call to the last acknowledgement;
 //! - **lookup** (`--lookup-rows R`): the store's next-command lookup
-//!   ([`CommandStore::next_command`]) called directly, in-process, against a fresh database
+//!   ([`lanyard_store::CommandStore::next_command`]) called directly, in-process, against a fresh database
 //!   holding R synthetic enrollments inserted with batch SQL — p50/p99 of the *indexed lookup*
 //!   only (no HTTP, TLS or signature check).
 //!

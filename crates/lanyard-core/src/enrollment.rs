@@ -573,6 +573,8 @@ impl EnrollmentService {
 
     /// Issues the signed enrollment profile for a valid, unused access token. Creates the
     /// `pending` enrollment that the SCEP challenge and the identity certificate bind to.
+    #[tracing::instrument(name = "enroll", level = "error", skip_all,
+        fields(enrollment = tracing::field::Empty))]
     pub async fn issue_profile(&self, access_token: &str, facts: &DeviceFacts) -> Result<Vec<u8>> {
         // The Mac sends its MachineInfo with both requests (Apple's account-driven enrollment
         // article); without it nothing was gated, so no profile.
@@ -607,6 +609,10 @@ impl EnrollmentService {
         let settings = self.lanyard.enrollment_settings().await?;
         let challenge = new_secret("");
         let enrollment_id = uuid::Uuid::new_v4().to_string();
+        tracing::Span::current().record(
+            "enrollment",
+            tracing::field::display(enrollment_id.as_str()),
+        );
         let uuids = ProfileUuids::random();
         let signed = self.signed_profile(
             &self.profile_input(
@@ -739,6 +745,8 @@ impl EnrollmentService {
     /// certificate is issued: a request that loses a race for the same challenge, or whose
     /// certificate cannot be made, leaves the challenge usable and gets FAILURE (its
     /// certificate, if any, is never delivered).
+    #[tracing::instrument(name = "scep", level = "error", skip_all,
+        fields(enrollment = tracing::field::Empty))]
     pub async fn scep_pki_operation(&self, body: &[u8]) -> Result<ScepResponse> {
         let scep = self.scep();
         let req = scep
@@ -767,6 +775,10 @@ impl EnrollmentService {
             tracing::info!("SCEP request with an unknown, used or expired challenge refused");
             return refuse(FailInfo::BadRequest);
         };
+        tracing::Span::current().record(
+            "enrollment",
+            tracing::field::display(enrollment.id.as_str()),
+        );
         let subject = identity_subject(&self.organization, &enrollment.id)?;
         let issued = match scep.issue(&req, self.identity.lifetime, Some(&subject)) {
             Ok(issued) => issued,
@@ -825,7 +837,8 @@ impl Lanyard {
     /// the `inactive-after-days` setting (none when it is 0); returns how many. `serve` runs
     /// this hourly. A Mac that re-enrolls gets a new `EnrollmentID`, so one removed without a
     /// `CheckOut` (or wiped) would otherwise stay listed as enrolled for ever; one that speaks
-    /// again is active again ([`EnrollmentService::identify`], the command exchange).
+    /// again is active again (the identity rule of [`crate::mdm::MdmService`], on check-in and
+    /// the command exchange).
     pub async fn mark_inactive_enrollments(
         &self,
         now: chrono::DateTime<chrono::Utc>,

@@ -33,6 +33,8 @@ use lanyard_store::{
     AuthenticateRecord, Channel, CommandExchange, Enrollment, EnrollmentStatus, Exchanged,
     IdentityBinding, IgnoredResult, InventoryMerge, NextCommand, StoreError, TokenUpdateRecord,
 };
+use tracing::field::Empty;
+use tracing::Span;
 
 use crate::admins::hash_secret;
 use crate::commands::{carries_inventory, outcome_of, ResultInventory};
@@ -262,11 +264,22 @@ impl MdmService {
         self.reactivated(enrollment).await
     }
 
-    /// A check-in: the identity rule, then the message's handler.
+    /// A check-in: the identity rule, then the message's handler. Runs in a `checkin` span
+    /// naming the message type, the channel and (once the identity rule has found it) the
+    /// enrollment; no token or signature is recorded. (The span's level, `error`, only keeps
+    /// it enabled under any log filter, so every line written inside it names these.)
+    #[tracing::instrument(name = "checkin", level = "error", skip_all,
+        fields(message = Empty, channel = Empty, enrollment = Empty))]
     pub async fn checkin(&self, req: DeviceRequest<'_>) -> Result<CheckinReply> {
         let fingerprint = self.signer_of(&req)?;
         let msg = lanyard_proto::decode_checkin(req.body)
             .map_err(|e| CoreError::Invalid(format!("check-in: {e}")))?;
+        let span = Span::current();
+        span.record("message", tracing::field::display(msg.message_type()));
+        span.record(
+            "channel",
+            tracing::field::display(channel_of(msg.enrollment().kind)),
+        );
         match &msg {
             CheckinMessage::DeclarativeManagement(d) => {
                 if req.body.len() > DECLARATIVE_MESSAGE_LIMIT {
@@ -300,6 +313,10 @@ impl MdmService {
                 matches!(msg, CheckinMessage::Authenticate(_)),
             )
             .await?;
+        span.record(
+            "enrollment",
+            tracing::field::display(enrollment.id.as_str()),
+        );
         if user_channel && !matches!(msg, CheckinMessage::CheckOut(_)) {
             self.authorize_user_channel(&enrollment, req.bearer).await?;
         }
@@ -461,6 +478,11 @@ impl MdmService {
     /// - a result for a command never given on this channel is not stored (logged and
     ///   counted) and the exchange goes on, so it cannot wedge the channel;
     /// - `NotNow` is answered with an empty body (see the store's exchange).
+    ///
+    /// Runs in a `command` span naming the report's status, the command it reports on, the
+    /// channel and the enrollment.
+    #[tracing::instrument(name = "command", level = "error", skip_all,
+        fields(status = Empty, command = Empty, channel = Empty, enrollment = Empty))]
     pub async fn command(&self, req: DeviceRequest<'_>) -> Result<Option<NextCommand>> {
         if req.body.len() > COMMAND_REPORT_LIMIT {
             return Err(too_large("a command report", COMMAND_REPORT_LIMIT));
@@ -469,6 +491,12 @@ impl MdmService {
         let report = lanyard_proto::decode_command_report(req.body)
             .map_err(|e| CoreError::Invalid(format!("command report: {e}")))?;
         let channel = channel_of(report.enrollment.kind);
+        let span = Span::current();
+        span.record("status", tracing::field::display(report.status.as_str()));
+        if let Some(uuid) = report.command_uuid.as_deref() {
+            span.record("command", tracing::field::display(uuid));
+        }
+        span.record("channel", tracing::field::display(channel));
         if channel == Channel::User {
             let enrollment = self
                 .bound_enrollment(&fingerprint, report.enrollment.device_id(), false)
@@ -499,6 +527,7 @@ impl MdmService {
                 ignored,
                 enrollment_id,
             } => {
+                span.record("enrollment", tracing::field::display(&enrollment_id));
                 if let Some(why) = ignored {
                     let uuid = report.command_uuid.as_deref().unwrap_or("");
                     let what = match why {

@@ -8,7 +8,8 @@
 //!   `enroll::refuse`).
 //!
 //! Logged once, in [`answer`]: server faults at `error` with their cause chain (the caller sees
-//! only that the server failed), an unreachable database at `warn`; client errors are not logged.
+//! only that the server failed), an unreachable database and a failed upstream service at
+//! `warn`; client errors are not logged.
 //! Handlers do not log the errors they answer.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -204,14 +205,22 @@ pub struct Answer {
 }
 
 /// Answers a domain error and writes its one log line: a server fault at `error` with its
-/// cause chain, an unreachable database at `warn` (inside the request's span, so the line
+/// cause chain, an unreachable database or a failed upstream service (ABM, the signing
+/// service) at `warn` (inside the request's span, so the line
 /// carries the request id). Call it once per failed request, where the answer is rendered.
 pub fn answer(e: &CoreError) -> Answer {
     let (status, code) = classify(e);
-    if e.is_server_fault() {
-        tracing::error!(error = %e.chain(), status = status.as_u16(), "request failed");
-    } else if let CoreError::Unavailable(why) = e {
-        tracing::warn!(cause = %why, "request refused: database unavailable");
+    match e {
+        e if e.is_server_fault() => {
+            tracing::error!(error = %e.chain(), status = status.as_u16(), "request failed");
+        }
+        CoreError::Unavailable(why) => {
+            tracing::warn!(cause = %why, "request refused: database unavailable");
+        }
+        CoreError::Upstream(_) => {
+            tracing::warn!(error = %e.chain(), "request failed: an upstream service failed");
+        }
+        _ => {}
     }
     Answer {
         status,

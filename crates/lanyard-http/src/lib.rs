@@ -29,6 +29,7 @@ pub mod health;
 pub mod html;
 pub mod portal;
 pub mod text_input;
+pub mod tracing_layers;
 
 use std::time::Instant;
 
@@ -104,28 +105,34 @@ impl ResponseHeaders {
 /// Seconds a `503` asks the client to wait (`Retry-After`).
 pub const RETRY_AFTER_SECS: u64 = 5;
 
-/// The whole application router.
+/// The whole application router. Outermost first, every request gets: its request id and span
+/// ([`tracing_layers`]), the response headers, the metrics, the NUL refusal, a panic caught as a
+/// `500`, and — on every route but a waited-for ABM sync — the handler timeout.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let bounded = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics_text))
         .merge(device::routes())
         .merge(enroll::routes())
         .merge(portal::routes())
-        .merge(api::routes())
-        .fallback(not_found)
+        .merge(api::routes());
+    let unbounded = api::long_running_routes();
+    let app = tracing_layers::with_timeout(bounded)
+        .merge(unbounded)
+        .fallback(not_found);
+    let app = tracing_layers::catching_panics(app)
         .layer(middleware::from_fn(text_input::refuse_nul))
         .layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn_with_state(
             state.headers.clone(),
             response_headers,
-        ))
-        .with_state(state)
+        ));
+    tracing_layers::with_request_ids(app).with_state(state)
 }
 
 /// A router serving only `/metrics`, for `--metrics-listen` (its own address, plain HTTP).
 pub fn metrics_router(endpoint: MetricsEndpoint, headers: ResponseHeaders) -> Router {
-    Router::new()
+    let app = Router::new()
         .route(
             "/metrics",
             get(
@@ -134,9 +141,10 @@ pub fn metrics_router(endpoint: MetricsEndpoint, headers: ResponseHeaders) -> Ro
                 },
             ),
         )
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(headers, response_headers))
-        .with_state(endpoint)
+        .fallback(not_found);
+    let app = tracing_layers::catching_panics(tracing_layers::with_timeout(app))
+        .layer(middleware::from_fn_with_state(headers, response_headers));
+    tracing_layers::with_request_ids(app).with_state(endpoint)
 }
 
 async fn metrics_text(State(s): State<AppState>, req: Request) -> Response {

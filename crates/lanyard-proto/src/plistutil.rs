@@ -50,7 +50,7 @@ fn malformed(at: u64, what: impl std::fmt::Display) -> ProtoError {
 
 /// Reads a property list Lanyard receives from outside (a device body; also fit for what
 /// administrators upload) into a [`Value`]: XML only, read in one pass over XML events with an
-/// explicit stack, so nothing here recurses and at most [`MAX_DEPTH`] arrays and dictionaries
+/// explicit stack, so nothing here recurses and at most `MAX_DEPTH` arrays and dictionaries
 /// are ever open. (The `plist` crate's own readers build values recursively, so a deeply nested
 /// input overflows the stack.)
 ///

@@ -20,7 +20,7 @@ use lanyard_proto::profile::{
 };
 use lanyard_proto::{decode_machine_info, OsVersion, SecretString};
 use plist::{Dictionary, Value};
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 
 fn schema_dir() -> Option<PathBuf> {
     common::shared_path("apple-schema")
@@ -28,7 +28,7 @@ fn schema_dir() -> Option<PathBuf> {
 
 fn load_yaml(path: &Path) -> Yaml {
     let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The `payloadkeys` (or a key's `subkeys`) of a schema node.
@@ -80,7 +80,7 @@ fn profile_input() -> EnrollmentProfileInput {
 }
 
 /// The macOS `supportedOS` of a key, merged over its payload's.
-fn effective_macos(payload: &Yaml, key: &Yaml) -> Option<serde_yaml::Mapping> {
+fn effective_macos(payload: &Yaml, key: &Yaml) -> Option<serde_norway::Mapping> {
     let base = payload
         .get("supportedOS")?
         .get("macOS")?
@@ -99,7 +99,7 @@ fn effective_macos(payload: &Yaml, key: &Yaml) -> Option<serde_yaml::Mapping> {
     Some(m)
 }
 
-fn version_of(m: &serde_yaml::Mapping, field: &str) -> Option<OsVersion> {
+fn version_of(m: &serde_norway::Mapping, field: &str) -> Option<OsVersion> {
     m.get(field)
         .and_then(Yaml::as_str)
         .filter(|s| *s != "n/a")

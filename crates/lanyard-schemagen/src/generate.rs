@@ -2,7 +2,7 @@
 //!
 //! This file is compiled twice: by the `lanyard-schemagen` binary, and (by path) by
 //! lanyard-proto's schema test, which regenerates the table in memory and compares it with the
-//! committed one. It therefore uses only `std`, `serde` and `serde_yaml`.
+//! committed one. It therefore uses only `std`, `serde` and `serde_norway`.
 //!
 //! What is read, for macOS only:
 //! - `mdm/commands/*.yaml`: one entry per `payload.requesttype`;
@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Deserialize;
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 /// The header line every generated table starts with.
 pub const HEADER: &str =
@@ -101,7 +101,7 @@ pub fn generate(schema_dir: &Path) -> Result<String, String> {
         if file == DEVICE_INFORMATION_FILE {
             let text = read(&commands_dir.join(&file))?;
             let with_keys: SchemaFileWithKeys =
-                serde_yaml::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+                serde_norway::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
             queries = device_information_queries(&file, &with_keys, macos.as_ref())?;
         }
         commands.push(Entry {
@@ -192,7 +192,8 @@ fn load_dir(dir: &Path) -> Result<Vec<(String, SchemaFile)>, String> {
             continue;
         }
         let text = read(&entry.path())?;
-        let schema: SchemaFile = serde_yaml::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
+        let schema: SchemaFile =
+            serde_norway::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
         files.insert(name, schema);
     }
     if files.is_empty() {

@@ -42,6 +42,15 @@ fn migration_names(m: &sqlx::migrate::Migrator) -> Vec<String> {
         .collect()
 }
 
+/// The names of a migrator's migrations whose versions are not among `applied`.
+fn pending_migrations(m: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<String> {
+    m.iter()
+        .zip(migration_names(m))
+        .filter(|(m, _)| !applied.contains(&m.version))
+        .map(|(_, name)| name)
+        .collect()
+}
+
 impl SqliteStore {
     /// Opens (creating if missing) the database at a `sqlite://` URL with the default
     /// [`PoolSettings`]. Does not migrate.
@@ -52,17 +61,33 @@ impl SqliteStore {
     /// Opens (creating if missing, readable by its owner only) the database at a `sqlite://`
     /// URL. Does not migrate.
     pub async fn connect_with(url: &str, settings: PoolSettings) -> Result<Self> {
+        Self::open(url, settings, true).await
+    }
+
+    /// Opens the database at a `sqlite://` URL only if its file exists
+    /// ([`StoreError::NotFound`] with the path if not). Does not migrate.
+    pub async fn connect_existing(url: &str, settings: PoolSettings) -> Result<Self> {
+        Self::open(url, settings, false).await
+    }
+
+    async fn open(url: &str, settings: PoolSettings, create: bool) -> Result<Self> {
         if Backend::from_url(url)? != Backend::Sqlite {
             return Err(StoreError::InvalidUrl("expected a sqlite:// URL".into()));
         }
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        private_database_files(opts.get_filename())?;
+        let path = opts.get_filename();
+        let text = path.to_string_lossy();
+        let in_memory = text.is_empty() || text.starts_with(':');
+        if !create && !in_memory && !path.exists() {
+            return Err(StoreError::NotFound(path.display().to_string()));
+        }
+        private_database_files(path)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(settings.acquire_timeout)
@@ -83,6 +108,24 @@ impl SqliteStore {
     /// Names of the embedded migrations, in order (for `lanyard migrate` output and tests).
     pub fn migration_names() -> Vec<String> {
         migration_names(&SQLITE_MIGRATIONS)
+    }
+
+    /// The embedded migrations this database has not applied (all of them for an empty
+    /// database). Reads only: nothing is created.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>> {
+        let table: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let applied: Vec<i64> = if table == 0 {
+            Vec::new()
+        } else {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+        };
+        Ok(pending_migrations(&SQLITE_MIGRATIONS, &applied))
     }
 
     pub async fn close(&self) {
@@ -142,6 +185,22 @@ impl PostgresStore {
 
     pub fn migration_names() -> Vec<String> {
         migration_names(&POSTGRES_MIGRATIONS)
+    }
+
+    /// The embedded migrations this database has not applied (all of them for an empty
+    /// database). Reads only: nothing is created.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>> {
+        let table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        let applied: Vec<i64> = if table {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(pending_migrations(&POSTGRES_MIGRATIONS, &applied))
     }
 
     pub async fn close(&self) {

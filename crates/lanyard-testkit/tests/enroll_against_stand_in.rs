@@ -477,7 +477,8 @@ async fn start() -> Running {
     let server = axum_server::from_tcp_rustls(
         listener,
         axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config)),
-    );
+    )
+    .unwrap();
     tokio::spawn(async move {
         let _ = server.serve(app.into_make_service()).await;
     });

@@ -1048,17 +1048,13 @@ impl VendorArgs {
 /// A CSR signing service instead of an own vendor certificate.
 #[derive(Debug, clap::Args)]
 pub struct SigningServiceArgs {
-    /// Send the CSR to a signing service (see --signing-service-url); it emails the signed
-    /// request, encrypted, to --email; `lanyard push-cert decrypt` reads it.
+    /// Send the CSR to the signing service (the setting --signing-service-url); it emails the
+    /// signed request, encrypted, to --email; `lanyard push-cert decrypt` reads it.
     #[arg(long, conflicts_with = "vendor_p12", requires = "email")]
     signing_service: bool,
     /// The address the signing service emails its reply to.
     #[arg(long, requires = "signing_service")]
     email: Option<String>,
-    /// The signing service's URL.
-    #[arg(long, env = "LANYARD_SIGNING_SERVICE_URL",
-          default_value = lanyard_core::pushcert::DEFAULT_SIGNING_SERVICE_URL)]
-    signing_service_url: String,
     /// A file holding the signing service's API key (private to its owner); without it the
     /// key is read from standard input. Never give the key on the command line.
     #[arg(long, requires = "signing_service")]
@@ -1141,6 +1137,7 @@ pub enum PushCertCmd {
 pub async fn push_cert(
     o: &Opened,
     secrets: &lanyard_pki::SecretBox,
+    settings: &crate::settings::GlobalSettings,
     cmd: PushCertCmd,
 ) -> Result<()> {
     use lanyard_core::push::PushCertificateUpload;
@@ -1158,7 +1155,7 @@ pub async fn push_cert(
             service, out: None, ..
         } if service.signing_service => {
             let email = service.email.clone().unwrap_or_default();
-            let client = lanyard_core::pushcert::signing_service(&service.signing_service_url)?;
+            let client = lanyard_core::pushcert::signing_service(&settings.signing_service_url)?;
             let api_key = service.api_key()?;
             o.lanyard
                 .request_push_signing(&Actor::cli(), secrets, &client, &email, &api_key)

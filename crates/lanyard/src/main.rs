@@ -2,41 +2,50 @@
 //! place that names concrete storage backends and wires configuration, PKI, storage, the domain
 //! and HTTP together.
 
+// The doc comments on the clap structs are the `--help` text, written for a terminal: they name
+// placeholders such as `<data-dir>` and bare URLs, which rustdoc would read as HTML and links.
+#![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
+
 mod commands;
 mod config;
 mod connections;
 mod idp_cmd;
 mod serve;
+mod settings;
 mod setup;
 mod token_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use config::{DataConfig, FileConfig, GlobalArgs, ServeArgs};
+use settings::{AbmSettings, ConfigFile, GlobalSettings, ServeSettings};
+use setup::Migrations;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "lanyard",
     version,
-    about = "Lanyard: an Apple MDM server for account-driven User Enrollment"
+    about = "Lanyard: an Apple MDM server for account-driven User Enrollment",
+    after_help = settings::LAYERS_HELP
 )]
 struct Cli {
     #[command(flatten)]
-    global: GlobalArgs,
+    config: ConfigFile,
     #[command(flatten)]
-    abm: token_cmd::AbmArgs,
+    global: GlobalSettings,
+    #[command(flatten)]
+    abm: AbmSettings,
     #[command(subcommand)]
     command: Action,
 }
 
-// Parsed once at start; boxing `serve`'s many settings would buy nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Action {
-    /// Run the server (creates the data directory, CA and keys on first start).
-    Serve(ServeArgs),
-    /// Apply database migrations and exit.
+    /// Run the server (creates the data directory, CA and keys on first start; applies
+    /// database migrations).
+    #[command(after_help = settings::LAYERS_HELP)]
+    Serve(Box<ServeSettings>),
+    /// Apply database migrations and exit (every command but `serve` needs them applied).
     Migrate,
     /// Users who enroll their Macs.
     #[command(subcommand)]
@@ -70,7 +79,18 @@ enum Action {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match settings::parse::<Cli>(&args, &|name| std::env::var_os(name)) {
+        Ok(cli) => cli,
+        Err(e) => match e.downcast_ref::<clap::Error>() {
+            // Usage errors, --help and --version, as clap prints them.
+            Some(usage) => usage.exit(),
+            None => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -91,16 +111,17 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let file = FileConfig::load(cli.global.config.as_deref())?;
-    let data = DataConfig::resolve(&cli.global, &file)?;
+    let g = &cli.global;
+    // Only `migrate` and `serve` change the schema; every other command needs it current.
+    let open = || setup::open_store(g, Migrations::Require);
     match cli.command {
-        Action::Serve(args) => {
-            let serve = config::ServeConfig::resolve(&args, &file)?;
-            setup::init_tracing(data.log_format);
-            serve::run(data, serve, cli.abm).await
+        Action::Serve(settings) => {
+            let serve = config::ServeConfig::resolve(*settings)?;
+            setup::init_tracing(g.log_format);
+            serve::run(g, serve, &cli.abm).await
         }
         Action::Migrate => {
-            let store = setup::open_store(&data).await?;
+            let store = setup::open_store(g, Migrations::Apply).await?;
             println!(
                 "migrations applied ({} backend): {}",
                 store.backend_name,
@@ -108,31 +129,32 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Action::User(c) => commands::user(&setup::open_store(&data).await?, c).await,
-        Action::Settings(c) => commands::settings(&setup::open_store(&data).await?, c).await,
+        Action::User(c) => commands::user(&open().await?, c).await,
+        Action::Settings(c) => commands::settings(&open().await?, c).await,
         Action::Device(c) => {
-            let o = setup::open_store(&data).await?;
-            let secrets = setup::secret_box(&data, &o.lanyard).await?;
-            let push = setup::push_service(&data, &o.lanyard, &secrets)?;
+            let o = open().await?;
+            let secrets = setup::secret_box(g, &o.lanyard).await?;
+            let push = setup::push_service(g, &o.lanyard, &secrets)?;
             commands::device(&o, c, Some(&push)).await
         }
         Action::Command(c) => {
-            let o = setup::open_store(&data).await?;
-            let secrets = setup::secret_box(&data, &o.lanyard).await?;
-            let push = setup::push_service(&data, &o.lanyard, &secrets)?;
+            let o = open().await?;
+            let secrets = setup::secret_box(g, &o.lanyard).await?;
+            let push = setup::push_service(g, &o.lanyard, &secrets)?;
             commands::command(&o, c, Some(&push)).await
         }
         Action::PushCert(c) => {
-            let o = setup::open_store(&data).await?;
-            commands::push_cert(&o, &setup::secret_box(&data, &o.lanyard).await?, c).await
+            let o = open().await?;
+            let secrets = setup::secret_box(g, &o.lanyard).await?;
+            commands::push_cert(&o, &secrets, g, c).await
         }
-        Action::Attribute(c) => commands::attribute(&setup::open_store(&data).await?, c).await,
-        Action::Admin(c) => commands::admin(&setup::open_store(&data).await?, c).await,
-        Action::Audit(a) => commands::audit(&setup::open_store(&data).await?, a).await,
-        Action::Token(c) => token_cmd::run(&data, &cli.abm, c).await,
+        Action::Attribute(c) => commands::attribute(&open().await?, c).await,
+        Action::Admin(c) => commands::admin(&open().await?, c).await,
+        Action::Audit(a) => commands::audit(&open().await?, a).await,
+        Action::Token(c) => token_cmd::run(g, &cli.abm, c).await,
         Action::Idp(c) => {
-            let o = setup::open_store(&data).await?;
-            idp_cmd::idp(&o, &setup::secret_box(&data, &o.lanyard).await?, c).await
+            let o = open().await?;
+            idp_cmd::idp(&o, &setup::secret_box(g, &o.lanyard).await?, c).await
         }
     }
 }

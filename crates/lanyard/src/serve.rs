@@ -15,27 +15,25 @@ use lanyard_core::push::{ExpiryWatch, PushJob};
 use lanyard_core::Lanyard;
 use lanyard_pki::{Ca, SecretBox};
 use lanyard_store::PkiMaterial;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{DataConfig, ServeConfig, TlsMode};
+use crate::config::{ServeConfig, TlsMode};
 use crate::connections::{self, Guard, Limits};
+use crate::settings::{AbmSettings, GlobalSettings};
 use crate::setup;
 
-pub async fn run(
-    data: DataConfig,
-    serve: ServeConfig,
-    abm: crate::token_cmd::AbmArgs,
-) -> Result<()> {
-    if serve.scep_allow_des {
+pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -> Result<()> {
+    let s = &serve.settings;
+    if s.scep_allow_des {
         lanyard_pki::scep::allow_legacy_des().context("cannot enable single-DES SCEP")?;
         tracing::warn!("SCEP accepts single-DES request envelopes (--scep-allow-des)");
     }
-    let opened = setup::open_store(&data).await?;
+    let opened = setup::open_store(data, setup::Migrations::Apply).await?;
     let lanyard = opened.lanyard;
-    let secrets = setup::secret_box(&data, &lanyard).await?;
-    let device_pki = lanyard
-        .load_device_pki(&secrets, &serve.organization)
-        .await?;
-    export_ca(&data, &device_pki.ca)?;
+    let secrets = setup::secret_box(data, &lanyard).await?;
+    let device_pki = lanyard.load_device_pki(&secrets, &s.organization).await?;
+    export_ca(data, &device_pki.ca)?;
     // The expiry mark warned about here is not warned about again by the periodic check.
     let mut expiry_watch = ExpiryWatch::default();
     match lanyard.push_certificate_info(&secrets).await {
@@ -76,15 +74,15 @@ pub async fn run(
 
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
-    let listener = std::net::TcpListener::bind(serve.listen)
-        .with_context(|| format!("cannot listen on {}", serve.listen))?;
+    let listener = std::net::TcpListener::bind(s.listen)
+        .with_context(|| format!("cannot listen on {}", s.listen))?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let scheme = match serve.tls {
         TlsMode::BehindProxy => "http",
         _ => "https",
     };
-    let public = serve
+    let public = s
         .public_url
         .as_ref()
         .map(|u| u.to_string())
@@ -92,32 +90,32 @@ pub async fn run(
     let device_pki = Arc::new(device_pki);
     // The push job is given to the domain once; every queued command is then followed by a
     // push (unless the caller asks otherwise).
-    let push_service = Arc::new(setup::push_service(&data, &lanyard, &secrets)?);
+    let push_service = Arc::new(setup::push_service(data, &lanyard, &secrets)?);
     let pusher = PushJob::start(Arc::clone(&push_service));
     // Pushes that another process (or this one, before a restart) was asked for and never sent.
-    PushJob::start_sweep(push_service, serve.push_sweep_interval);
+    PushJob::start_sweep(push_service, s.push_sweep_interval);
     let lanyard = lanyard.with_pusher(Arc::new(pusher));
     let mdm = MdmService::new(lanyard.clone(), &device_pki);
     let enrollment = EnrollmentService::new(
         lanyard.clone(),
         Arc::clone(&device_pki),
         DeviceUrls::new(&public),
-        serve.organization.clone(),
+        s.organization.clone(),
     )
     .with_identity_policy(serve.identity)
     .with_self_issued_tls(matches!(serve.tls, TlsMode::SelfIssued));
     tracing::info!(
         lifetime_secs = serve.identity.lifetime.as_secs(),
         renewal_window_secs = serve.identity.renewal_window.as_secs(),
-        every_secs = serve.identity_renewal_interval.as_secs(),
+        every_secs = s.identity_renewal_interval.as_secs(),
         "device identity certificates: lifetime, renewal window, renewal job interval"
     );
-    enrollment.start_identity_renewal_job(serve.identity_renewal_interval);
+    enrollment.start_identity_renewal_job(s.identity_renewal_interval);
     let oidc = oidc_sign_ins(&serve, &lanyard, &secrets, &public)?;
     let headers = lanyard_http::ResponseHeaders::with_hsts_max_age(serve.hsts_max_age);
     let metrics = lanyard_http::MetricsEndpoint {
         handle: metrics,
-        token: match &serve.metrics_token_file {
+        token: match &s.metrics_token_file {
             Some(path) => Some(metrics_token(path)?),
             None => None,
         },
@@ -129,7 +127,7 @@ pub async fn run(
         ),
         ..serve.limits
     };
-    let main_metrics = match serve.metrics_listen {
+    let main_metrics = match s.metrics_listen {
         None => Some(metrics),
         Some(addr) => {
             serve_metrics(addr, metrics, headers.clone(), handle.clone(), limits)?;
@@ -140,19 +138,19 @@ pub async fn run(
         lanyard: lanyard.clone(),
         enrollment,
         oidc_start_limiter: Default::default(),
-        trusted_proxies: lanyard_http::client::TrustedProxies::new(serve.trusted_proxies.clone()),
+        trusted_proxies: lanyard_http::client::TrustedProxies::new(s.trusted_proxy.clone()),
         oidc,
         mdm,
         secrets: secrets.clone(),
-        abm: abm_service(&lanyard, &secrets, &abm, &public)?,
+        abm: abm_service(&lanyard, &secrets, abm, &public)?,
         metrics: main_metrics,
         health: lanyard_http::HealthSettings {
             data_dir: data.data_dir.clone(),
-            min_free_bytes: serve.min_free_bytes,
+            min_free_bytes: serve.min_free_bytes(),
         },
         headers,
         signing_service: Arc::new(
-            lanyard_core::pushcert::signing_service(&serve.signing_service_url)
+            lanyard_core::pushcert::signing_service(&data.signing_service_url)
                 .context("--signing-service-url")?,
         ),
     });
@@ -162,7 +160,7 @@ pub async fn run(
         opened.backend_name
     );
     tracing::info!(%bound, %public, database = opened.backend_name, "listening");
-    if matches!(serve.tls, TlsMode::BehindProxy) && serve.trusted_proxies.is_empty() {
+    if matches!(serve.tls, TlsMode::BehindProxy) && s.trusted_proxy.is_empty() {
         tracing::warn!(
             "--behind-proxy without --trusted-proxy: every client's address is the proxy's, so \
              sign-in throttling counts all clients as one address; give the proxy's address \
@@ -180,7 +178,7 @@ pub async fn run(
     let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     match &serve.tls {
         TlsMode::BehindProxy => {
-            axum_server::from_tcp(listener)
+            axum_server::from_tcp(listener)?
                 .acceptor(Guard::new(DefaultAcceptor::new(), limits))
                 .handle(handle)
                 .serve(service)
@@ -191,7 +189,7 @@ pub async fn run(
                 tls_config(&lanyard, &secrets, &device_pki.ca, &serve, mode, bound.ip()).await?;
             // The handshake counts against the first request's header-read time.
             let tls = RustlsAcceptor::new(tls).handshake_timeout(limits.header_read);
-            axum_server::from_tcp(listener)
+            axum_server::from_tcp(listener)?
                 .acceptor(Guard::new(tls, limits))
                 .handle(handle)
                 .serve(service)
@@ -219,7 +217,7 @@ fn serve_metrics(
     addr: std::net::SocketAddr,
     endpoint: lanyard_http::MetricsEndpoint,
     headers: lanyard_http::ResponseHeaders,
-    handle: axum_server::Handle,
+    handle: axum_server::Handle<std::net::SocketAddr>,
     limits: Limits,
 ) -> Result<()> {
     let listener = std::net::TcpListener::bind(addr)
@@ -229,8 +227,9 @@ fn serve_metrics(
     println!("lanyard metrics on http://{bound}/metrics");
     tracing::info!(%bound, "serving /metrics on its own address");
     let app = lanyard_http::metrics_router(endpoint, headers);
+    let server = axum_server::from_tcp(listener)?;
     tokio::spawn(async move {
-        if let Err(e) = axum_server::from_tcp(listener)
+        if let Err(e) = server
             .acceptor(Guard::new(DefaultAcceptor::new(), limits))
             .handle(handle)
             .serve(app.into_make_service())
@@ -246,7 +245,7 @@ fn serve_metrics(
 fn abm_service(
     lanyard: &lanyard_core::Lanyard,
     secrets: &SecretBox,
-    abm: &crate::token_cmd::AbmArgs,
+    abm: &AbmSettings,
     public: &str,
 ) -> Result<lanyard_core::server_tokens::AbmService> {
     let svc = lanyard_core::server_tokens::AbmService::new(
@@ -267,7 +266,7 @@ fn oidc_sign_ins(
     secrets: &SecretBox,
     public: &str,
 ) -> Result<lanyard_core::identity_providers::OidcSignIns> {
-    let extra = match &serve.oidc_ca_cert {
+    let extra = match &serve.settings.oidc_ca_cert {
         Some(p) => Some(
             std::fs::read(p)
                 .with_context(|| format!("cannot read --oidc-ca-cert {}", p.display()))?,
@@ -284,7 +283,7 @@ fn oidc_sign_ins(
 }
 
 /// Writes the CA certificate (public) to the data directory for clients such as `curl --cacert`.
-fn export_ca(data: &DataConfig, ca: &Ca) -> Result<()> {
+fn export_ca(data: &GlobalSettings, ca: &Ca) -> Result<()> {
     let path = data.data_dir.join("ca.pem");
     std::fs::write(&path, ca.cert_pem()?)
         .with_context(|| format!("cannot write {}", path.display()))
@@ -305,15 +304,19 @@ async fn tls_config(
         ),
         _ => self_issued(lanyard, secrets, ca, serve, bound_ip).await?,
     };
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .context("the TLS certificate file is not PEM")?;
     if certs.is_empty() {
         anyhow::bail!("the TLS certificate file holds no certificate");
     }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .context("the TLS key file is not PEM")?
-        .context("the TLS key file holds no private key")?;
+    let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(key) => key,
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => {
+            anyhow::bail!("the TLS key file holds no private key")
+        }
+        Err(e) => return Err(e).context("the TLS key file is not PEM"),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -335,7 +338,7 @@ async fn self_issued(
 ) -> Result<(Vec<u8>, Vec<u8>)> {
     let mut dns = vec!["localhost".to_string()];
     let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse()?, "::1".parse()?];
-    if let Some(host) = serve.public_url.as_ref().and_then(|u| u.host()) {
+    if let Some(host) = serve.settings.public_url.as_ref().and_then(|u| u.host()) {
         match host {
             url::Host::Domain(d) => dns.push(d.to_string()),
             url::Host::Ipv4(a) => ips.push(IpAddr::V4(a)),
@@ -447,7 +450,7 @@ async fn prune_leftovers(lanyard: Lanyard) {
     }
 }
 
-async fn shutdown_on_signal(handle: axum_server::Handle) {
+async fn shutdown_on_signal(handle: axum_server::Handle<std::net::SocketAddr>) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

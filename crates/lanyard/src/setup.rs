@@ -1,7 +1,7 @@
 //! Opening what a command needs: the data directory, the database (the one place that picks a
 //! concrete backend from the URL), the secret key, and logging.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -9,7 +9,7 @@ use lanyard_core::Lanyard;
 use lanyard_pki::SecretBox;
 use lanyard_store::{Backend, PostgresStore, SqliteStore, Store};
 
-use crate::config::{DataConfig, LogFormat};
+use crate::settings::{GlobalSettings, LogFormat};
 
 pub struct Opened {
     pub lanyard: Lanyard,
@@ -37,29 +37,68 @@ pub fn ensure_data_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens the database named by the URL and applies pending migrations.
-pub async fn open_store(data: &DataConfig) -> Result<Opened> {
-    let backend = Backend::from_url(&data.database_url)?;
+/// What opening the database does about its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrations {
+    /// Apply the migrations not applied yet (`lanyard migrate`, `lanyard serve`).
+    Apply,
+    /// Refuse a database that lacks any of them (every other command): a command run against
+    /// a server's database must not change its schema behind the server's back.
+    Require,
+}
+
+/// Opens the database named by the settings and applies or requires its migrations.
+pub async fn open_store(data: &GlobalSettings, migrations: Migrations) -> Result<Opened> {
+    let url = data.database_url();
+    let backend = Backend::from_url(&url)?;
     ensure_data_dir(&data.data_dir)?;
-    let (store, migrations): (Arc<dyn Store>, Vec<String>) = match backend {
+    let apply = migrations == Migrations::Apply;
+    let (store, pending): (Arc<dyn Store>, Vec<String>) = match backend {
         Backend::Sqlite => {
-            let s = SqliteStore::connect_with(&data.database_url, data.pool)
-                .await
-                .context("cannot open the SQLite database")?;
-            s.migrate().await?;
-            (Arc::new(s), SqliteStore::migration_names())
+            let s = if apply {
+                SqliteStore::connect_with(&url, data.pool()).await
+            } else {
+                SqliteStore::connect_existing(&url, data.pool()).await
+            };
+            let s = s.map_err(|e| match e {
+                lanyard_store::StoreError::NotFound(what) => anyhow::anyhow!(
+                    "there is no database at {what}: run `lanyard migrate` to create it (or \
+                     `lanyard serve`, which does too)"
+                ),
+                other => anyhow::Error::new(other).context("cannot open the SQLite database"),
+            })?;
+            if apply {
+                s.migrate().await?;
+            }
+            let pending = s.pending_migrations().await?;
+            (Arc::new(s), pending)
         }
         Backend::Postgres => {
             // An unreachable server's error already names host, port and cause.
-            let s = PostgresStore::connect_with(&data.database_url, data.pool)
+            let s = PostgresStore::connect_with(&url, data.pool())
                 .await
                 .map_err(|e| match e {
                     lanyard_store::StoreError::Unavailable(why) => anyhow::anyhow!(why),
                     other => anyhow::Error::new(other).context("cannot connect to PostgreSQL"),
                 })?;
-            s.migrate().await?;
-            (Arc::new(s), PostgresStore::migration_names())
+            if apply {
+                s.migrate().await?;
+            }
+            let pending = s.pending_migrations().await?;
+            (Arc::new(s), pending)
         }
+    };
+    if !pending.is_empty() {
+        bail!(
+            "the database is not migrated to this version of Lanyard (missing: {}): run \
+             `lanyard migrate` first (every server process on this database should run this \
+             version)",
+            pending.join(", ")
+        );
+    }
+    let migrations = match backend {
+        Backend::Sqlite => SqliteStore::migration_names(),
+        Backend::Postgres => PostgresStore::migration_names(),
     };
     let backend_name = store.backend();
     Ok(Opened {
@@ -70,19 +109,12 @@ pub async fn open_store(data: &DataConfig) -> Result<Opened> {
     })
 }
 
-/// Where the secret key lives: `--secret-key-file`, else `<data-dir>/secret.key`.
-pub fn secret_key_path(data: &DataConfig) -> PathBuf {
-    data.secret_key_file
-        .clone()
-        .unwrap_or_else(|| data.data_dir.join("secret.key"))
-}
-
 /// The key that seals private keys, read from its file (which must be readable by its owner
 /// only). A missing file is created with a fresh key only while the database holds nothing
 /// sealed: a database that does was sealed with a key that is lost, and a new one could open
 /// none of it.
-pub async fn secret_box(data: &DataConfig, lanyard: &Lanyard) -> Result<SecretBox> {
-    let path = secret_key_path(data);
+pub async fn secret_box(data: &GlobalSettings, lanyard: &Lanyard) -> Result<SecretBox> {
+    let path = data.secret_key_path();
     if path.exists() {
         let text = read_private(&path, "the secret key")?;
         let key = SecretBox::key_from_base64(text.trim())
@@ -157,15 +189,36 @@ pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("LANYARD_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
+    let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    if installed.is_ok() {
+        log_panics();
+    }
+}
+
+/// A panic is written to the log, once, as an error in the span it happened in: in a request
+/// handler that span carries the request id (the HTTP layer answers the request `500`).
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(panic = %message, %location, "panicked");
+    }));
 }
 
 /// The push service for this configuration (APNs URL, extra trust for test servers).
 pub fn push_service(
-    data: &DataConfig,
+    data: &GlobalSettings,
     lanyard: &Lanyard,
     secrets: &SecretBox,
 ) -> Result<lanyard_core::push::PushService> {

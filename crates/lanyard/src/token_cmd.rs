@@ -1,51 +1,20 @@
-//! `lanyard token …`: Apple Business Manager server tokens from the server host, and the ABM
-//! flags shared with `lanyard serve` (client settings and the periodic sync job).
+//! `lanyard token …`: Apple Business Manager server tokens from the server host, and what the
+//! ABM settings (shared with `lanyard serve`) make of the ABM client.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 
-use lanyard_apple::abm::{AbmOptions, DEFAULT_ABM_URL};
+use lanyard_apple::abm::AbmOptions;
 use lanyard_core::server_tokens::{AbmService, AbmSettings, ServerTokenView};
 use lanyard_core::Actor;
 
-use crate::config::DataConfig;
+use crate::settings::{AbmSettings as AbmFlags, GlobalSettings};
 use crate::setup;
 
-/// How Lanyard talks to Apple Business Manager (every sub-command and `serve`).
-#[derive(Debug, Clone, Args)]
-pub struct AbmArgs {
-    /// Apple Business Manager (Device Assignment) base URL.
-    #[arg(long, env = "LANYARD_ABM_URL", global = true, default_value = DEFAULT_ABM_URL)]
-    pub abm_url: String,
-    /// Extra CA certificate (PEM) to trust for the ABM server (for test servers).
-    #[arg(long, env = "LANYARD_ABM_CA_CERT", global = true)]
-    pub abm_ca_cert: Option<PathBuf>,
-    /// Seconds before an ABM request times out.
-    #[arg(long, env = "LANYARD_ABM_TIMEOUT", global = true, default_value_t = 30)]
-    pub abm_timeout: u64,
-    /// Devices per page asked of ABM (1-1000).
-    #[arg(long, env = "LANYARD_ABM_PAGE_SIZE", global = true, default_value_t = 1000,
-        value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub abm_page_size: u32,
-    /// `serve`: minutes between device syncs of every token (at least 1).
-    #[arg(long, env = "LANYARD_ABM_SYNC_INTERVAL", global = true, default_value_t = 60,
-        value_parser = clap::value_parser!(u64).range(1..))]
-    pub abm_sync_interval: u64,
-    /// `serve`: do not run the periodic device sync (sync with `lanyard token sync`).
-    #[arg(long, env = "LANYARD_NO_ABM_SYNC", global = true)]
-    pub no_abm_sync: bool,
-    /// Seconds a device sync holds its token's lease between pages. A server process that
-    /// stops mid-sync blocks that token's sync on the others for at most this long; it must
-    /// exceed `--abm-timeout` (a page's request). Default: 900
-    #[arg(long, env = "LANYARD_ABM_SYNC_LEASE", global = true, default_value_t = 900,
-        value_parser = clap::value_parser!(u64).range(1..))]
-    pub abm_sync_lease: u64,
-}
-
-impl AbmArgs {
+impl crate::settings::AbmSettings {
     /// The service's settings; `public_url` gives the discovery URL to register.
     pub fn settings(&self, public_url: Option<&str>) -> Result<AbmSettings> {
         if self.abm_sync_lease <= self.abm_timeout {
@@ -67,7 +36,7 @@ impl AbmArgs {
             options: AbmOptions {
                 base_url: self.abm_url.clone(),
                 extra_ca_pem,
-                timeout: Duration::from_secs(self.abm_timeout.max(1)),
+                timeout: Duration::from_secs(self.abm_timeout),
                 ..Default::default()
             },
             page_size: self.abm_page_size,
@@ -192,8 +161,8 @@ fn write_or_print(pem: &str, output: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(data: &DataConfig, abm: &AbmArgs, cmd: TokenCmd) -> Result<()> {
-    let o = setup::open_store(data).await?;
+pub async fn run(data: &GlobalSettings, abm: &AbmFlags, cmd: TokenCmd) -> Result<()> {
+    let o = setup::open_store(data, setup::Migrations::Require).await?;
     let secrets = setup::secret_box(data, &o.lanyard).await?;
     let public = match &cmd {
         TokenCmd::RegisterDiscovery { public_url } => {

@@ -51,6 +51,7 @@ async fn setup(db: Db) -> Option<Setup> {
         &[
             ("LANYARD_APNS_URL", url.as_str()),
             ("LANYARD_APNS_CA_CERT", ca_text.as_str()),
+            ("LANYARD_LOG", "info"),
         ],
     )
     .await?;
@@ -170,6 +171,36 @@ async fn device_channel(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     assert_eq!(next.uuid, b["command_uuid"].as_str().unwrap());
     assert_eq!(t.status_of(&first.uuid).await, ["acknowledged"]);
     assert!(t.mac.steps().iter().any(|l| l.contains("was lost")));
+
+    // The enrollment can be followed in the log: each line names its request (id, route) and
+    // the device service's step with the enrollment.
+    let followed = |what: &str, message: &str, span: String, route: &str| {
+        let line = t.s.wait_for_log(what, |l| l.contains(message));
+        assert!(line.contains("request{id="), "{line}");
+        assert!(line.contains(&format!("route={route}")), "{line}");
+        assert!(line.contains(&span), "{line}");
+    };
+    followed(
+        "of the issued profile",
+        "issued an enrollment profile",
+        format!("enroll{{enrollment={}}}", t.id),
+        "/enroll",
+    );
+    followed(
+        "of the issued identity",
+        "issued an identity certificate",
+        format!("scep{{enrollment={}}}", t.id),
+        "/scep",
+    );
+    followed(
+        "of the repeated result",
+        "command result not stored",
+        format!(
+            "command{{status=Acknowledged command={} channel=device enrollment={}}}",
+            first.uuid, t.id
+        ),
+        "/mdm/command",
+    );
     t.mac
         .respond(&next.uuid, CommandStatus::Acknowledged, Default::default())
         .await

@@ -391,3 +391,115 @@ async fn bad_configuration_is_a_clear_error() {
     assert!(!ok);
     assert!(err.contains("--listen"), "{err}");
 }
+
+/// Only `migrate` and `serve` change the schema: every other command refuses a database that is
+/// not migrated (on SQLite without creating the file), saying to run `lanyard migrate`; one
+/// missing migration is named.
+#[rstest]
+#[tokio::test]
+async fn commands_need_a_migrated_database(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _scratch) = match db {
+        Db::Sqlite => (
+            format!("sqlite://{}/lanyard.db", dir.path().display()),
+            None,
+        ),
+        Db::Postgres => {
+            let Some(scratch) = support::fresh_pg_database().await else {
+                return;
+            };
+            (scratch.url().to_string(), Some(scratch))
+        }
+    };
+    let cli = |args: &[&str]| support::cli_with(dir.path(), &url, args, None);
+
+    let (ok, _, err) = cli(&["user", "list"]);
+    assert!(!ok);
+    assert!(err.contains("lanyard migrate"), "{err}");
+    if db == Db::Sqlite {
+        assert!(
+            !dir.path().join("lanyard.db").exists(),
+            "a database file was created"
+        );
+    }
+
+    let (ok, out, err) = cli(&["migrate"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("0001_foundation"), "{out}");
+    let (ok, _, err) = cli(&["user", "list"]);
+    assert!(ok, "{err}");
+
+    // A database one migration behind this version: refused, naming the migration.
+    let last = lanyard_store::SqliteStore::migration_names().pop().unwrap();
+    let version: i64 = last[..4].parse().unwrap();
+    let forget = format!("DELETE FROM _sqlx_migrations WHERE version = {version}");
+    match db {
+        Db::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query(&forget).execute(&mut c).await.unwrap();
+        }
+        Db::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(&forget).execute(&mut c).await.unwrap();
+        }
+    }
+    let (ok, _, err) = cli(&["admin", "list"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&last) && err.contains("lanyard migrate"),
+        "{err}"
+    );
+}
+
+/// `serve` reads its settings from the `--config` file (`LANYARD_CONFIG`), the ones that
+/// could once be given only as flags included, and the environment wins over the file.
+#[tokio::test]
+async fn serve_reads_the_config_file() {
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("lanyard.toml");
+    let missing = conf_dir.path().join("missing.pem");
+    let conf_env = conf.display().to_string();
+
+    // The OpenID Connect and ABM trust files come from the file: a missing one stops serve.
+    for (key, flag) in [
+        ("oidc_ca_cert", "--oidc-ca-cert"),
+        ("abm_ca_cert", "--abm-ca-cert"),
+    ] {
+        std::fs::write(
+            &conf,
+            format!("{key} = {:?}\n", missing.display().to_string()),
+        )
+        .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/lanyard.db", data.path().display());
+        let err = support::serve_refuses(data.path(), &url, &[("LANYARD_CONFIG", &conf_env)]);
+        assert!(
+            err.contains(flag) && err.contains("missing.pem"),
+            "{key}: {err}"
+        );
+    }
+
+    std::fs::write(&conf, "hsts_max_age = 600\norganization = \"From File\"\n").unwrap();
+    let s = Server::start_with(
+        Db::Sqlite,
+        &[
+            ("LANYARD_CONFIG", &conf_env),
+            ("LANYARD_ORGANIZATION", "From Env"),
+        ],
+    )
+    .await
+    .unwrap();
+    let r = s
+        .client()
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=600");
+    // The organisation names the CA, which serve exported.
+    let ca = String::from_utf8(s.ca_pem()).unwrap();
+    let info = lanyard_pki::CertInfo::parse(ca.as_bytes()).unwrap();
+    assert!(info.subject.contains("From Env"), "{}", info.subject);
+    s.stop().await;
+}

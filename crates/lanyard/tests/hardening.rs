@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use lanyard_testkit::sim::{SimMac, SimOptions, CHECKIN_CONTENT_TYPE, COMMAND_CONTENT_TYPE};
 use lanyard_testkit::Step;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use support::{Db, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -121,7 +123,7 @@ async fn deep_nesting_is_refused(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
 /// Opens a TLS connection to the server (trusting its CA) offering `alpn`.
 async fn tls_connect(s: &Server, alpn: &[u8]) -> TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut s.ca_pem().as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&s.ca_pem()) {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

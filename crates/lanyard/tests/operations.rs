@@ -119,14 +119,22 @@ async fn postgres_down_fails_fast_with_503_and_recovers() {
 
     proxy.down().await;
 
-    // The JSON API: 503, the error shape, Retry-After.
+    // The JSON API: 503, the error shape, Retry-After; the request id sent comes back and is
+    // on the log line of the refusal.
     let started = std::time::Instant::now();
     let r = c
         .get(format!("{}/api/v1/users", s.url))
         .bearer_auth(&token)
+        .header("x-request-id", "ops-db-down-1")
         .send()
         .await
         .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "ops-db-down-1");
+    let line = s.wait_for_log("of the refused API request", |l| {
+        l.contains("database unavailable") && l.contains("ops-db-down-1")
+    });
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("route=/api/v1/users"), "{line}");
     eprintln!(
         "API answer with the database down after {:?}",
         started.elapsed()
@@ -156,7 +164,14 @@ async fn postgres_down_fails_fast_with_503_and_recovers() {
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "5");
 
-    // Health names the database as the problem.
+    // Health names the database as the problem. A request without an id is given one, in
+    // the answer and on the log line of the failed check.
+    let r = c.get(format!("{}/healthz", s.url)).send().await.unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    s.wait_for_log("of the failed health check", |l| {
+        l.contains("health check") && l.contains(&format!("id={id}"))
+    });
     let (status, retry, body) = health(&s, &c).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry.as_deref(), Some("5"));
@@ -195,6 +210,39 @@ async fn postgres_down_fails_fast_with_503_and_recovers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    s.stop().await;
+}
+
+/// Every request is logged once when it is answered, with its request id (made when the
+/// client sent none, kept when it sent one), its route template and status; the answer carries
+/// the id back.
+#[tokio::test]
+async fn each_request_is_logged_with_its_id() {
+    let s = Server::start_with(Db::Sqlite, &[("LANYARD_LOG", "info")])
+        .await
+        .unwrap();
+    let c = s.client();
+    let r = c
+        .get(format!("{}/api/v1/users/ann@example.com", s.url))
+        .header("x-request-id", "ops-follow-me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-request-id"], "ops-follow-me");
+    let line = s.wait_for_log("closing the request", |l| {
+        l.contains("id=ops-follow-me") && l.contains("status=401")
+    });
+    // The route template, not the path: the user's address is not logged.
+    assert!(line.contains("route=/api/v1/users/{key}"), "{line}");
+    assert!(!line.contains("ann@example.com"), "{line}");
+
+    let r = c.get(format!("{}/healthz", s.url)).send().await.unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    s.wait_for_log("closing the health check", |l| {
+        l.contains(&format!("id={id}")) && l.contains("status=200")
+    });
     s.stop().await;
 }
 

@@ -27,6 +27,13 @@ use super::{ApiJson, ApiPath, ApiQuery, Authed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::AppState;
 
+/// `POST /server-tokens/{name}/sync`: with `?wait=true` the answer waits for the whole sync,
+/// which may take longer than the handler timeout (`tracing_layers::REQUEST_TIMEOUT`), so this
+/// route is mounted outside it ([`super::long_running_routes`]).
+pub(super) fn long_running_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(sync))
+}
+
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
@@ -38,7 +45,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
                 .routes(routes!(upload))
                 .layer(DefaultBodyLimit::max(MAX_TOKEN_FILE)),
         )
-        .routes(routes!(sync_progress, sync))
+        .routes(routes!(sync_progress))
         .routes(routes!(devices))
         .routes(routes!(discovery, register_discovery, unregister_discovery))
 }

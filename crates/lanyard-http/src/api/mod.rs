@@ -106,7 +106,8 @@ pub struct Unlocked {
     pub addresses: u64,
 }
 
-/// Every documented route of the API, with the document made from them.
+/// Every documented route of the API bounded by the handler timeout, with the document made
+/// from them.
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(admins::routes())
@@ -121,10 +122,16 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(audit::routes())
 }
 
-/// The admin API's routes (full paths, `/api/v1/…`) and `/api/v1/openapi.json`, every body
-/// held to [`ADMIN_BODY_LIMIT`] unless a route sets its own.
+/// The documented routes that may outlast the handler timeout (a waited-for ABM sync).
+fn long_running() -> OpenApiRouter<AppState> {
+    abm::long_running_routes()
+}
+
+/// The admin API's routes within the handler timeout (full paths, `/api/v1/…`) and
+/// `/api/v1/openapi.json`, every body held to [`ADMIN_BODY_LIMIT`] unless a route sets its own.
 pub fn routes() -> Router<AppState> {
-    let (router, doc) = api().split_for_parts();
+    let doc = openapi_document();
+    let (router, _) = api().split_for_parts();
     router
         .route(
             "/api/v1/openapi.json",
@@ -136,9 +143,18 @@ pub fn routes() -> Router<AppState> {
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
 }
 
+/// The admin API's routes mounted outside the handler timeout (see `crate::router`), with the
+/// same body limit.
+pub fn long_running_routes() -> Router<AppState> {
+    let (router, _) = long_running().split_for_parts();
+    router.layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+}
+
 /// The whole admin API's OpenAPI document.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api().into_openapi()
+    let mut doc = api().into_openapi();
+    doc.merge(long_running().into_openapi());
+    doc
 }
 
 /// What the document says besides its paths (those come from the routes themselves).

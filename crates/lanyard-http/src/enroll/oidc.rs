@@ -45,7 +45,7 @@ pub(crate) async fn provider_links(s: &AppState, user_identifier: &str) -> Strin
     let buttons = match s.oidc.buttons().await {
         Ok(b) => b,
         Err(e) => {
-            tracing::error!(error = %e, "listing identity providers failed");
+            tracing::error!(error = %e.chain(), "listing identity providers failed");
             return String::new();
         }
     };

@@ -31,6 +31,9 @@ pub struct Server {
     pub admin_password: String,
     /// What `serve` printed (log lines included) up to its listening line.
     pub startup_log: Vec<String>,
+    /// Everything `serve` printed to stdout (its log, without colour codes), as it comes; see
+    /// [`Server::wait_for_log`].
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub data_dir: tempfile::TempDir,
     pub database_url: String,
     child: Child,
@@ -43,6 +46,24 @@ pub struct Server {
 /// (loudly) when PostgreSQL is unreachable outside CI.
 pub async fn fresh_pg_database() -> Option<ScratchDb> {
     ScratchDb::for_test("lanyard_e2e", "this end-to-end test").await
+}
+
+/// A log line without its terminal colour codes (`ESC [ … m`), as a person reads it.
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn bin() -> &'static str {
@@ -104,11 +125,14 @@ impl Server {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
+            // Read to the end, so the server never blocks on a full pipe; after start-up the
+            // lines are only kept.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                kept.lock().unwrap().push(without_colours(&line));
+                let _ = tx.send(line);
             }
         });
         let mut admin_password = String::new();
@@ -135,12 +159,29 @@ impl Server {
             url,
             admin_password,
             startup_log,
+            log,
             data_dir,
             database_url,
             child,
             scratch,
             push_topic: Default::default(),
         }
+    }
+
+    /// The first line of the server's log for which `matches` holds, waiting for it (a line
+    /// is written before the answer it belongs to, but read from the pipe a little later).
+    /// Panics, with the log, when none came within a minute.
+    pub fn wait_for_log(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        for _ in 0..1200 {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| matches(l)) {
+                return line.clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no log line {what}; the log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
     }
 
     /// Kills the process with SIGKILL (no graceful shutdown, as a crash or the OOM killer
