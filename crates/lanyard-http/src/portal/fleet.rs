@@ -11,7 +11,9 @@ use axum::{Form, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use lanyard_core::commands::{CommandChannel, CommandSpec, CommandTarget, CommandView};
+use lanyard_core::commands::{
+    CommandChannel, CommandSpec, CommandState, CommandTarget, CommandView,
+};
 use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
 use lanyard_core::CoreError;
 use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentStatus};
@@ -458,8 +460,8 @@ fn history_table(list: &[CommandView]) -> String {
              <td>{ch}</td><td class=\"status\">{st}</td><td>{q}</td><td>{f}</td><td>{result}</td></tr>",
             uuid = qv(&c.command_uuid),
             rt = esc(&c.request_type),
-            ch = esc(&c.channel),
-            st = esc(&c.status),
+            ch = esc(c.channel.as_str()),
+            st = esc(c.status.as_str()),
             q = when(Some(c.queued_at)),
             f = when(c.finished_at),
         ));
@@ -720,17 +722,12 @@ async fn bulk_command(
 
 /// How far a command has come across its targets.
 fn progress(targets: &[CommandView]) -> Value {
-    let n = |st: &[&str]| {
-        targets
-            .iter()
-            .filter(|t| st.contains(&t.status.as_str()))
-            .count()
-    };
+    let n = |pick: fn(CommandState) -> bool| targets.iter().filter(|t| pick(t.status)).count();
     json!({
         "total": targets.len(),
-        "acknowledged": n(&["acknowledged"]),
-        "failed": n(&["error", "command_format_error"]),
-        "waiting": n(&["queued", "sent", "not_now"]),
+        "acknowledged": n(|s| s == CommandState::Acknowledged),
+        "failed": n(CommandState::is_failure),
+        "waiting": n(|s| !s.is_final()),
     })
 }
 
@@ -763,7 +760,7 @@ async fn command_page(
                 "<tr><td><a href=\"/portal/devices/{id}\">{id_text}</a></td><td>{st}</td><td>{f}</td></tr>",
                 id = qv(&t.enrollment_id),
                 id_text = esc(&t.enrollment_id),
-                st = esc(&t.status),
+                st = esc(t.status.as_str()),
                 f = when(t.finished_at),
             )
         })
