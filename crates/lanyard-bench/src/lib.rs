@@ -47,7 +47,6 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
-use lanyard_core::enrollment::MODE_USER_ENROLLMENT;
 use lanyard_core::renewal::DEFAULT_IDENTITY_LIFETIME;
 use lanyard_core::Lanyard;
 use lanyard_pki::openssl::ec::{EcGroup, EcKey};
@@ -57,8 +56,9 @@ use lanyard_pki::openssl::x509::{X509Name, X509};
 use lanyard_pki::{Ca, CertInfo, CertificateIssuer as _, SecretBox};
 use lanyard_proto::CommandStatus;
 use lanyard_store::{
-    Audit, AuthenticateRecord, Backend, NewCommand, NewEnrollment, NewUser, PostgresStore,
-    SqliteStore, Store, TokenUpdateRecord, CHANNEL_DEVICE,
+    Audit, AuthenticateRecord, Backend, Channel as StoreChannel, EnrollmentId, EnrollmentMode,
+    NewCommand, NewEnrollment, NewUser, Ownership, PostgresStore, SqliteStore, Store,
+    TokenUpdateRecord,
 };
 use plist::{Dictionary, Value};
 use rand::seq::SliceRandom as _;
@@ -1281,12 +1281,12 @@ async fn bind(
     rand::thread_rng().fill_bytes(&mut challenge);
     store
         .create_enrollment(&NewEnrollment {
-            id: d.id.clone(),
+            id: d.id.as_str().into(),
             user_id,
             managed_apple_id: apple_id.to_owned(),
-            ownership: "employee".into(),
+            ownership: Ownership::Employee,
             attributes: "{}".into(),
-            mode: MODE_USER_ENROLLMENT.into(),
+            mode: EnrollmentMode::UserEnrollment,
             os_version: Some(SYNTH_OS.into()),
             build_version: Some(SYNTH_BUILD.into()),
             product: Some(SYNTH_MODEL.into()),
@@ -2054,7 +2054,7 @@ async fn lookup_on(
     store
         .enqueue_command(
             &NewCommand {
-                uuid: background.clone(),
+                uuid: background.as_str().into(),
                 request_type: "ProfileList".into(),
                 payload: payload(&background)?,
                 created_by: "bench".into(),
@@ -2086,14 +2086,14 @@ async fn lookup_on(
         .collect();
     drop(all);
     let sampled = uuid::Uuid::new_v4().to_string().to_uppercase();
-    let targets: Vec<(String, String)> = sample
+    let targets: Vec<(EnrollmentId, StoreChannel)> = sample
         .iter()
-        .map(|&i| (id(i), CHANNEL_DEVICE.to_owned()))
+        .map(|&i| (EnrollmentId::from(id(i)), StoreChannel::Device))
         .collect();
     queue_rows += store
         .enqueue_command(
             &NewCommand {
-                uuid: sampled.clone(),
+                uuid: sampled.as_str().into(),
                 request_type: "DeviceInformation".into(),
                 payload: payload(&sampled)?,
                 created_by: "bench".into(),
@@ -2115,7 +2115,7 @@ async fn lookup_on(
     for i in 0..1000.min(lookups) {
         let e = id(sample[i % sample.len()]);
         store
-            .next_command(&e, CHANNEL_DEVICE, lanyard_store::now())
+            .next_command(&e, StoreChannel::Device, lanyard_store::now())
             .await?;
     }
     let mut hit = Vec::with_capacity(lookups);
@@ -2124,7 +2124,7 @@ async fn lookup_on(
         let e = id(sample[rng.gen_range(0..sample.len())]);
         let t = Instant::now();
         let r = store
-            .next_command(&e, CHANNEL_DEVICE, lanyard_store::now())
+            .next_command(&e, StoreChannel::Device, lanyard_store::now())
             .await?;
         hit.push(t.elapsed().as_micros() as u64);
         if r.is_none() {
@@ -2134,7 +2134,7 @@ async fn lookup_on(
             let e = id(misses[rng.gen_range(0..misses.len())]);
             let t = Instant::now();
             let r = store
-                .next_command(&e, CHANNEL_DEVICE, lanyard_store::now())
+                .next_command(&e, StoreChannel::Device, lanyard_store::now())
                 .await?;
             miss.push(t.elapsed().as_micros() as u64);
             if r.is_some() {
@@ -2172,7 +2172,7 @@ async fn lookup_on(
                 let e = format!("bench-{pick:09}");
                 let t = Instant::now();
                 store
-                    .next_command(&e, CHANNEL_DEVICE, lanyard_store::now())
+                    .next_command(&e, StoreChannel::Device, lanyard_store::now())
                     .await?;
                 lat.push(t.elapsed().as_micros() as u64);
             }

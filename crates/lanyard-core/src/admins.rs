@@ -10,7 +10,7 @@
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -21,34 +21,16 @@ use lanyard_store::{AdminSession, ApiToken, Audit, SignInKind};
 
 pub const SESSION_HOURS: i64 = 12;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Sees and changes everything.
-    Administrator,
-    /// Sees everything, changes nothing.
-    ReadOnly,
-}
+pub use lanyard_store::Role;
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Administrator => "administrator",
-            Role::ReadOnly => "read_only",
-        }
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = CoreError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
-            "administrator" | "admin" => Ok(Role::Administrator),
-            "read_only" | "readonly" => Ok(Role::ReadOnly),
-            _ => Err(CoreError::Invalid(format!(
-                "unknown role `{s}`; use administrator or read-only"
-            ))),
-        }
+/// The role an operator typed (`administrator` or `admin`, `read-only` or `read_only`).
+pub fn parse_role(s: &str) -> Result<Role> {
+    match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+        "administrator" | "admin" => Ok(Role::Administrator),
+        "read_only" | "readonly" => Ok(Role::ReadOnly),
+        _ => Err(CoreError::Invalid(format!(
+            "unknown role `{s}`; use administrator or read-only"
+        ))),
     }
 }
 
@@ -152,7 +134,7 @@ impl Lanyard {
         );
         let a = self
             .store
-            .create_admin(&username, &hash, role.as_str(), &audit)
+            .create_admin(&username, &hash, role, &audit)
             .await
             .map_err(|e| match e {
                 lanyard_store::StoreError::Conflict(_) => {
@@ -222,7 +204,7 @@ impl Lanyard {
         let audit = Audit::new(&actor.name, action, &admin.username, json!({}));
         match self
             .store
-            .set_admin_enabled(admin.id, enabled, Role::Administrator.as_str(), &audit)
+            .set_admin_enabled(admin.id, enabled, Role::Administrator, &audit)
             .await?
         {
             Some(a) => self.admin_view(a).await,
@@ -243,7 +225,7 @@ impl Lanyard {
         );
         if !self
             .store
-            .delete_admin(admin.id, Role::Administrator.as_str(), &audit)
+            .delete_admin(admin.id, Role::Administrator, &audit)
             .await?
         {
             return Err(last_administrator(&admin.username, "removed"));
@@ -267,7 +249,7 @@ impl Lanyard {
             .await?;
         Ok(AdminView {
             id: a.id,
-            role: a.role.parse()?,
+            role: a.role,
             enabled: a.enabled,
             locked: wait.is_some(),
             username: a.username,
@@ -383,7 +365,7 @@ impl Lanyard {
                 "this administrator is disabled".into(),
             ));
         }
-        let role: Role = admin.role.parse()?;
+        let role: Role = admin.role;
         Ok((
             Actor {
                 name: format!("admin:{}", admin.username),
@@ -473,7 +455,7 @@ impl Lanyard {
         }
         Ok(Actor {
             name: format!("token:{}", t.name),
-            role: admin.role.parse()?,
+            role: admin.role,
         })
     }
 }
@@ -503,11 +485,8 @@ mod tests {
 
     #[test]
     fn roles() {
-        assert_eq!("read-only".parse::<Role>().unwrap(), Role::ReadOnly);
-        assert_eq!(
-            "Administrator".parse::<Role>().unwrap(),
-            Role::Administrator
-        );
-        assert!("root".parse::<Role>().is_err());
+        assert_eq!(parse_role("read-only").unwrap(), Role::ReadOnly);
+        assert_eq!(parse_role("Administrator").unwrap(), Role::Administrator);
+        assert!(parse_role("root").is_err());
     }
 }

@@ -14,11 +14,12 @@ use lanyard_proto::user_enrollment::{
     ue_command_policy, ue_device_information_query_policy, ue_payload_policy, Policy,
 };
 use lanyard_store::{
-    Audit, CommandOutcome, CommandRecord, DeviceListQuery, Enrollment, EnrollmentStatus,
-    NewCommand, CHANNEL_DEVICE, CHANNEL_USER,
+    Audit, CommandOutcome, CommandRecord, DeviceListQuery, Enrollment, EnrollmentId,
+    EnrollmentMode, EnrollmentStatus, NewCommand,
 };
+/// A command's channel and state, as stored (closed sets).
+pub use lanyard_store::{Channel, CommandState};
 
-use crate::enrollment::MODE_USER_ENROLLMENT;
 use crate::{Actor, CoreError, Lanyard, Result};
 
 /// Largest result stored for one command on one enrollment, as re-encoded (compact XML; a
@@ -327,11 +328,16 @@ impl CommandChannel {
         Ok(())
     }
 
-    pub fn as_str(self) -> &'static str {
+    /// The channel the store queues on.
+    pub fn channel(self) -> Channel {
         match self {
-            CommandChannel::Device => CHANNEL_DEVICE,
-            CommandChannel::User => CHANNEL_USER,
+            CommandChannel::Device => Channel::Device,
+            CommandChannel::User => Channel::User,
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.channel().as_str()
     }
 }
 
@@ -355,9 +361,9 @@ pub trait PushRequester: Send + Sync {
 pub struct CommandView {
     pub command_uuid: String,
     pub enrollment_id: String,
-    pub channel: String,
+    pub channel: Channel,
     pub request_type: String,
-    pub status: String,
+    pub status: CommandState,
     pub queued_at: chrono::DateTime<chrono::Utc>,
     pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -402,8 +408,8 @@ impl From<CommandRecord> for CommandView {
                 .error_chain
                 .as_deref()
                 .and_then(|t| serde_json::from_str(t).ok()),
-            command_uuid: r.command_uuid,
-            enrollment_id: r.enrollment_id,
+            command_uuid: r.command_uuid.0,
+            enrollment_id: r.enrollment_id.0,
             channel: r.channel,
             request_type: r.request_type,
             status: r.status,
@@ -465,7 +471,7 @@ impl Lanyard {
                     return Err(CoreError::Invalid("name 1 to 100,000 enrollments".into()));
                 }
                 // Read in chunks, then checked in the order given.
-                let found: std::collections::HashMap<String, Enrollment> = self
+                let found: std::collections::HashMap<EnrollmentId, Enrollment> = self
                     .store
                     .enrollments_by_ids(ids)
                     .await?
@@ -475,7 +481,7 @@ impl Lanyard {
                 let mut out = Vec::with_capacity(ids.len());
                 for id in ids {
                     let e = found
-                        .get(id)
+                        .get(id.as_str())
                         .cloned()
                         .ok_or_else(|| CoreError::NotFound(format!("enrollment {id}")))?;
                     // An inactive enrollment may be tried by name: its answer revives it.
@@ -515,14 +521,16 @@ impl Lanyard {
                 )));
             }
         }
-        let any_ue = enrollments.iter().any(|e| e.mode == MODE_USER_ENROLLMENT);
+        let any_ue = enrollments
+            .iter()
+            .any(|e| e.mode == EnrollmentMode::UserEnrollment);
         let command = spec.build(any_ue)?;
         channel.allows(&command.request_type)?;
         let payload = lanyard_proto::command::encode_command(&command)
             .map_err(|e| CoreError::Invalid(format!("the command cannot be encoded: {e}")))?;
-        let targets: Vec<(String, String)> = enrollments
+        let targets: Vec<(EnrollmentId, Channel)> = enrollments
             .iter()
-            .map(|e| (e.id.clone(), channel.as_str().to_string()))
+            .map(|e| (e.id.clone(), channel.channel()))
             .collect();
         let audit = Audit::new(
             &actor.name,
@@ -535,7 +543,7 @@ impl Lanyard {
             .store
             .enqueue_command(
                 &NewCommand {
-                    uuid: command.uuid.clone(),
+                    uuid: command.uuid.as_str().into(),
                     request_type: command.request_type.clone(),
                     payload,
                     created_by: actor.name.clone(),
@@ -547,7 +555,7 @@ impl Lanyard {
             .await?;
         let push_requested = push && self.pusher.is_some();
         if push_requested {
-            self.request_push(enrollments.into_iter().map(|e| e.id).collect());
+            self.request_push(enrollments.into_iter().map(|e| e.id.0).collect());
         }
         Ok(Queued {
             command_uuid: command.uuid,
@@ -575,7 +583,7 @@ impl Lanyard {
         let queued = self
             .enqueue_audited(
                 actor,
-                &CommandTarget::Enrollments(vec![e.id.clone()]),
+                &CommandTarget::Enrollments(vec![e.id.0.clone()]),
                 CommandChannel::Device,
                 &CommandSpec::RemoveProfile {
                     identifier: crate::enrollment::profile_identifier(&e.id),
@@ -666,12 +674,8 @@ pub(crate) fn outcome_of(
         .command_uuid
         .clone()
         .ok_or_else(|| CoreError::Invalid("a result must name its CommandUUID".into()))?;
-    let status = match report.status {
-        CommandStatus::Acknowledged => "acknowledged",
-        CommandStatus::Error => "error",
-        CommandStatus::CommandFormatError => "command_format_error",
-        CommandStatus::NotNow => "not_now",
-        CommandStatus::Idle => "idle",
+    let Some(status) = CommandState::of_report(report.status) else {
+        return Ok(None);
     };
     let error_chain = (!report.error_chain.is_empty())
         .then(|| serde_json::to_string(&report.error_chain).ok())
@@ -690,8 +694,8 @@ pub(crate) fn outcome_of(
         )));
     }
     Ok(Some(CommandOutcome {
-        command_uuid: uuid,
-        status: status.into(),
+        command_uuid: uuid.into(),
+        status,
         result: Some(result_bytes),
         error_chain,
         // NotNow: due again at the device's next poll (see the store's exchange).

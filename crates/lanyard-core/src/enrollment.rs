@@ -49,9 +49,6 @@ pub const FLOW_MINUTES: i64 = 30;
 pub const ACCESS_TOKEN_MINUTES: i64 = 15;
 pub const CHALLENGE_MINUTES: i64 = 60;
 
-/// The one enrollment mode Lanyard creates today.
-pub const MODE_USER_ENROLLMENT: &str = "user_enrollment";
-
 /// Where the device-facing endpoints live, under the public base URL.
 #[derive(Debug, Clone)]
 pub struct DeviceUrls {
@@ -139,24 +136,11 @@ pub struct FlowState {
     pub organization: String,
 }
 
-/// The ownership a person picks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ownership {
-    Employee,
-    Corporate,
-    Shared,
-}
+pub use lanyard_store::Ownership;
 
-impl std::str::FromStr for Ownership {
-    type Err = CoreError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "employee" => Ok(Ownership::Employee),
-            "corporate" => Ok(Ownership::Corporate),
-            "shared" => Ok(Ownership::Shared),
-            _ => Err(CoreError::Invalid("choose who owns this Mac".into())),
-        }
-    }
+/// The ownership a person picked on the enrollment page.
+pub fn parse_ownership(choice: &str) -> Result<Ownership> {
+    Ownership::parse(choice).ok_or_else(|| CoreError::Invalid("choose who owns this Mac".into()))
 }
 
 /// An enrollment as the API, CLI and portal show it (never a secret).
@@ -202,29 +186,14 @@ pub struct EnrollmentView {
     pub last_push_status: Option<String>,
 }
 
-pub(crate) fn mode_label(mode: &str) -> String {
-    match mode {
-        MODE_USER_ENROLLMENT => "User Enrollment".into(),
-        other => other.to_string(),
-    }
-}
-
-fn ownership_label(o: &str) -> String {
-    let mut c = o.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
-        None => String::new(),
-    }
-}
-
 impl From<Enrollment> for EnrollmentView {
     fn from(e: Enrollment) -> Self {
         Self {
             attributes: serde_json::from_str(&e.attributes).unwrap_or_default(),
-            enrollment_mode: mode_label(&e.mode),
-            ownership: ownership_label(&e.ownership),
+            enrollment_mode: e.mode.label().to_string(),
+            ownership: e.ownership.label().to_string(),
             reachable: e.device_push_token.is_some() && e.device_push_magic.is_some(),
-            id: e.id,
+            id: e.id.0,
             managed_apple_id: e.managed_apple_id,
             user_id: e.user_id,
             status: e.status,
@@ -526,7 +495,7 @@ impl EnrollmentService {
         let settings = self.lanyard.enrollment_settings().await?;
         let (next, ownership) = match settings.ownership_mode {
             OwnershipMode::Prompt => (FlowStep::Ownership, None),
-            OwnershipMode::Employee => (FlowStep::Attributes, Some("employee")),
+            OwnershipMode::Employee => (FlowStep::Attributes, Some(Ownership::Employee.as_str())),
         };
         self.lanyard
             .store()
@@ -539,13 +508,17 @@ impl EnrollmentService {
     pub async fn choose_ownership(&self, secret: &str, choice: &str) -> Result<FlowStep> {
         let state = self.flow(secret).await?;
         Self::require_step(&state, FlowStep::Ownership)?;
-        let ownership: Ownership = choice.parse()?;
+        let ownership = parse_ownership(choice)?;
         let hash = hash_secret(secret);
         match ownership {
             Ownership::Employee => {
                 self.lanyard
                     .store()
-                    .update_flow(&hash, FlowStep::Attributes.as_str(), Some("employee"))
+                    .update_flow(
+                        &hash,
+                        FlowStep::Attributes.as_str(),
+                        Some(Ownership::Employee.as_str()),
+                    )
                     .await?;
                 Ok(FlowStep::Attributes)
             }
@@ -584,7 +557,7 @@ impl EnrollmentService {
             .create_access_token(&AccessTokenRow {
                 token_hash: token.hash,
                 user_id: state.user.id,
-                ownership: "employee".into(),
+                ownership: Ownership::Employee,
                 attributes,
                 created_at: now,
                 expires_at: now + Duration::minutes(ACCESS_TOKEN_MINUTES),
@@ -656,12 +629,12 @@ impl EnrollmentService {
         // The token is claimed and the enrollment recorded in one transaction.
         store
             .create_enrollment(&NewEnrollment {
-                id: enrollment_id.clone(),
+                id: enrollment_id.as_str().into(),
                 user_id: user.id,
                 managed_apple_id: apple_id,
-                ownership: token.ownership.clone(),
+                ownership: token.ownership,
                 attributes: token.attributes.clone(),
-                mode: MODE_USER_ENROLLMENT.into(),
+                mode: lanyard_store::EnrollmentMode::UserEnrollment,
                 os_version: facts.os_version.clone(),
                 build_version: facts.build_version.clone(),
                 product: facts.product.clone(),

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 use lanyard_store::{AuditEntry, AuditSearch, DeviceListQuery, EnrollmentStatus, Paged};
 
-use crate::enrollment::{mode_label, EnrollmentView};
+use crate::enrollment::EnrollmentView;
 use crate::{Lanyard, Result};
 
 /// How far ahead the summary warns of expiring device identity certificates.
@@ -38,7 +38,9 @@ impl Lanyard {
     pub async fn summary(&self, now: DateTime<Utc>) -> Result<Summary> {
         let mut by_mode: Vec<ModeCounts> = Vec::new();
         for (mode, status, n) in self.store.count_enrollments_by_mode().await? {
-            let label = mode_label(&mode);
+            let label = lanyard_store::EnrollmentMode::parse(&mode)
+                .map(|m| m.label().to_string())
+                .unwrap_or(mode);
             let i = match by_mode.iter().position(|m| m.mode == label) {
                 Some(i) => i,
                 None => {

@@ -30,9 +30,8 @@ use lanyard_proto::checkin::{Authenticate, CheckinMessage, DeclarativeManagement
 use lanyard_proto::command::CommandStatus;
 use lanyard_proto::{EnrollmentKind, OsVersion};
 use lanyard_store::{
-    AuthenticateRecord, CommandExchange, Enrollment, EnrollmentStatus, Exchanged, IdentityBinding,
-    IgnoredResult, InventoryMerge, NextCommand, StoreError, TokenUpdateRecord, CHANNEL_DEVICE,
-    CHANNEL_USER,
+    AuthenticateRecord, Channel, CommandExchange, Enrollment, EnrollmentStatus, Exchanged,
+    IdentityBinding, IgnoredResult, InventoryMerge, NextCommand, StoreError, TokenUpdateRecord,
 };
 use tracing::field::Empty;
 use tracing::Span;
@@ -143,11 +142,11 @@ fn unknown_identity() -> CoreError {
     CoreError::UnrecognizedDevice("this identity certificate belongs to no enrollment".into())
 }
 
-fn channel_of(kind: EnrollmentKind) -> &'static str {
+fn channel_of(kind: EnrollmentKind) -> Channel {
     if kind == EnrollmentKind::UserEnrollmentUser {
-        CHANNEL_USER
+        Channel::User
     } else {
-        CHANNEL_DEVICE
+        Channel::Device
     }
 }
 
@@ -498,7 +497,7 @@ impl MdmService {
             span.record("command", tracing::field::display(uuid));
         }
         span.record("channel", tracing::field::display(channel));
-        if channel == CHANNEL_USER {
+        if channel == Channel::User {
             let enrollment = self
                 .bound_enrollment(&fingerprint, report.enrollment.device_id(), false)
                 .await?;

@@ -345,7 +345,7 @@ impl PushService {
             not_reachable: enrollment_ids.len().saturating_sub(
                 targets
                     .iter()
-                    .filter(|t| t.channel == lanyard_store::CHANNEL_DEVICE)
+                    .filter(|t| t.channel == lanyard_store::Channel::Device)
                     .count(),
             ),
             ..Default::default()
@@ -379,7 +379,7 @@ impl PushService {
                 let delivered = matches!(o, PushOutcome::Delivered { .. });
                 records.push(lanyard_store::PushRecord {
                     enrollment_id: t.enrollment_id.clone(),
-                    channel: t.channel.clone(),
+                    channel: t.channel,
                     status: label.clone(),
                     drop_token: o.token_is_dead(),
                     release_not_now: delivered,

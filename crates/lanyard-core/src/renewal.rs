@@ -35,8 +35,9 @@ use lanyard_store::{Audit, Enrollment, IdentityRenewal, NewCommand};
 
 use crate::admins::new_secret;
 use crate::commands::CommandSpec;
-use crate::enrollment::{EnrollmentService, MODE_USER_ENROLLMENT};
+use crate::enrollment::EnrollmentService;
 use crate::{CoreError, Result};
+use lanyard_store::EnrollmentMode;
 
 /// Identity certificates live a year by default.
 pub const DEFAULT_IDENTITY_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
@@ -124,7 +125,7 @@ impl EnrollmentService {
         let mut queued = Vec::new();
         for e in due {
             match self.queue_renewal(&e, now).await {
-                Ok(true) => queued.push(e.id),
+                Ok(true) => queued.push(e.id.0),
                 Ok(false) => {}
                 Err(err) => {
                     tracing::warn!(enrollment = %e.id, error = %err.chain(), "queueing an identity renewal failed")
@@ -177,8 +178,8 @@ impl EnrollmentService {
             uuids,
             self.installs_trust_payload().await?,
         )?)?;
-        let command =
-            CommandSpec::InstallProfile { profile }.build(e.mode == MODE_USER_ENROLLMENT)?;
+        let command = CommandSpec::InstallProfile { profile }
+            .build(e.mode == EnrollmentMode::UserEnrollment)?;
         let payload = lanyard_proto::command::encode_command(&command)
             .map_err(|err| CoreError::failed("encoding InstallProfile", err))?;
         let audit = Audit::new(
@@ -192,13 +193,13 @@ impl EnrollmentService {
             }),
         );
         let renewal = IdentityRenewal {
-            enrollment_id: e.id.clone(),
+            enrollment_id: e.id.0.clone(),
             previous_command_uuid: e.renewal_command_uuid.clone(),
             challenge_hash: challenge.hash,
             // Useless once the current identity has expired: the device could not fetch it.
             challenge_expires_at: expires,
             command: NewCommand {
-                uuid: command.uuid.clone(),
+                uuid: command.uuid.as_str().into(),
                 request_type: command.request_type.clone(),
                 payload,
                 created_by: "system".into(),

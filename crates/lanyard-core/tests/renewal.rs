@@ -78,9 +78,9 @@ async fn enrolled(s: &dyn Store, user: &User, id: &str, expires_in: chrono::Dura
         id: id.into(),
         user_id: user.id,
         managed_apple_id: "ann@example.com".into(),
-        ownership: "employee".into(),
+        ownership: Ownership::Employee,
         attributes: "{}".into(),
-        mode: "user_enrollment".into(),
+        mode: EnrollmentMode::UserEnrollment,
         os_version: Some("15.2".into()),
         build_version: None,
         product: None,
@@ -191,12 +191,12 @@ async fn renews_before_expiry(db: Db) {
     let history = s.command_history("due", 10).await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].request_type, "InstallProfile");
-    assert_eq!(history[0].channel, CHANNEL_DEVICE);
+    assert_eq!(history[0].channel, Channel::Device);
 
     // The command: InstallProfile of the enrollment profile, signed as at enrollment.
     let e = s.enrollment("due").await.unwrap().unwrap();
     let next = s
-        .next_command("due", CHANNEL_DEVICE, now())
+        .next_command("due", Channel::Device, now())
         .await
         .unwrap()
         .unwrap();

@@ -264,7 +264,7 @@ fn keeps_an_enabled_admin(role: &str) -> String {
 impl SqliteStore {
     /// SQLite runs one write transaction at a time, so the last-administrator check inside the
     /// `UPDATE`/`DELETE` cannot race another one: nothing to lock.
-    async fn lock_protected_admins(_tx: &mut sqlx::SqliteConnection, _role: &str) -> Result<()> {
+    async fn lock_protected_admins(_tx: &mut sqlx::SqliteConnection, _role: Role) -> Result<()> {
         Ok(())
     }
 }
@@ -273,7 +273,7 @@ impl PostgresStore {
     /// Holds the enabled administrators of the protected role until the transaction ends, so
     /// that two administrators disabling or removing each other at once cannot each count the
     /// other as the one left (under READ COMMITTED both checks would pass).
-    async fn lock_protected_admins(tx: &mut sqlx::PgConnection, role: &str) -> Result<()> {
+    async fn lock_protected_admins(tx: &mut sqlx::PgConnection, role: Role) -> Result<()> {
         sqlx::query("SELECT id FROM admins WHERE role = $1 AND enabled FOR UPDATE")
             .bind(role)
             .fetch_all(&mut *tx)
@@ -529,7 +529,7 @@ macro_rules! impl_store {
                 &self,
                 username: &str,
                 password_hash: &str,
-                role: &str,
+                role: Role,
                 audit: &Audit,
             ) -> Result<Admin> {
                 let mut tx = self.pool.begin().await?;
@@ -615,7 +615,7 @@ macro_rules! impl_store {
                 &self,
                 id: i64,
                 enabled: bool,
-                protected_role: &str,
+                protected_role: Role,
                 audit: &Audit,
             ) -> Result<Option<Admin>> {
                 let mut tx = self.pool.begin().await?;
@@ -655,7 +655,7 @@ macro_rules! impl_store {
             async fn delete_admin(
                 &self,
                 id: i64,
-                protected_role: &str,
+                protected_role: Role,
                 audit: &Audit,
             ) -> Result<bool> {
                 let mut tx = self.pool.begin().await?;

@@ -24,7 +24,7 @@ macro_rules! impl_command_store {
             async fn enqueue_command(
                 &self,
                 command: &NewCommand,
-                targets: &[(String, String)],
+                targets: &[(EnrollmentId, Channel)],
                 audit: &Audit,
             ) -> Result<u64> {
                 let mut tx = self.pool.begin().await?;
@@ -50,7 +50,7 @@ macro_rules! impl_command_store {
                         b.push_bind(enrollment)
                             .push_bind(channel)
                             .push_bind(&command.uuid)
-                            .push_bind("queued")
+                            .push_bind(CommandState::Queued)
                             .push_bind(at);
                     });
                     queued += qb.build().execute(&mut *tx).await?.rows_affected();
@@ -75,7 +75,7 @@ macro_rules! impl_command_store {
             async fn next_command(
                 &self,
                 enrollment_id: &str,
-                channel: &str,
+                channel: Channel,
                 at: DateTime<Utc>,
             ) -> Result<Option<NextCommand>> {
                 let uuid: Option<String> = sqlx::query_scalar(concat!(
@@ -105,7 +105,7 @@ macro_rules! impl_command_store {
             async fn record_command_outcome(
                 &self,
                 enrollment_id: &str,
-                channel: &str,
+                channel: Channel,
                 o: &CommandOutcome,
                 at: DateTime<Utc>,
             ) -> Result<String> {
@@ -115,7 +115,7 @@ macro_rules! impl_command_store {
                         o.command_uuid
                     ))
                 };
-                if o.status == "not_now" {
+                if o.status == CommandState::NotNow {
                     let done = sqlx::query(
                         "UPDATE command_queue SET status = 'not_now', not_now_until = $4, \
                          not_now_count = not_now_count + 1 WHERE enrollment_id = $1 \

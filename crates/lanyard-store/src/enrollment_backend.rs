@@ -414,7 +414,7 @@ macro_rules! impl_enrollment_store {
                      queued_at) VALUES ($1, $2, $3, 'queued', $4)",
                 )
                 .bind(&r.enrollment_id)
-                .bind(CHANNEL_DEVICE)
+                .bind(Channel::Device)
                 .bind(&r.command.uuid)
                 .bind(at)
                 .execute(&mut *tx)

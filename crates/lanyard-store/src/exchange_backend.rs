@@ -36,8 +36,7 @@ pub struct CommandExchange<'a> {
     pub identity_sha256: &'a str,
     /// The report's `EnrollmentID`; must be the one bound to that identity.
     pub device_channel_id: &'a str,
-    /// `device` or `user`.
-    pub channel: &'a str,
+    pub channel: Channel,
     /// The reported command's outcome; `None` for `Idle`.
     pub outcome: Option<&'a CommandOutcome>,
     /// Applied when the outcome is `acknowledged`.
@@ -105,9 +104,9 @@ impl IdentityBinding {
 /// One push attempt's outcome, for [`CommandExchangeStore::record_pushes`].
 #[derive(Debug, Clone)]
 pub struct PushRecord {
-    pub enrollment_id: String,
-    /// The channel whose token was pushed (`device` or `user`).
-    pub channel: String,
+    pub enrollment_id: EnrollmentId,
+    /// The channel whose token was pushed.
+    pub channel: Channel,
     pub status: String,
     /// Forget the token (APNs called it unregistered).
     pub drop_token: bool,
@@ -154,7 +153,7 @@ macro_rules! impl_exchange_store {
         impl CommandExchangeStore for $store {
             async fn command_exchange(&self, x: &CommandExchange<'_>) -> Result<Exchanged> {
                 let want_inventory =
-                    x.inventory.is_some() && x.outcome.is_some_and(|o| o.status == "acknowledged");
+                    x.inventory.is_some() && x.outcome.is_some_and(|o| o.status == CommandState::Acknowledged);
                 let _gate = match self.exchange_gate() {
                     Some(g) => Some(g.lock().await),
                     None => None,
@@ -202,7 +201,7 @@ macro_rules! impl_exchange_store {
                 // again by itself when conditions change, and the service must send the command
                 // again then; sending another command instead stops that re-poll. So no command
                 // is handed out on this request, and the deferred one is due at the next poll.
-                let not_now = x.outcome.is_some_and(|o| o.status == "not_now");
+                let not_now = x.outcome.is_some_and(|o| o.status == CommandState::NotNow);
                 if let Some(o) = x.outcome {
                     if not_now {
                         let done = sqlx::query(
@@ -343,10 +342,10 @@ macro_rules! impl_exchange_store {
                     return Ok(());
                 }
                 // Group by what is written so each group is a few `IN (…)` statements.
-                let mut groups: std::collections::BTreeMap<(&str, Option<&str>), Vec<&str>> =
+                let mut groups: std::collections::BTreeMap<(&str, Option<Channel>), Vec<&str>> =
                     Default::default();
                 for r in records {
-                    let drop = r.drop_token.then_some(r.channel.as_str());
+                    let drop = r.drop_token.then_some(r.channel);
                     groups
                         .entry((r.status.as_str(), drop))
                         .or_default()
@@ -371,10 +370,10 @@ macro_rules! impl_exchange_store {
                         qb.push(", last_push_status = ");
                         qb.push_bind(*status);
                         match drop {
-                            Some(CHANNEL_USER) => {
+                            Some(Channel::User) => {
                                 qb.push(", user_push_token = NULL");
                             }
-                            Some(_) => {
+                            Some(Channel::Device) => {
                                 qb.push(", device_push_token = NULL");
                             }
                             None => {}

@@ -18,6 +18,7 @@ mod idp_backend;
 mod listing_backend;
 pub mod model;
 mod server_token_backend;
+mod values;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -31,6 +32,7 @@ pub use listing_backend::{
     AuditSearch, DeviceListQuery, DeviceSort, ListingStore, Paged, MAX_DEVICE_LIST,
 };
 pub use model::*;
+pub use values::*;
 
 /// Storage errors. `Conflict` and `NotFound` are expected outcomes a caller maps to 409/404.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +178,7 @@ pub trait AdminStore: Send + Sync {
         &self,
         username: &str,
         password_hash: &str,
-        role: &str,
+        role: Role,
         audit: &Audit,
     ) -> Result<Admin>;
     async fn admin_by_username(&self, username: &str) -> Result<Option<Admin>>;
@@ -200,13 +202,13 @@ pub trait AdminStore: Send + Sync {
         &self,
         id: i64,
         enabled: bool,
-        protected_role: &str,
+        protected_role: Role,
         audit: &Audit,
     ) -> Result<Option<Admin>>;
     /// Removes an administrator with their sessions and API tokens; refused (`Ok(false)`,
     /// nothing changed) when they are the last enabled one with role `protected_role`. An
     /// unknown id is [`StoreError::NotFound`].
-    async fn delete_admin(&self, id: i64, protected_role: &str, audit: &Audit) -> Result<bool>;
+    async fn delete_admin(&self, id: i64, protected_role: Role, audit: &Audit) -> Result<bool>;
 
     async fn create_api_token(
         &self,
@@ -450,7 +452,7 @@ pub trait CommandStore: Send + Sync {
     async fn enqueue_command(
         &self,
         command: &NewCommand,
-        targets: &[(String, String)],
+        targets: &[(EnrollmentId, Channel)],
         audit: &Audit,
     ) -> Result<u64>;
     /// The oldest command due for this enrollment and channel (queued, or sent without an
@@ -458,7 +460,7 @@ pub trait CommandStore: Send + Sync {
     async fn next_command(
         &self,
         enrollment_id: &str,
-        channel: &str,
+        channel: Channel,
         now: DateTime<Utc>,
     ) -> Result<Option<NextCommand>>;
     /// Records a device's report. A finished command moves to history; `not_now` stays queued
@@ -467,7 +469,7 @@ pub trait CommandStore: Send + Sync {
     async fn record_command_outcome(
         &self,
         enrollment_id: &str,
-        channel: &str,
+        channel: Channel,
         outcome: &CommandOutcome,
         now: DateTime<Utc>,
     ) -> Result<String>;

@@ -3,6 +3,11 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use crate::values::{
+    Channel, CommandState, CommandUuid, EnrollmentId, EnrollmentMode, EnrollmentStatus, Ownership,
+    Role,
+};
+
 /// A person who may enroll a Mac: email is the login and, by default, the managed Apple ID.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct User {
@@ -54,7 +59,8 @@ pub struct Admin {
     pub id: i64,
     pub username: String,
     pub password_hash: String,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
 }
@@ -206,7 +212,8 @@ pub struct EnrollmentFlow {
 pub struct AccessTokenRow {
     pub token_hash: String,
     pub user_id: i64,
-    pub ownership: String,
+    #[sqlx(try_from = "String")]
+    pub ownership: Ownership,
     /// JSON object of custom attribute values.
     pub attributes: String,
     pub created_at: DateTime<Utc>,
@@ -214,87 +221,19 @@ pub struct AccessTokenRow {
     pub used_at: Option<DateTime<Utc>>,
 }
 
-/// Where an enrollment is in its life. Stored as its snake_case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EnrollmentStatus {
-    /// The profile was issued; no `Authenticate` yet.
-    Pending,
-    /// `Authenticate` arrived; no device `TokenUpdate` yet.
-    Authenticated,
-    /// Enrolled: the device channel has a push token.
-    Enrolled,
-    /// The device sent `CheckOut` (or was removed): final.
-    CheckedOut,
-    /// Silent for longer than the `inactive-after-days` setting without checking out (a Mac
-    /// re-enrolls under a new `EnrollmentID`, so old ones linger). Any request from the
-    /// device makes it active again.
-    Inactive,
-}
-
-impl EnrollmentStatus {
-    /// Every status, in the order of an enrollment's life.
-    pub const ALL: [EnrollmentStatus; 5] = [
-        Self::Pending,
-        Self::Authenticated,
-        Self::Enrolled,
-        Self::CheckedOut,
-        Self::Inactive,
-    ];
-
-    /// The stored and wire name (`checked_out`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Authenticated => "authenticated",
-            Self::Enrolled => "enrolled",
-            Self::CheckedOut => "checked_out",
-            Self::Inactive => "inactive",
-        }
-    }
-
-    /// How people read it (`Checked out`).
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Pending => "Pending",
-            Self::Authenticated => "Authenticated",
-            Self::Enrolled => "Enrolled",
-            Self::CheckedOut => "Checked out",
-            Self::Inactive => "Inactive",
-        }
-    }
-
-    /// The status named `s` (exact stored name), if any.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for EnrollmentStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl TryFrom<String> for EnrollmentStatus {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s).ok_or_else(|| format!("unknown enrollment status {s:?}"))
-    }
-}
-
 /// One enrollment of a device: from profile issuance (`pending`) through check-in
 /// (`authenticated`, `enrolled`) to `checked_out`, or `inactive` while silent.
 #[derive(Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Enrollment {
-    pub id: String,
+    pub id: EnrollmentId,
     pub user_id: i64,
     pub managed_apple_id: String,
-    pub ownership: String,
+    #[sqlx(try_from = "String")]
+    pub ownership: Ownership,
     /// JSON object of custom attribute values.
     pub attributes: String,
-    /// `user_enrollment` for account-driven User Enrollment.
-    pub mode: String,
+    #[sqlx(try_from = "String")]
+    pub mode: EnrollmentMode,
     #[sqlx(try_from = "String")]
     pub status: EnrollmentStatus,
     pub os_version: Option<String>,
@@ -350,7 +289,7 @@ pub struct Enrollment {
     #[serde(skip)]
     pub renewal_challenge_hash: Option<String>,
     pub renewal_challenge_expires_at: Option<DateTime<Utc>>,
-    pub renewal_command_uuid: Option<String>,
+    pub renewal_command_uuid: Option<CommandUuid>,
     pub renewal_queued_at: Option<DateTime<Utc>>,
     /// Hash of the bearer token the Mac sends on its user channel; `None` once revoked.
     #[serde(skip)]
@@ -394,12 +333,12 @@ impl std::fmt::Debug for Enrollment {
 /// What profile issuance records.
 #[derive(Debug, Clone)]
 pub struct NewEnrollment {
-    pub id: String,
+    pub id: EnrollmentId,
     pub user_id: i64,
     pub managed_apple_id: String,
-    pub ownership: String,
+    pub ownership: Ownership,
     pub attributes: String,
-    pub mode: String,
+    pub mode: EnrollmentMode,
     pub os_version: Option<String>,
     pub build_version: Option<String>,
     pub product: Option<String>,
@@ -421,7 +360,7 @@ pub struct IdentityRenewal {
     pub enrollment_id: String,
     /// The enrollment's `renewal_command_uuid` as the caller read it: the renewal is queued only
     /// if it is still that (no other process queued one meanwhile).
-    pub previous_command_uuid: Option<String>,
+    pub previous_command_uuid: Option<CommandUuid>,
     pub challenge_hash: String,
     pub challenge_expires_at: DateTime<Utc>,
     pub command: NewCommand,
@@ -480,7 +419,7 @@ impl std::fmt::Debug for TokenUpdateRecord {
 /// every enrollment it targets.
 #[derive(Debug, Clone)]
 pub struct NewCommand {
-    pub uuid: String,
+    pub uuid: CommandUuid,
     pub request_type: String,
     pub payload: Vec<u8>,
     pub created_by: String,
@@ -489,14 +428,10 @@ pub struct NewCommand {
     pub push: bool,
 }
 
-/// Which channel of an enrollment a command goes to.
-pub const CHANNEL_DEVICE: &str = "device";
-pub const CHANNEL_USER: &str = "user";
-
 /// The next command for a device, handed out by the command endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct NextCommand {
-    pub command_uuid: String,
+    pub command_uuid: CommandUuid,
     pub request_type: String,
     pub payload: Vec<u8>,
 }
@@ -504,9 +439,9 @@ pub struct NextCommand {
 /// A device's report on a command it was given.
 #[derive(Debug, Clone)]
 pub struct CommandOutcome {
-    pub command_uuid: String,
-    /// `acknowledged`, `error`, `command_format_error` or `not_now`.
-    pub status: String,
+    pub command_uuid: CommandUuid,
+    /// `Acknowledged`, `Error`, `CommandFormatError` or `NotNow`.
+    pub status: CommandState,
     /// The whole report plist (results of a query), kept for the admin.
     pub result: Option<Vec<u8>>,
     /// JSON of the `ErrorChain`, when the device sent one.
@@ -518,12 +453,13 @@ pub struct CommandOutcome {
 /// One line of an enrollment's command history (live or finished).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct CommandRecord {
-    pub command_uuid: String,
-    pub enrollment_id: String,
-    pub channel: String,
+    pub command_uuid: CommandUuid,
+    pub enrollment_id: EnrollmentId,
+    #[sqlx(try_from = "String")]
+    pub channel: Channel,
     pub request_type: String,
-    /// `queued`, `sent`, `not_now`, `acknowledged`, `error`, `command_format_error`.
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: CommandState,
     pub queued_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -535,9 +471,10 @@ pub struct CommandRecord {
 /// Where to push one enrollment (secrets: never logged).
 #[derive(Clone, sqlx::FromRow)]
 pub struct PushTargetRow {
-    pub enrollment_id: String,
-    /// `device` or `user`: whose push token this is.
-    pub channel: String,
+    pub enrollment_id: EnrollmentId,
+    /// Whose push token this is.
+    #[sqlx(try_from = "String")]
+    pub channel: Channel,
     pub push_token: Vec<u8>,
     pub push_magic: String,
 }

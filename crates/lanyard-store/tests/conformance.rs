@@ -240,7 +240,7 @@ mod identity_renewal {
             (h[0].command_uuid.as_str(), h[0].request_type.as_str()),
             ("r1", "InstallProfile")
         );
-        assert_eq!(h[0].channel, CHANNEL_DEVICE);
+        assert_eq!(h[0].channel, Channel::Device);
         let logged = s
             .list_audit(&AuditFilter {
                 action: Some("enrollment.identity_renewal".into()),
@@ -364,14 +364,14 @@ mod identity_renewal {
         let t = now();
         // The old identity still works on the command channel; it gets the renewal.
         let x = s
-            .command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t))
+            .command_exchange(&exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
             .await
             .unwrap();
         assert_eq!(next_uuid(x).as_deref(), Some("r-e1"));
         // A request signed by the new identity but refused (another EnrollmentID) promotes
         // nothing.
         assert_eq!(
-            s.command_exchange(&exchange("id-new", "EID-x", CHANNEL_DEVICE, None, None, t))
+            s.command_exchange(&exchange("id-new", "EID-x", Channel::Device, None, None, t))
                 .await
                 .unwrap(),
             Exchanged::Refused(IdentityBinding::OtherDevice)
@@ -386,7 +386,7 @@ mod identity_renewal {
             .command_exchange(&exchange(
                 "id-new",
                 "EID-e1",
-                CHANNEL_DEVICE,
+                Channel::Device,
                 Some(&ack),
                 None,
                 t1,
@@ -399,12 +399,19 @@ mod identity_renewal {
         assert_eq!(e.next_identity_sha256, None);
         assert_eq!(e.identity_renewed_at, Some(t1));
         let h = s.command_history("e1", 10).await.unwrap();
-        assert_eq!(h[0].status, "acknowledged");
+        assert_eq!(h[0].status, CommandState::Acknowledged);
         // The old identity is refused like an unknown one.
         assert_eq!(
-            s.command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t1))
-                .await
-                .unwrap(),
+            s.command_exchange(&exchange(
+                "id-e1",
+                "EID-e1",
+                Channel::Device,
+                None,
+                None,
+                t1
+            ))
+            .await
+            .unwrap(),
             Exchanged::UnknownIdentity
         );
         assert!(s
@@ -474,7 +481,7 @@ mod identity_renewal {
         s.command_exchange(&exchange(
             "id-e2-new",
             "EID-e2",
-            CHANNEL_DEVICE,
+            Channel::Device,
             None,
             None,
             t,
@@ -484,7 +491,7 @@ mod identity_renewal {
         s.command_exchange(&exchange(
             "id-e2-new",
             "EID-e2",
-            CHANNEL_DEVICE,
+            Channel::Device,
             Some(&outcome("r-e2", "acknowledged")),
             None,
             t,
@@ -514,14 +521,14 @@ mod identity_renewal {
         // e4's renewal ended without a new identity (the Mac answered Error): due again, but
         // only once the retry interval has passed.
         let x = s
-            .command_exchange(&exchange("id-e4", "EID-e4", CHANNEL_DEVICE, None, None, t))
+            .command_exchange(&exchange("id-e4", "EID-e4", Channel::Device, None, None, t))
             .await
             .unwrap();
         assert_eq!(next_uuid(x).as_deref(), Some("r-e4"));
         s.command_exchange(&exchange(
             "id-e4",
             "EID-e4",
-            CHANNEL_DEVICE,
+            Channel::Device,
             Some(&outcome("r-e4", "error")),
             None,
             t,
@@ -586,7 +593,7 @@ mod identity_renewal {
             s.command_exchange(&exchange(
                 "id-e1-new",
                 "EID-e1",
-                CHANNEL_DEVICE,
+                Channel::Device,
                 None,
                 None,
                 t
@@ -835,14 +842,14 @@ async fn admins_and_lockout(s: &dyn Store) {
         .create_admin(
             "root",
             "hash1",
-            "administrator",
+            Role::Administrator,
             &audit("admin.create", "root"),
         )
         .await
         .unwrap();
     assert!(a.enabled);
     assert!(s
-        .create_admin("root", "h", "read_only", &audit("admin.create", "root"))
+        .create_admin("root", "h", Role::ReadOnly, &audit("admin.create", "root"))
         .await
         .is_err());
     assert_eq!(s.count_admins().await.unwrap(), 1);
@@ -875,11 +882,21 @@ fn session_of(admin_id: i64, hash: &str) -> AdminSession {
 /// administrator set it), and nobody else's, in the same transaction as its audit line.
 async fn password_change_ends_other_sessions(s: &dyn Store) {
     let a = s
-        .create_admin("ann", "h", "administrator", &audit("admin.create", "ann"))
+        .create_admin(
+            "ann",
+            "h",
+            Role::Administrator,
+            &audit("admin.create", "ann"),
+        )
         .await
         .unwrap();
     let b = s
-        .create_admin("bob", "h", "administrator", &audit("admin.create", "bob"))
+        .create_admin(
+            "bob",
+            "h",
+            Role::Administrator,
+            &audit("admin.create", "bob"),
+        )
         .await
         .unwrap();
     for (id, hash) in [(a.id, "a1"), (a.id, "a2"), (a.id, "a3"), (b.id, "b1")] {
@@ -917,39 +934,39 @@ async fn password_change_ends_other_sessions(s: &dyn Store) {
 /// Two administrators disabling (or removing) each other at the same moment: one of them stays,
 /// whatever the interleaving. Tried many times so that a racy check would show.
 async fn last_administrator_survives_concurrent_disables(s: &dyn Store) {
-    // Each round has its own protected role with exactly two enabled members.
+    // Each round starts with exactly two enabled members of the protected role: the survivor
+    // of the round before is disabled once the round's two exist.
+    let role = Role::ReadOnly;
+    let mut survivor: Option<i64> = None;
     for round in 0..25 {
-        let role = format!("role{round}");
         let a = s
-            .create_admin(
-                &format!("a{round}"),
-                "h",
-                &role,
-                &audit("admin.create", "a"),
-            )
+            .create_admin(&format!("a{round}"), "h", role, &audit("admin.create", "a"))
             .await
             .unwrap();
         let b = s
-            .create_admin(
-                &format!("b{round}"),
-                "h",
-                &role,
-                &audit("admin.create", "b"),
-            )
+            .create_admin(&format!("b{round}"), "h", role, &audit("admin.create", "b"))
             .await
             .unwrap();
+        if let Some(id) = survivor.take() {
+            let off = audit("admin.disable", "survivor");
+            assert!(s
+                .set_admin_enabled(id, false, role, &off)
+                .await
+                .unwrap()
+                .is_some());
+        }
         let (off_a, off_b) = (audit("admin.disable", "a"), audit("admin.disable", "b"));
         let (rm_a, rm_b) = (audit("admin.remove", "a"), audit("admin.remove", "b"));
         let (ra, rb) = if round % 2 == 0 {
             let (x, y) = tokio::join!(
-                s.set_admin_enabled(a.id, false, &role, &off_a),
-                s.set_admin_enabled(b.id, false, &role, &off_b),
+                s.set_admin_enabled(a.id, false, role, &off_a),
+                s.set_admin_enabled(b.id, false, role, &off_b),
             );
             (x.unwrap().is_some(), y.unwrap().is_some())
         } else {
             let (x, y) = tokio::join!(
-                s.delete_admin(a.id, &role, &rm_a),
-                s.delete_admin(b.id, &role, &rm_b),
+                s.delete_admin(a.id, role, &rm_a),
+                s.delete_admin(b.id, role, &rm_b),
             );
             (x.unwrap(), y.unwrap())
         };
@@ -958,28 +975,45 @@ async fn last_administrator_survives_concurrent_disables(s: &dyn Store) {
             "round {round}: both went, no administrator left"
         );
         assert!(ra || rb, "round {round}: neither went");
-        let left = s
+        let left: Vec<i64> = s
             .list_admins()
             .await
             .unwrap()
             .into_iter()
             .filter(|x| x.enabled && x.role == role)
-            .count();
-        assert_eq!(left, 1, "round {round}");
+            .map(|x| x.id)
+            .collect();
+        assert_eq!(left.len(), 1, "round {round}");
+        survivor = left.first().copied();
     }
 }
 
 async fn admins_disable_and_remove(s: &dyn Store) {
     let root = s
-        .create_admin("root", "h", "administrator", &audit("admin.create", "root"))
+        .create_admin(
+            "root",
+            "h",
+            Role::Administrator,
+            &audit("admin.create", "root"),
+        )
         .await
         .unwrap();
     let ops = s
-        .create_admin("ops", "h", "administrator", &audit("admin.create", "ops"))
+        .create_admin(
+            "ops",
+            "h",
+            Role::Administrator,
+            &audit("admin.create", "ops"),
+        )
         .await
         .unwrap();
     let viewer = s
-        .create_admin("viewer", "h", "read_only", &audit("admin.create", "viewer"))
+        .create_admin(
+            "viewer",
+            "h",
+            Role::ReadOnly,
+            &audit("admin.create", "viewer"),
+        )
         .await
         .unwrap();
     s.create_session(&session_of(ops.id, "ops-s"))
@@ -1002,7 +1036,7 @@ async fn admins_disable_and_remove(s: &dyn Store) {
         .set_admin_enabled(
             ops.id,
             false,
-            "administrator",
+            Role::Administrator,
             &audit("admin.disable", "ops"),
         )
         .await
@@ -1016,7 +1050,7 @@ async fn admins_disable_and_remove(s: &dyn Store) {
         s.set_admin_enabled(
             root.id,
             false,
-            "administrator",
+            Role::Administrator,
             &audit("admin.disable", "root")
         )
         .await
@@ -1024,7 +1058,7 @@ async fn admins_disable_and_remove(s: &dyn Store) {
         None
     );
     assert!(!s
-        .delete_admin(root.id, "administrator", &audit("admin.remove", "root"))
+        .delete_admin(root.id, Role::Administrator, &audit("admin.remove", "root"))
         .await
         .unwrap());
     assert!(s.admin_by_id(root.id).await.unwrap().unwrap().enabled);
@@ -1035,25 +1069,34 @@ async fn admins_disable_and_remove(s: &dyn Store) {
     );
     // A read-only administrator never keeps the server administrable: removable.
     assert!(s
-        .delete_admin(viewer.id, "administrator", &audit("admin.remove", "viewer"))
+        .delete_admin(
+            viewer.id,
+            Role::Administrator,
+            &audit("admin.remove", "viewer")
+        )
         .await
         .unwrap());
     // Disabled administrators may be removed; their tokens go with them.
     assert!(s
-        .delete_admin(ops.id, "administrator", &audit("admin.remove", "ops"))
+        .delete_admin(ops.id, Role::Administrator, &audit("admin.remove", "ops"))
         .await
         .unwrap());
     assert!(s.admin_by_id(ops.id).await.unwrap().is_none());
     assert!(s.api_token_by_hash("ops-token").await.unwrap().is_none());
     // Enabling is never refused; then root may go.
     let ops2 = s
-        .create_admin("ops2", "h", "administrator", &audit("admin.create", "ops2"))
+        .create_admin(
+            "ops2",
+            "h",
+            Role::Administrator,
+            &audit("admin.create", "ops2"),
+        )
         .await
         .unwrap();
     s.set_admin_enabled(
         ops2.id,
         false,
-        "administrator",
+        Role::Administrator,
         &audit("admin.disable", "ops2"),
     )
     .await
@@ -1063,7 +1106,7 @@ async fn admins_disable_and_remove(s: &dyn Store) {
         s.set_admin_enabled(
             ops2.id,
             true,
-            "administrator",
+            Role::Administrator,
             &audit("admin.enable", "ops2")
         )
         .await
@@ -1072,16 +1115,16 @@ async fn admins_disable_and_remove(s: &dyn Store) {
         .enabled
     );
     assert!(s
-        .delete_admin(root.id, "administrator", &audit("admin.remove", "root"))
+        .delete_admin(root.id, Role::Administrator, &audit("admin.remove", "root"))
         .await
         .unwrap());
     assert!(matches!(
-        s.delete_admin(root.id, "administrator", &audit("admin.remove", "root"))
+        s.delete_admin(root.id, Role::Administrator, &audit("admin.remove", "root"))
             .await,
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        s.set_admin_enabled(999, true, "administrator", &audit("admin.enable", "x"))
+        s.set_admin_enabled(999, true, Role::Administrator, &audit("admin.enable", "x"))
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -1297,7 +1340,12 @@ async fn throttle_keys_clear_unlock_and_prune(s: &dyn Store) {
 
 async fn api_tokens(s: &dyn Store) {
     let a = s
-        .create_admin("ops", "h", "administrator", &audit("admin.create", "ops"))
+        .create_admin(
+            "ops",
+            "h",
+            Role::Administrator,
+            &audit("admin.create", "ops"),
+        )
         .await
         .unwrap();
     let t = s
@@ -1333,7 +1381,12 @@ async fn api_tokens(s: &dyn Store) {
 
 async fn sessions_expire(s: &dyn Store) {
     let a = s
-        .create_admin("ops", "h", "administrator", &audit("admin.create", "ops"))
+        .create_admin(
+            "ops",
+            "h",
+            Role::Administrator,
+            &audit("admin.create", "ops"),
+        )
         .await
         .unwrap();
     let t0 = now();
@@ -1504,9 +1557,9 @@ fn new_enrollment(user: &User, id: &str, challenge: &str, mins: i64) -> NewEnrol
         id: id.into(),
         user_id: user.id,
         managed_apple_id: user.email.clone(),
-        ownership: "employee".into(),
+        ownership: Ownership::Employee,
         attributes: r#"{"team":"blue"}"#.into(),
-        mode: "user_enrollment".into(),
+        mode: EnrollmentMode::UserEnrollment,
         os_version: Some("15.2".into()),
         build_version: None,
         product: Some("Mac14,2".into()),
@@ -1530,7 +1583,7 @@ async fn access_tokens_are_single_use(s: &dyn Store) {
         s.create_access_token(&AccessTokenRow {
             token_hash: hash.into(),
             user_id: u.id,
-            ownership: "employee".into(),
+            ownership: Ownership::Employee,
             attributes: "{}".into(),
             created_at: t0,
             expires_at: t0 + Duration::minutes(mins),
@@ -1942,7 +1995,7 @@ async fn command_exchange_reactivates_an_inactive_enrollment(s: &dyn Store) {
         1
     );
     let idle = s
-        .command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t))
+        .command_exchange(&exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
         .await
         .unwrap();
     assert!(next_uuid(idle).is_none());
@@ -1954,7 +2007,7 @@ async fn command_exchange_reactivates_an_inactive_enrollment(s: &dyn Store) {
         .await
         .unwrap();
     let other = s
-        .command_exchange(&exchange("id-e1", "EID-x", CHANNEL_DEVICE, None, None, t))
+        .command_exchange(&exchange("id-e1", "EID-x", Channel::Device, None, None, t))
         .await
         .unwrap();
     assert!(
@@ -1988,7 +2041,7 @@ fn cmd(uuid: &str, request_type: &str) -> NewCommand {
 fn outcome(uuid: &str, status: &str) -> CommandOutcome {
     CommandOutcome {
         command_uuid: uuid.into(),
-        status: status.into(),
+        status: CommandState::parse(status).expect("a command status"),
         result: Some(b"<dict/>".to_vec()),
         error_chain: None,
         retry_after: None,
@@ -1998,7 +2051,7 @@ fn outcome(uuid: &str, status: &str) -> CommandOutcome {
 async fn command_queue_round_trip(s: &dyn Store) {
     enrolled(s, "e1").await;
     let t = now();
-    let targets = [("e1".to_string(), CHANNEL_DEVICE.to_string())];
+    let targets = [("e1".into(), Channel::Device)];
     for (u, rt) in [("c1", "DeviceInformation"), ("c2", "ProfileList")] {
         assert_eq!(
             s.enqueue_command(&cmd(u, rt), &targets, &audit("command.enqueue", u))
@@ -2008,14 +2061,14 @@ async fn command_queue_round_trip(s: &dyn Store) {
         );
     }
     assert!(
-        s.next_command("e1", CHANNEL_USER, t)
+        s.next_command("e1", Channel::User, t)
             .await
             .unwrap()
             .is_none(),
         "user channel empty"
     );
     let n = s
-        .next_command("e1", CHANNEL_DEVICE, t)
+        .next_command("e1", Channel::Device, t)
         .await
         .unwrap()
         .unwrap();
@@ -2026,27 +2079,27 @@ async fn command_queue_round_trip(s: &dyn Store) {
     assert_eq!(n.payload, b"<plist>c1</plist>");
     // Idle again without an answer: the same command again.
     let again = s
-        .next_command("e1", CHANNEL_DEVICE, t)
+        .next_command("e1", Channel::Device, t)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(again.command_uuid, "c1");
     let rt = s
-        .record_command_outcome("e1", CHANNEL_DEVICE, &outcome("c1", "acknowledged"), t)
+        .record_command_outcome("e1", Channel::Device, &outcome("c1", "acknowledged"), t)
         .await
         .unwrap();
     assert_eq!(rt, "DeviceInformation");
     let n = s
-        .next_command("e1", CHANNEL_DEVICE, t)
+        .next_command("e1", Channel::Device, t)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(n.command_uuid, "c2");
-    s.record_command_outcome("e1", CHANNEL_DEVICE, &outcome("c2", "error"), t)
+    s.record_command_outcome("e1", Channel::Device, &outcome("c2", "error"), t)
         .await
         .unwrap();
     assert!(s
-        .next_command("e1", CHANNEL_DEVICE, t)
+        .next_command("e1", Channel::Device, t)
         .await
         .unwrap()
         .is_none());
@@ -2060,7 +2113,7 @@ async fn command_queue_round_trip(s: &dyn Store) {
     assert!(h[1].finished_at.is_some() && h[1].sent_at.is_some());
     // A duplicate result is for a command no longer given: refused, nothing changes.
     assert!(matches!(
-        s.record_command_outcome("e1", CHANNEL_DEVICE, &outcome("c1", "acknowledged"), t)
+        s.record_command_outcome("e1", Channel::Device, &outcome("c1", "acknowledged"), t)
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -2080,7 +2133,7 @@ async fn command_not_now_and_unknown_results(s: &dyn Store) {
     enrolled(s, "e1").await;
     enrolled(s, "e2").await;
     let t = now();
-    let e1 = [("e1".to_string(), CHANNEL_DEVICE.to_string())];
+    let e1 = [("e1".into(), Channel::Device)];
     s.enqueue_command(
         &cmd("c1", "SecurityInfo"),
         &e1,
@@ -2090,35 +2143,35 @@ async fn command_not_now_and_unknown_results(s: &dyn Store) {
     .unwrap();
     // Never sent yet: a result for it is refused.
     assert!(s
-        .record_command_outcome("e1", CHANNEL_DEVICE, &outcome("c1", "acknowledged"), t)
+        .record_command_outcome("e1", Channel::Device, &outcome("c1", "acknowledged"), t)
         .await
         .is_err());
-    s.next_command("e1", CHANNEL_DEVICE, t)
+    s.next_command("e1", Channel::Device, t)
         .await
         .unwrap()
         .unwrap();
     // Another enrollment cannot answer for it.
     assert!(s
-        .record_command_outcome("e2", CHANNEL_DEVICE, &outcome("c1", "acknowledged"), t)
+        .record_command_outcome("e2", Channel::Device, &outcome("c1", "acknowledged"), t)
         .await
         .is_err());
     let mut nn = outcome("c1", "not_now");
     nn.retry_after = Some(t + Duration::minutes(10));
     assert_eq!(
-        s.record_command_outcome("e1", CHANNEL_DEVICE, &nn, t)
+        s.record_command_outcome("e1", Channel::Device, &nn, t)
             .await
             .unwrap(),
         "not_now"
     );
     assert!(
-        s.next_command("e1", CHANNEL_DEVICE, t)
+        s.next_command("e1", Channel::Device, t)
             .await
             .unwrap()
             .is_none(),
         "deferred"
     );
     assert_eq!(
-        s.next_command("e1", CHANNEL_DEVICE, t + Duration::minutes(11))
+        s.next_command("e1", Channel::Device, t + Duration::minutes(11))
             .await
             .unwrap()
             .unwrap()
@@ -2126,12 +2179,12 @@ async fn command_not_now_and_unknown_results(s: &dyn Store) {
         "c1",
         "due again after the back-off"
     );
-    s.record_command_outcome("e1", CHANNEL_DEVICE, &nn, t)
+    s.record_command_outcome("e1", Channel::Device, &nn, t)
         .await
         .unwrap();
     assert_eq!(s.release_not_now("e1").await.unwrap(), 1);
     assert_eq!(
-        s.next_command("e1", CHANNEL_DEVICE, t)
+        s.next_command("e1", Channel::Device, t)
             .await
             .unwrap()
             .unwrap()
@@ -2141,7 +2194,7 @@ async fn command_not_now_and_unknown_results(s: &dyn Store) {
     );
     assert_eq!(s.clear_queue("e1").await.unwrap(), 1);
     assert!(s
-        .next_command("e1", CHANNEL_DEVICE, t)
+        .next_command("e1", Channel::Device, t)
         .await
         .unwrap()
         .is_none());
@@ -2152,7 +2205,7 @@ async fn command_bulk_enqueue_and_prune(s: &dyn Store) {
     for i in 0..1203 {
         let id = format!("e{i}");
         enrolled(s, &id).await;
-        targets.push((id, CHANNEL_DEVICE.to_string()));
+        targets.push((id.into(), Channel::Device));
     }
     let n = s
         .enqueue_command(
@@ -2166,7 +2219,7 @@ async fn command_bulk_enqueue_and_prune(s: &dyn Store) {
     assert_eq!(s.command_targets("bulk").await.unwrap().len(), 1203);
     // A target that does not exist fails the whole enqueue: nothing is half-written.
     let mut bad = targets[..3].to_vec();
-    bad.push(("nope".into(), CHANNEL_DEVICE.into()));
+    bad.push(("nope".into(), Channel::Device));
     assert!(s
         .enqueue_command(
             &cmd("bad", "ProfileList"),
@@ -2177,11 +2230,11 @@ async fn command_bulk_enqueue_and_prune(s: &dyn Store) {
         .is_err());
     assert!(s.command_targets("bad").await.unwrap().is_empty());
     let t = now();
-    s.next_command("e7", CHANNEL_DEVICE, t)
+    s.next_command("e7", Channel::Device, t)
         .await
         .unwrap()
         .unwrap();
-    s.record_command_outcome("e7", CHANNEL_DEVICE, &outcome("bulk", "acknowledged"), t)
+    s.record_command_outcome("e7", Channel::Device, &outcome("bulk", "acknowledged"), t)
         .await
         .unwrap();
     assert_eq!(
@@ -2206,10 +2259,8 @@ async fn push_requests_survive_the_requester(s: &dyn Store) {
     for id in ["p1", "p2", "p3"] {
         enrolled(s, id).await;
     }
-    let targets = |ids: &[&str]| -> Vec<(String, String)> {
-        ids.iter()
-            .map(|i| (i.to_string(), CHANNEL_DEVICE.to_string()))
-            .collect()
+    let targets = |ids: &[&str]| -> Vec<(EnrollmentId, Channel)> {
+        ids.iter().map(|i| ((*i).into(), Channel::Device)).collect()
     };
     let pushed = NewCommand {
         push: true,
@@ -2318,16 +2369,16 @@ async fn device_writes_are_bounded(s: &dyn Store) {
         let uuid = format!("c{i}");
         s.enqueue_command(
             &cmd(&uuid, "ProfileList"),
-            &[("f".to_string(), CHANNEL_DEVICE.to_string())],
+            &[("f".into(), Channel::Device)],
             &audit("command.enqueue", &uuid),
         )
         .await
         .unwrap();
-        s.next_command("f", CHANNEL_DEVICE, t)
+        s.next_command("f", Channel::Device, t)
             .await
             .unwrap()
             .unwrap();
-        s.record_command_outcome("f", CHANNEL_DEVICE, &outcome(&uuid, "acknowledged"), t)
+        s.record_command_outcome("f", Channel::Device, &outcome(&uuid, "acknowledged"), t)
             .await
             .unwrap();
     }
@@ -2573,7 +2624,7 @@ async fn device_search_takes_wildcards_literally(s: &dyn Store) {
         ..page(search)
     };
     let ids = |p: Paged<Enrollment>| {
-        let mut v: Vec<String> = p.items.into_iter().map(|e| e.id).collect();
+        let mut v: Vec<String> = p.items.into_iter().map(|e| e.id.0).collect();
         v.sort();
         v
     };
@@ -2602,7 +2653,7 @@ async fn device_search_takes_wildcards_literally(s: &dyn Store) {
         let payload = b"<plist/>".to_vec();
         s.enqueue_command(
             &NewCommand {
-                uuid: uuid.clone(),
+                uuid: uuid.as_str().into(),
                 request_type: "DeviceInformation".into(),
                 payload,
                 created_by: "tester".into(),
@@ -2610,7 +2661,7 @@ async fn device_search_takes_wildcards_literally(s: &dyn Store) {
             },
             &targets
                 .iter()
-                .map(|id| (id.clone(), CHANNEL_DEVICE.to_string()))
+                .map(|id| (id.clone().into(), Channel::Device))
                 .collect::<Vec<_>>(),
             &audit("command.enqueue", search),
         )
@@ -2621,7 +2672,7 @@ async fn device_search_takes_wildcards_literally(s: &dyn Store) {
             .await
             .unwrap()
             .into_iter()
-            .map(|r| r.enrollment_id)
+            .map(|r| r.enrollment_id.0)
             .collect();
         reached.sort();
         assert_eq!(reached, want, "search {search:?} reaches");
@@ -3296,7 +3347,7 @@ impl InventoryMerge for TestMerge {
 fn exchange<'a>(
     id: &'a str,
     eid: &'a str,
-    channel: &'a str,
+    channel: Channel,
     outcome: Option<&'a CommandOutcome>,
     merge: Option<&'a dyn InventoryMerge>,
     at: chrono::DateTime<chrono::Utc>,
@@ -3313,7 +3364,7 @@ fn exchange<'a>(
 
 fn next_uuid(x: Exchanged) -> Option<String> {
     match x {
-        Exchanged::Done { next, .. } => next.map(|n| n.command_uuid),
+        Exchanged::Done { next, .. } => next.map(|n| n.command_uuid.0),
         other => panic!("expected Done, got {other:?}"),
     }
 }
@@ -3321,14 +3372,14 @@ fn next_uuid(x: Exchanged) -> Option<String> {
 async fn command_exchange_in_one_transaction(s: &dyn Store) {
     bound(s, "e1").await;
     let t = now();
-    let e1 = [("e1".to_string(), CHANNEL_DEVICE.to_string())];
+    let e1 = [("e1".into(), Channel::Device)];
     for (u, rt) in [("c1", "DeviceInformation"), ("c2", "ProfileList")] {
         s.enqueue_command(&cmd(u, rt), &e1, &audit("command.enqueue", u))
             .await
             .unwrap();
     }
     let x = s
-        .command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t))
+        .command_exchange(&exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
         .await
         .unwrap();
     assert!(
@@ -3348,7 +3399,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
         .command_exchange(&exchange(
             "id-e1",
             "EID-e1",
-            CHANNEL_DEVICE,
+            Channel::Device,
             Some(&ack),
             Some(&merge),
             t1,
@@ -3380,7 +3431,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
         .command_exchange(&exchange(
             "id-e1",
             "EID-e1",
-            CHANNEL_DEVICE,
+            Channel::Device,
             Some(&ack2),
             Some(&same),
             t2,
@@ -3405,7 +3456,14 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
             .unwrap();
     }
     let x = s
-        .command_exchange(&exchange("id-e1", "EID-e1", CHANNEL_DEVICE, None, None, t2))
+        .command_exchange(&exchange(
+            "id-e1",
+            "EID-e1",
+            Channel::Device,
+            None,
+            None,
+            t2,
+        ))
         .await
         .unwrap();
     assert_eq!(next_uuid(x).as_deref(), Some("c3"));
@@ -3415,7 +3473,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
         .command_exchange(&exchange(
             "id-e1",
             "EID-e1",
-            CHANNEL_DEVICE,
+            Channel::Device,
             Some(&nn),
             Some(&merge),
             t2,
@@ -3435,13 +3493,13 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     );
     let h = s.command_history("e1", 10).await.unwrap();
     let c3 = h.iter().find(|r| r.command_uuid == "c3").unwrap();
-    assert_eq!(c3.status, "not_now");
+    assert_eq!(c3.status, CommandState::NotNow);
     let later = t2 + Duration::seconds(1);
     let x = s
         .command_exchange(&exchange(
             "id-e1",
             "EID-e1",
-            CHANNEL_DEVICE,
+            Channel::Device,
             None,
             None,
             later,
@@ -3456,7 +3514,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     // The user channel has its own queue.
     s.enqueue_command(
         &cmd("u1", "ProfileList"),
-        &[("e1".to_string(), CHANNEL_USER.to_string())],
+        &[("e1".into(), Channel::User)],
         &audit("command.enqueue", "u1"),
     )
     .await
@@ -3465,7 +3523,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
         .command_exchange(&exchange(
             "id-e1",
             "EID-e1",
-            CHANNEL_USER,
+            Channel::User,
             None,
             None,
             later,
@@ -3478,7 +3536,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
         .command_exchange(&exchange(
             "id-e1",
             "EID-e1",
-            CHANNEL_USER,
+            Channel::User,
             Some(&ack_u),
             None,
             later,
@@ -3490,7 +3548,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
         .command_exchange(&exchange(
             "id-e1",
             "EID-e1",
-            CHANNEL_DEVICE,
+            Channel::Device,
             None,
             None,
             later,
@@ -3515,7 +3573,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     bound(s, "e1").await;
     bound(s, "e2").await;
     let t = now();
-    let e1 = [("e1".to_string(), CHANNEL_DEVICE.to_string())];
+    let e1 = [("e1".into(), Channel::Device)];
     s.enqueue_command(
         &cmd("c1", "DeviceInformation"),
         &e1,
@@ -3532,7 +3590,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
         .command_exchange(&exchange(
             "id-e1",
             "EID-e1",
-            CHANNEL_DEVICE,
+            Channel::Device,
             Some(&ack),
             Some(&merge),
             t,
@@ -3549,7 +3607,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
         for status in ["acknowledged", "not_now"] {
             let o = outcome(uuid, status);
             let x = s
-                .command_exchange(&exchange(id, eid, CHANNEL_DEVICE, Some(&o), None, t))
+                .command_exchange(&exchange(id, eid, Channel::Device, Some(&o), None, t))
                 .await
                 .unwrap();
             assert_eq!(
@@ -3559,14 +3617,17 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
             );
         }
     }
-    assert_eq!(s.command_history("e1", 10).await.unwrap()[0].status, "sent");
+    assert_eq!(
+        s.command_history("e1", 10).await.unwrap()[0].status,
+        CommandState::Sent
+    );
     assert!(s.command_history("e2", 10).await.unwrap().is_empty());
     // Unknown identity, another device's EnrollmentID, a checked-out enrollment.
     assert_eq!(
         s.command_exchange(&exchange(
             "id-zz",
             "EID-e1",
-            CHANNEL_DEVICE,
+            Channel::Device,
             Some(&ack),
             None,
             t
@@ -3579,7 +3640,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
         s.command_exchange(&exchange(
             "id-e1",
             "EID-e2",
-            CHANNEL_DEVICE,
+            Channel::Device,
             Some(&ack),
             None,
             t
@@ -3590,18 +3651,21 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     );
     s.record_checkout("e2", t).await.unwrap();
     assert_eq!(
-        s.command_exchange(&exchange("id-e2", "EID-e2", CHANNEL_DEVICE, None, None, t))
+        s.command_exchange(&exchange("id-e2", "EID-e2", Channel::Device, None, None, t))
             .await
             .unwrap(),
         Exchanged::Refused(IdentityBinding::CheckedOut)
     );
-    assert_eq!(s.command_history("e1", 10).await.unwrap()[0].status, "sent");
+    assert_eq!(
+        s.command_history("e1", 10).await.unwrap()[0].status,
+        CommandState::Sent
+    );
     // The real answer still goes through.
     let x = s
         .command_exchange(&exchange(
             "id-e1",
             "EID-e1",
-            CHANNEL_DEVICE,
+            Channel::Device,
             Some(&ack),
             Some(&merge),
             t,
@@ -3616,7 +3680,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
         .command_exchange(&exchange(
             "id-e1",
             "EID-e1",
-            CHANNEL_DEVICE,
+            Channel::Device,
             Some(&ack),
             Some(&merge),
             later,
@@ -3647,14 +3711,14 @@ async fn fan_out_reads_and_push_batches(s: &dyn Store) {
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.id)
+        .map(|e| e.id.0)
         .collect();
     got.sort();
     assert_eq!(got, ["e1", "e2", "e3"]);
     assert!(s.enrollments_by_ids(&[]).await.unwrap().is_empty());
 
     let t = now();
-    let e1 = [("e1".to_string(), CHANNEL_DEVICE.to_string())];
+    let e1 = [("e1".into(), Channel::Device)];
     s.enqueue_command(
         &cmd("c1", "SecurityInfo"),
         &e1,
@@ -3662,18 +3726,18 @@ async fn fan_out_reads_and_push_batches(s: &dyn Store) {
     )
     .await
     .unwrap();
-    s.next_command("e1", CHANNEL_DEVICE, t)
+    s.next_command("e1", Channel::Device, t)
         .await
         .unwrap()
         .unwrap();
     let mut nn = outcome("c1", "not_now");
     nn.retry_after = Some(t + Duration::minutes(10));
-    s.record_command_outcome("e1", CHANNEL_DEVICE, &nn, t)
+    s.record_command_outcome("e1", Channel::Device, &nn, t)
         .await
         .unwrap();
     let rec = |id: &str, status: &str, drop_token: bool, release: bool| PushRecord {
         enrollment_id: id.into(),
-        channel: CHANNEL_DEVICE.into(),
+        channel: Channel::Device,
         status: status.into(),
         drop_token,
         release_not_now: release,
@@ -3701,7 +3765,7 @@ async fn fan_out_reads_and_push_batches(s: &dyn Store) {
         assert_eq!(e.device_push_token.is_none(), id == "e3", "{id}");
     }
     assert_eq!(
-        s.next_command("e1", CHANNEL_DEVICE, t)
+        s.next_command("e1", Channel::Device, t)
             .await
             .unwrap()
             .unwrap()
@@ -3730,8 +3794,10 @@ async fn user_channel_push_targets(s: &dyn Store) {
     .unwrap();
     let ids = vec!["e1".to_string()];
     let channels = |ts: Vec<PushTargetRow>| {
-        let mut v: Vec<(String, String)> =
-            ts.into_iter().map(|t| (t.channel, t.push_magic)).collect();
+        let mut v: Vec<(String, String)> = ts
+            .into_iter()
+            .map(|t| (t.channel.to_string(), t.push_magic))
+            .collect();
         v.sort();
         v
     };
@@ -3742,7 +3808,7 @@ async fn user_channel_push_targets(s: &dyn Store) {
     );
     s.enqueue_command(
         &cmd("u1", "ProfileList"),
-        &[("e1".to_string(), CHANNEL_USER.to_string())],
+        &[("e1".into(), Channel::User)],
         &audit("command.enqueue", "u1"),
     )
     .await
@@ -3759,7 +3825,7 @@ async fn user_channel_push_targets(s: &dyn Store) {
     s.record_pushes(
         &[PushRecord {
             enrollment_id: "e1".into(),
-            channel: CHANNEL_USER.into(),
+            channel: Channel::User,
             status: "unregistered".into(),
             drop_token: true,
             release_not_now: false,
@@ -3777,7 +3843,7 @@ async fn checkout_drops_the_queue_in_one_step(s: &dyn Store) {
     bound(s, "e1").await;
     s.enqueue_command(
         &cmd("c1", "ProfileList"),
-        &[("e1".to_string(), CHANNEL_DEVICE.to_string())],
+        &[("e1".into(), Channel::Device)],
         &audit("command.enqueue", "c1"),
     )
     .await
@@ -3798,7 +3864,7 @@ async fn bearer_rebind_and_revoke(s: &dyn Store) {
     let token = |hash: &str| AccessTokenRow {
         token_hash: hash.into(),
         user_id: u.id,
-        ownership: "employee".into(),
+        ownership: Ownership::Employee,
         attributes: "{}".into(),
         created_at: t0,
         expires_at: t0 + Duration::minutes(10),
@@ -3845,7 +3911,7 @@ async fn bearer_rebind_and_revoke(s: &dyn Store) {
         s.create_access_token(&AccessTokenRow {
             token_hash: hash.into(),
             user_id: user,
-            ownership: "employee".into(),
+            ownership: Ownership::Employee,
             attributes: "{}".into(),
             created_at: t,
             expires_at: t + Duration::minutes(mins),

@@ -460,7 +460,7 @@ pub async fn admin(o: &Opened, cmd: AdminCmd) -> Result<()> {
             role,
             password,
         } => {
-            let role: Role = role.parse()?;
+            let role: Role = lanyard_core::admins::parse_role(&role)?;
             let password = read_password(password, "password")?;
             let a = l.create_admin(&actor, &username, &password, role).await?;
             println!("created administrator {} ({})", a.username, a.role.as_str());
@@ -664,7 +664,9 @@ pub async fn device(
                     None => bail!(
                         "unknown status `{s}`; use one of {}",
                         EnrollmentStatus::ALL
-                            .map(EnrollmentStatus::as_str)
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
                             .join(", ")
                     ),
                 },
@@ -995,8 +997,8 @@ fn print_commands(list: Vec<lanyard_core::commands::CommandView>) {
                     c.command_uuid,
                     c.enrollment_id,
                     c.request_type,
-                    c.channel,
-                    c.status,
+                    c.channel.to_string(),
+                    c.status.to_string(),
                     when(c.queued_at),
                     c.finished_at.map(when).unwrap_or_else(|| "-".into()),
                 ]

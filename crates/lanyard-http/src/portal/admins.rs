@@ -186,7 +186,7 @@ async fn add_admin(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let role: Role = match f.get("role").parse() {
+    let role: Role = match lanyard_core::admins::parse_role(f.get("role")) {
         Ok(r) => r,
         Err(e) => {
             let (status, text) = describe(e);

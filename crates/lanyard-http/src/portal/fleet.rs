@@ -11,7 +11,9 @@ use axum::{Form, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use lanyard_core::commands::{CommandChannel, CommandSpec, CommandTarget, CommandView};
+use lanyard_core::commands::{
+    CommandChannel, CommandSpec, CommandState, CommandTarget, CommandView,
+};
 use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
 use lanyard_core::CoreError;
 use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentStatus};
@@ -443,10 +445,10 @@ fn history_table(list: &[CommandView]) -> Markup {
             }
             tbody {
                 @for c in list {
-                    tr data-status=(c.status) {
+                    tr data-status=(c.status.as_str()) {
                         td { a href={ "/portal/commands/" (qv(&c.command_uuid)) } { (c.request_type) } }
-                        td { (c.channel) }
-                        td .status { (c.status) }
+                        td { (c.channel.as_str()) }
+                        td .status { (c.status.as_str()) }
                         td { (when(Some(c.queued_at))) }
                         td { (when(c.finished_at)) }
                         td {
@@ -723,17 +725,12 @@ async fn bulk_command(
 
 /// How far a command has come across its targets.
 fn progress(targets: &[CommandView]) -> Value {
-    let n = |st: &[&str]| {
-        targets
-            .iter()
-            .filter(|t| st.contains(&t.status.as_str()))
-            .count()
-    };
+    let n = |pick: fn(CommandState) -> bool| targets.iter().filter(|t| pick(t.status)).count();
     json!({
         "total": targets.len(),
-        "acknowledged": n(&["acknowledged"]),
-        "failed": n(&["error", "command_format_error"]),
-        "waiting": n(&["queued", "sent", "not_now"]),
+        "acknowledged": n(|s| s == CommandState::Acknowledged),
+        "failed": n(CommandState::is_failure),
+        "waiting": n(|s| !s.is_final()),
     })
 }
 
@@ -779,7 +776,7 @@ async fn command_page(
                 @for t in targets.iter().take(500) {
                     tr {
                         td { a href={ "/portal/devices/" (qv(&t.enrollment_id)) } { (t.enrollment_id) } }
-                        td { (t.status) }
+                        td { (t.status.as_str()) }
                         td { (when(t.finished_at)) }
                     }
                 }
