@@ -816,24 +816,16 @@ async fn upload_apns(
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, true).await {
+    let (sess, fields) = match change_upload(&s, &headers, multipart).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let fields = match multipart_fields(&sess, multipart).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let text = |name: &str| String::from_utf8_lossy(fields.first(name)).into_owned();
-    let (csrf, password) = (text("csrf"), text("password"));
+    let password = String::from_utf8_lossy(fields.first("password")).into_owned();
     let force = !fields.first("force").is_empty();
     let (cert, key) = (
         fields.first("certificate").to_vec(),
         fields.first("key").to_vec(),
     );
-    if let Err(r) = sess.check_csrf(&csrf) {
-        return r;
-    }
     if cert.is_empty() {
         return apns_page(
             &s,
@@ -934,6 +926,19 @@ impl UploadFields {
     }
 }
 
+/// A signed-in administrator's upload form (the multipart twin of `change_form`): the session
+/// that may change things, the form's fields, and its CSRF token checked.
+async fn change_upload(
+    s: &AppState,
+    headers: &HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(Session, UploadFields), Response> {
+    let sess = session(s, headers, true).await?;
+    let fields = multipart_fields(&sess, multipart).await?;
+    sess.check_csrf(&String::from_utf8_lossy(fields.first("csrf")))?;
+    Ok((sess, fields))
+}
+
 async fn multipart_fields(
     sess: &Session,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
@@ -994,17 +999,10 @@ async fn sign_apns_request(
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, true).await {
+    let (sess, fields) = match change_upload(&s, &headers, multipart).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let fields = match multipart_fields(&sess, multipart).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = sess.check_csrf(&String::from_utf8_lossy(fields.first("csrf"))) {
-        return r;
-    }
     let password = String::from_utf8_lossy(fields.first("password")).into_owned();
     let signed = match lanyard_core::pushcert::vendor_signer(
         fields.first("vendor"),
@@ -1061,17 +1059,10 @@ async fn decrypt_apns_reply(
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
-    let sess = match session(&s, &headers, true).await {
+    let (sess, fields) = match change_upload(&s, &headers, multipart).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let fields = match multipart_fields(&sess, multipart).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = sess.check_csrf(&String::from_utf8_lossy(fields.first("csrf"))) {
-        return r;
-    }
     match s
         .lanyard
         .decrypt_push_reply(&sess.actor, &s.secrets, fields.first("reply"))
