@@ -345,6 +345,7 @@ async fn signing_steps(db: Db) {
     let page = r.text().await.unwrap();
     assert!(page.contains("Not signed"), "{page}");
     assert!(page.contains("wrong password"), "{page}");
+    assert!(!page.contains("routines"), "no OpenSSL internals: {page}");
     let r = sign(
         csrf.clone(),
         pw.clone(),

@@ -51,7 +51,7 @@ pub const VENDOR_CN_PREFIX: &str = "MDM Vendor:";
 /// contain key material.
 #[derive(Debug, Error)]
 pub enum VendorError {
-    #[error("cannot open the vendor PKCS#12 file (wrong password or damaged file): {0}")]
+    #[error("cannot open the vendor PKCS#12 file: wrong password or damaged file")]
     Pkcs12(String),
     #[error("the vendor PKCS#12 file holds no {0}")]
     Missing(&'static str),

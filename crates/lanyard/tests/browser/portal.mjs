@@ -307,6 +307,7 @@ try {
   );
   await requestFile.saveAs(vendorFile("request.b64"));
   await step("requestfile", vendorFile("request.b64"));
+  await page.getByRole("link", { name: "APNs certificate" }).click();
   await accessible(page, "apns");
   await shot(page, "apns");
   console.log("push certificate request signed in the page");
