@@ -811,6 +811,18 @@ async fn apns_page(
     layout(sess, status, Nav::Apns, "APNs certificate", body)
 }
 
+/// The APNs page again, explaining why `e` refused the step after `prefix` (what was not done;
+/// empty when the explanation says it all).
+async fn apns_refused(s: &AppState, sess: &Session, prefix: &str, e: CoreError) -> Response {
+    let (status, text) = describe(e);
+    let text = if prefix.is_empty() {
+        text
+    } else {
+        format!("{prefix} {text}")
+    };
+    apns_page(s, sess, status, Some(Notice::Error(text))).await
+}
+
 async fn upload_apns(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -845,11 +857,7 @@ async fn upload_apns(
             .await
         {
             Ok(_) => see_other("/portal/apns?done=uploaded"),
-            Err(e) => {
-                let (status, text) = describe(e);
-                let text = format!("Nothing was changed. {text}");
-                apns_page(&s, &sess, status, Some(Notice::Error(text))).await
-            }
+            Err(e) => apns_refused(&s, &sess, "Nothing was changed.", e).await,
         };
     }
     let upload = if is_pem {
@@ -871,11 +879,7 @@ async fn upload_apns(
         .await
     {
         Ok(_) => see_other("/portal/apns?done=uploaded"),
-        Err(e) => {
-            let (status, text) = describe(e);
-            let text = format!("Nothing was changed. {text}");
-            apns_page(&s, &sess, status, Some(Notice::Error(text))).await
-        }
+        Err(e) => apns_refused(&s, &sess, "Nothing was changed.", e).await,
     }
 }
 
@@ -895,10 +899,7 @@ async fn create_apns_request(
         .await
     {
         Ok(_) => see_other("/portal/apns?done=requested"),
-        Err(e) => {
-            let (status, text) = describe(e);
-            apns_page(&s, &sess, status, Some(Notice::Error(text))).await
-        }
+        Err(e) => apns_refused(&s, &sess, "", e).await,
     }
 }
 
@@ -1014,11 +1015,7 @@ async fn sign_apns_request(
     };
     match signed {
         Ok(file) => request_file_download(file),
-        Err(e) => {
-            let (status, text) = describe(e);
-            let text = format!("Not signed. {text}");
-            apns_page(&s, &sess, status, Some(Notice::Error(text))).await
-        }
+        Err(e) => apns_refused(&s, &sess, "Not signed.", e).await,
     }
 }
 
@@ -1045,11 +1042,7 @@ async fn send_apns_request(
         .await
     {
         Ok(_) => see_other("/portal/apns?done=sent"),
-        Err(e) => {
-            let (status, text) = describe(e);
-            let text = format!("Nothing was sent or changed. {text}");
-            apns_page(&s, &sess, status, Some(Notice::Error(text))).await
-        }
+        Err(e) => apns_refused(&s, &sess, "Nothing was sent or changed.", e).await,
     }
 }
 
@@ -1069,10 +1062,7 @@ async fn decrypt_apns_reply(
         .await
     {
         Ok(file) => request_file_download(file),
-        Err(e) => {
-            let (status, text) = describe(e);
-            apns_page(&s, &sess, status, Some(Notice::Error(text))).await
-        }
+        Err(e) => apns_refused(&s, &sess, "", e).await,
     }
 }
 
