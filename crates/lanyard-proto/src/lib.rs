@@ -7,6 +7,8 @@
 //! - [`identity`]: how the identity keys of a request (`UDID`, `UserID`, `EnrollmentID`, …)
 //!   resolve to one enrollment key;
 //! - [`command`]: the command channel (device reports in, commands out);
+//! - [`declaration`]: declarative device management declarations and status items, checked
+//!   against Apple's schema (generated);
 //! - [`discovery`]: account-driven enrollment service discovery and the `user-identifier`;
 //! - [`machineinfo`]: the MachineInfo property list and OS versions;
 //! - [`mdm_error`]: the error document of a `403` answer to a device;
@@ -22,6 +24,7 @@
 
 pub mod checkin;
 pub mod command;
+pub mod declaration;
 pub mod discovery;
 pub mod error;
 pub mod identity;
@@ -31,6 +34,8 @@ pub mod profile;
 pub mod secret;
 pub mod user_enrollment;
 
+#[rustfmt::skip]
+mod declaration_table;
 mod plistutil;
 #[rustfmt::skip]
 mod ue_table;

@@ -1,5 +1,6 @@
 //! Checks against Apple's device-management schema (`../shared/apple-schema`):
-//! - the committed `ue_table.rs` is exactly what `lanyard-schemagen` generates from it;
+//! - the committed `ue_table.rs` and `declaration_table.rs` are exactly what
+//!   `lanyard-schemagen` generates from it;
 //! - the enrollment profile emits only keys the schema defines, every required key, and
 //!   nothing macOS User Enrollment forbids or ignores;
 //! - the check-in and MachineInfo decoders keep every key the schema defines.
@@ -54,6 +55,71 @@ fn ue_table_matches_the_schema() {
         "src/ue_table.rs is out of date with ../shared/apple-schema: run \
          `cargo run -p lanyard-schemagen -- --schema ../shared/apple-schema --out crates/lanyard-proto/src/ue_table.rs`"
     );
+}
+
+#[test]
+fn declaration_table_matches_the_schema() {
+    let Some(dir) = schema_dir() else { return };
+    let generated = generate::declarations::generate(&dir).unwrap();
+    let committed = include_str!("../src/declaration_table.rs");
+    assert!(committed.starts_with(generate::declarations::HEADER));
+    assert!(
+        generated == committed,
+        "src/declaration_table.rs is out of date with ../shared/apple-schema: run \
+         `cargo run -p lanyard-schemagen -- --schema ../shared/apple-schema --declarations-out crates/lanyard-proto/src/declaration_table.rs`"
+    );
+}
+
+/// Every declaration and status item file of the schema has its row, with the kind of its
+/// folder, read here straight from the YAML.
+#[test]
+fn declaration_table_covers_every_schema_file() {
+    use lanyard_proto::declaration::{self, DeclarationKind};
+    let Some(dir) = schema_dir() else { return };
+    let folders = [
+        ("activations", DeclarationKind::Activation),
+        ("assets", DeclarationKind::Asset),
+        ("configurations", DeclarationKind::Configuration),
+        ("management", DeclarationKind::Management),
+    ];
+    let mut seen = 0;
+    for (folder, kind) in folders {
+        for entry in std::fs::read_dir(dir.join("declarative/declarations").join(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            let doc = load_yaml(&path);
+            let t = doc["payload"]["declarationtype"].as_str().unwrap();
+            assert_eq!(declaration::kind_of(t), Some(kind), "{}", path.display());
+            let keys = keys_of(&doc, "payloadkeys");
+            let required: Vec<&str> = keys
+                .iter()
+                .filter(|k| k.get("presence").and_then(Yaml::as_str) == Some("required"))
+                .map(key_name)
+                .collect();
+            let row = declaration::declaration_schema(t).unwrap();
+            for r in required {
+                assert!(
+                    row.keys
+                        .iter()
+                        .any(|k| k.key == r && k.presence == declaration::Presence::Required),
+                    "{t}: {r}"
+                );
+            }
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, declaration::declarations().len());
+    let mut items = 0;
+    for entry in std::fs::read_dir(dir.join("declarative/status")).unwrap() {
+        let doc = load_yaml(&entry.unwrap().path());
+        if let Some(name) = doc["payload"]["statusitemtype"].as_str() {
+            assert!(declaration::status_item_known(name), "{name}");
+            items += 1;
+        }
+    }
+    assert_eq!(items, declaration::status_items().len());
 }
 
 fn profile_input() -> EnrollmentProfileInput {

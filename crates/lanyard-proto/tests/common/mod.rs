@@ -37,3 +37,36 @@ pub fn shared_path(rel: &str) -> Option<PathBuf> {
 pub fn read(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
+
+/// The project's harness Python (`LANYARD_HARNESS_PYTHON`, else `<repo>/.venv-harness`) when it
+/// can import `module`; otherwise `None` after a loud skip line (a failure when `CI=true`).
+pub fn harness_python(module: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("LANYARD_HARNESS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../.venv-harness/bin/python"
+            ))
+        });
+    let usable = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if usable {
+        return Some(python);
+    }
+    let why = format!(
+        "{} cannot import {module} (run scripts/ensure-test-deps to make .venv-harness)",
+        python.display()
+    );
+    let in_ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
+    assert!(!in_ci, "Python cross-check cannot run and CI=true: {why}");
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!! SKIPPED Python cross-check: {why} !!!!!\n"
+    );
+    None
+}
