@@ -272,3 +272,64 @@ proptest! {
         prop_assert_eq!(OsVersion::parse(&v.to_string()).unwrap(), v);
     }
 }
+
+/// Every key name of the declaration table (so generated payloads reach nested keys).
+fn schema_key_names() -> Vec<String> {
+    use lanyard_proto::declaration::{declarations, KeySchema};
+    fn walk(keys: &[KeySchema], out: &mut Vec<String>) {
+        for k in keys {
+            out.push(k.key.to_owned());
+            walk(k.subkeys, out);
+        }
+    }
+    let mut out = vec!["Unknown".to_owned()];
+    for e in declarations() {
+        walk(e.keys, &mut out);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn json_value(names: Vec<String>) -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value as J;
+    let leaf = prop_oneof![
+        Just(J::Null),
+        any::<bool>().prop_map(J::Bool),
+        any::<i64>().prop_map(J::from),
+        any::<f64>()
+            .prop_filter("finite", |r| r.is_finite())
+            .prop_map(J::from),
+        prop::sample::select(vec!["EAS", "EWS", "MDM", "None", "x", "QUFB"]).prop_map(J::from),
+        text().prop_map(J::String),
+    ];
+    leaf.prop_recursive(5, 48, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(J::Array),
+            prop::collection::btree_map(prop::sample::select(names.clone()), inner, 0..6)
+                .prop_map(|m| J::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    /// Validation and asset lookup never panic on any JSON, and a refusal names the `Type` or a
+    /// key under `Payload`.
+    #[test]
+    fn declaration_checks_never_panic(
+        t in prop::sample::select(
+            lanyard_proto::declaration::declarations().iter().map(|e| e.name).collect::<Vec<_>>()
+        ),
+        payload in json_value(schema_key_names()),
+    ) {
+        use lanyard_proto::declaration::{asset_references, validate_payload};
+        match validate_payload(t, &payload) {
+            Ok(()) => prop_assert!(payload.is_object()),
+            Err(e) => prop_assert!(e.key.starts_with("Payload"), "{e}"),
+        }
+        for r in asset_references(t, &payload) {
+            prop_assert!(r.key.starts_with("Payload."));
+            prop_assert!(!r.allowed_types.is_empty());
+        }
+    }
+}
