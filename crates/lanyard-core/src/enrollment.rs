@@ -76,6 +76,11 @@ impl DeviceUrls {
     pub fn command(&self) -> String {
         format!("{}/mdm/command", self.base)
     }
+    /// Where a Mac fetches the data of an asset Lanyard serves (identifiers are URL-safe:
+    /// letters, digits, `.`, `-`, `_`).
+    pub fn asset(&self, identifier: &str) -> String {
+        format!("{}/mdm/assets/{identifier}", self.base)
+    }
 }
 
 /// The keys the enrollment service signs and issues with.

@@ -13,6 +13,7 @@
 pub mod admins;
 pub mod attributes;
 pub mod commands;
+pub mod declarations;
 pub mod enrollment;
 mod error;
 pub mod identity_providers;

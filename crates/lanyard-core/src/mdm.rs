@@ -38,6 +38,7 @@ use tracing::Span;
 
 use crate::admins::hash_secret;
 use crate::commands::{carries_inventory, outcome_of, ResultInventory};
+use crate::declarations::{self, DeclarativeRequest};
 use crate::enrollment::{refuse_old_os, DevicePki};
 use crate::{CoreError, Lanyard, Result};
 
@@ -74,22 +75,16 @@ fn too_large(what: &str, limit: usize) -> CoreError {
     ))
 }
 
-/// A `DeclarativeManagement` `Endpoint` as Apple's schema lists them: `tokens`,
-/// `declaration-items`, `status` or `declaration/<type>/<identifier>`.
+/// A `DeclarativeManagement` `Endpoint` as Apple's schema lists them (`tokens`,
+/// `declaration-items`, `status` or `declaration/<type>/<identifier>`, read by
+/// [`DeclarativeRequest::parse`]), at most [`DECLARATIVE_ENDPOINT_LIMIT`] long.
 fn check_endpoint(endpoint: &str) -> Result<()> {
-    let known = matches!(endpoint, "tokens" | "declaration-items" | "status")
-        || endpoint
-            .strip_prefix("declaration/")
-            .and_then(|rest| rest.split_once('/'))
-            .is_some_and(|(kind, id)| !kind.is_empty() && !id.is_empty());
-    if !known || endpoint.len() > DECLARATIVE_ENDPOINT_LIMIT {
-        return Err(CoreError::Invalid(
-            "DeclarativeManagement Endpoint must be tokens, declaration-items, status or \
-             declaration/<type>/<identifier>"
-                .into(),
-        ));
+    if endpoint.len() > DECLARATIVE_ENDPOINT_LIMIT {
+        return Err(CoreError::Invalid(format!(
+            "DeclarativeManagement Endpoint is longer than {DECLARATIVE_ENDPOINT_LIMIT} bytes"
+        )));
     }
-    Ok(())
+    DeclarativeRequest::parse(endpoint, Some(&[])).map(|_| ())
 }
 
 /// What the device-facing handler answers to a check-in.
@@ -99,6 +94,8 @@ pub enum CheckinReply {
     Ok,
     /// 200 with this plist body.
     Plist(Vec<u8>),
+    /// 200 with this JSON body (declarative management's answers).
+    Json(Vec<u8>),
     /// 410: the server does not need this (e.g. `UserAuthenticate`).
     Gone,
 }
@@ -338,7 +335,12 @@ impl MdmService {
                 CoreError::Invalid("bootstrap tokens are not used in User Enrollment".into()),
             ),
             CheckinMessage::DeclarativeManagement(d) => {
-                self.declarative_management(&enrollment, d).await
+                let channel = if user_channel {
+                    Channel::User
+                } else {
+                    Channel::Device
+                };
+                self.declarative_management(&enrollment, channel, d).await
             }
             // Lanyard does not advertise `com.apple.mdm.token` in ServerCapabilities, so a
             // device has no reason to ask; an unknown TokenServiceType is a 400 (Apple,
@@ -420,7 +422,9 @@ impl MdmService {
             ),
             None => None,
         };
-        self.lanyard
+        let first_user_token = user_channel_id.is_some() && enrollment.user_channel_id.is_none();
+        let updated = self
+            .lanyard
             .store()
             .record_token_update(
                 &enrollment.id,
@@ -438,6 +442,17 @@ impl MdmService {
                 StoreError::Conflict(m) => CoreError::Invalid(m),
                 other => other.into(),
             })?;
+        if first_user_token {
+            // The user channel is there: the Mac's declarations start with the
+            // DeclarativeManagement command (Lanyard serves them on the user channel; see
+            // `crate::declarations`). A failure to queue it is logged; the enrollment stands.
+            if let Err(e) =
+                declarations::synchronise(&self.lanyard, &crate::Actor::system(), &[updated]).await
+            {
+                tracing::warn!(enrollment = %enrollment.id, error = %e.chain(),
+                    "could not start declarative management");
+            }
+        }
         Ok(CheckinReply::Ok)
     }
 
@@ -451,22 +466,66 @@ impl MdmService {
         Ok(CheckinReply::Ok)
     }
 
+    /// `DeclarativeManagement`: answered from what the enrollment should hold on this channel
+    /// (`crate::declarations`): `tokens` and `declaration-items` as JSON, one declaration as
+    /// JSON (404 when it is not the enrollment's), and a status report stored (200, empty) or
+    /// refused (400, nothing stored) — `mdm/checkin/declarativemanagement.yaml` and Apple's
+    /// protocol brief ("Responses are JSON").
     async fn declarative_management(
         &self,
         enrollment: &Enrollment,
+        channel: Channel,
         d: DeclarativeManagement,
     ) -> Result<CheckinReply> {
-        // Stored for the declarative management release; answered empty for now. The store
-        // keeps only the latest few per enrollment and endpoint.
-        self.lanyard
+        let request = DeclarativeRequest::parse(&d.endpoint, d.data.as_deref())?;
+        Ok(
+            match declarations::answer(&self.lanyard, enrollment, channel, request).await? {
+                Some(body) => CheckinReply::Json(body),
+                None => CheckinReply::Ok,
+            },
+        )
+    }
+
+    /// The data of an asset Lanyard serves (`GET` of its `DataURL`). The asset's
+    /// `Authentication` is `MDM`: "a request using MDM semantics (includes the device identity
+    /// certificate, and any user authentication)"
+    /// (`../shared/apple-schema/declarative/declarations/assets/credential.certificate.yaml`),
+    /// so the identity rule applies to the (empty) body's `Mdm-Signature`, and since Lanyard
+    /// serves declarations on the user channel, the user channel's bearer too. Only an asset
+    /// among what the enrollment should hold is served; anything else is `NotFound`.
+    #[tracing::instrument(name = "asset", level = "error", skip_all, fields(enrollment = Empty))]
+    pub async fn asset(
+        &self,
+        req: DeviceRequest<'_>,
+        identifier: &str,
+    ) -> Result<(String, Vec<u8>)> {
+        let fingerprint = self.signer_of(&req)?;
+        let enrollment = self
+            .lanyard
             .store()
-            .record_declarative(
-                &enrollment.id,
-                &d.endpoint,
-                d.data.as_deref().unwrap_or(&[]),
-            )
-            .await?;
-        Ok(CheckinReply::Ok)
+            .enrollment_for_identity(&fingerprint, lanyard_store::now())
+            .await?
+            .ok_or_else(unknown_identity)?;
+        let live = matches!(
+            enrollment.status,
+            EnrollmentStatus::Enrolled | EnrollmentStatus::Inactive
+        ) && enrollment.enrolled_at.is_some();
+        if !live {
+            return Err(unrecognized(
+                if enrollment.status == EnrollmentStatus::CheckedOut {
+                    IdentityBinding::CheckedOut
+                } else {
+                    IdentityBinding::Unbound
+                },
+            ));
+        }
+        Span::current().record(
+            "enrollment",
+            tracing::field::display(enrollment.id.as_str()),
+        );
+        let enrollment = self.reactivated(enrollment).await?;
+        self.authorize_user_channel(&enrollment, req.bearer).await?;
+        declarations::asset_data(&self.lanyard, &self.secrets, &enrollment, identifier).await
     }
 
     /// The command endpoint: the identity rule, then one store transaction that records the

@@ -53,6 +53,10 @@ pub fn routes() -> Router<AppState> {
             "/mdm/command",
             put(command).layer(DefaultBodyLimit::max(MDM_BODY_LIMIT)),
         )
+        .route(
+            "/mdm/assets/{identifier}",
+            get(asset).layer(DefaultBodyLimit::max(0)),
+        )
 }
 
 #[derive(Deserialize)]
@@ -277,6 +281,9 @@ async fn checkin(
         Ok(CheckinReply::Plist(p)) => {
             ([(header::CONTENT_TYPE, "application/xml")], p).into_response()
         }
+        Ok(CheckinReply::Json(j)) => {
+            ([(header::CONTENT_TYPE, "application/json")], j).into_response()
+        }
         Ok(CheckinReply::Gone) => StatusCode::GONE.into_response(),
         Err(e) => mdm_refusal(&s, e),
     }
@@ -300,6 +307,30 @@ async fn command(
         )
             .into_response(),
         Ok(None) => StatusCode::OK.into_response(),
+        Err(e) => mdm_refusal(&s, e),
+    }
+}
+
+/// An asset's data, for the Macs it is assigned to: the request is signed like a check-in
+/// (`Mdm-Signature` over the empty body) and, on the user channel where Lanyard serves
+/// declarations, carries the bearer. A Mac the asset is not assigned to gets 404.
+async fn asset(
+    State(s): State<AppState>,
+    axum::extract::Path(identifier): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let empty = Bytes::new();
+    match s
+        .mdm
+        .asset(device_request(&headers, &empty), &identifier)
+        .await
+    {
+        Ok((content_type, data)) => match HeaderValue::from_str(&content_type) {
+            Ok(ct) => ([(header::CONTENT_TYPE, ct)], data).into_response(),
+            Err(_) => device_error(CoreError::Internal(
+                "a stored asset's media type is not a header value".into(),
+            )),
+        },
         Err(e) => mdm_refusal(&s, e),
     }
 }

@@ -65,6 +65,8 @@ pub struct AppState {
     pub oidc: lanyard_core::identity_providers::OidcSignIns,
     /// Check-ins and the command channel.
     pub mdm: lanyard_core::mdm::MdmService,
+    /// Declarative device management: declarations, sets and their assignments.
+    pub declarations: lanyard_core::declarations::DeclarationService,
     /// Seals uploaded secrets (the push certificate key).
     pub secrets: lanyard_pki::SecretBox,
     /// Apple Business Manager server tokens, discovery registration and device sync.

@@ -34,25 +34,6 @@ pub(crate) const REACTIVATED_STATUS: &str = "CASE WHEN enrolled_at IS NOT NULL T
 const TOKEN_COLUMNS: &str =
     "token_hash, user_id, ownership, attributes, created_at, expires_at, used_at";
 
-/// Declarative-management check-ins kept per enrollment and `Endpoint`: the latest few (the
-/// declarative management release reads the latest status report and sync tokens).
-pub const DECLARATIVE_KEEP_PER_ENDPOINT: i64 = 2;
-/// Declarative-management check-ins kept per enrollment, all endpoints together.
-pub const DECLARATIVE_KEEP_PER_ENROLLMENT: i64 = 8;
-
-/// The one statement that bounds `declarative_messages`: of the rows `scope` selects, each
-/// enrollment keeps its latest `$1` per endpoint and `$2` in all; the rest are deleted. Run
-/// with every insert (scope: that enrollment) and by the hourly prune (scope: every row).
-fn declarative_trim(scope: &str) -> String {
-    format!(
-        "DELETE FROM declarative_messages WHERE {scope} AND id NOT IN (SELECT id FROM (\
-         SELECT id, ROW_NUMBER() OVER (PARTITION BY enrollment_id, endpoint ORDER BY id DESC) \
-         AS per_endpoint, ROW_NUMBER() OVER (PARTITION BY enrollment_id ORDER BY id DESC) \
-         AS per_enrollment FROM declarative_messages WHERE {scope}) ranked \
-         WHERE per_endpoint <= $1 AND per_enrollment <= $2)"
-    )
-}
-
 macro_rules! impl_enrollment_store {
     ($store:ty) => {
         #[async_trait]
@@ -548,10 +529,12 @@ macro_rules! impl_enrollment_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("DELETE FROM declarative_messages WHERE enrollment_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                for table in ["status_items", "declaration_status"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE enrollment_id = $1"))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(row)
             }
@@ -616,36 +599,13 @@ macro_rules! impl_enrollment_store {
                 Ok(())
             }
 
-            async fn record_declarative(&self, id: &str, endpoint: &str, data: &[u8]) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO declarative_messages (enrollment_id, endpoint, data, \
-                     received_at) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(id)
-                .bind(endpoint)
-                .bind(data)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(&declarative_trim("enrollment_id = $3"))
-                    .bind(DECLARATIVE_KEEP_PER_ENDPOINT)
-                    .bind(DECLARATIVE_KEEP_PER_ENROLLMENT)
+            async fn touch_enrollment(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+                sqlx::query("UPDATE enrollments SET last_seen_at = $2 WHERE id = $1")
                     .bind(id)
-                    .execute(&mut *tx)
+                    .bind(at)
+                    .execute(&self.pool)
                     .await?;
-                tx.commit().await?;
                 Ok(())
-            }
-
-            async fn declarative_messages(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>> {
-                Ok(sqlx::query_as(
-                    "SELECT endpoint, data FROM declarative_messages WHERE enrollment_id = $1 \
-                     ORDER BY id DESC",
-                )
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await?)
             }
 
             async fn mark_inactive_enrollments(&self, silent_since: DateTime<Utc>) -> Result<u64> {
@@ -675,15 +635,6 @@ macro_rules! impl_enrollment_store {
                 .await?)
             }
 
-            async fn touch_enrollment(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
-                sqlx::query("UPDATE enrollments SET last_seen_at = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(at)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-
             async fn prune_enrollment_leftovers(&self, at: DateTime<Utc>) -> Result<u64> {
                 let mut n = 0;
                 n += sqlx::query("DELETE FROM enrollment_flows WHERE expires_at < $1")
@@ -693,13 +644,6 @@ macro_rules! impl_enrollment_store {
                     .rows_affected();
                 n += sqlx::query("DELETE FROM access_tokens WHERE expires_at < $1")
                     .bind(at)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                // Declarative messages stored before they were bounded on insert.
-                n += sqlx::query(&declarative_trim("TRUE"))
-                    .bind(DECLARATIVE_KEEP_PER_ENDPOINT)
-                    .bind(DECLARATIVE_KEEP_PER_ENROLLMENT)
                     .execute(&self.pool)
                     .await?
                     .rows_affected();

@@ -12,6 +12,7 @@
 
 mod backend;
 mod command_backend;
+mod declaration_backend;
 mod enrollment_backend;
 mod exchange_backend;
 mod idp_backend;
@@ -25,7 +26,7 @@ use chrono::{DateTime, Utc};
 
 pub use backend::{PostgresStore, SqliteStore};
 pub use command_backend::RESULTS_KEEP_PER_ENROLLMENT;
-pub use enrollment_backend::{DECLARATIVE_KEEP_PER_ENDPOINT, DECLARATIVE_KEEP_PER_ENROLLMENT};
+pub use declaration_backend::*;
 pub use exchange_backend::*;
 pub use idp_backend::*;
 pub use listing_backend::{
@@ -405,7 +406,7 @@ pub trait EnrollmentStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Enrollment>;
     /// Ends the enrollment (`checked_out`, push secrets and bearer dropped) and drops its
-    /// command queue, in one transaction.
+    /// command queue and reported declarative status, in one transaction.
     async fn record_checkout(&self, id: &str, now: DateTime<Utc>) -> Result<Enrollment>;
     /// Re-authentication: claims an unused, unexpired access token of `user_id` and makes it
     /// the enrollment's bearer, in one transaction; `false` (nothing changed) when the token is
@@ -420,13 +421,6 @@ pub trait EnrollmentStore: Send + Sync {
     /// Forgets the enrollment's bearer, so its next user-channel request is challenged.
     async fn revoke_bearer(&self, id: &str, audit: &Audit) -> Result<()>;
     async fn set_bootstrap_token(&self, id: &str, sealed: Option<&[u8]>) -> Result<()>;
-    /// Stores a declarative-management check-in and, in the same transaction, trims the
-    /// enrollment's messages to the latest [`DECLARATIVE_KEEP_PER_ENDPOINT`] per endpoint and
-    /// [`DECLARATIVE_KEEP_PER_ENROLLMENT`] in all.
-    async fn record_declarative(&self, id: &str, endpoint: &str, data: &[u8]) -> Result<()>;
-    /// The declarative-management check-ins kept for an enrollment, newest first:
-    /// `(endpoint, data)`.
-    async fn declarative_messages(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>>;
     async fn touch_enrollment(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
     /// Marks `inactive` every enrollment that has not checked out and has made no request
     /// (nor been created) since `silent_since`; returns how many.
@@ -438,8 +432,8 @@ pub trait EnrollmentStore: Send + Sync {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Enrollment>>;
-    /// Removes expired flows and tokens, pending enrollments whose challenge expired unused,
-    /// and declarative messages beyond the per-enrollment bounds; returns how many rows went.
+    /// Removes expired flows and tokens and pending enrollments whose challenge expired
+    /// unused; returns how many rows went.
     async fn prune_enrollment_leftovers(&self, now: DateTime<Utc>) -> Result<u64>;
 }
 
@@ -601,6 +595,7 @@ pub trait Store:
     + ServerTokenStore
     + IdentityProviderStore
     + CommandExchangeStore
+    + DeclarationStore
 {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;

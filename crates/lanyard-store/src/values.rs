@@ -196,6 +196,28 @@ closed_set! {
     }
 }
 
+closed_set! {
+    /// What a declaration is, from its `Type` (Apple's schema,
+    /// `declarative/declarations/{activations,assets,configurations,management}`).
+    DeclarationKind, "declaration kind" {
+        Configuration = "configuration", "Configuration";
+        Asset = "asset", "Asset";
+        Activation = "activation", "Activation";
+        Management = "management", "Management";
+    }
+}
+
+closed_set! {
+    /// Whether a Mac holds a declaration as it should: Apple's `valid` of a declaration in
+    /// the `management.declarations` status item
+    /// (`../shared/apple-schema/declarative/status/management.declarations.yaml`).
+    DeclarationValidity, "declaration validity" {
+        Unknown = "unknown", "Unknown";
+        Invalid = "invalid", "Invalid";
+        Valid = "valid", "Valid";
+    }
+}
+
 /// Declares an identifier newtype over its text.
 macro_rules! identifier {
     ($(#[$meta:meta])* $name:ident) => {

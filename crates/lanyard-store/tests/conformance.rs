@@ -136,6 +136,9 @@ conformance!(
     user_channel_push_targets,
     checkout_drops_the_queue_in_one_step,
     bearer_rebind_and_revoke,
+    declarations_round_trip,
+    declaration_sets_reach_enrollments,
+    status_reports_replace_on_full_report,
 );
 
 /// Identity renewal: the renewal is queued once, its challenge binds a next identity, the
@@ -1712,7 +1715,6 @@ async fn enrollment_lifecycle(s: &dyn Store) {
     );
     assert!(!format!("{d:?}").contains("magic"), "Debug hides PushMagic");
 
-    s.record_declarative("e1", "tokens", b"{}").await.unwrap();
     s.set_bootstrap_token("e1", Some(b"sealed")).await.unwrap();
     let listed = s
         .list_devices(&DeviceListQuery {
@@ -2327,40 +2329,46 @@ async fn push_requests_survive_the_requester(s: &dyn Store) {
     assert_eq!(left, ["p2"]);
 }
 
-/// What a device writes stays bounded per enrollment: declarative-management check-ins (the
-/// latest few per endpoint and in all, trimmed as they are stored and by the hourly prune; gone
-/// at check-out) and command results (the newest per enrollment after the prune).
+/// What a device writes stays bounded per enrollment: a status report keeps only the latest
+/// value per status item and declaration (gone at check-out), and command results the newest
+/// per enrollment after the prune.
 async fn device_writes_are_bounded(s: &dyn Store) {
     enrolled_device(s, "e", "ann@example.com").await;
     enrolled_device(s, "f", "bob@example.com").await;
-    for n in 0..5u8 {
-        s.record_declarative("e", "status", &[n]).await.unwrap();
+    for n in 0..5 {
+        let report = StatusReportRecord {
+            items: vec![(
+                "device.operating-system.version".into(),
+                format!("\"15.{n}\""),
+            )],
+            declarations: vec![declaration_state("d1", &format!("t{n}"), n % 2 == 0)],
+            full: false,
+        };
+        s.record_status_report("e", &report, now()).await.unwrap();
     }
-    s.record_declarative("f", "status", b"f").await.unwrap();
-    let kept = s.declarative_messages("e").await.unwrap();
+    let f_report = StatusReportRecord {
+        items: vec![("device.model.family".into(), "\"Mac\"".into())],
+        ..Default::default()
+    };
+    s.record_status_report("f", &f_report, now()).await.unwrap();
+    let items = s.status_items("e").await.unwrap();
+    assert_eq!(items.len(), 1, "one row per item: {items:?}");
+    assert_eq!(items[0].value, "\"15.4\"", "the latest value");
+    let states = s.declaration_statuses("e").await.unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].server_token, "t4");
+    assert!(states[0].active);
+    // Another enrollment's status is its own.
     assert_eq!(
-        kept,
-        [
-            ("status".to_string(), vec![4]),
-            ("status".to_string(), vec![3])
-        ],
-        "the latest {DECLARATIVE_KEEP_PER_ENDPOINT} per endpoint"
+        s.status_items("f").await.unwrap()[0].name,
+        "device.model.family"
     );
-    for n in 0..10u8 {
-        s.record_declarative("e", &format!("declaration/x/{n}"), &[n])
-            .await
-            .unwrap();
-    }
-    let kept = s.declarative_messages("e").await.unwrap();
-    assert_eq!(kept.len() as i64, DECLARATIVE_KEEP_PER_ENROLLMENT);
-    assert_eq!(kept[0], ("declaration/x/9".to_string(), vec![9]));
-    assert!(kept.iter().all(|(e, _)| e != "status"), "the oldest went");
-    // Another enrollment's messages are its own.
-    assert_eq!(s.declarative_messages("f").await.unwrap().len(), 1);
-    assert_eq!(s.prune_enrollment_leftovers(now()).await.unwrap(), 0);
-    // Check-out drops them.
+    assert!(s.declaration_statuses("f").await.unwrap().is_empty());
+    // Check-out drops it.
     s.record_checkout("e", now()).await.unwrap();
-    assert!(s.declarative_messages("e").await.unwrap().is_empty());
+    assert!(s.status_items("e").await.unwrap().is_empty());
+    assert!(s.declaration_statuses("e").await.unwrap().is_empty());
+    assert_eq!(s.status_items("f").await.unwrap().len(), 1);
 
     // Command results: the newest RESULTS_KEEP_PER_ENROLLMENT per enrollment after the prune.
     let extra = 3;
@@ -3962,4 +3970,453 @@ async fn bearer_rebind_and_revoke(s: &dyn Store) {
             .await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+fn declaration_state(identifier: &str, token: &str, active: bool) -> DeclarationStatusRecord {
+    DeclarationStatusRecord {
+        identifier: identifier.into(),
+        server_token: token.into(),
+        active,
+        valid: if active {
+            DeclarationValidity::Valid
+        } else {
+            DeclarationValidity::Invalid
+        },
+        reasons: if active {
+            "[]".into()
+        } else {
+            r#"[{"Code":"Error.ConfigurationCannotBeApplied"}]"#.into()
+        },
+    }
+}
+
+fn new_declaration(
+    identifier: &str,
+    kind: DeclarationKind,
+    declaration_type: &str,
+) -> NewDeclaration {
+    NewDeclaration {
+        identifier: identifier.into(),
+        declaration_type: declaration_type.into(),
+        kind,
+        payload: r#"{"Echo":"hi"}"#.into(),
+        server_token: format!("token-{identifier}"),
+        asset_data_sealed: None,
+        asset_content_type: None,
+    }
+}
+
+async fn audit_count(s: &dyn Store, action: &str) -> usize {
+    s.list_audit(&AuditFilter {
+        action: Some(action.into()),
+        limit: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .len()
+}
+
+/// Declarations: created with their audit line, a taken identifier refused and nothing
+/// written, content replaced (type and identifier kept), deleted (leaving their sets).
+async fn declarations_round_trip(s: &dyn Store) {
+    let mut d = new_declaration(
+        "cfg",
+        DeclarationKind::Configuration,
+        "com.apple.configuration.management.test",
+    );
+    let row = s
+        .create_declaration(&d, &audit("declaration.create", "cfg"))
+        .await
+        .unwrap();
+    assert_eq!(row.identifier, "cfg");
+    assert_eq!(row.kind, DeclarationKind::Configuration);
+    assert_eq!(row.server_token, "token-cfg");
+    d.server_token = "other".into();
+    let again = s
+        .create_declaration(&d, &audit("declaration.create", "cfg"))
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(
+        audit_count(s, "declaration.create").await,
+        1,
+        "the refusal wrote nothing"
+    );
+    assert_eq!(
+        s.declaration("cfg").await.unwrap().unwrap().server_token,
+        "token-cfg"
+    );
+
+    let mut asset = new_declaration(
+        "cert",
+        DeclarationKind::Asset,
+        "com.apple.asset.credential.certificate",
+    );
+    asset.asset_data_sealed = Some(vec![1, 2, 3]);
+    asset.asset_content_type = Some("application/pem".into());
+    s.create_declaration(&asset, &audit("declaration.create", "cert"))
+        .await
+        .unwrap();
+    let stored = s.declaration("cert").await.unwrap().unwrap();
+    assert_eq!(stored.asset_data_sealed.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert!(
+        !format!("{stored:?}").contains("[1, 2, 3]"),
+        "Debug hides the sealed data"
+    );
+
+    let change = DeclarationChange {
+        payload: r#"{"Echo":"changed"}"#.into(),
+        server_token: "token-2".into(),
+        asset_data_sealed: None,
+        asset_content_type: None,
+    };
+    let updated = s
+        .update_declaration("cfg", &change, &audit("declaration.update", "cfg"))
+        .await
+        .unwrap();
+    assert_eq!(updated.payload, r#"{"Echo":"changed"}"#);
+    assert_eq!(updated.server_token, "token-2");
+    assert_eq!(
+        updated.declaration_type,
+        "com.apple.configuration.management.test"
+    );
+    assert!(updated.updated_at >= row.updated_at);
+    let missing = s
+        .update_declaration("nope", &change, &audit("declaration.update", "nope"))
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
+    assert_eq!(audit_count(s, "declaration.update").await, 1);
+
+    let listed: Vec<String> = s
+        .list_declarations()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.identifier)
+        .collect();
+    assert_eq!(listed, ["cert", "cfg"]);
+
+    s.create_declaration_set("base", "Base", &audit("set.create", "base"))
+        .await
+        .unwrap();
+    s.add_set_member("base", "cfg", &audit("set.add", "base"))
+        .await
+        .unwrap();
+    s.delete_declaration("cfg", &audit("declaration.delete", "cfg"))
+        .await
+        .unwrap();
+    assert!(s.declaration("cfg").await.unwrap().is_none());
+    assert!(
+        s.set_members("base").await.unwrap().is_empty(),
+        "it left its set"
+    );
+    let gone = s
+        .delete_declaration("cfg", &audit("declaration.delete", "cfg"))
+        .await;
+    assert!(matches!(gone, Err(StoreError::NotFound(_))), "{gone:?}");
+}
+
+/// Sets and assignments: members and the three kinds of target, refusals changing nothing,
+/// and which declarations reach which enrollment.
+async fn declaration_sets_reach_enrollments(s: &dyn Store) {
+    enrolled_device(s, "ann-mac", "ann@example.com").await;
+    enrolled_device(s, "ann-mac2", "ann@example.com").await;
+    enrolled_device(s, "bob-mac", "bob@example.com").await;
+    let ann = s.user_by_email("ann@example.com").await.unwrap().unwrap();
+    for id in ["a", "b", "c"] {
+        s.create_declaration(
+            &new_declaration(
+                id,
+                DeclarationKind::Configuration,
+                "com.apple.configuration.management.test",
+            ),
+            &audit("declaration.create", id),
+        )
+        .await
+        .unwrap();
+    }
+    s.create_declaration_set("people", "for Ann", &audit("set.create", "people"))
+        .await
+        .unwrap();
+    s.create_declaration_set("everyone", "", &audit("set.create", "everyone"))
+        .await
+        .unwrap();
+    s.create_declaration_set("one", "", &audit("set.create", "one"))
+        .await
+        .unwrap();
+    let dup = s
+        .create_declaration_set("one", "", &audit("set.create", "one"))
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    assert_eq!(audit_count(s, "set.create").await, 3);
+    let changed = s
+        .update_declaration_set("one", "just one Mac", &audit("set.update", "one"))
+        .await
+        .unwrap();
+    assert_eq!(changed.description, "just one Mac");
+
+    s.add_set_member("people", "a", &audit("set.add", "people"))
+        .await
+        .unwrap();
+    s.add_set_member("everyone", "b", &audit("set.add", "everyone"))
+        .await
+        .unwrap();
+    s.add_set_member("one", "c", &audit("set.add", "one"))
+        .await
+        .unwrap();
+    s.add_set_member("one", "a", &audit("set.add", "one"))
+        .await
+        .unwrap();
+    let twice = s.add_set_member("one", "c", &audit("set.add", "one")).await;
+    assert!(matches!(twice, Err(StoreError::Conflict(_))), "{twice:?}");
+    let unknown = s
+        .add_set_member("one", "zzz", &audit("set.add", "one"))
+        .await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound(_))),
+        "{unknown:?}"
+    );
+    assert_eq!(audit_count(s, "set.add").await, 4, "refusals wrote nothing");
+    let sets: Vec<String> = s
+        .sets_of_declaration("a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.name)
+        .collect();
+    assert_eq!(sets, ["one", "people"]);
+
+    let reach = |id: &'static str| async move {
+        s.declarations_for_enrollment(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.identifier)
+            .collect::<Vec<_>>()
+    };
+    assert!(reach("ann-mac").await.is_empty(), "nothing assigned yet");
+
+    s.assign_set(
+        "people",
+        &AssignmentTarget::User(ann.id),
+        &audit("set.assign", "people"),
+    )
+    .await
+    .unwrap();
+    s.assign_set(
+        "everyone",
+        &AssignmentTarget::AllUserEnrollments,
+        &audit("set.assign", "everyone"),
+    )
+    .await
+    .unwrap();
+    s.assign_set(
+        "one",
+        &AssignmentTarget::Enrollment("bob-mac".into()),
+        &audit("set.assign", "one"),
+    )
+    .await
+    .unwrap();
+    let again = s
+        .assign_set(
+            "people",
+            &AssignmentTarget::User(ann.id),
+            &audit("set.assign", "people"),
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    let nobody = s
+        .assign_set(
+            "people",
+            &AssignmentTarget::User(999_999),
+            &audit("set.assign", "people"),
+        )
+        .await;
+    assert!(matches!(nobody, Err(StoreError::NotFound(_))), "{nobody:?}");
+    let no_mac = s
+        .assign_set(
+            "one",
+            &AssignmentTarget::Enrollment("nope".into()),
+            &audit("set.assign", "one"),
+        )
+        .await;
+    assert!(matches!(no_mac, Err(StoreError::NotFound(_))), "{no_mac:?}");
+    assert_eq!(
+        audit_count(s, "set.assign").await,
+        3,
+        "refusals wrote nothing"
+    );
+
+    assert_eq!(reach("ann-mac").await, ["a", "b"]);
+    assert_eq!(
+        reach("ann-mac2").await,
+        ["a", "b"],
+        "the person's sets follow them to every Mac"
+    );
+    assert_eq!(
+        reach("bob-mac").await,
+        ["a", "b", "c"],
+        "a declaration in two sets comes once"
+    );
+
+    let macs = |set: &'static str| async move {
+        s.enrollments_for_set(set)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id.0)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(macs("people").await, ["ann-mac", "ann-mac2"]);
+    assert_eq!(macs("everyone").await, ["ann-mac", "ann-mac2", "bob-mac"]);
+    assert_eq!(macs("one").await, ["bob-mac"]);
+    s.record_checkout("ann-mac2", now()).await.unwrap();
+    assert_eq!(
+        macs("people").await,
+        ["ann-mac"],
+        "a checked-out Mac is not reached"
+    );
+
+    let all = s.set_assignments(None).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        s.set_assignments(Some("one")).await.unwrap()[0].target,
+        AssignmentTarget::Enrollment("bob-mac".into())
+    );
+    s.unassign_set(
+        "everyone",
+        &AssignmentTarget::AllUserEnrollments,
+        &audit("set.unassign", "everyone"),
+    )
+    .await
+    .unwrap();
+    let not_assigned = s
+        .unassign_set(
+            "everyone",
+            &AssignmentTarget::AllUserEnrollments,
+            &audit("set.unassign", "everyone"),
+        )
+        .await;
+    assert!(
+        matches!(not_assigned, Err(StoreError::NotFound(_))),
+        "{not_assigned:?}"
+    );
+    assert_eq!(reach("ann-mac").await, ["a"]);
+    s.remove_set_member("one", "c", &audit("set.remove", "one"))
+        .await
+        .unwrap();
+    assert_eq!(reach("bob-mac").await, ["a"]);
+    s.delete_declaration_set("one", &audit("set.delete", "one"))
+        .await
+        .unwrap();
+    assert!(reach("bob-mac").await.is_empty());
+    assert!(
+        s.set_assignments(Some("one")).await.unwrap().is_empty(),
+        "its assignments went"
+    );
+    let names: Vec<String> = s
+        .list_declaration_sets()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.name)
+        .collect();
+    assert_eq!(names, ["everyone", "people"]);
+}
+
+/// A full status report replaces the declaration states; an incremental one updates those it
+/// names. Counts per declaration: active and failing.
+async fn status_reports_replace_on_full_report(s: &dyn Store) {
+    enrolled_device(s, "e", "ann@example.com").await;
+    enrolled_device(s, "f", "bob@example.com").await;
+    let report = |decls: Vec<DeclarationStatusRecord>, full: bool| StatusReportRecord {
+        items: vec![],
+        declarations: decls,
+        full,
+    };
+    s.record_status_report(
+        "e",
+        &report(
+            vec![
+                declaration_state("a", "1", true),
+                declaration_state("b", "1", false),
+            ],
+            true,
+        ),
+        now(),
+    )
+    .await
+    .unwrap();
+    s.record_status_report(
+        "f",
+        &report(vec![declaration_state("a", "1", true)], false),
+        now(),
+    )
+    .await
+    .unwrap();
+    let counts = s.declaration_status_counts().await.unwrap();
+    assert_eq!(
+        counts,
+        [
+            DeclarationStatusCount {
+                identifier: "a".into(),
+                active: 2,
+                failing: 0
+            },
+            DeclarationStatusCount {
+                identifier: "b".into(),
+                active: 0,
+                failing: 1
+            },
+        ]
+    );
+    let b = &s.declaration_statuses("e").await.unwrap()[1];
+    assert_eq!(b.valid, DeclarationValidity::Invalid);
+    assert!(b.reasons.contains("Error.ConfigurationCannotBeApplied"));
+    // Incremental: b becomes active, a untouched.
+    s.record_status_report(
+        "e",
+        &report(vec![declaration_state("b", "2", true)], false),
+        now(),
+    )
+    .await
+    .unwrap();
+    let e: Vec<(String, String, bool)> = s
+        .declaration_statuses("e")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.identifier, d.server_token, d.active))
+        .collect();
+    assert_eq!(
+        e,
+        [
+            ("a".into(), "1".into(), true),
+            ("b".into(), "2".into(), true)
+        ]
+    );
+    // Full: only what it lists stays.
+    s.record_status_report(
+        "e",
+        &report(vec![declaration_state("b", "3", true)], true),
+        now(),
+    )
+    .await
+    .unwrap();
+    let e: Vec<String> = s
+        .declaration_statuses("e")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.identifier)
+        .collect();
+    assert_eq!(e, ["b"]);
+    assert_eq!(
+        s.declaration_statuses("f").await.unwrap().len(),
+        1,
+        "another Mac's states stay"
+    );
 }

@@ -141,6 +141,11 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
         trusted_proxies: lanyard_http::client::TrustedProxies::new(s.trusted_proxy.clone()),
         oidc,
         mdm,
+        declarations: lanyard_core::declarations::DeclarationService::new(
+            lanyard.clone(),
+            secrets.clone(),
+            &public,
+        ),
         secrets: secrets.clone(),
         abm: abm_service(&lanyard, &secrets, abm, &public)?,
         metrics: main_metrics,

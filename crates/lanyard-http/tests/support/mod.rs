@@ -94,6 +94,11 @@ impl TestApp {
                 public,
             ),
             mdm: MdmService::new(lanyard.clone(), &pki),
+            declarations: lanyard_core::declarations::DeclarationService::new(
+                lanyard.clone(),
+                secrets.clone(),
+                public,
+            ),
             secrets: secrets.clone(),
             abm: lanyard_core::server_tokens::AbmService::new(
                 lanyard.clone(),
