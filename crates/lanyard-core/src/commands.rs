@@ -655,6 +655,7 @@ pub fn filter_target(search: &str) -> DeviceListQuery {
     DeviceListQuery {
         search: Some(search.to_string()),
         status: Some(EnrollmentStatus::Enrolled),
+        declarations_failing: false,
         sort: lanyard_store::DeviceSort::Created,
         descending: false,
         offset: 0,

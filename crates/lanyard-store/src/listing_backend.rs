@@ -75,6 +75,9 @@ pub struct DeviceListQuery {
     pub search: Option<String>,
     /// Only this status; `None` = every status.
     pub status: Option<EnrollmentStatus>,
+    /// Only enrollments whose Mac reports at least one declaration invalid (its latest
+    /// declarative status report).
+    pub declarations_failing: bool,
     pub sort: DeviceSort,
     pub descending: bool,
     pub offset: i64,
@@ -135,7 +138,8 @@ pub(crate) fn like_pattern(s: Option<&str>) -> String {
 const DEVICE_WHERE: &str = "WHERE ($1 IS NULL OR status = $1) AND (LOWER(managed_apple_id) \
      LIKE $2 ESCAPE '\\' OR LOWER(COALESCE(model_family, '')) LIKE $2 ESCAPE '\\' \
      OR LOWER(COALESCE(product, '')) LIKE $2 ESCAPE '\\' \
-     OR user_id IN (SELECT id FROM users WHERE LOWER(email) LIKE $2 ESCAPE '\\'))";
+     OR user_id IN (SELECT id FROM users WHERE LOWER(email) LIKE $2 ESCAPE '\\')) \
+     AND (NOT $3 OR id IN (SELECT enrollment_id FROM declaration_status WHERE valid = 'invalid'))";
 
 const AUDIT_WHERE: &str = "WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR action = $2) \
      AND ($3 IS NULL OR target = $3) AND ($4 IS NULL OR at >= $4) AND ($5 IS NULL OR at < $5)";
@@ -182,16 +186,18 @@ macro_rules! impl_listing_store {
                     sqlx::query_scalar(&format!("SELECT COUNT(*) FROM enrollments {DEVICE_WHERE}"))
                         .bind(q.status.map(EnrollmentStatus::as_str))
                         .bind(&pattern)
+                        .bind(q.declarations_failing)
                         .fetch_one(&self.pool)
                         .await?;
                 let items = sqlx::query_as(&format!(
                     "SELECT {} FROM enrollments {DEVICE_WHERE} \
-                     ORDER BY {col} IS NULL, {col} {dir}, id {dir} LIMIT $3 OFFSET $4",
+                     ORDER BY {col} IS NULL, {col} {dir}, id {dir} LIMIT $4 OFFSET $5",
                     crate::enrollment_backend::ENROLLMENT_COLUMNS,
                     col = q.sort.column(),
                 ))
                 .bind(q.status.map(EnrollmentStatus::as_str))
                 .bind(&pattern)
+                .bind(q.declarations_failing)
                 .bind(limit)
                 .bind(q.offset.max(0))
                 .fetch_all(&self.pool)

@@ -139,6 +139,7 @@ conformance!(
     declarations_round_trip,
     declaration_sets_reach_enrollments,
     status_reports_replace_on_full_report,
+    devices_with_failing_declarations_filter,
 );
 
 /// Identity renewal: the renewal is queued once, its challenge binds a next identity, the
@@ -2621,6 +2622,7 @@ async fn device_search_takes_wildcards_literally(s: &dyn Store) {
     let page = |search: &str| DeviceListQuery {
         search: Some(search.into()),
         status: Some(EnrollmentStatus::Enrolled),
+        declarations_failing: false,
         sort: DeviceSort::Created,
         descending: true,
         offset: 0,
@@ -2728,6 +2730,7 @@ async fn listing_devices_search_sort_page(s: &dyn Store) {
     let q = |search: Option<&str>, sort, descending| DeviceListQuery {
         search: search.map(str::to_string),
         status: None,
+        declarations_failing: false,
         sort,
         descending,
         offset: 0,
@@ -4418,5 +4421,54 @@ async fn status_reports_replace_on_full_report(s: &dyn Store) {
         s.declaration_statuses("f").await.unwrap().len(),
         1,
         "another Mac's states stay"
+    );
+}
+
+/// The device list's "declarations failing" filter: only enrollments whose latest report has a
+/// declaration invalid, with the total counted alike; a Mac that reports it fixed leaves it.
+async fn devices_with_failing_declarations_filter(s: &dyn Store) {
+    enrolled_device(s, "e", "ann@example.com").await;
+    enrolled_device(s, "f", "bob@example.com").await;
+    enrolled_device(s, "g", "cat@example.com").await;
+    let report = |decls: Vec<DeclarationStatusRecord>| StatusReportRecord {
+        items: vec![],
+        declarations: decls,
+        full: true,
+    };
+    s.record_status_report(
+        "e",
+        &report(vec![declaration_state("a", "1", false)]),
+        now(),
+    )
+    .await
+    .unwrap();
+    s.record_status_report("f", &report(vec![declaration_state("a", "1", true)]), now())
+        .await
+        .unwrap();
+    let failing = |on: bool| DeviceListQuery {
+        declarations_failing: on,
+        limit: 100,
+        ..DeviceListQuery::default()
+    };
+    let ids = |p: Paged<Enrollment>| -> (Vec<String>, i64) {
+        let mut v: Vec<String> = p.items.into_iter().map(|e| e.id.0).collect();
+        v.sort();
+        (v, p.total)
+    };
+    assert_eq!(
+        ids(s.list_devices(&failing(true)).await.unwrap()),
+        (vec!["e".to_string()], 1)
+    );
+    assert_eq!(
+        ids(s.list_devices(&failing(false)).await.unwrap()).1,
+        3,
+        "without the filter every device is listed"
+    );
+    s.record_status_report("e", &report(vec![declaration_state("a", "2", true)]), now())
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(s.list_devices(&failing(true)).await.unwrap()),
+        (Vec::<String>::new(), 0)
     );
 }

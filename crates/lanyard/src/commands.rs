@@ -618,10 +618,14 @@ pub enum DeviceCmd {
         /// (taken literally; the portal's device search).
         #[arg(long)]
         search: Option<String>,
+        /// Only devices whose Mac reports a declaration failing.
+        #[arg(long)]
+        declarations_failing: bool,
         #[command(flatten)]
         out: OutputArgs,
     },
-    /// Show one enrollment by id, with its inventory.
+    /// Show one enrollment by id, with its inventory and its declarations' reported state and
+    /// status items.
     Show {
         id: String,
         #[command(flatten)]
@@ -647,6 +651,7 @@ pub async fn device(
     o: &Opened,
     cmd: DeviceCmd,
     push: Option<&lanyard_core::push::PushService>,
+    declarations: &lanyard_core::declarations::DeclarationService,
 ) -> Result<()> {
     use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
     match cmd {
@@ -654,6 +659,7 @@ pub async fn device(
             status,
             all,
             search,
+            declarations_failing,
             out,
         } => {
             use lanyard_store::EnrollmentStatus;
@@ -680,6 +686,7 @@ pub async fn device(
                 &lanyard_store::DeviceListQuery {
                     status,
                     search,
+                    declarations_failing,
                     descending: true,
                     limit: lanyard_store::MAX_DEVICE_LIST,
                     ..lanyard_store::DeviceListQuery::default()
@@ -733,11 +740,17 @@ pub async fn device(
                 .with_context(|| format!("no enrollment {id}"))?;
             let view = EnrollmentView::from(e);
             let inventory = o.lanyard.inventory(&id).await?;
-            let both = serde_json::json!({"enrollment": view, "inventory": inventory});
+            let declarative = declarations.enrollment_status(&id).await?;
             if out.json {
-                return print_json(&both);
+                return print_json(&serde_json::json!({
+                    "enrollment": view,
+                    "inventory": inventory,
+                    "declarations": declarative,
+                }));
             }
+            let both = serde_json::json!({"enrollment": view, "inventory": inventory});
             println!("{}", serde_json::to_string_pretty(&both)?);
+            crate::declaration_cmd::print_declarative_status(&declarative);
         }
         DeviceCmd::Commands { id, out } => {
             let h = o.lanyard.command_history(&id, 200).await?;

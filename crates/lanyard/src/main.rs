@@ -9,6 +9,7 @@
 mod commands;
 mod config;
 mod connections;
+mod declaration_cmd;
 mod idp_cmd;
 mod serve;
 mod settings;
@@ -76,6 +77,12 @@ enum Action {
     /// OpenID Connect identity providers for enrollment sign-in.
     #[command(subcommand)]
     Idp(idp_cmd::IdpCmd),
+    /// Declarative device management declarations (checked against Apple's schema).
+    #[command(subcommand)]
+    Declaration(declaration_cmd::DeclarationCmd),
+    /// Declaration sets: their members and whom they are assigned to.
+    #[command(subcommand)]
+    Set(declaration_cmd::SetCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -135,7 +142,8 @@ async fn run(cli: Cli) -> Result<()> {
             let o = open().await?;
             let secrets = setup::secret_box(g, &o.lanyard).await?;
             let push = setup::push_service(g, &o.lanyard, &secrets)?;
-            commands::device(&o, c, Some(&push)).await
+            let declarations = declaration_cmd::service(&o.lanyard, &secrets, None);
+            commands::device(&o, c, Some(&push), &declarations).await
         }
         Action::Command(c) => {
             let o = open().await?;
@@ -155,6 +163,16 @@ async fn run(cli: Cli) -> Result<()> {
         Action::Idp(c) => {
             let o = open().await?;
             idp_cmd::idp(&o, &setup::secret_box(g, &o.lanyard).await?, c).await
+        }
+        Action::Declaration(c) => {
+            let o = open().await?;
+            let secrets = setup::secret_box(g, &o.lanyard).await?;
+            declaration_cmd::declaration(&o.lanyard, &secrets, c).await
+        }
+        Action::Set(c) => {
+            let o = open().await?;
+            let secrets = setup::secret_box(g, &o.lanyard).await?;
+            declaration_cmd::set(&declaration_cmd::service(&o.lanyard, &secrets, None), c).await
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct DeviceQuery {
     /// Case-insensitive substring of the managed Apple ID, the person's email, the model
     /// family or the product, taken literally (the portal's device search).
     search: Option<String>,
+    /// `true`: only devices whose Mac reports a declaration invalid.
+    #[serde(default)]
+    declarations_failing: bool,
     #[serde(default)]
     offset: i64,
     limit: Option<i64>,
@@ -69,6 +72,7 @@ async fn list_devices(
         &lanyard_store::DeviceListQuery {
             status,
             search: q.search,
+            declarations_failing: q.declarations_failing,
             descending: true,
             offset: q.offset,
             limit,

@@ -11,6 +11,7 @@ mod admins;
 mod api_tokens;
 mod audit;
 mod commands;
+pub(crate) mod declarations;
 mod devices;
 mod identity_providers;
 mod push_certificate;
@@ -116,6 +117,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(api_tokens::routes())
         .merge(devices::routes())
         .merge(commands::routes())
+        .merge(declarations::routes())
         .merge(push_certificate::routes())
         .merge(identity_providers::routes())
         .merge(abm::routes())

@@ -295,6 +295,8 @@ struct DeviceListParams {
     dir: Option<String>,
     page: Option<String>,
     done: Option<String>,
+    /// `1`: only devices reporting a declaration failing.
+    failing: Option<String>,
 }
 
 async fn devices(
@@ -335,11 +337,17 @@ async fn devices(
         Some("asc") => false,
         Some(_) => return bad("The sort direction is asc or desc."),
     };
+    let failing = match q.failing.as_deref() {
+        None | Some("") => false,
+        Some("1") => true,
+        Some(_) => return bad("The declarations filter is 1 or absent."),
+    };
     let list = match s
         .lanyard
         .device_list(&DeviceListQuery {
             search: Some(search.clone()),
             status,
+            declarations_failing: failing,
             sort,
             descending,
             offset: (page - 1) * PAGE_SIZE,
@@ -362,9 +370,10 @@ async fn devices(
         _ => None,
     };
     let filter = format!(
-        "/portal/devices?search={}&status={}",
+        "/portal/devices?search={}&status={}{}",
         qv(&search),
-        qv(&status_raw)
+        qv(&status_raw),
+        if failing { "&failing=1" } else { "" }
     );
     let links = SortLinks {
         base: filter.clone(),
@@ -390,6 +399,10 @@ async fn devices(
                 @for (v, l) in statuses {
                     option value=(v) selected[v == status_raw] { (l) }
                 }
+            }
+            label .check for="failing" {
+                input #failing type="checkbox" name="failing" value="1" checked[failing];
+                " Declarations failing"
             }
             button type="submit" { "Search" }
         }
@@ -518,6 +531,10 @@ async fn device_page(
         Ok(v) => v,
         Err(e) => return error_page(Some(sess), e),
     };
+    let declarative = match s.declarations.enrollment_status(id).await {
+        Ok(v) => v,
+        Err(e) => return error_page(Some(sess), e),
+    };
     let reachable = if e.reachable { "Yes" } else { "No" };
     let mut facts: Vec<(&str, String)> = vec![
         ("Managed Apple ID", e.managed_apple_id.clone()),
@@ -593,10 +610,66 @@ async fn device_page(
                 }
             }
         }
+        (declarative_section(&declarative))
         h2 { "Commands" }
         (history_table(&history))
     };
     layout(sess, status, Nav::Devices, &e.managed_apple_id, body)
+}
+
+/// What the Mac reported about its declarations and its status items.
+fn declarative_section(st: &lanyard_core::declarations::EnrollmentDeclarativeStatus) -> Markup {
+    html! {
+        h2 { "Declarations" }
+        @if st.declarations.is_empty() {
+            p .muted #no-declaration-status { "No declaration status reported yet." }
+        } @else {
+            table .declaration-status {
+                thead {
+                    tr {
+                        th scope="col" { "Declaration" }
+                        th scope="col" { "Active" }
+                        th scope="col" { "Valid" }
+                        th scope="col" { "Current content" }
+                        th scope="col" { "Reasons" }
+                        th scope="col" { "Reported" }
+                    }
+                }
+                tbody {
+                    @for d in &st.declarations {
+                        tr data-declaration=(d.identifier) data-valid=(d.valid.as_str()) {
+                            td { a href={ "/portal/declarations/" (qv(&d.identifier)) } { (d.identifier) } }
+                            td { (if d.active { "Yes" } else { "No" }) }
+                            td .valid { (d.valid.label()) }
+                            td { (if d.current { "Yes" } else { "No, an older version" }) }
+                            td {
+                                @if d.reasons.as_array().is_some_and(|r| !r.is_empty()) {
+                                    pre { (serde_json::to_string_pretty(&d.reasons).unwrap_or_default()) }
+                                } @else { "—" }
+                            }
+                            td { (when(Some(d.updated_at))) }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Status items" }
+        @if st.status_items.is_empty() {
+            p .muted { "No status items reported yet." }
+        } @else {
+            table .status-items {
+                tbody {
+                    @for i in &st.status_items {
+                        tr data-item=(i.name) {
+                            th scope="row" { (i.name) }
+                            td { code { (i.value.to_string()) } }
+                            td { (when(Some(i.updated_at))) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn device_command(

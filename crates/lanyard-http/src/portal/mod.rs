@@ -17,6 +17,7 @@
 
 mod admin;
 mod admins;
+mod declarations;
 mod fleet;
 mod idp;
 mod tokens;
@@ -59,6 +60,7 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/assets/portal.css", get(css))
         .route("/portal/assets/portal.js", get(js))
         .merge(fleet::routes())
+        .merge(declarations::routes())
         .merge(admin::routes())
         .merge(admins::routes())
         .merge(tokens::routes())
@@ -296,6 +298,7 @@ pub(crate) fn notice(n: Option<Notice>) -> Markup {
 pub(crate) enum Nav {
     Summary,
     Devices,
+    Declarations,
     Users,
     Settings,
     Tokens,
@@ -309,6 +312,7 @@ pub(crate) enum Nav {
 const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Summary, "/portal/summary", "Summary"),
     (Nav::Devices, "/portal/devices", "Devices"),
+    (Nav::Declarations, "/portal/declarations", "Declarations"),
     (Nav::Users, "/portal/users", "Users"),
     (Nav::Settings, "/portal/settings", "Settings"),
     (Nav::Tokens, "/portal/tokens", "Tokens"),
