@@ -64,8 +64,18 @@ const STATUS_DEPTH_LIMIT: usize = 8;
 pub const GENERATED_PREFIX: &str = "org.lanyard.";
 /// The default status subscriptions every User Enrollment Mac gets.
 pub const STATUS_SUBSCRIPTIONS_IDENTIFIER: &str = "org.lanyard.status-subscriptions";
-/// The activation Lanyard writes for the configurations no administrator's activation names.
-pub const GENERATED_ACTIVATION_IDENTIFIER: &str = "org.lanyard.activation";
+/// The identifiers of the activations Lanyard writes begin with this.
+pub const GENERATED_ACTIVATION_PREFIX: &str = "org.lanyard.activation.";
+
+/// The activation Lanyard writes for a configuration no administrator's activation names: one
+/// per configuration, so a configuration a Mac fails to apply does not hold back the others (a
+/// failed activation fails its configurations, declarationbase.yaml `Error.ActivationFailed`).
+/// Its identifier stays within Apple's 64 octets: the prefix and a digest of the
+/// configuration's identifier.
+pub fn generated_activation_identifier(configuration: &str) -> String {
+    let digest = hex::encode(Sha256::digest(configuration.as_bytes()));
+    format!("{GENERATED_ACTIVATION_PREFIX}{}", &digest[..32])
+}
 
 const STATUS_SUBSCRIPTIONS_TYPE: &str = "com.apple.configuration.management.status-subscriptions";
 const SIMPLE_ACTIVATION_TYPE: &str = "com.apple.activation.simple";
@@ -1024,7 +1034,7 @@ fn served_of(row: DeclarationRow) -> Result<Served> {
 
 /// What this enrollment's Mac should hold on `channel`, by identifier: the declarations of the
 /// sets assigned to it, the assets they reference, Lanyard's default status subscriptions, and
-/// an activation of every configuration no administrator's activation names. On the device
+/// an activation of each configuration no administrator's activation names. On the device
 /// channel: nothing (see the module documentation).
 pub async fn resolve(
     lanyard: &Lanyard,
@@ -1070,12 +1080,12 @@ pub async fn resolve(
         .filter(|s| s.kind == DeclarationKind::Configuration && !activated.contains(&s.identifier))
         .map(|s| s.identifier.clone())
         .collect();
-    if !unactivated.is_empty() {
+    for configuration in unactivated {
         let activation = generated(
             SIMPLE_ACTIVATION_TYPE,
-            GENERATED_ACTIVATION_IDENTIFIER,
+            &generated_activation_identifier(&configuration),
             DeclarationKind::Activation,
-            schema::simple_activation_payload(&unactivated),
+            schema::simple_activation_payload(&[configuration]),
         );
         out.insert(activation.identifier.clone(), activation);
     }
@@ -1319,13 +1329,12 @@ fn read_status_report(data: &[u8], served: &[Served]) -> Result<StatusReportReco
     };
     let mut found: Vec<(String, &Value)> = Vec::new();
     collect_items(items, "", 0, &mut found)?;
-    let mut record = StatusReportRecord {
-        full,
-        ..Default::default()
-    };
+    let mut record = StatusReportRecord::default();
     for (name, value) in found {
         if name == DECLARATIONS_ITEM {
             record.declarations = read_declarations_item(value, served)?;
+            // Only a full report that lists the declarations says which ones the Mac holds.
+            record.full = full;
         } else {
             record
                 .items
@@ -1526,7 +1535,7 @@ mod tests {
             "FullReport": true
         });
         let r = read_status_report(report.to_string().as_bytes(), &s).unwrap_or_default();
-        assert!(r.full);
+        assert!(r.full, "a full report listing the declarations");
         let mut names: Vec<&str> = r.items.iter().map(|(n, _)| n.as_str()).collect();
         names.sort();
         assert_eq!(
@@ -1563,6 +1572,12 @@ mod tests {
                 "{bad}"
             );
         }
+        let items_only = json!({"StatusItems": {"device": {"model": {"family": "Mac"}}}, "Errors": [], "FullReport": true});
+        let r = read_status_report(items_only.to_string().as_bytes(), &s).unwrap_or_default();
+        assert!(
+            !r.full,
+            "a full report without management.declarations forgets no state"
+        );
         let big = json!({"StatusItems": {"device": {"model": {"family": "x".repeat(STATUS_ITEM_VALUE_LIMIT + 1)}}}, "Errors": []});
         let r = read_status_report(big.to_string().as_bytes(), &s).unwrap_or_default();
         assert!(
