@@ -17,8 +17,11 @@
 //!   Enrollment (its `allowed-enrollments` lacks `user`) is refused when it would reach a Mac,
 //!   with the schema's reason, and nothing changes.
 //! - What an enrollment should have ([`resolve`]): the declarations of the sets assigned to it,
-//!   the assets they reference, the default status subscriptions, and an activation for every
+//!   the assets they reference, the default status subscriptions, and an activation for each
 //!   configuration no administrator's activation names.
+//! - **When.** A Mac is told to synchronise (the `DeclarativeManagement` command, then a push)
+//!   when what it should hold changes, and at its first user-channel `TokenUpdate` when any
+//!   set reaches it ([`start`]). A Mac no set reaches is not put under declarative management.
 //! - **Channel.** On macOS a User Enrollment's account configurations are user-scoped only
 //!   (e.g. `account.exchange.yaml`: `allowed-scopes: [user]`), and every type a macOS User
 //!   Enrollment may receive allows the user scope, so Lanyard manages a Mac's declarations on
@@ -1146,7 +1149,8 @@ pub fn items_document(served: &[Served]) -> Value {
 /// Tells Macs to synchronise: queues the `DeclarativeManagement` command, whose `Data` is the
 /// tokens response (`mdm/commands/declarativemanagement.yaml`), on each one's user channel and
 /// asks for a push. Macs whose tokens are the same share one command. Macs without a user
-/// channel yet are skipped: their first user `TokenUpdate` starts their synchronisation.
+/// channel yet are skipped: their first user `TokenUpdate` starts their synchronisation
+/// ([`start`]).
 pub async fn synchronise(
     lanyard: &Lanyard,
     actor: &Actor,
@@ -1173,6 +1177,23 @@ pub async fn synchronise(
         n += queued.targets;
     }
     Ok(n)
+}
+
+/// Starts declarative management for a Mac whose user channel just checked in, when any set
+/// reaches it (its person's, every User Enrollment Mac's, or its own): the
+/// `DeclarativeManagement` command is queued and pushed. A Mac no set reaches is left alone
+/// until one does (the assignment then tells it to synchronise); from its first
+/// synchronisation on it holds Lanyard's default status subscriptions too.
+pub async fn start(lanyard: &Lanyard, enrollment: Enrollment) -> Result<u64> {
+    if lanyard
+        .store()
+        .declarations_for_enrollment(&enrollment.id)
+        .await?
+        .is_empty()
+    {
+        return Ok(0);
+    }
+    synchronise(lanyard, &Actor::system(), &[enrollment]).await
 }
 
 /// One request on the check-in endpoint's `DeclarativeManagement` message, answered from what

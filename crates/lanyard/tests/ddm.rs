@@ -467,12 +467,13 @@ async fn declarations_reach_the_mac_and_come_back_as_status(
     let r = s.client().get(&asset_url).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let mut bob = sim(&s, "bob@example.com").await;
-    bob.run_commands(Channel::User, 5).await.unwrap();
-    assert_eq!(
-        bob.declarative().held.len(),
-        2,
-        "Bob holds only Lanyard's status subscriptions and their activation"
+    assert!(
+        bob.run_commands(Channel::User, 5).await.unwrap().is_empty(),
+        "no set reaches Bob's Mac: it is not put under declarative management"
     );
+    // Asked anyway, it holds Lanyard's status subscriptions and their activation only.
+    let bob_sync = bob.declarative_sync(Channel::User).await.unwrap();
+    assert_eq!(bob_sync.fetched.len(), 2, "{bob_sync:?}");
     let (st, _, _) = bob
         .declarative_checkin_raw(
             Channel::User,
