@@ -17,8 +17,11 @@
 //!   Enrollment (its `allowed-enrollments` lacks `user`) is refused when it would reach a Mac,
 //!   with the schema's reason, and nothing changes.
 //! - What an enrollment should have ([`resolve`]): the declarations of the sets assigned to it,
-//!   the assets they reference, the default status subscriptions, and an activation for every
+//!   the assets they reference, the default status subscriptions, and an activation for each
 //!   configuration no administrator's activation names.
+//! - **When.** A Mac is told to synchronise (the `DeclarativeManagement` command, then a push)
+//!   when what it should hold changes, and at its first user-channel `TokenUpdate` when any
+//!   set reaches it ([`start`]). A Mac no set reaches is not put under declarative management.
 //! - **Channel.** On macOS a User Enrollment's account configurations are user-scoped only
 //!   (e.g. `account.exchange.yaml`: `allowed-scopes: [user]`), and every type a macOS User
 //!   Enrollment may receive allows the user scope, so Lanyard manages a Mac's declarations on
@@ -64,8 +67,18 @@ const STATUS_DEPTH_LIMIT: usize = 8;
 pub const GENERATED_PREFIX: &str = "org.lanyard.";
 /// The default status subscriptions every User Enrollment Mac gets.
 pub const STATUS_SUBSCRIPTIONS_IDENTIFIER: &str = "org.lanyard.status-subscriptions";
-/// The activation Lanyard writes for the configurations no administrator's activation names.
-pub const GENERATED_ACTIVATION_IDENTIFIER: &str = "org.lanyard.activation";
+/// The identifiers of the activations Lanyard writes begin with this.
+pub const GENERATED_ACTIVATION_PREFIX: &str = "org.lanyard.activation.";
+
+/// The activation Lanyard writes for a configuration no administrator's activation names: one
+/// per configuration, so a configuration a Mac fails to apply does not hold back the others (a
+/// failed activation fails its configurations, declarationbase.yaml `Error.ActivationFailed`).
+/// Its identifier stays within Apple's 64 octets: the prefix and a digest of the
+/// configuration's identifier.
+pub fn generated_activation_identifier(configuration: &str) -> String {
+    let digest = hex::encode(Sha256::digest(configuration.as_bytes()));
+    format!("{GENERATED_ACTIVATION_PREFIX}{}", &digest[..32])
+}
 
 const STATUS_SUBSCRIPTIONS_TYPE: &str = "com.apple.configuration.management.status-subscriptions";
 const SIMPLE_ACTIVATION_TYPE: &str = "com.apple.activation.simple";
@@ -1024,7 +1037,7 @@ fn served_of(row: DeclarationRow) -> Result<Served> {
 
 /// What this enrollment's Mac should hold on `channel`, by identifier: the declarations of the
 /// sets assigned to it, the assets they reference, Lanyard's default status subscriptions, and
-/// an activation of every configuration no administrator's activation names. On the device
+/// an activation of each configuration no administrator's activation names. On the device
 /// channel: nothing (see the module documentation).
 pub async fn resolve(
     lanyard: &Lanyard,
@@ -1070,12 +1083,12 @@ pub async fn resolve(
         .filter(|s| s.kind == DeclarationKind::Configuration && !activated.contains(&s.identifier))
         .map(|s| s.identifier.clone())
         .collect();
-    if !unactivated.is_empty() {
+    for configuration in unactivated {
         let activation = generated(
             SIMPLE_ACTIVATION_TYPE,
-            GENERATED_ACTIVATION_IDENTIFIER,
+            &generated_activation_identifier(&configuration),
             DeclarationKind::Activation,
-            schema::simple_activation_payload(&unactivated),
+            schema::simple_activation_payload(&[configuration]),
         );
         out.insert(activation.identifier.clone(), activation);
     }
@@ -1136,7 +1149,8 @@ pub fn items_document(served: &[Served]) -> Value {
 /// Tells Macs to synchronise: queues the `DeclarativeManagement` command, whose `Data` is the
 /// tokens response (`mdm/commands/declarativemanagement.yaml`), on each one's user channel and
 /// asks for a push. Macs whose tokens are the same share one command. Macs without a user
-/// channel yet are skipped: their first user `TokenUpdate` starts their synchronisation.
+/// channel yet are skipped: their first user `TokenUpdate` starts their synchronisation
+/// ([`start`]).
 pub async fn synchronise(
     lanyard: &Lanyard,
     actor: &Actor,
@@ -1163,6 +1177,23 @@ pub async fn synchronise(
         n += queued.targets;
     }
     Ok(n)
+}
+
+/// Starts declarative management for a Mac whose user channel just checked in, when any set
+/// reaches it (its person's, every User Enrollment Mac's, or its own): the
+/// `DeclarativeManagement` command is queued and pushed. A Mac no set reaches is left alone
+/// until one does (the assignment then tells it to synchronise); from its first
+/// synchronisation on it holds Lanyard's default status subscriptions too.
+pub async fn start(lanyard: &Lanyard, enrollment: Enrollment) -> Result<u64> {
+    if lanyard
+        .store()
+        .declarations_for_enrollment(&enrollment.id)
+        .await?
+        .is_empty()
+    {
+        return Ok(0);
+    }
+    synchronise(lanyard, &Actor::system(), &[enrollment]).await
 }
 
 /// One request on the check-in endpoint's `DeclarativeManagement` message, answered from what
@@ -1319,13 +1350,12 @@ fn read_status_report(data: &[u8], served: &[Served]) -> Result<StatusReportReco
     };
     let mut found: Vec<(String, &Value)> = Vec::new();
     collect_items(items, "", 0, &mut found)?;
-    let mut record = StatusReportRecord {
-        full,
-        ..Default::default()
-    };
+    let mut record = StatusReportRecord::default();
     for (name, value) in found {
         if name == DECLARATIONS_ITEM {
             record.declarations = read_declarations_item(value, served)?;
+            // Only a full report that lists the declarations says which ones the Mac holds.
+            record.full = full;
         } else {
             record
                 .items
@@ -1526,7 +1556,7 @@ mod tests {
             "FullReport": true
         });
         let r = read_status_report(report.to_string().as_bytes(), &s).unwrap_or_default();
-        assert!(r.full);
+        assert!(r.full, "a full report listing the declarations");
         let mut names: Vec<&str> = r.items.iter().map(|(n, _)| n.as_str()).collect();
         names.sort();
         assert_eq!(
@@ -1563,6 +1593,12 @@ mod tests {
                 "{bad}"
             );
         }
+        let items_only = json!({"StatusItems": {"device": {"model": {"family": "Mac"}}}, "Errors": [], "FullReport": true});
+        let r = read_status_report(items_only.to_string().as_bytes(), &s).unwrap_or_default();
+        assert!(
+            !r.full,
+            "a full report without management.declarations forgets no state"
+        );
         let big = json!({"StatusItems": {"device": {"model": {"family": "x".repeat(STATUS_ITEM_VALUE_LIMIT + 1)}}}, "Errors": []});
         let r = read_status_report(big.to_string().as_bytes(), &s).unwrap_or_default();
         assert!(

@@ -443,12 +443,10 @@ impl MdmService {
                 other => other.into(),
             })?;
         if first_user_token {
-            // The user channel is there: the Mac's declarations start with the
-            // DeclarativeManagement command (Lanyard serves them on the user channel; see
+            // The user channel is there: when sets reach this Mac, its declarations start with
+            // the DeclarativeManagement command (Lanyard serves them on the user channel; see
             // `crate::declarations`). A failure to queue it is logged; the enrollment stands.
-            if let Err(e) =
-                declarations::synchronise(&self.lanyard, &crate::Actor::system(), &[updated]).await
-            {
+            if let Err(e) = declarations::start(&self.lanyard, updated).await {
                 tracing::warn!(enrollment = %enrollment.id, error = %e.chain(),
                     "could not start declarative management");
             }

@@ -214,6 +214,24 @@ pub fn check_out(topic: &str, enrollment_id: &str) -> Dictionary {
     d
 }
 
+/// Check-in `DeclarativeManagement` (`mdm/checkin/declarativemanagement.yaml`): `Endpoint`
+/// and, for a status report, `Data` (the JSON document's bytes).
+pub fn declarative_management(
+    enrollment_id: &str,
+    user: Option<&UserChannel>,
+    endpoint: &str,
+    data: Option<&[u8]>,
+) -> Dictionary {
+    let mut d = Dictionary::new();
+    d.insert("MessageType".into(), s("DeclarativeManagement"));
+    d.insert("Endpoint".into(), s(endpoint));
+    if let Some(data) = data {
+        d.insert("Data".into(), Value::Data(data.to_vec()));
+    }
+    put_identity(&mut d, enrollment_id, user);
+    d
+}
+
 /// A command-channel report: `Status`, the identity keys, `CommandUUID` (for results) and
 /// the result keys. Identity and status keys in `result` are overwritten.
 pub fn command_report(

@@ -25,6 +25,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod commands;
+pub mod declarative;
 pub mod device;
 pub mod error;
 pub mod fake_abm;

@@ -51,6 +51,7 @@ use crate::commands::{
     builtin_reply, parse_command, Channel, HeldCertificate, InstalledProfile, Reply,
     ResponderContext, ServerCommand,
 };
+use crate::declarative::{self, DeclarativeState, Held};
 use crate::device::{self, DeviceFacts, UserChannel};
 use crate::error::{error_chain, Result, SimError, Step, StepContext as _};
 use crate::profile::{
@@ -391,6 +392,8 @@ pub struct SimMac {
     /// Test hooks that make the simulated Mac behave as a Mac does under conditions a test
     /// cannot create otherwise.
     conditions: Conditions,
+    /// Declarative device management: what the Mac holds.
+    declarative: DeclarativeState,
 }
 
 /// Conditions a test sets on the simulated Mac.
@@ -403,6 +406,20 @@ pub struct Conditions {
     /// each; after a `NotNow` the Mac waits for the server's empty answer and polls again
     /// later by itself.
     pub not_now: Vec<String>,
+    /// Declarations (by identifier) the Mac fails to apply: reported invalid with
+    /// `Error.ConfigurationCannotBeApplied`.
+    pub fail_declarations: Vec<String>,
+}
+
+/// What one declarative synchronisation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeclarativeSync {
+    /// The `DeclarationsToken` synchronised with.
+    pub declarations_token: String,
+    /// Identifiers fetched (new or changed).
+    pub fetched: Vec<String>,
+    /// Identifiers dropped (no longer listed).
+    pub removed: Vec<String>,
 }
 
 impl fmt::Debug for SimMac {
@@ -590,6 +607,7 @@ impl SimMac {
             steps: Vec::new(),
             enrolled: None,
             conditions: Conditions::default(),
+            declarative: DeclarativeState::default(),
             opts,
         })
     }
@@ -1799,6 +1817,9 @@ impl SimMac {
     /// the renewal of the enrollment profile ([`SimMac::install_renewal`]); anything else goes
     /// to the built-in responder ([`SimMac::builtin_reply`]).
     pub async fn handle_command(&mut self, cmd: &ServerCommand, channel: Channel) -> Result<Reply> {
+        if cmd.request_type == "DeclarativeManagement" {
+            return self.declarative_command(cmd, channel).await;
+        }
         if cmd.request_type == "InstallProfile" {
             if let Some(payload) = cmd.command.get("Payload").and_then(plist::Value::as_data) {
                 let content = lanyard_pki::verify_cms_attached_untrusted(payload)
@@ -1886,6 +1907,295 @@ impl SimMac {
             .retain(|p| p.identifier() != Some(id.as_str()));
         self.profiles.insert(0, InstalledProfile { profile: raw });
         Ok(Reply::acknowledged(Dictionary::new()))
+    }
+
+    /// What the Mac holds through declarative device management.
+    pub fn declarative(&self) -> &DeclarativeState {
+        &self.declarative
+    }
+
+    /// One `DeclarativeManagement` check-in on a channel, answered `200` (else an error as
+    /// for any check-in); returns the body.
+    pub async fn declarative_checkin(
+        &mut self,
+        channel: Channel,
+        endpoint: &str,
+        data: Option<&[u8]>,
+    ) -> Result<Vec<u8>> {
+        let msg = device::declarative_management(
+            &self.enrollment_id,
+            self.user_for(channel),
+            endpoint,
+            data,
+        );
+        self.check_in(Step::CheckIn, msg).await
+    }
+
+    /// One `DeclarativeManagement` check-in whatever the answer: status, content type, body.
+    pub async fn declarative_checkin_raw(
+        &self,
+        channel: Channel,
+        endpoint: &str,
+        data: Option<&[u8]>,
+    ) -> Result<(StatusCode, String, Vec<u8>)> {
+        let url = self
+            .enrolled(Step::CheckIn)?
+            .profile
+            .mdm
+            .checkin_url
+            .clone();
+        let msg = device::declarative_management(
+            &self.enrollment_id,
+            self.user_for(channel),
+            endpoint,
+            data,
+        );
+        let body = device::to_xml(msg).at_doing(Step::CheckIn, "plist")?;
+        self.put_signed_on(Step::CheckIn, &url, CHECKIN_CONTENT_TYPE, body, channel)
+            .await
+    }
+
+    /// The `DeclarativeManagement` command: its `Data` must be a tokens response
+    /// (`mdm/commands/declarativemanagement.yaml`); the Mac then synchronises
+    /// ([`SimMac::declarative_sync`]). A synchronisation that fails is the command's `Error`.
+    async fn declarative_command(
+        &mut self,
+        cmd: &ServerCommand,
+        channel: Channel,
+    ) -> Result<Reply> {
+        if let Some(data) = cmd.command.get("Data").and_then(plist::Value::as_data) {
+            let doc: serde_json::Value = match serde_json::from_slice(data) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Ok(Reply::error(
+                        "RMErrorDomain",
+                        1,
+                        &format!("Data is not JSON: {e}"),
+                    ))
+                }
+            };
+            if doc
+                .get("SyncTokens")
+                .and_then(|t| t.get("DeclarationsToken"))
+                .and_then(serde_json::Value::as_str)
+                .is_none()
+            {
+                return Ok(Reply::error(
+                    "RMErrorDomain",
+                    1,
+                    "Data is not a tokens response (SyncTokens.DeclarationsToken)",
+                ));
+            }
+        }
+        match self.declarative_sync(channel).await {
+            Ok(sync) => {
+                self.log(format!(
+                    "declarative sync: {} fetched, {} removed, {} held",
+                    sync.fetched.len(),
+                    sync.removed.len(),
+                    self.declarative.held.len()
+                ));
+                Ok(Reply::acknowledged(Dictionary::new()))
+            }
+            Err(e) => Ok(Reply::error("RMErrorDomain", 2, &e.to_string())),
+        }
+    }
+
+    /// Synchronises as a Mac does: `tokens`, then `declaration-items`, then each declaration
+    /// whose `ServerToken` it does not hold (checked against Apple's schema and macOS User
+    /// Enrollment's rule; an asset's data fetched from its `DataURL` with the MDM identity and
+    /// checked against its size and hash), drops what the manifest no longer lists, decides
+    /// each one's state and sends a full status report of the subscribed items.
+    pub async fn declarative_sync(&mut self, channel: Channel) -> Result<DeclarativeSync> {
+        let step = Step::CheckIn;
+        let tokens = self.declarative_checkin(channel, "tokens", None).await?;
+        let tokens: serde_json::Value =
+            serde_json::from_slice(&tokens).at_doing(step, "tokens response")?;
+        let token = tokens
+            .get("SyncTokens")
+            .and_then(|t| t.get("DeclarationsToken"))
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| SimError::failed(step, "the tokens response has no DeclarationsToken"))?
+            .to_string();
+        let items = self
+            .declarative_checkin(channel, "declaration-items", None)
+            .await?;
+        let items: serde_json::Value =
+            serde_json::from_slice(&items).at_doing(step, "declaration-items response")?;
+        let (listed, manifest_token) =
+            declarative::manifest_items(&items).map_err(|m| SimError::failed(step, m))?;
+        if manifest_token != token {
+            return Err(SimError::failed(
+                step,
+                "the manifest's DeclarationsToken is not the tokens response's",
+            ));
+        }
+        let mut sync = DeclarativeSync {
+            declarations_token: token.clone(),
+            ..Default::default()
+        };
+        let listed_ids: std::collections::BTreeSet<&str> =
+            listed.iter().map(|(_, i, _)| i.as_str()).collect();
+        let gone: Vec<String> = self
+            .declarative
+            .held
+            .keys()
+            .filter(|k| !listed_ids.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.declarative.held.remove(&id);
+            self.declarative.asset_data.remove(&id);
+            sync.removed.push(id);
+        }
+        for (kind, id, server_token) in &listed {
+            if self
+                .declarative
+                .held
+                .get(id)
+                .is_some_and(|h| h.declaration.server_token == *server_token && h.valid == "valid")
+            {
+                continue;
+            }
+            let endpoint = format!("declaration/{}/{id}", kind.as_str());
+            let body = self.declarative_checkin(channel, &endpoint, None).await?;
+            sync.fetched.push(id.clone());
+            let doc: serde_json::Value =
+                serde_json::from_slice(&body).at_doing(step, "a declaration")?;
+            let placeholder = lanyard_proto::declaration::Declaration {
+                declaration_type: String::new(),
+                identifier: id.clone(),
+                server_token: server_token.clone(),
+                payload: serde_json::Value::Null,
+            };
+            let held = match declarative::read_declaration(&doc, *kind, id, server_token) {
+                Ok(d) => {
+                    let data = if *kind == lanyard_proto::declaration::DeclarationKind::Asset {
+                        self.fetch_asset(&d, channel).await
+                    } else {
+                        Ok(None)
+                    };
+                    match data {
+                        Ok(data) => {
+                            if let Some(bytes) = data {
+                                self.declarative.asset_data.insert(id.clone(), bytes);
+                            }
+                            Held {
+                                kind: *kind,
+                                declaration: d,
+                                active: false,
+                                valid: "valid",
+                                reasons: Vec::new(),
+                            }
+                        }
+                        Err(m) => Held {
+                            kind: *kind,
+                            reasons: vec![declarative::reason(
+                                "Error.AssetCannotBeDownloaded",
+                                &m,
+                                &d,
+                            )],
+                            declaration: d,
+                            active: false,
+                            valid: "invalid",
+                        },
+                    }
+                }
+                Err(m) => {
+                    self.log(format!("declarative sync: {id} refused: {m}"));
+                    Held {
+                        kind: *kind,
+                        reasons: vec![declarative::reason(
+                            "Error.ConfigurationCannotBeDeserialized",
+                            &m,
+                            &placeholder,
+                        )],
+                        declaration: placeholder,
+                        active: false,
+                        valid: "invalid",
+                    }
+                }
+            };
+            self.declarative.held.insert(id.clone(), held);
+        }
+        let fail = self.conditions.fail_declarations.clone();
+        declarative::apply(&mut self.declarative.held, &fail);
+        self.declarative.declarations_token = Some(token);
+        let report = declarative::status_report(&self.facts, &self.declarative.held);
+        let bytes = serde_json::to_vec(&report).at_doing(step, "status report")?;
+        self.declarative_checkin(channel, "status", Some(&bytes))
+            .await?;
+        Ok(sync)
+    }
+
+    /// An asset's data: fetched from `Reference.DataURL` when the asset has one (with the MDM
+    /// identity when `Authentication.Type` is `MDM`, Apple's
+    /// `assets/credential.certificate.yaml`), checked against `Size` and `Hash-SHA-256`.
+    async fn fetch_asset(
+        &mut self,
+        d: &lanyard_proto::declaration::Declaration,
+        channel: Channel,
+    ) -> std::result::Result<Option<Vec<u8>>, String> {
+        let Some(reference) = d.payload.get("Reference") else {
+            return Ok(None);
+        };
+        let url = reference
+            .get("DataURL")
+            .and_then(serde_json::Value::as_str)
+            .ok_or("Reference has no DataURL")?;
+        if !url.starts_with("https://") {
+            return Err(format!("DataURL {url} does not start with https://"));
+        }
+        let mdm = d
+            .payload
+            .get("Authentication")
+            .and_then(|a| a.get("Type"))
+            .and_then(serde_json::Value::as_str)
+            == Some("MDM");
+        let e = self.enrolled(Step::CheckIn).map_err(|e| e.to_string())?;
+        let client = e.mtls.as_ref().unwrap_or(&self.client);
+        let mut rb = client.get(url);
+        if mdm {
+            if e.profile.mdm.sign_message {
+                let sig = lanyard_pki::sign_detached(&e.identity_cert, &e.identity_key, b"")
+                    .map_err(|e| e.to_string())?;
+                rb = rb.header(
+                    "Mdm-Signature",
+                    base64::engine::general_purpose::STANDARD.encode(sig),
+                );
+            }
+            if channel == Channel::User {
+                if let Some(t) = &e.access_token {
+                    rb = rb.header(AUTHORIZATION, format!("Bearer {t}"));
+                }
+            }
+        }
+        let resp = rb.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?.to_vec();
+        if status != StatusCode::OK {
+            return Err(format!("GET {url} answered {status}"));
+        }
+        if let Some(size) = reference.get("Size").and_then(serde_json::Value::as_u64) {
+            if size != bytes.len() as u64 {
+                return Err(format!("{url}: {} bytes, Size says {size}", bytes.len()));
+            }
+        }
+        if let Some(hash) = reference
+            .get("Hash-SHA-256")
+            .and_then(serde_json::Value::as_str)
+        {
+            let got = hex::encode(lanyard_pki::openssl::sha::sha256(&bytes));
+            if !got.eq_ignore_ascii_case(hash) {
+                return Err(format!("{url}: the data's SHA-256 is not Hash-SHA-256"));
+            }
+        }
+        self.log(format!(
+            "declarative sync: asset {} data fetched ({} bytes)",
+            d.identifier,
+            bytes.len()
+        ));
+        Ok(Some(bytes))
     }
 
     /// The identity the last renewal replaced, if any.

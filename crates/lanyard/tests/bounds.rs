@@ -5,13 +5,16 @@
 //!   command "by filter" and the portal's "send to every matching device" find the same
 //!   devices for a search with `_`, `%` or `\`;
 //! - device bodies are capped per endpoint (413, nothing stored) and declarative-management
-//!   check-ins are kept only a few per enrollment;
+//!   status reports keep only the latest value per status item (a malformed one is 400, an
+//!   unassigned declaration 404, nothing stored);
 //! - a NUL character in an API JSON field, a portal form, a query string or a device plist is
 //!   refused (400) and changes nothing.
 
 mod support;
 
 use rstest::rstest;
+
+use base64::Engine as _;
 
 use std::collections::BTreeMap;
 
@@ -307,39 +310,44 @@ async fn device_input(db: Db) {
             }
         }
     };
-    let stored = "SELECT COUNT(*) FROM declarative_messages";
+    let stored = "SELECT (SELECT COUNT(*) FROM status_items) + \
+                  (SELECT COUNT(*) FROM declaration_status)";
 
-    // Declarative-management check-ins: the latest 2 per endpoint, 8 per enrollment.
+    // Status reports keep the latest value of each status item, not the messages: twelve
+    // reports of one item leave one row.
+    let report = base64::engine::general_purpose::STANDARD.encode(
+        r#"{"StatusItems":{"device":{"operating-system":{"version":"15.2"}}},"Errors":[]}"#,
+    );
     for n in 0..12 {
         let (st, a) = put(
             mdm.checkin_url.clone(),
             CHECKIN_CONTENT_TYPE,
-            declarative(&mac, "status", "e30="),
+            declarative(&mac, "status", &report),
         )
         .await;
         assert_eq!(st, 200, "status report {n}: {a}");
     }
-    assert_eq!(scalar(&s, stored).await, 2);
-    for n in 0..10 {
-        let endpoint = format!("declaration/com.apple.configuration.test/d{n}");
+    assert_eq!(scalar(&s, stored).await, 1);
+    // A malformed report (`{}`: no StatusItems) is 400; a declaration the Mac was not given
+    // is 404; neither stores anything.
+    let (st, a) = put(
+        mdm.checkin_url.clone(),
+        CHECKIN_CONTENT_TYPE,
+        declarative(&mac, "status", "e30="),
+    )
+    .await;
+    assert_eq!(st, 400, "{a}");
+    for n in 0..3 {
+        let endpoint = format!("declaration/configuration/d{n}");
         let (st, a) = put(
             mdm.checkin_url.clone(),
             CHECKIN_CONTENT_TYPE,
             declarative(&mac, &endpoint, "e30="),
         )
         .await;
-        assert_eq!(st, 200, "{endpoint}: {a}");
+        assert_eq!(st, 404, "{endpoint}: {a}");
     }
-    assert_eq!(scalar(&s, stored).await, 8);
-    assert_eq!(
-        scalar(
-            &s,
-            "SELECT COUNT(*) FROM declarative_messages WHERE endpoint = 'status'"
-        )
-        .await,
-        0,
-        "the oldest went first"
-    );
+    assert_eq!(scalar(&s, stored).await, 1);
 
     // Too large for its kind: 413 with the cap, nothing stored.
     let big = "AAAA".repeat(160 * 1024); // 480 KiB of data, 640 KiB of base64
@@ -393,7 +401,7 @@ async fn device_input(db: Db) {
     )
     .await;
     assert_eq!(st, 400, "{a}");
-    assert_eq!(scalar(&s, stored).await, 8);
+    assert_eq!(scalar(&s, stored).await, 1);
 
     // NUL in a device plist: 400, nothing stored.
     let (st, a) = put(
@@ -404,7 +412,7 @@ async fn device_input(db: Db) {
     .await;
     assert_eq!(st, 400, "{a}");
     assert!(a.contains("malformed property list"), "{a}");
-    assert_eq!(scalar(&s, stored).await, 8);
+    assert_eq!(scalar(&s, stored).await, 1);
 
     // NUL in an API JSON field, a query string, a portal form: 400, nothing changes.
     let api = s.client();
