@@ -373,6 +373,7 @@ async fn declarations_reach_the_mac_and_come_back_as_status(
     let count = |id: &str| counts.iter().find(|c| c.identifier == id).cloned().unwrap();
     assert_eq!((count(EXTRA).active, count(EXTRA).failing), (0, 1));
     assert_eq!((count(EXCHANGE).active, count(EXCHANGE).failing), (1, 0));
+    admin_surfaces_show_the_failing_declaration(&s, &ann_id).await;
 
     // A type User Enrollment forbids: refused with the schema's reason, nothing changes.
     ddm.create(
@@ -486,6 +487,92 @@ async fn declarations_reach_the_mac_and_come_back_as_status(
     drop(ddm);
     drop(lanyard);
     s.stop().await;
+}
+
+/// The administrator's views of the failing declaration: the device page (its state with the
+/// reasons, and the status items), the Devices list's "declarations failing" filter, the
+/// Declarations page's counts, the admin API and the CLI.
+async fn admin_surfaces_show_the_failing_declaration(s: &Server, ann_id: &str) {
+    use support::portal::{browser, get, sign_in};
+    let c = browser(s);
+    sign_in(&c, s, "admin", &s.admin_password).await;
+    let (st, page) = get(&c, s, &format!("/portal/devices/{ann_id}")).await;
+    assert_eq!(st, 200);
+    assert!(
+        page.contains(&format!(
+            "data-declaration=\"{EXTRA}\" data-valid=\"invalid\""
+        )),
+        "{page}"
+    );
+    assert!(
+        page.contains("Error.ConfigurationCannotBeApplied"),
+        "{page}"
+    );
+    assert!(
+        page.contains("data-item=\"device.operating-system.version\""),
+        "{page}"
+    );
+    let (st, page) = get(&c, s, "/portal/devices?failing=1").await;
+    assert_eq!(st, 200);
+    assert!(
+        page.contains(&format!("/portal/devices/{ann_id}")),
+        "{page}"
+    );
+    assert!(page.contains("1 device<"), "{page}");
+    let (st, page) = get(&c, s, "/portal/declarations").await;
+    assert_eq!(st, 200);
+    let row = page
+        .split(&format!("data-declaration=\"{EXTRA}\""))
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("{EXTRA} not listed: {page}"));
+    assert!(row.contains("<td class=\"failing\">1</td>"), "{row}");
+
+    let api = s.client();
+    let token = s.admin_session(&api).await;
+    let listed: Value = api
+        .get(format!(
+            "{}/api/v1/devices?declarations_failing=true",
+            s.url
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["id"], ann_id);
+    let reported: Value = api
+        .get(format!("{}/api/v1/devices/{ann_id}/declarations", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        reported["declarations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["identifier"] == EXTRA && d["valid"] == "invalid"),
+        "{reported}"
+    );
+
+    let (ok, out, err) = s.cli(&["device", "show", ann_id]);
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(EXTRA))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("invalid"), "{line}");
+    assert!(out.contains("status items:"), "{out}");
+    let (ok, out, err) = s.cli(&["device", "list", "--declarations-failing", "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(ann_id), "{out}");
 }
 
 fn hex(bytes: &[u8]) -> String {
