@@ -516,6 +516,54 @@ async fn walk(db: Db) {
     let out = cli_ok(&s, &["declaration", "show", "cli-mail", "--json"]);
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["type"], EXCHANGE);
+    // An asset with data: Lanyard fills its Reference under the public URL and keeps the data.
+    let pem = s.data_dir.path().join("ca-copy.pem");
+    std::fs::write(&pem, s.ca_pem()).unwrap();
+    let pem_text = pem.display().to_string();
+    cli_ok(
+        &s,
+        &[
+            "declaration",
+            "add",
+            "--type",
+            "com.apple.asset.credential.certificate",
+            "--identifier",
+            "cli-ca",
+            "--payload",
+            "{}",
+            "--asset-data-file",
+            &pem_text,
+            "--content-type",
+            "application/pem",
+            "--public-url",
+            "https://mdm.example.com",
+        ],
+    );
+    let out = cli_ok(&s, &["declaration", "show", "cli-ca", "--json"]);
+    let asset: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(asset["has_asset_data"], true, "{asset}");
+    assert_eq!(
+        asset["payload"]["Reference"]["DataURL"],
+        "https://mdm.example.com/mdm/assets/cli-ca"
+    );
+    assert!(
+        !out.contains("BEGIN CERTIFICATE"),
+        "the data is never shown: {out}"
+    );
+    let (ok, _, err) = s.cli(&[
+        "declaration",
+        "add",
+        "--type",
+        "com.apple.asset.credential.certificate",
+        "--identifier",
+        "cli-ca2",
+        "--payload",
+        "{}",
+        "--asset-data-file",
+        &pem_text,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--content-type"), "{err}");
     cli_ok(&s, &["set", "add", "cli-set"]);
     cli_ok(&s, &["set", "add-member", "cli-set", "cli-mail"]);
     let out = cli_ok(&s, &["set", "assign", "cli-set", "--all-user-enrollments"]);
