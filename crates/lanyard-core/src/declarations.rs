@@ -1321,11 +1321,7 @@ fn read_status_report(data: &[u8], served: &[Served]) -> Result<StatusReportReco
     let obj = doc
         .as_object()
         .ok_or_else(|| bad("not a JSON object".into()))?;
-    for k in obj.keys() {
-        if !matches!(k.as_str(), "StatusItems" | "Errors" | "FullReport") {
-            return Err(bad(format!("unknown key {k}")));
-        }
-    }
+    // Keys a later macOS may add (as `FullReport` came with macOS 14) are ignored.
     let items = obj
         .get("StatusItems")
         .and_then(Value::as_object)
@@ -1410,7 +1406,7 @@ fn read_declarations_item(
             group.as_str(),
             "activations" | "configurations" | "assets" | "management"
         ) {
-            return Err(bad(format!("unknown key {group}")));
+            continue; // a kind a later macOS may add
         }
         let list = list
             .as_array()
@@ -1581,7 +1577,7 @@ mod tests {
             "[]",
             r#"{"Errors": []}"#,
             r#"{"StatusItems": {}, "Errors": {}}"#,
-            r#"{"StatusItems": {}, "Errors": [], "Extra": 1}"#,
+            r#"{"StatusItems": {}, "Errors": [], "FullReport": "yes"}"#,
             r#"{"StatusItems": {}, "Errors": [{"Reasons": []}]}"#,
             r#"{"StatusItems": {"management": {"declarations": {"configurations": [{"identifier": "a"}]}}}, "Errors": []}"#,
         ] {
@@ -1593,6 +1589,11 @@ mod tests {
                 "{bad}"
             );
         }
+        let later = json!({"StatusItems": {}, "Errors": [], "SomethingNew": 1});
+        assert!(
+            read_status_report(later.to_string().as_bytes(), &s).is_ok(),
+            "keys a later macOS adds are ignored"
+        );
         let items_only = json!({"StatusItems": {"device": {"model": {"family": "Mac"}}}, "Errors": [], "FullReport": true});
         let r = read_status_report(items_only.to_string().as_bytes(), &s).unwrap_or_default();
         assert!(

@@ -2128,6 +2128,32 @@ impl SimMac {
         Ok(sync)
     }
 
+    /// A `GET` with MDM semantics (an asset's `Authentication` `MDM`): the `Mdm-Signature` over
+    /// the empty body by the identity, and on the user channel the bearer. Returns the status
+    /// and body whatever they are.
+    pub async fn get_signed(&self, url: &str, channel: Channel) -> Result<(StatusCode, Vec<u8>)> {
+        let step = Step::CheckIn;
+        let e = self.enrolled(step)?;
+        let client = e.mtls.as_ref().unwrap_or(&self.client);
+        let mut rb = client.get(url);
+        if e.profile.mdm.sign_message {
+            let sig = lanyard_pki::sign_detached(&e.identity_cert, &e.identity_key, b"")
+                .at_doing(step, "Mdm-Signature")?;
+            rb = rb.header(
+                "Mdm-Signature",
+                base64::engine::general_purpose::STANDARD.encode(sig),
+            );
+        }
+        if channel == Channel::User {
+            if let Some(t) = &e.access_token {
+                rb = rb.header(AUTHORIZATION, format!("Bearer {t}"));
+            }
+        }
+        let resp = rb.send().await.at(step)?;
+        let status = resp.status();
+        Ok((status, resp.bytes().await.at(step)?.to_vec()))
+    }
+
     /// An asset's data: fetched from `Reference.DataURL` when the asset has one (with the MDM
     /// identity when `Authentication.Type` is `MDM`, Apple's
     /// `assets/credential.certificate.yaml`), checked against `Size` and `Hash-SHA-256`.
@@ -2152,27 +2178,23 @@ impl SimMac {
             .and_then(|a| a.get("Type"))
             .and_then(serde_json::Value::as_str)
             == Some("MDM");
-        let e = self.enrolled(Step::CheckIn).map_err(|e| e.to_string())?;
-        let client = e.mtls.as_ref().unwrap_or(&self.client);
-        let mut rb = client.get(url);
-        if mdm {
-            if e.profile.mdm.sign_message {
-                let sig = lanyard_pki::sign_detached(&e.identity_cert, &e.identity_key, b"")
-                    .map_err(|e| e.to_string())?;
-                rb = rb.header(
-                    "Mdm-Signature",
-                    base64::engine::general_purpose::STANDARD.encode(sig),
-                );
-            }
-            if channel == Channel::User {
-                if let Some(t) = &e.access_token {
-                    rb = rb.header(AUTHORIZATION, format!("Bearer {t}"));
-                }
-            }
-        }
-        let resp = rb.send().await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| e.to_string())?.to_vec();
+        let (status, bytes) = if mdm {
+            self.get_signed(url, channel)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            let resp = self
+                .client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = resp.status();
+            (
+                status,
+                resp.bytes().await.map_err(|e| e.to_string())?.to_vec(),
+            )
+        };
         if status != StatusCode::OK {
             return Err(format!("GET {url} answered {status}"));
         }

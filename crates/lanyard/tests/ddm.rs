@@ -475,6 +475,14 @@ async fn declarations_reach_the_mac_and_come_back_as_status(
     // Asked anyway, it holds Lanyard's status subscriptions and their activation only.
     let bob_sync = bob.declarative_sync(Channel::User).await.unwrap();
     assert_eq!(bob_sync.fetched.len(), 2, "{bob_sync:?}");
+    let (st, _) = bob.get_signed(&asset_url, Channel::User).await.unwrap();
+    assert_eq!(
+        st.as_u16(),
+        404,
+        "asset data only for the Macs it is assigned to"
+    );
+    let (st, data) = mac.get_signed(&asset_url, Channel::User).await.unwrap();
+    assert_eq!((st.as_u16(), data), (200, ca_pem.clone()));
     let (st, _, _) = bob
         .declarative_checkin_raw(
             Channel::User,

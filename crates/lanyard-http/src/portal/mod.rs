@@ -15,12 +15,12 @@
 // as is, so its size does not matter here.
 #![allow(clippy::result_large_err)]
 
+mod abm;
 mod admin;
 mod admins;
 mod declarations;
 mod fleet;
 mod idp;
-mod tokens;
 
 use std::net::SocketAddr;
 
@@ -63,7 +63,7 @@ pub fn routes() -> Router<AppState> {
         .merge(declarations::routes())
         .merge(admin::routes())
         .merge(admins::routes())
-        .merge(tokens::routes())
+        .merge(abm::routes())
         .merge(idp::routes())
         .layer(DefaultBodyLimit::max(PORTAL_FORM_LIMIT))
 }
@@ -301,7 +301,7 @@ pub(crate) enum Nav {
     Declarations,
     Users,
     Settings,
-    Tokens,
+    Abm,
     IdentityProviders,
     Apns,
     Admins,
@@ -315,7 +315,7 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Declarations, "/portal/declarations", "Declarations"),
     (Nav::Users, "/portal/users", "Users"),
     (Nav::Settings, "/portal/settings", "Settings"),
-    (Nav::Tokens, "/portal/tokens", "Tokens"),
+    (Nav::Abm, "/portal/abm", "ABM"),
     (
         Nav::IdentityProviders,
         "/portal/identity-providers",

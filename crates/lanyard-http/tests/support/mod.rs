@@ -100,7 +100,7 @@ impl TestApp {
                 public,
             ),
             secrets: secrets.clone(),
-            abm: lanyard_core::server_tokens::AbmService::new(
+            abm: lanyard_core::abm::AbmService::new(
                 lanyard.clone(),
                 secrets.clone(),
                 Default::default(),
