@@ -256,6 +256,7 @@ async fn declarations_reach_the_mac_and_come_back_as_status(
         assert!(h.active, "{id} active");
     }
     assert_eq!(held.len(), expected.len());
+    python_reads_them_as_apple_schema_allows(held.values().map(|h| h.declaration.to_json()));
     assert_eq!(
         held[EXCHANGE].declaration.server_token,
         created.server_token
@@ -581,6 +582,66 @@ async fn admin_surfaces_show_the_failing_declaration(s: &Server, ann_id: &str) {
     let (ok, out, err) = s.cli(&["device", "list", "--declarations-failing", "--json"]);
     assert!(ok, "{err}");
     assert!(out.contains(ann_id), "{out}");
+}
+
+/// What the Mac received, checked by an independent reader of Apple's schema: the Python script
+/// of lanyard-proto's tests (PyYAML over `../shared/apple-schema`, no Lanyard code). Skipped
+/// loudly without the schema or the harness Python (`.venv-harness`, `LANYARD_HARNESS_PYTHON`);
+/// a failure under `CI=true`.
+fn python_reads_them_as_apple_schema_allows(declarations: impl Iterator<Item = Value>) {
+    use std::io::Write as _;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let schema = root.join("../shared/apple-schema");
+    let python = std::env::var_os("LANYARD_HARNESS_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv-harness/bin/python"));
+    let usable = std::process::Command::new(&python)
+        .args(["-c", "import yaml"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !usable || !schema.exists() {
+        let why = format!(
+            "needs {} with PyYAML and {}",
+            python.display(),
+            schema.display()
+        );
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "Python schema check cannot run and CI=true: {why}"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!! SKIPPED Python schema check: {why} !!!!!\n"
+        );
+        return;
+    }
+    let docs: Vec<Value> = declarations.collect();
+    let mut child = std::process::Command::new(&python)
+        .arg(root.join("crates/lanyard-proto/tests/py/check_declarations.py"))
+        .arg(&schema)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(Value::Array(docs.clone()).to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("OK ")).count(),
+        docs.len(),
+        "{text}"
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {
