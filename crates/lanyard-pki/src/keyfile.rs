@@ -293,7 +293,10 @@ mod tests {
         let (root, _) = pair("root");
         let (other, other_key) = pair("other");
         assert!(is_self_signed(&root));
-        assert_eq!(verify_chain(&root, &[], std::slice::from_ref(&root)).unwrap(), 1);
+        assert_eq!(
+            verify_chain(&root, &[], std::slice::from_ref(&root)).unwrap(),
+            1
+        );
         assert!(verify_chain(&other, &[], std::slice::from_ref(&root)).is_err());
         assert!(!key_matches(&root, &other_key));
         assert_eq!(

@@ -81,19 +81,8 @@ impl SigningService {
     /// service on this machine).
     pub fn new(url: &str) -> Result<SigningService, SigningServiceError> {
         let base = url.trim_end_matches('/').to_string();
-        let parsed =
-            url::Url::parse(&base).map_err(|e| SigningServiceError::Config(format!("{e}")))?;
-        let loopback = match parsed.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
-            None => false,
-        };
-        if !(parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback)) {
-            return Err(SigningServiceError::Config(format!(
-                "{base:?} must be https:// (plain http only to a loopback address)"
-            )));
-        }
+        crate::check_service_url(&base)
+            .map_err(|e| SigningServiceError::Config(format!("{base:?}: {e}")))?;
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(30))
