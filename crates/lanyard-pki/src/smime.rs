@@ -12,7 +12,7 @@ use openssl::nid::Nid;
 use openssl::pkey::{PKey, PKeyRef, Private};
 use openssl::rsa::Rsa;
 use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectKeyIdentifier};
-use openssl::x509::{X509Builder, X509NameBuilder, X509};
+use openssl::x509::{X509Builder, X509NameBuilder, X509NameRef, X509};
 
 use crate::ca::{issued, random_serial, IssuedCert, BACKDATE_SECS};
 use crate::error::{PkiError, Result};
@@ -68,21 +68,26 @@ pub fn smime_message_text(decrypted: &[u8]) -> Result<String> {
 /// the public key uploaded to Apple Business Manager (its token is encrypted to it).
 /// keyUsage keyEncipherment + digitalSignature, random serial, SKI.
 pub fn self_signed_rsa(common_name: &str, validity_days: u32) -> Result<IssuedCert> {
-    if common_name.is_empty() || validity_days == 0 {
-        return Err(PkiError::InvalidInput(
-            "common name and validity are required".into(),
-        ));
+    if common_name.is_empty() {
+        return Err(PkiError::InvalidInput("a common name is required".into()));
     }
-    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
     let mut nb = X509NameBuilder::new()?;
     nb.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
-    let name = nb.build();
+    self_signed_rsa_named(&nb.build(), validity_days)
+}
+
+/// [`self_signed_rsa`] with a whole subject name.
+pub fn self_signed_rsa_named(name: &X509NameRef, validity_days: u32) -> Result<IssuedCert> {
+    if validity_days == 0 {
+        return Err(PkiError::InvalidInput("a validity is required".into()));
+    }
+    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
     let mut b = X509Builder::new()?;
     b.set_version(2)?;
     let serial = random_serial()?;
     b.set_serial_number(&serial)?;
-    b.set_subject_name(&name)?;
-    b.set_issuer_name(&name)?;
+    b.set_subject_name(name)?;
+    b.set_issuer_name(name)?;
     b.set_pubkey(&key)?;
     let not_before = from_now(-BACKDATE_SECS)?;
     b.set_not_before(&not_before)?;
