@@ -2207,7 +2207,7 @@ impl SimMac {
             .get("Hash-SHA-256")
             .and_then(serde_json::Value::as_str)
         {
-            let got = hex::encode(lanyard_pki::openssl::sha::sha256(&bytes));
+            let got = hex::encode(openssl::sha::sha256(&bytes));
             if !got.eq_ignore_ascii_case(hash) {
                 return Err(format!("{url}: the data's SHA-256 is not Hash-SHA-256"));
             }
