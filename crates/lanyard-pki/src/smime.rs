@@ -7,16 +7,14 @@
 //! real token; nanodep's `tokenpki` strips the same markers).
 
 use openssl::cms::CmsContentInfo;
-use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, PKeyRef, Private};
 use openssl::rsa::Rsa;
-use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectKeyIdentifier};
-use openssl::x509::{X509Builder, X509NameBuilder, X509NameRef, X509};
+use openssl::x509::extension::{BasicConstraints, KeyUsage};
+use openssl::x509::{X509NameBuilder, X509NameRef, X509};
 
-use crate::ca::{issued, random_serial, IssuedCert, BACKDATE_SECS};
+use crate::ca::{issued, IssuedCert};
 use crate::error::{PkiError, Result};
-use crate::time::from_now;
 
 /// Decrypt a CMS EnvelopedData given as S/MIME text (what ABM's `.p7m` holds), PEM
 /// (`-----BEGIN PKCS7-----` or `CMS`) or DER, with `key` (and `cert`, which selects the
@@ -82,29 +80,18 @@ pub fn self_signed_rsa_named(name: &X509NameRef, validity_days: u32) -> Result<I
         return Err(PkiError::InvalidInput("a validity is required".into()));
     }
     let key = PKey::from_rsa(Rsa::generate(2048)?)?;
-    let mut b = X509Builder::new()?;
-    b.set_version(2)?;
-    let serial = random_serial()?;
-    b.set_serial_number(&serial)?;
-    b.set_subject_name(name)?;
-    b.set_issuer_name(name)?;
-    b.set_pubkey(&key)?;
-    let not_before = from_now(-BACKDATE_SECS)?;
-    b.set_not_before(&not_before)?;
-    let not_after = from_now(i64::from(validity_days) * 86_400)?;
-    b.set_not_after(&not_after)?;
-    b.append_extension(BasicConstraints::new().critical().build()?)?;
-    b.append_extension(
+    let cert = crate::ca::self_signed(
+        &key,
+        name,
+        validity_days,
+        BasicConstraints::new().critical().build()?,
         KeyUsage::new()
             .critical()
             .key_encipherment()
             .digital_signature()
             .build()?,
     )?;
-    let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
-    b.append_extension(ski)?;
-    b.sign(&key, MessageDigest::sha256())?;
-    issued(&b.build(), &key)
+    issued(&cert, &key)
 }
 
 #[cfg(test)]

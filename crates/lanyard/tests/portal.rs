@@ -10,7 +10,7 @@ use rstest::rstest;
 
 use reqwest::Client;
 use serde_json::{json, Value};
-use support::portal::{browser, csrf_of, get, post, sign_in};
+use support::portal::{browser, csrf_of, get, post, read_only_browser, sign_in};
 use support::{Db, Server};
 
 async fn settings_json(s: &Server, api: &Client, token: &str) -> Value {
@@ -313,21 +313,7 @@ async fn portal_walk(db: Db) {
     assert!(page.contains(&topic), "{page}");
 
     // A read-only administrator sees everything and every change is refused.
-    let (ok, _, err) = s.cli_stdin(
-        &[
-            "admin",
-            "create",
-            "viewer",
-            "--role",
-            "read-only",
-            "--password",
-            "-",
-        ],
-        "viewer password 123\n",
-    );
-    assert!(ok, "{err}");
-    let v = browser(&s);
-    let vcsrf = sign_in(&v, &s, "viewer", "viewer password 123").await;
+    let (v, vcsrf) = read_only_browser(&s).await;
     let (st, page) = get(&v, &s, "/portal/settings").await;
     assert_eq!(st, 200);
     assert!(page.contains("read-only administrator"), "{page}");

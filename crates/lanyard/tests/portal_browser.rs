@@ -57,19 +57,7 @@ async fn walk(db: Db) {
         return;
     };
     s.upload_push_certificate();
-    let (ok, _, err) = s.cli_stdin(
-        &[
-            "admin",
-            "create",
-            "viewer",
-            "--role",
-            "read-only",
-            "--password",
-            "-",
-        ],
-        &format!("{VIEWER_PASSWORD}\n"),
-    );
-    assert!(ok, "{err}");
+    s.create_viewer();
 
     let mut node = Command::new("node")
         .arg("portal.mjs")

@@ -11,7 +11,7 @@ use rstest::rstest;
 
 use reqwest::Client;
 use serde_json::Value;
-use support::portal::{browser, get, post, sign_in};
+use support::portal::{browser, get, post, read_only_browser, sign_in};
 use support::{Db, Server};
 
 const SECRET: &str = "very-secret-client-secret-4711";
@@ -169,21 +169,7 @@ async fn idp_walk(db: Db) {
     assert_eq!(after_edit[0]["issuer"], "https://sso.example.com");
 
     // A read-only administrator sees the page; every change is refused with a message.
-    let (ok, _, err) = s.cli_stdin(
-        &[
-            "admin",
-            "create",
-            "viewer",
-            "--role",
-            "read-only",
-            "--password",
-            "-",
-        ],
-        "viewer password 123\n",
-    );
-    assert!(ok, "{err}");
-    let v = browser(&s);
-    let vcsrf = sign_in(&v, &s, "viewer", "viewer password 123").await;
+    let (v, vcsrf) = read_only_browser(&s).await;
     let (st, page) = get(&v, &s, "/portal/identity-providers").await;
     assert_eq!(st, 200);
     assert!(page.contains("data-provider=\"corp\""), "{page}");

@@ -16,7 +16,7 @@ use lanyard_testkit::fake_pushcert::{
 use lanyard_testkit::fake_signing_service::FakeSigningService;
 use reqwest::Client;
 use serde_json::{json, Value};
-use support::portal::{browser, get, post, post_multipart, sign_in, Part};
+use support::portal::{browser, get, post, post_multipart, read_only_browser, sign_in, Part};
 use support::pushcert::{independent_checks, require_tool, run};
 use support::{Db, Server, VIEWER_PASSWORD};
 
@@ -100,21 +100,7 @@ async fn portal_steps(db: Db) {
     assert_eq!(st, 403, "{page}");
     assert_eq!(pending().await, 404);
     // A read-only administrator sees the page but cannot make a request.
-    let (ok, _, err) = s.cli_stdin(
-        &[
-            "admin",
-            "create",
-            "viewer",
-            "--role",
-            "read-only",
-            "--password",
-            "-",
-        ],
-        "viewer password 123\n",
-    );
-    assert!(ok, "{err}");
-    let v = browser(&s);
-    let vcsrf = sign_in(&v, &s, "viewer", "viewer password 123").await;
+    let (v, vcsrf) = read_only_browser(&s).await;
     let (st, _) = get(&v, &s, "/portal/apns").await;
     assert_eq!(st, 200);
     let (st, page) = post(&v, &s, "/portal/apns/request", &[("csrf", &vcsrf)]).await;

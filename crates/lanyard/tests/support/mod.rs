@@ -205,14 +205,20 @@ impl Server {
         body["session_token"].as_str().unwrap().to_string()
     }
 
-    /// Creates the read-only administrator `viewer` (password [`VIEWER_PASSWORD`]) with the CLI
-    /// and returns a session token for it.
-    pub async fn read_only_session(&self, c: &reqwest::Client) -> String {
+    /// Creates the read-only administrator `viewer` (password [`VIEWER_PASSWORD`]) with the
+    /// CLI.
+    pub fn create_viewer(&self) {
         let (ok, _, err) = self.cli_stdin(
             &["admin", "create", "viewer", "--role", "read-only"],
             &format!("{VIEWER_PASSWORD}\n"),
         );
         assert!(ok, "{err}");
+    }
+
+    /// Creates the read-only administrator `viewer` ([`Server::create_viewer`]) and returns an
+    /// API session token for it.
+    pub async fn read_only_session(&self, c: &reqwest::Client) -> String {
+        self.create_viewer();
         let r = c
             .post(format!("{}/api/v1/sessions", self.url))
             .json(&serde_json::json!({"username": "viewer", "password": VIEWER_PASSWORD}))

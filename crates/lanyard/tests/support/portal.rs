@@ -3,7 +3,7 @@
 
 use reqwest::{Client, StatusCode};
 
-use super::Server;
+use super::{Server, VIEWER_PASSWORD};
 
 /// A browser-like client: keeps cookies, does not follow redirects (so they can be checked).
 pub fn browser(s: &Server) -> Client {
@@ -14,6 +14,15 @@ pub fn browser(s: &Server) -> Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
+}
+
+/// Creates the read-only administrator `viewer` ([`Server::create_viewer`]) and signs it in
+/// to the portal in a fresh browser: that browser and its CSRF token.
+pub async fn read_only_browser(s: &Server) -> (Client, String) {
+    s.create_viewer();
+    let v = browser(s);
+    let csrf = sign_in(&v, s, "viewer", VIEWER_PASSWORD).await;
+    (v, csrf)
 }
 
 /// The value of the first hidden `csrf` field on a page.
