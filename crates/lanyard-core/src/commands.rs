@@ -465,69 +465,87 @@ impl Lanyard {
         action: &str,
     ) -> Result<Queued> {
         actor.require_write()?;
-        let enrollments: Vec<Enrollment> = match target {
+        match target {
             CommandTarget::Enrollments(ids) => {
-                if ids.is_empty() || ids.len() > 100_000 {
-                    return Err(CoreError::Invalid("name 1 to 100,000 enrollments".into()));
-                }
-                // Read in chunks, then checked in the order given.
-                let found: std::collections::HashMap<EnrollmentId, Enrollment> = self
-                    .store
-                    .enrollments_by_ids(ids)
-                    .await?
-                    .into_iter()
-                    .map(|e| (e.id.clone(), e))
-                    .collect();
-                let mut out = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let e = found
-                        .get(id.as_str())
-                        .cloned()
-                        .ok_or_else(|| CoreError::NotFound(format!("enrollment {id}")))?;
-                    // An inactive enrollment may be tried by name: its answer revives it.
-                    let reachable = e.status == EnrollmentStatus::Enrolled
-                        || (e.status == EnrollmentStatus::Inactive && e.enrolled_at.is_some());
-                    if !reachable {
-                        return Err(CoreError::Invalid(format!(
-                            "enrollment {id} is {}, not enrolled",
-                            e.status
-                        )));
-                    }
-                    out.push(e);
-                }
-                out
+                self.enqueue_for_ids(actor, ids, channel, spec, push, action)
+                    .await
             }
             CommandTarget::Filter { search } => {
-                let found = self.store.list_devices(&filter_target(search)).await?;
-                if found.total > found.items.len() as i64 {
-                    return Err(CoreError::Invalid(format!(
-                        "{} devices match; a command by search reaches at most {}, so narrow \
-                         the search",
-                        found.total,
-                        lanyard_store::MAX_DEVICE_LIST
-                    )));
-                }
-                found.items
+                self.enqueue_for_search(actor, search, channel, spec, push, action)
+                    .await
             }
-        };
-        if enrollments.is_empty() {
-            return Err(CoreError::Invalid("no enrolled device matches".into()));
+        }
+    }
+
+    /// The command built for its targets (User Enrollment limits when any target is one) and
+    /// checked against the channel; its encoded payload.
+    fn command_for(
+        spec: &CommandSpec,
+        any_user_enrollment: bool,
+        channel: CommandChannel,
+    ) -> Result<(Command, Vec<u8>)> {
+        let command = spec.build(any_user_enrollment)?;
+        channel.allows(&command.request_type)?;
+        let payload = lanyard_proto::command::encode_command(&command)
+            .map_err(|e| CoreError::Invalid(format!("the command cannot be encoded: {e}")))?;
+        Ok((command, payload))
+    }
+
+    fn new_command(actor: &Actor, command: &Command, payload: Vec<u8>, push: bool) -> NewCommand {
+        NewCommand {
+            uuid: command.uuid.as_str().into(),
+            request_type: command.request_type.clone(),
+            payload,
+            created_by: actor.name.clone(),
+            push,
+        }
+    }
+
+    /// Named enrollments: read in chunks, each checked in the order given.
+    async fn enqueue_for_ids(
+        &self,
+        actor: &Actor,
+        ids: &[String],
+        channel: CommandChannel,
+        spec: &CommandSpec,
+        push: bool,
+        action: &str,
+    ) -> Result<Queued> {
+        if ids.is_empty() || ids.len() > 100_000 {
+            return Err(CoreError::Invalid("name 1 to 100,000 enrollments".into()));
+        }
+        let found: std::collections::HashMap<EnrollmentId, Enrollment> = self
+            .store
+            .enrollments_by_ids(ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        let mut enrollments = Vec::with_capacity(ids.len());
+        for id in ids {
+            let e = found
+                .get(id.as_str())
+                .ok_or_else(|| CoreError::NotFound(format!("enrollment {id}")))?;
+            // An inactive enrollment may be tried by name: its answer revives it.
+            let reachable = e.status == EnrollmentStatus::Enrolled
+                || (e.status == EnrollmentStatus::Inactive && e.enrolled_at.is_some());
+            if !reachable {
+                return Err(CoreError::Invalid(format!(
+                    "enrollment {id} is {}, not enrolled",
+                    e.status
+                )));
+            }
+            enrollments.push(e);
         }
         if channel == CommandChannel::User {
             if let Some(e) = enrollments.iter().find(|e| e.user_channel_id.is_none()) {
-                return Err(CoreError::Invalid(format!(
-                    "enrollment {} has no user channel yet (no user TokenUpdate)",
-                    e.id
-                )));
+                return Err(no_user_channel(&e.id));
             }
         }
         let any_ue = enrollments
             .iter()
             .any(|e| e.mode == EnrollmentMode::UserEnrollment);
-        let command = spec.build(any_ue)?;
-        channel.allows(&command.request_type)?;
-        let payload = lanyard_proto::command::encode_command(&command)
-            .map_err(|e| CoreError::Invalid(format!("the command cannot be encoded: {e}")))?;
+        let (command, payload) = Self::command_for(spec, any_ue, channel)?;
         let targets: Vec<(EnrollmentId, Channel)> = enrollments
             .iter()
             .map(|e| (e.id.clone(), channel.channel()))
@@ -542,25 +560,76 @@ impl Lanyard {
         let n = self
             .store
             .enqueue_command(
-                &NewCommand {
-                    uuid: command.uuid.as_str().into(),
-                    request_type: command.request_type.clone(),
-                    payload,
-                    created_by: actor.name.clone(),
-                    push,
-                },
+                &Self::new_command(actor, &command, payload, push),
                 &targets,
                 &audit,
             )
             .await?;
         let push_requested = push && self.pusher.is_some();
         if push_requested {
-            self.request_push(enrollments.into_iter().map(|e| e.id.0).collect());
+            self.request_push(enrollments.iter().map(|e| e.id.0.clone()).collect());
         }
         Ok(Queued {
             command_uuid: command.uuid,
             request_type: command.request_type,
             targets: n,
+            push_requested,
+        })
+    }
+
+    /// Every enrolled device the device search finds: counted, then queued by the store in one
+    /// `INSERT … SELECT` — no enrollment row is loaded here, whatever the number of devices.
+    async fn enqueue_for_search(
+        &self,
+        actor: &Actor,
+        search: &str,
+        channel: CommandChannel,
+        spec: &CommandSpec,
+        push: bool,
+        action: &str,
+    ) -> Result<Queued> {
+        let filter = filter_target(search);
+        let found = self.store.count_command_targets(&filter).await?;
+        if found.matching > lanyard_store::MAX_DEVICE_LIST {
+            return Err(CoreError::Invalid(format!(
+                "{} devices match; a command by search reaches at most {}, so narrow the search",
+                found.matching,
+                lanyard_store::MAX_DEVICE_LIST
+            )));
+        }
+        if found.matching == 0 {
+            return Err(CoreError::Invalid("no enrolled device matches".into()));
+        }
+        if channel == CommandChannel::User {
+            if let Some(id) = &found.without_user_channel {
+                return Err(no_user_channel(id));
+            }
+        }
+        let (command, payload) = Self::command_for(spec, found.user_enrollments > 0, channel)?;
+        // `targets` is added by the store: how many were queued.
+        let audit = Audit::new(
+            &actor.name,
+            action,
+            &command.uuid,
+            json!({"request_type": command.request_type, "search": search}),
+        );
+        let queued = self
+            .store
+            .enqueue_command_matching(
+                &Self::new_command(actor, &command, payload, push),
+                &filter,
+                channel.channel(),
+                &audit,
+            )
+            .await?;
+        let push_requested = push && self.pusher.is_some();
+        if push_requested {
+            self.request_push(queued.push_ids);
+        }
+        Ok(Queued {
+            command_uuid: command.uuid,
+            request_type: command.request_type,
+            targets: queued.targets,
             push_requested,
         })
     }
@@ -647,6 +716,12 @@ impl Lanyard {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_else(|| json!({})))
     }
+}
+
+fn no_user_channel(id: &str) -> CoreError {
+    CoreError::Invalid(format!(
+        "enrollment {id} has no user channel yet (no user TokenUpdate)"
+    ))
 }
 
 /// The device search a [`CommandTarget::Filter`] runs: the enrolled devices matching `search`,

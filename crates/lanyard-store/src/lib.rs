@@ -455,6 +455,22 @@ pub trait CommandStore: Send + Sync {
         targets: &[(EnrollmentId, Channel)],
         audit: &Audit,
     ) -> Result<u64>;
+    /// What the device search `filter` (its search text and status; sort, offset and limit do
+    /// not apply) selects, counted in the database: how many enrollments, how many User
+    /// Enrollments, and one without a user channel yet, if any.
+    async fn count_command_targets(&self, filter: &DeviceListQuery) -> Result<TargetSummary>;
+    /// Stores the command once and queues it for every enrollment the device search `filter`
+    /// selects on `channel` (the user channel: those whose user channel has checked in), with
+    /// one `INSERT … SELECT`: no enrollment row is read into the server. With `command.push`
+    /// the targets' push requests are recorded in the same transaction and their ids returned
+    /// (ids only). All or nothing; the audit's detail gets `targets`, how many were queued.
+    async fn enqueue_command_matching(
+        &self,
+        command: &NewCommand,
+        filter: &DeviceListQuery,
+        channel: Channel,
+        audit: &Audit,
+    ) -> Result<QueuedMatching>;
     /// The oldest command due for this enrollment and channel (queued, or sent without an
     /// answer yet, and not deferred by `NotNow`), marked `sent`.
     async fn next_command(

@@ -125,6 +125,7 @@ conformance!(
     pending_pki_completes_once,
     listing_devices_search_sort_page,
     device_search_takes_wildcards_literally,
+    a_search_target_is_queued_in_the_database,
     device_writes_are_bounded,
     listing_audit_by_date_range,
     server_token_default_moves,
@@ -2689,6 +2690,202 @@ async fn device_search_takes_wildcards_literally(s: &dyn Store) {
         users.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(),
         ["a_b@example.com"]
     );
+}
+
+/// A command by device search is counted and queued in the database (`INSERT … SELECT`): it
+/// reaches exactly the enrolled devices the search lists; on the user channel only those whose
+/// user channel checked in; with a push, the targets' push requests are recorded and their ids
+/// returned; the audit line says how many were queued.
+async fn a_search_target_is_queued_in_the_database(s: &dyn Store) {
+    enrolled_device(s, "a1", "ann@example.com").await;
+    enrolled_device(s, "a2", "anna@example.com").await;
+    enrolled_device(s, "b1", "bob@example.com").await;
+    // Listed by the search but not enrolled: never a target.
+    listed_device(s, "a3", "annie@example.com", "15.2", "Mac14,2").await;
+    // a2's user channel has checked in.
+    s.record_token_update(
+        "a2",
+        &TokenUpdateRecord {
+            user_channel_id: Some("UID-a2".into()),
+            topic: "com.apple.mgmt.External.test".into(),
+            push_token: vec![2; 32],
+            push_magic: "magic-user".into(),
+            unlock_token_sealed: None,
+        },
+        now(),
+    )
+    .await
+    .unwrap();
+    let filter = |search: &str| DeviceListQuery {
+        search: Some(search.into()),
+        status: Some(EnrollmentStatus::Enrolled),
+        limit: MAX_DEVICE_LIST,
+        ..DeviceListQuery::default()
+    };
+    let listed = |search: &'static str| async move {
+        let mut v: Vec<String> = s
+            .list_devices(&filter(search))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| e.id.0)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        s.count_command_targets(&filter("ann")).await.unwrap(),
+        TargetSummary {
+            matching: 2,
+            user_enrollments: 2,
+            without_user_channel: Some("a1".into()),
+        }
+    );
+    assert_eq!(
+        s.count_command_targets(&filter("nobody")).await.unwrap(),
+        TargetSummary {
+            matching: 0,
+            user_enrollments: 0,
+            without_user_channel: None,
+        }
+    );
+    let cmd = |uuid: &str, push: bool| NewCommand {
+        uuid: uuid.into(),
+        request_type: "DeviceInformation".into(),
+        payload: b"<plist/>".to_vec(),
+        created_by: "tester".into(),
+        push,
+    };
+    let reached = |uuid: &'static str| async move {
+        let mut v: Vec<(String, Channel)> = s
+            .command_targets(uuid)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.enrollment_id.0, r.channel))
+            .collect();
+        v.sort();
+        v
+    };
+    // Device channel, no push.
+    let q = s
+        .enqueue_command_matching(
+            &cmd("by-search-1", false),
+            &filter("ann"),
+            Channel::Device,
+            &Audit::new(
+                "tester",
+                "command.enqueue",
+                "by-search-1",
+                json!({"search": "ann"}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        q,
+        QueuedMatching {
+            targets: 2,
+            push_ids: vec![]
+        }
+    );
+    assert_eq!(listed("ann").await, ["a1", "a2"]);
+    assert_eq!(
+        reached("by-search-1").await,
+        [
+            ("a1".into(), Channel::Device),
+            ("a2".into(), Channel::Device)
+        ]
+    );
+    let line = s
+        .list_audit(&AuditFilter {
+            target: Some("by-search-1".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(line.len(), 1);
+    let detail: serde_json::Value = serde_json::from_str(&line[0].detail).unwrap();
+    assert_eq!(detail, json!({"search": "ann", "targets": 2}));
+    // Nothing was asked to be pushed.
+    assert!(s
+        .claim_push_requests(
+            now() + Duration::minutes(1),
+            now() + Duration::minutes(2),
+            now(),
+            100
+        )
+        .await
+        .unwrap()
+        .is_empty());
+    // User channel with a push: only a2, whose user channel checked in; its push is recorded.
+    let q = s
+        .enqueue_command_matching(
+            &cmd("by-search-2", true),
+            &filter("ann"),
+            Channel::User,
+            &audit("command.enqueue", "by-search-2"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        q,
+        QueuedMatching {
+            targets: 1,
+            push_ids: vec!["a2".into()]
+        }
+    );
+    assert_eq!(reached("by-search-2").await, [("a2".into(), Channel::User)]);
+    let claimed = s
+        .claim_push_requests(
+            now() + Duration::minutes(1),
+            now() + Duration::minutes(2),
+            now(),
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed, ["a2"]);
+    // Every enrolled device, with a push.
+    let mut q = s
+        .enqueue_command_matching(
+            &cmd("by-search-3", true),
+            &filter(""),
+            Channel::Device,
+            &audit("command.enqueue", "by-search-3"),
+        )
+        .await
+        .unwrap();
+    q.push_ids.sort();
+    assert_eq!(q.targets, 3);
+    assert_eq!(q.push_ids, ["a1", "a2", "b1"]);
+    assert_eq!(listed("").await, ["a1", "a2", "b1"]);
+    // A command uuid that exists already: refused, nothing queued, no audit line.
+    assert!(s
+        .enqueue_command_matching(
+            &cmd("by-search-1", false),
+            &filter("bob"),
+            Channel::Device,
+            &audit("command.enqueue", "again"),
+        )
+        .await
+        .is_err());
+    assert_eq!(
+        reached("by-search-1").await,
+        [
+            ("a1".into(), Channel::Device),
+            ("a2".into(), Channel::Device)
+        ]
+    );
+    assert!(s
+        .list_audit(&AuditFilter {
+            target: Some("again".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn listing_devices_search_sort_page(s: &dyn Store) {
