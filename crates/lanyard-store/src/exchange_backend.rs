@@ -361,7 +361,10 @@ impl PostgresStore {
                     inventory = (document, Some(digests));
                 }
             }
-            let kind = x.outcome.as_ref().map(|_| if not_now { "not_now" } else { "result" });
+            let kind = x
+                .outcome
+                .as_ref()
+                .map(|_| if not_now { "not_now" } else { "result" });
             let o = x.outcome.as_ref();
             let wrote: PgWrote = sqlx::query_as(SQL_PG_EXCHANGE)
                 .bind(&id)

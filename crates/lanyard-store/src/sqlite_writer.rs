@@ -191,7 +191,9 @@ fn run_group(conn: &Connection, group: &[Job]) -> Vec<Result<Exchanged>> {
         let outcome = run(conn, "SAVEPOINT exchange").map(|()| exchange(conn, &job.x));
         let closed = match &outcome {
             Ok(Ok(_)) => run(conn, "RELEASE exchange"),
-            Ok(Err(_)) => run(conn, "ROLLBACK TO exchange").and_then(|()| run(conn, "RELEASE exchange")),
+            Ok(Err(_)) => {
+                run(conn, "ROLLBACK TO exchange").and_then(|()| run(conn, "RELEASE exchange"))
+            }
             Err(_) => Ok(()),
         };
         match (outcome, closed) {

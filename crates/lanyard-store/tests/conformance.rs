@@ -406,16 +406,9 @@ mod identity_renewal {
         assert_eq!(h[0].status, CommandState::Acknowledged);
         // The old identity is refused like an unknown one.
         assert_eq!(
-            s.command_exchange(exchange(
-                "id-e1",
-                "EID-e1",
-                Channel::Device,
-                None,
-                None,
-                t1
-            ))
-            .await
-            .unwrap(),
+            s.command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t1))
+                .await
+                .unwrap(),
             Exchanged::UnknownIdentity
         );
         assert!(s
@@ -3398,7 +3391,8 @@ fn exchange(
         device_channel_id: eid.into(),
         channel,
         outcome: outcome.cloned(),
-        inventory: merge.map(|m| std::sync::Arc::new(m.clone()) as std::sync::Arc<dyn InventoryMerge>),
+        inventory: merge
+            .map(|m| std::sync::Arc::new(m.clone()) as std::sync::Arc<dyn InventoryMerge>),
         now: at,
     }
 }
@@ -3497,14 +3491,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
             .unwrap();
     }
     let x = s
-        .command_exchange(exchange(
-            "id-e1",
-            "EID-e1",
-            Channel::Device,
-            None,
-            None,
-            t2,
-        ))
+        .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t2))
         .await
         .unwrap();
     assert_eq!(next_uuid(x).as_deref(), Some("c3"));
