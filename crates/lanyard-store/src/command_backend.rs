@@ -443,7 +443,10 @@ macro_rules! impl_command_store {
             }
 
             async fn set_inventory(&self, enrollment_id: &str, inventory: &str) -> Result<()> {
-                sqlx::query("UPDATE enrollments SET inventory = $2 WHERE id = $1")
+                // A document from elsewhere: the next results are merged whatever their digests.
+                sqlx::query(
+                    "UPDATE enrollments SET inventory = $2, inventory_digests = NULL WHERE id = $1",
+                )
                     .bind(enrollment_id)
                     .bind(inventory)
                     .execute(&self.pool)

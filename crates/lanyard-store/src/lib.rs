@@ -18,6 +18,7 @@ mod exchange_backend;
 mod idp_backend;
 mod listing_backend;
 pub mod model;
+mod sqlite_writer;
 mod values;
 
 use async_trait::async_trait;
@@ -54,6 +55,37 @@ pub enum StoreError {
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A write larger than the store keeps (see [`INVENTORY_LIMIT`]); nothing was written.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// An error of SQLite's command-exchange connection (`sqlite_writer.rs`).
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ffi;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.extended_code,
+                    ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                ) =>
+            {
+                StoreError::Conflict(e.to_string())
+            }
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.code,
+                    ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                StoreError::Unavailable(format!("SQLite: {e}"))
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

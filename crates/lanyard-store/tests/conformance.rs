@@ -133,6 +133,10 @@ conformance!(
     abm_token_sync_lease_is_exclusive,
     command_exchange_in_one_transaction,
     command_exchange_refusals_change_nothing,
+    command_exchange_skips_an_unchanged_inventory,
+    concurrent_exchanges_each_keep_their_outcome,
+    a_failing_exchange_does_not_undo_the_others,
+    a_repeated_acknowledgement_racing_the_first_is_stored_once,
     fan_out_reads_and_push_batches,
     user_channel_push_targets,
     checkout_drops_the_queue_in_one_step,
@@ -365,14 +369,14 @@ mod identity_renewal {
         let t = now();
         // The old identity still works on the command channel; it gets the renewal.
         let x = s
-            .command_exchange(&exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
+            .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
             .await
             .unwrap();
         assert_eq!(next_uuid(x).as_deref(), Some("r-e1"));
         // A request signed by the new identity but refused (another EnrollmentID) promotes
         // nothing.
         assert_eq!(
-            s.command_exchange(&exchange("id-new", "EID-x", Channel::Device, None, None, t))
+            s.command_exchange(exchange("id-new", "EID-x", Channel::Device, None, None, t))
                 .await
                 .unwrap(),
             Exchanged::Refused(IdentityBinding::OtherDevice)
@@ -384,7 +388,7 @@ mod identity_renewal {
         let ack = outcome("r-e1", "acknowledged");
         let t1 = t + Duration::seconds(1);
         let x = s
-            .command_exchange(&exchange(
+            .command_exchange(exchange(
                 "id-new",
                 "EID-e1",
                 Channel::Device,
@@ -403,16 +407,9 @@ mod identity_renewal {
         assert_eq!(h[0].status, CommandState::Acknowledged);
         // The old identity is refused like an unknown one.
         assert_eq!(
-            s.command_exchange(&exchange(
-                "id-e1",
-                "EID-e1",
-                Channel::Device,
-                None,
-                None,
-                t1
-            ))
-            .await
-            .unwrap(),
+            s.command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t1))
+                .await
+                .unwrap(),
             Exchanged::UnknownIdentity
         );
         assert!(s
@@ -479,7 +476,7 @@ mod identity_renewal {
             .await
             .unwrap()
             .unwrap();
-        s.command_exchange(&exchange(
+        s.command_exchange(exchange(
             "id-e2-new",
             "EID-e2",
             Channel::Device,
@@ -489,7 +486,7 @@ mod identity_renewal {
         ))
         .await
         .unwrap();
-        s.command_exchange(&exchange(
+        s.command_exchange(exchange(
             "id-e2-new",
             "EID-e2",
             Channel::Device,
@@ -522,11 +519,11 @@ mod identity_renewal {
         // e4's renewal ended without a new identity (the Mac answered Error): due again, but
         // only once the retry interval has passed.
         let x = s
-            .command_exchange(&exchange("id-e4", "EID-e4", Channel::Device, None, None, t))
+            .command_exchange(exchange("id-e4", "EID-e4", Channel::Device, None, None, t))
             .await
             .unwrap();
         assert_eq!(next_uuid(x).as_deref(), Some("r-e4"));
-        s.command_exchange(&exchange(
+        s.command_exchange(exchange(
             "id-e4",
             "EID-e4",
             Channel::Device,
@@ -591,7 +588,7 @@ mod identity_renewal {
             .unwrap()
             .is_none());
         assert_eq!(
-            s.command_exchange(&exchange(
+            s.command_exchange(exchange(
                 "id-e1-new",
                 "EID-e1",
                 Channel::Device,
@@ -1996,7 +1993,7 @@ async fn command_exchange_reactivates_an_inactive_enrollment(s: &dyn Store) {
         1
     );
     let idle = s
-        .command_exchange(&exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
+        .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
         .await
         .unwrap();
     assert!(next_uuid(idle).is_none());
@@ -2008,7 +2005,7 @@ async fn command_exchange_reactivates_an_inactive_enrollment(s: &dyn Store) {
         .await
         .unwrap();
     let other = s
-        .command_exchange(&exchange("id-e1", "EID-x", Channel::Device, None, None, t))
+        .command_exchange(exchange("id-e1", "EID-x", Channel::Device, None, None, t))
         .await
         .unwrap();
     assert!(
@@ -3529,32 +3526,70 @@ async fn bound_enrollment(s: &dyn Store, id: &str) -> Enrollment {
     s.enrollment(id).await.unwrap().unwrap()
 }
 
-/// Appends the request type to the inventory document, or changes nothing when told so.
+/// Appends the request type to the inventory document, or changes nothing when told so, or
+/// makes it larger than the store keeps; its digest is `digest`.
+#[derive(Clone)]
 struct TestMerge {
     change: bool,
+    digest: &'static str,
+    too_large: bool,
+}
+
+impl TestMerge {
+    fn appends(digest: &'static str) -> Self {
+        TestMerge {
+            change: true,
+            digest,
+            too_large: false,
+        }
+    }
+
+    fn unchanged() -> Self {
+        TestMerge {
+            change: false,
+            digest: "unchanged",
+            too_large: false,
+        }
+    }
+
+    fn too_large() -> Self {
+        TestMerge {
+            change: true,
+            digest: "too-large",
+            too_large: true,
+        }
+    }
 }
 
 impl InventoryMerge for TestMerge {
+    fn digest(&self, _request_type: &str) -> Option<String> {
+        Some(self.digest.to_string())
+    }
+
     fn merge(&self, request_type: &str, current: Option<&str>) -> Option<String> {
+        if self.too_large {
+            return Some("x".repeat(INVENTORY_LIMIT + 1));
+        }
         self.change
             .then(|| format!("{}+{request_type}", current.unwrap_or("")))
     }
 }
 
-fn exchange<'a>(
-    id: &'a str,
-    eid: &'a str,
+fn exchange(
+    id: &str,
+    eid: &str,
     channel: Channel,
-    outcome: Option<&'a CommandOutcome>,
-    merge: Option<&'a dyn InventoryMerge>,
+    outcome: Option<&CommandOutcome>,
+    merge: Option<&TestMerge>,
     at: chrono::DateTime<chrono::Utc>,
-) -> CommandExchange<'a> {
+) -> CommandExchange {
     CommandExchange {
-        identity_sha256: id,
-        device_channel_id: eid,
+        identity_sha256: id.into(),
+        device_channel_id: eid.into(),
         channel,
-        outcome,
-        inventory: merge,
+        outcome: outcome.cloned(),
+        inventory: merge
+            .map(|m| std::sync::Arc::new(m.clone()) as std::sync::Arc<dyn InventoryMerge>),
         now: at,
     }
 }
@@ -3576,7 +3611,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
             .unwrap();
     }
     let x = s
-        .command_exchange(&exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
+        .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
         .await
         .unwrap();
     assert!(
@@ -3590,10 +3625,10 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     );
     // The acknowledgement, the inventory and the next command together.
     let ack = outcome("c1", "acknowledged");
-    let merge = TestMerge { change: true };
+    let merge = TestMerge::appends("v1");
     let t1 = t + Duration::seconds(30);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3622,10 +3657,10 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     );
     // An unchanged inventory is not rewritten; an error result never touches it.
     let ack2 = outcome("c2", "acknowledged");
-    let same = TestMerge { change: false };
+    let same = TestMerge::unchanged();
     let t2 = t + Duration::seconds(61);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3653,21 +3688,14 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
             .unwrap();
     }
     let x = s
-        .command_exchange(&exchange(
-            "id-e1",
-            "EID-e1",
-            Channel::Device,
-            None,
-            None,
-            t2,
-        ))
+        .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t2))
         .await
         .unwrap();
     assert_eq!(next_uuid(x).as_deref(), Some("c3"));
     let mut nn = outcome("c3", "not_now");
     nn.retry_after = Some(t2);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3693,7 +3721,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     assert_eq!(c3.status, CommandState::NotNow);
     let later = t2 + Duration::seconds(1);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3717,7 +3745,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     .await
     .unwrap();
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::User,
@@ -3730,7 +3758,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     assert_eq!(next_uuid(x).as_deref(), Some("u1"));
     let ack_u = outcome("u1", "acknowledged");
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::User,
@@ -3742,7 +3770,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
         .unwrap();
     assert_eq!(next_uuid(x), None);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3779,12 +3807,12 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     .await
     .unwrap();
     let ack = outcome("c1", "acknowledged");
-    let merge = TestMerge { change: true };
+    let merge = TestMerge::appends("v1");
     // Not given yet: not stored, and the exchange goes on (a device repeats a refused result
     // until it gets a 2xx, so refusing would wedge its channel): the queued command is handed
     // out, nothing else changed.
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3804,7 +3832,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
         for status in ["acknowledged", "not_now"] {
             let o = outcome(uuid, status);
             let x = s
-                .command_exchange(&exchange(id, eid, Channel::Device, Some(&o), None, t))
+                .command_exchange(exchange(id, eid, Channel::Device, Some(&o), None, t))
                 .await
                 .unwrap();
             assert_eq!(
@@ -3821,7 +3849,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     assert!(s.command_history("e2", 10).await.unwrap().is_empty());
     // Unknown identity, another device's EnrollmentID, a checked-out enrollment.
     assert_eq!(
-        s.command_exchange(&exchange(
+        s.command_exchange(exchange(
             "id-zz",
             "EID-e1",
             Channel::Device,
@@ -3834,7 +3862,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
         Exchanged::UnknownIdentity
     );
     assert_eq!(
-        s.command_exchange(&exchange(
+        s.command_exchange(exchange(
             "id-e1",
             "EID-e2",
             Channel::Device,
@@ -3848,7 +3876,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     );
     s.record_checkout("e2", t).await.unwrap();
     assert_eq!(
-        s.command_exchange(&exchange("id-e2", "EID-e2", Channel::Device, None, None, t))
+        s.command_exchange(exchange("id-e2", "EID-e2", Channel::Device, None, None, t))
             .await
             .unwrap(),
         Exchanged::Refused(IdentityBinding::CheckedOut)
@@ -3859,7 +3887,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     );
     // The real answer still goes through.
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3874,7 +3902,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     // A repeat of it (the first answer was lost) is answered the same, and stores nothing new.
     let later = t + Duration::seconds(5);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3891,6 +3919,274 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     assert_eq!(
         (h[0].status.as_str(), h[0].finished_at),
         ("acknowledged", Some(t))
+    );
+}
+
+/// The status of `uuid` in `id`'s command history.
+async fn command_status(s: &dyn Store, id: &str, uuid: &str) -> Option<CommandState> {
+    s.command_history(id, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.command_uuid == uuid)
+        .map(|r| r.status)
+}
+
+async fn command_exchange_skips_an_unchanged_inventory(s: &dyn Store) {
+    bound(s, "e1").await;
+    let t = now();
+    let e1 = [("e1".into(), Channel::Device)];
+    for u in ["c1", "c2", "c3", "c4"] {
+        s.enqueue_command(
+            &cmd(u, "DeviceInformation"),
+            &e1,
+            &audit("command.enqueue", u),
+        )
+        .await
+        .unwrap();
+    }
+    let x = s
+        .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("c1"));
+    let ack = |u: &str, m: &TestMerge| {
+        exchange(
+            "id-e1",
+            "EID-e1",
+            Channel::Device,
+            Some(&outcome(u, "acknowledged")),
+            Some(m),
+            t,
+        )
+    };
+    let a = TestMerge::appends("a");
+    let x = s.command_exchange(ack("c1", &a)).await.unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("c2"));
+    assert_eq!(
+        s.inventory("e1").await.unwrap().as_deref(),
+        Some("+DeviceInformation")
+    );
+    // The same answers again: not merged (the test merge would append once more).
+    let x = s.command_exchange(ack("c2", &a)).await.unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("c3"));
+    assert_eq!(
+        s.inventory("e1").await.unwrap().as_deref(),
+        Some("+DeviceInformation"),
+        "an unchanged result is not merged"
+    );
+    assert_eq!(
+        command_status(s, "e1", "c2").await,
+        Some(CommandState::Acknowledged),
+        "the result itself is stored"
+    );
+    // Other answers are.
+    let x = s
+        .command_exchange(ack("c3", &TestMerge::appends("b")))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("c4"));
+    assert_eq!(
+        s.inventory("e1").await.unwrap().as_deref(),
+        Some("+DeviceInformation+DeviceInformation")
+    );
+    // A document written from elsewhere forgets the digests: the next result is merged.
+    s.set_inventory("e1", "doc").await.unwrap();
+    s.command_exchange(ack("c4", &TestMerge::appends("b")))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.inventory("e1").await.unwrap().as_deref(),
+        Some("doc+DeviceInformation")
+    );
+}
+
+/// Enrollments `e0`… bound, each with commands `<id>-a` and `<id>-b` queued.
+async fn bound_with_two_commands(s: &dyn Store, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = format!("e{i}");
+        bound(s, &id).await;
+        for c in ["a", "b"] {
+            let uuid = format!("{id}-{c}");
+            s.enqueue_command(
+                &cmd(&uuid, "DeviceInformation"),
+                &[(id.clone().into(), Channel::Device)],
+                &audit("command.enqueue", &uuid),
+            )
+            .await
+            .unwrap();
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+/// Exchanges that arrive together (SQLite runs them in one transaction) each get their own
+/// answer and keep their own writes.
+async fn concurrent_exchanges_each_keep_their_outcome(s: &dyn Store) {
+    let ids = bound_with_two_commands(s, 8).await;
+    let t = now();
+    let polls = ids.iter().map(|id| {
+        s.command_exchange(exchange(
+            &format!("id-{id}"),
+            &format!("EID-{id}"),
+            Channel::Device,
+            None,
+            None,
+            t,
+        ))
+    });
+    let answers = futures::future::join_all(polls).await;
+    for (id, x) in ids.iter().zip(answers) {
+        assert_eq!(next_uuid(x.unwrap()), Some(format!("{id}-a")));
+    }
+    let merge = TestMerge::appends("v1");
+    let acks = ids.iter().map(|id| {
+        s.command_exchange(exchange(
+            &format!("id-{id}"),
+            &format!("EID-{id}"),
+            Channel::Device,
+            Some(&outcome(&format!("{id}-a"), "acknowledged")),
+            Some(&merge),
+            t,
+        ))
+    });
+    let answers = futures::future::join_all(acks).await;
+    for (id, x) in ids.iter().zip(answers) {
+        let x = x.unwrap();
+        assert_eq!(ignored_of(&x), None, "{id}");
+        assert_eq!(next_uuid(x), Some(format!("{id}-b")));
+        assert_eq!(
+            command_status(s, id, &format!("{id}-a")).await,
+            Some(CommandState::Acknowledged)
+        );
+        assert_eq!(
+            command_status(s, id, &format!("{id}-b")).await,
+            Some(CommandState::Sent)
+        );
+        assert_eq!(
+            s.inventory(id).await.unwrap().as_deref(),
+            Some("+DeviceInformation")
+        );
+    }
+}
+
+/// One exchange that fails (its inventory is larger than the store keeps) changes nothing of
+/// its own, and the exchanges beside it (on SQLite: in the same transaction) keep theirs.
+async fn a_failing_exchange_does_not_undo_the_others(s: &dyn Store) {
+    let ids = bound_with_two_commands(s, 6).await;
+    let t = now();
+    for id in &ids {
+        let x = s
+            .command_exchange(exchange(
+                &format!("id-{id}"),
+                &format!("EID-{id}"),
+                Channel::Device,
+                None,
+                None,
+                t,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(next_uuid(x), Some(format!("{id}-a")));
+    }
+    let fine = TestMerge::appends("v1");
+    let bad = TestMerge::too_large();
+    let acks = ids.iter().enumerate().map(|(i, id)| {
+        s.command_exchange(exchange(
+            &format!("id-{id}"),
+            &format!("EID-{id}"),
+            Channel::Device,
+            Some(&outcome(&format!("{id}-a"), "acknowledged")),
+            Some(if i == 2 { &bad } else { &fine }),
+            t,
+        ))
+    });
+    let answers = futures::future::join_all(acks).await;
+    for (i, (id, x)) in ids.iter().zip(answers).enumerate() {
+        if i == 2 {
+            assert!(
+                matches!(x, Err(StoreError::TooLarge(_))),
+                "the oversized inventory is refused: {x:?}"
+            );
+            assert_eq!(
+                command_status(s, id, &format!("{id}-a")).await,
+                Some(CommandState::Sent),
+                "the refused exchange stored nothing"
+            );
+            assert_eq!(s.inventory(id).await.unwrap(), None);
+        } else {
+            assert_eq!(next_uuid(x.unwrap()), Some(format!("{id}-b")));
+            assert_eq!(
+                command_status(s, id, &format!("{id}-a")).await,
+                Some(CommandState::Acknowledged)
+            );
+            assert_eq!(
+                s.inventory(id).await.unwrap().as_deref(),
+                Some("+DeviceInformation")
+            );
+        }
+    }
+    // The device repeats its answer: nothing of the first attempt was kept, so it is stored now.
+    let id = &ids[2];
+    let x = s
+        .command_exchange(exchange(
+            &format!("id-{id}"),
+            &format!("EID-{id}"),
+            Channel::Device,
+            Some(&outcome(&format!("{id}-a"), "acknowledged")),
+            Some(&fine),
+            t,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ignored_of(&x), None);
+    assert_eq!(next_uuid(x), Some(format!("{id}-b")));
+    assert_eq!(
+        s.inventory(id).await.unwrap().as_deref(),
+        Some("+DeviceInformation")
+    );
+}
+
+/// A device that repeats an acknowledgement while the first is still being handled: one result
+/// is stored, the other is answered as a repeat, and both hand out the next command.
+async fn a_repeated_acknowledgement_racing_the_first_is_stored_once(s: &dyn Store) {
+    let ids = bound_with_two_commands(s, 1).await;
+    let id = &ids[0];
+    let t = now();
+    let x = s
+        .command_exchange(exchange("id-e0", "EID-e0", Channel::Device, None, None, t))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("e0-a"));
+    let ack = outcome("e0-a", "acknowledged");
+    let both = (0..2).map(|_| {
+        s.command_exchange(exchange(
+            "id-e0",
+            "EID-e0",
+            Channel::Device,
+            Some(&ack),
+            None,
+            t,
+        ))
+    });
+    let answers: Vec<Exchanged> = futures::future::join_all(both)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut ignored: Vec<_> = answers.iter().map(ignored_of).collect();
+    ignored.sort_by_key(|i| format!("{i:?}"));
+    assert_eq!(ignored, [None, Some(IgnoredResult::Repeated)]);
+    for x in answers {
+        assert_eq!(next_uuid(x).as_deref(), Some("e0-b"));
+    }
+    let h = s.command_history(id, 10).await.unwrap();
+    assert_eq!(
+        h.iter().filter(|r| r.command_uuid == "e0-a").count(),
+        1,
+        "stored once"
     );
 }
 
