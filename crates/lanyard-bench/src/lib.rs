@@ -484,6 +484,11 @@ pub struct Report {
     pub server_peak_rss_mib: Option<f64>,
     /// Resident memory of the server at the end (VmRSS), MiB.
     pub server_rss_mib: Option<f64>,
+    /// The server's resident memory when idle: started, migrated, no device yet (2 s after it
+    /// listens), split as the kernel counts it.
+    pub server_idle_rss: Option<Rss>,
+    /// The same split at the end.
+    pub server_end_rss: Option<Rss>,
     /// Load averages (1, 5, 15 min) when the run started: other work on the machine.
     pub load_before: String,
     /// Load averages when it ended.
@@ -604,6 +609,26 @@ fn context_switches(pid: u32) -> Option<u64> {
 }
 
 /// The 1-, 5- and 15-minute load averages.
+/// Resident memory split as `/proc/PID/status` counts it, MiB.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rss {
+    /// VmRSS: all of it.
+    pub total_mib: f64,
+    /// RssAnon: heap, stacks and other private memory.
+    pub anon_mib: f64,
+    /// RssFile: file pages mapped in (the executable's and the libraries' code and data).
+    pub file_mib: f64,
+}
+
+fn rss_of(pid: u32) -> Option<Rss> {
+    let mib = |key| status_kib(pid, key).map(|k| k as f64 / 1024.0);
+    Some(Rss {
+        total_mib: mib("VmRSS:")?,
+        anon_mib: mib("RssAnon:")?,
+        file_mib: mib("RssFile:")?,
+    })
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -2455,6 +2480,8 @@ async fn ceiling_phases(args: &BenchArgs, report: &mut Report) -> Result<()> {
         let d = args.concurrency.max(1);
         let per_device = args.round_trips.div_ceil(d);
         let server = CeilingChild::start(args, per_device).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        report.server_idle_rss = rss_of(server.pid());
         eprintln!("ceiling: making {d} synthetic devices for the round trips…");
         let (devices, r) = server.devices(args, d).await?;
         report.synthetic.push(r);
@@ -2523,6 +2550,8 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         crypto: Vec::new(),
         server_peak_rss_mib: None,
         server_rss_mib: None,
+        server_idle_rss: None,
+        server_end_rss: None,
         load_before: load_average(),
         load_after: String::new(),
     };
@@ -2562,6 +2591,8 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
                 );
                 let ca_pem = std::fs::read(data.data_dir.join("ca.pem"))?;
                 let pid = s.pid();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                report.server_idle_rss = rss_of(pid);
                 spawned = Some(s);
                 (url, ca_pem, Some(data), Some(pid))
             }
@@ -2579,6 +2610,7 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         if let Some(pid) = server_pid {
             report.server_peak_rss_mib = status_kib(pid, "VmHWM:").map(|k| k as f64 / 1024.0);
             report.server_rss_mib = status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0);
+            report.server_end_rss = rss_of(pid);
         }
         if let Some(mut s) = spawned {
             s.stop(args.keep).await;
@@ -2951,6 +2983,22 @@ pub fn render_table(r: &Report) -> String {
                 c.body_bytes
             ),
         );
+    }
+    for (when, rss) in [
+        ("idle", &r.server_idle_rss),
+        ("at the end", &r.server_end_rss),
+    ] {
+        if let Some(m) = rss {
+            row(
+                "server memory",
+                when,
+                format!(
+                    "RSS {:.1} MiB: {:.1} MiB anonymous (heap, stacks), {:.1} MiB file pages \
+                     (code, libraries)",
+                    m.total_mib, m.anon_mib, m.file_mib
+                ),
+            );
+        }
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
