@@ -50,8 +50,8 @@ use crate::signing::{decode_signature, verify_detached};
 use crate::time::{asn1_to_unix, now_unix};
 
 /// Default bound: certificates kept at once (one per enrolled device that talks to this server).
-/// An entry is a public key handle, two times and its 32-byte key: with an EC P-256 key about
-/// 1 KiB of OpenSSL objects, so 100,000 devices take about 100 MiB at most.
+/// An entry is a public key handle (OpenSSL's objects for the key), two times and its 32-byte
+/// key; docs/BENCHMARKS.md bounds what 10,000 entries cost.
 pub const SIGNER_CACHE_DEFAULT_CAPACITY: usize = 100_000;
 
 const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
