@@ -31,9 +31,8 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use lanyard_apple::abm::{AbmClient, AbmError, AbmOptions, DiscoveryProfile, OAuthCredentials};
-use lanyard_pki::openssl::pkey::PKey;
-use lanyard_pki::openssl::x509::X509;
 use lanyard_pki::SecretBox;
+use lanyard_pki::{PKey, X509};
 use lanyard_store::{AbmDevice, AbmToken, AbmTokenUpload, Audit};
 
 use crate::{Actor, CoreError, Lanyard, Result};
