@@ -20,3 +20,21 @@
 
 pub mod abm;
 pub mod apns;
+
+/// The one rule for a configured Apple service URL: `https://`, or plain `http://` only to a
+/// loopback address (a test service on this machine). The refusal says why, without the
+/// caller's prefix.
+pub(crate) fn check_service_url(base: &str) -> Result<url::Url, String> {
+    let parsed = url::Url::parse(base).map_err(|e| e.to_string())?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    if parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback) {
+        Ok(parsed)
+    } else {
+        Err("must be https:// (plain http only to a loopback address)".into())
+    }
+}

@@ -49,10 +49,6 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
 use lanyard_core::renewal::DEFAULT_IDENTITY_LIFETIME;
 use lanyard_core::Lanyard;
-use lanyard_pki::openssl::ec::{EcGroup, EcKey};
-use lanyard_pki::openssl::nid::Nid;
-use lanyard_pki::openssl::pkey::{PKey, Private};
-use lanyard_pki::openssl::x509::{X509Name, X509};
 use lanyard_pki::{Ca, CertInfo, CertificateIssuer as _, SecretBox};
 use lanyard_proto::CommandStatus;
 use lanyard_store::{
@@ -60,6 +56,10 @@ use lanyard_store::{
     NewCommand, NewEnrollment, NewUser, Ownership, PostgresStore, SqliteStore, Store,
     TokenUpdateRecord,
 };
+use openssl::ec::{EcGroup, EcKey};
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::x509::{X509Name, X509};
 use plist::{Dictionary, Value};
 use rand::seq::SliceRandom as _;
 use rand::{Rng as _, RngCore as _};

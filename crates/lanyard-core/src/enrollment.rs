@@ -24,10 +24,9 @@ use chrono::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use lanyard_pki::openssl::pkey::{PKey, Private};
-use lanyard_pki::openssl::x509::{X509Name, X509};
 use lanyard_pki::scep::{FailInfo, MessageType, ScepAnswer, ScepResponder, ScepResponse};
 use lanyard_pki::{Ca, SecretBox};
+use lanyard_pki::{NameAttribute, PKey, Private, X509Name, X509};
 use lanyard_proto::profile::{
     build_enrollment_profile, EnrollmentProfileInput, ProfileUuids, ScepSettings, ServerCapability,
 };
@@ -870,12 +869,11 @@ pub async fn list_enrollments(l: &Lanyard, q: &DeviceListQuery) -> Result<Vec<En
 }
 
 fn identity_subject(org: &str, enrollment_id: &str) -> Result<X509Name> {
-    use lanyard_pki::openssl::nid::Nid;
-    let mut b = X509Name::builder()?;
-    b.append_entry_by_nid(Nid::ORGANIZATIONNAME, org)?;
-    b.append_entry_by_nid(
-        Nid::COMMONNAME,
-        &format!("Lanyard Identity {enrollment_id}"),
-    )?;
-    Ok(b.build())
+    Ok(lanyard_pki::name(&[
+        (NameAttribute::Organization, org),
+        (
+            NameAttribute::CommonName,
+            &format!("Lanyard Identity {enrollment_id}"),
+        ),
+    ])?)
 }

@@ -48,7 +48,7 @@ pub enum CoreError {
     Pki(#[source] lanyard_pki::PkiError),
     /// An OpenSSL call made by the domain itself failed (500).
     #[error("OpenSSL operation failed")]
-    OpenSsl(#[source] lanyard_pki::openssl::error::ErrorStack),
+    OpenSsl(#[source] lanyard_pki::ErrorStack),
     /// A lower-level failure (encoding, decoding, hashing, an identity provider's library)
     /// while doing `context` (500). The cause stays attached as the source for the log; callers
     /// are told only that something failed inside the server.
@@ -136,8 +136,8 @@ impl From<lanyard_pki::PkiError> for CoreError {
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
-impl From<lanyard_pki::openssl::error::ErrorStack> for CoreError {
-    fn from(e: lanyard_pki::openssl::error::ErrorStack) -> Self {
+impl From<lanyard_pki::ErrorStack> for CoreError {
+    fn from(e: lanyard_pki::ErrorStack) -> Self {
         CoreError::OpenSsl(e)
     }
 }

@@ -10,6 +10,7 @@
 //! Depends on the storage *traits* (never on a concrete backend), the PKI and protocol crates.
 //! Must not depend on axum/HTTP, on a concrete database, or on the binary's configuration.
 
+pub mod abm;
 pub mod admins;
 pub mod attributes;
 pub mod commands;
@@ -22,7 +23,6 @@ pub mod pki;
 pub mod push;
 pub mod pushcert;
 pub mod renewal;
-pub mod server_tokens;
 pub mod settings;
 pub mod sign_in;
 pub mod users;

@@ -1,9 +1,8 @@
 //! The server's own PKI material kept in the database, so every server process on one database
 //! uses the same CA. Private keys are sealed with the server's secret key before they are stored.
 
-use lanyard_pki::openssl::pkey::{PKey, Private};
-use lanyard_pki::openssl::x509::X509;
 use lanyard_pki::{Ca, SecretBox};
+use lanyard_pki::{PKey, Private, X509};
 use lanyard_store::{AuditEntry, AuditFilter, PkiMaterial};
 
 use crate::{CoreError, Lanyard, Result};

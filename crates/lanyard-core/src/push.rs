@@ -125,24 +125,17 @@ fn parse_upload(upload: &PushCertificateUpload<'_>) -> Result<PushCertificate> {
 
 /// The private key of an upload, as PEM, to keep sealed.
 fn upload_key_pem(upload: &PushCertificateUpload<'_>) -> Result<String> {
-    let bad = |e: lanyard_pki::openssl::error::ErrorStack| {
-        CoreError::Invalid(format!("push certificate key: {e}"))
-    };
+    let bad = |e: lanyard_pki::PkiError| CoreError::Invalid(format!("push certificate key: {e}"));
     let key = match upload {
         PushCertificateUpload::Pem { key, .. } => {
-            lanyard_pki::openssl::pkey::PKey::private_key_from_pem(key).map_err(bad)?
+            lanyard_pki::private_key_from_pem(key).map_err(bad)?
         }
-        PushCertificateUpload::Pkcs12 { der, password } => {
-            lanyard_pki::openssl::pkcs12::Pkcs12::from_der(der)
-                .map_err(bad)?
-                .parse2(password)
-                .map_err(bad)?
-                .pkey
-                .ok_or_else(|| CoreError::Invalid("the PKCS#12 file holds no key".into()))?
-        }
+        PushCertificateUpload::Pkcs12 { der, password } => lanyard_pki::read_pkcs12(der, password)
+            .map_err(bad)?
+            .key
+            .ok_or_else(|| CoreError::Invalid("the PKCS#12 file holds no key".into()))?,
     };
-    let pem = key.private_key_to_pem_pkcs8().map_err(bad)?;
-    String::from_utf8(pem).map_err(|e| CoreError::failed("encoding a certificate", e))
+    lanyard_pki::private_key_pem(&key).map_err(bad)
 }
 
 impl Lanyard {

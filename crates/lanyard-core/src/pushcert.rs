@@ -19,11 +19,8 @@ use lanyard_apple::apns::{
 pub use lanyard_apple::apns::{
     SigningService, VendorSigner, DEFAULT_SIGNING_SERVICE_URL, REPLY_LIMIT,
 };
-use lanyard_pki::openssl::nid::Nid;
-use lanyard_pki::openssl::pkey::PKey;
-use lanyard_pki::openssl::rsa::Rsa;
-use lanyard_pki::openssl::x509::X509NameBuilder;
 use lanyard_pki::SecretBox;
+use lanyard_pki::{NameAttribute, PKey, Private};
 use lanyard_store::{Audit, PkiMaterial};
 
 use crate::push::{info, seal_context, PushCertificateInfo, APNS_CERT_NAME};
@@ -39,49 +36,31 @@ fn encryption_seal_context() -> &'static [u8] {
     b"lanyard:pki:apns-request-encryption"
 }
 
-/// A new push key and its CSR (DER), not stored yet.
+/// A new push key and its CSR (DER and PEM), not stored yet.
 struct Made {
-    key: PKey<lanyard_pki::openssl::pkey::Private>,
+    key: PKey<Private>,
     csr_der: Vec<u8>,
+    csr_pem: String,
 }
 
 /// A new push key and its CSR.
 fn new_push_key() -> Result<Made> {
-    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_nid(Nid::COMMONNAME, "Lanyard MDM push")?;
-    let name = name.build();
+    let key = lanyard_pki::generate_rsa_2048()?;
+    let name = lanyard_pki::name(&[(NameAttribute::CommonName, "Lanyard MDM push")])?;
     let csr_der = lanyard_pki::build_csr(&key, &name, None)?;
-    Ok(Made { key, csr_der })
+    let csr_pem = lanyard_pki::csr_der_to_pem(&csr_der)?;
+    Ok(Made {
+        key,
+        csr_der,
+        csr_pem,
+    })
 }
 
 /// A key and self-signed certificate for a signing service to encrypt its reply to (valid
 /// 30 days: the reply comes by email within minutes).
 fn new_encryption_identity() -> Result<(String, Vec<u8>)> {
-    use lanyard_pki::openssl::asn1::Asn1Time;
-    use lanyard_pki::openssl::bn::{BigNum, MsbOption};
-    use lanyard_pki::openssl::hash::MessageDigest;
-    use lanyard_pki::openssl::x509::X509Builder;
-    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_nid(Nid::COMMONNAME, "Lanyard push request encryption")?;
-    let name = name.build();
-    let mut b = X509Builder::new()?;
-    b.set_version(2)?;
-    let mut serial = BigNum::new()?;
-    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
-    let serial = serial.to_asn1_integer()?;
-    b.set_serial_number(&serial)?;
-    b.set_subject_name(&name)?;
-    b.set_issuer_name(&name)?;
-    b.set_pubkey(&key)?;
-    let (from, until) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(30)?);
-    b.set_not_before(&from)?;
-    b.set_not_after(&until)?;
-    b.sign(&key, MessageDigest::sha256())?;
-    let cert = String::from_utf8(b.build().to_pem()?)
-        .map_err(|e| CoreError::failed("encoding a certificate", e))?;
-    Ok((cert, key.private_key_to_pem_pkcs8()?))
+    let issued = lanyard_pki::self_signed_rsa("Lanyard push request encryption", 30)?;
+    Ok((issued.cert_pem, issued.key_pem.into_bytes()))
 }
 
 /// An email address a signing service can reply to: one `@`, no spaces or controls.
@@ -115,9 +94,8 @@ pub struct PushRequestInfo {
 }
 
 fn csr_der_of(pem: &str) -> Result<Vec<u8>> {
-    let req = lanyard_pki::openssl::x509::X509Req::from_pem(pem.as_bytes())
-        .map_err(|e| CoreError::failed("reading the stored push certificate request", e))?;
-    Ok(req.to_der()?)
+    lanyard_pki::csr_pem_to_der(pem.as_bytes())
+        .map_err(|e| CoreError::failed("reading the stored push certificate request", e))
 }
 
 fn vendor_error(e: lanyard_apple::apns::VendorError) -> CoreError {
@@ -164,14 +142,15 @@ impl Lanyard {
         vendor: Option<&VendorSigner>,
     ) -> Result<PushRequestInfo> {
         actor.require_write()?;
-        let Made { key, csr_der } = new_push_key()?;
+        let Made {
+            key,
+            csr_der,
+            csr_pem,
+        } = new_push_key()?;
         let upload_file = match vendor {
             Some(v) => Some(v.sign_request(&csr_der).map_err(vendor_error)?),
             None => None,
         };
-        let csr_pem = lanyard_pki::openssl::x509::X509Req::from_der(&csr_der)?.to_pem()?;
-        let csr_pem =
-            String::from_utf8(csr_pem).map_err(|e| CoreError::failed("encoding the request", e))?;
         let key_pem = key.private_key_to_pem_pkcs8()?;
         // Sealed with the push key's own context: on completion it moves as it is.
         let sealed = secrets.seal(&key_pem, seal_context())?;
@@ -239,10 +218,7 @@ impl Lanyard {
                 "the signing service's API key is empty".into(),
             ));
         }
-        let Made { key, csr_der } = new_push_key()?;
-        let csr_pem = lanyard_pki::openssl::x509::X509Req::from_der(&csr_der)?.to_pem()?;
-        let csr_pem =
-            String::from_utf8(csr_pem).map_err(|e| CoreError::failed("encoding the request", e))?;
+        let Made { key, csr_pem, .. } = new_push_key()?;
         let (enc_cert, enc_key) = new_encryption_identity()?;
         service
             .submit(&SignRequestBody::new(

@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use lanyard_fuzz::{fixture, signature_input};
-use lanyard_pki::openssl::symm::Cipher;
-use lanyard_pki::openssl::x509::X509NameBuilder;
 use lanyard_pki::scep::{encode_pki_message, MessageType};
 use lanyard_testkit::commands::{builtin_reply, parse_command, Channel, ResponderContext};
 use lanyard_testkit::device::{self, DeviceFacts, UserChannel};
+use openssl::symm::Cipher;
+use openssl::x509::X509NameBuilder;
 use plist::{Dictionary, Value};
 use sha2::{Digest, Sha256};
 

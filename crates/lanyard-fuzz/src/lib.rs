@@ -13,9 +13,9 @@
 
 use std::sync::OnceLock;
 
-use lanyard_pki::openssl::pkey::{PKey, Private};
-use lanyard_pki::openssl::x509::X509;
+use lanyard_pki::X509;
 use lanyard_pki::{scep, SignerCache};
+use lanyard_pki::{PKey, Private};
 use lanyard_proto::{
     decode_checkin, decode_command_report, decode_machine_info, encode_checkin,
     encode_command_report,

@@ -351,7 +351,7 @@ mod tests {
                 "internal",
             ),
             (
-                CoreError::OpenSsl(lanyard_pki::openssl::error::ErrorStack::get()),
+                CoreError::OpenSsl(lanyard_pki::ErrorStack::get()),
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
             ),

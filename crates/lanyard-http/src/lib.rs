@@ -68,7 +68,7 @@ pub struct AppState {
     /// Seals uploaded secrets (the push certificate key).
     pub secrets: lanyard_pki::SecretBox,
     /// Apple Business Manager server tokens, discovery registration and device sync.
-    pub abm: lanyard_core::server_tokens::AbmService,
+    pub abm: lanyard_core::abm::AbmService,
     /// Renders `/metrics` on this router; `None` when it is disabled or served on its own
     /// address ([`metrics_router`]).
     pub metrics: Option<MetricsEndpoint>,

@@ -9,13 +9,13 @@ use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
+use openssl::pkey::{PKey, PKeyRef, Private};
 use openssl::rsa::Rsa;
 use openssl::x509::extension::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
     SubjectKeyIdentifier,
 };
-use openssl::x509::{X509Builder, X509Name, X509NameBuilder, X509};
+use openssl::x509::{X509Builder, X509Extension, X509Name, X509NameBuilder, X509NameRef, X509};
 
 use crate::error::{PkiError, Result};
 use crate::time::{asn1_to_unix, from_now};
@@ -107,6 +107,35 @@ fn simple_name(common_name: &str, organization: &str) -> Result<X509Name> {
     Ok(b.build())
 }
 
+/// A self-signed certificate for `key`: version 3, random 128-bit serial, valid from a little
+/// before now for `validity_days`, with the given basic constraints and key usage and a
+/// subject key identifier, signed with SHA-256.
+pub(crate) fn self_signed(
+    key: &PKeyRef<Private>,
+    name: &X509NameRef,
+    validity_days: u32,
+    basic_constraints: X509Extension,
+    key_usage: X509Extension,
+) -> Result<X509> {
+    let mut b = X509Builder::new()?;
+    b.set_version(2)?;
+    let serial = random_serial()?;
+    b.set_serial_number(&serial)?;
+    b.set_subject_name(name)?;
+    b.set_issuer_name(name)?;
+    b.set_pubkey(key)?;
+    let not_before = from_now(-BACKDATE_SECS)?;
+    b.set_not_before(&not_before)?;
+    let not_after = from_now(i64::from(validity_days) * 86_400)?;
+    b.set_not_after(&not_after)?;
+    b.append_extension(basic_constraints)?;
+    b.append_extension(key_usage)?;
+    let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
+    b.append_extension(ski)?;
+    b.sign(key, MessageDigest::sha256())?;
+    Ok(b.build())
+}
+
 impl Ca {
     /// Create a new root: RSA-2048 key, self-signed, ten years, random 128-bit serial,
     /// basicConstraints `CA:TRUE` (critical), keyUsage `keyCertSign, cRLSign,
@@ -118,19 +147,11 @@ impl Ca {
         let key = PKey::from_rsa(Rsa::generate(2048)?)?;
         let name = simple_name(common_name, organization)?;
 
-        let mut b = X509Builder::new()?;
-        b.set_version(2)?;
-        let serial = random_serial()?;
-        b.set_serial_number(&serial)?;
-        b.set_subject_name(&name)?;
-        b.set_issuer_name(&name)?;
-        b.set_pubkey(&key)?;
-        let not_before = from_now(-BACKDATE_SECS)?;
-        b.set_not_before(&not_before)?;
-        let not_after = from_now(i64::from(CA_VALIDITY_DAYS) * 86_400)?;
-        b.set_not_after(&not_after)?;
-        b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
-        b.append_extension(
+        let cert = self_signed(
+            &key,
+            &name,
+            CA_VALIDITY_DAYS,
+            BasicConstraints::new().critical().ca().build()?,
             KeyUsage::new()
                 .critical()
                 .key_cert_sign()
@@ -138,13 +159,7 @@ impl Ca {
                 .digital_signature()
                 .build()?,
         )?;
-        let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
-        b.append_extension(ski)?;
-        b.sign(&key, MessageDigest::sha256())?;
-        Ok(Ca {
-            cert: b.build(),
-            key,
-        })
+        Ok(Ca { cert, key })
     }
 
     /// Load a CA from its PEM certificate and PEM private key (PKCS#8 or traditional).

@@ -7,16 +7,14 @@
 //! real token; nanodep's `tokenpki` strips the same markers).
 
 use openssl::cms::CmsContentInfo;
-use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, PKeyRef, Private};
 use openssl::rsa::Rsa;
-use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectKeyIdentifier};
-use openssl::x509::{X509Builder, X509NameBuilder, X509};
+use openssl::x509::extension::{BasicConstraints, KeyUsage};
+use openssl::x509::{X509NameBuilder, X509NameRef, X509};
 
-use crate::ca::{issued, random_serial, IssuedCert, BACKDATE_SECS};
+use crate::ca::{issued, IssuedCert};
 use crate::error::{PkiError, Result};
-use crate::time::from_now;
 
 /// Decrypt a CMS EnvelopedData given as S/MIME text (what ABM's `.p7m` holds), PEM
 /// (`-----BEGIN PKCS7-----` or `CMS`) or DER, with `key` (and `cert`, which selects the
@@ -68,38 +66,32 @@ pub fn smime_message_text(decrypted: &[u8]) -> Result<String> {
 /// the public key uploaded to Apple Business Manager (its token is encrypted to it).
 /// keyUsage keyEncipherment + digitalSignature, random serial, SKI.
 pub fn self_signed_rsa(common_name: &str, validity_days: u32) -> Result<IssuedCert> {
-    if common_name.is_empty() || validity_days == 0 {
-        return Err(PkiError::InvalidInput(
-            "common name and validity are required".into(),
-        ));
+    if common_name.is_empty() {
+        return Err(PkiError::InvalidInput("a common name is required".into()));
     }
-    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
     let mut nb = X509NameBuilder::new()?;
     nb.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
-    let name = nb.build();
-    let mut b = X509Builder::new()?;
-    b.set_version(2)?;
-    let serial = random_serial()?;
-    b.set_serial_number(&serial)?;
-    b.set_subject_name(&name)?;
-    b.set_issuer_name(&name)?;
-    b.set_pubkey(&key)?;
-    let not_before = from_now(-BACKDATE_SECS)?;
-    b.set_not_before(&not_before)?;
-    let not_after = from_now(i64::from(validity_days) * 86_400)?;
-    b.set_not_after(&not_after)?;
-    b.append_extension(BasicConstraints::new().critical().build()?)?;
-    b.append_extension(
+    self_signed_rsa_named(&nb.build(), validity_days)
+}
+
+/// [`self_signed_rsa`] with a whole subject name.
+pub fn self_signed_rsa_named(name: &X509NameRef, validity_days: u32) -> Result<IssuedCert> {
+    if validity_days == 0 {
+        return Err(PkiError::InvalidInput("a validity is required".into()));
+    }
+    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    let cert = crate::ca::self_signed(
+        &key,
+        name,
+        validity_days,
+        BasicConstraints::new().critical().build()?,
         KeyUsage::new()
             .critical()
             .key_encipherment()
             .digital_signature()
             .build()?,
     )?;
-    let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
-    b.append_extension(ski)?;
-    b.sign(&key, MessageDigest::sha256())?;
-    issued(&b.build(), &key)
+    issued(&cert, &key)
 }
 
 #[cfg(test)]

@@ -6,11 +6,11 @@ mod common;
 
 use std::process::Command;
 
-use lanyard_pki::openssl::nid::Nid;
-use lanyard_pki::openssl::pkey::PKey;
-use lanyard_pki::openssl::rsa::Rsa;
-use lanyard_pki::openssl::x509::{X509NameBuilder, X509};
 use lanyard_pki::{build_csr, sign_cms, sign_detached, verify_cms_attached, verify_detached, Ca};
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use openssl::x509::{X509NameBuilder, X509};
 
 const PROFILE: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict><key>PayloadType</key><string>Configuration</string></dict></plist>\n";
 

@@ -47,10 +47,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::scep_clients::{enroll, tools, Client};
-use lanyard_pki::openssl::pkey::{PKey, Private};
-use lanyard_pki::openssl::x509::X509;
 use lanyard_pki::scep::{FailInfo, IssueDecision, MessageType, ScepResponder};
 use lanyard_pki::{Ca, CertInfo};
+use openssl::pkey::{PKey, Private};
+use openssl::x509::X509;
 
 /// Are `client`'s programs installed? A loud skip otherwise (a failure under `CI=true`).
 fn require(client: Client, test: &str) -> bool {
@@ -324,11 +324,11 @@ fn assert_issued_by_ca(path: &Path, svc: &Service, tool: &str) -> CertInfo {
     let bytes =
         std::fs::read(path).unwrap_or_else(|e| panic!("{tool}: no certificate at {path:?}: {e}"));
     let cert = lanyard_pki::parse_cert(&bytes).unwrap();
-    let mut sb = lanyard_pki::openssl::x509::store::X509StoreBuilder::new().unwrap();
+    let mut sb = openssl::x509::store::X509StoreBuilder::new().unwrap();
     sb.add_cert(svc.ca.certificate().clone()).unwrap();
     let store = sb.build();
-    let chain = lanyard_pki::openssl::stack::Stack::new().unwrap();
-    let mut ctx = lanyard_pki::openssl::x509::X509StoreContext::new().unwrap();
+    let chain = openssl::stack::Stack::new().unwrap();
+    let mut ctx = openssl::x509::X509StoreContext::new().unwrap();
     let ok = ctx
         .init(&store, &cert, &chain, |c| c.verify_cert())
         .unwrap();
@@ -540,12 +540,12 @@ fn serve_for_manual_testing() {
 
 /// A PKCSReq made with Lanyard's client-side encoder, encrypted to the service's RA.
 fn make_pkcs_req(svc: &Service, cn: &str) -> (Vec<u8>, PKey<Private>) {
-    use lanyard_pki::openssl::asn1::Asn1Time;
-    use lanyard_pki::openssl::bn::BigNum;
-    use lanyard_pki::openssl::hash::MessageDigest;
-    use lanyard_pki::openssl::nid::Nid;
-    use lanyard_pki::openssl::rsa::Rsa;
-    use lanyard_pki::openssl::x509::{X509Builder, X509NameBuilder};
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::rsa::Rsa;
+    use openssl::x509::{X509Builder, X509NameBuilder};
     let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
     let mut nb = X509NameBuilder::new().unwrap();
     nb.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
@@ -572,7 +572,7 @@ fn make_pkcs_req(svc: &Service, cn: &str) -> (Vec<u8>, PKey<Private>) {
         &key,
         recipient,
         "manual-tx-1",
-        lanyard_pki::openssl::symm::Cipher::aes_256_cbc(),
+        openssl::symm::Cipher::aes_256_cbc(),
     )
     .unwrap();
     (msg, key)

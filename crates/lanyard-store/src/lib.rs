@@ -10,6 +10,7 @@
 //! other than the database. Policy (what is valid, who may change what) belongs to `lanyard-core`;
 //! every mutating call takes an [`Audit`] line and writes it in the same transaction as the change.
 
+mod abm_backend;
 mod backend;
 mod command_backend;
 mod enrollment_backend;
@@ -17,7 +18,6 @@ mod exchange_backend;
 mod idp_backend;
 mod listing_backend;
 pub mod model;
-mod server_token_backend;
 mod sqlite_writer;
 mod values;
 
@@ -549,36 +549,36 @@ pub trait CommandStore: Send + Sync {
 /// account-driven enrollment moves in one transaction; a sync page (devices and cursor) is
 /// stored in one transaction and only by the process holding the token's sync lease.
 #[async_trait]
-pub trait ServerTokenStore: Send + Sync {
+pub trait AbmStore: Send + Sync {
     /// Creates a token row with Lanyard's certificate and sealed key; a taken name is
     /// [`StoreError::Conflict`].
-    async fn create_server_token(
+    async fn create_abm_token(
         &self,
         name: &str,
         cert_pem: &str,
         key_sealed: &[u8],
         audit: &Audit,
-    ) -> Result<ServerToken>;
-    async fn server_token(&self, name: &str) -> Result<Option<ServerToken>>;
+    ) -> Result<AbmToken>;
+    async fn abm_token(&self, name: &str) -> Result<Option<AbmToken>>;
     /// The default token for account-driven enrollment, if one is set.
-    async fn default_server_token(&self) -> Result<Option<ServerToken>>;
-    async fn list_server_tokens(&self) -> Result<Vec<ServerToken>>;
+    async fn default_abm_token(&self) -> Result<Option<AbmToken>>;
+    async fn list_abm_tokens(&self) -> Result<Vec<AbmToken>>;
     /// Stores (or, on renewal, replaces) the token file's sealed secrets; devices are kept.
-    async fn upload_server_token(
+    async fn upload_abm_token(
         &self,
         name: &str,
-        upload: &ServerTokenUpload,
+        upload: &AbmTokenUpload,
         audit: &Audit,
-    ) -> Result<ServerToken>;
+    ) -> Result<AbmToken>;
     /// Makes this token the one default, clearing it on any other, in one transaction.
-    async fn set_default_server_token(&self, name: &str, audit: &Audit) -> Result<ServerToken>;
+    async fn set_default_abm_token(&self, name: &str, audit: &Audit) -> Result<AbmToken>;
     /// Records the service-discovery URL registered at ABM (`None`: removed).
     async fn record_discovery(
         &self,
         name: &str,
         url: Option<&str>,
         audit: &Audit,
-    ) -> Result<ServerToken>;
+    ) -> Result<AbmToken>;
     /// Takes the token's sync lease until `until` unless another owner holds a live one;
     /// returns the token when taken.
     async fn take_sync_lease(
@@ -587,7 +587,7 @@ pub trait ServerTokenStore: Send + Sync {
         owner: &str,
         until: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<Option<ServerToken>>;
+    ) -> Result<Option<AbmToken>>;
     /// Upserts one page of devices (removing `deleted` ones) and saves the cursor after it, in
     /// one transaction; refused with [`StoreError::Conflict`] when `owner` lost the lease.
     /// Returns how many rows changed.
@@ -614,7 +614,7 @@ pub trait ServerTokenStore: Send + Sync {
         -> Result<Vec<AbmDevice>>;
     async fn count_abm_devices(&self, name: &str) -> Result<i64>;
     /// Removes the token and its devices; an unknown name is [`StoreError::NotFound`].
-    async fn delete_server_token(&self, name: &str, audit: &Audit) -> Result<()>;
+    async fn delete_abm_token(&self, name: &str, audit: &Audit) -> Result<()>;
 }
 
 /// Everything Lanyard stores, as one object the domain services hold.
@@ -630,7 +630,7 @@ pub trait Store:
     + EnrollmentStore
     + CommandStore
     + ListingStore
-    + ServerTokenStore
+    + AbmStore
     + IdentityProviderStore
     + CommandExchangeStore
 {

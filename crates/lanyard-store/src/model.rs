@@ -491,7 +491,7 @@ impl std::fmt::Debug for PushTargetRow {
 /// An Apple Business Manager server token: Lanyard's key pair for it and, once the
 /// administrator uploaded the token file, its sealed OAuth secrets and what ABM said of itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
-pub struct ServerToken {
+pub struct AbmToken {
     pub id: i64,
     pub name: String,
     pub cert_pem: String,
@@ -522,7 +522,7 @@ pub struct ServerToken {
 
 /// The decrypted, validated contents of a token file, ready to store (secrets already sealed).
 #[derive(Debug, Clone)]
-pub struct ServerTokenUpload {
+pub struct AbmTokenUpload {
     pub secrets_sealed: Vec<u8>,
     pub token_expires_at: DateTime<Utc>,
     pub org_name: Option<String>,

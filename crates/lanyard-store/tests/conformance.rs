@@ -127,9 +127,9 @@ conformance!(
     device_search_takes_wildcards_literally,
     device_writes_are_bounded,
     listing_audit_by_date_range,
-    server_token_default_moves,
-    server_token_pages_and_renewal,
-    server_token_sync_lease_is_exclusive,
+    abm_token_default_moves,
+    abm_token_pages_and_renewal,
+    abm_token_sync_lease_is_exclusive,
     command_exchange_in_one_transaction,
     command_exchange_refusals_change_nothing,
     command_exchange_skips_an_unchanged_inventory,
@@ -2848,8 +2848,8 @@ async fn listing_audit_by_date_range(s: &dyn Store) {
     assert_eq!(earlier.total, 0);
 }
 
-fn token_upload(secret: &[u8], make_default: bool) -> ServerTokenUpload {
-    ServerTokenUpload {
+fn token_upload(secret: &[u8], make_default: bool) -> AbmTokenUpload {
+    AbmTokenUpload {
         secrets_sealed: secret.to_vec(),
         token_expires_at: now() + Duration::days(365),
         org_name: Some("Example Org".into()),
@@ -2875,20 +2875,20 @@ fn abm_device(serial: &str, model: &str, op: Option<&str>) -> AbmDevice {
     }
 }
 
-async fn server_token_default_moves(s: &dyn Store) {
+async fn abm_token_default_moves(s: &dyn Store) {
     for n in ["a", "b"] {
-        s.create_server_token(n, "PEM", b"key", &audit("server_token.create", n))
+        s.create_abm_token(n, "PEM", b"key", &audit("server_token.create", n))
             .await
             .unwrap();
     }
     let dup = s
-        .create_server_token("a", "PEM", b"key", &audit("server_token.create", "a"))
+        .create_abm_token("a", "PEM", b"key", &audit("server_token.create", "a"))
         .await;
     assert!(matches!(dup, Err(StoreError::Conflict(_))));
-    assert!(s.default_server_token().await.unwrap().is_none());
+    assert!(s.default_abm_token().await.unwrap().is_none());
 
     let a = s
-        .upload_server_token(
+        .upload_abm_token(
             "a",
             &token_upload(b"s1", true),
             &audit("server_token.upload", "a"),
@@ -2898,21 +2898,21 @@ async fn server_token_default_moves(s: &dyn Store) {
     assert!(a.is_default_account_driven);
     assert_eq!(a.secrets_sealed.as_deref(), Some(&b"s1"[..]));
     // Uploading b without the tick leaves a the default.
-    s.upload_server_token(
+    s.upload_abm_token(
         "b",
         &token_upload(b"s2", false),
         &audit("server_token.upload", "b"),
     )
     .await
     .unwrap();
-    assert_eq!(s.default_server_token().await.unwrap().unwrap().name, "a");
+    assert_eq!(s.default_abm_token().await.unwrap().unwrap().name, "a");
     // Ticking it on b moves it.
     let b = s
-        .set_default_server_token("b", &audit("server_token.default", "b"))
+        .set_default_abm_token("b", &audit("server_token.default", "b"))
         .await
         .unwrap();
     assert!(b.is_default_account_driven);
-    let all = s.list_server_tokens().await.unwrap();
+    let all = s.list_abm_tokens().await.unwrap();
     let defaults: Vec<_> = all
         .iter()
         .filter(|t| t.is_default_account_driven)
@@ -2920,16 +2920,16 @@ async fn server_token_default_moves(s: &dyn Store) {
         .collect();
     assert_eq!(defaults, vec!["b"]);
     // Upload with the tick moves it back.
-    s.upload_server_token(
+    s.upload_abm_token(
         "a",
         &token_upload(b"s3", true),
         &audit("server_token.upload", "a"),
     )
     .await
     .unwrap();
-    assert_eq!(s.default_server_token().await.unwrap().unwrap().name, "a");
+    assert_eq!(s.default_abm_token().await.unwrap().unwrap().name, "a");
     assert!(
-        !s.server_token("b")
+        !s.abm_token("b")
             .await
             .unwrap()
             .unwrap()
@@ -2937,7 +2937,7 @@ async fn server_token_default_moves(s: &dyn Store) {
     );
 
     let unknown = s
-        .set_default_server_token("nope", &audit("server_token.default", "nope"))
+        .set_default_abm_token("nope", &audit("server_token.default", "nope"))
         .await;
     assert!(matches!(unknown, Err(StoreError::NotFound(_))));
     let d = s
@@ -2969,11 +2969,11 @@ async fn server_token_default_moves(s: &dyn Store) {
     assert_eq!(lines.len(), 1, "a refused change writes no audit line");
 }
 
-async fn server_token_pages_and_renewal(s: &dyn Store) {
-    s.create_server_token("t", "PEM", b"key", &audit("server_token.create", "t"))
+async fn abm_token_pages_and_renewal(s: &dyn Store) {
+    s.create_abm_token("t", "PEM", b"key", &audit("server_token.create", "t"))
         .await
         .unwrap();
-    s.upload_server_token(
+    s.upload_abm_token(
         "t",
         &token_upload(b"s1", false),
         &audit("server_token.upload", "t"),
@@ -3003,7 +3003,7 @@ async fn server_token_pages_and_renewal(s: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(s.count_abm_devices("t").await.unwrap(), 3);
-    let tok = s.server_token("t").await.unwrap().unwrap();
+    let tok = s.abm_token("t").await.unwrap().unwrap();
     assert_eq!(tok.sync_cursor.as_deref(), Some("c2"));
     s.store_device_page(
         "t",
@@ -3024,7 +3024,7 @@ async fn server_token_pages_and_renewal(s: &dyn Store) {
 
     // Renewal replaces the secrets and keeps the devices and cursor.
     let renewed = s
-        .upload_server_token(
+        .upload_abm_token(
             "t",
             &token_upload(b"s2", false),
             &audit("server_token.upload", "t"),
@@ -3036,19 +3036,19 @@ async fn server_token_pages_and_renewal(s: &dyn Store) {
     assert_eq!(renewed.last_sync_status.as_deref(), Some("ok"));
     assert_eq!(s.count_abm_devices("t").await.unwrap(), 2);
 
-    s.delete_server_token("t", &audit("server_token.delete", "t"))
+    s.delete_abm_token("t", &audit("server_token.delete", "t"))
         .await
         .unwrap();
-    assert!(s.server_token("t").await.unwrap().is_none());
+    assert!(s.abm_token("t").await.unwrap().is_none());
     assert_eq!(s.count_abm_devices("t").await.unwrap(), 0);
     let again = s
-        .delete_server_token("t", &audit("server_token.delete", "t"))
+        .delete_abm_token("t", &audit("server_token.delete", "t"))
         .await;
     assert!(matches!(again, Err(StoreError::NotFound(_))));
 }
 
-async fn server_token_sync_lease_is_exclusive(s: &dyn Store) {
-    s.create_server_token("t", "PEM", b"key", &audit("server_token.create", "t"))
+async fn abm_token_sync_lease_is_exclusive(s: &dyn Store) {
+    s.create_abm_token("t", "PEM", b"key", &audit("server_token.create", "t"))
         .await
         .unwrap();
     let at = now();

@@ -10,15 +10,15 @@
 //! A User Enrollment never reveals hardware identifiers: no `UDID`, `SERIAL`/`SerialNumber`,
 //! `IMEI` or `MEID` appear in any body built here.
 
-use lanyard_pki::openssl::asn1::Asn1Time;
-use lanyard_pki::openssl::bn::{BigNum, MsbOption};
-use lanyard_pki::openssl::error::ErrorStack;
-use lanyard_pki::openssl::hash::MessageDigest;
-use lanyard_pki::openssl::nid::Nid;
-use lanyard_pki::openssl::pkey::{PKey, PKeyRef, Private};
-use lanyard_pki::openssl::rsa::Rsa;
-use lanyard_pki::openssl::x509::extension::{BasicConstraints, KeyUsage};
-use lanyard_pki::openssl::x509::{X509Builder, X509NameBuilder, X509NameRef, X509};
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::error::ErrorStack;
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, PKeyRef, Private};
+use openssl::rsa::Rsa;
+use openssl::x509::extension::{BasicConstraints, KeyUsage};
+use openssl::x509::{X509Builder, X509NameBuilder, X509NameRef, X509};
 use plist::{Dictionary, Value};
 
 /// Facts about the simulated Mac.
@@ -283,6 +283,24 @@ pub fn self_signed_with_name(
     )?;
     b.sign(key, MessageDigest::sha256())?;
     Ok(b.build())
+}
+
+/// An attached CMS signature over `data` that carries no certificate: what a device whose
+/// signer Lanyard cannot hold would send.
+pub fn sign_attached_without_certificates(
+    cert: &X509,
+    key: &PKeyRef<Private>,
+    data: &[u8],
+) -> Result<Vec<u8>, ErrorStack> {
+    use openssl::cms::{CMSOptions, CmsContentInfo};
+    CmsContentInfo::sign(
+        Some(cert),
+        Some(key),
+        None,
+        Some(data),
+        CMSOptions::BINARY | CMSOptions::CMS_NOCERTS,
+    )?
+    .to_der()
 }
 
 #[cfg(test)]

@@ -32,7 +32,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use lanyard_apple::abm::oauth::verify_authorization;
 use lanyard_apple::abm::{AbmDeviceRecord, OAuthCredentials};
-use lanyard_pki::openssl;
 use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
 use openssl::stack::Stack;
 use openssl::symm::Cipher;

@@ -35,7 +35,6 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{Method, Request, Response, StatusCode};
-use lanyard_pki::openssl;
 use lanyard_pki::Ca;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};

@@ -3,7 +3,6 @@
 //! Certificates Portal that issues a push certificate for a CSR.
 
 use anyhow::anyhow;
-use lanyard_pki::openssl;
 use openssl::asn1::{Asn1Object, Asn1OctetString, Asn1Time};
 use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;

@@ -14,7 +14,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine as _;
 use lanyard_apple::apns::{encrypt_reply, SignRequestBody, VendorSigner, SIGN_REQUEST_PATH};
-use lanyard_pki::openssl;
 use serde_json::{json, Value};
 
 use crate::fake_pushcert::FakeVendorChain;

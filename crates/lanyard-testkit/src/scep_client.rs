@@ -22,16 +22,14 @@
 //! and the HTTP exchange.
 
 use base64::Engine as _;
-use lanyard_pki::openssl::hash::{hash, MessageDigest};
-use lanyard_pki::openssl::pkey::{PKey, PKeyRef, Private};
-use lanyard_pki::openssl::stack::Stack;
-use lanyard_pki::openssl::symm::Cipher;
-use lanyard_pki::openssl::x509::store::X509StoreBuilder;
-use lanyard_pki::openssl::x509::{
-    X509Name, X509NameBuilder, X509PurposeId, X509StoreContext, X509,
-};
 use lanyard_pki::scep::{self, MessageType, PkiStatus};
 use lanyard_pki::CertInfo;
+use openssl::hash::{hash, MessageDigest};
+use openssl::pkey::{PKey, PKeyRef, Private};
+use openssl::stack::Stack;
+use openssl::symm::Cipher;
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::{X509Name, X509NameBuilder, X509PurposeId, X509StoreContext, X509};
 use url::Url;
 
 use crate::device;
@@ -92,7 +90,7 @@ pub struct CaCerts {
 }
 
 fn is_self_signed(c: &X509) -> bool {
-    c.issued(c) == lanyard_pki::openssl::x509::X509VerifyResult::OK
+    c.issued(c) == openssl::x509::X509VerifyResult::OK
         && c.public_key().and_then(|k| c.verify(&k)).unwrap_or(false)
 }
 
@@ -285,7 +283,7 @@ pub fn read_cert_rep(
 
 /// Does `cert` chain to `ca` (and is valid now)?
 pub fn chains_to(cert: &X509, ca: &X509) -> bool {
-    let check = || -> Result<bool, lanyard_pki::openssl::error::ErrorStack> {
+    let check = || -> Result<bool, openssl::error::ErrorStack> {
         let mut sb = X509StoreBuilder::new()?;
         sb.add_cert(ca.clone())?;
         sb.set_purpose(X509PurposeId::ANY)?;

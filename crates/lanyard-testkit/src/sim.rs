@@ -36,10 +36,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use base64::Engine as _;
-use lanyard_pki::openssl::pkey::{PKey, Private};
-use lanyard_pki::openssl::x509::X509;
 use lanyard_pki::{name_to_string, CertInfo};
 use lanyard_proto::CommandStatus;
+use openssl::pkey::{PKey, Private};
+use openssl::x509::X509;
 use plist::Dictionary;
 use rand::RngCore as _;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
@@ -2024,7 +2024,7 @@ enum EnrollAnswer {
 
 fn common_name(c: &X509) -> String {
     c.subject_name()
-        .entries_by_nid(lanyard_pki::openssl::nid::Nid::COMMONNAME)
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
         .next()
         .and_then(|e| e.data().to_string().ok())
         .unwrap_or_else(|| name_to_string(c.subject_name()))

@@ -17,8 +17,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Form, Router};
-use lanyard_pki::openssl::pkey::{PKey, Private};
-use lanyard_pki::openssl::x509::X509;
 use lanyard_pki::scep::{FailInfo, IssueDecision, ScepResponder};
 use lanyard_pki::Ca;
 use lanyard_proto::checkin::CheckinMessage;
@@ -28,6 +26,8 @@ use lanyard_proto::profile::{
 };
 use lanyard_proto::{CommandReport, OsVersion, SecretString};
 use lanyard_testkit::{Channel, Ownership, SimMac, SimOptions, Step};
+use openssl::pkey::{PKey, Private};
+use openssl::x509::X509;
 use plist::{Dictionary, Value};
 
 const PASSWORD: &str = "a long password";
@@ -77,7 +77,7 @@ type S = State<Arc<Stand>>;
 
 fn random_hex() -> String {
     let mut b = [0u8; 16];
-    lanyard_pki::openssl::rand::rand_bytes(&mut b).unwrap();
+    openssl::rand::rand_bytes(&mut b).unwrap();
     hex::encode(b)
 }
 

@@ -174,7 +174,7 @@ async fn token_file_opens_with_openssl_smime_and_lanyard() {
     let file = fake.token_file(recipient.cert_pem.as_bytes(), 365).unwrap();
     assert!(String::from_utf8_lossy(&file).contains("application/"));
 
-    let (creds, expiry) = lanyard_core::server_tokens::open_token_file(
+    let (creds, expiry) = lanyard_core::abm::open_token_file(
         &file,
         &recipient.cert_pem,
         recipient.key_pem.as_bytes(),
@@ -185,12 +185,10 @@ async fn token_file_opens_with_openssl_smime_and_lanyard() {
 
     // Another key cannot open it.
     let other = lanyard_pki::self_signed_rsa("someone else", 30).unwrap();
-    assert!(lanyard_core::server_tokens::open_token_file(
-        &file,
-        &other.cert_pem,
-        other.key_pem.as_bytes()
-    )
-    .is_err());
+    assert!(
+        lanyard_core::abm::open_token_file(&file, &other.cert_pem, other.key_pem.as_bytes())
+            .is_err()
+    );
 
     if !have("openssl") {
         assert!(

@@ -8,12 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{HeaderMap, Method, Request, StatusCode};
-use lanyard_pki::openssl::pkey::PKey;
-use lanyard_pki::openssl::x509::X509;
 use lanyard_testkit::fake_apns::{
     fake_push_certificate, fake_push_certificate_with, FakeApns, FakeApnsOptions,
     FakePushCertOptions, FakePushCertificate,
 };
+use openssl::pkey::PKey;
+use openssl::x509::X509;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;

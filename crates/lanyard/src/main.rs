@@ -6,14 +6,12 @@
 // placeholders such as `<data-dir>` and bare URLs, which rustdoc would read as HTML and links.
 #![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
 
-mod commands;
+mod cli;
 mod config;
 mod connections;
-mod idp_cmd;
 mod serve;
 mod settings;
 mod setup;
-mod token_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -49,33 +47,33 @@ enum Action {
     Migrate,
     /// Users who enroll their Macs.
     #[command(subcommand)]
-    User(commands::UserCmd),
+    User(cli::user::UserCmd),
     /// Enrollment settings.
     #[command(subcommand)]
-    Settings(commands::SettingsCmd),
+    Settings(cli::enrollment_settings::SettingsCmd),
     /// Enrolled devices.
     #[command(subcommand)]
-    Device(commands::DeviceCmd),
+    Device(cli::device::DeviceCmd),
     /// MDM commands.
     #[command(subcommand)]
-    Command(commands::CommandCmd),
+    Command(cli::command::CommandCmd),
     /// The APNs MDM push certificate.
     #[command(subcommand)]
-    PushCert(commands::PushCertCmd),
+    PushCert(cli::push_cert::PushCertCmd),
     /// Custom attribute definitions.
     #[command(subcommand)]
-    Attribute(commands::AttributeCmd),
+    Attribute(cli::attribute::AttributeCmd),
     /// Administrators and API tokens.
     #[command(subcommand)]
-    Admin(commands::AdminCmd),
+    Admin(cli::admin::AdminCmd),
     /// The audit log.
-    Audit(commands::AuditArgs),
-    /// Apple Business Manager server tokens, discovery registration and device sync.
-    #[command(subcommand)]
-    Token(token_cmd::TokenCmd),
+    Audit(cli::audit::AuditArgs),
+    /// Apple Business Manager: server tokens, discovery registration and device sync.
+    #[command(subcommand, alias = "token")]
+    Abm(cli::abm::AbmCmd),
     /// OpenID Connect identity providers for enrollment sign-in.
     #[command(subcommand)]
-    Idp(idp_cmd::IdpCmd),
+    Idp(cli::idp::IdpCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -129,32 +127,32 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Action::User(c) => commands::user(&open().await?, c).await,
-        Action::Settings(c) => commands::settings(&open().await?, c).await,
+        Action::User(c) => cli::user::user(&open().await?, c).await,
+        Action::Settings(c) => cli::enrollment_settings::settings(&open().await?, c).await,
         Action::Device(c) => {
             let o = open().await?;
             let secrets = setup::secret_box(g, &o.lanyard).await?;
             let push = setup::push_service(g, &o.lanyard, &secrets)?;
-            commands::device(&o, c, Some(&push)).await
+            cli::device::device(&o, c, Some(&push)).await
         }
         Action::Command(c) => {
             let o = open().await?;
             let secrets = setup::secret_box(g, &o.lanyard).await?;
             let push = setup::push_service(g, &o.lanyard, &secrets)?;
-            commands::command(&o, c, Some(&push)).await
+            cli::command::command(&o, c, Some(&push)).await
         }
         Action::PushCert(c) => {
             let o = open().await?;
             let secrets = setup::secret_box(g, &o.lanyard).await?;
-            commands::push_cert(&o, &secrets, g, c).await
+            cli::push_cert::push_cert(&o, &secrets, g, c).await
         }
-        Action::Attribute(c) => commands::attribute(&open().await?, c).await,
-        Action::Admin(c) => commands::admin(&open().await?, c).await,
-        Action::Audit(a) => commands::audit(&open().await?, a).await,
-        Action::Token(c) => token_cmd::run(g, &cli.abm, c).await,
+        Action::Attribute(c) => cli::attribute::attribute(&open().await?, c).await,
+        Action::Admin(c) => cli::admin::admin(&open().await?, c).await,
+        Action::Audit(a) => cli::audit::audit(&open().await?, a).await,
+        Action::Abm(c) => cli::abm::run(g, &cli.abm, c).await,
         Action::Idp(c) => {
             let o = open().await?;
-            idp_cmd::idp(&o, &setup::secret_box(g, &o.lanyard).await?, c).await
+            cli::idp::idp(&o, &setup::secret_box(g, &o.lanyard).await?, c).await
         }
     }
 }

@@ -247,8 +247,8 @@ fn abm_service(
     secrets: &SecretBox,
     abm: &AbmSettings,
     public: &str,
-) -> Result<lanyard_core::server_tokens::AbmService> {
-    let svc = lanyard_core::server_tokens::AbmService::new(
+) -> Result<lanyard_core::abm::AbmService> {
+    let svc = lanyard_core::abm::AbmService::new(
         lanyard.clone(),
         secrets.clone(),
         abm.settings(Some(public))?,

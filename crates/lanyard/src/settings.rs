@@ -104,11 +104,11 @@ pub struct AbmSettings {
     #[arg(long, global = true, value_name = "COUNT", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub abm_page_size: u32,
-    /// `serve`: minutes between device syncs of every token.
+    /// `serve`: minutes between device syncs of every ABM server token.
     #[arg(long, global = true, value_name = "MINUTES", default_value_t = 60,
           value_parser = at_least_one)]
     pub abm_sync_interval: u64,
-    /// `serve`: do not run the periodic device sync (sync with `lanyard token sync`).
+    /// `serve`: do not run the periodic device sync (sync with `lanyard abm sync`).
     #[arg(long, global = true)]
     pub no_abm_sync: bool,
     /// Seconds a device sync holds its token's lease between pages: a server process that

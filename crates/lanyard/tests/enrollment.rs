@@ -13,8 +13,7 @@ use rstest::rstest;
 
 use std::process::Command;
 
-use lanyard_pki::openssl::pkey::{PKey, Private};
-use lanyard_pki::openssl::x509::X509;
+use lanyard_pki::{PKey, Private, X509};
 use lanyard_testkit::profile::{parse_enrollment_profile, EnrollmentProfile};
 use lanyard_testkit::scep_client::{self, ScepError};
 use lanyard_testkit::sim::{CHECKIN_CONTENT_TYPE, COMMAND_CONTENT_TYPE, MACHINE_INFO_CONTENT_TYPE};
@@ -167,7 +166,8 @@ async fn fresh_profile(
 /// `Mdm-Signature` header value: base64 of a detached CMS signature over `body`.
 fn mdm_signature(cert: &X509, key: &PKey<Private>, body: &[u8]) -> String {
     let sig = lanyard_pki::sign_detached(cert, key, body).unwrap();
-    lanyard_pki::openssl::base64::encode_block(&sig)
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(&sig)
 }
 
 /// `PUT` a device request; returns the status and the body text.
@@ -559,17 +559,7 @@ async fn refusals_as_apple_documents(#[values(Db::Sqlite, Db::Postgres)] db: Db)
     let plist = machine_info_xml("Mac15,3", "24C101", None);
     let key = device::rsa_key(2048).unwrap();
     let cert = device::self_signed(&key, "Device Identity", 30).unwrap();
-    use lanyard_pki::openssl::cms::{CMSOptions, CmsContentInfo};
-    let unverifiable = CmsContentInfo::sign(
-        Some(&cert),
-        Some(&key),
-        None,
-        Some(plist.as_slice()),
-        CMSOptions::BINARY | CMSOptions::CMS_NOCERTS,
-    )
-    .unwrap()
-    .to_der()
-    .unwrap();
+    let unverifiable = device::sign_attached_without_certificates(&cert, &key, &plist).unwrap();
     assert!(lanyard_pki::verify_cms_attached_untrusted(&unverifiable).is_err());
     let r = post_enroll(&c, &base, &unverifiable, None).await;
     assert_eq!(
@@ -578,15 +568,11 @@ async fn refusals_as_apple_documents(#[values(Db::Sqlite, Db::Postgres)] db: Db)
         "an unverifiable signature is read, not refused"
     );
     // …and still gated: an unverifiable 15.1 is refused for its version.
-    let old = CmsContentInfo::sign(
-        Some(&cert),
-        Some(&key),
-        None,
-        Some(machine_info_xml("Mac15,3", "24B83", None).as_slice()),
-        CMSOptions::BINARY | CMSOptions::CMS_NOCERTS,
+    let old = device::sign_attached_without_certificates(
+        &cert,
+        &key,
+        &machine_info_xml("Mac15,3", "24B83", None),
     )
-    .unwrap()
-    .to_der()
     .unwrap();
     assert_apple_refusal(post_enroll(&c, &base, &old, None).await, REFUSED, "15.1").await;
     // A malformed CMS message is 400.

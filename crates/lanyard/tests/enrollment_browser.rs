@@ -17,7 +17,7 @@ use rstest::rstest;
 
 use std::process::Command;
 
-use lanyard_pki::openssl::x509::X509;
+use lanyard_pki::X509;
 use lanyard_testkit::profile::parse_enrollment_profile;
 use lanyard_testkit::sim::MACHINE_INFO_CONTENT_TYPE;
 use lanyard_testkit::{webauth, SimMac, SimOptions};

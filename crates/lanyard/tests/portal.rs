@@ -356,16 +356,10 @@ async fn portal_walk(db: Db) {
     )
     .await;
     assert_eq!(st, 403);
-    let (st, page) = post(
-        &v,
-        &s,
-        "/portal/tokens",
-        &[("csrf", &vcsrf), ("name", "ro")],
-    )
-    .await;
+    let (st, page) = post(&v, &s, "/portal/abm", &[("csrf", &vcsrf), ("name", "ro")]).await;
     assert_eq!(st, 403);
     assert!(page.contains("Read-only administrators"), "{page}");
-    let (st, page) = get(&v, &s, "/portal/tokens").await;
+    let (st, page) = get(&v, &s, "/portal/abm").await;
     assert_eq!(st, 200);
     assert!(page.contains("No server tokens yet"), "{page}");
 
@@ -446,7 +440,7 @@ async fn portal(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     portal_walk(db).await;
 }
 
-/// A sync started from the Tokens page returns at once and runs in the background; its
+/// A sync started from the ABM page returns at once and runs in the background; its
 /// progress is polled (as `portal.js` does) until done, every device is stored once, and a
 /// second start while it runs is refused with a message.
 // Multi-threaded: the fake ABM must keep serving while the test waits on a CLI process.
@@ -473,38 +467,35 @@ async fn sync_progress(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("main.pem").display().to_string();
     let p7m = dir.path().join("main.p7m").display().to_string();
-    let (ok, _, err) = s.cli(&["token", "new", "main", "-o", &pem, "--abm-url", &abm]);
+    let (ok, _, err) = s.cli(&["abm", "new", "main", "-o", &pem, "--abm-url", &abm]);
     assert!(ok, "{err}");
     std::fs::write(
         &p7m,
         fake.token_file(&std::fs::read(&pem).unwrap(), 365).unwrap(),
     )
     .unwrap();
-    let (ok, _, err) = s.cli(&["token", "upload", "main", &p7m, "--abm-url", &abm]);
+    let (ok, _, err) = s.cli(&["abm", "upload", "main", &p7m, "--abm-url", &abm]);
     assert!(ok, "{err}");
 
     let c = browser(&s);
     let csrf = sign_in(&c, &s, "admin", &s.admin_password).await;
     // Nothing started yet: no progress to show.
-    let (st, _) = get(&c, &s, "/portal/tokens/main/progress").await;
+    let (st, _) = get(&c, &s, "/portal/abm/main/progress").await;
     assert_eq!(st, 404);
 
     // Every device page is slow, so the sync is still running when the page comes back.
     fake.inject((0..5).map(|_| AbmFault::Slow(std::time::Duration::from_millis(400))));
     let r = c
-        .post(format!("{}/portal/tokens/main/sync", s.url))
+        .post(format!("{}/portal/abm/main/sync", s.url))
         .form(&[("csrf", csrf.as_str())])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
-    assert_eq!(
-        r.headers()["location"],
-        "/portal/tokens?done=sync&name=main"
-    );
+    assert_eq!(r.headers()["location"], "/portal/abm?done=sync&name=main");
 
     // A second start while the first runs: refused with a message, nothing started.
-    let (st, page) = post(&c, &s, "/portal/tokens/main/sync", &[("csrf", &csrf)]).await;
+    let (st, page) = post(&c, &s, "/portal/abm/main/sync", &[("csrf", &csrf)]).await;
     assert_eq!(st, 409, "{page}");
     assert!(
         page.contains("A sync of `main` is already running"),
@@ -512,11 +503,11 @@ async fn sync_progress(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     );
 
     // The token page shows the progress line the script polls.
-    let (st, page) = get(&c, &s, "/portal/tokens?done=sync&name=main").await;
+    let (st, page) = get(&c, &s, "/portal/abm?done=sync&name=main").await;
     assert_eq!(st, 200);
     assert!(page.contains("Sync of main started"), "{page}");
     assert!(
-        page.contains("data-poll=\"/portal/tokens/main/progress\""),
+        page.contains("data-poll=\"/portal/abm/main/progress\""),
         "{page}"
     );
 
@@ -524,7 +515,7 @@ async fn sync_progress(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let mut last_pages = 0;
     let mut polls = 0;
     let done = loop {
-        let (st, body) = get(&c, &s, "/portal/tokens/main/progress").await;
+        let (st, body) = get(&c, &s, "/portal/abm/main/progress").await;
         assert_eq!(st, 200, "{body}");
         let p: Value = serde_json::from_str(&body).unwrap();
         let pages = p["pages"].as_u64().unwrap();
@@ -574,7 +565,7 @@ async fn sync_progress(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     serials.sort_unstable();
     serials.dedup();
     assert_eq!(serials.len(), 23, "{devices}");
-    let (st, page) = get(&c, &s, "/portal/tokens").await;
+    let (st, page) = get(&c, &s, "/portal/abm").await;
     assert_eq!(st, 200);
     assert!(page.contains("23 devices assigned in all"), "{page}");
     assert!(!page.contains("data-poll="), "{page}");

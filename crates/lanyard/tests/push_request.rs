@@ -370,7 +370,8 @@ async fn signing_service_request_decrypt(db: Db) {
     let sent = service.requests().pop().unwrap();
     assert_eq!(sent.email, "admin@example.com");
     assert_eq!(sent.key, api_key);
-    let b64 = |t: &str| lanyard_pki::openssl::base64::decode_block(t).unwrap();
+    use base64::Engine as _;
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.decode(t).unwrap();
     let csr_pem = b64(&sent.csr);
     assert!(String::from_utf8_lossy(&csr_pem).contains("BEGIN CERTIFICATE REQUEST"));
     let enc = b64(&sent.encrypt);

@@ -154,12 +154,12 @@ async fn two_servers_one_database_survive_a_sigkill() {
     // An ABM token, uploaded through the first process.
     let pem = dir.path().join("main.pem").display().to_string();
     let p7m = dir.path().join("main.p7m");
-    let (ok, _, err) = a.cli(&["token", "new", "main", "-o", &pem, "--abm-url", &abm_url]);
+    let (ok, _, err) = a.cli(&["abm", "new", "main", "-o", &pem, "--abm-url", &abm_url]);
     assert!(ok, "{err}");
     let cert = std::fs::read(&pem).unwrap();
     std::fs::write(&p7m, abm.token_file(&cert, 365).unwrap()).unwrap();
     let p7m = p7m.display().to_string();
-    let (ok, _, err) = a.cli(&["token", "upload", "main", &p7m, "--abm-url", &abm_url]);
+    let (ok, _, err) = a.cli(&["abm", "upload", "main", &p7m, "--abm-url", &abm_url]);
     assert!(ok, "{err}");
 
     let b = a.start_peer(&env);

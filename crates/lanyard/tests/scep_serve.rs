@@ -38,9 +38,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use lanyard_pki::openssl::pkey::PKey;
-use lanyard_pki::openssl::x509::X509;
 use lanyard_pki::CertInfo;
+use lanyard_pki::{PKey, X509};
 use lanyard_testkit::{SimMac, SimOptions};
 use pki_common::scep_clients::{self, Client};
 use serde_json::Value;

@@ -137,20 +137,9 @@ enum Attempt {
 impl AbmClient {
     pub fn new(opts: AbmOptions, creds: OAuthCredentials) -> Result<Self, AbmError> {
         let base = opts.base_url.trim_end_matches('/').to_string();
-        let parsed = url::Url::parse(&base)
-            .map_err(|e| AbmError::Config(format!("ABM URL {base:?}: {e}")))?;
         // Plain HTTP only to this machine (the test kit's fake ABM); Apple is https.
-        let loopback = match parsed.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
-            None => false,
-        };
-        if !(parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback)) {
-            return Err(AbmError::Config(format!(
-                "ABM URL {base:?} must be https:// (plain http only to a loopback address)"
-            )));
-        }
+        crate::check_service_url(&base)
+            .map_err(|e| AbmError::Config(format!("ABM URL {base:?}: {e}")))?;
         let mut builder = reqwest::Client::builder()
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout)

@@ -7,7 +7,6 @@
 //! `enc(consumer secret)&enc(token secret)`.
 
 use base64::Engine as _;
-use lanyard_pki::openssl::{hash::MessageDigest, pkey::PKey, sign::Signer};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::AbmError;
@@ -83,13 +82,8 @@ pub fn signature(
     token_secret: &str,
 ) -> Result<String, AbmError> {
     let key = format!("{}&{}", encode(consumer_secret), encode(token_secret));
-    let sign = || -> Result<Vec<u8>, lanyard_pki::openssl::error::ErrorStack> {
-        let pkey = PKey::hmac(key.as_bytes())?;
-        let mut signer = Signer::new(MessageDigest::sha1(), &pkey)?;
-        signer.update(base.as_bytes())?;
-        signer.sign_to_vec()
-    };
-    let mac = sign().map_err(|e| AbmError::Config(format!("HMAC-SHA1: {e}")))?;
+    let mac = lanyard_pki::hmac_sha1(key.as_bytes(), base.as_bytes())
+        .map_err(|e| AbmError::Config(format!("HMAC-SHA1: {e}")))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(mac))
 }
 
@@ -197,9 +191,7 @@ pub fn verify_authorization(
     let base = base_string(method, url, &signed).map_err(|e| e.to_string())?;
     let expected = signature(&base, &creds.consumer_secret, &creds.access_secret)
         .map_err(|e| e.to_string())?;
-    if lanyard_pki::openssl::memcmp::eq(expected.as_bytes(), sig.as_bytes())
-        && expected.len() == sig.len()
-    {
+    if lanyard_pki::constant_time_eq(expected.as_bytes(), sig.as_bytes()) {
         Ok(())
     } else {
         Err("signature does not verify".into())

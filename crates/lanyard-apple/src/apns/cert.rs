@@ -3,14 +3,8 @@
 //! the APNs topic (`com.apple.mgmt.External.<uuid>`) that enrolled devices listen on.
 
 use std::fmt;
-use std::sync::OnceLock;
 
-use lanyard_pki::openssl::nid::Nid;
-use lanyard_pki::openssl::pkcs12::Pkcs12;
-use lanyard_pki::openssl::pkey::{PKey, Private};
-use lanyard_pki::openssl::provider::Provider;
-use lanyard_pki::openssl::x509::X509;
-use lanyard_pki::CertInfo;
+use lanyard_pki::{CertInfo, NameAttribute, PKey, Private, X509};
 
 use super::error::ApnsError;
 
@@ -83,16 +77,6 @@ impl fmt::Debug for PushCertificate {
     }
 }
 
-/// OpenSSL 3 reads the RC2-40 and similar encryptions that macOS Keychain has long used for
-/// exported `.p12` files only through its "legacy" provider. It is loaded once, on the first
-/// PKCS#12 file that fails without it, alongside the default provider, and kept loaded.
-pub(crate) fn load_legacy_provider() -> bool {
-    static LEGACY: OnceLock<Option<Provider>> = OnceLock::new();
-    LEGACY
-        .get_or_init(|| Provider::try_load(None, "legacy", true).ok())
-        .is_some()
-}
-
 pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -104,39 +88,27 @@ impl PushCertificate {
     /// Load from a PKCS#12 (`.p12`) file as exported from Keychain Access, with its password.
     /// Extra certificates in the file are sent as the chain.
     pub fn from_pkcs12(der: &[u8], password: &str) -> Result<PushCertificate, ApnsError> {
-        let p12 = Pkcs12::from_der(der).map_err(|e| ApnsError::Pkcs12(e.to_string()))?;
-        let parsed = match p12.parse2(password) {
-            Ok(p) => p,
-            Err(first) => {
-                // Maybe a legacy encryption: retry once with the legacy provider loaded.
-                if load_legacy_provider() {
-                    p12.parse2(password)
-                        .map_err(|_| ApnsError::Pkcs12(first.to_string()))?
-                } else {
-                    return Err(ApnsError::Pkcs12(first.to_string()));
-                }
-            }
-        };
+        // macOS Keychain has long exported `.p12` files in RC2-40; `read_pkcs12` reads those
+        // with OpenSSL 3's legacy provider.
+        let parsed = lanyard_pki::read_pkcs12(der, password)
+            .map_err(|e| ApnsError::Pkcs12(e.to_string()))?;
         let cert = parsed.cert.ok_or(ApnsError::Missing("certificate"))?;
-        let key = parsed.pkey.ok_or(ApnsError::Missing("private key"))?;
-        let chain = parsed
-            .ca
-            .map(|s| s.into_iter().collect())
-            .unwrap_or_default();
-        Self::checked(cert, chain, key)
+        let key = parsed.key.ok_or(ApnsError::Missing("private key"))?;
+        Self::checked(cert, parsed.chain, key)
     }
 
     /// Load from PEM: the certificate (optionally followed by its chain) and the private key
     /// (PKCS#8 or traditional, unencrypted). Both arguments may be the same combined PEM
     /// file holding the certificate and the key.
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<PushCertificate, ApnsError> {
-        let mut certs =
-            X509::stack_from_pem(cert_pem).map_err(|e| ApnsError::Pem(e.to_string()))?;
+        let mut certs = lanyard_pki::certificates_from_pem(cert_pem)
+            .map_err(|e| ApnsError::Pem(e.to_string()))?;
         if certs.is_empty() {
             return Err(ApnsError::Missing("certificate"));
         }
         let cert = certs.remove(0);
-        let key = PKey::private_key_from_pem(key_pem).map_err(|e| ApnsError::Pem(e.to_string()))?;
+        let key = lanyard_pki::private_key_from_pem(key_pem)
+            .map_err(|e| ApnsError::Pem(e.to_string()))?;
         Self::checked(cert, certs, key)
     }
 
@@ -145,10 +117,7 @@ impl PushCertificate {
         chain: Vec<X509>,
         key: PKey<Private>,
     ) -> Result<PushCertificate, ApnsError> {
-        let public = cert
-            .public_key()
-            .map_err(|e| ApnsError::Pem(e.to_string()))?;
-        if !public.public_eq(&key) {
+        if !lanyard_pki::key_matches(&cert, &key) {
             return Err(ApnsError::KeyMismatch);
         }
         let info = CertInfo::from_x509(&cert).map_err(|e| ApnsError::Pem(e.to_string()))?;
@@ -183,7 +152,7 @@ impl PushCertificate {
     /// The MDM topic of a push certificate given as PEM (the first certificate), without its
     /// key: what a stored certificate's topic is, for a caller that must not open the key.
     pub fn topic_of_pem(cert_pem: &[u8]) -> Result<String, ApnsError> {
-        let cert = X509::stack_from_pem(cert_pem)
+        let cert = lanyard_pki::certificates_from_pem(cert_pem)
             .map_err(|e| ApnsError::Pem(e.to_string()))?
             .into_iter()
             .next()
@@ -260,8 +229,9 @@ impl PushCertificate {
 
 /// The UID (0.9.2342.19200300.100.1.1) of the certificate's subject, if there is one.
 fn topic_of(cert: &X509) -> Option<String> {
-    let entry = cert.subject_name().entries_by_nid(Nid::USERID).next()?;
-    let text = entry.data().to_string().ok()?;
+    let text = lanyard_pki::subject_values(cert, NameAttribute::UserId)
+        .into_iter()
+        .next()?;
     let text = text.trim().to_string();
     (!text.is_empty()).then_some(text)
 }
@@ -292,27 +262,16 @@ mod tests {
     }
 
     fn cert_with_uid(uid: Option<&str>) -> Vec<u8> {
-        use lanyard_pki::openssl::hash::MessageDigest;
-        use lanyard_pki::openssl::rsa::Rsa;
-        use lanyard_pki::openssl::x509::{X509Builder, X509NameBuilder};
-        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let mut name = X509NameBuilder::new().unwrap();
+        let mut subject = Vec::new();
         if let Some(uid) = uid {
-            name.append_entry_by_nid(Nid::USERID, uid).unwrap();
+            subject.push((NameAttribute::UserId, uid));
         }
-        name.append_entry_by_nid(Nid::COMMONNAME, "APSP:test")
-            .unwrap();
-        let name = name.build();
-        let mut b = X509Builder::new().unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(&key).unwrap();
-        let now = lanyard_pki::openssl::asn1::Asn1Time::days_from_now(0).unwrap();
-        let later = lanyard_pki::openssl::asn1::Asn1Time::days_from_now(30).unwrap();
-        b.set_not_before(&now).unwrap();
-        b.set_not_after(&later).unwrap();
-        b.sign(&key, MessageDigest::sha256()).unwrap();
-        b.build().to_pem().unwrap()
+        subject.push((NameAttribute::CommonName, "APSP:test"));
+        let name = lanyard_pki::name(&subject).unwrap();
+        lanyard_pki::self_signed_rsa_named(&name, 30)
+            .unwrap()
+            .cert_pem
+            .into_bytes()
     }
 
     #[test]

@@ -280,7 +280,7 @@ fn root_store(extra_pem: Option<&[u8]>) -> Result<RootCertStore, ApnsError> {
     let native = rustls_native_certs::load_native_certs();
     let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
     if let Some(pem) = extra_pem {
-        let certs = lanyard_pki::openssl::x509::X509::stack_from_pem(pem)
+        let certs = lanyard_pki::certificates_from_pem(pem)
             .map_err(|e| ApnsError::Tls(format!("extra root CA PEM: {e}")))?;
         if certs.is_empty() {
             return Err(ApnsError::Tls(

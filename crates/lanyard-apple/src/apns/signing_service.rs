@@ -14,11 +14,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use lanyard_pki::openssl::cms::{CMSOptions, CmsContentInfo};
-use lanyard_pki::openssl::pkey::PKey;
-use lanyard_pki::openssl::stack::Stack;
-use lanyard_pki::openssl::symm::Cipher;
-use lanyard_pki::openssl::x509::X509;
+use lanyard_pki::X509;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -85,19 +81,8 @@ impl SigningService {
     /// service on this machine).
     pub fn new(url: &str) -> Result<SigningService, SigningServiceError> {
         let base = url.trim_end_matches('/').to_string();
-        let parsed =
-            url::Url::parse(&base).map_err(|e| SigningServiceError::Config(format!("{e}")))?;
-        let loopback = match parsed.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
-            None => false,
-        };
-        if !(parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback)) {
-            return Err(SigningServiceError::Config(format!(
-                "{base:?} must be https:// (plain http only to a loopback address)"
-            )));
-        }
+        crate::check_service_url(&base)
+            .map_err(|e| SigningServiceError::Config(format!("{base:?}: {e}")))?;
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(30))
@@ -171,35 +156,27 @@ pub fn decrypt_reply(
     let der = hex::decode(&compact).map_err(|_| {
         bad("the file is not hex text (the service's *.plist.b64.p7 attachment)".into())
     })?;
-    let cms = CmsContentInfo::from_der(&der)
-        .map_err(|_| bad("the file does not hold a CMS message".into()))?;
     let cert = X509::from_pem(cert_pem)
         .map_err(|e| SigningServiceError::Reply(format!("encryption certificate: {e}")))?;
-    let key = PKey::private_key_from_pem(key_pem)
+    let key = lanyard_pki::private_key_from_pem(key_pem)
         .map_err(|e| SigningServiceError::Reply(format!("encryption key: {e}")))?;
-    cms.decrypt(&key, &cert).map_err(|_| {
-        bad(
+    lanyard_pki::cms_decrypt(&der, &cert, &key).map_err(|e| match e {
+        lanyard_pki::PkiError::InvalidInput(_) => {
+            bad("the file does not hold a CMS message".into())
+        }
+        _ => bad(
             "it cannot be decrypted with the pending request's encryption key (it was made for \
              another request)"
                 .into(),
-        )
+        ),
     })
 }
 
 /// Encrypts a request file to `cert_pem` the way the service replies: hex of the DER CMS
 /// EnvelopedData (AES-256-CBC). For test services.
 pub fn encrypt_reply(request_file: &[u8], cert_pem: &[u8]) -> Result<String, SigningServiceError> {
-    let err =
-        |e: lanyard_pki::openssl::error::ErrorStack| SigningServiceError::Reply(e.to_string());
-    let cert = X509::from_pem(cert_pem).map_err(err)?;
-    let mut certs = Stack::new().map_err(err)?;
-    certs.push(cert).map_err(err)?;
-    let cms = CmsContentInfo::encrypt(
-        &certs,
-        request_file,
-        Cipher::aes_256_cbc(),
-        CMSOptions::BINARY,
-    )
-    .map_err(err)?;
-    Ok(hex::encode(cms.to_der().map_err(err)?))
+    let cert = X509::from_pem(cert_pem).map_err(|e| SigningServiceError::Reply(e.to_string()))?;
+    let der = lanyard_pki::cms_encrypt_aes256(request_file, &cert)
+        .map_err(|e| SigningServiceError::Reply(e.to_string()))?;
+    Ok(hex::encode(der))
 }

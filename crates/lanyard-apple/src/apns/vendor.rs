@@ -17,18 +17,11 @@
 use std::fmt;
 
 use base64::Engine as _;
-use lanyard_pki::openssl::hash::MessageDigest;
-use lanyard_pki::openssl::nid::Nid;
-use lanyard_pki::openssl::pkcs12::Pkcs12;
-use lanyard_pki::openssl::pkey::{PKey, Private};
-use lanyard_pki::openssl::sign::Signer;
-use lanyard_pki::openssl::stack::Stack;
-use lanyard_pki::openssl::x509::store::X509StoreBuilder;
-use lanyard_pki::openssl::x509::{X509Req, X509StoreContext, X509};
 use lanyard_pki::CertInfo;
+use lanyard_pki::{NameAttribute, PKey, Private, X509};
 use thiserror::Error;
 
-use super::cert::{load_legacy_provider, now_unix};
+use super::cert::now_unix;
 
 /// Plist key of the DER CSR, Base64 (Apple's name).
 pub const KEY_CSR: &str = "PushCertRequestCSR";
@@ -99,28 +92,11 @@ impl fmt::Debug for VendorSigner {
 }
 
 fn read_certs(bytes: &[u8]) -> Result<Vec<X509>, VendorError> {
-    let trimmed = bytes.trim_ascii_start();
-    if trimmed.starts_with(b"-----BEGIN") {
-        X509::stack_from_pem(trimmed).map_err(|e| VendorError::Chain(e.to_string()))
-    } else {
-        X509::from_der(bytes)
-            .map(|c| vec![c])
-            .map_err(|e| VendorError::Chain(format!("neither PEM nor DER certificates: {e}")))
-    }
-}
-
-fn self_signed(cert: &X509) -> bool {
-    cert.public_key()
-        .and_then(|k| cert.verify(&k))
-        .unwrap_or(false)
-        && cert.subject_name().try_cmp(cert.issuer_name()).ok() == Some(std::cmp::Ordering::Equal)
+    lanyard_pki::read_certificates(bytes).map_err(|e| VendorError::Chain(e.to_string()))
 }
 
 fn pem_text(cert: &X509) -> Result<String, VendorError> {
-    let pem = cert
-        .to_pem()
-        .map_err(|e| VendorError::Chain(e.to_string()))?;
-    String::from_utf8(pem).map_err(|e| VendorError::Chain(e.to_string()))
+    lanyard_pki::certificate_pem(cert).map_err(|e| VendorError::Chain(e.to_string()))
 }
 
 impl VendorSigner {
@@ -134,34 +110,18 @@ impl VendorSigner {
         password: &str,
         apple_files: &[&[u8]],
     ) -> Result<VendorSigner, VendorError> {
-        let p12 = Pkcs12::from_der(der).map_err(|e| VendorError::Pkcs12(e.to_string()))?;
-        let parsed = match p12.parse2(password) {
-            Ok(p) => p,
-            Err(first) => {
-                if load_legacy_provider() {
-                    p12.parse2(password)
-                        .map_err(|_| VendorError::Pkcs12(first.to_string()))?
-                } else {
-                    return Err(VendorError::Pkcs12(first.to_string()));
-                }
-            }
-        };
+        let parsed = lanyard_pki::read_pkcs12(der, password)
+            .map_err(|e| VendorError::Pkcs12(e.to_string()))?;
         let cert = parsed.cert.ok_or(VendorError::Missing("certificate"))?;
-        let key = parsed.pkey.ok_or(VendorError::Missing("private key"))?;
-        let matches = cert
-            .public_key()
-            .map(|p| p.public_eq(&key))
-            .unwrap_or(false);
-        if !matches {
+        let key = parsed.key.ok_or(VendorError::Missing("private key"))?;
+        if !lanyard_pki::key_matches(&cert, &key) {
             return Err(VendorError::Pkcs12(
                 "the private key does not belong to the certificate".into(),
             ));
         }
         let info = CertInfo::from_x509(&cert).map_err(|e| VendorError::Chain(e.to_string()))?;
-        let is_vendor = cert
-            .subject_name()
-            .entries_by_nid(Nid::COMMONNAME)
-            .filter_map(|e| e.data().to_string().ok())
+        let is_vendor = lanyard_pki::subject_values(&cert, NameAttribute::CommonName)
+            .iter()
             .any(|cn| cn.trim_start().starts_with(VENDOR_CN_PREFIX));
         if !is_vendor {
             return Err(VendorError::NotVendor {
@@ -184,7 +144,7 @@ impl VendorSigner {
             apple.extend(read_certs(f)?);
         }
         let (roots, intermediates): (Vec<X509>, Vec<X509>) =
-            apple.into_iter().partition(self_signed);
+            apple.into_iter().partition(lanyard_pki::is_self_signed);
         let (n_roots, n_other) = (roots.len(), intermediates.len());
         let (Ok([root]), Ok([wwdr])) = (
             <[X509; 1]>::try_from(roots),
@@ -195,35 +155,23 @@ impl VendorSigner {
                  and {n_other} other certificate(s)"
             )));
         };
-        let mut store = X509StoreBuilder::new().map_err(|e| VendorError::Chain(e.to_string()))?;
-        store
-            .add_cert(root.clone())
-            .map_err(|e| VendorError::Chain(e.to_string()))?;
-        let store = store.build();
-        let mut untrusted = Stack::new().map_err(|e| VendorError::Chain(e.to_string()))?;
-        untrusted
-            .push(wwdr.clone())
-            .map_err(|e| VendorError::Chain(e.to_string()))?;
-        let mut ctx = X509StoreContext::new().map_err(|e| VendorError::Chain(e.to_string()))?;
-        let verified = ctx
-            .init(&store, &cert, &untrusted, |c| {
-                let ok = c.verify_cert()?;
-                Ok((
-                    ok,
-                    c.error().error_string().to_string(),
-                    c.chain().map(|s| s.len()),
-                ))
-            })
-            .map_err(|e| VendorError::Chain(e.to_string()))?;
-        match verified {
-            (true, _, Some(3)) => {}
-            (true, _, n) => {
+        match lanyard_pki::verify_chain(
+            &cert,
+            std::slice::from_ref(&wwdr),
+            std::slice::from_ref(&root),
+        ) {
+            Ok(3) => {}
+            Ok(n) => {
                 return Err(VendorError::Chain(format!(
-                    "the vendor certificate chains in {} step(s), not through the intermediate",
-                    n.unwrap_or(0)
+                    "the vendor certificate chains in {n} step(s), not through the intermediate"
                 )))
             }
-            (false, why, _) => return Err(VendorError::Chain(why)),
+            Err(e) => {
+                return Err(VendorError::Chain(match e {
+                    lanyard_pki::PkiError::Verify(why) => why,
+                    other => other.to_string(),
+                }))
+            }
         }
         Ok(VendorSigner {
             cert,
@@ -241,22 +189,13 @@ impl VendorSigner {
     /// Signs a customer's CSR (DER) and returns the request file for Apple's Push
     /// Certificates Portal: Base64 of the plist (see the module documentation).
     pub fn sign_request(&self, csr_der: &[u8]) -> Result<String, VendorError> {
-        let req = X509Req::from_der(csr_der).map_err(|e| VendorError::Csr(e.to_string()))?;
-        let public = req
-            .public_key()
-            .map_err(|e| VendorError::Csr(e.to_string()))?;
-        if !req.verify(&public).unwrap_or(false) {
-            return Err(VendorError::Csr(
-                "its self-signature does not verify".into(),
-            ));
-        }
-        let mut signer = Signer::new(MessageDigest::sha256(), &self.key)
-            .map_err(|e| VendorError::Sign(e.to_string()))?;
-        signer
-            .update(csr_der)
-            .map_err(|e| VendorError::Sign(e.to_string()))?;
-        let signature = signer
-            .sign_to_vec()
+        lanyard_pki::check_csr(csr_der).map_err(|e| {
+            VendorError::Csr(match e {
+                lanyard_pki::PkiError::Verify(why) => why,
+                other => other.to_string(),
+            })
+        })?;
+        let signature = lanyard_pki::sign_rsa_sha256(&self.key, csr_der)
             .map_err(|e| VendorError::Sign(e.to_string()))?;
         let mut chain_pem = pem_text(&self.cert)?;
         for c in &self.chain {

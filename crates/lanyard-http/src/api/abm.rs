@@ -1,6 +1,6 @@
 //! Admin API for Apple Business Manager server tokens and the account-driven enrollment
 //! service-discovery registration (`/api/v1/server-tokens…`, `/api/v1/account-driven-discovery`).
-//! Thin handlers over [`lanyard_core::server_tokens::AbmService`]; read-only administrators
+//! Thin handlers over [`lanyard_core::abm::AbmService`]; read-only administrators
 //! are refused every change by the domain.
 //!
 //! `POST /server-tokens/{name}/sync` answers when the sync is done (its [`SyncReport`]);
@@ -17,9 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use lanyard_core::server_tokens::{
-    DiscoveryStatus, ServerTokenView, SyncProgress, SyncReport, MAX_TOKEN_FILE,
-};
+use lanyard_core::abm::{AbmTokenView, DiscoveryStatus, SyncProgress, SyncReport, MAX_TOKEN_FILE};
 use lanyard_core::CoreError;
 use lanyard_store::AbmDevice;
 
@@ -83,11 +81,11 @@ struct AbmDeviceDoc {
 
 /// Server tokens (never their secrets).
 #[utoipa::path(get, path = "/api/v1/server-tokens",
-    responses((status = 200, body = [ServerTokenView])))]
+    responses((status = 200, body = [AbmTokenView])))]
 async fn list(
     State(s): State<AppState>,
     Authed(_viewer): Authed,
-) -> ApiResult<Json<Vec<ServerTokenView>>> {
+) -> ApiResult<Json<Vec<AbmTokenView>>> {
     Ok(Json(s.abm.list().await?))
 }
 
@@ -113,12 +111,12 @@ async fn create(
 
 /// One server token.
 #[utoipa::path(get, path = "/api/v1/server-tokens/{name}", params(("name" = String, Path)),
-    responses((status = 200, body = ServerTokenView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = AbmTokenView), (status = 404, body = ErrorBody)))]
 async fn show(
     State(s): State<AppState>,
     Authed(_viewer): Authed,
     ApiPath(name): ApiPath<String>,
-) -> ApiResult<Json<ServerTokenView>> {
+) -> ApiResult<Json<AbmTokenView>> {
     Ok(Json(s.abm.show(&name).await?))
 }
 
@@ -143,14 +141,14 @@ struct PatchToken {
 /// `{"default_account_driven": true}` makes the token the default (moving it).
 #[utoipa::path(patch, path = "/api/v1/server-tokens/{name}", params(("name" = String, Path)),
     request_body = PatchToken,
-    responses((status = 200, body = ServerTokenView), (status = 404, body = ErrorBody),
+    responses((status = 200, body = AbmTokenView), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn patch(
     State(s): State<AppState>,
     Authed(actor): Authed,
     ApiPath(name): ApiPath<String>,
     ApiJson(b): ApiJson<PatchToken>,
-) -> ApiResult<Json<ServerTokenView>> {
+) -> ApiResult<Json<AbmTokenView>> {
     if !b.default_account_driven {
         return Err(ApiError::invalid(
             "there is always one default once set: make another token the default instead",
@@ -212,7 +210,7 @@ struct UploadQuery {
 #[utoipa::path(put, path = "/api/v1/server-tokens/{name}/token",
     params(("name" = String, Path), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/pkcs7-mime"),
-    responses((status = 200, body = ServerTokenView), (status = 404, body = ErrorBody),
+    responses((status = 200, body = AbmTokenView), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn upload(
     State(s): State<AppState>,
@@ -220,7 +218,7 @@ async fn upload(
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<UploadQuery>,
     body: Bytes,
-) -> ApiResult<Json<ServerTokenView>> {
+) -> ApiResult<Json<AbmTokenView>> {
     Ok(Json(s.abm.upload(&actor, &name, &body, q.default).await?))
 }
 

@@ -193,7 +193,7 @@ async fn summary_body(s: &AppState) -> Result<Markup, CoreError> {
             }
             @for t in &abm {
                 li class=(if t.warning.is_some() || t.token_expires_at.is_none() { "warn" } else { "" }) {
-                    "ABM server token " a href="/portal/tokens" { (t.name) } " "
+                    "ABM server token " a href="/portal/abm" { (t.name) } " "
                     @match (t.token_expires_at, t.days_left) {
                         (Some(at), Some(days)) => {
                             "expires " (when(Some(at))) " (" (days) " days left)"

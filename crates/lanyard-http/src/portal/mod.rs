@@ -15,11 +15,11 @@
 // as is, so its size does not matter here.
 #![allow(clippy::result_large_err)]
 
+mod abm;
 mod admin;
 mod admins;
 mod fleet;
 mod idp;
-mod tokens;
 
 use std::net::SocketAddr;
 
@@ -61,7 +61,7 @@ pub fn routes() -> Router<AppState> {
         .merge(fleet::routes())
         .merge(admin::routes())
         .merge(admins::routes())
-        .merge(tokens::routes())
+        .merge(abm::routes())
         .merge(idp::routes())
         .layer(DefaultBodyLimit::max(PORTAL_FORM_LIMIT))
 }
@@ -298,7 +298,7 @@ pub(crate) enum Nav {
     Devices,
     Users,
     Settings,
-    Tokens,
+    Abm,
     IdentityProviders,
     Apns,
     Admins,
@@ -311,7 +311,7 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Devices, "/portal/devices", "Devices"),
     (Nav::Users, "/portal/users", "Users"),
     (Nav::Settings, "/portal/settings", "Settings"),
-    (Nav::Tokens, "/portal/tokens", "Tokens"),
+    (Nav::Abm, "/portal/abm", "ABM"),
     (
         Nav::IdentityProviders,
         "/portal/identity-providers",

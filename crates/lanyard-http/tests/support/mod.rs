@@ -95,7 +95,7 @@ impl TestApp {
             ),
             mdm: MdmService::new(lanyard.clone(), &pki),
             secrets: secrets.clone(),
-            abm: lanyard_core::server_tokens::AbmService::new(
+            abm: lanyard_core::abm::AbmService::new(
                 lanyard.clone(),
                 secrets.clone(),
                 Default::default(),

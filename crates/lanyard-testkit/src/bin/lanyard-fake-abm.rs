@@ -6,7 +6,7 @@
 //!     [--devices 2500] [--token-days 365] [--fault 401] [--fault 429] [--fault 500]
 //! ```
 //!
-//! Writes a token file encrypted to `--cert` (the certificate `lanyard token new` printed),
+//! Writes a token file encrypted to `--cert` (the certificate `lanyard abm new` printed),
 //! prints one JSON line `{"url": …, "token_file": …, "devices": …}` and serves until killed.
 
 use std::net::SocketAddr;

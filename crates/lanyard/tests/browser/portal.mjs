@@ -144,10 +144,10 @@ try {
   await shot(page, "settings");
   console.log("settings saved");
 
-  // Tokens: a key pair, its public key downloaded, a wrong file refused, the token file from
+  // ABM: a key pair, its public key downloaded, a wrong file refused, the token file from
   // the (fake) Apple Business Manager uploaded as the default, then a sync: its progress line is
   // polled in the page until its result.
-  await page.getByRole("link", { name: "Tokens" }).click();
+  await page.getByRole("link", { name: "ABM" }).click();
   await page.getByLabel("Name", { exact: true }).fill("main");
   await page.getByRole("button", { name: "Create key pair" }).click();
   check((await message(page)).startsWith("Key pair for main created"), "key pair created");
@@ -178,8 +178,8 @@ try {
   await progress.filter({ hasText: "finished" }).waitFor({ timeout: 20000 });
   const synced = (await progress.textContent()).trim();
   check(synced.includes("Sync of main finished") && synced.includes("3 devices"), `sync: ${synced}`);
-  await accessible(page, "tokens");
-  await shot(page, "tokens");
+  await accessible(page, "abm");
+  await shot(page, "abm");
   console.log("token uploaded as default and synced");
 
   // The simulated Mac enrolls; it is listed as a User Enrollment.

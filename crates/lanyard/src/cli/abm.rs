@@ -1,4 +1,4 @@
-//! `lanyard token …`: Apple Business Manager server tokens from the server host, and what the
+//! `lanyard abm …`: Apple Business Manager server tokens from the server host, and what the
 //! ABM settings (shared with `lanyard serve`) make of the ABM client.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
 use lanyard_apple::abm::AbmOptions;
-use lanyard_core::server_tokens::{AbmService, AbmSettings, ServerTokenView};
+use lanyard_core::abm::{AbmService, AbmSettings, AbmTokenView};
 use lanyard_core::Actor;
 
 use crate::settings::{AbmSettings as AbmFlags, GlobalSettings};
@@ -55,7 +55,7 @@ pub fn discovery_url(public_url: &str) -> String {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TokenCmd {
+pub enum AbmCmd {
     /// Make a key pair for a new token; prints the certificate to upload to ABM.
     New {
         name: String,
@@ -112,7 +112,7 @@ fn date(d: Option<chrono::DateTime<chrono::Utc>>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn show(v: &ServerTokenView) {
+fn show(v: &AbmTokenView) {
     println!("name:           {}", v.name);
     println!("state:          {}", v.state);
     println!("organisation:   {}", v.org_name.as_deref().unwrap_or("-"));
@@ -161,11 +161,11 @@ fn write_or_print(pem: &str, output: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(data: &GlobalSettings, abm: &AbmFlags, cmd: TokenCmd) -> Result<()> {
+pub async fn run(data: &GlobalSettings, abm: &AbmFlags, cmd: AbmCmd) -> Result<()> {
     let o = setup::open_store(data, setup::Migrations::Require).await?;
     let secrets = setup::secret_box(data, &o.lanyard).await?;
     let public = match &cmd {
-        TokenCmd::RegisterDiscovery { public_url } => {
+        AbmCmd::RegisterDiscovery { public_url } => {
             let u = url::Url::parse(public_url)
                 .with_context(|| format!("--public-url {public_url:?} is not a URL"))?;
             if u.scheme() != "https" {
@@ -178,18 +178,18 @@ pub async fn run(data: &GlobalSettings, abm: &AbmFlags, cmd: TokenCmd) -> Result
     let svc = AbmService::new(o.lanyard.clone(), secrets, abm.settings(public.as_deref())?);
     let actor = Actor::cli();
     match cmd {
-        TokenCmd::New { name, output } => {
+        AbmCmd::New { name, output } => {
             let pem = svc.new_token(&actor, &name).await?;
             eprintln!(
                 "token `{name}` created: upload this certificate to Apple Business Manager \
-                 (Preferences > Your MDM Servers), then `lanyard token upload {name:?} FILE`"
+                 (Preferences > Your MDM Servers), then `lanyard abm upload {name:?} FILE`"
             );
             write_or_print(&pem, output)?;
         }
-        TokenCmd::Certificate { name, output } => {
+        AbmCmd::Certificate { name, output } => {
             write_or_print(&svc.certificate_pem(&name).await?, output)?
         }
-        TokenCmd::Upload {
+        AbmCmd::Upload {
             name,
             file,
             default,
@@ -200,7 +200,7 @@ pub async fn run(data: &GlobalSettings, abm: &AbmFlags, cmd: TokenCmd) -> Result
             println!("token file accepted");
             show(&v);
         }
-        TokenCmd::List => {
+        AbmCmd::List => {
             let list = svc.list().await?;
             println!(
                 "{:<20} {:<14} {:<24} {:<17} {:<14} {:<17} {:>7}",
@@ -234,15 +234,15 @@ pub async fn run(data: &GlobalSettings, abm: &AbmFlags, cmd: TokenCmd) -> Result
                 }
             }
         }
-        TokenCmd::Show { name } => show(&svc.show(&name).await?),
-        TokenCmd::SetDefault { name } => {
+        AbmCmd::Show { name } => show(&svc.show(&name).await?),
+        AbmCmd::SetDefault { name } => {
             let v = svc.set_default(&actor, &name).await?;
             println!(
                 "`{}` is now the default token for account-driven enrollment",
                 v.name
             );
         }
-        TokenCmd::RegisterDiscovery { .. } => {
+        AbmCmd::RegisterDiscovery { .. } => {
             let d = svc.register_discovery(&actor).await?;
             println!(
                 "registered {} at Apple Business Manager with token `{}`",
@@ -250,7 +250,7 @@ pub async fn run(data: &GlobalSettings, abm: &AbmFlags, cmd: TokenCmd) -> Result
                 d.token
             );
         }
-        TokenCmd::Discovery => {
+        AbmCmd::Discovery => {
             let d = svc.discovery().await?;
             println!("token:        {}", d.token);
             println!("recorded:     {}", d.recorded_url.as_deref().unwrap_or("-"));
@@ -259,11 +259,11 @@ pub async fn run(data: &GlobalSettings, abm: &AbmFlags, cmd: TokenCmd) -> Result
                 println!("ABM updated:  {t}");
             }
         }
-        TokenCmd::UnregisterDiscovery => {
+        AbmCmd::UnregisterDiscovery => {
             let d = svc.unregister_discovery(&actor).await?;
             println!("removed the discovery registration of token `{}`", d.token);
         }
-        TokenCmd::Sync { name } => {
+        AbmCmd::Sync { name } => {
             let r = svc.sync(&actor, &name).await?;
             println!(
                 "synced `{}`: {} page(s), {} device record(s) seen{}, {} device(s) stored",
@@ -274,7 +274,7 @@ pub async fn run(data: &GlobalSettings, abm: &AbmFlags, cmd: TokenCmd) -> Result
                 r.devices_total
             );
         }
-        TokenCmd::Devices {
+        AbmCmd::Devices {
             name,
             offset,
             limit,
@@ -290,7 +290,7 @@ pub async fn run(data: &GlobalSettings, abm: &AbmFlags, cmd: TokenCmd) -> Result
                 );
             }
         }
-        TokenCmd::Remove { name } => {
+        AbmCmd::Remove { name } => {
             svc.remove(&actor, &name).await?;
             println!("token `{name}` removed (delete the MDM server in ABM too)");
         }

@@ -1,9 +1,9 @@
-//! The portal's Tokens page: Apple Business Manager server tokens (name, organisation, expiry,
+//! The portal's ABM page: Apple Business Manager server tokens (name, organisation, expiry,
 //! last sync, the "Account Driven" column), adding a token (a key pair, its public key to
 //! download for ABM, then the token file ABM gives, optionally as the default token for
 //! account-driven enrollment), making a token the default, and syncing one: the sync runs in
 //! the background and the token's row shows its progress (polled by `portal.js` from
-//! `/portal/tokens/{name}/progress`) until it is done, then its result.
+//! `/portal/abm/{name}/progress`) until it is done, then its result.
 //! Every change goes through `AbmService`, which checks roles and writes the audit lines.
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use axum::Json;
 use serde_json::json;
 
-use lanyard_core::server_tokens::MAX_TOKEN_FILE;
+use lanyard_core::abm::MAX_TOKEN_FILE;
 
 use super::{
     change_form, describe, error_page, layout, message_page, notice, or_dash, session, when, Nav,
@@ -28,15 +28,15 @@ use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/portal/tokens", get(tokens).post(new_key_pair))
+        .route("/portal/abm", get(tokens).post(new_key_pair))
         .route(
-            "/portal/tokens/upload",
+            "/portal/abm/upload",
             post(upload).layer(DefaultBodyLimit::max(MAX_TOKEN_FILE + 16 * 1024)),
         )
-        .route("/portal/tokens/{name}/certificate", get(certificate))
-        .route("/portal/tokens/{name}/default", post(make_default))
-        .route("/portal/tokens/{name}/sync", post(sync))
-        .route("/portal/tokens/{name}/progress", get(sync_progress))
+        .route("/portal/abm/{name}/certificate", get(certificate))
+        .route("/portal/abm/{name}/default", post(make_default))
+        .route("/portal/abm/{name}/sync", post(sync))
+        .route("/portal/abm/{name}/progress", get(sync_progress))
 }
 
 #[derive(Deserialize, Default)]
@@ -127,7 +127,7 @@ async fn tokens_page(
                                     Some(p) if p.running() => {
                                         br;
                                         span .sync-progress role="status" aria-live="polite"
-                                            data-poll={ "/portal/tokens/" (n) "/progress" } {
+                                            data-poll={ "/portal/abm/" (n) "/progress" } {
                                             (p.text())
                                         }
                                     }
@@ -143,17 +143,17 @@ async fn tokens_page(
                                 (if t.default_account_driven { "Default" } else { "—" })
                             }
                             td .row-actions {
-                                a href={ "/portal/tokens/" (n) "/certificate" } download {
+                                a href={ "/portal/abm/" (n) "/certificate" } download {
                                     "Download public key"
                                 }
                                 @if !t.default_account_driven && t.state == "active" {
-                                    form method="post" action={ "/portal/tokens/" (n) "/default" } {
+                                    form method="post" action={ "/portal/abm/" (n) "/default" } {
                                         (sess.csrf_field())
                                         button type="submit" .small { "Make default" }
                                     }
                                 }
                                 @if t.state == "active" {
-                                    form method="post" action={ "/portal/tokens/" (n) "/sync" } {
+                                    form method="post" action={ "/portal/abm/" (n) "/sync" } {
                                         (sess.csrf_field())
                                         button type="submit" .small { "Sync now" }
                                     }
@@ -164,9 +164,9 @@ async fn tokens_page(
                 }
             }
         }
-        h2 { "Add token" }
+        h2 { "Add a server token" }
         h3 { "1. Create a key pair" }
-        form method="post" action="/portal/tokens" .grid-form {
+        form method="post" action="/portal/abm" .grid-form {
             (sess.csrf_field())
             label for="new_name" { "Name" }
             input #new_name name="name" required maxlength="64" pattern="[A-Za-z0-9._-]+";
@@ -174,7 +174,7 @@ async fn tokens_page(
         }
         @if !list.is_empty() {
             h3 { "2. Upload the token file" }
-            form method="post" action="/portal/tokens/upload" enctype="multipart/form-data"
+            form method="post" action="/portal/abm/upload" enctype="multipart/form-data"
                 .grid-form {
                 (sess.csrf_field())
                 label for="token_name" { "Name" }
@@ -193,7 +193,7 @@ async fn tokens_page(
             }
         }
     };
-    layout(sess, status, Nav::Tokens, "Tokens", body)
+    layout(sess, status, Nav::Abm, "Apple Business Manager", body)
 }
 
 async fn new_key_pair(
@@ -207,7 +207,7 @@ async fn new_key_pair(
     };
     let name = f.get("name").trim().to_string();
     match s.abm.new_token(&sess.actor, &name).await {
-        Ok(_) => see_other(&format!("/portal/tokens?done=created&name={}", qv(&name))),
+        Ok(_) => see_other(&format!("/portal/abm?done=created&name={}", qv(&name))),
         Err(e) => {
             let (status, text) = describe(e);
             tokens_page(&s, &sess, status, Some(Notice::Error(text))).await
@@ -262,7 +262,7 @@ async fn upload(
     let Ok(mut mp) = multipart else {
         return refuse(
             StatusCode::BAD_REQUEST,
-            "The upload could not be read; use the form on the Tokens page.",
+            "The upload could not be read; use the form on the ABM page.",
         );
     };
     let (mut csrf, mut name, mut default, mut file) =
@@ -308,7 +308,7 @@ async fn upload(
         .await;
     }
     match s.abm.upload(&sess.actor, &name, &file, default).await {
-        Ok(_) => see_other(&format!("/portal/tokens?done=uploaded&name={}", qv(&name))),
+        Ok(_) => see_other(&format!("/portal/abm?done=uploaded&name={}", qv(&name))),
         Err(e) => {
             let (status, text) = describe(e);
             let text = format!("Nothing was changed. {text}");
@@ -328,7 +328,7 @@ async fn make_default(
         Err(r) => return r,
     };
     match s.abm.set_default(&sess.actor, &name).await {
-        Ok(_) => see_other(&format!("/portal/tokens?done=default&name={}", qv(&name))),
+        Ok(_) => see_other(&format!("/portal/abm?done=default&name={}", qv(&name))),
         Err(e) => {
             let (status, text) = describe(e);
             tokens_page(&s, &sess, status, Some(Notice::Error(text))).await
@@ -348,7 +348,7 @@ async fn sync(
     };
     // The sync runs in the background (holding the token's lease); the page shows its progress.
     match s.abm.start_sync(&sess.actor, &name).await {
-        Ok(_) => see_other(&format!("/portal/tokens?done=sync&name={}", qv(&name))),
+        Ok(_) => see_other(&format!("/portal/abm?done=sync&name={}", qv(&name))),
         Err(e) => {
             let (status, text) = describe(e);
             tokens_page(&s, &sess, status, Some(Notice::Error(text))).await

@@ -1,4 +1,4 @@
-//! `ServerTokenStore` for both backends: Apple Business Manager server tokens, the default token
+//! `AbmStore` for both backends: Apple Business Manager server tokens, the default token
 //! for account-driven enrollment (a partial unique index keeps it to one), the sync lease that
 //! lets one of several server processes sync a token at a time, and the synced devices.
 
@@ -19,7 +19,7 @@ fn no_token(name: &str) -> StoreError {
     StoreError::NotFound(format!("server token `{name}`"))
 }
 
-macro_rules! impl_server_token_store {
+macro_rules! impl_abm_store {
     ($store:ty, $db:ty) => {
         impl $store {
             async fn token_id(
@@ -35,17 +35,17 @@ macro_rules! impl_server_token_store {
         }
 
         #[async_trait]
-        impl ServerTokenStore for $store {
-            async fn create_server_token(
+        impl AbmStore for $store {
+            async fn create_abm_token(
                 &self,
                 name: &str,
                 cert_pem: &str,
                 key_sealed: &[u8],
                 audit: &Audit,
-            ) -> Result<ServerToken> {
+            ) -> Result<AbmToken> {
                 let mut tx = self.pool.begin().await?;
                 let at = now();
-                let row: ServerToken = sqlx::query_as(&format!(
+                let row: AbmToken = sqlx::query_as(&format!(
                     "INSERT INTO server_tokens (name, cert_pem, key_sealed, created_at, \
                      updated_at) VALUES ($1, $2, $3, $4, $4) RETURNING {TOKEN_COLUMNS}"
                 ))
@@ -60,7 +60,7 @@ macro_rules! impl_server_token_store {
                 Ok(row)
             }
 
-            async fn server_token(&self, name: &str) -> Result<Option<ServerToken>> {
+            async fn abm_token(&self, name: &str) -> Result<Option<AbmToken>> {
                 Ok(sqlx::query_as(&format!(
                     "SELECT {TOKEN_COLUMNS} FROM server_tokens WHERE name = $1"
                 ))
@@ -69,7 +69,7 @@ macro_rules! impl_server_token_store {
                 .await?)
             }
 
-            async fn default_server_token(&self) -> Result<Option<ServerToken>> {
+            async fn default_abm_token(&self) -> Result<Option<AbmToken>> {
                 Ok(sqlx::query_as(&format!(
                     "SELECT {TOKEN_COLUMNS} FROM server_tokens WHERE is_default_account_driven"
                 ))
@@ -77,7 +77,7 @@ macro_rules! impl_server_token_store {
                 .await?)
             }
 
-            async fn list_server_tokens(&self) -> Result<Vec<ServerToken>> {
+            async fn list_abm_tokens(&self) -> Result<Vec<AbmToken>> {
                 Ok(sqlx::query_as(&format!(
                     "SELECT {TOKEN_COLUMNS} FROM server_tokens ORDER BY name"
                 ))
@@ -85,12 +85,12 @@ macro_rules! impl_server_token_store {
                 .await?)
             }
 
-            async fn upload_server_token(
+            async fn upload_abm_token(
                 &self,
                 name: &str,
-                up: &ServerTokenUpload,
+                up: &AbmTokenUpload,
                 audit: &Audit,
-            ) -> Result<ServerToken> {
+            ) -> Result<AbmToken> {
                 let mut tx = self.pool.begin().await?;
                 let at = now();
                 let id = Self::token_id(&mut tx, name).await?;
@@ -104,7 +104,7 @@ macro_rules! impl_server_token_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                let row: ServerToken = sqlx::query_as(&format!(
+                let row: AbmToken = sqlx::query_as(&format!(
                     "UPDATE server_tokens SET secrets_sealed = $2, token_expires_at = $3, \
                      uploaded_at = $4, org_name = $5, org_id = $6, server_name = $7, \
                      server_uuid = $8, is_default_account_driven = \
@@ -127,11 +127,11 @@ macro_rules! impl_server_token_store {
                 Ok(row)
             }
 
-            async fn set_default_server_token(
+            async fn set_default_abm_token(
                 &self,
                 name: &str,
                 audit: &Audit,
-            ) -> Result<ServerToken> {
+            ) -> Result<AbmToken> {
                 let mut tx = self.pool.begin().await?;
                 let at = now();
                 let id = Self::token_id(&mut tx, name).await?;
@@ -143,7 +143,7 @@ macro_rules! impl_server_token_store {
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
-                let row: ServerToken = sqlx::query_as(&format!(
+                let row: AbmToken = sqlx::query_as(&format!(
                     "UPDATE server_tokens SET is_default_account_driven = TRUE, updated_at = $2 \
                      WHERE id = $1 RETURNING {TOKEN_COLUMNS}"
                 ))
@@ -161,11 +161,11 @@ macro_rules! impl_server_token_store {
                 name: &str,
                 url: Option<&str>,
                 audit: &Audit,
-            ) -> Result<ServerToken> {
+            ) -> Result<AbmToken> {
                 let mut tx = self.pool.begin().await?;
                 let at = now();
                 let registered_at = url.map(|_| at);
-                let row: Option<ServerToken> = sqlx::query_as(&format!(
+                let row: Option<AbmToken> = sqlx::query_as(&format!(
                     "UPDATE server_tokens SET discovery_url = $2, discovery_registered_at = $3, \
                      updated_at = $4 WHERE name = $1 RETURNING {TOKEN_COLUMNS}"
                 ))
@@ -187,7 +187,7 @@ macro_rules! impl_server_token_store {
                 owner: &str,
                 until: DateTime<Utc>,
                 at: DateTime<Utc>,
-            ) -> Result<Option<ServerToken>> {
+            ) -> Result<Option<AbmToken>> {
                 Ok(sqlx::query_as(&format!(
                     "UPDATE server_tokens SET lease_owner = $2, lease_until = $3 \
                      WHERE name = $1 AND (lease_owner IS NULL OR lease_owner = $2 \
@@ -346,7 +346,7 @@ macro_rules! impl_server_token_store {
                 .await?)
             }
 
-            async fn delete_server_token(&self, name: &str, audit: &Audit) -> Result<()> {
+            async fn delete_abm_token(&self, name: &str, audit: &Audit) -> Result<()> {
                 let mut tx = self.pool.begin().await?;
                 let id = Self::token_id(&mut tx, name).await?;
                 sqlx::query("DELETE FROM abm_devices WHERE token_id = $1")
@@ -365,5 +365,5 @@ macro_rules! impl_server_token_store {
     };
 }
 
-impl_server_token_store!(SqliteStore, sqlx::Sqlite);
-impl_server_token_store!(PostgresStore, sqlx::Postgres);
+impl_abm_store!(SqliteStore, sqlx::Sqlite);
+impl_abm_store!(PostgresStore, sqlx::Postgres);

@@ -48,14 +48,14 @@ async fn token_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     };
 
     // A key pair and its certificate.
-    let (ok, out, err) = cli(&["token", "new", "main", "-o", &path("main.pem")]);
+    let (ok, out, err) = cli(&["abm", "new", "main", "-o", &path("main.pem")]);
     assert!(ok, "{err}");
     assert!(out.contains("certificate written"), "{out}");
     let main_pem = std::fs::read(path("main.pem")).unwrap();
-    let (ok, out, _) = cli(&["token", "certificate", "main"]);
+    let (ok, out, _) = cli(&["abm", "certificate", "main"]);
     assert!(ok);
     assert_eq!(out.as_bytes(), &main_pem[..]);
-    let (ok, _, err) = cli(&["token", "new", "main"]);
+    let (ok, _, err) = cli(&["abm", "new", "main"]);
     assert!(!ok);
     assert!(err.contains("already exists"), "{err}");
 
@@ -73,23 +73,23 @@ async fn token_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
         ("other.p7m", "another key"),
         ("expired.p7m", "expired"),
     ] {
-        let (ok, _, err) = cli(&["token", "upload", "main", &path(file), "--default"]);
+        let (ok, _, err) = cli(&["abm", "upload", "main", &path(file), "--default"]);
         assert!(!ok, "{file} accepted");
         assert!(err.contains(why), "{file}: {err}");
     }
-    let (ok, out, _) = cli(&["token", "show", "main"]);
+    let (ok, out, _) = cli(&["abm", "show", "main"]);
     assert!(ok);
     assert!(out.contains("awaiting_token"), "{out}");
 
     // The real token file, ticked as the default.
     std::fs::write(path("main.p7m"), fake.token_file(&main_pem, 365).unwrap()).unwrap();
-    let (ok, out, err) = cli(&["token", "upload", "main", &path("main.p7m"), "--default"]);
+    let (ok, out, err) = cli(&["abm", "upload", "main", &path("main.p7m"), "--default"]);
     assert!(ok, "{err}");
     assert!(out.contains("Example Org"), "{out}");
     assert!(out.contains("account driven: default"), "{out}");
 
     // A second token; ticking it moves the default (API), and back (CLI).
-    let (ok, _, err) = cli(&["token", "new", "second", "-o", &path("second.pem")]);
+    let (ok, _, err) = cli(&["abm", "new", "second", "-o", &path("second.pem")]);
     assert!(ok, "{err}");
     let second_pem = std::fs::read(path("second.pem")).unwrap();
     std::fs::write(
@@ -97,7 +97,7 @@ async fn token_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
         fake.token_file(&second_pem, 20).unwrap(),
     )
     .unwrap();
-    let (ok, out, err) = cli(&["token", "upload", "second", &path("second.p7m")]);
+    let (ok, out, err) = cli(&["abm", "upload", "second", &path("second.p7m")]);
     assert!(ok, "{err}");
     assert!(out.contains("account driven: no"), "{out}");
     let c = s.client();
@@ -139,9 +139,9 @@ async fn token_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
         second["warning"].as_str().unwrap().contains("expires in"),
         "{second}"
     );
-    let (ok, _, err) = cli(&["token", "set-default", "main"]);
+    let (ok, _, err) = cli(&["abm", "set-default", "main"]);
     assert!(ok, "{err}");
-    let (ok, out, _) = cli(&["token", "list"]);
+    let (ok, out, _) = cli(&["abm", "list"]);
     assert!(ok);
     assert!(out.contains("ACCOUNT DRIVEN"), "{out}");
     let main_line = out.lines().find(|l| l.starts_with("main ")).unwrap();
@@ -154,12 +154,12 @@ async fn token_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     );
 
     // The discovery URL is registered at ABM with the default token.
-    let (ok, out, err) = cli(&["token", "register-discovery", "--public-url", &s.url]);
+    let (ok, out, err) = cli(&["abm", "register-discovery", "--public-url", &s.url]);
     assert!(ok, "{err}");
     let expected = format!("{}/.well-known/com.apple.remotemanagement", s.url);
     assert!(out.contains(&expected), "{out}");
     assert_eq!(fake.discovery_url().as_deref(), Some(expected.as_str()));
-    let (ok, out, _) = cli(&["token", "discovery"]);
+    let (ok, out, _) = cli(&["abm", "discovery"]);
     assert!(ok);
     assert!(out.contains(&format!("at ABM:       {expected}")), "{out}");
 
@@ -170,7 +170,7 @@ async fn token_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
         AbmFault::ServerError,
     ]);
     let sessions_before = fake.sessions_issued();
-    let (ok, out, err) = cli(&["token", "sync", "main", "--abm-page-size", "10"]);
+    let (ok, out, err) = cli(&["abm", "sync", "main", "--abm-page-size", "10"]);
     assert!(ok, "{err}");
     assert!(out.contains("3 page(s)"), "{out}");
     assert!(out.contains("25 device(s) stored"), "{out}");
@@ -180,7 +180,7 @@ async fn token_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
         statuses.contains(&401) && statuses.contains(&429) && statuses.contains(&500),
         "{statuses:?}"
     );
-    let (ok, out, _) = cli(&["token", "devices", "main", "--limit", "1000"]);
+    let (ok, out, _) = cli(&["abm", "devices", "main", "--limit", "1000"]);
     assert!(ok);
     let mut serials = device_lines(&out);
     assert_eq!(serials.len(), 25, "{out}");
@@ -191,16 +191,16 @@ async fn token_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     fake.modify_device("C02L000003", "MacBook Pro");
     fake.remove_device("C02L000004");
     fake.add_devices("C02L", 5);
-    let (ok, out, err) = cli(&["token", "sync", "main", "--abm-page-size", "10"]);
+    let (ok, out, err) = cli(&["abm", "sync", "main", "--abm-page-size", "10"]);
     assert!(ok, "{err}");
     assert!(!out.contains("full fetch"), "{out}");
     assert!(out.contains("29 device(s) stored"), "{out}");
     fake.expire_cursors();
-    let (ok, out, err) = cli(&["token", "sync", "main", "--abm-page-size", "10"]);
+    let (ok, out, err) = cli(&["abm", "sync", "main", "--abm-page-size", "10"]);
     assert!(ok, "{err}");
     assert!(out.contains("full fetch"), "{out}");
     assert!(out.contains("29 device(s) stored"), "{out}");
-    let (ok, out, _) = cli(&["token", "devices", "main", "--limit", "1000"]);
+    let (ok, out, _) = cli(&["abm", "devices", "main", "--limit", "1000"]);
     assert!(ok);
     assert!(out.contains("MacBook Pro"), "{out}");
     assert!(!out.contains("C02L000004"), "{out}");
@@ -327,7 +327,7 @@ async fn token_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
             "{method} {path} not in openapi.json"
         );
     }
-    for schema in ["ServerTokenView", "SyncReport", "SyncProgress", "AbmDevice"] {
+    for schema in ["AbmTokenView", "SyncReport", "SyncProgress", "AbmDevice"] {
         assert!(
             doc["components"]["schemas"][schema].is_object(),
             "{schema} not in openapi.json"
@@ -357,9 +357,9 @@ async fn token_lifecycle(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(fake.discovery_url().is_none());
-    let (ok, _, err) = cli(&["token", "remove", "second"]);
+    let (ok, _, err) = cli(&["abm", "remove", "second"]);
     assert!(ok, "{err}");
-    let (ok, out, _) = cli(&["token", "list"]);
+    let (ok, out, _) = cli(&["abm", "list"]);
     assert!(ok);
     assert!(!out.contains("second"), "{out}");
     s.stop().await;

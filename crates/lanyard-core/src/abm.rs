@@ -31,10 +31,9 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use lanyard_apple::abm::{AbmClient, AbmError, AbmOptions, DiscoveryProfile, OAuthCredentials};
-use lanyard_pki::openssl::pkey::PKey;
-use lanyard_pki::openssl::x509::X509;
 use lanyard_pki::SecretBox;
-use lanyard_store::{AbmDevice, Audit, ServerToken, ServerTokenUpload};
+use lanyard_pki::{PKey, X509};
+use lanyard_store::{AbmDevice, AbmToken, AbmTokenUpload, Audit};
 
 use crate::{Actor, CoreError, Lanyard, Result};
 
@@ -75,7 +74,7 @@ impl Default for AbmSettings {
 
 /// What the API and CLI show of a server token (never its secrets).
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ServerTokenView {
+pub struct AbmTokenView {
     pub name: String,
     /// `awaiting_token` until a token file was uploaded, then `active` or `expired`.
     pub state: String,
@@ -215,7 +214,7 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
-fn view(t: &ServerToken, devices: i64) -> ServerTokenView {
+fn view(t: &AbmToken, devices: i64) -> AbmTokenView {
     let now = lanyard_store::now();
     let days_left = t.token_expires_at.map(|e| (e - now).num_days());
     let expired = t.token_expires_at.is_some_and(|e| e <= now);
@@ -238,7 +237,7 @@ fn view(t: &ServerToken, devices: i64) -> ServerTokenView {
         )),
         _ => None,
     };
-    ServerTokenView {
+    AbmTokenView {
         name: t.name.clone(),
         state: state.into(),
         org_name: t.org_name.clone(),
@@ -369,15 +368,15 @@ impl AbmService {
         &self.settings
     }
 
-    async fn token(&self, name: &str) -> Result<ServerToken> {
+    async fn token(&self, name: &str) -> Result<AbmToken> {
         self.lanyard
             .store()
-            .server_token(name)
+            .abm_token(name)
             .await?
             .ok_or_else(|| CoreError::NotFound(format!("server token `{name}`")))
     }
 
-    async fn view_of(&self, t: &ServerToken) -> Result<ServerTokenView> {
+    async fn view_of(&self, t: &AbmToken) -> Result<AbmTokenView> {
         let n = self.lanyard.store().count_abm_devices(&t.name).await?;
         Ok(view(t, n))
     }
@@ -386,7 +385,7 @@ impl AbmService {
     pub async fn new_token(&self, actor: &Actor, name: &str) -> Result<String> {
         actor.require_write()?;
         validate_name(name)?;
-        if self.lanyard.store().server_token(name).await?.is_some() {
+        if self.lanyard.store().abm_token(name).await?.is_some() {
             return Err(CoreError::Conflict(format!(
                 "a server token named `{name}` already exists"
             )));
@@ -395,7 +394,7 @@ impl AbmService {
         let sealed = self.secrets.seal(issued.key_pem.as_bytes(), KEY_CONTEXT)?;
         self.lanyard
             .store()
-            .create_server_token(
+            .create_abm_token(
                 name,
                 &issued.cert_pem,
                 &sealed,
@@ -421,10 +420,10 @@ impl AbmService {
         Ok(self.token(name).await?.cert_pem)
     }
 
-    fn open_secrets(&self, t: &ServerToken) -> Result<OAuthCredentials> {
+    fn open_secrets(&self, t: &AbmToken) -> Result<OAuthCredentials> {
         let sealed = t.secrets_sealed.as_ref().ok_or_else(|| {
             CoreError::Invalid(format!(
-                "no token file uploaded for `{}` yet: `lanyard token upload {:?} FILE`",
+                "no token file uploaded for `{}` yet: `lanyard abm upload {:?} FILE`",
                 t.name, t.name
             ))
         })?;
@@ -456,7 +455,7 @@ impl AbmService {
         name: &str,
         file: &[u8],
         make_default: bool,
-    ) -> Result<ServerTokenView> {
+    ) -> Result<AbmTokenView> {
         actor.require_write()?;
         let t = self.token(name).await?;
         let key_pem = self
@@ -475,7 +474,7 @@ impl AbmService {
             .map_err(|e| CoreError::failed("encoding token secrets", e))?;
         let sealed = self.secrets.seal(&plain, SECRETS_CONTEXT)?;
         let renewal = t.secrets_sealed.is_some();
-        let up = ServerTokenUpload {
+        let up = AbmTokenUpload {
             secrets_sealed: sealed,
             token_expires_at: expiry,
             org_name: account
@@ -499,7 +498,7 @@ impl AbmService {
         let row = self
             .lanyard
             .store()
-            .upload_server_token(
+            .upload_abm_token(
                 name,
                 &up,
                 &Audit::new(
@@ -519,7 +518,7 @@ impl AbmService {
     }
 
     /// Makes this token the default for account-driven enrollment (moving it).
-    pub async fn set_default(&self, actor: &Actor, name: &str) -> Result<ServerTokenView> {
+    pub async fn set_default(&self, actor: &Actor, name: &str) -> Result<AbmTokenView> {
         actor.require_write()?;
         let t = self.token(name).await?;
         if t.secrets_sealed.is_none() {
@@ -530,7 +529,7 @@ impl AbmService {
         let row = self
             .lanyard
             .store()
-            .set_default_server_token(
+            .set_default_abm_token(
                 name,
                 &Audit::new(&actor.name, "server_token.default", name, json!({})),
             )
@@ -538,15 +537,15 @@ impl AbmService {
         self.view_of(&row).await
     }
 
-    pub async fn list(&self) -> Result<Vec<ServerTokenView>> {
+    pub async fn list(&self) -> Result<Vec<AbmTokenView>> {
         let mut out = Vec::new();
-        for t in self.lanyard.store().list_server_tokens().await? {
+        for t in self.lanyard.store().list_abm_tokens().await? {
             out.push(self.view_of(&t).await?);
         }
         Ok(out)
     }
 
-    pub async fn show(&self, name: &str) -> Result<ServerTokenView> {
+    pub async fn show(&self, name: &str) -> Result<AbmTokenView> {
         let t = self.token(name).await?;
         self.view_of(&t).await
     }
@@ -557,21 +556,21 @@ impl AbmService {
         Ok(self
             .lanyard
             .store()
-            .delete_server_token(
+            .delete_abm_token(
                 name,
                 &Audit::new(&actor.name, "server_token.delete", name, json!({})),
             )
             .await?)
     }
 
-    async fn default_token(&self) -> Result<ServerToken> {
+    async fn default_token(&self) -> Result<AbmToken> {
         self.lanyard
             .store()
-            .default_server_token()
+            .default_abm_token()
             .await?
             .ok_or_else(|| {
                 CoreError::Invalid(
-                    "no default token for account-driven enrollment: `lanyard token set-default \
+                    "no default token for account-driven enrollment: `lanyard abm set-default \
                      NAME`"
                         .into(),
                 )
@@ -699,7 +698,7 @@ impl AbmService {
     }
 
     /// Checks the role, opens the secrets and takes the lease; records a fresh progress entry.
-    async fn begin_sync(&self, actor: &Actor, name: &str) -> Result<(AbmClient, ServerToken)> {
+    async fn begin_sync(&self, actor: &Actor, name: &str) -> Result<(AbmClient, AbmToken)> {
         actor.require_write()?;
         let store = self.lanyard.store();
         let t = self.token(name).await?;
@@ -746,12 +745,7 @@ impl AbmService {
     }
 
     /// Runs the sync under the lease taken by `begin_sync`, then records its result.
-    async fn finish(
-        &self,
-        actor: &Actor,
-        client: &AbmClient,
-        t: &ServerToken,
-    ) -> Result<SyncReport> {
+    async fn finish(&self, actor: &Actor, client: &AbmClient, t: &AbmToken) -> Result<SyncReport> {
         let store = self.lanyard.store();
         let name = t.name.as_str();
         let mut outcome = self.run_sync(client, t).await;
@@ -804,7 +798,7 @@ impl AbmService {
             .unwrap_or_else(|_| chrono::Duration::minutes(15))
     }
 
-    async fn run_sync(&self, client: &AbmClient, t: &ServerToken) -> Result<SyncReport> {
+    async fn run_sync(&self, client: &AbmClient, t: &AbmToken) -> Result<SyncReport> {
         let store = self.lanyard.store();
         let limit = self.settings.page_size.clamp(1, 1000);
         let mut report = SyncReport {
@@ -910,7 +904,7 @@ impl AbmService {
 
     /// Syncs every uploaded, unexpired token; errors are logged, not returned.
     pub async fn sync_all(&self) {
-        let tokens = match self.lanyard.store().list_server_tokens().await {
+        let tokens = match self.lanyard.store().list_abm_tokens().await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "ABM sync: cannot list tokens");

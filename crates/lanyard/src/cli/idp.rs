@@ -12,7 +12,7 @@ use lanyard_core::identity_providers::{
 };
 use lanyard_core::Actor;
 
-use crate::commands::{print_json, print_table, OutputArgs};
+use super::{print_json, print_table, OutputArgs};
 use crate::setup::Opened;
 
 #[derive(Debug, Subcommand)]
