@@ -198,6 +198,18 @@ pub struct BenchArgs {
     /// LANYARD_LOG of the started server.
     #[arg(long, default_value = "warn")]
     pub server_log: String,
+    /// Ceiling mode: run the round-trip and fan-out phases against the ceiling server (TLS, the
+    /// `Mdm-Signature` check, the report's plist and a stored command's bytes — no store, no
+    /// middleware; see `lanyard_testkit::ceiling`) instead of `lanyard serve`, with synthetic
+    /// devices from a CA of its own.
+    #[arg(long, conflicts_with_all = ["server", "postgres_url", "macs", "lookup_rows"])]
+    pub ceiling: bool,
+    /// Internal: be the ceiling server, with the CA, key and command in DIR.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub ceiling_serve: Option<PathBuf>,
+    /// Internal: commands the ceiling server hands each device.
+    #[arg(long, default_value_t = 1, hide = true)]
+    pub ceiling_commands: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,6 +421,12 @@ pub struct CryptoResult {
     pub cached_verify_us: f64,
     /// CPU microseconds of this thread per cached check.
     pub cached_verify_cpu_us: Option<f64>,
+    /// Microseconds per check of a certificate the `SignerCache` does not hold yet (a device's
+    /// first request: the certificate's signature by the CA, validity, key usage, then the
+    /// signature over the body), wall clock.
+    pub first_contact_us: f64,
+    /// CPU microseconds of this thread per first-contact check.
+    pub first_contact_cpu_us: Option<f64>,
 }
 
 /// utime + stime of the calling thread, in ticks.
@@ -466,6 +484,11 @@ pub struct Report {
     pub server_peak_rss_mib: Option<f64>,
     /// Resident memory of the server at the end (VmRSS), MiB.
     pub server_rss_mib: Option<f64>,
+    /// The server's resident memory when idle: started, migrated, no device yet (2 s after it
+    /// listens), split as the kernel counts it.
+    pub server_idle_rss: Option<Rss>,
+    /// The same split at the end.
+    pub server_end_rss: Option<Rss>,
     /// Load averages (1, 5, 15 min) when the run started: other work on the machine.
     pub load_before: String,
     /// Load averages when it ended.
@@ -586,6 +609,26 @@ fn context_switches(pid: u32) -> Option<u64> {
 }
 
 /// The 1-, 5- and 15-minute load averages.
+/// Resident memory split as `/proc/PID/status` counts it, MiB.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rss {
+    /// VmRSS: all of it.
+    pub total_mib: f64,
+    /// RssAnon: heap, stacks and other private memory.
+    pub anon_mib: f64,
+    /// RssFile: file pages mapped in (the executable's and the libraries' code and data).
+    pub file_mib: f64,
+}
+
+fn rss_of(pid: u32) -> Option<Rss> {
+    let mib = |key| status_kib(pid, key).map(|k| k as f64 / 1024.0);
+    Some(Rss {
+        total_mib: mib("VmRSS:")?,
+        anon_mib: mib("RssAnon:")?,
+        file_mib: mib("RssFile:")?,
+    })
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -1135,6 +1178,44 @@ fn issue_one(
     })
 }
 
+/// Issues `count` synthetic identities from `ca` on every core.
+async fn issue_many(
+    ca: Arc<Ca>,
+    org: String,
+    kind: SyntheticKey,
+    shared: Option<PKey<Private>>,
+    count: usize,
+) -> Result<Vec<Issued>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    tokio::task::spawn_blocking(move || -> Result<Vec<Issued>> {
+        let per = count.div_ceil(threads.max(1));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|i| {
+                    let n = per.min(count.saturating_sub(i * per));
+                    let (ca, org, shared) = (&ca, &org, shared.as_ref());
+                    s.spawn(move || {
+                        (0..n)
+                            .map(|_| issue_one(ca, org, kind, shared))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            let mut all = Vec::with_capacity(count);
+            for h in handles {
+                let part = h
+                    .join()
+                    .map_err(|_| anyhow!("a certificate thread panicked"))??;
+                all.extend(part);
+            }
+            Ok(all)
+        })
+    })
+    .await?
+}
+
 impl SynthFactory {
     async fn new(
         data: &ServerData,
@@ -1181,38 +1262,14 @@ impl SynthFactory {
         concurrency: usize,
     ) -> Result<(Vec<SynthMac>, SyntheticResult)> {
         let t = Instant::now();
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        let ca = Arc::clone(&self.ca);
-        let org = self.organization.clone();
-        let kind = self.key;
-        let shared = self.shared_rsa.clone();
-        let issued: Vec<Issued> = tokio::task::spawn_blocking(move || -> Result<Vec<Issued>> {
-            let per = count.div_ceil(threads.max(1));
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|i| {
-                        let n = per.min(count.saturating_sub(i * per));
-                        let (ca, org, shared) = (&ca, &org, shared.as_ref());
-                        s.spawn(move || {
-                            (0..n)
-                                .map(|_| issue_one(ca, org, kind, shared))
-                                .collect::<Result<Vec<_>>>()
-                        })
-                    })
-                    .collect();
-                let mut all = Vec::with_capacity(count);
-                for h in handles {
-                    let part = h
-                        .join()
-                        .map_err(|_| anyhow!("a certificate thread panicked"))??;
-                    all.extend(part);
-                }
-                Ok(all)
-            })
-        })
-        .await??;
+        let issued = issue_many(
+            Arc::clone(&self.ca),
+            self.organization.clone(),
+            self.key,
+            self.shared_rsa.clone(),
+            count,
+        )
+        .await?;
         let issue_s = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
@@ -1595,7 +1652,27 @@ fn time_signature(ca: &Ca, key: PKey<Private>, label: &str) -> Result<CryptoResu
     }
     let cached_verify_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(checks);
     let cached_verify_cpu_us = cpu_us(c, thread_ticks(), checks);
+    // First contacts: as many certificates for the same key, each signing the body once.
+    let firsts: u32 = 500;
+    let mut signed = Vec::with_capacity(firsts as usize);
+    for _ in 0..firsts {
+        let cert = ca.issue_identity_valid_for(&csr, DEFAULT_IDENTITY_LIFETIME, Some(&subject))?;
+        let sig = lanyard_pki::sign_detached(&cert, &key, &body)?;
+        signed.push(base64::engine::general_purpose::STANDARD.encode(&sig));
+    }
+    let cache = lanyard_pki::SignerCache::new(ca.certificate().clone(), 2 * firsts as usize);
+    let (t, c) = (Instant::now(), thread_ticks());
+    for sig in &signed {
+        let _ = cache.verify(sig.as_bytes(), &body)?;
+    }
+    let first_contact_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(firsts);
+    let first_contact_cpu_us = cpu_us(c, thread_ticks(), firsts);
+    if cache.hits() != 0 || cache.len() != firsts as usize {
+        bail!("the first-contact timing hit the cache");
+    }
     Ok(CryptoResult {
+        first_contact_us,
+        first_contact_cpu_us,
         cached_verify_us,
         cached_verify_cpu_us,
         key: label.into(),
@@ -1756,6 +1833,18 @@ async fn round_trips(
         per_device * d,
         args.concurrency.min(d)
     );
+    drive_round_trips(devices, args, meter, per_device, enqueue_s).await
+}
+
+/// The timed part of the round trips: the devices fetch and acknowledge what was queued.
+async fn drive_round_trips(
+    devices: Arc<Vec<Mutex<Device>>>,
+    args: &BenchArgs,
+    meter: &Meter,
+    enqueue_calls: usize,
+    enqueue_s: f64,
+) -> Result<RoundTripResult> {
+    let d = devices.len();
     let devices_mix = mix(&devices);
     let perf = start_perf(args.perf.as_ref(), meter.server_pid)?;
     let had_perf = perf.is_some();
@@ -1774,7 +1863,7 @@ async fn round_trips(
         requests: out.requests,
         concurrency: args.concurrency.min(d),
         devices: devices_mix,
-        enqueue_calls: per_device,
+        enqueue_calls,
         enqueue_s,
         per_second: out.acked as f64 / cpu.wall_s.max(1e-9),
         steady_per_second: steady,
@@ -1798,7 +1887,6 @@ async fn fanout(
     args: &BenchArgs,
     meter: &Meter,
 ) -> Result<FanoutResult> {
-    let devices_mix = mix(&devices);
     eprintln!(
         "fan-out: one {} for every enrolled device ({} here)…",
         args.request_type,
@@ -1807,6 +1895,19 @@ async fn fanout(
     let snap = meter.snap();
     let t0 = Instant::now();
     let targets = api.queue_for_all(&args.request_type).await?;
+    drive_fanout(devices, args, meter, snap, t0, targets).await
+}
+
+/// The timed part of the fan-out from the queueing on: every device fetches and acknowledges.
+async fn drive_fanout(
+    devices: Arc<Vec<Mutex<Device>>>,
+    args: &BenchArgs,
+    meter: &Meter,
+    snap: Snap,
+    t0: Instant,
+    targets: u64,
+) -> Result<FanoutResult> {
+    let devices_mix = mix(&devices);
     let queue_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let (out, _) = run_devices(devices, args.concurrency).await?;
@@ -2205,12 +2306,219 @@ async fn lookup_on(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Ceiling mode
+
+/// The ceiling server, run by this executable in a child process of its own (so its CPU, context
+/// switches and memory are read like `lanyard serve`'s).
+struct CeilingChild {
+    child: Child,
+    url: String,
+    ca: Arc<Ca>,
+    ca_pem: Vec<u8>,
+    _tmp: tempfile::TempDir,
+}
+
+/// The command the server stores for `request_type` when it is queued through the API (the
+/// domain's own builder, for a User Enrollment target): the bytes the ceiling answers with.
+fn stored_command(request_type: &str) -> Result<Vec<u8>> {
+    let spec: lanyard_core::commands::CommandSpec =
+        serde_json::from_value(json!({ "request_type": request_type }))?;
+    let command = spec.build(true)?;
+    Ok(lanyard_proto::command::encode_command(&command)?)
+}
+
+impl CeilingChild {
+    async fn start(args: &BenchArgs, commands_per_device: usize) -> Result<CeilingChild> {
+        let tmp = tempfile::Builder::new()
+            .prefix("lanyard-bench-ceiling-")
+            .tempdir()?;
+        let ca = Ca::generate("Lanyard Bench Ceiling CA", &args.organization)?;
+        let ca_pem = ca.cert_pem()?.into_bytes();
+        std::fs::write(tmp.path().join("ca.pem"), &ca_pem)?;
+        std::fs::write(tmp.path().join("ca-key.pem"), ca.key_pem_pkcs8()?)?;
+        std::fs::write(
+            tmp.path().join("command.plist"),
+            stored_command(&args.request_type)?,
+        )?;
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--ceiling-serve")
+            .arg(tmp.path())
+            .arg("--ceiling-commands")
+            .arg(commands_per_device.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start the ceiling server")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no stdout from the ceiling server"))?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        })
+        .await??;
+        let Some(url) = line.trim().strip_prefix(CEILING_LISTENING) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the ceiling server did not start: {line:?}");
+        };
+        Ok(CeilingChild {
+            url: url.to_owned(),
+            child,
+            ca: Arc::new(ca),
+            ca_pem,
+            _tmp: tmp,
+        })
+    }
+
+    /// `count` synthetic devices with identities from the ceiling's CA.
+    async fn devices(
+        &self,
+        args: &BenchArgs,
+        count: usize,
+    ) -> Result<(Vec<Device>, SyntheticResult)> {
+        let t = Instant::now();
+        let shared = match args.synthetic_key {
+            SyntheticKey::Rsa => Some(device::rsa_key(2048)?),
+            SyntheticKey::Ec => None,
+        };
+        let issued = issue_many(
+            Arc::clone(&self.ca),
+            args.organization.clone(),
+            args.synthetic_key,
+            shared,
+            count,
+        )
+        .await?;
+        let issue_s = t.elapsed().as_secs_f64();
+        let client = http_client(&self.ca_pem, args.concurrency)?;
+        let command_url = Arc::new(format!("{}/mdm/command", self.url));
+        let devices = issued
+            .into_iter()
+            .map(|d| {
+                Device::Synth(SynthMac {
+                    enrollment_id: d.enrollment_id,
+                    cert: d.cert,
+                    key: d.key,
+                    client: client.clone(),
+                    command_url: Arc::clone(&command_url),
+                })
+            })
+            .collect();
+        Ok((
+            devices,
+            SyntheticResult {
+                devices: count,
+                key: args.synthetic_key,
+                issue_s,
+                bind_s: 0.0,
+            },
+        ))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the server; its peak RSS first.
+    fn stop(mut self) -> Option<f64> {
+        let peak = status_kib(self.pid(), "VmHWM:").map(|k| k as f64 / 1024.0);
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let _ = self.child.wait();
+        peak
+    }
+}
+
+/// The larger of two optional figures.
+fn max_mib(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What the ceiling server prints once it listens, before its URL.
+const CEILING_LISTENING: &str = "ceiling listening on ";
+
+/// Be the ceiling server (`--ceiling-serve DIR`): the CA, its key and the command from DIR,
+/// on a free port of 127.0.0.1, until stopped.
+pub async fn serve_ceiling(dir: &Path, commands_per_device: u64) -> Result<()> {
+    let ca = Ca::from_pem(
+        &std::fs::read(dir.join("ca.pem"))?,
+        &std::fs::read(dir.join("ca-key.pem"))?,
+    )?;
+    let command = std::fs::read(dir.join("command.plist"))?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    println!("{CEILING_LISTENING}https://{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    lanyard_testkit::ceiling::serve(
+        listener,
+        lanyard_testkit::ceiling::CeilingOptions {
+            ca,
+            command,
+            commands_per_device,
+        },
+    )
+    .await
+}
+
+/// The round-trip and fan-out phases against the ceiling server, one server per phase.
+async fn ceiling_phases(args: &BenchArgs, report: &mut Report) -> Result<()> {
+    report.server = "ceiling server started by the tool (TLS, Mdm-Signature, plist; no store, \
+                     no middleware)"
+        .into();
+    let meter = |pid| Meter {
+        ticks: clock_ticks(),
+        server_pid: Some(pid),
+        postgres: false,
+    };
+    let mut peak: Option<f64> = None;
+    if args.round_trips > 0 {
+        let d = args.concurrency.max(1);
+        let per_device = args.round_trips.div_ceil(d);
+        let server = CeilingChild::start(args, per_device).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        report.server_idle_rss = rss_of(server.pid());
+        eprintln!("ceiling: making {d} synthetic devices for the round trips…");
+        let (devices, r) = server.devices(args, d).await?;
+        report.synthetic.push(r);
+        let devices = Arc::new(devices.into_iter().map(Mutex::new).collect());
+        let result = drive_round_trips(devices, args, &meter(server.pid()), 0, 0.0).await;
+        peak = max_mib(peak, server.stop());
+        report.round_trips = Some(result?);
+    }
+    if args.fanout > 0 {
+        let server = CeilingChild::start(args, 1).await?;
+        eprintln!(
+            "ceiling: making {} synthetic devices for the fan-out…",
+            args.fanout
+        );
+        let (devices, r) = server.devices(args, args.fanout).await?;
+        report.synthetic.push(r);
+        let devices = Arc::new(devices.into_iter().map(Mutex::new).collect());
+        let m = meter(server.pid());
+        let (snap, t0) = (m.snap(), Instant::now());
+        let result = drive_fanout(devices, args, &m, snap, t0, args.fanout as u64).await;
+        peak = max_mib(peak, server.stop());
+        report.fanout = Some(result?);
+    }
+    report.server_peak_rss_mib = peak;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // The run
 
 /// Runs the phases the options ask for and returns what they measured.
 pub async fn run(args: BenchArgs) -> Result<Report> {
-    let needs_server = args.macs > 0 || args.round_trips > 0 || args.fanout > 0;
-    if !needs_server && args.lookup_rows == 0 && !args.crypto {
+    let needs_server = !args.ceiling && (args.macs > 0 || args.round_trips > 0 || args.fanout > 0);
+    if args.ceiling && args.round_trips == 0 && args.fanout == 0 {
+        bail!("--ceiling measures --round-trips and --fanout: give one of them");
+    }
+    if !needs_server && !args.ceiling && args.lookup_rows == 0 && !args.crypto {
         bail!(
             "nothing to measure: give --macs, --round-trips, --fanout, --lookup-rows or --crypto"
         );
@@ -2242,6 +2550,8 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         crypto: Vec::new(),
         server_peak_rss_mib: None,
         server_rss_mib: None,
+        server_idle_rss: None,
+        server_end_rss: None,
         load_before: load_average(),
         load_after: String::new(),
     };
@@ -2281,6 +2591,8 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
                 );
                 let ca_pem = std::fs::read(data.data_dir.join("ca.pem"))?;
                 let pid = s.pid();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                report.server_idle_rss = rss_of(pid);
                 spawned = Some(s);
                 (url, ca_pem, Some(data), Some(pid))
             }
@@ -2298,6 +2610,7 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         if let Some(pid) = server_pid {
             report.server_peak_rss_mib = status_kib(pid, "VmHWM:").map(|k| k as f64 / 1024.0);
             report.server_rss_mib = status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0);
+            report.server_end_rss = rss_of(pid);
         }
         if let Some(mut s) = spawned {
             s.stop(args.keep).await;
@@ -2305,6 +2618,10 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         result?;
     }
 
+    if args.ceiling {
+        report.backend = "none (ceiling)".into();
+        ceiling_phases(&args, &mut report).await?;
+    }
     if args.lookup_rows > 0 {
         report.lookup = Some(lookup_phase(&args).await?);
     }
@@ -2652,18 +2969,36 @@ pub fn render_table(r: &Report) -> String {
             "signature",
             &c.key,
             format!(
-                "device signs {:.0} µs (CPU {} µs), server verifies {:.0} µs (CPU {} µs), \
-                 {:.0} µs (CPU {} µs) with the signer cache warm; \
-                 {}-byte body, one thread, in-process",
+                "device signs {:.0} µs (CPU {} µs); server: OpenSSL CMS check {:.0} µs \
+                 (CPU {} µs), signer cache first contact {:.0} µs (CPU {} µs), cached \
+                 certificate {:.0} µs (CPU {} µs); {}-byte body, one thread, in-process",
                 c.sign_us,
                 opt(c.sign_cpu_us, 0),
                 c.verify_us,
                 opt(c.verify_cpu_us, 0),
+                c.first_contact_us,
+                opt(c.first_contact_cpu_us, 0),
                 c.cached_verify_us,
                 opt(c.cached_verify_cpu_us, 0),
                 c.body_bytes
             ),
         );
+    }
+    for (when, rss) in [
+        ("idle", &r.server_idle_rss),
+        ("at the end", &r.server_end_rss),
+    ] {
+        if let Some(m) = rss {
+            row(
+                "server memory",
+                when,
+                format!(
+                    "RSS {:.1} MiB: {:.1} MiB anonymous (heap, stacks), {:.1} MiB file pages \
+                     (code, libraries)",
+                    m.total_mib, m.anon_mib, m.file_mib
+                ),
+            );
+        }
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);

@@ -19,6 +19,15 @@ use lanyard_bench::{render_table, run, BenchArgs};
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = BenchArgs::parse();
+    if let Some(dir) = &args.ceiling_serve {
+        return match lanyard_bench::serve_ceiling(dir, args.ceiling_commands).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let json = args.json;
     match run(args).await {
         Ok(report) => {

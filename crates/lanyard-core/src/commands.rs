@@ -22,9 +22,6 @@ pub use lanyard_store::{Channel, CommandState};
 
 use crate::{Actor, CoreError, Lanyard, Result};
 
-/// Largest result stored for one command on one enrollment, as re-encoded (compact XML; a
-/// report's text can grow when re-escaped). A larger one is refused with 413, nothing stored.
-pub const STORED_RESULT_LIMIT: usize = 4 * 1024 * 1024;
 /// Largest inventory section (JSON) kept per enrollment: the device information, security
 /// info, profiles, applications or certificates. A section over it is kept as a note of its
 /// size, so an enrollment's inventory stays under about 5 MiB.
@@ -399,11 +396,7 @@ fn plist_to_json(v: &Value) -> serde_json::Value {
 impl From<CommandRecord> for CommandView {
     fn from(r: CommandRecord) -> Self {
         Self {
-            result: r
-                .result
-                .as_deref()
-                .and_then(|b| plist::from_bytes::<Value>(b).ok())
-                .map(|v| plist_to_json(&v)),
+            result: r.result.as_deref().and_then(stored_result),
             error_chain: r
                 .error_chain
                 .as_deref()
@@ -465,69 +458,87 @@ impl Lanyard {
         action: &str,
     ) -> Result<Queued> {
         actor.require_write()?;
-        let enrollments: Vec<Enrollment> = match target {
+        match target {
             CommandTarget::Enrollments(ids) => {
-                if ids.is_empty() || ids.len() > 100_000 {
-                    return Err(CoreError::Invalid("name 1 to 100,000 enrollments".into()));
-                }
-                // Read in chunks, then checked in the order given.
-                let found: std::collections::HashMap<EnrollmentId, Enrollment> = self
-                    .store
-                    .enrollments_by_ids(ids)
-                    .await?
-                    .into_iter()
-                    .map(|e| (e.id.clone(), e))
-                    .collect();
-                let mut out = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let e = found
-                        .get(id.as_str())
-                        .cloned()
-                        .ok_or_else(|| CoreError::NotFound(format!("enrollment {id}")))?;
-                    // An inactive enrollment may be tried by name: its answer revives it.
-                    let reachable = e.status == EnrollmentStatus::Enrolled
-                        || (e.status == EnrollmentStatus::Inactive && e.enrolled_at.is_some());
-                    if !reachable {
-                        return Err(CoreError::Invalid(format!(
-                            "enrollment {id} is {}, not enrolled",
-                            e.status
-                        )));
-                    }
-                    out.push(e);
-                }
-                out
+                self.enqueue_for_ids(actor, ids, channel, spec, push, action)
+                    .await
             }
             CommandTarget::Filter { search } => {
-                let found = self.store.list_devices(&filter_target(search)).await?;
-                if found.total > found.items.len() as i64 {
-                    return Err(CoreError::Invalid(format!(
-                        "{} devices match; a command by search reaches at most {}, so narrow \
-                         the search",
-                        found.total,
-                        lanyard_store::MAX_DEVICE_LIST
-                    )));
-                }
-                found.items
+                self.enqueue_for_search(actor, search, channel, spec, push, action)
+                    .await
             }
-        };
-        if enrollments.is_empty() {
-            return Err(CoreError::Invalid("no enrolled device matches".into()));
+        }
+    }
+
+    /// The command built for its targets (User Enrollment limits when any target is one) and
+    /// checked against the channel; its encoded payload.
+    fn command_for(
+        spec: &CommandSpec,
+        any_user_enrollment: bool,
+        channel: CommandChannel,
+    ) -> Result<(Command, Vec<u8>)> {
+        let command = spec.build(any_user_enrollment)?;
+        channel.allows(&command.request_type)?;
+        let payload = lanyard_proto::command::encode_command(&command)
+            .map_err(|e| CoreError::Invalid(format!("the command cannot be encoded: {e}")))?;
+        Ok((command, payload))
+    }
+
+    fn new_command(actor: &Actor, command: &Command, payload: Vec<u8>, push: bool) -> NewCommand {
+        NewCommand {
+            uuid: command.uuid.as_str().into(),
+            request_type: command.request_type.clone(),
+            payload,
+            created_by: actor.name.clone(),
+            push,
+        }
+    }
+
+    /// Named enrollments: read in chunks, each checked in the order given.
+    async fn enqueue_for_ids(
+        &self,
+        actor: &Actor,
+        ids: &[String],
+        channel: CommandChannel,
+        spec: &CommandSpec,
+        push: bool,
+        action: &str,
+    ) -> Result<Queued> {
+        if ids.is_empty() || ids.len() > 100_000 {
+            return Err(CoreError::Invalid("name 1 to 100,000 enrollments".into()));
+        }
+        let found: std::collections::HashMap<EnrollmentId, Enrollment> = self
+            .store
+            .enrollments_by_ids(ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        let mut enrollments = Vec::with_capacity(ids.len());
+        for id in ids {
+            let e = found
+                .get(id.as_str())
+                .ok_or_else(|| CoreError::NotFound(format!("enrollment {id}")))?;
+            // An inactive enrollment may be tried by name: its answer revives it.
+            let reachable = e.status == EnrollmentStatus::Enrolled
+                || (e.status == EnrollmentStatus::Inactive && e.enrolled_at.is_some());
+            if !reachable {
+                return Err(CoreError::Invalid(format!(
+                    "enrollment {id} is {}, not enrolled",
+                    e.status
+                )));
+            }
+            enrollments.push(e);
         }
         if channel == CommandChannel::User {
             if let Some(e) = enrollments.iter().find(|e| e.user_channel_id.is_none()) {
-                return Err(CoreError::Invalid(format!(
-                    "enrollment {} has no user channel yet (no user TokenUpdate)",
-                    e.id
-                )));
+                return Err(no_user_channel(&e.id));
             }
         }
         let any_ue = enrollments
             .iter()
             .any(|e| e.mode == EnrollmentMode::UserEnrollment);
-        let command = spec.build(any_ue)?;
-        channel.allows(&command.request_type)?;
-        let payload = lanyard_proto::command::encode_command(&command)
-            .map_err(|e| CoreError::Invalid(format!("the command cannot be encoded: {e}")))?;
+        let (command, payload) = Self::command_for(spec, any_ue, channel)?;
         let targets: Vec<(EnrollmentId, Channel)> = enrollments
             .iter()
             .map(|e| (e.id.clone(), channel.channel()))
@@ -542,25 +553,76 @@ impl Lanyard {
         let n = self
             .store
             .enqueue_command(
-                &NewCommand {
-                    uuid: command.uuid.as_str().into(),
-                    request_type: command.request_type.clone(),
-                    payload,
-                    created_by: actor.name.clone(),
-                    push,
-                },
+                &Self::new_command(actor, &command, payload, push),
                 &targets,
                 &audit,
             )
             .await?;
         let push_requested = push && self.pusher.is_some();
         if push_requested {
-            self.request_push(enrollments.into_iter().map(|e| e.id.0).collect());
+            self.request_push(enrollments.iter().map(|e| e.id.0.clone()).collect());
         }
         Ok(Queued {
             command_uuid: command.uuid,
             request_type: command.request_type,
             targets: n,
+            push_requested,
+        })
+    }
+
+    /// Every enrolled device the device search finds: counted, then queued by the store in one
+    /// `INSERT … SELECT` — no enrollment row is loaded here, whatever the number of devices.
+    async fn enqueue_for_search(
+        &self,
+        actor: &Actor,
+        search: &str,
+        channel: CommandChannel,
+        spec: &CommandSpec,
+        push: bool,
+        action: &str,
+    ) -> Result<Queued> {
+        let filter = filter_target(search);
+        let found = self.store.count_command_targets(&filter).await?;
+        if found.matching > lanyard_store::MAX_DEVICE_LIST {
+            return Err(CoreError::Invalid(format!(
+                "{} devices match; a command by search reaches at most {}, so narrow the search",
+                found.matching,
+                lanyard_store::MAX_DEVICE_LIST
+            )));
+        }
+        if found.matching == 0 {
+            return Err(CoreError::Invalid("no enrolled device matches".into()));
+        }
+        if channel == CommandChannel::User {
+            if let Some(id) = &found.without_user_channel {
+                return Err(no_user_channel(id));
+            }
+        }
+        let (command, payload) = Self::command_for(spec, found.user_enrollments > 0, channel)?;
+        // `targets` is added by the store: how many were queued.
+        let audit = Audit::new(
+            &actor.name,
+            action,
+            &command.uuid,
+            json!({"request_type": command.request_type, "search": search}),
+        );
+        let queued = self
+            .store
+            .enqueue_command_matching(
+                &Self::new_command(actor, &command, payload, push),
+                &filter,
+                channel.channel(),
+                &audit,
+            )
+            .await?;
+        let push_requested = push && self.pusher.is_some();
+        if push_requested {
+            self.request_push(queued.push_ids);
+        }
+        Ok(Queued {
+            command_uuid: command.uuid,
+            request_type: command.request_type,
+            targets: queued.targets,
             push_requested,
         })
     }
@@ -649,6 +711,12 @@ impl Lanyard {
     }
 }
 
+fn no_user_channel(id: &str) -> CoreError {
+    CoreError::Invalid(format!(
+        "enrollment {id} has no user channel yet (no user TokenUpdate)"
+    ))
+}
+
 /// The device search a [`CommandTarget::Filter`] runs: the enrolled devices matching `search`,
 /// all of them (up to [`lanyard_store::MAX_DEVICE_LIST`]).
 pub fn filter_target(search: &str) -> DeviceListQuery {
@@ -663,9 +731,12 @@ pub fn filter_target(search: &str) -> DeviceListQuery {
     }
 }
 
-/// The outcome a result report records (`None` for `Idle`).
+/// The outcome a result report records (`None` for `Idle`). The stored result is the report's
+/// body as received (`body`, bounded by the command endpoint's body limit): nothing is
+/// re-encoded on the device path; [`CommandView`] reads the result keys back out of it.
 pub(crate) fn outcome_of(
     report: &lanyard_proto::command::CommandReport,
+    body: &[u8],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<CommandOutcome>> {
     if !report.status.is_result() {
@@ -681,27 +752,26 @@ pub(crate) fn outcome_of(
     let error_chain = (!report.error_chain.is_empty())
         .then(|| serde_json::to_string(&report.error_chain).ok())
         .flatten();
-    let mut result_bytes = Vec::new();
-    plist::to_writer_xml_with_options(
-        &mut result_bytes,
-        &report.result,
-        &plist::XmlWriteOptions::default().indent(0, 0),
-    )
-    .map_err(|e| CoreError::failed("encoding a command result", e))?;
-    if result_bytes.len() > STORED_RESULT_LIMIT {
-        return Err(CoreError::TooLarge(format!(
-            "the command result is larger than this server stores ({} KiB at most)",
-            STORED_RESULT_LIMIT / 1024
-        )));
-    }
     Ok(Some(CommandOutcome {
         command_uuid: uuid.into(),
         status,
-        result: Some(result_bytes),
+        result: Some(body.to_vec()),
         error_chain,
-        // NotNow: due again at the device's next poll (see the store's exchange).
+        // NotNow: due again at the next poll (see the store's exchange).
         retry_after: (report.status == CommandStatus::NotNow).then_some(now),
     }))
+}
+
+/// A stored result (a command report's body) as the admin reads it: the report's result keys,
+/// without the keys the report's typed fields hold (status, identity, error chain).
+fn stored_result(body: &[u8]) -> Option<serde_json::Value> {
+    let mut value = plist::from_bytes::<Value>(body).ok()?;
+    if let Value::Dictionary(d) = &mut value {
+        for key in lanyard_proto::command::REPORT_KEYS {
+            d.remove(key);
+        }
+    }
+    Some(plist_to_json(&value))
 }
 
 /// The result key a request type's answer carries and the inventory section it fills.
@@ -768,12 +838,85 @@ pub(crate) fn merge_inventory(
     serde_json::to_string(&inv).ok()
 }
 
-/// [`merge_inventory`] for the store's exchange transaction.
-pub(crate) struct ResultInventory<'a>(pub &'a Dictionary);
+/// [`merge_inventory`] for the store's exchange transaction (it owns the result, as the store
+/// may run the exchange on another thread).
+pub(crate) struct ResultInventory(pub Dictionary);
 
-impl lanyard_store::InventoryMerge for ResultInventory<'_> {
+impl lanyard_store::InventoryMerge for ResultInventory {
+    /// SHA-256 over the section's value (the part [`merge_inventory`] reads), walked with type
+    /// tags and lengths so that different values cannot run together.
+    fn digest(&self, request_type: &str) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let (key, _) = inventory_section(request_type)?;
+        let value = self.0.get(key)?;
+        let mut h = Sha256::new();
+        digest_value(value, &mut h);
+        Some(hex::encode(h.finalize()))
+    }
+
     fn merge(&self, request_type: &str, current: Option<&str>) -> Option<String> {
-        merge_inventory(current, request_type, self.0)
+        merge_inventory(current, request_type, &self.0)
+    }
+}
+
+/// Feeds a plist value into a digest: a tag per type, lengths before contents.
+fn digest_value(v: &Value, h: &mut sha2::Sha256) {
+    use sha2::Digest;
+    let len = |h: &mut sha2::Sha256, n: usize| h.update((n as u64).to_be_bytes());
+    match v {
+        Value::Array(a) => {
+            h.update(b"a");
+            len(h, a.len());
+            for x in a {
+                digest_value(x, h);
+            }
+        }
+        Value::Dictionary(d) => {
+            h.update(b"d");
+            len(h, d.len());
+            for (k, x) in d {
+                len(h, k.len());
+                h.update(k.as_bytes());
+                digest_value(x, h);
+            }
+        }
+        Value::Boolean(b) => h.update([b'b', u8::from(*b)]),
+        Value::Data(d) => {
+            h.update(b"x");
+            len(h, d.len());
+            h.update(d);
+        }
+        Value::Date(d) => {
+            let text = d.to_xml_format();
+            h.update(b"t");
+            len(h, text.len());
+            h.update(text.as_bytes());
+        }
+        Value::Real(r) => {
+            h.update(b"r");
+            h.update(r.to_bits().to_be_bytes());
+        }
+        Value::Integer(i) => match (i.as_signed(), i.as_unsigned()) {
+            (Some(n), _) => {
+                h.update(b"i");
+                h.update(n.to_be_bytes());
+            }
+            (None, Some(n)) => {
+                h.update(b"u");
+                h.update(n.to_be_bytes());
+            }
+            (None, None) => h.update(b"?"),
+        },
+        Value::String(s) => {
+            h.update(b"s");
+            len(h, s.len());
+            h.update(s.as_bytes());
+        }
+        Value::Uid(u) => {
+            h.update(b"U");
+            h.update(u.get().to_be_bytes());
+        }
+        _ => h.update(b"?"),
     }
 }
 

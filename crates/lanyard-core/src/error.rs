@@ -122,6 +122,7 @@ impl From<StoreError> for CoreError {
             StoreError::NotFound(what) => CoreError::NotFound(what),
             StoreError::Conflict(what) => CoreError::Conflict(format!("already exists ({what})")),
             StoreError::Unavailable(why) => CoreError::Unavailable(why),
+            StoreError::TooLarge(what) => CoreError::TooLarge(what),
             other => CoreError::Store(other),
         }
     }

@@ -545,7 +545,7 @@ impl MdmService {
             return Err(too_large("a command report", COMMAND_REPORT_LIMIT));
         }
         let fingerprint = self.signer_of(&req)?;
-        let report = lanyard_proto::decode_command_report(req.body)
+        let mut report = lanyard_proto::decode_command_report(req.body)
             .map_err(|e| CoreError::Invalid(format!("command report: {e}")))?;
         let channel = channel_of(report.enrollment.kind);
         let span = Span::current();
@@ -561,19 +561,20 @@ impl MdmService {
             self.authorize_user_channel(&enrollment, req.bearer).await?;
         }
         let now = lanyard_store::now();
-        let outcome = outcome_of(&report, now)?;
-        let merge = ResultInventory(&report.result);
+        let outcome = outcome_of(&report, req.body, now)?;
         let inventory = (report.status == CommandStatus::Acknowledged
             && carries_inventory(&report.result))
-        .then_some(&merge as &dyn InventoryMerge);
+        .then(|| {
+            Arc::new(ResultInventory(std::mem::take(&mut report.result))) as Arc<dyn InventoryMerge>
+        });
         let done = self
             .lanyard
             .store()
-            .command_exchange(&CommandExchange {
-                identity_sha256: &fingerprint,
-                device_channel_id: report.enrollment.device_id(),
+            .command_exchange(CommandExchange {
+                identity_sha256: fingerprint,
+                device_channel_id: report.enrollment.device_id().to_string(),
                 channel,
-                outcome: outcome.as_ref(),
+                outcome,
                 inventory,
                 now,
             })

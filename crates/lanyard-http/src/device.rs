@@ -6,7 +6,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -30,27 +30,45 @@ pub const CHECKIN_BODY_LIMIT: usize = lanyard_core::mdm::DECLARATIVE_MESSAGE_LIM
 /// Largest command report (inventory results such as `InstalledApplicationList`).
 pub const MDM_BODY_LIMIT: usize = lanyard_core::mdm::COMMAND_REPORT_LIMIT;
 
+const DISCOVERY_PATH: &str = "/.well-known/com.apple.remotemanagement";
+const ENROLL_PATH: &str = "/enroll";
+const SCEP_PATH: &str = "/scep";
+const CHECKIN_PATH: &str = "/mdm/checkin";
+const COMMAND_PATH: &str = "/mdm/command";
+
+/// Every device route with its methods, as [`routes`] serves them: the metrics layer registers
+/// their handles once (`crate::RouteMetrics`), so a device request allocates no label.
+pub const DEVICE_ROUTES: [(Method, &str); 7] = [
+    (Method::GET, DISCOVERY_PATH),
+    (Method::GET, ENROLL_PATH),
+    (Method::POST, ENROLL_PATH),
+    (Method::GET, SCEP_PATH),
+    (Method::POST, SCEP_PATH),
+    (Method::PUT, CHECKIN_PATH),
+    (Method::PUT, COMMAND_PATH),
+];
+
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/.well-known/com.apple.remotemanagement", get(discovery))
+        .route(DISCOVERY_PATH, get(discovery))
         .route(
-            "/enroll",
+            ENROLL_PATH,
             post(enroll)
                 .get(enroll)
                 .layer(DefaultBodyLimit::max(ENROLL_BODY_LIMIT)),
         )
         .route(
-            "/scep",
+            SCEP_PATH,
             get(scep_get)
                 .post(scep_post)
                 .layer(DefaultBodyLimit::max(SCEP_BODY_LIMIT)),
         )
         .route(
-            "/mdm/checkin",
+            CHECKIN_PATH,
             put(checkin).layer(DefaultBodyLimit::max(CHECKIN_BODY_LIMIT)),
         )
         .route(
-            "/mdm/command",
+            COMMAND_PATH,
             put(command).layer(DefaultBodyLimit::max(MDM_BODY_LIMIT)),
         )
         .route(

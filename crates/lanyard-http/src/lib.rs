@@ -35,6 +35,7 @@ pub mod portal;
 pub mod text_input;
 pub mod tracing_layers;
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -128,7 +129,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found);
     let app = tracing_layers::catching_panics(app)
         .layer(middleware::from_fn(text_input::refuse_nul))
-        .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn_with_state(
+            std::sync::Arc::new(RouteMetrics::new()),
+            record_metrics,
+        ))
         .layer(middleware::from_fn_with_state(
             state.headers.clone(),
             response_headers,
@@ -220,12 +224,84 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
+/// Statuses whose request counters each device route keeps a handle for (the answers the
+/// device routes give); another status is counted through the registry like any route.
+const DEVICE_STATUSES: [u16; 11] = [200, 204, 400, 401, 403, 404, 405, 410, 413, 500, 503];
+
+/// One device route's metric handles, each registered on its first use and kept.
+struct RouteHandles {
+    method: axum::http::Method,
+    route: &'static str,
+    duration: OnceLock<metrics::Histogram>,
+    requests: [OnceLock<metrics::Counter>; DEVICE_STATUSES.len()],
+}
+
+impl RouteHandles {
+    fn record(&self, status: u16, seconds: f64) {
+        let method = || self.method.as_str().to_owned();
+        let counter = || {
+            metrics::counter!("lanyard_http_requests_total", "route" => self.route,
+                "method" => method(), "status" => status.to_string())
+        };
+        match DEVICE_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.requests[i].get_or_init(counter).increment(1),
+            None => counter().increment(1),
+        }
+        self.duration
+            .get_or_init(|| {
+                metrics::histogram!("lanyard_http_request_duration_seconds",
+                    "route" => self.route, "method" => method())
+            })
+            .record(seconds);
+    }
+}
+
+/// The request metrics' handles for the device routes ([`device::DEVICE_ROUTES`]): the requests
+/// Macs make — most of the traffic — record their count and latency through handles kept here,
+/// without building label strings or looking the series up per request. The series are the
+/// same as those [`record_metrics`] names for any other route; a series appears on its first
+/// request, as for other routes. Made with the router, after the recorder is installed.
+struct RouteMetrics {
+    device: Vec<RouteHandles>,
+}
+
+impl RouteMetrics {
+    fn new() -> Self {
+        let device = device::DEVICE_ROUTES
+            .iter()
+            .map(|(method, route)| RouteHandles {
+                method: method.clone(),
+                route,
+                duration: OnceLock::new(),
+                requests: [const { OnceLock::new() }; DEVICE_STATUSES.len()],
+            })
+            .collect();
+        Self { device }
+    }
+
+    fn device(&self, method: &axum::http::Method, route: &str) -> Option<&RouteHandles> {
+        self.device
+            .iter()
+            .find(|h| h.method == method && h.route == route)
+    }
+}
+
 /// Counts requests and their latency by route and status (route templates, never raw paths, so
-/// identifiers do not become label values).
-async fn record_metrics(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
+/// identifiers do not become label values). Device routes use the handles registered ahead
+/// ([`RouteMetrics`]); other routes name their series per request.
+async fn record_metrics(
+    State(handles): State<std::sync::Arc<RouteMetrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let matched = req.extensions().get::<MatchedPath>();
+    if let Some(h) = matched.and_then(|p| handles.device(req.method(), p.as_str())) {
+        let start = Instant::now();
+        let res = next.run(req).await;
+        h.record(res.status().as_u16(), start.elapsed().as_secs_f64());
+        return res;
+    }
+    let route = matched
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();

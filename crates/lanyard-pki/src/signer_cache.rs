@@ -1,19 +1,31 @@
-//! [`SignerCache`]: the `Mdm-Signature` check with the signer's certificate chain verified once
-//! per certificate instead of on every request.
+//! [`SignerCache`]: the `Mdm-Signature` check, done with the signer's certificate parsed once and
+//! without OpenSSL's CMS and certificate decoders.
 //!
-//! The expensive part of [`crate::verify_detached`] is not the signature mathematics but decoding
-//! the signer certificate (twice: once here, once inside OpenSSL's CMS code) and building its chain
-//! against the CA. A device signs every request with the same identity certificate, so the cache
-//! keeps, per certificate (keyed by the SHA-256 of its DER), the decoded public key and the
-//! validity window of a certificate that once passed the FULL check. On a hit only the signature
-//! over the body is verified: the signed attributes' `messageDigest` must equal the body's digest
-//! and the SignerInfo's signature over those attributes must verify with the cached key.
+//! OpenSSL's own CMS verification ([`crate::verify_detached`]) costs about 0.4 ms per request on a
+//! 2-core machine, almost none of it signature mathematics: it decodes the signer certificate
+//! twice (OpenSSL 3 decodes public keys slowly) and builds its chain for every request. The cache
+//! reads the SignedData and the certificate once, with the `der`/`x509-cert` parsers, and then:
 //!
-//! Rules: a certificate enters the cache only after [`crate::verify_detached`] accepted it
-//! (chain to the CA, validity now); a cached certificate is used only inside its validity window
-//! (outside it the entry is dropped and the full check decides); anything the fast path does not
-//! understand (no signed attributes, several certificates or signers, a subject-key-identifier
-//! signer, an unusual algorithm, BER) goes through the full check. The cache is bounded.
+//! - **first contact** (a certificate it does not hold): the certificate's issuer must be the CA's
+//!   subject and its signature over the `TBSCertificate` must verify with the CA's public key
+//!   (decoded once, when the cache is made); the certificate and the CA must be valid now; a key
+//!   usage extension, if present, must allow `digitalSignature` ([`check_signing_usage`], the same
+//!   rule the full check applies); no unknown extension may be critical;
+//! - **every request**: the signed attributes' `messageDigest` must equal the body's digest and the
+//!   SignerInfo's signature over those attributes must verify with the certificate's public key.
+//!
+//! A certificate that passed is remembered — only what the check needs: its public key (an
+//! OpenSSL handle), its validity window, keyed by the SHA-256 of its DER (which is also the
+//! fingerprint enrollments are bound to). The cache is bounded ([`SignerCache::new`]'s capacity,
+//! [`SIGNER_CACHE_DEFAULT_CAPACITY`] in the server), least recently used first out (two
+//! generations: an entry not used during a whole generation is dropped; a dropped certificate is
+//! checked again on its next use). A cached certificate is used only inside its validity window.
+//!
+//! Anything the fast check does not understand — no signed attributes, several certificates or
+//! signers, a subject-key-identifier signer, an unusual algorithm, BER, an issuer name encoded
+//! differently from the CA's subject, an unknown critical extension — goes to OpenSSL's full check
+//! ([`crate::verify_detached`]), which decides. The fast check refuses only what the full check
+//! refuses too (the `mdm_signature` fuzz target compares the two verdicts).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +40,9 @@ use openssl::pkey::{Id, PKey, Public};
 use openssl::sign::Verifier;
 use openssl::x509::X509;
 use sha2::{Digest, Sha256};
+use x509_cert::ext::pkix::KeyUsage;
+use x509_cert::ext::Extension;
+use x509_cert::Certificate;
 
 use crate::asn1::oid;
 use crate::error::{PkiError, Result};
@@ -35,6 +50,8 @@ use crate::signing::{decode_signature, verify_detached};
 use crate::time::{asn1_to_unix, now_unix};
 
 /// Default bound: certificates kept at once (one per enrolled device that talks to this server).
+/// An entry is a public key handle (OpenSSL's objects for the key), two times and its 32-byte
+/// key; docs/BENCHMARKS.md bounds what 10,000 entries cost.
 pub const SIGNER_CACHE_DEFAULT_CAPACITY: usize = 100_000;
 
 const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
@@ -46,35 +63,109 @@ const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.100
 const ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 const ECDSA_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.4");
 
-/// A signer whose signature verified: its certificate and the hex SHA-256 of the certificate's
-/// DER (what enrollments are bound to).
-#[derive(Clone)]
+/// Certificate extensions the first-contact check understands when they are critical (RFC 5280
+/// §4.2: basic constraints, key usage, extended key usage, subject alternative name). Another
+/// critical extension sends the request to OpenSSL's full check.
+const UNDERSTOOD_CRITICAL: [ObjectIdentifier; 4] = [
+    ObjectIdentifier::new_unwrap("2.5.29.19"),
+    ObjectIdentifier::new_unwrap("2.5.29.15"),
+    ObjectIdentifier::new_unwrap("2.5.29.37"),
+    ObjectIdentifier::new_unwrap("2.5.29.17"),
+];
+const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
+
+/// A signer whose signature verified: the hex SHA-256 of its certificate's DER (what
+/// enrollments are bound to).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedSigner {
-    pub cert: X509,
     pub sha256: String,
 }
 
+/// What the cache keeps per certificate: exactly what the per-request check needs.
 struct Entry {
-    cert: X509,
     key: PKey<Public>,
-    sha256: String,
     not_before: i64,
     not_after: i64,
 }
 
-/// Verifies `Mdm-Signature` headers against one CA, remembering certificates whose chain
-/// already verified. Cheap to share (`&self` everywhere, one short lock per request).
-pub struct SignerCache {
-    ca: X509,
-    capacity: usize,
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
-    hits: AtomicU64,
+/// The bounded map: two generations of at most `half` entries each. A hit in the old generation
+/// moves the entry to the young one; when the young one is full it becomes the old one and the
+/// old one is dropped. So an entry survives as long as it is used at least once per generation
+/// (least recently used out, approximately), and at most `2 × half` entries are kept.
+struct Generations {
+    young: HashMap<[u8; 32], Entry>,
+    old: HashMap<[u8; 32], Entry>,
+    half: usize,
 }
 
-/// The parts of a detached SignedData the fast path needs, read without decoding any
-/// certificate with OpenSSL.
+impl Generations {
+    fn new(capacity: usize) -> Self {
+        Self {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            half: (capacity / 2).max(1),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+
+    fn make_room(&mut self) {
+        if self.young.len() >= self.half {
+            self.old = std::mem::take(&mut self.young);
+        }
+    }
+
+    fn get(&mut self, id: &[u8; 32]) -> Option<&Entry> {
+        if !self.young.contains_key(id) {
+            let e = self.old.remove(id)?;
+            self.make_room();
+            self.young.insert(*id, e);
+        }
+        self.young.get(id)
+    }
+
+    fn insert(&mut self, id: [u8; 32], e: Entry) {
+        self.old.remove(&id);
+        if !self.young.contains_key(&id) {
+            self.make_room();
+        }
+        self.young.insert(id, e);
+    }
+
+    fn remove(&mut self, id: &[u8; 32]) {
+        self.young.remove(id);
+        self.old.remove(id);
+    }
+}
+
+/// The CA as the first-contact check needs it, decoded once.
+struct FastIssuer {
+    subject_der: Vec<u8>,
+    key: PKey<Public>,
+    not_before: i64,
+    not_after: i64,
+}
+
+/// Verifies `Mdm-Signature` headers against one CA, remembering certificates that passed. Cheap
+/// to share (`&self` everywhere, one short lock per request).
+pub struct SignerCache {
+    ca: X509,
+    fast: Option<FastIssuer>,
+    entries: Mutex<Generations>,
+    hits: AtomicU64,
+    full_checks: AtomicU64,
+}
+
+/// The parts of a detached SignedData the check needs, read without decoding anything with
+/// OpenSSL.
 struct DetachedParts {
     cert_der: Vec<u8>,
+    /// The signer certificate, parsed once.
+    cert: Certificate,
+    /// The certificate's `TBSCertificate` as it was signed.
+    tbs_der: Vec<u8>,
     digest: MessageDigest,
     signature_oid: ObjectIdentifier,
     /// The signed attributes re-tagged as the `SET OF` that was signed.
@@ -187,9 +278,14 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
     }
     // The signer must be the included certificate (issuer and serial number).
     let cert_der = cert.to_der().map_err(der_err)?;
-    let Ok(parsed) = x509_cert::Certificate::from_der(&cert_der) else {
+    let Ok(parsed) = Certificate::from_der(&cert_der) else {
         return Ok(None);
     };
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
+    let Some(tbs_any) = tlvs(cert.value())?.into_iter().next() else {
+        return Ok(None);
+    };
+    let tbs_der = tbs_any.to_der().map_err(der_err)?;
     let ias = tlvs(sid.value())?;
     let (Some(issuer), Some(serial)) = (ias.first(), ias.get(1)) else {
         return Ok(None);
@@ -245,6 +341,8 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
         .map_err(der_err)?;
     Ok(Some(DetachedParts {
         cert_der,
+        cert: parsed,
+        tbs_der,
         digest,
         signature_oid: first_oid(sig_alg)?,
         signed_attrs_der,
@@ -268,14 +366,91 @@ fn key_fits(key: &PKey<Public>, signature_oid: &ObjectIdentifier) -> bool {
     }
 }
 
+/// The digest and key type of a certificate signature algorithm the first-contact check knows
+/// (RSA PKCS #1 v1.5 or ECDSA with SHA-2); `None` sends the request to the full check.
+fn certificate_signature(
+    alg: &x509_cert::spki::AlgorithmIdentifierOwned,
+) -> Option<(MessageDigest, Id)> {
+    let null_or_absent = alg
+        .parameters
+        .as_ref()
+        .is_none_or(|p| p.tag() == Tag::Null && p.value().is_empty());
+    let (digest, id) = match alg.oid {
+        o if o == SHA256_WITH_RSA => (MessageDigest::sha256(), Id::RSA),
+        o if o == SHA384_WITH_RSA => (MessageDigest::sha384(), Id::RSA),
+        o if o == SHA512_WITH_RSA => (MessageDigest::sha512(), Id::RSA),
+        o if o == ECDSA_SHA256 => (MessageDigest::sha256(), Id::EC),
+        o if o == ECDSA_SHA384 => (MessageDigest::sha384(), Id::EC),
+        o if o == ECDSA_SHA512 => (MessageDigest::sha512(), Id::EC),
+        _ => return None,
+    };
+    // RSA names NULL parameters, ECDSA none (RFC 4055 §5, RFC 5758 §3.2).
+    let params_ok = match id {
+        Id::RSA => null_or_absent,
+        _ => alg.parameters.is_none(),
+    };
+    params_ok.then_some((digest, id))
+}
+
+/// The signing rule on an identity certificate's extensions, shared by the full check and the
+/// cache: a key usage extension, when present, must allow `digitalSignature` (RFC 5280 §4.2.1.3:
+/// the bit for verifying digital signatures other than on certificates and CRLs — the CMS
+/// signature of every MDM request). A malformed key usage extension is refused.
+pub(crate) fn check_signing_usage(extensions: &[Extension]) -> Result<()> {
+    for ext in extensions.iter().filter(|e| e.extn_id == KEY_USAGE) {
+        let usage = KeyUsage::from_der(ext.extn_value.as_bytes()).map_err(|e| {
+            PkiError::Verify(format!("the certificate's key usage is malformed: {e}"))
+        })?;
+        if !usage.digital_signature() {
+            return Err(PkiError::Verify(
+                "the certificate's key usage does not allow digital signatures".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Unix seconds of a certificate time.
+fn unix(t: x509_cert::time::Time) -> Result<i64> {
+    i64::try_from(t.to_unix_duration().as_secs())
+        .map_err(|_| PkiError::InvalidInput("certificate time out of range".into()))
+}
+
+/// The public key of a certificate's `SubjectPublicKeyInfo`.
+fn public_key_of(cert: &Certificate) -> Result<PKey<Public>> {
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(der_err)?;
+    Ok(PKey::public_key_from_der(&spki)?)
+}
+
+/// Whether `now` lies in `[not_before, not_after]` (both ends included, as OpenSSL compares).
+fn valid_at(now: i64, not_before: i64, not_after: i64) -> bool {
+    not_before <= now && now <= not_after
+}
+
 impl SignerCache {
-    /// A cache trusting `ca`, keeping at most `capacity` certificates (at least one).
+    /// A cache trusting `ca`, keeping at most `capacity` certificates (at least two). If the
+    /// CA's own name or key cannot be read (never for a CA Lanyard made), every request goes to
+    /// OpenSSL's full check.
     pub fn new(ca: X509, capacity: usize) -> Self {
+        let fast = (|| -> Result<FastIssuer> {
+            Ok(FastIssuer {
+                subject_der: ca.subject_name().to_der()?,
+                key: ca.public_key()?,
+                not_before: asn1_to_unix(ca.not_before())?,
+                not_after: asn1_to_unix(ca.not_after())?,
+            })
+        })()
+        .ok();
         Self {
             ca,
-            capacity: capacity.max(1),
-            entries: Mutex::new(HashMap::new()),
+            fast,
+            entries: Mutex::new(Generations::new(capacity.max(2))),
             hits: AtomicU64::new(0),
+            full_checks: AtomicU64::new(0),
         }
     }
 
@@ -284,62 +459,155 @@ impl SignerCache {
         self.entries.lock().map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Signatures verified with a cached certificate (without the chain check) so far.
-    pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Signatures verified with a cached certificate so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Requests decided by OpenSSL's full check (shapes the fast check leaves to it) so far.
+    pub fn full_checks(&self) -> u64 {
+        self.full_checks.load(Ordering::Relaxed)
+    }
+
     /// Verifies a detached CMS signature (the `Mdm-Signature` header, base64 or DER) over the
-    /// exact `body`, with the same outcome as [`crate::verify_detached`]: the signer must chain to
-    /// the CA and be valid now, and the signature must cover `body`.
+    /// exact `body`, with the same outcome as [`crate::verify_detached`]: the signer must be
+    /// issued by the CA and valid now, may sign (key usage), and the signature must cover `body`.
     pub fn verify(&self, sig_b64_or_der: &[u8], body: &[u8]) -> Result<VerifiedSigner> {
         let der = decode_signature(sig_b64_or_der)?;
-        if let Some(parts) = parse_detached(&der)? {
-            let id: [u8; 32] = Sha256::digest(&parts.cert_der).into();
-            if let Some((cert, key, sha256)) = self.lookup(&id)? {
-                if key_fits(&key, &parts.signature_oid) {
-                    if hash(parts.digest, body)?.as_ref() != parts.message_digest.as_slice() {
-                        return Err(PkiError::Verify(
-                            "the body does not match the signature".into(),
-                        ));
-                    }
-                    let mut v = Verifier::new(parts.digest, &key)?;
-                    v.update(&parts.signed_attrs_der)?;
-                    if !v.verify(&parts.signature).unwrap_or(false) {
-                        return Err(PkiError::Verify("the signature does not verify".into()));
-                    }
-                    self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(VerifiedSigner { cert, sha256 });
-                }
-            }
+        let Some(parts) = parse_detached(&der)? else {
+            return self.full_check(&der, body);
+        };
+        let id: [u8; 32] = Sha256::digest(&parts.cert_der).into();
+        let now = now_unix()?;
+        let (key, cached) = match self.lookup(&id, now)? {
+            Some(key) => (key, true),
+            None => match self.check_certificate(&parts, now)? {
+                Some(key) => (key, false),
+                None => return self.full_check(&der, body),
+            },
+        };
+        if !key_fits(&key, &parts.signature_oid) {
+            return self.full_check(&der, body);
         }
-        let signer = verify_detached(&der, body, &self.ca)?;
-        let cert_der = signer.to_der()?;
-        let id: [u8; 32] = Sha256::digest(&cert_der).into();
-        let sha256 = hex::encode(id);
-        self.insert(id, &signer, &sha256)?;
+        if hash(parts.digest, body)?.as_ref() != parts.message_digest.as_slice() {
+            return Err(PkiError::Verify(
+                "the body does not match the signature".into(),
+            ));
+        }
+        let verified = {
+            let mut v = Verifier::new(parts.digest, &key)?;
+            v.update(&parts.signed_attrs_der)?;
+            v.verify(&parts.signature).unwrap_or(false)
+        };
+        if !verified {
+            return Err(PkiError::Verify("the signature does not verify".into()));
+        }
+        if cached {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let validity = &parts.cert.tbs_certificate.validity;
+            self.insert(
+                id,
+                Entry {
+                    key,
+                    not_before: unix(validity.not_before)?,
+                    not_after: unix(validity.not_after)?,
+                },
+            )?;
+        }
         Ok(VerifiedSigner {
-            cert: signer,
-            sha256,
+            sha256: hex::encode(id),
         })
     }
 
-    /// The cached certificate, key and fingerprint if it is cached and valid now; an expired or
-    /// not-yet-valid entry is dropped.
-    fn lookup(&self, id: &[u8; 32]) -> Result<Option<(X509, PKey<Public>, String)>> {
-        let now = now_unix()?;
+    /// First contact: the certificate's own checks (see the module doc). `Ok(None)` for a shape
+    /// left to the full check; an error for a certificate the full check refuses too.
+    fn check_certificate(&self, parts: &DetachedParts, now: i64) -> Result<Option<PKey<Public>>> {
+        let Some(issuer) = &self.fast else {
+            return Ok(None);
+        };
+        let cert = &parts.cert;
+        let tbs = &cert.tbs_certificate;
+        if tbs.issuer.to_der().map_err(der_err)? != issuer.subject_der
+            || cert.signature_algorithm != tbs.signature
+            || tbs.issuer_unique_id.is_some()
+            || tbs.subject_unique_id.is_some()
+        {
+            return Ok(None);
+        }
+        let Some((digest, key_id)) = certificate_signature(&cert.signature_algorithm) else {
+            return Ok(None);
+        };
+        let Some(signature) = cert.signature.as_bytes() else {
+            return Ok(None);
+        };
+        let extensions = tbs.extensions.as_deref().unwrap_or_default();
+        if extensions
+            .iter()
+            .any(|e| e.critical && !UNDERSTOOD_CRITICAL.contains(&e.extn_id))
+        {
+            return Ok(None);
+        }
+        if issuer.key.id() != key_id {
+            return Err(PkiError::Verify(
+                "the certificate is not signed by our CA".into(),
+            ));
+        }
+        let mut v = Verifier::new(digest, &issuer.key)?;
+        v.update(&parts.tbs_der)?;
+        if !v.verify(signature).unwrap_or(false) {
+            return Err(PkiError::Verify(
+                "the certificate is not signed by our CA".into(),
+            ));
+        }
+        let (not_before, not_after) = (
+            unix(tbs.validity.not_before)?,
+            unix(tbs.validity.not_after)?,
+        );
+        if !valid_at(now, not_before, not_after) {
+            return Err(PkiError::Verify("the certificate is not valid now".into()));
+        }
+        if !valid_at(now, issuer.not_before, issuer.not_after) {
+            return Err(PkiError::Verify(
+                "our CA certificate is not valid now".into(),
+            ));
+        }
+        check_signing_usage(extensions)?;
+        Ok(Some(public_key_of(cert)?))
+    }
+
+    /// OpenSSL's CMS verification, for shapes the fast check leaves to it; a certificate it
+    /// accepts is remembered like any other.
+    fn full_check(&self, der: &[u8], body: &[u8]) -> Result<VerifiedSigner> {
+        self.full_checks.fetch_add(1, Ordering::Relaxed);
+        let signer = verify_detached(der, body, &self.ca)?;
+        let id: [u8; 32] = Sha256::digest(signer.to_der()?).into();
+        self.insert(
+            id,
+            Entry {
+                key: signer.public_key()?,
+                not_before: asn1_to_unix(signer.not_before())?,
+                not_after: asn1_to_unix(signer.not_after())?,
+            },
+        )?;
+        Ok(VerifiedSigner {
+            sha256: hex::encode(id),
+        })
+    }
+
+    /// The cached key if the certificate is cached and valid now; an entry outside its validity
+    /// is dropped (the first-contact check then decides).
+    fn lookup(&self, id: &[u8; 32], now: i64) -> Result<Option<PKey<Public>>> {
         let mut map = self
             .entries
             .lock()
             .map_err(|_| PkiError::Verify("signer cache poisoned".into()))?;
         match map.get(id) {
-            Some(e) if e.not_before <= now && now <= e.not_after => {
-                Ok(Some((e.cert.clone(), e.key.clone(), e.sha256.clone())))
-            }
+            Some(e) if valid_at(now, e.not_before, e.not_after) => Ok(Some(e.key.clone())),
             Some(_) => {
                 map.remove(id);
                 Ok(None)
@@ -348,26 +616,12 @@ impl SignerCache {
         }
     }
 
-    /// Remembers a certificate the full check accepted.
-    fn insert(&self, id: [u8; 32], cert: &X509, sha256: &str) -> Result<()> {
-        let entry = Entry {
-            cert: cert.clone(),
-            key: cert.public_key()?,
-            sha256: sha256.to_string(),
-            not_before: asn1_to_unix(cert.not_before())?,
-            not_after: asn1_to_unix(cert.not_after())?,
-        };
-        let mut map = self
-            .entries
+    /// Remembers a certificate that passed.
+    fn insert(&self, id: [u8; 32], entry: Entry) -> Result<()> {
+        self.entries
             .lock()
-            .map_err(|_| PkiError::Verify("signer cache poisoned".into()))?;
-        if map.len() >= self.capacity && !map.contains_key(&id) {
-            // Bounded: drop an arbitrary entry (it is re-verified in full on its next use).
-            if let Some(old) = map.keys().next().copied() {
-                map.remove(&old);
-            }
-        }
-        map.insert(id, entry);
+            .map_err(|_| PkiError::Verify("signer cache poisoned".into()))?
+            .insert(id, entry);
         Ok(())
     }
 }
@@ -376,7 +630,11 @@ impl SignerCache {
 mod tests {
     use super::*;
     use crate::{sign_cms, sign_detached, Ca};
+    use openssl::asn1::Asn1Time;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
     use openssl::pkey::Private;
+    use openssl::x509::extension::KeyUsage as KeyUsageExt;
 
     fn leaf(ca: &Ca) -> (X509, PKey<Private>) {
         let i = ca
@@ -388,7 +646,65 @@ mod tests {
         )
     }
 
+    /// A certificate signed by `ca`'s key, valid from `from` to `until` seconds from now, with
+    /// the key usage `usage` builds (none when `None`).
+    fn custom_leaf(
+        ca: &Ca,
+        from: i64,
+        until: i64,
+        usage: Option<fn(&mut KeyUsageExt) -> &mut KeyUsageExt>,
+    ) -> (X509, PKey<Private>) {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "custom device").unwrap();
+        let name = name.build();
+        let mut b = openssl::x509::X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&crate::ca::random_serial().unwrap())
+            .unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(ca.certificate().subject_name()).unwrap();
+        b.set_pubkey(&key).unwrap();
+        let now = now_unix().unwrap();
+        b.set_not_before(&Asn1Time::from_unix(now + from).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(now + until).unwrap())
+            .unwrap();
+        if let Some(usage) = usage {
+            let mut ku = KeyUsageExt::new();
+            b.append_extension(usage(ku.critical()).build().unwrap())
+                .unwrap();
+        }
+        b.sign(ca.private_key(), MessageDigest::sha256()).unwrap();
+        (b.build(), key)
+    }
+
     const BODY: &[u8] = b"<plist><dict><key>Status</key><string>Idle</string></dict></plist>";
+
+    fn fingerprint(cert: &X509) -> String {
+        crate::sha256_fingerprint(&cert.to_der().unwrap())
+    }
+
+    #[test]
+    fn first_contact_is_decided_without_openssl_cms_and_matches_the_full_check() {
+        let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
+        let cache = SignerCache::new(ca.certificate().clone(), 10);
+        for (cert, key) in [
+            leaf(&ca),
+            custom_leaf(&ca, -60, 86_400, None),
+            custom_leaf(&ca, -60, 86_400, Some(KeyUsageExt::digital_signature)),
+        ] {
+            let sig = sign_detached(&cert, &key, BODY).unwrap();
+            let full = verify_detached(&sig, BODY, ca.certificate()).unwrap();
+            assert_eq!(full.to_der().unwrap(), cert.to_der().unwrap());
+            let v = cache.verify(&sig, BODY).unwrap();
+            assert_eq!(v.sha256, fingerprint(&cert));
+        }
+        assert_eq!(cache.full_checks(), 0, "decided by the fast check");
+        assert_eq!(cache.hits(), 0);
+        assert_eq!(cache.len(), 3);
+    }
 
     #[test]
     fn a_cached_signer_is_still_checked_against_the_body_and_signature() {
@@ -396,15 +712,14 @@ mod tests {
         let (cert, key) = leaf(&ca);
         let cache = SignerCache::new(ca.certificate().clone(), 10);
         let sig = sign_detached(&cert, &key, BODY).unwrap();
-        // First use: full check, then cached.
+        // First use: the certificate is checked, then cached.
         let v = cache.verify(&sig, BODY).unwrap();
-        assert_eq!(v.cert.to_der().unwrap(), cert.to_der().unwrap());
-        assert_eq!(v.sha256, crate::sha256_fingerprint(&cert.to_der().unwrap()));
+        assert_eq!(v.sha256, fingerprint(&cert));
         assert_eq!(cache.len(), 1);
         // Cached path: the same answer, base64 too.
         let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &sig);
         assert_eq!(cache.hits(), 0);
-        assert_eq!(cache.verify(b64.as_bytes(), BODY).unwrap().sha256, v.sha256);
+        assert_eq!(cache.verify(b64.as_bytes(), BODY).unwrap(), v);
         let sig2 = sign_detached(&cert, &key, b"<plist/>").unwrap();
         assert!(cache.verify(&sig2, b"<plist/>").is_ok());
         assert_eq!(cache.hits(), 2);
@@ -433,15 +748,37 @@ mod tests {
         assert_eq!(cache.hits(), 2);
     }
 
-    /// `der` with the first occurrence of `from` replaced by `to` (same length).
-    fn patched(der: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-        let at = der
-            .windows(from.len())
-            .position(|w| w == from)
-            .expect("the pattern occurs");
-        let mut out = der.to_vec();
-        out[at..at + to.len()].copy_from_slice(to);
-        out
+    /// A tampered message on first contact (nothing cached yet): another body, a damaged
+    /// signature, a changed byte inside the certificate it carries — all refused, by the full
+    /// check too, and nothing is cached.
+    #[test]
+    fn a_tampered_message_is_refused_on_first_contact() {
+        let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
+        let (cert, key) = leaf(&ca);
+        let sig = sign_detached(&cert, &key, BODY).unwrap();
+        let mut damaged = sig.clone();
+        let n = damaged.len();
+        damaged[n - 1] ^= 0x01;
+        // The certificate's subject (CN=device.example.test) with one letter changed.
+        let cn = b"device.example.test";
+        let at = sig.windows(cn.len()).position(|w| w == cn).unwrap();
+        let mut renamed = sig.clone();
+        renamed[at] = b'e';
+        let mut changed_body = BODY.to_vec();
+        changed_body[20] ^= 1;
+        for (what, sig, body) in [
+            ("another body", sig.as_slice(), changed_body.as_slice()),
+            ("a damaged signature", damaged.as_slice(), BODY),
+            ("a changed certificate", renamed.as_slice(), BODY),
+        ] {
+            let cache = SignerCache::new(ca.certificate().clone(), 10);
+            assert!(cache.verify(sig, body).is_err(), "{what}");
+            assert!(
+                verify_detached(sig, body, ca.certificate()).is_err(),
+                "{what}"
+            );
+            assert!(cache.is_empty(), "{what}");
+        }
     }
 
     /// Parts no signature covers, changed: the cache, already holding the signer, leaves them to
@@ -477,9 +814,10 @@ mod tests {
         ] {
             let full = verify_detached(&changed, BODY, ca.certificate());
             assert_eq!(full.is_ok(), full_accepts, "{what}: {:?}", full.err());
-            let hits = cache.hits();
+            let (hits, full_checks) = (cache.hits(), cache.full_checks());
             assert_eq!(cache.verify(&changed, BODY).is_ok(), full_accepts, "{what}");
             assert_eq!(cache.hits(), hits, "{what}: not decided by the fast path");
+            assert_eq!(cache.full_checks(), full_checks + 1, "{what}");
         }
         // The unchanged signature still takes the fast path.
         let hits = cache.hits();
@@ -487,8 +825,19 @@ mod tests {
         assert_eq!(cache.hits(), hits + 1);
     }
 
+    /// `der` with the first occurrence of `from` replaced by `to` (same length).
+    fn patched(der: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        let at = der
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("the pattern occurs");
+        let mut out = der.to_vec();
+        out[at..at + to.len()].copy_from_slice(to);
+        out
+    }
+
     #[test]
-    fn a_certificate_not_from_the_ca_is_never_cached() {
+    fn a_certificate_not_from_the_ca_is_refused_and_never_cached() {
         let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
         let cache = SignerCache::new(ca.certificate().clone(), 10);
         let other = Ca::generate("Other", "").unwrap();
@@ -497,15 +846,71 @@ mod tests {
         for _ in 0..3 {
             assert!(cache.verify(&sig, BODY).is_err());
         }
-        // A self-signed certificate that merely claims the CA's name.
-        let imposter = Ca::generate("MDM CA", "Lanyard").unwrap();
-        let sig = sign_detached(imposter.certificate(), imposter.private_key(), BODY).unwrap();
+        // A CA with our CA's very name: its certificates name our CA as issuer, but our CA's
+        // key did not sign them. Decided by the fast check, as the full check decides.
+        let namesake = Ca::generate("MDM CA", "Lanyard").unwrap();
+        assert_eq!(
+            namesake.certificate().subject_name().to_der().unwrap(),
+            ca.certificate().subject_name().to_der().unwrap()
+        );
+        let (cert, key) = leaf(&namesake);
+        let sig = sign_detached(&cert, &key, BODY).unwrap();
+        assert!(verify_detached(&sig, BODY, ca.certificate()).is_err());
+        let full_checks = cache.full_checks();
+        match cache.verify(&sig, BODY) {
+            Err(PkiError::Verify(m)) => assert!(m.contains("not signed by our CA"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(cache.full_checks(), full_checks);
+        // The namesake CA's own (self-signed) certificate.
+        let sig = sign_detached(namesake.certificate(), namesake.private_key(), BODY).unwrap();
         assert!(cache.verify(&sig, BODY).is_err());
         assert!(cache.is_empty());
     }
 
     #[test]
-    fn the_cache_is_bounded() {
+    fn expired_and_not_yet_valid_certificates_are_refused() {
+        let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
+        let cache = SignerCache::new(ca.certificate().clone(), 10);
+        for (what, from, until) in [
+            ("expired", -2 * 86_400, -86_400),
+            ("not yet valid", 86_400, 2 * 86_400),
+        ] {
+            let (cert, key) = custom_leaf(&ca, from, until, None);
+            let sig = sign_detached(&cert, &key, BODY).unwrap();
+            assert!(
+                verify_detached(&sig, BODY, ca.certificate()).is_err(),
+                "{what}"
+            );
+            match cache.verify(&sig, BODY) {
+                Err(PkiError::Verify(m)) => assert!(m.contains("not valid now"), "{what}: {m}"),
+                other => panic!("{what}: expected a refusal, got {other:?}"),
+            }
+        }
+        assert!(cache.is_empty());
+        assert_eq!(cache.full_checks(), 0);
+    }
+
+    #[test]
+    fn a_key_usage_without_digital_signature_is_refused() {
+        let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
+        let cache = SignerCache::new(ca.certificate().clone(), 10);
+        let (cert, key) = custom_leaf(&ca, -60, 86_400, Some(KeyUsageExt::key_encipherment));
+        let sig = sign_detached(&cert, &key, BODY).unwrap();
+        for verdict in [
+            cache.verify(&sig, BODY).map(|_| ()),
+            verify_detached(&sig, BODY, ca.certificate()).map(|_| ()),
+        ] {
+            match verdict {
+                Err(PkiError::Verify(m)) => assert!(m.contains("digital signatures"), "{m}"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keeps_what_is_used() {
         let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
         let cache = SignerCache::new(ca.certificate().clone(), 2);
         for _ in 0..4 {
@@ -516,48 +921,51 @@ mod tests {
             assert!(cache.len() <= 2);
         }
         assert_eq!(cache.len(), 2);
-    }
 
-    /// A certificate from the CA whose validity ended yesterday.
-    fn expired_leaf(ca: &Ca) -> (X509, PKey<Private>) {
-        use openssl::asn1::Asn1Time;
-        use openssl::ec::{EcGroup, EcKey};
-        use openssl::nid::Nid;
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", "expired device").unwrap();
-        let name = name.build();
-        let mut b = openssl::x509::X509Builder::new().unwrap();
-        b.set_version(2).unwrap();
-        b.set_serial_number(&crate::ca::random_serial().unwrap())
-            .unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(ca.certificate().subject_name()).unwrap();
-        b.set_pubkey(&key).unwrap();
-        let now = now_unix().unwrap();
-        b.set_not_before(&Asn1Time::from_unix(now - 2 * 86_400).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::from_unix(now - 86_400).unwrap())
-            .unwrap();
-        b.sign(ca.private_key(), MessageDigest::sha256()).unwrap();
-        (b.build(), key)
+        // One device used between every newcomer stays cached; the newcomers come and go.
+        let cache = SignerCache::new(ca.certificate().clone(), 4);
+        let (cert, key) = leaf(&ca);
+        let busy = sign_detached(&cert, &key, BODY).unwrap();
+        cache.verify(&busy, BODY).unwrap();
+        for i in 0..10 {
+            let (cert, key) = leaf(&ca);
+            cache
+                .verify(&sign_detached(&cert, &key, BODY).unwrap(), BODY)
+                .unwrap();
+            let hits = cache.hits();
+            cache.verify(&busy, BODY).unwrap();
+            assert_eq!(
+                cache.hits(),
+                hits + 1,
+                "round {i}: the busy device was dropped"
+            );
+            assert!(cache.len() <= 4);
+        }
     }
 
     #[test]
     fn validity_is_honoured_for_cached_certificates() {
         let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
         let cache = SignerCache::new(ca.certificate().clone(), 10);
-        let (cert, key) = expired_leaf(&ca);
+        let (cert, key) = custom_leaf(&ca, -2 * 86_400, -86_400, None);
         let sig = sign_detached(&cert, &key, BODY).unwrap();
         assert!(cache.verify(&sig, BODY).is_err());
         assert!(cache.is_empty());
         // Even if it had been cached while valid, an entry past its notAfter is not used.
-        let der = cert.to_der().unwrap();
-        let id: [u8; 32] = Sha256::digest(&der).into();
-        cache.insert(id, &cert, &hex::encode(id)).unwrap();
+        let id: [u8; 32] = Sha256::digest(cert.to_der().unwrap()).into();
+        cache
+            .insert(
+                id,
+                Entry {
+                    key: cert.public_key().unwrap(),
+                    not_before: asn1_to_unix(cert.not_before()).unwrap(),
+                    not_after: asn1_to_unix(cert.not_after()).unwrap(),
+                },
+            )
+            .unwrap();
         assert_eq!(cache.len(), 1);
         assert!(cache.verify(&sig, BODY).is_err());
         assert!(cache.is_empty());
+        assert_eq!(cache.hits(), 0);
     }
 }

@@ -15,8 +15,11 @@ use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::X509PurposeId;
 use openssl::x509::X509;
 
+use der::Decode as _;
+
 use crate::asn1;
 use crate::error::{PkiError, Result};
+use crate::signer_cache::check_signing_usage;
 
 /// Sign `content` as CMS SignedData with the content attached (one OCTET STRING), the
 /// signer certificate and `chain` included. Returns DER (what a `.mobileconfig` holds).
@@ -157,7 +160,8 @@ pub fn decode_signature(sig_b64_or_der: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Verify a detached CMS signature (the `Mdm-Signature` header, base64 or DER) over the exact
-/// `body`. The signer must chain to `trust_ca` and be valid now. Returns the signer
+/// `body`. The signer must chain to `trust_ca`, be valid now and, if its certificate has a key
+/// usage extension, be allowed `digitalSignature`. Returns the signer
 /// certificate, which the caller must still match to the enrollment's bound identity.
 pub fn verify_detached(sig_b64_or_der: &[u8], body: &[u8], trust_ca: &X509) -> Result<X509> {
     let der = decode_signature(sig_b64_or_der)?;
@@ -185,6 +189,17 @@ pub fn verify_detached(sig_b64_or_der: &[u8], body: &[u8], trust_ca: &X509) -> R
     let mut cms = CmsContentInfo::from_der(&der)?;
     cms.verify(None, Some(&store), Some(body), None, CMSOptions::BINARY)
         .map_err(verify_error)?;
+    // The trust store accepts any purpose (above), so the signing rule on key usage is checked
+    // here, the one rule the signer cache applies too.
+    let parsed = x509_cert::Certificate::from_der(&signer.to_der()?)
+        .map_err(|e| PkiError::Verify(format!("the signer certificate cannot be read: {e}")))?;
+    check_signing_usage(
+        parsed
+            .tbs_certificate
+            .extensions
+            .as_deref()
+            .unwrap_or_default(),
+    )?;
     Ok(signer)
 }
 

@@ -109,8 +109,9 @@ pub struct CommandReport {
     pub result: Dictionary,
 }
 
-/// Keys of a command report that [`CommandReport`] holds in typed fields.
-const REPORT_KEYS: [&str; 9] = [
+/// Keys of a command report that [`CommandReport`] holds in typed fields (the rest is its
+/// `result`).
+pub const REPORT_KEYS: [&str; 9] = [
     "Status",
     "CommandUUID",
     "ErrorChain",

@@ -20,10 +20,12 @@ use crate::*;
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
-    /// Serialises the command exchange's write transactions in this process (see
+    /// Serialises push bookkeeping's write transactions in this process (see
     /// `exchange_backend.rs`): waiting here is a cheap async wait, waiting on SQLite's lock is
     /// its busy handler's sleep.
     pub(crate) write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The command exchange's own thread and connection (see `sqlite_writer.rs`).
+    pub(crate) writer: std::sync::Arc<crate::sqlite_writer::SqliteWriter>,
 }
 
 /// PostgreSQL, for scale-out: any number of `lanyard serve` processes may share one database.
@@ -84,18 +86,26 @@ impl SqliteStore {
         let path = opts.get_filename();
         let text = path.to_string_lossy();
         let in_memory = text.is_empty() || text.starts_with(':');
-        if !create && !in_memory && !path.exists() {
+        if in_memory {
+            // The exchange's writer thread opens the file a second time.
+            return Err(StoreError::InvalidUrl(
+                "an in-memory SQLite database is not supported; name a file".into(),
+            ));
+        }
+        if !create && !path.exists() {
             return Err(StoreError::NotFound(path.display().to_string()));
         }
         private_database_files(path)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(settings.acquire_timeout)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
+        let writer = crate::sqlite_writer::SqliteWriter::start(opts.get_filename()).await?;
         Ok(Self {
             pool,
             write_gate: Default::default(),
+            writer: std::sync::Arc::new(writer),
         })
     }
 

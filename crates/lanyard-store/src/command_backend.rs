@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::listing_backend::{like_pattern, DEVICE_WHERE};
 use crate::*;
 
 /// Targets inserted per statement when queueing a command for many enrollments.
@@ -70,6 +71,84 @@ macro_rules! impl_command_store {
                 Self::write_audit(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(queued)
+            }
+
+            async fn count_command_targets(
+                &self,
+                filter: &DeviceListQuery,
+            ) -> Result<TargetSummary> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT COUNT(*) AS matching, \
+                     COALESCE(SUM(CASE WHEN mode = $3 THEN 1 ELSE 0 END), 0) AS user_enrollments, \
+                     MIN(CASE WHEN user_channel_id IS NULL THEN id END) AS without_user_channel \
+                     FROM enrollments {DEVICE_WHERE}"
+                ))
+                .bind(filter.status.map(EnrollmentStatus::as_str))
+                .bind(like_pattern(filter.search.as_deref()))
+                .bind(EnrollmentMode::UserEnrollment)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn enqueue_command_matching(
+                &self,
+                command: &NewCommand,
+                filter: &DeviceListQuery,
+                channel: Channel,
+                audit: &Audit,
+            ) -> Result<QueuedMatching> {
+                let mut tx = self.pool.begin().await?;
+                let at = now();
+                sqlx::query(
+                    "INSERT INTO commands (uuid, request_type, payload, created_by, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&command.uuid)
+                .bind(&command.request_type)
+                .bind(&command.payload)
+                .bind(&command.created_by)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                let user_channel = if channel == Channel::User {
+                    " AND user_channel_id IS NOT NULL"
+                } else {
+                    ""
+                };
+                let targets = sqlx::query(&format!(
+                    "INSERT INTO command_queue (enrollment_id, channel, command_uuid, status, \
+                     queued_at) SELECT id, $3, $4, $5, $6 FROM enrollments \
+                     {DEVICE_WHERE}{user_channel}"
+                ))
+                .bind(filter.status.map(EnrollmentStatus::as_str))
+                .bind(like_pattern(filter.search.as_deref()))
+                .bind(channel)
+                .bind(&command.uuid)
+                .bind(CommandState::Queued)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let push_ids = if command.push {
+                    sqlx::query_scalar(
+                        "UPDATE enrollments SET push_requested_at = $1 WHERE id IN \
+                         (SELECT enrollment_id FROM command_queue WHERE command_uuid = $2) \
+                         RETURNING id",
+                    )
+                    .bind(at)
+                    .bind(&command.uuid)
+                    .fetch_all(&mut *tx)
+                    .await?
+                } else {
+                    Vec::new()
+                };
+                let mut audit = audit.clone();
+                if let Some(detail) = audit.detail.as_object_mut() {
+                    detail.insert("targets".into(), targets.into());
+                }
+                Self::write_audit(&mut tx, &audit).await?;
+                tx.commit().await?;
+                Ok(QueuedMatching { targets, push_ids })
             }
 
             async fn next_command(
@@ -364,7 +443,10 @@ macro_rules! impl_command_store {
             }
 
             async fn set_inventory(&self, enrollment_id: &str, inventory: &str) -> Result<()> {
-                sqlx::query("UPDATE enrollments SET inventory = $2 WHERE id = $1")
+                // A document from elsewhere: the next results are merged whatever their digests.
+                sqlx::query(
+                    "UPDATE enrollments SET inventory = $2, inventory_digests = NULL WHERE id = $1",
+                )
                     .bind(enrollment_id)
                     .bind(inventory)
                     .execute(&self.pool)

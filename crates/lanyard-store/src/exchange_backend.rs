@@ -1,13 +1,15 @@
 //! `CommandExchangeStore`: the hot paths of the command channel, each in as few statements and
 //! commits as possible, for both backends.
 //!
-//! - [`CommandExchangeStore::command_exchange`]: everything one `PUT /mdm/command` needs in ONE
-//!   transaction: the identity's binding, the reported command's outcome, the inventory (written
-//!   only when it changed), `last_seen_at` (written at most once a minute) and the next command.
-//!   SQLite opens it with `BEGIN IMMEDIATE` (the writer lock up front, so a read that turns into a
-//!   write never fails on a stale snapshot) behind an in-process async gate, so concurrent
-//!   requests queue as tasks instead of sleeping in SQLite's busy handler; PostgreSQL commits once
-//!   per acknowledgement and lets requests run in parallel (`FOR UPDATE SKIP LOCKED`).
+//! - [`CommandExchangeStore::command_exchange`]: everything one `PUT /mdm/command` needs, all or
+//!   nothing: the identity's binding, the reported command's outcome, the inventory (merged only
+//!   when the result's digest changed, written only when the document changed), `last_seen_at`
+//!   (written at most once a minute) and the next command.
+//!   SQLite runs it on its own writer thread (`sqlite_writer.rs`): one message per exchange,
+//!   the statements below run in-thread, and the exchanges waiting together share one
+//!   transaction and one commit, each in its own savepoint. PostgreSQL reads the identity's row
+//!   and then makes every write in ONE statement (data-modifying CTEs, `FOR UPDATE SKIP LOCKED`
+//!   for the claim), guarded by the row's version; requests run in parallel.
 //! - [`CommandExchangeStore::enrollments_by_ids`]: fan-out reads in chunks of ids.
 //! - [`CommandExchangeStore::record_pushes`]: a push batch's outcomes in one transaction.
 
@@ -24,25 +26,184 @@ pub const LAST_SEEN_RESOLUTION_SECS: i64 = 60;
 
 /// Folds an acknowledged result into an enrollment's inventory document; implemented by the
 /// domain layer, called inside the exchange's transaction.
+///
+/// The store keeps, per enrollment and request type, the [`digest`](Self::digest) of the last
+/// result it merged; a result with the same digest is not merged again (the inventory is neither
+/// read nor parsed), so the merge must be a function of the current document and the digested
+/// part of the result alone.
 pub trait InventoryMerge: Send + Sync {
+    /// A digest of what a result of `request_type` folds into the inventory; `None` when it
+    /// folds in nothing (then the inventory is not read).
+    fn digest(&self, request_type: &str) -> Option<String>;
     /// The new inventory document for a result of `request_type`, given the current one; `None`
-    /// when nothing changes (then nothing is written).
+    /// when nothing changes (then only the digest is written).
     fn merge(&self, request_type: &str, current: Option<&str>) -> Option<String>;
 }
 
-/// What one command-endpoint request asks of the store.
-pub struct CommandExchange<'a> {
+/// The digest stored for `request_type` in an enrollment's `inventory_digests` (one
+/// `RequestType digest` line per request type).
+fn stored_digest<'a>(digests: Option<&'a str>, request_type: &str) -> Option<&'a str> {
+    digests?
+        .lines()
+        .find_map(|line| line.split_once(' ').filter(|(rt, _)| *rt == request_type))
+        .map(|(_, d)| d)
+}
+
+/// The new digest when a result of `request_type` must be merged: it folds something in and
+/// differs from the one merged last. `None`: the inventory stays as it is, unread.
+pub(crate) fn merge_due(
+    merge: &dyn InventoryMerge,
+    request_type: &str,
+    digests: Option<&str>,
+) -> Option<String> {
+    let digest = merge.digest(request_type)?;
+    (stored_digest(digests, request_type) != Some(digest.as_str())).then_some(digest)
+}
+
+/// What a due merge writes: the new document (`None`: unchanged) and the digests with
+/// `request_type`'s replaced.
+pub(crate) fn merged(
+    merge: &dyn InventoryMerge,
+    request_type: &str,
+    current: Option<&str>,
+    digest: &str,
+    digests: Option<&str>,
+) -> Result<(Option<String>, String)> {
+    let document = merge
+        .merge(request_type, current)
+        .map(bounded_inventory)
+        .transpose()?;
+    let mut lines: Vec<&str> = digests
+        .unwrap_or("")
+        .lines()
+        .filter(|line| !line.is_empty() && line.split(' ').next() != Some(request_type))
+        .collect();
+    let own = format!("{request_type} {digest}");
+    lines.push(&own);
+    Ok((document, lines.join("\n")))
+}
+
+/// What one command-endpoint request asks of the store. Owned, so that SQLite's writer thread
+/// can run it (see `sqlite_writer.rs`).
+pub struct CommandExchange {
     /// SHA-256 (hex) of the identity certificate that signed the request.
-    pub identity_sha256: &'a str,
+    pub identity_sha256: String,
     /// The report's `EnrollmentID`; must be the one bound to that identity.
-    pub device_channel_id: &'a str,
+    pub device_channel_id: String,
     pub channel: Channel,
     /// The reported command's outcome; `None` for `Idle`.
-    pub outcome: Option<&'a CommandOutcome>,
+    pub outcome: Option<CommandOutcome>,
     /// Applied when the outcome is `acknowledged`.
-    pub inventory: Option<&'a dyn InventoryMerge>,
+    pub inventory: Option<std::sync::Arc<dyn InventoryMerge>>,
     pub now: DateTime<Utc>,
 }
+
+impl CommandExchange {
+    /// Whether the exchange reads the inventory (an acknowledgement with a merge).
+    pub(crate) fn wants_inventory(&self) -> bool {
+        self.inventory.is_some()
+            && self
+                .outcome
+                .as_ref()
+                .is_some_and(|o| o.status == CommandState::Acknowledged)
+    }
+
+    /// NotNow: the device could not run the command now. Apple ("Handling NotNow status
+    /// responses"): when the service stops sending commands, the device polls again by itself
+    /// when conditions change, and the service must send the command again then; sending
+    /// another command instead stops that re-poll. So no command is handed out on this
+    /// request, and the deferred one is due at the next poll.
+    pub(crate) fn not_now(&self) -> bool {
+        self.outcome
+            .as_ref()
+            .is_some_and(|o| o.status == CommandState::NotNow)
+    }
+
+    /// Whether `last_seen_at` (as read) is old enough to be written again.
+    pub(crate) fn last_seen_is_stale(&self, last_seen: Option<DateTime<Utc>>) -> bool {
+        last_seen.is_none_or(|t| self.now - t >= Duration::seconds(LAST_SEEN_RESOLUTION_SECS))
+    }
+}
+
+/// The largest inventory document the store keeps for an enrollment; a merge that would grow it
+/// beyond this is refused ([`StoreError::TooLarge`]) and its exchange changes nothing.
+pub const INVENTORY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// The inventory document a merge produced, refused when it is larger than [`INVENTORY_LIMIT`].
+pub(crate) fn bounded_inventory(text: String) -> Result<String> {
+    if text.len() > INVENTORY_LIMIT {
+        return Err(StoreError::TooLarge(format!(
+            "an inventory document of {} bytes (at most {INVENTORY_LIMIT} are kept)",
+            text.len()
+        )));
+    }
+    Ok(text)
+}
+
+// The exchange's statements as SQLite's writer thread runs them, one after the other
+// (`sqlite_writer.rs`; SQLite reads `$1` as a named parameter, which the writer binds by that
+// name). PostgreSQL's `SQL_PG_EXCHANGE` below makes the same writes in one statement.
+
+/// The identity rule's row (as `EnrollmentStore::enrollment_for_identity`): the current identity,
+/// or the renewed one, whose first use makes it current. `$1` the identity, `$2` whether to read
+/// the inventory's digests. `$extra` are backend-specific columns after the common six.
+macro_rules! sql_binding {
+    ($extra:literal) => {
+        concat!(
+            "SELECT id, status, device_channel_id, last_seen_at, \
+             CASE WHEN $2 THEN inventory_digests END, \
+             COALESCE(next_identity_sha256 = $1, FALSE)",
+            $extra,
+            " FROM enrollments WHERE identity_sha256 = $1 OR next_identity_sha256 = $1"
+        )
+    };
+}
+pub(crate) const SQL_BINDING: &str = sql_binding!("");
+
+/// The device speaks again: it is no longer inactive. `$1` the enrollment.
+pub(crate) static SQL_REACTIVATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE enrollments SET status = {} WHERE id = $1 AND status = 'inactive'",
+        crate::enrollment_backend::REACTIVATED_STATUS
+    )
+});
+
+/// A `NotNow` for a command handed out on this channel: deferred until `$4`.
+pub(crate) const SQL_NOT_NOW: &str = "UPDATE command_queue SET status = 'not_now', \
+     not_now_until = $4, not_now_count = not_now_count + 1 WHERE enrollment_id = $1 \
+     AND channel = $2 AND command_uuid = $3 AND status = 'sent'";
+
+/// A result for a command handed out on this channel leaves the queue.
+pub(crate) const SQL_FINISH: &str = "DELETE FROM command_queue WHERE enrollment_id = $1 \
+     AND channel = $2 AND command_uuid = $3 AND status = 'sent' RETURNING queued_at, sent_at";
+
+/// ... and goes into the history, with the command's request type.
+pub(crate) const SQL_RESULT: &str = "INSERT INTO command_results (enrollment_id, channel, \
+     command_uuid, request_type, status, result, error_chain, queued_at, sent_at, finished_at) \
+     SELECT $1, $2, $3, request_type, $4, $5, $6, $7, $8, $9 FROM commands WHERE uuid = $3 \
+     RETURNING request_type";
+
+/// Whether a result for this command was already stored on this channel (a repeat).
+pub(crate) const SQL_REPEATED: &str = "SELECT 1 FROM command_results WHERE enrollment_id = $1 \
+     AND channel = $2 AND command_uuid = $3 LIMIT 1";
+
+/// A merge that is due reads the document...
+pub(crate) const SQL_READ_INVENTORY: &str = "SELECT inventory FROM enrollments WHERE id = $1";
+
+/// ... and writes it (`$2`, unless `NULL`: unchanged) with the digests (`$3`).
+pub(crate) const SQL_INVENTORY: &str = "UPDATE enrollments SET \
+     inventory = COALESCE($2, inventory), inventory_digests = $3 WHERE id = $1";
+
+pub(crate) const SQL_LAST_SEEN: &str = "UPDATE enrollments SET last_seen_at = $2 WHERE id = $1";
+
+/// The claim of the next command (SQLite has one writer: nothing to lock), its text coming
+/// back with it (subqueries in `RETURNING`): one statement instead of two.
+pub(crate) const SQL_CLAIM_NEXT: &str = "UPDATE command_queue SET status = 'sent', sent_at = $3 \
+     WHERE id = (SELECT id FROM command_queue WHERE enrollment_id = $1 AND channel = $2 \
+     AND (not_now_until IS NULL OR not_now_until <= $3) ORDER BY id LIMIT 1) \
+     RETURNING command_uuid, \
+     (SELECT c.request_type FROM commands c WHERE c.uuid = command_uuid) AS request_type, \
+     (SELECT c.payload FROM commands c WHERE c.uuid = command_uuid) AS payload";
 
 /// How an exchange ended. Every refusal changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +280,7 @@ pub trait CommandExchangeStore: Send + Sync {
     /// One command-endpoint request in one transaction (see the module doc). A repeated
     /// result, or one for a command this channel was never given, changes nothing and is
     /// reported in [`Exchanged::Done::ignored`]; the exchange goes on.
-    async fn command_exchange(&self, x: &CommandExchange<'_>) -> Result<Exchanged>;
+    async fn command_exchange(&self, x: CommandExchange) -> Result<Exchanged>;
     /// The enrollments with these ids (unknown ids are skipped), read in chunks.
     async fn enrollments_by_ids(&self, ids: &[String]) -> Result<Vec<Enrollment>>;
     /// Records a batch of push outcomes in one transaction.
@@ -130,190 +291,222 @@ impl SqliteStore {
     fn exchange_gate(&self) -> Option<&tokio::sync::Mutex<()>> {
         Some(&self.write_gate)
     }
+
+    async fn exchange(&self, x: CommandExchange) -> Result<Exchanged> {
+        self.writer.exchange(x).await
+    }
 }
 
 impl PostgresStore {
     fn exchange_gate(&self) -> Option<&tokio::sync::Mutex<()>> {
         None
     }
+
+    /// The exchange in two statements on one connection, each its own transaction: the
+    /// identity's row is read (with its version, `xmin`) and checked by [`IdentityBinding`]; one
+    /// statement then does every write (outcome, result, inventory, `last_seen_at`, the claim of
+    /// the next command) only if that row is still the version read, and locks it until its
+    /// commit. When the row changed in between, the exchange starts over. The rare writes of
+    /// the identity rule (a renewed identity's first use, an inactive enrollment speaking) are
+    /// made first, each on its own, and the exchange starts over.
+    async fn exchange(&self, x: CommandExchange) -> Result<Exchanged> {
+        let want_inventory = x.wants_inventory();
+        let not_now = x.not_now();
+        let uuid = x.outcome.as_ref().map(|o| o.command_uuid.as_str());
+        let mut conn = self.pool.acquire().await?;
+        for _ in 0..EXCHANGE_ATTEMPTS {
+            let read: Option<PgBinding> = sqlx::query_as(SQL_PG_READ)
+                .bind(&x.identity_sha256)
+                .bind(want_inventory)
+                .bind(uuid)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some((id, status, bound, last_seen, digests, renewed, version, request_type)) =
+                read
+            else {
+                return Ok(Exchanged::UnknownIdentity);
+            };
+            match IdentityBinding::check(&status, bound.as_deref(), &x.device_channel_id) {
+                IdentityBinding::Bound => {}
+                refused => return Ok(Exchanged::Refused(refused)),
+            }
+            if renewed {
+                sqlx::query(crate::enrollment_backend::PROMOTE_NEXT_IDENTITY)
+                    .bind(&x.identity_sha256)
+                    .bind(x.now)
+                    .execute(&mut *conn)
+                    .await?;
+                continue;
+            }
+            if status == EnrollmentStatus::Inactive.as_str() {
+                sqlx::query(&SQL_REACTIVATE)
+                    .bind(&id)
+                    .execute(&mut *conn)
+                    .await?;
+                continue;
+            }
+            // The inventory a result would fold in, prepared before the write (which applies
+            // it only when the result finishes a command handed out here).
+            let mut inventory: (Option<String>, Option<String>) = (None, None);
+            if let (true, Some(merge), Some(rt)) = (want_inventory, &x.inventory, &request_type) {
+                let merge = merge.as_ref();
+                if let Some(digest) = merge_due(merge, rt, digests.as_deref()) {
+                    let current: Option<String> = sqlx::query_scalar(SQL_READ_INVENTORY)
+                        .bind(&id)
+                        .fetch_optional(&mut *conn)
+                        .await?
+                        .flatten();
+                    let (document, digests) =
+                        merged(merge, rt, current.as_deref(), &digest, digests.as_deref())?;
+                    inventory = (document, Some(digests));
+                }
+            }
+            let kind = x
+                .outcome
+                .as_ref()
+                .map(|_| if not_now { "not_now" } else { "result" });
+            let o = x.outcome.as_ref();
+            let wrote: PgWrote = sqlx::query_as(SQL_PG_EXCHANGE)
+                .bind(&id)
+                .bind(&version)
+                .bind(x.channel)
+                .bind(x.now)
+                .bind(uuid)
+                .bind(kind)
+                .bind(o.map(|o| o.status))
+                .bind(o.and_then(|o| o.result.as_deref()))
+                .bind(o.and_then(|o| o.error_chain.as_deref()))
+                .bind(o.map(|o| o.retry_after.unwrap_or(x.now)))
+                .bind(x.last_seen_is_stale(last_seen))
+                .bind(inventory.0)
+                .bind(inventory.1)
+                .bind(!not_now)
+                .fetch_one(&mut *conn)
+                .await?;
+            let (current, deferred, finished, next_uuid, next_type, next_payload) = wrote;
+            if !current {
+                continue;
+            }
+            let ignored = match kind {
+                Some("not_now") if !deferred => Some(IgnoredResult::NeverGiven),
+                Some("result") if !finished => {
+                    // Read after the write's commit, so a concurrent first answer that
+                    // finished the command (and held the enrollment meanwhile) is seen.
+                    let repeated: Option<i32> = sqlx::query_scalar(SQL_REPEATED)
+                        .bind(&id)
+                        .bind(x.channel)
+                        .bind(uuid)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    Some(repeat_or_never(repeated.is_some()))
+                }
+                _ => None,
+            };
+            let next = match (next_uuid, next_type, next_payload) {
+                (Some(command_uuid), Some(request_type), Some(payload)) => Some(NextCommand {
+                    command_uuid: command_uuid.into(),
+                    request_type,
+                    payload,
+                }),
+                _ => None,
+            };
+            return Ok(Exchanged::Done {
+                enrollment_id: id,
+                next,
+                ignored,
+            });
+        }
+        Err(StoreError::Unavailable(
+            "the enrollment kept changing during the command exchange".into(),
+        ))
+    }
 }
 
-type Binding = (
+/// PostgreSQL's exchange starts over at most this often when its enrollment changes under it.
+const EXCHANGE_ATTEMPTS: usize = 8;
+
+/// PostgreSQL's read: the identity rule's row, its version and the reported command's request
+/// type (`$3`, read with the digests).
+const SQL_PG_READ: &str = sql_binding!(
+    ", xmin::text, CASE WHEN $2 THEN (SELECT request_type FROM commands WHERE uuid = $3) END"
+);
+
+type PgBinding = (
     String,
     String,
     Option<String>,
     Option<DateTime<Utc>>,
     Option<String>,
     bool,
+    String,
+    Option<String>,
 );
 
+/// PostgreSQL's write, one statement: everything happens only while the enrollment `$1` is
+/// the version `$2` read (locked until the commit). `$3` channel, `$4` now, `$5` the reported
+/// command, `$6` what it reports (`not_now`, `result` or `NULL` for Idle), `$7`–`$9` status,
+/// result and error chain, `$10` not before (NotNow), `$11` write `last_seen_at`, `$12`/`$13`
+/// inventory document (`NULL`: unchanged) and digests (`NULL`: no merge), `$14` claim the next
+/// command. The same rules as SQLite's statements above: the claim skips a command deferred
+/// until later and the one this result just finished.
+const SQL_PG_EXCHANGE: &str = "WITH e AS (\
+     SELECT id FROM enrollments WHERE id = $1 AND xmin::text = $2 FOR UPDATE), \
+     nn AS (UPDATE command_queue q SET status = 'not_now', not_now_until = $10, \
+     not_now_count = q.not_now_count + 1 FROM e WHERE $6 = 'not_now' \
+     AND q.enrollment_id = e.id AND q.channel = $3 AND q.command_uuid = $5 AND q.status = 'sent' \
+     RETURNING q.id), \
+     fin AS (DELETE FROM command_queue q USING e WHERE $6 = 'result' \
+     AND q.enrollment_id = e.id AND q.channel = $3 AND q.command_uuid = $5 AND q.status = 'sent' \
+     RETURNING q.id, q.queued_at, q.sent_at), \
+     res AS (INSERT INTO command_results (enrollment_id, channel, command_uuid, request_type, \
+     status, result, error_chain, queued_at, sent_at, finished_at) \
+     SELECT $1, $3, $5, c.request_type, $7, $8, $9, fin.queued_at, fin.sent_at, $4 \
+     FROM fin JOIN commands c ON c.uuid = $5 RETURNING 1), \
+     upd AS (UPDATE enrollments n SET \
+     last_seen_at = CASE WHEN $11 THEN $4 ELSE n.last_seen_at END, \
+     inventory = CASE WHEN $13::text IS NOT NULL AND EXISTS (SELECT 1 FROM fin) \
+     THEN COALESCE($12, n.inventory) ELSE n.inventory END, \
+     inventory_digests = CASE WHEN $13::text IS NOT NULL AND EXISTS (SELECT 1 FROM fin) \
+     THEN $13 ELSE n.inventory_digests END \
+     FROM e WHERE n.id = e.id AND ($11 OR ($13::text IS NOT NULL AND EXISTS (SELECT 1 FROM fin))) \
+     RETURNING 1), \
+     claim AS (UPDATE command_queue SET status = 'sent', sent_at = $4 WHERE id = (\
+     SELECT q.id FROM command_queue q JOIN e ON q.enrollment_id = e.id WHERE $14 \
+     AND q.channel = $3 AND (q.not_now_until IS NULL OR q.not_now_until <= $4) \
+     AND q.id NOT IN (SELECT id FROM fin) ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED) \
+     RETURNING command_uuid, \
+     (SELECT c.request_type FROM commands c WHERE c.uuid = command_uuid) AS request_type, \
+     (SELECT c.payload FROM commands c WHERE c.uuid = command_uuid) AS payload) \
+     SELECT EXISTS (SELECT 1 FROM e), EXISTS (SELECT 1 FROM nn), EXISTS (SELECT 1 FROM fin), \
+     claim.command_uuid, claim.request_type, claim.payload \
+     FROM (SELECT 1) AS one LEFT JOIN claim ON TRUE";
+
+type PgWrote = (
+    bool,
+    bool,
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+);
+
+/// A result that finished nothing: a device repeats a result until it gets a 2xx (Apple: a
+/// failed response makes the device retry), so a repeat is answered like the first answer; one
+/// for a command never given here changes nothing but must not wedge the channel either.
+pub(crate) fn repeat_or_never(stored_before: bool) -> IgnoredResult {
+    if stored_before {
+        IgnoredResult::Repeated
+    } else {
+        IgnoredResult::NeverGiven
+    }
+}
+
 macro_rules! impl_exchange_store {
-    ($store:ty, $db:ty, $begin:literal, $lock:literal) => {
+    ($store:ty, $db:ty, $begin:literal) => {
         #[async_trait]
         impl CommandExchangeStore for $store {
-            async fn command_exchange(&self, x: &CommandExchange<'_>) -> Result<Exchanged> {
-                let want_inventory =
-                    x.inventory.is_some() && x.outcome.is_some_and(|o| o.status == CommandState::Acknowledged);
-                let _gate = match self.exchange_gate() {
-                    Some(g) => Some(g.lock().await),
-                    None => None,
-                };
-                let mut tx = self.pool.begin_with($begin).await?;
-                // The identity rule (as `EnrollmentStore::enrollment_for_identity`): the current
-                // identity, or the renewed one, whose first use makes it current.
-                let binding: Option<Binding> = sqlx::query_as(
-                    "SELECT id, status, device_channel_id, last_seen_at, \
-                     CASE WHEN $2 THEN inventory END, \
-                     COALESCE(next_identity_sha256 = $1, FALSE) FROM enrollments \
-                     WHERE identity_sha256 = $1 OR next_identity_sha256 = $1",
-                )
-                .bind(x.identity_sha256)
-                .bind(want_inventory)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((id, status, bound, last_seen, inventory, renewed)) = binding else {
-                    return Ok(Exchanged::UnknownIdentity);
-                };
-                match IdentityBinding::check(&status, bound.as_deref(), x.device_channel_id) {
-                    IdentityBinding::Bound => {}
-                    refused => return Ok(Exchanged::Refused(refused)),
-                }
-                if renewed {
-                    sqlx::query(crate::enrollment_backend::PROMOTE_NEXT_IDENTITY)
-                        .bind(x.identity_sha256)
-                        .bind(x.now)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                if status == EnrollmentStatus::Inactive.as_str() {
-                    // The device speaks again: it is no longer inactive.
-                    sqlx::query(&format!(
-                        "UPDATE enrollments SET status = {} WHERE id = $1",
-                        crate::enrollment_backend::REACTIVATED_STATUS
-                    ))
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                let mut ignored = None;
-                // NotNow: the device could not run the command now. Apple ("Handling NotNow
-                // status responses"): when the service stops sending commands, the device polls
-                // again by itself when conditions change, and the service must send the command
-                // again then; sending another command instead stops that re-poll. So no command
-                // is handed out on this request, and the deferred one is due at the next poll.
-                let not_now = x.outcome.is_some_and(|o| o.status == CommandState::NotNow);
-                if let Some(o) = x.outcome {
-                    if not_now {
-                        let done = sqlx::query(
-                            "UPDATE command_queue SET status = 'not_now', not_now_until = $4, \
-                             not_now_count = not_now_count + 1 WHERE enrollment_id = $1 \
-                             AND channel = $2 AND command_uuid = $3 AND status = 'sent'",
-                        )
-                        .bind(&id)
-                        .bind(x.channel)
-                        .bind(&o.command_uuid)
-                        .bind(o.retry_after.unwrap_or(x.now))
-                        .execute(&mut *tx)
-                        .await?;
-                        if done.rows_affected() == 0 {
-                            ignored = Some(IgnoredResult::NeverGiven);
-                        }
-                    } else {
-                        let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
-                            "DELETE FROM command_queue WHERE enrollment_id = $1 AND channel = $2 \
-                             AND command_uuid = $3 AND status = 'sent' \
-                             RETURNING queued_at, sent_at",
-                        )
-                        .bind(&id)
-                        .bind(x.channel)
-                        .bind(&o.command_uuid)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        if let Some((queued_at, sent_at)) = row {
-                        let request_type: String = sqlx::query_scalar(
-                            "INSERT INTO command_results (enrollment_id, channel, command_uuid, \
-                             request_type, status, result, error_chain, queued_at, sent_at, \
-                             finished_at) SELECT $1, $2, $3, request_type, $4, $5, $6, $7, $8, \
-                             $9 FROM commands WHERE uuid = $3 RETURNING request_type",
-                        )
-                        .bind(&id)
-                        .bind(x.channel)
-                        .bind(&o.command_uuid)
-                        .bind(&o.status)
-                        .bind(&o.result)
-                        .bind(&o.error_chain)
-                        .bind(queued_at)
-                        .bind(sent_at)
-                        .bind(x.now)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        if let (true, Some(merge)) = (want_inventory, x.inventory) {
-                            if let Some(text) = merge.merge(&request_type, inventory.as_deref()) {
-                                sqlx::query("UPDATE enrollments SET inventory = $2 WHERE id = $1")
-                                    .bind(&id)
-                                    .bind(text)
-                                    .execute(&mut *tx)
-                                    .await?;
-                            }
-                        }
-                        } else {
-                            // A device repeats a result until it gets a 2xx (Apple: a failed
-                            // response makes the device retry), so a repeat is answered like the
-                            // first answer; one for a command never given here changes nothing
-                            // but must not wedge the channel either.
-                            let repeated: Option<i32> = sqlx::query_scalar(
-                                "SELECT 1 FROM command_results WHERE enrollment_id = $1 \
-                                 AND channel = $2 AND command_uuid = $3 LIMIT 1",
-                            )
-                            .bind(&id)
-                            .bind(x.channel)
-                            .bind(&o.command_uuid)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                            ignored = Some(if repeated.is_some() {
-                                IgnoredResult::Repeated
-                            } else {
-                                IgnoredResult::NeverGiven
-                            });
-                        }
-                    }
-                }
-                let stale = last_seen
-                    .is_none_or(|t| x.now - t >= Duration::seconds(LAST_SEEN_RESOLUTION_SECS));
-                if stale {
-                    sqlx::query("UPDATE enrollments SET last_seen_at = $2 WHERE id = $1")
-                        .bind(&id)
-                        .bind(x.now)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                // The command's text comes back with the claim (subqueries in `RETURNING`):
-                // one statement instead of two.
-                let next: Option<NextCommand> = if not_now {
-                    None
-                } else {
-                    sqlx::query_as(concat!(
-                    "UPDATE command_queue SET status = 'sent', sent_at = $3 WHERE id = (\
-                     SELECT id FROM command_queue WHERE enrollment_id = $1 AND channel = $2 \
-                     AND (not_now_until IS NULL OR not_now_until <= $3) ORDER BY id LIMIT 1 ",
-                    $lock,
-                    ") RETURNING command_uuid, \
-                     (SELECT c.request_type FROM commands c WHERE c.uuid = command_uuid) \
-                     AS request_type, \
-                     (SELECT c.payload FROM commands c WHERE c.uuid = command_uuid) AS payload"
-                ))
-                .bind(&id)
-                .bind(x.channel)
-                .bind(x.now)
-                .fetch_optional(&mut *tx)
-                .await?
-                };
-                tx.commit().await?;
-                Ok(Exchanged::Done {
-                    enrollment_id: id,
-                    next,
-                    ignored,
-                })
+            async fn command_exchange(&self, x: CommandExchange) -> Result<Exchanged> {
+                self.exchange(x).await
             }
 
             async fn enrollments_by_ids(&self, ids: &[String]) -> Result<Vec<Enrollment>> {
@@ -406,10 +599,5 @@ macro_rules! impl_exchange_store {
     };
 }
 
-impl_exchange_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "");
-impl_exchange_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    "BEGIN",
-    "FOR UPDATE SKIP LOCKED"
-);
+impl_exchange_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
+impl_exchange_store!(PostgresStore, sqlx::Postgres, "BEGIN");

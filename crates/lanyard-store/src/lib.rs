@@ -19,6 +19,7 @@ mod exchange_backend;
 mod idp_backend;
 mod listing_backend;
 pub mod model;
+mod sqlite_writer;
 mod values;
 
 use async_trait::async_trait;
@@ -55,6 +56,37 @@ pub enum StoreError {
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A write larger than the store keeps (see [`INVENTORY_LIMIT`]); nothing was written.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// An error of SQLite's command-exchange connection (`sqlite_writer.rs`).
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ffi;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.extended_code,
+                    ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                ) =>
+            {
+                StoreError::Conflict(e.to_string())
+            }
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.code,
+                    ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                StoreError::Unavailable(format!("SQLite: {e}"))
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -449,6 +481,22 @@ pub trait CommandStore: Send + Sync {
         targets: &[(EnrollmentId, Channel)],
         audit: &Audit,
     ) -> Result<u64>;
+    /// What the device search `filter` (its search text and status; sort, offset and limit do
+    /// not apply) selects, counted in the database: how many enrollments, how many User
+    /// Enrollments, and one without a user channel yet, if any.
+    async fn count_command_targets(&self, filter: &DeviceListQuery) -> Result<TargetSummary>;
+    /// Stores the command once and queues it for every enrollment the device search `filter`
+    /// selects on `channel` (the user channel: those whose user channel has checked in), with
+    /// one `INSERT … SELECT`: no enrollment row is read into the server. With `command.push`
+    /// the targets' push requests are recorded in the same transaction and their ids returned
+    /// (ids only). All or nothing; the audit's detail gets `targets`, how many were queued.
+    async fn enqueue_command_matching(
+        &self,
+        command: &NewCommand,
+        filter: &DeviceListQuery,
+        channel: Channel,
+        audit: &Audit,
+    ) -> Result<QueuedMatching>;
     /// The oldest command due for this enrollment and channel (queued, or sent without an
     /// answer yet, and not deferred by `NotNow`), marked `sent`.
     async fn next_command(

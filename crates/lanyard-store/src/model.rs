@@ -428,6 +428,26 @@ pub struct NewCommand {
     pub push: bool,
 }
 
+/// What a device search selects as command targets ([`crate::CommandStore::count_command_targets`]).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TargetSummary {
+    /// Enrollments matching.
+    pub matching: i64,
+    /// How many of them are User Enrollments.
+    pub user_enrollments: i64,
+    /// One of them whose user channel has not checked in, if any (the smallest id).
+    pub without_user_channel: Option<String>,
+}
+
+/// What [`crate::CommandStore::enqueue_command_matching`] queued.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueuedMatching {
+    /// Targets queued.
+    pub targets: u64,
+    /// Their enrollment ids when a push was asked for (empty otherwise).
+    pub push_ids: Vec<String>,
+}
+
 /// The next command for a device, handed out by the command endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct NextCommand {

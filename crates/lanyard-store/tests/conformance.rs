@@ -125,6 +125,7 @@ conformance!(
     pending_pki_completes_once,
     listing_devices_search_sort_page,
     device_search_takes_wildcards_literally,
+    a_search_target_is_queued_in_the_database,
     device_writes_are_bounded,
     listing_audit_by_date_range,
     abm_token_default_moves,
@@ -132,6 +133,10 @@ conformance!(
     abm_token_sync_lease_is_exclusive,
     command_exchange_in_one_transaction,
     command_exchange_refusals_change_nothing,
+    command_exchange_skips_an_unchanged_inventory,
+    concurrent_exchanges_each_keep_their_outcome,
+    a_failing_exchange_does_not_undo_the_others,
+    a_repeated_acknowledgement_racing_the_first_is_stored_once,
     fan_out_reads_and_push_batches,
     user_channel_push_targets,
     checkout_drops_the_queue_in_one_step,
@@ -368,14 +373,14 @@ mod identity_renewal {
         let t = now();
         // The old identity still works on the command channel; it gets the renewal.
         let x = s
-            .command_exchange(&exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
+            .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
             .await
             .unwrap();
         assert_eq!(next_uuid(x).as_deref(), Some("r-e1"));
         // A request signed by the new identity but refused (another EnrollmentID) promotes
         // nothing.
         assert_eq!(
-            s.command_exchange(&exchange("id-new", "EID-x", Channel::Device, None, None, t))
+            s.command_exchange(exchange("id-new", "EID-x", Channel::Device, None, None, t))
                 .await
                 .unwrap(),
             Exchanged::Refused(IdentityBinding::OtherDevice)
@@ -387,7 +392,7 @@ mod identity_renewal {
         let ack = outcome("r-e1", "acknowledged");
         let t1 = t + Duration::seconds(1);
         let x = s
-            .command_exchange(&exchange(
+            .command_exchange(exchange(
                 "id-new",
                 "EID-e1",
                 Channel::Device,
@@ -406,16 +411,9 @@ mod identity_renewal {
         assert_eq!(h[0].status, CommandState::Acknowledged);
         // The old identity is refused like an unknown one.
         assert_eq!(
-            s.command_exchange(&exchange(
-                "id-e1",
-                "EID-e1",
-                Channel::Device,
-                None,
-                None,
-                t1
-            ))
-            .await
-            .unwrap(),
+            s.command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t1))
+                .await
+                .unwrap(),
             Exchanged::UnknownIdentity
         );
         assert!(s
@@ -482,7 +480,7 @@ mod identity_renewal {
             .await
             .unwrap()
             .unwrap();
-        s.command_exchange(&exchange(
+        s.command_exchange(exchange(
             "id-e2-new",
             "EID-e2",
             Channel::Device,
@@ -492,7 +490,7 @@ mod identity_renewal {
         ))
         .await
         .unwrap();
-        s.command_exchange(&exchange(
+        s.command_exchange(exchange(
             "id-e2-new",
             "EID-e2",
             Channel::Device,
@@ -525,11 +523,11 @@ mod identity_renewal {
         // e4's renewal ended without a new identity (the Mac answered Error): due again, but
         // only once the retry interval has passed.
         let x = s
-            .command_exchange(&exchange("id-e4", "EID-e4", Channel::Device, None, None, t))
+            .command_exchange(exchange("id-e4", "EID-e4", Channel::Device, None, None, t))
             .await
             .unwrap();
         assert_eq!(next_uuid(x).as_deref(), Some("r-e4"));
-        s.command_exchange(&exchange(
+        s.command_exchange(exchange(
             "id-e4",
             "EID-e4",
             Channel::Device,
@@ -594,7 +592,7 @@ mod identity_renewal {
             .unwrap()
             .is_none());
         assert_eq!(
-            s.command_exchange(&exchange(
+            s.command_exchange(exchange(
                 "id-e1-new",
                 "EID-e1",
                 Channel::Device,
@@ -1998,7 +1996,7 @@ async fn command_exchange_reactivates_an_inactive_enrollment(s: &dyn Store) {
         1
     );
     let idle = s
-        .command_exchange(&exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
+        .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
         .await
         .unwrap();
     assert!(next_uuid(idle).is_none());
@@ -2010,7 +2008,7 @@ async fn command_exchange_reactivates_an_inactive_enrollment(s: &dyn Store) {
         .await
         .unwrap();
     let other = s
-        .command_exchange(&exchange("id-e1", "EID-x", Channel::Device, None, None, t))
+        .command_exchange(exchange("id-e1", "EID-x", Channel::Device, None, None, t))
         .await
         .unwrap();
     assert!(
@@ -2701,6 +2699,202 @@ async fn device_search_takes_wildcards_literally(s: &dyn Store) {
     );
 }
 
+/// A command by device search is counted and queued in the database (`INSERT … SELECT`): it
+/// reaches exactly the enrolled devices the search lists; on the user channel only those whose
+/// user channel checked in; with a push, the targets' push requests are recorded and their ids
+/// returned; the audit line says how many were queued.
+async fn a_search_target_is_queued_in_the_database(s: &dyn Store) {
+    enrolled_device(s, "a1", "ann@example.com").await;
+    enrolled_device(s, "a2", "anna@example.com").await;
+    enrolled_device(s, "b1", "bob@example.com").await;
+    // Listed by the search but not enrolled: never a target.
+    listed_device(s, "a3", "annie@example.com", "15.2", "Mac14,2").await;
+    // a2's user channel has checked in.
+    s.record_token_update(
+        "a2",
+        &TokenUpdateRecord {
+            user_channel_id: Some("UID-a2".into()),
+            topic: "com.apple.mgmt.External.test".into(),
+            push_token: vec![2; 32],
+            push_magic: "magic-user".into(),
+            unlock_token_sealed: None,
+        },
+        now(),
+    )
+    .await
+    .unwrap();
+    let filter = |search: &str| DeviceListQuery {
+        search: Some(search.into()),
+        status: Some(EnrollmentStatus::Enrolled),
+        limit: MAX_DEVICE_LIST,
+        ..DeviceListQuery::default()
+    };
+    let listed = |search: &'static str| async move {
+        let mut v: Vec<String> = s
+            .list_devices(&filter(search))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| e.id.0)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        s.count_command_targets(&filter("ann")).await.unwrap(),
+        TargetSummary {
+            matching: 2,
+            user_enrollments: 2,
+            without_user_channel: Some("a1".into()),
+        }
+    );
+    assert_eq!(
+        s.count_command_targets(&filter("nobody")).await.unwrap(),
+        TargetSummary {
+            matching: 0,
+            user_enrollments: 0,
+            without_user_channel: None,
+        }
+    );
+    let cmd = |uuid: &str, push: bool| NewCommand {
+        uuid: uuid.into(),
+        request_type: "DeviceInformation".into(),
+        payload: b"<plist/>".to_vec(),
+        created_by: "tester".into(),
+        push,
+    };
+    let reached = |uuid: &'static str| async move {
+        let mut v: Vec<(String, Channel)> = s
+            .command_targets(uuid)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.enrollment_id.0, r.channel))
+            .collect();
+        v.sort();
+        v
+    };
+    // Device channel, no push.
+    let q = s
+        .enqueue_command_matching(
+            &cmd("by-search-1", false),
+            &filter("ann"),
+            Channel::Device,
+            &Audit::new(
+                "tester",
+                "command.enqueue",
+                "by-search-1",
+                json!({"search": "ann"}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        q,
+        QueuedMatching {
+            targets: 2,
+            push_ids: vec![]
+        }
+    );
+    assert_eq!(listed("ann").await, ["a1", "a2"]);
+    assert_eq!(
+        reached("by-search-1").await,
+        [
+            ("a1".into(), Channel::Device),
+            ("a2".into(), Channel::Device)
+        ]
+    );
+    let line = s
+        .list_audit(&AuditFilter {
+            target: Some("by-search-1".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(line.len(), 1);
+    let detail: serde_json::Value = serde_json::from_str(&line[0].detail).unwrap();
+    assert_eq!(detail, json!({"search": "ann", "targets": 2}));
+    // Nothing was asked to be pushed.
+    assert!(s
+        .claim_push_requests(
+            now() + Duration::minutes(1),
+            now() + Duration::minutes(2),
+            now(),
+            100
+        )
+        .await
+        .unwrap()
+        .is_empty());
+    // User channel with a push: only a2, whose user channel checked in; its push is recorded.
+    let q = s
+        .enqueue_command_matching(
+            &cmd("by-search-2", true),
+            &filter("ann"),
+            Channel::User,
+            &audit("command.enqueue", "by-search-2"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        q,
+        QueuedMatching {
+            targets: 1,
+            push_ids: vec!["a2".into()]
+        }
+    );
+    assert_eq!(reached("by-search-2").await, [("a2".into(), Channel::User)]);
+    let claimed = s
+        .claim_push_requests(
+            now() + Duration::minutes(1),
+            now() + Duration::minutes(2),
+            now(),
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed, ["a2"]);
+    // Every enrolled device, with a push.
+    let mut q = s
+        .enqueue_command_matching(
+            &cmd("by-search-3", true),
+            &filter(""),
+            Channel::Device,
+            &audit("command.enqueue", "by-search-3"),
+        )
+        .await
+        .unwrap();
+    q.push_ids.sort();
+    assert_eq!(q.targets, 3);
+    assert_eq!(q.push_ids, ["a1", "a2", "b1"]);
+    assert_eq!(listed("").await, ["a1", "a2", "b1"]);
+    // A command uuid that exists already: refused, nothing queued, no audit line.
+    assert!(s
+        .enqueue_command_matching(
+            &cmd("by-search-1", false),
+            &filter("bob"),
+            Channel::Device,
+            &audit("command.enqueue", "again"),
+        )
+        .await
+        .is_err());
+    assert_eq!(
+        reached("by-search-1").await,
+        [
+            ("a1".into(), Channel::Device),
+            ("a2".into(), Channel::Device)
+        ]
+    );
+    assert!(s
+        .list_audit(&AuditFilter {
+            target: Some("again".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn listing_devices_search_sort_page(s: &dyn Store) {
     listed_device(s, "d1", "ann@example.com", "15.2", "Mac14,2").await;
     listed_device(s, "d2", "bob@example.org", "15.4", "Mac15,3").await;
@@ -3343,32 +3537,70 @@ async fn bound_enrollment(s: &dyn Store, id: &str) -> Enrollment {
     s.enrollment(id).await.unwrap().unwrap()
 }
 
-/// Appends the request type to the inventory document, or changes nothing when told so.
+/// Appends the request type to the inventory document, or changes nothing when told so, or
+/// makes it larger than the store keeps; its digest is `digest`.
+#[derive(Clone)]
 struct TestMerge {
     change: bool,
+    digest: &'static str,
+    too_large: bool,
+}
+
+impl TestMerge {
+    fn appends(digest: &'static str) -> Self {
+        TestMerge {
+            change: true,
+            digest,
+            too_large: false,
+        }
+    }
+
+    fn unchanged() -> Self {
+        TestMerge {
+            change: false,
+            digest: "unchanged",
+            too_large: false,
+        }
+    }
+
+    fn too_large() -> Self {
+        TestMerge {
+            change: true,
+            digest: "too-large",
+            too_large: true,
+        }
+    }
 }
 
 impl InventoryMerge for TestMerge {
+    fn digest(&self, _request_type: &str) -> Option<String> {
+        Some(self.digest.to_string())
+    }
+
     fn merge(&self, request_type: &str, current: Option<&str>) -> Option<String> {
+        if self.too_large {
+            return Some("x".repeat(INVENTORY_LIMIT + 1));
+        }
         self.change
             .then(|| format!("{}+{request_type}", current.unwrap_or("")))
     }
 }
 
-fn exchange<'a>(
-    id: &'a str,
-    eid: &'a str,
+fn exchange(
+    id: &str,
+    eid: &str,
     channel: Channel,
-    outcome: Option<&'a CommandOutcome>,
-    merge: Option<&'a dyn InventoryMerge>,
+    outcome: Option<&CommandOutcome>,
+    merge: Option<&TestMerge>,
     at: chrono::DateTime<chrono::Utc>,
-) -> CommandExchange<'a> {
+) -> CommandExchange {
     CommandExchange {
-        identity_sha256: id,
-        device_channel_id: eid,
+        identity_sha256: id.into(),
+        device_channel_id: eid.into(),
         channel,
-        outcome,
-        inventory: merge,
+        outcome: outcome.cloned(),
+        inventory: merge
+            .map(|m| std::sync::Arc::new(m.clone()) as std::sync::Arc<dyn InventoryMerge>),
         now: at,
     }
 }
@@ -3390,7 +3622,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
             .unwrap();
     }
     let x = s
-        .command_exchange(&exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
+        .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
         .await
         .unwrap();
     assert!(
@@ -3404,10 +3636,10 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     );
     // The acknowledgement, the inventory and the next command together.
     let ack = outcome("c1", "acknowledged");
-    let merge = TestMerge { change: true };
+    let merge = TestMerge::appends("v1");
     let t1 = t + Duration::seconds(30);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3436,10 +3668,10 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     );
     // An unchanged inventory is not rewritten; an error result never touches it.
     let ack2 = outcome("c2", "acknowledged");
-    let same = TestMerge { change: false };
+    let same = TestMerge::unchanged();
     let t2 = t + Duration::seconds(61);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3467,21 +3699,14 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
             .unwrap();
     }
     let x = s
-        .command_exchange(&exchange(
-            "id-e1",
-            "EID-e1",
-            Channel::Device,
-            None,
-            None,
-            t2,
-        ))
+        .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t2))
         .await
         .unwrap();
     assert_eq!(next_uuid(x).as_deref(), Some("c3"));
     let mut nn = outcome("c3", "not_now");
     nn.retry_after = Some(t2);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3507,7 +3732,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     assert_eq!(c3.status, CommandState::NotNow);
     let later = t2 + Duration::seconds(1);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3531,7 +3756,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     .await
     .unwrap();
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::User,
@@ -3544,7 +3769,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
     assert_eq!(next_uuid(x).as_deref(), Some("u1"));
     let ack_u = outcome("u1", "acknowledged");
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::User,
@@ -3556,7 +3781,7 @@ async fn command_exchange_in_one_transaction(s: &dyn Store) {
         .unwrap();
     assert_eq!(next_uuid(x), None);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3593,12 +3818,12 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     .await
     .unwrap();
     let ack = outcome("c1", "acknowledged");
-    let merge = TestMerge { change: true };
+    let merge = TestMerge::appends("v1");
     // Not given yet: not stored, and the exchange goes on (a device repeats a refused result
     // until it gets a 2xx, so refusing would wedge its channel): the queued command is handed
     // out, nothing else changed.
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3618,7 +3843,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
         for status in ["acknowledged", "not_now"] {
             let o = outcome(uuid, status);
             let x = s
-                .command_exchange(&exchange(id, eid, Channel::Device, Some(&o), None, t))
+                .command_exchange(exchange(id, eid, Channel::Device, Some(&o), None, t))
                 .await
                 .unwrap();
             assert_eq!(
@@ -3635,7 +3860,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     assert!(s.command_history("e2", 10).await.unwrap().is_empty());
     // Unknown identity, another device's EnrollmentID, a checked-out enrollment.
     assert_eq!(
-        s.command_exchange(&exchange(
+        s.command_exchange(exchange(
             "id-zz",
             "EID-e1",
             Channel::Device,
@@ -3648,7 +3873,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
         Exchanged::UnknownIdentity
     );
     assert_eq!(
-        s.command_exchange(&exchange(
+        s.command_exchange(exchange(
             "id-e1",
             "EID-e2",
             Channel::Device,
@@ -3662,7 +3887,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     );
     s.record_checkout("e2", t).await.unwrap();
     assert_eq!(
-        s.command_exchange(&exchange("id-e2", "EID-e2", Channel::Device, None, None, t))
+        s.command_exchange(exchange("id-e2", "EID-e2", Channel::Device, None, None, t))
             .await
             .unwrap(),
         Exchanged::Refused(IdentityBinding::CheckedOut)
@@ -3673,7 +3898,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     );
     // The real answer still goes through.
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3688,7 +3913,7 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     // A repeat of it (the first answer was lost) is answered the same, and stores nothing new.
     let later = t + Duration::seconds(5);
     let x = s
-        .command_exchange(&exchange(
+        .command_exchange(exchange(
             "id-e1",
             "EID-e1",
             Channel::Device,
@@ -3705,6 +3930,274 @@ async fn command_exchange_refusals_change_nothing(s: &dyn Store) {
     assert_eq!(
         (h[0].status.as_str(), h[0].finished_at),
         ("acknowledged", Some(t))
+    );
+}
+
+/// The status of `uuid` in `id`'s command history.
+async fn command_status(s: &dyn Store, id: &str, uuid: &str) -> Option<CommandState> {
+    s.command_history(id, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.command_uuid == uuid)
+        .map(|r| r.status)
+}
+
+async fn command_exchange_skips_an_unchanged_inventory(s: &dyn Store) {
+    bound(s, "e1").await;
+    let t = now();
+    let e1 = [("e1".into(), Channel::Device)];
+    for u in ["c1", "c2", "c3", "c4"] {
+        s.enqueue_command(
+            &cmd(u, "DeviceInformation"),
+            &e1,
+            &audit("command.enqueue", u),
+        )
+        .await
+        .unwrap();
+    }
+    let x = s
+        .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("c1"));
+    let ack = |u: &str, m: &TestMerge| {
+        exchange(
+            "id-e1",
+            "EID-e1",
+            Channel::Device,
+            Some(&outcome(u, "acknowledged")),
+            Some(m),
+            t,
+        )
+    };
+    let a = TestMerge::appends("a");
+    let x = s.command_exchange(ack("c1", &a)).await.unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("c2"));
+    assert_eq!(
+        s.inventory("e1").await.unwrap().as_deref(),
+        Some("+DeviceInformation")
+    );
+    // The same answers again: not merged (the test merge would append once more).
+    let x = s.command_exchange(ack("c2", &a)).await.unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("c3"));
+    assert_eq!(
+        s.inventory("e1").await.unwrap().as_deref(),
+        Some("+DeviceInformation"),
+        "an unchanged result is not merged"
+    );
+    assert_eq!(
+        command_status(s, "e1", "c2").await,
+        Some(CommandState::Acknowledged),
+        "the result itself is stored"
+    );
+    // Other answers are.
+    let x = s
+        .command_exchange(ack("c3", &TestMerge::appends("b")))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("c4"));
+    assert_eq!(
+        s.inventory("e1").await.unwrap().as_deref(),
+        Some("+DeviceInformation+DeviceInformation")
+    );
+    // A document written from elsewhere forgets the digests: the next result is merged.
+    s.set_inventory("e1", "doc").await.unwrap();
+    s.command_exchange(ack("c4", &TestMerge::appends("b")))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.inventory("e1").await.unwrap().as_deref(),
+        Some("doc+DeviceInformation")
+    );
+}
+
+/// Enrollments `e0`… bound, each with commands `<id>-a` and `<id>-b` queued.
+async fn bound_with_two_commands(s: &dyn Store, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = format!("e{i}");
+        bound(s, &id).await;
+        for c in ["a", "b"] {
+            let uuid = format!("{id}-{c}");
+            s.enqueue_command(
+                &cmd(&uuid, "DeviceInformation"),
+                &[(id.clone().into(), Channel::Device)],
+                &audit("command.enqueue", &uuid),
+            )
+            .await
+            .unwrap();
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+/// Exchanges that arrive together (SQLite runs them in one transaction) each get their own
+/// answer and keep their own writes.
+async fn concurrent_exchanges_each_keep_their_outcome(s: &dyn Store) {
+    let ids = bound_with_two_commands(s, 8).await;
+    let t = now();
+    let polls = ids.iter().map(|id| {
+        s.command_exchange(exchange(
+            &format!("id-{id}"),
+            &format!("EID-{id}"),
+            Channel::Device,
+            None,
+            None,
+            t,
+        ))
+    });
+    let answers = futures::future::join_all(polls).await;
+    for (id, x) in ids.iter().zip(answers) {
+        assert_eq!(next_uuid(x.unwrap()), Some(format!("{id}-a")));
+    }
+    let merge = TestMerge::appends("v1");
+    let acks = ids.iter().map(|id| {
+        s.command_exchange(exchange(
+            &format!("id-{id}"),
+            &format!("EID-{id}"),
+            Channel::Device,
+            Some(&outcome(&format!("{id}-a"), "acknowledged")),
+            Some(&merge),
+            t,
+        ))
+    });
+    let answers = futures::future::join_all(acks).await;
+    for (id, x) in ids.iter().zip(answers) {
+        let x = x.unwrap();
+        assert_eq!(ignored_of(&x), None, "{id}");
+        assert_eq!(next_uuid(x), Some(format!("{id}-b")));
+        assert_eq!(
+            command_status(s, id, &format!("{id}-a")).await,
+            Some(CommandState::Acknowledged)
+        );
+        assert_eq!(
+            command_status(s, id, &format!("{id}-b")).await,
+            Some(CommandState::Sent)
+        );
+        assert_eq!(
+            s.inventory(id).await.unwrap().as_deref(),
+            Some("+DeviceInformation")
+        );
+    }
+}
+
+/// One exchange that fails (its inventory is larger than the store keeps) changes nothing of
+/// its own, and the exchanges beside it (on SQLite: in the same transaction) keep theirs.
+async fn a_failing_exchange_does_not_undo_the_others(s: &dyn Store) {
+    let ids = bound_with_two_commands(s, 6).await;
+    let t = now();
+    for id in &ids {
+        let x = s
+            .command_exchange(exchange(
+                &format!("id-{id}"),
+                &format!("EID-{id}"),
+                Channel::Device,
+                None,
+                None,
+                t,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(next_uuid(x), Some(format!("{id}-a")));
+    }
+    let fine = TestMerge::appends("v1");
+    let bad = TestMerge::too_large();
+    let acks = ids.iter().enumerate().map(|(i, id)| {
+        s.command_exchange(exchange(
+            &format!("id-{id}"),
+            &format!("EID-{id}"),
+            Channel::Device,
+            Some(&outcome(&format!("{id}-a"), "acknowledged")),
+            Some(if i == 2 { &bad } else { &fine }),
+            t,
+        ))
+    });
+    let answers = futures::future::join_all(acks).await;
+    for (i, (id, x)) in ids.iter().zip(answers).enumerate() {
+        if i == 2 {
+            assert!(
+                matches!(x, Err(StoreError::TooLarge(_))),
+                "the oversized inventory is refused: {x:?}"
+            );
+            assert_eq!(
+                command_status(s, id, &format!("{id}-a")).await,
+                Some(CommandState::Sent),
+                "the refused exchange stored nothing"
+            );
+            assert_eq!(s.inventory(id).await.unwrap(), None);
+        } else {
+            assert_eq!(next_uuid(x.unwrap()), Some(format!("{id}-b")));
+            assert_eq!(
+                command_status(s, id, &format!("{id}-a")).await,
+                Some(CommandState::Acknowledged)
+            );
+            assert_eq!(
+                s.inventory(id).await.unwrap().as_deref(),
+                Some("+DeviceInformation")
+            );
+        }
+    }
+    // The device repeats its answer: nothing of the first attempt was kept, so it is stored now.
+    let id = &ids[2];
+    let x = s
+        .command_exchange(exchange(
+            &format!("id-{id}"),
+            &format!("EID-{id}"),
+            Channel::Device,
+            Some(&outcome(&format!("{id}-a"), "acknowledged")),
+            Some(&fine),
+            t,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ignored_of(&x), None);
+    assert_eq!(next_uuid(x), Some(format!("{id}-b")));
+    assert_eq!(
+        s.inventory(id).await.unwrap().as_deref(),
+        Some("+DeviceInformation")
+    );
+}
+
+/// A device that repeats an acknowledgement while the first is still being handled: one result
+/// is stored, the other is answered as a repeat, and both hand out the next command.
+async fn a_repeated_acknowledgement_racing_the_first_is_stored_once(s: &dyn Store) {
+    let ids = bound_with_two_commands(s, 1).await;
+    let id = &ids[0];
+    let t = now();
+    let x = s
+        .command_exchange(exchange("id-e0", "EID-e0", Channel::Device, None, None, t))
+        .await
+        .unwrap();
+    assert_eq!(next_uuid(x).as_deref(), Some("e0-a"));
+    let ack = outcome("e0-a", "acknowledged");
+    let both = (0..2).map(|_| {
+        s.command_exchange(exchange(
+            "id-e0",
+            "EID-e0",
+            Channel::Device,
+            Some(&ack),
+            None,
+            t,
+        ))
+    });
+    let answers: Vec<Exchanged> = futures::future::join_all(both)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut ignored: Vec<_> = answers.iter().map(ignored_of).collect();
+    ignored.sort_by_key(|i| format!("{i:?}"));
+    assert_eq!(ignored, [None, Some(IgnoredResult::Repeated)]);
+    for x in answers {
+        assert_eq!(next_uuid(x).as_deref(), Some("e0-b"));
+    }
+    let h = s.command_history(id, 10).await.unwrap();
+    assert_eq!(
+        h.iter().filter(|r| r.command_uuid == "e0-a").count(),
+        1,
+        "stored once"
     );
 }
 

@@ -14,6 +14,8 @@
 //! - a **fake APNs** ([`fake_apns`]) and fake MDM push certificates;
 //! - a **fake Apple Business Manager** ([`fake_abm`], CLI `lanyard-fake-abm`): token files,
 //!   OAuth-checked sessions, devices with cursors, discovery registration, fault injection;
+//! - the **ceiling server** ([`ceiling`]): `lanyard serve`'s command endpoint without the store,
+//!   for `lanyard-bench --ceiling`;
 //! - later: a test app catalogue.
 //!
 //! The simulated Mac is written as an independent client: it builds its property lists
@@ -24,6 +26,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod ceiling;
 pub mod commands;
 pub mod declarative;
 pub mod device;

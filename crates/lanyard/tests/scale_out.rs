@@ -8,7 +8,8 @@
 //! held is taken over once its lease lapses.
 //!
 //! Several server processes share one database only on PostgreSQL (SQLite is the embedded,
-//! single-process default), so this test has no SQLite run.
+//! single-process default), so that test has no SQLite run; SQLite's own crash test kills its
+//! one process mid-way and starts it again on the files it left.
 
 mod support;
 
@@ -200,25 +201,7 @@ async fn two_servers_one_database_survive_a_sigkill() {
         mac.enroll().await.unwrap();
         macs.push(mac);
     }
-    // The server's id of each Mac, by the EnrollmentID the Mac sends.
-    let (ok, out, _) = a.cli(&["device", "list", "--json"]);
-    assert!(ok);
-    let listed: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), MACS, "{listed}");
-    let ids: Vec<String> = macs
-        .iter()
-        .map(|m| {
-            listed
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|d| d["enrollment_id"] == m.enrollment_id())
-                .unwrap_or_else(|| panic!("{} not listed: {listed}", m.enrollment_id()))["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let ids = ids_of(&a, &macs);
 
     // Command one through the second process: queued there, fetched and answered there.
     lb.route(Route::Only(1));
@@ -433,4 +416,146 @@ async fn answer_all(
         set.push(answer_until(mac, want, answered));
     }
     futures::future::join_all(set).await
+}
+
+/// The server's id of each Mac, by the `EnrollmentID` the Mac sends.
+fn ids_of(server: &Server, macs: &[SimMac]) -> Vec<String> {
+    let (ok, out, _) = server.cli(&["device", "list", "--json"]);
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), macs.len(), "{listed}");
+    macs.iter()
+        .map(|m| {
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["enrollment_id"] == m.enrollment_id())
+                .unwrap_or_else(|| panic!("{} not listed: {listed}", m.enrollment_id()))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// SQLite, one process: killed with SIGKILL while the Macs answer a fan-out (its writer thread
+/// commits their exchanges in groups), then started again on the files it left. The database
+/// opens intact, and every command is answered and stored once: a group whose commit the kill
+/// cut off is lost as a whole (its requests were never answered, so the Macs send them again)
+/// and its commands are handed out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_sqlite_server_survives_a_sigkill() {
+    let apns = FakeApns::start(FakeApnsOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let apns_ca = dir.path().join("apns-ca.pem");
+    std::fs::write(&apns_ca, apns.ca_pem()).unwrap();
+    let lb = Balancer::start().await;
+    let public = lb.url();
+    let (apns_url, apns_ca) = (apns.url(), apns_ca.display().to_string());
+    let env = [
+        ("LANYARD_PUBLIC_URL", public.as_str()),
+        ("LANYARD_APNS_URL", apns_url.as_str()),
+        ("LANYARD_APNS_CA_CERT", apns_ca.as_str()),
+        ("LANYARD_NO_ABM_SYNC", "true"),
+    ];
+    let mut a = Server::start_with(Db::Sqlite, &env).await.unwrap();
+    let topic = a.upload_push_certificate();
+    for i in 0..MACS {
+        let (ok, _, err) = a.cli_stdin(
+            &["user", "add", &email(i), "--password", "-"],
+            &format!("{PASSWORD}\n"),
+        );
+        assert!(ok, "{err}");
+    }
+    assert!(
+        a.cli(&["settings", "set", "managed-domains", "example.com"])
+            .0
+    );
+    lb.set_backends(vec![addr_of(&a.url)]);
+    let mut macs = Vec::new();
+    for i in 0..MACS {
+        let mut mac = SimMac::new(SimOptions {
+            ownership: Ownership::Employee,
+            attrs: BTreeMap::new(),
+            os_version: "15.2".into(),
+            ca_cert_pem: Some(a.ca_pem()),
+            push_topic: Some(topic.clone()),
+            ..SimOptions::new(public.clone(), email(i), PASSWORD)
+        })
+        .unwrap();
+        mac.enroll().await.unwrap();
+        macs.push(mac);
+    }
+    let ids = ids_of(&a, &macs);
+    let c = a.client();
+    let token = a.admin_session(&c).await;
+    let kinds = [
+        "ProfileList",
+        "CertificateList",
+        "DeviceInformation",
+        "SecurityInfo",
+    ];
+    let mut uuids = Vec::new();
+    for k in kinds {
+        uuids.push(queue(&c, &a.url, &token, &ids, k).await);
+    }
+    let wants = vec![uuids.clone(); MACS];
+    let answered = AtomicUsize::new(0);
+    let killer = async {
+        while answered.load(Ordering::SeqCst) < MACS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        a.kill_now();
+        let at_kill = answered.load(Ordering::SeqCst);
+        a.restart(&env);
+        lb.set_backends(vec![addr_of(&a.url)]);
+        at_kill
+    };
+    let polling = answer_all(&mut macs, &wants, &answered);
+    let (at_kill, seen) = tokio::join!(killer, polling);
+    let total = MACS * kinds.len();
+    assert!(
+        at_kill < total,
+        "the process was killed only after all the work was done"
+    );
+    eprintln!("killed after {at_kill} of {total} answers");
+    for (i, s) in seen.iter().enumerate() {
+        let mut got = s.received.clone();
+        got.sort();
+        got.dedup();
+        let mut w = wants[i].clone();
+        w.sort();
+        assert_eq!(got, w, "Mac {i}: {s:?}");
+        assert!(
+            s.received.len() - got.len() <= s.cut_off,
+            "Mac {i} was handed a command twice without a cut-off request: {s:?}"
+        );
+    }
+    let mut db = sqlx::SqliteConnection::connect(&a.database_url)
+        .await
+        .unwrap();
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+    for uuid in &uuids {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM command_results WHERE command_uuid = $1 \
+             AND status = 'acknowledged'",
+        )
+        .bind(uuid)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert_eq!(n, MACS as i64, "results of {uuid}");
+    }
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM command_queue")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "commands left queued");
+    drop(db);
+    a.stop().await;
 }

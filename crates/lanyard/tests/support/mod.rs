@@ -191,6 +191,22 @@ impl Server {
         self.child.wait().unwrap();
     }
 
+    /// Starts `lanyard serve` again on this server's data directory and database with `env`
+    /// (after [`Server::kill_now`], as a supervisor restarts a crashed process); `url` is the
+    /// new process's.
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
+        let mut next = Server::start_on(
+            data_dir,
+            self.database_url.clone(),
+            self.scratch.take(),
+            env,
+        );
+        next.admin_password = std::mem::take(&mut self.admin_password);
+        next.push_topic = std::sync::Mutex::new(self.push_topic());
+        drop(std::mem::replace(self, next));
+    }
+
     /// Signs in as the first administrator (the one-time password `serve` printed) and returns
     /// the session token for `Authorization: Bearer`.
     pub async fn admin_session(&self, c: &reqwest::Client) -> String {

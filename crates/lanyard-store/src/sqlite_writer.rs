@@ -1,0 +1,387 @@
+//! SQLite's command exchange on its own writer thread, with group commit.
+//!
+//! sqlx runs every SQLite statement on its connection's worker thread, so an exchange of five
+//! or six statements costs as many thread hops (a futex wake each way). Here one thread owns one
+//! rusqlite connection (the same bundled SQLite library sqlx links) and runs a whole exchange
+//! from one message: the request's task sends it over a channel and awaits one reply.
+//!
+//! Group commit: the thread takes every exchange that is waiting and runs them in ONE
+//! transaction with one commit. Each exchange keeps its own all-or-nothing semantics inside it
+//! (a `SAVEPOINT` per exchange, rolled back when that exchange fails, so one failure does not
+//! undo the others); replies go out only after the commit. Durability is SQLite's WAL with
+//! `synchronous=NORMAL`, as for every other write: a crash may lose the last group, never
+//! corrupt the database, and an acknowledgement that was lost hands its command out again (the
+//! claim finds it still queued).
+//!
+//! Checkpoints: the writer's connection does not checkpoint inside its commits
+//! (`wal_autocheckpoint=0`); a second thread with its own connection runs a PASSIVE checkpoint
+//! every [`CHECKPOINT_EVERY`] when anything was written since the last one.
+//!
+//! Other writes still go through sqlx's pool; both sides wait for SQLite's write lock with a busy
+//! timeout, and the writer holds it only while it runs one group.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, ToSql};
+
+use crate::*;
+
+/// How long SQLite waits for its write lock held by another connection (as sqlx's pool).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At most this many exchanges share one transaction.
+const MAX_GROUP: usize = 256;
+
+/// How often the checkpoint thread looks for new WAL content.
+pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// The writer thread's handle: dropping the last clone ends the thread (after the group it is
+/// running) and with it the checkpoint thread.
+pub(crate) struct SqliteWriter {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for SqliteWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteWriter")
+    }
+}
+
+struct Job {
+    x: CommandExchange,
+    reply: tokio::sync::oneshot::Sender<Result<Exchanged>>,
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the SQLite writer thread has stopped".into())
+}
+
+impl SqliteWriter {
+    /// Opens the writer's connection (and the checkpointer's) on the database file at `path`,
+    /// which sqlx has opened (and created) already.
+    pub(crate) async fn start(path: &Path) -> Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (ready, opened) = tokio::sync::oneshot::channel::<Result<()>>();
+        let path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("lanyard-sqlite-writer".into())
+            .spawn(move || {
+                let conn = match open(&path, true) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let dirty = Arc::new(AtomicBool::new(false));
+                let (stop, stopping) = mpsc::channel::<()>();
+                let checkpointer = match open(&path, false) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let seen = dirty.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("lanyard-sqlite-checkpoint".into())
+                    .spawn(move || checkpoints(checkpointer, &seen, &stopping));
+                if let Err(e) = spawned {
+                    let _ = ready.send(Err(StoreError::Unavailable(format!(
+                        "cannot start the SQLite checkpoint thread: {e}"
+                    ))));
+                    return;
+                }
+                let _ = ready.send(Ok(()));
+                serve(conn, &queue, &dirty);
+                drop(stop);
+            })
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot start the SQLite writer thread: {e}"))
+            })?;
+        opened.await.map_err(|_| stopped())??;
+        Ok(Self { jobs })
+    }
+
+    /// Runs one exchange on the writer thread and waits for its group's commit.
+    pub(crate) async fn exchange(&self, x: CommandExchange) -> Result<Exchanged> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs.send(Job { x, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// A read-write connection with the store's settings; the writer's does not checkpoint by
+/// itself.
+fn open(path: &Path, writer: bool) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch(if writer {
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA wal_autocheckpoint = 0;"
+    } else {
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
+    })?;
+    Ok(conn)
+}
+
+/// The checkpoint thread: a PASSIVE checkpoint (never waits for readers or the writer) when
+/// something was committed since the last one, until the writer thread ends.
+fn checkpoints(conn: Connection, dirty: &AtomicBool, stopping: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopping.recv_timeout(CHECKPOINT_EVERY) {
+        if dirty.swap(false, Ordering::Relaxed) {
+            // A failure (the database busy in a way PASSIVE does not wait out) is retried at
+            // the next tick.
+            if conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .is_err()
+            {
+                dirty.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The writer loop: waits for an exchange, takes every other one already waiting, and runs
+/// them as one group.
+fn serve(conn: Connection, queue: &mpsc::Receiver<Job>, dirty: &AtomicBool) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = queue.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = run_group(&conn, &group);
+        dirty.store(true, Ordering::Relaxed);
+        for (job, result) in group.drain(..).zip(results) {
+            // The requester may have gone (its request was cancelled): the exchange stands,
+            // and an unanswered command is handed out again at the next poll.
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// One group in one transaction: each exchange inside its own savepoint. When the transaction
+/// itself cannot begin or commit, every exchange of the group gets that error (nothing of the
+/// group was stored).
+fn run_group(conn: &Connection, group: &[Job]) -> Vec<Result<Exchanged>> {
+    let all_fail = |e: rusqlite::Error| {
+        let text = e.to_string();
+        group
+            .iter()
+            .map(|_| Err(StoreError::Unavailable(format!("SQLite: {text}"))))
+            .collect()
+    };
+    if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
+        return all_fail(e);
+    }
+    let mut results = Vec::with_capacity(group.len());
+    for job in group {
+        let outcome = run(conn, "SAVEPOINT exchange").map(|()| exchange(conn, &job.x));
+        let closed = match &outcome {
+            Ok(Ok(_)) => run(conn, "RELEASE exchange"),
+            Ok(Err(_)) => {
+                run(conn, "ROLLBACK TO exchange").and_then(|()| run(conn, "RELEASE exchange"))
+            }
+            Err(_) => Ok(()),
+        };
+        match (outcome, closed) {
+            (Ok(result), Ok(())) => results.push(result),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = run(conn, "ROLLBACK");
+                return all_fail(e);
+            }
+        }
+    }
+    match run(conn, "COMMIT") {
+        Ok(()) => results,
+        Err(e) => {
+            let _ = run(conn, "ROLLBACK");
+            all_fail(e)
+        }
+    }
+}
+
+/// Runs a statement without parameters or rows (kept prepared).
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.raw_execute().map(|_| ())
+}
+
+/// `$1`…`$9`, the parameter names the shared statements use.
+const PARAMS: [&str; 9] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9"];
+
+/// A prepared statement with `args` bound to `$1`, `$2`, … (by name: SQLite numbers named
+/// parameters in the order they first appear, not by their digits).
+fn statement<'c>(
+    conn: &'c Connection,
+    sql: &str,
+    args: &[&dyn ToSql],
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    for (name, arg) in PARAMS.iter().zip(args) {
+        if let Some(i) = stmt.parameter_index(name)? {
+            stmt.raw_bind_parameter(i, *arg)?;
+        }
+    }
+    Ok(stmt)
+}
+
+/// A timestamp as sqlx stores it in SQLite (RFC 3339, `+00:00`), so both write and compare
+/// alike.
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The exchange (the same statements and rules as PostgreSQL's, `exchange_backend.rs`).
+fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
+    let want_inventory = x.wants_inventory();
+    let binding = {
+        let mut stmt = statement(conn, SQL_BINDING, &[&x.identity_sha256, &want_inventory])?;
+        let mut rows = stmt.raw_query();
+        match rows.next()? {
+            None => None,
+            Some(r) => Some((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, bool>(5)?,
+            )),
+        }
+    };
+    let Some((id, status, bound, last_seen, digests, renewed)) = binding else {
+        return Ok(Exchanged::UnknownIdentity);
+    };
+    match IdentityBinding::check(&status, bound.as_deref(), &x.device_channel_id) {
+        IdentityBinding::Bound => {}
+        refused => return Ok(Exchanged::Refused(refused)),
+    }
+    let now = time(x.now);
+    if renewed {
+        statement(
+            conn,
+            crate::enrollment_backend::PROMOTE_NEXT_IDENTITY,
+            &[&x.identity_sha256, &now],
+        )?
+        .raw_execute()?;
+    }
+    if status == EnrollmentStatus::Inactive.as_str() {
+        statement(conn, &SQL_REACTIVATE, &[&id])?.raw_execute()?;
+    }
+    let channel = x.channel.as_str();
+    let mut ignored = None;
+    let not_now = x.not_now();
+    if let Some(o) = &x.outcome {
+        let uuid = o.command_uuid.as_str();
+        if not_now {
+            let until = time(o.retry_after.unwrap_or(x.now));
+            let done =
+                statement(conn, SQL_NOT_NOW, &[&id, &channel, &uuid, &until])?.raw_execute()?;
+            if done == 0 {
+                ignored = Some(IgnoredResult::NeverGiven);
+            }
+        } else {
+            let finished = {
+                let mut stmt = statement(conn, SQL_FINISH, &[&id, &channel, &uuid])?;
+                let mut rows = stmt.raw_query();
+                match rows.next()? {
+                    None => None,
+                    Some(r) => Some((r.get::<_, Value>(0)?, r.get::<_, Value>(1)?)),
+                }
+            };
+            if let Some((queued_at, sent_at)) = finished {
+                let request_type: String = {
+                    let mut stmt = statement(
+                        conn,
+                        SQL_RESULT,
+                        &[
+                            &id,
+                            &channel,
+                            &uuid,
+                            &o.status.as_str(),
+                            &o.result,
+                            &o.error_chain,
+                            &queued_at,
+                            &sent_at,
+                            &now,
+                        ],
+                    )?;
+                    let mut rows = stmt.raw_query();
+                    match rows.next()? {
+                        Some(r) => r.get(0)?,
+                        None => return Err(StoreError::NotFound(format!("command {uuid}"))),
+                    }
+                };
+                if let (true, Some(merge)) = (want_inventory, &x.inventory) {
+                    let merge = merge.as_ref();
+                    if let Some(digest) = merge_due(merge, &request_type, digests.as_deref()) {
+                        let current: Option<String> = {
+                            let mut stmt = statement(conn, SQL_READ_INVENTORY, &[&id])?;
+                            let mut rows = stmt.raw_query();
+                            match rows.next()? {
+                                Some(r) => r.get(0)?,
+                                None => None,
+                            }
+                        };
+                        let (document, digests) = merged(
+                            merge,
+                            &request_type,
+                            current.as_deref(),
+                            &digest,
+                            digests.as_deref(),
+                        )?;
+                        statement(conn, SQL_INVENTORY, &[&id, &document, &digests])?
+                            .raw_execute()?;
+                    }
+                }
+            } else {
+                let repeated = {
+                    let mut stmt = statement(conn, SQL_REPEATED, &[&id, &channel, &uuid])?;
+                    let mut rows = stmt.raw_query();
+                    rows.next()?.is_some()
+                };
+                ignored = Some(repeat_or_never(repeated));
+            }
+        }
+    }
+    if x.last_seen_is_stale(last_seen.as_deref().and_then(parse_time)) {
+        statement(conn, SQL_LAST_SEEN, &[&id, &now])?.raw_execute()?;
+    }
+    let next = if not_now {
+        None
+    } else {
+        let mut stmt = statement(conn, SQL_CLAIM_NEXT, &[&id, &channel, &now])?;
+        let mut rows = stmt.raw_query();
+        match rows.next()? {
+            None => None,
+            Some(r) => Some(NextCommand {
+                command_uuid: CommandUuid(r.get(0)?),
+                request_type: r.get(1)?,
+                payload: r.get(2)?,
+            }),
+        }
+    };
+    Ok(Exchanged::Done {
+        enrollment_id: id,
+        next,
+        ignored,
+    })
+}
