@@ -328,6 +328,25 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            /// Runs one `DELETE` of the row whose key is `$1` and writes its audit entry, in one
+            /// transaction; `NotFound(what)` when no row matched, and then nothing is written.
+            pub(crate) async fn delete_one_audited(
+                &self,
+                sql: &str,
+                key: &str,
+                what: String,
+                audit: &Audit,
+            ) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query(sql).bind(key).execute(&mut *tx).await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(what));
+                }
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             pub(crate) async fn write_audit(conn: &mut $conn, audit: &Audit) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO audit_log (at, actor, action, target, detail) \
@@ -519,17 +538,8 @@ macro_rules! impl_store {
             }
 
             async fn delete_attribute(&self, name: &str, audit: &Audit) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                let done = sqlx::query("DELETE FROM custom_attributes WHERE name = $1")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!("custom attribute {name}")));
-                }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                self.delete_one_audited("DELETE FROM custom_attributes WHERE name = $1", name, format!("custom attribute {name}"), audit)
+                    .await
             }
         }
 

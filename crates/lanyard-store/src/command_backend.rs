@@ -79,12 +79,13 @@ macro_rules! impl_command_store {
             ) -> Result<TargetSummary> {
                 Ok(sqlx::query_as(&format!(
                     "SELECT COUNT(*) AS matching, \
-                     COALESCE(SUM(CASE WHEN mode = $3 THEN 1 ELSE 0 END), 0) AS user_enrollments, \
+                     COALESCE(SUM(CASE WHEN mode = $4 THEN 1 ELSE 0 END), 0) AS user_enrollments, \
                      MIN(CASE WHEN user_channel_id IS NULL THEN id END) AS without_user_channel \
                      FROM enrollments {DEVICE_WHERE}"
                 ))
                 .bind(filter.status.map(EnrollmentStatus::as_str))
                 .bind(like_pattern(filter.search.as_deref()))
+                .bind(filter.declarations_failing)
                 .bind(EnrollmentMode::UserEnrollment)
                 .fetch_one(&self.pool)
                 .await?)
@@ -117,11 +118,12 @@ macro_rules! impl_command_store {
                 };
                 let targets = sqlx::query(&format!(
                     "INSERT INTO command_queue (enrollment_id, channel, command_uuid, status, \
-                     queued_at) SELECT id, $3, $4, $5, $6 FROM enrollments \
+                     queued_at) SELECT id, $4, $5, $6, $7 FROM enrollments \
                      {DEVICE_WHERE}{user_channel}"
                 ))
                 .bind(filter.status.map(EnrollmentStatus::as_str))
                 .bind(like_pattern(filter.search.as_deref()))
+                .bind(filter.declarations_failing)
                 .bind(channel)
                 .bind(&command.uuid)
                 .bind(CommandState::Queued)

@@ -375,17 +375,8 @@ macro_rules! impl_declaration_store {
             }
 
             async fn delete_declaration(&self, identifier: &str, audit: &Audit) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                let done = sqlx::query("DELETE FROM declarations WHERE identifier = $1")
-                    .bind(identifier)
-                    .execute(&mut *tx)
-                    .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!("declaration {identifier}")));
-                }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                self.delete_one_audited("DELETE FROM declarations WHERE identifier = $1", identifier, format!("declaration {identifier}"), audit)
+                    .await
             }
 
             async fn declaration(&self, identifier: &str) -> Result<Option<DeclarationRow>> {
@@ -457,17 +448,8 @@ macro_rules! impl_declaration_store {
             }
 
             async fn delete_declaration_set(&self, name: &str, audit: &Audit) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                let done = sqlx::query("DELETE FROM declaration_sets WHERE name = $1")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!("declaration set {name}")));
-                }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                self.delete_one_audited("DELETE FROM declaration_sets WHERE name = $1", name, format!("declaration set {name}"), audit)
+                    .await
             }
 
             async fn declaration_set(&self, name: &str) -> Result<Option<DeclarationSetRow>> {

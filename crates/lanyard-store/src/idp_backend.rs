@@ -217,17 +217,13 @@ macro_rules! impl_idp_store {
             }
 
             async fn delete_identity_provider(&self, name: &str, audit: &Audit) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                let done = sqlx::query("DELETE FROM identity_providers WHERE name = $1")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!("identity provider {name}")));
-                }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                self.delete_one_audited(
+                    "DELETE FROM identity_providers WHERE name = $1",
+                    name,
+                    format!("identity provider {name}"),
+                    audit,
+                )
+                .await
             }
 
             async fn create_oidc_sign_in(&self, s: &OidcSignIn) -> Result<()> {

@@ -135,7 +135,9 @@ pub(crate) fn like_pattern(s: Option<&str>) -> String {
     out
 }
 
-/// THE device search's condition: `$1` the status (or NULL), `$2` the [`like_pattern`].
+/// THE device search's condition: `$1` the status (or NULL), `$2` the [`like_pattern`], `$3`
+/// whether only devices with a failing declaration match. Every statement that uses it binds
+/// these three first.
 pub(crate) const DEVICE_WHERE: &str =
     "WHERE ($1 IS NULL OR status = $1) AND (LOWER(managed_apple_id) \
      LIKE $2 ESCAPE '\\' OR LOWER(COALESCE(model_family, '')) LIKE $2 ESCAPE '\\' \

@@ -6,12 +6,12 @@
 //! `/portal/abm/{name}/progress`) until it is done, then its result.
 //! Every change goes through `AbmService`, which checks roles and writes the audit lines.
 
-use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use serde::Deserialize;
 
 use axum::Json;
@@ -20,7 +20,7 @@ use serde_json::json;
 use lanyard_core::abm::MAX_TOKEN_FILE;
 
 use super::{
-    change_form, describe, error_page, layout, message_page, notice, or_dash, session, when, Nav,
+    describe, error_page, layout, message_page, notice, or_dash, session, when, ChangeForm, Nav,
     Notice, Session, Viewer,
 };
 use crate::html::{html, qv, see_other};
@@ -196,15 +196,7 @@ async fn tokens_page(
     layout(sess, status, Nav::Abm, "Apple Business Manager", body)
 }
 
-async fn new_key_pair(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn new_key_pair(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -> Response {
     let name = f.get("name").trim().to_string();
     match s.abm.new_token(&sess.actor, &name).await {
         Ok(_) => see_other(&format!("/portal/abm?done=created&name={}", qv(&name))),
@@ -319,14 +311,9 @@ async fn upload(
 
 async fn make_default(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, _): ChangeForm,
 ) -> Response {
-    let (sess, _) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     match s.abm.set_default(&sess.actor, &name).await {
         Ok(_) => see_other(&format!("/portal/abm?done=default&name={}", qv(&name))),
         Err(e) => {
@@ -338,14 +325,9 @@ async fn make_default(
 
 async fn sync(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, _): ChangeForm,
 ) -> Response {
-    let (sess, _) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     // The sync runs in the background (holding the token's lease); the page shows its progress.
     match s.abm.start_sync(&sess.actor, &name).await {
         Ok(_) => see_other(&format!("/portal/abm?done=sync&name={}", qv(&name))),

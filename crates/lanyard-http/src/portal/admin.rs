@@ -1,12 +1,12 @@
 //! Portal pages for administration: users (list, add, disable, reset password), enrollment
 //! settings and custom attribute definitions, the APNs certificate, and the audit log.
 
-use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -22,8 +22,8 @@ use lanyard_core::CoreError;
 use lanyard_store::{AuditSearch, ListQuery};
 
 use super::{
-    change_form, describe, enabled_field, error_page, layout, message_page, notice, or_dash,
-    page_number, pager, session, when, Fields, Nav, Notice, Session, Viewer, PAGE_SIZE,
+    describe, enabled_field, error_page, layout, message_page, notice, or_dash, page_number, pager,
+    session, when, ChangeForm, Fields, Nav, Notice, Session, Viewer, PAGE_SIZE,
 };
 use crate::html::{html, qv, see_other};
 use crate::AppState;
@@ -211,15 +211,7 @@ fn some(v: &str) -> Option<String> {
     Some(v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
-async fn add_user(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn add_user(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -> Response {
     let input = CreateUser {
         email: f.get("email").to_string(),
         display_name: some(f.get("display_name")),
@@ -275,14 +267,9 @@ async fn user_change(
 
 async fn set_enabled(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<i64>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let enabled = match enabled_field(&sess, &f) {
         Ok(e) => e,
         Err(r) => return r,
@@ -297,14 +284,9 @@ async fn set_enabled(
 
 async fn reset_password(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<i64>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let input = UpdateUser {
         password: Some(f.get("password").to_string()),
         ..UpdateUser::default()
@@ -507,15 +489,7 @@ fn settings_patch(f: &Fields) -> Result<SettingsPatch, CoreError> {
     })
 }
 
-async fn save_settings(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn save_settings(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -> Response {
     let result = match settings_patch(&f) {
         Ok(patch) => s
             .lanyard
@@ -534,15 +508,7 @@ async fn save_settings(
     }
 }
 
-async fn define_attribute(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn define_attribute(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -> Response {
     let choices: Vec<String> = f
         .get("choices")
         .split(',')
@@ -582,15 +548,7 @@ async fn define_attribute(
     }
 }
 
-async fn delete_attribute(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn delete_attribute(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -> Response {
     match s.lanyard.delete_attribute(&sess.actor, f.get("name")).await {
         Ok(()) => see_other("/portal/settings?done=deleted"),
         Err(e) => {
@@ -886,13 +844,8 @@ async fn upload_apns(
 /// Step 1 of the APNs page: a new pending push key and CSR.
 async fn create_apns_request(
     State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, _): ChangeForm,
 ) -> Response {
-    let (sess, _) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     match s
         .lanyard
         .create_push_request(&sess.actor, &s.secrets, None)
@@ -1021,15 +974,7 @@ async fn sign_apns_request(
 
 /// Step 2 through the signing service: a new request goes to the service, which emails the
 /// signed request file, encrypted.
-async fn send_apns_request(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn send_apns_request(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -> Response {
     match s
         .lanyard
         .request_push_signing(

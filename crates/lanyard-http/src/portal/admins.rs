@@ -4,18 +4,18 @@
 //! (`lanyard_core::admins`), which audits it and refuses to disable or remove the last enabled
 //! Administrator.
 
-use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use serde::Deserialize;
 
 use lanyard_core::admins::Role;
 
 use super::{
-    change_form, describe, enabled_field, error_page, layout, notice, Fields, Nav, Notice, Session,
+    describe, enabled_field, error_page, layout, notice, ChangeForm, Fields, Nav, Notice, Session,
     Viewer,
 };
 use crate::auth::{cookie, SESSION_COOKIE};
@@ -177,15 +177,7 @@ async fn after(
     }
 }
 
-async fn add_admin(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn add_admin(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -> Response {
     let role: Role = match lanyard_core::admins::parse_role(f.get("role")) {
         Ok(r) => r,
         Err(e) => {
@@ -205,12 +197,8 @@ async fn set_password(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     // The session that asked stays signed in when it changes its own password.
     let own = cookie(&headers, SESSION_COOKIE);
     let outcome = s
@@ -223,28 +211,18 @@ async fn set_password(
 
 async fn unlock(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, _): ChangeForm,
 ) -> Response {
-    let (sess, _) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let outcome = s.lanyard.unlock_admin(&sess.actor, &name).await.map(|_| ());
     after(&s, &sess, outcome, "unlocked", &Fields(Vec::new())).await
 }
 
 async fn set_enabled(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let enabled = match enabled_field(&sess, &f) {
         Ok(e) => e,
         Err(r) => return r,
@@ -260,14 +238,9 @@ async fn set_enabled(
 
 async fn remove(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, _): ChangeForm,
 ) -> Response {
-    let (sess, _) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let outcome = s.lanyard.remove_admin(&sess.actor, &name).await;
     after(&s, &sess, outcome, "removed", &Fields(Vec::new())).await
 }

@@ -6,12 +6,12 @@
 //! `lanyard_core::declarations::DeclarationService`, like the admin API and the CLI, which
 //! refuses read-only administrators and writes the audit log.
 
-use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -21,7 +21,7 @@ use lanyard_core::declarations::{
 use lanyard_core::CoreError;
 
 use super::{
-    change_form, describe, error_page, layout, message_page, notice, Fields, Nav, Notice, Session,
+    describe, error_page, layout, message_page, notice, ChangeForm, Fields, Nav, Notice, Session,
     Viewer,
 };
 use crate::api::declarations::{summaries, DeclarationSummary};
@@ -404,15 +404,7 @@ fn set_section(sess: &Session, set: &SetView, declarations: &[DeclarationSummary
     }
 }
 
-async fn create(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn create(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -> Response {
     let typed = Typed::from_form(&f);
     let payload = match payload_of(&typed) {
         Ok(p) => p,
@@ -509,14 +501,9 @@ fn edit_page(
 
 async fn update(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(identifier): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let current = match s.declarations.get(&identifier).await {
         Ok(d) => d,
         Err(e) => return error_page(Some(&sess), e),
@@ -580,27 +567,14 @@ async fn after(
 
 async fn remove(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(identifier): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, _): ChangeForm,
 ) -> Response {
-    let (sess, _) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let r = s.declarations.delete(&sess.actor, &identifier).await;
     after(&s, &sess, r, "removed", &identifier).await
 }
 
-async fn create_set(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn create_set(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -> Response {
     let name = f.get("name").trim().to_string();
     let r = s
         .declarations
@@ -612,28 +586,18 @@ async fn create_set(
 
 async fn remove_set(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, _): ChangeForm,
 ) -> Response {
-    let (sess, _) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let r = s.declarations.delete_set(&sess.actor, &name).await;
     after(&s, &sess, r, "set-removed", &name).await
 }
 
 async fn add_member(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let r = s
         .declarations
         .add_to_set(&sess.actor, &name, f.get("identifier"))
@@ -644,14 +608,9 @@ async fn add_member(
 
 async fn remove_member(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let r = s
         .declarations
         .remove_from_set(&sess.actor, &name, f.get("identifier"))
@@ -662,14 +621,9 @@ async fn remove_member(
 
 async fn assign(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let r = match target_of(&f) {
         Ok(to) => s
             .declarations
@@ -683,14 +637,9 @@ async fn assign(
 
 async fn unassign(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let r = match target_of(&f) {
         Ok(to) => s
             .declarations

@@ -2,12 +2,12 @@
 //! attributes, command history and results, send a command, unenroll) and a command's progress
 //! across its targets.
 
-use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -19,7 +19,7 @@ use lanyard_core::CoreError;
 use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentStatus};
 
 use super::{
-    change_form, error_page, layout, message_page, notice, or_dash, page_number, pager, when, Nav,
+    error_page, layout, message_page, notice, or_dash, page_number, pager, when, ChangeForm, Nav,
     Notice, Session, Viewer, PAGE_SIZE,
 };
 use crate::html::{html, qv, see_other, Markup};
@@ -674,14 +674,9 @@ fn declarative_section(st: &lanyard_core::declarations::EnrollmentDeclarativeSta
 
 async fn device_command(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let spec = match command_spec(f.get("command"), f.get("raw"))
         .and_then(|spec| channel(f.get("channel")).map(|c| (spec, c)))
     {
@@ -718,14 +713,9 @@ async fn device_command(
 
 async fn unenroll(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     if !f.checked("confirm") {
         return device_page(
             &s,
@@ -755,14 +745,9 @@ struct BulkQuery {
 
 async fn bulk_command(
     State(s): State<AppState>,
-    headers: HeaderMap,
     q: Result<Query<BulkQuery>, QueryRejection>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let search = q.map(|Query(q)| q.search).unwrap_or_default();
     let spec = match command_spec(f.get("command"), f.get("raw"))
         .and_then(|spec| channel(f.get("channel")).map(|c| (spec, c)))

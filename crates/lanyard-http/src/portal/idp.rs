@@ -5,12 +5,12 @@
 //! one, and removing one after a confirmation. Every change goes through the same `Lanyard`
 //! methods as the admin API, which check roles, validate and write the audit lines.
 
-use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use serde::Deserialize;
 
 use lanyard_core::identity_providers::{
@@ -18,7 +18,7 @@ use lanyard_core::identity_providers::{
 };
 
 use super::{
-    change_form, describe, error_page, layout, notice, Fields, Nav, Notice, Session, Viewer,
+    describe, error_page, layout, notice, ChangeForm, Fields, Nav, Notice, Session, Viewer,
 };
 use crate::html::{html, qv, see_other, Markup};
 use crate::AppState;
@@ -236,15 +236,7 @@ async fn list_page(
     )
 }
 
-async fn create(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn create(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -> Response {
     let typed = Typed::from_form(&f);
     let input = CreateIdentityProvider {
         name: typed.name.clone(),
@@ -330,14 +322,9 @@ async fn edit_page(
 
 async fn update(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let mut typed = Typed::from_form(&f);
     typed.name = name.clone();
     let input = UpdateIdentityProvider {
@@ -379,14 +366,9 @@ async fn update(
 
 async fn set_enabled(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let enabled = match f.get("enabled") {
         "on" => true,
         "off" => false,
@@ -434,14 +416,9 @@ async fn set_enabled(
 
 async fn remove(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+    ChangeForm(sess, f): ChangeForm,
 ) -> Response {
-    let (sess, f) = match change_form(&s, &headers, form).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     if !f.checked("confirm") {
         return edit_page(
             &s,

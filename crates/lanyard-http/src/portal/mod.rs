@@ -25,7 +25,7 @@ mod idp;
 use std::net::SocketAddr;
 
 use axum::extract::rejection::{ExtensionRejection, FormRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -175,6 +175,22 @@ pub(crate) async fn change_form(
     let f = fields(&sess, form)?;
     sess.check_csrf(f.get("csrf"))?;
     Ok((sess, f))
+}
+
+/// [`change_form`] as an extractor, for the handlers of forms that change something: the live
+/// session and the checked fields, or the page to answer with instead. It reads the body, so
+/// it is the handler's last argument.
+pub(crate) struct ChangeForm(pub Session, pub Fields);
+
+impl FromRequest<AppState> for ChangeForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, s: &AppState) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        let form = Form::<Vec<(String, String)>>::from_request(req, s).await;
+        let (sess, f) = change_form(s, &headers, form).await?;
+        Ok(ChangeForm(sess, f))
+    }
 }
 
 fn see_other_err<T>(location: &str) -> Result<T, Response> {
