@@ -182,6 +182,43 @@ try {
   await shot(page, "abm");
   console.log("token uploaded as default and synced");
 
+  // Declarations: a payload Apple's schema refuses is explained under its field and the typed
+  // values are kept; the corrected one is added, a set made and the declaration put in it.
+  await page.getByRole("link", { name: "Declarations" }).click();
+  await page.locator("#decl_type").fill("com.apple.configuration.account.exchange");
+  await page.locator("#decl_identifier").fill("work-mail");
+  await page
+    .locator("#decl_payload")
+    .fill('{"VisibleName": "Work mail", "EnabledProtocolTypes": ["EWS"], "HostName": 42}');
+  await page.locator("#add-declaration").getByRole("button", { name: "Add declaration" }).click();
+  const payloadError = page.locator("#payload-error");
+  await payloadError.waitFor();
+  const payloadWhy = (await payloadError.textContent()).trim();
+  check(payloadWhy.includes("HostName"), `refusal names the key: ${payloadWhy}`);
+  check(
+    (await page.locator("#decl_payload").getAttribute("aria-invalid")) === "true",
+    "payload marked invalid",
+  );
+  check((await page.locator("#decl_identifier").inputValue()) === "work-mail", "identifier kept");
+  await page.locator("#decl_payload").fill(
+    '{"VisibleName": "Work mail", "EnabledProtocolTypes": ["EWS"], "HostName": "mail.example.com"}',
+  );
+  await page.locator("#add-declaration").getByRole("button", { name: "Add declaration" }).click();
+  check((await message(page)) === "Declaration work-mail added.", "declaration added");
+  await page.locator("#set_name").fill("work");
+  await page.getByRole("button", { name: "Add set" }).click();
+  check((await message(page)) === "Set work added.", "set added");
+  await page.locator("#member-work").selectOption("work-mail");
+  await page.locator("section[data-set=work]").getByRole("button", { name: "Add to set" }).click();
+  check((await message(page)) === "Set work saved.", "member added");
+  check(
+    (await page.locator("section[data-set=work] tr[data-member=work-mail]").count()) === 1,
+    "the set lists its member",
+  );
+  await accessible(page, "declarations");
+  await shot(page, "declarations");
+  console.log("declaration refused, corrected, added and put in a set");
+
   // The simulated Mac enrolls; it is listed as a User Enrollment.
   const enrollmentId = await step("enroll");
   await page.getByRole("link", { name: "Devices" }).click();
