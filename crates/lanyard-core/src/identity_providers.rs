@@ -257,12 +257,7 @@ impl Lanyard {
             .store()
             .create_identity_provider(&p, &audit)
             .await
-            .map_err(|e| match e {
-                StoreError::Conflict(_) => {
-                    CoreError::Conflict(format!("an identity provider named {name} already exists"))
-                }
-                other => other.into(),
-            })?;
+            .map_err(|e| CoreError::creating(format!("an identity provider named {name}"), e))?;
         Ok(row.into())
     }
 
