@@ -25,8 +25,15 @@ fn lease_lost(name: &str) -> StoreError {
     ))
 }
 
+/// Before the default for account-driven enrollment moves, the rows it may move between are
+/// locked in one order, so two moves at once wait for each other instead of both clearing the
+/// others and then meeting at the partial unique index (a conflict or a deadlock). SQLite needs
+/// no statement: its write transactions begin `IMMEDIATE` and so run one at a time.
+const LOCK_TOKENS_POSTGRES: Option<&str> =
+    Some("SELECT id FROM server_tokens ORDER BY id FOR UPDATE");
+
 macro_rules! impl_abm_store {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $lock_tokens:expr) => {
         impl $store {
             async fn token_id(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -45,6 +52,9 @@ macro_rules! impl_abm_store {
                 id: i64,
                 at: DateTime<Utc>,
             ) -> Result<()> {
+                if let Some(lock) = $lock_tokens {
+                    sqlx::query(lock).execute(&mut *conn).await?;
+                }
                 sqlx::query(
                     "UPDATE server_tokens SET is_default_account_driven = FALSE, \
                      updated_at = $2 WHERE is_default_account_driven AND id <> $1",
@@ -66,7 +76,7 @@ macro_rules! impl_abm_store {
                 key_sealed: &[u8],
                 audit: &Audit,
             ) -> Result<AbmToken> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let at = now();
                 let row: AbmToken = sqlx::query_as(&format!(
                     "INSERT INTO server_tokens (name, cert_pem, key_sealed, created_at, \
@@ -113,7 +123,7 @@ macro_rules! impl_abm_store {
                 up: &AbmTokenUpload,
                 audit: &Audit,
             ) -> Result<AbmToken> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let at = now();
                 let id = Self::token_id(&mut tx, name).await?;
                 if up.make_default {
@@ -146,7 +156,7 @@ macro_rules! impl_abm_store {
                 name: &str,
                 audit: &Audit,
             ) -> Result<AbmToken> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let at = now();
                 let id = Self::token_id(&mut tx, name).await?;
                 Self::clear_other_defaults(&mut tx, id, at).await?;
@@ -211,7 +221,7 @@ macro_rules! impl_abm_store {
                 cursor: &str,
                 at: DateTime<Utc>,
             ) -> Result<u64> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let id: Option<i64> = sqlx::query_scalar(
                     "UPDATE server_tokens SET sync_cursor = $3 \
                      WHERE name = $1 AND lease_owner = $2 RETURNING id",
@@ -333,7 +343,7 @@ macro_rules! impl_abm_store {
             }
 
             async fn delete_abm_token(&self, name: &str, audit: &Audit) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let id = Self::token_id(&mut tx, name).await?;
                 sqlx::query("DELETE FROM abm_devices WHERE token_id = $1")
                     .bind(id)
@@ -349,5 +359,5 @@ macro_rules! impl_abm_store {
     };
 }
 
-impl_abm_store!(SqliteStore, sqlx::Sqlite);
-impl_abm_store!(PostgresStore, sqlx::Postgres);
+impl_abm_store!(SqliteStore, sqlx::Sqlite, None::<&str>);
+impl_abm_store!(PostgresStore, sqlx::Postgres, LOCK_TOKENS_POSTGRES);

@@ -34,6 +34,10 @@ pub struct PostgresStore {
     pub(crate) pool: PgPool,
 }
 
+/// Each read connection's page cache, in KiB (SQLite's default is 2,000). The exchange's writer
+/// connection keeps SQLite's default.
+const SQLITE_PAGE_CACHE_KIB: u32 = 512;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -96,10 +100,20 @@ impl SqliteStore {
             return Err(StoreError::NotFound(path.display().to_string()));
         }
         private_database_files(path)?;
+        // The read pool. The command exchange writes on its own thread (`sqlite_writer.rs`)
+        // and other writes take `write_gate`, so these connections mostly read: four are
+        // enough for two cores, and each is a thread of sqlx's with its own malloc arena and
+        // page cache. An idle connection is closed after a minute and its thread ends, so an
+        // idle server holds one.
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(4)
+            .min_connections(1)
+            .idle_timeout(Some(Duration::from_secs(60)))
             .acquire_timeout(settings.acquire_timeout)
-            .connect_with(opts.clone())
+            .connect_with(
+                opts.clone()
+                    .pragma("cache_size", format!("-{SQLITE_PAGE_CACHE_KIB}")),
+            )
             .await?;
         let writer = crate::sqlite_writer::SqliteWriter::start(opts.get_filename()).await?;
         Ok(Self {
@@ -107,6 +121,17 @@ impl SqliteStore {
             write_gate: Default::default(),
             writer: std::sync::Arc::new(writer),
         })
+    }
+
+    /// Begins a transaction that will write: `BEGIN IMMEDIATE`, which takes SQLite's write lock
+    /// at once (waiting up to the busy timeout for it). A deferred transaction that reads
+    /// first and writes later can instead fail at once with "database is locked" when another
+    /// connection wrote in between (SQLite, "Isolation In SQLite"; `BEGIN` documentation: a
+    /// deferred transaction's upgrade to a write transaction may return `SQLITE_BUSY`).
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
     /// Applies the SQLite migrations that are not applied yet.
@@ -184,6 +209,14 @@ impl PostgresStore {
             .connect_with(opts)
             .await?;
         Ok(Self { pool })
+    }
+
+    /// Begins a transaction that will write (PostgreSQL's default isolation; row locks are
+    /// taken by the statements themselves).
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.pool.begin().await
     }
 
     /// Applies the PostgreSQL migrations that are not applied yet (safe to race: sqlx takes an
@@ -355,7 +388,7 @@ macro_rules! impl_store {
                 missing: impl FnOnce() -> StoreError + Send,
                 audit: &Audit,
             ) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 if change.execute(&mut *tx).await?.rows_affected() == 0 {
                     return Err(missing());
                 }
@@ -373,7 +406,7 @@ macro_rules! impl_store {
             where
                 T: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
             {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let row = change.fetch_optional(&mut *tx).await?.ok_or_else(missing)?;
                 Self::commit_audited(tx, audit).await?;
                 Ok(row)
@@ -418,7 +451,7 @@ macro_rules! impl_store {
         #[async_trait]
         impl UserStore for $store {
             async fn create_user(&self, user: &NewUser, audit: &Audit) -> Result<User> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let at = now();
                 let row: User = sqlx::query_as(&format!(
                     "INSERT INTO users (email, display_name, password_hash, managed_apple_id, \
@@ -518,7 +551,7 @@ macro_rules! impl_store {
             }
 
             async fn put_setting(&self, name: &str, value: &str, audit: &Audit) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) \
                      ON CONFLICT (name) DO UPDATE SET value = excluded.value, \
@@ -543,7 +576,7 @@ macro_rules! impl_store {
                 choices_json: &str,
                 audit: &Audit,
             ) -> Result<CustomAttributeRow> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let row: CustomAttributeRow = sqlx::query_as(
                     "INSERT INTO custom_attributes (name, kind, required, choices, created_at) \
                      VALUES ($1, $2, $3, $4, $5) \
@@ -596,7 +629,7 @@ macro_rules! impl_store {
                 role: Role,
                 audit: &Audit,
             ) -> Result<Admin> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let row: Admin = sqlx::query_as(&format!(
                     "INSERT INTO admins (username, password_hash, role, enabled, failed_logins, \
                      created_at) VALUES ($1, $2, $3, TRUE, 0, $4) RETURNING {ADMIN_COLUMNS}"
@@ -650,7 +683,7 @@ macro_rules! impl_store {
                 keep_session: Option<&str>,
                 audit: &Audit,
             ) -> Result<u64> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let done = sqlx::query("UPDATE admins SET password_hash = $2 WHERE id = $1")
                     .bind(id)
                     .bind(password_hash)
@@ -679,7 +712,7 @@ macro_rules! impl_store {
                 protected_role: Role,
                 audit: &Audit,
             ) -> Result<Option<Admin>> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 Self::lock_protected_admins(&mut tx, protected_role).await?;
                 let row: Option<Admin> = sqlx::query_as(&format!(
                     "UPDATE admins SET enabled = $2 WHERE id = $1 AND ({} OR $2) \
@@ -711,7 +744,7 @@ macro_rules! impl_store {
                 protected_role: Role,
                 audit: &Audit,
             ) -> Result<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 Self::lock_protected_admins(&mut tx, protected_role).await?;
                 // Sessions and API tokens go with the row (ON DELETE CASCADE).
                 let done = sqlx::query(&format!(
@@ -738,7 +771,7 @@ macro_rules! impl_store {
                 expires_at: Option<DateTime<Utc>>,
                 audit: &Audit,
             ) -> Result<ApiToken> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let row: ApiToken = sqlx::query_as(&format!(
                     "INSERT INTO api_tokens (admin_id, name, token_hash, created_at, expires_at, \
                      revoked) VALUES ($1, $2, $3, $4, $5, FALSE) RETURNING {API_TOKEN_COLUMNS}"
@@ -899,7 +932,7 @@ macro_rules! impl_store {
                 account: &str,
                 audit: &Audit,
             ) -> Result<u64> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let gone =
                     sqlx::query("DELETE FROM sign_in_throttle WHERE kind = $1 AND account = $2")
                         .bind(kind.as_str())
@@ -981,7 +1014,7 @@ macro_rules! impl_store {
             }
 
             async fn put_pki(&self, m: &PkiMaterial, audit: &Audit) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 Self::upsert_pki(&mut tx, m).await?;
                 Self::commit_audited(tx, audit).await
             }
@@ -1028,7 +1061,7 @@ macro_rules! impl_store {
             }
 
             async fn put_pending_pki(&self, rows: &[PkiMaterial], audit: &Audit) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 for m in rows {
                     sqlx::query(
                         "INSERT INTO pki_pending (name, pem, key_sealed, created_at) \
@@ -1052,7 +1085,7 @@ macro_rules! impl_store {
                 m: &PkiMaterial,
                 audit: &Audit,
             ) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 for (i, name) in pending.iter().enumerate() {
                     let gone = sqlx::query("DELETE FROM pki_pending WHERE name = $1")
                         .bind(name)

@@ -50,7 +50,7 @@ macro_rules! impl_command_store {
                 targets: &[(EnrollmentId, Channel)],
                 audit: &Audit,
             ) -> Result<u64> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let at = now();
                 Self::insert_command(&mut tx, command, at).await?;
                 let mut queued = 0;
@@ -109,7 +109,7 @@ macro_rules! impl_command_store {
                 channel: Channel,
                 audit: &Audit,
             ) -> Result<QueuedMatching> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let at = now();
                 Self::insert_command(&mut tx, command, at).await?;
                 let user_channel = if channel == Channel::User {
@@ -213,7 +213,7 @@ macro_rules! impl_command_store {
                     }
                     return Ok("not_now".into());
                 }
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
                     "DELETE FROM command_queue WHERE enrollment_id = $1 AND channel = $2 \
                      AND command_uuid = $3 AND status = 'sent' RETURNING queued_at, sent_at",

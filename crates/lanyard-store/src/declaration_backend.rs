@@ -318,7 +318,7 @@ macro_rules! impl_declaration_store {
                 d: &NewDeclaration,
                 audit: &Audit,
             ) -> Result<DeclarationRow> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let at = now();
                 let row: DeclarationRow = sqlx::query_as(&format!(
                     "INSERT INTO declarations (identifier, declaration_type, kind, payload, \
@@ -393,7 +393,7 @@ macro_rules! impl_declaration_store {
                 description: &str,
                 audit: &Audit,
             ) -> Result<DeclarationSetRow> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let row: DeclarationSetRow = sqlx::query_as(&format!(
                     "INSERT INTO declaration_sets (name, description, created_at, updated_at) \
                      VALUES ($1, $2, $3, $3) RETURNING {SET_COLUMNS}"
@@ -456,7 +456,7 @@ macro_rules! impl_declaration_store {
                 identifier: &str,
                 audit: &Audit,
             ) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let set_id = Self::set_id(&mut tx, set).await?;
                 let declaration_id = Self::declaration_id(&mut tx, identifier).await?;
                 let done = sqlx::query(
@@ -526,7 +526,7 @@ macro_rules! impl_declaration_store {
                 target: &AssignmentTarget,
                 audit: &Audit,
             ) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let set_id = Self::set_id(&mut tx, set).await?;
                 let (user_id, enrollment_id) = match target {
                     AssignmentTarget::User(u) => {
@@ -642,7 +642,7 @@ macro_rules! impl_declaration_store {
                 report: &StatusReportRecord,
                 now: DateTime<Utc>,
             ) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 for (name, value) in &report.items {
                     sqlx::query(
                         "INSERT INTO status_items (enrollment_id, name, value, updated_at) \

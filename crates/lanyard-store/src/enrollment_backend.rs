@@ -142,7 +142,7 @@ macro_rules! impl_enrollment_store {
             async fn create_enrollment(&self, e: &NewEnrollment) -> Result<Enrollment> {
                 let ids = e.profile_ids.as_ref();
                 let created = now();
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 if let Some(token) = &e.bearer_token_hash {
                     // The access token the profile is issued for is claimed with the enrollment:
                     // both or neither.
@@ -361,7 +361,7 @@ macro_rules! impl_enrollment_store {
                 at: DateTime<Utc>,
                 audit: &Audit,
             ) -> Result<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let claimed = sqlx::query(
                     "UPDATE enrollments SET renewal_challenge_hash = $2, \
                      renewal_challenge_expires_at = $3, renewal_command_uuid = $4, \
@@ -502,7 +502,7 @@ macro_rules! impl_enrollment_store {
             async fn record_checkout(&self, id: &str, now: DateTime<Utc>) -> Result<Enrollment> {
                 // The enrollment ends and its queue goes in one transaction: a crash between
                 // the two can leave neither a live queue for a dead enrollment nor the reverse.
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let row: Option<Enrollment> = sqlx::query_as(&format!(
                     "UPDATE enrollments SET status = 'checked_out', checked_out_at = $2, \
                      last_seen_at = $2, device_push_token = NULL, device_push_magic = NULL, \
@@ -535,7 +535,7 @@ macro_rules! impl_enrollment_store {
                 token_hash: &str,
                 now: DateTime<Utc>,
             ) -> Result<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let claimed: Option<String> = sqlx::query_scalar(
                     "UPDATE access_tokens SET used_at = $3 WHERE token_hash = $1 \
                      AND user_id = $2 AND used_at IS NULL AND expires_at > $3 \

@@ -122,7 +122,7 @@ macro_rules! impl_idp_store {
                 p: &NewIdentityProvider,
                 audit: &Audit,
             ) -> Result<IdentityProviderRow> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let at = now();
                 let row: IdentityProviderRow = sqlx::query_as(&format!(
                     "INSERT INTO identity_providers (name, display_name, issuer, client_id, \

@@ -129,6 +129,7 @@ conformance!(
     device_writes_are_bounded,
     listing_audit_by_date_range,
     abm_token_default_moves,
+    concurrent_changes_all_land,
     abm_token_pages_and_renewal,
     abm_token_sync_lease_is_exclusive,
     command_exchange_in_one_transaction,
@@ -3081,6 +3082,45 @@ fn abm_device(serial: &str, model: &str, op: Option<&str>) -> AbmDevice {
         assigned_date: Some("2026-01-01T00:00:00Z".into()),
         op_type: op.map(String::from),
     }
+}
+
+/// Changes that read before they write, run at once from many tasks, all land: none fails
+/// with "database is locked" (on SQLite a deferred transaction that reads and then writes can
+/// fail at once when another connection wrote in between; Lanyard's write transactions take
+/// the write lock first).
+async fn concurrent_changes_all_land(s: &dyn Store) {
+    for n in ["a", "b"] {
+        s.create_abm_token(n, "PEM", b"key", &audit("server_token.create", n))
+            .await
+            .unwrap();
+    }
+    let uploads = (0..24).map(|i| {
+        let name = if i % 2 == 0 { "a" } else { "b" };
+        let secret = format!("s{i}");
+        async move {
+            s.upload_abm_token(
+                name,
+                &token_upload(secret.as_bytes(), i % 3 == 0),
+                &audit("server_token.upload", name),
+            )
+            .await
+        }
+    });
+    for (i, r) in futures::future::join_all(uploads)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert!(r.is_ok(), "upload {i}: {r:?}");
+    }
+    let defaults = s
+        .list_abm_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.is_default_account_driven)
+        .count();
+    assert_eq!(defaults, 1, "one default for account-driven enrollment");
 }
 
 async fn abm_token_default_moves(s: &dyn Store) {
