@@ -20,8 +20,9 @@
 //!   the assets they reference, the default status subscriptions, and an activation for each
 //!   configuration no administrator's activation names.
 //! - **When.** A Mac is told to synchronise (the `DeclarativeManagement` command, then a push)
-//!   when what it should hold changes, and at its first user-channel `TokenUpdate` when any
-//!   set reaches it ([`start`]). A Mac no set reaches is not put under declarative management.
+//!   when what it should hold changes, and at its first user-channel `TokenUpdate` ([`start`]):
+//!   every User Enrollment Mac then, so it reports its status items from the start; a Mac
+//!   enrolled another way only when a set reaches it.
 //! - **Channel.** On macOS a User Enrollment's account configurations are user-scoped only
 //!   (e.g. `account.exchange.yaml`: `allowed-scopes: [user]`), and every type a macOS User
 //!   Enrollment may receive allows the user scope, so Lanyard manages a Mac's declarations on
@@ -42,8 +43,8 @@ use lanyard_proto::declaration as schema;
 pub use lanyard_store::DeclarationKind;
 use lanyard_store::{
     AssignmentTarget, Audit, Channel, DeclarationChange, DeclarationRow, DeclarationStatusCount,
-    DeclarationStatusRecord, DeclarationValidity, Enrollment, EnrollmentId, NewDeclaration,
-    StatusReportRecord,
+    DeclarationStatusRecord, DeclarationValidity, Enrollment, EnrollmentId, EnrollmentMode,
+    NewDeclaration, StatusReportRecord,
 };
 
 use crate::commands::{CommandChannel, CommandSpec, CommandTarget};
@@ -1179,17 +1180,21 @@ pub async fn synchronise(
     Ok(n)
 }
 
-/// Starts declarative management for a Mac whose user channel just checked in, when any set
-/// reaches it (its person's, every User Enrollment Mac's, or its own): the
-/// `DeclarativeManagement` command is queued and pushed. A Mac no set reaches is left alone
-/// until one does (the assignment then tells it to synchronise); from its first
-/// synchronisation on it holds Lanyard's default status subscriptions too.
+/// Starts declarative management for a User Enrollment Mac whose user channel just checked in:
+/// the `DeclarativeManagement` command is queued and pushed, so from its first synchronisation
+/// on the Mac holds Lanyard's default status subscriptions ([`DEFAULT_STATUS_ITEMS`]) and
+/// whatever sets reach it. Apple's `DeclarativeManagement` command
+/// (`../shared/apple-schema/mdm/commands/declarativemanagement.yaml`) is allowed in User
+/// Enrollment on macOS, on the user channel. A Mac enrolled another way is
+/// put under declarative management only when a set reaches it (the assignment then tells it
+/// to synchronise).
 pub async fn start(lanyard: &Lanyard, enrollment: Enrollment) -> Result<u64> {
-    if lanyard
-        .store()
-        .declarations_for_enrollment(&enrollment.id)
-        .await?
-        .is_empty()
+    if enrollment.mode != EnrollmentMode::UserEnrollment
+        && lanyard
+            .store()
+            .declarations_for_enrollment(&enrollment.id)
+            .await?
+            .is_empty()
     {
         return Ok(0);
     }

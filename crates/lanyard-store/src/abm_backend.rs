@@ -19,6 +19,12 @@ fn no_token(name: &str) -> StoreError {
     StoreError::NotFound(format!("server token `{name}`"))
 }
 
+fn lease_lost(name: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "this process no longer holds the sync lease of `{name}`"
+    ))
+}
+
 macro_rules! impl_abm_store {
     ($store:ty, $db:ty) => {
         impl $store {
@@ -31,6 +37,23 @@ macro_rules! impl_abm_store {
                     .fetch_optional(&mut *conn)
                     .await?
                     .ok_or_else(|| no_token(name))
+            }
+
+            /// Takes the default for account-driven enrollment from every token but `id`.
+            async fn clear_other_defaults(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: i64,
+                at: DateTime<Utc>,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE server_tokens SET is_default_account_driven = FALSE, \
+                     updated_at = $2 WHERE is_default_account_driven AND id <> $1",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
             }
         }
 
@@ -55,8 +78,7 @@ macro_rules! impl_abm_store {
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -95,14 +117,7 @@ macro_rules! impl_abm_store {
                 let at = now();
                 let id = Self::token_id(&mut tx, name).await?;
                 if up.make_default {
-                    sqlx::query(
-                        "UPDATE server_tokens SET is_default_account_driven = FALSE, \
-                         updated_at = $2 WHERE is_default_account_driven AND id <> $1",
-                    )
-                    .bind(id)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
+                    Self::clear_other_defaults(&mut tx, id, at).await?;
                 }
                 let row: AbmToken = sqlx::query_as(&format!(
                     "UPDATE server_tokens SET secrets_sealed = $2, token_expires_at = $3, \
@@ -122,8 +137,7 @@ macro_rules! impl_abm_store {
                 .bind(up.make_default)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -135,14 +149,7 @@ macro_rules! impl_abm_store {
                 let mut tx = self.pool.begin().await?;
                 let at = now();
                 let id = Self::token_id(&mut tx, name).await?;
-                sqlx::query(
-                    "UPDATE server_tokens SET is_default_account_driven = FALSE, \
-                     updated_at = $2 WHERE is_default_account_driven AND id <> $1",
-                )
-                .bind(id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+                Self::clear_other_defaults(&mut tx, id, at).await?;
                 let row: AbmToken = sqlx::query_as(&format!(
                     "UPDATE server_tokens SET is_default_account_driven = TRUE, updated_at = $2 \
                      WHERE id = $1 RETURNING {TOKEN_COLUMNS}"
@@ -151,8 +158,7 @@ macro_rules! impl_abm_store {
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -162,23 +168,19 @@ macro_rules! impl_abm_store {
                 url: Option<&str>,
                 audit: &Audit,
             ) -> Result<AbmToken> {
-                let mut tx = self.pool.begin().await?;
                 let at = now();
                 let registered_at = url.map(|_| at);
-                let row: Option<AbmToken> = sqlx::query_as(&format!(
+                let sql = format!(
                     "UPDATE server_tokens SET discovery_url = $2, discovery_registered_at = $3, \
                      updated_at = $4 WHERE name = $1 RETURNING {TOKEN_COLUMNS}"
-                ))
-                .bind(name)
-                .bind(url)
-                .bind(registered_at)
-                .bind(at)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let row = row.ok_or_else(|| no_token(name))?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(row)
+                );
+                let update = sqlx::query_as(&sql)
+                    .bind(name)
+                    .bind(url)
+                    .bind(registered_at)
+                    .bind(at);
+                let missing = || no_token(name);
+                self.fetch_one_audited(update, missing, audit).await
             }
 
             async fn take_sync_lease(
@@ -219,11 +221,7 @@ macro_rules! impl_abm_store {
                 .bind(cursor)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let Some(id) = id else {
-                    return Err(StoreError::Conflict(format!(
-                        "this process no longer holds the sync lease of `{name}`"
-                    )));
-                };
+                let id = id.ok_or_else(|| lease_lost(name))?;
                 let mut changed = 0;
                 for d in devices {
                     if d.op_type.as_deref() == Some("deleted") {
@@ -281,9 +279,7 @@ macro_rules! impl_abm_store {
                 .execute(&self.pool)
                 .await?;
                 if done.rows_affected() == 0 {
-                    return Err(StoreError::Conflict(format!(
-                        "this process no longer holds the sync lease of `{name}`"
-                    )));
+                    return Err(lease_lost(name));
                 }
                 Ok(())
             }
@@ -296,8 +292,7 @@ macro_rules! impl_abm_store {
                 at: DateTime<Utc>,
                 audit: &Audit,
             ) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                let done = sqlx::query(
+                let finish = sqlx::query(
                     "UPDATE server_tokens SET lease_owner = NULL, lease_until = NULL, \
                      last_sync_at = $3, last_sync_status = $4 \
                      WHERE name = $1 AND lease_owner = $2",
@@ -305,17 +300,8 @@ macro_rules! impl_abm_store {
                 .bind(name)
                 .bind(owner)
                 .bind(at)
-                .bind(status)
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::Conflict(format!(
-                        "this process no longer holds the sync lease of `{name}`"
-                    )));
-                }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                .bind(status);
+                self.execute_one_audited(finish, || lease_lost(name), audit).await
             }
 
             async fn list_abm_devices(
@@ -357,9 +343,7 @@ macro_rules! impl_abm_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                Self::commit_audited(tx, audit).await
             }
         }
     };

@@ -262,6 +262,22 @@ fn private_database_files(path: &std::path::Path) -> Result<()> {
 const USER_COLUMNS: &str =
     "id, email, display_name, password_hash, managed_apple_id, enabled, created_at, updated_at";
 
+const ADMIN_COLUMNS: &str = "id, username, password_hash, role, enabled, created_at";
+
+const API_TOKEN_COLUMNS: &str =
+    "id, admin_id, name, token_hash, created_at, expires_at, last_used_at, revoked";
+
+/// Maps a unique violation to a `Conflict` in the caller's words (`message()`) rather than the
+/// database's; every other error as [`StoreError::from`] maps it.
+pub(crate) fn conflict_as(
+    message: impl FnOnce() -> String,
+) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| match StoreError::from(e) {
+        StoreError::Conflict(_) => StoreError::Conflict(message()),
+        other => other,
+    }
+}
+
 /// True for the administrator `$1` unless it is the last enabled one with the role in parameter
 /// `role` (so disabling or removing it would leave no one able to administer the server).
 fn keeps_an_enabled_admin(role: &str) -> String {
@@ -308,11 +324,14 @@ fn throttle_wait(attempts: &str) -> String {
 }
 
 macro_rules! impl_store {
-    ($store:ty, $conn:ty, $name:literal) => {
+    ($store:ty, $db:ty, $name:literal) => {
         impl $store {
             /// Inserts or replaces one row of PKI material (upload, renewal, a completed
             /// pending request).
-            async fn upsert_pki(conn: &mut $conn, m: &PkiMaterial) -> Result<()> {
+            async fn upsert_pki(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                m: &PkiMaterial,
+            ) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO pki_material (name, cert_pem, key_sealed, created_at) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
@@ -328,26 +347,58 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            /// Runs one `DELETE` of the row whose key is `$1` and writes its audit entry, in one
-            /// transaction; `NotFound(what)` when no row matched, and then nothing is written.
-            pub(crate) async fn delete_one_audited(
+            /// Runs one statement that must change a row and writes its audit entry, in one
+            /// transaction; `missing()` when no row matched, and then nothing is written.
+            pub(crate) async fn execute_one_audited<'q>(
                 &self,
-                sql: &str,
-                key: &str,
-                what: String,
+                change: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                missing: impl FnOnce() -> StoreError + Send,
                 audit: &Audit,
             ) -> Result<()> {
                 let mut tx = self.pool.begin().await?;
-                let done = sqlx::query(sql).bind(key).execute(&mut *tx).await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(what));
+                if change.execute(&mut *tx).await?.rows_affected() == 0 {
+                    return Err(missing());
                 }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                Self::commit_audited(tx, audit).await
             }
 
-            pub(crate) async fn write_audit(conn: &mut $conn, audit: &Audit) -> Result<()> {
+            /// Runs one statement that returns the row it changed and writes its audit entry, in
+            /// one transaction; `missing()` when no row matched, and then nothing is written.
+            pub(crate) async fn fetch_one_audited<'q, T>(
+                &self,
+                change: sqlx::query::QueryAs<'q, $db, T, <$db as sqlx::Database>::Arguments<'q>>,
+                missing: impl FnOnce() -> StoreError + Send,
+                audit: &Audit,
+            ) -> Result<T>
+            where
+                T: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            {
+                let mut tx = self.pool.begin().await?;
+                let row = change.fetch_optional(&mut *tx).await?.ok_or_else(missing)?;
+                Self::commit_audited(tx, audit).await?;
+                Ok(row)
+            }
+
+            /// `NotFound` unless administrator `id` exists: tells a change the last-administrator
+            /// rule refused from a change of an unknown administrator.
+            async fn admin_must_exist(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: i64,
+            ) -> Result<()> {
+                let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM admins WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                exists
+                    .map(|_| ())
+                    .ok_or_else(|| StoreError::NotFound(format!("administrator {id}")))
+            }
+
+            /// Writes a change's audit entry in the change's transaction, then commits both.
+            pub(crate) async fn commit_audited(
+                mut tx: sqlx::Transaction<'_, $db>,
+                audit: &Audit,
+            ) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO audit_log (at, actor, action, target, detail) \
                      VALUES ($1, $2, $3, $4, $5)",
@@ -357,8 +408,9 @@ macro_rules! impl_store {
                 .bind(&audit.action)
                 .bind(&audit.target)
                 .bind(audit.detail.to_string())
-                .execute(&mut *conn)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(())
             }
         }
@@ -380,8 +432,7 @@ macro_rules! impl_store {
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -429,12 +480,11 @@ macro_rules! impl_store {
                 change: &UserChange,
                 audit: &Audit,
             ) -> Result<User> {
-                let mut tx = self.pool.begin().await?;
                 let (set_apple_id, apple_id) = match &change.managed_apple_id {
                     Some(v) => (true, v.clone()),
                     None => (false, None),
                 };
-                let row: Option<User> = sqlx::query_as(&format!(
+                let sql = format!(
                     "UPDATE users SET \
                      display_name = COALESCE($2, display_name), \
                      password_hash = COALESCE($3, password_hash), \
@@ -442,22 +492,17 @@ macro_rules! impl_store {
                      enabled = COALESCE($6, enabled), \
                      updated_at = $7 \
                      WHERE id = $1 RETURNING {USER_COLUMNS}"
-                ))
-                .bind(id)
-                .bind(&change.display_name)
-                .bind(&change.password_hash)
-                .bind(set_apple_id)
-                .bind(apple_id)
-                .bind(change.enabled)
-                .bind(now())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
-                    return Err(StoreError::NotFound(format!("user {id}")));
-                };
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(row)
+                );
+                let update = sqlx::query_as(&sql)
+                    .bind(id)
+                    .bind(&change.display_name)
+                    .bind(&change.password_hash)
+                    .bind(set_apple_id)
+                    .bind(apple_id)
+                    .bind(change.enabled)
+                    .bind(now());
+                let missing = || StoreError::NotFound(format!("user {id}"));
+                self.fetch_one_audited(update, missing, audit).await
             }
         }
 
@@ -484,9 +529,7 @@ macro_rules! impl_store {
                 .bind(now())
                 .execute(&mut *tx)
                 .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                Self::commit_audited(tx, audit).await
             }
         }
 
@@ -513,8 +556,7 @@ macro_rules! impl_store {
                 .bind(now())
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -538,8 +580,10 @@ macro_rules! impl_store {
             }
 
             async fn delete_attribute(&self, name: &str, audit: &Audit) -> Result<()> {
-                self.delete_one_audited("DELETE FROM custom_attributes WHERE name = $1", name, format!("custom attribute {name}"), audit)
-                    .await
+                let delete =
+                    sqlx::query("DELETE FROM custom_attributes WHERE name = $1").bind(name);
+                let missing = || StoreError::NotFound(format!("custom attribute {name}"));
+                self.execute_one_audited(delete, missing, audit).await
             }
         }
 
@@ -553,44 +597,42 @@ macro_rules! impl_store {
                 audit: &Audit,
             ) -> Result<Admin> {
                 let mut tx = self.pool.begin().await?;
-                let row: Admin = sqlx::query_as(
+                let row: Admin = sqlx::query_as(&format!(
                     "INSERT INTO admins (username, password_hash, role, enabled, failed_logins, \
-                     created_at) VALUES ($1, $2, $3, TRUE, 0, $4) \
-                     RETURNING id, username, password_hash, role, enabled, created_at",
-                )
+                     created_at) VALUES ($1, $2, $3, TRUE, 0, $4) RETURNING {ADMIN_COLUMNS}"
+                ))
                 .bind(username)
                 .bind(password_hash)
                 .bind(role)
                 .bind(now())
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
             async fn admin_by_username(&self, username: &str) -> Result<Option<Admin>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, username, password_hash, role, enabled, created_at FROM admins WHERE username = $1",
-                )
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {ADMIN_COLUMNS} FROM admins WHERE username = $1"
+                ))
                 .bind(username)
                 .fetch_optional(&self.pool)
                 .await?)
             }
 
             async fn admin_by_id(&self, id: i64) -> Result<Option<Admin>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, username, password_hash, role, enabled, created_at FROM admins WHERE id = $1",
-                )
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {ADMIN_COLUMNS} FROM admins WHERE id = $1"
+                ))
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?)
             }
 
             async fn list_admins(&self) -> Result<Vec<Admin>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, username, password_hash, role, enabled, created_at FROM admins ORDER BY username",
-                )
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {ADMIN_COLUMNS} FROM admins ORDER BY username"
+                ))
                 .fetch_all(&self.pool)
                 .await?)
             }
@@ -626,8 +668,7 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(ended)
             }
 
@@ -642,7 +683,7 @@ macro_rules! impl_store {
                 Self::lock_protected_admins(&mut tx, protected_role).await?;
                 let row: Option<Admin> = sqlx::query_as(&format!(
                     "UPDATE admins SET enabled = $2 WHERE id = $1 AND ({} OR $2) \
-                     RETURNING id, username, password_hash, role, enabled, created_at",
+                     RETURNING {ADMIN_COLUMNS}",
                     keeps_an_enabled_admin("$3")
                 ))
                 .bind(id)
@@ -651,15 +692,8 @@ macro_rules! impl_store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(row) = row else {
-                    let exists: Option<i64> =
-                        sqlx::query_scalar("SELECT id FROM admins WHERE id = $1")
-                            .bind(id)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    return match exists {
-                        Some(_) => Ok(None),
-                        None => Err(StoreError::NotFound(format!("administrator {id}"))),
-                    };
+                    Self::admin_must_exist(&mut tx, id).await?;
+                    return Ok(None);
                 };
                 if !enabled {
                     sqlx::query("DELETE FROM admin_sessions WHERE admin_id = $1")
@@ -667,8 +701,7 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(Some(row))
             }
 
@@ -690,18 +723,10 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() == 0 {
-                    let exists: Option<i64> =
-                        sqlx::query_scalar("SELECT id FROM admins WHERE id = $1")
-                            .bind(id)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    return match exists {
-                        Some(_) => Ok(false),
-                        None => Err(StoreError::NotFound(format!("administrator {id}"))),
-                    };
+                    Self::admin_must_exist(&mut tx, id).await?;
+                    return Ok(false);
                 }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(true)
             }
 
@@ -714,12 +739,10 @@ macro_rules! impl_store {
                 audit: &Audit,
             ) -> Result<ApiToken> {
                 let mut tx = self.pool.begin().await?;
-                let row: ApiToken = sqlx::query_as(
+                let row: ApiToken = sqlx::query_as(&format!(
                     "INSERT INTO api_tokens (admin_id, name, token_hash, created_at, expires_at, \
-                     revoked) VALUES ($1, $2, $3, $4, $5, FALSE) \
-                     RETURNING id, admin_id, name, token_hash, created_at, expires_at, \
-                     last_used_at, revoked",
-                )
+                     revoked) VALUES ($1, $2, $3, $4, $5, FALSE) RETURNING {API_TOKEN_COLUMNS}"
+                ))
                 .bind(admin_id)
                 .bind(name)
                 .bind(token_hash)
@@ -727,26 +750,23 @@ macro_rules! impl_store {
                 .bind(expires_at)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
             async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, admin_id, name, token_hash, created_at, expires_at, \
-                     last_used_at, revoked FROM api_tokens WHERE token_hash = $1",
-                )
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"
+                ))
                 .bind(token_hash)
                 .fetch_optional(&self.pool)
                 .await?)
             }
 
             async fn list_api_tokens(&self) -> Result<Vec<ApiToken>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, admin_id, name, token_hash, created_at, expires_at, \
-                     last_used_at, revoked FROM api_tokens ORDER BY id",
-                )
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {API_TOKEN_COLUMNS} FROM api_tokens ORDER BY id"
+                ))
                 .fetch_all(&self.pool)
                 .await?)
             }
@@ -761,17 +781,10 @@ macro_rules! impl_store {
             }
 
             async fn revoke_api_token(&self, id: i64, audit: &Audit) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                let done = sqlx::query("UPDATE api_tokens SET revoked = TRUE WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!("API token {id}")));
-                }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                let revoke =
+                    sqlx::query("UPDATE api_tokens SET revoked = TRUE WHERE id = $1").bind(id);
+                let missing = || StoreError::NotFound(format!("API token {id}"));
+                self.execute_one_audited(revoke, missing, audit).await
             }
 
             async fn create_session(&self, session: &AdminSession) -> Result<()> {
@@ -894,8 +907,7 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(gone)
             }
 
@@ -971,9 +983,7 @@ macro_rules! impl_store {
             async fn put_pki(&self, m: &PkiMaterial, audit: &Audit) -> Result<()> {
                 let mut tx = self.pool.begin().await?;
                 Self::upsert_pki(&mut tx, m).await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                Self::commit_audited(tx, audit).await
             }
 
             async fn insert_pki_if_absent(&self, m: &PkiMaterial) -> Result<bool> {
@@ -1033,9 +1043,7 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                Self::commit_audited(tx, audit).await
             }
 
             async fn complete_pending_pki(
@@ -1055,9 +1063,7 @@ macro_rules! impl_store {
                     }
                 }
                 Self::upsert_pki(&mut tx, m).await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                Self::commit_audited(tx, audit).await
             }
         }
 
@@ -1075,8 +1081,8 @@ macro_rules! impl_store {
     };
 }
 
-impl_store!(SqliteStore, sqlx::SqliteConnection, "sqlite");
-impl_store!(PostgresStore, sqlx::PgConnection, "postgres");
+impl_store!(SqliteStore, sqlx::Sqlite, "sqlite");
+impl_store!(PostgresStore, sqlx::Postgres, "postgres");
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,28 @@ const RECORD_COLUMNS: &str = "command_uuid, enrollment_id, channel, request_type
 
 macro_rules! impl_command_store {
     ($store:ty, $db:ty, $lock:literal) => {
+        impl $store {
+            /// Stores a command once, before it is queued for its targets.
+            pub(crate) async fn insert_command(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                command: &NewCommand,
+                at: DateTime<Utc>,
+            ) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO commands (uuid, request_type, payload, created_by, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&command.uuid)
+                .bind(&command.request_type)
+                .bind(&command.payload)
+                .bind(&command.created_by)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+        }
+
         #[async_trait]
         impl CommandStore for $store {
             async fn enqueue_command(
@@ -30,17 +52,7 @@ macro_rules! impl_command_store {
             ) -> Result<u64> {
                 let mut tx = self.pool.begin().await?;
                 let at = now();
-                sqlx::query(
-                    "INSERT INTO commands (uuid, request_type, payload, created_by, created_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&command.uuid)
-                .bind(&command.request_type)
-                .bind(&command.payload)
-                .bind(&command.created_by)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+                Self::insert_command(&mut tx, command, at).await?;
                 let mut queued = 0;
                 for chunk in targets.chunks(ENQUEUE_CHUNK) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
@@ -68,8 +80,7 @@ macro_rules! impl_command_store {
                         qb.build().execute(&mut *tx).await?;
                     }
                 }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(queued)
             }
 
@@ -100,17 +111,7 @@ macro_rules! impl_command_store {
             ) -> Result<QueuedMatching> {
                 let mut tx = self.pool.begin().await?;
                 let at = now();
-                sqlx::query(
-                    "INSERT INTO commands (uuid, request_type, payload, created_by, created_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&command.uuid)
-                .bind(&command.request_type)
-                .bind(&command.payload)
-                .bind(&command.created_by)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+                Self::insert_command(&mut tx, command, at).await?;
                 let user_channel = if channel == Channel::User {
                     " AND user_channel_id IS NOT NULL"
                 } else {
@@ -148,8 +149,7 @@ macro_rules! impl_command_store {
                 if let Some(detail) = audit.detail.as_object_mut() {
                     detail.insert("targets".into(), targets.into());
                 }
-                Self::write_audit(&mut tx, &audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, &audit).await?;
                 Ok(QueuedMatching { targets, push_ids })
             }
 

@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::backend::conflict_as;
 use crate::enrollment_backend::ENROLLMENT_COLUMNS;
 use crate::*;
 
@@ -335,14 +336,8 @@ macro_rules! impl_declaration_store {
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(|e| match StoreError::from(e) {
-                    StoreError::Conflict(_) => {
-                        StoreError::Conflict(format!("declaration {} exists", d.identifier))
-                    }
-                    other => other,
-                })?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                .map_err(conflict_as(|| format!("declaration {} exists", d.identifier)))?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -352,31 +347,27 @@ macro_rules! impl_declaration_store {
                 c: &DeclarationChange,
                 audit: &Audit,
             ) -> Result<DeclarationRow> {
-                let mut tx = self.pool.begin().await?;
-                let row: Option<DeclarationRow> = sqlx::query_as(&format!(
+                let sql = format!(
                     "UPDATE declarations SET payload = $2, server_token = $3, \
                      asset_data_sealed = $4, asset_content_type = $5, updated_at = $6 \
                      WHERE identifier = $1 RETURNING {DECLARATION_COLUMNS}"
-                ))
-                .bind(identifier)
-                .bind(&c.payload)
-                .bind(&c.server_token)
-                .bind(&c.asset_data_sealed)
-                .bind(&c.asset_content_type)
-                .bind(now())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
-                    return Err(StoreError::NotFound(format!("declaration {identifier}")));
-                };
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(row)
+                );
+                let update = sqlx::query_as(&sql)
+                    .bind(identifier)
+                    .bind(&c.payload)
+                    .bind(&c.server_token)
+                    .bind(&c.asset_data_sealed)
+                    .bind(&c.asset_content_type)
+                    .bind(now());
+                let missing = || StoreError::NotFound(format!("declaration {identifier}"));
+                self.fetch_one_audited(update, missing, audit).await
             }
 
             async fn delete_declaration(&self, identifier: &str, audit: &Audit) -> Result<()> {
-                self.delete_one_audited("DELETE FROM declarations WHERE identifier = $1", identifier, format!("declaration {identifier}"), audit)
-                    .await
+                let delete =
+                    sqlx::query("DELETE FROM declarations WHERE identifier = $1").bind(identifier);
+                let missing = || StoreError::NotFound(format!("declaration {identifier}"));
+                self.execute_one_audited(delete, missing, audit).await
             }
 
             async fn declaration(&self, identifier: &str) -> Result<Option<DeclarationRow>> {
@@ -412,14 +403,8 @@ macro_rules! impl_declaration_store {
                 .bind(now())
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(|e| match StoreError::from(e) {
-                    StoreError::Conflict(_) => {
-                        StoreError::Conflict(format!("declaration set {name} exists"))
-                    }
-                    other => other,
-                })?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                .map_err(conflict_as(|| format!("declaration set {name} exists")))?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -429,27 +414,23 @@ macro_rules! impl_declaration_store {
                 description: &str,
                 audit: &Audit,
             ) -> Result<DeclarationSetRow> {
-                let mut tx = self.pool.begin().await?;
-                let row: Option<DeclarationSetRow> = sqlx::query_as(&format!(
+                let sql = format!(
                     "UPDATE declaration_sets SET description = $2, updated_at = $3 \
                      WHERE name = $1 RETURNING {SET_COLUMNS}"
-                ))
-                .bind(name)
-                .bind(description)
-                .bind(now())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
-                    return Err(StoreError::NotFound(format!("declaration set {name}")));
-                };
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(row)
+                );
+                let update = sqlx::query_as(&sql)
+                    .bind(name)
+                    .bind(description)
+                    .bind(now());
+                let missing = || StoreError::NotFound(format!("declaration set {name}"));
+                self.fetch_one_audited(update, missing, audit).await
             }
 
             async fn delete_declaration_set(&self, name: &str, audit: &Audit) -> Result<()> {
-                self.delete_one_audited("DELETE FROM declaration_sets WHERE name = $1", name, format!("declaration set {name}"), audit)
-                    .await
+                let delete =
+                    sqlx::query("DELETE FROM declaration_sets WHERE name = $1").bind(name);
+                let missing = || StoreError::NotFound(format!("declaration set {name}"));
+                self.execute_one_audited(delete, missing, audit).await
             }
 
             async fn declaration_set(&self, name: &str) -> Result<Option<DeclarationSetRow>> {
@@ -491,9 +472,7 @@ macro_rules! impl_declaration_store {
                         "{identifier} is already in set {set}"
                     )));
                 }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                Self::commit_audited(tx, audit).await
             }
 
             async fn remove_set_member(
@@ -502,24 +481,16 @@ macro_rules! impl_declaration_store {
                 identifier: &str,
                 audit: &Audit,
             ) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                let done = sqlx::query(
+                let remove = sqlx::query(
                     "DELETE FROM declaration_set_members WHERE \
                      set_id = (SELECT id FROM declaration_sets WHERE name = $1) AND \
                      declaration_id = (SELECT id FROM declarations WHERE identifier = $2)",
                 )
                 .bind(set)
-                .bind(identifier)
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!(
-                        "declaration {identifier} in set {set}"
-                    )));
-                }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                .bind(identifier);
+                let missing =
+                    || StoreError::NotFound(format!("declaration {identifier} in set {set}"));
+                self.execute_one_audited(remove, missing, audit).await
             }
 
             async fn set_members(&self, set: &str) -> Result<Vec<DeclarationRow>> {
@@ -601,9 +572,7 @@ macro_rules! impl_declaration_store {
                         target.key()
                     )));
                 }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                Self::commit_audited(tx, audit).await
             }
 
             async fn unassign_set(
@@ -612,25 +581,17 @@ macro_rules! impl_declaration_store {
                 target: &AssignmentTarget,
                 audit: &Audit,
             ) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                let done = sqlx::query(
+                let remove = sqlx::query(
                     "DELETE FROM declaration_assignments WHERE \
                      set_id = (SELECT id FROM declaration_sets WHERE name = $1) \
                      AND target_key = $2",
                 )
                 .bind(set)
-                .bind(target.key())
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!(
-                        "assignment of set {set} to {}",
-                        target.key()
-                    )));
-                }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                .bind(target.key());
+                let missing = || {
+                    StoreError::NotFound(format!("assignment of set {set} to {}", target.key()))
+                };
+                self.execute_one_audited(remove, missing, audit).await
             }
 
             async fn set_assignments(&self, set: Option<&str>) -> Result<Vec<AssignmentRow>> {

@@ -379,17 +379,7 @@ macro_rules! impl_enrollment_store {
                 if claimed.rows_affected() == 0 {
                     return Ok(false);
                 }
-                sqlx::query(
-                    "INSERT INTO commands (uuid, request_type, payload, created_by, created_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&r.command.uuid)
-                .bind(&r.command.request_type)
-                .bind(&r.command.payload)
-                .bind(&r.command.created_by)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+                Self::insert_command(&mut tx, &r.command, at).await?;
                 sqlx::query(
                     "INSERT INTO command_queue (enrollment_id, channel, command_uuid, status, \
                      queued_at) VALUES ($1, $2, $3, 'queued', $4)",
@@ -407,8 +397,7 @@ macro_rules! impl_enrollment_store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(true)
             }
 
@@ -577,17 +566,11 @@ macro_rules! impl_enrollment_store {
             }
 
             async fn revoke_bearer(&self, id: &str, audit: &Audit) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                let done = sqlx::query("UPDATE enrollments SET bearer_token_hash = NULL WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!("enrollment {id}")));
-                }
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(())
+                let revoke =
+                    sqlx::query("UPDATE enrollments SET bearer_token_hash = NULL WHERE id = $1")
+                        .bind(id);
+                let missing = || StoreError::NotFound(format!("enrollment {id}"));
+                self.execute_one_audited(revoke, missing, audit).await
             }
 
             async fn set_bootstrap_token(&self, id: &str, sealed: Option<&[u8]>) -> Result<()> {

@@ -142,8 +142,7 @@ macro_rules! impl_idp_store {
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
+                Self::commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -182,8 +181,7 @@ macro_rules! impl_idp_store {
                 c: &IdentityProviderChange,
                 audit: &Audit,
             ) -> Result<IdentityProviderRow> {
-                let mut tx = self.pool.begin().await?;
-                let row: Option<IdentityProviderRow> = sqlx::query_as(&format!(
+                let sql = format!(
                     "UPDATE identity_providers SET \
                      display_name = COALESCE($2, display_name), \
                      issuer = COALESCE($3, issuer), \
@@ -195,35 +193,27 @@ macro_rules! impl_idp_store {
                      enabled = COALESCE($9, enabled), \
                      updated_at = $10 \
                      WHERE name = $1 RETURNING {IDP_COLUMNS}"
-                ))
-                .bind(name)
-                .bind(&c.display_name)
-                .bind(&c.issuer)
-                .bind(&c.client_id)
-                .bind(&c.client_secret_sealed)
-                .bind(&c.scopes)
-                .bind(&c.email_claim)
-                .bind(c.allow_create_users)
-                .bind(c.enabled)
-                .bind(now())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
-                    return Err(StoreError::NotFound(format!("identity provider {name}")));
-                };
-                Self::write_audit(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(row)
+                );
+                let update = sqlx::query_as(&sql)
+                    .bind(name)
+                    .bind(&c.display_name)
+                    .bind(&c.issuer)
+                    .bind(&c.client_id)
+                    .bind(&c.client_secret_sealed)
+                    .bind(&c.scopes)
+                    .bind(&c.email_claim)
+                    .bind(c.allow_create_users)
+                    .bind(c.enabled)
+                    .bind(now());
+                let missing = || StoreError::NotFound(format!("identity provider {name}"));
+                self.fetch_one_audited(update, missing, audit).await
             }
 
             async fn delete_identity_provider(&self, name: &str, audit: &Audit) -> Result<()> {
-                self.delete_one_audited(
-                    "DELETE FROM identity_providers WHERE name = $1",
-                    name,
-                    format!("identity provider {name}"),
-                    audit,
-                )
-                .await
+                let delete =
+                    sqlx::query("DELETE FROM identity_providers WHERE name = $1").bind(name);
+                let missing = || StoreError::NotFound(format!("identity provider {name}"));
+                self.execute_one_audited(delete, missing, audit).await
             }
 
             async fn create_oidc_sign_in(&self, s: &OidcSignIn) -> Result<()> {

@@ -56,6 +56,20 @@ async fn round_trip(db: Db) {
     mac.enroll().await.unwrap();
     let id = enrolled_id(&s).await;
 
+    // A User Enrollment Mac is put under declarative management at its first user-channel
+    // TokenUpdate (its default status subscriptions): the Mac synchronises on the user channel.
+    let handled = mac
+        .run_commands(lanyard_testkit::Channel::User, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        handled
+            .iter()
+            .map(|h| h.request_type.as_str())
+            .collect::<Vec<_>>(),
+        ["DeclarativeManagement"]
+    );
+
     // Nothing queued: Idle gets an empty answer.
     assert!(mac.idle().await.unwrap().is_none());
 
@@ -269,9 +283,14 @@ async fn round_trip(db: Db) {
         again.idle().await.unwrap().is_none(),
         "no commands carried over"
     );
+    // Its only command is the DeclarativeManagement its own enrollment started.
     let (ok, out, _) = s.cli(&["device", "commands", &new_id, "--json"]);
     assert!(ok);
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]));
+    let history: Value = serde_json::from_str(&out).unwrap();
+    let history = history.as_array().unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["request_type"], "DeclarativeManagement");
+    assert_eq!(history[0]["channel"], "user");
 
     // The audit log names who queued and unenrolled.
     let (ok, out, _) = s.cli(&["audit", "--json", "--action", "enrollment.unenroll"]);

@@ -469,13 +469,36 @@ async fn declarations_reach_the_mac_and_come_back_as_status(
     let r = s.client().get(&asset_url).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let mut bob = sim(&s, "bob@example.com").await;
-    assert!(
-        bob.run_commands(Channel::User, 5).await.unwrap().is_empty(),
-        "no set reaches Bob's Mac: it is not put under declarative management"
+    // No set reaches Bob's Mac, yet as a User Enrollment Mac it is put under declarative
+    // management at enrollment: it holds Lanyard's status subscriptions and their activation
+    // only, and reports its status items.
+    let handled = bob.run_commands(Channel::User, 5).await.unwrap();
+    assert_eq!(
+        handled
+            .iter()
+            .map(|h| h.request_type.as_str())
+            .collect::<Vec<_>>(),
+        ["DeclarativeManagement"]
     );
-    // Asked anyway, it holds Lanyard's status subscriptions and their activation only.
+    let held: Vec<&String> = bob.declarative().held.keys().collect();
+    assert_eq!(
+        held,
+        [
+            &lanyard_core::declarations::generated_activation_identifier(
+                lanyard_core::declarations::STATUS_SUBSCRIPTIONS_IDENTIFIER
+            ),
+            &lanyard_core::declarations::STATUS_SUBSCRIPTIONS_IDENTIFIER.to_string(),
+        ]
+    );
+    let bob_id = enrollment_id_of(&s, "bob@example.com");
+    let bob_status = ddm.enrollment_status(&bob_id).await.unwrap();
+    assert!(
+        format!("{:?}", bob_status.status_items).contains("device.operating-system.version"),
+        "{bob_status:?}"
+    );
+    // Asked again, nothing has changed.
     let bob_sync = bob.declarative_sync(Channel::User).await.unwrap();
-    assert_eq!(bob_sync.fetched.len(), 2, "{bob_sync:?}");
+    assert!(bob_sync.fetched.is_empty(), "{bob_sync:?}");
     let (st, _) = bob.get_signed(&asset_url, Channel::User).await.unwrap();
     assert_eq!(
         st.as_u16(),

@@ -274,17 +274,37 @@ async fn device_channel(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
 async fn user_channel(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let Some(mut t) = setup(db).await else { return };
 
+    // Enrolled, the Mac was put under declarative management on its user channel (a User
+    // Enrollment Mac's default status subscriptions); it synchronises first.
+    let handled = t.mac.run_commands(Channel::User, 5).await.unwrap();
+    assert_eq!(handled.len(), 1);
+    assert_eq!(handled[0].request_type, "DeclarativeManagement");
+    let user_token = hex_of(&t.mac.push(Channel::User).token);
+    let user_pushes = |t: &Setup| {
+        t.fake
+            .pushes()
+            .iter()
+            .filter(|p| p.token_hex == user_token)
+            .count()
+    };
+    for _ in 0..100 {
+        if user_pushes(&t) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(user_pushes(&t), 1, "declarative management's push");
+
     // A user-channel command wakes the user channel's token; the Mac answers it on the user
     // channel with its bearer token.
     let (st, q) = t
         .queue(json!({"request_type": "ProfileList"}), "user", true)
         .await;
     assert_eq!(st, 202, "{q}");
-    let user_token = hex_of(&t.mac.push(Channel::User).token);
     let device_token = hex_of(&t.mac.push(Channel::Device).token);
     let mut woke_user = false;
     for _ in 0..100 {
-        woke_user = t.fake.pushes().iter().any(|p| p.token_hex == user_token);
+        woke_user = user_pushes(&t) == 2;
         if woke_user {
             break;
         }

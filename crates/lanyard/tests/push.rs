@@ -85,6 +85,29 @@ async fn push_wakes_the_mac(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     let report = mac.enroll().await.unwrap();
     assert_eq!(report.topic, TOPIC);
 
+    // The first user-channel TokenUpdate starts declarative management (a User Enrollment
+    // Mac's default status subscriptions): its push wakes the device channel, as every push
+    // does, and the user channel, which has a command waiting; the woken Mac synchronises on
+    // the user channel.
+    wait_for_push(&fake, 2).await;
+    let mut woken: Vec<String> = fake.pushes()[..2]
+        .iter()
+        .map(|p| p.push_magic.clone())
+        .collect();
+    woken.sort();
+    let mut expected = vec![
+        report.push_magic.clone(),
+        mac.push(lanyard_testkit::Channel::User).push_magic.clone(),
+    ];
+    expected.sort();
+    assert_eq!(woken, expected);
+    let handled = mac
+        .run_commands(lanyard_testkit::Channel::User, 5)
+        .await
+        .unwrap();
+    assert_eq!(handled.len(), 1);
+    assert_eq!(handled[0].request_type, "DeclarativeManagement");
+
     // A different topic cannot replace the certificate while enrollments depend on it.
     let other =
         fake_push_certificate("com.apple.mgmt.External.00000000-0000-0000-0000-000000000001")
@@ -125,8 +148,8 @@ async fn push_wakes_the_mac(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    wait_for_push(&fake, 1).await;
-    let p = &fake.pushes()[0];
+    wait_for_push(&fake, 3).await;
+    let p = &fake.pushes()[2];
     assert_eq!(p.topic, TOPIC);
     assert_eq!(p.push_magic, report.push_magic);
     assert_eq!(p.token_hex, report.push_token_hex);
@@ -159,8 +182,8 @@ async fn push_wakes_the_mac(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    wait_for_push(&fake, 2).await;
-    assert_eq!(fake.connections(), 1, "one connection for both pushes");
+    wait_for_push(&fake, 4).await;
+    assert_eq!(fake.connections(), 1, "one connection for every push");
     mac.run_commands(lanyard_testkit::Channel::Device, 5)
         .await
         .unwrap();
@@ -185,7 +208,7 @@ async fn push_wakes_the_mac(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     ]);
     assert!(ok, "{err}");
     assert!(err.contains("1 delivered"), "{err}");
-    wait_for_push(&fake, 3).await;
+    wait_for_push(&fake, 5).await;
 
     // APNs says the token is gone: recorded, and the token is dropped.
     fake.set_unregistered(&mac.push(lanyard_testkit::Channel::Device).token);

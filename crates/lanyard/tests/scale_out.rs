@@ -334,7 +334,13 @@ async fn two_servers_one_database_survive_a_sigkill() {
         assert_eq!(n, (MACS / 2) as i64, "results of {uuid}");
     }
     assert_eq!(
-        pg_count(db, "SELECT COUNT(*) FROM command_queue").await,
+        // The Macs here work their device channels; each one's user channel keeps the
+        // DeclarativeManagement its enrollment started.
+        pg_count(
+            db,
+            "SELECT COUNT(*) FROM command_queue WHERE channel = 'device'"
+        )
+        .await,
         0,
         "commands left queued"
     );
@@ -551,10 +557,13 @@ async fn one_sqlite_server_survives_a_sigkill() {
         .unwrap();
         assert_eq!(n, MACS as i64, "results of {uuid}");
     }
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM command_queue")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
+    // The Macs here work their device channels; each one's user channel keeps the
+    // DeclarativeManagement its enrollment started.
+    let left: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM command_queue WHERE channel = 'device'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
     assert_eq!(left, 0, "commands left queued");
     drop(db);
     a.stop().await;
