@@ -720,12 +720,9 @@ fn default_lanyard_bin() -> Result<PathBuf> {
     Ok(dir.join("lanyard"))
 }
 
-fn run_cli(
-    bin: &Path,
-    data: &ServerData,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> Result<(bool, String, String)> {
+/// Runs one `lanyard` admin command against the server's data; fails with its stderr when it
+/// does not succeed.
+fn run_cli(bin: &Path, data: &ServerData, args: &[&str], stdin: Option<&str>) -> Result<()> {
     let mut child = Command::new(bin)
         .args(args)
         .env("LANYARD_DATA_DIR", &data.data_dir)
@@ -743,11 +740,14 @@ fn run_cli(
         }
     }
     let out = child.wait_with_output()?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    if !out.status.success() {
+        let command = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
+        bail!(
+            "lanyard {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// `synchronous_commit = off` for one database (the --pg-async-commit experiment).
@@ -2656,35 +2656,29 @@ async fn drive(
         },
         (Some(s), None) => {
             let data = data.ok_or_else(|| anyhow!("no server data"))?;
-            let (ok, _, err) = run_cli(
+            run_cli(
                 &s.bin,
                 data,
                 &["user", "add", &args.email, "--password", "-"],
                 Some(&format!("{}\n", args.password)),
             )?;
-            if !ok {
-                bail!("lanyard user add: {err}");
-            }
             let domain = args
                 .email
                 .rsplit_once('@')
                 .map(|(_, d)| d)
                 .unwrap_or("example.com");
-            let (ok, _, err) = run_cli(
+            run_cli(
                 &s.bin,
                 data,
                 &["settings", "set", "managed-domains", domain],
                 None,
             )?;
-            if !ok {
-                bail!("lanyard settings set: {err}");
-            }
             // Nothing enrolls before a push certificate exists; a fake one gives the topic.
             let cert = lanyard_testkit::fake_apns::fake_push_certificate(
                 &lanyard_testkit::fake_apns::fake_mdm_topic(),
             )?;
             let (cert_path, key_path) = cert.write_pem_files(&data.data_dir)?;
-            let (ok, _, err) = run_cli(
+            run_cli(
                 &s.bin,
                 data,
                 &[
@@ -2697,9 +2691,6 @@ async fn drive(
                 ],
                 None,
             )?;
-            if !ok {
-                bail!("lanyard push-cert upload: {err}");
-            }
             Api::sign_in(client, url, &s.admin_password).await?
         }
         (None, None) => bail!("--server needs --token"),
@@ -2720,21 +2711,18 @@ async fn drive(
         report.enrollment = Some(r);
     }
 
-    let mut factory: Option<SynthFactory> = None;
-    let missing = |need: usize, have: usize| (need > have).then(|| need - have);
+    let mut synth = SynthSupply {
+        data,
+        url,
+        ca_pem,
+        args,
+        factory: None,
+    };
 
     if args.round_trips > 0 {
-        if let Some(extra) = missing(args.concurrency, devices.len()) {
-            let f = match factory.take() {
-                Some(f) => f,
-                None => synth_factory(data, url, ca_pem, args).await?,
-            };
-            eprintln!("making {extra} synthetic devices for the round trips…");
-            let (macs, r) = f.make(extra, args.concurrency).await?;
-            devices.extend(macs.into_iter().map(Device::Synth));
-            report.synthetic.push(r);
-            factory = Some(f);
-        }
+        synth
+            .top_up(&mut devices, args.concurrency, "round trips", report)
+            .await?;
         let shared: Arc<Vec<Mutex<Device>>> =
             Arc::new(devices.into_iter().map(Mutex::new).collect());
         let r = round_trips(&api, Arc::clone(&shared), args, &meter).await?;
@@ -2747,38 +2735,58 @@ async fn drive(
     }
 
     if args.fanout > 0 {
-        if let Some(extra) = missing(args.fanout, devices.len()) {
-            let f = match factory.take() {
-                Some(f) => f,
-                None => synth_factory(data, url, ca_pem, args).await?,
-            };
-            eprintln!("making {extra} synthetic devices for the fan-out…");
-            let (macs, r) = f.make(extra, args.concurrency).await?;
-            devices.extend(macs.into_iter().map(Device::Synth));
-            report.synthetic.push(r);
-            factory = Some(f);
-        }
+        synth
+            .top_up(&mut devices, args.fanout, "fan-out", report)
+            .await?;
         let shared: Arc<Vec<Mutex<Device>>> =
             Arc::new(devices.into_iter().map(Mutex::new).collect());
         report.fanout = Some(fanout(&api, shared, args, &meter).await?);
     }
-    drop(factory);
+    drop(synth);
     Ok(())
 }
 
-async fn synth_factory(
-    data: Option<&ServerData>,
-    url: &str,
-    ca_pem: &[u8],
-    args: &BenchArgs,
-) -> Result<SynthFactory> {
-    let data = data.ok_or_else(|| {
-        anyhow!(
-            "synthetic devices need the server's --data-dir and --database-url (or fewer \
-             devices than --macs)"
-        )
-    })?;
-    SynthFactory::new(data, url, ca_pem, args).await
+/// Synthetic devices made on demand; the factory is built the first time some are needed.
+struct SynthSupply<'a> {
+    data: Option<&'a ServerData>,
+    url: &'a str,
+    ca_pem: &'a [u8],
+    args: &'a BenchArgs,
+    factory: Option<SynthFactory>,
+}
+
+impl SynthSupply<'_> {
+    /// Adds synthetic devices to `devices` until it holds `need` of them.
+    async fn top_up(
+        &mut self,
+        devices: &mut Vec<Device>,
+        need: usize,
+        purpose: &str,
+        report: &mut Report,
+    ) -> Result<()> {
+        if need <= devices.len() {
+            return Ok(());
+        }
+        let extra = need - devices.len();
+        let factory = match &mut self.factory {
+            Some(f) => f,
+            None => {
+                let data = self.data.ok_or_else(|| {
+                    anyhow!(
+                        "synthetic devices need the server's --data-dir and --database-url (or \
+                         fewer devices than --macs)"
+                    )
+                })?;
+                let f = SynthFactory::new(data, self.url, self.ca_pem, self.args).await?;
+                self.factory.insert(f)
+            }
+        };
+        eprintln!("making {extra} synthetic devices for the {purpose}…");
+        let (macs, r) = factory.make(extra, self.args.concurrency).await?;
+        devices.extend(macs.into_iter().map(Device::Synth));
+        report.synthetic.push(r);
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -406,12 +406,7 @@ impl AbmService {
                 ),
             )
             .await
-            .map_err(|e| match e {
-                lanyard_store::StoreError::Conflict(_) => {
-                    CoreError::Conflict(format!("a server token named `{name}` already exists"))
-                }
-                other => other.into(),
-            })?;
+            .map_err(|e| CoreError::creating(format!("a server token named `{name}`"), e))?;
         Ok(issued.cert_pem)
     }
 

@@ -15,7 +15,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::users::{dummy_hash, hash_password, verify_password};
+use crate::users::{hash_password, password_matches};
 use crate::{Actor, CoreError, Lanyard, Result};
 use lanyard_store::{AdminSession, ApiToken, Audit, SignInKind};
 
@@ -136,12 +136,7 @@ impl Lanyard {
             .store
             .create_admin(&username, &hash, role, &audit)
             .await
-            .map_err(|e| match e {
-                lanyard_store::StoreError::Conflict(_) => {
-                    CoreError::Conflict(format!("administrator `{username}` already exists"))
-                }
-                other => other.into(),
-            })?;
+            .map_err(|e| CoreError::creating(format!("administrator `{username}`"), e))?;
         self.admin_view(a).await
     }
 
@@ -299,11 +294,7 @@ impl Lanyard {
             Ok(name) => self.store.admin_by_username(&name).await?,
             Err(_) => None,
         };
-        let hash = admin
-            .as_ref()
-            .map(|a| a.password_hash.as_str())
-            .unwrap_or_else(|| dummy_hash());
-        let ok = verify_password(password, hash);
+        let ok = password_matches(password, admin.as_ref().map(|a| a.password_hash.as_str()));
         let Some(admin) = admin.filter(|_| ok) else {
             return Err(denied());
         };

@@ -214,12 +214,7 @@ impl Lanyard {
         self.store
             .create_attribute(&name, kind.as_str(), required, &choices_json, &audit)
             .await
-            .map_err(|e| match e {
-                lanyard_store::StoreError::Conflict(_) => {
-                    CoreError::Conflict(format!("an attribute named `{name}` already exists"))
-                }
-                other => other.into(),
-            })?
+            .map_err(|e| CoreError::creating(format!("an attribute named `{name}`"), e))?
             .try_into()
     }
 

@@ -47,7 +47,7 @@ pub enum CommandSpec {
     /// `InstallProfile` with a `.mobileconfig` (plist, signed or not), base64 in JSON.
     InstallProfile {
         #[schema(value_type = String, format = Byte)]
-        #[serde(with = "b64")]
+        #[serde(with = "crate::b64")]
         profile: Vec<u8>,
     },
     RemoveProfile {
@@ -64,7 +64,7 @@ pub enum CommandSpec {
     /// `DeclarativeManagement` with the synchronisation tokens document (base64).
     DeclarativeManagement {
         #[schema(value_type = String, format = Byte)]
-        #[serde(with = "b64")]
+        #[serde(with = "crate::b64")]
         data: Vec<u8>,
     },
     /// Any command: `RequestType` and the rest of the `Command` dictionary as an XML plist
@@ -75,17 +75,6 @@ pub enum CommandSpec {
         #[serde(default)]
         plist: Option<String>,
     },
-}
-
-mod b64 {
-    use base64::Engine;
-    use serde::{Deserialize, Deserializer};
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 /// The DeviceInformation queries Lanyard asks for by default; only those Apple's schema allows
@@ -863,6 +852,12 @@ impl lanyard_store::InventoryMerge for ResultInventory {
 fn digest_value(v: &Value, h: &mut sha2::Sha256) {
     use sha2::Digest;
     let len = |h: &mut sha2::Sha256, n: usize| h.update((n as u64).to_be_bytes());
+    // A type's tag, then the length, then the bytes.
+    let bytes = |h: &mut sha2::Sha256, tag: &[u8], b: &[u8]| {
+        h.update(tag);
+        len(h, b.len());
+        h.update(b);
+    };
     match v {
         Value::Array(a) => {
             h.update(b"a");
@@ -881,17 +876,8 @@ fn digest_value(v: &Value, h: &mut sha2::Sha256) {
             }
         }
         Value::Boolean(b) => h.update([b'b', u8::from(*b)]),
-        Value::Data(d) => {
-            h.update(b"x");
-            len(h, d.len());
-            h.update(d);
-        }
-        Value::Date(d) => {
-            let text = d.to_xml_format();
-            h.update(b"t");
-            len(h, text.len());
-            h.update(text.as_bytes());
-        }
+        Value::Data(d) => bytes(h, b"x", d),
+        Value::Date(d) => bytes(h, b"t", d.to_xml_format().as_bytes()),
         Value::Real(r) => {
             h.update(b"r");
             h.update(r.to_bits().to_be_bytes());
@@ -907,11 +893,7 @@ fn digest_value(v: &Value, h: &mut sha2::Sha256) {
             }
             (None, None) => h.update(b"?"),
         },
-        Value::String(s) => {
-            h.update(b"s");
-            len(h, s.len());
-            h.update(s.as_bytes());
-        }
+        Value::String(s) => bytes(h, b"s", s.as_bytes()),
         Value::Uid(u) => {
             h.update(b"U");
             h.update(u.get().to_be_bytes());

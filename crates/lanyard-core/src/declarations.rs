@@ -138,7 +138,7 @@ pub struct AssetData {
     pub content_type: String,
     /// The data, base64 in JSON.
     #[schema(value_type = String, format = Byte)]
-    #[serde(with = "b64")]
+    #[serde(with = "crate::b64")]
     pub data: Vec<u8>,
 }
 
@@ -148,17 +148,6 @@ impl std::fmt::Debug for AssetData {
             .field("content_type", &self.content_type)
             .field("bytes", &self.data.len())
             .finish()
-    }
-}
-
-mod b64 {
-    use base64::Engine;
-    use serde::{Deserialize, Deserializer};
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -375,6 +364,17 @@ fn check_set_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The description trimmed, or why it is refused.
+fn check_set_description(description: &str) -> Result<&str> {
+    let description = description.trim();
+    if description.len() > 1000 {
+        return Err(CoreError::Invalid(
+            "descriptions are at most 1000 characters".into(),
+        ));
+    }
+    Ok(description)
+}
+
 fn stored_payload(row: &DeclarationRow) -> Result<Value> {
     serde_json::from_str(&row.payload)
         .map_err(|e| CoreError::failed(format!("reading declaration {}", row.identifier), e))
@@ -568,10 +568,7 @@ impl DeclarationService {
     ) -> Result<DeclarationView> {
         actor.require_write()?;
         let store = self.lanyard.store();
-        let old = store
-            .declaration(identifier)
-            .await?
-            .ok_or_else(|| CoreError::NotFound(format!("declaration {identifier}")))?;
+        let old = self.stored(identifier).await?;
         let asset = match update.asset_data {
             Some(a) => Some((a.data, a.content_type)),
             None => match (&old.asset_data_sealed, &old.asset_content_type) {
@@ -641,13 +638,16 @@ impl DeclarationService {
     }
 
     pub async fn get(&self, identifier: &str) -> Result<DeclarationView> {
-        let row = self
-            .lanyard
+        DeclarationView::from_row(&self.stored(identifier).await?)
+    }
+
+    /// The stored declaration, or `NotFound`.
+    async fn stored(&self, identifier: &str) -> Result<DeclarationRow> {
+        self.lanyard
             .store()
             .declaration(identifier)
             .await?
-            .ok_or_else(|| CoreError::NotFound(format!("declaration {identifier}")))?;
-        DeclarationView::from_row(&row)
+            .ok_or_else(|| CoreError::NotFound(format!("declaration {identifier}")))
     }
 
     pub async fn list(&self) -> Result<Vec<DeclarationView>> {
@@ -674,12 +674,7 @@ impl DeclarationService {
         actor.require_write()?;
         let name = name.trim();
         check_set_name(name)?;
-        let description = description.trim();
-        if description.len() > 1000 {
-            return Err(CoreError::Invalid(
-                "descriptions are at most 1000 characters".into(),
-            ));
-        }
+        let description = check_set_description(description)?;
         self.lanyard
             .store()
             .create_declaration_set(
@@ -698,12 +693,7 @@ impl DeclarationService {
         description: &str,
     ) -> Result<SetView> {
         actor.require_write()?;
-        let description = description.trim();
-        if description.len() > 1000 {
-            return Err(CoreError::Invalid(
-                "descriptions are at most 1000 characters".into(),
-            ));
-        }
+        let description = check_set_description(description)?;
         self.lanyard
             .store()
             .update_declaration_set(
@@ -804,10 +794,7 @@ impl DeclarationService {
     pub async fn add_to_set(&self, actor: &Actor, set: &str, identifier: &str) -> Result<SetView> {
         actor.require_write()?;
         let store = self.lanyard.store();
-        let d = store
-            .declaration(identifier)
-            .await?
-            .ok_or_else(|| CoreError::NotFound(format!("declaration {identifier}")))?;
+        let d = self.stored(identifier).await?;
         if !store.set_assignments(Some(set)).await?.is_empty() {
             check_user_enrollment(identifier, &d.declaration_type)?;
         }

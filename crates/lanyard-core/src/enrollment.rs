@@ -432,27 +432,7 @@ impl EnrollmentService {
             .lanyard
             .authenticate_user(email, password, client)
             .await?;
-        let Some(apple_id) = user.managed_apple_id.clone() else {
-            return Err(CoreError::Forbidden(
-                "Your account has no managed Apple Account yet; ask your IT administrator.".into(),
-            ));
-        };
-        check_presented_identifier(user_identifier, &user.email, Some(&apple_id))?;
-        let secret = new_secret("lyf_");
-        let now = lanyard_store::now();
-        self.lanyard
-            .store()
-            .create_flow(&EnrollmentFlow {
-                id_hash: secret.hash,
-                user_id: user.id,
-                user_identifier: user_identifier.map(|s| s.trim().to_lowercase()),
-                step: FlowStep::Privacy.as_str().into(),
-                ownership: None,
-                created_at: now,
-                expires_at: now + Duration::minutes(FLOW_MINUTES),
-            })
-            .await?;
-        Ok((secret.secret, FlowStep::Privacy))
+        self.lanyard.open_flow(&user, user_identifier).await
     }
 
     /// The live flow behind a cookie, with its (still enabled) user.
@@ -837,6 +817,36 @@ pub fn profile_identifier(enrollment_id: &str) -> String {
 }
 
 impl Lanyard {
+    /// Opens the enrollment flow of a person who signed in (with a password or through an
+    /// identity provider), once they have a managed Apple Account and the Mac's
+    /// `presented` identifier names them; returns the flow cookie secret and the first page.
+    pub(crate) async fn open_flow(
+        &self,
+        user: &User,
+        presented: Option<&str>,
+    ) -> Result<(String, FlowStep)> {
+        let Some(apple_id) = user.managed_apple_id.as_deref() else {
+            return Err(CoreError::Forbidden(
+                "Your account has no managed Apple Account yet; ask your IT administrator.".into(),
+            ));
+        };
+        check_presented_identifier(presented, &user.email, Some(apple_id))?;
+        let secret = new_secret("lyf_");
+        let now = lanyard_store::now();
+        self.store()
+            .create_flow(&EnrollmentFlow {
+                id_hash: secret.hash,
+                user_id: user.id,
+                user_identifier: presented.map(|s| s.trim().to_lowercase()),
+                step: FlowStep::Privacy.as_str().into(),
+                ownership: None,
+                created_at: now,
+                expires_at: now + Duration::minutes(FLOW_MINUTES),
+            })
+            .await?;
+        Ok((secret.secret, FlowStep::Privacy))
+    }
+
     /// Marks `inactive` the enrollments that have not checked out and made no request for
     /// the `inactive-after-days` setting (none when it is 0); returns how many. `serve` runs
     /// this hourly. A Mac that re-enrolls gets a new `EnrollmentID`, so one removed without a

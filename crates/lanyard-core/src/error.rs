@@ -89,6 +89,15 @@ impl CoreError {
         )
     }
 
+    /// A store error from creating `what`; a conflict (its unique name or key already taken)
+    /// says "`what` already exists".
+    pub(crate) fn creating(what: String, e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(_) => CoreError::Conflict(format!("{what} already exists")),
+            other => other.into(),
+        }
+    }
+
     /// The error with its causes, for a log line: `what failed: why: lower cause`.
     pub fn chain(&self) -> ErrorChain<'_> {
         ErrorChain(self)

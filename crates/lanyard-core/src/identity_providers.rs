@@ -26,12 +26,11 @@ use utoipa::ToSchema;
 use lanyard_oidc::{Oidc, OidcError, ProviderConfig};
 use lanyard_pki::SecretBox;
 use lanyard_store::{
-    Audit, EnrollmentFlow, IdentityProviderChange, IdentityProviderRow, NewIdentityProvider,
-    OidcSignIn, StoreError,
+    Audit, IdentityProviderChange, IdentityProviderRow, NewIdentityProvider, OidcSignIn, StoreError,
 };
 
-use crate::admins::{hash_secret, new_secret, Role};
-use crate::enrollment::{FlowStep, FLOW_MINUTES};
+use crate::admins::{hash_secret, Role};
+use crate::enrollment::FlowStep;
 use crate::users::{check_presented_identifier, normalize_email, CreateUser};
 use crate::{Actor, CoreError, Lanyard, Result};
 
@@ -258,12 +257,7 @@ impl Lanyard {
             .store()
             .create_identity_provider(&p, &audit)
             .await
-            .map_err(|e| match e {
-                StoreError::Conflict(_) => {
-                    CoreError::Conflict(format!("an identity provider named {name} already exists"))
-                }
-                other => other.into(),
-            })?;
+            .map_err(|e| CoreError::creating(format!("an identity provider named {name}"), e))?;
         Ok(row.into())
     }
 
@@ -565,27 +559,9 @@ impl OidcSignIns {
                 "this account is disabled; ask your IT administrator".into(),
             ));
         }
-        let Some(apple_id) = user.managed_apple_id.clone() else {
-            return Err(CoreError::Forbidden(
-                "Your account has no managed Apple Account yet; ask your IT administrator.".into(),
-            ));
-        };
-        check_presented_identifier(presented, &user.email, Some(&apple_id))?;
+        let opened = self.lanyard.open_flow(&user, presented).await?;
         tracing::info!(provider = %p.name, user = %user.email, "enrollment sign-in through identity provider");
-        let secret = new_secret("lyf_");
-        let now = lanyard_store::now();
-        store
-            .create_flow(&EnrollmentFlow {
-                id_hash: secret.hash,
-                user_id: user.id,
-                user_identifier: sign_in.user_identifier,
-                step: FlowStep::Privacy.as_str().into(),
-                ownership: None,
-                created_at: now,
-                expires_at: now + Duration::minutes(FLOW_MINUTES),
-            })
-            .await?;
-        Ok((secret.secret, FlowStep::Privacy))
+        Ok(opened)
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod abm;
 pub mod admins;
 pub mod attributes;
+mod b64;
 pub mod commands;
 pub mod declarations;
 pub mod enrollment;

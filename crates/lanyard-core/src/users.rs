@@ -196,12 +196,7 @@ impl Lanyard {
                 &audit,
             )
             .await
-            .map_err(|e| match e {
-                lanyard_store::StoreError::Conflict(_) => {
-                    CoreError::Conflict(format!("a user with email {email} already exists"))
-                }
-                other => other.into(),
-            })?;
+            .map_err(|e| CoreError::creating(format!("a user with email {email}"), e))?;
         Ok(user.into())
     }
 
@@ -290,12 +285,11 @@ impl Lanyard {
             Ok(email) => self.store.user_by_email(&email).await?,
             Err(_) => None,
         };
-        let hash = user
-            .as_ref()
-            .and_then(|u| u.password_hash.as_deref())
-            .unwrap_or_else(|| dummy_hash());
-        let ok = verify_password(password, hash);
-        let Some(user) = user.filter(|u| ok && u.password_hash.is_some()) else {
+        let ok = password_matches(
+            password,
+            user.as_ref().and_then(|u| u.password_hash.as_deref()),
+        );
+        let Some(user) = user.filter(|_| ok) else {
             return Err(denied());
         };
         self.sign_in_passed(&key).await?;
@@ -306,6 +300,14 @@ impl Lanyard {
         }
         Ok(user)
     }
+}
+
+/// Whether `password` matches an account's `hash`. Without a hash (no such account, or one
+/// without a password) it is checked against [`dummy_hash`] all the same and never matches,
+/// so the answer takes as long either way.
+pub(crate) fn password_matches(password: &str, hash: Option<&str>) -> bool {
+    let ok = verify_password(password, hash.unwrap_or_else(|| dummy_hash()));
+    ok && hash.is_some()
 }
 
 /// A hash of a random password, made once with the same parameters as real hashes, that a

@@ -110,7 +110,8 @@ pub(crate) struct SignedMessage {
     pub signers: Vec<SignerSummary>,
 }
 
-fn tlvs(value: &[u8]) -> Result<Vec<Any>> {
+/// The DER elements one after another in `value`.
+pub(crate) fn tlvs(value: &[u8]) -> Result<Vec<Any>> {
     let mut reader = SliceReader::new(value).map_err(der_err)?;
     let mut out = Vec::new();
     while !reader.is_finished() {
@@ -119,7 +120,7 @@ fn tlvs(value: &[u8]) -> Result<Vec<Any>> {
     Ok(out)
 }
 
-fn is_context(any: &Any, number: u8) -> bool {
+pub(crate) fn is_context(any: &Any, number: u8) -> bool {
     matches!(any.tag(), Tag::ContextSpecific { number: n, .. } if n.value() == number)
 }
 

@@ -4,12 +4,12 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use openssl::asn1::Asn1Integer;
+use openssl::asn1::{Asn1Integer, Asn1Time};
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::pkey::{PKey, PKeyRef, Private};
+use openssl::pkey::{HasPublic, PKey, PKeyRef, Private};
 use openssl::rsa::Rsa;
 use openssl::x509::extension::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
@@ -107,6 +107,26 @@ fn simple_name(common_name: &str, organization: &str) -> Result<X509Name> {
     Ok(b.build())
 }
 
+/// Starts a certificate: X.509 v3, a random serial, `subject` issued by `issuer`, for `key`,
+/// valid from `validity.0` to `validity.1`.
+fn cert_builder<T: HasPublic>(
+    subject: &X509NameRef,
+    issuer: &X509NameRef,
+    key: &PKeyRef<T>,
+    validity: (Asn1Time, Asn1Time),
+) -> Result<X509Builder> {
+    let mut b = X509Builder::new()?;
+    b.set_version(2)?;
+    let serial = random_serial()?;
+    b.set_serial_number(&serial)?;
+    b.set_subject_name(subject)?;
+    b.set_issuer_name(issuer)?;
+    b.set_pubkey(key)?;
+    b.set_not_before(&validity.0)?;
+    b.set_not_after(&validity.1)?;
+    Ok(b)
+}
+
 /// A self-signed certificate for `key`: version 3, random 128-bit serial, valid from a little
 /// before now for `validity_days`, with the given basic constraints and key usage and a
 /// subject key identifier, signed with SHA-256.
@@ -117,17 +137,11 @@ pub(crate) fn self_signed(
     basic_constraints: X509Extension,
     key_usage: X509Extension,
 ) -> Result<X509> {
-    let mut b = X509Builder::new()?;
-    b.set_version(2)?;
-    let serial = random_serial()?;
-    b.set_serial_number(&serial)?;
-    b.set_subject_name(name)?;
-    b.set_issuer_name(name)?;
-    b.set_pubkey(key)?;
-    let not_before = from_now(-BACKDATE_SECS)?;
-    b.set_not_before(&not_before)?;
-    let not_after = from_now(i64::from(validity_days) * 86_400)?;
-    b.set_not_after(&not_after)?;
+    let validity = (
+        from_now(-BACKDATE_SECS)?,
+        from_now(i64::from(validity_days) * 86_400)?,
+    );
+    let mut b = cert_builder(name, name, key, validity)?;
     b.append_extension(basic_constraints)?;
     b.append_extension(key_usage)?;
     let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
@@ -224,17 +238,11 @@ impl Ca {
         nb.append_entry_by_nid(Nid::COMMONNAME, &cn)?;
         let subject = nb.build();
 
-        let mut b = X509Builder::new()?;
-        b.set_version(2)?;
-        let serial = random_serial()?;
-        b.set_serial_number(&serial)?;
-        b.set_subject_name(&subject)?;
-        b.set_issuer_name(self.cert.subject_name())?;
-        b.set_pubkey(&key)?;
-        let not_before = from_now(-BACKDATE_SECS)?;
-        b.set_not_before(&not_before)?;
-        let not_after = from_now(i64::from(TLS_SERVER_VALIDITY_DAYS) * 86_400)?;
-        b.set_not_after(&not_after)?;
+        let validity = (
+            from_now(-BACKDATE_SECS)?,
+            from_now(i64::from(TLS_SERVER_VALIDITY_DAYS) * 86_400)?,
+        );
+        let mut b = self.leaf_builder(&subject, &key, validity)?;
         b.append_extension(BasicConstraints::new().build()?)?;
         b.append_extension(KeyUsage::new().critical().digital_signature().build()?)?;
         b.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
@@ -250,6 +258,25 @@ impl Ca {
         }
         let san = san.build(&b.x509v3_context(Some(&self.cert), None))?;
         b.append_extension(san)?;
+        let cert = self.sign_leaf(b)?;
+        issued(&cert, &key)
+    }
+
+    /// Starts a certificate this CA issues: X.509 v3, a random serial, `subject`, the CA as
+    /// issuer, `key`, valid from `validity.0` to `validity.1`. The caller adds the extensions
+    /// that say what it is for.
+    pub(crate) fn leaf_builder<T: HasPublic>(
+        &self,
+        subject: &X509NameRef,
+        key: &PKeyRef<T>,
+        validity: (Asn1Time, Asn1Time),
+    ) -> Result<X509Builder> {
+        cert_builder(subject, self.cert.subject_name(), key, validity)
+    }
+
+    /// Finishes a certificate started with [`Ca::leaf_builder`]: subject and authority key
+    /// identifiers, then the CA's SHA-256 signature.
+    pub(crate) fn sign_leaf(&self, mut b: X509Builder) -> Result<X509> {
         let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(Some(&self.cert), None))?;
         b.append_extension(ski)?;
         let aki = AuthorityKeyIdentifier::new()
@@ -257,8 +284,7 @@ impl Ca {
             .build(&b.x509v3_context(Some(&self.cert), None))?;
         b.append_extension(aki)?;
         b.sign(&self.key, MessageDigest::sha256())?;
-        let cert = b.build();
-        issued(&cert, &key)
+        Ok(b.build())
     }
 }
 

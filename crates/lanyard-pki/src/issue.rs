@@ -8,16 +8,14 @@ use openssl::nid::Nid;
 use openssl::pkey::{PKey, PKeyRef, Private, Public};
 use openssl::rsa::Rsa;
 use openssl::sign::Signer;
-use openssl::x509::extension::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectKeyIdentifier,
-};
-use openssl::x509::{X509Builder, X509NameBuilder, X509NameRef, X509Req, X509ReqBuilder, X509};
+use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+use openssl::x509::{X509NameBuilder, X509NameRef, X509Req, X509ReqBuilder, X509};
 use x509_cert::request::CertReq;
 
 use der::{Decode as _, Encode as _};
 
 use crate::asn1::{self, oid};
-use crate::ca::{random_serial, Ca, IssuedCert, BACKDATE_SECS};
+use crate::ca::{Ca, IssuedCert, BACKDATE_SECS};
 use crate::certinfo::name_to_string;
 use crate::error::{PkiError, Result};
 use crate::time::{asn1_to_unix, now_unix};
@@ -201,16 +199,7 @@ impl CertificateIssuer for Ca {
             ));
         }
         let key = csr.public_key()?;
-        let mut b = X509Builder::new()?;
-        b.set_version(2)?;
-        let serial = random_serial()?;
-        b.set_serial_number(&serial)?;
-        b.set_subject_name(subject)?;
-        b.set_issuer_name(self.certificate().subject_name())?;
-        b.set_pubkey(&key)?;
-        let (not_before, not_after) = self.validity_secs(secs)?;
-        b.set_not_before(&not_before)?;
-        b.set_not_after(&not_after)?;
+        let mut b = self.leaf_builder(subject, &key, self.validity_secs(secs)?)?;
         b.append_extension(BasicConstraints::new().critical().build()?)?;
         b.append_extension(
             KeyUsage::new()
@@ -220,15 +209,7 @@ impl CertificateIssuer for Ca {
                 .build()?,
         )?;
         b.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;
-        let ski =
-            SubjectKeyIdentifier::new().build(&b.x509v3_context(Some(self.certificate()), None))?;
-        b.append_extension(ski)?;
-        let aki = AuthorityKeyIdentifier::new()
-            .keyid(true)
-            .build(&b.x509v3_context(Some(self.certificate()), None))?;
-        b.append_extension(aki)?;
-        b.sign(self.private_key(), MessageDigest::sha256())?;
-        Ok(b.build())
+        self.sign_leaf(b)
     }
 
     fn issuer_certificate(&self) -> &X509 {
@@ -288,16 +269,7 @@ impl Ca {
         }
         nb.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
         let name = nb.build();
-        let mut b = X509Builder::new()?;
-        b.set_version(2)?;
-        let serial = random_serial()?;
-        b.set_serial_number(&serial)?;
-        b.set_subject_name(&name)?;
-        b.set_issuer_name(self.certificate().subject_name())?;
-        b.set_pubkey(&key)?;
-        let (not_before, not_after) = self.validity(validity_days)?;
-        b.set_not_before(&not_before)?;
-        b.set_not_after(&not_after)?;
+        let mut b = self.leaf_builder(&name, &key, self.validity(validity_days)?)?;
         b.append_extension(BasicConstraints::new().critical().build()?)?;
         match kind {
             HelperKind::ScepRa => {
@@ -314,15 +286,7 @@ impl Ca {
                 b.append_extension(ExtendedKeyUsage::new().email_protection().build()?)?;
             }
         }
-        let ski =
-            SubjectKeyIdentifier::new().build(&b.x509v3_context(Some(self.certificate()), None))?;
-        b.append_extension(ski)?;
-        let aki = AuthorityKeyIdentifier::new()
-            .keyid(true)
-            .build(&b.x509v3_context(Some(self.certificate()), None))?;
-        b.append_extension(aki)?;
-        b.sign(self.private_key(), MessageDigest::sha256())?;
-        let cert = b.build();
+        let cert = self.sign_leaf(b)?;
         crate::ca::issued(&cert, &key)
     }
 

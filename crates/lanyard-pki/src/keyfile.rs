@@ -245,6 +245,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn cms_decrypt(der: &[u8], cert: &X509, key: &PKeyRef<Private>) -> Result<Vec<u8>> {
     let cms = CmsContentInfo::from_der(der)
         .map_err(|e| PkiError::InvalidInput(format!("not a CMS message: {e}")))?;
+    open_envelope(&cms, cert, key)
+}
+
+/// Decrypts a parsed CMS EnvelopedData with `cert` (which selects the recipient and keeps
+/// OpenSSL's Bleichenbacher countermeasure on) and its key.
+pub(crate) fn open_envelope(
+    cms: &CmsContentInfo,
+    cert: &X509,
+    key: &PKeyRef<Private>,
+) -> Result<Vec<u8>> {
     cms.decrypt(key, cert)
         .map_err(|e| PkiError::Verify(format!("could not decrypt the CMS envelope: {e}")))
 }

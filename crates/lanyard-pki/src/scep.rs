@@ -171,17 +171,9 @@ impl MessageType {
     }
 
     fn from_code(s: &str) -> Result<MessageType> {
-        Ok(match s.trim() {
-            "3" => MessageType::CertRep,
-            "17" => MessageType::RenewalReq,
-            "19" => MessageType::PkcsReq,
-            "20" => MessageType::CertPoll,
-            "21" => MessageType::GetCert,
-            "22" => MessageType::GetCrl,
-            other => {
-                return Err(PkiError::Scep(format!("unknown messageType {other:?}")));
-            }
-        })
+        use MessageType::*;
+        let all = [CertRep, RenewalReq, PkcsReq, CertPoll, GetCert, GetCrl];
+        decode(&all, MessageType::code, "messageType", s)
     }
 }
 
@@ -213,14 +205,9 @@ impl FailInfo {
     }
 
     fn from_code(s: &str) -> Result<FailInfo> {
-        Ok(match s.trim() {
-            "0" => FailInfo::BadAlg,
-            "1" => FailInfo::BadMessageCheck,
-            "2" => FailInfo::BadRequest,
-            "3" => FailInfo::BadTime,
-            "4" => FailInfo::BadCertId,
-            other => return Err(PkiError::Scep(format!("unknown failInfo {other:?}"))),
-        })
+        use FailInfo::*;
+        let all = [BadAlg, BadMessageCheck, BadRequest, BadTime, BadCertId];
+        decode(&all, FailInfo::code, "failInfo", s)
     }
 }
 
@@ -245,13 +232,23 @@ impl PkiStatus {
     }
 
     fn from_code(s: &str) -> Result<PkiStatus> {
-        Ok(match s.trim() {
-            "0" => PkiStatus::Success,
-            "2" => PkiStatus::Failure,
-            "3" => PkiStatus::Pending,
-            other => return Err(PkiError::Scep(format!("unknown pkiStatus {other:?}"))),
-        })
+        use PkiStatus::*;
+        decode(
+            &[Success, Failure, Pending],
+            PkiStatus::code,
+            "pkiStatus",
+            s,
+        )
     }
+}
+
+/// Reads an attribute's decimal string back: the value among `all` whose `code` it is.
+fn decode<T: Copy>(all: &[T], code: fn(T) -> &'static str, attribute: &str, s: &str) -> Result<T> {
+    let s = s.trim();
+    all.iter()
+        .copied()
+        .find(|&v| code(v) == s)
+        .ok_or_else(|| PkiError::Scep(format!("unknown {attribute} {s:?}")))
 }
 
 /// Digest algorithms accepted in SCEP messages.
@@ -434,6 +431,15 @@ fn attr_text(attrs: &[Attribute], id: &ObjectIdentifier, name: &str) -> Result<O
         .transpose()
 }
 
+/// A text attribute the message must carry.
+fn required_text(attrs: &[Attribute], id: &ObjectIdentifier, name: &str) -> Result<String> {
+    attr_text(attrs, id, name)?.ok_or_else(|| missing(name))
+}
+
+fn missing(attribute: &str) -> PkiError {
+    PkiError::Scep(format!("{attribute} attribute missing"))
+}
+
 fn attr_octets(attrs: &[Attribute], id: &ObjectIdentifier) -> Result<Option<Vec<u8>>> {
     match asn1::attr_value(attrs, id)? {
         None => Ok(None),
@@ -515,17 +521,18 @@ pub fn decode_pki_message(
     } = open_signed(der, None)?;
     let digest = Digest::from_oid(&digest_oid)
         .ok_or_else(|| PkiError::Scep(format!("unsupported digest algorithm {digest_oid}")))?;
-    let message_type = MessageType::from_code(
-        &attr_text(&attrs, &oid::SCEP_MESSAGE_TYPE, "messageType")?
-            .ok_or_else(|| PkiError::Scep("messageType attribute missing".into()))?,
-    )?;
+    let message_type = MessageType::from_code(&required_text(
+        &attrs,
+        &oid::SCEP_MESSAGE_TYPE,
+        "messageType",
+    )?)?;
     let transaction_id_raw = asn1::attr_value(&attrs, &oid::SCEP_TRANSACTION_ID)?
         .cloned()
-        .ok_or_else(|| PkiError::Scep("transactionID attribute missing".into()))?;
+        .ok_or_else(|| missing("transactionID"))?;
     let transaction_id = asn1::any_to_string(&transaction_id_raw)
         .map_err(|e| PkiError::Scep(format!("transactionID: {e}")))?;
-    let sender_nonce = attr_octets(&attrs, &oid::SCEP_SENDER_NONCE)?
-        .ok_or_else(|| PkiError::Scep("senderNonce attribute missing".into()))?;
+    let sender_nonce =
+        attr_octets(&attrs, &oid::SCEP_SENDER_NONCE)?.ok_or_else(|| missing("senderNonce"))?;
     let envelope = content.ok_or_else(|| PkiError::Scep("pkiMessage has no content".into()))?;
 
     let ed = asn1::parse_enveloped_data(&envelope)
@@ -810,22 +817,19 @@ pub fn decode_cert_rep(
         content,
         ..
     } = open_signed(der, Some(ca))?;
-    let mt = MessageType::from_code(
-        &attr_text(&attrs, &oid::SCEP_MESSAGE_TYPE, "messageType")?
-            .ok_or_else(|| PkiError::Scep("messageType attribute missing".into()))?,
-    )?;
+    let mt = MessageType::from_code(&required_text(
+        &attrs,
+        &oid::SCEP_MESSAGE_TYPE,
+        "messageType",
+    )?)?;
     if mt != MessageType::CertRep {
         return Err(PkiError::Scep(format!("expected CertRep, got {mt:?}")));
     }
-    let status = PkiStatus::from_code(
-        &attr_text(&attrs, &oid::SCEP_PKI_STATUS, "pkiStatus")?
-            .ok_or_else(|| PkiError::Scep("pkiStatus attribute missing".into()))?,
-    )?;
+    let status = PkiStatus::from_code(&required_text(&attrs, &oid::SCEP_PKI_STATUS, "pkiStatus")?)?;
     let fail_info = attr_text(&attrs, &oid::SCEP_FAIL_INFO, "failInfo")?
         .map(|s| FailInfo::from_code(&s))
         .transpose()?;
-    let transaction_id = attr_text(&attrs, &oid::SCEP_TRANSACTION_ID, "transactionID")?
-        .ok_or_else(|| PkiError::Scep("transactionID attribute missing".into()))?;
+    let transaction_id = required_text(&attrs, &oid::SCEP_TRANSACTION_ID, "transactionID")?;
     let recipient_nonce = attr_octets(&attrs, &oid::SCEP_RECIPIENT_NONCE)?.unwrap_or_default();
     let certificates = match (status, content) {
         (PkiStatus::Success, Some(env)) => {
@@ -1333,18 +1337,7 @@ mod tests {
     #[test]
     fn tampered_or_misaddressed_requests_are_rejected() {
         let ca = Ca::generate("SCEP CA", "Lanyard").unwrap();
-        let (csr, key) = make_csr("dev1", Some("secret"));
-        let me = self_signed(&key, "dev1");
-        let (msg, _) = encode_pki_message(
-            MessageType::PkcsReq,
-            &csr,
-            &me,
-            &key,
-            ca.certificate(),
-            "tx",
-            Cipher::aes_256_cbc(),
-        )
-        .unwrap();
+        let (msg, ..) = pkcs_req(ca.certificate(), Cipher::aes_256_cbc(), "secret");
         // flip a byte inside the envelope (the signed content)
         let mut bad = msg.clone();
         let mid = bad.len() / 2;
@@ -1364,31 +1357,23 @@ mod tests {
         let (csr, key) = make_csr("dev1", None);
         let current = ca.issue_identity(&csr, 30, None).unwrap();
         let (csr2, _key2) = make_csr("dev1", None);
-        let (msg, _) = encode_pki_message(
-            MessageType::RenewalReq,
-            &csr2,
-            &current,
-            &key,
-            ca.certificate(),
-            "tx-renew",
-            Cipher::aes_256_cbc(),
-        )
-        .unwrap();
-        let req = decode_pki_message(&msg, &[(ca.certificate(), ca.private_key())]).unwrap();
+        let renewal_signed_by = |signer: &X509| {
+            let (msg, _) = encode_pki_message(
+                MessageType::RenewalReq,
+                &csr2,
+                signer,
+                &key,
+                ca.certificate(),
+                "tx-renew",
+                Cipher::aes_256_cbc(),
+            )
+            .unwrap();
+            decode_pki_message(&msg, &[(ca.certificate(), ca.private_key())]).unwrap()
+        };
+        let req = renewal_signed_by(&current);
         assert_eq!(req.message_type, MessageType::RenewalReq);
         assert!(req.signer_chains_to(ca.certificate()).unwrap());
-        let me = self_signed(&key, "x");
-        let (msg, _) = encode_pki_message(
-            MessageType::RenewalReq,
-            &csr2,
-            &me,
-            &key,
-            ca.certificate(),
-            "tx-renew",
-            Cipher::aes_256_cbc(),
-        )
-        .unwrap();
-        let req = decode_pki_message(&msg, &[(ca.certificate(), ca.private_key())]).unwrap();
+        let req = renewal_signed_by(&self_signed(&key, "x"));
         assert!(!req.signer_chains_to(ca.certificate()).unwrap());
     }
 }

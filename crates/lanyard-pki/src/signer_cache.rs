@@ -34,7 +34,7 @@ use std::sync::Mutex;
 use cms::content_info::ContentInfo;
 use cms::signed_data::SignedData;
 use der::asn1::ObjectIdentifier;
-use der::{Any, Decode, Encode, Reader, SliceReader, Tag, Tagged};
+use der::{Any, Decode, Encode, Tag, Tagged};
 use openssl::hash::{hash, MessageDigest};
 use openssl::pkey::{Id, PKey, Public};
 use openssl::sign::Verifier;
@@ -44,7 +44,7 @@ use x509_cert::ext::pkix::KeyUsage;
 use x509_cert::ext::Extension;
 use x509_cert::Certificate;
 
-use crate::asn1::oid;
+use crate::asn1::{der_err, is_context, oid, tlvs};
 use crate::error::{PkiError, Result};
 use crate::signing::{decode_signature, verify_detached};
 use crate::time::{asn1_to_unix, now_unix};
@@ -172,23 +172,6 @@ struct DetachedParts {
     signed_attrs_der: Vec<u8>,
     message_digest: Vec<u8>,
     signature: Vec<u8>,
-}
-
-fn der_err(e: der::Error) -> PkiError {
-    PkiError::Der(e.to_string())
-}
-
-fn tlvs(value: &[u8]) -> Result<Vec<Any>> {
-    let mut reader = SliceReader::new(value).map_err(der_err)?;
-    let mut out = Vec::new();
-    while !reader.is_finished() {
-        out.push(Any::decode(&mut reader).map_err(der_err)?);
-    }
-    Ok(out)
-}
-
-fn is_context(any: &Any, number: u8) -> bool {
-    matches!(any.tag(), Tag::ContextSpecific { number: n, .. } if n.value() == number)
 }
 
 fn first_oid(seq: &Any) -> Result<ObjectIdentifier> {

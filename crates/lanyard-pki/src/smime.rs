@@ -15,6 +15,7 @@ use openssl::x509::{X509NameBuilder, X509NameRef, X509};
 
 use crate::ca::{issued, IssuedCert};
 use crate::error::{PkiError, Result};
+use crate::keyfile::open_envelope;
 
 /// Decrypt a CMS EnvelopedData given as S/MIME text (what ABM's `.p7m` holds), PEM
 /// (`-----BEGIN PKCS7-----` or `CMS`) or DER, with `key` (and `cert`, which selects the
@@ -29,8 +30,7 @@ pub fn decrypt_smime(smime_bytes: &[u8], cert: &X509, key: &PKeyRef<Private>) ->
     } else {
         CmsContentInfo::smime_read_cms(smime_bytes)?
     };
-    cms.decrypt(key, cert)
-        .map_err(|e| PkiError::Verify(format!("could not decrypt the CMS envelope: {e}")))
+    open_envelope(&cms, cert, key)
 }
 
 /// The text of a decrypted MIME entity: the body after the header block (if the content

@@ -20,13 +20,12 @@
 //! would constrain values) is an error, so a schema release that adds one cannot be silently
 //! half-read.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde_norway::{Mapping, Value};
 
-use super::{version, Version};
+use super::{load_dir, version, Version};
 
 /// The header line of the generated declaration table.
 pub const HEADER: &str =
@@ -114,7 +113,7 @@ pub fn generate(schema_dir: &Path) -> Result<String, String> {
 
     let mut declarations = Vec::new();
     for (folder, kind, prefix) in KIND_FOLDERS {
-        for (file, doc) in load_dir(&declarations_dir.join(folder))? {
+        for (file, doc) in load_dir::<Value>(&declarations_dir.join(folder))? {
             let source = format!("{folder}/{file}");
             let name = payload_str(&doc, "declarationtype")
                 .ok_or_else(|| format!("{source}: payload.declarationtype is missing"))?;
@@ -130,7 +129,7 @@ pub fn generate(schema_dir: &Path) -> Result<String, String> {
     check_unique(&declarations, "declaration type")?;
 
     let mut credentials = Vec::new();
-    for (file, doc) in load_dir(&declarations_dir.join("assets/credentials"))? {
+    for (file, doc) in load_dir::<Value>(&declarations_dir.join("assets/credentials"))? {
         let source = format!("assets/credentials/{file}");
         let name = payload_str(&doc, "credentialtype")
             .ok_or_else(|| format!("{source}: payload.credentialtype is missing"))?;
@@ -140,7 +139,7 @@ pub fn generate(schema_dir: &Path) -> Result<String, String> {
     check_unique(&credentials, "credential type")?;
 
     let mut status_items = Vec::new();
-    for (file, doc) in load_dir(&declarative.join("status"))? {
+    for (file, doc) in load_dir::<Value>(&declarative.join("status"))? {
         let source = format!("status/{file}");
         let Some(name) = payload_str(&doc, "statusitemtype") else {
             // statusreason.yaml describes the error object of a status report, not an item.
@@ -163,15 +162,10 @@ pub fn generate(schema_dir: &Path) -> Result<String, String> {
     status_items.sort_by(|a, b| a.name.cmp(&b.name));
     check_unique(&status_items, "status item")?;
 
-    let mut out = String::new();
-    out.push_str(HEADER);
-    out.push('\n');
-    if let Some(release) = super::schema_release(schema_dir) {
-        let _ = writeln!(out, "// Schema release: {release}.");
-    }
-    out.push_str(
-        "// Regenerate: cargo run -p lanyard-schemagen -- --schema ../shared/apple-schema \\\n\
-         //     --declarations-out crates/lanyard-proto/src/declaration_table.rs\n\n",
+    let mut out = super::file_start(
+        HEADER,
+        schema_dir,
+        "--declarations-out crates/lanyard-proto/src/declaration_table.rs",
     );
     out.push_str(
         "use crate::declaration::DeclarationKind::{Activation, Asset, Configuration, Management};\n\
@@ -217,27 +211,6 @@ fn check_unique(entries: &[Entry], what: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Every `*.yaml` file directly in `dir`, parsed, sorted by file name.
-fn load_dir(dir: &Path) -> Result<Vec<(String, Value)>, String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    let mut files = BTreeMap::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".yaml") {
-            continue;
-        }
-        let text = super::read(&entry.path())?;
-        let doc: Value = serde_norway::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
-        files.insert(name, doc);
-    }
-    if files.is_empty() {
-        return Err(format!("no .yaml files in {}", dir.display()));
-    }
-    Ok(files.into_iter().collect())
 }
 
 fn payload_str<'a>(doc: &'a Value, field: &str) -> Option<&'a str> {

@@ -98,7 +98,7 @@ pub fn generate(schema_dir: &Path) -> Result<String, String> {
 
     let mut commands = Vec::new();
     let mut queries = Vec::new();
-    for (file, schema) in load_dir(&commands_dir)? {
+    for (file, schema) in load_dir::<SchemaFile>(&commands_dir)? {
         let Some(name) = schema.payload.requesttype.clone() else {
             return Err(format!("{file}: payload.requesttype is missing"));
         };
@@ -122,7 +122,7 @@ pub fn generate(schema_dir: &Path) -> Result<String, String> {
     }
 
     let mut payloads = Vec::new();
-    for (file, schema) in load_dir(&profiles_dir)? {
+    for (file, schema) in load_dir::<SchemaFile>(&profiles_dir)? {
         let Some(name) = schema.payload.payloadtype.clone() else {
             return Err(format!("{file}: payload.payloadtype is missing"));
         };
@@ -137,15 +137,10 @@ pub fn generate(schema_dir: &Path) -> Result<String, String> {
         });
     }
 
-    let mut out = String::new();
-    out.push_str(HEADER);
-    out.push('\n');
-    if let Some(release) = schema_release(schema_dir) {
-        let _ = writeln!(out, "// Schema release: {release}.");
-    }
-    out.push_str(
-        "// Regenerate: cargo run -p lanyard-schemagen -- --schema ../shared/apple-schema \\\n\
-         //     --out crates/lanyard-proto/src/ue_table.rs\n\n",
+    let mut out = file_start(
+        HEADER,
+        schema_dir,
+        "--out crates/lanyard-proto/src/ue_table.rs",
     );
     out.push_str(
         "use crate::machineinfo::OsVersion;\n\
@@ -173,6 +168,23 @@ pub fn generate(schema_dir: &Path) -> Result<String, String> {
     Ok(out)
 }
 
+/// The top of a generated file: its `header`, the schema release, and how to make it again
+/// (`output`: the option and path naming the file).
+fn file_start(header: &str, schema_dir: &Path, output: &str) -> String {
+    let mut out = String::new();
+    out.push_str(header);
+    out.push('\n');
+    if let Some(release) = schema_release(schema_dir) {
+        let _ = writeln!(out, "// Schema release: {release}.");
+    }
+    let _ = writeln!(
+        out,
+        "// Regenerate: cargo run -p lanyard-schemagen -- --schema ../shared/apple-schema \\\n\
+         //     {output}\n"
+    );
+    out
+}
+
 /// The "macOS x.y" line of the schema README's release table, if present.
 fn schema_release(schema_dir: &Path) -> Option<String> {
     let readme = std::fs::read_to_string(schema_dir.join("README.md")).ok()?;
@@ -185,8 +197,8 @@ fn schema_release(schema_dir: &Path) -> Option<String> {
     })
 }
 
-/// Every `*.yaml` file in `dir`, parsed, sorted by file name.
-fn load_dir(dir: &Path) -> Result<Vec<(String, SchemaFile)>, String> {
+/// Every `*.yaml` file directly in `dir`, parsed, sorted by file name.
+fn load_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<(String, T)>, String> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     let mut files = BTreeMap::new();
@@ -197,9 +209,8 @@ fn load_dir(dir: &Path) -> Result<Vec<(String, SchemaFile)>, String> {
             continue;
         }
         let text = read(&entry.path())?;
-        let schema: SchemaFile =
-            serde_norway::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
-        files.insert(name, schema);
+        let parsed: T = serde_norway::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
+        files.insert(name, parsed);
     }
     if files.is_empty() {
         return Err(format!("no .yaml files in {}", dir.display()));

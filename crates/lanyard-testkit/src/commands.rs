@@ -123,20 +123,18 @@ impl InstalledProfile {
 
     /// The entry of a `ProfileList` answer.
     pub fn list_entry(&self) -> Dictionary {
-        let mut d = Dictionary::new();
-        for key in [
-            "PayloadIdentifier",
-            "PayloadUUID",
-            "PayloadDisplayName",
-            "PayloadOrganization",
-            "PayloadDescription",
-            "PayloadVersion",
-            "PayloadRemovalDisallowed",
-        ] {
-            if let Some(v) = self.profile.get(key) {
-                d.insert(key.into(), v.clone());
-            }
-        }
+        let mut d = pick(
+            &self.profile,
+            &[
+                "PayloadIdentifier",
+                "PayloadUUID",
+                "PayloadDisplayName",
+                "PayloadOrganization",
+                "PayloadDescription",
+                "PayloadVersion",
+                "PayloadRemovalDisallowed",
+            ],
+        );
         d.insert("IsManaged".into(), Value::Boolean(true));
         d.insert("IsEncrypted".into(), Value::Boolean(false));
         d.insert("HasRemovalPasscode".into(), Value::Boolean(false));
@@ -148,20 +146,17 @@ impl InstalledProfile {
                 a.iter()
                     .filter_map(Value::as_dictionary)
                     .map(|p| {
-                        let mut e = Dictionary::new();
-                        for key in [
-                            "PayloadType",
-                            "PayloadIdentifier",
-                            "PayloadUUID",
-                            "PayloadDisplayName",
-                            "PayloadOrganization",
-                            "PayloadVersion",
-                        ] {
-                            if let Some(v) = p.get(key) {
-                                e.insert(key.into(), v.clone());
-                            }
-                        }
-                        Value::Dictionary(e)
+                        Value::Dictionary(pick(
+                            p,
+                            &[
+                                "PayloadType",
+                                "PayloadIdentifier",
+                                "PayloadUUID",
+                                "PayloadDisplayName",
+                                "PayloadOrganization",
+                                "PayloadVersion",
+                            ],
+                        ))
                     })
                     .collect()
             })
@@ -456,6 +451,17 @@ pub fn builtin_reply(
     }
 }
 
+/// The entries of `from` under `keys`, those it has.
+fn pick(from: &Dictionary, keys: &[&str]) -> Dictionary {
+    let mut d = Dictionary::new();
+    for &key in keys {
+        if let Some(v) = from.get(key) {
+            d.insert(key.into(), v.clone());
+        }
+    }
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,6 +491,15 @@ mod tests {
     fn cmd(request_type: &str, payload: Dictionary) -> ServerCommand {
         let bytes = encode_command(&Command::new("C-1", request_type, payload)).unwrap();
         parse_command(&bytes).unwrap()
+    }
+
+    /// `InstallProfile` of `profile`, written as an XML plist.
+    fn install(profile: Dictionary) -> ServerCommand {
+        let mut bytes = Vec::new();
+        plist::to_writer_xml(&mut bytes, &Value::Dictionary(profile)).unwrap();
+        let mut p = Dictionary::new();
+        p.insert("Payload".into(), Value::Data(bytes));
+        cmd("InstallProfile", p)
     }
 
     #[test]
@@ -545,15 +560,7 @@ mod tests {
         prof.insert("PayloadUUID".into(), s("U-1"));
         prof.insert("PayloadType".into(), s("Configuration"));
         prof.insert("PayloadContent".into(), Value::Array(vec![]));
-        let mut bytes = Vec::new();
-        plist::to_writer_xml(&mut bytes, &Value::Dictionary(prof)).unwrap();
-        let mut p = Dictionary::new();
-        p.insert("Payload".into(), Value::Data(bytes));
-        let r = builtin_reply(
-            &cmd("InstallProfile", p),
-            &ctx(&facts, &held),
-            &mut profiles,
-        );
+        let r = builtin_reply(&install(prof), &ctx(&facts, &held), &mut profiles);
         assert_eq!(r.status, CommandStatus::Acknowledged);
         // A profile with an MDM payload is never installed by the built-in responder.
         let mut mdm = Dictionary::new();
@@ -563,15 +570,7 @@ mod tests {
             "PayloadContent".into(),
             Value::Array(vec![dict(vec![("PayloadType", s("com.apple.mdm"))])]),
         );
-        let mut bytes = Vec::new();
-        plist::to_writer_xml(&mut bytes, &Value::Dictionary(mdm)).unwrap();
-        let mut p = Dictionary::new();
-        p.insert("Payload".into(), Value::Data(bytes));
-        let r = builtin_reply(
-            &cmd("InstallProfile", p),
-            &ctx(&facts, &held),
-            &mut profiles,
-        );
+        let r = builtin_reply(&install(mdm), &ctx(&facts, &held), &mut profiles);
         assert_eq!(r.status, CommandStatus::Error);
         let r = builtin_reply(
             &cmd("ProfileList", Dictionary::new()),

@@ -27,6 +27,35 @@ pub struct Held {
     pub reasons: Vec<Value>,
 }
 
+impl Held {
+    /// A declaration the Mac read and can use (not active until an activation says so).
+    pub fn valid(kind: DeclarationKind, declaration: Declaration) -> Held {
+        Held {
+            kind,
+            declaration,
+            active: false,
+            valid: "valid",
+            reasons: Vec::new(),
+        }
+    }
+
+    /// A declaration the Mac could not use, with the reason it reports (`code`, `description`).
+    pub fn invalid(
+        kind: DeclarationKind,
+        declaration: Declaration,
+        code: &str,
+        description: &str,
+    ) -> Held {
+        Held {
+            kind,
+            reasons: vec![reason(code, description, &declaration)],
+            declaration,
+            active: false,
+            valid: "invalid",
+        }
+    }
+}
+
 /// What the Mac holds after its last synchronisation.
 #[derive(Debug, Clone, Default)]
 pub struct DeclarativeState {
@@ -318,21 +347,13 @@ mod tests {
     use super::*;
 
     fn held(kind: DeclarationKind, t: &str, id: &str, payload: Value) -> (String, Held) {
-        (
-            id.to_string(),
-            Held {
-                kind,
-                declaration: Declaration {
-                    declaration_type: t.into(),
-                    identifier: id.into(),
-                    server_token: "t".into(),
-                    payload,
-                },
-                active: false,
-                valid: "valid",
-                reasons: vec![],
-            },
-        )
+        let declaration = Declaration {
+            declaration_type: t.into(),
+            identifier: id.into(),
+            server_token: "t".into(),
+            payload,
+        };
+        (id.to_string(), Held::valid(kind, declaration))
     }
 
     #[test]

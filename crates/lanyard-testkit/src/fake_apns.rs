@@ -28,7 +28,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use bytes::Bytes;
@@ -37,7 +37,6 @@ use h2::RecvStream;
 use http::{Method, Request, Response, StatusCode};
 use lanyard_pki::Ca;
 use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkcs12::Pkcs12;
@@ -47,7 +46,7 @@ use openssl::stack::Stack;
 use openssl::x509::extension::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectKeyIdentifier,
 };
-use openssl::x509::{X509Builder, X509NameBuilder, X509};
+use openssl::x509::X509;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
@@ -61,6 +60,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+
+use crate::fake_pushcert::{apsp_subject, now_unix, start_cert};
 
 /// Apple's limit for a regular push payload.
 const MAX_PAYLOAD: usize = 4096;
@@ -184,13 +185,6 @@ impl Drop for FakeApns {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn token_key(token: &[u8]) -> String {
@@ -833,28 +827,14 @@ pub fn fake_push_certificate_with(
 ) -> anyhow::Result<FakePushCertificate> {
     let issuer = fake_push_issuer()?;
     let key = PKey::from_rsa(Rsa::generate(2048)?)?;
-    let mut name = X509NameBuilder::new()?;
-    if let Some(topic) = &options.topic {
-        name.append_entry_by_nid(Nid::USERID, topic)?;
-    }
-    name.append_entry_by_nid(Nid::COMMONNAME, &format!("APSP:{}", uuid::Uuid::new_v4()))?;
-    name.append_entry_by_nid(Nid::COUNTRYNAME, "US")?;
-    let name = name.build();
-
-    let mut b = X509Builder::new()?;
-    b.set_version(2)?;
-    let mut serial = BigNum::new()?;
-    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
-    let serial = serial.to_asn1_integer()?;
-    b.set_serial_number(&serial)?;
-    b.set_subject_name(&name)?;
-    b.set_issuer_name(issuer.certificate().subject_name())?;
-    b.set_pubkey(&key)?;
-    let now = now_unix();
-    let not_before = Asn1Time::from_unix(now + options.not_before_offset_secs)?;
-    b.set_not_before(&not_before)?;
-    let not_after = Asn1Time::from_unix(now + options.not_after_offset_secs)?;
-    b.set_not_after(&not_after)?;
+    let name = apsp_subject(options.topic.as_deref())?;
+    let mut b = start_cert(
+        &name,
+        issuer.certificate().subject_name(),
+        &key,
+        options.not_before_offset_secs,
+        options.not_after_offset_secs,
+    )?;
     b.append_extension(BasicConstraints::new().critical().build()?)?;
     b.append_extension(KeyUsage::new().critical().digital_signature().build()?)?;
     b.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;

@@ -8,16 +8,58 @@ use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkcs12::Pkcs12;
-use openssl::pkey::{PKey, Private};
+use openssl::pkey::{HasPublic, PKey, PKeyRef, Private};
 use openssl::rsa::Rsa;
 use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
-use openssl::x509::{X509Builder, X509Extension, X509NameBuilder, X509Req, X509};
+use openssl::x509::{
+    X509Builder, X509Extension, X509Name, X509NameBuilder, X509NameRef, X509Req, X509,
+};
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Starts a certificate: X.509 v3, a random serial, `subject` issued by `issuer`, for `key`,
+/// valid from `from` to `until` seconds from now. The caller adds extensions and signs.
+pub(crate) fn start_cert<T: HasPublic>(
+    subject: &X509NameRef,
+    issuer: &X509NameRef,
+    key: &PKeyRef<T>,
+    from: i64,
+    until: i64,
+) -> anyhow::Result<X509Builder> {
+    let mut b = X509Builder::new()?;
+    b.set_version(2)?;
+    let mut serial = BigNum::new()?;
+    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    let serial = serial.to_asn1_integer()?;
+    b.set_serial_number(&serial)?;
+    b.set_subject_name(subject)?;
+    b.set_issuer_name(issuer)?;
+    b.set_pubkey(key)?;
+    let now = now_unix();
+    let (not_before, not_after) = (
+        Asn1Time::from_unix(now + from)?,
+        Asn1Time::from_unix(now + until)?,
+    );
+    b.set_not_before(&not_before)?;
+    b.set_not_after(&not_after)?;
+    Ok(b)
+}
+
+/// A push certificate's subject as Apple writes it: `UID=<topic>` (when there is one),
+/// `CN=APSP:<uuid>`, `C=US`.
+pub(crate) fn apsp_subject(topic: Option<&str>) -> anyhow::Result<X509Name> {
+    let mut name = X509NameBuilder::new()?;
+    if let Some(topic) = topic {
+        name.append_entry_by_nid(Nid::USERID, topic)?;
+    }
+    name.append_entry_by_nid(Nid::COMMONNAME, &format!("APSP:{}", uuid::Uuid::new_v4()))?;
+    name.append_entry_by_nid(Nid::COUNTRYNAME, "US")?;
+    Ok(name.build())
 }
 
 fn pem(cert: &X509) -> anyhow::Result<String> {
@@ -49,25 +91,8 @@ fn make(
     name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "Lanyard test")?;
     name.append_entry_by_nid(Nid::COUNTRYNAME, "US")?;
     let name = name.build();
-    let mut b = X509Builder::new()?;
-    b.set_version(2)?;
-    let mut serial = BigNum::new()?;
-    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
-    let serial = serial.to_asn1_integer()?;
-    b.set_serial_number(&serial)?;
-    b.set_subject_name(&name)?;
-    match issuer {
-        Some((c, _)) => b.set_issuer_name(c.subject_name())?,
-        None => b.set_issuer_name(&name)?,
-    }
-    b.set_pubkey(key)?;
-    let now = now_unix();
-    let (nb, na) = (
-        Asn1Time::from_unix(now + m.from)?,
-        Asn1Time::from_unix(now + m.until)?,
-    );
-    b.set_not_before(&nb)?;
-    b.set_not_after(&na)?;
+    let issuer_name = issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name);
+    let mut b = start_cert(&name, issuer_name, key, m.from, m.until)?;
     if m.ca {
         b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
         b.append_extension(
@@ -226,27 +251,14 @@ pub fn fake_apple_push_certificate(
         FakeApnsMarker::Production => &["1.2.840.113635.100.6.3.2"],
         FakeApnsMarker::Development => &["1.2.840.113635.100.6.3.1"],
     };
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_nid(Nid::USERID, topic)?;
-    name.append_entry_by_nid(Nid::COMMONNAME, &format!("APSP:{}", uuid::Uuid::new_v4()))?;
-    name.append_entry_by_nid(Nid::COUNTRYNAME, "US")?;
-    let name = name.build();
-    let mut b = X509Builder::new()?;
-    b.set_version(2)?;
-    let mut serial = BigNum::new()?;
-    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
-    let serial = serial.to_asn1_integer()?;
-    b.set_serial_number(&serial)?;
-    b.set_subject_name(&name)?;
-    b.set_issuer_name(issuer.subject_name())?;
-    b.set_pubkey(&subject_key)?;
-    let now = now_unix();
-    let (nb, na) = (
-        Asn1Time::from_unix(now - 300)?,
-        Asn1Time::from_unix(now + 365 * 86_400)?,
-    );
-    b.set_not_before(&nb)?;
-    b.set_not_after(&na)?;
+    let name = apsp_subject(Some(topic))?;
+    let mut b = start_cert(
+        &name,
+        issuer.subject_name(),
+        &subject_key,
+        -300,
+        365 * 86_400,
+    )?;
     b.append_extension(BasicConstraints::new().critical().build()?)?;
     b.append_extension(KeyUsage::new().critical().digital_signature().build()?)?;
     b.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;

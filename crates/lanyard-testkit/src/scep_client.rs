@@ -355,21 +355,18 @@ pub async fn enroll(
 ) -> Result<ScepOutcome, ScepError> {
     let base = Url::parse(&payload.url).map_err(|e| other("SCEP URL", e))?;
     let mut log = Vec::new();
-    let send = |rb: reqwest::RequestBuilder, op: &'static str| async move {
-        rb.send()
+    // Sends one request of `op`; its content type and body when it succeeds.
+    let exchange = |rb: reqwest::RequestBuilder, op: &'static str| async move {
+        let resp = rb
+            .send()
             .await
-            .map_err(|e| other(op, crate::error::error_chain(&e)))
+            .map_err(|e| other(op, crate::error::error_chain(&e)))?;
+        read(op, resp).await
     };
+    let get =
+        |op: &'static str| exchange(client.get(op_url(&base, op, payload.name.as_deref())), op);
 
-    let (_, caps_body) = read(
-        "GetCACaps",
-        send(
-            client.get(op_url(&base, "GetCACaps", payload.name.as_deref())),
-            "GetCACaps",
-        )
-        .await?,
-    )
-    .await?;
+    let (_, caps_body) = get("GetCACaps").await?;
     let caps: Vec<String> = String::from_utf8_lossy(&caps_body)
         .lines()
         .map(str::trim)
@@ -379,15 +376,7 @@ pub async fn enroll(
     let has = |c: &str| caps.iter().any(|x| x.eq_ignore_ascii_case(c));
     log.push(format!("SCEP GetCACaps: {}", caps.join(", ")));
 
-    let (ct, body) = read(
-        "GetCACert",
-        send(
-            client.get(op_url(&base, "GetCACert", payload.name.as_deref())),
-            "GetCACert",
-        )
-        .await?,
-    )
-    .await?;
+    let (ct, body) = get("GetCACert").await?;
     let certs = parse_get_ca_cert(&ct, &body)?;
     if let Some(fp) = &payload.ca_fingerprint {
         if !fingerprint_matches(fp, &certs.all) {
@@ -418,8 +407,8 @@ pub async fn enroll(
         cipher,
     )?;
     let op = "PKIOperation";
-    let resp = if has("POSTPKIOperation") {
-        send(
+    let (ct, body) = if has("POSTPKIOperation") {
+        exchange(
             client
                 .post(op_url(&base, op, None))
                 .header(
@@ -432,9 +421,8 @@ pub async fn enroll(
         .await?
     } else {
         let msg = base64::engine::general_purpose::STANDARD.encode(&req.der);
-        send(client.get(op_url(&base, op, Some(&msg))), op).await?
+        exchange(client.get(op_url(&base, op, Some(&msg))), op).await?
     };
-    let (ct, body) = read(op, resp).await?;
     if !ct.starts_with(scep::PKI_MESSAGE_CONTENT_TYPE) {
         log.push(format!(
             "SCEP PKIOperation answered with content type {ct:?}"
@@ -481,12 +469,23 @@ mod tests {
         })
     }
 
+    /// A PKCSReq for `subject()` with `challenge`, enveloped to `recipient`.
+    fn request(key: &PKey<Private>, challenge: &str, recipient: &X509, cipher: Cipher) -> PkcsReq {
+        build_pkcs_req(key, &subject(), Some(challenge), recipient, cipher).unwrap()
+    }
+
+    /// A SCEP RA certificate of `ca`, with its key.
+    fn ra_of(ca: &Ca, name: &str, days: u32) -> (X509, PKey<Private>) {
+        let ra = ca.issue_scep_ra(name, days).unwrap();
+        let ra_cert = X509::from_der(&ra.cert_der).unwrap();
+        let ra_key = PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap();
+        (ra_cert, ra_key)
+    }
+
     /// A CA and its SCEP RA.
     fn ca_and_ra() -> (Ca, X509, PKey<Private>) {
         let ca = Ca::generate("Lanyard CA", "Example Ltd").unwrap();
-        let ra = ca.issue_scep_ra("Lanyard SCEP RA", 365).unwrap();
-        let ra_cert = X509::from_der(&ra.cert_der).unwrap();
-        let ra_key = PKey::private_key_from_pem(ra.key_pem.as_bytes()).unwrap();
+        let (ra_cert, ra_key) = ra_of(&ca, "Lanyard SCEP RA", 365);
         (ca, ra_cert, ra_key)
     }
 
@@ -505,14 +504,7 @@ mod tests {
         assert_eq!(certs.recipient.to_der().unwrap(), ra_cert.to_der().unwrap());
 
         let key = device::rsa_key(2048).unwrap();
-        let req = build_pkcs_req(
-            &key,
-            &subject(),
-            Some("one-time"),
-            &certs.recipient,
-            Cipher::aes_256_cbc(),
-        )
-        .unwrap();
+        let req = request(&key, "one-time", &certs.recipient, Cipher::aes_256_cbc());
         // the server side sees what we meant to send
         let decoded = scep::decode_pki_message(&req.der, &[(&ra_cert, &ra_key)]).unwrap();
         assert_eq!(decoded.message_type, MessageType::PkcsReq);
@@ -535,28 +527,14 @@ mod tests {
         lanyard_pki::verify_detached(&sig, body, ca.certificate()).unwrap();
 
         // wrong challenge → FAILURE badRequest, reported with the failInfo
-        let req = build_pkcs_req(
-            &key,
-            &subject(),
-            Some("wrong"),
-            &certs.recipient,
-            Cipher::aes_128_cbc(),
-        )
-        .unwrap();
+        let req = request(&key, "wrong", &certs.recipient, Cipher::aes_128_cbc());
         let reply = responder.pki_operation(&req.der, policy).unwrap();
         let err = read_cert_rep(&reply.body, &certs, &req, &key).unwrap_err();
         assert_eq!(err, ScepError::Failure("BadRequest (2)".into()));
 
         // a reply to someone else's request is refused (a FAILURE reply, which carries no
         // envelope, so the nonce check is what catches it)
-        let other_req = build_pkcs_req(
-            &key,
-            &subject(),
-            Some("wrong"),
-            &certs.recipient,
-            Cipher::aes_256_cbc(),
-        )
-        .unwrap();
+        let other_req = request(&key, "wrong", &certs.recipient, Cipher::aes_256_cbc());
         let reply = responder.pki_operation(&other_req.der, policy).unwrap();
         let err = read_cert_rep(&reply.body, &certs, &req, &key).unwrap_err();
         assert!(err.to_string().contains("recipientNonce"), "{err}");
@@ -611,14 +589,7 @@ mod tests {
         let served = scep::get_ca_cert(ca.certificate(), Some(&ra_cert)).unwrap();
         let certs = parse_get_ca_cert(served.content_type, &served.body).unwrap();
         let key = device::rsa_key(2048).unwrap();
-        let req = build_pkcs_req(
-            &key,
-            &subject(),
-            Some("one-time"),
-            &certs.recipient,
-            Cipher::aes_256_cbc(),
-        )
-        .unwrap();
+        let req = request(&key, "one-time", &certs.recipient, Cipher::aes_256_cbc());
 
         let by_ca = cert_rep_signed_by(
             &ca,
@@ -636,9 +607,7 @@ mod tests {
         );
         assert!(err.to_string().contains("not by the RA"), "{err}");
 
-        let other_ra = ca.issue_scep_ra("Another RA", 30).unwrap();
-        let other_cert = X509::from_der(&other_ra.cert_der).unwrap();
-        let other_key = PKey::private_key_from_pem(other_ra.key_pem.as_bytes()).unwrap();
+        let (other_cert, other_key) = ra_of(&ca, "Another RA", 30);
         let by_other =
             cert_rep_signed_by(&ca, (&ra_cert, &ra_key), (&other_cert, &other_key), &req);
         assert!(matches!(
@@ -661,14 +630,7 @@ mod tests {
         assert!(certs.ra.is_none());
         assert_eq!(certs.recipient.to_der().unwrap(), ca.cert_der().unwrap());
         let key = device::rsa_key(2048).unwrap();
-        let req = build_pkcs_req(
-            &key,
-            &subject(),
-            Some("one-time"),
-            &certs.recipient,
-            Cipher::aes_256_cbc(),
-        )
-        .unwrap();
+        let req = request(&key, "one-time", &certs.recipient, Cipher::aes_256_cbc());
         let ca_key = ca.private_key().to_owned();
         let reply = cert_rep_signed_by(
             &ca,

@@ -373,6 +373,34 @@ struct Enrolled {
     mtls: Option<reqwest::Client>,
 }
 
+impl Enrolled {
+    /// What a Mac adds to a device request: the `Mdm-Signature` over `body` by `identity` when
+    /// the profile asks for it, and on the user channel the bearer.
+    fn as_device(
+        &self,
+        mut rb: reqwest::RequestBuilder,
+        step: Step,
+        body: &[u8],
+        identity: (&X509, &PKey<Private>),
+        channel: Channel,
+    ) -> Result<reqwest::RequestBuilder> {
+        if self.profile.mdm.sign_message {
+            let sig = lanyard_pki::sign_detached(identity.0, identity.1, body)
+                .at_doing(step, "Mdm-Signature")?;
+            rb = rb.header(
+                "Mdm-Signature",
+                base64::engine::general_purpose::STANDARD.encode(sig),
+            );
+        }
+        if channel == Channel::User {
+            if let Some(t) = &self.access_token {
+                rb = rb.header(AUTHORIZATION, format!("Bearer {t}"));
+            }
+        }
+        Ok(rb)
+    }
+}
+
 /// A simulated Mac. See the module documentation.
 pub struct SimMac {
     opts: SimOptions,
@@ -1537,20 +1565,8 @@ impl SimMac {
     ) -> Result<reqwest::Response> {
         let e = self.enrolled(step)?;
         let client = e.mtls.as_ref().unwrap_or(&self.client);
-        let mut rb = client.put(url).header(CONTENT_TYPE, content_type);
-        if e.profile.mdm.sign_message {
-            let sig = lanyard_pki::sign_detached(identity.0, identity.1, &body)
-                .at_doing(step, "Mdm-Signature")?;
-            rb = rb.header(
-                "Mdm-Signature",
-                base64::engine::general_purpose::STANDARD.encode(sig),
-            );
-        }
-        if channel == Channel::User {
-            if let Some(t) = &e.access_token {
-                rb = rb.header(AUTHORIZATION, format!("Bearer {t}"));
-            }
-        }
+        let rb = client.put(url).header(CONTENT_TYPE, content_type);
+        let rb = e.as_device(rb, step, &body, identity, channel)?;
         rb.body(body).send().await.at(step)
     }
 
@@ -2080,40 +2096,19 @@ impl SimMac {
                             if let Some(bytes) = data {
                                 self.declarative.asset_data.insert(id.clone(), bytes);
                             }
-                            Held {
-                                kind: *kind,
-                                declaration: d,
-                                active: false,
-                                valid: "valid",
-                                reasons: Vec::new(),
-                            }
+                            Held::valid(*kind, d)
                         }
-                        Err(m) => Held {
-                            kind: *kind,
-                            reasons: vec![declarative::reason(
-                                "Error.AssetCannotBeDownloaded",
-                                &m,
-                                &d,
-                            )],
-                            declaration: d,
-                            active: false,
-                            valid: "invalid",
-                        },
+                        Err(m) => Held::invalid(*kind, d, "Error.AssetCannotBeDownloaded", &m),
                     }
                 }
                 Err(m) => {
                     self.log(format!("declarative sync: {id} refused: {m}"));
-                    Held {
-                        kind: *kind,
-                        reasons: vec![declarative::reason(
-                            "Error.ConfigurationCannotBeDeserialized",
-                            &m,
-                            &placeholder,
-                        )],
-                        declaration: placeholder,
-                        active: false,
-                        valid: "invalid",
-                    }
+                    Held::invalid(
+                        *kind,
+                        placeholder,
+                        "Error.ConfigurationCannotBeDeserialized",
+                        &m,
+                    )
                 }
             };
             self.declarative.held.insert(id.clone(), held);
@@ -2135,20 +2130,8 @@ impl SimMac {
         let step = Step::CheckIn;
         let e = self.enrolled(step)?;
         let client = e.mtls.as_ref().unwrap_or(&self.client);
-        let mut rb = client.get(url);
-        if e.profile.mdm.sign_message {
-            let sig = lanyard_pki::sign_detached(&e.identity_cert, &e.identity_key, b"")
-                .at_doing(step, "Mdm-Signature")?;
-            rb = rb.header(
-                "Mdm-Signature",
-                base64::engine::general_purpose::STANDARD.encode(sig),
-            );
-        }
-        if channel == Channel::User {
-            if let Some(t) = &e.access_token {
-                rb = rb.header(AUTHORIZATION, format!("Bearer {t}"));
-            }
-        }
+        let identity = (&e.identity_cert, &e.identity_key);
+        let rb = e.as_device(client.get(url), step, b"", identity, channel)?;
         let resp = rb.send().await.at(step)?;
         let status = resp.status();
         Ok((status, resp.bytes().await.at(step)?.to_vec()))
