@@ -16,7 +16,7 @@ use axum::Router;
 use lanyard_core::enrollment::FlowStep;
 use lanyard_core::CoreError;
 
-use crate::html::{html, page_headers, render, Markup, DOCTYPE};
+use crate::html::{html, page_headers, render, see_other, Markup, DOCTYPE};
 use crate::AppState;
 
 pub const FLOW_COOKIE: &str = "lanyard_flow";
@@ -105,6 +105,18 @@ pub(crate) fn set_cookie(res: &mut Response, name: &str, value: &str, max_age: i
     if let Ok(v) = HeaderValue::from_str(&c) {
         res.headers_mut().append(header::SET_COOKIE, v);
     }
+}
+
+/// A flow that has started: to its next step, with the cookie that carries it.
+pub(crate) fn flow_started(secret: &str, step: FlowStep) -> Response {
+    let mut res = see_other(step_url(step));
+    set_cookie(
+        &mut res,
+        FLOW_COOKIE,
+        secret,
+        lanyard_core::enrollment::FLOW_MINUTES * 60,
+    );
+    res
 }
 
 pub(crate) fn step_url(step: FlowStep) -> &'static str {

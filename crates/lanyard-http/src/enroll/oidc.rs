@@ -24,7 +24,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
-use super::{refusal, refuse, set_cookie, step_url, FLOW_COOKIE};
+use super::{flow_started, refusal, refuse, set_cookie};
 use crate::auth::{constant_time_eq, cookie};
 use crate::html::{html, see_other, Markup};
 use crate::AppState;
@@ -219,16 +219,7 @@ async fn callback(
         );
     }
     match s.oidc.finish(state, code).await {
-        Ok((secret, step)) => {
-            let mut res = see_other(step_url(step));
-            set_cookie(
-                &mut res,
-                FLOW_COOKIE,
-                &secret,
-                lanyard_core::enrollment::FLOW_MINUTES * 60,
-            );
-            res
-        }
+        Ok((secret, step)) => flow_started(&secret, step),
         Err(e) => refuse(&s, e),
     }
 }

@@ -23,7 +23,8 @@ use lanyard_core::enrollment::FlowStep;
 use lanyard_core::CoreError;
 
 use super::{
-    error_block, page, refusal, refuse, set_cookie, step_url, AUTH_RESULT, CSRF_COOKIE, FLOW_COOKIE,
+    error_block, flow_started, page, refusal, refuse, set_cookie, step_url, AUTH_RESULT,
+    CSRF_COOKIE, FLOW_COOKIE,
 };
 use crate::auth::{constant_time_eq, cookie};
 use crate::html::{csrf_field, html, see_other, Markup};
@@ -170,16 +171,7 @@ async fn sign_in_submit(
         .start_flow(&f.email, &f.password, uid, client)
         .await
     {
-        Ok((secret, step)) => {
-            let mut res = see_other(step_url(step));
-            set_cookie(
-                &mut res,
-                FLOW_COOKIE,
-                &secret,
-                lanyard_core::enrollment::FLOW_MINUTES * 60,
-            );
-            res
-        }
+        Ok((secret, step)) => flow_started(&secret, step),
         Err(CoreError::Unauthorized(m)) => sign_in_form(
             &s,
             StatusCode::UNAUTHORIZED,
@@ -228,6 +220,21 @@ async fn current_flow(
         return Err(see_other(step_url(state.step)));
     }
     Ok((secret.to_string(), state))
+}
+
+/// A step's form sent with `csrf`: the token this browser's and the flow at `step`; the flow's
+/// secret, or the page to show instead.
+async fn step_form(
+    s: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+    step: FlowStep,
+) -> Result<String, Response> {
+    if !csrf_ok(headers, csrf) {
+        return Err(forbidden_csrf(s));
+    }
+    let (secret, _) = current_flow(s, headers, step).await?;
+    Ok(secret)
 }
 
 #[derive(Deserialize)]
@@ -291,10 +298,7 @@ async fn privacy_submit(
     let Ok(Form(f)) = form else {
         return refusal(&s, StatusCode::BAD_REQUEST, "The form could not be read.");
     };
-    if !csrf_ok(&headers, &f.csrf) {
-        return forbidden_csrf(&s);
-    }
-    let (secret, _) = match current_flow(&s, &headers, FlowStep::Privacy).await {
+    let secret = match step_form(&s, &headers, &f.csrf, FlowStep::Privacy).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -364,10 +368,7 @@ async fn ownership_submit(
     let Ok(Form(f)) = form else {
         return refusal(&s, StatusCode::BAD_REQUEST, "The form could not be read.");
     };
-    if !csrf_ok(&headers, &f.csrf) {
-        return forbidden_csrf(&s);
-    }
-    let (secret, _) = match current_flow(&s, &headers, FlowStep::Ownership).await {
+    let secret = match step_form(&s, &headers, &f.csrf, FlowStep::Ownership).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -474,10 +475,7 @@ async fn attributes_submit(
         .find(|(k, _)| k == "csrf")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    if !csrf_ok(&headers, &csrf) {
-        return forbidden_csrf(&s);
-    }
-    let (secret, _) = match current_flow(&s, &headers, FlowStep::Attributes).await {
+    let secret = match step_form(&s, &headers, &csrf, FlowStep::Attributes).await {
         Ok(v) => v,
         Err(r) => return r,
     };

@@ -6,22 +6,21 @@
 //! `/portal/abm/{name}/progress`) until it is done, then its result.
 //! Every change goes through `AbmService`, which checks roles and writes the audit lines.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Deserialize;
 
 use axum::Json;
 use serde_json::json;
 
 use lanyard_core::abm::MAX_TOKEN_FILE;
 
+use super::upload::{ChangeUpload, UploadPage};
 use super::{
-    describe, error_page, layout, message_page, notice, or_dash, session, when, ChangeForm, Nav,
-    Notice, Session, Viewer,
+    error_page, layout, notice, or_dash, refused, table, when, ChangeForm, Done, Nav, Notice,
+    Session, Viewer,
 };
 use crate::html::{html, qv, see_other};
 use crate::AppState;
@@ -39,33 +38,29 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/abm/{name}/progress", get(sync_progress))
 }
 
-#[derive(Deserialize, Default)]
-struct DoneQuery {
-    done: Option<String>,
-    name: Option<String>,
+/// The ABM page's upload form (a token file).
+struct AbmPage;
+
+impl UploadPage for AbmPage {
+    const NAME: &'static str = "the ABM page";
+    const TOO_LARGE: &'static str = "The file is too large for an ABM token file.";
 }
 
-async fn tokens(
-    State(s): State<AppState>,
-    Viewer(sess): Viewer,
-    q: Result<Query<DoneQuery>, QueryRejection>,
-) -> Response {
-    let q = q.map(|Query(q)| q).unwrap_or_default();
-    let name = q.name.unwrap_or_default();
-    let done = match q.done.as_deref() {
-        Some("created") => Some(Notice::Ok(format!(
+async fn tokens(State(s): State<AppState>, Viewer(sess): Viewer, done: Done) -> Response {
+    let done = done.notice(|done, name| match done {
+        "created" => Some(format!(
             "Key pair for {name} created. Download its public key, upload it to your MDM server \
              in Apple Business Manager, then upload the token file Apple gives you."
-        ))),
-        Some("uploaded") => Some(Notice::Ok(format!("Token file for {name} uploaded."))),
-        Some("sync") => Some(Notice::Ok(format!(
+        )),
+        "uploaded" => Some(format!("Token file for {name} uploaded.")),
+        "sync" => Some(format!(
             "Sync of {name} started; its progress shows in the Last sync column."
-        ))),
-        Some("default") => Some(Notice::Ok(format!(
+        )),
+        "default" => Some(format!(
             "{name} is now the default token for account driven enrollment."
-        ))),
+        )),
         _ => None,
-    };
+    });
     tokens_page(&s, &sess, StatusCode::OK, done).await
 }
 
@@ -84,20 +79,19 @@ async fn tokens_page(
         @if list.is_empty() {
             p .muted { "No server tokens yet." }
         } @else {
-            table .tokens {
-                thead {
-                    tr {
-                        th scope="col" { "Name" }
-                        th scope="col" { "Organisation" }
-                        th scope="col" { "State" }
-                        th scope="col" { "Expires" }
-                        th scope="col" { "Last sync" }
-                        th scope="col" { "Devices" }
-                        th scope="col" { "Account Driven" }
-                        th scope="col" { "Actions" }
-                    }
-                }
-                tbody {
+            (table(
+                Some("tokens"),
+                &[
+                    "Name",
+                    "Organisation",
+                    "State",
+                    "Expires",
+                    "Last sync",
+                    "Devices",
+                    "Account Driven",
+                    "Actions",
+                ],
+                html! {
                     @for t in &list {
                         @let n = qv(&t.name);
                         tr data-token=(t.name) {
@@ -161,8 +155,8 @@ async fn tokens_page(
                             }
                         }
                     }
-                }
-            }
+                },
+            ))
         }
         h2 { "Add a server token" }
         h3 { "1. Create a key pair" }
@@ -201,8 +195,8 @@ async fn new_key_pair(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm
     match s.abm.new_token(&sess.actor, &name).await {
         Ok(_) => see_other(&format!("/portal/abm?done=created&name={}", qv(&name))),
         Err(e) => {
-            let (status, text) = describe(e);
-            tokens_page(&s, &sess, status, Some(Notice::Error(text))).await
+            let (status, message) = refused("", e);
+            tokens_page(&s, &sess, status, message).await
         }
     }
 }
@@ -242,54 +236,11 @@ async fn certificate(
 
 async fn upload(
     State(s): State<AppState>,
-    headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    ChangeUpload { sess, fields, .. }: ChangeUpload<AbmPage>,
 ) -> Response {
-    let sess = match session(&s, &headers, true).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let refuse =
-        |status: StatusCode, text: &str| message_page(Some(&sess), status, "Not uploaded", text);
-    let Ok(mut mp) = multipart else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "The upload could not be read; use the form on the ABM page.",
-        );
-    };
-    let (mut csrf, mut name, mut default, mut file) =
-        (String::new(), String::new(), false, Vec::new());
-    loop {
-        let field = match mp.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                let (status, text) = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    (
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "The file is too large for an ABM token file.",
-                    )
-                } else {
-                    (StatusCode::BAD_REQUEST, "The upload could not be read.")
-                };
-                return refuse(status, text);
-            }
-        };
-        let field_name = field.name().unwrap_or("").to_string();
-        let Ok(bytes) = field.bytes().await else {
-            return refuse(StatusCode::BAD_REQUEST, "The upload could not be read.");
-        };
-        match field_name.as_str() {
-            "csrf" => csrf = String::from_utf8_lossy(&bytes).into_owned(),
-            "name" => name = String::from_utf8_lossy(&bytes).trim().to_string(),
-            "default" => default = !bytes.is_empty(),
-            "token" => file = bytes.to_vec(),
-            _ => {}
-        }
-    }
-    if let Err(r) = sess.check_csrf(&csrf) {
-        return r;
-    }
+    let name = fields.text("name").trim().to_string();
+    let default = !fields.first("default").is_empty();
+    let file = fields.first("token");
     if file.is_empty() {
         return tokens_page(
             &s,
@@ -299,12 +250,11 @@ async fn upload(
         )
         .await;
     }
-    match s.abm.upload(&sess.actor, &name, &file, default).await {
+    match s.abm.upload(&sess.actor, &name, file, default).await {
         Ok(_) => see_other(&format!("/portal/abm?done=uploaded&name={}", qv(&name))),
         Err(e) => {
-            let (status, text) = describe(e);
-            let text = format!("Nothing was changed. {text}");
-            tokens_page(&s, &sess, status, Some(Notice::Error(text))).await
+            let (status, message) = refused("Nothing was changed.", e);
+            tokens_page(&s, &sess, status, message).await
         }
     }
 }
@@ -317,8 +267,8 @@ async fn make_default(
     match s.abm.set_default(&sess.actor, &name).await {
         Ok(_) => see_other(&format!("/portal/abm?done=default&name={}", qv(&name))),
         Err(e) => {
-            let (status, text) = describe(e);
-            tokens_page(&s, &sess, status, Some(Notice::Error(text))).await
+            let (status, message) = refused("", e);
+            tokens_page(&s, &sess, status, message).await
         }
     }
 }
@@ -332,8 +282,8 @@ async fn sync(
     match s.abm.start_sync(&sess.actor, &name).await {
         Ok(_) => see_other(&format!("/portal/abm?done=sync&name={}", qv(&name))),
         Err(e) => {
-            let (status, text) = describe(e);
-            tokens_page(&s, &sess, status, Some(Notice::Error(text))).await
+            let (status, message) = refused("", e);
+            tokens_page(&s, &sess, status, message).await
         }
     }
 }

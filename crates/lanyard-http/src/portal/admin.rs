@@ -2,8 +2,8 @@
 //! settings and custom attribute definitions, the APNs certificate, and the audit log.
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -21,9 +21,10 @@ use lanyard_core::users::{CreateUser, UpdateUser};
 use lanyard_core::CoreError;
 use lanyard_store::{AuditSearch, ListQuery};
 
+use super::upload::{ChangeUpload, UploadPage};
 use super::{
-    describe, enabled_field, error_page, layout, message_page, notice, or_dash, page_number, pager,
-    session, when, ChangeForm, Fields, Nav, Notice, Session, Viewer, PAGE_SIZE,
+    enabled_field, error_page, layout, message_page, notice, or_dash, page_number, pager, refused,
+    table, when, ChangeForm, Done, Fields, Nav, Notice, Session, Viewer, PAGE_SIZE,
 };
 use crate::html::{html, qv, see_other};
 use crate::AppState;
@@ -149,17 +150,10 @@ async fn users_page(
         @if list.is_empty() {
             p .muted { "No users match." }
         } @else {
-            table .users {
-                thead {
-                    tr {
-                        th scope="col" { "Email" }
-                        th scope="col" { "Managed Apple ID" }
-                        th scope="col" { "Name" }
-                        th scope="col" { "State" }
-                        th scope="col" { "Actions" }
-                    }
-                }
-                tbody {
+            (table(
+                Some("users"),
+                &["Email", "Managed Apple ID", "Name", "State", "Actions"],
+                html! {
                     @for u in &list {
                         @let (toggle_value, toggle_label) =
                             if u.enabled { ("false", "Disable") } else { ("true", "Enable") };
@@ -185,8 +179,8 @@ async fn users_page(
                             }
                         }
                     }
-                }
-            }
+                },
+            ))
         }
         (pager(&format!("/portal/users?search={}", qv(&search)), page, more))
         h2 { "Add a user" }
@@ -221,17 +215,8 @@ async fn add_user(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) ->
     match s.lanyard.create_user(&sess.actor, input).await {
         Ok(_) => see_other("/portal/users?done=added"),
         Err(e) => {
-            let (status, text) = describe(e);
-            users_page(
-                &s,
-                &sess,
-                status,
-                String::new(),
-                1,
-                Some(Notice::Error(text)),
-                &f,
-            )
-            .await
+            let (status, message) = refused("", e);
+            users_page(&s, &sess, status, String::new(), 1, message, &f).await
         }
     }
 }
@@ -250,14 +235,14 @@ async fn user_change(
     {
         Ok(_) => see_other(&format!("/portal/users?done={done}")),
         Err(e) => {
-            let (status, text) = describe(e);
+            let (status, message) = refused("", e);
             users_page(
                 s,
                 sess,
                 status,
                 String::new(),
                 1,
-                Some(Notice::Error(text)),
+                message,
                 &Fields(Vec::new()),
             )
             .await
@@ -297,23 +282,14 @@ async fn reset_password(
 // ---------------------------------------------------------------------------------------------
 // Settings and custom attributes
 
-async fn settings(
-    State(s): State<AppState>,
-    Viewer(sess): Viewer,
-    q: Result<Query<DoneQuery>, QueryRejection>,
-) -> Response {
-    let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
-        Some("saved") => Some(Notice::Ok("Settings saved.".into())),
-        Some("attribute") => Some(Notice::Ok("Custom attribute added.".into())),
-        Some("deleted") => Some(Notice::Ok("Custom attribute deleted.".into())),
+async fn settings(State(s): State<AppState>, Viewer(sess): Viewer, done: Done) -> Response {
+    let done = done.notice(|done, _| match done {
+        "saved" => Some("Settings saved.".into()),
+        "attribute" => Some("Custom attribute added.".into()),
+        "deleted" => Some("Custom attribute deleted.".into()),
         _ => None,
-    };
+    });
     settings_page(&s, &sess, StatusCode::OK, done, None).await
-}
-
-#[derive(Deserialize, Default)]
-struct DoneQuery {
-    done: Option<String>,
 }
 
 async fn settings_page(
@@ -409,34 +385,23 @@ async fn settings_page(
         @if attrs.is_empty() {
             p .muted { "No custom attributes are defined." }
         } @else {
-            table {
-                thead {
+            (table(None, &["Name", "Type", "Required", "Choices", "Actions"], html! {
+                @for a in &attrs {
                     tr {
-                        th scope="col" { "Name" }
-                        th scope="col" { "Type" }
-                        th scope="col" { "Required" }
-                        th scope="col" { "Choices" }
-                        th scope="col" { "Actions" }
-                    }
-                }
-                tbody {
-                    @for a in &attrs {
-                        tr {
-                            td { (a.name) }
-                            td { (a.kind.as_str()) }
-                            td { (if a.required { "Required" } else { "Optional" }) }
-                            td { (a.choices.join(", ")) }
-                            td {
-                                form method="post" action="/portal/settings/attributes/delete" {
-                                    (sess.csrf_field())
-                                    input type="hidden" name="name" value=(a.name);
-                                    button type="submit" .small { "Delete" }
-                                }
+                        td { (a.name) }
+                        td { (a.kind.as_str()) }
+                        td { (if a.required { "Required" } else { "Optional" }) }
+                        td { (a.choices.join(", ")) }
+                        td {
+                            form method="post" action="/portal/settings/attributes/delete" {
+                                (sess.csrf_field())
+                                input type="hidden" name="name" value=(a.name);
+                                button type="submit" .small { "Delete" }
                             }
                         }
                     }
                 }
-            }
+            }))
         }
         form method="post" action="/portal/settings/attributes" .grid-form {
             (sess.csrf_field())
@@ -501,9 +466,8 @@ async fn save_settings(State(s): State<AppState>, ChangeForm(sess, f): ChangeFor
     match result {
         Ok(()) => see_other("/portal/settings?done=saved"),
         Err(e) => {
-            let (status, text) = describe(e);
-            let text = format!("Nothing was saved. {text}");
-            settings_page(&s, &sess, status, Some(Notice::Error(text)), Some(&f)).await
+            let (status, message) = refused("Nothing was saved.", e);
+            settings_page(&s, &sess, status, message, Some(&f)).await
         }
     }
 }
@@ -542,8 +506,8 @@ async fn define_attribute(State(s): State<AppState>, ChangeForm(sess, f): Change
     match result {
         Ok(()) => see_other("/portal/settings?done=attribute"),
         Err(e) => {
-            let (status, text) = describe(e);
-            settings_page(&s, &sess, status, Some(Notice::Error(text)), None).await
+            let (status, message) = refused("", e);
+            settings_page(&s, &sess, status, message, None).await
         }
     }
 }
@@ -552,8 +516,8 @@ async fn delete_attribute(State(s): State<AppState>, ChangeForm(sess, f): Change
     match s.lanyard.delete_attribute(&sess.actor, f.get("name")).await {
         Ok(()) => see_other("/portal/settings?done=deleted"),
         Err(e) => {
-            let (status, text) = describe(e);
-            settings_page(&s, &sess, status, Some(Notice::Error(text)), None).await
+            let (status, message) = refused("", e);
+            settings_page(&s, &sess, status, message, None).await
         }
     }
 }
@@ -561,23 +525,17 @@ async fn delete_attribute(State(s): State<AppState>, ChangeForm(sess, f): Change
 // ---------------------------------------------------------------------------------------------
 // APNs certificate
 
-async fn apns(
-    State(s): State<AppState>,
-    Viewer(sess): Viewer,
-    q: Result<Query<DoneQuery>, QueryRejection>,
-) -> Response {
-    let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
-        Some("uploaded") => Some(Notice::Ok("APNs certificate saved.".into())),
-        Some("requested") => Some(Notice::Ok(
-            "Request made: download its CSR and have it signed (step 2).".into(),
-        )),
-        Some("sent") => Some(Notice::Ok(
+async fn apns(State(s): State<AppState>, Viewer(sess): Viewer, done: Done) -> Response {
+    let done = done.notice(|done, _| match done {
+        "uploaded" => Some("APNs certificate saved.".into()),
+        "requested" => Some("Request made: download its CSR and have it signed (step 2).".into()),
+        "sent" => Some(
             "Request sent to the signing service: it emails the signed request, encrypted, to \
              the address you gave. Choose the emailed file below to decrypt it (step 2)."
                 .into(),
-        )),
+        ),
         _ => None,
-    };
+    });
     apns_page(&s, &sess, StatusCode::OK, done).await
 }
 
@@ -772,25 +730,15 @@ async fn apns_page(
 /// The APNs page again, explaining why `e` refused the step after `prefix` (what was not done;
 /// empty when the explanation says it all).
 async fn apns_refused(s: &AppState, sess: &Session, prefix: &str, e: CoreError) -> Response {
-    let (status, text) = describe(e);
-    let text = if prefix.is_empty() {
-        text
-    } else {
-        format!("{prefix} {text}")
-    };
-    apns_page(s, sess, status, Some(Notice::Error(text))).await
+    let (status, message) = refused(prefix, e);
+    apns_page(s, sess, status, message).await
 }
 
 async fn upload_apns(
     State(s): State<AppState>,
-    headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    ChangeUpload { sess, fields, .. }: ChangeUpload<ApnsPage>,
 ) -> Response {
-    let (sess, fields) = match change_upload(&s, &headers, multipart).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let password = String::from_utf8_lossy(fields.first("password")).into_owned();
+    let password = fields.text("password");
     let force = !fields.first("force").is_empty();
     let (cert, key) = (
         fields.first("certificate").to_vec(),
@@ -856,79 +804,12 @@ async fn create_apns_request(
     }
 }
 
-/// A multipart form's fields, in order (a name may repeat), or the page refusing an upload
-/// that cannot be read.
-struct UploadFields(Vec<(String, Vec<u8>)>);
+/// The APNs page's upload forms.
+struct ApnsPage;
 
-impl UploadFields {
-    /// The first field of this name; empty when absent.
-    fn first(&self, name: &str) -> &[u8] {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-            .unwrap_or_default()
-    }
-
-    /// Every field of this name, in order.
-    fn all(&self, name: &str) -> Vec<&[u8]> {
-        self.0
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-            .collect()
-    }
-}
-
-/// A signed-in administrator's upload form (the multipart twin of `change_form`): the session
-/// that may change things, the form's fields, and its CSRF token checked.
-async fn change_upload(
-    s: &AppState,
-    headers: &HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<(Session, UploadFields), Response> {
-    let sess = session(s, headers, true).await?;
-    let fields = multipart_fields(&sess, multipart).await?;
-    sess.check_csrf(&String::from_utf8_lossy(fields.first("csrf")))?;
-    Ok((sess, fields))
-}
-
-async fn multipart_fields(
-    sess: &Session,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<UploadFields, Response> {
-    let refuse =
-        |status: StatusCode, text: &str| message_page(Some(sess), status, "Not uploaded", text);
-    let Ok(mut mp) = multipart else {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "The upload could not be read; use the form on the APNs certificate page.",
-        ));
-    };
-    let mut fields = Vec::new();
-    loop {
-        let field = match mp.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                let (status, text) = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    (StatusCode::PAYLOAD_TOO_LARGE, "The file is too large.")
-                } else {
-                    (StatusCode::BAD_REQUEST, "The upload could not be read.")
-                };
-                return Err(refuse(status, text));
-            }
-        };
-        let name = field.name().unwrap_or("").to_string();
-        let Ok(bytes) = field.bytes().await else {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "The upload could not be read.",
-            ));
-        };
-        fields.push((name, bytes.to_vec()));
-    }
-    Ok(UploadFields(fields))
+impl UploadPage for ApnsPage {
+    const NAME: &'static str = "the APNs certificate page";
+    const TOO_LARGE: &'static str = "The file is too large.";
 }
 
 /// The request file for Apple's Push Certificates Portal, as a download.
@@ -950,14 +831,9 @@ fn request_file_download(file: String) -> Response {
 /// with the request file. The vendor key is used for this signature only.
 async fn sign_apns_request(
     State(s): State<AppState>,
-    headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    ChangeUpload { sess, fields, .. }: ChangeUpload<ApnsPage>,
 ) -> Response {
-    let (sess, fields) = match change_upload(&s, &headers, multipart).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let password = String::from_utf8_lossy(fields.first("password")).into_owned();
+    let password = fields.text("password");
     let signed = match lanyard_core::pushcert::vendor_signer(
         fields.first("vendor"),
         &password,
@@ -994,13 +870,8 @@ async fn send_apns_request(State(s): State<AppState>, ChangeForm(sess, f): Chang
 /// The signing service's emailed reply, decrypted into the request file for Apple.
 async fn decrypt_apns_reply(
     State(s): State<AppState>,
-    headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    ChangeUpload { sess, fields, .. }: ChangeUpload<ApnsPage>,
 ) -> Response {
-    let (sess, fields) = match change_upload(&s, &headers, multipart).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     match s
         .lanyard
         .decrypt_push_reply(&sess.actor, &s.secrets, fields.first("reply"))
@@ -1141,28 +1012,17 @@ async fn audit(
         @if list.items.is_empty() {
             p .muted { "No entries match." }
         } @else {
-            table .audit {
-                thead {
+            (table(Some("audit"), &["When", "Who", "Action", "Target", "Detail"], html! {
+                @for e in &list.items {
                     tr {
-                        th scope="col" { "When" }
-                        th scope="col" { "Who" }
-                        th scope="col" { "Action" }
-                        th scope="col" { "Target" }
-                        th scope="col" { "Detail" }
+                        td { (when(Some(e.at))) }
+                        td { (e.actor) }
+                        td { (e.action) }
+                        td { (e.target) }
+                        td { code { (e.detail) } }
                     }
                 }
-                tbody {
-                    @for e in &list.items {
-                        tr {
-                            td { (when(Some(e.at))) }
-                            td { (e.actor) }
-                            td { (e.action) }
-                            td { (e.target) }
-                            td { code { (e.detail) } }
-                        }
-                    }
-                }
-            }
+            }))
         }
         (pager(&base, page, more))
     };

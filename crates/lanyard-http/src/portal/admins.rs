@@ -4,19 +4,17 @@
 //! (`lanyard_core::admins`), which audits it and refuses to disable or remove the last enabled
 //! Administrator.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Deserialize;
 
 use lanyard_core::admins::Role;
 
 use super::{
-    describe, enabled_field, error_page, layout, notice, ChangeForm, Fields, Nav, Notice, Session,
-    Viewer,
+    enabled_field, error_page, layout, notice, refused, table, ChangeForm, Done, Fields, Nav,
+    Notice, Session, Viewer,
 };
 use crate::auth::{cookie, SESSION_COOKIE};
 use crate::html::{html, see_other};
@@ -31,29 +29,16 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/admins/{name}/remove", post(remove))
 }
 
-#[derive(Deserialize, Default)]
-struct AdminsQuery {
-    done: Option<String>,
-}
-
-async fn admins(
-    State(s): State<AppState>,
-    Viewer(sess): Viewer,
-    q: Result<Query<AdminsQuery>, QueryRejection>,
-) -> Response {
-    let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
-        Some("added") => Some(Notice::Ok("Administrator added.".into())),
-        Some("password") => Some(Notice::Ok(
-            "Password set; that administrator's other sessions were ended.".into(),
-        )),
-        Some("unlocked") => Some(Notice::Ok("Failed sign-ins forgotten.".into())),
-        Some("disabled") => Some(Notice::Ok(
-            "Administrator disabled; their sessions were ended.".into(),
-        )),
-        Some("enabled") => Some(Notice::Ok("Administrator enabled.".into())),
-        Some("removed") => Some(Notice::Ok("Administrator removed.".into())),
+async fn admins(State(s): State<AppState>, Viewer(sess): Viewer, done: Done) -> Response {
+    let done = done.notice(|done, _| match done {
+        "added" => Some("Administrator added.".into()),
+        "password" => Some("Password set; that administrator's other sessions were ended.".into()),
+        "unlocked" => Some("Failed sign-ins forgotten.".into()),
+        "disabled" => Some("Administrator disabled; their sessions were ended.".into()),
+        "enabled" => Some("Administrator enabled.".into()),
+        "removed" => Some("Administrator removed.".into()),
         _ => None,
-    };
+    });
     admins_page(&s, &sess, StatusCode::OK, done, &Fields(Vec::new())).await
 }
 
@@ -78,67 +63,56 @@ async fn admins_page(
              from every address. Setting a password ends that administrator's other sessions. \
              The last enabled Administrator cannot be disabled or removed."
         }
-        table .admins {
-            thead {
+        (table(Some("admins"), &["Name", "Role", "State", "Sign-ins", "Actions"], html! {
+            @for a in &list {
+                @let me = a.username == sess.username();
+                @let name = &a.username;
                 tr {
-                    th scope="col" { "Name" }
-                    th scope="col" { "Role" }
-                    th scope="col" { "State" }
-                    th scope="col" { "Sign-ins" }
-                    th scope="col" { "Actions" }
-                }
-            }
-            tbody {
-                @for a in &list {
-                    @let me = a.username == sess.username();
-                    @let name = &a.username;
-                    tr {
-                        td { (name) @if me { " (you)" } }
-                        td {
-                            @match a.role {
-                                Role::Administrator => "Administrator",
-                                Role::ReadOnly => "Read-only",
+                    td { (name) @if me { " (you)" } }
+                    td {
+                        @match a.role {
+                            Role::Administrator => "Administrator",
+                            Role::ReadOnly => "Read-only",
+                        }
+                    }
+                    td { (if a.enabled { "Enabled" } else { "Disabled" }) }
+                    td { (if a.locked { "Sign-ins slowed after failures" } else { "—" }) }
+                    td .row-actions {
+                        // Anyone may set their own password; changing others is for
+                        // Administrators.
+                        @if write || me {
+                            form method="post" action={ "/portal/admins/" (name) "/password" } {
+                                (sess.csrf_field())
+                                label .sr-only for={ "pw-" (name) } { "New password for " (name) }
+                                input #{ "pw-" (name) } type="password" name="password"
+                                    placeholder="New password" autocomplete="new-password"
+                                    minlength="10" required;
+                                button type="submit" .small { "Set password" }
                             }
                         }
-                        td { (if a.enabled { "Enabled" } else { "Disabled" }) }
-                        td { (if a.locked { "Sign-ins slowed after failures" } else { "—" }) }
-                        td .row-actions {
-                            // Anyone may set their own password; changing others is for
-                            // Administrators.
-                            @if write || me {
-                                form method="post" action={ "/portal/admins/" (name) "/password" } {
+                        @if write {
+                            @if a.locked {
+                                form method="post" action={ "/portal/admins/" (name) "/unlock" } {
                                     (sess.csrf_field())
-                                    label .sr-only for={ "pw-" (name) } { "New password for " (name) }
-                                    input #{ "pw-" (name) } type="password" name="password"
-                                        placeholder="New password" autocomplete="new-password"
-                                        minlength="10" required;
-                                    button type="submit" .small { "Set password" }
+                                    button type="submit" .small { "Forget failed sign-ins" }
                                 }
                             }
-                            @if write {
-                                @if a.locked {
-                                    form method="post" action={ "/portal/admins/" (name) "/unlock" } {
-                                        (sess.csrf_field())
-                                        button type="submit" .small { "Forget failed sign-ins" }
-                                    }
-                                }
-                                @let (value, label) =
-                                    if a.enabled { ("false", "Disable") } else { ("true", "Enable") };
-                                form method="post" action={ "/portal/admins/" (name) "/enabled" } {
-                                    (sess.csrf_field())
-                                    input type="hidden" name="enabled" value=(value);
-                                    button type="submit" .small { (label) }
-                                }
-                                form method="post" action={ "/portal/admins/" (name) "/remove" } {
-                                    (sess.csrf_field())
-                                    button type="submit" .small.danger { "Remove" }
-                                }
+                            @let (value, label) =
+                                if a.enabled { ("false", "Disable") } else { ("true", "Enable") };
+                            form method="post" action={ "/portal/admins/" (name) "/enabled" } {
+                                (sess.csrf_field())
+                                input type="hidden" name="enabled" value=(value);
+                                button type="submit" .small { (label) }
+                            }
+                            form method="post" action={ "/portal/admins/" (name) "/remove" } {
+                                (sess.csrf_field())
+                                button type="submit" .small.danger { "Remove" }
                             }
                         }
                     }
                 }
             }
-        }
+        }))
         @if write {
             h2 { "Add an administrator" }
             form method="post" action="/portal/admins" .grid-form {
@@ -171,8 +145,8 @@ async fn after(
     match outcome {
         Ok(()) => see_other(&format!("/portal/admins?done={done}")),
         Err(e) => {
-            let (status, text) = describe(e);
-            admins_page(s, sess, status, Some(Notice::Error(text)), form).await
+            let (status, message) = refused("", e);
+            admins_page(s, sess, status, message, form).await
         }
     }
 }
@@ -181,8 +155,8 @@ async fn add_admin(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -
     let role: Role = match lanyard_core::admins::parse_role(f.get("role")) {
         Ok(r) => r,
         Err(e) => {
-            let (status, text) = describe(e);
-            return admins_page(&s, &sess, status, Some(Notice::Error(text)), &f).await;
+            let (status, message) = refused("", e);
+            return admins_page(&s, &sess, status, message, &f).await;
         }
     };
     let outcome = s

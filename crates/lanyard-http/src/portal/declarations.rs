@@ -6,13 +6,11 @@
 //! `lanyard_core::declarations::DeclarationService`, like the admin API and the CLI, which
 //! refuses read-only administrators and writes the audit log.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Deserialize;
 use serde_json::Value;
 
 use lanyard_core::declarations::{
@@ -21,8 +19,8 @@ use lanyard_core::declarations::{
 use lanyard_core::CoreError;
 
 use super::{
-    describe, error_page, layout, message_page, notice, ChangeForm, Fields, Nav, Notice, Session,
-    Viewer,
+    describe, error_page, layout, message_page, notice, table, ChangeForm, Done, Fields, Nav,
+    Notice, Session, Viewer,
 };
 use crate::api::declarations::{summaries, DeclarationSummary};
 use crate::html::{html, qv, see_other, Markup};
@@ -44,12 +42,6 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/declaration-sets/{name}/assign", post(assign))
         .route("/portal/declaration-sets/{name}/unassign", post(unassign))
         .route("/portal/declaration-sets/{name}/remove", post(remove_set))
-}
-
-#[derive(Deserialize, Default)]
-struct DoneQuery {
-    done: Option<String>,
-    name: Option<String>,
 }
 
 /// The form field a refusal concerns, from the key that starts the domain's message
@@ -195,33 +187,28 @@ fn assignment_fields(a: &AssignTo) -> Markup {
     }
 }
 
-fn target_of(f: &Fields) -> Result<AssignTo, String> {
+fn target_of(f: &Fields) -> Result<AssignTo, CoreError> {
     let value = f.get("value").trim().to_string();
+    let missing = |m: &str| Err(CoreError::Invalid(m.into()));
     match f.get("target") {
         "user" if !value.is_empty() => Ok(AssignTo::User { email: value }),
         "enrollment" if !value.is_empty() => Ok(AssignTo::Enrollment { id: value }),
         "all" => Ok(AssignTo::AllUserEnrollments),
-        "user" => Err("Type the person's email.".into()),
-        "enrollment" => Err("Type the enrollment id.".into()),
-        _ => Err("Choose whom to assign the set to.".into()),
+        "user" => missing("Type the person's email."),
+        "enrollment" => missing("Type the enrollment id."),
+        _ => missing("Choose whom to assign the set to."),
     }
 }
 
-async fn list(
-    State(s): State<AppState>,
-    Viewer(sess): Viewer,
-    q: Result<Query<DoneQuery>, QueryRejection>,
-) -> Response {
-    let q = q.map(|Query(q)| q).unwrap_or_default();
-    let name = q.name.unwrap_or_default();
-    let done = match q.done.as_deref() {
-        Some("added") => Some(Notice::Ok(format!("Declaration {name} added."))),
-        Some("removed") => Some(Notice::Ok(format!("Declaration {name} removed."))),
-        Some("set-added") => Some(Notice::Ok(format!("Set {name} added."))),
-        Some("set-removed") => Some(Notice::Ok(format!("Set {name} removed."))),
-        Some("set-saved") => Some(Notice::Ok(format!("Set {name} saved."))),
+async fn list(State(s): State<AppState>, Viewer(sess): Viewer, done: Done) -> Response {
+    let done = done.notice(|done, name| match done {
+        "added" => Some(format!("Declaration {name} added.")),
+        "removed" => Some(format!("Declaration {name} removed.")),
+        "set-added" => Some(format!("Set {name} added.")),
+        "set-removed" => Some(format!("Set {name} removed.")),
+        "set-saved" => Some(format!("Set {name} saved.")),
         _ => None,
-    };
+    });
     list_page(&s, &sess, StatusCode::OK, done, &Typed::default(), None).await
 }
 
@@ -256,18 +243,10 @@ async fn list_page(
         @if declarations.is_empty() {
             p .muted #no-declarations { "No declarations yet." }
         } @else {
-            table .declarations {
-                thead {
-                    tr {
-                        th scope="col" { "Identifier" }
-                        th scope="col" { "Type" }
-                        th scope="col" { "Kind" }
-                        th scope="col" { "Active" }
-                        th scope="col" { "Failing" }
-                        th scope="col" { "Updated" }
-                    }
-                }
-                tbody {
+            (table(
+                Some("declarations"),
+                &["Identifier", "Type", "Kind", "Active", "Failing", "Updated"],
+                html! {
                     @for d in &declarations {
                         tr data-declaration=(d.identifier) {
                             td { a href={ "/portal/declarations/" (qv(&d.identifier)) } { (d.identifier) } }
@@ -278,8 +257,8 @@ async fn list_page(
                             td { (super::when(Some(d.updated_at))) }
                         }
                     }
-                }
-            }
+                },
+            ))
         }
         h2 { "Add a declaration" }
         form method="post" action=(LIST) .grid-form #add-declaration {
@@ -328,26 +307,23 @@ fn set_section(sess: &Session, set: &SetView, declarations: &[DeclarationSummary
         section .declaration-set data-set=(set.name) {
             h3 { "Set " (set.name) }
             @if !set.description.is_empty() { p .muted { (set.description) } }
-            table .members {
-                thead { tr { th scope="col" { "Member" } th scope="col" { "Actions" } } }
-                tbody {
-                    @if set.members.is_empty() {
-                        tr { td colspan="2" .muted { "No members." } }
-                    }
-                    @for m in &set.members {
-                        tr data-member=(m) {
-                            td { (m) }
-                            td {
-                                form method="post" action={ (base) "/members/remove" } {
-                                    (sess.csrf_field())
-                                    input type="hidden" name="identifier" value=(m);
-                                    button type="submit" .small aria-label={ "Remove " (m) " from " (n) } { "Remove" }
-                                }
+            (table(Some("members"), &["Member", "Actions"], html! {
+                @if set.members.is_empty() {
+                    tr { td colspan="2" .muted { "No members." } }
+                }
+                @for m in &set.members {
+                    tr data-member=(m) {
+                        td { (m) }
+                        td {
+                            form method="post" action={ (base) "/members/remove" } {
+                                (sess.csrf_field())
+                                input type="hidden" name="identifier" value=(m);
+                                button type="submit" .small aria-label={ "Remove " (m) " from " (n) } { "Remove" }
                             }
                         }
                     }
                 }
-            }
+            }))
             form method="post" action={ (base) "/members" } .inline-form {
                 (sess.csrf_field())
                 label for={ "member-" (n) } { "Add a declaration" }
@@ -360,26 +336,23 @@ fn set_section(sess: &Session, set: &SetView, declarations: &[DeclarationSummary
                 }
                 button type="submit" { "Add to set" }
             }
-            table .assignments {
-                thead { tr { th scope="col" { "Assigned to" } th scope="col" { "Actions" } } }
-                tbody {
-                    @if set.assignments.is_empty() {
-                        tr { td colspan="2" .muted { "Not assigned." } }
-                    }
-                    @for a in &set.assignments {
-                        tr {
-                            td .assignment { (assignment_text(a)) }
-                            td {
-                                form method="post" action={ (base) "/unassign" } {
-                                    (sess.csrf_field())
-                                    (assignment_fields(a))
-                                    button type="submit" .small { "Unassign" }
-                                }
+            (table(Some("assignments"), &["Assigned to", "Actions"], html! {
+                @if set.assignments.is_empty() {
+                    tr { td colspan="2" .muted { "Not assigned." } }
+                }
+                @for a in &set.assignments {
+                    tr {
+                        td .assignment { (assignment_text(a)) }
+                        td {
+                            form method="post" action={ (base) "/unassign" } {
+                                (sess.csrf_field())
+                                (assignment_fields(a))
+                                button type="submit" .small { "Unassign" }
                             }
                         }
                     }
                 }
-            }
+            }))
             form method="post" action={ (base) "/assign" } .inline-form {
                 (sess.csrf_field())
                 label for={ "target-" (n) } { "Assign to" }
@@ -441,12 +414,9 @@ async fn edit(
     State(s): State<AppState>,
     Viewer(sess): Viewer,
     Path(identifier): Path<String>,
-    q: Result<Query<DoneQuery>, QueryRejection>,
+    done: Done,
 ) -> Response {
-    let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
-        Some("saved") => Some(Notice::Ok("Declaration saved.".into())),
-        _ => None,
-    };
+    let done = done.notice(|done, _| (done == "saved").then(|| "Declaration saved.".into()));
     match s.declarations.get(&identifier).await {
         Ok(d) => edit_page(&sess, &d, StatusCode::OK, done, &Typed::from_view(&d), None),
         Err(CoreError::NotFound(_)) => message_page(
@@ -541,15 +511,15 @@ async fn update(
 }
 
 /// Answers a set or removal form: back to the list with `done`, or the list with the refusal.
-async fn after(
+async fn after<T>(
     s: &AppState,
     sess: &Session,
-    result: Result<(), CoreError>,
+    result: Result<T, CoreError>,
     done: &str,
     name: &str,
 ) -> Response {
     match result {
-        Ok(()) => see_other(&format!("{LIST}?done={done}&name={}", qv(name))),
+        Ok(_) => see_other(&format!("{LIST}?done={done}&name={}", qv(name))),
         Err(e) => {
             let (status, text) = describe(e);
             list_page(
@@ -579,8 +549,7 @@ async fn create_set(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) 
     let r = s
         .declarations
         .create_set(&sess.actor, &name, f.get("description"))
-        .await
-        .map(|_| ());
+        .await;
     after(&s, &sess, r, "set-added", &name).await
 }
 
@@ -598,11 +567,11 @@ async fn add_member(
     Path(name): Path<String>,
     ChangeForm(sess, f): ChangeForm,
 ) -> Response {
+    let identifier = f.get("identifier");
     let r = s
         .declarations
-        .add_to_set(&sess.actor, &name, f.get("identifier"))
-        .await
-        .map(|_| ());
+        .add_to_set(&sess.actor, &name, identifier)
+        .await;
     after(&s, &sess, r, "set-saved", &name).await
 }
 
@@ -611,11 +580,11 @@ async fn remove_member(
     Path(name): Path<String>,
     ChangeForm(sess, f): ChangeForm,
 ) -> Response {
+    let identifier = f.get("identifier");
     let r = s
         .declarations
-        .remove_from_set(&sess.actor, &name, f.get("identifier"))
-        .await
-        .map(|_| ());
+        .remove_from_set(&sess.actor, &name, identifier)
+        .await;
     after(&s, &sess, r, "set-saved", &name).await
 }
 
@@ -625,12 +594,8 @@ async fn assign(
     ChangeForm(sess, f): ChangeForm,
 ) -> Response {
     let r = match target_of(&f) {
-        Ok(to) => s
-            .declarations
-            .assign(&sess.actor, &name, &to)
-            .await
-            .map(|_| ()),
-        Err(m) => Err(CoreError::Invalid(m)),
+        Ok(to) => s.declarations.assign(&sess.actor, &name, &to).await,
+        Err(e) => Err(e),
     };
     after(&s, &sess, r, "set-saved", &name).await
 }
@@ -641,12 +606,8 @@ async fn unassign(
     ChangeForm(sess, f): ChangeForm,
 ) -> Response {
     let r = match target_of(&f) {
-        Ok(to) => s
-            .declarations
-            .unassign(&sess.actor, &name, &to)
-            .await
-            .map(|_| ()),
-        Err(m) => Err(CoreError::Invalid(m)),
+        Ok(to) => s.declarations.unassign(&sess.actor, &name, &to).await,
+        Err(e) => Err(e),
     };
     after(&s, &sess, r, "set-saved", &name).await
 }

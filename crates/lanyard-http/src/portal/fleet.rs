@@ -19,8 +19,8 @@ use lanyard_core::CoreError;
 use lanyard_store::{DeviceListQuery, DeviceSort, EnrollmentStatus};
 
 use super::{
-    error_page, layout, message_page, notice, or_dash, page_number, pager, when, ChangeForm, Nav,
-    Notice, Session, Viewer, PAGE_SIZE,
+    error_page, layout, message_page, notice, or_dash, page_number, pager, table, when, ChangeForm,
+    Done, Nav, Notice, Session, Viewer, PAGE_SIZE,
 };
 use crate::html::{html, qv, see_other, Markup};
 use crate::AppState;
@@ -147,18 +147,17 @@ async fn summary_body(s: &AppState) -> Result<Markup, CoreError> {
             }
         }
         h2 { "Enrollments by mode and state" }
-        table .by-mode {
-            thead {
-                tr {
-                    th scope="col" { "Device Enrollment Mode" }
-                    th scope="col" { "Enrolled" }
-                    th scope="col" { "In progress" }
-                    th scope="col" { "Checked out" }
-                    th scope="col" { "Inactive" }
-                    th scope="col" { "Total" }
-                }
-            }
-            tbody {
+        (table(
+            Some("by-mode"),
+            &[
+                "Device Enrollment Mode",
+                "Enrolled",
+                "In progress",
+                "Checked out",
+                "Inactive",
+                "Total",
+            ],
+            html! {
                 @if sum.by_mode.is_empty() {
                     tr { td { "User Enrollment" } td { "0" } td { "0" } td { "0" } td { "0" } td { "0" } }
                 }
@@ -172,8 +171,8 @@ async fn summary_body(s: &AppState) -> Result<Markup, CoreError> {
                         td { (m.total) }
                     }
                 }
-            }
-        }
+            },
+        ))
         h2 { "Expiring certificates and tokens" }
         ul .plain {
             @match &push {
@@ -445,18 +444,10 @@ fn history_table(list: &[CommandView]) -> Markup {
         return html! { p .muted { "No commands yet." } };
     }
     html! {
-        table .history {
-            thead {
-                tr {
-                    th scope="col" { "Command" }
-                    th scope="col" { "Channel" }
-                    th scope="col" { "Status" }
-                    th scope="col" { "Queued" }
-                    th scope="col" { "Finished" }
-                    th scope="col" { "Result" }
-                }
-            }
-            tbody {
+        (table(
+            Some("history"),
+            &["Command", "Channel", "Status", "Queued", "Finished", "Result"],
+            html! {
                 @for c in list {
                     tr data-status=(c.status.as_str()) {
                         td { a href={ "/portal/commands/" (qv(&c.command_uuid)) } { (c.request_type) } }
@@ -479,28 +470,21 @@ fn history_table(list: &[CommandView]) -> Markup {
                         }
                     }
                 }
-            }
-        }
+            },
+        ))
     }
-}
-
-#[derive(Deserialize, Default)]
-struct DoneQuery {
-    done: Option<String>,
 }
 
 async fn device(
     State(s): State<AppState>,
     Viewer(sess): Viewer,
     Path(id): Path<String>,
-    q: Result<Query<DoneQuery>, QueryRejection>,
+    done: Done,
 ) -> Response {
-    let done = match q.ok().and_then(|Query(q)| q.done).as_deref() {
-        Some("command") => Some(Notice::Ok(
-            "Command queued; its result appears below when the Mac answers.".into(),
-        )),
-        _ => None,
-    };
+    let done = done.notice(|done, _| {
+        (done == "command")
+            .then(|| "Command queued; its result appears below when the Mac answers.".into())
+    });
     device_page(&s, &sess, &id, StatusCode::OK, done).await
 }
 
@@ -624,18 +608,10 @@ fn declarative_section(st: &lanyard_core::declarations::EnrollmentDeclarativeSta
         @if st.declarations.is_empty() {
             p .muted #no-declaration-status { "No declaration status reported yet." }
         } @else {
-            table .declaration-status {
-                thead {
-                    tr {
-                        th scope="col" { "Declaration" }
-                        th scope="col" { "Active" }
-                        th scope="col" { "Valid" }
-                        th scope="col" { "Current content" }
-                        th scope="col" { "Reasons" }
-                        th scope="col" { "Reported" }
-                    }
-                }
-                tbody {
+            (table(
+                Some("declaration-status"),
+                &["Declaration", "Active", "Valid", "Current content", "Reasons", "Reported"],
+                html! {
                     @for d in &st.declarations {
                         tr data-declaration=(d.identifier) data-valid=(d.valid.as_str()) {
                             td { a href={ "/portal/declarations/" (qv(&d.identifier)) } { (d.identifier) } }
@@ -650,8 +626,8 @@ fn declarative_section(st: &lanyard_core::declarations::EnrollmentDeclarativeSta
                             td { (when(Some(d.updated_at))) }
                         }
                     }
-                }
-            }
+                },
+            ))
         }
         h2 { "Status items" }
         @if st.status_items.is_empty() {
@@ -822,24 +798,15 @@ async fn command_page(
                 (progress_text(&p))
             }
         }
-        table {
-            thead {
+        (table(None, &["Enrollment", "Status", "Finished"], html! {
+            @for t in targets.iter().take(500) {
                 tr {
-                    th scope="col" { "Enrollment" }
-                    th scope="col" { "Status" }
-                    th scope="col" { "Finished" }
+                    td { a href={ "/portal/devices/" (qv(&t.enrollment_id)) } { (t.enrollment_id) } }
+                    td { (t.status.as_str()) }
+                    td { (when(t.finished_at)) }
                 }
             }
-            tbody {
-                @for t in targets.iter().take(500) {
-                    tr {
-                        td { a href={ "/portal/devices/" (qv(&t.enrollment_id)) } { (t.enrollment_id) } }
-                        td { (t.status.as_str()) }
-                        td { (when(t.finished_at)) }
-                    }
-                }
-            }
-        }
+        }))
     };
     layout(
         &sess,

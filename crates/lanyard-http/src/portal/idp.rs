@@ -5,20 +5,19 @@
 //! one, and removing one after a confirmation. Every change goes through the same `Lanyard`
 //! methods as the admin API, which check roles, validate and write the audit lines.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Deserialize;
 
 use lanyard_core::identity_providers::{
     CreateIdentityProvider, IdentityProviderView, UpdateIdentityProvider, CALLBACK_PATH,
 };
 
 use super::{
-    describe, error_page, layout, notice, ChangeForm, Fields, Nav, Notice, Session, Viewer,
+    error_page, layout, notice, refused, table, ChangeForm, Done, Fields, Nav, Notice, Session,
+    Viewer,
 };
 use crate::html::{html, qv, see_other, Markup};
 use crate::AppState;
@@ -34,12 +33,6 @@ pub fn routes() -> Router<AppState> {
             post(set_enabled),
         )
         .route("/portal/identity-providers/{name}/remove", post(remove))
-}
-
-#[derive(Deserialize, Default)]
-struct DoneQuery {
-    done: Option<String>,
-    name: Option<String>,
 }
 
 /// The values typed into the add or edit form, shown again after a refusal (never the secret).
@@ -133,21 +126,15 @@ fn provider_fields(t: &Typed, secret_hint: &str) -> Markup {
     }
 }
 
-async fn list(
-    State(s): State<AppState>,
-    Viewer(sess): Viewer,
-    q: Result<Query<DoneQuery>, QueryRejection>,
-) -> Response {
-    let q = q.map(|Query(q)| q).unwrap_or_default();
-    let name = q.name.unwrap_or_default();
-    let done = match q.done.as_deref() {
-        Some("added") => Some(Notice::Ok(format!("Identity provider {name} added."))),
-        Some("saved") => Some(Notice::Ok(format!("Identity provider {name} saved."))),
-        Some("enabled") => Some(Notice::Ok(format!("Identity provider {name} enabled."))),
-        Some("disabled") => Some(Notice::Ok(format!("Identity provider {name} disabled."))),
-        Some("removed") => Some(Notice::Ok(format!("Identity provider {name} removed."))),
+async fn list(State(s): State<AppState>, Viewer(sess): Viewer, done: Done) -> Response {
+    let done = done.notice(|done, name| match done {
+        "added" => Some(format!("Identity provider {name} added.")),
+        "saved" => Some(format!("Identity provider {name} saved.")),
+        "enabled" => Some(format!("Identity provider {name} enabled.")),
+        "disabled" => Some(format!("Identity provider {name} disabled.")),
+        "removed" => Some(format!("Identity provider {name} removed.")),
         _ => None,
-    };
+    });
     list_page(&s, &sess, StatusCode::OK, done, &Typed::blank()).await
 }
 
@@ -173,22 +160,21 @@ async fn list_page(
                 "No identity providers yet: people sign in at enrollment with a Lanyard password."
             }
         } @else {
-            table .identity-providers {
-                thead {
-                    tr {
-                        th scope="col" { "Name" }
-                        th scope="col" { "Display name" }
-                        th scope="col" { "Issuer" }
-                        th scope="col" { "Client id" }
-                        th scope="col" { "Scopes" }
-                        th scope="col" { "Email claim" }
-                        th scope="col" { "Create users on first sign-in" }
-                        th scope="col" { "Enabled" }
-                        th scope="col" { "Secret set" }
-                        th scope="col" { "Actions" }
-                    }
-                }
-                tbody {
+            (table(
+                Some("identity-providers"),
+                &[
+                    "Name",
+                    "Display name",
+                    "Issuer",
+                    "Client id",
+                    "Scopes",
+                    "Email claim",
+                    "Create users on first sign-in",
+                    "Enabled",
+                    "Secret set",
+                    "Actions",
+                ],
+                html! {
                     @for p in &providers {
                         @let n = qv(&p.name);
                         @let (toggle_value, toggle_label) =
@@ -214,8 +200,8 @@ async fn list_page(
                             }
                         }
                     }
-                }
-            }
+                },
+            ))
         }
         h2 { "Add identity provider" }
         form method="post" action=(LIST) .grid-form {
@@ -260,9 +246,8 @@ async fn create(State(s): State<AppState>, ChangeForm(sess, f): ChangeForm) -> R
     {
         Ok(p) => see_other(&format!("{LIST}?done=added&name={}", qv(&p.name))),
         Err(e) => {
-            let (status, text) = describe(e);
-            let text = format!("Nothing was added. {text}");
-            list_page(&s, &sess, status, Some(Notice::Error(text)), &typed).await
+            let (status, message) = refused("Nothing was added.", e);
+            list_page(&s, &sess, status, message, &typed).await
         }
     }
 }
@@ -349,17 +334,8 @@ async fn update(
     {
         Ok(p) => see_other(&format!("{LIST}?done=saved&name={}", qv(&p.name))),
         Err(e) => {
-            let (status, text) = describe(e);
-            let text = format!("Nothing was changed. {text}");
-            edit_page(
-                &s,
-                &sess,
-                &name,
-                status,
-                Some(Notice::Error(text)),
-                Some(typed),
-            )
-            .await
+            let (status, message) = refused("Nothing was changed.", e);
+            edit_page(&s, &sess, &name, status, message, Some(typed)).await
         }
     }
 }
@@ -400,16 +376,8 @@ async fn set_enabled(
             see_other(&format!("{LIST}?done={done}&name={}", qv(&p.name)))
         }
         Err(e) => {
-            let (status, text) = describe(e);
-            let text = format!("Nothing was changed. {text}");
-            list_page(
-                &s,
-                &sess,
-                status,
-                Some(Notice::Error(text)),
-                &Typed::blank(),
-            )
-            .await
+            let (status, message) = refused("Nothing was changed.", e);
+            list_page(&s, &sess, status, message, &Typed::blank()).await
         }
     }
 }
@@ -435,16 +403,8 @@ async fn remove(
     match s.lanyard.delete_identity_provider(&sess.actor, &name).await {
         Ok(()) => see_other(&format!("{LIST}?done=removed&name={}", qv(&name))),
         Err(e) => {
-            let (status, text) = describe(e);
-            let text = format!("Nothing was removed. {text}");
-            list_page(
-                &s,
-                &sess,
-                status,
-                Some(Notice::Error(text)),
-                &Typed::blank(),
-            )
-            .await
+            let (status, message) = refused("Nothing was removed.", e);
+            list_page(&s, &sess, status, message, &Typed::blank()).await
         }
     }
 }

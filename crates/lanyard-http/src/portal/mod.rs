@@ -21,11 +21,14 @@ mod admins;
 mod declarations;
 mod fleet;
 mod idp;
+mod upload;
 
 use std::net::SocketAddr;
 
 use axum::extract::rejection::{ExtensionRejection, FormRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Query, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request, State,
+};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -130,7 +133,7 @@ impl Session {
 /// is answered with the sign-in page (or a redirect to it) before the handler runs.
 pub(crate) struct Viewer(pub(crate) Session);
 
-impl axum::extract::FromRequestParts<AppState> for Viewer {
+impl FromRequestParts<AppState> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(
@@ -276,6 +279,18 @@ pub(crate) fn describe(e: CoreError) -> (StatusCode, String) {
     (a.status, text)
 }
 
+/// A refused change as the status and error notice of the page shown again: `prefix` says what
+/// was not done (empty when the explanation says it all).
+pub(crate) fn refused(prefix: &str, e: CoreError) -> (StatusCode, Option<Notice>) {
+    let (status, text) = describe(e);
+    let text = if prefix.is_empty() {
+        text
+    } else {
+        format!("{prefix} {text}")
+    };
+    (status, Some(Notice::Error(text)))
+}
+
 pub(crate) fn error_page(sess: Option<&Session>, e: CoreError) -> Response {
     let (status, text) = describe(e);
     message_page(sess, status, "Not done", &text)
@@ -306,6 +321,44 @@ pub(crate) fn notice(n: Option<Notice>) -> Markup {
             Some(Notice::Ok(t)) => p #message .notice.ok role="status" { (t) },
             Some(Notice::Error(t)) => p #message .notice.error role="alert" { (t) },
             None => {},
+        }
+    }
+}
+
+/// The `done` (and `name`) of the page a change redirects to (`?done=added&name=…`), for the
+/// notice saying what was done; absent or unreadable, nothing was.
+#[derive(Deserialize, Default)]
+pub(crate) struct Done {
+    done: Option<String>,
+    name: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Done {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let q = Query::<Done>::from_request_parts(parts, s).await;
+        Ok(q.map(|Query(q)| q).unwrap_or_default())
+    }
+}
+
+impl Done {
+    /// The notice `text(done, name)` gives, if any (`name` is empty when absent).
+    pub fn notice(&self, text: impl FnOnce(&str, &str) -> Option<String>) -> Option<Notice> {
+        let done = self.done.as_deref()?;
+        text(done, self.name.as_deref().unwrap_or_default()).map(Notice::Ok)
+    }
+}
+
+/// A table with one header row (`columns`, each a column header) and `rows` as its body.
+pub(crate) fn table(class: Option<&str>, columns: &[&str], rows: Markup) -> Markup {
+    html! {
+        table class=[class] {
+            thead { tr { @for c in columns { th scope="col" { (c) } } } }
+            tbody { (rows) }
         }
     }
 }

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use lanyard_core::admins::Role;
 use lanyard_core::Actor;
 
-use super::{print_json, print_table, read_password, OutputArgs};
+use super::{print_list, read_password, OutputArgs};
 use crate::setup::Opened;
 
 #[derive(Debug, Subcommand)]
@@ -80,23 +80,14 @@ pub async fn admin(o: &Opened, cmd: AdminCmd) -> Result<()> {
         }
         AdminCmd::List { out } => {
             let admins = l.list_admins().await?;
-            if out.json {
-                return print_json(&admins);
-            }
-            print_table(
-                &["name", "role", "enabled", "locked"],
-                admins
-                    .into_iter()
-                    .map(|a| {
-                        vec![
-                            a.username,
-                            a.role.as_str().into(),
-                            a.enabled.to_string(),
-                            a.locked.to_string(),
-                        ]
-                    })
-                    .collect(),
-            );
+            print_list(&out, admins, &["name", "role", "enabled", "locked"], |a| {
+                vec![
+                    a.username,
+                    a.role.as_str().into(),
+                    a.enabled.to_string(),
+                    a.locked.to_string(),
+                ]
+            })?;
         }
         AdminCmd::SetPassword { username, password } => {
             let password = read_password(password, "new password")?;
@@ -140,29 +131,25 @@ pub async fn admin(o: &Opened, cmd: AdminCmd) -> Result<()> {
         }
         AdminCmd::ListTokens { out } => {
             let tokens = l.store().list_api_tokens().await?;
-            if out.json {
-                return print_json(&tokens);
-            }
-            print_table(
+            print_list(
+                &out,
+                tokens,
                 &["id", "name", "created", "expires", "last used", "revoked"],
-                tokens
-                    .into_iter()
-                    .map(|t| {
-                        vec![
-                            t.id.to_string(),
-                            t.name,
-                            t.created_at.format("%Y-%m-%d %H:%M").to_string(),
-                            t.expires_at
-                                .map(|e| e.format("%Y-%m-%d").to_string())
-                                .unwrap_or_else(|| "never".into()),
-                            t.last_used_at
-                                .map(|e| e.format("%Y-%m-%d %H:%M").to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            t.revoked.to_string(),
-                        ]
-                    })
-                    .collect(),
-            );
+                |t| {
+                    vec![
+                        t.id.to_string(),
+                        t.name,
+                        t.created_at.format("%Y-%m-%d %H:%M").to_string(),
+                        t.expires_at
+                            .map(|e| e.format("%Y-%m-%d").to_string())
+                            .unwrap_or_else(|| "never".into()),
+                        t.last_used_at
+                            .map(|e| e.format("%Y-%m-%d %H:%M").to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        t.revoked.to_string(),
+                    ]
+                },
+            )?;
         }
     }
     Ok(())

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use lanyard_core::attributes::{AttributeKind, DefineAttribute};
 use lanyard_core::Actor;
 
-use super::{print_json, print_table, OutputArgs};
+use super::{print_list, OutputArgs};
 use crate::setup::Opened;
 
 #[derive(Debug, Subcommand)]
@@ -57,23 +57,14 @@ pub async fn attribute(o: &Opened, cmd: AttributeCmd) -> Result<()> {
         }
         AttributeCmd::List { out } => {
             let attrs = l.list_attributes().await?;
-            if out.json {
-                return print_json(&attrs);
-            }
-            print_table(
-                &["name", "type", "required", "choices"],
-                attrs
-                    .into_iter()
-                    .map(|a| {
-                        vec![
-                            a.name,
-                            a.kind.as_str().into(),
-                            if a.required { "yes" } else { "no" }.into(),
-                            a.choices.join(", "),
-                        ]
-                    })
-                    .collect(),
-            );
+            print_list(&out, attrs, &["name", "type", "required", "choices"], |a| {
+                vec![
+                    a.name,
+                    a.kind.as_str().into(),
+                    if a.required { "yes" } else { "no" }.into(),
+                    a.choices.join(", "),
+                ]
+            })?;
         }
         AttributeCmd::Remove { name } => {
             l.delete_attribute(&Actor::cli(), &name).await?;

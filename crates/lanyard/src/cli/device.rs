@@ -6,7 +6,7 @@ use clap::Subcommand;
 use lanyard_core::Actor;
 
 use super::command::{print_commands, CollectPushes};
-use super::{print_json, print_table, OutputArgs};
+use super::{print_json, print_list, OutputArgs};
 use crate::setup::Opened;
 
 #[derive(Debug, Subcommand)]
@@ -98,10 +98,9 @@ pub async fn device(
                 },
             )
             .await?;
-            if out.json {
-                return print_json(&list);
-            }
-            print_table(
+            print_list(
+                &out,
+                list,
                 &[
                     "managed apple id",
                     "enrollment mode",
@@ -113,28 +112,26 @@ pub async fn device(
                     "last seen",
                     "id",
                 ],
-                list.into_iter()
-                    .map(|d: EnrollmentView| {
-                        vec![
-                            d.managed_apple_id,
-                            d.enrollment_mode,
-                            d.ownership,
-                            d.status.to_string(),
-                            d.os_version.unwrap_or_else(|| "-".into()),
-                            d.product.unwrap_or_else(|| "-".into()),
-                            d.attributes
-                                .iter()
-                                .map(|(k, v)| format!("{k}={v}"))
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            d.last_seen_at
-                                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            d.id,
-                        ]
-                    })
-                    .collect(),
-            );
+                |d: EnrollmentView| {
+                    vec![
+                        d.managed_apple_id,
+                        d.enrollment_mode,
+                        d.ownership,
+                        d.status.to_string(),
+                        d.os_version.unwrap_or_else(|| "-".into()),
+                        d.product.unwrap_or_else(|| "-".into()),
+                        d.attributes
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        d.last_seen_at
+                            .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        d.id,
+                    ]
+                },
+            )?;
         }
         DeviceCmd::Show { id, out } => {
             let e = o

@@ -2,9 +2,7 @@
 //! as the API, so every change is validated and audited alike. Client secrets are read from
 //! standard input (`--client-secret-stdin`), never from the command line, and never printed.
 
-use std::io::{BufRead, IsTerminal};
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use lanyard_core::identity_providers::{
@@ -12,7 +10,7 @@ use lanyard_core::identity_providers::{
 };
 use lanyard_core::Actor;
 
-use super::{print_json, print_table, OutputArgs};
+use super::{print_json, print_list, read_line, OutputArgs};
 use crate::setup::Opened;
 
 #[derive(Debug, Subcommand)]
@@ -80,16 +78,7 @@ pub struct IdpOptions {
 }
 
 fn read_secret() -> Result<String> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("client secret: ");
-    }
-    let mut line = String::new();
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .context("cannot read the client secret from standard input")?;
-    let s = line.trim_end_matches(['\r', '\n']).to_string();
+    let s = read_line("client secret", "the client secret")?;
     if s.is_empty() {
         bail!("no client secret on standard input");
     }
@@ -121,11 +110,7 @@ pub async fn idp(o: &Opened, secrets: &lanyard_pki::SecretBox, cmd: IdpCmd) -> R
             client_secret_stdin,
             opts,
         } => {
-            let client_secret = if client_secret_stdin {
-                Some(read_secret()?)
-            } else {
-                None
-            };
+            let client_secret = client_secret_stdin.then(read_secret).transpose()?;
             let p = l
                 .create_identity_provider(
                     &Actor::cli(),
@@ -150,10 +135,9 @@ pub async fn idp(o: &Opened, secrets: &lanyard_pki::SecretBox, cmd: IdpCmd) -> R
         }
         IdpCmd::List { out } => {
             let list = l.list_identity_providers().await?;
-            if out.json {
-                return print_json(&list);
-            }
-            print_table(
+            print_list(
+                &out,
+                list,
                 &[
                     "name",
                     "issuer",
@@ -162,19 +146,17 @@ pub async fn idp(o: &Opened, secrets: &lanyard_pki::SecretBox, cmd: IdpCmd) -> R
                     "create users",
                     "enabled",
                 ],
-                list.into_iter()
-                    .map(|p| {
-                        vec![
-                            p.name,
-                            p.issuer,
-                            p.client_id,
-                            p.email_claim,
-                            if p.allow_create_users { "yes" } else { "no" }.into(),
-                            if p.enabled { "yes" } else { "no" }.into(),
-                        ]
-                    })
-                    .collect(),
-            );
+                |p| {
+                    vec![
+                        p.name,
+                        p.issuer,
+                        p.client_id,
+                        p.email_claim,
+                        if p.allow_create_users { "yes" } else { "no" }.into(),
+                        if p.enabled { "yes" } else { "no" }.into(),
+                    ]
+                },
+            )?;
         }
         IdpCmd::Show { name, out } => {
             let p = l.identity_provider(&name).await?;
@@ -190,11 +172,7 @@ pub async fn idp(o: &Opened, secrets: &lanyard_pki::SecretBox, cmd: IdpCmd) -> R
             client_secret_stdin,
             opts,
         } => {
-            let client_secret = if client_secret_stdin {
-                Some(read_secret()?)
-            } else {
-                None
-            };
+            let client_secret = client_secret_stdin.then(read_secret).transpose()?;
             let p = l
                 .update_identity_provider(
                     &Actor::cli(),

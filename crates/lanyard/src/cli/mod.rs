@@ -34,6 +34,20 @@ pub(crate) fn print_json<T: Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// A list as JSON with `--json`, otherwise as a table of `headers` with a `row` for each item.
+pub(crate) fn print_list<T: Serialize>(
+    out: &OutputArgs,
+    list: Vec<T>,
+    headers: &[&str],
+    row: impl FnMut(T) -> Vec<String>,
+) -> Result<()> {
+    if out.json {
+        return print_json(&list);
+    }
+    print_table(headers, list.into_iter().map(row).collect());
+    Ok(())
+}
+
 /// Prints rows as an aligned text table.
 pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -65,16 +79,7 @@ pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
 pub(crate) fn read_password(flag: Option<String>, what: &str) -> Result<String> {
     match flag.as_deref() {
         Some("-") | None => {
-            let stdin = std::io::stdin();
-            if stdin.is_terminal() {
-                eprint!("{what}: ");
-            }
-            let mut line = String::new();
-            stdin
-                .lock()
-                .read_line(&mut line)
-                .context("cannot read the password from standard input")?;
-            let p = line.trim_end_matches(['\r', '\n']).to_string();
+            let p = read_line(what, "the password")?;
             if p.is_empty() {
                 bail!("no password given (use --password or pipe it on standard input)");
             }
@@ -82,4 +87,19 @@ pub(crate) fn read_password(flag: Option<String>, what: &str) -> Result<String> 
         }
         Some(p) => Ok(p.to_string()),
     }
+}
+
+/// One line of standard input without its line ending (empty when there is none), after
+/// `prompt` on a terminal; `what` names it in the error when it cannot be read.
+pub(crate) fn read_line(prompt: &str, what: &str) -> Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("{prompt}: ");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .with_context(|| format!("cannot read {what} from standard input"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }

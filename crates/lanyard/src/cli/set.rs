@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use lanyard_core::declarations::{AssignTo, DeclarationService, SetView};
 use lanyard_core::Actor;
 
-use super::{print_json, print_table, OutputArgs};
+use super::{print_json, print_list, OutputArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum SetCmd {
@@ -114,26 +114,23 @@ pub async fn set(svc: &DeclarationService, cmd: SetCmd) -> Result<()> {
     match cmd {
         SetCmd::List { out } => {
             let sets = svc.list_sets().await?;
-            if out.json {
-                return print_json(&sets);
-            }
-            print_table(
+            print_list(
+                &out,
+                sets,
                 &["name", "members", "assigned to", "description"],
-                sets.into_iter()
-                    .map(|s| {
-                        vec![
-                            s.name,
-                            s.members.join(", "),
-                            s.assignments
-                                .iter()
-                                .map(assignment_text)
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            s.description,
-                        ]
-                    })
-                    .collect(),
-            );
+                |s| {
+                    vec![
+                        s.name,
+                        s.members.join(", "),
+                        s.assignments
+                            .iter()
+                            .map(assignment_text)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        s.description,
+                    ]
+                },
+            )?;
         }
         SetCmd::Show { name, out } => {
             let s = svc.set(&name).await?;

@@ -7,7 +7,7 @@ use lanyard_core::users::{CreateUser, UpdateUser};
 use lanyard_core::Actor;
 use lanyard_store::ListQuery;
 
-use super::{print_json, print_table, read_password, OutputArgs};
+use super::{print_json, print_list, read_password, OutputArgs};
 use crate::setup::Opened;
 
 #[derive(Debug, Subcommand)]
@@ -97,24 +97,20 @@ pub async fn user(o: &Opened, cmd: UserCmd) -> Result<()> {
                     limit: 10_000,
                 })
                 .await?;
-            if out.json {
-                return print_json(&users);
-            }
-            print_table(
+            print_list(
+                &out,
+                users,
                 &["email", "name", "managed apple id", "enabled", "password"],
-                users
-                    .into_iter()
-                    .map(|u| {
-                        vec![
-                            u.email,
-                            u.display_name,
-                            u.managed_apple_id.unwrap_or_else(|| "-".into()),
-                            if u.enabled { "yes" } else { "no" }.into(),
-                            if u.has_password { "set" } else { "-" }.into(),
-                        ]
-                    })
-                    .collect(),
-            );
+                |u| {
+                    vec![
+                        u.email,
+                        u.display_name,
+                        u.managed_apple_id.unwrap_or_else(|| "-".into()),
+                        if u.enabled { "yes" } else { "no" }.into(),
+                        if u.has_password { "set" } else { "-" }.into(),
+                    ]
+                },
+            )?;
         }
         UserCmd::Show { email, out } => {
             let u: lanyard_core::users::UserView = l.find_user(&email).await?.into();
