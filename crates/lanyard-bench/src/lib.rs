@@ -1405,10 +1405,25 @@ async fn enroll_real(
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await?;
             let t = Instant::now();
-            let mut mac = SimMac::new(opts)?;
-            mac.enroll()
-                .await
-                .with_context(|| format!("enrolling real-flow Mac {}", i + 1))?;
+            // Every real-flow Mac signs in with the one bench account from one address, so
+            // the sign-in throttle (attempts are counted before the password is checked, five
+            // go through at once) may ask one to wait; like a person, it tries again after a
+            // pause. The wait counts in its enrollment time.
+            let mut attempt = 0;
+            let mac = loop {
+                let mut mac = SimMac::new(opts.clone())?;
+                match mac.enroll().await {
+                    Ok(_) => break mac,
+                    Err(e) if e.status() == Some(429) && attempt < 5 => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_secs(1 << attempt)).await;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("enrolling real-flow Mac {}", i + 1)))
+                    }
+                }
+            };
             Ok::<_, anyhow::Error>((i, mac, t.elapsed()))
         });
     }
