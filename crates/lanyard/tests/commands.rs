@@ -58,17 +58,7 @@ async fn round_trip(db: Db) {
 
     // A User Enrollment Mac is put under declarative management at its first user-channel
     // TokenUpdate (its default status subscriptions): the Mac synchronises on the user channel.
-    let handled = mac
-        .run_commands(lanyard_testkit::Channel::User, 5)
-        .await
-        .unwrap();
-    assert_eq!(
-        handled
-            .iter()
-            .map(|h| h.request_type.as_str())
-            .collect::<Vec<_>>(),
-        ["DeclarativeManagement"]
-    );
+    support::sync_declarative_start(&mut mac).await;
 
     // Nothing queued: Idle gets an empty answer.
     assert!(mac.idle().await.unwrap().is_none());

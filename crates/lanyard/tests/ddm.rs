@@ -472,14 +472,7 @@ async fn declarations_reach_the_mac_and_come_back_as_status(
     // No set reaches Bob's Mac, yet as a User Enrollment Mac it is put under declarative
     // management at enrollment: it holds Lanyard's status subscriptions and their activation
     // only, and reports its status items.
-    let handled = bob.run_commands(Channel::User, 5).await.unwrap();
-    assert_eq!(
-        handled
-            .iter()
-            .map(|h| h.request_type.as_str())
-            .collect::<Vec<_>>(),
-        ["DeclarativeManagement"]
-    );
+    support::sync_declarative_start(&mut bob).await;
     let held: Vec<&String> = bob.declarative().held.keys().collect();
     assert_eq!(
         held,

@@ -276,9 +276,7 @@ async fn user_channel(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
 
     // Enrolled, the Mac was put under declarative management on its user channel (a User
     // Enrollment Mac's default status subscriptions); it synchronises first.
-    let handled = t.mac.run_commands(Channel::User, 5).await.unwrap();
-    assert_eq!(handled.len(), 1);
-    assert_eq!(handled[0].request_type, "DeclarativeManagement");
+    support::sync_declarative_start(&mut t.mac).await;
     let user_token = hex_of(&t.mac.push(Channel::User).token);
     let user_pushes = |t: &Setup| {
         t.fake

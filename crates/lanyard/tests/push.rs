@@ -101,12 +101,7 @@ async fn push_wakes_the_mac(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
     ];
     expected.sort();
     assert_eq!(woken, expected);
-    let handled = mac
-        .run_commands(lanyard_testkit::Channel::User, 5)
-        .await
-        .unwrap();
-    assert_eq!(handled.len(), 1);
-    assert_eq!(handled[0].request_type, "DeclarativeManagement");
+    support::sync_declarative_start(&mut mac).await;
 
     // A different topic cannot replace the certificate while enrollments depend on it.
     let other =

@@ -137,9 +137,7 @@ async fn renews_the_identity(#[values(Db::Sqlite, Db::Postgres)] db: Db) {
         fake.pushes().iter().any(|p| p.push_magic == user_magic)
     })
     .await;
-    let handled = mac.run_commands(Channel::User, 5).await.unwrap();
-    assert_eq!(handled.len(), 1);
-    assert_eq!(handled[0].request_type, "DeclarativeManagement");
+    support::sync_declarative_start(&mut mac).await;
 
     // The job finds the identity inside the window: one renewal queued, the Mac woken.
     wait_until("the renewal is queued", || async {

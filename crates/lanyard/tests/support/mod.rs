@@ -384,3 +384,22 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) {
 pub fn temp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
+
+/// A User Enrollment Mac is put under declarative management when it enrolls (its first
+/// user-channel TokenUpdate queues DeclarativeManagement): the Mac synchronises on its user
+/// channel, as a real one does when the push wakes it. Asserts that this is the one command
+/// waiting there.
+pub async fn sync_declarative_start(mac: &mut lanyard_testkit::SimMac) {
+    let handled = mac
+        .run_commands(lanyard_testkit::Channel::User, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        handled
+            .iter()
+            .map(|h| h.request_type.as_str())
+            .collect::<Vec<_>>(),
+        ["DeclarativeManagement"],
+        "the user channel holds the DeclarativeManagement started at enrollment"
+    );
+}
