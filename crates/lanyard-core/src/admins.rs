@@ -125,7 +125,7 @@ impl Lanyard {
     ) -> Result<AdminView> {
         actor.require_write()?;
         let username = check_username(username)?;
-        let hash = hash_password(password)?;
+        let hash = hash_password(password).await?;
         let audit = Audit::new(
             &actor.name,
             "admin.create",
@@ -156,7 +156,7 @@ impl Lanyard {
         if !own {
             actor.require_write()?;
         }
-        let hash = hash_password(password)?;
+        let hash = hash_password(password).await?;
         let keep = own_session.filter(|_| own).map(hash_secret);
         let audit = Audit::new(
             &actor.name,
@@ -294,7 +294,7 @@ impl Lanyard {
             Ok(name) => self.store.admin_by_username(&name).await?,
             Err(_) => None,
         };
-        let ok = password_matches(password, admin.as_ref().map(|a| a.password_hash.as_str()));
+        let ok = password_matches(password, admin.as_ref().map(|a| a.password_hash.as_str())).await;
         let Some(admin) = admin.filter(|_| ok) else {
             return Err(denied());
         };

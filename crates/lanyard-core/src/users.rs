@@ -112,8 +112,31 @@ pub(crate) fn check_presented_identifier(
     )))
 }
 
-/// Hashes a password with argon2id (the crate's default parameters: 19 MiB, two passes).
-pub fn hash_password(password: &str) -> Result<String> {
+/// Hashes a password with argon2id (the crate's default parameters: 19 MiB, two passes), off
+/// the runtime's worker threads and one check at a time ([`argon2_turn`]).
+pub async fn hash_password(password: &str) -> Result<String> {
+    let password = password.to_string();
+    argon2_turn(move || hash_password_now(&password))
+        .await
+        .unwrap_or_else(|e| Err(CoreError::failed("hashing a password", e.to_string())))
+}
+
+/// Runs an argon2 computation on a blocking thread, one at a time: each takes 19 MiB and tens of
+/// milliseconds of one core, so running them on the runtime's worker threads stalled every
+/// other request on that worker, and running several at once multiplied the memory. A burst of
+/// sign-ins queues here instead. `Err` only if the blocking task could not run.
+async fn argon2_turn<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, tokio::task::JoinError> {
+    static TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    // The semaphore is never closed, so `acquire` cannot fail; without a permit the check
+    // would still be right, only not queued.
+    let _permit = TURN.acquire().await.ok();
+    tokio::task::spawn_blocking(f).await
+}
+
+/// [`hash_password`] on the calling thread.
+pub(crate) fn hash_password_now(password: &str) -> Result<String> {
     if password.chars().count() < MIN_PASSWORD_LEN {
         return Err(CoreError::Invalid(format!(
             "passwords must have at least {MIN_PASSWORD_LEN} characters"
@@ -184,15 +207,15 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 
 /// Largest argon2 memory a stored hash may ask for (256 MiB); a larger one never matches.
 const MAX_ARGON2_BLOCKS: usize = 256 * 1024;
-/// How many argon2 working memories are kept for reuse: one per core of the machine Lanyard
-/// is sized for. Hashing runs on the runtime's worker threads, so more rarely exist at once.
-const KEPT_ARGON2_MEMORIES: usize = 2;
+/// How many argon2 working memories are kept for reuse: argon2 runs one at a time
+/// ([`argon2_turn`]), so one is enough.
+const KEPT_ARGON2_MEMORIES: usize = 1;
 
 /// Runs `f` with argon2 working memory of at least `blocks` 1 KiB blocks, reused from one
 /// password check to the next. Allocating 19 MiB afresh for every sign-in let the allocator
 /// keep a copy per thread and fragment around them (a server that had signed in 20 Macs
-/// held 70–120 MiB more than an idle one); reused, the memory stays at most
-/// `KEPT_ARGON2_MEMORIES` × 19 MiB, and none until the first password is checked.
+/// held 70–120 MiB more than an idle one); reused, the memory stays at one 19 MiB buffer, and
+/// none until the first password is hashed or checked.
 fn with_argon2_memory<T>(blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
     static KEPT: std::sync::Mutex<Vec<Vec<Block>>> = std::sync::Mutex::new(Vec::new());
     let taken = KEPT.lock().ok().and_then(|mut kept| kept.pop());
@@ -234,7 +257,7 @@ impl Lanyard {
             _ => email.split('@').next().unwrap_or_default().to_string(),
         };
         let password_hash = match input.password.as_deref() {
-            Some(p) => Some(hash_password(p)?),
+            Some(p) => Some(hash_password(p).await?),
             None => None,
         };
         if self.store.user_by_email(&email).await?.is_some() {
@@ -299,7 +322,7 @@ impl Lanyard {
             detail.insert("display_name".into(), json!(change.display_name));
         }
         if let Some(p) = input.password.as_deref() {
-            change.password_hash = Some(hash_password(p)?);
+            change.password_hash = Some(hash_password(p).await?);
             detail.insert("password_set".into(), json!(true));
         }
         if let Some(id) = input.managed_apple_id.as_deref() {
@@ -353,7 +376,8 @@ impl Lanyard {
         let ok = password_matches(
             password,
             user.as_ref().and_then(|u| u.password_hash.as_deref()),
-        );
+        )
+        .await;
         let Some(user) = user.filter(|_| ok) else {
             return Err(denied());
         };
@@ -370,9 +394,14 @@ impl Lanyard {
 /// Whether `password` matches an account's `hash`. Without a hash (no such account, or one
 /// without a password) it is checked against [`dummy_hash`] all the same and never matches,
 /// so the answer takes as long either way.
-pub(crate) fn password_matches(password: &str, hash: Option<&str>) -> bool {
-    let ok = verify_password(password, hash.unwrap_or_else(|| dummy_hash()));
-    ok && hash.is_some()
+pub(crate) async fn password_matches(password: &str, hash: Option<&str>) -> bool {
+    let (password, hash) = (password.to_string(), hash.map(str::to_string));
+    argon2_turn(move || {
+        let ok = verify_password(&password, hash.as_deref().unwrap_or_else(|| dummy_hash()));
+        ok && hash.is_some()
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// A hash of a random password, made once with the same parameters as real hashes, that a
@@ -382,7 +411,7 @@ pub(crate) fn dummy_hash() -> &'static str {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DUMMY.get_or_init(|| {
         // Cannot fail for a password of this length; an empty hash would only match nothing.
-        hash_password(&crate::admins::random_password()).unwrap_or_default()
+        hash_password_now(&crate::admins::random_password()).unwrap_or_default()
     })
 }
 
@@ -402,7 +431,7 @@ mod tests {
         assert!(verify_password("correct horse battery", &theirs));
         assert!(!verify_password("correct horse batterz", &theirs));
         // Ours verifies with the crate's verifier, with the same parameters.
-        let ours = hash_password("correct horse battery").unwrap();
+        let ours = hash_password_now("correct horse battery").unwrap();
         let parsed = PasswordHash::new(&ours).unwrap();
         assert!(Argon2::default()
             .verify_password(b"correct horse battery", &parsed)
@@ -431,7 +460,7 @@ mod tests {
     #[test]
     fn the_dummy_hash_is_a_real_hash_with_the_real_parameters() {
         let dummy = dummy_hash();
-        let real = hash_password("some password or other").unwrap();
+        let real = hash_password_now("some password or other").unwrap();
         let params = |h: &str| h.split('$').take(4).collect::<Vec<_>>().join("$");
         assert_eq!(params(dummy), params(&real), "{dummy} / {real}");
         assert!(PasswordHash::new(dummy).is_ok());
@@ -487,8 +516,8 @@ mod tests {
 
     #[test]
     fn passwords() {
-        assert!(hash_password("short").is_err());
-        let h = hash_password("correct horse battery").unwrap();
+        assert!(hash_password_now("short").is_err());
+        let h = hash_password_now("correct horse battery").unwrap();
         assert!(h.starts_with("$argon2id$"));
         assert!(verify_password("correct horse battery", &h));
         assert!(!verify_password("wrong horse battery", &h));
