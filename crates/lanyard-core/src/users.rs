@@ -113,7 +113,7 @@ pub(crate) fn check_presented_identifier(
 }
 
 /// Hashes a password with argon2id (the crate's default parameters: 19 MiB, two passes), off
-/// the runtime's worker threads and one check at a time ([`argon2_turn`]).
+/// the runtime's worker threads and one check at a time (`argon2_turn`).
 pub async fn hash_password(password: &str) -> Result<String> {
     let password = password.to_string();
     argon2_turn(move || hash_password_now(&password))
