@@ -1,7 +1,7 @@
 //! Users: the people who enroll their Macs. The email is the sign-in name and, when "use email
 //! address as managed Apple ID" is on, also the managed Apple ID.
 
-use argon2::password_hash::{rand_core::OsRng, Output, PasswordHash, SaltString};
+use argon2::password_hash::{rand_core::OsRng, Output, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -130,9 +130,14 @@ async fn argon2_turn<T: Send + 'static>(
 ) -> std::result::Result<T, tokio::task::JoinError> {
     static TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     // The semaphore is never closed, so `acquire` cannot fail; without a permit the check
-    // would still be right, only not queued.
-    let _permit = TURN.acquire().await.ok();
-    tokio::task::spawn_blocking(f).await
+    // would still be right, only not queued. The permit goes with the blocking task, so a
+    // request cancelled while it waits for the answer does not let a second one start.
+    let permit = TURN.acquire().await.ok();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
 }
 
 /// [`hash_password`] on the calling thread.
@@ -149,14 +154,15 @@ pub(crate) fn hash_password_now(password: &str) -> Result<String> {
     }
     let failed = |e: &dyn std::fmt::Display| CoreError::failed("hashing a password", e.to_string());
     let salt = SaltString::generate(&mut OsRng);
-    let mut salt_bytes = [0u8; 64];
-    let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(|e| failed(&e))?;
     let params = Params::default();
-    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-    let mut out = vec![0u8; Params::DEFAULT_OUTPUT_LEN];
-    with_argon2_memory(params.block_count(), |memory| {
-        argon.hash_password_into_with_memory(password.as_bytes(), salt_bytes, &mut out, memory)
-    })
+    let out = argon2_output(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        &params,
+        password,
+        salt.as_salt(),
+        Params::DEFAULT_OUTPUT_LEN,
+    )
     .map_err(|e| failed(&e))?;
     Ok(PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
@@ -192,17 +198,32 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     if params.block_count() > MAX_ARGON2_BLOCKS {
         return false;
     }
-    let mut salt_bytes = [0u8; 64];
-    let Ok(salt_bytes) = salt.decode_b64(&mut salt_bytes) else {
-        return false;
-    };
-    let argon = Argon2::new(algorithm, version, params.clone());
-    let mut out = vec![0u8; expected.len()];
-    let hashed = with_argon2_memory(params.block_count(), |memory| {
-        argon.hash_password_into_with_memory(password.as_bytes(), salt_bytes, &mut out, memory)
-    });
     // `Output`'s equality is constant-time.
-    hashed.is_ok() && Output::new(&out).is_ok_and(|o| o == expected)
+    argon2_output(algorithm, version, &params, password, salt, expected.len())
+        .is_ok_and(|out| Output::new(&out).is_ok_and(|o| o == expected))
+}
+
+/// The raw argon2 output of `password` with `salt` (as stored, Base64), `len` bytes long,
+/// computed in the reused working memory ([`with_argon2_memory`]).
+fn argon2_output(
+    algorithm: Algorithm,
+    version: Version,
+    params: &Params,
+    password: &str,
+    salt: Salt<'_>,
+    len: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut salt_bytes = [0u8; 64];
+    let salt = salt
+        .decode_b64(&mut salt_bytes)
+        .map_err(|e| e.to_string())?;
+    let argon = Argon2::new(algorithm, version, params.clone());
+    let mut out = vec![0u8; len];
+    with_argon2_memory(params.block_count(), |memory| {
+        argon.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, memory)
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 /// Largest argon2 memory a stored hash may ask for (256 MiB); a larger one never matches.
