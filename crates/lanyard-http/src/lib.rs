@@ -53,9 +53,27 @@ pub use api::ADMIN_BODY_LIMIT;
 pub use error::{ApiError, ApiResult};
 pub use health::HealthSettings;
 
-/// What every handler can reach.
+/// What every handler can reach: [`Services`] behind one reference count, so that the state
+/// axum hands each handler and middleware per request is one atomic increment, not one per
+/// service it holds.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(std::sync::Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct Services {
     pub lanyard: Lanyard,
     pub enrollment: EnrollmentService,
     /// Counts sign-ins started at identity providers per client address (in this process).

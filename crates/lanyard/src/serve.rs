@@ -134,7 +134,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
             None
         }
     };
-    let app = lanyard_http::router(lanyard_http::AppState {
+    let app = lanyard_http::router(lanyard_http::AppState::new(lanyard_http::Services {
         lanyard: lanyard.clone(),
         enrollment,
         oidc_start_limiter: Default::default(),
@@ -158,7 +158,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
             lanyard_core::pushcert::signing_service(&data.signing_service_url)
                 .context("--signing-service-url")?,
         ),
-    });
+    }));
     tokio::spawn(prune_leftovers(lanyard.clone()));
     println!(
         "lanyard listening on {scheme}://{bound} (public URL {public}; database {})",

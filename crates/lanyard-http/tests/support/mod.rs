@@ -15,7 +15,7 @@ use http_body_util::BodyExt as _;
 use lanyard_core::enrollment::{DeviceUrls, EnrollmentService};
 use lanyard_core::mdm::MdmService;
 use lanyard_core::{Actor, Lanyard};
-use lanyard_http::AppState;
+use lanyard_http::{AppState, Services};
 use lanyard_pki::SecretBox;
 use lanyard_store::{SqliteStore, Store};
 use serde_json::Value;
@@ -77,7 +77,7 @@ impl TestApp {
             .await
             .unwrap();
         let rp = lanyard_oidc::Oidc::new(None).unwrap();
-        let state = AppState {
+        let state = AppState::new(Services {
             lanyard: lanyard.clone(),
             enrollment: EnrollmentService::new(
                 lanyard.clone(),
@@ -114,7 +114,7 @@ impl TestApp {
             signing_service: Arc::new(
                 lanyard_core::pushcert::signing_service("http://127.0.0.1:9").unwrap(),
             ),
-        };
+        });
         TestApp {
             router: lanyard_http::router(state),
             lanyard,
