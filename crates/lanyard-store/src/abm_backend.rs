@@ -5,6 +5,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::audit::{commit_audited, execute_one_audited, fetch_one_audited};
+use crate::dialect::Dialect;
 use crate::*;
 
 const TOKEN_COLUMNS: &str = "id, name, cert_pem, key_sealed, secrets_sealed, token_expires_at, \
@@ -88,7 +90,7 @@ macro_rules! impl_abm_store {
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -147,7 +149,7 @@ macro_rules! impl_abm_store {
                 .bind(up.make_default)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -168,7 +170,7 @@ macro_rules! impl_abm_store {
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -190,7 +192,7 @@ macro_rules! impl_abm_store {
                     .bind(registered_at)
                     .bind(at);
                 let missing = || no_token(name);
-                self.fetch_one_audited(update, missing, audit).await
+                fetch_one_audited(self, update, missing, audit).await
             }
 
             async fn take_sync_lease(
@@ -311,7 +313,7 @@ macro_rules! impl_abm_store {
                 .bind(owner)
                 .bind(at)
                 .bind(status);
-                self.execute_one_audited(finish, || lease_lost(name), audit).await
+                execute_one_audited(self, finish, || lease_lost(name), audit).await
             }
 
             async fn list_abm_devices(
@@ -353,7 +355,7 @@ macro_rules! impl_abm_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                Self::commit_audited(tx, audit).await
+                commit_audited(tx, audit).await
             }
         }
     };

@@ -5,292 +5,12 @@
 //! for each backend with its own pool and connection types. Where the dialects differ, the
 //! backend-specific piece is passed into the macro, never hidden behind a runtime branch.
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
 
+use crate::audit::{commit_audited, execute_one_audited, fetch_one_audited};
+use crate::dialect::Dialect;
 use crate::*;
-
-/// The embedded default: one SQLite file in WAL mode with a busy timeout and foreign keys on.
-#[derive(Clone, Debug)]
-pub struct SqliteStore {
-    pub(crate) pool: SqlitePool,
-    /// Serialises push bookkeeping's write transactions in this process (see
-    /// `exchange_backend.rs`): waiting here is a cheap async wait, waiting on SQLite's lock is
-    /// its busy handler's sleep.
-    pub(crate) write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
-    /// The command exchange's own thread and connection (see `sqlite_writer.rs`).
-    pub(crate) writer: std::sync::Arc<crate::sqlite_writer::SqliteWriter>,
-}
-
-/// PostgreSQL, for scale-out: any number of `lanyard serve` processes may share one database.
-#[derive(Clone, Debug)]
-pub struct PostgresStore {
-    pub(crate) pool: PgPool,
-}
-
-/// Each read connection's page cache, in KiB (SQLite's default is 2,000). The exchange's writer
-/// connection keeps SQLite's default.
-const SQLITE_PAGE_CACHE_KIB: u32 = 512;
-
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// `0001_foundation`-style names of a migrator's migrations; the two backends' lists are equal.
-fn migration_names(m: &sqlx::migrate::Migrator) -> Vec<String> {
-    m.iter()
-        .map(|m| format!("{:04}_{}", m.version, m.description.replace(' ', "_")))
-        .collect()
-}
-
-/// The names of a migrator's migrations whose versions are not among `applied`.
-fn pending_migrations(m: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<String> {
-    m.iter()
-        .zip(migration_names(m))
-        .filter(|(m, _)| !applied.contains(&m.version))
-        .map(|(_, name)| name)
-        .collect()
-}
-
-impl SqliteStore {
-    /// Opens (creating if missing) the database at a `sqlite://` URL with the default
-    /// [`PoolSettings`]. Does not migrate.
-    pub async fn connect(url: &str) -> Result<Self> {
-        Self::connect_with(url, PoolSettings::default()).await
-    }
-
-    /// Opens (creating if missing, readable by its owner only) the database at a `sqlite://`
-    /// URL. Does not migrate.
-    pub async fn connect_with(url: &str, settings: PoolSettings) -> Result<Self> {
-        Self::open(url, settings, true).await
-    }
-
-    /// Opens the database at a `sqlite://` URL only if its file exists
-    /// ([`StoreError::NotFound`] with the path if not). Does not migrate.
-    pub async fn connect_existing(url: &str, settings: PoolSettings) -> Result<Self> {
-        Self::open(url, settings, false).await
-    }
-
-    async fn open(url: &str, settings: PoolSettings, create: bool) -> Result<Self> {
-        if Backend::from_url(url)? != Backend::Sqlite {
-            return Err(StoreError::InvalidUrl("expected a sqlite:// URL".into()));
-        }
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
-            .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let path = opts.get_filename();
-        let text = path.to_string_lossy();
-        let in_memory = text.is_empty() || text.starts_with(':');
-        if in_memory {
-            // The exchange's writer thread opens the file a second time.
-            return Err(StoreError::InvalidUrl(
-                "an in-memory SQLite database is not supported; name a file".into(),
-            ));
-        }
-        if !create && !path.exists() {
-            return Err(StoreError::NotFound(path.display().to_string()));
-        }
-        private_database_files(path)?;
-        // The read pool. The command exchange writes on its own thread (`sqlite_writer.rs`)
-        // and other writes take `write_gate`, so these connections mostly read: four are
-        // enough for two cores, and each is a thread of sqlx's with its own malloc arena and
-        // page cache. An idle connection is closed after a minute and its thread ends, so an
-        // idle server holds one.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .idle_timeout(Some(Duration::from_secs(60)))
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_with(
-                opts.clone()
-                    .pragma("cache_size", format!("-{SQLITE_PAGE_CACHE_KIB}")),
-            )
-            .await?;
-        let writer = crate::sqlite_writer::SqliteWriter::start(opts.get_filename()).await?;
-        Ok(Self {
-            pool,
-            write_gate: Default::default(),
-            writer: std::sync::Arc::new(writer),
-        })
-    }
-
-    /// Begins a transaction that will write: `BEGIN IMMEDIATE`, which takes SQLite's write lock
-    /// at once (waiting up to the busy timeout for it). A deferred transaction that reads
-    /// first and writes later can instead fail at once with "database is locked" when another
-    /// connection wrote in between (SQLite, "Isolation In SQLite"; `BEGIN` documentation: a
-    /// deferred transaction's upgrade to a write transaction may return `SQLITE_BUSY`).
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
-    }
-
-    /// Applies the SQLite migrations that are not applied yet.
-    pub async fn migrate(&self) -> Result<()> {
-        SQLITE_MIGRATIONS.run(&self.pool).await?;
-        Ok(())
-    }
-
-    /// Names of the embedded migrations, in order (for `lanyard migrate` output and tests).
-    pub fn migration_names() -> Vec<String> {
-        migration_names(&SQLITE_MIGRATIONS)
-    }
-
-    /// The embedded migrations this database has not applied (all of them for an empty
-    /// database). Reads only: nothing is created.
-    pub async fn pending_migrations(&self) -> Result<Vec<String>> {
-        let table: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let applied: Vec<i64> = if table == 0 {
-            Vec::new()
-        } else {
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await?
-        };
-        Ok(pending_migrations(&SQLITE_MIGRATIONS, &applied))
-    }
-
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-}
-
-impl PostgresStore {
-    /// Connects to a `postgres://` URL with the default [`PoolSettings`]. Does not migrate.
-    pub async fn connect(url: &str) -> Result<Self> {
-        Self::connect_with(url, PoolSettings::default()).await
-    }
-
-    /// Connects to a `postgres://` URL. Does not migrate. The first connection is made
-    /// directly, so a failure names its cause ("cannot connect to PostgreSQL at host:port:
-    /// Connection refused") rather than only the pool's timeout.
-    pub async fn connect_with(url: &str, settings: PoolSettings) -> Result<Self> {
-        use sqlx::{ConnectOptions, Connection};
-        if Backend::from_url(url)? != Backend::Postgres {
-            return Err(StoreError::InvalidUrl("expected a postgres:// URL".into()));
-        }
-        let opts =
-            PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
-        let place = format!("{}:{}", opts.get_host(), opts.get_port());
-        let cannot = |cause: String| {
-            StoreError::Unavailable(format!("cannot connect to PostgreSQL at {place}: {cause}"))
-        };
-        match tokio::time::timeout(settings.acquire_timeout, opts.connect()).await {
-            Err(_) => {
-                return Err(cannot(format!(
-                    "no answer within {} s",
-                    settings.acquire_timeout.as_secs_f64()
-                )))
-            }
-            Ok(Err(sqlx::Error::Io(e))) => return Err(cannot(e.to_string())),
-            Ok(Err(sqlx::Error::Tls(e))) => return Err(cannot(format!("TLS: {e}"))),
-            Ok(Err(sqlx::Error::Database(e))) => return Err(cannot(e.message().to_string())),
-            Ok(Err(e)) => return Err(cannot(e.to_string())),
-            Ok(Ok(first)) => {
-                let _ = first.close().await;
-            }
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_with(opts)
-            .await?;
-        Ok(Self { pool })
-    }
-
-    /// Begins a transaction that will write (PostgreSQL's default isolation; row locks are
-    /// taken by the statements themselves).
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-        self.pool.begin().await
-    }
-
-    /// Applies the PostgreSQL migrations that are not applied yet (safe to race: sqlx takes an
-    /// advisory lock).
-    pub async fn migrate(&self) -> Result<()> {
-        POSTGRES_MIGRATIONS.run(&self.pool).await?;
-        Ok(())
-    }
-
-    pub fn migration_names() -> Vec<String> {
-        migration_names(&POSTGRES_MIGRATIONS)
-    }
-
-    /// The embedded migrations this database has not applied (all of them for an empty
-    /// database). Reads only: nothing is created.
-    pub async fn pending_migrations(&self) -> Result<Vec<String>> {
-        let table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await?;
-        let applied: Vec<i64> = if table {
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await?
-        } else {
-            Vec::new()
-        };
-        Ok(pending_migrations(&POSTGRES_MIGRATIONS, &applied))
-    }
-
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-}
-
-/// The SQLite database file and its `-wal` and `-shm` companions are readable by their owner
-/// only: the file is created 0600 before SQLite opens it (SQLite gives the companions the
-/// database file's mode), and an existing set is narrowed to 0600.
-fn private_database_files(path: &std::path::Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let text = path.to_string_lossy();
-        if text.is_empty() || text.starts_with(':') {
-            return Ok(()); // in memory
-        }
-        let io = |what: &str, p: &std::path::Path, e: std::io::Error| {
-            StoreError::Unavailable(format!("cannot {what} {}: {e}", p.display()))
-        };
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            // A missing directory and the like: SQLite reports it in its own words.
-            Err(_) => return Ok(()),
-        }
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let file = std::path::PathBuf::from(format!("{text}{suffix}"));
-            let Ok(meta) = std::fs::metadata(&file) else {
-                continue;
-            };
-            if meta.permissions().mode() & 0o077 != 0 {
-                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| io("make private", &file, e))?;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
-}
 
 const USER_COLUMNS: &str =
     "id, email, display_name, password_hash, managed_apple_id, enabled, created_at, updated_at";
@@ -380,38 +100,6 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            /// Runs one statement that must change a row and writes its audit entry, in one
-            /// transaction; `missing()` when no row matched, and then nothing is written.
-            pub(crate) async fn execute_one_audited<'q>(
-                &self,
-                change: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
-                missing: impl FnOnce() -> StoreError + Send,
-                audit: &Audit,
-            ) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                if change.execute(&mut *tx).await?.rows_affected() == 0 {
-                    return Err(missing());
-                }
-                Self::commit_audited(tx, audit).await
-            }
-
-            /// Runs one statement that returns the row it changed and writes its audit entry, in
-            /// one transaction; `missing()` when no row matched, and then nothing is written.
-            pub(crate) async fn fetch_one_audited<'q, T>(
-                &self,
-                change: sqlx::query::QueryAs<'q, $db, T, <$db as sqlx::Database>::Arguments<'q>>,
-                missing: impl FnOnce() -> StoreError + Send,
-                audit: &Audit,
-            ) -> Result<T>
-            where
-                T: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
-            {
-                let mut tx = self.begin_write().await?;
-                let row = change.fetch_optional(&mut *tx).await?.ok_or_else(missing)?;
-                Self::commit_audited(tx, audit).await?;
-                Ok(row)
-            }
-
             /// `NotFound` unless administrator `id` exists: tells a change the last-administrator
             /// rule refused from a change of an unknown administrator.
             async fn admin_must_exist(
@@ -427,25 +115,6 @@ macro_rules! impl_store {
                     .ok_or_else(|| StoreError::NotFound(format!("administrator {id}")))
             }
 
-            /// Writes a change's audit entry in the change's transaction, then commits both.
-            pub(crate) async fn commit_audited(
-                mut tx: sqlx::Transaction<'_, $db>,
-                audit: &Audit,
-            ) -> Result<()> {
-                sqlx::query(
-                    "INSERT INTO audit_log (at, actor, action, target, detail) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(now())
-                .bind(&audit.actor)
-                .bind(&audit.action)
-                .bind(&audit.target)
-                .bind(audit.detail.to_string())
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            }
         }
 
         #[async_trait]
@@ -465,7 +134,7 @@ macro_rules! impl_store {
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -535,7 +204,7 @@ macro_rules! impl_store {
                     .bind(change.enabled)
                     .bind(now());
                 let missing = || StoreError::NotFound(format!("user {id}"));
-                self.fetch_one_audited(update, missing, audit).await
+                fetch_one_audited(self, update, missing, audit).await
             }
         }
 
@@ -562,7 +231,7 @@ macro_rules! impl_store {
                 .bind(now())
                 .execute(&mut *tx)
                 .await?;
-                Self::commit_audited(tx, audit).await
+                commit_audited(tx, audit).await
             }
         }
 
@@ -589,7 +258,7 @@ macro_rules! impl_store {
                 .bind(now())
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -616,7 +285,7 @@ macro_rules! impl_store {
                 let delete =
                     sqlx::query("DELETE FROM custom_attributes WHERE name = $1").bind(name);
                 let missing = || StoreError::NotFound(format!("custom attribute {name}"));
-                self.execute_one_audited(delete, missing, audit).await
+                execute_one_audited(self, delete, missing, audit).await
             }
         }
 
@@ -640,7 +309,7 @@ macro_rules! impl_store {
                 .bind(now())
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -701,7 +370,7 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(ended)
             }
 
@@ -734,7 +403,7 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(Some(row))
             }
 
@@ -759,7 +428,7 @@ macro_rules! impl_store {
                     Self::admin_must_exist(&mut tx, id).await?;
                     return Ok(false);
                 }
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(true)
             }
 
@@ -783,7 +452,7 @@ macro_rules! impl_store {
                 .bind(expires_at)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -817,7 +486,7 @@ macro_rules! impl_store {
                 let revoke =
                     sqlx::query("UPDATE api_tokens SET revoked = TRUE WHERE id = $1").bind(id);
                 let missing = || StoreError::NotFound(format!("API token {id}"));
-                self.execute_one_audited(revoke, missing, audit).await
+                execute_one_audited(self, revoke, missing, audit).await
             }
 
             async fn create_session(&self, session: &AdminSession) -> Result<()> {
@@ -940,7 +609,7 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(gone)
             }
 
@@ -978,30 +647,6 @@ macro_rules! impl_store {
         }
 
         #[async_trait]
-        impl AuditStore for $store {
-            async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
-                let limit = if filter.limit <= 0 {
-                    100
-                } else {
-                    filter.limit.min(1000)
-                };
-                Ok(sqlx::query_as(
-                    "SELECT id, at, actor, action, target, detail FROM audit_log \
-                     WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR action = $2) \
-                     AND ($3 IS NULL OR target = $3) AND ($4 IS NULL OR id < $4) \
-                     ORDER BY id DESC LIMIT $5",
-                )
-                .bind(&filter.actor)
-                .bind(&filter.action)
-                .bind(&filter.target)
-                .bind(filter.before_id)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-        }
-
-        #[async_trait]
         impl PkiStore for $store {
             async fn get_pki(&self, name: &str) -> Result<Option<PkiMaterial>> {
                 Ok(sqlx::query_as(
@@ -1016,7 +661,7 @@ macro_rules! impl_store {
             async fn put_pki(&self, m: &PkiMaterial, audit: &Audit) -> Result<()> {
                 let mut tx = self.begin_write().await?;
                 Self::upsert_pki(&mut tx, m).await?;
-                Self::commit_audited(tx, audit).await
+                commit_audited(tx, audit).await
             }
 
             async fn insert_pki_if_absent(&self, m: &PkiMaterial) -> Result<bool> {
@@ -1076,7 +721,7 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                Self::commit_audited(tx, audit).await
+                commit_audited(tx, audit).await
             }
 
             async fn complete_pending_pki(
@@ -1096,7 +741,7 @@ macro_rules! impl_store {
                     }
                 }
                 Self::upsert_pki(&mut tx, m).await?;
-                Self::commit_audited(tx, audit).await
+                commit_audited(tx, audit).await
             }
         }
 
@@ -1116,15 +761,3 @@ macro_rules! impl_store {
 
 impl_store!(SqliteStore, sqlx::Sqlite, "sqlite");
 impl_store!(PostgresStore, sqlx::Postgres, "postgres");
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn migrations_are_paired() {
-        let names = SqliteStore::migration_names();
-        assert_eq!(names, PostgresStore::migration_names());
-        assert_eq!(names.first().map(String::as_str), Some("0001_foundation"));
-    }
-}

@@ -5,6 +5,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::audit::commit_audited;
+use crate::dialect::Dialect;
 use crate::listing_backend::{like_pattern, DEVICE_WHERE};
 use crate::*;
 
@@ -80,7 +82,7 @@ macro_rules! impl_command_store {
                         qb.build().execute(&mut *tx).await?;
                     }
                 }
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(queued)
             }
 
@@ -149,7 +151,7 @@ macro_rules! impl_command_store {
                 if let Some(detail) = audit.detail.as_object_mut() {
                     detail.insert("targets".into(), targets.into());
                 }
-                Self::commit_audited(tx, &audit).await?;
+                commit_audited(tx, &audit).await?;
                 Ok(QueuedMatching { targets, push_ids })
             }
 

@@ -6,7 +6,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::audit::{commit_audited, execute_one_audited, fetch_one_audited};
 use crate::backend::conflict_as;
+use crate::dialect::Dialect;
 use crate::enrollment_backend::ENROLLMENT_COLUMNS;
 use crate::*;
 
@@ -337,7 +339,7 @@ macro_rules! impl_declaration_store {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(conflict_as(|| format!("declaration {} exists", d.identifier)))?;
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -360,14 +362,14 @@ macro_rules! impl_declaration_store {
                     .bind(&c.asset_content_type)
                     .bind(now());
                 let missing = || StoreError::NotFound(format!("declaration {identifier}"));
-                self.fetch_one_audited(update, missing, audit).await
+                fetch_one_audited(self, update, missing, audit).await
             }
 
             async fn delete_declaration(&self, identifier: &str, audit: &Audit) -> Result<()> {
                 let delete =
                     sqlx::query("DELETE FROM declarations WHERE identifier = $1").bind(identifier);
                 let missing = || StoreError::NotFound(format!("declaration {identifier}"));
-                self.execute_one_audited(delete, missing, audit).await
+                execute_one_audited(self, delete, missing, audit).await
             }
 
             async fn declaration(&self, identifier: &str) -> Result<Option<DeclarationRow>> {
@@ -404,7 +406,7 @@ macro_rules! impl_declaration_store {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(conflict_as(|| format!("declaration set {name} exists")))?;
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -423,14 +425,14 @@ macro_rules! impl_declaration_store {
                     .bind(description)
                     .bind(now());
                 let missing = || StoreError::NotFound(format!("declaration set {name}"));
-                self.fetch_one_audited(update, missing, audit).await
+                fetch_one_audited(self, update, missing, audit).await
             }
 
             async fn delete_declaration_set(&self, name: &str, audit: &Audit) -> Result<()> {
                 let delete =
                     sqlx::query("DELETE FROM declaration_sets WHERE name = $1").bind(name);
                 let missing = || StoreError::NotFound(format!("declaration set {name}"));
-                self.execute_one_audited(delete, missing, audit).await
+                execute_one_audited(self, delete, missing, audit).await
             }
 
             async fn declaration_set(&self, name: &str) -> Result<Option<DeclarationSetRow>> {
@@ -472,7 +474,7 @@ macro_rules! impl_declaration_store {
                         "{identifier} is already in set {set}"
                     )));
                 }
-                Self::commit_audited(tx, audit).await
+                commit_audited(tx, audit).await
             }
 
             async fn remove_set_member(
@@ -490,7 +492,7 @@ macro_rules! impl_declaration_store {
                 .bind(identifier);
                 let missing =
                     || StoreError::NotFound(format!("declaration {identifier} in set {set}"));
-                self.execute_one_audited(remove, missing, audit).await
+                execute_one_audited(self, remove, missing, audit).await
             }
 
             async fn set_members(&self, set: &str) -> Result<Vec<DeclarationRow>> {
@@ -572,7 +574,7 @@ macro_rules! impl_declaration_store {
                         target.key()
                     )));
                 }
-                Self::commit_audited(tx, audit).await
+                commit_audited(tx, audit).await
             }
 
             async fn unassign_set(
@@ -591,7 +593,7 @@ macro_rules! impl_declaration_store {
                 let missing = || {
                     StoreError::NotFound(format!("assignment of set {set} to {}", target.key()))
                 };
-                self.execute_one_audited(remove, missing, audit).await
+                execute_one_audited(self, remove, missing, audit).await
             }
 
             async fn set_assignments(&self, set: Option<&str>) -> Result<Vec<AssignmentRow>> {

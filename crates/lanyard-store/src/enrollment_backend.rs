@@ -3,6 +3,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::audit::{commit_audited, execute_one_audited};
+use crate::dialect::Dialect;
 use crate::*;
 
 pub(crate) const ENROLLMENT_COLUMNS: &str =
@@ -397,7 +399,7 @@ macro_rules! impl_enrollment_store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(true)
             }
 
@@ -570,7 +572,7 @@ macro_rules! impl_enrollment_store {
                     sqlx::query("UPDATE enrollments SET bearer_token_hash = NULL WHERE id = $1")
                         .bind(id);
                 let missing = || StoreError::NotFound(format!("enrollment {id}"));
-                self.execute_one_audited(revoke, missing, audit).await
+                execute_one_audited(self, revoke, missing, audit).await
             }
 
             async fn set_bootstrap_token(&self, id: &str, sealed: Option<&[u8]>) -> Result<()> {

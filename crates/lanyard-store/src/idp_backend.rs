@@ -5,6 +5,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::audit::{commit_audited, execute_one_audited, fetch_one_audited};
+use crate::dialect::Dialect;
 use crate::*;
 
 /// An OpenID Connect provider as stored. The client secret is sealed by the caller.
@@ -142,7 +144,7 @@ macro_rules! impl_idp_store {
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::commit_audited(tx, audit).await?;
+                commit_audited(tx, audit).await?;
                 Ok(row)
             }
 
@@ -206,14 +208,14 @@ macro_rules! impl_idp_store {
                     .bind(c.enabled)
                     .bind(now());
                 let missing = || StoreError::NotFound(format!("identity provider {name}"));
-                self.fetch_one_audited(update, missing, audit).await
+                fetch_one_audited(self, update, missing, audit).await
             }
 
             async fn delete_identity_provider(&self, name: &str, audit: &Audit) -> Result<()> {
                 let delete =
                     sqlx::query("DELETE FROM identity_providers WHERE name = $1").bind(name);
                 let missing = || StoreError::NotFound(format!("identity provider {name}"));
-                self.execute_one_audited(delete, missing, audit).await
+                execute_one_audited(self, delete, missing, audit).await
             }
 
             async fn create_oidc_sign_in(&self, s: &OidcSignIn) -> Result<()> {

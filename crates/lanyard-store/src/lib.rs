@@ -11,9 +11,12 @@
 //! every mutating call takes an [`Audit`] line and writes it in the same transaction as the change.
 
 mod abm_backend;
+mod audit;
 mod backend;
 mod command_backend;
+mod connect;
 mod declaration_backend;
+mod dialect;
 mod enrollment_backend;
 mod exchange_backend;
 mod idp_backend;
@@ -25,8 +28,9 @@ mod values;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use backend::{PostgresStore, SqliteStore};
+pub use audit::{Audit, AuditEntry, AuditFilter, AuditStore};
 pub use command_backend::RESULTS_KEEP_PER_ENROLLMENT;
+pub use connect::{PostgresStore, SqliteStore};
 pub use declaration_backend::*;
 pub use exchange_backend::*;
 pub use idp_backend::*;
@@ -294,12 +298,6 @@ pub trait ThrottleStore: Send + Sync {
         now: DateTime<Utc>,
         window: chrono::Duration,
     ) -> Result<u64>;
-}
-
-#[async_trait]
-pub trait AuditStore: Send + Sync {
-    /// Audit lines, newest first, matching the filter.
-    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
 }
 
 #[async_trait]

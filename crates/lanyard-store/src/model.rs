@@ -136,53 +136,6 @@ pub struct AdminSession {
     pub expires_at: DateTime<Utc>,
 }
 
-/// One audit log line: who changed what, when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    /// JSON object with the change's details (never secrets).
-    pub detail: String,
-}
-
-/// What a mutating call records in the audit log, in the same transaction as the change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Audit {
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub detail: serde_json::Value,
-}
-
-impl Audit {
-    pub fn new(
-        actor: impl Into<String>,
-        action: impl Into<String>,
-        target: impl Into<String>,
-        detail: serde_json::Value,
-    ) -> Self {
-        Self {
-            actor: actor.into(),
-            action: action.into(),
-            target: target.into(),
-            detail,
-        }
-    }
-}
-
-/// Filter for reading the audit log, newest first.
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    pub actor: Option<String>,
-    pub action: Option<String>,
-    pub target: Option<String>,
-    pub before_id: Option<i64>,
-    pub limit: i64,
-}
-
 /// A named certificate with its sealed private key (e.g. the CA), shared by all server processes.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PkiMaterial {
