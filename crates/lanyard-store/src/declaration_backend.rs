@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::audit::{commit_audited, execute_one_audited, fetch_one_audited};
-use crate::backend::conflict_as;
+use crate::conflict_as;
 use crate::dialect::Dialect;
 use crate::enrollment_backend::ENROLLMENT_COLUMNS;
 use crate::*;

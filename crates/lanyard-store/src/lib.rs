@@ -11,8 +11,8 @@
 //! every mutating call takes an [`Audit`] line and writes it in the same transaction as the change.
 
 mod abm_backend;
+mod admins;
 mod audit;
-mod backend;
 mod command_backend;
 mod connect;
 mod declaration_backend;
@@ -22,12 +22,20 @@ mod exchange_backend;
 mod idp_backend;
 mod listing_backend;
 pub mod model;
+mod pki;
+mod settings;
 mod sqlite_writer;
+mod throttle;
+mod users;
 mod values;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::{Database, Executor, IntoArguments};
 
+use crate::dialect::Dialect;
+
+pub use admins::{Admin, AdminSession, AdminStore, ApiToken};
 pub use audit::{Audit, AuditEntry, AuditFilter, AuditStore};
 pub use command_backend::RESULTS_KEEP_PER_ENROLLMENT;
 pub use connect::{PostgresStore, SqliteStore};
@@ -38,6 +46,10 @@ pub use listing_backend::{
     AuditSearch, DeviceListQuery, DeviceSort, ListingStore, Paged, MAX_DEVICE_LIST,
 };
 pub use model::*;
+pub use pki::{PkiMaterial, PkiStore};
+pub use settings::{AttributeStore, CustomAttributeRow, SettingsStore};
+pub use throttle::{Reservation, SignInKind, ThrottleKey, ThrottlePolicy, ThrottleStore};
+pub use users::{ListQuery, NewUser, User, UserChange, UserStore};
 pub use values::*;
 
 /// Storage errors. `Conflict` and `NotFound` are expected outcomes a caller maps to 409/404.
@@ -122,6 +134,17 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Maps a unique violation to a `Conflict` in the caller's words (`message()`) rather than the
+/// database's; every other error as [`StoreError::from`] maps it.
+pub(crate) fn conflict_as(
+    message: impl FnOnce() -> String,
+) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| match StoreError::from(e) {
+        StoreError::Conflict(_) => StoreError::Conflict(message()),
+        other => other,
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// How a backend's connection pool behaves.
@@ -152,182 +175,6 @@ pub fn now() -> DateTime<Utc> {
     let t = Utc::now();
     let micros = t.timestamp_micros();
     DateTime::from_timestamp_micros(micros).unwrap_or(t)
-}
-
-/// Paging and search for lists.
-#[derive(Debug, Clone)]
-pub struct ListQuery {
-    /// Case-insensitive substring of email or display name.
-    pub search: Option<String>,
-    pub offset: i64,
-    pub limit: i64,
-}
-
-impl Default for ListQuery {
-    fn default() -> Self {
-        Self {
-            search: None,
-            offset: 0,
-            limit: 100,
-        }
-    }
-}
-
-#[async_trait]
-pub trait UserStore: Send + Sync {
-    /// Creates a user; an existing email is a [`StoreError::Conflict`].
-    async fn create_user(&self, user: &NewUser, audit: &Audit) -> Result<User>;
-    async fn user_by_id(&self, id: i64) -> Result<Option<User>>;
-    /// Looks a user up by normalised email.
-    async fn user_by_email(&self, email: &str) -> Result<Option<User>>;
-    async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>>;
-    async fn count_users(&self) -> Result<i64>;
-    /// Applies a change; an unknown id is [`StoreError::NotFound`] and writes nothing.
-    async fn update_user(&self, id: i64, change: &UserChange, audit: &Audit) -> Result<User>;
-}
-
-#[async_trait]
-pub trait SettingsStore: Send + Sync {
-    /// A named settings document (JSON text), if one was ever saved.
-    async fn get_setting(&self, name: &str) -> Result<Option<String>>;
-    async fn put_setting(&self, name: &str, value: &str, audit: &Audit) -> Result<()>;
-}
-
-#[async_trait]
-pub trait AttributeStore: Send + Sync {
-    async fn create_attribute(
-        &self,
-        name: &str,
-        kind: &str,
-        required: bool,
-        choices_json: &str,
-        audit: &Audit,
-    ) -> Result<CustomAttributeRow>;
-    async fn list_attributes(&self) -> Result<Vec<CustomAttributeRow>>;
-    async fn attribute_by_name(&self, name: &str) -> Result<Option<CustomAttributeRow>>;
-    /// Deletes by name; an unknown name is [`StoreError::NotFound`].
-    async fn delete_attribute(&self, name: &str, audit: &Audit) -> Result<()>;
-}
-
-#[async_trait]
-pub trait AdminStore: Send + Sync {
-    async fn create_admin(
-        &self,
-        username: &str,
-        password_hash: &str,
-        role: Role,
-        audit: &Audit,
-    ) -> Result<Admin>;
-    async fn admin_by_username(&self, username: &str) -> Result<Option<Admin>>;
-    async fn admin_by_id(&self, id: i64) -> Result<Option<Admin>>;
-    async fn list_admins(&self) -> Result<Vec<Admin>>;
-    async fn count_admins(&self) -> Result<i64>;
-    /// Sets an administrator's password and ends their sessions except `keep_session` (the hash
-    /// of the session that made the change, when they changed their own), in one transaction.
-    /// Returns how many sessions ended; an unknown id is [`StoreError::NotFound`].
-    async fn set_admin_password(
-        &self,
-        id: i64,
-        password_hash: &str,
-        keep_session: Option<&str>,
-        audit: &Audit,
-    ) -> Result<u64>;
-    /// Enables or disables an administrator; disabling ends their sessions. Disabling is refused
-    /// (`Ok(None)`, nothing changed) when the administrator is the last enabled one with role
-    /// `protected_role`. An unknown id is [`StoreError::NotFound`].
-    async fn set_admin_enabled(
-        &self,
-        id: i64,
-        enabled: bool,
-        protected_role: Role,
-        audit: &Audit,
-    ) -> Result<Option<Admin>>;
-    /// Removes an administrator with their sessions and API tokens; refused (`Ok(false)`,
-    /// nothing changed) when they are the last enabled one with role `protected_role`. An
-    /// unknown id is [`StoreError::NotFound`].
-    async fn delete_admin(&self, id: i64, protected_role: Role, audit: &Audit) -> Result<bool>;
-
-    async fn create_api_token(
-        &self,
-        admin_id: i64,
-        name: &str,
-        token_hash: &str,
-        expires_at: Option<DateTime<Utc>>,
-        audit: &Audit,
-    ) -> Result<ApiToken>;
-    async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>>;
-    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>>;
-    async fn touch_api_token(&self, id: i64, at: DateTime<Utc>) -> Result<()>;
-    async fn revoke_api_token(&self, id: i64, audit: &Audit) -> Result<()>;
-
-    async fn create_session(&self, session: &AdminSession) -> Result<()>;
-    async fn session_by_hash(&self, token_hash: &str) -> Result<Option<AdminSession>>;
-    async fn delete_session(&self, token_hash: &str) -> Result<()>;
-    /// Removes sessions that expired before `now`; returns how many.
-    async fn purge_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64>;
-}
-
-/// Password sign-in throttling, in the database so every server process shares it.
-#[async_trait]
-pub trait ThrottleStore: Send + Sync {
-    /// Counts one attempt for `key` before its password is checked, in one statement: refused,
-    /// counting nothing, while the key is in its wait; otherwise counted (starting again from
-    /// one when the key's last wait ended `policy.window` ago or more) and the key's next wait
-    /// set from its new count. Concurrent attempts cannot pass more than the policy allows.
-    async fn reserve_sign_in(
-        &self,
-        key: &ThrottleKey,
-        policy: &ThrottlePolicy,
-        now: DateTime<Utc>,
-    ) -> Result<Reservation>;
-    /// Forgets `key`'s attempts (a right password).
-    async fn clear_sign_in(&self, key: &ThrottleKey) -> Result<()>;
-    /// Forgets every address's attempts for an account, audited; returns how many keys went.
-    async fn unlock_sign_in(&self, kind: SignInKind, account: &str, audit: &Audit) -> Result<u64>;
-    /// The latest wait still running for an account from any address.
-    async fn sign_in_wait(
-        &self,
-        kind: SignInKind,
-        account: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>>;
-    /// Removes keys whose wait ended `window` ago or more (they would count from one again);
-    /// returns how many.
-    async fn prune_sign_in_throttle(
-        &self,
-        now: DateTime<Utc>,
-        window: chrono::Duration,
-    ) -> Result<u64>;
-}
-
-#[async_trait]
-pub trait PkiStore: Send + Sync {
-    async fn get_pki(&self, name: &str) -> Result<Option<PkiMaterial>>;
-    /// Inserts or replaces (e.g. renewing the APNs certificate), audited in one transaction.
-    async fn put_pki(&self, material: &PkiMaterial, audit: &Audit) -> Result<()>;
-    /// Inserts unless a row of that name exists (another process won the race); returns whether
-    /// this call inserted it. Callers re-read afterwards so every process uses the same material.
-    async fn insert_pki_if_absent(&self, material: &PkiMaterial) -> Result<bool>;
-    /// Whether the database holds anything sealed with the secret key (CA and TLS keys, the
-    /// push certificate key and a pending one, server tokens, identity provider secrets, device tokens, sign-in
-    /// verifiers): a database that does cannot be used with a freshly generated key.
-    async fn holds_sealed_material(&self) -> Result<bool>;
-
-    /// Key material waiting for its certificate (the push key with its CSR in `cert_pem`, or
-    /// a helper certificate with its key).
-    async fn get_pending_pki(&self, name: &str) -> Result<Option<PkiMaterial>>;
-    /// Inserts or replaces these pending rows, audited, in one transaction.
-    async fn put_pending_pki(&self, rows: &[PkiMaterial], audit: &Audit) -> Result<()>;
-    /// The certificate came back: stores `material` (inserting or replacing) and deletes the
-    /// pending rows named in `pending`, audited, in one transaction. When the first pending
-    /// row is gone (another upload completed it) this is [`StoreError::NotFound`] and changes
-    /// nothing.
-    async fn complete_pending_pki(
-        &self,
-        pending: &[&str],
-        material: &PkiMaterial,
-        audit: &Audit,
-    ) -> Result<()>;
 }
 
 /// Account-driven enrollment: sign-in flows, access tokens, enrollments and check-in state.
@@ -647,6 +494,38 @@ pub trait Store:
     fn backend(&self) -> &'static str;
     /// A cheap round trip to the database, for health checks.
     async fn ping(&self) -> Result<()>;
+}
+
+#[async_trait]
+impl<S, DB> Store for S
+where
+    S: Dialect<Db = DB>
+        + UserStore
+        + SettingsStore
+        + AttributeStore
+        + AdminStore
+        + ThrottleStore
+        + AuditStore
+        + PkiStore
+        + EnrollmentStore
+        + CommandStore
+        + ListingStore
+        + AbmStore
+        + IdentityProviderStore
+        + CommandExchangeStore
+        + DeclarationStore,
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    fn backend(&self) -> &'static str {
+        S::NAME
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(self.pool()).await?;
+        Ok(())
+    }
 }
 
 /// Which backend a database URL names; anything else is a clear error.

@@ -5,37 +5,40 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Stores a closed set as its name (TEXT) on both databases, and reads a name back, refusing
-/// one it does not know.
+/// Stores a closed set as its name (TEXT) on any database that stores text, and reads a name
+/// back, refusing one it does not know.
 macro_rules! text_column {
     ($name:ident) => {
-        text_column!($name, sqlx::Sqlite);
-        text_column!($name, sqlx::Postgres);
-    };
-    ($name:ident, $db:ty) => {
-        impl sqlx::Type<$db> for $name {
-            fn type_info() -> <$db as sqlx::Database>::TypeInfo {
-                <&str as sqlx::Type<$db>>::type_info()
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $name
+        where
+            for<'a> &'a str: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <&str as sqlx::Type<DB>>::type_info()
             }
-            fn compatible(ty: &<$db as sqlx::Database>::TypeInfo) -> bool {
-                <&str as sqlx::Type<$db>>::compatible(ty)
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <&str as sqlx::Type<DB>>::compatible(ty)
             }
         }
 
-        impl<'q> sqlx::Encode<'q, $db> for $name {
+        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $name
+        where
+            &'q str: sqlx::Encode<'q, DB>,
+        {
             fn encode_by_ref(
                 &self,
-                buf: &mut <$db as sqlx::Database>::ArgumentBuffer<'q>,
+                buf: &mut DB::ArgumentBuffer<'q>,
             ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <&str as sqlx::Encode<'q, $db>>::encode_by_ref(&self.as_str(), buf)
+                <&str as sqlx::Encode<'q, DB>>::encode_by_ref(&self.as_str(), buf)
             }
         }
 
-        impl<'r> sqlx::Decode<'r, $db> for $name {
-            fn decode(
-                value: <$db as sqlx::Database>::ValueRef<'r>,
-            ) -> Result<Self, sqlx::error::BoxDynError> {
-                let text = <&str as sqlx::Decode<'r, $db>>::decode(value)?;
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $name
+        where
+            &'r str: sqlx::Decode<'r, DB>,
+        {
+            fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&str as sqlx::Decode<'r, DB>>::decode(value)?;
                 $name::parse(text)
                     .ok_or_else(|| format!("unknown {} {text:?}", stringify!($name)).into())
             }
