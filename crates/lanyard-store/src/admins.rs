@@ -385,7 +385,7 @@ where
 
 /// `NotFound` unless administrator `id` exists: tells a change the last-administrator rule
 /// refused from a change of an unknown administrator.
-async fn admin_must_exist<DB>(conn: &mut DB::Connection, id: i64) -> Result<()>
+async fn admin_must_exist<DB>(tx: &mut Transaction<'_, DB>, id: i64) -> Result<()>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -395,7 +395,7 @@ where
 {
     let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM admins WHERE id = $1")
         .bind(id)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut **tx)
         .await?;
     exists
         .map(|_| ())

@@ -13,7 +13,8 @@
 use std::future::Future;
 
 use sqlx::migrate::Migrator;
-use sqlx::{Database, Decode, Encode, Pool, Transaction, Type};
+use sqlx::query::{Query, QueryAs};
+use sqlx::{Database, Decode, Encode, FromRow, Pool, QueryBuilder, Transaction, Type};
 
 use crate::{PostgresStore, SqliteStore};
 
@@ -68,6 +69,18 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// How many rows a statement changed (sqlx has no generic accessor).
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
 
+    /// `qb.build()`, its arguments borrowing for no longer than the builder is borrowed. SQLite's
+    /// arguments borrow what they bind, and only the concrete type lets that borrow shorten (so
+    /// that the builder can be dropped after its statement ran).
+    fn build<'a>(qb: &'a mut QueryBuilder<'_, Self::Db>) -> Query<'a, Self::Db, Args<'a, Self>>;
+
+    /// `qb.build_query_as()`, shortened as [`Dialect::build`].
+    fn build_as<'a, T>(
+        qb: &'a mut QueryBuilder<'_, Self::Db>,
+    ) -> QueryAs<'a, Self::Db, T, Args<'a, Self>>
+    where
+        T: for<'r> FromRow<'r, <Self::Db as Database>::Row>;
+
     /// Begins a transaction that will write (see [`Dialect::BEGIN_WRITE`]).
     fn begin_write(
         &self,
@@ -75,6 +88,9 @@ pub(crate) trait Dialect: Send + Sync + 'static {
         self.pool().begin_with(Self::BEGIN_WRITE)
     }
 }
+
+/// The arguments of a statement on `S`'s database.
+pub(crate) type Args<'q, S> = <<S as Dialect>::Db as Database>::Arguments<'q>;
 
 /// A column type: bound as a parameter and read back.
 pub(crate) trait Column<DB: Database>:
@@ -120,6 +136,21 @@ impl Dialect for SqliteStore {
     fn rows_affected(done: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         done.rows_affected()
     }
+
+    fn build<'a>(
+        qb: &'a mut QueryBuilder<'_, sqlx::Sqlite>,
+    ) -> Query<'a, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'a>> {
+        qb.build()
+    }
+
+    fn build_as<'a, T>(
+        qb: &'a mut QueryBuilder<'_, sqlx::Sqlite>,
+    ) -> QueryAs<'a, sqlx::Sqlite, T, sqlx::sqlite::SqliteArguments<'a>>
+    where
+        T: for<'r> FromRow<'r, <sqlx::Sqlite as Database>::Row>,
+    {
+        qb.build_query_as()
+    }
 }
 
 impl Dialect for PostgresStore {
@@ -147,5 +178,20 @@ impl Dialect for PostgresStore {
 
     fn rows_affected(done: &sqlx::postgres::PgQueryResult) -> u64 {
         done.rows_affected()
+    }
+
+    fn build<'a>(
+        qb: &'a mut QueryBuilder<'_, sqlx::Postgres>,
+    ) -> Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        qb.build()
+    }
+
+    fn build_as<'a, T>(
+        qb: &'a mut QueryBuilder<'_, sqlx::Postgres>,
+    ) -> QueryAs<'a, sqlx::Postgres, T, sqlx::postgres::PgArguments>
+    where
+        T: for<'r> FromRow<'r, <sqlx::Postgres as Database>::Row>,
+    {
+        qb.build_query_as()
     }
 }

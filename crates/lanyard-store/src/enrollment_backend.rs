@@ -381,7 +381,7 @@ macro_rules! impl_enrollment_store {
                 if claimed.rows_affected() == 0 {
                     return Ok(false);
                 }
-                Self::insert_command(&mut tx, &r.command, at).await?;
+                crate::commands::insert_command(&mut tx, &r.command, at).await?;
                 sqlx::query(
                     "INSERT INTO command_queue (enrollment_id, channel, command_uuid, status, \
                      queued_at) VALUES ($1, $2, $3, 'queued', $4)",

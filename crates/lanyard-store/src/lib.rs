@@ -13,7 +13,7 @@
 mod abm_backend;
 mod admins;
 mod audit;
-mod command_backend;
+mod commands;
 mod connect;
 mod declaration_backend;
 mod dialect;
@@ -37,7 +37,10 @@ use crate::dialect::Dialect;
 
 pub use admins::{Admin, AdminSession, AdminStore, ApiToken};
 pub use audit::{Audit, AuditEntry, AuditFilter, AuditStore};
-pub use command_backend::RESULTS_KEEP_PER_ENROLLMENT;
+pub use commands::{
+    CommandOutcome, CommandRecord, CommandStore, NewCommand, NextCommand, PushTargetRow,
+    QueuedMatching, TargetSummary, RESULTS_KEEP_PER_ENROLLMENT,
+};
 pub use connect::{PostgresStore, SqliteStore};
 pub use declaration_backend::*;
 pub use exchange_backend::*;
@@ -312,92 +315,6 @@ pub trait EnrollmentStore: Send + Sync {
     /// Removes expired flows and tokens and pending enrollments whose challenge expired
     /// unused; returns how many rows went.
     async fn prune_enrollment_leftovers(&self, now: DateTime<Utc>) -> Result<u64>;
-}
-
-/// The MDM command channel: a live queue per enrollment and channel (indexed for the
-/// next-command lookup), and finished results moved to history in the same transaction.
-#[async_trait]
-pub trait CommandStore: Send + Sync {
-    /// Stores the command once and queues it for every target; all or nothing. Returns how many
-    /// targets were queued.
-    async fn enqueue_command(
-        &self,
-        command: &NewCommand,
-        targets: &[(EnrollmentId, Channel)],
-        audit: &Audit,
-    ) -> Result<u64>;
-    /// What the device search `filter` (its search text and status; sort, offset and limit do
-    /// not apply) selects, counted in the database: how many enrollments, how many User
-    /// Enrollments, and one without a user channel yet, if any.
-    async fn count_command_targets(&self, filter: &DeviceListQuery) -> Result<TargetSummary>;
-    /// Stores the command once and queues it for every enrollment the device search `filter`
-    /// selects on `channel` (the user channel: those whose user channel has checked in), with
-    /// one `INSERT … SELECT`: no enrollment row is read into the server. With `command.push`
-    /// the targets' push requests are recorded in the same transaction and their ids returned
-    /// (ids only). All or nothing; the audit's detail gets `targets`, how many were queued.
-    async fn enqueue_command_matching(
-        &self,
-        command: &NewCommand,
-        filter: &DeviceListQuery,
-        channel: Channel,
-        audit: &Audit,
-    ) -> Result<QueuedMatching>;
-    /// The oldest command due for this enrollment and channel (queued, or sent without an
-    /// answer yet, and not deferred by `NotNow`), marked `sent`.
-    async fn next_command(
-        &self,
-        enrollment_id: &str,
-        channel: Channel,
-        now: DateTime<Utc>,
-    ) -> Result<Option<NextCommand>>;
-    /// Records a device's report. A finished command moves to history; `not_now` stays queued
-    /// until `retry_after`. A report for a command this enrollment was never given is
-    /// [`StoreError::NotFound`] and changes nothing.
-    async fn record_command_outcome(
-        &self,
-        enrollment_id: &str,
-        channel: Channel,
-        outcome: &CommandOutcome,
-        now: DateTime<Utc>,
-    ) -> Result<String>;
-    /// Makes commands deferred by `NotNow` due again (called when a push goes out).
-    async fn release_not_now(&self, enrollment_id: &str) -> Result<u64>;
-    /// An enrollment's commands, newest first: live ones, then finished ones.
-    async fn command_history(&self, enrollment_id: &str, limit: i64) -> Result<Vec<CommandRecord>>;
-    /// Every target's state for one command.
-    async fn command_targets(&self, command_uuid: &str) -> Result<Vec<CommandRecord>>;
-    /// Removes finished results older than `before`, and all but the latest
-    /// [`RESULTS_KEEP_PER_ENROLLMENT`] of each enrollment; returns how many rows went.
-    async fn prune_command_results(&self, before: DateTime<Utc>) -> Result<u64>;
-    /// Drops every queued command of an enrollment (at checkout or unenrollment).
-    async fn clear_queue(&self, enrollment_id: &str) -> Result<u64>;
-    /// Push targets of these enrollments (enrolled, with a push token): the device channel's,
-    /// and the user channel's where user-channel commands wait.
-    async fn push_targets(&self, enrollment_ids: &[String]) -> Result<Vec<PushTargetRow>>;
-    /// Claims, until `claim_until`, up to `limit` enrollments whose push was requested at or
-    /// before `requested_before` and is neither sent nor claimed by a live claim at `now`.
-    /// Several server processes may sweep at once: each enrollment goes to one of them.
-    async fn claim_push_requests(
-        &self,
-        requested_before: DateTime<Utc>,
-        claim_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<String>>;
-    /// Marks the push requests of these enrollments made at or before `started` as done (a push
-    /// to them was attempted from `started` on); later requests stay pending.
-    async fn finish_push_requests(&self, ids: &[String], started: DateTime<Utc>) -> Result<u64>;
-    /// Records a push attempt's outcome; `drop_token` forgets a token APNs called unregistered.
-    async fn record_push(
-        &self,
-        enrollment_id: &str,
-        status: &str,
-        drop_token: bool,
-        at: DateTime<Utc>,
-    ) -> Result<()>;
-    /// Replaces the enrollment's inventory document (JSON).
-    async fn set_inventory(&self, enrollment_id: &str, inventory: &str) -> Result<()>;
-    async fn inventory(&self, enrollment_id: &str) -> Result<Option<String>>;
 }
 
 /// Apple Business Manager server tokens and their synced devices. The default token for

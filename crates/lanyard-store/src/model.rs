@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::NewCommand;
+
 pub use crate::values::{
     Channel, CommandState, CommandUuid, EnrollmentId, EnrollmentMode, EnrollmentStatus, Ownership,
     Role,
@@ -227,99 +229,6 @@ impl std::fmt::Debug for TokenUpdateRecord {
         f.debug_struct("TokenUpdateRecord")
             .field("user_channel_id", &self.user_channel_id)
             .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A command as queued: its full plist (`{CommandUUID, Command: {RequestType, …}}`), shared by
-/// every enrollment it targets.
-#[derive(Debug, Clone)]
-pub struct NewCommand {
-    pub uuid: CommandUuid,
-    pub request_type: String,
-    pub payload: Vec<u8>,
-    pub created_by: String,
-    /// Wake the targets with a push: recorded with the queueing (`push_requested_at`), so that
-    /// the push is sent even if the process that queued it stops before sending it.
-    pub push: bool,
-}
-
-/// What a device search selects as command targets ([`crate::CommandStore::count_command_targets`]).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct TargetSummary {
-    /// Enrollments matching.
-    pub matching: i64,
-    /// How many of them are User Enrollments.
-    pub user_enrollments: i64,
-    /// One of them whose user channel has not checked in, if any (the smallest id).
-    pub without_user_channel: Option<String>,
-}
-
-/// What [`crate::CommandStore::enqueue_command_matching`] queued.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct QueuedMatching {
-    /// Targets queued.
-    pub targets: u64,
-    /// Their enrollment ids when a push was asked for (empty otherwise).
-    pub push_ids: Vec<String>,
-}
-
-/// The next command for a device, handed out by the command endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct NextCommand {
-    pub command_uuid: CommandUuid,
-    pub request_type: String,
-    pub payload: Vec<u8>,
-}
-
-/// A device's report on a command it was given.
-#[derive(Debug, Clone)]
-pub struct CommandOutcome {
-    pub command_uuid: CommandUuid,
-    /// `Acknowledged`, `Error`, `CommandFormatError` or `NotNow`.
-    pub status: CommandState,
-    /// The whole report plist (results of a query), kept for the admin.
-    pub result: Option<Vec<u8>>,
-    /// JSON of the `ErrorChain`, when the device sent one.
-    pub error_chain: Option<String>,
-    /// For `not_now`: do not hand the command out again before this time (or a push).
-    pub retry_after: Option<DateTime<Utc>>,
-}
-
-/// One line of an enrollment's command history (live or finished).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
-pub struct CommandRecord {
-    pub command_uuid: CommandUuid,
-    pub enrollment_id: EnrollmentId,
-    #[sqlx(try_from = "String")]
-    pub channel: Channel,
-    pub request_type: String,
-    #[sqlx(try_from = "String")]
-    pub status: CommandState,
-    pub queued_at: DateTime<Utc>,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    #[serde(skip)]
-    pub result: Option<Vec<u8>>,
-    pub error_chain: Option<String>,
-}
-
-/// Where to push one enrollment (secrets: never logged).
-#[derive(Clone, sqlx::FromRow)]
-pub struct PushTargetRow {
-    pub enrollment_id: EnrollmentId,
-    /// Whose push token this is.
-    #[sqlx(try_from = "String")]
-    pub channel: Channel,
-    pub push_token: Vec<u8>,
-    pub push_magic: String,
-}
-
-impl std::fmt::Debug for PushTargetRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PushTargetRow")
-            .field("enrollment_id", &self.enrollment_id)
-            .field("channel", &self.channel)
             .finish_non_exhaustive()
     }
 }

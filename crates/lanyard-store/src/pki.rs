@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
+use sqlx::{ColumnIndex, Database, Executor, IntoArguments, Transaction};
 
 use crate::audit::{commit_audited, Audit};
 use crate::dialect::{Column, Dialect, Param};
@@ -162,7 +162,7 @@ where
 
 /// Inserts or replaces one row of PKI material (upload, renewal, a completed
 /// pending request).
-async fn upsert_pki<DB>(conn: &mut DB::Connection, m: &PkiMaterial) -> Result<()>
+async fn upsert_pki<DB>(tx: &mut Transaction<'_, DB>, m: &PkiMaterial) -> Result<()>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -181,7 +181,7 @@ where
     .bind(&m.cert_pem)
     .bind(&m.key_sealed)
     .bind(m.created_at)
-    .execute(&mut *conn)
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }
