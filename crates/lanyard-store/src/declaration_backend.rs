@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::audit::{commit_audited, execute_one_audited, fetch_one_audited};
 use crate::conflict_as;
 use crate::dialect::Dialect;
-use crate::enrollment_backend::ENROLLMENT_COLUMNS;
+use crate::enrollments::ENROLLMENT_COLUMNS;
 use crate::*;
 
 /// A declaration as stored: Apple's `Type`, `Identifier`, `ServerToken` and `Payload` (JSON

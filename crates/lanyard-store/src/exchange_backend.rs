@@ -164,7 +164,7 @@ pub(crate) const SQL_BINDING: &str = sql_binding!("");
 pub(crate) static SQL_REACTIVATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "UPDATE enrollments SET status = {} WHERE id = $1 AND status = 'inactive'",
-        crate::enrollment_backend::REACTIVATED_STATUS
+        crate::enrollments::REACTIVATED_STATUS
     )
 });
 
@@ -331,7 +331,7 @@ impl PostgresStore {
                 refused => return Ok(Exchanged::Refused(refused)),
             }
             if renewed {
-                sqlx::query(crate::enrollment_backend::PROMOTE_NEXT_IDENTITY)
+                sqlx::query(crate::enrollments::PROMOTE_NEXT_IDENTITY)
                     .bind(&x.identity_sha256)
                     .bind(x.now)
                     .execute(&mut *conn)
@@ -514,7 +514,7 @@ macro_rules! impl_exchange_store {
                 for chunk in ids.chunks(ID_CHUNK) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
                         "SELECT {} FROM enrollments WHERE id IN (",
-                        crate::enrollment_backend::ENROLLMENT_COLUMNS
+                        crate::enrollments::ENROLLMENT_COLUMNS
                     ));
                     let mut sep = qb.separated(", ");
                     for id in chunk {

@@ -17,7 +17,7 @@ mod commands;
 mod connect;
 mod declaration_backend;
 mod dialect;
-mod enrollment_backend;
+mod enrollments;
 mod exchange_backend;
 mod idp_backend;
 mod listing_backend;
@@ -43,6 +43,10 @@ pub use commands::{
 };
 pub use connect::{PostgresStore, SqliteStore};
 pub use declaration_backend::*;
+pub use enrollments::{
+    AccessTokenRow, AuthenticateRecord, Enrollment, EnrollmentFlow, EnrollmentStore,
+    IdentityRecord, IdentityRenewal, NewEnrollment, ProfileIds, TokenUpdateRecord,
+};
 pub use exchange_backend::*;
 pub use idp_backend::*;
 pub use listing_backend::{
@@ -178,143 +182,6 @@ pub fn now() -> DateTime<Utc> {
     let t = Utc::now();
     let micros = t.timestamp_micros();
     DateTime::from_timestamp_micros(micros).unwrap_or(t)
-}
-
-/// Account-driven enrollment: sign-in flows, access tokens, enrollments and check-in state.
-/// Single-use secrets are claimed atomically (`UPDATE … WHERE unused … RETURNING`), so two
-/// racing requests cannot both use one.
-#[async_trait]
-pub trait EnrollmentStore: Send + Sync {
-    async fn create_flow(&self, flow: &EnrollmentFlow) -> Result<()>;
-    /// A live (unexpired) flow.
-    async fn flow(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<EnrollmentFlow>>;
-    async fn update_flow(&self, id_hash: &str, step: &str, ownership: Option<&str>) -> Result<()>;
-    async fn delete_flow(&self, id_hash: &str) -> Result<()>;
-
-    async fn create_access_token(&self, token: &AccessTokenRow) -> Result<()>;
-    /// Marks an unused, unexpired token used and returns it; `None` when it is unknown, used or
-    /// expired.
-    async fn consume_access_token(
-        &self,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<AccessTokenRow>>;
-    /// Reads a token whatever its state (for ongoing authorisation of a bound device).
-    async fn access_token(&self, token_hash: &str) -> Result<Option<AccessTokenRow>>;
-
-    /// Records a `pending` enrollment. With `bearer_token_hash`, the access token it names is
-    /// claimed in the same transaction (unused and unexpired, else [`StoreError::Conflict`] and
-    /// nothing is written), so a profile is issued once per token and never without its
-    /// enrollment.
-    async fn create_enrollment(&self, e: &NewEnrollment) -> Result<Enrollment>;
-    /// The enrollment whose live SCEP challenge this is: a pending enrollment's unused,
-    /// unexpired challenge, or the renewal challenge of an enrolled one (see
-    /// [`EnrollmentStore::queue_identity_renewal`]). Reads only:
-    /// [`EnrollmentStore::claim_scep_challenge`] claims it.
-    async fn scep_challenge_enrollment(
-        &self,
-        challenge_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Enrollment>>;
-    /// In one statement, claims the live SCEP challenge of enrollment `id` and binds the
-    /// identity certificate issued for it: as its identity for a pending enrollment, as its
-    /// *next* identity for a renewal (accepted beside the current one until its first use, see
-    /// [`EnrollmentStore::enrollment_for_identity`]); returns the enrollment. `None`, with
-    /// nothing changed, when the challenge is not (or no longer) that enrollment's live
-    /// challenge, e.g. because a concurrent request claimed it first.
-    async fn claim_scep_challenge(
-        &self,
-        id: &str,
-        challenge_hash: &str,
-        identity: &IdentityRecord,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Enrollment>>;
-    /// Binds an identity certificate to the enrollment outside SCEP (load tests seed with it):
-    /// as its identity when it has none yet, otherwise as its *next* identity.
-    async fn set_identity(
-        &self,
-        id: &str,
-        serial: &str,
-        sha256: &str,
-        not_after: DateTime<Utc>,
-    ) -> Result<()>;
-    async fn enrollment(&self, id: &str) -> Result<Option<Enrollment>>;
-    /// The enrollment whose current identity this is (a read; renewed identities not included).
-    async fn enrollment_by_identity(&self, sha256: &str) -> Result<Option<Enrollment>>;
-    /// The enrollment a request signed by this identity belongs to: the one whose current
-    /// identity it is, or whose renewed (next) identity it is — that first use makes the renewed
-    /// identity current and retires the old one (refused from then on like an unknown one), in
-    /// one statement. Checked-out enrollments are returned as they are (never promoted).
-    async fn enrollment_for_identity(
-        &self,
-        sha256: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Enrollment>>;
-    /// Enrolled enrollments whose identity expires after `now` and no later than `due_before`,
-    /// whose profile identifiers are known, with no renewal command still queued and none
-    /// queued after `queued_before`; soonest expiry first, at most `limit`.
-    async fn identities_due_for_renewal(
-        &self,
-        due_before: DateTime<Utc>,
-        queued_before: DateTime<Utc>,
-        now: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<Enrollment>>;
-    /// Queues an identity renewal in one transaction: records the renewal challenge and command
-    /// on the enrollment (still enrolled, its `renewal_command_uuid` still the one the caller
-    /// read), stores the command and queues it on the device channel, with the audit line.
-    /// Returns `false`, changing nothing, when the enrollment no longer qualifies.
-    async fn queue_identity_renewal(
-        &self,
-        renewal: &IdentityRenewal,
-        now: DateTime<Utc>,
-        audit: &Audit,
-    ) -> Result<bool>;
-    async fn count_enrollments_by_status(&self) -> Result<Vec<(String, i64)>>;
-    /// The push topics of enrollments that have not checked out, with how many carry each.
-    async fn live_push_topics(&self) -> Result<Vec<(String, i64)>>;
-    async fn record_authenticate(
-        &self,
-        id: &str,
-        rec: &AuthenticateRecord,
-        now: DateTime<Utc>,
-    ) -> Result<Enrollment>;
-    async fn record_token_update(
-        &self,
-        id: &str,
-        rec: &TokenUpdateRecord,
-        now: DateTime<Utc>,
-    ) -> Result<Enrollment>;
-    /// Ends the enrollment (`checked_out`, push secrets and bearer dropped) and drops its
-    /// command queue and reported declarative status, in one transaction.
-    async fn record_checkout(&self, id: &str, now: DateTime<Utc>) -> Result<Enrollment>;
-    /// Re-authentication: claims an unused, unexpired access token of `user_id` and makes it
-    /// the enrollment's bearer, in one transaction; `false` (nothing changed) when the token is
-    /// unknown, used, expired or another person's, or the enrollment has checked out.
-    async fn rebind_bearer(
-        &self,
-        id: &str,
-        user_id: i64,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool>;
-    /// Forgets the enrollment's bearer, so its next user-channel request is challenged.
-    async fn revoke_bearer(&self, id: &str, audit: &Audit) -> Result<()>;
-    async fn set_bootstrap_token(&self, id: &str, sealed: Option<&[u8]>) -> Result<()>;
-    async fn touch_enrollment(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
-    /// Marks `inactive` every enrollment that has not checked out and has made no request
-    /// (nor been created) since `silent_since`; returns how many.
-    async fn mark_inactive_enrollments(&self, silent_since: DateTime<Utc>) -> Result<u64>;
-    /// An `inactive` enrollment whose device made a request: back to the status it had
-    /// reached, seen `now`. `None` when it was not inactive.
-    async fn reactivate_enrollment(
-        &self,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Enrollment>>;
-    /// Removes expired flows and tokens and pending enrollments whose challenge expired
-    /// unused; returns how many rows went.
-    async fn prune_enrollment_leftovers(&self, now: DateTime<Utc>) -> Result<u64>;
 }
 
 /// Apple Business Manager server tokens and their synced devices. The default token for

@@ -170,7 +170,7 @@ macro_rules! impl_listing_store {
                     "SELECT {} FROM enrollments WHERE status = 'enrolled' \
                      AND identity_not_after IS NOT NULL AND identity_not_after < $1 \
                      ORDER BY identity_not_after, id LIMIT $2",
-                    crate::enrollment_backend::ENROLLMENT_COLUMNS
+                    crate::enrollments::ENROLLMENT_COLUMNS
                 ))
                 .bind(before)
                 .bind(limit.clamp(1, 1000))
@@ -196,7 +196,7 @@ macro_rules! impl_listing_store {
                 let items = sqlx::query_as(&format!(
                     "SELECT {} FROM enrollments {DEVICE_WHERE} \
                      ORDER BY {col} IS NULL, {col} {dir}, id {dir} LIMIT $4 OFFSET $5",
-                    crate::enrollment_backend::ENROLLMENT_COLUMNS,
+                    crate::enrollments::ENROLLMENT_COLUMNS,
                     col = q.sort.column(),
                 ))
                 .bind(q.status.map(EnrollmentStatus::as_str))

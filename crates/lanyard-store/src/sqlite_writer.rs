@@ -278,7 +278,7 @@ fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
     if renewed {
         statement(
             conn,
-            crate::enrollment_backend::PROMOTE_NEXT_IDENTITY,
+            crate::enrollments::PROMOTE_NEXT_IDENTITY,
             &[&x.identity_sha256, &now],
         )?
         .raw_execute()?;
