@@ -18,7 +18,7 @@ mod connect;
 mod declaration_backend;
 mod dialect;
 mod enrollments;
-mod exchange_backend;
+mod exchange;
 mod idp_backend;
 mod listing_backend;
 pub mod model;
@@ -47,7 +47,7 @@ pub use enrollments::{
     AccessTokenRow, AuthenticateRecord, Enrollment, EnrollmentFlow, EnrollmentStore,
     IdentityRecord, IdentityRenewal, NewEnrollment, ProfileIds, TokenUpdateRecord,
 };
-pub use exchange_backend::*;
+pub use exchange::*;
 pub use idp_backend::*;
 pub use listing_backend::{
     AuditSearch, DeviceListQuery, DeviceSort, ListingStore, Paged, MAX_DEVICE_LIST,

@@ -253,7 +253,7 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
     let want_inventory = x.wants_inventory();
     let binding = {
-        let mut stmt = statement(conn, SQL_BINDING, &[&x.identity_sha256, &want_inventory])?;
+        let mut stmt = statement(conn, &SQL_BINDING, &[&x.identity_sha256, &want_inventory])?;
         let mut rows = stmt.raw_query();
         match rows.next()? {
             None => None,
