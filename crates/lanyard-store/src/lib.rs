@@ -10,7 +10,7 @@
 //! other than the database. Policy (what is valid, who may change what) belongs to `lanyard-core`;
 //! every mutating call takes an [`Audit`] line and writes it in the same transaction as the change.
 
-mod abm_backend;
+mod abm;
 mod admins;
 mod audit;
 mod commands;
@@ -21,7 +21,6 @@ mod enrollments;
 mod exchange;
 mod idp_backend;
 mod listing_backend;
-pub mod model;
 mod pki;
 mod settings;
 mod sqlite_writer;
@@ -35,6 +34,7 @@ use sqlx::{Database, Executor, IntoArguments};
 
 use crate::dialect::Dialect;
 
+pub use abm::{AbmDevice, AbmStore, AbmToken, AbmTokenUpload};
 pub use admins::{Admin, AdminSession, AdminStore, ApiToken};
 pub use audit::{Audit, AuditEntry, AuditFilter, AuditStore};
 pub use commands::{
@@ -52,7 +52,6 @@ pub use idp_backend::*;
 pub use listing_backend::{
     AuditSearch, DeviceListQuery, DeviceSort, ListingStore, Paged, MAX_DEVICE_LIST,
 };
-pub use model::*;
 pub use pki::{PkiMaterial, PkiStore};
 pub use settings::{AttributeStore, CustomAttributeRow, SettingsStore};
 pub use throttle::{Reservation, SignInKind, ThrottleKey, ThrottlePolicy, ThrottleStore};
@@ -182,78 +181,6 @@ pub fn now() -> DateTime<Utc> {
     let t = Utc::now();
     let micros = t.timestamp_micros();
     DateTime::from_timestamp_micros(micros).unwrap_or(t)
-}
-
-/// Apple Business Manager server tokens and their synced devices. The default token for
-/// account-driven enrollment moves in one transaction; a sync page (devices and cursor) is
-/// stored in one transaction and only by the process holding the token's sync lease.
-#[async_trait]
-pub trait AbmStore: Send + Sync {
-    /// Creates a token row with Lanyard's certificate and sealed key; a taken name is
-    /// [`StoreError::Conflict`].
-    async fn create_abm_token(
-        &self,
-        name: &str,
-        cert_pem: &str,
-        key_sealed: &[u8],
-        audit: &Audit,
-    ) -> Result<AbmToken>;
-    async fn abm_token(&self, name: &str) -> Result<Option<AbmToken>>;
-    /// The default token for account-driven enrollment, if one is set.
-    async fn default_abm_token(&self) -> Result<Option<AbmToken>>;
-    async fn list_abm_tokens(&self) -> Result<Vec<AbmToken>>;
-    /// Stores (or, on renewal, replaces) the token file's sealed secrets; devices are kept.
-    async fn upload_abm_token(
-        &self,
-        name: &str,
-        upload: &AbmTokenUpload,
-        audit: &Audit,
-    ) -> Result<AbmToken>;
-    /// Makes this token the one default, clearing it on any other, in one transaction.
-    async fn set_default_abm_token(&self, name: &str, audit: &Audit) -> Result<AbmToken>;
-    /// Records the service-discovery URL registered at ABM (`None`: removed).
-    async fn record_discovery(
-        &self,
-        name: &str,
-        url: Option<&str>,
-        audit: &Audit,
-    ) -> Result<AbmToken>;
-    /// Takes the token's sync lease until `until` unless another owner holds a live one;
-    /// returns the token when taken.
-    async fn take_sync_lease(
-        &self,
-        name: &str,
-        owner: &str,
-        until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<AbmToken>>;
-    /// Upserts one page of devices (removing `deleted` ones) and saves the cursor after it, in
-    /// one transaction; refused with [`StoreError::Conflict`] when `owner` lost the lease.
-    /// Returns how many rows changed.
-    async fn store_device_page(
-        &self,
-        name: &str,
-        owner: &str,
-        devices: &[AbmDevice],
-        cursor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<u64>;
-    /// Forgets the cursor (ABM said it expired), so the next sync fetches everything.
-    async fn reset_sync_cursor(&self, name: &str, owner: &str) -> Result<()>;
-    /// Releases the lease and records how the sync ended.
-    async fn finish_sync(
-        &self,
-        name: &str,
-        owner: &str,
-        status: &str,
-        now: DateTime<Utc>,
-        audit: &Audit,
-    ) -> Result<()>;
-    async fn list_abm_devices(&self, name: &str, offset: i64, limit: i64)
-        -> Result<Vec<AbmDevice>>;
-    async fn count_abm_devices(&self, name: &str) -> Result<i64>;
-    /// Removes the token and its devices; an unknown name is [`StoreError::NotFound`].
-    async fn delete_abm_token(&self, name: &str, audit: &Audit) -> Result<()>;
 }
 
 /// Everything Lanyard stores, as one object the domain services hold.
