@@ -11,7 +11,7 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments, Transaction};
 
 use crate::audit::{commit_audited, Audit};
 use crate::dialect::{Column, Dialect, Param};
-use crate::listing_backend::{like_pattern, DEVICE_WHERE};
+use crate::listings::{like_pattern, DEVICE_WHERE};
 use crate::{
     now, Channel, CommandState, CommandUuid, DeviceListQuery, EnrollmentId, EnrollmentMode,
     EnrollmentStatus, Result, StoreError,

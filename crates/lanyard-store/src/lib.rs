@@ -15,12 +15,12 @@ mod admins;
 mod audit;
 mod commands;
 mod connect;
-mod declaration_backend;
+mod declarations;
 mod dialect;
 mod enrollments;
 mod exchange;
-mod idp_backend;
-mod listing_backend;
+mod idp;
+mod listings;
 mod pki;
 mod settings;
 mod sqlite_writer;
@@ -42,14 +42,14 @@ pub use commands::{
     QueuedMatching, TargetSummary, RESULTS_KEEP_PER_ENROLLMENT,
 };
 pub use connect::{PostgresStore, SqliteStore};
-pub use declaration_backend::*;
+pub use declarations::*;
 pub use enrollments::{
     AccessTokenRow, AuthenticateRecord, Enrollment, EnrollmentFlow, EnrollmentStore,
     IdentityRecord, IdentityRenewal, NewEnrollment, ProfileIds, TokenUpdateRecord,
 };
 pub use exchange::*;
-pub use idp_backend::*;
-pub use listing_backend::{
+pub use idp::*;
+pub use listings::{
     AuditSearch, DeviceListQuery, DeviceSort, ListingStore, Paged, MAX_DEVICE_LIST,
 };
 pub use pki::{PkiMaterial, PkiStore};

@@ -249,7 +249,7 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// The exchange (the same statements and rules as PostgreSQL's, `exchange_backend.rs`).
+/// The exchange (the same statements and rules as PostgreSQL's, `exchange.rs`).
 fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
     let want_inventory = x.wants_inventory();
     let binding = {

@@ -7,7 +7,7 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
 use crate::audit::{commit_audited, fetch_one_audited, Audit};
 use crate::dialect::{Column, Dialect, Param};
-use crate::listing_backend::like_pattern;
+use crate::listings::like_pattern;
 use crate::{now, Result, StoreError};
 
 /// A person who may enroll a Mac: email is the login and, by default, the managed Apple ID.
