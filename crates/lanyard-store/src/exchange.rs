@@ -22,7 +22,10 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
 use crate::dialect::{Column, Dialect, Param};
 use crate::enrollments::{ENROLLMENT_COLUMNS, PROMOTE_NEXT_IDENTITY, REACTIVATED_STATUS};
-use crate::*;
+use crate::{
+    Channel, CommandOutcome, CommandState, Enrollment, EnrollmentId, EnrollmentStatus, NextCommand,
+    PostgresStore, Result, SqliteStore, StoreError,
+};
 
 /// Ids per statement for fan-out reads and push bookkeeping.
 const ID_CHUNK: usize = 500;

@@ -6,6 +6,14 @@
 //! `migrations/postgres`, identical file names) and the conformance suite that runs every storage
 //! test against both backends.
 //!
+//! Layout: one file per kind of record holds its rows, its trait and its SQL (`users.rs`,
+//! `settings.rs`, `admins.rs`, `throttle.rs`, `audit.rs`, `pki.rs`, `enrollments.rs`,
+//! `commands.rs`, `exchange.rs`, `abm.rs`, `idp.rs`, `declarations.rs`, `listings.rs`). The SQL
+//! is written once, as generic Rust over the `Dialect` trait (`dialect.rs`), which holds every
+//! place the two databases differ; [`SqliteStore`] and [`PostgresStore`] implement it
+//! (`connect.rs` opens them). The command exchange alone is two algorithms, one per database
+//! (`exchange.rs`, with SQLite's writer thread in `sqlite_writer.rs`).
+//!
 //! Must not depend on: HTTP, the domain services (`lanyard-core`), PKI, or anything that does I/O
 //! other than the database. Policy (what is valid, who may change what) belongs to `lanyard-core`;
 //! every mutating call takes an [`Audit`] line and writes it in the same transaction as the change.

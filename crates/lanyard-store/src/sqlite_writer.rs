@@ -29,7 +29,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, ToSql};
 
-use crate::*;
+use crate::exchange::{
+    merge_due, merged, repeat_or_never, CommandExchange, Exchanged, IdentityBinding, IgnoredResult,
+    SQL_BINDING, SQL_CLAIM_NEXT, SQL_FINISH, SQL_INVENTORY, SQL_LAST_SEEN, SQL_NOT_NOW,
+    SQL_REACTIVATE, SQL_READ_INVENTORY, SQL_REPEATED, SQL_RESULT,
+};
+use crate::{CommandUuid, EnrollmentStatus, NextCommand, Result, StoreError};
 
 /// How long SQLite waits for its write lock held by another connection (as sqlx's pool).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
