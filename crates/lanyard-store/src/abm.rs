@@ -359,17 +359,17 @@ where
             changed += S::rows_affected(
                 &sqlx::query(
                     "INSERT INTO abm_devices (token_id, serial_number, model, description, \
-                 os, color, profile_status, profile_uuid, assigned_by, assigned_date, \
-                 op_type, first_seen_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
-                 ON CONFLICT (token_id, serial_number) DO UPDATE SET \
-                 model = excluded.model, description = excluded.description, \
-                 os = excluded.os, color = excluded.color, \
-                 profile_status = excluded.profile_status, \
-                 profile_uuid = excluded.profile_uuid, \
-                 assigned_by = excluded.assigned_by, \
-                 assigned_date = excluded.assigned_date, \
-                 op_type = excluded.op_type, updated_at = excluded.updated_at",
+                     os, color, profile_status, profile_uuid, assigned_by, assigned_date, \
+                     op_type, first_seen_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+                     ON CONFLICT (token_id, serial_number) DO UPDATE SET \
+                     model = excluded.model, description = excluded.description, \
+                     os = excluded.os, color = excluded.color, \
+                     profile_status = excluded.profile_status, \
+                     profile_uuid = excluded.profile_uuid, \
+                     assigned_by = excluded.assigned_by, \
+                     assigned_date = excluded.assigned_date, \
+                     op_type = excluded.op_type, updated_at = excluded.updated_at",
                 )
                 .bind(id)
                 .bind(&d.serial_number)

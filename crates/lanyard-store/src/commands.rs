@@ -297,8 +297,8 @@ where
         let targets = S::rows_affected(
             &sqlx::query(&format!(
                 "INSERT INTO command_queue (enrollment_id, channel, command_uuid, status, \
-             queued_at) SELECT id, $4, $5, $6, $7 FROM enrollments \
-             {DEVICE_WHERE}{user_channel}"
+                 queued_at) SELECT id, $4, $5, $6, $7 FROM enrollments \
+                 {DEVICE_WHERE}{user_channel}"
             ))
             .bind(filter.status.map(EnrollmentStatus::as_str))
             .bind(like_pattern(filter.search.as_deref()))
@@ -429,7 +429,7 @@ where
         Ok(S::rows_affected(
             &sqlx::query(
                 "UPDATE command_queue SET not_now_until = NULL WHERE enrollment_id = $1 \
-             AND not_now_until IS NOT NULL",
+                 AND not_now_until IS NOT NULL",
             )
             .bind(enrollment_id)
             .execute(self.pool())
@@ -493,8 +493,8 @@ where
         n += S::rows_affected(
             &sqlx::query(
                 "DELETE FROM command_results WHERE id IN (SELECT id FROM (SELECT id, \
-             ROW_NUMBER() OVER (PARTITION BY enrollment_id ORDER BY id DESC) AS newest \
-             FROM command_results) ranked WHERE newest > $1)",
+                 ROW_NUMBER() OVER (PARTITION BY enrollment_id ORDER BY id DESC) AS newest \
+                 FROM command_results) ranked WHERE newest > $1)",
             )
             .bind(RESULTS_KEEP_PER_ENROLLMENT)
             .execute(self.pool())
@@ -503,8 +503,8 @@ where
         n += S::rows_affected(
             &sqlx::query(
                 "DELETE FROM commands WHERE created_at < $1 \
-             AND NOT EXISTS (SELECT 1 FROM command_queue q WHERE q.command_uuid = uuid) \
-             AND NOT EXISTS (SELECT 1 FROM command_results r WHERE r.command_uuid = uuid)",
+                 AND NOT EXISTS (SELECT 1 FROM command_queue q WHERE q.command_uuid = uuid) \
+                 AND NOT EXISTS (SELECT 1 FROM command_results r WHERE r.command_uuid = uuid)",
             )
             .bind(before)
             .execute(self.pool())

@@ -970,8 +970,8 @@ where
         Ok(S::rows_affected(
             &sqlx::query(
                 "UPDATE enrollments SET status = 'inactive' \
-             WHERE status IN ('pending', 'authenticated', 'enrolled') \
-             AND COALESCE(last_seen_at, created_at) < $1",
+                 WHERE status IN ('pending', 'authenticated', 'enrolled') \
+                 AND COALESCE(last_seen_at, created_at) < $1",
             )
             .bind(silent_since)
             .execute(self.pool())
@@ -1011,7 +1011,7 @@ where
         n += S::rows_affected(
             &sqlx::query(
                 "DELETE FROM enrollments WHERE status = 'pending' \
-             AND challenge_used_at IS NULL AND challenge_expires_at < $1",
+                 AND challenge_used_at IS NULL AND challenge_expires_at < $1",
             )
             .bind(at)
             .execute(self.pool())
