@@ -179,7 +179,6 @@ where
     String: Column<DB>,
     Option<String>: Column<DB>,
     Vec<u8>: Column<DB>,
-    Option<Vec<u8>>: Column<DB>,
     DateTime<Utc>: Column<DB>,
     Option<DateTime<Utc>>: Column<DB>,
 {

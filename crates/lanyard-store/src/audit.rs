@@ -108,7 +108,6 @@ where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Param<'q, DB>,
     String: Column<DB>,
     DateTime<Utc>: Column<DB>,
 {
@@ -139,7 +138,6 @@ where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'a> DB::Arguments<'a>: IntoArguments<'a, DB>,
-    for<'a> &'a str: Param<'a, DB>,
     String: Column<DB>,
     DateTime<Utc>: Column<DB>,
 {
@@ -164,7 +162,6 @@ where
     T: for<'r> FromRow<'r, DB::Row> + Send + Unpin,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'a> DB::Arguments<'a>: IntoArguments<'a, DB>,
-    for<'a> &'a str: Param<'a, DB>,
     String: Column<DB>,
     DateTime<Utc>: Column<DB>,
 {

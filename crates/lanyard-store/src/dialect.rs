@@ -92,7 +92,9 @@ pub(crate) trait Dialect: Send + Sync + 'static {
 /// The arguments of a statement on `S`'s database.
 pub(crate) type Args<'q, S> = <<S as Dialect>::Db as Database>::Arguments<'q>;
 
-/// A column type: bound as a parameter and read back.
+/// A column type: bound as a parameter and read back. sqlx encodes `Option<T>` per database,
+/// so a statement that binds an `Option<T>` needs its own line for it (`Option<String>:
+/// Column<DB>`); reading one back needs only `T`'s.
 pub(crate) trait Column<DB: Database>:
     for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>
 {

@@ -166,7 +166,6 @@ where
     bool: Column<DB>,
     String: Column<DB>,
     Option<String>: Column<DB>,
-    Vec<u8>: Column<DB>,
     Option<Vec<u8>>: Column<DB>,
     DateTime<Utc>: Column<DB>,
     Option<DateTime<Utc>>: Column<DB>,

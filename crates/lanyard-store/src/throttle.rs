@@ -114,7 +114,6 @@ where
     for<'q> &'q str: Param<'q, DB>,
     usize: ColumnIndex<DB::Row>,
     i64: Column<DB>,
-    Option<i64>: Column<DB>,
     String: Column<DB>,
     DateTime<Utc>: Column<DB>,
 {
