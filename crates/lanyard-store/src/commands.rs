@@ -413,7 +413,7 @@ where
         .bind(enrollment_id)
         .bind(channel)
         .bind(&o.command_uuid)
-        .bind(&o.status)
+        .bind(o.status)
         .bind(&o.result)
         .bind(&o.error_chain)
         .bind(queued_at)
