@@ -6,34 +6,64 @@
 //! `migrations/postgres`, identical file names) and the conformance suite that runs every storage
 //! test against both backends.
 //!
+//! Layout: one file per kind of record holds its rows, its trait and its SQL (`users.rs`,
+//! `settings.rs`, `admins.rs`, `throttle.rs`, `audit.rs`, `pki.rs`, `enrollments.rs`,
+//! `commands.rs`, `exchange.rs`, `abm.rs`, `idp.rs`, `declarations.rs`, `listings.rs`). The SQL
+//! is written once, as generic Rust over the `Dialect` trait (`dialect.rs`), which holds every
+//! place the two databases differ; [`SqliteStore`] and [`PostgresStore`] implement it
+//! (`connect.rs` opens them). The command exchange alone is two algorithms, one per database
+//! (`exchange.rs`, with SQLite's writer thread in `sqlite_writer.rs`).
+//!
 //! Must not depend on: HTTP, the domain services (`lanyard-core`), PKI, or anything that does I/O
 //! other than the database. Policy (what is valid, who may change what) belongs to `lanyard-core`;
 //! every mutating call takes an [`Audit`] line and writes it in the same transaction as the change.
 
-mod abm_backend;
-mod backend;
-mod command_backend;
-mod declaration_backend;
-mod enrollment_backend;
-mod exchange_backend;
-mod idp_backend;
-mod listing_backend;
-pub mod model;
+mod abm;
+mod admins;
+mod audit;
+mod commands;
+mod connect;
+mod declarations;
+mod dialect;
+mod enrollments;
+mod exchange;
+mod idp;
+mod listings;
+mod pki;
+mod settings;
 mod sqlite_writer;
+mod throttle;
+mod users;
 mod values;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::{Database, Executor, IntoArguments};
 
-pub use backend::{PostgresStore, SqliteStore};
-pub use command_backend::RESULTS_KEEP_PER_ENROLLMENT;
-pub use declaration_backend::*;
-pub use exchange_backend::*;
-pub use idp_backend::*;
-pub use listing_backend::{
+use crate::dialect::Dialect;
+
+pub use abm::{AbmDevice, AbmStore, AbmToken, AbmTokenUpload};
+pub use admins::{Admin, AdminSession, AdminStore, ApiToken};
+pub use audit::{Audit, AuditEntry, AuditFilter, AuditStore};
+pub use commands::{
+    CommandOutcome, CommandRecord, CommandStore, NewCommand, NextCommand, PushTargetRow,
+    QueuedMatching, TargetSummary, RESULTS_KEEP_PER_ENROLLMENT,
+};
+pub use connect::{PostgresStore, SqliteStore};
+pub use declarations::*;
+pub use enrollments::{
+    AccessTokenRow, AuthenticateRecord, Enrollment, EnrollmentFlow, EnrollmentStore,
+    IdentityRecord, IdentityRenewal, NewEnrollment, ProfileIds, TokenUpdateRecord,
+};
+pub use exchange::*;
+pub use idp::*;
+pub use listings::{
     AuditSearch, DeviceListQuery, DeviceSort, ListingStore, Paged, MAX_DEVICE_LIST,
 };
-pub use model::*;
+pub use pki::{PkiMaterial, PkiStore};
+pub use settings::{AttributeStore, CustomAttributeRow, SettingsStore};
+pub use throttle::{Reservation, SignInKind, ThrottleKey, ThrottlePolicy, ThrottleStore};
+pub use users::{ListQuery, NewUser, User, UserChange, UserStore};
 pub use values::*;
 
 /// Storage errors. `Conflict` and `NotFound` are expected outcomes a caller maps to 409/404.
@@ -118,6 +148,17 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Maps a unique violation to a `Conflict` in the caller's words (`message()`) rather than the
+/// database's; every other error as [`StoreError::from`] maps it.
+pub(crate) fn conflict_as(
+    message: impl FnOnce() -> String,
+) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| match StoreError::from(e) {
+        StoreError::Conflict(_) => StoreError::Conflict(message()),
+        other => other,
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// How a backend's connection pool behaves.
@@ -150,483 +191,6 @@ pub fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or(t)
 }
 
-/// Paging and search for lists.
-#[derive(Debug, Clone)]
-pub struct ListQuery {
-    /// Case-insensitive substring of email or display name.
-    pub search: Option<String>,
-    pub offset: i64,
-    pub limit: i64,
-}
-
-impl Default for ListQuery {
-    fn default() -> Self {
-        Self {
-            search: None,
-            offset: 0,
-            limit: 100,
-        }
-    }
-}
-
-#[async_trait]
-pub trait UserStore: Send + Sync {
-    /// Creates a user; an existing email is a [`StoreError::Conflict`].
-    async fn create_user(&self, user: &NewUser, audit: &Audit) -> Result<User>;
-    async fn user_by_id(&self, id: i64) -> Result<Option<User>>;
-    /// Looks a user up by normalised email.
-    async fn user_by_email(&self, email: &str) -> Result<Option<User>>;
-    async fn list_users(&self, query: &ListQuery) -> Result<Vec<User>>;
-    async fn count_users(&self) -> Result<i64>;
-    /// Applies a change; an unknown id is [`StoreError::NotFound`] and writes nothing.
-    async fn update_user(&self, id: i64, change: &UserChange, audit: &Audit) -> Result<User>;
-}
-
-#[async_trait]
-pub trait SettingsStore: Send + Sync {
-    /// A named settings document (JSON text), if one was ever saved.
-    async fn get_setting(&self, name: &str) -> Result<Option<String>>;
-    async fn put_setting(&self, name: &str, value: &str, audit: &Audit) -> Result<()>;
-}
-
-#[async_trait]
-pub trait AttributeStore: Send + Sync {
-    async fn create_attribute(
-        &self,
-        name: &str,
-        kind: &str,
-        required: bool,
-        choices_json: &str,
-        audit: &Audit,
-    ) -> Result<CustomAttributeRow>;
-    async fn list_attributes(&self) -> Result<Vec<CustomAttributeRow>>;
-    async fn attribute_by_name(&self, name: &str) -> Result<Option<CustomAttributeRow>>;
-    /// Deletes by name; an unknown name is [`StoreError::NotFound`].
-    async fn delete_attribute(&self, name: &str, audit: &Audit) -> Result<()>;
-}
-
-#[async_trait]
-pub trait AdminStore: Send + Sync {
-    async fn create_admin(
-        &self,
-        username: &str,
-        password_hash: &str,
-        role: Role,
-        audit: &Audit,
-    ) -> Result<Admin>;
-    async fn admin_by_username(&self, username: &str) -> Result<Option<Admin>>;
-    async fn admin_by_id(&self, id: i64) -> Result<Option<Admin>>;
-    async fn list_admins(&self) -> Result<Vec<Admin>>;
-    async fn count_admins(&self) -> Result<i64>;
-    /// Sets an administrator's password and ends their sessions except `keep_session` (the hash
-    /// of the session that made the change, when they changed their own), in one transaction.
-    /// Returns how many sessions ended; an unknown id is [`StoreError::NotFound`].
-    async fn set_admin_password(
-        &self,
-        id: i64,
-        password_hash: &str,
-        keep_session: Option<&str>,
-        audit: &Audit,
-    ) -> Result<u64>;
-    /// Enables or disables an administrator; disabling ends their sessions. Disabling is refused
-    /// (`Ok(None)`, nothing changed) when the administrator is the last enabled one with role
-    /// `protected_role`. An unknown id is [`StoreError::NotFound`].
-    async fn set_admin_enabled(
-        &self,
-        id: i64,
-        enabled: bool,
-        protected_role: Role,
-        audit: &Audit,
-    ) -> Result<Option<Admin>>;
-    /// Removes an administrator with their sessions and API tokens; refused (`Ok(false)`,
-    /// nothing changed) when they are the last enabled one with role `protected_role`. An
-    /// unknown id is [`StoreError::NotFound`].
-    async fn delete_admin(&self, id: i64, protected_role: Role, audit: &Audit) -> Result<bool>;
-
-    async fn create_api_token(
-        &self,
-        admin_id: i64,
-        name: &str,
-        token_hash: &str,
-        expires_at: Option<DateTime<Utc>>,
-        audit: &Audit,
-    ) -> Result<ApiToken>;
-    async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>>;
-    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>>;
-    async fn touch_api_token(&self, id: i64, at: DateTime<Utc>) -> Result<()>;
-    async fn revoke_api_token(&self, id: i64, audit: &Audit) -> Result<()>;
-
-    async fn create_session(&self, session: &AdminSession) -> Result<()>;
-    async fn session_by_hash(&self, token_hash: &str) -> Result<Option<AdminSession>>;
-    async fn delete_session(&self, token_hash: &str) -> Result<()>;
-    /// Removes sessions that expired before `now`; returns how many.
-    async fn purge_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64>;
-}
-
-/// Password sign-in throttling, in the database so every server process shares it.
-#[async_trait]
-pub trait ThrottleStore: Send + Sync {
-    /// Counts one attempt for `key` before its password is checked, in one statement: refused,
-    /// counting nothing, while the key is in its wait; otherwise counted (starting again from
-    /// one when the key's last wait ended `policy.window` ago or more) and the key's next wait
-    /// set from its new count. Concurrent attempts cannot pass more than the policy allows.
-    async fn reserve_sign_in(
-        &self,
-        key: &ThrottleKey,
-        policy: &ThrottlePolicy,
-        now: DateTime<Utc>,
-    ) -> Result<Reservation>;
-    /// Forgets `key`'s attempts (a right password).
-    async fn clear_sign_in(&self, key: &ThrottleKey) -> Result<()>;
-    /// Forgets every address's attempts for an account, audited; returns how many keys went.
-    async fn unlock_sign_in(&self, kind: SignInKind, account: &str, audit: &Audit) -> Result<u64>;
-    /// The latest wait still running for an account from any address.
-    async fn sign_in_wait(
-        &self,
-        kind: SignInKind,
-        account: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>>;
-    /// Removes keys whose wait ended `window` ago or more (they would count from one again);
-    /// returns how many.
-    async fn prune_sign_in_throttle(
-        &self,
-        now: DateTime<Utc>,
-        window: chrono::Duration,
-    ) -> Result<u64>;
-}
-
-#[async_trait]
-pub trait AuditStore: Send + Sync {
-    /// Audit lines, newest first, matching the filter.
-    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
-}
-
-#[async_trait]
-pub trait PkiStore: Send + Sync {
-    async fn get_pki(&self, name: &str) -> Result<Option<PkiMaterial>>;
-    /// Inserts or replaces (e.g. renewing the APNs certificate), audited in one transaction.
-    async fn put_pki(&self, material: &PkiMaterial, audit: &Audit) -> Result<()>;
-    /// Inserts unless a row of that name exists (another process won the race); returns whether
-    /// this call inserted it. Callers re-read afterwards so every process uses the same material.
-    async fn insert_pki_if_absent(&self, material: &PkiMaterial) -> Result<bool>;
-    /// Whether the database holds anything sealed with the secret key (CA and TLS keys, the
-    /// push certificate key and a pending one, server tokens, identity provider secrets, device tokens, sign-in
-    /// verifiers): a database that does cannot be used with a freshly generated key.
-    async fn holds_sealed_material(&self) -> Result<bool>;
-
-    /// Key material waiting for its certificate (the push key with its CSR in `cert_pem`, or
-    /// a helper certificate with its key).
-    async fn get_pending_pki(&self, name: &str) -> Result<Option<PkiMaterial>>;
-    /// Inserts or replaces these pending rows, audited, in one transaction.
-    async fn put_pending_pki(&self, rows: &[PkiMaterial], audit: &Audit) -> Result<()>;
-    /// The certificate came back: stores `material` (inserting or replacing) and deletes the
-    /// pending rows named in `pending`, audited, in one transaction. When the first pending
-    /// row is gone (another upload completed it) this is [`StoreError::NotFound`] and changes
-    /// nothing.
-    async fn complete_pending_pki(
-        &self,
-        pending: &[&str],
-        material: &PkiMaterial,
-        audit: &Audit,
-    ) -> Result<()>;
-}
-
-/// Account-driven enrollment: sign-in flows, access tokens, enrollments and check-in state.
-/// Single-use secrets are claimed atomically (`UPDATE … WHERE unused … RETURNING`), so two
-/// racing requests cannot both use one.
-#[async_trait]
-pub trait EnrollmentStore: Send + Sync {
-    async fn create_flow(&self, flow: &EnrollmentFlow) -> Result<()>;
-    /// A live (unexpired) flow.
-    async fn flow(&self, id_hash: &str, now: DateTime<Utc>) -> Result<Option<EnrollmentFlow>>;
-    async fn update_flow(&self, id_hash: &str, step: &str, ownership: Option<&str>) -> Result<()>;
-    async fn delete_flow(&self, id_hash: &str) -> Result<()>;
-
-    async fn create_access_token(&self, token: &AccessTokenRow) -> Result<()>;
-    /// Marks an unused, unexpired token used and returns it; `None` when it is unknown, used or
-    /// expired.
-    async fn consume_access_token(
-        &self,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<AccessTokenRow>>;
-    /// Reads a token whatever its state (for ongoing authorisation of a bound device).
-    async fn access_token(&self, token_hash: &str) -> Result<Option<AccessTokenRow>>;
-
-    /// Records a `pending` enrollment. With `bearer_token_hash`, the access token it names is
-    /// claimed in the same transaction (unused and unexpired, else [`StoreError::Conflict`] and
-    /// nothing is written), so a profile is issued once per token and never without its
-    /// enrollment.
-    async fn create_enrollment(&self, e: &NewEnrollment) -> Result<Enrollment>;
-    /// The enrollment whose live SCEP challenge this is: a pending enrollment's unused,
-    /// unexpired challenge, or the renewal challenge of an enrolled one (see
-    /// [`EnrollmentStore::queue_identity_renewal`]). Reads only:
-    /// [`EnrollmentStore::claim_scep_challenge`] claims it.
-    async fn scep_challenge_enrollment(
-        &self,
-        challenge_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Enrollment>>;
-    /// In one statement, claims the live SCEP challenge of enrollment `id` and binds the
-    /// identity certificate issued for it: as its identity for a pending enrollment, as its
-    /// *next* identity for a renewal (accepted beside the current one until its first use, see
-    /// [`EnrollmentStore::enrollment_for_identity`]); returns the enrollment. `None`, with
-    /// nothing changed, when the challenge is not (or no longer) that enrollment's live
-    /// challenge, e.g. because a concurrent request claimed it first.
-    async fn claim_scep_challenge(
-        &self,
-        id: &str,
-        challenge_hash: &str,
-        identity: &IdentityRecord,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Enrollment>>;
-    /// Binds an identity certificate to the enrollment outside SCEP (load tests seed with it):
-    /// as its identity when it has none yet, otherwise as its *next* identity.
-    async fn set_identity(
-        &self,
-        id: &str,
-        serial: &str,
-        sha256: &str,
-        not_after: DateTime<Utc>,
-    ) -> Result<()>;
-    async fn enrollment(&self, id: &str) -> Result<Option<Enrollment>>;
-    /// The enrollment whose current identity this is (a read; renewed identities not included).
-    async fn enrollment_by_identity(&self, sha256: &str) -> Result<Option<Enrollment>>;
-    /// The enrollment a request signed by this identity belongs to: the one whose current
-    /// identity it is, or whose renewed (next) identity it is — that first use makes the renewed
-    /// identity current and retires the old one (refused from then on like an unknown one), in
-    /// one statement. Checked-out enrollments are returned as they are (never promoted).
-    async fn enrollment_for_identity(
-        &self,
-        sha256: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Enrollment>>;
-    /// Enrolled enrollments whose identity expires after `now` and no later than `due_before`,
-    /// whose profile identifiers are known, with no renewal command still queued and none
-    /// queued after `queued_before`; soonest expiry first, at most `limit`.
-    async fn identities_due_for_renewal(
-        &self,
-        due_before: DateTime<Utc>,
-        queued_before: DateTime<Utc>,
-        now: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<Enrollment>>;
-    /// Queues an identity renewal in one transaction: records the renewal challenge and command
-    /// on the enrollment (still enrolled, its `renewal_command_uuid` still the one the caller
-    /// read), stores the command and queues it on the device channel, with the audit line.
-    /// Returns `false`, changing nothing, when the enrollment no longer qualifies.
-    async fn queue_identity_renewal(
-        &self,
-        renewal: &IdentityRenewal,
-        now: DateTime<Utc>,
-        audit: &Audit,
-    ) -> Result<bool>;
-    async fn count_enrollments_by_status(&self) -> Result<Vec<(String, i64)>>;
-    /// The push topics of enrollments that have not checked out, with how many carry each.
-    async fn live_push_topics(&self) -> Result<Vec<(String, i64)>>;
-    async fn record_authenticate(
-        &self,
-        id: &str,
-        rec: &AuthenticateRecord,
-        now: DateTime<Utc>,
-    ) -> Result<Enrollment>;
-    async fn record_token_update(
-        &self,
-        id: &str,
-        rec: &TokenUpdateRecord,
-        now: DateTime<Utc>,
-    ) -> Result<Enrollment>;
-    /// Ends the enrollment (`checked_out`, push secrets and bearer dropped) and drops its
-    /// command queue and reported declarative status, in one transaction.
-    async fn record_checkout(&self, id: &str, now: DateTime<Utc>) -> Result<Enrollment>;
-    /// Re-authentication: claims an unused, unexpired access token of `user_id` and makes it
-    /// the enrollment's bearer, in one transaction; `false` (nothing changed) when the token is
-    /// unknown, used, expired or another person's, or the enrollment has checked out.
-    async fn rebind_bearer(
-        &self,
-        id: &str,
-        user_id: i64,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool>;
-    /// Forgets the enrollment's bearer, so its next user-channel request is challenged.
-    async fn revoke_bearer(&self, id: &str, audit: &Audit) -> Result<()>;
-    async fn set_bootstrap_token(&self, id: &str, sealed: Option<&[u8]>) -> Result<()>;
-    async fn touch_enrollment(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
-    /// Marks `inactive` every enrollment that has not checked out and has made no request
-    /// (nor been created) since `silent_since`; returns how many.
-    async fn mark_inactive_enrollments(&self, silent_since: DateTime<Utc>) -> Result<u64>;
-    /// An `inactive` enrollment whose device made a request: back to the status it had
-    /// reached, seen `now`. `None` when it was not inactive.
-    async fn reactivate_enrollment(
-        &self,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Enrollment>>;
-    /// Removes expired flows and tokens and pending enrollments whose challenge expired
-    /// unused; returns how many rows went.
-    async fn prune_enrollment_leftovers(&self, now: DateTime<Utc>) -> Result<u64>;
-}
-
-/// The MDM command channel: a live queue per enrollment and channel (indexed for the
-/// next-command lookup), and finished results moved to history in the same transaction.
-#[async_trait]
-pub trait CommandStore: Send + Sync {
-    /// Stores the command once and queues it for every target; all or nothing. Returns how many
-    /// targets were queued.
-    async fn enqueue_command(
-        &self,
-        command: &NewCommand,
-        targets: &[(EnrollmentId, Channel)],
-        audit: &Audit,
-    ) -> Result<u64>;
-    /// What the device search `filter` (its search text and status; sort, offset and limit do
-    /// not apply) selects, counted in the database: how many enrollments, how many User
-    /// Enrollments, and one without a user channel yet, if any.
-    async fn count_command_targets(&self, filter: &DeviceListQuery) -> Result<TargetSummary>;
-    /// Stores the command once and queues it for every enrollment the device search `filter`
-    /// selects on `channel` (the user channel: those whose user channel has checked in), with
-    /// one `INSERT … SELECT`: no enrollment row is read into the server. With `command.push`
-    /// the targets' push requests are recorded in the same transaction and their ids returned
-    /// (ids only). All or nothing; the audit's detail gets `targets`, how many were queued.
-    async fn enqueue_command_matching(
-        &self,
-        command: &NewCommand,
-        filter: &DeviceListQuery,
-        channel: Channel,
-        audit: &Audit,
-    ) -> Result<QueuedMatching>;
-    /// The oldest command due for this enrollment and channel (queued, or sent without an
-    /// answer yet, and not deferred by `NotNow`), marked `sent`.
-    async fn next_command(
-        &self,
-        enrollment_id: &str,
-        channel: Channel,
-        now: DateTime<Utc>,
-    ) -> Result<Option<NextCommand>>;
-    /// Records a device's report. A finished command moves to history; `not_now` stays queued
-    /// until `retry_after`. A report for a command this enrollment was never given is
-    /// [`StoreError::NotFound`] and changes nothing.
-    async fn record_command_outcome(
-        &self,
-        enrollment_id: &str,
-        channel: Channel,
-        outcome: &CommandOutcome,
-        now: DateTime<Utc>,
-    ) -> Result<String>;
-    /// Makes commands deferred by `NotNow` due again (called when a push goes out).
-    async fn release_not_now(&self, enrollment_id: &str) -> Result<u64>;
-    /// An enrollment's commands, newest first: live ones, then finished ones.
-    async fn command_history(&self, enrollment_id: &str, limit: i64) -> Result<Vec<CommandRecord>>;
-    /// Every target's state for one command.
-    async fn command_targets(&self, command_uuid: &str) -> Result<Vec<CommandRecord>>;
-    /// Removes finished results older than `before`, and all but the latest
-    /// [`RESULTS_KEEP_PER_ENROLLMENT`] of each enrollment; returns how many rows went.
-    async fn prune_command_results(&self, before: DateTime<Utc>) -> Result<u64>;
-    /// Drops every queued command of an enrollment (at checkout or unenrollment).
-    async fn clear_queue(&self, enrollment_id: &str) -> Result<u64>;
-    /// Push targets of these enrollments (enrolled, with a push token): the device channel's,
-    /// and the user channel's where user-channel commands wait.
-    async fn push_targets(&self, enrollment_ids: &[String]) -> Result<Vec<PushTargetRow>>;
-    /// Claims, until `claim_until`, up to `limit` enrollments whose push was requested at or
-    /// before `requested_before` and is neither sent nor claimed by a live claim at `now`.
-    /// Several server processes may sweep at once: each enrollment goes to one of them.
-    async fn claim_push_requests(
-        &self,
-        requested_before: DateTime<Utc>,
-        claim_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<String>>;
-    /// Marks the push requests of these enrollments made at or before `started` as done (a push
-    /// to them was attempted from `started` on); later requests stay pending.
-    async fn finish_push_requests(&self, ids: &[String], started: DateTime<Utc>) -> Result<u64>;
-    /// Records a push attempt's outcome; `drop_token` forgets a token APNs called unregistered.
-    async fn record_push(
-        &self,
-        enrollment_id: &str,
-        status: &str,
-        drop_token: bool,
-        at: DateTime<Utc>,
-    ) -> Result<()>;
-    /// Replaces the enrollment's inventory document (JSON).
-    async fn set_inventory(&self, enrollment_id: &str, inventory: &str) -> Result<()>;
-    async fn inventory(&self, enrollment_id: &str) -> Result<Option<String>>;
-}
-
-/// Apple Business Manager server tokens and their synced devices. The default token for
-/// account-driven enrollment moves in one transaction; a sync page (devices and cursor) is
-/// stored in one transaction and only by the process holding the token's sync lease.
-#[async_trait]
-pub trait AbmStore: Send + Sync {
-    /// Creates a token row with Lanyard's certificate and sealed key; a taken name is
-    /// [`StoreError::Conflict`].
-    async fn create_abm_token(
-        &self,
-        name: &str,
-        cert_pem: &str,
-        key_sealed: &[u8],
-        audit: &Audit,
-    ) -> Result<AbmToken>;
-    async fn abm_token(&self, name: &str) -> Result<Option<AbmToken>>;
-    /// The default token for account-driven enrollment, if one is set.
-    async fn default_abm_token(&self) -> Result<Option<AbmToken>>;
-    async fn list_abm_tokens(&self) -> Result<Vec<AbmToken>>;
-    /// Stores (or, on renewal, replaces) the token file's sealed secrets; devices are kept.
-    async fn upload_abm_token(
-        &self,
-        name: &str,
-        upload: &AbmTokenUpload,
-        audit: &Audit,
-    ) -> Result<AbmToken>;
-    /// Makes this token the one default, clearing it on any other, in one transaction.
-    async fn set_default_abm_token(&self, name: &str, audit: &Audit) -> Result<AbmToken>;
-    /// Records the service-discovery URL registered at ABM (`None`: removed).
-    async fn record_discovery(
-        &self,
-        name: &str,
-        url: Option<&str>,
-        audit: &Audit,
-    ) -> Result<AbmToken>;
-    /// Takes the token's sync lease until `until` unless another owner holds a live one;
-    /// returns the token when taken.
-    async fn take_sync_lease(
-        &self,
-        name: &str,
-        owner: &str,
-        until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<AbmToken>>;
-    /// Upserts one page of devices (removing `deleted` ones) and saves the cursor after it, in
-    /// one transaction; refused with [`StoreError::Conflict`] when `owner` lost the lease.
-    /// Returns how many rows changed.
-    async fn store_device_page(
-        &self,
-        name: &str,
-        owner: &str,
-        devices: &[AbmDevice],
-        cursor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<u64>;
-    /// Forgets the cursor (ABM said it expired), so the next sync fetches everything.
-    async fn reset_sync_cursor(&self, name: &str, owner: &str) -> Result<()>;
-    /// Releases the lease and records how the sync ended.
-    async fn finish_sync(
-        &self,
-        name: &str,
-        owner: &str,
-        status: &str,
-        now: DateTime<Utc>,
-        audit: &Audit,
-    ) -> Result<()>;
-    async fn list_abm_devices(&self, name: &str, offset: i64, limit: i64)
-        -> Result<Vec<AbmDevice>>;
-    async fn count_abm_devices(&self, name: &str) -> Result<i64>;
-    /// Removes the token and its devices; an unknown name is [`StoreError::NotFound`].
-    async fn delete_abm_token(&self, name: &str, audit: &Audit) -> Result<()>;
-}
-
 /// Everything Lanyard stores, as one object the domain services hold.
 #[async_trait]
 pub trait Store:
@@ -649,6 +213,38 @@ pub trait Store:
     fn backend(&self) -> &'static str;
     /// A cheap round trip to the database, for health checks.
     async fn ping(&self) -> Result<()>;
+}
+
+#[async_trait]
+impl<S, DB> Store for S
+where
+    S: Dialect<Db = DB>
+        + UserStore
+        + SettingsStore
+        + AttributeStore
+        + AdminStore
+        + ThrottleStore
+        + AuditStore
+        + PkiStore
+        + EnrollmentStore
+        + CommandStore
+        + ListingStore
+        + AbmStore
+        + IdentityProviderStore
+        + CommandExchangeStore
+        + DeclarationStore,
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    fn backend(&self) -> &'static str {
+        S::NAME
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(self.pool()).await?;
+        Ok(())
+    }
 }
 
 /// Which backend a database URL names; anything else is a clear error.

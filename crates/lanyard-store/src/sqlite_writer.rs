@@ -29,7 +29,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, ToSql};
 
-use crate::*;
+use crate::exchange::{
+    merge_due, merged, repeat_or_never, CommandExchange, Exchanged, IdentityBinding, IgnoredResult,
+    SQL_BINDING, SQL_CLAIM_NEXT, SQL_FINISH, SQL_INVENTORY, SQL_LAST_SEEN, SQL_NOT_NOW,
+    SQL_REACTIVATE, SQL_READ_INVENTORY, SQL_REPEATED, SQL_RESULT,
+};
+use crate::{CommandUuid, EnrollmentStatus, NextCommand, Result, StoreError};
 
 /// How long SQLite waits for its write lock held by another connection (as sqlx's pool).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -249,11 +254,11 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// The exchange (the same statements and rules as PostgreSQL's, `exchange_backend.rs`).
+/// The exchange (the same statements and rules as PostgreSQL's, `exchange.rs`).
 fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
     let want_inventory = x.wants_inventory();
     let binding = {
-        let mut stmt = statement(conn, SQL_BINDING, &[&x.identity_sha256, &want_inventory])?;
+        let mut stmt = statement(conn, &SQL_BINDING, &[&x.identity_sha256, &want_inventory])?;
         let mut rows = stmt.raw_query();
         match rows.next()? {
             None => None,
@@ -278,7 +283,7 @@ fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
     if renewed {
         statement(
             conn,
-            crate::enrollment_backend::PROMOTE_NEXT_IDENTITY,
+            crate::enrollments::PROMOTE_NEXT_IDENTITY,
             &[&x.identity_sha256, &now],
         )?
         .raw_execute()?;

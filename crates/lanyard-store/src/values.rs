@@ -1,47 +1,10 @@
 //! Lanyard's closed sets and identifiers as types: each closed set is stored (and shown in the
 //! API) as its snake_case name and read back through [`TryFrom<String>`] (sqlx's
-//! `#[sqlx(try_from = "String")]`), so a row with a name Lanyard does not know is an error, not
-//! a string that slips through. Identifiers are newtypes over their text.
+//! `#[sqlx(try_from = "String")]`) or its own `Decode`, so a row with a name Lanyard does not
+//! know is an error, not a string that slips through. Identifiers are newtypes over their text.
+//! The two macros here declare types, not SQL.
 
 use serde::{Deserialize, Serialize};
-
-/// Stores a closed set as its name (TEXT) on both databases, and reads a name back, refusing
-/// one it does not know.
-macro_rules! text_column {
-    ($name:ident) => {
-        text_column!($name, sqlx::Sqlite);
-        text_column!($name, sqlx::Postgres);
-    };
-    ($name:ident, $db:ty) => {
-        impl sqlx::Type<$db> for $name {
-            fn type_info() -> <$db as sqlx::Database>::TypeInfo {
-                <&str as sqlx::Type<$db>>::type_info()
-            }
-            fn compatible(ty: &<$db as sqlx::Database>::TypeInfo) -> bool {
-                <&str as sqlx::Type<$db>>::compatible(ty)
-            }
-        }
-
-        impl<'q> sqlx::Encode<'q, $db> for $name {
-            fn encode_by_ref(
-                &self,
-                buf: &mut <$db as sqlx::Database>::ArgumentBuffer<'q>,
-            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <&str as sqlx::Encode<'q, $db>>::encode_by_ref(&self.as_str(), buf)
-            }
-        }
-
-        impl<'r> sqlx::Decode<'r, $db> for $name {
-            fn decode(
-                value: <$db as sqlx::Database>::ValueRef<'r>,
-            ) -> Result<Self, sqlx::error::BoxDynError> {
-                let text = <&str as sqlx::Decode<'r, $db>>::decode(value)?;
-                $name::parse(text)
-                    .ok_or_else(|| format!("unknown {} {text:?}", stringify!($name)).into())
-            }
-        }
-    };
-}
 
 /// Declares a closed set: variants with their stored name and the label people read.
 macro_rules! closed_set {
@@ -87,7 +50,42 @@ macro_rules! closed_set {
             }
         }
 
-        text_column!($name);
+        // Stored as its name (TEXT) on any database that stores text; a name it does not know
+        // reads back as an error.
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $name
+        where
+            for<'a> &'a str: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <&str as sqlx::Type<DB>>::type_info()
+            }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <&str as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $name
+        where
+            &'q str: sqlx::Encode<'q, DB>,
+        {
+            fn encode_by_ref(
+                &self,
+                buf: &mut DB::ArgumentBuffer<'q>,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, DB>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $name
+        where
+            &'r str: sqlx::Decode<'r, DB>,
+        {
+            fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&str as sqlx::Decode<'r, DB>>::decode(value)?;
+                $name::parse(text)
+                    .ok_or_else(|| format!("unknown {} {text:?}", stringify!($name)).into())
+            }
+        }
 
         impl TryFrom<String> for $name {
             type Error = String;

@@ -13,10 +13,19 @@
 //! - [`CommandExchangeStore::enrollments_by_ids`]: fan-out reads in chunks of ids.
 //! - [`CommandExchangeStore::record_pushes`]: a push batch's outcomes in one transaction.
 
+use std::future::Future;
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
+use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
-use crate::*;
+use crate::dialect::{Column, Dialect, Param};
+use crate::enrollments::{ENROLLMENT_COLUMNS, PROMOTE_NEXT_IDENTITY, REACTIVATED_STATUS};
+use crate::{
+    Channel, CommandOutcome, CommandState, Enrollment, EnrollmentId, EnrollmentStatus, NextCommand,
+    PostgresStore, Result, SqliteStore, StoreError,
+};
 
 /// Ids per statement for fan-out reads and push bookkeeping.
 const ID_CHUNK: usize = 500;
@@ -146,25 +155,23 @@ pub(crate) fn bounded_inventory(text: String) -> Result<String> {
 
 /// The identity rule's row (as `EnrollmentStore::enrollment_for_identity`): the current identity,
 /// or the renewed one, whose first use makes it current. `$1` the identity, `$2` whether to read
-/// the inventory's digests. `$extra` are backend-specific columns after the common six.
-macro_rules! sql_binding {
-    ($extra:literal) => {
-        concat!(
-            "SELECT id, status, device_channel_id, last_seen_at, \
-             CASE WHEN $2 THEN inventory_digests END, \
-             COALESCE(next_identity_sha256 = $1, FALSE)",
-            $extra,
-            " FROM enrollments WHERE identity_sha256 = $1 OR next_identity_sha256 = $1"
-        )
-    };
+/// the inventory's digests. `extra` are database-specific columns after the common six.
+fn sql_binding(extra: &str) -> String {
+    format!(
+        "SELECT id, status, device_channel_id, last_seen_at, \
+         CASE WHEN $2 THEN inventory_digests END, \
+         COALESCE(next_identity_sha256 = $1, FALSE){extra} \
+         FROM enrollments WHERE identity_sha256 = $1 OR next_identity_sha256 = $1"
+    )
 }
-pub(crate) const SQL_BINDING: &str = sql_binding!("");
+
+pub(crate) static SQL_BINDING: LazyLock<String> = LazyLock::new(|| sql_binding(""));
 
 /// The device speaks again: it is no longer inactive. `$1` the enrollment.
-pub(crate) static SQL_REACTIVATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(crate) static SQL_REACTIVATE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE enrollments SET status = {} WHERE id = $1 AND status = 'inactive'",
-        crate::enrollment_backend::REACTIVATED_STATUS
+        REACTIVATED_STATUS
     )
 });
 
@@ -287,21 +294,124 @@ pub trait CommandExchangeStore: Send + Sync {
     async fn record_pushes(&self, records: &[PushRecord], at: DateTime<Utc>) -> Result<()>;
 }
 
-impl SqliteStore {
-    fn exchange_gate(&self) -> Option<&tokio::sync::Mutex<()>> {
-        Some(&self.write_gate)
+#[async_trait]
+impl<S, DB> CommandExchangeStore for S
+where
+    S: Dialect<Db = DB> + Exchange,
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Param<'q, DB> + ColumnIndex<DB::Row>,
+    i64: Column<DB>,
+    String: Column<DB>,
+    Vec<u8>: Column<DB>,
+    DateTime<Utc>: Column<DB>,
+{
+    async fn command_exchange(&self, x: CommandExchange) -> Result<Exchanged> {
+        self.exchange(x).await
     }
 
+    async fn enrollments_by_ids(&self, ids: &[String]) -> Result<Vec<Enrollment>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ID_CHUNK) {
+            let mut qb = sqlx::QueryBuilder::<DB>::new(format!(
+                "SELECT {} FROM enrollments WHERE id IN (",
+                ENROLLMENT_COLUMNS
+            ));
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id);
+            }
+            qb.push(")");
+            out.extend(
+                S::build_as::<Enrollment>(&mut qb)
+                    .fetch_all(self.pool())
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn record_pushes(&self, records: &[PushRecord], at: DateTime<Utc>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        // Group by what is written so each group is a few `IN (…)` statements.
+        let mut groups: std::collections::BTreeMap<(&str, Option<Channel>), Vec<&str>> =
+            Default::default();
+        for r in records {
+            let drop = r.drop_token.then_some(r.channel);
+            groups
+                .entry((r.status.as_str(), drop))
+                .or_default()
+                .push(r.enrollment_id.as_str());
+        }
+        let release: Vec<&str> = records
+            .iter()
+            .filter(|r| r.release_not_now)
+            .map(|r| r.enrollment_id.as_str())
+            .collect();
+        let _gate = match self.write_gate() {
+            Some(g) => Some(g.lock().await),
+            None => None,
+        };
+        let mut tx = self.begin_write().await?;
+        for ((status, drop), ids) in &groups {
+            for chunk in ids.chunks(ID_CHUNK) {
+                let mut qb =
+                    sqlx::QueryBuilder::<DB>::new("UPDATE enrollments SET last_push_at = ");
+                qb.push_bind(at);
+                qb.push(", last_push_status = ");
+                qb.push_bind(*status);
+                match drop {
+                    Some(Channel::User) => {
+                        qb.push(", user_push_token = NULL");
+                    }
+                    Some(Channel::Device) => {
+                        qb.push(", device_push_token = NULL");
+                    }
+                    None => {}
+                }
+                qb.push(" WHERE id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                S::build(&mut qb).execute(&mut *tx).await?;
+            }
+        }
+        for chunk in release.chunks(ID_CHUNK) {
+            let mut qb = sqlx::QueryBuilder::<DB>::new(
+                "UPDATE command_queue SET not_now_until = NULL \
+                 WHERE not_now_until IS NOT NULL AND enrollment_id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            qb.push(")");
+            S::build(&mut qb).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The exchange itself: a different algorithm on each database (see the module doc), so two
+/// plain implementations rather than one generic one.
+pub(crate) trait Exchange {
+    fn exchange(&self, x: CommandExchange) -> impl Future<Output = Result<Exchanged>> + Send;
+}
+
+impl Exchange for SqliteStore {
+    /// One message to the writer thread (`sqlite_writer.rs`), which runs the statements above.
     async fn exchange(&self, x: CommandExchange) -> Result<Exchanged> {
         self.writer.exchange(x).await
     }
 }
 
-impl PostgresStore {
-    fn exchange_gate(&self) -> Option<&tokio::sync::Mutex<()>> {
-        None
-    }
-
+impl Exchange for PostgresStore {
     /// The exchange in two statements on one connection, each its own transaction: the
     /// identity's row is read (with its version, `xmin`) and checked by [`IdentityBinding`]; one
     /// statement then does every write (outcome, result, inventory, `last_seen_at`, the claim of
@@ -315,7 +425,7 @@ impl PostgresStore {
         let uuid = x.outcome.as_ref().map(|o| o.command_uuid.as_str());
         let mut conn = self.pool.acquire().await?;
         for _ in 0..EXCHANGE_ATTEMPTS {
-            let read: Option<PgBinding> = sqlx::query_as(SQL_PG_READ)
+            let read: Option<PgBinding> = sqlx::query_as(&SQL_PG_READ)
                 .bind(&x.identity_sha256)
                 .bind(want_inventory)
                 .bind(uuid)
@@ -331,7 +441,7 @@ impl PostgresStore {
                 refused => return Ok(Exchanged::Refused(refused)),
             }
             if renewed {
-                sqlx::query(crate::enrollment_backend::PROMOTE_NEXT_IDENTITY)
+                sqlx::query(PROMOTE_NEXT_IDENTITY)
                     .bind(&x.identity_sha256)
                     .bind(x.now)
                     .execute(&mut *conn)
@@ -427,9 +537,11 @@ const EXCHANGE_ATTEMPTS: usize = 8;
 
 /// PostgreSQL's read: the identity rule's row, its version and the reported command's request
 /// type (`$3`, read with the digests).
-const SQL_PG_READ: &str = sql_binding!(
-    ", xmin::text, CASE WHEN $2 THEN (SELECT request_type FROM commands WHERE uuid = $3) END"
-);
+static SQL_PG_READ: LazyLock<String> = LazyLock::new(|| {
+    sql_binding(
+        ", xmin::text, CASE WHEN $2 THEN (SELECT request_type FROM commands WHERE uuid = $3) END",
+    )
+});
 
 type PgBinding = (
     String,
@@ -500,104 +612,3 @@ pub(crate) fn repeat_or_never(stored_before: bool) -> IgnoredResult {
         IgnoredResult::NeverGiven
     }
 }
-
-macro_rules! impl_exchange_store {
-    ($store:ty, $db:ty, $begin:literal) => {
-        #[async_trait]
-        impl CommandExchangeStore for $store {
-            async fn command_exchange(&self, x: CommandExchange) -> Result<Exchanged> {
-                self.exchange(x).await
-            }
-
-            async fn enrollments_by_ids(&self, ids: &[String]) -> Result<Vec<Enrollment>> {
-                let mut out = Vec::with_capacity(ids.len());
-                for chunk in ids.chunks(ID_CHUNK) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
-                        "SELECT {} FROM enrollments WHERE id IN (",
-                        crate::enrollment_backend::ENROLLMENT_COLUMNS
-                    ));
-                    let mut sep = qb.separated(", ");
-                    for id in chunk {
-                        sep.push_bind(id);
-                    }
-                    qb.push(")");
-                    out.extend(
-                        qb.build_query_as::<Enrollment>()
-                            .fetch_all(&self.pool)
-                            .await?,
-                    );
-                }
-                Ok(out)
-            }
-
-            async fn record_pushes(&self, records: &[PushRecord], at: DateTime<Utc>) -> Result<()> {
-                if records.is_empty() {
-                    return Ok(());
-                }
-                // Group by what is written so each group is a few `IN (…)` statements.
-                let mut groups: std::collections::BTreeMap<(&str, Option<Channel>), Vec<&str>> =
-                    Default::default();
-                for r in records {
-                    let drop = r.drop_token.then_some(r.channel);
-                    groups
-                        .entry((r.status.as_str(), drop))
-                        .or_default()
-                        .push(r.enrollment_id.as_str());
-                }
-                let release: Vec<&str> = records
-                    .iter()
-                    .filter(|r| r.release_not_now)
-                    .map(|r| r.enrollment_id.as_str())
-                    .collect();
-                let _gate = match self.exchange_gate() {
-                    Some(g) => Some(g.lock().await),
-                    None => None,
-                };
-                let mut tx = self.pool.begin_with($begin).await?;
-                for ((status, drop), ids) in &groups {
-                    for chunk in ids.chunks(ID_CHUNK) {
-                        let mut qb = sqlx::QueryBuilder::<$db>::new(
-                            "UPDATE enrollments SET last_push_at = ",
-                        );
-                        qb.push_bind(at);
-                        qb.push(", last_push_status = ");
-                        qb.push_bind(*status);
-                        match drop {
-                            Some(Channel::User) => {
-                                qb.push(", user_push_token = NULL");
-                            }
-                            Some(Channel::Device) => {
-                                qb.push(", device_push_token = NULL");
-                            }
-                            None => {}
-                        }
-                        qb.push(" WHERE id IN (");
-                        let mut sep = qb.separated(", ");
-                        for id in chunk {
-                            sep.push_bind(*id);
-                        }
-                        qb.push(")");
-                        qb.build().execute(&mut *tx).await?;
-                    }
-                }
-                for chunk in release.chunks(ID_CHUNK) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "UPDATE command_queue SET not_now_until = NULL \
-                         WHERE not_now_until IS NOT NULL AND enrollment_id IN (",
-                    );
-                    let mut sep = qb.separated(", ");
-                    for id in chunk {
-                        sep.push_bind(*id);
-                    }
-                    qb.push(")");
-                    qb.build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-        }
-    };
-}
-
-impl_exchange_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
-impl_exchange_store!(PostgresStore, sqlx::Postgres, "BEGIN");

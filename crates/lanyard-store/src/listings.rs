@@ -1,7 +1,7 @@
-//! `ListingStore` for both backends: the read-only queries behind the admin portal's lists —
-//! summary counts, a searchable, sortable, paginated device list with its total, and the audit
-//! log filtered by date range with its total. Written once like the rest (see `backend.rs`);
-//! sort columns come from a whitelist enum, never from request text.
+//! The read-only queries behind the admin portal's lists — summary counts, a searchable,
+//! sortable, paginated device list with its total, and the audit log filtered by date range
+//! with its total: their types, [`ListingStore`] and its SQL. Sort columns come from a
+//! whitelist enum, never from request text.
 //!
 //! [`ListingStore::list_devices`] is THE device search: the portal's Devices page, the bulk
 //! command's "every matching device" target, the admin API and the CLI all call it with a
@@ -10,7 +10,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::*;
+use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
+
+use crate::dialect::{Column, Dialect, Param};
+use crate::enrollments::ENROLLMENT_COLUMNS;
+use crate::{AuditEntry, Enrollment, EnrollmentStatus, Result};
 
 /// Columns the device list can be sorted by.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -148,99 +152,108 @@ pub(crate) const DEVICE_WHERE: &str =
 const AUDIT_WHERE: &str = "WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR action = $2) \
      AND ($3 IS NULL OR target = $3) AND ($4 IS NULL OR at >= $4) AND ($5 IS NULL OR at < $5)";
 
-macro_rules! impl_listing_store {
-    ($store:ty) => {
-        #[async_trait]
-        impl ListingStore for $store {
-            async fn count_enrollments_by_mode(&self) -> Result<Vec<(String, String, i64)>> {
-                Ok(sqlx::query_as(
-                    "SELECT mode, status, COUNT(*) FROM enrollments GROUP BY mode, status \
-                     ORDER BY mode, status",
-                )
-                .fetch_all(&self.pool)
-                .await?)
-            }
+#[async_trait]
+impl<S, DB> ListingStore for S
+where
+    S: Dialect<Db = DB>,
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Param<'q, DB> + ColumnIndex<DB::Row>,
+    for<'q> Option<&'q str>: Param<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+    i64: Column<DB>,
+    bool: Column<DB>,
+    String: Column<DB>,
+    Option<String>: Column<DB>,
+    Option<Vec<u8>>: Column<DB>,
+    DateTime<Utc>: Column<DB>,
+    Option<DateTime<Utc>>: Column<DB>,
+{
+    async fn count_enrollments_by_mode(&self) -> Result<Vec<(String, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT mode, status, COUNT(*) FROM enrollments GROUP BY mode, status \
+             ORDER BY mode, status",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
 
-            async fn expiring_identities(
-                &self,
-                before: DateTime<Utc>,
-                limit: i64,
-            ) -> Result<Vec<Enrollment>> {
-                Ok(sqlx::query_as(&format!(
-                    "SELECT {} FROM enrollments WHERE status = 'enrolled' \
-                     AND identity_not_after IS NOT NULL AND identity_not_after < $1 \
-                     ORDER BY identity_not_after, id LIMIT $2",
-                    crate::enrollment_backend::ENROLLMENT_COLUMNS
-                ))
-                .bind(before)
-                .bind(limit.clamp(1, 1000))
-                .fetch_all(&self.pool)
-                .await?)
-            }
+    async fn expiring_identities(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Enrollment>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {} FROM enrollments WHERE status = 'enrolled' \
+             AND identity_not_after IS NOT NULL AND identity_not_after < $1 \
+             ORDER BY identity_not_after, id LIMIT $2",
+            ENROLLMENT_COLUMNS
+        ))
+        .bind(before)
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(self.pool())
+        .await?)
+    }
 
-            async fn list_devices(&self, q: &DeviceListQuery) -> Result<Paged<Enrollment>> {
-                let pattern = like_pattern(q.search.as_deref());
-                let limit = if q.limit <= 0 {
-                    100
-                } else {
-                    q.limit.min(MAX_DEVICE_LIST)
-                };
-                let dir = if q.descending { "DESC" } else { "ASC" };
-                let total: i64 =
-                    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM enrollments {DEVICE_WHERE}"))
-                        .bind(q.status.map(EnrollmentStatus::as_str))
-                        .bind(&pattern)
-                        .bind(q.declarations_failing)
-                        .fetch_one(&self.pool)
-                        .await?;
-                let items = sqlx::query_as(&format!(
-                    "SELECT {} FROM enrollments {DEVICE_WHERE} \
-                     ORDER BY {col} IS NULL, {col} {dir}, id {dir} LIMIT $4 OFFSET $5",
-                    crate::enrollment_backend::ENROLLMENT_COLUMNS,
-                    col = q.sort.column(),
-                ))
+    async fn list_devices(&self, q: &DeviceListQuery) -> Result<Paged<Enrollment>> {
+        let pattern = like_pattern(q.search.as_deref());
+        let limit = if q.limit <= 0 {
+            100
+        } else {
+            q.limit.min(MAX_DEVICE_LIST)
+        };
+        let dir = if q.descending { "DESC" } else { "ASC" };
+        let total: i64 =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM enrollments {DEVICE_WHERE}"))
                 .bind(q.status.map(EnrollmentStatus::as_str))
                 .bind(&pattern)
                 .bind(q.declarations_failing)
-                .bind(limit)
-                .bind(q.offset.max(0))
-                .fetch_all(&self.pool)
+                .fetch_one(self.pool())
                 .await?;
-                Ok(Paged { items, total })
-            }
+        let items = sqlx::query_as(&format!(
+            "SELECT {} FROM enrollments {DEVICE_WHERE} \
+             ORDER BY {col} IS NULL, {col} {dir}, id {dir} LIMIT $4 OFFSET $5",
+            ENROLLMENT_COLUMNS,
+            col = q.sort.column(),
+        ))
+        .bind(q.status.map(EnrollmentStatus::as_str))
+        .bind(&pattern)
+        .bind(q.declarations_failing)
+        .bind(limit)
+        .bind(q.offset.max(0))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Paged { items, total })
+    }
 
-            async fn search_audit(&self, q: &AuditSearch) -> Result<Paged<AuditEntry>> {
-                let limit = if q.limit <= 0 { 100 } else { q.limit.min(1000) };
-                let total: i64 =
-                    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM audit_log {AUDIT_WHERE}"))
-                        .bind(&q.actor)
-                        .bind(&q.action)
-                        .bind(&q.target)
-                        .bind(q.from)
-                        .bind(q.until)
-                        .fetch_one(&self.pool)
-                        .await?;
-                let items = sqlx::query_as(&format!(
-                    "SELECT id, at, actor, action, target, detail FROM audit_log {AUDIT_WHERE} \
-                     ORDER BY id DESC LIMIT $6 OFFSET $7"
-                ))
+    async fn search_audit(&self, q: &AuditSearch) -> Result<Paged<AuditEntry>> {
+        let limit = if q.limit <= 0 { 100 } else { q.limit.min(1000) };
+        let total: i64 =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM audit_log {AUDIT_WHERE}"))
                 .bind(&q.actor)
                 .bind(&q.action)
                 .bind(&q.target)
                 .bind(q.from)
                 .bind(q.until)
-                .bind(limit)
-                .bind(q.offset.max(0))
-                .fetch_all(&self.pool)
+                .fetch_one(self.pool())
                 .await?;
-                Ok(Paged { items, total })
-            }
-        }
-    };
+        let items = sqlx::query_as(&format!(
+            "SELECT id, at, actor, action, target, detail FROM audit_log {AUDIT_WHERE} \
+             ORDER BY id DESC LIMIT $6 OFFSET $7"
+        ))
+        .bind(&q.actor)
+        .bind(&q.action)
+        .bind(&q.target)
+        .bind(q.from)
+        .bind(q.until)
+        .bind(limit)
+        .bind(q.offset.max(0))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Paged { items, total })
+    }
 }
-
-impl_listing_store!(SqliteStore);
-impl_listing_store!(PostgresStore);
 
 #[cfg(test)]
 mod tests {
