@@ -1478,9 +1478,16 @@ fn stop_perf(child: Option<Child>) {
     }
 }
 
-/// Whether a symbol is ring's: its Rust paths or its C and assembly functions (`ring_core_…`).
+/// Whether a symbol is ring's: its Rust paths (`ring::…`, not `string::…`) or its C and
+/// assembly functions (`ring_core_…`).
 fn is_ring(sym: &str) -> bool {
-    sym.contains("ring::") || sym.contains("ring_core_")
+    sym.contains("ring_core_")
+        || sym.match_indices("ring::").any(|(at, _)| {
+            sym[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+        })
 }
 
 /// The category of one profile line (`dso`, `symbol`).
@@ -3100,6 +3107,10 @@ mod tests {
         assert_eq!(
             lanyard("rustls::conn::ConnectionCommon<T>::read_tls"),
             "TLS (rustls, ring's ciphers)"
+        );
+        assert_eq!(
+            lanyard("<ring::ec::suite_b::ecdsa::verification::EcdsaVerificationAlgorithm>::verify"),
+            lanyard("ring::digest::digest")
         );
         assert_ne!(
             lanyard("alloc::string::String::push_str"),
