@@ -41,6 +41,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cms::cert::CertificateChoices;
 use cms::content_info::ContentInfo;
 use cms::signed_data::SignedData;
 use der::asn1::{ObjectIdentifier, UintRef};
@@ -365,7 +366,7 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
     if ci.content_type != oid::ID_SIGNED_DATA || ci.content.tag() != Tag::Sequence {
         return Ok(None);
     }
-    let Ok(signed_data) = ci.content.decode_as::<SignedData>() else {
+    let Ok(mut signed_data) = ci.content.decode_as::<SignedData>() else {
         return Ok(None);
     };
     let encap = &signed_data.encap_content_info;
@@ -407,9 +408,13 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
     if sid.tag() != Tag::Sequence || !is_context(attrs, 0) || sig.tag() != Tag::OctetString {
         return Ok(None);
     }
-    // The signer must be the included certificate (issuer and serial number).
+    // The signer must be the included certificate (issuer and serial number). The SignedData's
+    // decoding above parsed it already (as `Certificate::from_der` of its bytes would).
     let cert_der = cert.to_der().map_err(der_err)?;
-    let Ok(parsed) = Certificate::from_der(&cert_der) else {
+    let certificates = signed_data.certificates.take().map(|set| set.0.into_vec());
+    let Some([CertificateChoices::Certificate(parsed)]) =
+        certificates.and_then(|c| <[CertificateChoices; 1]>::try_from(c).ok())
+    else {
         return Ok(None);
     };
     // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
