@@ -1478,6 +1478,18 @@ fn stop_perf(child: Option<Child>) {
     }
 }
 
+/// Whether a symbol is ring's: its Rust paths (`ring::…`, not `string::…`) or its C and
+/// assembly functions (`ring_core_…`).
+fn is_ring(sym: &str) -> bool {
+    sym.contains("ring_core_")
+        || sym.match_indices("ring::").any(|(at, _)| {
+            sym[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+        })
+}
+
 /// The category of one profile line (`dso`, `symbol`).
 fn category(dso: &str, sym: &str) -> &'static str {
     let has = |keys: &[&str]| keys.iter().any(|k| sym.contains(k));
@@ -1503,7 +1515,7 @@ fn category(dso: &str, sym: &str) -> &'static str {
             "kernel: other (syscall entry/exit, files, interrupts)"
         }
     } else if dso.contains("libcrypto") {
-        "OpenSSL libcrypto (Mdm-Signature CMS check)"
+        "OpenSSL libcrypto (Mdm-Signature full check)"
     } else if dso.contains("libc.so") || dso.contains("libc-") {
         if has(&[
             "malloc",
@@ -1529,8 +1541,12 @@ fn category(dso: &str, sym: &str) -> &'static str {
             "SQLite engine and sqlx-sqlite"
         } else if sym.contains("sqlx_postgres") || sym.contains("sqlx_core") {
             "sqlx core and PostgreSQL driver"
-        } else if has(&["ring", "rustls"]) {
-            "TLS (rustls, ring)"
+        } else if sym.contains("rustls")
+            || (is_ring(sym) && has(&["aes", "gcm", "chacha", "poly1305", "x25519"]))
+        {
+            "TLS (rustls, ring's ciphers)"
+        } else if is_ring(sym) {
+            "ring signatures and digests (Mdm-Signature; TLS handshakes)"
         } else if has(&["plist", "quick_xml"]) {
             "plist XML"
         } else if has(&[
@@ -3075,6 +3091,35 @@ mod tests {
         assert_eq!(l.p99_ms, 99.0);
         assert_eq!(l.max_ms, 100.0);
         assert_eq!(Latency::of(Vec::new()).count, 0);
+    }
+
+    #[test]
+    fn profile_lines_are_grouped() {
+        let lanyard = |sym| category("lanyard", sym);
+        assert_eq!(
+            lanyard("ring_core_0_17_14__p256_point_mul_vartime"),
+            "ring signatures and digests (Mdm-Signature; TLS handshakes)"
+        );
+        assert_eq!(
+            lanyard("ring_core_0_17_14__aes_gcm_enc_update_vaes_avx2"),
+            "TLS (rustls, ring's ciphers)"
+        );
+        assert_eq!(
+            lanyard("rustls::conn::ConnectionCommon<T>::read_tls"),
+            "TLS (rustls, ring's ciphers)"
+        );
+        assert_eq!(
+            lanyard("<ring::ec::suite_b::ecdsa::verification::EcdsaVerificationAlgorithm>::verify"),
+            lanyard("ring::digest::digest")
+        );
+        assert_ne!(
+            lanyard("alloc::string::String::push_str"),
+            lanyard("ring::digest::digest")
+        );
+        assert_eq!(
+            category("libcrypto.so.3", "EVP_DigestVerify"),
+            "OpenSSL libcrypto (Mdm-Signature full check)"
+        );
     }
 
     #[test]

@@ -204,7 +204,7 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 }
 
 /// The raw argon2 output of `password` with `salt` (as stored, Base64), `len` bytes long,
-/// computed in the reused working memory ([`with_argon2_memory`]).
+/// computed in working memory of its own ([`with_argon2_memory`]).
 fn argon2_output(
     algorithm: Algorithm,
     version: Version,
@@ -228,29 +228,26 @@ fn argon2_output(
 
 /// Largest argon2 memory a stored hash may ask for (256 MiB); a larger one never matches.
 const MAX_ARGON2_BLOCKS: usize = 256 * 1024;
-/// How many argon2 working memories are kept for reuse: argon2 runs one at a time
-/// ([`argon2_turn`]), so one is enough.
-const KEPT_ARGON2_MEMORIES: usize = 1;
+/// The least capacity, in 1 KiB blocks, of an argon2 working memory: just over 32 MiB, the
+/// largest size glibc's malloc lets a freed block raise its mmap threshold to
+/// (`DEFAULT_MMAP_THRESHOLD_MAX` on 64-bit systems).
+const ARGON2_MIN_CAPACITY_BLOCKS: usize = 32 * 1024 + 1;
 
-/// Runs `f` with argon2 working memory of at least `blocks` 1 KiB blocks, reused from one
-/// password check to the next. Allocating 19 MiB afresh for every sign-in let the allocator
-/// keep a copy per thread and fragment around them (a server that had signed in 20 Macs
-/// held 70–120 MiB more than an idle one); reused, the memory stays at one 19 MiB buffer, and
-/// none until the first password is hashed or checked.
+/// Runs `f` with argon2 working memory of `blocks` 1 KiB blocks, allocated for this one check
+/// and returned to the system afterwards.
+///
+/// The allocation asks for more than 32 MiB of capacity, of which only the `blocks` argon2 uses
+/// (19 MiB with the default parameters) are ever written, so only those become resident. A
+/// block that large is always its own `mmap` for glibc's malloc, is unmapped when freed, and —
+/// being over 32 MiB — does not raise malloc's dynamic mmap threshold. (Freeing a 19 MiB block
+/// raised it to 19 MiB: later medium allocations, the next argon2 memory among them, came from
+/// per-thread arenas and stayed there — a server that had signed in 20 Macs held 70–120 MiB more
+/// than an idle one. Keeping one 19 MiB buffer for reuse avoided that but held it for the
+/// process's lifetime.) A sign-in costs the page faults of its 19 MiB; an idle server holds none.
 fn with_argon2_memory<T>(blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
-    static KEPT: std::sync::Mutex<Vec<Vec<Block>>> = std::sync::Mutex::new(Vec::new());
-    let taken = KEPT.lock().ok().and_then(|mut kept| kept.pop());
-    let mut memory = taken.unwrap_or_default();
-    if memory.len() < blocks {
-        memory.resize(blocks, Block::default());
-    }
-    let answer = f(&mut memory[..blocks]);
-    if let Ok(mut kept) = KEPT.lock() {
-        if kept.len() < KEPT_ARGON2_MEMORIES && memory.len() <= Params::DEFAULT_M_COST as usize {
-            kept.push(memory);
-        }
-    }
-    answer
+    let mut memory: Vec<Block> = Vec::with_capacity(blocks.max(ARGON2_MIN_CAPACITY_BLOCKS));
+    memory.resize(blocks, Block::default());
+    f(&mut memory)
 }
 
 fn clean_display_name(name: &str) -> Result<String> {

@@ -116,28 +116,36 @@ pub fn scep_pki_message(data: &[u8]) {
 }
 
 /// The `Mdm-Signature` check: the input is [`signature_input`] (a header value, base64 or
-/// DER, and a body). The signer cache, warmed with the fixed device identity so its fast path
-/// runs, must reach the same verdict, for the same certificate, as the full check it stands
-/// in for.
+/// DER, and a body). The signer cache must reach the same verdict, for the same certificate, as
+/// the full check it stands in for, twice: warmed with the fixed device identity (the cached
+/// path: the message's signature alone) and empty (the first contact: the certificate's
+/// signature, validity and extensions too).
 pub fn mdm_signature(data: &[u8]) {
     let Some((header, body)) = split_signature_input(data) else {
         return;
     };
     let f = fixture();
     let full = lanyard_pki::verify_detached(header, body, &f.ca);
-    let cached = f.warm_cache.verify(header, body);
-    match (&full, &cached) {
-        (Ok(signer), Ok(v)) => assert_eq!(
-            signer
-                .to_der()
-                .ok()
-                .map(|der| lanyard_pki::sha256_fingerprint(&der)),
-            Some(v.sha256.clone()),
-            "the signer cache names another signer than the full check"
-        ),
-        (Err(_), Err(_)) => {}
-        (Ok(_), Err(e)) => panic!("the signer cache refuses what the full check accepts: {e}"),
-        (Err(e), Ok(_)) => panic!("the signer cache accepts what the full check refuses: {e}"),
+    let cold_cache = SignerCache::new(f.ca.clone(), 2);
+    for (which, cache) in [("warm", &f.warm_cache), ("empty", &cold_cache)] {
+        let cached = cache.verify(header, body);
+        match (&full, &cached) {
+            (Ok(signer), Ok(v)) => assert_eq!(
+                signer
+                    .to_der()
+                    .ok()
+                    .map(|der| lanyard_pki::sha256_fingerprint(&der)),
+                Some(v.sha256.clone()),
+                "the {which} signer cache names another signer than the full check"
+            ),
+            (Err(_), Err(_)) => {}
+            (Ok(_), Err(e)) => {
+                panic!("the {which} signer cache refuses what the full check accepts: {e}")
+            }
+            (Err(e), Ok(_)) => {
+                panic!("the {which} signer cache accepts what the full check refuses: {e}")
+            }
+        }
     }
 }
 

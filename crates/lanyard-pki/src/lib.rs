@@ -12,9 +12,10 @@
 //! - certificate fingerprints and summaries ([`sha256_fingerprint`], [`CertInfo`]).
 //!
 //! It must stay pure: no tokio, sqlx or axum, no storage, no HTTP, no clock-driven jobs.
-//! Callers hand it bytes and get bytes back. All cryptography goes through OpenSSL (the
-//! `openssl` crate); RustCrypto's `der`/`cms` crates are used only for ASN.1 that OpenSSL
-//! has no API for.
+//! Callers hand it bytes and get bytes back. Cryptography goes through OpenSSL (the `openssl`
+//! crate), except the `Mdm-Signature` fast path ([`SignerCache`]), which verifies RSA and ECDSA
+//! signatures with `ring` over raw key bytes; RustCrypto's `der`/`cms`/`x509-cert` crates are
+//! used only for ASN.1 that OpenSSL has no API for or that the fast path reads without it.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 

@@ -1,47 +1,58 @@
 //! [`SignerCache`]: the `Mdm-Signature` check, done with the signer's certificate parsed once and
-//! without OpenSSL's CMS and certificate decoders.
+//! without OpenSSL.
 //!
 //! OpenSSL's own CMS verification ([`crate::verify_detached`]) costs about 0.4 ms per request on a
 //! 2-core machine, almost none of it signature mathematics: it decodes the signer certificate
 //! twice (OpenSSL 3 decodes public keys slowly) and builds its chain for every request. The cache
-//! reads the SignedData and the certificate once, with the `der`/`x509-cert` parsers, and then:
+//! reads the SignedData and the certificate once, with the `der`/`x509-cert` parsers, checks the
+//! signatures with `ring` (RSA PKCS #1 v1.5 and ECDSA verification over raw key bytes, nothing to
+//! decode into a key object), and then:
 //!
 //! - **first contact** (a certificate it does not hold): the certificate's issuer must be the CA's
 //!   subject and its signature over the `TBSCertificate` must verify with the CA's public key
-//!   (decoded once, when the cache is made); the certificate and the CA must be valid now; a key
+//!   (read once, when the cache is made); the certificate and the CA must be valid now; a key
 //!   usage extension, if present, must allow `digitalSignature` ([`check_signing_usage`], the same
 //!   rule the full check applies); no unknown extension may be critical;
 //! - **every request**: the signed attributes' `messageDigest` must equal the body's digest and the
 //!   SignerInfo's signature over those attributes must verify with the certificate's public key.
 //!
-//! A certificate that passed is remembered — only what the check needs: its public key (an
-//! OpenSSL handle), its validity window, keyed by the SHA-256 of its DER (which is also the
-//! fingerprint enrollments are bound to). The cache is bounded ([`SignerCache::new`]'s capacity,
-//! [`SIGNER_CACHE_DEFAULT_CAPACITY`] in the server), least recently used first out (two
-//! generations: an entry not used during a whole generation is dropped; a dropped certificate is
-//! checked again on its next use). A cached certificate is used only inside its validity window.
+//! A certificate that passed is remembered — only what the check needs: its key's algorithm (a
+//! small enum) and the key's raw bytes (the `subjectPublicKey` BIT STRING: PKCS #1
+//! `RSAPublicKey` or an uncompressed EC point), its validity window, keyed by the SHA-256 of its
+//! DER (which is also the fingerprint enrollments are bound to). The cache is bounded
+//! ([`SignerCache::new`]'s capacity, [`SIGNER_CACHE_DEFAULT_CAPACITY`] in the server), least
+//! recently used first out (two generations: an entry not used during a whole generation is
+//! dropped; a dropped certificate is checked again on its next use). A cached certificate is used
+//! only inside its validity window.
 //!
-//! Anything the fast check does not understand — no signed attributes, several certificates or
-//! signers, a subject-key-identifier signer, an unusual algorithm, BER, an issuer name encoded
-//! differently from the CA's subject, an unknown critical extension — goes to OpenSSL's full check
-//! ([`crate::verify_detached`]), which decides. The fast check refuses only what the full check
-//! refuses too (the `mdm_signature` fuzz target compares the two verdicts).
+//! The fast check verifies only keys and algorithms `ring` checks exactly as OpenSSL does: RSA
+//! keys of 2,048 to 8,192 bits (odd modulus, odd exponent from 3 to 2³³ − 1) with SHA-1 (message
+//! signatures only), SHA-256, SHA-384 or SHA-512, and ECDSA keys on P-256 or P-384 (uncompressed
+//! points) with SHA-256 or SHA-384. Anything else — no signed attributes, several certificates or
+//! signers, a subject-key-identifier signer, a smaller RSA key, ECDSA with SHA-1 or SHA-512,
+//! another curve or a compressed point, BER, an issuer name encoded differently from the CA's
+//! subject, an unknown critical extension — goes to OpenSSL's full check
+//! ([`crate::verify_detached`]), which decides; a certificate it accepts is remembered only when
+//! its key is one the fast check can use. The fast check refuses only what the full check
+//! refuses too, and accepts only what it accepts (the `mdm_signature` fuzz target compares the
+//! two verdicts).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use cms::cert::CertificateChoices;
 use cms::content_info::ContentInfo;
 use cms::signed_data::SignedData;
-use der::asn1::ObjectIdentifier;
+use der::asn1::{ObjectIdentifier, UintRef};
 use der::{Any, Decode, Encode, Tag, Tagged};
-use openssl::hash::{hash, MessageDigest};
-use openssl::pkey::{Id, PKey, Public};
-use openssl::sign::Verifier;
 use openssl::x509::X509;
+use ring::digest;
+use ring::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
 use sha2::{Digest, Sha256};
 use x509_cert::ext::pkix::KeyUsage;
 use x509_cert::ext::Extension;
+use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use x509_cert::Certificate;
 
 use crate::asn1::{der_err, is_context, oid, tlvs};
@@ -50,8 +61,8 @@ use crate::signing::{decode_signature, verify_detached};
 use crate::time::{asn1_to_unix, now_unix};
 
 /// Default bound: certificates kept at once (one per enrolled device that talks to this server).
-/// An entry is a public key handle (OpenSSL's objects for the key), two times and its 32-byte
-/// key; docs/BENCHMARKS.md bounds what 10,000 entries cost.
+/// An entry is a key algorithm, the key's raw bytes (about 270 for RSA-2048, 65 for P-256), two
+/// times and its 32-byte key; docs/BENCHMARKS.md bounds what 10,000 entries cost.
 pub const SIGNER_CACHE_DEFAULT_CAPACITY: usize = 100_000;
 
 const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
@@ -62,6 +73,9 @@ const ECDSA_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045
 const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 const ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 const ECDSA_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.4");
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
 /// Certificate extensions the first-contact check understands when they are critical (RFC 5280
 /// §4.2: basic constraints, key usage, extended key usage, subject alternative name). Another
@@ -81,9 +95,157 @@ pub struct VerifiedSigner {
     pub sha256: String,
 }
 
+/// A digest the fast check computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hash {
+    Sha1,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Hash {
+    fn of(oid_: &ObjectIdentifier) -> Option<Hash> {
+        match *oid_ {
+            o if o == oid::SHA256 => Some(Hash::Sha256),
+            o if o == oid::SHA384 => Some(Hash::Sha384),
+            o if o == oid::SHA512 => Some(Hash::Sha512),
+            o if o == oid::SHA1 => Some(Hash::Sha1),
+            _ => None,
+        }
+    }
+
+    fn digest(self, data: &[u8]) -> digest::Digest {
+        let alg = match self {
+            Hash::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+            Hash::Sha256 => &digest::SHA256,
+            Hash::Sha384 => &digest::SHA384,
+            Hash::Sha512 => &digest::SHA512,
+        };
+        digest::digest(alg, data)
+    }
+}
+
+/// The kind of a public key the fast check verifies with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyAlg {
+    /// RSA, 2,048 to 8,192 bits, PKCS #1 v1.5 signatures.
+    Rsa,
+    /// ECDSA on P-256.
+    EcP256,
+    /// ECDSA on P-384.
+    EcP384,
+}
+
+/// A public key as the fast check keeps it: its kind and the `subjectPublicKey` bytes (PKCS #1
+/// `RSAPublicKey` DER, or the uncompressed EC point). Shared, so a cache hit copies no key.
+#[derive(Clone)]
+struct FastKey {
+    alg: KeyAlg,
+    bytes: Arc<[u8]>,
+}
+
+impl FastKey {
+    /// The key of `spki`, if it is one `ring` verifies exactly as OpenSSL does; `None` leaves
+    /// the certificate to the full check.
+    fn of_spki(spki: &SubjectPublicKeyInfoOwned) -> Option<FastKey> {
+        let bytes = spki.subject_public_key.as_bytes()?;
+        let params = spki.algorithm.parameters.as_ref();
+        let alg = if spki.algorithm.oid == oid::RSA_ENCRYPTION {
+            if !params.is_none_or(|p| p.tag() == Tag::Null && p.value().is_empty()) {
+                return None;
+            }
+            rsa_key_fits_ring(bytes).then_some(KeyAlg::Rsa)?
+        } else if spki.algorithm.oid == EC_PUBLIC_KEY {
+            let curve = params?.decode_as::<ObjectIdentifier>().ok()?;
+            let (alg, len) = match curve {
+                c if c == P256 => (KeyAlg::EcP256, 65),
+                c if c == P384 => (KeyAlg::EcP384, 97),
+                _ => return None,
+            };
+            // Uncompressed points only (`ring` reads no other form).
+            (bytes.len() == len && bytes.first() == Some(&4)).then_some(alg)?
+        } else {
+            return None;
+        };
+        Some(FastKey {
+            alg,
+            bytes: bytes.into(),
+        })
+    }
+
+    /// The key of a certificate's DER, if the fast check can use it.
+    fn of_certificate(der: &[u8]) -> Option<FastKey> {
+        let cert = Certificate::from_der(der).ok()?;
+        FastKey::of_spki(&cert.tbs_certificate.subject_public_key_info)
+    }
+
+    fn is_rsa(&self) -> bool {
+        self.alg == KeyAlg::Rsa
+    }
+
+    /// The `ring` algorithm checking this key's signatures over `hash` digests; `None` when
+    /// `ring` has none (ECDSA with SHA-1 or SHA-512).
+    fn algorithm(&self, hash: Hash) -> Option<&'static dyn VerificationAlgorithm> {
+        Some(match (self.alg, hash) {
+            (KeyAlg::Rsa, Hash::Sha1) => &sig::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+            (KeyAlg::Rsa, Hash::Sha256) => &sig::RSA_PKCS1_2048_8192_SHA256,
+            (KeyAlg::Rsa, Hash::Sha384) => &sig::RSA_PKCS1_2048_8192_SHA384,
+            (KeyAlg::Rsa, Hash::Sha512) => &sig::RSA_PKCS1_2048_8192_SHA512,
+            (KeyAlg::EcP256, Hash::Sha256) => &sig::ECDSA_P256_SHA256_ASN1,
+            (KeyAlg::EcP256, Hash::Sha384) => &sig::ECDSA_P256_SHA384_ASN1,
+            (KeyAlg::EcP384, Hash::Sha256) => &sig::ECDSA_P384_SHA256_ASN1,
+            (KeyAlg::EcP384, Hash::Sha384) => &sig::ECDSA_P384_SHA384_ASN1,
+            _ => return None,
+        })
+    }
+
+    /// Whether `signature` over `message` verifies with this key.
+    fn verifies(
+        &self,
+        alg: &'static dyn VerificationAlgorithm,
+        message: &[u8],
+        signature: &[u8],
+    ) -> bool {
+        UnparsedPublicKey::new(alg, &*self.bytes)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+/// Whether a PKCS #1 `RSAPublicKey` is one `ring` checks the way OpenSSL does: strict DER, a
+/// modulus of 2,048 to 8,192 bits that is odd, an odd exponent from 3 to 2³³ − 1 (`ring`'s bounds;
+/// OpenSSL accepts these too, and decides every other key itself).
+fn rsa_key_fits_ring(bytes: &[u8]) -> bool {
+    let Ok([seq]) = <[Any; 1]>::try_from(tlvs(bytes).unwrap_or_default()) else {
+        return false;
+    };
+    if seq.tag() != Tag::Sequence {
+        return false;
+    }
+    let Ok([n, e]) = <[Any; 2]>::try_from(tlvs(seq.value()).unwrap_or_default()) else {
+        return false;
+    };
+    let (Ok(n), Ok(e)) = (n.decode_as::<UintRef>(), e.decode_as::<UintRef>()) else {
+        return false;
+    };
+    let (n, e) = (n.as_bytes(), e.as_bytes());
+    let bits = match n.first() {
+        Some(&top) if top != 0 => n.len() * 8 - top.leading_zeros() as usize,
+        _ => return false,
+    };
+    let odd = |v: &[u8]| v.last().is_some_and(|b| b & 1 == 1);
+    let exponent = match e {
+        [] => 0,
+        e if e.len() <= 5 && e[0] != 0 => e.iter().fold(0u64, |v, &b| (v << 8) | u64::from(b)),
+        _ => return false,
+    };
+    (2048..=8192).contains(&bits) && odd(n) && odd(e) && (3..(1 << 33)).contains(&exponent)
+}
+
 /// What the cache keeps per certificate: exactly what the per-request check needs.
 struct Entry {
-    key: PKey<Public>,
+    key: FastKey,
     not_before: i64,
     not_after: i64,
 }
@@ -140,10 +302,10 @@ impl Generations {
     }
 }
 
-/// The CA as the first-contact check needs it, decoded once.
+/// The CA as the first-contact check needs it, read once.
 struct FastIssuer {
     subject_der: Vec<u8>,
-    key: PKey<Public>,
+    key: FastKey,
     not_before: i64,
     not_after: i64,
 }
@@ -166,7 +328,8 @@ struct DetachedParts {
     cert: Certificate,
     /// The certificate's `TBSCertificate` as it was signed.
     tbs_der: Vec<u8>,
-    digest: MessageDigest,
+    /// The SignerInfo's `digestAlgorithm`.
+    hash: Hash,
     signature_oid: ObjectIdentifier,
     /// The signed attributes re-tagged as the `SET OF` that was signed.
     signed_attrs_der: Vec<u8>,
@@ -180,20 +343,6 @@ fn first_oid(seq: &Any) -> Result<ObjectIdentifier> {
         .first()
         .ok_or_else(|| PkiError::Der("empty AlgorithmIdentifier".into()))?;
     first.decode_as::<ObjectIdentifier>().map_err(der_err)
-}
-
-fn digest_for(oid_: &ObjectIdentifier) -> Option<MessageDigest> {
-    if *oid_ == oid::SHA256 {
-        Some(MessageDigest::sha256())
-    } else if *oid_ == oid::SHA384 {
-        Some(MessageDigest::sha384())
-    } else if *oid_ == oid::SHA512 {
-        Some(MessageDigest::sha512())
-    } else if *oid_ == oid::SHA1 {
-        Some(MessageDigest::sha1())
-    } else {
-        None
-    }
 }
 
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
@@ -217,7 +366,7 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
     if ci.content_type != oid::ID_SIGNED_DATA || ci.content.tag() != Tag::Sequence {
         return Ok(None);
     }
-    let Ok(signed_data) = ci.content.decode_as::<SignedData>() else {
+    let Ok(mut signed_data) = ci.content.decode_as::<SignedData>() else {
         return Ok(None);
     };
     let encap = &signed_data.encap_content_info;
@@ -259,9 +408,13 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
     if sid.tag() != Tag::Sequence || !is_context(attrs, 0) || sig.tag() != Tag::OctetString {
         return Ok(None);
     }
-    // The signer must be the included certificate (issuer and serial number).
+    // The signer must be the included certificate (issuer and serial number). The SignedData's
+    // decoding above parsed it already (as `Certificate::from_der` of its bytes would).
     let cert_der = cert.to_der().map_err(der_err)?;
-    let Ok(parsed) = Certificate::from_der(&cert_der) else {
+    let certificates = signed_data.certificates.take().map(|set| set.0.into_vec());
+    let Some([CertificateChoices::Certificate(parsed)]) =
+        certificates.and_then(|c| <[CertificateChoices; 1]>::try_from(c).ok())
+    else {
         return Ok(None);
     };
     // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
@@ -280,7 +433,7 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
         return Ok(None);
     }
     let digest_oid = first_oid(digest_alg)?;
-    let Some(digest) = digest_for(&digest_oid) else {
+    let Some(hash) = Hash::of(&digest_oid) else {
         return Ok(None);
     };
     let listed: Vec<ObjectIdentifier> = signed_data
@@ -326,7 +479,7 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
         cert_der,
         cert: parsed,
         tbs_der,
-        digest,
+        hash,
         signature_oid: first_oid(sig_alg)?,
         signed_attrs_der,
         message_digest,
@@ -334,45 +487,47 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
     }))
 }
 
-fn key_fits(key: &PKey<Public>, signature_oid: &ObjectIdentifier) -> bool {
-    match key.id() {
-        Id::RSA => [
+/// Whether a SignerInfo's `signatureAlgorithm` names a signature the key can make: RSA
+/// (`rsaEncryption` or an RSA-with-digest OID) for an RSA key, ECDSA for an EC key. The digest
+/// is the SignerInfo's `digestAlgorithm`, as OpenSSL takes it; another pairing goes to the full
+/// check.
+fn key_fits(key: &FastKey, signature_oid: &ObjectIdentifier) -> bool {
+    if key.is_rsa() {
+        [
             oid::RSA_ENCRYPTION,
             SHA256_WITH_RSA,
             SHA384_WITH_RSA,
             SHA512_WITH_RSA,
             SHA1_WITH_RSA,
         ]
-        .contains(signature_oid),
-        Id::EC => [ECDSA_SHA256, ECDSA_SHA384, ECDSA_SHA512, ECDSA_SHA1].contains(signature_oid),
-        _ => false,
+        .contains(signature_oid)
+    } else {
+        [ECDSA_SHA256, ECDSA_SHA384, ECDSA_SHA512, ECDSA_SHA1].contains(signature_oid)
     }
 }
 
-/// The digest and key type of a certificate signature algorithm the first-contact check knows
-/// (RSA PKCS #1 v1.5 or ECDSA with SHA-2); `None` sends the request to the full check.
-fn certificate_signature(
-    alg: &x509_cert::spki::AlgorithmIdentifierOwned,
-) -> Option<(MessageDigest, Id)> {
-    let null_or_absent = alg
-        .parameters
-        .as_ref()
-        .is_none_or(|p| p.tag() == Tag::Null && p.value().is_empty());
-    let (digest, id) = match alg.oid {
-        o if o == SHA256_WITH_RSA => (MessageDigest::sha256(), Id::RSA),
-        o if o == SHA384_WITH_RSA => (MessageDigest::sha384(), Id::RSA),
-        o if o == SHA512_WITH_RSA => (MessageDigest::sha512(), Id::RSA),
-        o if o == ECDSA_SHA256 => (MessageDigest::sha256(), Id::EC),
-        o if o == ECDSA_SHA384 => (MessageDigest::sha384(), Id::EC),
-        o if o == ECDSA_SHA512 => (MessageDigest::sha512(), Id::EC),
+/// The digest and key kind (RSA: `true`) of a certificate signature algorithm the first-contact
+/// check knows (RSA PKCS #1 v1.5 or ECDSA with SHA-2); `None` sends the request to the full
+/// check.
+fn certificate_signature(alg: &x509_cert::spki::AlgorithmIdentifierOwned) -> Option<(Hash, bool)> {
+    let (hash, rsa) = match alg.oid {
+        o if o == SHA256_WITH_RSA => (Hash::Sha256, true),
+        o if o == SHA384_WITH_RSA => (Hash::Sha384, true),
+        o if o == SHA512_WITH_RSA => (Hash::Sha512, true),
+        o if o == ECDSA_SHA256 => (Hash::Sha256, false),
+        o if o == ECDSA_SHA384 => (Hash::Sha384, false),
+        o if o == ECDSA_SHA512 => (Hash::Sha512, false),
         _ => return None,
     };
     // RSA names NULL parameters, ECDSA none (RFC 4055 §5, RFC 5758 §3.2).
-    let params_ok = match id {
-        Id::RSA => null_or_absent,
-        _ => alg.parameters.is_none(),
+    let params_ok = if rsa {
+        alg.parameters
+            .as_ref()
+            .is_none_or(|p| p.tag() == Tag::Null && p.value().is_empty())
+    } else {
+        alg.parameters.is_none()
     };
-    params_ok.then_some((digest, id))
+    params_ok.then_some((hash, rsa))
 }
 
 /// The signing rule on an identity certificate's extensions, shared by the full check and the
@@ -399,16 +554,6 @@ fn unix(t: x509_cert::time::Time) -> Result<i64> {
         .map_err(|_| PkiError::InvalidInput("certificate time out of range".into()))
 }
 
-/// The public key of a certificate's `SubjectPublicKeyInfo`.
-fn public_key_of(cert: &Certificate) -> Result<PKey<Public>> {
-    let spki = cert
-        .tbs_certificate
-        .subject_public_key_info
-        .to_der()
-        .map_err(der_err)?;
-    Ok(PKey::public_key_from_der(&spki)?)
-}
-
 /// Whether `now` lies in `[not_before, not_after]` (both ends included, as OpenSSL compares).
 fn valid_at(now: i64, not_before: i64, not_after: i64) -> bool {
     not_before <= now && now <= not_after
@@ -416,18 +561,23 @@ fn valid_at(now: i64, not_before: i64, not_after: i64) -> bool {
 
 impl SignerCache {
     /// A cache trusting `ca`, keeping at most `capacity` certificates (at least two). If the
-    /// CA's own name or key cannot be read (never for a CA Lanyard made), every request goes to
-    /// OpenSSL's full check.
+    /// CA's own name, validity or key cannot be read, or its key is not one the fast check can
+    /// use (an RSA key under 2,048 bits, a curve other than P-256 and P-384), every request goes
+    /// to OpenSSL's full check.
     pub fn new(ca: X509, capacity: usize) -> Self {
-        let fast = (|| -> Result<FastIssuer> {
-            Ok(FastIssuer {
+        let fast = (|| -> Result<Option<FastIssuer>> {
+            let Some(key) = FastKey::of_certificate(&ca.to_der()?) else {
+                return Ok(None);
+            };
+            Ok(Some(FastIssuer {
                 subject_der: ca.subject_name().to_der()?,
-                key: ca.public_key()?,
+                key,
                 not_before: asn1_to_unix(ca.not_before())?,
                 not_after: asn1_to_unix(ca.not_after())?,
-            })
+            }))
         })()
-        .ok();
+        .ok()
+        .flatten();
         Self {
             ca,
             fast,
@@ -473,20 +623,18 @@ impl SignerCache {
                 None => return self.full_check(&der, body),
             },
         };
-        if !key_fits(&key, &parts.signature_oid) {
+        let algorithm = key_fits(&key, &parts.signature_oid)
+            .then(|| key.algorithm(parts.hash))
+            .flatten();
+        let Some(algorithm) = algorithm else {
             return self.full_check(&der, body);
-        }
-        if hash(parts.digest, body)?.as_ref() != parts.message_digest.as_slice() {
+        };
+        if parts.hash.digest(body).as_ref() != parts.message_digest.as_slice() {
             return Err(PkiError::Verify(
                 "the body does not match the signature".into(),
             ));
         }
-        let verified = {
-            let mut v = Verifier::new(parts.digest, &key)?;
-            v.update(&parts.signed_attrs_der)?;
-            v.verify(&parts.signature).unwrap_or(false)
-        };
-        if !verified {
+        if !key.verifies(algorithm, &parts.signed_attrs_der, &parts.signature) {
             return Err(PkiError::Verify("the signature does not verify".into()));
         }
         if cached {
@@ -507,9 +655,9 @@ impl SignerCache {
         })
     }
 
-    /// First contact: the certificate's own checks (see the module doc). `Ok(None)` for a shape
-    /// left to the full check; an error for a certificate the full check refuses too.
-    fn check_certificate(&self, parts: &DetachedParts, now: i64) -> Result<Option<PKey<Public>>> {
+    /// First contact: the certificate's own checks (see the module doc), and its key. `Ok(None)`
+    /// for a shape left to the full check; an error for a certificate the full check refuses too.
+    fn check_certificate(&self, parts: &DetachedParts, now: i64) -> Result<Option<FastKey>> {
         let Some(issuer) = &self.fast else {
             return Ok(None);
         };
@@ -522,7 +670,7 @@ impl SignerCache {
         {
             return Ok(None);
         }
-        let Some((digest, key_id)) = certificate_signature(&cert.signature_algorithm) else {
+        let Some((hash, rsa)) = certificate_signature(&cert.signature_algorithm) else {
             return Ok(None);
         };
         let Some(signature) = cert.signature.as_bytes() else {
@@ -535,14 +683,19 @@ impl SignerCache {
         {
             return Ok(None);
         }
-        if issuer.key.id() != key_id {
+        let Some(key) = FastKey::of_spki(&tbs.subject_public_key_info) else {
+            return Ok(None);
+        };
+        if issuer.key.is_rsa() != rsa {
             return Err(PkiError::Verify(
                 "the certificate is not signed by our CA".into(),
             ));
         }
-        let mut v = Verifier::new(digest, &issuer.key)?;
-        v.update(&parts.tbs_der)?;
-        if !v.verify(signature).unwrap_or(false) {
+        // ECDSA with SHA-512 has no `ring` algorithm: the full check decides.
+        let Some(algorithm) = issuer.key.algorithm(hash) else {
+            return Ok(None);
+        };
+        if !issuer.key.verifies(algorithm, &parts.tbs_der, signature) {
             return Err(PkiError::Verify(
                 "the certificate is not signed by our CA".into(),
             ));
@@ -560,23 +713,26 @@ impl SignerCache {
             ));
         }
         check_signing_usage(extensions)?;
-        Ok(Some(public_key_of(cert)?))
+        Ok(Some(key))
     }
 
     /// OpenSSL's CMS verification, for shapes the fast check leaves to it; a certificate it
-    /// accepts is remembered like any other.
+    /// accepts is remembered like any other when the fast check can use its key.
     fn full_check(&self, der: &[u8], body: &[u8]) -> Result<VerifiedSigner> {
         self.full_checks.fetch_add(1, Ordering::Relaxed);
         let signer = verify_detached(der, body, &self.ca)?;
-        let id: [u8; 32] = Sha256::digest(signer.to_der()?).into();
-        self.insert(
-            id,
-            Entry {
-                key: signer.public_key()?,
-                not_before: asn1_to_unix(signer.not_before())?,
-                not_after: asn1_to_unix(signer.not_after())?,
-            },
-        )?;
+        let signer_der = signer.to_der()?;
+        let id: [u8; 32] = Sha256::digest(&signer_der).into();
+        if let Some(key) = FastKey::of_certificate(&signer_der) {
+            self.insert(
+                id,
+                Entry {
+                    key,
+                    not_before: asn1_to_unix(signer.not_before())?,
+                    not_after: asn1_to_unix(signer.not_after())?,
+                },
+            )?;
+        }
         Ok(VerifiedSigner {
             sha256: hex::encode(id),
         })
@@ -584,7 +740,7 @@ impl SignerCache {
 
     /// The cached key if the certificate is cached and valid now; an entry outside its validity
     /// is dropped (the first-contact check then decides).
-    fn lookup(&self, id: &[u8; 32], now: i64) -> Result<Option<PKey<Public>>> {
+    fn lookup(&self, id: &[u8; 32], now: i64) -> Result<Option<FastKey>> {
         let mut map = self
             .entries
             .lock()
@@ -613,11 +769,17 @@ impl SignerCache {
 mod tests {
     use super::*;
     use crate::{sign_cms, sign_detached, Ca};
+    use der::asn1::{BitString, OctetString, SetOfVec};
     use openssl::asn1::Asn1Time;
-    use openssl::ec::{EcGroup, EcKey};
+    use openssl::bn::BigNumContext;
+    use openssl::ec::{EcGroup, EcKey, PointConversionForm};
+    use openssl::hash::MessageDigest;
     use openssl::nid::Nid;
-    use openssl::pkey::Private;
-    use openssl::x509::extension::KeyUsage as KeyUsageExt;
+    use openssl::pkey::{HasPublic, Id, PKey, PKeyRef, Private};
+    use openssl::rsa::Rsa;
+    use openssl::sign::Signer;
+    use openssl::x509::extension::{BasicConstraints, KeyUsage as KeyUsageExt};
+    use x509_cert::spki::AlgorithmIdentifierOwned;
 
     fn leaf(ca: &Ca) -> (X509, PKey<Private>) {
         let i = ca
@@ -940,7 +1102,7 @@ mod tests {
             .insert(
                 id,
                 Entry {
-                    key: cert.public_key().unwrap(),
+                    key: FastKey::of_certificate(&cert.to_der().unwrap()).unwrap(),
                     not_before: asn1_to_unix(cert.not_before()).unwrap(),
                     not_after: asn1_to_unix(cert.not_after()).unwrap(),
                 },
@@ -950,5 +1112,347 @@ mod tests {
         assert!(cache.verify(&sig, BODY).is_err());
         assert!(cache.is_empty());
         assert_eq!(cache.hits(), 0);
+    }
+
+    fn ec_key(curve: Nid) -> PKey<Private> {
+        let group = EcGroup::from_curve_name(curve).unwrap();
+        PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
+    }
+
+    fn rsa_key(bits: u32) -> PKey<Private> {
+        PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap()
+    }
+
+    /// A certificate for `subject_key`, valid from a minute ago for a day, issued by `issuer`
+    /// (`None`: self-signed, a CA) and signed by `signer` with `md`.
+    fn certificate<T: HasPublic>(
+        subject_key: &PKeyRef<T>,
+        issuer: Option<&X509>,
+        signer: &PKeyRef<Private>,
+        md: MessageDigest,
+    ) -> X509 {
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        let cn = if issuer.is_some() {
+            "device"
+        } else {
+            "test CA"
+        };
+        name.append_entry_by_text("CN", cn).unwrap();
+        let name = name.build();
+        let mut b = openssl::x509::X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&crate::ca::random_serial().unwrap())
+            .unwrap();
+        b.set_subject_name(&name).unwrap();
+        match issuer {
+            Some(ca) => b.set_issuer_name(ca.subject_name()).unwrap(),
+            None => {
+                b.set_issuer_name(&name).unwrap();
+                b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+                    .unwrap();
+                b.append_extension(
+                    KeyUsageExt::new()
+                        .critical()
+                        .key_cert_sign()
+                        .crl_sign()
+                        .build()
+                        .unwrap(),
+                )
+                .unwrap();
+            }
+        }
+        b.set_pubkey(subject_key).unwrap();
+        let now = now_unix().unwrap();
+        b.set_not_before(&Asn1Time::from_unix(now - 60).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(now + 86_400).unwrap())
+            .unwrap();
+        b.sign(signer, md).unwrap();
+        b.build()
+    }
+
+    /// `sig`, a detached SignedData over `body`, signed again by `key` with the digest `md`:
+    /// its digest algorithms, `messageDigest` attribute, signature algorithm and signature
+    /// replaced (OpenSSL's CMS signing always picks SHA-256).
+    fn resign(sig: &[u8], body: &[u8], key: &PKeyRef<Private>, md: MessageDigest) -> Vec<u8> {
+        let digest_oid = match md.type_() {
+            Nid::SHA1 => oid::SHA1,
+            Nid::SHA256 => oid::SHA256,
+            Nid::SHA384 => oid::SHA384,
+            Nid::SHA512 => oid::SHA512,
+            other => panic!("no OID for {other:?}"),
+        };
+        let signature_oid = match (key.id(), md.type_()) {
+            (Id::RSA, _) => oid::RSA_ENCRYPTION,
+            (_, Nid::SHA1) => ECDSA_SHA1,
+            (_, Nid::SHA256) => ECDSA_SHA256,
+            (_, Nid::SHA384) => ECDSA_SHA384,
+            _ => ECDSA_SHA512,
+        };
+        let alg = |oid| AlgorithmIdentifierOwned {
+            oid,
+            parameters: None,
+        };
+        let ci = ContentInfo::from_der(sig).unwrap();
+        let mut sd: SignedData = ci.content.decode_as().unwrap();
+        sd.digest_algorithms = SetOfVec::try_from(vec![alg(digest_oid)]).unwrap();
+        let mut si = sd.signer_infos.0.into_vec().remove(0);
+        si.digest_alg = alg(digest_oid);
+        let mut attrs = si.signed_attrs.take().unwrap().into_vec();
+        for attr in attrs.iter_mut().filter(|a| a.oid == oid::MESSAGE_DIGEST) {
+            let digest = openssl::hash::hash(md, body).unwrap();
+            let value = Any::encode_from(&OctetString::new(digest.to_vec()).unwrap()).unwrap();
+            attr.values = SetOfVec::try_from(vec![value]).unwrap();
+        }
+        let attrs = SetOfVec::try_from(attrs).unwrap();
+        let mut signer = Signer::new(md, key).unwrap();
+        signer.update(&attrs.to_der().unwrap()).unwrap();
+        si.signature = OctetString::new(signer.sign_to_vec().unwrap()).unwrap();
+        si.signed_attrs = Some(attrs);
+        si.signature_algorithm = alg(signature_oid);
+        sd.signer_infos.0 = SetOfVec::try_from(vec![si]).unwrap();
+        ContentInfo {
+            content_type: ci.content_type,
+            content: Any::encode_from(&sd).unwrap(),
+        }
+        .to_der()
+        .unwrap()
+    }
+
+    /// The fast check's verdict on `sig` equals the full check's, and whether the fast check
+    /// decided it itself (`true`) or left it to the full check.
+    fn same_verdict(cache: &SignerCache, ca: &X509, sig: &[u8], body: &[u8], what: &str) -> bool {
+        let full = verify_detached(sig, body, ca);
+        let full_checks = cache.full_checks();
+        let fast = cache.verify(sig, body);
+        assert_eq!(
+            fast.as_ref().map(|v| v.sha256.clone()).ok(),
+            full.as_ref().map(fingerprint).ok(),
+            "{what}: the cache says {fast:?}, the full check {:?}",
+            full.as_ref().map(|_| ())
+        );
+        cache.full_checks() == full_checks
+    }
+
+    /// Device keys and message digests: `ring` checks the pairs it has an algorithm for (RSA of
+    /// 2,048 bits or more with SHA-1 or SHA-2, ECDSA P-256/P-384 with SHA-256/SHA-384); the full
+    /// check decides the others, and the verdicts agree, on a good and a damaged signature.
+    #[test]
+    fn ring_checks_the_pairs_it_knows_and_the_full_check_decides_the_rest() {
+        let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
+        let mds = [
+            ("SHA-1", MessageDigest::sha1()),
+            ("SHA-256", MessageDigest::sha256()),
+            ("SHA-384", MessageDigest::sha384()),
+            ("SHA-512", MessageDigest::sha512()),
+        ];
+        let keys = [
+            (
+                "P-256",
+                ec_key(Nid::X9_62_PRIME256V1),
+                [false, true, true, false],
+            ),
+            ("P-384", ec_key(Nid::SECP384R1), [false, true, true, false]),
+            ("P-521", ec_key(Nid::SECP521R1), [false; 4]),
+            ("RSA-1024", rsa_key(1024), [false; 4]),
+            ("RSA-2048", rsa_key(2048), [true; 4]),
+            ("RSA-3072", rsa_key(3072), [true; 4]),
+        ];
+        for (key_name, key, by_ring) in &keys {
+            let cert = certificate(
+                key,
+                Some(ca.certificate()),
+                ca.private_key(),
+                MessageDigest::sha256(),
+            );
+            let cache = SignerCache::new(ca.certificate().clone(), 10);
+            let fast_key = FastKey::of_certificate(&cert.to_der().unwrap());
+            assert_eq!(fast_key.is_some(), by_ring[1], "{key_name}");
+            for ((md_name, md), by_ring) in mds.iter().zip(by_ring) {
+                let what = format!("{key_name} with {md_name}");
+                let sig = resign(&sign_detached(&cert, key, BODY).unwrap(), BODY, key, *md);
+                assert!(
+                    verify_detached(&sig, BODY, ca.certificate()).is_ok(),
+                    "{what}"
+                );
+                // Twice: the first contact, then with the certificate cached when its key is
+                // one `ring` verifies.
+                for round in ["first", "second"] {
+                    let decided = same_verdict(&cache, ca.certificate(), &sig, BODY, &what);
+                    assert_eq!(decided, *by_ring, "{what}, {round} request: who decided");
+                }
+                let mut damaged = sig.clone();
+                let n = damaged.len();
+                damaged[n - 3] ^= 0x10;
+                let decided = same_verdict(&cache, ca.certificate(), &damaged, BODY, &what);
+                assert_eq!(decided, *by_ring, "{what}, damaged: who decided");
+                assert!(cache.verify(&damaged, BODY).is_err(), "{what}: damaged");
+                assert!(
+                    cache.verify(&sig, b"<plist/>").is_err(),
+                    "{what}: another body"
+                );
+            }
+            assert_eq!(cache.len(), usize::from(fast_key.is_some()), "{key_name}");
+        }
+    }
+
+    /// The CA's signature over the certificate: `ring` checks RSA CAs with SHA-256/384/512 and
+    /// ECDSA CAs (P-256, P-384) with SHA-256/384; ECDSA with SHA-512, SHA-1 and a small RSA CA
+    /// go to the full check. A certificate from another CA of the same kind is refused either way.
+    #[test]
+    fn certificates_from_ec_and_rsa_cas_with_other_digests() {
+        let device = ec_key(Nid::X9_62_PRIME256V1);
+        let cas = [
+            ("RSA-2048 CA", rsa_key(2048), [false, true, true, true]),
+            (
+                "P-256 CA",
+                ec_key(Nid::X9_62_PRIME256V1),
+                [false, true, true, false],
+            ),
+            (
+                "P-384 CA",
+                ec_key(Nid::SECP384R1),
+                [false, true, true, false],
+            ),
+            ("RSA-1024 CA", rsa_key(1024), [false; 4]),
+        ];
+        let mds = [
+            ("SHA-1", MessageDigest::sha1()),
+            ("SHA-256", MessageDigest::sha256()),
+            ("SHA-384", MessageDigest::sha384()),
+            ("SHA-512", MessageDigest::sha512()),
+        ];
+        for (ca_name, ca_key, by_ring) in &cas {
+            let ca = certificate(ca_key, None, ca_key, MessageDigest::sha256());
+            let impostor_key = match ca_key.id() {
+                Id::RSA => rsa_key(2048),
+                _ => ec_key(Nid::X9_62_PRIME256V1),
+            };
+            for ((md_name, md), by_ring) in mds.iter().zip(by_ring) {
+                let what = format!("{ca_name}, certificate signed with {md_name}");
+                let cache = SignerCache::new(ca.clone(), 10);
+                let cert = certificate(&device, Some(&ca), ca_key, *md);
+                let sig = sign_detached(&cert, &device, BODY).unwrap();
+                let decided = same_verdict(&cache, &ca, &sig, BODY, &what);
+                assert_eq!(decided, *by_ring, "{what}: who decided");
+                // Signed by another key in the CA's name.
+                let forged = certificate(&device, Some(&ca), &impostor_key, *md);
+                let sig = sign_detached(&forged, &device, BODY).unwrap();
+                same_verdict(&cache, &ca, &sig, BODY, &what);
+                assert!(verify_detached(&sig, BODY, &ca).is_err(), "{what}");
+            }
+        }
+    }
+
+    /// A P-256 key written as a compressed point (OpenSSL reads it, `ring` does not): the full
+    /// check decides every request, and the certificate is not cached.
+    #[test]
+    fn a_compressed_ec_point_goes_to_the_full_check() {
+        let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
+        let key = ec_key(Nid::X9_62_PRIME256V1);
+        let ec = key.ec_key().unwrap();
+        let mut ctx = BigNumContext::new().unwrap();
+        let point = ec
+            .public_key()
+            .to_bytes(ec.group(), PointConversionForm::COMPRESSED, &mut ctx)
+            .unwrap();
+        let spki = SubjectPublicKeyInfoOwned {
+            algorithm: AlgorithmIdentifierOwned {
+                oid: EC_PUBLIC_KEY,
+                parameters: Some(Any::encode_from(&P256).unwrap()),
+            },
+            subject_public_key: BitString::from_bytes(&point).unwrap(),
+        };
+        let public = PKey::public_key_from_der(&spki.to_der().unwrap()).unwrap();
+        let cert = certificate(
+            &public,
+            Some(ca.certificate()),
+            ca.private_key(),
+            MessageDigest::sha256(),
+        );
+        let parsed = Certificate::from_der(&cert.to_der().unwrap()).unwrap();
+        let written = parsed
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key;
+        assert_eq!(
+            written.raw_bytes(),
+            point.as_slice(),
+            "the certificate holds the compressed point"
+        );
+        let cache = SignerCache::new(ca.certificate().clone(), 10);
+        let sig = sign_detached(&cert, &key, BODY).unwrap();
+        for _ in 0..2 {
+            assert!(!same_verdict(
+                &cache,
+                ca.certificate(),
+                &sig,
+                BODY,
+                "compressed"
+            ));
+        }
+        assert!(cache.verify(&sig, b"<plist/>").is_err());
+        assert!(cache.is_empty());
+    }
+
+    /// The RSA keys the fast check hands to `ring`: those `ring` reads and checks as OpenSSL
+    /// does; every other one is left to the full check.
+    #[test]
+    fn rsa_keys_outside_rings_bounds_are_left_to_the_full_check() {
+        fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            out.extend(
+                der::Length::try_from(value.len())
+                    .unwrap()
+                    .to_der()
+                    .unwrap(),
+            );
+            out.extend_from_slice(value);
+            out
+        }
+        fn key(n: &[u8], e: &[u8]) -> Vec<u8> {
+            tlv(0x30, &[tlv(2, n), tlv(2, e)].concat())
+        }
+        // A 2,048-bit odd modulus, written as DER writes it (a leading zero: the top bit is set).
+        let n: Vec<u8> = [0].into_iter().chain([0xc5; 255]).chain([0x01]).collect();
+        let f4 = [1, 0, 1];
+        assert!(rsa_key_fits_ring(&key(&n, &f4)));
+        assert!(rsa_key_fits_ring(&key(&n, &[3])));
+        assert!(rsa_key_fits_ring(&key(&n, &[1, 0xff, 0xff, 0xff, 0xff])));
+        for (what, bytes) in [
+            ("e = 1", key(&n, &[1])),
+            ("an even e", key(&n, &[1, 0, 0])),
+            ("e = 2^33 + 1", key(&n, &[2, 0, 0, 0, 1])),
+            ("a zero-padded e", key(&n, &[0, 1, 0, 1])),
+            ("a negative e", key(&n, &[0x81])),
+            ("an even modulus", key(&[&n[..256], &[0x02]].concat(), &f4)),
+            (
+                "a 2,041-bit modulus",
+                key(&[&[0x01][..], &n[2..]].concat(), &f4),
+            ),
+            (
+                "a 2,047-bit modulus",
+                key(&[&[0x7f][..], &n[2..]].concat(), &f4),
+            ),
+            ("a zero-padded modulus", key(&[&[0][..], &n].concat(), &f4)),
+            ("a modulus without its sign byte", key(&n[1..], &f4)),
+            ("trailing bytes", [key(&n, &f4), vec![0]].concat()),
+            ("no exponent", tlv(0x30, &tlv(2, &n))),
+            (
+                "an exponent that is not an INTEGER",
+                tlv(0x30, &[tlv(2, &n), tlv(4, &f4)].concat()),
+            ),
+            (
+                "not a SEQUENCE",
+                tlv(0x31, &[tlv(2, &n), tlv(2, &f4)].concat()),
+            ),
+            ("not DER at all", vec![0x30, 0x80, 0, 0]),
+        ] {
+            assert!(!rsa_key_fits_ring(&bytes), "{what}");
+        }
+        let big: Vec<u8> = [0].into_iter().chain([0xc5; 1024]).chain([0x01]).collect();
+        assert!(!rsa_key_fits_ring(&key(&big, &f4)), "an 8,200-bit modulus");
+        let max: Vec<u8> = [0].into_iter().chain([0xc5; 1023]).chain([0x01]).collect();
+        assert!(rsa_key_fits_ring(&key(&max, &f4)), "an 8,192-bit modulus");
     }
 }
