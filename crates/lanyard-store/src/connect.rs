@@ -79,11 +79,11 @@ impl SqliteStore {
         }
         private_database_files(path)?;
         // The read pool. The command exchange writes on its own thread (`sqlite_writer.rs`)
-        // and other writes take `write_gate`, so these connections mostly read — the device
-        // routes' requests go to the writer — and two are enough: each is a thread of sqlx's
-        // with its own malloc arena and page cache (docs/BENCHMARKS.md, "What the peak
-        // consists of"). An idle connection is closed after a minute and its thread ends, so
-        // an idle server holds one.
+        // and other writes take `write_gate`, so these connections mostly read — the command
+        // exchange, most of the devices' traffic, reads on the writer — and two are enough:
+        // each is a thread of sqlx's with its own malloc arena and page cache
+        // (docs/BENCHMARKS.md, "What the peak consists of"). An idle connection is closed
+        // after a minute and its thread ends, so an idle server holds one.
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .min_connections(1)
