@@ -283,7 +283,7 @@ impl Digest {
         }
     }
 
-    fn from_oid(o: &ObjectIdentifier) -> Option<Digest> {
+    pub(crate) fn from_oid(o: &ObjectIdentifier) -> Option<Digest> {
         if *o == oid::SHA1 {
             Some(Digest::Sha1)
         } else if *o == oid::SHA256 {

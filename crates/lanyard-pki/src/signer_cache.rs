@@ -57,6 +57,7 @@ use x509_cert::Certificate;
 
 use crate::asn1::{der_err, is_context, oid, tlvs};
 use crate::error::{PkiError, Result};
+use crate::scep::Digest as Hash;
 use crate::signing::{decode_signature, verify_detached};
 use crate::time::{asn1_to_unix, now_unix};
 
@@ -95,35 +96,17 @@ pub struct VerifiedSigner {
     pub sha256: String,
 }
 
-/// A digest the fast check computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hash {
-    Sha1,
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl Hash {
-    fn of(oid_: &ObjectIdentifier) -> Option<Hash> {
-        match *oid_ {
-            o if o == oid::SHA256 => Some(Hash::Sha256),
-            o if o == oid::SHA384 => Some(Hash::Sha384),
-            o if o == oid::SHA512 => Some(Hash::Sha512),
-            o if o == oid::SHA1 => Some(Hash::Sha1),
-            _ => None,
-        }
-    }
-
-    fn digest(self, data: &[u8]) -> digest::Digest {
-        let alg = match self {
-            Hash::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
-            Hash::Sha256 => &digest::SHA256,
-            Hash::Sha384 => &digest::SHA384,
-            Hash::Sha512 => &digest::SHA512,
-        };
-        digest::digest(alg, data)
-    }
+/// `data`'s digest, computed with `ring`. The fast check's digests are the SCEP codec's set
+/// (`scep::Digest`, imported as `Hash`: SHA-1 and SHA-2), read from their OIDs by its one
+/// `from_oid`.
+fn ring_digest(hash: Hash, data: &[u8]) -> digest::Digest {
+    let alg = match hash {
+        Hash::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        Hash::Sha256 => &digest::SHA256,
+        Hash::Sha384 => &digest::SHA384,
+        Hash::Sha512 => &digest::SHA512,
+    };
+    digest::digest(alg, data)
 }
 
 /// The kind of a public key the fast check verifies with.
@@ -433,7 +416,7 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
         return Ok(None);
     }
     let digest_oid = first_oid(digest_alg)?;
-    let Some(hash) = Hash::of(&digest_oid) else {
+    let Some(hash) = Hash::from_oid(&digest_oid) else {
         return Ok(None);
     };
     let listed: Vec<ObjectIdentifier> = signed_data
@@ -629,7 +612,7 @@ impl SignerCache {
         let Some(algorithm) = algorithm else {
             return self.full_check(&der, body);
         };
-        if parts.hash.digest(body).as_ref() != parts.message_digest.as_slice() {
+        if ring_digest(parts.hash, body).as_ref() != parts.message_digest.as_slice() {
             return Err(PkiError::Verify(
                 "the body does not match the signature".into(),
             ));
