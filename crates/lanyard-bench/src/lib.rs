@@ -185,7 +185,8 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Record the server with `perf record -e cpu-clock -g` during the round trips, into FILE.
+    /// Record the server with `perf record -e cpu-clock -g` during the round trips or the
+    /// fan-out's fetch part, into FILE.
     #[arg(long, value_name = "FILE")]
     pub perf: Option<PathBuf>,
     /// Experiment: set `synchronous_commit = off` on the fresh PostgreSQL database (commits
@@ -369,6 +370,8 @@ pub struct FanoutResult {
     pub first_error: Option<String>,
     /// CPU split (API call and fetching).
     pub cpu: CpuUse,
+    /// Where the server spent its CPU in the fetch part (with `--perf`).
+    pub server_profile: Vec<ProfileShare>,
 }
 
 /// The lookup phase.
@@ -1940,11 +1943,14 @@ async fn drive_fanout(
 ) -> Result<FanoutResult> {
     let devices_mix = mix(&devices);
     let queue_s = t0.elapsed().as_secs_f64();
+    let perf = start_perf(args.perf.as_ref(), meter.server_pid)?;
+    let had_perf = perf.is_some();
     let t1 = Instant::now();
     let (out, _) = run_devices(devices, args.concurrency).await?;
     let fetch_s = t1.elapsed().as_secs_f64();
     let total_s = t0.elapsed().as_secs_f64();
     let cpu = meter.since(&snap);
+    stop_perf(perf);
     Ok(FanoutResult {
         targets,
         acknowledged: out.acked,
@@ -1957,6 +1963,10 @@ async fn drive_fanout(
         errors: out.errors,
         first_error: out.first_error,
         cpu,
+        server_profile: match (&args.perf, had_perf) {
+            (Some(f), true) => summarize_perf(f),
+            _ => Vec::new(),
+        },
     })
 }
 
@@ -2852,6 +2862,17 @@ fn lat_line(l: &Latency) -> String {
     )
 }
 
+/// The table rows of a `perf` profile's shares (0.5 % and up).
+fn profile_rows(row: &mut impl FnMut(&str, &str, String), phase: &str, shares: &[ProfileShare]) {
+    for (i, share) in shares.iter().filter(|s| s.percent >= 0.5).enumerate() {
+        row(
+            phase,
+            if i == 0 { "server profile (perf)" } else { "" },
+            format!("{:5.1}%  {}", share.percent, share.category),
+        );
+    }
+}
+
 /// The results as a table.
 pub fn render_table(r: &Report) -> String {
     let mut rows: Vec<(String, String, String)> = Vec::new();
@@ -2920,18 +2941,7 @@ pub fn render_table(r: &Report) -> String {
             ),
         );
         row(p, "cpu", cpu_line(&t.cpu));
-        for (i, share) in t
-            .server_profile
-            .iter()
-            .filter(|s| s.percent >= 0.5)
-            .enumerate()
-        {
-            row(
-                p,
-                if i == 0 { "server profile (perf)" } else { "" },
-                format!("{:5.1}%  {}", share.percent, share.category),
-            );
-        }
+        profile_rows(&mut row, p, &t.server_profile);
         row(
             p,
             "errors",
@@ -2961,6 +2971,7 @@ pub fn render_table(r: &Report) -> String {
         );
         row(p, "acknowledged", f.acknowledged.to_string());
         row(p, "cpu", cpu_line(&f.cpu));
+        profile_rows(&mut row, p, &f.server_profile);
         row(
             p,
             "errors",

@@ -8,7 +8,7 @@ use cms::enveloped_data::EnvelopedData;
 use cms::revocation::RevocationInfoChoices;
 use cms::signed_data::{CertificateSet, EncapsulatedContentInfo, SignedData, SignerInfos};
 use der::asn1::{ObjectIdentifier, SetOfVec};
-use der::{Any, Decode, Encode, Reader, SliceReader, Tag, Tagged};
+use der::{Any, AnyRef, Decode, Encode, Reader, SliceReader, Tag, Tagged};
 use openssl::x509::X509;
 use x509_cert::attr::Attribute;
 use x509_cert::spki::AlgorithmIdentifierOwned;
@@ -110,29 +110,66 @@ pub(crate) struct SignedMessage {
     pub signers: Vec<SignerSummary>,
 }
 
+/// One DER element inside its parent's value, borrowed: its tag, its content octets and its
+/// whole encoding (so that it decodes, or is compared, without a copy).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tlv<'a> {
+    tag: Tag,
+    value: &'a [u8],
+    der: &'a [u8],
+}
+
+impl<'a> Tlv<'a> {
+    pub(crate) fn tag(&self) -> Tag {
+        self.tag
+    }
+
+    /// The content octets.
+    pub(crate) fn value(&self) -> &'a [u8] {
+        self.value
+    }
+
+    /// The whole element: tag, length and content, as received.
+    pub(crate) fn der(&self) -> &'a [u8] {
+        self.der
+    }
+
+    /// The element decoded strictly as `T` (whose tag it must carry).
+    pub(crate) fn decode_as<T: Decode<'a>>(&self) -> Result<T> {
+        T::from_der(self.der).map_err(der_err)
+    }
+}
+
 /// The DER elements one after another in `value`.
-pub(crate) fn tlvs(value: &[u8]) -> Result<Vec<Any>> {
+pub(crate) fn tlvs(value: &[u8]) -> Result<Vec<Tlv<'_>>> {
     let mut reader = SliceReader::new(value).map_err(der_err)?;
     let mut out = Vec::new();
     while !reader.is_finished() {
-        out.push(Any::decode(&mut reader).map_err(der_err)?);
+        let start = usize::try_from(reader.position()).map_err(der_err)?;
+        let any = AnyRef::decode(&mut reader).map_err(der_err)?;
+        let end = usize::try_from(reader.position()).map_err(der_err)?;
+        let der = value
+            .get(start..end)
+            .ok_or_else(|| PkiError::Der("element outside its parent".into()))?;
+        out.push(Tlv {
+            tag: any.tag(),
+            value: any.value(),
+            der,
+        });
     }
     Ok(out)
 }
 
-pub(crate) fn is_context(any: &Any, number: u8) -> bool {
-    matches!(any.tag(), Tag::ContextSpecific { number: n, .. } if n.value() == number)
+/// Whether `tlv` is the context-specific element `[number]`.
+pub(crate) fn is_context(tlv: &Tlv<'_>, number: u8) -> bool {
+    matches!(tlv.tag(), Tag::ContextSpecific { number: n, .. } if n.value() == number)
 }
 
-fn algorithm_oid(any: &Any) -> Result<ObjectIdentifier> {
-    Ok(
-        AlgorithmIdentifierOwned::from_der(&any.to_der().map_err(der_err)?)
-            .map_err(der_err)?
-            .oid,
-    )
+fn algorithm_oid(tlv: &Tlv<'_>) -> Result<ObjectIdentifier> {
+    Ok(tlv.decode_as::<AlgorithmIdentifierOwned>()?.oid)
 }
 
-fn parse_signer_info(any: &Any) -> Result<SignerSummary> {
+fn parse_signer_info(any: &Tlv<'_>) -> Result<SignerSummary> {
     if any.tag() != Tag::Sequence {
         return Err(PkiError::Der("SignerInfo is not a SEQUENCE".into()));
     }
@@ -145,7 +182,7 @@ fn parse_signer_info(any: &Any) -> Result<SignerSummary> {
         let ias = tlvs(sid_any.value())?;
         match (ias.first(), ias.get(1)) {
             (Some(issuer), Some(serial)) if serial.tag() == Tag::Integer => Sid::IssuerSerial {
-                issuer: issuer.to_der().map_err(der_err)?,
+                issuer: issuer.der().to_vec(),
                 serial: serial.value().to_vec(),
             },
             _ => return Err(PkiError::Der("bad IssuerAndSerialNumber".into())),
@@ -164,7 +201,7 @@ fn parse_signer_info(any: &Any) -> Result<SignerSummary> {
     if let Some(a) = next.filter(|a| is_context(a, 0)) {
         let mut attrs = Vec::new();
         for attr in tlvs(a.value())? {
-            attrs.push(Attribute::from_der(&attr.to_der().map_err(der_err)?).map_err(der_err)?);
+            attrs.push(attr.decode_as::<Attribute>()?);
         }
         signed_attrs = Some(attrs);
         next = it.next();
@@ -202,8 +239,7 @@ fn parse_signed_message_strict(der_bytes: &[u8]) -> Result<SignedMessage> {
     let encap = parts
         .get(2)
         .ok_or_else(|| PkiError::Der("SignedData too short".into()))?;
-    let encap =
-        EncapsulatedContentInfo::from_der(&encap.to_der().map_err(der_err)?).map_err(der_err)?;
+    let encap = encap.decode_as::<EncapsulatedContentInfo>()?;
     let econtent = match &encap.econtent {
         None => None,
         Some(any) if any.tag() == Tag::OctetString => Some(any.value().to_vec()),
@@ -220,7 +256,7 @@ fn parse_signed_message_strict(der_bytes: &[u8]) -> Result<SignedMessage> {
         if is_context(part, 0) {
             for c in tlvs(part.value())? {
                 if c.tag() == Tag::Sequence {
-                    certificates.push(X509::from_der(&c.to_der().map_err(der_err)?)?);
+                    certificates.push(X509::from_der(c.der())?);
                 }
             }
         } else if part.tag() == Tag::Set {

@@ -41,11 +41,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cms::cert::CertificateChoices;
-use cms::content_info::ContentInfo;
-use cms::signed_data::SignedData;
+use cms::content_info::CmsVersion;
+use cms::signed_data::{
+    DigestAlgorithmIdentifiers, EncapsulatedContentInfo, SignerIdentifier, SignerInfo,
+    SignerInfos,
+};
 use der::asn1::{ObjectIdentifier, UintRef};
-use der::{Any, Decode, Encode, Tag, Tagged};
+use der::{Decode, Encode, Tag, TagNumber, Tagged};
 use openssl::x509::X509;
 use ring::digest;
 use ring::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
@@ -55,7 +57,7 @@ use x509_cert::ext::Extension;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use x509_cert::Certificate;
 
-use crate::asn1::{der_err, is_context, oid, tlvs};
+use crate::asn1::{der_err, is_context, oid, tlvs, Tlv};
 use crate::error::{PkiError, Result};
 use crate::scep::Digest as Hash;
 use crate::signing::{decode_signature, verify_detached};
@@ -200,13 +202,13 @@ impl FastKey {
 /// modulus of 2,048 to 8,192 bits that is odd, an odd exponent from 3 to 2³³ − 1 (`ring`'s bounds;
 /// OpenSSL accepts these too, and decides every other key itself).
 fn rsa_key_fits_ring(bytes: &[u8]) -> bool {
-    let Ok([seq]) = <[Any; 1]>::try_from(tlvs(bytes).unwrap_or_default()) else {
+    let Ok([seq]) = <[Tlv<'_>; 1]>::try_from(tlvs(bytes).unwrap_or_default()) else {
         return false;
     };
     if seq.tag() != Tag::Sequence {
         return false;
     }
-    let Ok([n, e]) = <[Any; 2]>::try_from(tlvs(seq.value()).unwrap_or_default()) else {
+    let Ok([n, e]) = <[Tlv<'_>; 2]>::try_from(tlvs(seq.value()).unwrap_or_default()) else {
         return false;
     };
     let (Ok(n), Ok(e)) = (n.decode_as::<UintRef>(), e.decode_as::<UintRef>()) else {
@@ -304,28 +306,19 @@ pub struct SignerCache {
 }
 
 /// The parts of a detached SignedData the check needs, read without decoding anything with
-/// OpenSSL.
-struct DetachedParts {
-    cert_der: Vec<u8>,
-    /// The signer certificate, parsed once.
-    cert: Certificate,
+/// OpenSSL. The certificate is kept as its bytes: a cached signer needs only their digest, and
+/// first contact parses them ([`SignerCache::check_certificate`]).
+struct DetachedParts<'a> {
+    cert_der: &'a [u8],
     /// The certificate's `TBSCertificate` as it was signed.
-    tbs_der: Vec<u8>,
+    tbs_der: &'a [u8],
     /// The SignerInfo's `digestAlgorithm`.
     hash: Hash,
     signature_oid: ObjectIdentifier,
-    /// The signed attributes re-tagged as the `SET OF` that was signed.
+    /// The signed attributes as the `SET OF` that was signed.
     signed_attrs_der: Vec<u8>,
     message_digest: Vec<u8>,
     signature: Vec<u8>,
-}
-
-fn first_oid(seq: &Any) -> Result<ObjectIdentifier> {
-    let parts = tlvs(seq.value())?;
-    let first = parts
-        .first()
-        .ok_or_else(|| PkiError::Der("empty AlgorithmIdentifier".into()))?;
-    first.decode_as::<ObjectIdentifier>().map_err(der_err)
 }
 
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
@@ -333,117 +326,114 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
+/// The only element of `value`, if it holds exactly one.
+fn only(value: &[u8]) -> Result<Option<Tlv<'_>>> {
+    Ok(<[Tlv<'_>; 1]>::try_from(tlvs(value)?).ok().map(|[one]| one))
+}
+
+/// A certificate's issuer Name (as encoded) and serial number octets, read from its DER
+/// without parsing the rest.
+fn issuer_and_serial<'a>(cert: &Tlv<'a>) -> Result<Option<(&'a [u8], &'a [u8])>> {
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
+    // TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer, … }
+    let Some(tbs) = tlvs(cert.value())?.into_iter().next() else {
+        return Ok(None);
+    };
+    let fields = tlvs(tbs.value())?;
+    let skip = usize::from(fields.first().is_some_and(|f| is_context(f, 0)));
+    let (Some(serial), Some(issuer)) = (fields.get(skip), fields.get(skip + 2)) else {
+        return Ok(None);
+    };
+    if serial.tag() != Tag::Integer || issuer.tag() != Tag::Sequence {
+        return Ok(None);
+    }
+    Ok(Some((issuer.der(), serial.value())))
+}
+
 /// Reads the detached SignedData in `der`; `Ok(None)` when it is a shape the fast path leaves to
 /// the full check.
 ///
 /// The fast path decides only what the full check would decide the same way, so besides the
-/// parts it uses it requires what OpenSSL's CMS verification requires of the parts it skips: the
-/// whole SignedData decodes (strict DER), the encapsulated content type is `id-data` (the signed
-/// `contentType` must equal it), `digestAlgorithms` names exactly the signer's digest (OpenSSL
-/// sets up every listed digest and refuses one it does not know), and `contentType` and
-/// `messageDigest` appear once each among the signed attributes.
-fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
-    let Ok(ci) = ContentInfo::from_der(der) else {
+/// parts it uses it requires what OpenSSL's CMS verification requires of the parts it skips:
+/// every part decodes as strict DER (the certificate too: its bytes are parsed at first contact,
+/// and a cached certificate is one whose identical bytes were), the encapsulated content type is
+/// `id-data` (the signed `contentType` must equal it), `digestAlgorithms` names exactly the
+/// signer's digest (OpenSSL sets up every listed digest and refuses one it does not know), and
+/// `contentType` and `messageDigest` appear once each among the signed attributes.
+fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts<'_>>> {
+    // ContentInfo ::= SEQUENCE { contentType, [0] EXPLICIT content }
+    let Some(ci) = only(der)?.filter(|t| t.tag() == Tag::Sequence) else {
         return Ok(None);
     };
-    if ci.content_type != oid::ID_SIGNED_DATA || ci.content.tag() != Tag::Sequence {
-        return Ok(None);
-    }
-    let Ok(mut signed_data) = ci.content.decode_as::<SignedData>() else {
+    let ci = tlvs(ci.value())?;
+    let [content_type, content] = ci.as_slice() else {
         return Ok(None);
     };
-    let encap = &signed_data.encap_content_info;
-    if encap.econtent_type != oid::ID_DATA || encap.econtent.is_some() {
-        return Ok(None);
-    }
-    // version, digestAlgorithms, encapContentInfo, [0] certificates, [1] crls, signerInfos
-    let parts = tlvs(ci.content.value())?;
-    let Some(encap) = parts.get(2) else {
-        return Ok(None);
-    };
-    let encap_parts = tlvs(encap.value())?;
-    if encap_parts.len() != 1 {
-        return Ok(None); // attached content, or malformed: the full check says which
-    }
-    let mut certs = Vec::new();
-    let mut signer_infos = Vec::new();
-    for part in parts.iter().skip(3) {
-        if is_context(part, 0) {
-            certs = tlvs(part.value())?;
-        } else if part.tag() == Tag::Set {
-            signer_infos = tlvs(part.value())?;
-        }
-    }
-    let ([cert], [si]) = (certs.as_slice(), signer_infos.as_slice()) else {
-        return Ok(None);
-    };
-    let fields = tlvs(si.value())?;
-    // version, sid, digestAlgorithm, [0] signedAttrs, signatureAlgorithm, signature, [1]…
-    let (Some(sid), Some(digest_alg), Some(attrs), Some(sig_alg), Some(sig)) = (
-        fields.get(1),
-        fields.get(2),
-        fields.get(3),
-        fields.get(4),
-        fields.get(5),
-    ) else {
-        return Ok(None);
-    };
-    if sid.tag() != Tag::Sequence || !is_context(attrs, 0) || sig.tag() != Tag::OctetString {
-        return Ok(None);
-    }
-    // The signer must be the included certificate (issuer and serial number). The SignedData's
-    // decoding above parsed it already (as `Certificate::from_der` of its bytes would).
-    let cert_der = cert.to_der().map_err(der_err)?;
-    let certificates = signed_data.certificates.take().map(|set| set.0.into_vec());
-    let Some([CertificateChoices::Certificate(parsed)]) =
-        certificates.and_then(|c| <[CertificateChoices; 1]>::try_from(c).ok())
-    else {
-        return Ok(None);
-    };
-    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
-    let Some(tbs_any) = tlvs(cert.value())?.into_iter().next() else {
-        return Ok(None);
-    };
-    let tbs_der = tbs_any.to_der().map_err(der_err)?;
-    let ias = tlvs(sid.value())?;
-    let (Some(issuer), Some(serial)) = (ias.first(), ias.get(1)) else {
-        return Ok(None);
-    };
-    let tbs = &parsed.tbs_certificate;
-    if tbs.issuer.to_der().map_err(der_err)? != issuer.to_der().map_err(der_err)?
-        || strip_leading_zeros(tbs.serial_number.as_bytes()) != strip_leading_zeros(serial.value())
+    if content_type.decode_as::<ObjectIdentifier>()? != oid::ID_SIGNED_DATA
+        || content.tag() != (Tag::ContextSpecific { constructed: true, number: TagNumber::N0 })
     {
         return Ok(None);
     }
-    let digest_oid = first_oid(digest_alg)?;
-    let Some(hash) = Hash::from_oid(&digest_oid) else {
+    let Some(signed_data) = only(content.value())?.filter(|t| t.tag() == Tag::Sequence) else {
         return Ok(None);
     };
-    let listed: Vec<ObjectIdentifier> = signed_data
-        .digest_algorithms
-        .iter()
-        .map(|a| a.oid)
-        .collect();
-    if listed != [digest_oid] {
+    // version, digestAlgorithms, encapContentInfo, [0] certificates, signerInfos (no [1] crls)
+    let parts = tlvs(signed_data.value())?;
+    let [version, digests, encap, certs, signer_infos_tlv] = parts.as_slice() else {
+        return Ok(None);
+    };
+    let (Ok(_), Ok(digests), Ok(encap), Ok(SignerInfos(signer_infos))) = (
+        version.decode_as::<CmsVersion>(),
+        digests.decode_as::<DigestAlgorithmIdentifiers>(),
+        encap.decode_as::<EncapsulatedContentInfo>(),
+        signer_infos_tlv.decode_as::<SignerInfos>(),
+    ) else {
+        return Ok(None);
+    };
+    if encap.econtent_type != oid::ID_DATA || encap.econtent.is_some() {
+        return Ok(None); // attached content, or another type: the full check says which
+    }
+    if certs.tag() != (Tag::ContextSpecific { constructed: true, number: TagNumber::N0 }) {
         return Ok(None);
     }
+    let Some(cert) = only(certs.value())?.filter(|t| t.tag() == Tag::Sequence) else {
+        return Ok(None);
+    };
+    let Ok([si]) = <[SignerInfo; 1]>::try_from(signer_infos.into_vec()) else {
+        return Ok(None);
+    };
+    // The signer must be the included certificate (issuer and serial number).
+    let (SignerIdentifier::IssuerAndSerialNumber(sid), Some((issuer, serial))) =
+        (&si.sid, issuer_and_serial(&cert)?)
+    else {
+        return Ok(None);
+    };
+    if sid.issuer.to_der().map_err(der_err)? != issuer
+        || strip_leading_zeros(sid.serial_number.as_bytes()) != strip_leading_zeros(serial)
+    {
+        return Ok(None);
+    }
+    let Some(hash) = Hash::from_oid(&si.digest_alg.oid) else {
+        return Ok(None);
+    };
+    if digests.as_slice().iter().map(|a| a.oid).ne([si.digest_alg.oid]) {
+        return Ok(None);
+    }
+    let Some(attrs) = &si.signed_attrs else {
+        return Ok(None);
+    };
     let mut content_type_ok = None;
     let mut message_digest = None;
-    for attr in tlvs(attrs.value())? {
-        let kv = tlvs(attr.value())?;
-        let (Some(attr_oid), Some(values)) = (kv.first(), kv.get(1)) else {
-            return Ok(None);
-        };
-        let attr_oid: ObjectIdentifier = attr_oid.decode_as().map_err(der_err)?;
-        let values = tlvs(values.value())?;
-        if attr_oid == oid::CONTENT_TYPE {
+    for attr in attrs.iter() {
+        let values = attr.values.as_slice();
+        if attr.oid == oid::CONTENT_TYPE {
             if content_type_ok.is_some() {
                 return Ok(None);
             }
-            content_type_ok = Some(matches!(values.as_slice(),
+            content_type_ok = Some(matches!(values,
                 [v] if v.decode_as::<ObjectIdentifier>().ok() == Some(oid::ID_DATA)));
-        } else if attr_oid == oid::MESSAGE_DIGEST {
-            match values.as_slice() {
+        } else if attr.oid == oid::MESSAGE_DIGEST {
+            match values {
                 [v] if v.tag() == Tag::OctetString && message_digest.is_none() => {
                     message_digest = Some(v.value().to_vec())
                 }
@@ -454,19 +444,37 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts>> {
     let Some(message_digest) = message_digest.filter(|_| content_type_ok == Some(true)) else {
         return Ok(None);
     };
-    let signed_attrs_der = Any::new(Tag::Set, attrs.value())
-        .map_err(der_err)?
-        .to_der()
-        .map_err(der_err)?;
+    // Certificate ::= SEQUENCE { tbsCertificate, … }: the part the CA signed, as received.
+    let Some(tbs) = tlvs(cert.value())?.into_iter().next() else {
+        return Ok(None);
+    };
+    // The signature covers the signed attributes as received, re-tagged as a SET (RFC 5652
+    // §5.4): the decoded set above is sorted, while OpenSSL keeps the received order
+    // (`CMS_Attributes_Verify` is a SET OF marked to keep its order).
+    let Some(si_der) = only(signer_infos_tlv.value())? else {
+        return Ok(None);
+    };
+    let Some(attrs_der) = tlvs(si_der.value())?
+        .into_iter()
+        .find(|f| is_context(f, 0))
+        .map(|f| f.der())
+    else {
+        return Ok(None);
+    };
+    let mut signed_attrs_der = attrs_der.to_vec();
+    match signed_attrs_der.first_mut() {
+        // [0] IMPLICIT, constructed (0xA0) → SET (0x31); the length stays.
+        Some(tag) if *tag == 0xA0 => *tag = 0x31,
+        _ => return Ok(None),
+    }
     Ok(Some(DetachedParts {
-        cert_der,
-        cert: parsed,
-        tbs_der,
+        cert_der: cert.der(),
+        tbs_der: tbs.der(),
         hash,
-        signature_oid: first_oid(sig_alg)?,
+        signature_oid: si.signature_algorithm.oid,
         signed_attrs_der,
         message_digest,
-        signature: sig.value().to_vec(),
+        signature: si.signature.as_bytes().to_vec(),
     }))
 }
 
@@ -597,12 +605,12 @@ impl SignerCache {
         let Some(parts) = parse_detached(&der)? else {
             return self.full_check(&der, body);
         };
-        let id: [u8; 32] = Sha256::digest(&parts.cert_der).into();
+        let id: [u8; 32] = Sha256::digest(parts.cert_der).into();
         let now = now_unix()?;
-        let (key, cached) = match self.lookup(&id, now)? {
-            Some(key) => (key, true),
+        let (key, validity) = match self.lookup(&id, now)? {
+            Some(key) => (key, None),
             None => match self.check_certificate(&parts, now)? {
-                Some(key) => (key, false),
+                Some((key, validity)) => (key, Some(validity)),
                 None => return self.full_check(&der, body),
             },
         };
@@ -620,31 +628,38 @@ impl SignerCache {
         if !key.verifies(algorithm, &parts.signed_attrs_der, &parts.signature) {
             return Err(PkiError::Verify("the signature does not verify".into()));
         }
-        if cached {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-        } else {
-            let validity = &parts.cert.tbs_certificate.validity;
-            self.insert(
+        match validity {
+            None => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+            }
+            Some((not_before, not_after)) => self.insert(
                 id,
                 Entry {
                     key,
-                    not_before: unix(validity.not_before)?,
-                    not_after: unix(validity.not_after)?,
+                    not_before,
+                    not_after,
                 },
-            )?;
+            )?,
         }
         Ok(VerifiedSigner {
             sha256: hex::encode(id),
         })
     }
 
-    /// First contact: the certificate's own checks (see the module doc), and its key. `Ok(None)`
-    /// for a shape left to the full check; an error for a certificate the full check refuses too.
-    fn check_certificate(&self, parts: &DetachedParts, now: i64) -> Result<Option<FastKey>> {
+    /// First contact: the certificate parsed and given its own checks (see the module doc); its
+    /// key and validity (not before, not after). `Ok(None)` for a shape left to the full check;
+    /// an error for a certificate the full check refuses too.
+    fn check_certificate(
+        &self,
+        parts: &DetachedParts<'_>,
+        now: i64,
+    ) -> Result<Option<(FastKey, (i64, i64))>> {
         let Some(issuer) = &self.fast else {
             return Ok(None);
         };
-        let cert = &parts.cert;
+        let Ok(cert) = Certificate::from_der(parts.cert_der) else {
+            return Ok(None);
+        };
         let tbs = &cert.tbs_certificate;
         if tbs.issuer.to_der().map_err(der_err)? != issuer.subject_der
             || cert.signature_algorithm != tbs.signature
@@ -696,7 +711,7 @@ impl SignerCache {
             ));
         }
         check_signing_usage(extensions)?;
-        Ok(Some(key))
+        Ok(Some((key, (not_before, not_after))))
     }
 
     /// OpenSSL's CMS verification, for shapes the fast check leaves to it; a certificate it
@@ -752,6 +767,9 @@ impl SignerCache {
 mod tests {
     use super::*;
     use crate::{sign_cms, sign_detached, Ca};
+    use cms::content_info::ContentInfo;
+    use cms::signed_data::SignedData;
+    use der::Any;
     use der::asn1::{BitString, OctetString, SetOfVec};
     use openssl::asn1::Asn1Time;
     use openssl::bn::BigNumContext;
@@ -1215,6 +1233,64 @@ mod tests {
             full.as_ref().map(|_| ())
         );
         cache.full_checks() == full_checks
+    }
+
+    /// Signed attributes out of DER order: the signature covers them as received (OpenSSL keeps
+    /// their order), so a message signed over that order verifies and one signed over the
+    /// sorted order does not, on first contact and cached, with the full check's verdict.
+    #[test]
+    fn signed_attributes_count_in_the_order_received() {
+        let ca = Ca::generate("MDM CA", "Lanyard").unwrap();
+        let key = rsa_key(2048);
+        let cert = certificate(
+            &key,
+            Some(ca.certificate()),
+            ca.private_key(),
+            MessageDigest::sha256(),
+        );
+        let sig = sign_detached(&cert, &key, BODY).unwrap();
+        // The signed attributes' TLV and the attributes inside it.
+        let parts = parse_detached(&sig).unwrap().unwrap();
+        let set = parts.signed_attrs_der.clone();
+        let at = sig
+            .windows(set.len() - 1)
+            .position(|w| w == &set[1..])
+            .unwrap()
+            - 1;
+        assert_eq!(sig[at], 0xA0);
+        let inner = tlvs(&set[set.len() - tlvs(&set).unwrap()[0].value().len()..]).unwrap();
+        assert!(inner.len() >= 2, "at least two signed attributes to reorder");
+        let mut reordered: Vec<u8> = Vec::new();
+        for attr in inner.iter().rev() {
+            reordered.extend_from_slice(attr.der());
+        }
+        let header = set.len() - reordered.len();
+        let mut unsorted = sig.clone();
+        unsorted[at + header..at + set.len()].copy_from_slice(&reordered);
+        // Signed over the sorted order, sent reordered: refused by both checks.
+        let cache = SignerCache::new(ca.certificate().clone(), 10);
+        assert!(verify_detached(&unsorted, BODY, ca.certificate()).is_err());
+        same_verdict(&cache, ca.certificate(), &unsorted, BODY, "sorted signature");
+        // Signed over the order sent (an RSA signature keeps its length): accepted by both,
+        // and decided by the fast check, first and cached.
+        let mut signed = set[..header].to_vec();
+        signed.extend_from_slice(&reordered);
+        let mut signer = Signer::new(MessageDigest::sha256(), &key).unwrap();
+        signer.update(&signed).unwrap();
+        let signature = signer.sign_to_vec().unwrap();
+        let old = &parts.signature;
+        let pos = unsorted
+            .windows(old.len())
+            .position(|w| w == old.as_slice())
+            .unwrap();
+        unsorted[pos..pos + old.len()].copy_from_slice(&signature);
+        assert!(verify_detached(&unsorted, BODY, ca.certificate()).is_ok());
+        for round in ["first", "second"] {
+            assert!(
+                same_verdict(&cache, ca.certificate(), &unsorted, BODY, round),
+                "{round}: decided by the fast check"
+            );
+        }
     }
 
     /// Device keys and message digests: `ring` checks the pairs it has an algorithm for (RSA of

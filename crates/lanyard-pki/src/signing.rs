@@ -151,6 +151,10 @@ pub fn decode_signature(sig_b64_or_der: &[u8]) -> Result<Vec<u8>> {
     if sig_b64_or_der.first() == Some(&0x30) {
         return Ok(sig_b64_or_der.to_vec());
     }
+    // Devices send the header as one line: decoded as it is, without a filtered copy first.
+    if !sig_b64_or_der.iter().any(u8::is_ascii_whitespace) {
+        return Ok(base64::engine::general_purpose::STANDARD.decode(sig_b64_or_der)?);
+    }
     let text: Vec<u8> = sig_b64_or_der
         .iter()
         .copied()
@@ -208,6 +212,22 @@ mod tests {
     use super::*;
     use crate::Ca;
     use openssl::pkey::PKey;
+
+    #[test]
+    fn an_mdm_signature_decodes_as_one_line_folded_or_raw_der() {
+        let der: Vec<u8> = (0u8..=255).cycle().skip(0x30).take(700).collect();
+        let line = base64::engine::general_purpose::STANDARD.encode(&der);
+        let folded: String = line
+            .as_bytes()
+            .chunks(64)
+            .map(|c| format!("{}\r\n ", String::from_utf8_lossy(c)))
+            .collect();
+        assert_eq!(decode_signature(line.as_bytes()).unwrap(), der);
+        assert_eq!(decode_signature(folded.as_bytes()).unwrap(), der);
+        assert_eq!(decode_signature(&der).unwrap(), der);
+        assert!(decode_signature(b"not base64!").is_err());
+        assert!(decode_signature(b"not base64 !").is_err());
+    }
 
     fn leaf(ca: &Ca) -> (X509, PKey<Private>) {
         let i = ca

@@ -6,9 +6,10 @@
 //! from one message: the request's task sends it over a channel and awaits one reply.
 //!
 //! Group commit: the thread takes every exchange that is waiting and runs them in ONE
-//! transaction with one commit. Each exchange keeps its own all-or-nothing semantics inside it
-//! (a `SAVEPOINT` per exchange, rolled back when that exchange fails, so one failure does not
-//! undo the others); replies go out only after the commit. Durability is SQLite's WAL with
+//! transaction with one commit. Each exchange keeps its own all-or-nothing semantics inside it:
+//! when one fails, the group runs again with a `SAVEPOINT` per exchange, and the failing one is
+//! rolled back alone, so one failure does not undo the others (see [`run_group`]); replies go
+//! out only after the commit. Durability is SQLite's WAL with
 //! `synchronous=NORMAL`, as for every other write: a crash may lose the last group, never
 //! corrupt the database, and an acknowledgement that was lost hands its command out again (the
 //! claim finds it still queued).
@@ -177,9 +178,16 @@ fn serve(conn: Connection, queue: &mpsc::Receiver<Job>, dirty: &AtomicBool) {
     }
 }
 
-/// One group in one transaction: each exchange inside its own savepoint. When the transaction
-/// itself cannot begin or commit, every exchange of the group gets that error (nothing of the
-/// group was stored).
+/// One group in one transaction. When the transaction itself cannot begin or commit, every
+/// exchange of the group gets that error (nothing of the group was stored).
+///
+/// The exchanges first run one after the other with nothing between them. A savepoint per
+/// exchange would cost two more statements each and a copy of every page it changes into
+/// SQLite's statement journal, for the rare exchange that fails (an inventory too large to keep,
+/// a database error). When one does fail, the whole transaction is rolled back and the group
+/// runs again with each exchange inside its own savepoint, so that the failure undoes only its
+/// own writes. Each exchange carries its time in its message, so the second run decides every
+/// exchange as the first did.
 fn run_group(conn: &Connection, group: &[Job]) -> Vec<Result<Exchanged>> {
     let all_fail = |e: rusqlite::Error| {
         let text = e.to_string();
@@ -192,22 +200,33 @@ fn run_group(conn: &Connection, group: &[Job]) -> Vec<Result<Exchanged>> {
         return all_fail(e);
     }
     let mut results = Vec::with_capacity(group.len());
+    let mut failed = None;
     for job in group {
-        let outcome = run(conn, "SAVEPOINT exchange").map(|()| exchange(conn, &job.x));
-        let closed = match &outcome {
-            Ok(Ok(_)) => run(conn, "RELEASE exchange"),
-            Ok(Err(_)) => {
-                run(conn, "ROLLBACK TO exchange").and_then(|()| run(conn, "RELEASE exchange"))
+        match exchange(conn, &job.x) {
+            Ok(done) => results.push(Ok(done)),
+            Err(e) => {
+                failed = Some(e);
+                break;
             }
-            Err(_) => Ok(()),
-        };
-        match (outcome, closed) {
-            (Ok(result), Ok(())) => results.push(result),
-            (Err(e), _) | (_, Err(e)) => {
+        }
+    }
+    if let Some(e) = failed {
+        // A database error may have ended the transaction already; then there is nothing to
+        // roll back, and the new transaction below begins as usual.
+        let _ = run(conn, "ROLLBACK");
+        if group.len() == 1 {
+            return vec![Err(e)];
+        }
+        if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
+            return all_fail(e);
+        }
+        results = match each_in_a_savepoint(conn, group) {
+            Ok(results) => results,
+            Err(e) => {
                 let _ = run(conn, "ROLLBACK");
                 return all_fail(e);
             }
-        }
+        };
     }
     match run(conn, "COMMIT") {
         Ok(()) => results,
@@ -216,6 +235,25 @@ fn run_group(conn: &Connection, group: &[Job]) -> Vec<Result<Exchanged>> {
             all_fail(e)
         }
     }
+}
+
+/// The group again, inside the open transaction, each exchange inside its own savepoint: one
+/// that fails is rolled back alone. An error of the savepoints themselves is the group's.
+fn each_in_a_savepoint(
+    conn: &Connection,
+    group: &[Job],
+) -> rusqlite::Result<Vec<Result<Exchanged>>> {
+    let mut results = Vec::with_capacity(group.len());
+    for job in group {
+        run(conn, "SAVEPOINT exchange")?;
+        let result = exchange(conn, &job.x);
+        if result.is_err() {
+            run(conn, "ROLLBACK TO exchange")?;
+        }
+        run(conn, "RELEASE exchange")?;
+        results.push(result);
+    }
+    Ok(results)
 }
 
 /// Runs a statement without parameters or rows (kept prepared).
