@@ -180,15 +180,23 @@ pub(crate) const SQL_NOT_NOW: &str = "UPDATE command_queue SET status = 'not_now
      not_now_until = $4, not_now_count = not_now_count + 1 WHERE enrollment_id = $1 \
      AND channel = $2 AND command_uuid = $3 AND status = 'sent'";
 
-/// A result for a command handed out on this channel leaves the queue.
-pub(crate) const SQL_FINISH: &str = "DELETE FROM command_queue WHERE enrollment_id = $1 \
-     AND channel = $2 AND command_uuid = $3 AND status = 'sent' RETURNING queued_at, sent_at";
+// SQLite writes the rows of a `RETURNING` into a temporary b-tree it opens and closes for each
+// statement, so the writer thread reads a row first and then changes it by its `id` (it is the
+// only writer: nothing changes in between).
 
-/// ... and goes into the history, with the command's request type.
+/// The command handed out on this channel that a result answers: its queue row, times and
+/// request type (`NULL` if the command itself is gone).
+pub(crate) const SQL_FINISHING: &str = "SELECT q.id, q.queued_at, q.sent_at, c.request_type \
+     FROM command_queue q LEFT JOIN commands c ON c.uuid = q.command_uuid \
+     WHERE q.enrollment_id = $1 AND q.channel = $2 AND q.command_uuid = $3 AND q.status = 'sent'";
+
+/// A queue row leaves the queue (`$1` its `id`).
+pub(crate) const SQL_DEQUEUE: &str = "DELETE FROM command_queue WHERE id = $1";
+
+/// ... and its result goes into the history.
 pub(crate) const SQL_RESULT: &str = "INSERT INTO command_results (enrollment_id, channel, \
      command_uuid, request_type, status, result, error_chain, queued_at, sent_at, finished_at) \
-     SELECT $1, $2, $3, request_type, $4, $5, $6, $7, $8, $9 FROM commands WHERE uuid = $3 \
-     RETURNING request_type";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// Whether a result for this command was already stored on this channel (a repeat).
 pub(crate) const SQL_REPEATED: &str = "SELECT 1 FROM command_results WHERE enrollment_id = $1 \
@@ -203,14 +211,16 @@ pub(crate) const SQL_INVENTORY: &str = "UPDATE enrollments SET \
 
 pub(crate) const SQL_LAST_SEEN: &str = "UPDATE enrollments SET last_seen_at = $2 WHERE id = $1";
 
-/// The claim of the next command (SQLite has one writer: nothing to lock), its text coming
-/// back with it (subqueries in `RETURNING`): one statement instead of two.
-pub(crate) const SQL_CLAIM_NEXT: &str = "UPDATE command_queue SET status = 'sent', sent_at = $3 \
-     WHERE id = (SELECT id FROM command_queue WHERE enrollment_id = $1 AND channel = $2 \
-     AND (not_now_until IS NULL OR not_now_until <= $3) ORDER BY id LIMIT 1) \
-     RETURNING command_uuid, \
-     (SELECT c.request_type FROM commands c WHERE c.uuid = command_uuid) AS request_type, \
-     (SELECT c.payload FROM commands c WHERE c.uuid = command_uuid) AS payload";
+/// The next command due on this channel, with its text (SQLite has one writer: nothing to
+/// lock); `$3` now.
+pub(crate) const SQL_NEXT_DUE: &str = "SELECT q.id, q.command_uuid, c.request_type, c.payload \
+     FROM command_queue q LEFT JOIN commands c ON c.uuid = q.command_uuid \
+     WHERE q.enrollment_id = $1 AND q.channel = $2 \
+     AND (q.not_now_until IS NULL OR q.not_now_until <= $3) ORDER BY q.id LIMIT 1";
+
+/// ... is handed out (`$1` its queue row's `id`, `$2` now).
+pub(crate) const SQL_HAND_OUT: &str =
+    "UPDATE command_queue SET status = 'sent', sent_at = $2 WHERE id = $1";
 
 /// How an exchange ended. Every refusal changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]

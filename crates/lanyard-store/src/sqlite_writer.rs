@@ -32,8 +32,8 @@ use rusqlite::{Connection, OpenFlags, ToSql};
 
 use crate::exchange::{
     merge_due, merged, repeat_or_never, CommandExchange, Exchanged, IdentityBinding, IgnoredResult,
-    SQL_BINDING, SQL_CLAIM_NEXT, SQL_FINISH, SQL_INVENTORY, SQL_LAST_SEEN, SQL_NOT_NOW,
-    SQL_REACTIVATE, SQL_READ_INVENTORY, SQL_REPEATED, SQL_RESULT,
+    SQL_BINDING, SQL_DEQUEUE, SQL_FINISHING, SQL_HAND_OUT, SQL_INVENTORY, SQL_LAST_SEEN,
+    SQL_NEXT_DUE, SQL_NOT_NOW, SQL_REACTIVATE, SQL_READ_INVENTORY, SQL_REPEATED, SQL_RESULT,
 };
 use crate::{CommandUuid, EnrollmentStatus, NextCommand, Result, StoreError};
 
@@ -261,8 +261,8 @@ fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.raw_execute().map(|_| ())
 }
 
-/// `$1`…`$9`, the parameter names the shared statements use.
-const PARAMS: [&str; 9] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9"];
+/// `$1`…`$10`, the parameter names the statements use.
+const PARAMS: [&str; 10] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10"];
 
 /// A prepared statement with `args` bound to `$1`, `$2`, … (by name: SQLite numbers named
 /// parameters in the order they first appear, not by their digits).
@@ -343,36 +343,40 @@ fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
             }
         } else {
             let finished = {
-                let mut stmt = statement(conn, SQL_FINISH, &[&id, &channel, &uuid])?;
+                let mut stmt = statement(conn, SQL_FINISHING, &[&id, &channel, &uuid])?;
                 let mut rows = stmt.raw_query();
                 match rows.next()? {
                     None => None,
-                    Some(r) => Some((r.get::<_, Value>(0)?, r.get::<_, Value>(1)?)),
+                    Some(r) => Some((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Value>(1)?,
+                        r.get::<_, Value>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    )),
                 }
             };
-            if let Some((queued_at, sent_at)) = finished {
-                let request_type: String = {
-                    let mut stmt = statement(
-                        conn,
-                        SQL_RESULT,
-                        &[
-                            &id,
-                            &channel,
-                            &uuid,
-                            &o.status.as_str(),
-                            &o.result,
-                            &o.error_chain,
-                            &queued_at,
-                            &sent_at,
-                            &now,
-                        ],
-                    )?;
-                    let mut rows = stmt.raw_query();
-                    match rows.next()? {
-                        Some(r) => r.get(0)?,
-                        None => return Err(StoreError::NotFound(format!("command {uuid}"))),
-                    }
+            if let Some((row, queued_at, sent_at, request_type)) = finished {
+                let Some(request_type) = request_type else {
+                    return Err(StoreError::NotFound(format!("command {uuid}")));
                 };
+                statement(conn, SQL_DEQUEUE, &[&row])?.raw_execute()?;
+                statement(
+                    conn,
+                    SQL_RESULT,
+                    &[
+                        &id,
+                        &channel,
+                        &uuid,
+                        &request_type,
+                        &o.status.as_str(),
+                        &o.result,
+                        &o.error_chain,
+                        &queued_at,
+                        &sent_at,
+                        &now,
+                    ],
+                )?
+                .raw_execute()?;
                 if let (true, Some(merge)) = (want_inventory, &x.inventory) {
                     let merge = merge.as_ref();
                     if let Some(digest) = merge_due(merge, &request_type, digests.as_deref()) {
@@ -411,15 +415,27 @@ fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
     let next = if not_now {
         None
     } else {
-        let mut stmt = statement(conn, SQL_CLAIM_NEXT, &[&id, &channel, &now])?;
-        let mut rows = stmt.raw_query();
-        match rows.next()? {
+        let due = {
+            let mut stmt = statement(conn, SQL_NEXT_DUE, &[&id, &channel, &now])?;
+            let mut rows = stmt.raw_query();
+            match rows.next()? {
+                None => None,
+                Some(r) => Some((
+                    r.get::<_, i64>(0)?,
+                    NextCommand {
+                        command_uuid: CommandUuid(r.get(1)?),
+                        request_type: r.get(2)?,
+                        payload: r.get(3)?,
+                    },
+                )),
+            }
+        };
+        match due {
             None => None,
-            Some(r) => Some(NextCommand {
-                command_uuid: CommandUuid(r.get(0)?),
-                request_type: r.get(1)?,
-                payload: r.get(2)?,
-            }),
+            Some((row, next)) => {
+                statement(conn, SQL_HAND_OUT, &[&row, &now])?.raw_execute()?;
+                Some(next)
+            }
         }
     };
     Ok(Exchanged::Done {
