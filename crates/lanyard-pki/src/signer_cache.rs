@@ -43,8 +43,7 @@ use std::sync::{Arc, Mutex};
 
 use cms::content_info::CmsVersion;
 use cms::signed_data::{
-    DigestAlgorithmIdentifiers, EncapsulatedContentInfo, SignerIdentifier, SignerInfo,
-    SignerInfos,
+    DigestAlgorithmIdentifiers, EncapsulatedContentInfo, SignerIdentifier, SignerInfo, SignerInfos,
 };
 use der::asn1::{ObjectIdentifier, UintRef};
 use der::{Decode, Encode, Tag, TagNumber, Tagged};
@@ -326,6 +325,12 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
+/// The tag of `[0]` around a ContentInfo's content and a SignedData's certificates.
+const CONSTRUCTED_0: Tag = Tag::ContextSpecific {
+    constructed: true,
+    number: TagNumber::N0,
+};
+
 /// The only element of `value`, if it holds exactly one.
 fn only(value: &[u8]) -> Result<Option<Tlv<'_>>> {
     Ok(<[Tlv<'_>; 1]>::try_from(tlvs(value)?).ok().map(|[one]| one))
@@ -370,7 +375,7 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts<'_>>> {
         return Ok(None);
     };
     if content_type.decode_as::<ObjectIdentifier>()? != oid::ID_SIGNED_DATA
-        || content.tag() != (Tag::ContextSpecific { constructed: true, number: TagNumber::N0 })
+        || content.tag() != CONSTRUCTED_0
     {
         return Ok(None);
     }
@@ -393,7 +398,7 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts<'_>>> {
     if encap.econtent_type != oid::ID_DATA || encap.econtent.is_some() {
         return Ok(None); // attached content, or another type: the full check says which
     }
-    if certs.tag() != (Tag::ContextSpecific { constructed: true, number: TagNumber::N0 }) {
+    if certs.tag() != CONSTRUCTED_0 {
         return Ok(None);
     }
     let Some(cert) = only(certs.value())?.filter(|t| t.tag() == Tag::Sequence) else {
@@ -416,7 +421,12 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts<'_>>> {
     let Some(hash) = Hash::from_oid(&si.digest_alg.oid) else {
         return Ok(None);
     };
-    if digests.as_slice().iter().map(|a| a.oid).ne([si.digest_alg.oid]) {
+    if digests
+        .as_slice()
+        .iter()
+        .map(|a| a.oid)
+        .ne([si.digest_alg.oid])
+    {
         return Ok(None);
     }
     let Some(attrs) = &si.signed_attrs else {
@@ -693,7 +703,7 @@ impl SignerCache {
         let Some(algorithm) = issuer.key.algorithm(hash) else {
             return Ok(None);
         };
-        if !issuer.key.verifies(algorithm, &parts.tbs_der, signature) {
+        if !issuer.key.verifies(algorithm, parts.tbs_der, signature) {
             return Err(PkiError::Verify(
                 "the certificate is not signed by our CA".into(),
             ));
@@ -769,8 +779,8 @@ mod tests {
     use crate::{sign_cms, sign_detached, Ca};
     use cms::content_info::ContentInfo;
     use cms::signed_data::SignedData;
-    use der::Any;
     use der::asn1::{BitString, OctetString, SetOfVec};
+    use der::Any;
     use openssl::asn1::Asn1Time;
     use openssl::bn::BigNumContext;
     use openssl::ec::{EcGroup, EcKey, PointConversionForm};
@@ -1259,7 +1269,10 @@ mod tests {
             - 1;
         assert_eq!(sig[at], 0xA0);
         let inner = tlvs(&set[set.len() - tlvs(&set).unwrap()[0].value().len()..]).unwrap();
-        assert!(inner.len() >= 2, "at least two signed attributes to reorder");
+        assert!(
+            inner.len() >= 2,
+            "at least two signed attributes to reorder"
+        );
         let mut reordered: Vec<u8> = Vec::new();
         for attr in inner.iter().rev() {
             reordered.extend_from_slice(attr.der());
@@ -1270,7 +1283,13 @@ mod tests {
         // Signed over the sorted order, sent reordered: refused by both checks.
         let cache = SignerCache::new(ca.certificate().clone(), 10);
         assert!(verify_detached(&unsorted, BODY, ca.certificate()).is_err());
-        same_verdict(&cache, ca.certificate(), &unsorted, BODY, "sorted signature");
+        same_verdict(
+            &cache,
+            ca.certificate(),
+            &unsorted,
+            BODY,
+            "sorted signature",
+        );
         // Signed over the order sent (an RSA signature keeps its length): accepted by both,
         // and decided by the fast check, first and cached.
         let mut signed = set[..header].to_vec();
