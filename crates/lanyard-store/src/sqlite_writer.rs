@@ -280,6 +280,18 @@ fn statement<'c>(
     Ok(stmt)
 }
 
+/// The first row of `sql` with `args` bound, read by `read`; `None` when there is none.
+fn first_row<T>(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn ToSql],
+    read: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    let mut stmt = statement(conn, sql, args)?;
+    let mut rows = stmt.raw_query();
+    rows.next()?.map(read).transpose()
+}
+
 /// A timestamp as sqlx stores it in SQLite (RFC 3339, `+00:00`), so both write and compare
 /// alike.
 fn time(t: DateTime<Utc>) -> String {
@@ -295,21 +307,21 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 /// The exchange (the same statements and rules as PostgreSQL's, `exchange.rs`).
 fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
     let want_inventory = x.wants_inventory();
-    let binding = {
-        let mut stmt = statement(conn, &SQL_BINDING, &[&x.identity_sha256, &want_inventory])?;
-        let mut rows = stmt.raw_query();
-        match rows.next()? {
-            None => None,
-            Some(r) => Some((
+    let binding = first_row(
+        conn,
+        &SQL_BINDING,
+        &[&x.identity_sha256, &want_inventory],
+        |r| {
+            Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, Option<String>>(4)?,
                 r.get::<_, bool>(5)?,
-            )),
-        }
-    };
+            ))
+        },
+    )?;
     let Some((id, status, bound, last_seen, digests, renewed)) = binding else {
         return Ok(Exchanged::UnknownIdentity);
     };
@@ -342,19 +354,14 @@ fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
                 ignored = Some(IgnoredResult::NeverGiven);
             }
         } else {
-            let finished = {
-                let mut stmt = statement(conn, SQL_FINISHING, &[&id, &channel, &uuid])?;
-                let mut rows = stmt.raw_query();
-                match rows.next()? {
-                    None => None,
-                    Some(r) => Some((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Value>(1)?,
-                        r.get::<_, Value>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                    )),
-                }
-            };
+            let finished = first_row(conn, SQL_FINISHING, &[&id, &channel, &uuid], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Value>(1)?,
+                    r.get::<_, Value>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })?;
             if let Some((row, queued_at, sent_at, request_type)) = finished {
                 let Some(request_type) = request_type else {
                     return Err(StoreError::NotFound(format!("command {uuid}")));
@@ -380,14 +387,8 @@ fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
                 if let (true, Some(merge)) = (want_inventory, &x.inventory) {
                     let merge = merge.as_ref();
                     if let Some(digest) = merge_due(merge, &request_type, digests.as_deref()) {
-                        let current: Option<String> = {
-                            let mut stmt = statement(conn, SQL_READ_INVENTORY, &[&id])?;
-                            let mut rows = stmt.raw_query();
-                            match rows.next()? {
-                                Some(r) => r.get(0)?,
-                                None => None,
-                            }
-                        };
+                        let current: Option<String> =
+                            first_row(conn, SQL_READ_INVENTORY, &[&id], |r| r.get(0))?.flatten();
                         let (document, digests) = merged(
                             merge,
                             &request_type,
@@ -400,11 +401,8 @@ fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
                     }
                 }
             } else {
-                let repeated = {
-                    let mut stmt = statement(conn, SQL_REPEATED, &[&id, &channel, &uuid])?;
-                    let mut rows = stmt.raw_query();
-                    rows.next()?.is_some()
-                };
+                let repeated =
+                    first_row(conn, SQL_REPEATED, &[&id, &channel, &uuid], |_| Ok(()))?.is_some();
                 ignored = Some(repeat_or_never(repeated));
             }
         }
@@ -415,21 +413,16 @@ fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
     let next = if not_now {
         None
     } else {
-        let due = {
-            let mut stmt = statement(conn, SQL_NEXT_DUE, &[&id, &channel, &now])?;
-            let mut rows = stmt.raw_query();
-            match rows.next()? {
-                None => None,
-                Some(r) => Some((
-                    r.get::<_, i64>(0)?,
-                    NextCommand {
-                        command_uuid: CommandUuid(r.get(1)?),
-                        request_type: r.get(2)?,
-                        payload: r.get(3)?,
-                    },
-                )),
-            }
-        };
+        let due = first_row(conn, SQL_NEXT_DUE, &[&id, &channel, &now], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                NextCommand {
+                    command_uuid: CommandUuid(r.get(1)?),
+                    request_type: r.get(2)?,
+                    payload: r.get(3)?,
+                },
+            ))
+        })?;
         match due {
             None => None,
             Some((row, next)) => {
