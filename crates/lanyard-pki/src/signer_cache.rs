@@ -4,9 +4,11 @@
 //! OpenSSL's own CMS verification ([`crate::verify_detached`]) costs about 0.4 ms per request on a
 //! 2-core machine, almost none of it signature mathematics: it decodes the signer certificate
 //! twice (OpenSSL 3 decodes public keys slowly) and builds its chain for every request. The cache
-//! reads the SignedData and the certificate once, with the `der`/`x509-cert` parsers, checks the
-//! signatures with `ring` (RSA PKCS #1 v1.5 and ECDSA verification over raw key bytes, nothing to
-//! decode into a key object), and then:
+//! walks the SignedData's DER in place (borrowed elements, the parts it does not read decoded
+//! strictly with the `cms` types), parses the certificate with `x509-cert` only at first contact
+//! (a cached signer is found by the digest of its certificate's bytes), checks the signatures with
+//! `ring` (RSA PKCS #1 v1.5 and ECDSA verification over raw key bytes, nothing to decode into a
+//! key object), and then:
 //!
 //! - **first contact** (a certificate it does not hold): the certificate's issuer must be the CA's
 //!   subject and its signature over the `TBSCertificate` must verify with the CA's public key
