@@ -1472,13 +1472,17 @@ fn start_perf(file: Option<&PathBuf>, pid: Option<u32>) -> Result<Option<Child>>
     Ok(Some(child))
 }
 
-fn stop_perf(child: Option<Child>) {
-    if let Some(mut c) = child {
-        let _ = Command::new("kill")
-            .args(["-INT", &c.id().to_string()])
-            .status();
-        let _ = c.wait();
-    }
+/// Stops `perf record` started by [`start_perf`] and groups what it recorded into `file`;
+/// nothing when it was not started.
+fn stop_perf(child: Option<Child>, file: Option<&PathBuf>) -> Vec<ProfileShare> {
+    let (Some(mut c), Some(file)) = (child, file) else {
+        return Vec::new();
+    };
+    let _ = Command::new("kill")
+        .args(["-INT", &c.id().to_string()])
+        .status();
+    let _ = c.wait();
+    summarize_perf(file)
 }
 
 /// Whether a symbol is ring's: its Rust paths (`ring::…`, not `string::…`) or its C and
@@ -1887,11 +1891,10 @@ async fn drive_round_trips(
     let d = devices.len();
     let devices_mix = mix(&devices);
     let perf = start_perf(args.perf.as_ref(), meter.server_pid)?;
-    let had_perf = perf.is_some();
     let snap = meter.snap();
     let (out, first_idle) = run_devices(devices, args.concurrency).await?;
     let cpu = meter.since(&snap);
-    stop_perf(perf);
+    let server_profile = stop_perf(perf, args.perf.as_ref());
     let steady = match first_idle {
         Some((t, n)) if t.as_secs_f64() > 0.0 && n > 0 => n as f64 / t.as_secs_f64(),
         _ => 0.0,
@@ -1913,10 +1916,7 @@ async fn drive_round_trips(
         server_cpu_ms_per_round_trip: cpu.server_cpu_s.map(|s| s * 1000.0 / rt),
         client_cpu_ms_per_round_trip: cpu.client_cpu_s.map(|s| s * 1000.0 / rt),
         server_switches_per_round_trip: cpu.server_context_switches.map(|n| n as f64 / rt),
-        server_profile: match (&args.perf, had_perf) {
-            (Some(f), true) => summarize_perf(f),
-            _ => Vec::new(),
-        },
+        server_profile,
         cpu,
     })
 }
@@ -1950,13 +1950,12 @@ async fn drive_fanout(
     let devices_mix = mix(&devices);
     let queue_s = t0.elapsed().as_secs_f64();
     let perf = start_perf(args.perf.as_ref(), meter.server_pid)?;
-    let had_perf = perf.is_some();
     let t1 = Instant::now();
     let (out, _) = run_devices(devices, args.concurrency).await?;
     let fetch_s = t1.elapsed().as_secs_f64();
     let total_s = t0.elapsed().as_secs_f64();
     let cpu = meter.since(&snap);
-    stop_perf(perf);
+    let server_profile = stop_perf(perf, args.perf.as_ref());
     Ok(FanoutResult {
         targets,
         acknowledged: out.acked,
@@ -1969,10 +1968,7 @@ async fn drive_fanout(
         errors: out.errors,
         first_error: out.first_error,
         cpu,
-        server_profile: match (&args.perf, had_perf) {
-            (Some(f), true) => summarize_perf(f),
-            _ => Vec::new(),
-        },
+        server_profile,
     })
 }
 

@@ -283,7 +283,9 @@ pub(crate) fn parse_signed_message(der_bytes: &[u8]) -> Result<SignedMessage> {
     decode_lenient(der_bytes, parse_signed_message_strict)
 }
 
-fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+/// An INTEGER's content octets without their leading zero bytes (how two encodings of one
+/// serial number compare).
+pub(crate) fn strip_leading_zeros(b: &[u8]) -> &[u8] {
     let n = b.iter().take_while(|&&x| x == 0).count();
     &b[n..]
 }

@@ -58,7 +58,7 @@ use x509_cert::ext::Extension;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use x509_cert::Certificate;
 
-use crate::asn1::{der_err, is_context, oid, tlvs, Tlv};
+use crate::asn1::{der_err, is_context, oid, strip_leading_zeros, tlvs, Tlv};
 use crate::error::{PkiError, Result};
 use crate::scep::Digest as Hash;
 use crate::signing::{decode_signature, verify_detached};
@@ -322,11 +322,6 @@ struct DetachedParts<'a> {
     signature: Vec<u8>,
 }
 
-fn strip_leading_zeros(b: &[u8]) -> &[u8] {
-    let n = b.iter().take_while(|&&x| x == 0).count();
-    &b[n..]
-}
-
 /// The tag of `[0]` around a ContentInfo's content and a SignedData's certificates.
 const CONSTRUCTED_0: Tag = Tag::ContextSpecific {
     constructed: true,
@@ -338,14 +333,10 @@ fn only(value: &[u8]) -> Result<Option<Tlv<'_>>> {
     Ok(<[Tlv<'_>; 1]>::try_from(tlvs(value)?).ok().map(|[one]| one))
 }
 
-/// A certificate's issuer Name (as encoded) and serial number octets, read from its DER
-/// without parsing the rest.
-fn issuer_and_serial<'a>(cert: &Tlv<'a>) -> Result<Option<(&'a [u8], &'a [u8])>> {
-    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
+/// A certificate's issuer Name (as encoded) and serial number octets, read from its
+/// `TBSCertificate` without parsing the rest.
+fn issuer_and_serial<'a>(tbs: &Tlv<'a>) -> Result<Option<(&'a [u8], &'a [u8])>> {
     // TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer, … }
-    let Some(tbs) = tlvs(cert.value())?.into_iter().next() else {
-        return Ok(None);
-    };
     let fields = tlvs(tbs.value())?;
     let skip = usize::from(fields.first().is_some_and(|f| is_context(f, 0)));
     let (Some(serial), Some(issuer)) = (fields.get(skip), fields.get(skip + 2)) else {
@@ -406,12 +397,16 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts<'_>>> {
     let Some(cert) = only(certs.value())?.filter(|t| t.tag() == Tag::Sequence) else {
         return Ok(None);
     };
+    // Certificate ::= SEQUENCE { tbsCertificate, … }: the part the CA signed, as received.
+    let Some(tbs) = tlvs(cert.value())?.into_iter().next() else {
+        return Ok(None);
+    };
     let Ok([si]) = <[SignerInfo; 1]>::try_from(signer_infos.into_vec()) else {
         return Ok(None);
     };
     // The signer must be the included certificate (issuer and serial number).
     let (SignerIdentifier::IssuerAndSerialNumber(sid), Some((issuer, serial))) =
-        (&si.sid, issuer_and_serial(&cert)?)
+        (&si.sid, issuer_and_serial(&tbs)?)
     else {
         return Ok(None);
     };
@@ -454,10 +449,6 @@ fn parse_detached(der: &[u8]) -> Result<Option<DetachedParts<'_>>> {
         }
     }
     let Some(message_digest) = message_digest.filter(|_| content_type_ok == Some(true)) else {
-        return Ok(None);
-    };
-    // Certificate ::= SEQUENCE { tbsCertificate, … }: the part the CA signed, as received.
-    let Some(tbs) = tlvs(cert.value())?.into_iter().next() else {
         return Ok(None);
     };
     // The signature covers the signed attributes as received, re-tagged as a SET (RFC 5652
