@@ -1275,6 +1275,87 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+/// An `Mdm-Signature` made by an independent signer, `openssl smime -sign` (detached PKCS #7
+/// with signed attributes, what a Mac sends), by the Mac's identity, sent to the running
+/// server: its check (the signer cache, first contact and then cached) accepts it on both
+/// requests and refuses it over another body.
+#[tokio::test]
+async fn an_mdm_signature_made_by_openssl_is_checked_by_the_server_sqlite() {
+    let test = "an_mdm_signature_made_by_openssl_is_checked_by_the_server";
+    if !require_tool("openssl", test) {
+        return;
+    }
+    let Some(s) = start(Db::Sqlite, &[]).await else {
+        return;
+    };
+    let c = s.client();
+    let mut mac = mac_for(&s, ANN, |_| {});
+    mac.enroll().await.unwrap();
+    let command = mac.profile().unwrap().mdm.server_url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("identity.pem");
+    let key = dir.path().join("identity.key");
+    std::fs::write(&cert, mac.identity_certificate().unwrap().to_pem().unwrap()).unwrap();
+    std::fs::write(
+        &key,
+        mac.identity_key()
+            .unwrap()
+            .private_key_to_pem_pkcs8()
+            .unwrap(),
+    )
+    .unwrap();
+    let idle = device::to_xml(device::command_report(
+        mac.enrollment_id(),
+        None,
+        "Idle",
+        None,
+        &Default::default(),
+    ))
+    .unwrap();
+    let body = dir.path().join("idle.plist");
+    std::fs::write(&body, &idle).unwrap();
+    let signed_by_openssl = || {
+        let out = dir.path().join("sig.der");
+        let (ok, _, err) = run(Command::new("openssl")
+            .args(["smime", "-sign", "-binary", "-outform", "DER", "-signer"])
+            .arg(&cert)
+            .arg("-inkey")
+            .arg(&key)
+            .arg("-in")
+            .arg(&body)
+            .arg("-out")
+            .arg(&out));
+        assert!(ok, "openssl smime -sign: {err}");
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&out).unwrap())
+    };
+    for request in ["first contact", "cached"] {
+        let (st, text) = put_device(
+            &c,
+            &command,
+            COMMAND_CONTENT_TYPE,
+            &idle,
+            Some(signed_by_openssl()),
+        )
+        .await;
+        assert_eq!(st, 200, "{request}: {text}");
+    }
+    let mut other = idle.clone();
+    other.extend_from_slice(b"\n");
+    let (st, text) = put_device(
+        &c,
+        &command,
+        COMMAND_CONTENT_TYPE,
+        &other,
+        Some(signed_by_openssl()),
+    )
+    .await;
+    assert_eq!(st, 400, "{text}");
+    assert!(text.contains("does not verify"), "{text}");
+    drop((c, mac));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn profile_reads_with_openssl_and_plistlib_sqlite() {
     if !require_tool("openssl", "profile_reads_with_openssl_and_plistlib")
