@@ -29,6 +29,8 @@ pub struct SqliteStore {
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pub(crate) pool: PgPool,
+    /// The enrollment rows the command exchange saw last (see `binding_memo.rs`).
+    pub(crate) memo: std::sync::Arc<crate::binding_memo::BindingMemo>,
 }
 
 /// Each read connection's page cache, in KiB (SQLite's default is 2,000). The exchange's writer
@@ -163,7 +165,10 @@ impl PostgresStore {
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(opts)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            memo: Default::default(),
+        })
     }
 
     /// Applies the PostgreSQL migrations that are not applied yet (safe to race: sqlx takes an

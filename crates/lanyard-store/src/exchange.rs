@@ -7,9 +7,11 @@
 //!   (written at most once a minute) and the next command.
 //!   SQLite runs it on its own writer thread (`sqlite_writer.rs`): one message per exchange,
 //!   the statements below run in-thread, and the exchanges waiting together share one
-//!   transaction and one commit, each in its own savepoint. PostgreSQL reads the identity's row
-//!   and then makes every write in ONE statement (data-modifying CTEs, `FOR UPDATE SKIP LOCKED`
-//!   for the claim), guarded by the row's version; requests run in parallel.
+//!   transaction and one commit (when one fails, the group runs again with a savepoint per
+//!   exchange). PostgreSQL reads the identity's row (unless it remembers the row from the
+//!   identity's last exchange, `binding_memo.rs`) and then makes every write in ONE statement
+//!   (data-modifying CTEs, `FOR UPDATE SKIP LOCKED` for the claim), guarded by the row's
+//!   version; requests run in parallel.
 //! - [`CommandExchangeStore::enrollments_by_ids`]: fan-out reads in chunks of ids.
 //! - [`CommandExchangeStore::record_pushes`]: a push batch's outcomes in one transaction.
 
@@ -20,6 +22,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
+use crate::binding_memo::Seen;
 use crate::dialect::{Column, Dialect, Param};
 use crate::enrollments::{ENROLLMENT_COLUMNS, PROMOTE_NEXT_IDENTITY, REACTIVATED_STATUS};
 use crate::{
@@ -429,24 +432,54 @@ impl Exchange for PostgresStore {
     /// commit. When the row changed in between, the exchange starts over. The rare writes of
     /// the identity rule (a renewed identity's first use, an inactive enrollment speaking) are
     /// made first, each on its own, and the exchange starts over.
+    ///
+    /// The read is skipped when this process remembers the row from the identity's last
+    /// exchange (`binding_memo.rs`): the rule is checked on the remembered row and the write's
+    /// version check tells whether it is still the row's current version. A device's burst
+    /// (Idle, acknowledgement, acknowledgement …) then costs one statement per request.
     async fn exchange(&self, x: CommandExchange) -> Result<Exchanged> {
         let want_inventory = x.wants_inventory();
         let not_now = x.not_now();
         let uuid = x.outcome.as_ref().map(|o| o.command_uuid.as_str());
         let mut conn = self.pool.acquire().await?;
+        let mut memo = self
+            .memo
+            .take(&x.identity_sha256)
+            .filter(|seen| seen.serves(want_inventory, x.channel, uuid));
         for _ in 0..EXCHANGE_ATTEMPTS {
-            let read: Option<PgBinding> = sqlx::query_as(&SQL_PG_READ)
-                .bind(&x.identity_sha256)
-                .bind(want_inventory)
-                .bind(uuid)
-                .fetch_optional(&mut *conn)
-                .await?;
-            let Some((id, status, bound, last_seen, digests, renewed, version, request_type)) =
-                read
-            else {
-                return Ok(Exchanged::UnknownIdentity);
+            let (row, renewed, request_type) = match memo.take() {
+                Some(seen) => {
+                    let rt = seen.request_type_of(x.channel, uuid).map(str::to_owned);
+                    (seen, false, rt)
+                }
+                None => {
+                    // The digests are read for an Idle too: the next request (the Idle's
+                    // command's result) can then merge without reading the row.
+                    let read: Option<PgBinding> = sqlx::query_as(&SQL_PG_READ)
+                        .bind(&x.identity_sha256)
+                        .bind(true)
+                        .bind(uuid)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    let Some((id, status, bound, last_seen, digests, renewed, version, rt, empty)) =
+                        read
+                    else {
+                        return Ok(Exchanged::UnknownIdentity);
+                    };
+                    let seen = Seen {
+                        id,
+                        status,
+                        bound,
+                        last_seen,
+                        digests,
+                        no_inventory: empty,
+                        version,
+                        handed_out: None,
+                    };
+                    (seen, renewed, rt)
+                }
             };
-            match IdentityBinding::check(&status, bound.as_deref(), &x.device_channel_id) {
+            match IdentityBinding::check(&row.status, row.bound.as_deref(), &x.device_channel_id) {
                 IdentityBinding::Bound => {}
                 refused => return Ok(Exchanged::Refused(refused)),
             }
@@ -458,26 +491,33 @@ impl Exchange for PostgresStore {
                     .await?;
                 continue;
             }
-            if status == EnrollmentStatus::Inactive.as_str() {
+            if row.status == EnrollmentStatus::Inactive.as_str() {
                 sqlx::query(&SQL_REACTIVATE)
-                    .bind(&id)
+                    .bind(&row.id)
                     .execute(&mut *conn)
                     .await?;
                 continue;
             }
             // The inventory a result would fold in, prepared before the write (which applies
-            // it only when the result finishes a command handed out here).
+            // it only when the result finishes a command handed out here). A document read here
+            // belongs to the version the write checks: were the row changed since, the write
+            // would change nothing. An enrollment without a document needs no read.
+            let digests = row.digests.as_deref();
             let mut inventory: (Option<String>, Option<String>) = (None, None);
             if let (true, Some(merge), Some(rt)) = (want_inventory, &x.inventory, &request_type) {
                 let merge = merge.as_ref();
-                if let Some(digest) = merge_due(merge, rt, digests.as_deref()) {
-                    let current: Option<String> = sqlx::query_scalar(SQL_READ_INVENTORY)
-                        .bind(&id)
-                        .fetch_optional(&mut *conn)
-                        .await?
-                        .flatten();
+                if let Some(digest) = merge_due(merge, rt, digests) {
+                    let current: Option<String> = if row.no_inventory {
+                        None
+                    } else {
+                        sqlx::query_scalar(SQL_READ_INVENTORY)
+                            .bind(&row.id)
+                            .fetch_optional(&mut *conn)
+                            .await?
+                            .flatten()
+                    };
                     let (document, digests) =
-                        merged(merge, rt, current.as_deref(), &digest, digests.as_deref())?;
+                        merged(merge, rt, current.as_deref(), &digest, digests)?;
                     inventory = (document, Some(digests));
                 }
             }
@@ -486,9 +526,11 @@ impl Exchange for PostgresStore {
                 .as_ref()
                 .map(|_| if not_now { "not_now" } else { "result" });
             let o = x.outcome.as_ref();
+            let stale = x.last_seen_is_stale(row.last_seen);
+            let has_document = inventory.0.is_some();
             let wrote: PgWrote = sqlx::query_as(SQL_PG_EXCHANGE)
-                .bind(&id)
-                .bind(&version)
+                .bind(&row.id)
+                .bind(&row.version)
                 .bind(x.channel)
                 .bind(x.now)
                 .bind(uuid)
@@ -497,13 +539,14 @@ impl Exchange for PostgresStore {
                 .bind(o.and_then(|o| o.result.as_deref()))
                 .bind(o.and_then(|o| o.error_chain.as_deref()))
                 .bind(o.map(|o| o.retry_after.unwrap_or(x.now)))
-                .bind(x.last_seen_is_stale(last_seen))
+                .bind(stale)
                 .bind(inventory.0)
-                .bind(inventory.1)
+                .bind(inventory.1.as_deref())
                 .bind(!not_now)
                 .fetch_one(&mut *conn)
                 .await?;
-            let (current, deferred, finished, next_uuid, next_type, next_payload) = wrote;
+            let (current, deferred, finished, next_uuid, next_type, next_payload, new_version) =
+                wrote;
             if !current {
                 continue;
             }
@@ -513,7 +556,7 @@ impl Exchange for PostgresStore {
                     // Read after the write's commit, so a concurrent first answer that
                     // finished the command (and held the enrollment meanwhile) is seen.
                     let repeated: Option<i32> = sqlx::query_scalar(SQL_REPEATED)
-                        .bind(&id)
+                        .bind(&row.id)
                         .bind(x.channel)
                         .bind(uuid)
                         .fetch_optional(&mut *conn)
@@ -530,8 +573,26 @@ impl Exchange for PostgresStore {
                 }),
                 _ => None,
             };
+            // The row as this write left it: a new version when it wrote the enrollment, the
+            // digests and document it wrote, the command it handed out.
+            let merged_digests = if finished { inventory.1 } else { None };
+            self.memo.put(
+                &x.identity_sha256,
+                Seen {
+                    version: new_version.unwrap_or(row.version),
+                    last_seen: if stale { Some(x.now) } else { row.last_seen },
+                    no_inventory: row.no_inventory && !(finished && has_document),
+                    digests: merged_digests.or(row.digests),
+                    handed_out: next
+                        .as_ref()
+                        .map(|n| (x.channel, n.command_uuid.0.clone(), n.request_type.clone())),
+                    id: row.id.clone(),
+                    status: row.status,
+                    bound: row.bound,
+                },
+            );
             return Ok(Exchanged::Done {
-                enrollment_id: id,
+                enrollment_id: row.id,
                 next,
                 ignored,
             });
@@ -545,11 +606,12 @@ impl Exchange for PostgresStore {
 /// PostgreSQL's exchange starts over at most this often when its enrollment changes under it.
 const EXCHANGE_ATTEMPTS: usize = 8;
 
-/// PostgreSQL's read: the identity rule's row, its version and the reported command's request
-/// type (`$3`, read with the digests).
+/// PostgreSQL's read (`$2` true: always with the digests): the identity rule's row, its version,
+/// the reported command's request type (`$3`) and whether the enrollment has no inventory
+/// document yet.
 static SQL_PG_READ: LazyLock<String> = LazyLock::new(|| {
     sql_binding(
-        ", xmin::text, CASE WHEN $2 THEN (SELECT request_type FROM commands WHERE uuid = $3) END",
+        ", xmin::text, (SELECT request_type FROM commands WHERE uuid = $3), inventory IS NULL",
     )
 });
 
@@ -562,6 +624,7 @@ type PgBinding = (
     bool,
     String,
     Option<String>,
+    bool,
 );
 
 /// PostgreSQL's write, one statement: everything happens only while the enrollment `$1` is
@@ -569,8 +632,10 @@ type PgBinding = (
 /// command, `$6` what it reports (`not_now`, `result` or `NULL` for Idle), `$7`–`$9` status,
 /// result and error chain, `$10` not before (NotNow), `$11` write `last_seen_at`, `$12`/`$13`
 /// inventory document (`NULL`: unchanged) and digests (`NULL`: no merge), `$14` claim the next
-/// command. The same rules as SQLite's statements above: the claim skips a command deferred
-/// until later and the one this result just finished.
+/// command. Returns whether the enrollment was that version, whether a NotNow deferred and a
+/// result finished a command, the command handed out, and the enrollment's new version when the
+/// statement wrote it (for `binding_memo.rs`). The same rules as SQLite's statements above:
+/// the claim skips a command deferred until later and the one this result just finished.
 const SQL_PG_EXCHANGE: &str = "WITH e AS (\
      SELECT id FROM enrollments WHERE id = $1 AND xmin::text = $2 FOR UPDATE), \
      nn AS (UPDATE command_queue q SET status = 'not_now', not_now_until = $10, \
@@ -591,7 +656,7 @@ const SQL_PG_EXCHANGE: &str = "WITH e AS (\
      inventory_digests = CASE WHEN $13::text IS NOT NULL AND EXISTS (SELECT 1 FROM fin) \
      THEN $13 ELSE n.inventory_digests END \
      FROM e WHERE n.id = e.id AND ($11 OR ($13::text IS NOT NULL AND EXISTS (SELECT 1 FROM fin))) \
-     RETURNING 1), \
+     RETURNING n.xmin::text AS version), \
      claim AS (UPDATE command_queue SET status = 'sent', sent_at = $4 WHERE id = (\
      SELECT q.id FROM command_queue q JOIN e ON q.enrollment_id = e.id WHERE $14 \
      AND q.channel = $3 AND (q.not_now_until IS NULL OR q.not_now_until <= $4) \
@@ -600,7 +665,7 @@ const SQL_PG_EXCHANGE: &str = "WITH e AS (\
      (SELECT c.request_type FROM commands c WHERE c.uuid = command_uuid) AS request_type, \
      (SELECT c.payload FROM commands c WHERE c.uuid = command_uuid) AS payload) \
      SELECT EXISTS (SELECT 1 FROM e), EXISTS (SELECT 1 FROM nn), EXISTS (SELECT 1 FROM fin), \
-     claim.command_uuid, claim.request_type, claim.payload \
+     claim.command_uuid, claim.request_type, claim.payload, (SELECT version FROM upd) \
      FROM (SELECT 1) AS one LEFT JOIN claim ON TRUE";
 
 type PgWrote = (
@@ -610,6 +675,7 @@ type PgWrote = (
     Option<String>,
     Option<String>,
     Option<Vec<u8>>,
+    Option<String>,
 );
 
 /// A result that finished nothing: a device repeats a result until it gets a 2xx (Apple: a

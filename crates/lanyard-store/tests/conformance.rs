@@ -18,6 +18,8 @@ mod support {
 
     pub struct Harness {
         pub store: Box<dyn Store>,
+        /// The database's URL, for a second server on it ([`Harness::second`]).
+        url: String,
         _scratch: Option<ScratchDb>,
         _dir: Option<tempdir::TempDirGuard>,
     }
@@ -40,6 +42,7 @@ mod support {
         store.migrate().await.unwrap();
         Harness {
             store: Box::new(store),
+            url,
             _scratch: None,
             _dir: Some(tempdir::TempDirGuard(dir)),
         }
@@ -53,12 +56,22 @@ mod support {
         store.migrate().await.unwrap();
         Some(Harness {
             store: Box::new(store),
+            url: db.url().to_string(),
             _scratch: Some(db),
             _dir: None,
         })
     }
 
     impl Harness {
+        /// Another server's store on the same database (drop it before [`Harness::finish`]).
+        pub async fn second(&self) -> Box<dyn Store> {
+            if self.url.starts_with("sqlite:") {
+                Box::new(SqliteStore::connect(&self.url).await.unwrap())
+            } else {
+                Box::new(PostgresStore::connect(&self.url).await.unwrap())
+            }
+        }
+
         /// Closes the store's connections before its database goes.
         pub async fn finish(self) {
             drop(self.store);
@@ -85,6 +98,36 @@ macro_rules! conformance {
                 async fn $name() {
                     let Some(h) = super::support::postgres().await else { return };
                     super::$name(h.store.as_ref()).await;
+                    h.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+/// As [`conformance!`], for tests of two servers on one database: each body gets two stores.
+macro_rules! two_servers {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let h = super::support::sqlite().await;
+                    let other = h.second().await;
+                    super::$name(h.store.as_ref(), other.as_ref()).await;
+                    drop(other);
+                    h.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(h) = super::support::postgres().await else { return };
+                    let other = h.second().await;
+                    super::$name(h.store.as_ref(), other.as_ref()).await;
+                    drop(other);
                     h.finish().await;
                 }
             )*
@@ -5006,4 +5049,179 @@ async fn devices_with_failing_declarations_filter(s: &dyn Store) {
         ids(s.list_devices(&failing(true)).await.unwrap()),
         (Vec::<String>::new(), 0)
     );
+}
+
+/// Several servers on one database: what one server remembers of an enrollment between two
+/// exchanges (PostgreSQL's `binding_memo.rs`) never outlives a change another server made.
+mod two_servers {
+    use super::*;
+
+    two_servers!(
+        a_checkout_on_another_server_refuses_the_next_exchange,
+        last_seen_written_by_another_server_is_not_overwritten,
+        an_inventory_written_by_another_server_is_merged_into,
+    );
+
+    /// Idle, then an acknowledgement with an inventory on server `a`: `a` now knows the row,
+    /// its digests and the command it handed out (`c2`).
+    async fn two_exchanges(a: &dyn Store, t: chrono::DateTime<chrono::Utc>) {
+        bound(a, "e1").await;
+        let e1 = [("e1".into(), Channel::Device)];
+        for u in ["c1", "c2"] {
+            a.enqueue_command(
+                &cmd(u, "DeviceInformation"),
+                &e1,
+                &audit("command.enqueue", u),
+            )
+            .await
+            .unwrap();
+        }
+        let x = a
+            .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
+            .await
+            .unwrap();
+        assert_eq!(next_uuid(x).as_deref(), Some("c1"));
+        let ack = outcome("c1", "acknowledged");
+        let merge = TestMerge::appends("v1");
+        let x = a
+            .command_exchange(exchange(
+                "id-e1",
+                "EID-e1",
+                Channel::Device,
+                Some(&ack),
+                Some(&merge),
+                t + Duration::seconds(1),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(next_uuid(x).as_deref(), Some("c2"));
+    }
+
+    async fn a_checkout_on_another_server_refuses_the_next_exchange(a: &dyn Store, b: &dyn Store) {
+        let t = now();
+        two_exchanges(a, t).await;
+        b.record_checkout("e1", t + Duration::seconds(2))
+            .await
+            .unwrap();
+        // The answer to c2 reaches server `a`, which handed c2 out.
+        let ack = outcome("c2", "acknowledged");
+        let merge = TestMerge::appends("v2");
+        let x = a
+            .command_exchange(exchange(
+                "id-e1",
+                "EID-e1",
+                Channel::Device,
+                Some(&ack),
+                Some(&merge),
+                t + Duration::seconds(3),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(x, Exchanged::Refused(IdentityBinding::CheckedOut));
+        // Nothing of it was written: one merge (c1's), no result for c2.
+        assert_eq!(
+            a.inventory("e1").await.unwrap().as_deref(),
+            Some("+DeviceInformation")
+        );
+        let h = a.command_history("e1", 10).await.unwrap();
+        assert!(h
+            .iter()
+            .all(|r| r.command_uuid != "c2" || r.status != CommandState::Acknowledged));
+        // Idle too.
+        let x = a
+            .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
+            .await
+            .unwrap();
+        assert_eq!(x, Exchanged::Refused(IdentityBinding::CheckedOut));
+    }
+
+    async fn last_seen_written_by_another_server_is_not_overwritten(a: &dyn Store, b: &dyn Store) {
+        let t = now();
+        two_exchanges(a, t).await;
+        // Server `b` hears from the device two minutes later (and writes `last_seen_at`, which
+        // is written at most once a minute).
+        let later = t + Duration::minutes(2);
+        let x = b
+            .command_exchange(exchange(
+                "id-e1",
+                "EID-e1",
+                Channel::Device,
+                None,
+                None,
+                later,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(next_uuid(x).as_deref(), Some("c2"));
+        assert_eq!(
+            a.enrollment("e1").await.unwrap().unwrap().last_seen_at,
+            Some(later)
+        );
+        // Thirty seconds on, server `a`, which last saw `last_seen_at` at `t`, takes c2's
+        // answer: the row it remembers is out of date, so it reads `b`'s `last_seen_at`, which
+        // is recent, and leaves it alone; the answer itself is stored once, with its inventory.
+        let ack = outcome("c2", "acknowledged");
+        let merge = TestMerge::appends("v2");
+        let x = a
+            .command_exchange(exchange(
+                "id-e1",
+                "EID-e1",
+                Channel::Device,
+                Some(&ack),
+                Some(&merge),
+                later + Duration::seconds(30),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(ignored_of(&x), None);
+        assert_eq!(next_uuid(x), None);
+        assert_eq!(
+            a.enrollment("e1").await.unwrap().unwrap().last_seen_at,
+            Some(later)
+        );
+        assert_eq!(
+            b.inventory("e1").await.unwrap().as_deref(),
+            Some("+DeviceInformation+DeviceInformation")
+        );
+    }
+
+    async fn an_inventory_written_by_another_server_is_merged_into(a: &dyn Store, b: &dyn Store) {
+        let t = now();
+        bound(a, "e1").await;
+        let e1 = [("e1".into(), Channel::Device)];
+        a.enqueue_command(
+            &cmd("c1", "DeviceInformation"),
+            &e1,
+            &audit("command.enqueue", "c1"),
+        )
+        .await
+        .unwrap();
+        // Server `a` hands c1 out to an enrollment with no inventory yet...
+        let x = a
+            .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
+            .await
+            .unwrap();
+        assert_eq!(next_uuid(x).as_deref(), Some("c1"));
+        // ... server `b` writes one ...
+        b.set_inventory("e1", "doc").await.unwrap();
+        // ... and c1's answer is merged into it, not into the nothing `a` saw.
+        let ack = outcome("c1", "acknowledged");
+        let merge = TestMerge::appends("v1");
+        let x = a
+            .command_exchange(exchange(
+                "id-e1",
+                "EID-e1",
+                Channel::Device,
+                Some(&ack),
+                Some(&merge),
+                t + Duration::seconds(1),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(ignored_of(&x), None);
+        assert_eq!(
+            b.inventory("e1").await.unwrap().as_deref(),
+            Some("doc+DeviceInformation")
+        );
+    }
 }

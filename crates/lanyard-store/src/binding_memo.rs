@@ -1,0 +1,152 @@
+//! PostgreSQL's exchange remembers, per identity, the enrollment row it last read or wrote, so
+//! that the next exchange of that identity can skip the read and go straight to the write.
+//!
+//! Nothing here decides anything. The identity rule ([`IdentityBinding`]) and the inventory's
+//! digests are checked in Rust on the remembered row exactly as on a row just read, and the write
+//! happens only while the enrollment is still the version (`xmin`) the memo names: any change to
+//! the row, by this process or by another server on the same database (a checkout, a renewal, a
+//! rebinding, an inventory written elsewhere), gives it a new version, the write then changes
+//! nothing, and the exchange reads the row again. So a memo that is out of date costs one wasted
+//! statement, never a wrong answer.
+//!
+//! Bounded: at most [`MEMO_ENTRIES`] identities; beyond that an arbitrary one is forgotten. An
+//! exchange takes its identity's entry out while it runs (two requests of one identity at once:
+//! the second one reads).
+//!
+//! [`IdentityBinding`]: crate::IdentityBinding
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+
+use crate::Channel;
+
+/// At most this many identities are remembered (each entry is a few hundred bytes).
+pub(crate) const MEMO_ENTRIES: usize = 4096;
+
+/// An enrollment row as the exchange last saw it, at `version`.
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    pub id: String,
+    pub status: String,
+    pub bound: Option<String>,
+    pub last_seen: Option<DateTime<Utc>>,
+    /// The inventory's digests.
+    pub digests: Option<String>,
+    /// The enrollment has no inventory document (a merge starts from nothing, unread).
+    pub no_inventory: bool,
+    /// The row's `xmin`.
+    pub version: String,
+    /// What the exchange handed out last: the channel, the command and its request type.
+    pub handed_out: Option<(Channel, String, String)>,
+}
+
+impl Seen {
+    /// The request type of the command `uuid` an acknowledgement on `channel` reports, when it
+    /// is the one this entry handed out.
+    pub(crate) fn request_type_of(&self, channel: Channel, uuid: Option<&str>) -> Option<&str> {
+        match (&self.handed_out, uuid) {
+            (Some((c, u, rt)), Some(uuid)) if *c == channel && u == uuid => Some(rt),
+            _ => None,
+        }
+    }
+
+    /// Whether an exchange can run on this entry without reading the row: one that merges an
+    /// inventory needs the reported command's request type.
+    pub(crate) fn serves(
+        &self,
+        want_inventory: bool,
+        channel: Channel,
+        uuid: Option<&str>,
+    ) -> bool {
+        !want_inventory || self.request_type_of(channel, uuid).is_some()
+    }
+}
+
+/// The remembered rows, by identity (SHA-256 hex of its certificate).
+#[derive(Debug, Default)]
+pub(crate) struct BindingMemo {
+    rows: Mutex<HashMap<String, Seen>>,
+}
+
+impl BindingMemo {
+    fn rows(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+        // A panic while the lock was held left at worst a stale entry, which the version check
+        // makes harmless.
+        self.rows
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes `identity`'s entry out, if there is one.
+    pub(crate) fn take(&self, identity: &str) -> Option<Seen> {
+        self.rows().remove(identity)
+    }
+
+    /// Remembers `seen` for `identity`, forgetting an arbitrary other identity when full.
+    pub(crate) fn put(&self, identity: &str, seen: Seen) {
+        let mut rows = self.rows();
+        if rows.len() >= MEMO_ENTRIES && !rows.contains_key(identity) {
+            if let Some(other) = rows.keys().next().cloned() {
+                rows.remove(&other);
+            }
+        }
+        rows.insert(identity.to_owned(), seen);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.rows().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(handed_out: Option<(Channel, &str, &str)>) -> Seen {
+        Seen {
+            id: "e1".into(),
+            status: "enrolled".into(),
+            bound: Some("EID".into()),
+            last_seen: None,
+            digests: None,
+            no_inventory: true,
+            version: "7".into(),
+            handed_out: handed_out.map(|(c, u, rt)| (c, u.to_owned(), rt.to_owned())),
+        }
+    }
+
+    #[test]
+    fn an_inventory_merge_needs_the_digests_and_the_command_it_handed_out() {
+        let out = Some((Channel::Device, "c1", "DeviceInformation"));
+        let s = seen(out);
+        assert!(s.serves(false, Channel::User, None));
+        assert!(s.serves(true, Channel::Device, Some("c1")));
+        assert_eq!(
+            s.request_type_of(Channel::Device, Some("c1")),
+            Some("DeviceInformation")
+        );
+        // Another command, another channel, no command: the row is read.
+        assert!(!s.serves(true, Channel::Device, Some("c2")));
+        assert!(!s.serves(true, Channel::User, Some("c1")));
+        assert!(!s.serves(true, Channel::Device, None));
+        // Nothing handed out: the row is read.
+        assert!(!seen(None).serves(true, Channel::Device, Some("c1")));
+    }
+
+    #[test]
+    fn taken_once_and_bounded() {
+        let memo = BindingMemo::default();
+        memo.put("a", seen(None));
+        assert!(memo.take("a").is_some());
+        assert!(memo.take("a").is_none());
+        for i in 0..MEMO_ENTRIES + 10 {
+            memo.put(&format!("id-{i}"), seen(None));
+        }
+        assert_eq!(memo.len(), MEMO_ENTRIES);
+        // The newest is always kept.
+        assert!(memo.take(&format!("id-{}", MEMO_ENTRIES + 9)).is_some());
+    }
+}
