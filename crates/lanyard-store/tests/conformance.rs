@@ -79,16 +79,18 @@ mod support {
     }
 }
 
-/// Expands each listed async test body into one `#[tokio::test]` per backend.
+/// Expands each listed async test body into one `#[tokio::test]` per backend. With
+/// `two_servers:` first, each body gets a second store on the same database too (another server).
 macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
+    (two_servers: $($name:ident),* $(,)?) => { conformance!(@each [other] $($name),*); };
+    ($($name:ident),* $(,)?) => { conformance!(@each [] $($name),*); };
+    (@each $other:tt $($name:ident),*) => {
         mod sqlite {
             $(
                 #[tokio::test]
                 async fn $name() {
                     let h = super::support::sqlite().await;
-                    super::$name(h.store.as_ref()).await;
-                    h.finish().await;
+                    conformance!(@run $name, h, $other);
                 }
             )*
         }
@@ -97,41 +99,16 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $name() {
                     let Some(h) = super::support::postgres().await else { return };
-                    super::$name(h.store.as_ref()).await;
-                    h.finish().await;
+                    conformance!(@run $name, h, $other);
                 }
             )*
         }
     };
-}
-
-/// As [`conformance!`], for tests of two servers on one database: each body gets two stores.
-macro_rules! two_servers {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let h = super::support::sqlite().await;
-                    let other = h.second().await;
-                    super::$name(h.store.as_ref(), other.as_ref()).await;
-                    drop(other);
-                    h.finish().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(h) = super::support::postgres().await else { return };
-                    let other = h.second().await;
-                    super::$name(h.store.as_ref(), other.as_ref()).await;
-                    drop(other);
-                    h.finish().await;
-                }
-            )*
-        }
+    (@run $name:ident, $h:ident, [$($other:ident)?]) => {
+        $(let $other = $h.second().await;)?
+        super::$name($h.store.as_ref() $(, $other.as_ref())?).await;
+        $(drop($other);)?
+        $h.finish().await;
     };
 }
 
@@ -4026,19 +4003,24 @@ async fn command_status(s: &dyn Store, id: &str, uuid: &str) -> Option<CommandSt
         .map(|r| r.status)
 }
 
-async fn command_exchange_skips_an_unchanged_inventory(s: &dyn Store) {
-    bound(s, "e1").await;
-    let t = now();
-    let e1 = [("e1".into(), Channel::Device)];
-    for u in ["c1", "c2", "c3", "c4"] {
+/// Queues a `DeviceInformation` for each of `uuids` on `id`'s device channel.
+async fn queue_device_information(s: &dyn Store, id: &str, uuids: &[&str]) {
+    let target = [(id.into(), Channel::Device)];
+    for u in uuids {
         s.enqueue_command(
             &cmd(u, "DeviceInformation"),
-            &e1,
+            &target,
             &audit("command.enqueue", u),
         )
         .await
         .unwrap();
     }
+}
+
+async fn command_exchange_skips_an_unchanged_inventory(s: &dyn Store) {
+    bound(s, "e1").await;
+    let t = now();
+    queue_device_information(s, "e1", &["c1", "c2", "c3", "c4"]).await;
     let x = s
         .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
         .await
@@ -5056,44 +5038,54 @@ async fn devices_with_failing_declarations_filter(s: &dyn Store) {
 mod two_servers {
     use super::*;
 
-    two_servers!(
+    conformance!(
+        two_servers:
         a_checkout_on_another_server_refuses_the_next_exchange,
         last_seen_written_by_another_server_is_not_overwritten,
         an_inventory_written_by_another_server_is_merged_into,
     );
 
-    /// Idle, then an acknowledgement with an inventory on server `a`: `a` now knows the row,
-    /// its digests and the command it handed out (`c2`).
-    async fn two_exchanges(a: &dyn Store, t: chrono::DateTime<chrono::Utc>) {
+    /// e1's Idle on server `s` at `at`.
+    async fn idle(s: &dyn Store, at: chrono::DateTime<chrono::Utc>) -> Exchanged {
+        s.command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, at))
+            .await
+            .unwrap()
+    }
+
+    /// e1 acknowledges `uuid` on server `s` with a result whose inventory digest is `digest`.
+    async fn acknowledge(
+        s: &dyn Store,
+        uuid: &str,
+        digest: &'static str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Exchanged {
+        let ack = outcome(uuid, "acknowledged");
+        let merge = TestMerge::appends(digest);
+        s.command_exchange(exchange(
+            "id-e1",
+            "EID-e1",
+            Channel::Device,
+            Some(&ack),
+            Some(&merge),
+            at,
+        ))
+        .await
+        .unwrap()
+    }
+
+    /// e1 bound, with `commands` (DeviceInformation) queued, and the first handed out by an
+    /// Idle on server `a` at `t`.
+    async fn first_handed_out(a: &dyn Store, commands: &[&str], t: chrono::DateTime<chrono::Utc>) {
         bound(a, "e1").await;
-        let e1 = [("e1".into(), Channel::Device)];
-        for u in ["c1", "c2"] {
-            a.enqueue_command(
-                &cmd(u, "DeviceInformation"),
-                &e1,
-                &audit("command.enqueue", u),
-            )
-            .await
-            .unwrap();
-        }
-        let x = a
-            .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
-            .await
-            .unwrap();
-        assert_eq!(next_uuid(x).as_deref(), Some("c1"));
-        let ack = outcome("c1", "acknowledged");
-        let merge = TestMerge::appends("v1");
-        let x = a
-            .command_exchange(exchange(
-                "id-e1",
-                "EID-e1",
-                Channel::Device,
-                Some(&ack),
-                Some(&merge),
-                t + Duration::seconds(1),
-            ))
-            .await
-            .unwrap();
+        queue_device_information(a, "e1", commands).await;
+        assert_eq!(next_uuid(idle(a, t).await).as_deref(), Some(commands[0]));
+    }
+
+    /// Then c1's acknowledgement with an inventory on `a`: `a` now knows the row, its digests
+    /// and the command it handed out (`c2`).
+    async fn two_exchanges(a: &dyn Store, t: chrono::DateTime<chrono::Utc>) {
+        first_handed_out(a, &["c1", "c2"], t).await;
+        let x = acknowledge(a, "c1", "v1", t + Duration::seconds(1)).await;
         assert_eq!(next_uuid(x).as_deref(), Some("c2"));
     }
 
@@ -5104,19 +5096,7 @@ mod two_servers {
             .await
             .unwrap();
         // The answer to c2 reaches server `a`, which handed c2 out.
-        let ack = outcome("c2", "acknowledged");
-        let merge = TestMerge::appends("v2");
-        let x = a
-            .command_exchange(exchange(
-                "id-e1",
-                "EID-e1",
-                Channel::Device,
-                Some(&ack),
-                Some(&merge),
-                t + Duration::seconds(3),
-            ))
-            .await
-            .unwrap();
+        let x = acknowledge(a, "c2", "v2", t + Duration::seconds(3)).await;
         assert_eq!(x, Exchanged::Refused(IdentityBinding::CheckedOut));
         // Nothing of it was written: one merge (c1's), no result for c2.
         assert_eq!(
@@ -5128,11 +5108,10 @@ mod two_servers {
             .iter()
             .all(|r| r.command_uuid != "c2" || r.status != CommandState::Acknowledged));
         // Idle too.
-        let x = a
-            .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
-            .await
-            .unwrap();
-        assert_eq!(x, Exchanged::Refused(IdentityBinding::CheckedOut));
+        assert_eq!(
+            idle(a, t).await,
+            Exchanged::Refused(IdentityBinding::CheckedOut)
+        );
     }
 
     async fn last_seen_written_by_another_server_is_not_overwritten(a: &dyn Store, b: &dyn Store) {
@@ -5141,18 +5120,7 @@ mod two_servers {
         // Server `b` hears from the device two minutes later (and writes `last_seen_at`, which
         // is written at most once a minute).
         let later = t + Duration::minutes(2);
-        let x = b
-            .command_exchange(exchange(
-                "id-e1",
-                "EID-e1",
-                Channel::Device,
-                None,
-                None,
-                later,
-            ))
-            .await
-            .unwrap();
-        assert_eq!(next_uuid(x).as_deref(), Some("c2"));
+        assert_eq!(next_uuid(idle(b, later).await).as_deref(), Some("c2"));
         assert_eq!(
             a.enrollment("e1").await.unwrap().unwrap().last_seen_at,
             Some(later)
@@ -5160,19 +5128,7 @@ mod two_servers {
         // Thirty seconds on, server `a`, which last saw `last_seen_at` at `t`, takes c2's
         // answer: the row it remembers is out of date, so it reads `b`'s `last_seen_at`, which
         // is recent, and leaves it alone; the answer itself is stored once, with its inventory.
-        let ack = outcome("c2", "acknowledged");
-        let merge = TestMerge::appends("v2");
-        let x = a
-            .command_exchange(exchange(
-                "id-e1",
-                "EID-e1",
-                Channel::Device,
-                Some(&ack),
-                Some(&merge),
-                later + Duration::seconds(30),
-            ))
-            .await
-            .unwrap();
+        let x = acknowledge(a, "c2", "v2", later + Duration::seconds(30)).await;
         assert_eq!(ignored_of(&x), None);
         assert_eq!(next_uuid(x), None);
         assert_eq!(
@@ -5187,37 +5143,12 @@ mod two_servers {
 
     async fn an_inventory_written_by_another_server_is_merged_into(a: &dyn Store, b: &dyn Store) {
         let t = now();
-        bound(a, "e1").await;
-        let e1 = [("e1".into(), Channel::Device)];
-        a.enqueue_command(
-            &cmd("c1", "DeviceInformation"),
-            &e1,
-            &audit("command.enqueue", "c1"),
-        )
-        .await
-        .unwrap();
         // Server `a` hands c1 out to an enrollment with no inventory yet...
-        let x = a
-            .command_exchange(exchange("id-e1", "EID-e1", Channel::Device, None, None, t))
-            .await
-            .unwrap();
-        assert_eq!(next_uuid(x).as_deref(), Some("c1"));
+        first_handed_out(a, &["c1"], t).await;
         // ... server `b` writes one ...
         b.set_inventory("e1", "doc").await.unwrap();
         // ... and c1's answer is merged into it, not into the nothing `a` saw.
-        let ack = outcome("c1", "acknowledged");
-        let merge = TestMerge::appends("v1");
-        let x = a
-            .command_exchange(exchange(
-                "id-e1",
-                "EID-e1",
-                Channel::Device,
-                Some(&ack),
-                Some(&merge),
-                t + Duration::seconds(1),
-            ))
-            .await
-            .unwrap();
+        let x = acknowledge(a, "c1", "v1", t + Duration::seconds(1)).await;
         assert_eq!(ignored_of(&x), None);
         assert_eq!(
             b.inventory("e1").await.unwrap().as_deref(),
