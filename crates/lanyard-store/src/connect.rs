@@ -33,9 +33,9 @@ pub struct PostgresStore {
     pub(crate) memo: std::sync::Arc<crate::binding_memo::BindingMemo>,
 }
 
-/// Each read connection's page cache, in KiB (SQLite's default is 2,000). The exchange's writer
-/// connection keeps SQLite's default.
-const SQLITE_PAGE_CACHE_KIB: u32 = 512;
+/// Each connection's page cache, in KiB (SQLite's default is 2,000): the read pool's, the
+/// exchange's writer's and its checkpointer's.
+pub(crate) const SQLITE_PAGE_CACHE_KIB: u32 = 512;
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at a `sqlite://` URL with the default

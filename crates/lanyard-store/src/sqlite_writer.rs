@@ -136,6 +136,11 @@ fn open(path: &Path, writer: bool) -> Result<Connection> {
     } else {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
     })?;
+    conn.pragma_update(
+        None,
+        "cache_size",
+        format!("-{}", crate::connect::SQLITE_PAGE_CACHE_KIB),
+    )?;
     Ok(conn)
 }
 
