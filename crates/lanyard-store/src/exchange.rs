@@ -425,13 +425,14 @@ impl Exchange for SqliteStore {
 }
 
 impl Exchange for PostgresStore {
-    /// The exchange in two statements on one connection, each its own transaction: the
-    /// identity's row is read (with its version, `xmin`) and checked by [`IdentityBinding`]; one
-    /// statement then does every write (outcome, result, inventory, `last_seen_at`, the claim of
-    /// the next command) only if that row is still the version read, and locks it until its
-    /// commit. When the row changed in between, the exchange starts over. The rare writes of
-    /// the identity rule (a renewed identity's first use, an inactive enrollment speaking) are
-    /// made first, each on its own, and the exchange starts over.
+    /// The exchange in two statements on one connection (one when the row is remembered, below),
+    /// each its own transaction: the identity's row is read (with its version, `xmin`) and
+    /// checked by [`IdentityBinding`]; one statement then does every write (outcome, result,
+    /// inventory, `last_seen_at`, the claim of the next command) only if that row is still the
+    /// version read, and locks it until its commit. When the row changed in between, the
+    /// exchange starts over. The rare writes of the identity rule (a renewed identity's first
+    /// use, an inactive enrollment speaking) are made first, each on its own, and the exchange
+    /// starts over.
     ///
     /// The read is skipped when this process remembers the row from the identity's last
     /// exchange (`binding_memo.rs`): the rule is checked on the remembered row and the write's
@@ -638,19 +639,19 @@ type PgBinding = (
 /// the claim skips a command deferred until later and the one this result just finished.
 ///
 /// The queue rows are found by `enrollment_id = $1` (the enrollment `e` holds), not by a join
-/// with `e`: with the parameter PostgreSQL reads the outcome's row by the unique
-/// (enrollment, channel, command) index and the claim's first row in `command_queue_next`
-/// order, where the join made it read and sort the enrollment's whole queue (a queue of 1,500
-/// commands: 1.5 ms an exchange with the join, 0.8 ms without).
+/// with `e`: with the parameter PostgreSQL's claim reads the first due row in
+/// `command_queue_next` order, where the join made it read and sort the enrollment's whole
+/// queue (`auto_explain`; a queue of 1,500 commands: 1.5 ms an exchange with the join, 0.8 ms
+/// without).
 const SQL_PG_EXCHANGE: &str = "WITH e AS (\
      SELECT id FROM enrollments WHERE id = $1 AND xmin::text = $2 FOR UPDATE), \
      nn AS (UPDATE command_queue q SET status = 'not_now', not_now_until = $10, \
      not_now_count = q.not_now_count + 1 FROM e WHERE $6 = 'not_now' \
-     AND q.enrollment_id = $1 AND q.enrollment_id = e.id AND q.channel = $3 AND q.command_uuid = $5 AND q.status = 'sent' \
-     RETURNING q.id), \
+     AND q.enrollment_id = $1 AND q.enrollment_id = e.id AND q.channel = $3 \
+     AND q.command_uuid = $5 AND q.status = 'sent' RETURNING q.id), \
      fin AS (DELETE FROM command_queue q USING e WHERE $6 = 'result' \
-     AND q.enrollment_id = $1 AND q.enrollment_id = e.id AND q.channel = $3 AND q.command_uuid = $5 AND q.status = 'sent' \
-     RETURNING q.id, q.queued_at, q.sent_at), \
+     AND q.enrollment_id = $1 AND q.enrollment_id = e.id AND q.channel = $3 \
+     AND q.command_uuid = $5 AND q.status = 'sent' RETURNING q.id, q.queued_at, q.sent_at), \
      res AS (INSERT INTO command_results (enrollment_id, channel, command_uuid, request_type, \
      status, result, error_chain, queued_at, sent_at, finished_at) \
      SELECT $1, $3, $5, c.request_type, $7, $8, $9, fin.queued_at, fin.sent_at, $4 \
@@ -665,7 +666,8 @@ const SQL_PG_EXCHANGE: &str = "WITH e AS (\
      RETURNING n.xmin::text AS version), \
      claim AS (UPDATE command_queue SET status = 'sent', sent_at = $4 WHERE id = (\
      SELECT q.id FROM command_queue q WHERE $14 AND EXISTS (SELECT 1 FROM e) \
-     AND q.enrollment_id = $1 AND q.channel = $3 AND (q.not_now_until IS NULL OR q.not_now_until <= $4) \
+     AND q.enrollment_id = $1 AND q.channel = $3 \
+     AND (q.not_now_until IS NULL OR q.not_now_until <= $4) \
      AND q.id NOT IN (SELECT id FROM fin) ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED) \
      RETURNING command_uuid, \
      (SELECT c.request_type FROM commands c WHERE c.uuid = command_uuid) AS request_type, \
