@@ -96,7 +96,9 @@ impl SqliteStore {
                     .pragma("cache_size", format!("-{SQLITE_PAGE_CACHE_KIB}")),
             )
             .await?;
-        let writer = crate::sqlite_writer::SqliteWriter::start(opts.get_filename()).await?;
+        let writer =
+            crate::sqlite_writer::SqliteWriter::start(opts.get_filename(), settings.sqlite_wal)
+                .await?;
         Ok(Self {
             pool,
             write_gate: Default::default(),

@@ -169,6 +169,35 @@ pub struct PoolSettings {
     /// How long a query waits for a connection (a free one, or a new one being made) before it
     /// fails with [`StoreError::Unavailable`]. Also bounds the first connection at start-up.
     pub acquire_timeout: std::time::Duration,
+    /// How SQLite's write-ahead log is checkpointed and kept short (SQLite only).
+    pub sqlite_wal: SqliteWal,
+}
+
+/// How SQLite's write-ahead log is checkpointed and kept short (see `sqlite_writer.rs`).
+///
+/// A checkpoint copies the log's pages into the database file, but the log file only starts
+/// over from its beginning when a writer begins while every frame in it has been copied. Under
+/// a steady stream of exchanges a background checkpoint never catches the writer, so without
+/// more the log would grow for as long as the stream lasts (a 10,000-device fan-out left a
+/// 376 MB log beside a 33 MB database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteWal {
+    /// How often the background thread runs a PASSIVE checkpoint when something was written.
+    pub checkpoint_every: std::time::Duration,
+    /// When that checkpoint finds the log this many frames long (one frame per 4 KiB page) or
+    /// longer, the writer thread checkpoints too, between two groups, so that its next
+    /// transaction starts the log over.
+    pub restart_after_frames: u32,
+}
+
+impl Default for SqliteWal {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: std::time::Duration::from_millis(500),
+            // SQLite's own automatic checkpoint threshold (about 4 MiB of log).
+            restart_after_frames: 1000,
+        }
+    }
 }
 
 impl PoolSettings {
@@ -181,6 +210,7 @@ impl Default for PoolSettings {
     fn default() -> Self {
         Self {
             acquire_timeout: Self::DEFAULT_ACQUIRE_TIMEOUT,
+            sqlite_wal: SqliteWal::default(),
         }
     }
 }

@@ -16,7 +16,22 @@
 //!
 //! Checkpoints: the writer's connection does not checkpoint inside its commits
 //! (`wal_autocheckpoint=0`); a second thread with its own connection runs a PASSIVE checkpoint
-//! every [`CHECKPOINT_EVERY`] when anything was written since the last one.
+//! every [`SqliteWal::checkpoint_every`] when anything was written since the last one.
+//!
+//! The log's length: a checkpoint copies the log's pages into the database file, but SQLite
+//! starts the log file over from its beginning only when a transaction begins while every
+//! frame of it has been copied (and no reader still reads from it). Under a steady stream of
+//! exchanges the background checkpoint never finds that moment — the writer has always
+//! committed again — so the log grew for as long as the stream lasted: a 10,000-device fan-out
+//! left a 376 MB log beside a 33 MB database, every frame of it a file extension, and the
+//! shared-memory index of the log grew with it. So when the background checkpoint finds the
+//! log [`SqliteWal::restart_after_frames`] frames long or longer, it asks the writer thread to
+//! checkpoint too, between two groups: nothing is written meanwhile, so that checkpoint copies
+//! the few frames written since the background one and leaves the log fully copied, and the
+//! writer's next transaction starts it over (SQLite's `walRestartLog`). Its commit truncates a
+//! log file that grew past [`LOG_SIZE_LIMIT`] back to that size (`journal_size_limit`).
+//! Neither checkpoint waits for anybody (PASSIVE): a reader that still reads an old frame only
+//! defers the start-over to a later round.
 //!
 //! Other writes still go through sqlx's pool; both sides wait for SQLite's write lock with a busy
 //! timeout, and the writer holds it only while it runs one group.
@@ -35,7 +50,7 @@ use crate::exchange::{
     SQL_BINDING, SQL_DEQUEUE, SQL_FINISHING, SQL_HAND_OUT, SQL_INVENTORY, SQL_LAST_SEEN,
     SQL_NEXT_DUE, SQL_NOT_NOW, SQL_REACTIVATE, SQL_READ_INVENTORY, SQL_REPEATED, SQL_RESULT,
 };
-use crate::{CommandUuid, EnrollmentStatus, NextCommand, Result, StoreError};
+use crate::{CommandUuid, EnrollmentStatus, NextCommand, Result, SqliteWal, StoreError};
 
 /// How long SQLite waits for its write lock held by another connection (as sqlx's pool).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,8 +58,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many exchanges share one transaction.
 const MAX_GROUP: usize = 256;
 
-/// How often the checkpoint thread looks for new WAL content.
-pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// The size a log file that has grown larger is cut back to when the log starts over
+/// (`journal_size_limit`). Larger than the log grows between two background checkpoints under
+/// a heavy load, so that in a steady state the file is written over in place, not cut and
+/// extended again.
+pub(crate) const LOG_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// The writer thread's handle: dropping the last clone ends the thread (after the group it is
 /// running) and with it the checkpoint thread.
@@ -70,7 +88,7 @@ fn stopped() -> StoreError {
 impl SqliteWriter {
     /// Opens the writer's connection (and the checkpointer's) on the database file at `path`,
     /// which sqlx has opened (and created) already.
-    pub(crate) async fn start(path: &Path) -> Result<Self> {
+    pub(crate) async fn start(path: &Path, wal: SqliteWal) -> Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready, opened) = tokio::sync::oneshot::channel::<Result<()>>();
         let path = path.to_path_buf();
@@ -84,7 +102,7 @@ impl SqliteWriter {
                         return;
                     }
                 };
-                let dirty = Arc::new(AtomicBool::new(false));
+                let log = Arc::new(LogState::default());
                 let (stop, stopping) = mpsc::channel::<()>();
                 let checkpointer = match open(&path, false) {
                     Ok(c) => c,
@@ -93,10 +111,10 @@ impl SqliteWriter {
                         return;
                     }
                 };
-                let seen = dirty.clone();
+                let seen = log.clone();
                 let spawned = std::thread::Builder::new()
                     .name("lanyard-sqlite-checkpoint".into())
-                    .spawn(move || checkpoints(checkpointer, &seen, &stopping));
+                    .spawn(move || checkpoints(checkpointer, &seen, wal, &stopping));
                 if let Err(e) = spawned {
                     let _ = ready.send(Err(StoreError::Unavailable(format!(
                         "cannot start the SQLite checkpoint thread: {e}"
@@ -104,7 +122,7 @@ impl SqliteWriter {
                     return;
                 }
                 let _ = ready.send(Ok(()));
-                serve(conn, &queue, &dirty);
+                serve(conn, &queue, &log);
                 drop(stop);
             })
             .map_err(|e| {
@@ -136,6 +154,9 @@ fn open(path: &Path, writer: bool) -> Result<Connection> {
     } else {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
     })?;
+    if writer {
+        conn.pragma_update(None, "journal_size_limit", LOG_SIZE_LIMIT)?;
+    }
     conn.pragma_update(
         None,
         "cache_size",
@@ -144,26 +165,46 @@ fn open(path: &Path, writer: bool) -> Result<Connection> {
     Ok(conn)
 }
 
-/// The checkpoint thread: a PASSIVE checkpoint (never waits for readers or the writer) when
-/// something was committed since the last one, until the writer thread ends.
-fn checkpoints(conn: Connection, dirty: &AtomicBool, stopping: &mpsc::Receiver<()>) {
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stopping.recv_timeout(CHECKPOINT_EVERY) {
-        if dirty.swap(false, Ordering::Relaxed) {
-            // A failure (the database busy in a way PASSIVE does not wait out) is retried at
-            // the next tick.
-            if conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                .is_err()
-            {
-                dirty.store(true, Ordering::Relaxed);
+/// What the writer thread and the checkpoint thread tell each other about the log.
+#[derive(Default)]
+struct LogState {
+    /// Something was committed since the last background checkpoint.
+    dirty: AtomicBool,
+    /// The log is long: the writer checkpoints between two groups, so that the log starts
+    /// over at its next transaction.
+    start_over: AtomicBool,
+}
+
+/// A PASSIVE checkpoint (never waits for readers or the writer); the log's length in frames
+/// and how many of them are copied into the database file.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })
+}
+
+/// The checkpoint thread: a PASSIVE checkpoint when something was committed since the last
+/// one, until the writer thread ends; asks the writer to start the log over when it is long.
+fn checkpoints(conn: Connection, log: &LogState, wal: SqliteWal, stopping: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopping.recv_timeout(wal.checkpoint_every) {
+        if log.dirty.swap(false, Ordering::Relaxed) {
+            match checkpoint(&conn) {
+                Ok((frames, _)) => {
+                    if frames >= i64::from(wal.restart_after_frames) {
+                        log.start_over.store(true, Ordering::Relaxed);
+                    }
+                }
+                // A failure (the database busy in a way PASSIVE does not wait out) is retried
+                // at the next tick.
+                Err(_) => log.dirty.store(true, Ordering::Relaxed),
             }
         }
     }
 }
 
 /// The writer loop: waits for an exchange, takes every other one already waiting, and runs
-/// them as one group.
-fn serve(conn: Connection, queue: &mpsc::Receiver<Job>, dirty: &AtomicBool) {
+/// them as one group; checkpoints between two groups when the log is long.
+fn serve(conn: Connection, queue: &mpsc::Receiver<Job>, log: &LogState) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Ok(first) = queue.recv() {
         group.push(first);
@@ -174,11 +215,16 @@ fn serve(conn: Connection, queue: &mpsc::Receiver<Job>, dirty: &AtomicBool) {
             }
         }
         let results = run_group(&conn, &group);
-        dirty.store(true, Ordering::Relaxed);
+        log.dirty.store(true, Ordering::Relaxed);
         for (job, result) in group.drain(..).zip(results) {
             // The requester may have gone (its request was cancelled): the exchange stands,
             // and an unanswered command is handed out again at the next poll.
             let _ = job.reply.send(result);
+        }
+        if log.start_over.swap(false, Ordering::Relaxed) {
+            // After the replies, so that no answer waits for it. A failure leaves the log as
+            // it is; the next background checkpoint asks again.
+            let _ = checkpoint(&conn);
         }
     }
 }

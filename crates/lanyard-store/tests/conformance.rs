@@ -1524,6 +1524,7 @@ async fn unreachable_postgres_names_host_port_and_cause() {
     let url = format!("postgres://postgres@127.0.0.1:{port}/lanyard");
     let settings = PoolSettings {
         acquire_timeout: std::time::Duration::from_secs(2),
+        ..Default::default()
     };
     let err = PostgresStore::connect_with(&url, settings)
         .await
@@ -1566,6 +1567,76 @@ async fn sqlite_files_are_private() {
     let store = SqliteStore::connect(&url).await.unwrap();
     assert_eq!(mode(&db), 0o600);
     store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Under a steady stream of exchanges, SQLite's write-ahead log starts over again and again
+/// instead of growing for as long as the stream lasts (`sqlite_writer.rs`). 32 devices answer
+/// NotNow to their one command and poll again, so every exchange writes and the writer thread
+/// always has work: a background checkpoint alone then never leaves the log fully copied when
+/// the writer begins (without the writer's own checkpoint this run started the log over once,
+/// with it 20–24 times, checkpointing every 20 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_log_starts_over_under_a_steady_stream() {
+    const DEVICES: usize = 32;
+    const ROUNDS: usize = 300;
+    let dir = std::env::temp_dir().join(format!("lanyard-wal-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("lanyard.db");
+    let settings = PoolSettings {
+        sqlite_wal: SqliteWal {
+            checkpoint_every: std::time::Duration::from_millis(20),
+            restart_after_frames: 64,
+        },
+        ..Default::default()
+    };
+    let store = SqliteStore::connect_with(&format!("sqlite://{}", db.display()), settings)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let ids: Vec<String> = (0..DEVICES).map(|i| format!("e{i}")).collect();
+    for id in &ids {
+        bound(&store, id).await;
+        queue_device_information(&store, id, &[&format!("c-{id}")]).await;
+    }
+    let store = std::sync::Arc::new(store);
+    let streams = ids.iter().map(|id| {
+        let (store, id) = (store.clone(), id.clone());
+        tokio::spawn(async move {
+            let (identity, eid, uuid) =
+                (format!("id-{id}"), format!("EID-{id}"), format!("c-{id}"));
+            let mut nn = outcome(&uuid, "not_now");
+            for _ in 0..ROUNDS {
+                let t = now();
+                let x = exchange(&identity, &eid, Channel::Device, None, None, t);
+                assert_eq!(
+                    next_uuid(store.command_exchange(x).await.unwrap()),
+                    Some(uuid.clone())
+                );
+                nn.retry_after = Some(t);
+                let x = exchange(&identity, &eid, Channel::Device, Some(&nn), None, t);
+                assert_eq!(next_uuid(store.command_exchange(x).await.unwrap()), None);
+            }
+        })
+    });
+    for s in streams.collect::<Vec<_>>() {
+        s.await.unwrap();
+    }
+    // The log file's header: its checkpoint sequence number (bytes 12..16, big-endian) counts
+    // the times the log started over; the file is as long as the log ever was.
+    let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+    let header = std::fs::read(&wal).unwrap();
+    let restarts = u32::from_be_bytes(header[12..16].try_into().unwrap());
+    let frames = (header.len().saturating_sub(32)) / (4096 + 24);
+    let exchanges = DEVICES * ROUNDS * 2;
+    eprintln!(
+        "{exchanges} exchanges: the log started over {restarts} times; longest {frames} frames"
+    );
+    assert!(
+        restarts >= 5,
+        "the log started over {restarts} times in {exchanges} exchanges (longest {frames} frames)"
+    );
+    drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -23,6 +23,7 @@ impl GlobalSettings {
     pub fn pool(&self) -> lanyard_store::PoolSettings {
         lanyard_store::PoolSettings {
             acquire_timeout: Duration::from_secs(self.database_acquire_timeout),
+            ..Default::default()
         }
     }
 
