@@ -183,22 +183,37 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     })
 }
 
-/// The checkpoint thread: a PASSIVE checkpoint when something was committed since the last
-/// one, until the writer thread ends; asks the writer to start the log over when it is long.
+/// The checkpoint thread: a [`background_round`] every [`SqliteWal::checkpoint_every`], until
+/// the writer thread ends.
 fn checkpoints(conn: Connection, log: &LogState, wal: SqliteWal, stopping: &mpsc::Receiver<()>) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopping.recv_timeout(wal.checkpoint_every) {
-        if log.dirty.swap(false, Ordering::Relaxed) {
-            match checkpoint(&conn) {
-                Ok((frames, _)) => {
-                    if frames >= i64::from(wal.restart_after_frames) {
-                        log.start_over.store(true, Ordering::Relaxed);
-                    }
+        background_round(&conn, log, wal);
+    }
+}
+
+/// A PASSIVE checkpoint when something was committed since the last one; asks the writer to
+/// start the log over when it is long.
+fn background_round(conn: &Connection, log: &LogState, wal: SqliteWal) {
+    if log.dirty.swap(false, Ordering::Relaxed) {
+        match checkpoint(conn) {
+            Ok((frames, _)) => {
+                if frames >= i64::from(wal.restart_after_frames) {
+                    log.start_over.store(true, Ordering::Relaxed);
                 }
-                // A failure (the database busy in a way PASSIVE does not wait out) is retried
-                // at the next tick.
-                Err(_) => log.dirty.store(true, Ordering::Relaxed),
             }
+            // A failure (the database busy in a way PASSIVE does not wait out) is retried at
+            // the next tick.
+            Err(_) => log.dirty.store(true, Ordering::Relaxed),
         }
+    }
+}
+
+/// On the writer thread between two groups: when asked, a checkpoint. Nothing is written
+/// meanwhile, so it leaves the log fully copied and the next group's transaction starts the
+/// log over. A failure leaves the log as it is; the next background round asks again.
+fn between_groups(conn: &Connection, log: &LogState) {
+    if log.start_over.swap(false, Ordering::Relaxed) {
+        let _ = checkpoint(conn);
     }
 }
 
@@ -221,11 +236,8 @@ fn serve(conn: Connection, queue: &mpsc::Receiver<Job>, log: &LogState) {
             // and an unanswered command is handed out again at the next poll.
             let _ = job.reply.send(result);
         }
-        if log.start_over.swap(false, Ordering::Relaxed) {
-            // After the replies, so that no answer waits for it. A failure leaves the log as
-            // it is; the next background checkpoint asks again.
-            let _ = checkpoint(&conn);
-        }
+        // After the replies, so that no answer waits for it.
+        between_groups(&conn, log);
     }
 }
 
@@ -487,4 +499,93 @@ fn exchange(conn: &Connection, x: &CommandExchange) -> Result<Exchanged> {
         next,
         ignored,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many times the log at `path` started over: its header's checkpoint sequence number.
+    fn starts_over(path: &Path) -> u32 {
+        let header = std::fs::read(format!("{}-wal", path.display())).unwrap_or_default();
+        header
+            .get(12..16)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_be_bytes)
+    }
+
+    fn commit(conn: &Connection) {
+        conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (randomblob(3000)); COMMIT;")
+            .unwrap();
+    }
+
+    /// The race the writer's checkpoint is for, played in one order: the background
+    /// checkpoint always runs while the writer is inside a transaction, so when the writer
+    /// begins its next one the log is never fully copied and never starts over, however long
+    /// it grows. Once the background round asks, the writer's checkpoint between two groups
+    /// lets the next transaction start it over.
+    #[test]
+    fn the_writer_starts_a_long_log_over() {
+        let dir = std::env::temp_dir().join(format!("lanyard-log-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x BLOB);")
+            .unwrap();
+        let writer = open(&path, true).unwrap();
+        let background = open(&path, false).unwrap();
+        let log = LogState::default();
+        let wal = SqliteWal {
+            checkpoint_every: Duration::from_millis(1),
+            restart_after_frames: 16,
+        };
+        commit(&writer);
+        let before = starts_over(&path);
+        for _ in 0..40 {
+            writer
+                .execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (randomblob(3000));")
+                .unwrap();
+            log.dirty.store(true, Ordering::Relaxed);
+            background_round(&background, &log, wal);
+            writer.execute_batch("COMMIT;").unwrap();
+            between_groups(&writer, &log);
+            assert!(
+                !log.start_over.load(Ordering::Relaxed),
+                "the writer took the request"
+            );
+            commit(&writer);
+        }
+        let restarted = starts_over(&path) - before;
+        assert!(restarted >= 2, "the log started over {restarted} times");
+
+        // Without the writer's checkpoint (the background round never asks), the same race
+        // never starts the log over.
+        let never = SqliteWal {
+            restart_after_frames: u32::MAX,
+            ..wal
+        };
+        // A commit first: whatever the last round left, the log is not fully copied now.
+        commit(&writer);
+        let before = starts_over(&path);
+        for _ in 0..40 {
+            writer
+                .execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (randomblob(3000));")
+                .unwrap();
+            log.dirty.store(true, Ordering::Relaxed);
+            background_round(&background, &log, never);
+            writer.execute_batch("COMMIT;").unwrap();
+            between_groups(&writer, &log);
+            commit(&writer);
+        }
+        assert_eq!(
+            starts_over(&path),
+            before,
+            "no start-over without the writer"
+        );
+        let (frames, _) = checkpoint(&background).unwrap();
+        assert!(frames > 80, "the log is {frames} frames long");
+        drop((writer, background));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
