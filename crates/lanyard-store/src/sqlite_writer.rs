@@ -62,7 +62,7 @@ const MAX_GROUP: usize = 256;
 /// (`journal_size_limit`). Larger than the log grows between two background checkpoints under
 /// a heavy load, so that in a steady state the file is written over in place, not cut and
 /// extended again.
-pub(crate) const LOG_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+const LOG_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// The writer thread's handle: dropping the last clone ends the thread (after the group it is
 /// running) and with it the checkpoint thread.
@@ -519,6 +519,26 @@ mod tests {
             .unwrap();
     }
 
+    /// 40 rounds of the race below: the background round runs inside the writer's
+    /// transaction; after the commit, the writer's work between two groups, then its next
+    /// transaction.
+    fn race(writer: &Connection, background: &Connection, log: &LogState, wal: SqliteWal) {
+        for _ in 0..40 {
+            writer
+                .execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (randomblob(3000));")
+                .unwrap();
+            log.dirty.store(true, Ordering::Relaxed);
+            background_round(background, log, wal);
+            writer.execute_batch("COMMIT;").unwrap();
+            between_groups(writer, log);
+            assert!(
+                !log.start_over.load(Ordering::Relaxed),
+                "the writer took the request"
+            );
+            commit(writer);
+        }
+    }
+
     /// The race the writer's checkpoint is for, played in one order: the background
     /// checkpoint always runs while the writer is inside a transaction, so when the writer
     /// begins its next one the log is never fully copied and never starts over, however long
@@ -542,20 +562,7 @@ mod tests {
         };
         commit(&writer);
         let before = starts_over(&path);
-        for _ in 0..40 {
-            writer
-                .execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (randomblob(3000));")
-                .unwrap();
-            log.dirty.store(true, Ordering::Relaxed);
-            background_round(&background, &log, wal);
-            writer.execute_batch("COMMIT;").unwrap();
-            between_groups(&writer, &log);
-            assert!(
-                !log.start_over.load(Ordering::Relaxed),
-                "the writer took the request"
-            );
-            commit(&writer);
-        }
+        race(&writer, &background, &log, wal);
         let restarted = starts_over(&path) - before;
         assert!(restarted >= 2, "the log started over {restarted} times");
 
@@ -568,16 +575,7 @@ mod tests {
         // A commit first: whatever the last round left, the log is not fully copied now.
         commit(&writer);
         let before = starts_over(&path);
-        for _ in 0..40 {
-            writer
-                .execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (randomblob(3000));")
-                .unwrap();
-            log.dirty.store(true, Ordering::Relaxed);
-            background_round(&background, &log, never);
-            writer.execute_batch("COMMIT;").unwrap();
-            between_groups(&writer, &log);
-            commit(&writer);
-        }
+        race(&writer, &background, &log, never);
         assert_eq!(
             starts_over(&path),
             before,

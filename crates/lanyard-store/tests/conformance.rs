@@ -34,11 +34,17 @@ mod support {
     }
 
     pub async fn sqlite() -> Harness {
+        sqlite_with(PoolSettings::default()).await
+    }
+
+    /// A fresh SQLite database in a directory of its own (removed with the harness, also when
+    /// a test panics), opened with `settings`.
+    pub async fn sqlite_with(settings: PoolSettings) -> Harness {
         let n: u64 = rand::thread_rng().gen();
         let dir = std::env::temp_dir().join(format!("lanyard-conformance-{n:016x}"));
         std::fs::create_dir_all(&dir).unwrap();
         let url = format!("sqlite://{}/lanyard.db", dir.display());
-        let store = SqliteStore::connect(&url).await.unwrap();
+        let store = SqliteStore::connect_with(&url, settings).await.unwrap();
         store.migrate().await.unwrap();
         Harness {
             store: Box::new(store),
@@ -70,6 +76,11 @@ mod support {
             } else {
                 Box::new(PostgresStore::connect(&self.url).await.unwrap())
             }
+        }
+
+        /// The SQLite database's file (`None` on PostgreSQL).
+        pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+            self.url.strip_prefix("sqlite://").map(Into::into)
         }
 
         /// Closes the store's connections before its database goes.
@@ -1583,26 +1594,22 @@ async fn sqlite_log_starts_over_under_a_steady_stream() {
     const DEVICES: usize = 32;
     // A stream of a fixed length of time, not of exchanges: the checkpoints come by the clock.
     const STREAM: std::time::Duration = std::time::Duration::from_millis(1500);
-    let dir = std::env::temp_dir().join(format!("lanyard-wal-{:016x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("lanyard.db");
-    let settings = PoolSettings {
+    let h = support::sqlite_with(PoolSettings {
         sqlite_wal: SqliteWal {
             checkpoint_every: std::time::Duration::from_millis(20),
             restart_after_frames: 64,
         },
         ..Default::default()
-    };
-    let store = SqliteStore::connect_with(&format!("sqlite://{}", db.display()), settings)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    })
+    .await;
+    let db = h.sqlite_file().unwrap();
     let ids: Vec<String> = (0..DEVICES).map(|i| format!("e{i}")).collect();
     for id in &ids {
-        bound(&store, id).await;
-        queue_device_information(&store, id, &[&format!("c-{id}")]).await;
+        bound(h.store.as_ref(), id).await;
+        queue_device_information(h.store.as_ref(), id, &[&format!("c-{id}")]).await;
     }
-    let store = std::sync::Arc::new(store);
+    // Shared by the device tasks; the rest of the harness (the directory) goes after it.
+    let store: std::sync::Arc<dyn Store> = h.store.into();
     let end = std::time::Instant::now() + STREAM;
     let streams = ids.iter().map(|id| {
         let (store, id) = (store.clone(), id.clone());
@@ -1643,8 +1650,6 @@ async fn sqlite_log_starts_over_under_a_steady_stream() {
         restarts >= 5,
         "the log started over {restarts} times in {exchanges} exchanges (longest {frames} frames)"
     );
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn a_user(s: &dyn Store) -> User {
