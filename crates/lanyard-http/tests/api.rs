@@ -88,6 +88,14 @@ async fn the_openapi_document_lists_the_routes() {
     let app = TestApp::new().await;
     let a = app.api(Method::GET, "/api/v1/openapi.json", None).await;
     assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers[header::CONTENT_TYPE], "application/json");
+    // Made on the first request and kept: the same bytes again, and the whole document.
+    let again = app.api(Method::GET, "/api/v1/openapi.json", None).await;
+    assert_eq!(again.body, a.body);
+    assert_eq!(
+        a.json(),
+        serde_json::to_value(lanyard_http::api::openapi_document()).unwrap()
+    );
     let doc = a.json();
     let paths = doc["paths"].as_object().unwrap();
     for p in [

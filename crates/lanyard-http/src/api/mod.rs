@@ -18,16 +18,19 @@ mod push_certificate;
 mod settings;
 mod users;
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, Method};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Serialize;
+use std::sync::OnceLock;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
-use lanyard_core::Actor;
+use lanyard_core::{Actor, CoreError};
 
 use crate::auth::{constant_time_eq, cookie, CSRF_HEADER, SESSION_COOKIE};
 use crate::error::{ApiError, ErrorBody};
@@ -132,17 +135,28 @@ fn long_running() -> OpenApiRouter<AppState> {
 /// The admin API's routes within the handler timeout (full paths, `/api/v1/…`) and
 /// `/api/v1/openapi.json`, every body held to [`ADMIN_BODY_LIMIT`] unless a route sets its own.
 pub fn routes() -> Router<AppState> {
-    let doc = openapi_document();
+    // The router's own copy of the document is dropped at once: the served one is made on the
+    // first request for it, so an idle server holds neither (about 1 MiB of heap).
     let (router, _) = api().split_for_parts();
     router
-        .route(
-            "/api/v1/openapi.json",
-            get(move || {
-                let doc = doc.clone();
-                async move { Json(doc) }
-            }),
-        )
+        .route("/api/v1/openapi.json", get(openapi_json))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+}
+
+/// `GET /api/v1/openapi.json`: the document, serialised once on the first request.
+async fn openapi_json() -> Result<Response, ApiError> {
+    static DOCUMENT: OnceLock<Result<Bytes, String>> = OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| {
+        serde_json::to_vec(&openapi_document())
+            .map(Bytes::from)
+            .map_err(|e| format!("the OpenAPI document does not serialise: {e}"))
+    });
+    match body {
+        Ok(bytes) => {
+            Ok(([(header::CONTENT_TYPE, "application/json")], bytes.clone()).into_response())
+        }
+        Err(e) => Err(CoreError::Internal(e.clone()).into()),
+    }
 }
 
 /// The admin API's routes mounted outside the handler timeout (see `crate::router`), with the
