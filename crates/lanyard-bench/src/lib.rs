@@ -199,6 +199,10 @@ pub struct BenchArgs {
     /// LANYARD_LOG of the started server.
     #[arg(long, default_value = "warn")]
     pub server_log: String,
+    /// Start the server under this program with these arguments (split on spaces), e.g.
+    /// `valgrind --tool=callgrind`: `scripts/symbol-order` records the code a workload runs.
+    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["server", "ceiling"])]
+    pub server_under: Option<String>,
     /// Ceiling mode: run the round-trip and fan-out phases against the ceiling server (TLS, the
     /// `Mdm-Signature` check, the report's plist and a stored command's bytes — no store, no
     /// middleware; see `lanyard_testkit::ceiling`) instead of `lanyard serve`, with synthetic
@@ -794,7 +798,16 @@ impl Spawned {
         };
         let spawn = || -> Result<Child> {
             let log = std::fs::File::create(data_dir.join("server.log"))?;
-            Command::new(&bin)
+            let mut words = args.server_under.iter().flat_map(|u| u.split_whitespace());
+            let mut command = match words.next() {
+                Some(program) => {
+                    let mut c = Command::new(program);
+                    c.args(words).arg(&bin);
+                    c
+                }
+                None => Command::new(&bin),
+            };
+            command
                 .args(["serve", "--listen", "127.0.0.1:0"])
                 .env("LANYARD_DATA_DIR", &data_dir)
                 .env("LANYARD_DATABASE_URL", &database_url)
