@@ -2,7 +2,8 @@
 //! `docs/ARCHITECTURE.md` says which Lanyard crate depends on which ("An arrow is …" under the
 //! diagram, and the test kit's paragraph). This test reads those sentences and every crate's
 //! `[dependencies]`, and fails when the two disagree, so the document cannot drift from the
-//! Cargo.toml files.
+//! Cargo.toml files. It also checks the shape of the release layout list that `build.rs` hands
+//! the linker.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -148,5 +149,44 @@ fn the_documented_dependencies_are_the_cargo_ones() {
                 "lanyard-{krate} depends on lanyard-{dev}"
             );
         }
+    }
+}
+
+/// `symbol-order.txt` (read by `build.rs`, written by `scripts/symbol-order`) is what the
+/// linker's `--symbol-ordering-file` takes: one symbol name per line, none twice, start-up's
+/// `main` first, and Lanyard's own start-up and request code in it. A regeneration that failed
+/// half-way, or wrote something else into the file, shows here.
+#[test]
+fn the_release_layout_list_is_one_symbol_per_line() {
+    let path = workspace().join("crates/lanyard/symbol-order.txt");
+    let list = std::fs::read_to_string(&path).unwrap();
+    let names: Vec<&str> = list.lines().collect();
+    assert!(
+        names.len() > 1000,
+        "{} names only: run scripts/symbol-order",
+        names.len()
+    );
+    assert_eq!(names[0], "main");
+    let mut seen = BTreeSet::new();
+    for name in &names {
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.$".contains(&b)),
+            "not a symbol name: {name:?}"
+        );
+        assert!(seen.insert(*name), "listed twice: {name}");
+    }
+    // Legacy-mangled paths: each segment is its length and its name.
+    for ours in [
+        "7lanyard5serve",
+        "13lanyard_store",
+        "11lanyard_pki12signer_cache",
+    ] {
+        assert!(
+            names.iter().any(|n| n.contains(ours)),
+            "no function under {ours} listed"
+        );
     }
 }
