@@ -1,8 +1,9 @@
 //! Lays out the release binary's code: the functions that start-up and the device requests run
 //! are placed together at the front of `.text`, in the order `symbol-order.txt` lists them
-//! (written by `scripts/symbol-order`). Start-up then touches a few MiB of contiguous code instead of a
-//! page here and there across all of it, and the kernel maps the file around each touched
-//! page: an idle server's resident code falls from about 15 to about 5 MiB (docs/BENCHMARKS.md).
+//! (written by `scripts/symbol-order`). Start-up then touches a few MiB of contiguous code
+//! instead of a page here and there across all of it, and the kernel maps the file around each
+//! touched page: an idle server's resident code falls from about 15 to about 5 MiB
+//! (docs/BENCHMARKS.md, seventh round).
 //!
 //! Only the layout changes, never the code. A name the binary no longer has (after a dependency
 //! or toolchain change) is skipped; a stale list costs memory, never correctness. It applies to
