@@ -175,12 +175,9 @@ struct LogState {
     start_over: AtomicBool,
 }
 
-/// A PASSIVE checkpoint (never waits for readers or the writer); the log's length in frames
-/// and how many of them are copied into the database file.
-fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get(1)?, r.get(2)?))
-    })
+/// A PASSIVE checkpoint (never waits for readers or the writer); the log's length in frames.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
 }
 
 /// The checkpoint thread: a [`background_round`] every [`SqliteWal::checkpoint_every`], until
@@ -196,7 +193,7 @@ fn checkpoints(conn: Connection, log: &LogState, wal: SqliteWal, stopping: &mpsc
 fn background_round(conn: &Connection, log: &LogState, wal: SqliteWal) {
     if log.dirty.swap(false, Ordering::Relaxed) {
         match checkpoint(conn) {
-            Ok((frames, _)) => {
+            Ok(frames) => {
                 if frames >= i64::from(wal.restart_after_frames) {
                     log.start_over.store(true, Ordering::Relaxed);
                 }
@@ -581,7 +578,7 @@ mod tests {
             before,
             "no start-over without the writer"
         );
-        let (frames, _) = checkpoint(&background).unwrap();
+        let frames = checkpoint(&background).unwrap();
         assert!(frames > 80, "the log is {frames} frames long");
         drop((writer, background));
         let _ = std::fs::remove_dir_all(&dir);
