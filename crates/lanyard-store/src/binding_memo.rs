@@ -42,16 +42,33 @@ pub(crate) struct Seen {
     pub no_inventory: bool,
     /// The row's `xmin`.
     pub version: String,
-    /// What the exchange handed out last: the channel, the command and its request type.
-    pub handed_out: Option<(Channel, String, String)>,
+    /// What the exchange handed out last.
+    pub handed_out: Option<HandedOut>,
+}
+
+/// A command an exchange handed out: where, which, and the queue row it was handed out from.
+#[derive(Debug, Clone)]
+pub(crate) struct HandedOut {
+    pub channel: Channel,
+    pub command_uuid: String,
+    pub request_type: String,
+    /// The row's `id` in `command_queue`: the acknowledgement finds its row by it, whatever
+    /// else the device has queued.
+    pub queue_row: i64,
 }
 
 impl Seen {
     /// The request type of the command `uuid` an acknowledgement on `channel` reports, when it
     /// is the one this entry handed out.
     pub(crate) fn request_type_of(&self, channel: Channel, uuid: Option<&str>) -> Option<&str> {
+        self.handed_out_as(channel, uuid)
+            .map(|h| h.request_type.as_str())
+    }
+
+    /// The command this entry handed out, when it is the one `uuid` on `channel` answers.
+    pub(crate) fn handed_out_as(&self, channel: Channel, uuid: Option<&str>) -> Option<&HandedOut> {
         match (&self.handed_out, uuid) {
-            (Some((c, u, rt)), Some(uuid)) if *c == channel && u == uuid => Some(rt),
+            (Some(h), Some(uuid)) if h.channel == channel && h.command_uuid == uuid => Some(h),
             _ => None,
         }
     }
@@ -133,7 +150,12 @@ mod tests {
             digests: None,
             no_inventory: true,
             version: "7".into(),
-            handed_out: handed_out.map(|(c, u, rt)| (c, u.to_owned(), rt.to_owned())),
+            handed_out: handed_out.map(|(channel, u, rt)| HandedOut {
+                channel,
+                command_uuid: u.to_owned(),
+                request_type: rt.to_owned(),
+                queue_row: 42,
+            }),
         }
     }
 
@@ -147,6 +169,12 @@ mod tests {
             s.request_type_of(Channel::Device, Some("c1")),
             Some("DeviceInformation")
         );
+        assert_eq!(
+            s.handed_out_as(Channel::Device, Some("c1"))
+                .map(|h| h.queue_row),
+            Some(42)
+        );
+        assert!(s.handed_out_as(Channel::User, Some("c1")).is_none());
         // Another command, another channel, no command: the row is read.
         assert!(!s.serves(true, Channel::Device, Some("c2")));
         assert!(!s.serves(true, Channel::User, Some("c1")));
