@@ -114,8 +114,9 @@ async fn the_openapi_document_lists_the_routes() {
 
 /// Every operation of the OpenAPI document is routed: asked without credentials, each answers
 /// with its own refusal (401, or 415 for the sign-in without a JSON body), never the router's
-/// "no such endpoint" (404) or "method not allowed" (405). (The other way round holds by
-/// construction: the API's routes are registered from their documentation, `utoipa_axum::routes!`.)
+/// "no such endpoint" (404) or "method not allowed" (405). The router asked here is the one
+/// `lanyard serve` answers with, built without the documentation; the document is built from the
+/// same lists (`api_routes!`), so the other way round holds by construction.
 #[tokio::test]
 async fn every_documented_operation_is_routed() {
     let app = TestApp::new().await;

@@ -8,44 +8,46 @@
 //! (`GET /server-tokens/{name}/sync`), where this server reports the sync until it is done.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use lanyard_core::abm::{AbmTokenView, DiscoveryStatus, SyncProgress, SyncReport, MAX_TOKEN_FILE};
 use lanyard_core::CoreError;
 use lanyard_store::AbmDevice;
 
-use super::{ApiJson, ApiPath, ApiQuery, Authed};
+use super::{ApiJson, ApiPath, ApiQuery, ApiRouter, Authed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::AppState;
 
 /// `POST /server-tokens/{name}/sync`: with `?wait=true` the answer waits for the whole sync,
 /// which may take longer than the handler timeout (`tracing_layers::REQUEST_TIMEOUT`), so this
 /// route is mounted outside it ([`super::long_running_routes`]).
-pub(super) fn long_running_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(sync))
+pub(super) fn long_running_routes<R: ApiRouter>() -> R {
+    R::new().routes(api_routes!(sync))
 }
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list, create))
-        .routes(routes!(show, remove, patch))
-        .routes(routes!(certificate))
+pub(super) fn routes<R: ApiRouter>() -> R {
+    R::new()
+        .routes(api_routes!(list, create))
+        .routes(api_routes!(show, remove, patch))
+        .routes(api_routes!(certificate))
         .merge(
             // A token file is larger than the API's other bodies.
-            OpenApiRouter::new()
-                .routes(routes!(upload))
-                .layer(DefaultBodyLimit::max(MAX_TOKEN_FILE)),
+            R::new()
+                .routes(api_routes!(upload))
+                .body_limit(MAX_TOKEN_FILE),
         )
-        .routes(routes!(sync_progress))
-        .routes(routes!(devices))
-        .routes(routes!(discovery, register_discovery, unregister_discovery))
+        .routes(api_routes!(sync_progress))
+        .routes(api_routes!(devices))
+        .routes(api_routes!(
+            discovery,
+            register_discovery,
+            unregister_discovery
+        ))
 }
 
 #[derive(Deserialize, ToSchema)]

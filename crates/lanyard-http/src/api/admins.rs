@@ -11,23 +11,21 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use lanyard_core::admins::{AdminView, Role};
 
-use super::{ApiJson, ApiPath, Authed, Unlocked};
+use super::{ApiJson, ApiPath, ApiRouter, Authed, Unlocked};
 use crate::auth::SESSION_COOKIE;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::AppState;
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(sign_in))
-        .routes(routes!(sign_out))
-        .routes(routes!(list_admins, create_admin))
-        .routes(routes!(update_admin, remove_admin))
-        .routes(routes!(unlock_admin))
+pub(super) fn routes<R: ApiRouter>() -> R {
+    R::new()
+        .routes(api_routes!(sign_in))
+        .routes(api_routes!(sign_out))
+        .routes(api_routes!(list_admins, create_admin))
+        .routes(api_routes!(update_admin, remove_admin))
+        .routes(api_routes!(unlock_admin))
 }
 
 #[derive(Deserialize, ToSchema)]

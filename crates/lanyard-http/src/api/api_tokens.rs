@@ -6,17 +6,15 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
-use super::{ApiJson, ApiPath, Authed};
+use super::{ApiJson, ApiPath, ApiRouter, Authed};
 use crate::error::{ApiResult, ErrorBody};
 use crate::AppState;
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_api_tokens, create_api_token))
-        .routes(routes!(revoke_api_token))
+pub(super) fn routes<R: ApiRouter>() -> R {
+    R::new()
+        .routes(api_routes!(list_api_tokens, create_api_token))
+        .routes(api_routes!(revoke_api_token))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -5,17 +5,15 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use lanyard_store::{AuditEntry, AuditFilter};
 
-use super::{ApiQuery, Authed};
+use super::{ApiQuery, ApiRouter, Authed};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(audit_log))
+pub(super) fn routes<R: ApiRouter>() -> R {
+    R::new().routes(api_routes!(audit_log))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -5,19 +5,17 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use lanyard_core::commands::{CommandChannel, CommandSpec, CommandTarget, CommandView, Queued};
 
-use super::{ApiJson, ApiPath, Authed};
+use super::{ApiJson, ApiPath, ApiRouter, Authed};
 use crate::error::{ApiResult, ErrorBody};
 use crate::AppState;
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(send_command))
-        .routes(routes!(command_status))
+pub(super) fn routes<R: ApiRouter>() -> R {
+    R::new()
+        .routes(api_routes!(send_command))
+        .routes(api_routes!(command_status))
 }
 
 #[derive(Deserialize, ToSchema)]

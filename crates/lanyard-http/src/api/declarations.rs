@@ -14,32 +14,30 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use lanyard_core::declarations::{
     AssignTo, DeclarationInput, DeclarationKind, DeclarationUpdate, DeclarationView,
     EnrollmentDeclarativeStatus, SetView,
 };
 
-use super::{ApiJson, ApiPath, Authed};
+use super::{ApiJson, ApiPath, ApiRouter, Authed};
 use crate::error::{ApiResult, ErrorBody};
 use crate::AppState;
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_declarations, create_declaration))
-        .routes(routes!(
+pub(super) fn routes<R: ApiRouter>() -> R {
+    R::new()
+        .routes(api_routes!(list_declarations, create_declaration))
+        .routes(api_routes!(
             get_declaration,
             update_declaration,
             delete_declaration
         ))
-        .routes(routes!(list_sets, create_set))
-        .routes(routes!(get_set, update_set, delete_set))
-        .routes(routes!(add_member, remove_member))
-        .routes(routes!(assign_set))
-        .routes(routes!(unassign_set))
-        .routes(routes!(device_declarations))
+        .routes(api_routes!(list_sets, create_set))
+        .routes(api_routes!(get_set, update_set, delete_set))
+        .routes(api_routes!(add_member, remove_member))
+        .routes(api_routes!(assign_set))
+        .routes(api_routes!(unassign_set))
+        .routes(api_routes!(device_declarations))
 }
 
 /// A declaration in the list, with how many Macs report it active and how many failing

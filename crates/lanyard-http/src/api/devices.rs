@@ -6,25 +6,23 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use lanyard_core::commands::{CommandView, Queued};
 use lanyard_core::enrollment::{list_enrollments, EnrollmentView};
 use lanyard_store::EnrollmentStatus;
 
-use super::{ApiPath, ApiQuery, Authed};
+use super::{ApiPath, ApiQuery, ApiRouter, Authed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::AppState;
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_devices))
-        .routes(routes!(get_device))
-        .routes(routes!(device_commands))
-        .routes(routes!(device_inventory))
-        .routes(routes!(unenroll_device))
-        .routes(routes!(require_sign_in))
+pub(super) fn routes<R: ApiRouter>() -> R {
+    R::new()
+        .routes(api_routes!(list_devices))
+        .routes(api_routes!(get_device))
+        .routes(api_routes!(device_commands))
+        .routes(api_routes!(device_inventory))
+        .routes(api_routes!(unenroll_device))
+        .routes(api_routes!(require_sign_in))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -4,21 +4,19 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use lanyard_core::identity_providers::{
     CreateIdentityProvider, IdentityProviderView, UpdateIdentityProvider,
 };
 
-use super::{ApiJson, ApiPath, Authed};
+use super::{ApiJson, ApiPath, ApiRouter, Authed};
 use crate::error::{ApiResult, ErrorBody};
 use crate::AppState;
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list, create))
-        .routes(routes!(show, update, remove))
+pub(super) fn routes<R: ApiRouter>() -> R {
+    R::new()
+        .routes(api_routes!(list, create))
+        .routes(api_routes!(show, update, remove))
 }
 
 /// OpenID Connect identity providers for enrollment sign-in (never their secrets).

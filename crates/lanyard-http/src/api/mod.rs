@@ -1,10 +1,46 @@
 //! The admin JSON API under `/api/v1`, one module per resource: thin handlers (JSON → domain
-//! call → JSON). Each module lists its routes with `utoipa_axum::routes!`, which takes a
-//! handler's path and methods from its `#[utoipa::path]`, so the router and the OpenAPI
-//! document served at `/api/v1/openapi.json` are made from one list and cannot drift.
+//! call → JSON). Each module lists its routes once, with [`api_routes!`], which takes a
+//! handler's path and methods from its `#[utoipa::path]`: the router `lanyard serve` answers
+//! with and the OpenAPI document served at `/api/v1/openapi.json` are made from that one list
+//! and cannot drift. The router is built without the documentation, which is made only when the
+//! document is first asked for (building it ran 0.7 MB of code at every start).
 //!
 //! This module holds what every resource shares: the extractors whose rejections use the API's
 //! error shape ([`ApiJson`], [`ApiQuery`], [`ApiPath`]), the caller ([`Authed`]) and the router.
+
+/// One path's handlers (idents of functions with `#[utoipa::path]`), as an [`ApiRoutes`]: routed
+/// on the path and methods their documentation names, and documented through
+/// `utoipa_axum::routes!`. Handlers on different paths are each routed to all of them, as
+/// `utoipa_axum::routes!` does; list one path's handlers together.
+macro_rules! api_routes {
+    ($($handler:ident),+ $(,)?) => {
+        $crate::api::ApiRoutes {
+            routed: |router| {
+                #[allow(unused_imports)]
+                use utoipa::Path as _;
+                use utoipa_axum::PathItemExt as _;
+                let mut paths: Vec<String> = Vec::new();
+                let mut method_router = axum::routing::MethodRouter::new();
+                $(
+                    utoipa_axum::paste! {
+                        let path = [<__path_ $handler>]::path();
+                        if !paths.contains(&path) {
+                            paths.push(path);
+                        }
+                        for method in [<__path_ $handler>]::methods() {
+                            method_router = method_router.on(method.to_method_filter(), $handler);
+                        }
+                    }
+                )+
+                paths.iter().fold(router, |router, path| {
+                    let path = if path.is_empty() { "/" } else { path.as_str() };
+                    router.route(path, method_router.clone())
+                })
+            },
+            documented: |router| router.routes(utoipa_axum::routes!($($handler),+)),
+        }
+    };
+}
 
 mod abm;
 mod admins;
@@ -110,11 +146,58 @@ pub struct Unlocked {
     pub addresses: u64,
 }
 
-/// Every documented route of the API bounded by the handler timeout, with the document made
-/// from them.
-fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(admins::routes())
+/// One path of the API as both kinds of router take it (made by [`api_routes!`]).
+pub(crate) struct ApiRoutes {
+    /// Adds the handlers on their documented path and methods; makes no documentation.
+    pub routed: fn(Router<AppState>) -> Router<AppState>,
+    /// Adds them through `utoipa_axum::routes!`, with their documentation.
+    pub documented: fn(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+}
+
+/// What the resources' `routes` build: the plain router `lanyard serve` answers with, or the
+/// router with the OpenAPI document, from the same lists.
+pub(crate) trait ApiRouter: Sized {
+    fn new() -> Self;
+    /// Adds one path's handlers.
+    fn routes(self, routes: ApiRoutes) -> Self;
+    fn merge(self, other: Self) -> Self;
+    /// Bounds the request bodies of the routes added so far.
+    fn body_limit(self, bytes: usize) -> Self;
+}
+
+impl ApiRouter for Router<AppState> {
+    fn new() -> Self {
+        Router::new()
+    }
+    fn routes(self, routes: ApiRoutes) -> Self {
+        (routes.routed)(self)
+    }
+    fn merge(self, other: Self) -> Self {
+        Router::merge(self, other)
+    }
+    fn body_limit(self, bytes: usize) -> Self {
+        self.layer(DefaultBodyLimit::max(bytes))
+    }
+}
+
+impl ApiRouter for OpenApiRouter<AppState> {
+    fn new() -> Self {
+        OpenApiRouter::new()
+    }
+    fn routes(self, routes: ApiRoutes) -> Self {
+        (routes.documented)(self)
+    }
+    fn merge(self, other: Self) -> Self {
+        OpenApiRouter::merge(self, other)
+    }
+    fn body_limit(self, bytes: usize) -> Self {
+        self.layer(DefaultBodyLimit::max(bytes))
+    }
+}
+
+/// Every route of the API bounded by the handler timeout, added to `root`.
+fn api<R: ApiRouter>(root: R) -> R {
+    root.merge(admins::routes())
         .merge(users::routes())
         .merge(settings::routes())
         .merge(api_tokens::routes())
@@ -127,18 +210,16 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(audit::routes())
 }
 
-/// The documented routes that may outlast the handler timeout (a waited-for ABM sync).
-fn long_running() -> OpenApiRouter<AppState> {
+/// The routes that may outlast the handler timeout (a waited-for ABM sync).
+fn long_running<R: ApiRouter>() -> R {
     abm::long_running_routes()
 }
 
 /// The admin API's routes within the handler timeout (full paths, `/api/v1/…`) and
 /// `/api/v1/openapi.json`, every body held to [`ADMIN_BODY_LIMIT`] unless a route sets its own.
+/// No documentation is made here: the served document is made on the first request for it.
 pub fn routes() -> Router<AppState> {
-    // The router's own copy of the document is dropped at once: the served one is made on the
-    // first request for it, so an idle server holds neither (1.7 MiB less resident memory).
-    let (router, _) = api().split_for_parts();
-    router
+    api(Router::new())
         .route("/api/v1/openapi.json", get(openapi_json))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
 }
@@ -162,14 +243,13 @@ async fn openapi_json() -> Result<Response, ApiError> {
 /// The admin API's routes mounted outside the handler timeout (see `crate::router`), with the
 /// same body limit.
 pub fn long_running_routes() -> Router<AppState> {
-    let (router, _) = long_running().split_for_parts();
-    router.layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+    long_running::<Router<AppState>>().layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
 }
 
 /// The whole admin API's OpenAPI document.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    let mut doc = api().into_openapi();
-    doc.merge(long_running().into_openapi());
+    let mut doc = api(OpenApiRouter::with_openapi(ApiDoc::openapi())).into_openapi();
+    doc.merge(long_running::<OpenApiRouter<AppState>>().into_openapi());
     doc
 }
 

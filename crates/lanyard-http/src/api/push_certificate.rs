@@ -6,22 +6,20 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use lanyard_core::push::{PushCertificateInfo, PushCertificateUpload};
 
-use super::{ApiJson, Authed};
+use super::{ApiJson, ApiRouter, Authed};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::AppState;
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(get_push_certificate, put_push_certificate))
-        .routes(routes!(get_push_request, create_push_request))
-        .routes(routes!(sign_push_request))
-        .routes(routes!(send_push_request))
-        .routes(routes!(decrypt_push_reply))
+pub(super) fn routes<R: ApiRouter>() -> R {
+    R::new()
+        .routes(api_routes!(get_push_certificate, put_push_certificate))
+        .routes(api_routes!(get_push_request, create_push_request))
+        .routes(api_routes!(sign_push_request))
+        .routes(api_routes!(send_push_request))
+        .routes(api_routes!(decrypt_push_reply))
 }
 
 /// The MDM push certificate: topic, expiry and any warning.

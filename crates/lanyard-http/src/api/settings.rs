@@ -4,21 +4,19 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use lanyard_core::attributes::{CustomAttribute, DefineAttribute};
 use lanyard_core::settings::{EnrollmentSettings, SettingsPatch};
 
-use super::{ApiJson, ApiPath, Authed};
+use super::{ApiJson, ApiPath, ApiRouter, Authed};
 use crate::error::{ApiResult, ErrorBody};
 use crate::AppState;
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(get_settings, patch_settings))
-        .routes(routes!(list_attributes, define_attribute))
-        .routes(routes!(delete_attribute))
+pub(super) fn routes<R: ApiRouter>() -> R {
+    R::new()
+        .routes(api_routes!(get_settings, patch_settings))
+        .routes(api_routes!(list_attributes, define_attribute))
+        .routes(api_routes!(delete_attribute))
 }
 
 /// The enrollment settings.

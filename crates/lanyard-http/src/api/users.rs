@@ -5,21 +5,19 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use lanyard_core::users::{CreateUser, UpdateUser, UserView};
 use lanyard_store::ListQuery;
 
-use super::{ApiJson, ApiPath, ApiQuery, Authed, Unlocked};
+use super::{ApiJson, ApiPath, ApiQuery, ApiRouter, Authed, Unlocked};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::AppState;
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_users, create_user))
-        .routes(routes!(get_user, update_user))
-        .routes(routes!(unlock_user))
+pub(super) fn routes<R: ApiRouter>() -> R {
+    R::new()
+        .routes(api_routes!(list_users, create_user))
+        .routes(api_routes!(get_user, update_user))
+        .routes(api_routes!(unlock_user))
 }
 
 #[derive(Deserialize, IntoParams)]
