@@ -617,7 +617,62 @@ mod tests {
             .chain(args.iter().copied())
             .map(OsString::from)
             .collect();
-        parse::<Cli>(&args, &|name| env.get(name).cloned())
+        crate::parse_command_line(&args, &|name| env.get(name).cloned())
+    }
+
+    /// `serve`'s own parse (the whole command line's admin sub-commands left out) means what
+    /// the whole command line means, and leaves everything else to it.
+    #[test]
+    fn serve_alone_parses_as_the_whole_command_line_does() {
+        let whole = |args: &[&str], env: &[(&str, &str)]| {
+            let env: HashMap<String, OsString> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), OsString::from(v)))
+                .collect();
+            let args: Vec<OsString> = std::iter::once("lanyard")
+                .chain(args.iter().copied())
+                .map(OsString::from)
+                .collect();
+            let alone = parse::<Cli<crate::ServeOnly>>(&args, &|name| env.get(name).cloned());
+            let whole = parse::<Cli>(&args, &|name| env.get(name).cloned());
+            (alone, whole)
+        };
+        for (args, env) in [
+            (&["serve"][..], &[][..]),
+            (
+                &["--data-dir", "d", "serve", "--listen", "127.0.0.1:9443"][..],
+                &[("LANYARD_LOG_FORMAT", "json")][..],
+            ),
+            (
+                &["serve", "--public-url", "https://mdm.example.com"][..],
+                &[("LANYARD_DATABASE_ACQUIRE_TIMEOUT", "9")][..],
+            ),
+        ] {
+            let (alone, whole) = whole(args, env);
+            let alone: Cli = alone.unwrap().into();
+            assert_eq!(
+                format!("{alone:?}"),
+                format!("{:?}", whole.unwrap()),
+                "{args:?}"
+            );
+        }
+        // Not `serve`, help, a mistake: `serve` alone refuses, the whole command line answers.
+        for args in [&["user", "list"][..], &["migrate"][..]] {
+            let (alone, whole) = whole(args, &[]);
+            assert!(alone.is_err(), "{args:?}");
+            assert!(whole.is_ok(), "{args:?}");
+        }
+        for args in [
+            &["serve", "--help"][..],
+            &["--version"][..],
+            &["serve", "--nope"][..],
+        ] {
+            let (alone, whole) = whole(args, &[]);
+            assert!(alone.is_err() && whole.is_err(), "{args:?}");
+        }
+        // The help a server's operator reads is the whole command line's.
+        let help = parse_with(&["--help"], &[]).unwrap_err().to_string();
+        assert!(help.contains("push-cert"), "{help}");
     }
 
     fn serve(cli: Cli) -> ServeSettings {
@@ -663,7 +718,7 @@ mod tests {
     #[test]
     fn every_setting_has_a_flag_an_environment_twin_and_a_toml_key() {
         let settings = all();
-        let cmd = Cli::command();
+        let cmd = <Cli>::command();
         let serve = cmd.find_subcommand(SERVE).unwrap();
         // Every flag `serve` takes is a setting (or --config, --help).
         for arg in serve.get_arguments().chain(cmd.get_arguments()) {
