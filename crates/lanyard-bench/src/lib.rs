@@ -1242,8 +1242,8 @@ impl SynthFactory {
         let store = open_store(&data.database_url).await?;
         let secrets = read_secret_key(&data.data_dir)?;
         let lanyard = Lanyard::new(Arc::clone(&store));
-        let pki = lanyard
-            .load_device_pki(&secrets, &args.organization)
+        let ca = lanyard
+            .load_or_create_ca(&secrets, &args.organization)
             .await
             .context("cannot load the server's CA")?;
         let topic = lanyard.push_topic().await?.ok_or_else(|| {
@@ -1261,7 +1261,7 @@ impl SynthFactory {
             managed_apple_id: user.managed_apple_id.clone().unwrap_or(user.email.clone()),
             user_id: user.id,
             store,
-            ca: Arc::new(pki.ca),
+            ca: Arc::new(ca),
             topic,
             organization: args.organization.clone(),
             client: http_client(ca_pem, args.concurrency)?,

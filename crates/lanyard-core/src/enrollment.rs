@@ -82,14 +82,73 @@ impl DeviceUrls {
     }
 }
 
-/// The keys the enrollment service signs and issues with.
+/// The keys the enrollment service signs and issues with: opened (so checked against the
+/// secret key) when the server starts, parsed on their first use. Until a device enrolls or
+/// speaks, the server has not initialised OpenSSL, whose pages an idle server would otherwise
+/// keep resident (2.4 MiB, docs/BENCHMARKS.md).
 pub struct DevicePki {
+    ca: crate::pki::OpenedPem,
+    profile_signer: crate::pki::OpenedPem,
+    scep_ra: crate::pki::OpenedPem,
+    parsed: std::sync::OnceLock<std::result::Result<DeviceKeys, String>>,
+    pub secrets: SecretBox,
+}
+
+/// The device PKI parsed.
+pub struct DeviceKeys {
     pub ca: Ca,
     pub profile_signer_cert: X509,
     pub profile_signer_key: PKey<Private>,
     pub scep_ra_cert: X509,
     pub scep_ra_key: PKey<Private>,
-    pub secrets: SecretBox,
+}
+
+impl DevicePki {
+    pub(crate) fn new(
+        ca: crate::pki::OpenedPem,
+        profile_signer: crate::pki::OpenedPem,
+        scep_ra: crate::pki::OpenedPem,
+        secrets: SecretBox,
+    ) -> DevicePki {
+        DevicePki {
+            ca,
+            profile_signer,
+            scep_ra,
+            parsed: std::sync::OnceLock::new(),
+            secrets,
+        }
+    }
+
+    /// The CA certificate as stored (PEM), without parsing it.
+    pub fn ca_cert_pem(&self) -> &str {
+        &self.ca.cert_pem
+    }
+
+    /// The certificates and keys, parsed on the first call.
+    pub fn keys(&self) -> Result<&DeviceKeys> {
+        self.parsed
+            .get_or_init(|| self.parse().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| CoreError::Internal(format!("the stored device PKI cannot be read: {e}")))
+    }
+
+    fn parse(&self) -> lanyard_pki::Result<DeviceKeys> {
+        let pair = |p: &crate::pki::OpenedPem| -> lanyard_pki::Result<(X509, PKey<Private>)> {
+            Ok((
+                X509::from_pem(p.cert_pem.as_bytes())?,
+                PKey::private_key_from_pem(&p.key_pem)?,
+            ))
+        };
+        let (profile_signer_cert, profile_signer_key) = pair(&self.profile_signer)?;
+        let (scep_ra_cert, scep_ra_key) = pair(&self.scep_ra)?;
+        Ok(DeviceKeys {
+            ca: Ca::from_pem(self.ca.cert_pem.as_bytes(), &self.ca.key_pem)?,
+            profile_signer_cert,
+            profile_signer_key,
+            scep_ra_cert,
+            scep_ra_key,
+        })
+    }
 }
 
 /// The enrollment service.
@@ -293,8 +352,8 @@ impl EnrollmentService {
         &self.organization
     }
 
-    pub fn ca_certificate(&self) -> &X509 {
-        self.pki.ca.certificate()
+    pub fn ca_certificate(&self) -> Result<&X509> {
+        Ok(self.pki.keys()?.ca.certificate())
     }
 
     /// Service discovery: the BaseURL for a Mac of a managed account. Every refusal is an
@@ -646,14 +705,14 @@ impl EnrollmentService {
 
     /// Lanyard's one SCEP responder over the device PKI: GetCACert serves the CA and the RA,
     /// and the RA signs every CertRep (see [`lanyard_pki::scep::ScepResponder`]).
-    fn scep(&self) -> ScepResponder<'_> {
-        let pki = &self.pki;
-        ScepResponder::new(
+    fn scep(&self) -> Result<ScepResponder<'_>> {
+        let pki = self.pki.keys()?;
+        Ok(ScepResponder::new(
             &pki.ca,
             &pki.scep_ra_cert,
             &pki.scep_ra_key,
             Some(pki.ca.private_key()),
-        )
+        ))
     }
 
     /// What an enrollment profile holds: the same for the profile issued at enrollment and for
@@ -688,7 +747,7 @@ impl EnrollmentService {
             // The trust payload only when the TLS chain is Lanyard's own (the
             // `install-trust-profile` setting): a personal Mac needs no private root otherwise.
             ca_cert_der: if with_trust_payload {
-                Some(self.pki.ca.cert_der()?)
+                Some(self.pki.keys()?.ca.cert_der()?)
             } else {
                 None
             },
@@ -702,22 +761,23 @@ impl EnrollmentService {
     pub(crate) fn signed_profile(&self, input: &EnrollmentProfileInput) -> Result<Vec<u8>> {
         let plist = build_enrollment_profile(input)
             .map_err(|e| CoreError::failed("building the profile", e))?;
+        let pki = self.pki.keys()?;
         Ok(lanyard_pki::sign_cms(
-            &self.pki.profile_signer_cert,
-            &self.pki.profile_signer_key,
-            std::slice::from_ref(self.pki.ca.certificate()),
+            &pki.profile_signer_cert,
+            &pki.profile_signer_key,
+            std::slice::from_ref(pki.ca.certificate()),
             &plist,
         )?)
     }
 
     /// SCEP `GetCACaps`.
-    pub fn scep_caps(&self) -> ScepResponse {
-        self.scep().ca_caps()
+    pub fn scep_caps(&self) -> Result<ScepResponse> {
+        Ok(self.scep()?.ca_caps())
     }
 
     /// SCEP `GetCACert`: the CA and the RA that signs our replies.
     pub fn scep_ca_cert(&self) -> Result<ScepResponse> {
-        Ok(self.scep().ca_cert()?)
+        Ok(self.scep()?.ca_cert()?)
     }
 
     /// SCEP `PKIOperation`: a PKCSReq whose challenge is a live, unused enrollment challenge
@@ -732,7 +792,7 @@ impl EnrollmentService {
     #[tracing::instrument(name = "scep", level = "error", skip_all,
         fields(enrollment = tracing::field::Empty))]
     pub async fn scep_pki_operation(&self, body: &[u8]) -> Result<ScepResponse> {
-        let scep = self.scep();
+        let scep = self.scep()?;
         let req = scep
             .decode(body)
             .map_err(|e| CoreError::Invalid(format!("not a SCEP message: {e}")))?;

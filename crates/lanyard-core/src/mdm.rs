@@ -117,7 +117,9 @@ pub struct MdmService {
     lanyard: Lanyard,
     secrets: SecretBox,
     /// `Mdm-Signature` checks; a device certificate's chain is verified once, not per request.
-    signers: Arc<SignerCache>,
+    /// Made on the first device request (see [`DevicePki`]).
+    signers: Arc<std::sync::OnceLock<std::result::Result<SignerCache, String>>>,
+    pki: Arc<DevicePki>,
 }
 
 fn unrecognized(binding: IdentityBinding) -> CoreError {
@@ -148,16 +150,27 @@ fn channel_of(kind: EnrollmentKind) -> Channel {
 }
 
 impl MdmService {
-    pub fn new(lanyard: Lanyard, pki: &DevicePki) -> Self {
-        let signers = Arc::new(SignerCache::new(
-            pki.ca.certificate().clone(),
-            lanyard_pki::SIGNER_CACHE_DEFAULT_CAPACITY,
-        ));
+    pub fn new(lanyard: Lanyard, pki: Arc<DevicePki>) -> Self {
         Self {
             lanyard,
             secrets: pki.secrets.clone(),
-            signers,
+            signers: Arc::new(std::sync::OnceLock::new()),
+            pki,
         }
+    }
+
+    /// The signature checker, made from the CA on the first call.
+    fn signers(&self) -> Result<&SignerCache> {
+        self.signers
+            .get_or_init(|| {
+                let ca = self.pki.keys().map_err(|e| e.to_string())?;
+                Ok(SignerCache::new(
+                    ca.ca.certificate().clone(),
+                    lanyard_pki::SIGNER_CACHE_DEFAULT_CAPACITY,
+                ))
+            })
+            .as_ref()
+            .map_err(|e| CoreError::Internal(e.clone()))
     }
 
     /// Step 1 of the identity rule: the SHA-256 of the identity certificate that signed the
@@ -168,7 +181,7 @@ impl MdmService {
                 "requests must carry an Mdm-Signature by the device identity".into(),
             ));
         };
-        self.signers
+        self.signers()?
             .verify(sig, req.body)
             .map(|v| v.sha256)
             .map_err(|_| {

@@ -2,7 +2,6 @@
 //! uses the same CA. Private keys are sealed with the server's secret key before they are stored.
 
 use lanyard_pki::{Ca, SecretBox};
-use lanyard_pki::{PKey, Private, X509};
 use lanyard_store::{AuditEntry, AuditFilter, PkiMaterial};
 
 use crate::{CoreError, Lanyard, Result};
@@ -19,10 +18,27 @@ fn seal_context(name: &str) -> Vec<u8> {
     format!("lanyard:pki:{name}").into_bytes()
 }
 
+/// A certificate and its private key as the PKI table keeps them, the key opened: both PEM.
+/// Nothing here has been parsed (OpenSSL is not needed to hold them).
+pub struct OpenedPem {
+    pub cert_pem: String,
+    pub key_pem: Vec<u8>,
+}
+
 impl Lanyard {
     /// Loads the CA, creating it on first start. When two processes start at once, the first
     /// insert wins and both use it.
     pub async fn load_or_create_ca(&self, secrets: &SecretBox, organization: &str) -> Result<Ca> {
+        let pem = self.load_or_create_ca_pem(secrets, organization).await?;
+        Ok(Ca::from_pem(pem.cert_pem.as_bytes(), &pem.key_pem)?)
+    }
+
+    /// [`Lanyard::load_or_create_ca`], the CA left as PEM (opened, not parsed).
+    async fn load_or_create_ca_pem(
+        &self,
+        secrets: &SecretBox,
+        organization: &str,
+    ) -> Result<OpenedPem> {
         if let Some(m) = self.store.get_pki(CA_NAME).await? {
             return open_ca(secrets, &m);
         }
@@ -37,7 +53,10 @@ impl Lanyard {
         };
         if self.store.insert_pki_if_absent(&material).await? {
             tracing::info!("created the Lanyard certificate authority");
-            return Ok(ca);
+            return Ok(OpenedPem {
+                cert_pem: material.cert_pem,
+                key_pem: key_pem.into_bytes(),
+            });
         }
         let m = self
             .store
@@ -48,37 +67,38 @@ impl Lanyard {
     }
 
     /// The CA plus the certificate that signs enrollment profiles (issued by the CA once, kept
-    /// sealed in the database like the CA).
+    /// sealed in the database like the CA), opened. Their certificates and keys are parsed on
+    /// first use ([`DevicePki::keys`]): a wrong secret key is refused here, at start-up.
     pub async fn load_device_pki(
         &self,
         secrets: &SecretBox,
         organization: &str,
     ) -> Result<crate::enrollment::DevicePki> {
-        let ca = self.load_or_create_ca(secrets, organization).await?;
-        let (profile_signer_cert, profile_signer_key) = self
+        let ca = self.load_or_create_ca_pem(secrets, organization).await?;
+        // Parsed only to issue a certificate missing from the database (a first start).
+        let ca_keys = || Ca::from_pem(ca.cert_pem.as_bytes(), &ca.key_pem);
+        let profile_signer = self
             .load_or_issue(secrets, PROFILE_SIGNER_NAME, || {
-                ca.issue_cms_signer(
+                ca_keys()?.issue_cms_signer(
                     &format!("{organization} Profile Signing"),
                     lanyard_pki::CA_VALIDITY_DAYS / 2,
                 )
             })
             .await?;
-        let (scep_ra_cert, scep_ra_key) = self
+        let scep_ra = self
             .load_or_issue(secrets, SCEP_RA_NAME, || {
-                ca.issue_scep_ra(
+                ca_keys()?.issue_scep_ra(
                     &format!("{organization} SCEP RA"),
                     lanyard_pki::CA_VALIDITY_DAYS / 2,
                 )
             })
             .await?;
-        Ok(crate::enrollment::DevicePki {
-            profile_signer_cert,
-            profile_signer_key,
-            scep_ra_cert,
-            scep_ra_key,
+        Ok(crate::enrollment::DevicePki::new(
             ca,
-            secrets: secrets.clone(),
-        })
+            profile_signer,
+            scep_ra,
+            secrets.clone(),
+        ))
     }
 
     /// A certificate issued by the CA for one of the server's own jobs, issued once and kept
@@ -88,7 +108,7 @@ impl Lanyard {
         secrets: &SecretBox,
         name: &str,
         issue: impl FnOnce() -> lanyard_pki::Result<lanyard_pki::IssuedCert>,
-    ) -> Result<(X509, PKey<Private>)> {
+    ) -> Result<OpenedPem> {
         if self.store.get_pki(name).await?.is_none() {
             let issued = issue()?;
             let sealed = secrets.seal(issued.key_pem.as_bytes(), &seal_context(name))?;
@@ -106,13 +126,13 @@ impl Lanyard {
             .get_pki(name)
             .await?
             .ok_or_else(|| CoreError::Internal(format!("{name} vanished from the database")))?;
-        let key = secrets
+        let key_pem = secrets
             .open(&m.key_sealed, &seal_context(name))
             .map_err(|e| CoreError::failed(format!("opening the {name} key"), e))?;
-        Ok((
-            X509::from_pem(m.cert_pem.as_bytes())?,
-            PKey::private_key_from_pem(&key)?,
-        ))
+        Ok(OpenedPem {
+            cert_pem: m.cert_pem,
+            key_pem,
+        })
     }
 
     /// The audit log, newest first.
@@ -121,8 +141,8 @@ impl Lanyard {
     }
 }
 
-fn open_ca(secrets: &SecretBox, m: &PkiMaterial) -> Result<Ca> {
-    let key = secrets
+fn open_ca(secrets: &SecretBox, m: &PkiMaterial) -> Result<OpenedPem> {
+    let key_pem = secrets
         .open(&m.key_sealed, &seal_context(&m.name))
         .map_err(|_| {
             CoreError::Internal(
@@ -131,5 +151,8 @@ fn open_ca(secrets: &SecretBox, m: &PkiMaterial) -> Result<Ca> {
                     .into(),
             )
         })?;
-    Ok(Ca::from_pem(m.cert_pem.as_bytes(), &key)?)
+    Ok(OpenedPem {
+        cert_pem: m.cert_pem.clone(),
+        key_pem,
+    })
 }

@@ -242,4 +242,13 @@ async fn ca_is_created_once_and_sealed() {
     let other = lanyard_pki::SecretBox::new(lanyard_pki::SecretBox::generate_key());
     let err = l.load_or_create_ca(&other, "Example").await.unwrap_err();
     assert!(err.to_string().contains("--secret-key"), "{err}");
+    // The device PKI is parsed on first use, but a wrong secret key is still refused when it
+    // is loaded (at start-up), not at the first enrollment.
+    let err = l.load_device_pki(&other, "Example").await.err().unwrap();
+    assert!(err.to_string().contains("--secret-key"), "{err}");
+    let pki = l.load_device_pki(&secrets, "Example").await.unwrap();
+    assert_eq!(pki.ca_cert_pem(), a.cert_pem().unwrap());
+    let keys = pki.keys().unwrap();
+    assert_eq!(keys.ca.cert_der().unwrap(), a.cert_der().unwrap());
+    assert!(std::ptr::eq(keys, pki.keys().unwrap()), "parsed once");
 }

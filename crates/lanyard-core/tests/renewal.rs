@@ -151,7 +151,7 @@ async fn renews_before_expiry(db: Db) {
     let lanyard = Lanyard::new(Arc::clone(&db.store)).with_pusher(pushes.clone());
     let secrets = lanyard_pki::SecretBox::new(lanyard_pki::SecretBox::generate_key());
     let pki = Arc::new(lanyard.load_device_pki(&secrets, "Example").await.unwrap());
-    let ca = pki.ca.certificate().clone();
+    let ca = pki.keys().unwrap().ca.certificate().clone();
     let svc = EnrollmentService::new(
         lanyard.clone(),
         pki,

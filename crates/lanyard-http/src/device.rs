@@ -201,7 +201,10 @@ async fn scep_get(
         return device_error(CoreError::Invalid("malformed query string".into()));
     };
     match q.operation.as_deref() {
-        Some("GetCACaps") => scep_response(s.enrollment.scep_caps()),
+        Some("GetCACaps") => match s.enrollment.scep_caps() {
+            Ok(r) => scep_response(r),
+            Err(e) => device_error(e),
+        },
         Some("GetCACert") => match s.enrollment.scep_ca_cert() {
             Ok(r) => scep_response(r),
             Err(e) => device_error(e),

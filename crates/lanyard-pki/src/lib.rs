@@ -33,7 +33,9 @@ mod smime;
 mod time;
 
 pub use ca::{Ca, IssuedCert, CA_VALIDITY_DAYS, TLS_SERVER_VALIDITY_DAYS};
-pub use certinfo::{has_extension, name_to_string, parse_cert, sha256_fingerprint, CertInfo};
+pub use certinfo::{
+    has_extension, name_to_string, not_after_of_der, parse_cert, sha256_fingerprint, CertInfo,
+};
 pub use error::{PkiError, Result};
 pub use issue::{build_csr, CertificateIssuer, Csr, MAX_IDENTITY_VALIDITY_DAYS};
 pub use secretbox::SecretBox;

@@ -4,11 +4,16 @@
 //! Version 1 is AES-256-GCM with a random 96-bit nonce; the additional authenticated data
 //! is `version || context`, so a sealed value bound to one purpose (say `b"ca-key"`) cannot be
 //! moved to another (say `b"abm-token:42"`), and the version byte cannot be altered.
+//!
+//! The cipher is ring's AES-256-GCM, not OpenSSL's: `lanyard serve` opens its keys at start-up,
+//! and with ring that start needs no OpenSSL at all (OpenSSL is initialised, and its pages made
+//! resident, only when a certificate or key is first used). The format is the standard one, so
+//! values sealed by OpenSSL's AES-256-GCM open here and the other way round (tested).
 
 use std::fmt;
 
 use base64::Engine as _;
-use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 use crate::error::{PkiError, Result};
 
@@ -69,25 +74,33 @@ impl SecretBox {
         base64::engine::general_purpose::STANDARD.encode(key)
     }
 
-    /// Encrypt `plaintext`, bound to `context`. Fails only on an OpenSSL library error.
+    /// The key as ring uses it.
+    fn cipher(&self) -> Result<LessSafeKey> {
+        let key = UnboundKey::new(&AES_256_GCM, &self.key)
+            .map_err(|_| PkiError::InvalidInput("an AES-256 key is 32 bytes".into()))?;
+        Ok(LessSafeKey::new(key))
+    }
+
+    /// Encrypt `plaintext`, bound to `context`. Fails only if the system's random source does.
     pub fn seal(&self, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>> {
+        use rand::RngCore as _;
         let mut nonce = [0u8; NONCE_LEN];
-        openssl::rand::rand_bytes(&mut nonce)?;
-        let aad = aad(VERSION_AES256GCM, context);
-        let mut tag = [0u8; TAG_LEN];
-        let ct = encrypt_aead(
-            Cipher::aes_256_gcm(),
-            &self.key,
-            Some(&nonce),
-            &aad,
-            plaintext,
-            &mut tag,
-        )?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len() + TAG_LEN);
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut nonce)
+            .map_err(|e| PkiError::InvalidInput(format!("no random nonce: {e}")))?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
         out.push(VERSION_AES256GCM);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .cipher()?
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(VERSION_AES256GCM, context)),
+                &mut out[1 + NONCE_LEN..],
+            )
+            .map_err(|_| PkiError::InvalidInput("the value is too long to seal".into()))?;
+        out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 
@@ -101,17 +114,16 @@ impl SecretBox {
         if rest.len() < NONCE_LEN + TAG_LEN {
             return Err(PkiError::Unseal);
         }
-        let (nonce, rest) = rest.split_at(NONCE_LEN);
-        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        decrypt_aead(
-            Cipher::aes_256_gcm(),
-            &self.key,
-            Some(nonce),
-            &aad(version, context),
-            ct,
-            tag,
-        )
-        .map_err(|_| PkiError::Unseal)
+        let (nonce, ct_and_tag) = rest.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| PkiError::Unseal)?;
+        let mut buf = ct_and_tag.to_vec();
+        let plain_len = self
+            .cipher()?
+            .open_in_place(nonce, Aad::from(aad(version, context)), &mut buf)
+            .map_err(|_| PkiError::Unseal)?
+            .len();
+        buf.truncate(plain_len);
+        Ok(buf)
     }
 }
 
@@ -138,6 +150,34 @@ mod tests {
         // empty plaintext works
         let e = b.seal(b"", b"x").unwrap();
         assert_eq!(b.open(&e, b"x").unwrap(), b"");
+    }
+
+    /// The format is AES-256-GCM's own: what OpenSSL seals (as Lanyard did before it used ring
+    /// here, and as every database made then holds) opens, and the other way round.
+    #[test]
+    fn openssl_and_this_box_read_each_other() {
+        use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
+        let key = SecretBox::generate_key();
+        let b = SecretBox::new(key);
+        let nonce = [7u8; NONCE_LEN];
+        let mut tag = [0u8; TAG_LEN];
+        let aad = aad(VERSION_AES256GCM, b"ca-key");
+        let ct = encrypt_aead(
+            Cipher::aes_256_gcm(),
+            &key,
+            Some(&nonce),
+            &aad,
+            b"the CA key",
+            &mut tag,
+        )
+        .unwrap();
+        let sealed = [&[VERSION_AES256GCM][..], &nonce, &ct, &tag].concat();
+        assert_eq!(b.open(&sealed, b"ca-key").unwrap(), b"the CA key");
+        let ours = b.seal(b"the CA key", b"ca-key").unwrap();
+        let (nonce, rest) = ours[1..].split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let plain = decrypt_aead(Cipher::aes_256_gcm(), &key, Some(nonce), &aad, ct, tag).unwrap();
+        assert_eq!(plain, b"the CA key");
     }
 
     #[test]

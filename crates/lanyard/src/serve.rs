@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use axum_server::accept::DefaultAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
-use lanyard_core::enrollment::{DeviceUrls, EnrollmentService};
+use lanyard_core::enrollment::{DevicePki, DeviceUrls, EnrollmentService};
 use lanyard_core::mdm::MdmService;
 use lanyard_core::push::{ExpiryWatch, PushJob};
 use lanyard_core::Lanyard;
-use lanyard_pki::{Ca, SecretBox};
+use lanyard_pki::SecretBox;
 use lanyard_store::PkiMaterial;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -33,7 +33,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
     let lanyard = opened.lanyard;
     let secrets = setup::secret_box(data, &lanyard).await?;
     let device_pki = lanyard.load_device_pki(&secrets, &s.organization).await?;
-    export_ca(data, &device_pki.ca)?;
+    export_ca(data, device_pki.ca_cert_pem())?;
     // The expiry mark warned about here is not warned about again by the periodic check.
     let mut expiry_watch = ExpiryWatch::default();
     match lanyard.push_certificate_info(&secrets).await {
@@ -95,7 +95,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
     // Pushes that another process (or this one, before a restart) was asked for and never sent.
     PushJob::start_sweep(push_service, s.push_sweep_interval);
     let lanyard = lanyard.with_pusher(Arc::new(pusher));
-    let mdm = MdmService::new(lanyard.clone(), &device_pki);
+    let mdm = MdmService::new(lanyard.clone(), Arc::clone(&device_pki));
     let enrollment = EnrollmentService::new(
         lanyard.clone(),
         Arc::clone(&device_pki),
@@ -190,8 +190,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
                 .await?
         }
         mode => {
-            let tls =
-                tls_config(&lanyard, &secrets, &device_pki.ca, &serve, mode, bound.ip()).await?;
+            let tls = tls_config(&lanyard, &secrets, &device_pki, &serve, mode, bound.ip()).await?;
             // The handshake counts against the first request's header-read time.
             let tls = RustlsAcceptor::new(tls).handshake_timeout(limits.header_read);
             axum_server::from_tcp(listener)?
@@ -288,16 +287,15 @@ fn oidc_sign_ins(
 }
 
 /// Writes the CA certificate (public) to the data directory for clients such as `curl --cacert`.
-fn export_ca(data: &GlobalSettings, ca: &Ca) -> Result<()> {
+fn export_ca(data: &GlobalSettings, ca_cert_pem: &str) -> Result<()> {
     let path = data.data_dir.join("ca.pem");
-    std::fs::write(&path, ca.cert_pem()?)
-        .with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(&path, ca_cert_pem).with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn tls_config(
     lanyard: &Lanyard,
     secrets: &SecretBox,
-    ca: &Ca,
+    pki: &DevicePki,
     serve: &ServeConfig,
     mode: &TlsMode,
     bound_ip: IpAddr,
@@ -307,7 +305,7 @@ async fn tls_config(
             std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
             std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?,
         ),
-        _ => self_issued(lanyard, secrets, ca, serve, bound_ip).await?,
+        _ => self_issued(lanyard, secrets, pki, serve, bound_ip).await?,
     };
     let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<std::result::Result<Vec<_>, _>>()
@@ -337,7 +335,7 @@ async fn tls_config(
 async fn self_issued(
     lanyard: &Lanyard,
     secrets: &SecretBox,
-    ca: &Ca,
+    pki: &DevicePki,
     serve: &ServeConfig,
     bound_ip: IpAddr,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
@@ -362,12 +360,12 @@ async fn self_issued(
     let context = format!("lanyard:pki:{name}");
     let store = lanyard.store();
     if store.get_pki(&name).await?.is_none() {
-        let issued = ca.issue_tls_server(&dns, &ips)?;
+        let issued = pki.keys()?.ca.issue_tls_server(&dns, &ips)?;
         let sealed = secrets.seal(issued.key_pem.as_bytes(), context.as_bytes())?;
         store
             .insert_pki_if_absent(&PkiMaterial {
                 name: name.clone(),
-                cert_pem: format!("{}{}", issued.cert_pem, ca.cert_pem()?),
+                cert_pem: format!("{}{}", issued.cert_pem, pki.ca_cert_pem()),
                 key_sealed: sealed,
                 created_at: lanyard_store::now(),
             })
@@ -381,8 +379,13 @@ async fn self_issued(
     let key = secrets
         .open(&m.key_sealed, context.as_bytes())
         .map_err(|_| anyhow::anyhow!("the stored TLS key cannot be opened with this secret key"))?;
-    if let Ok(info) = lanyard_pki::CertInfo::parse(m.cert_pem.as_bytes()) {
-        let days_left = (info.not_after - chrono::Utc::now().timestamp()) / 86_400;
+    // Read without OpenSSL, which a start does not otherwise need (see `DevicePki`).
+    let not_after = CertificateDer::pem_slice_iter(m.cert_pem.as_bytes())
+        .next()
+        .and_then(|der| der.ok())
+        .and_then(|der| lanyard_pki::not_after_of_der(&der).ok());
+    if let Some(not_after) = not_after {
+        let days_left = (not_after - chrono::Utc::now().timestamp()) / 86_400;
         if days_left < 30 {
             tracing::warn!(days_left, "the self-issued TLS certificate expires soon");
         }

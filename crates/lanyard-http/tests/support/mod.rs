@@ -93,7 +93,7 @@ impl TestApp {
                 secrets.clone(),
                 public,
             ),
-            mdm: MdmService::new(lanyard.clone(), &pki),
+            mdm: MdmService::new(lanyard.clone(), Arc::clone(&pki)),
             declarations: lanyard_core::declarations::DeclarationService::new(
                 lanyard.clone(),
                 secrets.clone(),
