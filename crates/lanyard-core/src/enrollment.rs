@@ -85,7 +85,7 @@ impl DeviceUrls {
 /// The keys the enrollment service signs and issues with: opened (so checked against the
 /// secret key) when the server starts, parsed on their first use. Until a device enrolls or
 /// speaks, the server has not initialised OpenSSL, whose pages an idle server would otherwise
-/// keep resident (2.4 MiB, docs/BENCHMARKS.md).
+/// keep resident (2.2 MiB more, docs/BENCHMARKS.md).
 pub struct DevicePki {
     ca: crate::pki::OpenedPem,
     profile_signer: crate::pki::OpenedPem,

@@ -68,7 +68,8 @@ impl Lanyard {
 
     /// The CA plus the certificate that signs enrollment profiles (issued by the CA once, kept
     /// sealed in the database like the CA), opened. Their certificates and keys are parsed on
-    /// first use ([`DevicePki::keys`]): a wrong secret key is refused here, at start-up.
+    /// first use ([`DevicePki::keys`](crate::enrollment::DevicePki::keys)): a wrong secret key
+    /// is refused here, at start-up.
     pub async fn load_device_pki(
         &self,
         secrets: &SecretBox,

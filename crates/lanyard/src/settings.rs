@@ -607,16 +607,25 @@ mod tests {
     use super::*;
     use crate::{Action, Cli};
 
-    /// Parses `args` with `env` as the whole environment.
-    fn parse_with(args: &[&str], env: &[(&str, &str)]) -> Result<Cli> {
-        let env: HashMap<String, OsString> = env
+    /// `lanyard` with `args`, and `env` as the whole environment.
+    fn command_line(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Vec<OsString>, HashMap<String, OsString>) {
+        let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), OsString::from(v)))
             .collect();
-        let args: Vec<OsString> = std::iter::once("lanyard")
+        let args = std::iter::once("lanyard")
             .chain(args.iter().copied())
             .map(OsString::from)
             .collect();
+        (args, env)
+    }
+
+    /// Parses `args` with `env` as the whole environment.
+    fn parse_with(args: &[&str], env: &[(&str, &str)]) -> Result<Cli> {
+        let (args, env) = command_line(args, env);
         crate::parse_command_line(&args, &|name| env.get(name).cloned())
     }
 
@@ -625,14 +634,7 @@ mod tests {
     #[test]
     fn serve_alone_parses_as_the_whole_command_line_does() {
         let whole = |args: &[&str], env: &[(&str, &str)]| {
-            let env: HashMap<String, OsString> = env
-                .iter()
-                .map(|(k, v)| (k.to_string(), OsString::from(v)))
-                .collect();
-            let args: Vec<OsString> = std::iter::once("lanyard")
-                .chain(args.iter().copied())
-                .map(OsString::from)
-                .collect();
+            let (args, env) = command_line(args, env);
             let alone = parse::<Cli<crate::ServeOnly>>(&args, &|name| env.get(name).cloned());
             let whole = parse::<Cli>(&args, &|name| env.get(name).cloned());
             (alone, whole)

@@ -1,5 +1,5 @@
 //! The admin JSON API under `/api/v1`, one module per resource: thin handlers (JSON → domain
-//! call → JSON). Each module lists its routes once, with [`api_routes!`], which takes a
+//! call → JSON). Each module lists its routes once, with `api_routes!`, which takes a
 //! handler's path and methods from its `#[utoipa::path]`: the router `lanyard serve` answers
 //! with and the OpenAPI document served at `/api/v1/openapi.json` are made from that one list
 //! and cannot drift. The router is built without the documentation, which is made only when the
@@ -146,7 +146,7 @@ pub struct Unlocked {
     pub addresses: u64,
 }
 
-/// One path of the API as both kinds of router take it (made by [`api_routes!`]).
+/// One path of the API as both kinds of router take it (made by `api_routes!`).
 pub(crate) struct ApiRoutes {
     /// Adds the handlers on their documented path and methods; makes no documentation.
     pub routed: fn(Router<AppState>) -> Router<AppState>,
