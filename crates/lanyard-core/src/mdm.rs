@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 
-use lanyard_pki::{SecretBox, SignerCache};
+use lanyard_pki::SignerCache;
 use lanyard_proto::checkin::{Authenticate, CheckinMessage, DeclarativeManagement, TokenUpdate};
 use lanyard_proto::command::CommandStatus;
 use lanyard_proto::{EnrollmentKind, OsVersion};
@@ -115,11 +115,11 @@ pub struct DeviceRequest<'a> {
 #[derive(Clone)]
 pub struct MdmService {
     lanyard: Lanyard,
-    secrets: SecretBox,
+    /// The CA the signature checks trust, and the secret key (`pki.secrets`).
+    pki: Arc<DevicePki>,
     /// `Mdm-Signature` checks; a device certificate's chain is verified once, not per request.
     /// Made on the first device request (see [`DevicePki`]).
-    signers: Arc<std::sync::OnceLock<std::result::Result<SignerCache, String>>>,
-    pki: Arc<DevicePki>,
+    signers: Arc<std::sync::OnceLock<SignerCache>>,
 }
 
 fn unrecognized(binding: IdentityBinding) -> CoreError {
@@ -153,24 +153,21 @@ impl MdmService {
     pub fn new(lanyard: Lanyard, pki: Arc<DevicePki>) -> Self {
         Self {
             lanyard,
-            secrets: pki.secrets.clone(),
-            signers: Arc::new(std::sync::OnceLock::new()),
             pki,
+            signers: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
-    /// The signature checker, made from the CA on the first call.
+    /// The signature checker, made from the CA on the first call (the parsed CA, or why it
+    /// cannot be parsed, is kept by [`DevicePki::keys`]).
     fn signers(&self) -> Result<&SignerCache> {
-        self.signers
-            .get_or_init(|| {
-                let ca = self.pki.keys().map_err(|e| e.to_string())?;
-                Ok(SignerCache::new(
-                    ca.ca.certificate().clone(),
-                    lanyard_pki::SIGNER_CACHE_DEFAULT_CAPACITY,
-                ))
-            })
-            .as_ref()
-            .map_err(|e| CoreError::Internal(e.clone()))
+        let keys = self.pki.keys()?;
+        Ok(self.signers.get_or_init(|| {
+            SignerCache::new(
+                keys.ca.certificate().clone(),
+                lanyard_pki::SIGNER_CACHE_DEFAULT_CAPACITY,
+            )
+        }))
     }
 
     /// Step 1 of the identity rule: the SHA-256 of the identity certificate that signed the
@@ -430,7 +427,8 @@ impl MdmService {
         Self::same_topic(enrollment, &t.topic)?;
         let unlock = match &t.unlock_token {
             Some(u) => Some(
-                self.secrets
+                self.pki
+                    .secrets
                     .seal(u.expose(), format!("unlock:{}", enrollment.id).as_bytes())?,
             ),
             None => None,
@@ -536,7 +534,7 @@ impl MdmService {
         );
         let enrollment = self.reactivated(enrollment).await?;
         self.authorize_user_channel(&enrollment, req.bearer).await?;
-        declarations::asset_data(&self.lanyard, &self.secrets, &enrollment, identifier).await
+        declarations::asset_data(&self.lanyard, &self.pki.secrets, &enrollment, identifier).await
     }
 
     /// The command endpoint: the identity rule, then one store transaction that records the

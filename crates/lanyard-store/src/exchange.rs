@@ -131,6 +131,14 @@ impl CommandExchange {
             .is_some_and(|o| o.status == CommandState::NotNow)
     }
 
+    /// What the request reports, as PostgreSQL's write takes it (`$6`): `not_now`, `result`,
+    /// or nothing (Idle).
+    fn reported(&self) -> Option<&'static str> {
+        self.outcome
+            .as_ref()
+            .map(|_| if self.not_now() { "not_now" } else { "result" })
+    }
+
     /// Whether `last_seen_at` (as read) is old enough to be written again.
     pub(crate) fn last_seen_is_stale(&self, last_seen: Option<DateTime<Utc>>) -> bool {
         last_seen.is_none_or(|t| self.now - t >= Duration::seconds(LAST_SEEN_RESOLUTION_SECS))
@@ -440,7 +448,6 @@ impl Exchange for PostgresStore {
     /// (Idle, acknowledgement, acknowledgement …) then costs one statement per request.
     async fn exchange(&self, x: CommandExchange) -> Result<Exchanged> {
         let want_inventory = x.wants_inventory();
-        let not_now = x.not_now();
         let uuid = x.outcome.as_ref().map(|o| o.command_uuid.as_str());
         let mut conn = self.pool.acquire().await?;
         let mut memo = self
@@ -528,17 +535,13 @@ impl Exchange for PostgresStore {
                     inventory = (document, Some(digests));
                 }
             }
-            let kind = x
-                .outcome
-                .as_ref()
-                .map(|_| if not_now { "not_now" } else { "result" });
+            let kind = x.reported();
             let stale = x.last_seen_is_stale(row.last_seen);
             let has_document = inventory.0.is_some();
             let write = PgWrite {
                 x: &x,
                 enrollment: &row.id,
                 version: &row.version,
-                kind,
                 stale,
                 inventory: (inventory.0.as_deref(), inventory.1.as_deref()),
                 answered,
@@ -712,8 +715,6 @@ struct PgWrite<'a> {
     x: &'a CommandExchange,
     enrollment: &'a str,
     version: &'a str,
-    /// `not_now`, `result` or `None` (Idle).
-    kind: Option<&'static str>,
     stale: bool,
     /// The inventory document to write and the digests (`None`: no merge).
     inventory: (Option<&'a str>, Option<&'a str>),
@@ -738,7 +739,7 @@ impl<'a> PgWrite<'a> {
             .bind(x.channel)
             .bind(x.now)
             .bind(o.map(|o| o.command_uuid.as_str()))
-            .bind(self.kind)
+            .bind(x.reported())
             .bind(o.map(|o| o.status))
             .bind(o.and_then(|o| o.result.as_deref()))
             .bind(o.and_then(|o| o.error_chain.as_deref()))
@@ -925,7 +926,6 @@ mod tests {
                 x: &ack,
                 enrollment: &seen.id,
                 version: &seen.version,
-                kind: Some("result"),
                 stale: false,
                 inventory: (None, None),
                 answered,

@@ -16,7 +16,6 @@ macro_rules! api_routes {
     ($($handler:ident),+ $(,)?) => {
         $crate::api::ApiRoutes {
             routed: |router| {
-                #[allow(unused_imports)]
                 use utoipa::Path as _;
                 use utoipa_axum::PathItemExt as _;
                 let mut paths: Vec<String> = Vec::new();
