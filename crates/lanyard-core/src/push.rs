@@ -12,7 +12,9 @@ use serde_json::json;
 use tokio::sync::{mpsc, Mutex};
 use utoipa::ToSchema;
 
-use lanyard_apple::apns::{ApnsClient, ApnsOptions, PushCertificate, PushOutcome, PushTarget};
+use lanyard_apple::apns::{
+    ApnsClient, ApnsOptions, PushCertificate, PushCertificateSummary, PushOutcome, PushTarget,
+};
 use lanyard_pki::SecretBox;
 use lanyard_store::{Audit, PkiMaterial};
 
@@ -83,7 +85,7 @@ pub struct PushCertificateInfo {
     pub warning: Option<String>,
 }
 
-pub(crate) fn info(cert: &PushCertificate) -> PushCertificateInfo {
+pub(crate) fn info(cert: &PushCertificateSummary) -> PushCertificateInfo {
     let days_left = cert.days_left();
     PushCertificateInfo {
         topic: cert.topic().to_string(),
@@ -157,7 +159,7 @@ impl Lanyard {
         let cert_pem = cert
             .cert_pem()
             .map_err(|e| CoreError::failed("encoding the push certificate", e))?;
-        let shown = info(&cert);
+        let shown = info(cert.summary());
         self.store
             .put_pki(
                 &PkiMaterial {
@@ -185,10 +187,19 @@ impl Lanyard {
     /// Mac enrolled under any other topic could never be woken and would have to re-enroll.
     /// Read from the certificate alone (no key needed).
     pub async fn push_topic(&self) -> Result<Option<String>> {
+        Ok(self
+            .push_certificate_summary()
+            .await?
+            .map(|s| s.topic().to_string()))
+    }
+
+    /// What the stored push certificate says of itself, read without opening its key (the
+    /// key was checked against it on upload; pushing opens it).
+    pub async fn push_certificate_summary(&self) -> Result<Option<PushCertificateSummary>> {
         let Some(m) = self.store.get_pki(APNS_CERT_NAME).await? else {
             return Ok(None);
         };
-        PushCertificate::topic_of_pem(m.cert_pem.as_bytes())
+        PushCertificateSummary::from_pem(m.cert_pem.as_bytes())
             .map(Some)
             .map_err(|e| CoreError::failed("reading the stored push certificate", e))
     }
@@ -206,17 +217,15 @@ impl Lanyard {
             .map_err(|e| CoreError::failed("reading the stored push certificate", e))
     }
 
-    pub async fn push_certificate_info(
-        &self,
-        secrets: &SecretBox,
-    ) -> Result<Option<PushCertificateInfo>> {
-        Ok(self.push_certificate(secrets).await?.as_ref().map(info))
+    /// What the API, portal, CLI and start-up log show of the stored push certificate.
+    pub async fn push_certificate_info(&self) -> Result<Option<PushCertificateInfo>> {
+        Ok(self.push_certificate_summary().await?.as_ref().map(info))
     }
 
     /// The periodic expiry check of `serve`: sets the `/metrics` gauge and logs a warning
     /// when the certificate reaches an expiry mark that `watch` has not warned about yet.
-    pub async fn check_push_expiry(&self, secrets: &SecretBox, watch: &mut ExpiryWatch) {
-        match self.push_certificate_info(secrets).await {
+    pub async fn check_push_expiry(&self, watch: &mut ExpiryWatch) {
+        match self.push_certificate_info().await {
             Ok(current) => {
                 if let Some(i) = &current {
                     record_push_expiry(i);

@@ -372,7 +372,7 @@ impl Lanyard {
         let stored_pem = cert
             .cert_pem()
             .map_err(|e| CoreError::failed("encoding the push certificate", e))?;
-        let shown = info(&cert);
+        let shown = info(cert.summary());
         self.store
             .complete_pending_pki(
                 &[PENDING_REQUEST, PENDING_ENCRYPTION],
@@ -410,7 +410,7 @@ impl Lanyard {
         cert: &PushCertificate,
         force: bool,
     ) -> Result<()> {
-        if let Some(env) = cert.environment() {
+        if let Some(env) = cert.summary().environment() {
             if env != self.apns_environment {
                 return Err(CoreError::Invalid(format!(
                     "this is a {env} APNs certificate, but Lanyard sends pushes to the {} APNs \

@@ -127,15 +127,25 @@ impl NameAttribute {
             NameAttribute::Organization => Nid::ORGANIZATIONNAME,
         }
     }
+
+    /// The attribute's OID, as [`NameAttribute::nid`] names it to OpenSSL.
+    pub(crate) fn oid(self) -> der::asn1::ObjectIdentifier {
+        use der::asn1::ObjectIdentifier as Oid;
+        match self {
+            NameAttribute::CommonName => Oid::new_unwrap("2.5.4.3"),
+            NameAttribute::UserId => Oid::new_unwrap("0.9.2342.19200300.100.1.1"),
+            NameAttribute::Organization => Oid::new_unwrap("2.5.4.10"),
+        }
+    }
 }
 
 /// The values of one attribute in a certificate's subject, as text (entries that are not
-/// valid text are skipped).
+/// valid text are skipped); see [`crate::CertView::subject_values`]. Empty for a certificate
+/// that cannot be read as DER.
 pub fn subject_values(cert: &X509, attribute: NameAttribute) -> Vec<String> {
-    cert.subject_name()
-        .entries_by_nid(attribute.nid())
-        .filter_map(|e| e.data().to_string().ok())
-        .collect()
+    crate::CertView::from_x509(cert)
+        .map(|v| v.subject_values(attribute))
+        .unwrap_or_default()
 }
 
 /// A distinguished name from attributes, in order.

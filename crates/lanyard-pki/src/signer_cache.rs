@@ -548,12 +548,6 @@ pub(crate) fn check_signing_usage(extensions: &[Extension]) -> Result<()> {
     Ok(())
 }
 
-/// Unix seconds of a certificate time.
-fn unix(t: x509_cert::time::Time) -> Result<i64> {
-    i64::try_from(t.to_unix_duration().as_secs())
-        .map_err(|_| PkiError::InvalidInput("certificate time out of range".into()))
-}
-
 /// Whether `now` lies in `[not_before, not_after]` (both ends included, as OpenSSL compares).
 fn valid_at(now: i64, not_before: i64, not_after: i64) -> bool {
     not_before <= now && now <= not_after
@@ -708,8 +702,8 @@ impl SignerCache {
             ));
         }
         let (not_before, not_after) = (
-            unix(tbs.validity.not_before)?,
-            unix(tbs.validity.not_after)?,
+            crate::certinfo::unix_of(tbs.validity.not_before)?,
+            crate::certinfo::unix_of(tbs.validity.not_after)?,
         );
         if !valid_at(now, not_before, not_after) {
             return Err(PkiError::Verify("the certificate is not valid now".into()));

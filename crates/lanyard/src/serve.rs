@@ -36,7 +36,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
     export_ca(data, device_pki.ca_cert_pem())?;
     // The expiry mark warned about here is not warned about again by the periodic check.
     let mut expiry_watch = ExpiryWatch::default();
-    match lanyard.push_certificate_info(&secrets).await {
+    match lanyard.push_certificate_info().await {
         Ok(Some(info)) => match &info.warning {
             Some(w) => {
                 expiry_watch.observe(Some(info.days_left));
@@ -66,11 +66,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
-    tokio::spawn(watch_push_expiry(
-        lanyard.clone(),
-        secrets.clone(),
-        expiry_watch,
-    ));
+    tokio::spawn(watch_push_expiry(lanyard.clone(), expiry_watch));
 
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
@@ -393,22 +389,22 @@ async fn self_issued(
     Ok((m.cert_pem.into_bytes(), key))
 }
 
-/// Hourly hygiene: expired sign-in flows, access tokens, never-completed enrollments, command
-/// results past their retention; and enrollments silent for longer than `inactive-after-days`
-/// are marked inactive.
 /// How often `serve` checks the push certificate's expiry.
 const PUSH_EXPIRY_CHECK: Duration = Duration::from_secs(3600);
 
 /// Sets the push certificate expiry gauge now and every hour, and logs each expiry mark
 /// (30, 14, 7, 1 days) once when it is reached.
-async fn watch_push_expiry(lanyard: Lanyard, secrets: SecretBox, mut watch: ExpiryWatch) {
+async fn watch_push_expiry(lanyard: Lanyard, mut watch: ExpiryWatch) {
     let mut tick = tokio::time::interval(PUSH_EXPIRY_CHECK);
     loop {
         tick.tick().await;
-        lanyard.check_push_expiry(&secrets, &mut watch).await;
+        lanyard.check_push_expiry(&mut watch).await;
     }
 }
 
+/// Hourly hygiene: expired sign-in flows, access tokens, never-completed enrollments, command
+/// results past their retention; and enrollments silent for longer than `inactive-after-days`
+/// are marked inactive.
 async fn prune_leftovers(lanyard: Lanyard) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use lanyard_pki::{CertInfo, NameAttribute, PKey, Private, X509};
+use lanyard_pki::{CertInfo, CertView, NameAttribute, PKey, Private, X509};
 
 use super::error::ApnsError;
 
@@ -39,9 +39,11 @@ impl fmt::Display for ApnsEnvironment {
 
 /// The APNs service the certificate is marked for (see [`APNS_DEVELOPMENT_OID`]); `None`
 /// when it carries neither marker. A certificate marked for both counts as production.
-fn environment_of(cert: &X509) -> Result<Option<ApnsEnvironment>, ApnsError> {
-    let has =
-        |oid| lanyard_pki::has_extension(cert, oid).map_err(|e| ApnsError::Pem(e.to_string()));
+fn environment_of(cert: &CertView) -> Result<Option<ApnsEnvironment>, ApnsError> {
+    let has = |oid| {
+        cert.has_extension(oid)
+            .map_err(|e| ApnsError::Pem(e.to_string()))
+    };
     Ok(if has(APNS_PRODUCTION_OID)? {
         Some(ApnsEnvironment::Production)
     } else if has(APNS_DEVELOPMENT_OID)? {
@@ -49,6 +51,84 @@ fn environment_of(cert: &X509) -> Result<Option<ApnsEnvironment>, ApnsError> {
     } else {
         None
     })
+}
+
+/// What a push certificate says of itself: its MDM topic, summary and APNs marker, read
+/// from the certificate alone — without its key and without OpenSSL, so that showing the
+/// stored certificate (start-up log, expiry gauge, API, portal) neither opens the key nor
+/// loads OpenSSL. Its validity is not checked here: an expired certificate still shows.
+#[derive(Debug, Clone)]
+pub struct PushCertificateSummary {
+    topic: String,
+    info: CertInfo,
+    environment: Option<ApnsEnvironment>,
+}
+
+impl PushCertificateSummary {
+    /// The summary of a push certificate given as PEM (the first certificate). Refuses a
+    /// certificate whose subject has no UID holding an MDM topic.
+    pub fn from_pem(cert_pem: &[u8]) -> Result<PushCertificateSummary, ApnsError> {
+        let view = CertView::from_pem(cert_pem).map_err(|e| ApnsError::Pem(e.to_string()))?;
+        Self::of(&view)
+    }
+
+    fn of(view: &CertView) -> Result<PushCertificateSummary, ApnsError> {
+        let info = view.info().map_err(|e| ApnsError::Pem(e.to_string()))?;
+        // The subject's UID (0.9.2342.19200300.100.1.1) names the topic.
+        let topic = view
+            .subject_values(NameAttribute::UserId)
+            .into_iter()
+            .next()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApnsError::MissingTopic {
+                subject: info.subject.clone(),
+            })?;
+        if !is_mdm_topic(&topic) {
+            return Err(ApnsError::NotMdmTopic { topic });
+        }
+        Ok(PushCertificateSummary {
+            topic,
+            environment: environment_of(view)?,
+            info,
+        })
+    }
+
+    /// The APNs topic from the subject's UID, e.g. `com.apple.mgmt.External.<uuid>`. The
+    /// enrollment profile's `Topic` must be exactly this.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The APNs service the certificate is marked for, if it is marked.
+    pub fn environment(&self) -> Option<ApnsEnvironment> {
+        self.environment
+    }
+
+    /// End of validity, unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.info.not_after
+    }
+
+    /// Whole days until the certificate expires (negative once it has).
+    pub fn days_left(&self) -> i64 {
+        (self.info.not_after - now_unix()).div_euclid(86_400)
+    }
+
+    /// The subject, as `SHORT=value` pairs (e.g. `UID=com.apple.mgmt.External.…, CN=APSP:…`).
+    pub fn subject(&self) -> &str {
+        &self.info.subject
+    }
+
+    /// The issuer, same format as [`PushCertificateSummary::subject`].
+    pub fn issuer(&self) -> &str {
+        &self.info.issuer
+    }
+
+    /// SHA-256 of the certificate DER, lower-case hex.
+    pub fn sha256(&self) -> &str {
+        &self.info.sha256
+    }
 }
 
 /// An MDM push certificate with its private key, checked on load: the key matches, the
@@ -60,18 +140,16 @@ pub struct PushCertificate {
     cert: X509,
     chain: Vec<X509>,
     key: PKey<Private>,
-    topic: String,
-    info: CertInfo,
-    environment: Option<ApnsEnvironment>,
+    summary: PushCertificateSummary,
 }
 
 impl fmt::Debug for PushCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PushCertificate")
-            .field("topic", &self.topic)
-            .field("subject", &self.info.subject)
-            .field("not_after", &self.info.not_after)
-            .field("sha256", &self.info.sha256)
+            .field("topic", &self.summary.topic)
+            .field("subject", &self.summary.info.subject)
+            .field("not_after", &self.summary.info.not_after)
+            .field("sha256", &self.summary.info.sha256)
             .field("key", &"<redacted>")
             .finish()
     }
@@ -120,86 +198,40 @@ impl PushCertificate {
         if !lanyard_pki::key_matches(&cert, &key) {
             return Err(ApnsError::KeyMismatch);
         }
-        let info = CertInfo::from_x509(&cert).map_err(|e| ApnsError::Pem(e.to_string()))?;
-        let topic = topic_of(&cert).ok_or_else(|| ApnsError::MissingTopic {
-            subject: info.subject.clone(),
-        })?;
-        if !is_mdm_topic(&topic) {
-            return Err(ApnsError::NotMdmTopic { topic });
-        }
+        let view = CertView::from_x509(&cert).map_err(|e| ApnsError::Pem(e.to_string()))?;
+        let summary = PushCertificateSummary::of(&view)?;
         let now = now_unix();
-        if info.not_after <= now {
+        if summary.info.not_after <= now {
             return Err(ApnsError::Expired {
-                not_after: info.not_after,
+                not_after: summary.info.not_after,
             });
         }
-        if info.not_before > now {
+        if summary.info.not_before > now {
             return Err(ApnsError::NotYetValid {
-                not_before: info.not_before,
+                not_before: summary.info.not_before,
             });
         }
-        let environment = environment_of(&cert)?;
         Ok(PushCertificate {
             cert,
             chain,
             key,
-            topic,
-            info,
-            environment,
+            summary,
         })
     }
 
-    /// The MDM topic of a push certificate given as PEM (the first certificate), without its
-    /// key: what a stored certificate's topic is, for a caller that must not open the key.
-    pub fn topic_of_pem(cert_pem: &[u8]) -> Result<String, ApnsError> {
-        let cert = lanyard_pki::certificates_from_pem(cert_pem)
-            .map_err(|e| ApnsError::Pem(e.to_string()))?
-            .into_iter()
-            .next()
-            .ok_or(ApnsError::Missing("certificate"))?;
-        let topic = topic_of(&cert).ok_or_else(|| ApnsError::MissingTopic {
-            subject: lanyard_pki::name_to_string(cert.subject_name()),
-        })?;
-        if !is_mdm_topic(&topic) {
-            return Err(ApnsError::NotMdmTopic { topic });
-        }
-        Ok(topic)
+    /// What the certificate says of itself (topic, subject, expiry, APNs marker).
+    pub fn summary(&self) -> &PushCertificateSummary {
+        &self.summary
     }
 
-    /// The APNs topic from the subject's UID, e.g. `com.apple.mgmt.External.<uuid>`. The
-    /// enrollment profile's `Topic` must be exactly this.
+    /// The APNs topic; see [`PushCertificateSummary::topic`].
     pub fn topic(&self) -> &str {
-        &self.topic
+        self.summary.topic()
     }
 
-    /// The APNs service the certificate is marked for, if it is marked.
-    pub fn environment(&self) -> Option<ApnsEnvironment> {
-        self.environment
-    }
-
-    /// End of validity, unix seconds.
-    pub fn not_after(&self) -> i64 {
-        self.info.not_after
-    }
-
-    /// Whole days until the certificate expires (negative once it has).
+    /// Whole days until the certificate expires; see [`PushCertificateSummary::days_left`].
     pub fn days_left(&self) -> i64 {
-        (self.info.not_after - now_unix()).div_euclid(86_400)
-    }
-
-    /// The subject, as `SHORT=value` pairs (e.g. `UID=com.apple.mgmt.External.…, CN=APSP:…`).
-    pub fn subject(&self) -> &str {
-        &self.info.subject
-    }
-
-    /// The issuer, same format as [`PushCertificate::subject`].
-    pub fn issuer(&self) -> &str {
-        &self.info.issuer
-    }
-
-    /// SHA-256 of the certificate DER, lower-case hex.
-    pub fn sha256(&self) -> &str {
-        &self.info.sha256
+        self.summary.days_left()
     }
 
     /// The certificate, PEM (public).
@@ -225,15 +257,6 @@ impl PushCertificate {
             .private_key_to_pkcs8()
             .map_err(|e| ApnsError::Tls(format!("cannot export the push key: {e}")))
     }
-}
-
-/// The UID (0.9.2342.19200300.100.1.1) of the certificate's subject, if there is one.
-fn topic_of(cert: &X509) -> Option<String> {
-    let text = lanyard_pki::subject_values(cert, NameAttribute::UserId)
-        .into_iter()
-        .next()?;
-    let text = text.trim().to_string();
-    (!text.is_empty()).then_some(text)
 }
 
 fn is_mdm_topic(topic: &str) -> bool {
@@ -275,20 +298,32 @@ mod tests {
     }
 
     #[test]
-    fn topic_of_pem_without_the_key() {
+    fn summary_of_pem_without_the_key() {
         let topic = "com.apple.mgmt.External.5b4b0c4e-49e3-4a4a-8e4e-1f3c0a9b7d21";
+        let pem = cert_with_uid(Some(topic));
+        let summary = PushCertificateSummary::from_pem(&pem).unwrap();
+        assert_eq!(summary.topic(), topic);
+        assert_eq!(summary.subject(), format!("UID={topic}, CN=APSP:test"));
+        assert_eq!(summary.environment(), None);
+        assert!((28..=30).contains(&summary.days_left()), "{summary:?}");
+        // The same facts as the OpenSSL reading of the whole certificate with its key.
+        let cert = lanyard_pki::certificates_from_pem(&pem).unwrap().remove(0);
         assert_eq!(
-            PushCertificate::topic_of_pem(&cert_with_uid(Some(topic))).unwrap(),
-            topic
+            summary.sha256(),
+            lanyard_pki::sha256_fingerprint(&cert.to_der().unwrap())
         );
         assert!(matches!(
-            PushCertificate::topic_of_pem(&cert_with_uid(None)),
+            PushCertificateSummary::from_pem(&cert_with_uid(None)),
             Err(ApnsError::MissingTopic { .. })
         ));
         assert!(matches!(
-            PushCertificate::topic_of_pem(&cert_with_uid(Some("com.example.app"))),
+            PushCertificateSummary::from_pem(&cert_with_uid(Some("  "))),
+            Err(ApnsError::MissingTopic { .. })
+        ));
+        assert!(matches!(
+            PushCertificateSummary::from_pem(&cert_with_uid(Some("com.example.app"))),
             Err(ApnsError::NotMdmTopic { .. })
         ));
-        assert!(PushCertificate::topic_of_pem(b"not a certificate").is_err());
+        assert!(PushCertificateSummary::from_pem(b"not a certificate").is_err());
     }
 }

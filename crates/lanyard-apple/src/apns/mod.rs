@@ -28,7 +28,8 @@ mod vendor;
 
 pub use backoff::{backoff, backoff_with, BACKOFF_BASE, BACKOFF_CAP};
 pub use cert::{
-    ApnsEnvironment, PushCertificate, APNS_DEVELOPMENT_OID, APNS_PRODUCTION_OID, MDM_TOPIC_PREFIX,
+    ApnsEnvironment, PushCertificate, PushCertificateSummary, APNS_DEVELOPMENT_OID,
+    APNS_PRODUCTION_OID, MDM_TOPIC_PREFIX,
 };
 pub use client::{
     ApnsClient, ApnsOptions, PushOutcome, PushTarget, DEFAULT_EXPIRATION, PRODUCTION_URL,

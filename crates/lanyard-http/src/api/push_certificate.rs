@@ -30,7 +30,7 @@ async fn get_push_certificate(
     Authed(_viewer): Authed,
 ) -> ApiResult<Json<PushCertificateInfo>> {
     s.lanyard
-        .push_certificate_info(&s.secrets)
+        .push_certificate_info()
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("no push certificate has been uploaded"))

@@ -545,7 +545,7 @@ async fn apns_page(
     status: StatusCode,
     message: Option<Notice>,
 ) -> Response {
-    let current = match s.lanyard.push_certificate_info(&s.secrets).await {
+    let current = match s.lanyard.push_certificate_info().await {
         Ok(v) => v,
         Err(e) => return error_page(Some(sess), e),
     };

@@ -109,7 +109,7 @@ async fn summary(State(s): State<AppState>, Viewer(sess): Viewer) -> Response {
 
 async fn summary_body(s: &AppState) -> Result<Markup, CoreError> {
     let sum = s.lanyard.summary(chrono::Utc::now()).await?;
-    let push = s.lanyard.push_certificate_info(&s.secrets).await?;
+    let push = s.lanyard.push_certificate_info().await?;
     let add = |f: fn(&lanyard_core::listings::ModeCounts) -> i64| -> i64 {
         sum.by_mode.iter().map(f).sum()
     };

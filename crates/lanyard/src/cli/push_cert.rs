@@ -306,7 +306,7 @@ pub async fn push_cert(
             show(&info);
         }
         PushCertCmd::Show { out } => {
-            let Some(info) = o.lanyard.push_certificate_info(secrets).await? else {
+            let Some(info) = o.lanyard.push_certificate_info().await? else {
                 bail!("no push certificate; upload one with `lanyard push-cert upload`");
             };
             if out.json {
