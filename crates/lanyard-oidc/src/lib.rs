@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use openidconnect::core::{
@@ -143,16 +143,45 @@ struct ExtraClaims(HashMap<String, serde_json::Value>);
 impl AdditionalClaims for ExtraClaims {}
 
 /// The relying party: an HTTP client (no redirects followed, system roots plus an optional
-/// extra CA) and the discovery cache.
+/// extra CA) and the discovery cache. The client — and with it the system's root
+/// certificates, read from disk — is made on the first sign-in, not when `serve` starts: a
+/// server whose users never sign in through a provider does not hold it.
 pub struct Oidc {
-    http: reqwest::Client,
+    extra_roots: Vec<reqwest::Certificate>,
+    http: OnceLock<reqwest::Client>,
     cache: Mutex<HashMap<String, (Instant, CoreProviderMetadata)>>,
 }
 
 impl Oidc {
     /// `extra_ca_pem`: one or more PEM certificates trusted besides the system roots (a
-    /// provider with a private CA, or a test provider on loopback TLS).
+    /// provider with a private CA, or a test provider on loopback TLS). A file that holds no
+    /// readable certificate is refused here.
     pub fn new(extra_ca_pem: Option<&[u8]>) -> Result<Self> {
+        let extra_roots = match extra_ca_pem {
+            Some(pem) => {
+                let certs = reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| OidcError::Config(format!("the extra CA certificate: {e}")))?;
+                if certs.is_empty() {
+                    return Err(OidcError::Config(
+                        "the extra CA file holds no PEM certificate".into(),
+                    ));
+                }
+                certs
+            }
+            None => Vec::new(),
+        };
+        Ok(Self {
+            extra_roots,
+            http: OnceLock::new(),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The HTTP client, made on first use.
+    fn http(&self) -> Result<&reqwest::Client> {
+        if let Some(c) = self.http.get() {
+            return Ok(c);
+        }
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
             .redirect(reqwest::redirect::Policy::none())
@@ -164,25 +193,14 @@ impl Oidc {
                 b = b.add_root_certificate(cert);
             }
         }
-        if let Some(pem) = extra_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| OidcError::Config(format!("the extra CA certificate: {e}")))?;
-            if certs.is_empty() {
-                return Err(OidcError::Config(
-                    "the extra CA file holds no PEM certificate".into(),
-                ));
-            }
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
+        for c in &self.extra_roots {
+            b = b.add_root_certificate(c.clone());
         }
-        let http = b
+        let made = b
             .build()
             .map_err(|e| OidcError::Config(format!("HTTP client: {e}")))?;
-        Ok(Self {
-            http,
-            cache: Mutex::new(HashMap::new()),
-        })
+        // Two first sign-ins at once may both make one; the first stored is kept.
+        Ok(self.http.get_or_init(|| made))
     }
 
     /// The provider's discovery document (with its signing keys), cached for
@@ -199,7 +217,7 @@ impl Oidc {
         }
         let issuer_url = IssuerUrl::new(validate_issuer(issuer)?)
             .map_err(|e| OidcError::Config(format!("issuer URL: {e}")))?;
-        let m = CoreProviderMetadata::discover_async(issuer_url, &self.http)
+        let m = CoreProviderMetadata::discover_async(issuer_url, self.http()?)
             .await
             .map_err(|e| OidcError::Discovery(error_chain(&e)))?;
         if let Ok(mut cache) = self.cache.lock() {
@@ -281,7 +299,7 @@ impl Oidc {
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| OidcError::Discovery(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
-            .request_async(&self.http)
+            .request_async(self.http()?)
             .await
             .map_err(|e| match e {
                 RequestTokenError::ServerResponse(r) => {
@@ -317,7 +335,7 @@ impl Oidc {
                 .ok();
             if let Some(req) = user_info {
                 let info: UserInfoClaims<ExtraClaims, CoreGenderClaim> =
-                    req.request_async(&self.http).await.map_err(|e| {
+                    req.request_async(self.http()?).await.map_err(|e| {
                         OidcError::Unreachable(format!("UserInfo: {}", error_chain(&e)))
                     })?;
                 let mut raw = info.additional_claims().0.clone();

@@ -11,6 +11,7 @@
 //! hex-encoded DER of a CMS EnvelopedData addressed to that certificate, whose content is the
 //! request file for Apple (Base64 of the plist, see [`super::vendor`]).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -70,9 +71,10 @@ pub struct SignRequestReply {
     pub result: String,
 }
 
-/// A client of the signing service.
+/// A client of the signing service. Its HTTP client — and with it the system's root
+/// certificates, read from disk — is made on the first request, not when `serve` starts.
 pub struct SigningService {
-    http: reqwest::Client,
+    http: OnceLock<reqwest::Client>,
     url: String,
 }
 
@@ -83,6 +85,17 @@ impl SigningService {
         let base = url.trim_end_matches('/').to_string();
         crate::check_service_url(&base)
             .map_err(|e| SigningServiceError::Config(format!("{base:?}: {e}")))?;
+        Ok(SigningService {
+            http: OnceLock::new(),
+            url: base,
+        })
+    }
+
+    /// The HTTP client, made on first use.
+    fn http(&self) -> Result<&reqwest::Client, SigningServiceError> {
+        if let Some(c) = self.http.get() {
+            return Ok(c);
+        }
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(30))
@@ -92,10 +105,11 @@ impl SigningService {
                 builder = builder.add_root_certificate(c);
             }
         }
-        let http = builder
+        let made = builder
             .build()
             .map_err(|e| SigningServiceError::Config(format!("HTTP client: {e}")))?;
-        Ok(SigningService { http, url: base })
+        // Two first requests at once may both make one; the first stored is kept.
+        Ok(self.http.get_or_init(|| made))
     }
 
     pub fn url(&self) -> &str {
@@ -105,7 +119,7 @@ impl SigningService {
     /// Sends a sign request; `Ok` once the service accepted it (the reply comes by email).
     pub async fn submit(&self, body: &SignRequestBody) -> Result<(), SigningServiceError> {
         let res = self
-            .http
+            .http()?
             .post(format!("{}{SIGN_REQUEST_PATH}", self.url))
             .header("accept", "application/json")
             .json(body)
