@@ -496,6 +496,10 @@ pub struct Report {
     pub server_idle_rss: Option<Rss>,
     /// The same split at the end.
     pub server_end_rss: Option<Rss>,
+    /// The same split for the server restarted on the run's data (its push certificate,
+    /// enrolled devices and commands) at `lanyard serve`'s default log level, 5 s after it
+    /// listens: what a production server holds idle (the idle figure).
+    pub server_restarted_idle_rss: Option<Rss>,
     /// Load averages (1, 5, 15 min) when the run started: other work on the machine.
     pub load_before: String,
     /// Load averages when it ended.
@@ -769,6 +773,97 @@ async fn pg_async_commit(admin_url: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Asks a server to stop (SIGTERM: a graceful shutdown) and waits until it has.
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// Starts `lanyard serve` on `data` (under `--server-under` if given; `LANYARD_LOG` = `log`,
+/// or its default when `None`), appending its log to `server.log`, and waits until it says
+/// where it listens. Returns the child, the URL and the one-time administrator password it
+/// printed on a first start (empty on a restart).
+async fn launch(
+    bin: &Path,
+    data: &ServerData,
+    args: &BenchArgs,
+    log: Option<&str>,
+) -> Result<(Child, String, String)> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.data_dir.join("server.log"))?;
+    let mut words = args.server_under.iter().flat_map(|u| u.split_whitespace());
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("LANYARD_DATA_DIR", &data.data_dir)
+        .env("LANYARD_DATABASE_URL", &data.database_url)
+        .env_remove("LANYARD_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file));
+    match log {
+        Some(l) => command.env("LANYARD_LOG", l),
+        None => command.env_remove("LANYARD_LOG"),
+    };
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout from lanyard serve"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut open = true;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // Keep draining after the receiver is gone so the server never blocks on stdout.
+            if open && tx.send(line).is_err() {
+                open = false;
+            }
+        }
+    });
+    let mut url = String::new();
+    let mut admin_password = String::new();
+    let mut expect_password = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while url.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            terminate(&mut child);
+            bail!(
+                "lanyard serve did not start (see {}/server.log)",
+                data.data_dir.display()
+            );
+        };
+        if expect_password && !line.trim().is_empty() {
+            admin_password = line.trim().to_owned();
+            expect_password = false;
+        }
+        if line.contains("one-time password") {
+            expect_password = true;
+        }
+        if let Some(rest) = line.strip_prefix("lanyard listening on ") {
+            url = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    }
+    Ok((child, url, admin_password))
+}
+
 impl Spawned {
     async fn start(args: &BenchArgs) -> Result<(Spawned, ServerData, String)> {
         let bin = match &args.lanyard_bin {
@@ -796,90 +891,39 @@ impl Spawned {
             }
             None => (format!("sqlite://{}/lanyard.db", data_dir.display()), None),
         };
-        let spawn = || -> Result<Child> {
-            let log = std::fs::File::create(data_dir.join("server.log"))?;
-            let mut words = args.server_under.iter().flat_map(|u| u.split_whitespace());
-            let mut command = match words.next() {
-                Some(program) => {
-                    let mut c = Command::new(program);
-                    c.args(words).arg(&bin);
-                    c
-                }
-                None => Command::new(&bin),
-            };
-            command
-                .args(["serve", "--listen", "127.0.0.1:0"])
-                .env("LANYARD_DATA_DIR", &data_dir)
-                .env("LANYARD_DATABASE_URL", &database_url)
-                .env("LANYARD_LOG", &args.server_log)
-                .env_remove("LANYARD_CONFIG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::from(log))
-                .spawn()
-                .with_context(|| format!("cannot start {}", bin.display()))
+        let data = ServerData {
+            data_dir,
+            database_url,
         };
         // On failure the scratch database is dropped with `pg`.
-        let mut child = spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("no stdout from lanyard serve"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut open = true;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // Keep draining after the receiver is gone so the server never blocks on stdout.
-                if open && tx.send(line).is_err() {
-                    open = false;
-                }
-            }
-        });
-        let mut spawned = Spawned {
-            child,
-            bin,
-            _tmp: Some(tmp),
-            pg,
-            admin_password: String::new(),
-        };
-        let mut url = String::new();
-        let mut expect_password = false;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while url.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(l) => l,
-                Err(_) => {
-                    spawned.stop(false).await;
-                    bail!(
-                        "lanyard serve did not start (see {}/server.log)",
-                        data_dir.display()
-                    );
-                }
-            };
-            if expect_password && !line.trim().is_empty() {
-                spawned.admin_password = line.trim().to_owned();
-                expect_password = false;
-            }
-            if line.contains("one-time password") {
-                expect_password = true;
-            }
-            if let Some(rest) = line.strip_prefix("lanyard listening on ") {
-                url = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-            }
-        }
+        let (child, url, admin_password) =
+            launch(&bin, &data, args, Some(&args.server_log)).await?;
         Ok((
-            spawned,
-            ServerData {
-                data_dir,
-                database_url,
+            Spawned {
+                child,
+                bin,
+                _tmp: Some(tmp),
+                pg,
+                admin_password,
             },
+            data,
             url,
         ))
+    }
+
+    /// Stops the server, starts it again on the same data at its default log level (not
+    /// under `--server-under`) and reads its resident memory 5 s after it listens; the new
+    /// server is the one [`Spawned::stop`] stops.
+    async fn restarted_idle(&mut self, data: &ServerData, args: &BenchArgs) -> Result<Rss> {
+        terminate(&mut self.child);
+        let plain = BenchArgs {
+            server_under: None,
+            ..args.clone()
+        };
+        let (child, _, _) = launch(&self.bin, data, &plain, None).await?;
+        self.child = child;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        rss_of(self.pid()).ok_or_else(|| anyhow!("cannot read the restarted server's memory"))
     }
 
     fn pid(&self) -> u32 {
@@ -887,10 +931,7 @@ impl Spawned {
     }
 
     async fn stop(&mut self, keep: bool) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
         if keep {
             if let Some(t) = self._tmp.take() {
                 let p = t.keep();
@@ -2480,10 +2521,7 @@ impl CeilingChild {
     /// Stops the server; its peak RSS first.
     fn stop(mut self) -> Option<f64> {
         let peak = status_kib(self.pid(), "VmHWM:").map(|k| k as f64 / 1024.0);
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
         peak
     }
 }
@@ -2608,6 +2646,7 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         server_rss_mib: None,
         server_idle_rss: None,
         server_end_rss: None,
+        server_restarted_idle_rss: None,
         load_before: load_average(),
         load_after: String::new(),
     };
@@ -2667,6 +2706,13 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
             report.server_peak_rss_mib = status_kib(pid, "VmHWM:").map(|k| k as f64 / 1024.0);
             report.server_rss_mib = status_kib(pid, "VmRSS:").map(|k| k as f64 / 1024.0);
             report.server_end_rss = rss_of(pid);
+        }
+        if let (true, Some(s), Some(d)) = (result.is_ok(), spawned.as_mut(), data.as_ref()) {
+            eprintln!("restarting lanyard serve on the run's data for its idle memory…");
+            match s.restarted_idle(d, &args).await {
+                Ok(rss) => report.server_restarted_idle_rss = Some(rss),
+                Err(e) => eprintln!("the restarted server's idle memory: {e:#}"),
+            }
         }
         if let Some(mut s) = spawned {
             s.stop(args.keep).await;
@@ -3052,6 +3098,7 @@ pub fn render_table(r: &Report) -> String {
     for (when, rss) in [
         ("idle", &r.server_idle_rss),
         ("at the end", &r.server_end_rss),
+        ("idle, restarted", &r.server_restarted_idle_rss),
     ] {
         if let Some(m) = rss {
             row(
