@@ -191,6 +191,30 @@ impl CertView {
         &self.der
     }
 
+    /// The certificate as PEM text (`CERTIFICATE`, 64 columns).
+    pub fn pem(&self) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.der);
+        let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+        out
+    }
+
+    /// The DER of the certificate's `SubjectPublicKeyInfo`: what a private key's public half
+    /// is compared with.
+    pub fn public_key_info_der(&self) -> Result<Vec<u8>> {
+        use der::Encode as _;
+        self.cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(crate::asn1::der_err)
+    }
+
     /// The summary of the certificate.
     pub fn info(&self) -> Result<CertInfo> {
         let tbs = &self.cert.tbs_certificate;
@@ -408,6 +432,12 @@ mod tests {
         // Extensions by OID: none here but the ones OpenSSL adds (none).
         assert!(!view.has_extension("1.2.840.113635.100.6.3.2").unwrap());
         assert!(view.has_extension("not an oid").is_err());
+        // PEM and the public key as OpenSSL writes them.
+        assert_eq!(view.pem().as_bytes(), cert.to_pem().unwrap());
+        assert_eq!(
+            view.public_key_info_der().unwrap(),
+            key.public_key_to_der().unwrap()
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 use std::fmt;
 
-use lanyard_pki::{CertInfo, CertView, NameAttribute, PKey, Private, X509};
+use lanyard_pki::{CertInfo, CertView, NameAttribute};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::error::ApnsError;
 
@@ -134,13 +136,23 @@ impl PushCertificateSummary {
 /// An MDM push certificate with its private key, checked on load: the key matches, the
 /// subject's UID holds an MDM topic, and the certificate is within its validity.
 ///
-/// `Debug` shows the subject, topic and expiry, never the key.
-#[derive(Clone)]
+/// Held as DER (the certificate and its chain) and the key as rustls takes it: loading the
+/// stored certificate to push reads it without OpenSSL (only a PKCS#12 upload is read with
+/// it). `Debug` shows the subject, topic and expiry, never the key.
 pub struct PushCertificate {
-    cert: X509,
-    chain: Vec<X509>,
-    key: PKey<Private>,
+    chain_der: Vec<Vec<u8>>,
+    key: PrivateKeyDer<'static>,
     summary: PushCertificateSummary,
+}
+
+impl Clone for PushCertificate {
+    fn clone(&self) -> Self {
+        PushCertificate {
+            chain_der: self.chain_der.clone(),
+            key: self.key.clone_key(),
+            summary: self.summary.clone(),
+        }
+    }
 }
 
 impl fmt::Debug for PushCertificate {
@@ -172,33 +184,51 @@ impl PushCertificate {
             .map_err(|e| ApnsError::Pkcs12(e.to_string()))?;
         let cert = parsed.cert.ok_or(ApnsError::Missing("certificate"))?;
         let key = parsed.key.ok_or(ApnsError::Missing("private key"))?;
-        Self::checked(cert, parsed.chain, key)
+        let pem = |e: lanyard_pki::ErrorStack| ApnsError::Pkcs12(e.to_string());
+        let chain_der = std::iter::once(&cert)
+            .chain(parsed.chain.iter())
+            .map(|c| c.to_der().map_err(pem))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            key.private_key_to_pkcs8().map_err(pem)?,
+        ));
+        Self::checked(chain_der, key)
     }
 
     /// Load from PEM: the certificate (optionally followed by its chain) and the private key
-    /// (PKCS#8 or traditional, unencrypted). Both arguments may be the same combined PEM
-    /// file holding the certificate and the key.
+    /// (PKCS#8, or PKCS#1 RSA or SEC1 EC; unencrypted). Both arguments may be the same
+    /// combined PEM file holding the certificate and the key.
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<PushCertificate, ApnsError> {
-        let mut certs = lanyard_pki::certificates_from_pem(cert_pem)
-            .map_err(|e| ApnsError::Pem(e.to_string()))?;
-        if certs.is_empty() {
+        let chain_der = CertificateDer::pem_slice_iter(cert_pem)
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApnsError::Pem(format!("certificate: {e}")))?;
+        if chain_der.is_empty() {
             return Err(ApnsError::Missing("certificate"));
         }
-        let cert = certs.remove(0);
-        let key = lanyard_pki::private_key_from_pem(key_pem)
-            .map_err(|e| ApnsError::Pem(e.to_string()))?;
-        Self::checked(cert, certs, key)
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+            rustls::pki_types::pem::Error::NoItemsFound => ApnsError::Missing("private key"),
+            e => ApnsError::Pem(format!("private key: {e}")),
+        })?;
+        Self::checked(chain_der, key)
     }
 
     fn checked(
-        cert: X509,
-        chain: Vec<X509>,
-        key: PKey<Private>,
+        chain_der: Vec<Vec<u8>>,
+        key: PrivateKeyDer<'static>,
     ) -> Result<PushCertificate, ApnsError> {
-        if !lanyard_pki::key_matches(&cert, &key) {
+        let leaf = chain_der.first().ok_or(ApnsError::Missing("certificate"))?;
+        let view = CertView::from_der(leaf).map_err(|e| ApnsError::Pem(e.to_string()))?;
+        // The key's public half against the certificate's (what rustls's own `keys_match`
+        // compares), with the signing key rustls will use for the TLS handshake.
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| ApnsError::Pem(format!("private key: {e}")))?;
+        let ours = view
+            .public_key_info_der()
+            .map_err(|e| ApnsError::Pem(e.to_string()))?;
+        if signer.public_key().as_deref() != Some(ours.as_slice()) {
             return Err(ApnsError::KeyMismatch);
         }
-        let view = CertView::from_x509(&cert).map_err(|e| ApnsError::Pem(e.to_string()))?;
         let summary = PushCertificateSummary::of(&view)?;
         let now = now_unix();
         if summary.info.not_after <= now {
@@ -212,8 +242,7 @@ impl PushCertificate {
             });
         }
         Ok(PushCertificate {
-            cert,
-            chain,
+            chain_der,
             key,
             summary,
         })
@@ -236,26 +265,26 @@ impl PushCertificate {
 
     /// The certificate, PEM (public).
     pub fn cert_pem(&self) -> Result<String, ApnsError> {
-        let pem = self
-            .cert
-            .to_pem()
-            .map_err(|e| ApnsError::Pem(e.to_string()))?;
-        String::from_utf8(pem).map_err(|e| ApnsError::Pem(e.to_string()))
+        let leaf = self
+            .chain_der
+            .first()
+            .ok_or(ApnsError::Missing("certificate"))?;
+        CertView::from_der(leaf)
+            .map(|v| v.pem())
+            .map_err(|e| ApnsError::Pem(e.to_string()))
     }
 
     /// The certificate and then its chain, DER, for the TLS handshake.
-    pub(crate) fn chain_der(&self) -> Result<Vec<Vec<u8>>, ApnsError> {
-        std::iter::once(&self.cert)
-            .chain(self.chain.iter())
-            .map(|c| c.to_der().map_err(|e| ApnsError::Pem(e.to_string())))
+    pub(crate) fn chain_der(&self) -> Vec<CertificateDer<'static>> {
+        self.chain_der
+            .iter()
+            .map(|c| CertificateDer::from(c.clone()))
             .collect()
     }
 
-    /// The private key as PKCS#8 DER, for the TLS handshake. Secret.
-    pub(crate) fn key_pkcs8_der(&self) -> Result<Vec<u8>, ApnsError> {
-        self.key
-            .private_key_to_pkcs8()
-            .map_err(|e| ApnsError::Tls(format!("cannot export the push key: {e}")))
+    /// The private key, for the TLS handshake. Secret.
+    pub(crate) fn key_der(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
     }
 }
 
@@ -284,17 +313,47 @@ mod tests {
         assert!(!is_mdm_topic("com.apple.mgmt.External.a\nb"));
     }
 
-    fn cert_with_uid(uid: Option<&str>) -> Vec<u8> {
+    fn issued_with_uid(uid: Option<&str>) -> lanyard_pki::IssuedCert {
         let mut subject = Vec::new();
         if let Some(uid) = uid {
             subject.push((NameAttribute::UserId, uid));
         }
         subject.push((NameAttribute::CommonName, "APSP:test"));
         let name = lanyard_pki::name(&subject).unwrap();
-        lanyard_pki::self_signed_rsa_named(&name, 30)
-            .unwrap()
-            .cert_pem
-            .into_bytes()
+        lanyard_pki::self_signed_rsa_named(&name, 30).unwrap()
+    }
+
+    fn cert_with_uid(uid: Option<&str>) -> Vec<u8> {
+        issued_with_uid(uid).cert_pem.into_bytes()
+    }
+
+    #[test]
+    fn loaded_from_pem_for_tls_without_openssl() {
+        let topic = "com.apple.mgmt.External.5b4b0c4e-49e3-4a4a-8e4e-1f3c0a9b7d21";
+        let issued = issued_with_uid(Some(topic));
+        let cert = PushCertificate::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
+            .unwrap();
+        assert_eq!(cert.topic(), topic);
+        // The stored form is the certificate as it came; the TLS chain is its DER.
+        assert_eq!(cert.cert_pem().unwrap(), issued.cert_pem);
+        assert_eq!(cert.chain_der()[0].as_ref(), issued.cert_der.as_slice());
+        // Both halves in one file, as `push-cert upload --cert` takes them.
+        let combined = format!("{}{}", issued.cert_pem, issued.key_pem);
+        assert!(PushCertificate::from_pem(combined.as_bytes(), combined.as_bytes()).is_ok());
+        // Another key, no key, no certificate.
+        let other = issued_with_uid(Some(topic));
+        assert!(matches!(
+            PushCertificate::from_pem(issued.cert_pem.as_bytes(), other.key_pem.as_bytes()),
+            Err(ApnsError::KeyMismatch)
+        ));
+        assert!(matches!(
+            PushCertificate::from_pem(issued.cert_pem.as_bytes(), issued.cert_pem.as_bytes()),
+            Err(ApnsError::Missing("private key"))
+        ));
+        assert!(matches!(
+            PushCertificate::from_pem(issued.key_pem.as_bytes(), issued.key_pem.as_bytes()),
+            Err(ApnsError::Missing("certificate"))
+        ));
     }
 
     #[test]

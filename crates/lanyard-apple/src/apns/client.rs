@@ -11,7 +11,8 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode, Uri};
 use lanyard_proto::{SecretBytes, SecretString};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
@@ -280,7 +281,8 @@ fn root_store(extra_pem: Option<&[u8]>) -> Result<RootCertStore, ApnsError> {
     let native = rustls_native_certs::load_native_certs();
     let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
     if let Some(pem) = extra_pem {
-        let certs = lanyard_pki::certificates_from_pem(pem)
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ApnsError::Tls(format!("extra root CA PEM: {e}")))?;
         if certs.is_empty() {
             return Err(ApnsError::Tls(
@@ -288,11 +290,8 @@ fn root_store(extra_pem: Option<&[u8]>) -> Result<RootCertStore, ApnsError> {
             ));
         }
         for c in certs {
-            let der = c
-                .to_der()
-                .map_err(|e| ApnsError::Tls(format!("extra root CA: {e}")))?;
             roots
-                .add(CertificateDer::from(der))
+                .add(c)
                 .map_err(|e| ApnsError::Tls(format!("extra root CA: {e}")))?;
         }
     }
@@ -312,12 +311,8 @@ fn root_store(extra_pem: Option<&[u8]>) -> Result<RootCertStore, ApnsError> {
 fn tls_config(cert: &PushCertificate, extra_pem: Option<&[u8]>) -> Result<ClientConfig, ApnsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = root_store(extra_pem)?;
-    let chain = cert
-        .chain_der()?
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect::<Vec<_>>();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8_der()?));
+    let chain = cert.chain_der();
+    let key = cert.key_der();
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ApnsError::Tls(e.to_string()))?
