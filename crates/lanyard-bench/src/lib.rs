@@ -911,16 +911,14 @@ impl Spawned {
         ))
     }
 
-    /// Stops the server, starts it again on the same data at its default log level (not
-    /// under `--server-under`) and reads its resident memory 5 s after it listens; the new
-    /// server is the one [`Spawned::stop`] stops.
+    /// Stops the server, starts it again on the same data at its default log level and
+    /// reads its resident memory 5 s after it listens; the new server is the one
+    /// [`Spawned::stop`] stops. Under `--server-under` it starts under that program too, so
+    /// that `scripts/symbol-order` records what a first restart after a workload runs (its
+    /// memory figure is then the wrapper's, not the server's).
     async fn restarted_idle(&mut self, data: &ServerData, args: &BenchArgs) -> Result<Rss> {
         terminate(&mut self.child);
-        let plain = BenchArgs {
-            server_under: None,
-            ..args.clone()
-        };
-        let (child, _, _) = launch(&self.bin, data, &plain, None).await?;
+        let (child, _, _) = launch(&self.bin, data, args, None).await?;
         self.child = child;
         tokio::time::sleep(Duration::from_secs(5)).await;
         rss_of(self.pid()).ok_or_else(|| anyhow!("cannot read the restarted server's memory"))
