@@ -122,8 +122,12 @@ impl SqliteStore {
         pending_migrations(self).await
     }
 
+    /// Closes the read pool, then the exchange's writer and checkpoint connections: the last
+    /// connection to close checkpoints the write-ahead log and removes it, so a clean stop
+    /// leaves the database in one file.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 
@@ -286,6 +290,26 @@ fn private_database_files(path: &std::path::Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clean close leaves no write-ahead log beside the database (the writer's connection
+    /// closes last and checkpoints it), and exchanges after it fail instead of waiting.
+    #[tokio::test]
+    async fn a_closed_sqlite_store_leaves_no_log() {
+        let dir =
+            std::env::temp_dir().join(format!("lanyard-close-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("lanyard.db");
+        let store = SqliteStore::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let wal = dir.join("lanyard.db-wal");
+        assert!(wal.exists(), "migrations write through the log");
+        store.close().await;
+        assert!(!wal.exists(), "the log is left after a clean close");
+        assert!(db.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn migrations_are_paired() {

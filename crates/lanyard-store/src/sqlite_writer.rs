@@ -64,10 +64,18 @@ const MAX_GROUP: usize = 256;
 /// extended again.
 const LOG_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
-/// The writer thread's handle: dropping the last clone ends the thread (after the group it is
-/// running) and with it the checkpoint thread.
+/// The writer thread's handle: [`SqliteWriter::close`] (or dropping the last clone) ends the
+/// thread after the group it is running, and with it the checkpoint thread.
 pub(crate) struct SqliteWriter {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Msg>,
+}
+
+/// What the writer thread is asked: an exchange, or to close.
+enum Msg {
+    Exchange(Job),
+    /// Close both connections (the checkpointer's first, so that the writer's is the last),
+    /// then answer.
+    Close(tokio::sync::oneshot::Sender<()>),
 }
 
 impl std::fmt::Debug for SqliteWriter {
@@ -89,7 +97,7 @@ impl SqliteWriter {
     /// Opens the writer's connection (and the checkpointer's) on the database file at `path`,
     /// which sqlx has opened (and created) already.
     pub(crate) async fn start(path: &Path, wal: SqliteWal) -> Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::channel::<Msg>();
         let (ready, opened) = tokio::sync::oneshot::channel::<Result<()>>();
         let path = path.to_path_buf();
         std::thread::Builder::new()
@@ -115,15 +123,25 @@ impl SqliteWriter {
                 let spawned = std::thread::Builder::new()
                     .name("lanyard-sqlite-checkpoint".into())
                     .spawn(move || checkpoints(checkpointer, &seen, wal, &stopping));
-                if let Err(e) = spawned {
-                    let _ = ready.send(Err(StoreError::Unavailable(format!(
-                        "cannot start the SQLite checkpoint thread: {e}"
-                    ))));
-                    return;
-                }
+                let checkpoint_thread = match spawned {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = ready.send(Err(StoreError::Unavailable(format!(
+                            "cannot start the SQLite checkpoint thread: {e}"
+                        ))));
+                        return;
+                    }
+                };
                 let _ = ready.send(Ok(()));
-                serve(conn, &queue, &log);
+                let closing = serve(&conn, &queue, &log);
                 drop(stop);
+                let _ = checkpoint_thread.join();
+                // The last connection to close checkpoints the log and removes it (when the
+                // read pool closed before, as `SqliteStore::close` does).
+                drop(conn);
+                if let Some(done) = closing {
+                    let _ = done.send(());
+                }
             })
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot start the SQLite writer thread: {e}"))
@@ -135,8 +153,19 @@ impl SqliteWriter {
     /// Runs one exchange on the writer thread and waits for its group's commit.
     pub(crate) async fn exchange(&self, x: CommandExchange) -> Result<Exchanged> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.jobs.send(Job { x, reply }).map_err(|_| stopped())?;
+        self.jobs
+            .send(Msg::Exchange(Job { x, reply }))
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Ends the writer thread after the group it is running and closes its connections;
+    /// returns once they are closed. Exchanges sent afterwards fail as "stopped".
+    pub(crate) async fn close(&self) {
+        let (done, closed) = tokio::sync::oneshot::channel();
+        if self.jobs.send(Msg::Close(done)).is_ok() {
+            let _ = closed.await;
+        }
     }
 }
 
@@ -215,18 +244,33 @@ fn between_groups(conn: &Connection, log: &LogState) {
 }
 
 /// The writer loop: waits for an exchange, takes every other one already waiting, and runs
-/// them as one group; checkpoints between two groups when the log is long.
-fn serve(conn: Connection, queue: &mpsc::Receiver<Job>, log: &LogState) {
+/// them as one group; checkpoints between two groups when the log is long. Returns when asked
+/// to close (with whom to answer once closed) or when every handle is gone.
+fn serve(
+    conn: &Connection,
+    queue: &mpsc::Receiver<Msg>,
+    log: &LogState,
+) -> Option<tokio::sync::oneshot::Sender<()>> {
     let mut group = Vec::with_capacity(MAX_GROUP);
-    while let Ok(first) = queue.recv() {
-        group.push(first);
+    let mut closing = None;
+    while closing.is_none() {
+        match queue.recv() {
+            Ok(Msg::Exchange(job)) => group.push(job),
+            Ok(Msg::Close(done)) => return Some(done),
+            Err(_) => return None,
+        }
         while group.len() < MAX_GROUP {
             match queue.try_recv() {
-                Ok(job) => group.push(job),
+                Ok(Msg::Exchange(job)) => group.push(job),
+                Ok(Msg::Close(done)) => {
+                    // The exchanges taken already run first.
+                    closing = Some(done);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        let results = run_group(&conn, &group);
+        let results = run_group(conn, &group);
         log.dirty.store(true, Ordering::Relaxed);
         for (job, result) in group.drain(..).zip(results) {
             // The requester may have gone (its request was cancelled): the exchange stands,
@@ -234,8 +278,9 @@ fn serve(conn: Connection, queue: &mpsc::Receiver<Job>, log: &LogState) {
             let _ = job.reply.send(result);
         }
         // After the replies, so that no answer waits for it.
-        between_groups(&conn, log);
+        between_groups(conn, log);
     }
+    closing
 }
 
 /// One group in one transaction. When the transaction itself cannot begin or commit, every
