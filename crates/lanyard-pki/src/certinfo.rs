@@ -9,6 +9,7 @@ use openssl::x509::{X509NameRef, X509};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
+use x509_cert::attr::AttributeTypeAndValue;
 use x509_cert::name::Name;
 use x509_cert::Certificate;
 
@@ -90,12 +91,15 @@ fn value_text(tag: Tag, bytes: &[u8]) -> Option<String> {
     }
 }
 
+/// A name's attributes in certificate order (each RDN's, in DER order).
+fn attributes(name: &Name) -> impl Iterator<Item = &AttributeTypeAndValue> {
+    name.0.iter().flat_map(|rdn| rdn.0.iter())
+}
+
 /// A distinguished name as `SHORT=value` pairs in certificate order, joined by `", "`,
 /// e.g. `O=Lanyard, CN=Lanyard CA`. A value that is not text shows as the hex of its bytes.
 fn name_text(name: &Name) -> String {
-    name.0
-        .iter()
-        .flat_map(|rdn| rdn.0.iter())
+    attributes(name)
         .map(|atv| {
             let text = value_text(atv.value.tag(), atv.value.value())
                 .unwrap_or_else(|| hex::encode(atv.value.value()));
@@ -186,11 +190,6 @@ impl CertView {
         Self::from_der(&cert.to_der()?)
     }
 
-    /// The certificate's DER.
-    pub fn der(&self) -> &[u8] {
-        &self.der
-    }
-
     /// The certificate as PEM text (`CERTIFICATE`, 64 columns).
     pub fn pem(&self) -> String {
         use base64::Engine as _;
@@ -221,23 +220,28 @@ impl CertView {
         Ok(CertInfo {
             subject: name_text(&tbs.subject),
             issuer: name_text(&tbs.issuer),
-            serial_hex: serial_text(tbs.serial_number.as_bytes()),
+            serial_hex: self.serial_hex(),
             not_before: unix_of(tbs.validity.not_before)?,
-            not_after: unix_of(tbs.validity.not_after)?,
+            not_after: self.not_after()?,
             sha256: sha256_fingerprint(&self.der),
         })
+    }
+
+    /// The serial number, lower-case hex (see [`CertInfo::serial_hex`]).
+    pub fn serial_hex(&self) -> String {
+        serial_text(self.cert.tbs_certificate.serial_number.as_bytes())
+    }
+
+    /// The end of validity, unix seconds.
+    pub fn not_after(&self) -> Result<i64> {
+        unix_of(self.cert.tbs_certificate.validity.not_after)
     }
 
     /// The values of one attribute of the subject, as text, in order (values that are not
     /// text are skipped).
     pub fn subject_values(&self, attribute: NameAttribute) -> Vec<String> {
         let oid = attribute.oid();
-        self.cert
-            .tbs_certificate
-            .subject
-            .0
-            .iter()
-            .flat_map(|rdn| rdn.0.iter())
+        attributes(&self.cert.tbs_certificate.subject)
             .filter(|atv| atv.oid == oid)
             .filter_map(|atv| value_text(atv.value.tag(), atv.value.value()))
             .collect()
@@ -307,7 +311,7 @@ impl CertInfo {
 /// The end of a certificate's validity (Unix seconds), from its DER, without OpenSSL: what
 /// `lanyard serve` checks of its TLS certificate at start-up, before anything needs OpenSSL.
 pub fn not_after_of_der(der: &[u8]) -> Result<i64> {
-    Ok(CertView::from_der(der)?.info()?.not_after)
+    CertView::from_der(der)?.not_after()
 }
 
 /// Parse a certificate given as PEM or DER.
