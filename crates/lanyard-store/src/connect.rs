@@ -31,6 +31,9 @@ pub struct PostgresStore {
     pub(crate) pool: PgPool,
     /// The enrollment rows the command exchange saw last (see `binding_memo.rs`).
     pub(crate) memo: std::sync::Arc<crate::binding_memo::BindingMemo>,
+    /// The connections the command exchange keeps (see `exchange_connections.rs`).
+    pub(crate) exchange_connections:
+        std::sync::Arc<crate::exchange_connections::ExchangeConnections>,
 }
 
 /// Each connection's page cache, in KiB (SQLite's default is 2,000): the read pool's, the
@@ -90,6 +93,9 @@ impl SqliteStore {
             .max_connections(2)
             .min_connections(1)
             .idle_timeout(Some(Duration::from_secs(60)))
+            // A file's connection cannot drop; sqlx's check of each one it hands out is a
+            // round trip to the connection's thread.
+            .test_before_acquire(false)
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(
                 opts.clone()
@@ -166,14 +172,29 @@ impl PostgresStore {
                 let _ = first.close().await;
             }
         }
+        // sqlx checks every connection it hands out with a round trip to the database by
+        // default; only one idle for `CHECK_AFTER` or longer is checked here (a connection in
+        // steady use is known to work; PgBouncer's `server_check_delay` makes the same trade).
+        // The command exchange keeps up to `KEPT` connections of its own
+        // (`exchange_connections.rs`), on top of the 16 the rest of the server shares.
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(16 + crate::exchange_connections::KEPT as u32)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= crate::exchange_connections::CHECK_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(opts)
             .await?;
         Ok(Self {
             pool,
             memo: Default::default(),
+            exchange_connections: Default::default(),
         })
     }
 
@@ -194,6 +215,7 @@ impl PostgresStore {
     }
 
     pub async fn close(&self) {
+        self.exchange_connections.close();
         self.pool.close().await;
     }
 }
@@ -309,6 +331,54 @@ mod tests {
         assert!(!wal.exists(), "the log is left after a clean close");
         assert!(db.exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The pool no longer checks every connection it hands out with a round trip, only one
+    /// idle for a second or longer: a database restarted while the pool was idle costs no
+    /// request.
+    #[tokio::test]
+    async fn postgres_connections_broken_while_idle_cost_no_request() {
+        let Some(db) = lanyard_testkit::scratch_db::ScratchDb::for_test(
+            "lanyard_pool",
+            "the pool's check of idle connections",
+        )
+        .await
+        else {
+            return;
+        };
+        let store = PostgresStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        // Two connections in the pool, both idle afterwards.
+        let (a, b) = tokio::join!(store.pool.acquire(), store.pool.acquire());
+        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        let mut pids = Vec::new();
+        for conn in [&mut a, &mut b] {
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut **conn)
+                .await
+                .unwrap();
+            pids.push(pid);
+        }
+        drop((a, b));
+        // Ended from a connection outside the pool, as a restart of the database would.
+        let mut outside = <sqlx::PgConnection as sqlx::Connection>::connect(db.url())
+            .await
+            .unwrap();
+        for pid in &pids {
+            let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .fetch_one(&mut outside)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(crate::exchange_connections::CHECK_AFTER).await;
+        for _ in 0..4 {
+            let pending = store.pending_migrations().await.unwrap();
+            assert!(pending.is_empty(), "{pending:?}");
+        }
+        let _ = sqlx::Connection::close(outside).await;
+        store.close().await;
+        drop(db);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!   exchange). PostgreSQL reads the identity's row (unless it remembers the row from the
 //!   identity's last exchange, `binding_memo.rs`) and then makes every write in ONE statement
 //!   (data-modifying CTEs, `FOR UPDATE SKIP LOCKED` for the claim), guarded by the row's
-//!   version; requests run in parallel.
+//!   version; requests run in parallel, on connections the exchange keeps between requests
+//!   (`exchange_connections.rs`).
 //! - [`CommandExchangeStore::enrollments_by_ids`]: fan-out reads in chunks of ids.
 //! - [`CommandExchangeStore::record_pushes`]: a push batch's outcomes in one transaction.
 
@@ -20,7 +21,7 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
-use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
+use sqlx::{ColumnIndex, Database, Executor, IntoArguments, PgConnection};
 
 use crate::binding_memo::{HandedOut, Seen};
 use crate::dialect::{Column, Dialect, Param};
@@ -446,10 +447,23 @@ impl Exchange for PostgresStore {
     /// exchange (`binding_memo.rs`): the rule is checked on the remembered row and the write's
     /// version check tells whether it is still the row's current version. A device's burst
     /// (Idle, acknowledgement, acknowledgement …) then costs one statement per request.
+    ///
+    /// The connection is one the exchange kept from an earlier request when it has one
+    /// (`exchange_connections.rs`): kept again when this exchange finishes, given back to the
+    /// pool when it fails or is dropped half-way.
     async fn exchange(&self, x: CommandExchange) -> Result<Exchanged> {
+        let mut conn = self.exchange_connections.acquire(&self.pool).await?;
+        let exchanged = self.exchange_on(&mut conn, x).await?;
+        conn.finished();
+        Ok(exchanged)
+    }
+}
+
+impl PostgresStore {
+    /// [`Exchange::exchange`] on `conn`.
+    async fn exchange_on(&self, conn: &mut PgConnection, x: CommandExchange) -> Result<Exchanged> {
         let want_inventory = x.wants_inventory();
         let uuid = x.outcome.as_ref().map(|o| o.command_uuid.as_str());
-        let mut conn = self.pool.acquire().await?;
         let mut memo = self
             .memo
             .take(&x.identity_sha256)
@@ -805,12 +819,9 @@ mod tests {
     /// most a couple of rows beyond the ones it changes, whether this process knows the row it
     /// handed the command out from or not. Matched on enrollment, channel and command alone,
     /// PostgreSQL read the whole queue (199 rows dropped by the filter).
-    #[tokio::test]
-    async fn an_acknowledgement_reads_its_queue_row_not_the_device_queue() {
-        let Some(db) = ScratchDb::for_test("lanyard_exchange", "the exchange's plan test").await
-        else {
-            return;
-        };
+    /// A migrated store on `db` with one enrolled device, `e1` (identity `id-e1`, bound to
+    /// `EID-e1`), and `commands` commands `c000`, `c001` … queued for it.
+    async fn one_device(db: &ScratchDb, commands: usize) -> PostgresStore {
         let store = PostgresStore::connect(db.url()).await.unwrap();
         store.migrate().await.unwrap();
         let audit = || Audit::new("tester", "test", "e1", serde_json::json!({}));
@@ -879,7 +890,7 @@ mod tests {
             .await
             .unwrap();
         let target = [("e1".into(), Channel::Device)];
-        for i in 0..200 {
+        for i in 0..commands {
             let command = NewCommand {
                 uuid: format!("c{i:03}").into(),
                 request_type: "DeviceInformation".into(),
@@ -892,16 +903,41 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let exchange = |outcome: Option<CommandOutcome>| CommandExchange {
+        store
+    }
+
+    /// The exchange of `e1` (see [`one_device`]) reporting `outcome`.
+    fn exchange_of_e1(outcome: Option<CommandOutcome>) -> CommandExchange {
+        CommandExchange {
             identity_sha256: "id-e1".into(),
             device_channel_id: "EID-e1".into(),
             channel: Channel::Device,
             outcome,
             inventory: None,
             now: Utc::now(),
+        }
+    }
+
+    /// An acknowledgement of `uuid`.
+    fn acknowledged(uuid: &str) -> Option<CommandOutcome> {
+        Some(CommandOutcome {
+            command_uuid: uuid.into(),
+            status: CommandState::Acknowledged,
+            result: Some(b"<dict/>".to_vec()),
+            error_chain: None,
+            retry_after: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_acknowledgement_reads_its_queue_row_not_the_device_queue() {
+        let Some(db) = ScratchDb::for_test("lanyard_exchange", "the exchange's plan test").await
+        else {
+            return;
         };
+        let store = one_device(&db, 200).await;
         // The Idle hands out the first command; the store remembers its queue row.
-        match store.command_exchange(exchange(None)).await.unwrap() {
+        match store.command_exchange(exchange_of_e1(None)).await.unwrap() {
             Exchanged::Done { next: Some(n), .. } => assert_eq!(n.command_uuid.0, "c000"),
             other => panic!("expected c000 handed out, got {other:?}"),
         }
@@ -913,13 +949,7 @@ mod tests {
             .handed_out_as(Channel::Device, Some("c000"))
             .expect("c000 handed out")
             .queue_row;
-        let ack = exchange(Some(CommandOutcome {
-            command_uuid: "c000".into(),
-            status: CommandState::Acknowledged,
-            result: Some(b"<dict/>".to_vec()),
-            error_chain: None,
-            retry_after: None,
-        }));
+        let ack = exchange_of_e1(acknowledged("c000"));
         let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {SQL_PG_EXCHANGE}");
         for answered in [Some(queue_row), None] {
             let write = PgWrite {
@@ -950,6 +980,120 @@ mod tests {
             );
         }
         drop(store);
+        drop(db);
+    }
+
+    /// The backend process of the connection the exchange keeps (exactly one is kept).
+    async fn kept_backend(store: &PostgresStore) -> i32 {
+        assert_eq!(store.exchange_connections.kept(), 1);
+        let mut conn = store
+            .exchange_connections
+            .acquire(&store.pool)
+            .await
+            .unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        conn.finished();
+        pid
+    }
+
+    /// Ends a backend process as a restart of the database would.
+    async fn terminate(store: &PostgresStore, pid: i32) {
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert!(ended);
+        // The backend is gone once the server has seen it exit.
+        for _ in 0..100 {
+            let alive: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                    .bind(pid)
+                    .fetch_one(&store.pool)
+                    .await
+                    .unwrap();
+            if !alive {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("backend {pid} did not end");
+    }
+
+    /// The exchange keeps a connection only after an exchange that finished, and a kept
+    /// connection that broke while idle costs no request: it is checked after
+    /// [`CHECK_AFTER`](crate::exchange_connections::CHECK_AFTER). One that broke while in
+    /// steady use fails one request and is not kept. An exchange dropped half-way gives its
+    /// connection back to the pool.
+    #[tokio::test]
+    async fn the_exchange_keeps_a_connection_only_after_a_finished_exchange() {
+        let Some(db) =
+            ScratchDb::for_test("lanyard_exchange", "the exchange's kept connections").await
+        else {
+            return;
+        };
+        let store = one_device(&db, 4).await;
+        assert_eq!(store.exchange_connections.kept(), 0);
+        let handed_out = |exchanged: Exchanged| match exchanged {
+            Exchanged::Done { next: Some(n), .. } => n.command_uuid.0,
+            other => panic!("expected a command handed out, got {other:?}"),
+        };
+        assert_eq!(
+            handed_out(store.command_exchange(exchange_of_e1(None)).await.unwrap()),
+            "c000"
+        );
+
+        // Broken while idle: checked before use, replaced, and the exchange goes on.
+        let first = kept_backend(&store).await;
+        terminate(&store, first).await;
+        tokio::time::sleep(crate::exchange_connections::CHECK_AFTER).await;
+        let after_idle = store
+            .command_exchange(exchange_of_e1(acknowledged("c000")))
+            .await
+            .unwrap();
+        assert_eq!(handed_out(after_idle), "c001");
+        let second = kept_backend(&store).await;
+        assert_ne!(first, second);
+
+        // Broken while in steady use: that request fails, the connection is not kept, and the
+        // device's retry succeeds.
+        terminate(&store, second).await;
+        let failed = store
+            .command_exchange(exchange_of_e1(acknowledged("c001")))
+            .await;
+        assert!(failed.is_err(), "{failed:?}");
+        assert_eq!(store.exchange_connections.kept(), 0);
+        let retried = store
+            .command_exchange(exchange_of_e1(acknowledged("c001")))
+            .await
+            .unwrap();
+        assert_eq!(handed_out(retried), "c002");
+        assert_eq!(store.exchange_connections.kept(), 1);
+
+        // Dropped half-way (the request's client went away): the connection goes back to the
+        // pool, which checks it, and nothing is kept.
+        {
+            let exchange = store.command_exchange(exchange_of_e1(acknowledged("c002")));
+            let mut exchange = std::pin::pin!(exchange);
+            let pending = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(exchange.as_mut().poll(cx).is_pending())
+            })
+            .await;
+            assert!(pending, "the exchange waits for the database");
+        }
+        assert_eq!(store.exchange_connections.kept(), 0);
+        // Whether or not the dropped statement reached the database, the device's next
+        // request is answered.
+        let next = store
+            .command_exchange(exchange_of_e1(acknowledged("c002")))
+            .await
+            .unwrap();
+        assert!(matches!(next, Exchanged::Done { .. }), "{next:?}");
+        assert_eq!(store.exchange_connections.kept(), 1);
+        store.close().await;
         drop(db);
     }
 }

@@ -12,8 +12,9 @@
 //! is written once, as generic Rust over the `Dialect` trait (`dialect.rs`), which holds every
 //! place the two databases differ; [`SqliteStore`] and [`PostgresStore`] implement it
 //! (`connect.rs` opens them). The command exchange alone is two algorithms, one per database
-//! (`exchange.rs`, with SQLite's writer thread in `sqlite_writer.rs` and PostgreSQL's memory of the
-//! rows it last saw in `binding_memo.rs`).
+//! (`exchange.rs`, with SQLite's writer thread in `sqlite_writer.rs`, PostgreSQL's memory of the
+//! rows it last saw in `binding_memo.rs` and the connections it keeps in
+//! `exchange_connections.rs`).
 //!
 //! Must not depend on: HTTP, the domain services (`lanyard-core`), PKI, or anything that does I/O
 //! other than the database. Policy (what is valid, who may change what) belongs to `lanyard-core`;
@@ -29,6 +30,7 @@ mod declarations;
 mod dialect;
 mod enrollments;
 mod exchange;
+mod exchange_connections;
 mod idp;
 mod listings;
 mod pki;
