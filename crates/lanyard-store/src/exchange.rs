@@ -1093,6 +1093,14 @@ mod tests {
             .unwrap();
         assert!(matches!(next, Exchanged::Done { .. }), "{next:?}");
         assert_eq!(store.exchange_connections.kept(), 1);
+
+        // Closing: nothing is kept any more, so the pool's close, which waits for every
+        // connection taken from it, ends.
+        store.exchange_connections.close();
+        assert_eq!(store.exchange_connections.kept(), 0);
+        let late = store.command_exchange(exchange_of_e1(None)).await.unwrap();
+        assert!(matches!(late, Exchanged::Done { .. }), "{late:?}");
+        assert_eq!(store.exchange_connections.kept(), 0);
         store.close().await;
         drop(db);
     }

@@ -24,6 +24,7 @@
 //! ([`KEPT`] more than it would be otherwise, `connect.rs`).
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,9 @@ const GIVE_BACK_AFTER: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub(crate) struct ExchangeConnections {
     idle: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    /// Set by [`close`](Self::close): nothing is kept any more (the pool's close waits for
+    /// every connection taken from it).
+    closed: AtomicBool,
 }
 
 impl ExchangeConnections {
@@ -85,8 +89,10 @@ impl ExchangeConnections {
         drop(all);
     }
 
-    /// Gives every kept connection back to the pool (before the pool closes).
+    /// Gives every kept connection back to the pool and keeps none from now on (before the
+    /// pool closes).
     pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         self.give_back_all();
     }
 
@@ -117,7 +123,7 @@ impl InUse<'_> {
     pub(crate) fn finished(self) {
         let InUse { conn, home } = self;
         if let Ok(mut idle) = home.idle.lock() {
-            if idle.len() < KEPT {
+            if idle.len() < KEPT && !home.closed.load(Ordering::SeqCst) {
                 idle.push((conn, Instant::now()));
             }
         }
