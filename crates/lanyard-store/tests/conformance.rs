@@ -2473,10 +2473,29 @@ async fn device_writes_are_bounded(s: &dyn Store) {
     assert!(s.declaration_statuses("e").await.unwrap().is_empty());
     assert_eq!(s.status_items("f").await.unwrap().len(), 1);
 
-    // Command results: the newest RESULTS_KEEP_PER_ENROLLMENT per enrollment after the prune.
+    // Command results: the newest RESULTS_KEEP_PER_ENROLLMENT per enrollment after the prune;
+    // an enrollment under the cap keeps all of its own, whenever they came.
     let extra = 3;
     let t = now();
+    enrolled_device(s, "g", "cy@example.com").await;
     for i in 0..RESULTS_KEEP_PER_ENROLLMENT + extra {
+        if i % 50 == 0 {
+            let uuid = format!("g{i}");
+            s.enqueue_command(
+                &cmd(&uuid, "ProfileList"),
+                &[("g".into(), Channel::Device)],
+                &audit("command.enqueue", &uuid),
+            )
+            .await
+            .unwrap();
+            s.next_command("g", Channel::Device, t)
+                .await
+                .unwrap()
+                .unwrap();
+            s.record_command_outcome("g", Channel::Device, &outcome(&uuid, "acknowledged"), t)
+                .await
+                .unwrap();
+        }
         let uuid = format!("c{i}");
         s.enqueue_command(
             &cmd(&uuid, "ProfileList"),
@@ -2503,6 +2522,15 @@ async fn device_writes_are_bounded(s: &dyn Store) {
     assert!(
         history.iter().all(|r| r.command_uuid != "c0"),
         "the oldest went"
+    );
+    assert!(history.iter().any(|r| r.command_uuid == "c3"));
+    assert_eq!(s.command_history("g", 1000).await.unwrap().len(), 5);
+    // Nothing more to prune.
+    assert_eq!(
+        s.prune_command_results(t - Duration::days(1))
+            .await
+            .unwrap(),
+        0
     );
 }
 
