@@ -2478,39 +2478,33 @@ async fn device_writes_are_bounded(s: &dyn Store) {
     let extra = 3;
     let t = now();
     enrolled_device(s, "g", "cy@example.com").await;
-    for i in 0..RESULTS_KEEP_PER_ENROLLMENT + extra {
-        if i % 50 == 0 {
-            let uuid = format!("g{i}");
-            s.enqueue_command(
-                &cmd(&uuid, "ProfileList"),
-                &[("g".into(), Channel::Device)],
-                &audit("command.enqueue", &uuid),
-            )
-            .await
-            .unwrap();
-            s.next_command("g", Channel::Device, t)
-                .await
-                .unwrap()
-                .unwrap();
-            s.record_command_outcome("g", Channel::Device, &outcome(&uuid, "acknowledged"), t)
-                .await
-                .unwrap();
-        }
-        let uuid = format!("c{i}");
+    // Enqueued, handed out and acknowledged.
+    let finished = |enrollment: &'static str, uuid: String| async move {
         s.enqueue_command(
             &cmd(&uuid, "ProfileList"),
-            &[("f".into(), Channel::Device)],
+            &[(enrollment.into(), Channel::Device)],
             &audit("command.enqueue", &uuid),
         )
         .await
         .unwrap();
-        s.next_command("f", Channel::Device, t)
+        s.next_command(enrollment, Channel::Device, t)
             .await
             .unwrap()
             .unwrap();
-        s.record_command_outcome("f", Channel::Device, &outcome(&uuid, "acknowledged"), t)
-            .await
-            .unwrap();
+        s.record_command_outcome(
+            enrollment,
+            Channel::Device,
+            &outcome(&uuid, "acknowledged"),
+            t,
+        )
+        .await
+        .unwrap();
+    };
+    for i in 0..RESULTS_KEEP_PER_ENROLLMENT + extra {
+        if i % 50 == 0 {
+            finished("g", format!("g{i}")).await;
+        }
+        finished("f", format!("c{i}")).await;
     }
     let pruned = s
         .prune_command_results(t - Duration::days(1))
