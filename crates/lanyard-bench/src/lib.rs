@@ -73,6 +73,7 @@ use tokio::task::JoinSet;
 use lanyard_testkit::commands::{parse_command, ServerCommand};
 use lanyard_testkit::device;
 use lanyard_testkit::scratch_db::ScratchDb;
+use lanyard_testkit::serve_output::StartupLines;
 use lanyard_testkit::sim::{SimMac, SimOptions, COMMAND_CONTENT_TYPE};
 use lanyard_testkit::Channel;
 
@@ -833,11 +834,9 @@ async fn launch(
             }
         }
     });
-    let mut url = String::new();
-    let mut admin_password = String::new();
-    let mut expect_password = false;
+    let mut startup = StartupLines::default();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while url.is_empty() {
+    let url = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(line) = rx.recv_timeout(left) else {
             terminate(&mut child);
@@ -846,21 +845,11 @@ async fn launch(
                 data.data_dir.display()
             );
         };
-        if expect_password && !line.trim().is_empty() {
-            admin_password = line.trim().to_owned();
-            expect_password = false;
+        if let Some(url) = startup.read(&line) {
+            break url.to_owned();
         }
-        if line.contains("one-time password") {
-            expect_password = true;
-        }
-        if let Some(rest) = line.strip_prefix("lanyard listening on ") {
-            url = rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-        }
-    }
+    };
+    let admin_password = startup.admin_password().to_owned();
     Ok((child, url, admin_password))
 }
 

@@ -14,6 +14,8 @@
 //! - a **fake APNs** ([`fake_apns`]) and fake MDM push certificates;
 //! - a **fake Apple Business Manager** ([`fake_abm`], CLI `lanyard-fake-abm`): token files,
 //!   OAuth-checked sessions, devices with cursors, discovery registration, fault injection;
+//! - the reading of `lanyard serve`'s start-up lines ([`serve_output`]), for the tools that
+//!   start it;
 //! - the **ceiling server** ([`ceiling`]): `lanyard serve`'s command endpoint without the store,
 //!   for `lanyard-bench --ceiling`;
 //! - later: a test app catalogue.
@@ -38,6 +40,7 @@ pub mod fake_signing_service;
 pub mod profile;
 pub mod scep_client;
 pub mod scratch_db;
+pub mod serve_output;
 pub mod sim;
 pub mod webauth;
 

@@ -135,26 +135,18 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let mut admin_password = String::new();
-        let mut url = String::new();
-        let mut expect_password = false;
+        let mut startup = lanyard_testkit::serve_output::StartupLines::default();
         let mut startup_log = Vec::new();
-        while url.is_empty() {
+        let url = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("lanyard serve printed no listening line");
             startup_log.push(line.clone());
-            if expect_password && !line.trim().is_empty() {
-                admin_password = line.trim().to_string();
-                expect_password = false;
+            if let Some(url) = startup.read(&line) {
+                break url.to_string();
             }
-            if line.contains("one-time password") {
-                expect_password = true;
-            }
-            if let Some(rest) = line.strip_prefix("lanyard listening on ") {
-                url = rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
+        };
+        let admin_password = startup.admin_password().to_string();
         Server {
             url,
             admin_password,
