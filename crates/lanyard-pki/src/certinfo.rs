@@ -190,17 +190,9 @@ impl CertView {
         Self::from_der(&cert.to_der()?)
     }
 
-    /// The certificate as PEM text (`CERTIFICATE`, 64 columns).
+    /// The certificate as PEM text (see [`certificate_der_to_pem`]).
     pub fn pem(&self) -> String {
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.der);
-        let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            out.push_str(&String::from_utf8_lossy(line));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-        out
+        certificate_der_to_pem(&self.der)
     }
 
     /// The DER of the certificate's `SubjectPublicKeyInfo`: what a private key's public half
@@ -306,6 +298,20 @@ impl CertInfo {
             Self::from_der(bytes)
         }
     }
+}
+
+/// A certificate's DER as PEM text (`CERTIFICATE`, 64 columns, as OpenSSL writes it), without
+/// OpenSSL and without parsing it.
+pub fn certificate_der_to_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 /// The end of a certificate's validity (Unix seconds), from its DER, without OpenSSL: what

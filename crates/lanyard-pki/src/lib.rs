@@ -34,7 +34,8 @@ mod time;
 
 pub use ca::{Ca, IssuedCert, CA_VALIDITY_DAYS, TLS_SERVER_VALIDITY_DAYS};
 pub use certinfo::{
-    name_to_string, not_after_of_der, parse_cert, sha256_fingerprint, CertInfo, CertView,
+    certificate_der_to_pem, name_to_string, not_after_of_der, parse_cert, sha256_fingerprint,
+    CertInfo, CertView,
 };
 pub use error::{PkiError, Result};
 pub use issue::{build_csr, CertificateIssuer, Csr, MAX_IDENTITY_VALIDITY_DAYS};

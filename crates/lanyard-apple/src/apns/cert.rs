@@ -140,7 +140,7 @@ impl PushCertificateSummary {
 /// stored certificate to push reads it without OpenSSL (only a PKCS#12 upload is read with
 /// it). `Debug` shows the subject, topic and expiry, never the key.
 pub struct PushCertificate {
-    chain_der: Vec<Vec<u8>>,
+    chain_der: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     summary: PushCertificateSummary,
 }
@@ -187,7 +187,7 @@ impl PushCertificate {
         let pem = |e: lanyard_pki::ErrorStack| ApnsError::Pkcs12(e.to_string());
         let chain_der = std::iter::once(&cert)
             .chain(parsed.chain.iter())
-            .map(|c| c.to_der().map_err(pem))
+            .map(|c| c.to_der().map(CertificateDer::from).map_err(pem))
             .collect::<Result<Vec<_>, _>>()?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
             key.private_key_to_pkcs8().map_err(pem)?,
@@ -200,7 +200,6 @@ impl PushCertificate {
     /// combined PEM file holding the certificate and the key.
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<PushCertificate, ApnsError> {
         let chain_der = CertificateDer::pem_slice_iter(cert_pem)
-            .map(|c| c.map(|c| c.to_vec()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ApnsError::Pem(format!("certificate: {e}")))?;
         if chain_der.is_empty() {
@@ -214,7 +213,7 @@ impl PushCertificate {
     }
 
     fn checked(
-        chain_der: Vec<Vec<u8>>,
+        chain_der: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<PushCertificate, ApnsError> {
         let leaf = chain_der.first().ok_or(ApnsError::Missing("certificate"))?;
@@ -269,17 +268,12 @@ impl PushCertificate {
             .chain_der
             .first()
             .ok_or(ApnsError::Missing("certificate"))?;
-        CertView::from_der(leaf)
-            .map(|v| v.pem())
-            .map_err(|e| ApnsError::Pem(e.to_string()))
+        Ok(lanyard_pki::certificate_der_to_pem(leaf))
     }
 
     /// The certificate and then its chain, DER, for the TLS handshake.
     pub(crate) fn chain_der(&self) -> Vec<CertificateDer<'static>> {
-        self.chain_der
-            .iter()
-            .map(|c| CertificateDer::from(c.clone()))
-            .collect()
+        self.chain_der.clone()
     }
 
     /// The private key, for the TLS handshake. Secret.
