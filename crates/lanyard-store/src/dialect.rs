@@ -61,6 +61,10 @@ pub(crate) trait Dialect: Send + Sync + 'static {
 
     fn pool(&self) -> &Pool<Self::Db>;
 
+    /// Closes every connection the store holds (`Store::close`): SQLite's read pool and then
+    /// its writer thread's connections; PostgreSQL's kept exchange connections and its pool.
+    fn close_connections(&self) -> impl std::future::Future<Output = ()> + Send;
+
     /// Serialises push bookkeeping's write transactions in this process (SQLite: waiting here
     /// is a cheap async wait, waiting on SQLite's lock its busy handler's sleep); PostgreSQL
     /// needs none.
@@ -131,6 +135,10 @@ impl Dialect for SqliteStore {
         &self.pool
     }
 
+    fn close_connections(&self) -> impl std::future::Future<Output = ()> + Send {
+        SqliteStore::close(self)
+    }
+
     fn write_gate(&self) -> Option<&tokio::sync::Mutex<()>> {
         Some(&self.write_gate)
     }
@@ -172,6 +180,10 @@ impl Dialect for PostgresStore {
 
     fn pool(&self) -> &Pool<sqlx::Postgres> {
         &self.pool
+    }
+
+    fn close_connections(&self) -> impl std::future::Future<Output = ()> + Send {
+        PostgresStore::close(self)
     }
 
     fn write_gate(&self) -> Option<&tokio::sync::Mutex<()>> {

@@ -247,6 +247,9 @@ pub trait Store:
     fn backend(&self) -> &'static str;
     /// A cheap round trip to the database, for health checks.
     async fn ping(&self) -> Result<()>;
+    /// Closes the store's connections, after its last use (a clean stop): SQLite's
+    /// write-ahead log is then checkpointed and removed when this process was its last user.
+    async fn close(&self);
 }
 
 #[async_trait]
@@ -278,6 +281,10 @@ where
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(self.pool()).await?;
         Ok(())
+    }
+
+    async fn close(&self) {
+        self.close_connections().await
     }
 }
 

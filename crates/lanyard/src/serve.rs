@@ -30,7 +30,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
         tracing::warn!("SCEP accepts single-DES request envelopes (--scep-allow-des)");
     }
     let opened = setup::open_store(data, setup::Migrations::Apply).await?;
-    let lanyard = opened.lanyard.clone();
+    let lanyard = opened.lanyard;
     let secrets = setup::secret_box(data, &lanyard).await?;
     let device_pki = lanyard.load_device_pki(&secrets, &s.organization).await?;
     export_ca(data, device_pki.ca_cert_pem())?;
@@ -196,7 +196,7 @@ pub async fn run(data: &GlobalSettings, serve: ServeConfig, abm: &AbmSettings) -
                 .await?
         }
     }
-    opened.close().await;
+    lanyard.store().close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -15,24 +15,6 @@ pub struct Opened {
     pub lanyard: Lanyard,
     pub backend_name: &'static str,
     pub migrations: Vec<String>,
-    store: OpenedStore,
-}
-
-/// The store as its backend, to close it.
-enum OpenedStore {
-    Sqlite(Arc<SqliteStore>),
-    Postgres(Arc<PostgresStore>),
-}
-
-impl Opened {
-    /// Closes the store's connections: SQLite's write-ahead log is checkpointed and removed
-    /// when this process was its last user.
-    pub async fn close(&self) {
-        match &self.store {
-            OpenedStore::Sqlite(s) => s.close().await,
-            OpenedStore::Postgres(s) => s.close().await,
-        }
-    }
 }
 
 /// Makes sure the data directory exists and is writable; a clear error otherwise.
@@ -71,7 +53,7 @@ pub async fn open_store(data: &GlobalSettings, migrations: Migrations) -> Result
     let backend = Backend::from_url(&url)?;
     ensure_data_dir(&data.data_dir)?;
     let apply = migrations == Migrations::Apply;
-    let (store, pending, opened): (Arc<dyn Store>, Vec<String>, OpenedStore) = match backend {
+    let (store, pending): (Arc<dyn Store>, Vec<String>) = match backend {
         Backend::Sqlite => {
             let s = if apply {
                 SqliteStore::connect_with(&url, data.pool()).await
@@ -89,8 +71,7 @@ pub async fn open_store(data: &GlobalSettings, migrations: Migrations) -> Result
                 s.migrate().await?;
             }
             let pending = s.pending_migrations().await?;
-            let s = Arc::new(s);
-            (s.clone(), pending, OpenedStore::Sqlite(s))
+            (Arc::new(s), pending)
         }
         Backend::Postgres => {
             // An unreachable server's error already names host, port and cause.
@@ -104,8 +85,7 @@ pub async fn open_store(data: &GlobalSettings, migrations: Migrations) -> Result
                 s.migrate().await?;
             }
             let pending = s.pending_migrations().await?;
-            let s = Arc::new(s);
-            (s.clone(), pending, OpenedStore::Postgres(s))
+            (Arc::new(s), pending)
         }
     };
     if !pending.is_empty() {
@@ -126,7 +106,6 @@ pub async fn open_store(data: &GlobalSettings, migrations: Migrations) -> Result
             .with_apns_environment(lanyard_core::pushcert::environment_of_url(&data.apns_url)),
         backend_name,
         migrations,
-        store: opened,
     })
 }
 
