@@ -162,51 +162,95 @@ async fn run(cli: Cli) -> Result<()> {
             serve::run(g, serve, &cli.abm).await
         }
         Action::Migrate => {
-            let store = setup::open_store(g, Migrations::Apply).await?;
-            println!(
-                "migrations applied ({} backend): {}",
-                store.backend_name,
-                store.migrations.join(", ")
-            );
-            Ok(())
+            let o = setup::open_store(g, Migrations::Apply).await?;
+            on_store(o, async |o| {
+                println!(
+                    "migrations applied ({} backend): {}",
+                    o.backend_name,
+                    o.migrations.join(", ")
+                );
+                Ok(())
+            })
+            .await
         }
-        Action::User(c) => cli::user::user(&open().await?, c).await,
-        Action::Settings(c) => cli::enrollment_settings::settings(&open().await?, c).await,
+        Action::User(c) => on_store(open().await?, async |o| cli::user::user(o, c).await).await,
+        Action::Settings(c) => {
+            on_store(open().await?, async |o| {
+                cli::enrollment_settings::settings(o, c).await
+            })
+            .await
+        }
         Action::Device(c) => {
-            let o = open().await?;
-            let secrets = setup::secret_box(g, &o.lanyard).await?;
-            let push = setup::push_service(g, &o.lanyard, &secrets)?;
-            let declarations = cli::declaration::service(&o.lanyard, &secrets, None);
-            cli::device::device(&o, c, Some(&push), &declarations).await
+            on_store(open().await?, async |o| {
+                let secrets = setup::secret_box(g, &o.lanyard).await?;
+                let push = setup::push_service(g, &o.lanyard, &secrets)?;
+                let declarations = cli::declaration::service(&o.lanyard, &secrets, None);
+                cli::device::device(o, c, Some(&push), &declarations).await
+            })
+            .await
         }
         Action::Command(c) => {
-            let o = open().await?;
-            let secrets = setup::secret_box(g, &o.lanyard).await?;
-            let push = setup::push_service(g, &o.lanyard, &secrets)?;
-            cli::command::command(&o, c, Some(&push)).await
+            on_store(open().await?, async |o| {
+                let secrets = setup::secret_box(g, &o.lanyard).await?;
+                let push = setup::push_service(g, &o.lanyard, &secrets)?;
+                cli::command::command(o, c, Some(&push)).await
+            })
+            .await
         }
         Action::PushCert(c) => {
-            let o = open().await?;
-            let secrets = setup::secret_box(g, &o.lanyard).await?;
-            cli::push_cert::push_cert(&o, &secrets, g, c).await
+            on_store(open().await?, async |o| {
+                let secrets = setup::secret_box(g, &o.lanyard).await?;
+                cli::push_cert::push_cert(o, &secrets, g, c).await
+            })
+            .await
         }
-        Action::Attribute(c) => cli::attribute::attribute(&open().await?, c).await,
-        Action::Admin(c) => cli::admin::admin(&open().await?, c).await,
-        Action::Audit(a) => cli::audit::audit(&open().await?, a).await,
-        Action::Abm(c) => cli::abm::run(g, &cli.abm, c).await,
+        Action::Attribute(c) => {
+            on_store(open().await?, async |o| {
+                cli::attribute::attribute(o, c).await
+            })
+            .await
+        }
+        Action::Admin(c) => on_store(open().await?, async |o| cli::admin::admin(o, c).await).await,
+        Action::Audit(a) => on_store(open().await?, async |o| cli::audit::audit(o, a).await).await,
+        Action::Abm(c) => {
+            on_store(open().await?, async |o| {
+                cli::abm::run(o, g, &cli.abm, c).await
+            })
+            .await
+        }
         Action::Idp(c) => {
-            let o = open().await?;
-            cli::idp::idp(&o, &setup::secret_box(g, &o.lanyard).await?, c).await
+            on_store(open().await?, async |o| {
+                cli::idp::idp(o, &setup::secret_box(g, &o.lanyard).await?, c).await
+            })
+            .await
         }
         Action::Declaration(c) => {
-            let o = open().await?;
-            let secrets = setup::secret_box(g, &o.lanyard).await?;
-            cli::declaration::declaration(&o.lanyard, &secrets, c).await
+            on_store(open().await?, async |o| {
+                let secrets = setup::secret_box(g, &o.lanyard).await?;
+                cli::declaration::declaration(&o.lanyard, &secrets, c).await
+            })
+            .await
         }
         Action::Set(c) => {
-            let o = open().await?;
-            let secrets = setup::secret_box(g, &o.lanyard).await?;
-            cli::set::set(&cli::declaration::service(&o.lanyard, &secrets, None), c).await
+            on_store(open().await?, async |o| {
+                let secrets = setup::secret_box(g, &o.lanyard).await?;
+                cli::set::set(&cli::declaration::service(&o.lanyard, &secrets, None), c).await
+            })
+            .await
         }
     }
+}
+
+/// Runs an admin command on the opened database, then closes it, whether the command succeeded
+/// or not. Closing is what leaves a SQLite database whole in its one file: its last connection
+/// copies the write-ahead log into `lanyard.db` and removes the `-wal` file, so a file copied
+/// after a command (a backup taken while the server is stopped) holds what the command wrote.
+/// PostgreSQL's connections end with a goodbye instead of a dropped socket.
+async fn on_store(
+    o: setup::Opened,
+    command: impl AsyncFnOnce(&setup::Opened) -> Result<()>,
+) -> Result<()> {
+    let result = command(&o).await;
+    o.lanyard.store().close().await;
+    result
 }

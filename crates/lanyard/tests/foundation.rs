@@ -452,6 +452,49 @@ async fn commands_need_a_migrated_database(#[values(Db::Sqlite, Db::Postgres)] d
     );
 }
 
+/// An admin command closes the database when it is done: on SQLite its write-ahead log is
+/// copied into `lanyard.db` and removed, so the file alone, copied after the command (a backup
+/// of a stopped server), holds what the command wrote. Without the close every command left a
+/// `-wal` file beside a database file that held none of it.
+#[tokio::test]
+async fn admin_commands_leave_the_database_whole_in_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/lanyard.db", dir.path().display());
+    let wal = dir.path().join("lanyard.db-wal");
+    let (ok, _, err) = support::cli_with(dir.path(), &url, &["migrate"], None);
+    assert!(ok, "{err}");
+    assert!(!wal.exists(), "`migrate` left a write-ahead log");
+    let (ok, _, err) = support::cli_with(
+        dir.path(),
+        &url,
+        &["user", "add", "ann@example.com", "--password", "-"],
+        Some("a long enough password"),
+    );
+    assert!(ok, "{err}");
+    assert!(!wal.exists(), "`user add` left a write-ahead log");
+    // A failing command closes it too.
+    let (ok, _, _) = support::cli_with(
+        dir.path(),
+        &url,
+        &["user", "show", "nobody@example.com"],
+        None,
+    );
+    assert!(!ok);
+    assert!(!wal.exists(), "a failed command left a write-ahead log");
+
+    // The database file on its own, elsewhere: the user is in it.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("lanyard.db"),
+        copy.path().join("lanyard.db"),
+    )
+    .unwrap();
+    let copy_url = format!("sqlite://{}/lanyard.db", copy.path().display());
+    let (ok, out, err) = support::cli_with(copy.path(), &copy_url, &["user", "list"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("ann@example.com"), "{out}");
+}
+
 /// `serve` reads its settings from the `--config` file (`LANYARD_CONFIG`), the ones that
 /// could once be given only as flags included, and the environment wins over the file.
 #[tokio::test]

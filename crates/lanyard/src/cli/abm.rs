@@ -12,7 +12,7 @@ use lanyard_core::abm::{AbmService, AbmSettings, AbmTokenView};
 use lanyard_core::Actor;
 
 use crate::settings::{AbmSettings as AbmFlags, GlobalSettings};
-use crate::setup;
+use crate::setup::{self, Opened};
 
 impl crate::settings::AbmSettings {
     /// The service's settings; `public_url` gives the discovery URL to register.
@@ -161,8 +161,7 @@ fn write_or_print(pem: &str, output: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(data: &GlobalSettings, abm: &AbmFlags, cmd: AbmCmd) -> Result<()> {
-    let o = setup::open_store(data, setup::Migrations::Require).await?;
+pub async fn run(o: &Opened, data: &GlobalSettings, abm: &AbmFlags, cmd: AbmCmd) -> Result<()> {
     let secrets = setup::secret_box(data, &o.lanyard).await?;
     let public = match &cmd {
         AbmCmd::RegisterDiscovery { public_url } => {
