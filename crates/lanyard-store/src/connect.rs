@@ -128,9 +128,9 @@ impl SqliteStore {
         pending_migrations(self).await
     }
 
-    /// Closes the read pool, then the exchange's writer and checkpoint connections: the last
-    /// connection to close checkpoints the write-ahead log and removes it, so a clean stop
-    /// leaves the database in one file.
+    /// Closes the read pool, then the exchange's writer and checkpoint connections: the writer
+    /// copies the write-ahead log into the database file and empties it, and the last
+    /// connection to close removes it, so a clean stop leaves the database in one file.
     pub async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;

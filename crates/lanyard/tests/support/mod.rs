@@ -288,11 +288,21 @@ impl Server {
     }
 
     pub async fn stop(mut self) {
+        self.terminate();
+        drop(self.scratch.take());
+    }
+
+    /// Stops the server as an operator does (SIGTERM) and hands back its data directory.
+    pub fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        self.terminate();
+        std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap())
+    }
+
+    fn terminate(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
-        drop(self.scratch.take());
     }
 }
 
