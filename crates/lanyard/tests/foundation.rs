@@ -486,16 +486,7 @@ async fn admin_commands_leave_the_database_whole_in_its_file() {
     assert!(merged(&wal), "a failed command left a write-ahead log");
 
     // The database file on its own, elsewhere: the user is in it.
-    let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir.path().join("lanyard.db"),
-        copy.path().join("lanyard.db"),
-    )
-    .unwrap();
-    let copy_url = format!("sqlite://{}/lanyard.db", copy.path().display());
-    let (ok, out, err) = support::cli_with(copy.path(), &copy_url, &["user", "list"], None);
-    assert!(ok, "{err}");
-    assert!(out.contains("ann@example.com"), "{out}");
+    users_in_the_file_alone(dir.path(), "ann@example.com");
 
     // A server that wrote, then was stopped.
     let server = Server::start(Db::Sqlite).await.unwrap();
@@ -509,16 +500,17 @@ async fn admin_commands_leave_the_database_whole_in_its_file() {
         merged(&data.path().join("lanyard.db-wal")),
         "a stopped server left a write-ahead log"
     );
+    users_in_the_file_alone(data.path(), "bo@example.com");
+}
+
+/// Copies `lanyard.db` alone (no `-wal`) out of `data_dir` and finds `email` among its users.
+fn users_in_the_file_alone(data_dir: &std::path::Path, email: &str) {
     let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        data.path().join("lanyard.db"),
-        copy.path().join("lanyard.db"),
-    )
-    .unwrap();
+    std::fs::copy(data_dir.join("lanyard.db"), copy.path().join("lanyard.db")).unwrap();
     let copy_url = format!("sqlite://{}/lanyard.db", copy.path().display());
     let (ok, out, err) = support::cli_with(copy.path(), &copy_url, &["user", "list"], None);
     assert!(ok, "{err}");
-    assert!(out.contains("bo@example.com"), "{out}");
+    assert!(out.contains(email), "{out}");
 }
 
 /// `serve` reads its settings from the `--config` file (`LANYARD_CONFIG`), the ones that
