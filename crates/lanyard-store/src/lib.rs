@@ -248,7 +248,8 @@ pub trait Store:
     /// A cheap round trip to the database, for health checks.
     async fn ping(&self) -> Result<()>;
     /// Closes the store's connections, after its last use (a clean stop): SQLite's
-    /// write-ahead log is then checkpointed and removed when this process was its last user.
+    /// write-ahead log is then copied into the database file, and removed when this process
+    /// was its last user.
     async fn close(&self);
 }
 

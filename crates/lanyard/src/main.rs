@@ -80,6 +80,13 @@ enum Action {
     /// database migrations).
     #[command(after_help = settings::LAYERS_HELP)]
     Serve(Box<ServeSettings>),
+    #[command(flatten)]
+    Admin(AdminAction),
+}
+
+/// The sub-commands other than `serve`: each runs on the database and closes it when done.
+#[derive(Debug, Subcommand)]
+enum AdminAction {
     /// Apply database migrations and exit (every command but `serve` needs them applied).
     Migrate,
     /// Users who enroll their Macs.
@@ -153,104 +160,75 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
-    // Only `migrate` and `serve` change the schema; every other command needs it current.
-    let open = || setup::open_store(g, Migrations::Require);
-    match cli.command {
+    let command = match cli.command {
         Action::Serve(settings) => {
             let serve = config::ServeConfig::resolve(*settings)?;
             setup::init_tracing(g.log_format);
-            serve::run(g, serve, &cli.abm).await
+            return serve::run(g, serve, &cli.abm).await;
         }
-        Action::Migrate => {
-            let o = setup::open_store(g, Migrations::Apply).await?;
-            on_store(o, async |o| {
-                println!(
-                    "migrations applied ({} backend): {}",
-                    o.backend_name,
-                    o.migrations.join(", ")
-                );
-                Ok(())
-            })
-            .await
-        }
-        Action::User(c) => on_store(open().await?, async |o| cli::user::user(o, c).await).await,
-        Action::Settings(c) => {
-            on_store(open().await?, async |o| {
-                cli::enrollment_settings::settings(o, c).await
-            })
-            .await
-        }
-        Action::Device(c) => {
-            on_store(open().await?, async |o| {
-                let secrets = setup::secret_box(g, &o.lanyard).await?;
-                let push = setup::push_service(g, &o.lanyard, &secrets)?;
-                let declarations = cli::declaration::service(&o.lanyard, &secrets, None);
-                cli::device::device(o, c, Some(&push), &declarations).await
-            })
-            .await
-        }
-        Action::Command(c) => {
-            on_store(open().await?, async |o| {
-                let secrets = setup::secret_box(g, &o.lanyard).await?;
-                let push = setup::push_service(g, &o.lanyard, &secrets)?;
-                cli::command::command(o, c, Some(&push)).await
-            })
-            .await
-        }
-        Action::PushCert(c) => {
-            on_store(open().await?, async |o| {
-                let secrets = setup::secret_box(g, &o.lanyard).await?;
-                cli::push_cert::push_cert(o, &secrets, g, c).await
-            })
-            .await
-        }
-        Action::Attribute(c) => {
-            on_store(open().await?, async |o| {
-                cli::attribute::attribute(o, c).await
-            })
-            .await
-        }
-        Action::Admin(c) => on_store(open().await?, async |o| cli::admin::admin(o, c).await).await,
-        Action::Audit(a) => on_store(open().await?, async |o| cli::audit::audit(o, a).await).await,
-        Action::Abm(c) => {
-            on_store(open().await?, async |o| {
-                cli::abm::run(o, g, &cli.abm, c).await
-            })
-            .await
-        }
-        Action::Idp(c) => {
-            on_store(open().await?, async |o| {
-                cli::idp::idp(o, &setup::secret_box(g, &o.lanyard).await?, c).await
-            })
-            .await
-        }
-        Action::Declaration(c) => {
-            on_store(open().await?, async |o| {
-                let secrets = setup::secret_box(g, &o.lanyard).await?;
-                cli::declaration::declaration(&o.lanyard, &secrets, c).await
-            })
-            .await
-        }
-        Action::Set(c) => {
-            on_store(open().await?, async |o| {
-                let secrets = setup::secret_box(g, &o.lanyard).await?;
-                cli::set::set(&cli::declaration::service(&o.lanyard, &secrets, None), c).await
-            })
-            .await
-        }
-    }
-}
-
-/// Runs an admin command on the opened database, then closes it, whether the command succeeded
-/// or not. Closing is what leaves a SQLite database whole in its one file: its last connection
-/// copies the write-ahead log into `lanyard.db` and removes the `-wal` file, so a file copied
-/// after a command (a backup taken while the server is stopped) holds what the command wrote.
-/// PostgreSQL's connections end with a goodbye instead of a dropped socket.
-async fn on_store(
-    o: setup::Opened,
-    command: impl AsyncFnOnce(&setup::Opened) -> Result<()>,
-) -> Result<()> {
-    let result = command(&o).await;
+        Action::Admin(command) => command,
+    };
+    // Only `migrate` and `serve` change the schema; every other command needs it current.
+    let migrations = match command {
+        AdminAction::Migrate => Migrations::Apply,
+        _ => Migrations::Require,
+    };
+    let o = setup::open_store(g, migrations).await?;
+    let result = admin(&o, g, &cli.abm, command).await;
+    // Closed whether the command succeeded or not. Closing is what leaves a SQLite database
+    // whole in its one file: its writer copies the write-ahead log into `lanyard.db` (and the
+    // last connection removes the `-wal` file), so a file copied after a command (a backup
+    // taken while the server is stopped) holds what the command wrote. PostgreSQL's
+    // connections end with a goodbye instead of a dropped socket.
     o.lanyard.store().close().await;
     result
+}
+
+/// Runs an admin sub-command on the opened database.
+async fn admin(
+    o: &setup::Opened,
+    g: &GlobalSettings,
+    abm: &AbmSettings,
+    command: AdminAction,
+) -> Result<()> {
+    match command {
+        AdminAction::Migrate => {
+            println!(
+                "migrations applied ({} backend): {}",
+                o.backend_name,
+                o.migrations.join(", ")
+            );
+            Ok(())
+        }
+        AdminAction::User(c) => cli::user::user(o, c).await,
+        AdminAction::Settings(c) => cli::enrollment_settings::settings(o, c).await,
+        AdminAction::Device(c) => {
+            let secrets = setup::secret_box(g, &o.lanyard).await?;
+            let push = setup::push_service(g, &o.lanyard, &secrets)?;
+            let declarations = cli::declaration::service(&o.lanyard, &secrets, None);
+            cli::device::device(o, c, Some(&push), &declarations).await
+        }
+        AdminAction::Command(c) => {
+            let secrets = setup::secret_box(g, &o.lanyard).await?;
+            let push = setup::push_service(g, &o.lanyard, &secrets)?;
+            cli::command::command(o, c, Some(&push)).await
+        }
+        AdminAction::PushCert(c) => {
+            let secrets = setup::secret_box(g, &o.lanyard).await?;
+            cli::push_cert::push_cert(o, &secrets, g, c).await
+        }
+        AdminAction::Attribute(c) => cli::attribute::attribute(o, c).await,
+        AdminAction::Admin(c) => cli::admin::admin(o, c).await,
+        AdminAction::Audit(a) => cli::audit::audit(o, a).await,
+        AdminAction::Abm(c) => cli::abm::run(o, g, abm, c).await,
+        AdminAction::Idp(c) => cli::idp::idp(o, &setup::secret_box(g, &o.lanyard).await?, c).await,
+        AdminAction::Declaration(c) => {
+            let secrets = setup::secret_box(g, &o.lanyard).await?;
+            cli::declaration::declaration(&o.lanyard, &secrets, c).await
+        }
+        AdminAction::Set(c) => {
+            let secrets = setup::secret_box(g, &o.lanyard).await?;
+            cli::set::set(&cli::declaration::service(&o.lanyard, &secrets, None), c).await
+        }
+    }
 }
